@@ -1,0 +1,173 @@
+"""The `hfl` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hfl.errors import ConfigError, HflError
+
+ROLES = ("authority", "leader", "fog", "facility", "validator")
+
+
+class Parser(argparse.ArgumentParser):
+    """Argument errors are one plain line, not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"hfl: {message}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hfl.rpc.node import setup_logging
+    from hfl.rpc.settings import load_settings
+
+    settings = load_settings(role=args.role)
+    setup_logging(settings, args.role)
+    module = importlib.import_module(f"services.{args.role}.main")
+    try:
+        asyncio.run(module.run(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- ledger
+def ledger_path(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        for candidate in (p / "ledger.db", p / "state" / "leader" / "ledger.db"):
+            if candidate.exists():
+                return candidate
+        raise ConfigError(f"no ledger.db found in {p}")
+    if not p.exists():
+        raise ConfigError(f"{p} does not exist")
+    return p
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    from hfl.ledger import LedgerError, LedgerStore, verify_ledger
+
+    path = ledger_path(args.path)
+    with LedgerStore(path) as store:
+        total = len(store)
+        print(f"Checking {total} blocks in {path} ...", flush=True)
+
+        def progress(r: int) -> None:
+            if total > 20 and r % max(1, total // 10) == 0:
+                print(f"  block {r} of {total - 1} ok", flush=True)
+
+        try:
+            n = verify_ledger(store, recompute=not args.no_recompute, progress=progress)
+        except LedgerError as e:
+            print(f"LEDGER INVALID: {e}", file=sys.stderr)
+            return 1
+    print(f"Ledger OK: {n} blocks; hashes, signatures, quorum certificates"
+          f"{'' if args.no_recompute else ' and every aggregate'} check out.")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- aggregate
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from hfl.robust.offline import aggregate_files
+
+    result = aggregate_files(args.rule, args.f, args.input, args.output, counts_path=args.counts,
+                             clip_update=args.clip_update)
+    flagged = ", ".join(str(i) for i in result.flagged) or "none"
+    print(f"wrote {args.output} ({result.update.size} values); flagged rows: {flagged}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- status, health
+def cmd_health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    address = args.address
+    if not address:
+        from hfl.rpc.settings import load_settings
+
+        address = f"127.0.0.1:{load_settings().listen_port}"
+    try:
+        with grpc.insecure_channel(address) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=args.timeout)
+    except grpc.RpcError as e:
+        print(f"{address}: not reachable ({e.code().name})")  # type: ignore[attr-defined]
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(f"{address}: {status}")
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hfl.status import show_status
+
+    return show_status(args.run, args.leader, args.authority)
+
+
+# ---------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from hfl.demo import add_demo_arguments, cmd_demo
+
+    p = Parser(prog="hfl", description="Secure hierarchical federated learning for healthcare.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    d = sub.add_parser("demo", help="run a whole federation as local processes")
+    add_demo_arguments(d)
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serve", help="run one service, configured from HFL_* environment variables")
+    s.add_argument("role", choices=ROLES)
+    s.set_defaults(func=cmd_serve)
+
+    led = sub.add_parser("ledger", help="ledger tools")
+    led_sub = led.add_subparsers(dest="ledger_command", required=True, parser_class=Parser)
+    v = led_sub.add_parser("verify", help="re-check every block, certificate and aggregate")
+    v.add_argument("path", help="a ledger.db file, or a demo run folder")
+    v.add_argument("--no-recompute", action="store_true", help="skip re-running the aggregations")
+    v.set_defaults(func=cmd_ledger_verify)
+
+    a = sub.add_parser("aggregate", help="recompute a robust aggregate offline from .npy files")
+    a.add_argument("input", help="(n, d) .npy array: bucket sums, or one update per row")
+    a.add_argument("output", help="where to write the (d,) aggregate .npy")
+    a.add_argument("--rule", default="trimmed_mean")
+    a.add_argument("--f", type=int, default=0, help="how many bad rows to tolerate")
+    a.add_argument("--counts", help="(n,) .npy of member counts (default: 1 per row)")
+    a.add_argument("--clip-update", type=float, default=None, help="norm bound C per member")
+    a.set_defaults(func=cmd_aggregate)
+
+    st = sub.add_parser("status", help="show a running federation")
+    st.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
+    st.add_argument("--leader", help="leader address HOST:PORT")
+    st.add_argument("--authority", help="authority address HOST:PORT")
+    st.set_defaults(func=cmd_status)
+
+    h = sub.add_parser("health", help="standard gRPC health check of one service (exit 0 if serving)")
+    h.add_argument("--address", help="HOST:PORT (default: this container's own service)")
+    h.add_argument("--timeout", type=float, default=3.0)
+    h.set_defaults(func=cmd_health)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, HflError, ValueError, FileNotFoundError) as e:
+        return fail(str(e))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Plain domain types exchanged between services (protobuf stays at the boundary, see hfl.rpc.serde)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hfl.crypto.signing import SigningKey, verify
+from hfl.hashing import hash_json
+
+ROLES = ("authority", "leader", "fog", "facility", "validator")
+SPECIALTIES = ("hospital", "clinic", "research", "emergency")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    role: str
+    address: str
+    sign_public_key: bytes = b""
+    specialty: str = ""
+    metrics_address: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    bucket_id: str
+    fog_id: str
+    members: tuple[str, ...]
+    threshold: int = 0
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """What the authority decided for one round attempt; signed so every party can check it."""
+
+    round: int
+    attempt: int
+    seed: bytes
+    ledger_head: bytes
+    epoch: int
+    buckets: tuple[Bucket, ...]
+    committee: tuple[NodeInfo, ...]
+    quorum: int
+    facilities: tuple[NodeInfo, ...]
+    fogs: tuple[NodeInfo, ...]
+    quarantined: tuple[str, ...] = ()
+    committee_draw: dict[str, Any] = field(default_factory=dict)
+    signature: bytes = b""
+
+    def signed_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("signature")
+        return d
+
+    def hash(self) -> bytes:
+        return hash_json(b"hfl/round-config/v1", self.signed_dict())
+
+    def sign(self, key: SigningKey) -> RoundConfig:
+        from dataclasses import replace
+
+        return replace(self, signature=key.sign(self.hash()))
+
+    def verify(self, authority_public_key: bytes) -> None:
+        """Raise InvalidSignature unless the authority signed exactly this configuration."""
+        verify(authority_public_key, self.hash(), self.signature)
+
+    def bucket(self, bucket_id: str) -> Bucket:
+        for b in self.buckets:
+            if b.bucket_id == bucket_id:
+                return b
+        raise KeyError(bucket_id)
+
+    def bucket_of(self, facility_id: str) -> Bucket | None:
+        for b in self.buckets:
+            if facility_id in b.members:
+                return b
+        return None
+
+    def node(self, node_id: str) -> NodeInfo:
+        for n in (*self.facilities, *self.fogs, *self.committee):
+            if n.node_id == node_id:
+                return n
+        raise KeyError(node_id)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str
+    n_features: int
+    hidden: int = 16
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The leader's instructions for local training in a round."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    clip_update: float
+    secure: bool = True
+    timeout_s: float = 60.0
+    drop_rate: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BucketResult:
+    """A fog's answer for one bucket: the sum of its members' updates (never a single update)."""
+
+    bucket_id: str
+    fog_id: str
+    total: np.ndarray
+    count: int
+    members: tuple[str, ...]
+    dropped: tuple[str, ...] = ()
+    abandoned: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Metrics:
+    correct: int = 0
+    total: int = 0
+    loss_sum: float = 0.0
+
+    def __add__(self, other: Metrics) -> Metrics:
+        return Metrics(self.correct + other.correct, self.total + other.total, self.loss_sum + other.loss_sum)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else float("nan")
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.total if self.total else float("nan")
+
+
+@dataclass(frozen=True)
+class RoundEvent:
+    """What the leader announces after each round attempt."""
+
+    round: int
+    committed: bool
+    accuracy: float = float("nan")
+    loss: float = float("nan")
+    accepts: int = 0
+    rejects: int = 0
+    duration_s: float = 0.0
+    bytes_sent: int = 0
+    block_hash: bytes = b""
+    detail: str = ""
+    participants: int = 0
+    dropouts: int = 0
+    abandoned_buckets: int = 0
+    flagged_buckets: tuple[str, ...] = ()
+    quarantined: tuple[str, ...] = ()
+    committee: tuple[str, ...] = ()
+    epsilon: float = float("nan")
+    done: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)

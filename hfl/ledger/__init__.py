@@ -1,0 +1,35 @@
+"""Hash-chained ledger of global models with validator quorum certificates (sans-I/O core + SQLite store)."""
+
+from .block import (
+    Block,
+    BlockHeader,
+    CommitteeMember,
+    LedgerError,
+    Vote,
+    check_quorum,
+    compute_model,
+    genesis_header,
+    max_faulty,
+    next_header,
+    quorum_size,
+    select_quorum,
+)
+from .store import LedgerStore
+from .verify import verify_ledger
+
+__all__ = [
+    "Block",
+    "BlockHeader",
+    "CommitteeMember",
+    "LedgerError",
+    "LedgerStore",
+    "Vote",
+    "check_quorum",
+    "compute_model",
+    "genesis_header",
+    "max_faulty",
+    "next_header",
+    "quorum_size",
+    "select_quorum",
+    "verify_ledger",
+]

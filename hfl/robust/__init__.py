@@ -1,0 +1,31 @@
+"""Robust aggregation over bucket sums (see rules.py), attacks, and reputation."""
+
+from hfl.robust.attacks import ATTACKS, alie_z, apply_attack, flip_labels
+from hfl.robust.offline import aggregate_files
+from hfl.robust.reputation import Reputation, ReputationError
+from hfl.robust.rules import (
+    DEFAULT_RULE,
+    RULES,
+    AggregateResult,
+    aggregate,
+    check_rule,
+    guarantee,
+    max_faults,
+)
+
+__all__ = [
+    "ATTACKS",
+    "DEFAULT_RULE",
+    "RULES",
+    "AggregateResult",
+    "Reputation",
+    "ReputationError",
+    "aggregate",
+    "aggregate_files",
+    "alie_z",
+    "apply_attack",
+    "check_rule",
+    "flip_labels",
+    "guarantee",
+    "max_faults",
+]

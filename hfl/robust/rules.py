@@ -1,0 +1,341 @@
+"""Aggregation rules over bucket sums.
+
+Input: ``sums`` of shape (B, d) (float64, one row per bucket: the sum of that bucket's member updates)
+and ``counts`` of shape (B,) (members in each bucket). Output: the global update (d,) and the indices of
+buckets that were flagged (excluded because they cannot come from honest members, or judged outliers).
+
+Step 1, the norm bound: every honest member clips its update to ‖Δ‖₂ ≤ C, so an honest bucket sum has
+‖sum‖ ≤ count·C. A bucket above that (or with a non-finite value) certainly holds a bad member: it is
+flagged ``"norm"`` and excluded. This bound is what stops a "scale" attacker; the rules below only have
+to deal with buckets that stay inside it.
+
+Step 2, the rule, over the remaining bucket means (sum / count):
+
+* ``mean``: Σ sums / Σ counts (every member weighs the same). No outlier tolerance.
+* ``trimmed_mean``: per coordinate, drop the f largest and f smallest means, average the rest.
+* ``median``: per coordinate median of the means.
+* ``multi_krum``: Krum score = sum of squared distances to the n−f−2 nearest other means; the m
+  lowest-scoring buckets (m = n−f unless ``params["m"]``) are averaged weighted by their counts; the
+  others are flagged ``"outlier"``.
+* ``centered_clipping``: start at the coordinate-wise median v, then ``iters`` times
+  v ← v + mean_i clip_τ(xᵢ − v); buckets still clipped in the last pass are flagged ``"outlier"``.
+
+f counts bad buckets. A bad facility sits in one bucket per round, so f bad facilities spoil at most f
+buckets. The rule then runs on the n buckets left after the norm bound with
+f_effective = min(f, the most the rule allows with n buckets). Since norm-flagged buckets are certainly
+bad, f_effective ≥ f − norm_flagged, so a configuration accepted by ``check_rule`` stays safe.
+
+Determinism: validators recompute the result bit-exactly. Everything is float64, rows are summed one by
+one in index order (no BLAS, no order chosen by numpy's iterator), -0.0 is folded into +0.0 before any
+sort, and ties are broken by bucket index. Pin the numpy version across the leader and validators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+RULES = ("mean", "trimmed_mean", "median", "multi_krum", "centered_clipping")
+DEFAULT_RULE = "trimmed_mean"
+"""Trimmed mean: needs only B ≥ 2f+1, keeps most honest information, cheap, and simple to audit."""
+
+DEFAULT_CC_ITERS = 3
+NORM_TOLERANCE = 1e-6
+"""Relative slack on the norm bound so float rounding in an honest sum never trips it."""
+
+_ALLOWED_PARAMS: dict[str, frozenset[str]] = {
+    "mean": frozenset(),
+    "trimmed_mean": frozenset(),
+    "median": frozenset(),
+    "multi_krum": frozenset({"m"}),
+    "centered_clipping": frozenset({"tau", "iters"}),
+}
+
+_NICE_NAME = {
+    "mean": "mean",
+    "trimmed_mean": "trimmed mean",
+    "median": "coordinate-wise median",
+    "multi_krum": "multi-Krum",
+    "centered_clipping": "centered clipping",
+}
+
+
+@dataclass(frozen=True)
+class AggregateResult:
+    """Global update, flagged bucket indices (sorted), and details (JSON-friendly values)."""
+
+    update: np.ndarray
+    flagged: tuple[int, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def flag_kinds(self) -> dict[int, str]:
+        """Bucket index → ``"norm"`` (certainly bad) or ``"outlier"`` (suspicious)."""
+        kinds = {int(i): "outlier" for i in self.details.get("outlier_flagged", [])}
+        kinds.update({int(i): "norm" for i in self.details.get("norm_flagged", [])})
+        for i in self.flagged:
+            kinds.setdefault(int(i), "norm")
+        return kinds
+
+
+def check_inputs(sums: np.ndarray, counts: np.ndarray) -> None:
+    """Reject badly shaped inputs (shape (B, d) and (B,), B ≥ 1, every count ≥ 1)."""
+    if sums.ndim != 2 or counts.ndim != 1 or sums.shape[0] != counts.shape[0]:
+        raise ValueError(f"need sums (B, d) and counts (B,), got {sums.shape} and {counts.shape}")
+    if sums.shape[0] == 0:
+        raise ValueError("no bucket sums to aggregate")
+    if sums.shape[1] == 0:
+        raise ValueError("bucket sums have zero length (d = 0)")
+    if not np.all(np.isfinite(counts)) or np.any(counts <= 0):
+        raise ValueError("every bucket must have at least one member")
+    if np.any(counts != np.floor(counts)):
+        raise ValueError("bucket member counts must be whole numbers")
+
+
+def max_faults(rule: str, n_buckets: int) -> int:
+    """Largest f the rule accepts with ``n_buckets`` buckets (-1 if none)."""
+    _check_rule_name(rule)
+    if rule == "mean":
+        return n_buckets
+    if rule == "multi_krum":
+        return (n_buckets - 3) // 2
+    return (n_buckets - 1) // 2
+
+
+def _requirement(rule: str) -> str:
+    if rule == "multi_krum":
+        return "B ≥ 2f+3"
+    if rule == "mean":
+        return "no minimum"
+    return "B ≥ 2f+1"
+
+
+def _check_rule_name(rule: str) -> None:
+    if rule not in RULES:
+        raise ValueError(f"unknown aggregation rule {rule!r}; choose one of {', '.join(RULES)}")
+
+
+def check_rule(rule: str, n_buckets: int, f: int, *, params: Mapping[str, Any] | None = None) -> None:
+    """Refuse a configuration the rule cannot honour (raises ValueError with the reason)."""
+    _check_rule_name(rule)
+    if isinstance(n_buckets, bool) or not isinstance(n_buckets, int | np.integer) or n_buckets < 1:
+        raise ValueError(f"the number of buckets must be a whole number ≥ 1, got {n_buckets!r}")
+    if isinstance(f, bool) or not isinstance(f, int | np.integer) or f < 0:
+        raise ValueError(f"the number of tolerated bad buckets f must be a whole number ≥ 0, got {f!r}")
+    top = max_faults(rule, int(n_buckets))
+    if f > top:
+        need = 2 * f + 3 if rule == "multi_krum" else 2 * f + 1
+        if top < 0:
+            hint = f"{_NICE_NAME[rule]} cannot run with {n_buckets} buckets"
+        else:
+            hint = f"with {n_buckets} buckets it tolerates at most f = {top}"
+        raise ValueError(
+            f"{_NICE_NAME[rule]} needs {_requirement(rule)}: to tolerate f = {f} bad buckets it needs at "
+            f"least {need} buckets, but there are {n_buckets} ({hint}); use smaller buckets (more of "
+            "them) or a smaller f"
+        )
+    _check_params(rule, int(n_buckets), int(f), params)
+
+
+def _check_params(rule: str, n_buckets: int, f: int, params: Mapping[str, Any] | None) -> None:
+    if not params:
+        return
+    unknown = sorted(set(params) - _ALLOWED_PARAMS[rule])
+    if unknown:
+        allowed = ", ".join(sorted(_ALLOWED_PARAMS[rule])) or "none"
+        raise ValueError(f"{_NICE_NAME[rule]} does not take parameter(s) {unknown}; allowed: {allowed}")
+    if "m" in params:
+        m = params["m"]
+        if isinstance(m, bool) or not isinstance(m, int | np.integer) or not 1 <= m <= n_buckets - f:
+            raise ValueError(
+                f"multi-Krum m (how many buckets to average) must be a whole number from 1 to B − f = "
+                f"{n_buckets - f}, got {m!r}"
+            )
+    if "tau" in params:
+        tau = params["tau"]
+        if isinstance(tau, bool) or not isinstance(tau, int | float) or not np.isfinite(tau) or tau <= 0:
+            raise ValueError(f"centered clipping radius tau must be a positive number, got {tau!r}")
+    if "iters" in params:
+        it = params["iters"]
+        if isinstance(it, bool) or not isinstance(it, int | np.integer) or not 1 <= it <= 1000:
+            raise ValueError(f"centered clipping iters must be a whole number from 1 to 1000, got {it!r}")
+
+
+def guarantee(rule: str, n_buckets: int, f: int) -> str:
+    """One plain sentence on what this configuration tolerates (raises ValueError if it is refused)."""
+    check_rule(rule, n_buckets, f)
+    name = _NICE_NAME[rule]
+    bad = f"{f} bad bucket{'s' if f != 1 else ''}"
+    if rule == "mean":
+        return (
+            f"mean over {n_buckets} buckets tolerates no bad bucket beyond the norm bound: a bad bucket "
+            "that stays inside the bound (‖sum‖ ≤ count·C) still shifts the result"
+        )
+    top = max_faults(rule, n_buckets)
+    return (
+        f"tolerates {bad} of {n_buckets} ({name} needs {_requirement(rule)}; at most f = {top} with "
+        f"{n_buckets} buckets), i.e. up to {f} misbehaving facilit{'ies' if f != 1 else 'y'} per round"
+        "; buckets that break the norm bound are removed before the rule runs"
+    )
+
+
+# --- deterministic building blocks -------------------------------------------------------------------
+
+
+def _row_sum(rows: np.ndarray) -> np.ndarray:
+    """Sum of rows, added one by one in index order (fixed order on every machine)."""
+    acc = np.array(rows[0], dtype=np.float64, copy=True)
+    for r in range(1, rows.shape[0]):
+        acc += rows[r]
+    return acc
+
+
+def _sq_norms(x: np.ndarray) -> np.ndarray:
+    """Squared L2 norm of each row (numpy's add-reduce, no BLAS)."""
+    return np.add.reduce(x * x, axis=1)
+
+
+def _sorted_columns(means: np.ndarray) -> np.ndarray:
+    # -0.0 + 0.0 == +0.0: equal values become identical bits, so the sort output cannot depend on the
+    # sorting kernel numpy picks for this CPU.
+    return np.sort(means + 0.0, axis=0)
+
+
+def _coord_median(means: np.ndarray) -> np.ndarray:
+    s = _sorted_columns(means)
+    n = s.shape[0]
+    if n % 2 == 1:
+        return np.array(s[n // 2], copy=True)
+    return (s[n // 2 - 1] + s[n // 2]) / 2.0
+
+
+def _trimmed_mean(means: np.ndarray, f: int) -> np.ndarray:
+    s = _sorted_columns(means)
+    n = s.shape[0]
+    return _row_sum(s[f : n - f]) / float(n - 2 * f)
+
+
+def _krum_scores(means: np.ndarray, f: int) -> tuple[np.ndarray, int]:
+    n = means.shape[0]
+    if n == 1:
+        return np.zeros(1), 0
+    k = max(1, min(n - 1, n - f - 2))
+    dist = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            diff = means[i] - means[j]
+            dist[i, j] = dist[j, i] = np.add.reduce(diff * diff)
+    scores = np.empty(n)
+    for i in range(n):
+        others = np.sort(np.delete(dist[i], i))[:k]
+        total = 0.0
+        for v in others:
+            total += float(v)
+        scores[i] = total
+    return scores, k
+
+
+# --- the entry point ---------------------------------------------------------------------------------
+
+
+def aggregate(
+    rule: str,
+    sums: np.ndarray,
+    counts: np.ndarray,
+    *,
+    f: int = 0,
+    clip_update: float | None = None,
+    params: dict[str, Any] | None = None,
+) -> AggregateResult:
+    """Apply ``rule`` to bucket sums. ``clip_update`` (C) enables the norm bound ‖sum‖ ≤ count·C.
+
+    Raises ValueError for bad shapes, an unknown rule, or too few buckets for f (see ``check_rule``).
+    If every bucket is excluded by the norm bound the update is all zeros.
+    """
+    # C order so numpy's reductions see the same memory layout on every node.
+    sums = np.ascontiguousarray(sums, dtype=np.float64)
+    counts = np.ascontiguousarray(counts, dtype=np.float64)
+    check_inputs(sums, counts)
+    n_buckets = sums.shape[0]
+    check_rule(rule, n_buckets, f, params=params)
+    if clip_update is not None and (not np.isfinite(clip_update) or clip_update <= 0):
+        raise ValueError(f"clip_update (C) must be a positive number, got {clip_update!r}")
+    params = dict(params or {})
+
+    bad = ~np.all(np.isfinite(sums), axis=1)
+    if clip_update is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.sqrt(_sq_norms(np.where(bad[:, None], 0.0, sums)))
+        bad |= ~np.isfinite(norms) | (norms > counts * float(clip_update) * (1 + NORM_TOLERANCE))
+    norm_flagged = [int(i) for i in np.flatnonzero(bad)]
+    kept = np.flatnonzero(~bad)
+    f_eff = min(int(f), max(0, max_faults(rule, int(kept.size)))) if rule != "mean" else int(f)
+    details: dict[str, Any] = {
+        "rule": rule,
+        "f": int(f),
+        "f_effective": f_eff,
+        "norm_flagged": norm_flagged,
+        "outlier_flagged": [],
+        "kept": [int(i) for i in kept],
+    }
+    if kept.size == 0:
+        return AggregateResult(np.zeros(sums.shape[1]), tuple(norm_flagged), details)
+
+    k_sums = sums[kept]
+    k_counts = counts[kept]
+    means = k_sums / k_counts[:, None]
+    n = kept.size
+    outliers: list[int] = []
+
+    if rule == "mean":
+        update = _row_sum(k_sums) / float(k_counts.sum())
+    elif rule == "trimmed_mean":
+        update = _trimmed_mean(means, f_eff)
+    elif rule == "median":
+        update = _coord_median(means)
+    elif rule == "multi_krum":
+        scores, k_nb = _krum_scores(means, f_eff)
+        m_req = int(params.get("m", n_buckets - int(f)))
+        m_eff = max(1, min(m_req, n - f_eff))
+        order = np.argsort(scores, kind="stable")  # ties → lower index first
+        chosen = np.sort(order[:m_eff])
+        update = _row_sum(k_sums[chosen]) / float(k_counts[chosen].sum())
+        outliers = sorted(int(kept[i]) for i in order[m_eff:])
+        details.update(
+            scores=[float(s) for s in scores],
+            neighbours=k_nb,
+            m=m_eff,
+            selected=[int(kept[i]) for i in chosen],
+        )
+    elif rule == "centered_clipping":
+        iters = int(params.get("iters", DEFAULT_CC_ITERS))
+        v = _coord_median(means)
+        if "tau" in params:
+            tau = float(params["tau"])
+        elif clip_update is not None:
+            # A bucket mean that passed the bound has norm ≤ C, so two means differ by ≤ 2C; τ = C
+            # halves the most one bucket can pull the centre per pass.
+            tau = float(clip_update)
+        else:
+            tau = float(np.median(np.sqrt(_sq_norms(means - v))))
+        clipped = np.zeros(n, dtype=bool)
+        for _ in range(iters):
+            dev = means - v
+            dn = np.sqrt(_sq_norms(dev))
+            clipped = dn > tau
+            factor = np.ones(n)
+            np.divide(tau, dn, out=factor, where=clipped)
+            v = v + _row_sum(dev * factor[:, None]) / float(n)
+        if tau > 0:
+            outliers = sorted(int(kept[i]) for i in np.flatnonzero(clipped))
+        update = v
+        details.update(tau=tau, iters=iters)
+    else:  # pragma: no cover - check_rule already refused unknown rules
+        raise ValueError(f"unknown aggregation rule {rule!r}")
+
+    details["outlier_flagged"] = outliers
+    flagged = tuple(sorted(set(norm_flagged) | set(outliers)))
+    return AggregateResult(np.asarray(update, dtype=np.float64), flagged, details)

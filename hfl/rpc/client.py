@@ -1,0 +1,48 @@
+"""Client calls with byte accounting and plain-language failures."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+
+from hfl.rpc.metrics import BYTES_RECEIVED, BYTES_SENT
+
+Resp = TypeVar("Resp")
+
+
+@dataclass
+class ByteCount:
+    sent: int = 0
+    received: int = 0
+    by_peer: dict[str, int] = field(default_factory=dict)
+
+    def add(self, peer: str, sent: int, received: int) -> None:
+        self.sent += sent
+        self.received += received
+        self.by_peer[peer] = self.by_peer.get(peer, 0) + sent + received
+
+
+async def call(
+    method: Callable[..., Awaitable[Resp]],
+    request: Any,
+    *,
+    peer: str,
+    timeout: float,
+    counter: ByteCount | None = None,
+) -> Resp:
+    """Call a unary RPC, counting the bytes of request and response under ``peer`` (a role name)."""
+    sent = request.ByteSize()
+    BYTES_SENT.labels(peer=peer).inc(sent)
+    response = await method(request, timeout=timeout)
+    received = response.ByteSize()  # type: ignore[attr-defined]
+    BYTES_RECEIVED.labels(peer=peer).inc(received)
+    if counter is not None:
+        counter.add(peer, sent, received)
+    return response
+
+
+def describe_rpc_error(exc: grpc.aio.AioRpcError) -> str:
+    return f"{exc.code().name}: {exc.details()}"

@@ -1,0 +1,212 @@
+"""The one boundary between protobuf messages and hfl's domain types.
+
+Every conversion from the wire validates what it reads (lengths, dtypes, finite values), so nothing
+malformed reaches the protocol core.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from hfl.domain import (
+    Bucket,
+    BucketResult,
+    Metrics,
+    ModelSpec,
+    NodeInfo,
+    RoundConfig,
+    RoundEvent,
+    TrainingPlan,
+)
+from hfl.errors import InvalidInput
+from hfl.hashing import hash_vector
+from hfl.ledger import Vote
+from hfl.proto.v1 import common_pb2 as pb
+from hfl.proto.v1 import leader_pb2, validator_pb2
+
+MAX_VECTOR_LENGTH = 20_000_000
+
+_DTYPES: dict[int, np.dtype[Any]] = {
+    pb.D_TYPE_FLOAT64: np.dtype("<f8"),
+    pb.D_TYPE_UINT32: np.dtype("<u4"),
+    pb.D_TYPE_FLOAT32: np.dtype("<f4"),
+}
+
+
+# ---------------------------------------------------------------- vectors and models
+def vector_to_proto(arr: np.ndarray, dtype: int = pb.D_TYPE_FLOAT64) -> pb.Vector:
+    a = np.ascontiguousarray(np.asarray(arr).reshape(-1), dtype=_DTYPES[dtype])
+    return pb.Vector(dtype=dtype, length=a.size, data=a.tobytes())  # type: ignore[arg-type]
+
+
+def vector_from_proto(
+    v: pb.Vector, *, expected_length: int | None = None, dtype: int | None = pb.D_TYPE_FLOAT64,
+    what: str = "vector", require_finite: bool = True,
+) -> np.ndarray:
+    if v.dtype not in _DTYPES:
+        raise InvalidInput(f"{what}: unknown number type {v.dtype}")
+    if dtype is not None and v.dtype != dtype:
+        raise InvalidInput(f"{what}: expected number type {pb.DType.Name(dtype)}, got {pb.DType.Name(v.dtype)}")
+    if v.length > MAX_VECTOR_LENGTH:
+        raise InvalidInput(f"{what}: {v.length} values is more than the limit of {MAX_VECTOR_LENGTH}")
+    if expected_length is not None and v.length != expected_length:
+        raise InvalidInput(f"{what}: has {v.length} values but the model has {expected_length}")
+    dt = _DTYPES[v.dtype]
+    if len(v.data) != v.length * dt.itemsize:
+        raise InvalidInput(f"{what}: says {v.length} values but carries {len(v.data)} bytes")
+    arr = np.frombuffer(v.data, dtype=dt)
+    if require_finite and dt.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InvalidInput(f"{what}: contains NaN or infinite values")
+    return arr.astype(np.float64) if dt.kind == "f" else arr.copy()
+
+
+def spec_to_proto(spec: ModelSpec) -> pb.ModelSpec:
+    return pb.ModelSpec(kind=spec.kind, n_features=spec.n_features, hidden=spec.hidden)
+
+
+def spec_from_proto(m: pb.ModelSpec) -> ModelSpec:
+    if m.kind not in ("logreg", "mlp"):
+        raise InvalidInput(f"unknown model kind {m.kind!r}")
+    return ModelSpec(kind=m.kind, n_features=m.n_features, hidden=m.hidden)
+
+
+def model_to_proto(spec: ModelSpec, params: np.ndarray, round_: int) -> pb.Model:
+    return pb.Model(spec=spec_to_proto(spec), params=vector_to_proto(params), hash=hash_vector(params),
+                    round=round_)
+
+
+def model_from_proto(m: pb.Model, *, expected_params: int | None = None) -> tuple[ModelSpec, np.ndarray, int]:
+    spec = spec_from_proto(m.spec)
+    params = vector_from_proto(m.params, expected_length=expected_params, what="model parameters")
+    if hash_vector(params) != m.hash:
+        raise InvalidInput("model parameters do not match the model hash")
+    return spec, params, int(m.round)
+
+
+# ---------------------------------------------------------------- nodes and round configuration
+def node_to_proto(n: NodeInfo) -> pb.NodeInfo:
+    return pb.NodeInfo(node_id=n.node_id, role=n.role, address=n.address, sign_public_key=n.sign_public_key,
+                       specialty=n.specialty, metrics_address=n.metrics_address)
+
+
+def node_from_proto(n: pb.NodeInfo) -> NodeInfo:
+    return NodeInfo(node_id=n.node_id, role=n.role, address=n.address, sign_public_key=bytes(n.sign_public_key),
+                    specialty=n.specialty, metrics_address=n.metrics_address)
+
+
+def config_to_proto(c: RoundConfig) -> pb.RoundConfig:
+    return pb.RoundConfig(
+        round=c.round, attempt=c.attempt, seed=c.seed, ledger_head=c.ledger_head, epoch=c.epoch,
+        buckets=[pb.Bucket(bucket_id=b.bucket_id, fog_id=b.fog_id, members=list(b.members),
+                           threshold=b.threshold) for b in c.buckets],
+        committee=[node_to_proto(n) for n in c.committee], quorum=c.quorum,
+        facilities=[node_to_proto(n) for n in c.facilities], fogs=[node_to_proto(n) for n in c.fogs],
+        quarantined=list(c.quarantined), signature=c.signature,
+        committee_draw_json=json.dumps(c.committee_draw, sort_keys=True),
+    )
+
+
+def config_from_proto(c: pb.RoundConfig) -> RoundConfig:
+    return RoundConfig(
+        round=int(c.round), attempt=int(c.attempt), seed=bytes(c.seed), ledger_head=bytes(c.ledger_head),
+        epoch=int(c.epoch),
+        buckets=tuple(Bucket(b.bucket_id, b.fog_id, tuple(b.members), int(b.threshold)) for b in c.buckets),
+        committee=tuple(node_from_proto(n) for n in c.committee), quorum=int(c.quorum),
+        facilities=tuple(node_from_proto(n) for n in c.facilities),
+        fogs=tuple(node_from_proto(n) for n in c.fogs), quarantined=tuple(c.quarantined),
+        committee_draw=_json_or_empty(c.committee_draw_json, "committee draw"), signature=bytes(c.signature),
+    )
+
+
+def _json_or_empty(text: str, what: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{what} is not valid JSON") from e
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object")
+    return value
+
+
+def plan_to_proto(p: TrainingPlan) -> pb.TrainingPlan:
+    return pb.TrainingPlan(lr=p.lr, epochs=p.epochs, batch_size=p.batch_size, clip_update=p.clip_update,
+                           secure=p.secure, timeout_s=p.timeout_s, drop_rate=p.drop_rate,
+                           extra_json=json.dumps(p.extra, sort_keys=True))
+
+
+def plan_from_proto(p: pb.TrainingPlan) -> TrainingPlan:
+    for name in ("lr", "clip_update", "timeout_s"):
+        value = getattr(p, name)
+        if not math.isfinite(value) or value <= 0:
+            raise InvalidInput(f"training plan: {name} must be a positive number")
+    if p.epochs < 1 or p.batch_size < 1:
+        raise InvalidInput("training plan: epochs and batch size must be at least 1")
+    if not 0 <= p.drop_rate < 1:
+        raise InvalidInput("training plan: drop rate must be in [0, 1)")
+    return TrainingPlan(lr=p.lr, epochs=p.epochs, batch_size=p.batch_size, clip_update=p.clip_update,
+                        secure=p.secure, timeout_s=p.timeout_s, drop_rate=p.drop_rate,
+                        extra=_json_or_empty(p.extra_json, "training plan extras"))
+
+
+# ---------------------------------------------------------------- results, metrics, votes, events
+def bucket_result_to_proto(b: BucketResult) -> pb.BucketResult:
+    return pb.BucketResult(bucket_id=b.bucket_id, fog_id=b.fog_id, total=vector_to_proto(b.total),
+                           count=b.count, members=list(b.members), dropped=list(b.dropped),
+                           abandoned=b.abandoned, reason=b.reason)
+
+
+def bucket_result_from_proto(b: pb.BucketResult, *, expected_length: int | None) -> BucketResult:
+    total = (np.zeros(0) if b.abandoned else
+             vector_from_proto(b.total, expected_length=expected_length, what=f"bucket {b.bucket_id} sum",
+                               require_finite=False))
+    return BucketResult(bucket_id=b.bucket_id, fog_id=b.fog_id, total=total, count=int(b.count),
+                        members=tuple(b.members), dropped=tuple(b.dropped), abandoned=b.abandoned,
+                        reason=b.reason)
+
+
+def metrics_to_proto(m: Metrics) -> pb.EvalMetrics:
+    return pb.EvalMetrics(correct=m.correct, total=m.total, loss_sum=m.loss_sum)
+
+
+def metrics_from_proto(m: pb.EvalMetrics) -> Metrics:
+    if m.correct > m.total or not math.isfinite(m.loss_sum):
+        raise InvalidInput("evaluation metrics are inconsistent")
+    return Metrics(int(m.correct), int(m.total), float(m.loss_sum))
+
+
+def vote_to_proto(v: Vote) -> validator_pb2.VoteResponse:
+    return validator_pb2.VoteResponse(
+        round=v.round, block_hash=v.block_hash, validator_id=v.validator_id, accept=v.accept, reason=v.reason,
+        score=v.score if v.score is not None else 0.0, has_score=v.score is not None, signature=v.signature)
+
+
+def vote_from_proto(v: validator_pb2.VoteResponse) -> Vote:
+    return Vote(round=int(v.round), block_hash=bytes(v.block_hash), validator_id=v.validator_id,
+                accept=v.accept, reason=v.reason, score=v.score if v.has_score else None,
+                signature=bytes(v.signature))
+
+
+def event_to_proto(e: RoundEvent) -> leader_pb2.WatchRoundsResponse:
+    return leader_pb2.WatchRoundsResponse(
+        round=e.round, committed=e.committed, accuracy=e.accuracy, loss=e.loss, accepts=e.accepts,
+        rejects=e.rejects, duration_s=e.duration_s, bytes_sent=e.bytes_sent, block_hash=e.block_hash,
+        detail=e.detail, participants=e.participants, dropouts=e.dropouts,
+        abandoned_buckets=e.abandoned_buckets, flagged_buckets=list(e.flagged_buckets),
+        quarantined=list(e.quarantined), committee=list(e.committee), epsilon=e.epsilon, done=e.done,
+        extra_json=json.dumps(e.extra, sort_keys=True))
+
+
+def event_from_proto(e: leader_pb2.WatchRoundsResponse) -> RoundEvent:
+    return RoundEvent(
+        round=int(e.round), committed=e.committed, accuracy=e.accuracy, loss=e.loss, accepts=e.accepts,
+        rejects=e.rejects, duration_s=e.duration_s, bytes_sent=int(e.bytes_sent), block_hash=bytes(e.block_hash),
+        detail=e.detail, participants=e.participants, dropouts=e.dropouts,
+        abandoned_buckets=e.abandoned_buckets, flagged_buckets=tuple(e.flagged_buckets),
+        quarantined=tuple(e.quarantined), committee=tuple(e.committee), epsilon=e.epsilon, done=e.done,
+        extra=_json_or_empty(e.extra_json, "round event extras"))

@@ -1,0 +1,28 @@
+"""`hfl serve authority`."""
+
+from __future__ import annotations
+
+from hfl.proto.v1 import authority_pb2_grpc
+from hfl.rpc.metrics import UP
+from hfl.rpc.node import load_identity
+from hfl.rpc.server import serve_until_stopped, start_server, write_ready_file
+from hfl.rpc.settings import Settings
+from services.authority.registry import Registry
+from services.authority.service import Authority
+
+
+async def run(settings: Settings) -> None:
+    key = load_identity(settings.state_dir)
+    registry = Registry(settings.state_dir / "authority.db")
+    servicer = Authority(settings, key, registry)
+    running = await start_server(
+        settings, "authority", lambda s: authority_pb2_grpc.add_AuthorityServiceServicer_to_server(servicer, s))
+    await running.set_serving()
+    UP.labels(role="authority").set(1)
+    write_ready_file(settings.ready_file, {"role": "authority", "node_id": settings.resolved_node_id(),
+                                           "address": running.address, "metrics_port": running.metrics_port,
+                                           "public_key": key.public_bytes.hex()})
+    try:
+        await serve_until_stopped(running, "authority")
+    finally:
+        registry.close()

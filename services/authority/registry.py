@@ -1,0 +1,81 @@
+"""The authority's persistent registry of nodes and issued round configurations (SQLite)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+from hfl.domain import NodeInfo
+
+
+class Registry:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, role TEXT NOT NULL, info TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS configs (round INTEGER, attempt INTEGER, hash BLOB, head BLOB,
+                                                buckets TEXT, PRIMARY KEY (round, attempt));
+            CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS reports (round INTEGER PRIMARY KEY, report TEXT NOT NULL);
+            """
+        )
+        self._lock = threading.Lock()
+
+    def upsert(self, node: NodeInfo) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO nodes(node_id, role, info) VALUES (?, ?, ?) "
+                "ON CONFLICT(node_id) DO UPDATE SET role=excluded.role, info=excluded.info",
+                (node.node_id, node.role, json.dumps({**node.to_dict(), "sign_public_key": node.sign_public_key.hex()})),
+            )
+
+    def get(self, node_id: str) -> NodeInfo | None:
+        row = self._db.execute("SELECT info FROM nodes WHERE node_id=?", (node_id,)).fetchone()
+        return _node(row[0]) if row else None
+
+    def nodes(self, role: str | None = None) -> list[NodeInfo]:
+        if role is None:
+            rows = self._db.execute("SELECT info FROM nodes ORDER BY node_id").fetchall()
+        else:
+            rows = self._db.execute("SELECT info FROM nodes WHERE role=? ORDER BY node_id", (role,)).fetchall()
+        return [_node(r[0]) for r in rows]
+
+    def record_config(self, round_: int, attempt: int, config_hash: bytes, head: bytes,
+                      buckets: dict[str, list[str]]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO configs(round, attempt, hash, head, buckets) VALUES (?, ?, ?, ?, ?)",
+                (round_, attempt, config_hash, head, json.dumps(buckets)))
+
+    def config_buckets(self, round_: int, attempt: int) -> dict[str, list[str]] | None:
+        row = self._db.execute("SELECT buckets FROM configs WHERE round=? AND attempt=?",
+                               (round_, attempt)).fetchone()
+        return dict(json.loads(row[0])) if row and row[0] else None
+
+    def get_json(self, key: str) -> object | None:
+        row = self._db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_json(self, key: str, value: object) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def record_report(self, round_: int, report: dict[str, object]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO reports(round, report) VALUES (?, ?)",
+                             (round_, json.dumps(report)))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _node(text: str) -> NodeInfo:
+    d = json.loads(text)
+    d["sign_public_key"] = bytes.fromhex(d["sign_public_key"])
+    return NodeInfo(**d)

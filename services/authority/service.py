@@ -1,0 +1,183 @@
+"""The trusted authority: registration, round scheduling (buckets, committee), round reports."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import grpc
+
+from hfl.crypto.pow import PowError, check, pow_challenge
+from hfl.crypto.signing import PUBLIC_KEY_LEN, SigningKey
+from hfl.domain import ROLES, SPECIALTIES, Bucket, NodeInfo, RoundConfig
+from hfl.errors import InvalidInput, NotAllowed, NotReady
+from hfl.hashing import HASH_LEN
+from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
+from hfl.robust.reputation import Reputation
+from hfl.rpc import serde
+from hfl.rpc.metrics import QUARANTINED, REPUTATION
+from hfl.rpc.settings import Settings
+from hfl.schedule import assign_buckets, round_seed, select_committee
+from services.authority.registry import Registry
+
+log = logging.getLogger("hfl.authority")
+
+
+def secagg_threshold(g: int) -> int:
+    """Shares needed to unmask a bucket of g: more than 2g/3 (holds against a fog lying about dropouts)."""
+    return (2 * g) // 3 + 1
+
+
+class Authority(authority_pb2_grpc.AuthorityServiceServicer):
+    def __init__(self, settings: Settings, key: SigningKey, registry: Registry) -> None:
+        self.settings = settings
+        self.key = key
+        self.registry = registry
+        state = registry.get_json("reputation")
+        self.reputation = Reputation.from_dict(state) if isinstance(state, dict) else Reputation()
+        self._publish_reputation()
+
+    @property
+    def quarantined(self) -> frozenset[str]:
+        return self.reputation.quarantined
+
+    def _publish_reputation(self) -> None:
+        for node in self.registry.nodes():
+            if node.role in ("facility", "validator"):
+                REPUTATION.labels(node=node.node_id, role=node.role).set(self.reputation.score(node.node_id))
+            if node.role == "facility":
+                QUARANTINED.labels(facility=node.node_id).set(int(node.node_id in self.quarantined))
+
+    def registration_challenge(self, node: NodeInfo) -> bytes:
+        """What a validator must solve to register: binds the authority, the node id and its key."""
+        return pow_challenge(self.key.public_bytes, node.node_id, node.sign_public_key)
+
+    # ------------------------------------------------------------------ registration
+    def _check_node(self, node: NodeInfo) -> None:
+        if node.role not in ROLES or node.role == "authority":
+            raise InvalidInput(f"cannot register a node with role {node.role!r}")
+        if not node.node_id or len(node.node_id) > 128:
+            raise InvalidInput("node id must be 1 to 128 characters")
+        if len(node.sign_public_key) != PUBLIC_KEY_LEN:
+            raise InvalidInput("the node's public key must be 32 bytes (Ed25519)")
+        if node.role != "leader" and not node.address:
+            raise InvalidInput("the node must say at which address it can be reached")
+        if node.specialty and node.specialty not in SPECIALTIES:
+            raise InvalidInput(f"unknown specialty {node.specialty!r}; choose one of {', '.join(SPECIALTIES)}")
+
+    async def Register(
+        self, request: authority_pb2.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.RegisterResponse:
+        node = serde.node_from_proto(request.node)
+        self._check_node(node)
+        known = self.registry.get(node.node_id)
+        if known is not None and known.sign_public_key != node.sign_public_key:
+            raise NotAllowed(f"node id {node.node_id!r} is already registered with a different key")
+        if node.role == "validator" and self.settings.pow_difficulty > 0:
+            try:
+                check(self.registration_challenge(node), int(request.pow_nonce), self.settings.pow_difficulty)
+            except PowError as e:
+                raise NotAllowed(f"validator registration refused: {e}") from None
+        if node.role == "facility" and not node.specialty:
+            node = NodeInfo(**{**node.to_dict(), "specialty": self._next_specialty(known)})
+        self.registry.upsert(node)
+        log.info("registered %s %s at %s%s", node.role, node.node_id, node.address,
+                 f" ({node.specialty})" if node.specialty else "")
+        return authority_pb2.RegisterResponse(authority_public_key=self.key.public_bytes, specialty=node.specialty)
+
+    def _next_specialty(self, known: NodeInfo | None) -> str:
+        if known is not None and known.specialty:
+            return known.specialty
+        count = len(self.registry.nodes("facility"))
+        return SPECIALTIES[count % len(SPECIALTIES)]
+
+    # ------------------------------------------------------------------ scheduling
+    def make_config(self, round_: int, attempt: int, head: bytes) -> RoundConfig:
+        s = self.settings
+        facilities = [n for n in self.registry.nodes("facility") if n.node_id not in self.quarantined]
+        fogs = self.registry.nodes("fog")
+        validators = self.registry.nodes("validator")
+        if len(facilities) < max(1, s.min_facilities):
+            raise NotReady(f"only {len(facilities)} facilities are registered; waiting for {s.min_facilities}")
+        if not fogs:
+            raise NotReady("no fog is registered yet")
+        if len(validators) < s.committee_size:
+            raise NotReady(f"only {len(validators)} validators are registered; the committee needs "
+                           f"{s.committee_size}")
+        seed = round_seed(head, round_, attempt)
+        epoch = (round_ - 1) // max(1, s.epoch_rounds)
+        draw = self.registry.get_json(f"committee_draw/{epoch}")
+        if not isinstance(draw, dict) or any(self.registry.get(v) is None for v in draw["members"]):
+            # Drawn once per epoch, from the ledger head at the epoch's first round, weighted by reputation.
+            pool = sorted(v.node_id for v in validators)
+            weights = {v: round(self.reputation.weight(v), 6) for v in pool}
+            committee_seed = round_seed(head, epoch, 0xFFFF)
+            members = select_committee(pool, s.committee_size, committee_seed, weights)
+            draw = {"epoch": epoch, "seed": committee_seed.hex(), "pool": pool, "weights": weights,
+                    "size": s.committee_size, "members": members}
+            self.registry.put_json(f"committee_draw/{epoch}", draw)
+            log.info("epoch %d committee: %s", epoch, ", ".join(members))
+        committee_ids = list(draw["members"])
+        by_id = {n.node_id: n for n in facilities}
+        plans = assign_buckets(list(by_id), [f.node_id for f in fogs], s.bucket_size, seed)
+        buckets = tuple(Bucket(p.bucket_id, p.fog_id, p.members, secagg_threshold(len(p.members)))
+                        for p in plans)
+        n = len(committee_ids)
+        config = RoundConfig(
+            round=round_, attempt=attempt, seed=seed, ledger_head=head, epoch=epoch, buckets=buckets,
+            committee=tuple(self.registry.get(v) for v in committee_ids),  # type: ignore[misc]
+            quorum=2 * ((n - 1) // 3) + 1,
+            facilities=tuple(by_id[m] for p in plans for m in p.members),
+            fogs=tuple(fogs), quarantined=tuple(sorted(self.quarantined)), committee_draw=draw,
+        ).sign(self.key)
+        self.registry.record_config(round_, attempt, config.hash(), head,
+                                    {b.bucket_id: list(b.members) for b in buckets})
+        return config
+
+    async def GetRoundConfig(
+        self, request: authority_pb2.GetRoundConfigRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.GetRoundConfigResponse:
+        if request.round < 1:
+            raise InvalidInput("rounds are numbered from 1")
+        if len(request.ledger_head) != HASH_LEN:
+            raise InvalidInput("the ledger head must be a 32-byte hash")
+        config = self.make_config(int(request.round), int(request.attempt), bytes(request.ledger_head))
+        return authority_pb2.GetRoundConfigResponse(config=serde.config_to_proto(config))
+
+    async def ReportRound(
+        self, request: authority_pb2.ReportRoundRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.ReportRoundResponse:
+        round_, attempt = int(request.round), int(request.attempt)
+        buckets = self.registry.config_buckets(round_, attempt)
+        if buckets is None:
+            raise InvalidInput(f"no configuration was issued for round {round_} attempt {attempt}")
+        try:
+            report = json.loads(request.report_json or "{}")
+            flags = {str(b): str(k) for b, k in dict(report.get("flags", {})).items()}
+            votes = {str(v): (None if x is None else bool(x)) for v, x in dict(report.get("votes", {})).items()}
+        except (ValueError, TypeError, AttributeError) as e:
+            raise InvalidInput(f"the round report is malformed: {e}") from None
+        unknown = set(flags) - set(buckets)
+        if unknown or any(k not in ("norm", "outlier") for k in flags.values()):
+            raise InvalidInput("the round report flags buckets that were not part of the round")
+        observation = round_ * 1000 + attempt  # strictly increasing across attempts of a round
+        newly = self.reputation.observe(observation, buckets, flags)
+        committee = list(report.get("committee", []))
+        if committee:
+            self.reputation.observe_votes(observation, committee, votes, bool(request.committed))
+        self.registry.put_json("reputation", self.reputation.to_dict())
+        self.registry.record_report(round_, {
+            "attempt": attempt, "committed": request.committed, "block_hash": request.block_hash.hex(),
+            "flags": flags, "votes": votes, "newly_quarantined": newly})
+        for f in newly:
+            log.warning("quarantined facility %s: it was in flagged buckets too often", f)
+        self._publish_reputation()
+        return authority_pb2.ReportRoundResponse(quarantined=sorted(self.quarantined))
+
+    async def ListNodes(
+        self, request: authority_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.ListNodesResponse:
+        return authority_pb2.ListNodesResponse(
+            nodes=[serde.node_to_proto(n) for n in self.registry.nodes()],
+            authority_public_key=self.key.public_bytes, quarantined=sorted(self.quarantined),
+            pow_difficulty=self.settings.pow_difficulty)

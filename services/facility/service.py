@@ -1,0 +1,172 @@
+"""A facility: holds patient data, trains on the global model, sends only its (clipped) update."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from typing import Any
+
+import grpc
+import numpy as np
+
+from hfl.domain import Bucket, Metrics, ModelSpec, NodeInfo, RoundConfig, TrainingPlan
+from hfl.errors import ConfigError, InvalidInput, NotAllowed, NotReady, StaleRound
+from hfl.learning.data import Dataset, FacilityData
+from hfl.learning.models import evaluate, make_model
+from hfl.learning.train import TrainConfig, clip_update, train_local
+from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2, fog_pb2_grpc
+from hfl.robust.attacks import apply_attack, flip_labels
+from hfl.rpc import serde
+from hfl.rpc.client import call, describe_rpc_error
+from hfl.rpc.metrics import ROUND
+from hfl.rpc.server import Channels
+from hfl.rpc.settings import Settings
+
+log = logging.getLogger("hfl.facility")
+
+
+def parse_shard(text: str) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"HFL_SHARD must look like I/N (e.g. 2/8), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"HFL_SHARD {text!r}: I must be between 0 and N-1")
+    return i, n
+
+
+class Facility(facility_pb2_grpc.FacilityServiceServicer):
+    def __init__(self, settings: Settings, node_id: str, channels: Channels) -> None:
+        self.settings = settings
+        self.node_id = node_id
+        self.channels = channels
+        self._data: FacilityData | None = None
+        self.authority_key = b""
+        self.last_round = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def ready(self, data: FacilityData, authority_key: bytes) -> None:
+        """Called once registered and the data are loaded; until then RPCs answer UNAVAILABLE."""
+        self._data = data
+        self.authority_key = authority_key
+        self.train_set = data.train
+        if self.settings.byzantine == "label_flip":
+            self.train_set = Dataset(data.train.X, flip_labels(data.train.y), data.train.feature_names)
+        if self.settings.byzantine != "none":
+            log.warning("this facility is BYZANTINE for experiments: attack %r", self.settings.byzantine)
+
+    @property
+    def data(self) -> FacilityData:
+        if self._data is None:
+            raise NotReady("this facility is still starting (registering or loading its data)")
+        return self._data
+
+    # ------------------------------------------------------------------ checks at the boundary
+    def _model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
+        spec, params, _ = serde.model_from_proto(request_model)
+        if spec.n_features != self.data.train.d:
+            raise InvalidInput(f"the model expects {spec.n_features} features but this facility's data has "
+                               f"{self.data.train.d}")
+        model = make_model(spec.kind, spec.n_features, spec.hidden)
+        if params.size != model.n_params:
+            raise InvalidInput(f"the model should have {model.n_params} parameters, got {params.size}")
+        return spec, params, model
+
+    def _round_config(self, request_config: Any) -> RoundConfig:
+        config = serde.config_from_proto(request_config)
+        config.verify(self.authority_key)
+        if config.round < self.last_round:
+            raise StaleRound(f"round {config.round} is over; this facility is already in round {self.last_round}")
+        return config
+
+    # ------------------------------------------------------------------ RPCs
+    async def StartRound(
+        self, request: facility_pb2.StartRoundRequest, context: grpc.aio.ServicerContext
+    ) -> facility_pb2.StartRoundResponse:
+        config = self._round_config(request.config)
+        try:
+            bucket = config.bucket(request.bucket_id)
+        except KeyError:
+            raise InvalidInput(f"bucket {request.bucket_id!r} is not part of round {config.round}") from None
+        if self.node_id not in bucket.members:
+            raise NotAllowed(f"this facility is not a member of bucket {bucket.bucket_id} in round {config.round}")
+        _spec, params, model = self._model(request.model)
+        plan = serde.plan_from_proto(request.plan)
+        self.last_round = config.round
+        ROUND.set(config.round)
+        task = asyncio.create_task(self._train_and_submit(config, bucket, config.node(bucket.fog_id), model,
+                                                          params, plan))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return facility_pb2.StartRoundResponse()
+
+    async def EvaluateModel(
+        self, request: facility_pb2.EvaluateModelRequest, context: grpc.aio.ServicerContext
+    ) -> facility_pb2.EvaluateModelResponse:
+        _spec, params, model = self._model(request.model)
+        result = await asyncio.to_thread(evaluate, model, params, self.data.test)
+        return facility_pb2.EvaluateModelResponse(
+            metrics=serde.metrics_to_proto(Metrics(result.correct, result.total, result.loss_sum)))
+
+    # ------------------------------------------------------------------ local work
+    def _rng(self, config: RoundConfig) -> np.random.Generator:
+        digest = hashlib.sha256(f"{self.settings.seed}/{self.node_id}/{config.round}/{config.attempt}".encode())
+        return np.random.default_rng(int.from_bytes(digest.digest()[:8], "big"))
+
+    def honest_update(
+        self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator, data: Dataset
+    ) -> np.ndarray:
+        cfg = TrainConfig(lr=plan.lr, epochs=plan.epochs, batch_size=plan.batch_size)
+        new = train_local(model, params, data, cfg, rng)
+        return clip_update(new - params, plan.clip_update)
+
+    def local_update(self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator
+                     ) -> np.ndarray:
+        delta = self.honest_update(model, params, plan, rng, self.train_set)
+        attack = self.settings.byzantine
+        if attack in ("none", "label_flip"):
+            return delta
+        peers = self.peer_updates(model, params, plan, rng) if attack in ("alie", "ipm") else None
+        return apply_attack(attack, delta, rng=rng, scale=self.settings.byzantine_scale, peers=peers)
+
+    def peer_updates(self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator
+                     ) -> np.ndarray:
+        """What honest facilities of this federation would send (colluding attacks, as in the papers):
+        simulated by training on the data other shards of the same source would hold."""
+        if not hasattr(self, "_peer_data"):
+            from hfl.learning.data import SPECIALTIES, load_facility_data
+
+            shard = parse_shard(self.settings.shard) or (0, 1)
+            n = max(shard[1], 5)
+            source = self.settings.dataset
+            self._peer_data = [] if source.startswith("csv:") else [
+                load_facility_data(source, specialty=SPECIALTIES[j % 4], shard=(j, n), seed=self.settings.seed,
+                                   label=self.settings.label).train
+                for j in range(n) if j != shard[0]][:4]
+        rows = [self.honest_update(model, params, plan, rng, d) for d in self._peer_data]
+        rows.append(self.honest_update(model, params, plan, rng, self.data.train))
+        return np.stack(rows)
+
+    async def _train_and_submit(
+        self, config: RoundConfig, bucket: Bucket, fog: NodeInfo, model: Any, params: np.ndarray,
+        plan: TrainingPlan,
+    ) -> None:
+        if plan.drop_rate > 0 and secrets.randbelow(1_000_000) < plan.drop_rate * 1_000_000:
+            log.info("round %d: dropping out on purpose (drop rate %.2f)", config.round, plan.drop_rate)
+            return
+        try:
+            delta = await asyncio.to_thread(self.local_update, model, params, plan, self._rng(config))
+            stub = fog_pb2_grpc.FogServiceStub(self.channels.get(fog.address))
+            await call(stub.SubmitUpdate, fog_pb2.SubmitUpdateRequest(
+                round=config.round, attempt=config.attempt, bucket_id=bucket.bucket_id, node_id=self.node_id,
+                update=serde.vector_to_proto(delta), num_samples=self.data.train.n),
+                peer="fog", timeout=plan.timeout_s)
+            log.info("round %d: sent update to %s (bucket %s)", config.round, fog.node_id, bucket.bucket_id)
+        except grpc.aio.AioRpcError as e:
+            log.warning("round %d: the fog refused or missed the update: %s", config.round, describe_rpc_error(e))
+        except Exception:
+            log.exception("round %d: local training failed", config.round)

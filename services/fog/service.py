@@ -1,0 +1,167 @@
+"""A fog node: runs its buckets of a round and forwards only bucket sums to the leader."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from hfl.domain import Bucket, BucketResult, Metrics, RoundConfig, TrainingPlan
+from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotReady, StaleRound
+from hfl.proto.v1 import common_pb2 as pb
+from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2, fog_pb2_grpc
+from hfl.rpc import serde
+from hfl.rpc.client import ByteCount, call, describe_rpc_error
+from hfl.rpc.metrics import REFUSED, ROUND
+from hfl.rpc.server import Channels
+from hfl.rpc.settings import Settings
+
+log = logging.getLogger("hfl.fog")
+
+
+@dataclass
+class PlainBucket:
+    """Collects the plain (--no-secagg) updates of one bucket."""
+
+    bucket: Bucket
+    dim: int
+    updates: dict[str, np.ndarray] = field(default_factory=dict)
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, node_id: str, update: np.ndarray) -> None:
+        if node_id not in self.bucket.members:
+            raise NotAllowed(f"{node_id} is not a member of bucket {self.bucket.bucket_id}")
+        if node_id in self.updates:
+            raise AlreadyDone(f"{node_id} already sent its update for bucket {self.bucket.bucket_id}")
+        self.updates[node_id] = update
+        if len(self.updates) == len(self.bucket.members):
+            self.complete.set()
+
+    def result(self) -> BucketResult:
+        members = tuple(m for m in self.bucket.members if m in self.updates)
+        dropped = tuple(m for m in self.bucket.members if m not in self.updates)
+        if not members:
+            return BucketResult(self.bucket.bucket_id, self.bucket.fog_id, np.zeros(0), 0, (), dropped,
+                                abandoned=True, reason="no member sent an update")
+        total = np.zeros(self.dim)
+        for m in members:
+            total += self.updates[m]
+        return BucketResult(self.bucket.bucket_id, self.bucket.fog_id, total, len(members), members, dropped)
+
+
+class Fog(fog_pb2_grpc.FogServiceServicer):
+    def __init__(self, settings: Settings, node_id: str, channels: Channels) -> None:
+        self.settings = settings
+        self.node_id = node_id
+        self.channels = channels
+        self.authority_key = b""
+        self.current: tuple[int, int] = (0, 0)
+        self.open: dict[str, PlainBucket] = {}
+        self.received_bytes = 0
+        self.dim = 0
+
+    def ready(self, authority_key: bytes) -> None:
+        self.authority_key = authority_key
+
+    def _config(self, proto: pb.RoundConfig) -> RoundConfig:
+        if not self.authority_key:
+            raise NotReady("this fog is still starting")
+        config = serde.config_from_proto(proto)
+        config.verify(self.authority_key)
+        if (config.round, config.attempt) < self.current:
+            raise StaleRound(f"round {config.round} is older than the current round {self.current[0]}")
+        return config
+
+    # ------------------------------------------------------------------ leader -> fog
+    async def RunRound(
+        self, request: fog_pb2.RunRoundRequest, context: grpc.aio.ServicerContext
+    ) -> fog_pb2.RunRoundResponse:
+        config = self._config(request.config)
+        _spec, params, _ = serde.model_from_proto(request.model)
+        plan = serde.plan_from_proto(request.plan)
+        mine = [b for b in config.buckets if b.fog_id == self.node_id]
+        self.current = (config.round, config.attempt)
+        self.dim = params.size
+        ROUND.set(config.round)
+        counter = ByteCount()
+        self.received_bytes = 0
+        self.open = {b.bucket_id: PlainBucket(b, params.size) for b in mine}
+        results = await asyncio.gather(*(self._run_plain_bucket(config, b, request, plan, counter) for b in mine))
+        self.open = {}
+        return fog_pb2.RunRoundResponse(
+            buckets=[serde.bucket_result_to_proto(r) for r in results],
+            bytes_to_facilities=counter.sent, bytes_from_facilities=counter.received + self.received_bytes)
+
+    async def _run_plain_bucket(
+        self, config: RoundConfig, bucket: Bucket, request: fog_pb2.RunRoundRequest, plan: TrainingPlan,
+        counter: ByteCount,
+    ) -> BucketResult:
+        collector = self.open[bucket.bucket_id]
+
+        async def start(member: str) -> None:
+            node = config.node(member)
+            stub = facility_pb2_grpc.FacilityServiceStub(self.channels.get(node.address))
+            try:
+                await call(stub.StartRound, facility_pb2.StartRoundRequest(
+                    config=request.config, model=request.model, plan=request.plan, bucket_id=bucket.bucket_id),
+                    peer="facility", timeout=min(30.0, plan.timeout_s), counter=counter)
+            except grpc.aio.AioRpcError as e:
+                log.warning("round %d: facility %s did not start: %s", config.round, member,
+                            describe_rpc_error(e))
+
+        await asyncio.gather(*(start(m) for m in bucket.members))
+        try:
+            await asyncio.wait_for(collector.complete.wait(), timeout=plan.timeout_s)
+        except TimeoutError:
+            pass
+        result = collector.result()
+        if result.dropped:
+            log.info("round %d bucket %s: %d of %d members missing (%s)", config.round, bucket.bucket_id,
+                     len(result.dropped), len(bucket.members), ", ".join(result.dropped))
+        return result
+
+    # ------------------------------------------------------------------ facility -> fog
+    async def SubmitUpdate(
+        self, request: fog_pb2.SubmitUpdateRequest, context: grpc.aio.ServicerContext
+    ) -> fog_pb2.SubmitUpdateResponse:
+        try:
+            update = serde.vector_from_proto(request.update, expected_length=self.dim or None, what="update")
+            if (request.round, request.attempt) != self.current or request.bucket_id not in self.open:
+                raise StaleRound(f"no open bucket {request.bucket_id!r} for round {request.round} here "
+                                 f"(current round: {self.current[0]})")
+            self.open[request.bucket_id].add(request.node_id, update)
+        except Exception as e:
+            REFUSED.labels(reason=type(e).__name__).inc()
+            raise
+        self.received_bytes += request.ByteSize()
+        return fog_pb2.SubmitUpdateResponse()
+
+    # ------------------------------------------------------------------ evaluation
+    async def Evaluate(
+        self, request: fog_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
+    ) -> fog_pb2.EvaluateResponse:
+        facilities = [serde.node_from_proto(n) for n in request.facilities]
+        if len(facilities) > 10_000:
+            raise InvalidInput("too many facilities in one evaluation request")
+        msg = facility_pb2.EvaluateModelRequest(model=request.model)
+
+        async def one(address: str) -> Metrics | None:
+            stub = facility_pb2_grpc.FacilityServiceStub(self.channels.get(address))
+            try:
+                resp = await call(stub.EvaluateModel, msg, peer="facility", timeout=60)
+                return serde.metrics_from_proto(resp.metrics)
+            except (grpc.aio.AioRpcError, InvalidInput) as e:
+                log.warning("evaluation at %s failed: %s", address, e)
+                return None
+
+        parts = await asyncio.gather(*(one(f.address) for f in facilities))
+        total = Metrics()
+        reached = 0
+        for p in parts:
+            if p is not None:
+                total = total + p
+                reached += 1
+        return fog_pb2.EvaluateResponse(metrics=serde.metrics_to_proto(total), reached=reached)

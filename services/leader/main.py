@@ -1,0 +1,83 @@
+"""`hfl serve leader`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from hfl.domain import ModelSpec, NodeInfo, TrainingPlan
+from hfl.errors import ConfigError
+from hfl.learning.features import n_features_for
+from hfl.learning.models import make_model
+from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN
+from hfl.ledger import LedgerError, LedgerStore
+from hfl.proto.v1 import leader_pb2_grpc
+from hfl.rpc.metrics import ROUND, UP
+from hfl.rpc.node import load_identity, register
+from hfl.rpc.server import Channels, serve_until_stopped, start_server, write_ready_file
+from hfl.rpc.settings import Settings
+from services.leader.service import Leader
+
+log = logging.getLogger("hfl.leader")
+
+
+def training_plan(settings: Settings) -> TrainingPlan:
+    return TrainingPlan(
+        lr=settings.lr or DEFAULT_TRAIN.lr,
+        epochs=settings.epochs or DEFAULT_TRAIN.epochs,
+        batch_size=settings.batch_size or DEFAULT_TRAIN.batch_size,
+        clip_update=settings.clip_update or DEFAULT_CLIP_UPDATE,
+        secure=settings.secagg,
+        timeout_s=settings.round_timeout,
+        drop_rate=settings.drop_rate,
+    )
+
+
+def open_ledger(settings: Settings) -> tuple[LedgerStore, ModelSpec]:
+    n_features = settings.n_features or n_features_for(settings.dataset, settings.label)
+    spec = ModelSpec(kind=settings.model, n_features=n_features, hidden=settings.hidden)
+    store = LedgerStore(settings.state_dir / "ledger.db")
+    initial = make_model(spec.kind, spec.n_features, spec.hidden).init_params(settings.seed)
+    extra = {"model": {"kind": spec.kind, "n_features": spec.n_features, "hidden": spec.hidden},
+             "seed": settings.seed}
+    try:
+        store.init_genesis(initial, extra=extra)
+    except LedgerError as e:
+        store.close()
+        raise ConfigError(f"the ledger in {settings.state_dir} was made for another model or seed ({e}); "
+                          "use a new state directory") from None
+    return store, spec
+
+
+async def run(settings: Settings) -> None:
+    node_id = settings.resolved_node_id()
+    key = load_identity(settings.state_dir)
+    store, spec = open_ledger(settings)
+    head = store.head()
+    if head is not None and head.header.round > 0:
+        log.info("resuming after round %d (head %s)", head.header.round, head.hash.hex()[:16])
+        ROUND.set(head.header.round)
+    channels = Channels()
+    leader = Leader(settings, channels, store, spec, training_plan(settings))
+    running = await start_server(settings, "leader", lambda s: leader_pb2_grpc.add_LeaderServiceServicer_to_server(leader, s))
+    node = NodeInfo(node_id=node_id, role="leader", address=running.address, sign_public_key=key.public_bytes,
+                    metrics_address=f"{settings.resolved_advertise_host()}:{running.metrics_port}")
+    answer = await register(channels, settings.authority, node)
+    leader.authority_key = bytes(answer.authority_public_key)
+    await running.set_serving()
+    UP.labels(role="leader").set(1)
+    write_ready_file(settings.ready_file, {"role": "leader", "node_id": node_id, "address": running.address,
+                                           "metrics_port": running.metrics_port})
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(leader.run(stop))
+    try:
+        await serve_until_stopped(running, "leader")
+    finally:
+        stop.set()
+        loop_task.cancel()
+        try:
+            await loop_task
+        except (asyncio.CancelledError, Exception):
+            pass
+        await channels.close()
+        store.close()

@@ -1,0 +1,312 @@
+"""The leader: drives rounds, aggregates bucket sums, asks the committee, commits to the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+
+from hfl.domain import BucketResult, Metrics, ModelSpec, RoundConfig, RoundEvent, TrainingPlan
+from hfl.errors import NotReady
+from hfl.ledger import Block, CommitteeMember, LedgerError, LedgerStore, Vote, next_header, select_quorum
+from hfl.proto.v1 import (
+    authority_pb2,
+    authority_pb2_grpc,
+    fog_pb2,
+    fog_pb2_grpc,
+    leader_pb2,
+    leader_pb2_grpc,
+    validator_pb2,
+    validator_pb2_grpc,
+)
+from hfl.robust.rules import aggregate
+from hfl.rpc import serde
+from hfl.rpc.client import ByteCount, call, describe_rpc_error
+from hfl.rpc.metrics import (
+    COMMITS,
+    FACILITY_FOG,
+    FLAGGED_BUCKETS,
+    MODEL_ACCURACY,
+    MODEL_LOSS,
+    ROUND,
+    ROUND_DURATION,
+    SECAGG_DROPOUTS,
+)
+from hfl.rpc.server import Channels
+from hfl.rpc.settings import Settings
+
+log = logging.getLogger("hfl.leader")
+
+
+class Leader(leader_pb2_grpc.LeaderServiceServicer):
+    def __init__(
+        self, settings: Settings, channels: Channels, store: LedgerStore, spec: ModelSpec, plan: TrainingPlan
+    ) -> None:
+        self.settings = settings
+        self.channels = channels
+        self.store = store
+        self.spec = spec
+        self.plan = plan
+        head = store.head()
+        if head is None:
+            raise RuntimeError("the ledger has no genesis block")
+        self.model = store.model(head.header.model_hash)
+        self.authority_key = b""
+        self.events: list[RoundEvent] = []
+        self.changed = asyncio.Condition()
+        self.state = "starting"
+        self.finished = False
+        self.last_metrics = Metrics()
+
+    @property
+    def rule_params(self) -> dict[str, object]:
+        """Recorded in every block: f, the norm bound, and any rule-specific parameters."""
+        return {"f": self.settings.f, "clip_update": self.plan.clip_update}
+
+    def authority(self) -> authority_pb2_grpc.AuthorityServiceStub:
+        return authority_pb2_grpc.AuthorityServiceStub(self.channels.get(self.settings.authority))
+
+    # ------------------------------------------------------------------ the round loop
+    async def run(self, stop: asyncio.Event) -> None:
+        target = self.settings.rounds
+        attempt = 0
+        try:
+            while not stop.is_set():
+                head = self.store.head()
+                assert head is not None
+                if target and head.header.round >= target:
+                    break
+                round_ = head.header.round + 1
+                try:
+                    resp = await call(self.authority().GetRoundConfig, authority_pb2.GetRoundConfigRequest(
+                        round=round_, attempt=attempt, ledger_head=head.hash), peer="authority", timeout=30)
+                except grpc.aio.AioRpcError as e:
+                    self.state = f"waiting: {e.details()}"
+                    log.info("round %d: not ready yet (%s)", round_, e.details())
+                    await asyncio.sleep(1.0)
+                    continue
+                config = serde.config_from_proto(resp.config)
+                config.verify(self.authority_key)
+                self.state = f"running round {round_}"
+                try:
+                    event = await self.run_round(config, head)
+                except Exception as e:  # a bad round must not stop the federation
+                    log.exception("round %d failed", round_)
+                    event = RoundEvent(round=round_, committed=False, detail=f"round failed: {e}")
+                    await asyncio.sleep(1.0)
+                attempt = 0 if event.committed else attempt + 1
+                await self.publish(event)
+                if self.settings.round_interval > 0:
+                    await asyncio.sleep(self.settings.round_interval)
+        finally:
+            self.finished = True
+            self.state = "finished"
+            await self.publish(RoundEvent(round=self.store.head().header.round, committed=False,  # type: ignore[union-attr]
+                                          done=True, detail="all planned rounds are done"))
+
+    async def publish(self, event: RoundEvent) -> None:
+        async with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+
+    async def run_round(self, config: RoundConfig, head: Block) -> RoundEvent:
+        t0 = time.monotonic()
+        round_ = config.round
+        counter = ByteCount()
+        model_msg = serde.model_to_proto(self.spec, self.model, round_)
+        request = fog_pb2.RunRoundRequest(config=serde.config_to_proto(config), model=model_msg,
+                                          plan=serde.plan_to_proto(self.plan))
+        fog_ids = sorted({b.fog_id for b in config.buckets})
+        for b in config.buckets:
+            for m in b.members:
+                FACILITY_FOG.labels(facility=m, fog=b.fog_id).set(1)
+
+        async def run_fog(fog_id: str) -> list[BucketResult]:
+            node = config.node(fog_id)
+            stub = fog_pb2_grpc.FogServiceStub(self.channels.get(node.address))
+            try:
+                resp = await call(stub.RunRound, request, peer="fog", timeout=self.plan.timeout_s + 60,
+                                  counter=counter)
+            except grpc.aio.AioRpcError as e:
+                log.warning("round %d: fog %s failed: %s", round_, fog_id, describe_rpc_error(e))
+                return []
+            counter.add("facility", int(resp.bytes_from_facilities), int(resp.bytes_to_facilities))
+            out = []
+            for b in resp.buckets:
+                try:
+                    r = serde.bucket_result_from_proto(b, expected_length=self.model.size)
+                except ValueError as e:
+                    log.warning("round %d: fog %s sent a malformed bucket: %s", round_, fog_id, e)
+                    continue
+                if r.fog_id != fog_id or r.bucket_id not in {x.bucket_id for x in config.buckets
+                                                             if x.fog_id == fog_id}:
+                    log.warning("round %d: fog %s answered for a bucket it does not run", round_, fog_id)
+                    continue
+                out.append(r)
+            return out
+
+        results = sorted((r for rs in await asyncio.gather(*(run_fog(f) for f in fog_ids)) for r in rs),
+                         key=lambda r: r.bucket_id)
+        used = [r for r in results if not r.abandoned and r.count > 0]
+        dropouts = sum(len(r.dropped) for r in results)
+        SECAGG_DROPOUTS.inc(dropouts)
+        base = dict(round=round_, participants=sum(r.count for r in used), dropouts=dropouts,
+                    abandoned_buckets=sum(1 for r in results if r.abandoned),
+                    committee=tuple(m.node_id for m in config.committee))
+        if not used:
+            return self._finish(t0, counter, RoundEvent(committed=False, detail="no bucket sums arrived", **base))
+
+        sums = np.stack([r.total for r in used])
+        counts = [r.count for r in used]
+        extra = {"buckets": [r.bucket_id for r in used], "fogs": [r.fog_id for r in used],
+                 "members": [list(r.members) for r in used]}
+        header, new_model = next_header(
+            head, self.model, sums, counts, rule=self.settings.rule, rule_params=self.rule_params,
+            committee=[CommitteeMember(m.node_id, m.sign_public_key) for m in config.committee],
+            config_hash=config.hash(), quorum=config.quorum, extra=extra)
+        kinds = aggregate(self.settings.rule, sums, np.asarray(counts), f=self.settings.f,
+                          clip_update=self.plan.clip_update).flag_kinds
+        flags = {used[i].bucket_id: kind for i, kind in kinds.items()}
+        flagged = tuple(sorted(flags))
+        FLAGGED_BUCKETS.inc(len(flagged))
+        votes = await self.collect_votes(config, head, used, header.hash(), extra, counter)
+        accepts = sum(1 for v in votes if v.accept)
+        base.update(accepts=accepts, rejects=len(votes) - accepts, flagged_buckets=flagged)
+        try:
+            qc = select_quorum(header, votes)
+        except LedgerError as e:
+            reasons = sorted({v.reason for v in votes if not v.accept})
+            detail = f"not committed: {e}" + (f" ({'; '.join(reasons)})" if reasons else "")
+            log.warning("round %d: %s", round_, detail)
+            COMMITS.labels(outcome="rejected").inc()
+            quarantined = await self.report(config, None, flags, votes)
+            return self._finish(t0, counter, RoundEvent(committed=False, detail=detail, quarantined=quarantined,
+                                                        **base))
+        block = Block(header, qc)
+        await asyncio.to_thread(self.store.append, block, new_model, sums)
+        self.model = new_model
+        ROUND.set(round_)
+        COMMITS.labels(outcome="committed").inc()
+        metrics = await self.evaluate(config, counter)
+        self.last_metrics = metrics
+        MODEL_ACCURACY.set(metrics.accuracy)
+        MODEL_LOSS.set(metrics.loss)
+        quarantined = await self.report(config, block, flags, votes)
+        return self._finish(t0, counter, RoundEvent(committed=True, accuracy=metrics.accuracy, loss=metrics.loss,
+                                                    block_hash=block.hash, detail="committed",
+                                                    quarantined=quarantined, **base))
+
+    def _finish(self, t0: float, counter: ByteCount, event: RoundEvent) -> RoundEvent:
+        from dataclasses import replace
+
+        duration = time.monotonic() - t0
+        ROUND_DURATION.observe(duration)
+        return replace(event, duration_s=duration, bytes_sent=counter.sent + counter.received)
+
+    async def collect_votes(
+        self, config: RoundConfig, head: Block, used: list[BucketResult], block_hash: bytes,
+        extra: dict[str, object], counter: ByteCount,
+    ) -> list[Vote]:
+        request = validator_pb2.VoteRequest(
+            config=serde.config_to_proto(config), base_model=serde.model_to_proto(self.spec, self.model, head.round),
+            buckets=[serde.bucket_result_to_proto(r) for r in used], rule=self.settings.rule,
+            rule_params_json=json.dumps(self.rule_params, sort_keys=True), prev_block_json=json.dumps(head.to_dict()),
+            extra_json=json.dumps(extra, sort_keys=True), block_hash=block_hash)
+
+        async def ask(address: str, node_id: str) -> Vote | None:
+            stub = validator_pb2_grpc.ValidatorServiceStub(self.channels.get(address))
+            try:
+                resp = await call(stub.Vote, request, peer="validator", timeout=self.settings.vote_timeout,
+                                  counter=counter)
+                vote = serde.vote_from_proto(resp)
+            except grpc.aio.AioRpcError as e:
+                log.warning("round %d: validator %s did not vote: %s", config.round, node_id, describe_rpc_error(e))
+                return None
+            except ValueError as e:
+                log.warning("round %d: validator %s sent a malformed vote: %s", config.round, node_id, e)
+                return None
+            if vote.validator_id != node_id:
+                log.warning("round %d: validator %s signed as %s", config.round, node_id, vote.validator_id)
+                return None
+            return vote
+
+        answers = await asyncio.gather(*(ask(m.address, m.node_id) for m in config.committee))
+        return [v for v in answers if v is not None]
+
+    async def evaluate(self, config: RoundConfig, counter: ByteCount) -> Metrics:
+        model_msg = serde.model_to_proto(self.spec, self.model, config.round)
+        by_fog: dict[str, list[str]] = {}
+        for b in config.buckets:
+            by_fog.setdefault(b.fog_id, []).extend(b.members)
+
+        async def one(fog_id: str, members: list[str]) -> Metrics:
+            stub = fog_pb2_grpc.FogServiceStub(self.channels.get(config.node(fog_id).address))
+            req = fog_pb2.EvaluateRequest(model=model_msg,
+                                          facilities=[serde.node_to_proto(config.node(m)) for m in members])
+            try:
+                resp = await call(stub.Evaluate, req, peer="fog", timeout=120, counter=counter)
+                return serde.metrics_from_proto(resp.metrics)
+            except (grpc.aio.AioRpcError, ValueError) as e:
+                log.warning("evaluation through fog %s failed: %s", fog_id, e)
+                return Metrics()
+
+        total = Metrics()
+        for m in await asyncio.gather(*(one(f, ms) for f, ms in sorted(by_fog.items()))):
+            total = total + m
+        return total
+
+    async def report(
+        self, config: RoundConfig, block: Block | None, flags: dict[str, str], votes: list[Vote]
+    ) -> tuple[str, ...]:
+        """Tell the authority which buckets were flagged and who voted how; returns the quarantine list."""
+        by_voter: dict[str, bool | None] = {m.node_id: None for m in config.committee}
+        by_voter.update({v.validator_id: v.accept for v in votes if v.validator_id in by_voter})
+        report = {"flags": flags, "votes": by_voter, "committee": [m.node_id for m in config.committee]}
+        try:
+            resp = await call(self.authority().ReportRound, authority_pb2.ReportRoundRequest(
+                round=config.round, attempt=config.attempt, committed=block is not None,
+                block_hash=block.hash if block else b"", flagged_buckets=sorted(flags),
+                report_json=json.dumps(report, sort_keys=True)), peer="authority", timeout=30)
+            return tuple(resp.quarantined)
+        except grpc.aio.AioRpcError as e:
+            log.warning("could not report round %d to the authority: %s", config.round, describe_rpc_error(e))
+            return ()
+
+    # ------------------------------------------------------------------ RPCs
+    async def GetStatus(
+        self, request: leader_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> leader_pb2.GetStatusResponse:
+        head = self.store.head()
+        if head is None:
+            raise NotReady("the ledger is not initialised yet")
+        return leader_pb2.GetStatusResponse(committed_round=head.header.round, head_hash=head.hash,
+                                            target_rounds=self.settings.rounds, finished=self.finished,
+                                            state=self.state)
+
+    async def GetModel(
+        self, request: leader_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> leader_pb2.GetModelResponse:
+        head = self.store.head()
+        round_ = head.header.round if head else 0
+        return leader_pb2.GetModelResponse(model=serde.model_to_proto(self.spec, self.model, round_))
+
+    async def WatchRounds(
+        self, request: leader_pb2.WatchRoundsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[leader_pb2.WatchRoundsResponse]:
+        index = 0
+        while True:
+            async with self.changed:
+                while index >= len(self.events):
+                    await self.changed.wait()
+                batch = self.events[index:]
+                index = len(self.events)
+            for event in batch:
+                if event.round > request.after_round or event.done:
+                    yield serde.event_to_proto(event)
+                if event.done:
+                    return

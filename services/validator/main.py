@@ -1,0 +1,45 @@
+"""`hfl serve validator`."""
+
+from __future__ import annotations
+
+import logging
+
+from hfl.domain import NodeInfo
+from hfl.learning.data import load_validation_data
+from hfl.proto.v1 import validator_pb2_grpc
+from hfl.rpc.metrics import UP
+from hfl.rpc.node import load_identity, register
+from hfl.rpc.server import Channels, serve_until_stopped, start_server, write_ready_file
+from hfl.rpc.settings import Settings
+from services.validator.service import Validator
+
+log = logging.getLogger("hfl.validator")
+
+
+def validator_index(node_id: str) -> int:
+    digits = "".join(c for c in node_id if c.isdigit())
+    return int(digits[-6:]) if digits else 0
+
+
+async def run(settings: Settings) -> None:
+    node_id = settings.resolved_node_id()
+    key = load_identity(settings.state_dir)
+    data = load_validation_data(settings.dataset, seed=settings.seed, index=validator_index(node_id),
+                                label=settings.label)
+    log.info("validation data: %s", f"{data.n} records" if data is not None else "none (recomputation only)")
+    channels = Channels()
+    validator = Validator(settings, node_id, key, data)
+    running = await start_server(
+        settings, "validator", lambda s: validator_pb2_grpc.add_ValidatorServiceServicer_to_server(validator, s))
+    node = NodeInfo(node_id=node_id, role="validator", address=running.address, sign_public_key=key.public_bytes,
+                    metrics_address=f"{settings.resolved_advertise_host()}:{running.metrics_port}")
+    answer = await register(channels, settings.authority, node)
+    validator.ready(bytes(answer.authority_public_key))
+    await running.set_serving()
+    UP.labels(role="validator").set(1)
+    write_ready_file(settings.ready_file, {"role": "validator", "node_id": node_id, "address": running.address,
+                                           "metrics_port": running.metrics_port})
+    try:
+        await serve_until_stopped(running, "validator")
+    finally:
+        await channels.close()
