@@ -7,11 +7,28 @@ from collections.abc import Callable
 import numpy as np
 
 from hfl.hashing import hash_vector
+from hfl.schedule import select_committee
 
-from .block import LedgerError, check_quorum, compute_model
+from .block import BlockHeader, LedgerError, check_quorum, compute_model
 from .store import LedgerStore
 
-__all__ = ["verify_ledger"]
+__all__ = ["check_committee_draw", "verify_ledger"]
+
+
+def check_committee_draw(header: BlockHeader) -> None:
+    """Re-derive the committee from the draw recorded in the block (seed, candidates, weights).
+
+    Blocks without a recorded draw (none is required) are accepted as they are."""
+    draw = header.extra.get("committee_draw")
+    if not draw:
+        return
+    try:
+        expected = select_committee(list(draw["pool"]), int(draw["size"]), bytes.fromhex(draw["seed"]),
+                                    {str(k): float(v) for k, v in dict(draw["weights"]).items()})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LedgerError(f"the recorded committee draw is malformed: {exc}", header.round) from None
+    if sorted(m.node_id for m in header.committee) != expected:
+        raise LedgerError("the committee is not the one its recorded draw gives", header.round)
 
 
 def _at(r: int, exc: LedgerError) -> LedgerError:
@@ -25,7 +42,8 @@ def verify_ledger(
     """Check every block in order; return how many were verified.
 
     Checks the genesis form, that rounds are contiguous, each stored hash, the prev_hash chain, that each
-    base model is the previous block's model, and each quorum certificate. With ``recompute`` it also
+    base model is the previous block's model, each quorum certificate, and that each committee is the one
+    its recorded draw (ledger-head seed, candidates, reputation weights) gives. With ``recompute`` it also
     re-runs the aggregation rule on the stored bucket sums and checks the resulting model hash, the
     flagged buckets and the stored model checkpoints. Raises LedgerError naming the first bad block.
 
@@ -49,6 +67,7 @@ def verify_ledger(
             if h.base_model_hash != prev_model_hash:
                 raise LedgerError(f"the base model is not the model recorded in block {r - 1}", r)
         check_quorum(h, block.votes)
+        check_committee_draw(h)
         if recompute:
             try:
                 stored = store.model(h.model_hash)

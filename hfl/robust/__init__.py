@@ -2,15 +2,17 @@
 
 from hfl.robust.attacks import ATTACKS, alie_z, apply_attack, flip_labels
 from hfl.robust.offline import aggregate_files
-from hfl.robust.reputation import Reputation, ReputationError
+from hfl.robust.reputation import Reputation, ReputationError, with_refused
 from hfl.robust.rules import (
     DEFAULT_RULE,
     RULES,
     AggregateResult,
     aggregate,
     check_rule,
+    default_f,
     guarantee,
     max_faults,
+    screen,
 )
 
 __all__ = [
@@ -25,7 +27,10 @@ __all__ = [
     "alie_z",
     "apply_attack",
     "check_rule",
+    "default_f",
     "flip_labels",
     "guarantee",
     "max_faults",
+    "screen",
+    "with_refused",
 ]

@@ -96,7 +96,7 @@ def test_false_positive_honest_facility_recovers() -> None:
     for rnd in range(3, 8):
         rep.observe(rnd, {"a": ["honest", "o1", "o2"], "b": ["bad", "o3", "o4"]}, {"b": "norm"})
     assert "honest" not in rep.quarantined
-    assert rep.suspicion("honest") < peak / 10
+    assert rep.suspicion("honest") <= peak * rep.decay**5 + 1e-12  # fades geometrically
     assert "bad" in rep.quarantined
 
 

@@ -19,6 +19,8 @@ from hfl.robust.rules import (
     max_faults,
 )
 
+NO_SCREEN = {"screen": False}  # these tests check the rules themselves; the screen has its own tests
+
 
 def col(*values: float) -> np.ndarray:
     """Bucket sums with d = 1."""
@@ -48,7 +50,7 @@ def test_trimmed_mean_known_answer_with_ties() -> None:
     # column 1 (ties): 5 5 5 1 5 -> sorted 1 5 5 5 5 -> keep 5 5 5 -> 5
     means = np.array([[1, 5], [2, 5], [3, 5], [4, 1], [100, 5]], dtype=float)
     counts = np.array([1, 2, 3, 1, 4])
-    res = aggregate("trimmed_mean", means * counts[:, None], counts, f=1)
+    res = aggregate("trimmed_mean", means * counts[:, None], counts, f=1, params=NO_SCREEN)
     np.testing.assert_array_equal(res.update, [3.0, 5.0])
     assert res.flagged == ()
     assert res.details["f_effective"] == 1
@@ -97,7 +99,7 @@ def test_median_signed_zero_is_canonical() -> None:
 
 def test_multi_krum_known_scores_and_outlier_flag() -> None:
     # 1-D values 0 1 2 3 50, f = 1 -> n - f - 2 = 2 neighbours
-    res = aggregate("multi_krum", col(0, 1, 2, 3, 50), np.ones(5), f=1)
+    res = aggregate("multi_krum", col(0, 1, 2, 3, 50), np.ones(5), f=1, params=NO_SCREEN)
     assert res.details["neighbours"] == 2
     assert res.details["scores"] == [5.0, 2.0, 2.0, 5.0, 47.0**2 + 48.0**2]
     assert res.details["selected"] == [0, 1, 2, 3]
@@ -149,7 +151,8 @@ def test_centered_clipping_known_iterates() -> None:
 
 def test_centered_clipping_large_tau_is_the_mean() -> None:
     sums = np.array([[1.0, 2.0], [3.0, -1.0], [8.0, 0.5]])
-    res = aggregate("centered_clipping", sums, np.ones(3), f=1, params={"tau": 1e9, "iters": 1})
+    res = aggregate("centered_clipping", sums, np.ones(3), f=1,
+                    params={"tau": 1e9, "iters": 1, "screen": False})
     np.testing.assert_allclose(res.update, sums.mean(axis=0))
     assert res.flagged == ()
 
@@ -210,7 +213,7 @@ def test_all_flagged_gives_zero_update() -> None:
 def test_norm_flags_then_rule_uses_what_is_left() -> None:
     # B = 5, f = 2: one bucket breaks the bound; 4 remain, trimmed mean can trim 1 per side
     sums = col(0.1, 0.2, 0.3, 0.9, 50.0)
-    res = aggregate("trimmed_mean", sums, np.ones(5), f=2, clip_update=1.0)
+    res = aggregate("trimmed_mean", sums, np.ones(5), f=2, clip_update=1.0, params=NO_SCREEN)
     assert res.flagged == (4,)
     assert res.details["f_effective"] == 1
     np.testing.assert_allclose(res.update, [0.25])
@@ -218,7 +221,7 @@ def test_norm_flags_then_rule_uses_what_is_left() -> None:
 
 def test_norm_and_outlier_flags_are_distinguished() -> None:
     sums = col(0.0, 0.1, 0.2, 0.3, 0.95, 40.0, 0.15)
-    res = aggregate("multi_krum", sums, np.ones(7), f=2, clip_update=1.0)
+    res = aggregate("multi_krum", sums, np.ones(7), f=2, clip_update=1.0, params=NO_SCREEN)
     kinds = res.flag_kinds
     assert kinds[5] == "norm"
     assert kinds[4] == "outlier"
@@ -415,7 +418,7 @@ def test_multi_krum_permutation_invariance_without_ties(
 @given(bucket_inputs(), st.floats(min_value=0.01, max_value=100))
 def test_norm_bound_flags_exactly_the_oversized(inp: tuple[np.ndarray, np.ndarray, int], clip: float) -> None:
     sums, counts, f = inp
-    res = aggregate("median", sums, counts, f=f, clip_update=clip)
+    res = aggregate("median", sums, counts, f=f, clip_update=clip, params=NO_SCREEN)
     norms = np.linalg.norm(sums, axis=1)
     for i in range(sums.shape[0]):
         ratio = norms[i] / (counts[i] * clip)
