@@ -1,0 +1,141 @@
+"""Worker processes of `hfl bench secagg`: one fog, or several bench facilities in one process.
+
+Bench facilities are the real Facility servicer (same RPCs, same secure-aggregation code) with two
+changes for benchmarking only: no local data or training (the update is `bench_update`, a random
+clipped vector on the quantisation grid, so the driver can recompute the exact expected sum), and no
+check of the model against local features. Transport: plaintext loopback (HFL_TLS=false), see
+NOTES-secagg.md. Usage (started by hfl.bench.secagg): python -m hfl.bench.secagg_worker fog|facilities ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from hfl.bench.secagg import bench_rng, bench_update
+from hfl.domain import ModelSpec, RoundConfig, TrainingPlan
+from hfl.learning.data import Dataset, FacilityData
+from hfl.proto.v1 import facility_pb2_grpc, fog_pb2_grpc
+from hfl.rpc import serde
+from hfl.rpc.node import load_identity
+from hfl.rpc.server import Channels, start_server
+from hfl.rpc.settings import Settings
+
+
+def _settings(role: Literal["fog", "facility"], node_id: str, state: Path, seed: int) -> Settings:
+    return Settings(
+        role=role,
+        node_id=node_id,
+        listen="127.0.0.1:0",
+        metrics_port=-1,
+        state_dir=state,
+        tls=False,
+        seed=seed,
+        log_level="WARNING",
+    )
+
+
+def _tiny_data() -> FacilityData:
+    ds = Dataset(np.zeros((2, 1)), np.array([0, 1]), ("x",))
+    return FacilityData(ds, ds, "hospital", "bench")
+
+
+async def run_fog(out: Path, authority_pub: bytes, seed: int) -> dict[str, Any]:
+    from services.fog.service import Fog
+
+    settings = _settings("fog", "fog-1", out / "fog-1", seed)
+    fog = Fog(settings, "fog-1", Channels())
+    running = await start_server(
+        settings, "fog", lambda s: fog_pb2_grpc.add_FogServiceServicer_to_server(fog, s)
+    )
+    fog.ready(authority_pub)
+    key = load_identity(settings.state_dir)
+    return {"fog-1": {"address": running.address, "key": key.public_bytes.hex(), "_running": running}}
+
+
+async def run_facilities(
+    out: Path, ids: list[str], authority_pub: bytes, seed: int, n_max: int
+) -> dict[str, Any]:
+    from services.facility.service import Facility
+
+    class BenchSecAggFacility(Facility):
+        def _model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
+            spec, params, _round = serde.model_from_proto(request_model)
+            return spec, params, None
+
+        def _rng(self, config: RoundConfig) -> np.random.Generator:
+            return bench_rng(self.settings.seed, self.node_id, config.round)
+
+        def local_update(
+            self,
+            model: Any,
+            params: np.ndarray,
+            plan: TrainingPlan,
+            rng: np.random.Generator,
+            *args: Any,
+            **kwargs: Any,
+        ) -> np.ndarray:
+            return bench_update(rng, params.size, plan.clip_update, n_max)
+
+    started: dict[str, Any] = {}
+    for node_id in ids:
+        settings = _settings("facility", node_id, out / node_id, seed)
+        fac = BenchSecAggFacility(settings, node_id, Channels(own_connections=True))
+        def register(server: Any, f: Facility = fac) -> None:
+            facility_pb2_grpc.add_FacilityServiceServicer_to_server(f, server)
+
+        running = await start_server(settings, "facility", register)
+        fac.ready(_tiny_data(), authority_pub)
+        started[node_id] = {
+            "address": running.address,
+            "key": load_identity(settings.state_dir).public_bytes.hex(),
+            "_running": running,
+        }
+    return started
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    out = Path(args.dir)
+    pub = bytes.fromhex(args.authority_pub)
+    if args.kind == "fog":
+        started = await run_fog(out, pub, args.seed)
+    else:
+        started = await run_facilities(out, args.ids.split(","), pub, args.seed, args.n_max)
+    info = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in started.items()}
+    ready = Path(args.ready)
+    tmp = ready.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "nodes": info}))
+    os.replace(tmp, ready)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for v in started.values():
+        await v["_running"].server.stop(grace=0.5)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="hfl.bench.secagg_worker")
+    p.add_argument("kind", choices=("fog", "facilities"))
+    p.add_argument("--dir", required=True)
+    p.add_argument("--ready", required=True)
+    p.add_argument("--authority-pub", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ids", default="")
+    p.add_argument("--n-max", type=int, default=8)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s bench-worker %(levelname)s %(message)s")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

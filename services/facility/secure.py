@@ -1,0 +1,284 @@
+"""Facility side of secure aggregation over gRPC: one SecAggMember per (round, attempt, bucket).
+
+The fog drives the four stages by calling this facility (SecAggAdvertise, SecAggShareKeys,
+SecAggMaskedInput, SecAggUnmask); each answer is the response. The member is built only from the
+authority's SIGNED round configuration: the bucket's member list, its threshold and each member's
+certified identity key (NodeInfo.sign_public_key), plus this facility's own identity key, so a fog that
+swaps keys is caught by the signature check on every advertisement.
+
+Any protocol refusal (a substituted key, a tampered share, a contradictory unmask request, ...) ends
+this facility's part in that bucket for that round, with one clear log line; the service goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
+
+from hfl.crypto.signing import SigningKey
+from hfl.domain import TrainingPlan
+from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotFound, NotReady, StaleRound
+from hfl.proto.v1 import facility_pb2
+from hfl.rpc import serde
+from hfl.rpc.metrics import ROUND
+from hfl.rpc.node import load_identity
+from hfl.secagg import (
+    KeySubstitutionError,
+    QuantConfig,
+    QuantizationError,
+    SecAggError,
+    SecAggMember,
+    ShareDecryptionError,
+    StageError,
+)
+
+if TYPE_CHECKING:
+    from services.facility.service import Facility
+
+log = logging.getLogger("hfl.facility")
+
+STAGE_NAMES = {1: "advertise keys", 2: "share keys", 3: "masked input", 4: "unmask"}
+SessionKey = tuple[int, int, str]  # (round, attempt, bucket id)
+
+
+def quant_config(plan: TrainingPlan, bucket_size: int) -> QuantConfig:
+    """The quantisation both the facility and the fog use for a bucket: the plan's clip, sized so the
+    sum of the whole bucket can never wrap around mod 2**32."""
+    try:
+        return QuantConfig(clip=plan.clip_update, max_members=bucket_size)
+    except QuantizationError as e:
+        raise InvalidInput(f"secure aggregation cannot be set up for this plan: {e}") from None
+
+
+@dataclass
+class Session:
+    key: SessionKey
+    member: SecAggMember
+    update: asyncio.Task[np.ndarray]
+    clip: float
+    drop_stage: int | None  # demo drop-outs: stop answering from this stage on
+    drop_rate: float
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class SecureAggregation:
+    """The secure-aggregation RPCs of one facility; Facility delegates its SecAgg* methods here."""
+
+    def __init__(self, facility: Facility) -> None:
+        self.facility = facility
+        self._sessions: dict[SessionKey, Session] = {}
+        self._key: SigningKey | None = None
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The facility's identity key: the one it registered with (from its state folder)."""
+        if self._key is None:
+            key = getattr(self.facility, "signing_key", None)
+            self._key = (
+                key if isinstance(key, SigningKey) else load_identity(self.facility.settings.state_dir)
+            )
+        return self._key
+
+    # ------------------------------------------------------------------ helpers
+    def _where(self, key: SessionKey) -> str:
+        return f"round {key[0]} (attempt {key[1]}) bucket {key[2]}"
+
+    def _forget_older(self, round_: int, attempt: int) -> None:
+        for key in [k for k in self._sessions if (k[0], k[1]) < (round_, attempt)]:
+            self._sessions.pop(key).update.cancel()
+
+    def _session(self, proto: facility_pb2.SecAggSession, stage: int) -> Session:
+        key = serde.session_from_proto(proto)
+        sess = self._sessions.get(key)
+        if sess is None:
+            if key[0] < self.facility.last_round:
+                raise StaleRound(
+                    f"{self._where(key)} is over; this facility is in round {self.facility.last_round}"
+                )
+            raise NotFound(
+                f"no secure aggregation is running here for {self._where(key)} (never started, "
+                "already finished, or this facility stopped taking part)"
+            )
+        if sess.drop_stage is not None and stage >= sess.drop_stage:
+            self._drop(sess, stage)
+        return sess
+
+    def _drop(self, sess: Session, stage: int) -> NoReturn:
+        self._sessions.pop(sess.key, None)
+        sess.update.cancel()
+        log.info(
+            "%s: dropping out of secure aggregation at stage '%s' on purpose (demo drop rate %.2f)",
+            self._where(sess.key),
+            STAGE_NAMES[stage],
+            sess.drop_rate,
+        )
+        raise NotReady(f"this facility dropped out of {self._where(sess.key)} on purpose (demo drop rate)")
+
+    def _refuse(self, sess: Session, stage: int, exc: SecAggError) -> NoReturn:
+        """A protocol refusal: log one clear line; a wrong-stage call leaves the member intact."""
+        if isinstance(exc, StageError):
+            raise StaleRound(f"{self._where(sess.key)}: {exc}") from None
+        self._sessions.pop(sess.key, None)
+        sess.update.cancel()
+        if isinstance(exc, KeySubstitutionError | ShareDecryptionError):
+            log.error(
+                "%s: secure aggregation ABORTED at stage '%s' (possible attack by the fog or the network): "
+                "%s. This facility sends nothing more for this bucket this round.",
+                self._where(sess.key),
+                STAGE_NAMES[stage],
+                exc,
+            )
+        else:
+            log.warning(
+                "%s: secure aggregation stopped at stage '%s': %s. This facility sends nothing more for "
+                "this bucket this round.",
+                self._where(sess.key),
+                STAGE_NAMES[stage],
+                exc,
+            )
+        raise NotAllowed(f"secure aggregation stopped for {self._where(sess.key)}: {exc}") from None
+
+    def _masked_vector(self, delta: np.ndarray, clip: float) -> np.ndarray:
+        """What goes into the mask: the clipped update, kept inside the quantiser's range.
+
+        An honest update (L2 norm <= clip) is unchanged. A Byzantine 'nan' update cannot be quantised, so it
+        becomes random garbage of the full range instead: its norm is far above the bound, and the
+        leader's norm check flags the bucket, as it would flag NaN on the plain path."""
+        arr = np.asarray(delta, dtype=np.float64)
+        if not np.all(np.isfinite(arr)):
+            log.warning("BYZANTINE (experiment): sending random garbage instead of a non-finite update")
+            garbage = np.random.default_rng(secrets.randbits(64))  # not secret: attack simulation only
+            arr = garbage.uniform(-clip, clip, arr.size)
+        return np.clip(arr, -clip, clip)
+
+    # ------------------------------------------------------------------ stage 1
+    async def advertise(
+        self, request: facility_pb2.SecAggAdvertiseRequest
+    ) -> facility_pb2.SecAggAdvertiseResponse:
+        fac = self.facility
+        config = fac._round_config(request.config)
+        try:
+            bucket = config.bucket(request.bucket_id)
+        except KeyError:
+            raise InvalidInput(f"bucket {request.bucket_id!r} is not part of round {config.round}") from None
+        if fac.node_id not in bucket.members:
+            raise NotAllowed(
+                f"this facility is not a member of bucket {bucket.bucket_id} in round {config.round}"
+            )
+        _spec, params, model = fac._model(request.model)
+        plan = serde.plan_from_proto(request.plan)
+        admission = await fac.privacy.admit(config, plan)  # DP budget: declining = dropping out (privacy.py)
+        key: SessionKey = (config.round, config.attempt, bucket.bucket_id)
+        if key in self._sessions:
+            raise AlreadyDone(f"secure aggregation for {self._where(key)} has already started here")
+        try:
+            identities = {m: config.node(m).sign_public_key for m in bucket.members}
+        except KeyError as e:
+            raise InvalidInput(f"the round configuration has no identity for bucket member {e}") from None
+        cfg = quant_config(plan, len(bucket.members))
+        try:
+            member = SecAggMember(
+                fac.node_id,
+                serde.secagg_round(config.round, config.attempt),
+                bucket.bucket_id,
+                identities,
+                self.signing_key,
+                bucket.threshold,
+                cfg,
+                int(params.size),
+            )
+        except SecAggError as e:
+            log.warning("%s: cannot take part in secure aggregation: %s", self._where(key), e)
+            raise InvalidInput(f"secure aggregation cannot start for {self._where(key)}: {e}") from None
+        self._forget_older(config.round, config.attempt)
+        fac.last_round = config.round
+        ROUND.set(config.round)
+        drop_stage = None
+        if plan.drop_rate > 0 and secrets.randbelow(1_000_000) < plan.drop_rate * 1_000_000:
+            drop_stage = 1 + secrets.randbelow(4)
+        ad = member.advertise()
+        task = asyncio.create_task(asyncio.to_thread(fac.local_update, model, params, plan, fac._rng(config),
+                                                     admission))
+        task.add_done_callback(_consume)
+        sess = Session(key, member, task, plan.clip_update, drop_stage, plan.drop_rate)
+        self._sessions[key] = sess
+        if drop_stage == 1:
+            self._drop(sess, 1)
+        log.info(
+            "%s: secure aggregation started (%d members, %d needed to unmask)",
+            self._where(key),
+            len(bucket.members),
+            bucket.threshold,
+        )
+        return facility_pb2.SecAggAdvertiseResponse(advertisement=serde.advertisement_to_proto(ad))
+
+    # ------------------------------------------------------------------ stage 2
+    async def share_keys(
+        self, request: facility_pb2.SecAggShareKeysRequest
+    ) -> facility_pb2.SecAggShareKeysResponse:
+        sess = self._session(request.session, 2)
+        if len(request.advertisements) > serde.SECAGG_MAX_MEMBERS:
+            raise InvalidInput("too many key advertisements")
+        ads = [serde.advertisement_from_proto(a) for a in request.advertisements]
+        async with sess.lock:
+            try:
+                shares = sess.member.share_keys(ads)
+            except SecAggError as e:
+                self._refuse(sess, 2, e)
+        return facility_pb2.SecAggShareKeysResponse(shares=[serde.share_to_proto(s) for s in shares])
+
+    # ------------------------------------------------------------------ stage 3
+    async def masked_input(
+        self, request: facility_pb2.SecAggMaskedInputRequest
+    ) -> facility_pb2.SecAggMaskedInputResponse:
+        sess = self._session(request.session, 3)
+        shares = serde.shares_from_proto(request.shares)
+        try:
+            delta = await asyncio.shield(sess.update)
+        except asyncio.CancelledError:
+            raise NotFound(f"{self._where(sess.key)}: this facility stopped taking part") from None
+        except Exception:
+            self._sessions.pop(sess.key, None)
+            log.exception(
+                "%s: local training failed; this facility drops out of the bucket", self._where(sess.key)
+            )
+            raise NotReady(f"{self._where(sess.key)}: local training failed at this facility") from None
+        x = self._masked_vector(delta, sess.clip)
+        await self.facility.privacy.flush(sess.key[0], sess.key[1])  # the authority hears of a DP spend first
+        async with sess.lock:
+            if self._sessions.get(sess.key) is not sess:
+                raise NotFound(f"{self._where(sess.key)}: this facility stopped taking part")
+            try:
+                msg = await asyncio.to_thread(sess.member.masked_input, shares, x)
+            except SecAggError as e:
+                self._refuse(sess, 3, e)
+        return serde.masked_input_to_proto(msg)
+
+    # ------------------------------------------------------------------ stage 4
+    async def unmask(self, request: facility_pb2.SecAggUnmaskRequest) -> facility_pb2.SecAggUnmaskResponse:
+        sess = self._session(request.session, 4)
+        _round, _attempt, req = serde.unmask_request_from_proto(request)
+        async with sess.lock:
+            try:
+                resp = sess.member.unmask(req.survivors, req.dropped)
+            except SecAggError as e:
+                self._refuse(sess, 4, e)
+        self._sessions.pop(sess.key, None)
+        log.info(
+            "%s: secure aggregation done (%d survivors, %d dropped)",
+            self._where(sess.key),
+            len(req.survivors),
+            len(req.dropped),
+        )
+        return serde.unmask_response_to_proto(resp)
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """Retrieve a background training result nobody waits for (abandoned bucket), so asyncio stays quiet."""
+    if not task.cancelled():
+        task.exception()

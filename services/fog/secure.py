@@ -1,0 +1,326 @@
+"""Fog side of secure aggregation over gRPC: drive one BucketAggregator per bucket, stage by stage.
+
+Each stage is a concurrent fan-out to the members still in the protocol, with a per-stage timeout: a
+member that does not answer in time, answers with an error, or sends something unusable is dropped at
+that stage. Up to g - t dropouts are recovered from the Shamir shares; with more, the bucket is
+abandoned for this round (reported with the reason) and the round goes on with the other buckets.
+The fog only ever holds masked vectors and, at the end, the exact sum of the survivors' updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import numpy as np
+
+from hfl.crypto import kex
+from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
+from hfl.errors import HflError
+from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2
+from hfl.rpc import serde
+from hfl.rpc.client import ByteCount, call, describe_rpc_error
+from hfl.rpc.metrics import SECAGG_DROPOUTS
+from hfl.rpc.server import Channels
+from hfl.secagg import (
+    BucketAggregator,
+    EncryptedShare,
+    KeyAdvertisement,
+    MaskedInput,
+    QuantConfig,
+    QuantizationError,
+    SecAggError,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+
+log = logging.getLogger("hfl.fog")
+
+T = TypeVar("T")
+STAGE_NAMES = {1: "advertise keys", 2: "share keys", 3: "masked input", 4: "unmask"}
+
+
+class MemberLink(Protocol):
+    """How the driver reaches the members of one bucket (gRPC in the service, fakes in tests)."""
+
+    async def advertise(self, member: str, timeout: float) -> KeyAdvertisement: ...
+
+    async def share_keys(
+        self, member: str, ads: Sequence[KeyAdvertisement], timeout: float
+    ) -> list[EncryptedShare]: ...
+
+    async def masked_input(
+        self, member: str, shares: Sequence[EncryptedShare], timeout: float
+    ) -> MaskedInput: ...
+
+    async def unmask(self, member: str, request: UnmaskRequest, timeout: float) -> UnmaskResponse: ...
+
+
+@dataclass(frozen=True)
+class StageTimeouts:
+    """Seconds a member has to answer: ``keys`` for the three key stages, ``masked`` for the masked input
+    (which includes the member's local training)."""
+
+    keys: float
+    masked: float
+
+    @classmethod
+    def for_plan(cls, timeout_s: float) -> StageTimeouts:
+        """Split the plan's round timeout: the whole bucket finishes within about ``timeout_s``."""
+        keys = min(30.0, max(2.0, 0.15 * timeout_s))
+        return cls(keys=keys, masked=max(keys, timeout_s - 3 * keys))
+
+
+def quant_config(plan: TrainingPlan, bucket_size: int) -> QuantConfig:
+    """Same rule as the facility's (services/facility/secure.py): the plan's clip, sized for the bucket."""
+    return QuantConfig(clip=plan.clip_update, max_members=bucket_size)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return describe_rpc_error(exc)
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+async def _stage(
+    agg: BucketAggregator,
+    stage: int,
+    ask: Callable[[str], Awaitable[T]],
+    accept: Callable[[T], None],
+    sender: Callable[[T], str],
+    timeout: float,
+    where: str,
+) -> None:
+    """Ask every member still in the protocol at once; keep the answers that arrive in time and are usable."""
+
+    async def one(member: str) -> None:
+        try:
+            msg = await asyncio.wait_for(ask(member), timeout)
+        except Exception as e:  # no answer, an error status, or a malformed reply: dropped at this stage
+            log.warning(
+                "%s: %s dropped out at stage '%s' (%s)", where, member, STAGE_NAMES[stage], _reason(e)
+            )
+            return
+        try:
+            if sender(msg) != member:
+                raise SecAggError(f"the answer names {sender(msg)!r} as its sender")
+            accept(msg)
+        except (SecAggError, HflError, ValueError) as e:
+            log.warning(
+                "%s: %s sent an unusable answer at stage '%s' and is dropped: %s",
+                where,
+                member,
+                STAGE_NAMES[stage],
+                e,
+            )
+
+    await asyncio.gather(*(one(m) for m in agg.alive))
+
+
+async def drive_bucket(
+    agg: BucketAggregator, link: MemberLink, timeouts: StageTimeouts, where: str
+) -> tuple[np.ndarray, int, tuple[str, ...], tuple[str, ...]]:
+    """Run the four stages; returns (float64 sum, count, members in the sum, members not in the sum).
+
+    Raises SecAggError (BucketAbandoned, ReconstructionError) when no sum can be released."""
+    await _stage(
+        agg,
+        1,
+        lambda m: link.advertise(m, timeouts.keys),
+        agg.add_advertisement,
+        lambda a: a.sender,
+        timeouts.keys,
+        where,
+    )
+    agg.close_stage()
+    ads = agg.advertisements()
+
+    def add_shares(shares: list[EncryptedShare]) -> None:
+        agg.add_shares(shares)
+
+    await _stage(
+        agg,
+        2,
+        lambda m: link.share_keys(m, ads, timeouts.keys),
+        add_shares,
+        lambda s: s[0].sender if s else "",
+        timeouts.keys,
+        where,
+    )
+    agg.close_stage()
+    await _stage(
+        agg,
+        3,
+        lambda m: link.masked_input(m, agg.shares_for(m), timeouts.masked),
+        agg.add_masked_input,
+        lambda x: x.sender,
+        timeouts.masked,
+        where,
+    )
+    agg.close_stage()
+    request = agg.unmask_request()
+    await _stage(
+        agg,
+        4,
+        lambda m: link.unmask(m, request, timeouts.keys),
+        agg.add_unmask_response,
+        lambda r: r.sender,
+        timeouts.keys,
+        where,
+    )
+    agg.close_stage()
+    result = await asyncio.to_thread(agg.result)
+    return result.total, result.count, result.members, result.dropped
+
+
+async def run_secure_bucket(
+    bucket: Bucket,
+    round_: int,
+    attempt: int,
+    d: int,
+    plan: TrainingPlan,
+    link: MemberLink,
+    timeouts: StageTimeouts | None = None,
+) -> BucketResult:
+    """One bucket over the secure path; protocol failures become an abandoned bucket, never an exception."""
+    where = f"round {round_} bucket {bucket.bucket_id}"
+    timeouts = timeouts or StageTimeouts.for_plan(plan.timeout_s)
+    members = tuple(bucket.members)
+    log.info(
+        "%s: secure aggregation of %d members (%s); %d needed to unmask",
+        where,
+        len(members),
+        ", ".join(members),
+        bucket.threshold,
+    )
+    try:
+        agg = BucketAggregator(
+            serde.secagg_round(round_, attempt),
+            bucket.bucket_id,
+            members,
+            bucket.threshold,
+            quant_config(plan, len(members)),
+            d,
+        )
+    except (SecAggError, QuantizationError, HflError) as e:
+        log.error("%s: secure aggregation cannot start: %s", where, e)
+        return BucketResult(
+            bucket.bucket_id,
+            bucket.fog_id,
+            np.zeros(0),
+            0,
+            (),
+            members,
+            abandoned=True,
+            reason=f"secure aggregation cannot start: {e}",
+        )
+    try:
+        total, count, in_sum, dropped = await drive_bucket(agg, link, timeouts, where)
+    except SecAggError as e:
+        gone = tuple(sorted(agg.dropped_at))
+        SECAGG_DROPOUTS.inc(len(gone))
+        log.warning("%s: bucket abandoned for this round: %s", where, e)
+        return BucketResult(
+            bucket.bucket_id, bucket.fog_id, np.zeros(0), 0, (), gone, abandoned=True, reason=str(e)
+        )
+    SECAGG_DROPOUTS.inc(len(agg.dropped_at))
+    late = sorted(set(agg.dropped_at) & set(in_sum))
+    if dropped or late:
+        log.info(
+            "%s: exact sum of %d of %d members recovered (dropped: %s%s)",
+            where,
+            count,
+            len(members),
+            ", ".join(dropped) or "none",
+            f"; left during unmasking but counted: {', '.join(late)}" if late else "",
+        )
+    return BucketResult(bucket.bucket_id, bucket.fog_id, total, count, in_sum, dropped)
+
+
+class GrpcMemberLink:
+    """Reaches the members of one bucket over gRPC, counting the bytes of every call."""
+
+    def __init__(
+        self,
+        config: RoundConfig,
+        request: fog_pb2.RunRoundRequest,
+        bucket_id: str,
+        channels: Channels,
+        counter: ByteCount | None,
+        d: int,
+        swap_keys: bool | None = None,
+    ) -> None:
+        # Fault for experiments/tests: HFL_BYZANTINE=swap_keys on this fog (Settings allows it for fogs only).
+        self.swap_keys = os.environ.get("HFL_BYZANTINE") == "swap_keys" if swap_keys is None else swap_keys
+        self.config = config
+        self.session = serde.session_to_proto(config.round, config.attempt, bucket_id)
+        self.advert = facility_pb2.SecAggAdvertiseRequest(
+            config=request.config, model=request.model, plan=request.plan, bucket_id=bucket_id
+        )
+        self.channels = channels
+        self.counter = counter
+        self.d = d
+
+    def _stub(self, member: str) -> facility_pb2_grpc.FacilityServiceStub:
+        return facility_pb2_grpc.FacilityServiceStub(self.channels.get(self.config.node(member).address))
+
+    async def _call(self, member: str, method: str, request: Any, timeout: float) -> Any:
+        return await call(
+            getattr(self._stub(member), method),
+            request,
+            peer="facility",
+            timeout=timeout,
+            counter=self.counter,
+        )
+
+    async def advertise(self, member: str, timeout: float) -> KeyAdvertisement:
+        resp = await self._call(member, "SecAggAdvertise", self.advert, timeout)
+        return serde.advertisement_from_proto(resp.advertisement)
+
+    async def share_keys(
+        self, member: str, ads: Sequence[KeyAdvertisement], timeout: float
+    ) -> list[EncryptedShare]:
+        if self.swap_keys and ads:  # experiments/tests only (HFL_BYZANTINE=swap_keys on a fog)
+            victim = ads[0].sender
+            log.warning("FAULTY FOG (experiment): substituting the masking key of %s", victim)
+            ads = [replace(a, s_pk=kex.generate_keypair().public) if a.sender == victim else a for a in ads]
+        req = facility_pb2.SecAggShareKeysRequest(
+            session=self.session, advertisements=[serde.advertisement_to_proto(a) for a in ads]
+        )
+        resp = await self._call(member, "SecAggShareKeys", req, timeout)
+        return serde.shares_from_proto(resp.shares)
+
+    async def masked_input(
+        self, member: str, shares: Sequence[EncryptedShare], timeout: float
+    ) -> MaskedInput:
+        req = facility_pb2.SecAggMaskedInputRequest(
+            session=self.session, shares=[serde.share_to_proto(s) for s in shares]
+        )
+        resp = await self._call(member, "SecAggMaskedInput", req, timeout)
+        return await asyncio.to_thread(serde.masked_input_from_proto, resp, expected_length=self.d)
+
+    async def unmask(self, member: str, request: UnmaskRequest, timeout: float) -> UnmaskResponse:
+        req = serde.unmask_request_to_proto(self.config.round, self.config.attempt, request)
+        resp = await self._call(member, "SecAggUnmask", req, timeout)
+        return serde.unmask_response_from_proto(resp)
+
+
+async def run_round_bucket(
+    config: RoundConfig,
+    bucket: Bucket,
+    request: fog_pb2.RunRoundRequest,
+    plan: TrainingPlan,
+    channels: Channels,
+    counter: ByteCount | None,
+    d: int,
+) -> BucketResult:
+    """The fog's secure path for one bucket of a round (Fog.RunRound uses it through rounds.py)."""
+    link = GrpcMemberLink(config, request, bucket.bucket_id, channels, counter, d)
+    return await run_secure_bucket(bucket, config.round, config.attempt, d, plan, link)

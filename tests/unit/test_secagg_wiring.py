@@ -1,0 +1,230 @@
+"""Secure aggregation wiring: proto <-> domain conversions and the fog's stage driver with fake facilities."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from hfl.crypto.signing import SigningKey
+from hfl.domain import Bucket, BucketResult, TrainingPlan
+from hfl.errors import InvalidInput
+from hfl.proto.v1 import common_pb2, facility_pb2
+from hfl.rpc import serde
+from hfl.secagg import (
+    EncryptedShare,
+    KeyAdvertisement,
+    MaskedInput,
+    QuantConfig,
+    SecAggMember,
+    UnmaskRequest,
+    UnmaskResponse,
+    default_threshold,
+    quantize,
+)
+from services.fog.secure import StageTimeouts, run_secure_bucket
+
+# ---------------------------------------------------------------------------------------------- serde
+
+
+def test_secagg_round_binds_the_attempt() -> None:
+    assert serde.secagg_round(3, 0) != serde.secagg_round(3, 1) != serde.secagg_round(4, 0)
+    assert serde.secagg_round(3, 2) == (3 << 16) | 2
+    with pytest.raises(InvalidInput, match="attempt"):
+        serde.secagg_round(1, 1 << 16)
+
+
+def test_serde_round_trips() -> None:
+    ad = KeyAdvertisement(7, "b0", "f1", b"c" * 32, b"s" * 32, b"g" * 64)
+    assert serde.advertisement_from_proto(serde.advertisement_to_proto(ad)) == ad
+    share = EncryptedShare(7, "b0", "f1", "f2", b"x" * 120)
+    assert serde.share_from_proto(serde.share_to_proto(share)) == share
+    y = np.array([0, 1, 2**32 - 1, 12345], dtype=np.uint32)
+    back = serde.masked_input_from_proto(
+        serde.masked_input_to_proto(MaskedInput(7, "b0", "f1", y)), expected_length=4
+    )
+    assert (back.round, back.bucket, back.sender) == (7, "b0", "f1")
+    assert back.y.dtype == np.uint32 and np.array_equal(back.y, y)
+    resp = UnmaskResponse(7, "b0", "f1", (("f1", b"a" * 40), ("f2", b"b" * 40)), (("f3", b"c" * 40),))
+    assert serde.unmask_response_from_proto(serde.unmask_response_to_proto(resp)) == resp
+    req = UnmaskRequest(serde.secagg_round(1, 2), "b0", ("f1", "f2"), ("f3",))
+    round_, attempt, back_req = serde.unmask_request_from_proto(serde.unmask_request_to_proto(1, 2, req))
+    assert (round_, attempt, back_req) == (1, 2, req)
+
+
+def test_serde_refuses_malformed_messages() -> None:
+    bad_key = facility_pb2.SecAggKeyAdvertisement(
+        round=1, bucket_id="b0", sender="f1", c_pk=b"short", s_pk=b"s" * 32, signature=b"g" * 64
+    )
+    with pytest.raises(InvalidInput, match="encryption key"):
+        serde.advertisement_from_proto(bad_key)
+    wrong_type = facility_pb2.SecAggMaskedInputResponse(
+        round=1,
+        bucket_id="b0",
+        sender="f1",
+        masked=serde.vector_to_proto(np.zeros(4), common_pb2.D_TYPE_FLOAT64),
+    )
+    with pytest.raises(InvalidInput, match="UINT32"):
+        serde.masked_input_from_proto(wrong_type, expected_length=4)
+    short = serde.masked_input_to_proto(MaskedInput(1, "b0", "f1", np.zeros(3, dtype=np.uint32)))
+    with pytest.raises(InvalidInput, match="values"):
+        serde.masked_input_from_proto(short, expected_length=4)
+    with pytest.raises(InvalidInput, match="no bucket"):
+        serde.session_from_proto(facility_pb2.SecAggSession(round=1, attempt=0, bucket_id=""))
+    huge = facility_pb2.SecAggEncryptedShare(
+        round=1, bucket_id="b0", sender="f1", recipient="f2", ciphertext=b"x" * 100_000
+    )
+    with pytest.raises(InvalidInput, match="too large"):
+        serde.share_from_proto(huge)
+
+
+# ---------------------------------------------------------------------------------------------- fog driver
+PLAN = TrainingPlan(lr=0.1, epochs=1, batch_size=8, clip_update=1.0, secure=True, timeout_s=5.0)
+FAST = StageTimeouts(keys=0.5, masked=0.5)
+ROUND, ATTEMPT, D = 3, 1, 50
+
+
+class FakeFacilities:
+    """In-memory members behind the MemberLink interface, with scripted misbehaviour."""
+
+    def __init__(
+        self,
+        g: int,
+        *,
+        silent: dict[str, int] | None = None,
+        failing: dict[str, int] | None = None,
+        swap_key_of: str | None = None,
+    ) -> None:
+        self.ids = [f"f{i}" for i in range(g)]
+        self.bucket = Bucket("b0", "fog-1", tuple(self.ids), default_threshold(g))
+        keys = {m: SigningKey.generate() for m in self.ids}
+        identities = {m: k.public_bytes for m, k in keys.items()}
+        self.cfg = QuantConfig(clip=PLAN.clip_update, max_members=g)
+        rnd = serde.secagg_round(ROUND, ATTEMPT)
+        self.members = {
+            m: SecAggMember(
+                m,
+                rnd,
+                "b0",
+                identities,
+                keys[m],
+                self.bucket.threshold,
+                self.cfg,
+                D,
+                rng=np.random.default_rng(i),
+            )
+            for i, m in enumerate(self.ids)
+        }
+        # Updates already on the quantisation grid, so their quantised value is known exactly.
+        grid = np.random.default_rng(99)
+        self.updates = {
+            m: np.round(grid.uniform(-0.05, 0.05, D) * self.cfg.scale) / self.cfg.scale for m in self.ids
+        }
+        self.silent = silent or {}  # member -> stage from which it never answers
+        self.failing = failing or {}  # member -> stage from which it answers with an error
+        self.swap_key_of = swap_key_of
+        self.errors: dict[str, str] = {}
+
+    async def _gate(self, member: str, stage: int) -> None:
+        if self.silent.get(member, 99) <= stage:
+            await asyncio.sleep(3600)
+        if self.failing.get(member, 99) <= stage:
+            raise ConnectionError("facility unreachable")
+
+    async def advertise(self, member: str, timeout: float) -> KeyAdvertisement:
+        await self._gate(member, 1)
+        return self.members[member].advertise()
+
+    async def share_keys(
+        self, member: str, ads: Sequence[KeyAdvertisement], timeout: float
+    ) -> list[EncryptedShare]:
+        await self._gate(member, 2)
+        if self.swap_key_of is not None:  # a fog that substitutes one member's masking key
+            ads = [
+                replace(a, s_pk=bytes(32 - 1) + b"\x09") if a.sender == self.swap_key_of else a for a in ads
+            ]
+        try:
+            return self.members[member].share_keys(ads)
+        except Exception as e:
+            self.errors[member] = f"{type(e).__name__}: {e}"
+            raise
+
+    async def masked_input(
+        self, member: str, shares: Sequence[EncryptedShare], timeout: float
+    ) -> MaskedInput:
+        await self._gate(member, 3)
+        return self.members[member].masked_input(shares, self.updates[member])
+
+    async def unmask(self, member: str, request: UnmaskRequest, timeout: float) -> UnmaskResponse:
+        await self._gate(member, 4)
+        return self.members[member].unmask(request.survivors, request.dropped)
+
+    def expected(self, members: Sequence[str]) -> np.ndarray:
+        return np.sum([self.updates[m] for m in members], axis=0)
+
+
+def run(fakes: FakeFacilities) -> BucketResult:
+    return asyncio.run(run_secure_bucket(fakes.bucket, ROUND, ATTEMPT, D, PLAN, fakes, FAST))
+
+
+def test_driver_returns_the_exact_sum() -> None:
+    fakes = FakeFacilities(5)
+    r = run(fakes)
+    assert not r.abandoned and r.count == 5 and r.dropped == ()
+    assert np.array_equal(r.total, fakes.expected(fakes.ids))
+    q = sum(
+        quantize(fakes.updates[m], fakes.cfg, np.random.default_rng(0)).astype(np.int64) for m in fakes.ids
+    )
+    assert np.array_equal(r.total, (q - 5 * fakes.cfg.offset) / fakes.cfg.scale)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_driver_recovers_silent_and_failing_members(stage: int) -> None:
+    fakes = FakeFacilities(8, silent={"f1": stage}, failing={"f3": stage})  # t = 6: two dropouts allowed
+    r = run(fakes)
+    assert not r.abandoned, r.reason
+    # at the unmask stage they have sent their masked input: still in the sum
+    in_sum = fakes.ids if stage == 4 else [m for m in fakes.ids if m not in ("f1", "f3")]
+    assert list(r.members) == in_sum
+    assert r.count == len(in_sum)
+    assert np.array_equal(r.total, fakes.expected(in_sum))
+
+
+def test_driver_abandons_a_bucket_with_too_many_dropouts() -> None:
+    fakes = FakeFacilities(5, failing={"f0": 3, "f1": 3})  # t = 4: two dropouts are one too many
+    r = run(fakes)
+    assert r.abandoned and r.count == 0 and r.total.size == 0
+    assert "abandoned" in r.reason and set(r.dropped) == {"f0", "f1"}
+
+
+def test_driver_key_substitution_aborts_the_bucket_never_a_wrong_sum() -> None:
+    fakes = FakeFacilities(4, swap_key_of="f2")
+    r = run(fakes)
+    assert r.abandoned
+    assert {m for m in fakes.ids if m != "f2"} <= set(fakes.errors)
+    assert all("KeySubstitutionError" in fakes.errors[m] and "f2" in fakes.errors[m] for m in fakes.errors)
+
+
+def test_driver_drops_a_member_that_answers_for_someone_else() -> None:
+    fakes = FakeFacilities(5)
+
+    original = fakes.masked_input
+
+    async def impostor(member: str, shares: Sequence[EncryptedShare], timeout: float) -> MaskedInput:
+        msg = await original(member, shares, timeout)
+        return replace(msg, sender="f0") if member == "f4" else msg
+
+    fakes.masked_input = impostor  # type: ignore[method-assign]
+    r = run(fakes)
+    assert not r.abandoned and "f4" in r.dropped
+    assert np.array_equal(r.total, fakes.expected(fakes.ids[:4]))
+
+
+def test_driver_refuses_an_unsafe_bucket() -> None:
+    fakes = FakeFacilities(4)
+    bad = replace(fakes.bucket, threshold=2)
+    r = asyncio.run(run_secure_bucket(bad, ROUND, ATTEMPT, D, PLAN, fakes, FAST))
+    assert r.abandoned and "threshold" in r.reason
