@@ -1,0 +1,384 @@
+"""A facility's differential privacy: admission against its budget, accounting, released statistics.
+
+The leader's DP plan arrives in ``TrainingPlan.extra["dp"]`` (hfl.privacy.federation.DPPlan). For each
+round attempt the facility
+
+1. checks *before training* that ``steps_per_round`` more DP-SGD steps keep its ε within budget, and
+   otherwise DECLINES the round (:class:`PrivacyDeclined`, a NotAllowed: the fog hears it at once);
+2. on its first private round, publishes its sample count and class balance with Laplace noise (pure ε,
+   set aside in the plan) for the dashboard;
+3. trains with noise from a cryptographically seeded generator;
+4. records the steps in its own state directory (fsync'd, so a restarted facility remembers its spend)
+   *before* the update leaves the facility, and reports the running total to the authority, signed
+   with its identity key.
+
+State file: ``<state_dir>/privacy.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from hfl.crypto.signing import SigningKey
+from hfl.errors import AlreadyDone, InvalidInput, NotAllowed
+from hfl.learning.data import Dataset
+from hfl.privacy import PrivacyAccountant, laplace_release, secure_generator
+from hfl.privacy.federation import DPPlan
+from hfl.privacy.report import SpendReport
+from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
+from hfl.rpc import serde
+from hfl.rpc.client import call, describe_rpc_error
+from hfl.rpc.metrics import EPSILON_SPENT, PRIVACY_EXHAUSTED, RELEASED_POSITIVE_FRACTION, RELEASED_SAMPLES
+from hfl.rpc.server import Channels
+
+log = logging.getLogger("hfl.facility")
+logging.getLogger("absl").setLevel(logging.ERROR)  # dp_accounting's numerical chatter
+
+STATE_FILE = "privacy.json"
+
+
+class PrivacyDeclined(NotAllowed):
+    """The facility declines a round: it would go past its privacy budget (or cannot account for it)."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Permission to train privately in one round attempt."""
+
+    plan: DPPlan
+    round: int
+    attempt: int
+    projected_epsilon: float
+
+
+def dp_plan_of(extra: dict[str, Any]) -> DPPlan | None:
+    """The DP plan in a TrainingPlan's extras, or None when the federation trains without DP."""
+    raw = extra.get("dp")
+    if raw is None:
+        return None
+    try:
+        return DPPlan.from_dict(raw)
+    except (ValueError, TypeError) as e:
+        raise InvalidInput(f"the training plan's privacy settings are not valid: {e}") from None
+
+
+def _write_json(path: Path, value: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class FacilityPrivacy:
+    """Per-facility DP accounting, persisted in the state directory. Thread-safe."""
+
+    def __init__(self, state_dir: Path, node_id: str, key: SigningKey, *, local_budget: float = 0.0) -> None:
+        if not (math.isfinite(local_budget) and local_budget >= 0.0):
+            raise ValueError(f"HFL_DP_BUDGET must be a non-negative number, got {local_budget!r}")
+        self.path = Path(state_dir) / STATE_FILE
+        self.node_id = node_id
+        self.key = key
+        self.local_budget = float(local_budget)
+        self._lock = threading.Lock()
+        self._acct: PrivacyAccountant | None = None
+        self._acct_id: tuple[Any, ...] | None = None
+        self.state: dict[str, Any] = {"accounting": None, "steps": 0, "spends": [], "release": None}
+        if self.path.exists():
+            try:
+                loaded = json.loads(self.path.read_text())
+                steps = int(loaded["steps"])
+                if steps < 0 or not isinstance(loaded.get("spends"), list):
+                    raise ValueError("negative step count")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                # Refuse to start rather than forget what was spent.
+                raise ValueError(
+                    f"the privacy record {self.path} is unreadable ({e}); restore it from a "
+                    "backup — deleting it would let this facility overspend its budget"
+                ) from None
+            self.state = loaded
+            log.info("privacy record loaded: %d DP-SGD steps taken so far", steps)
+        self._publish()
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def steps(self) -> int:
+        return int(self.state["steps"])
+
+    @property
+    def release_epsilon(self) -> float:
+        rel = self.state.get("release")
+        return float(rel["epsilon"]) if rel else 0.0
+
+    def training_epsilon(self) -> float:
+        acct = self._acct
+        return acct.epsilon() if acct is not None else float(self.state.get("last_epsilon", 0.0))
+
+    def total_epsilon(self) -> float:
+        """ε spent so far: training running total plus the released statistics (basic composition)."""
+        return self.training_epsilon() + self.release_epsilon
+
+    def budget(self, plan: DPPlan) -> float:
+        """Training budget: the plan's, or this facility's own stricter cap (minus the release)."""
+        budget = plan.training_budget
+        if self.local_budget > 0:
+            budget = min(budget, self.local_budget - plan.release_epsilon)
+        return budget
+
+    def _accountant(self, plan: DPPlan) -> PrivacyAccountant:
+        budget = self.budget(plan)
+        ident = (tuple(sorted(plan.accounting_key().items())), budget)
+        if self._acct is None or self._acct_id != ident:
+            acct = PrivacyAccountant(plan.dp_config(max(budget, 1e-12)))
+            acct.record_steps(self.steps)
+            self._acct, self._acct_id = acct, ident
+        return self._acct
+
+    # ------------------------------------------------------------------ the round
+    def admit(self, plan: DPPlan, round_: int, attempt: int) -> Admission:
+        """Check the budget before training; raise PrivacyDeclined (with a plain reason) to decline."""
+        with self._lock:
+            key = plan.accounting_key()
+            known = self.state.get("accounting")
+            if known is not None and known != key:
+                raise PrivacyDeclined(
+                    f"declining round {round_}: the federation changed its privacy settings "
+                    f"({known} -> {key}); "
+                    "this facility's earlier spending cannot be combined with the new settings"
+                )
+            if any(s["round"] == round_ and s["attempt"] == attempt for s in self.state["spends"]):
+                raise AlreadyDone(f"this facility already trained in round {round_} attempt {attempt}")
+            budget = self.budget(plan)
+            if budget <= 0:
+                raise PrivacyDeclined(
+                    f"declining round {round_}: this facility's own privacy budget (HFL_DP_BUDGET="
+                    f"{self.local_budget:g}) does not even cover the published statistics "
+                    f"(ε={plan.release_epsilon:g})"
+                )
+            acct = self._accountant(plan)
+            projected = acct.epsilon_after(plan.steps_per_round)
+            if projected > budget:
+                raise PrivacyDeclined(
+                    f"declining round {round_}: its {plan.steps_per_round} training steps would bring this "
+                    f"facility's privacy loss to ε={projected + plan.release_epsilon:.3f}, above its budget "
+                    f"ε={budget + plan.release_epsilon:.3f} (δ={plan.delta:g}); already spent "
+                    f"ε={acct.epsilon() + self.release_epsilon:.3f}"
+                )
+            return Admission(plan, round_, attempt, projected)
+
+    def release_statistics(self, plan: DPPlan, data: Dataset, round_: int) -> SpendReport | None:
+        """Publish the noisy sample count and class balance once (pure ε); None if nothing new."""
+        with self._lock:
+            if self.state.get("release") is not None or plan.release_epsilon <= 0:
+                return None
+            rng = secure_generator()
+            half = plan.release_epsilon / 2.0
+            n = float(laplace_release(data.n, 1.0, half, rng))
+            pos = float(laplace_release(float(np.sum(data.y == 1)), 1.0, half, rng))
+            fraction = min(1.0, max(0.0, pos / n)) if n > 0 else 0.0
+            self.state["release"] = {
+                "epsilon": plan.release_epsilon,
+                "round": round_,
+                "sample_count": n,
+                "positives": pos,
+                "positive_fraction": fraction,
+            }
+            _write_json(self.path, self.state)
+            self._publish()
+            log.info(
+                "published noisy statistics (Laplace, ε=%.3g): about %.0f records, %.0f%% positive",
+                plan.release_epsilon,
+                n,
+                100 * fraction,
+            )
+            return SpendReport(
+                self.node_id,
+                round_,
+                0,
+                "release",
+                plan.release_epsilon,
+                0.0,
+                details={
+                    "statistics": ["sample_count", "positive_count"],
+                    "mechanism": "laplace",
+                    "sensitivity": 1,
+                },
+            ).sign(self.key)
+
+    def record(self, adm: Admission) -> SpendReport:
+        """Record the round's steps (durably, before the update is sent); returns the signed report."""
+        with self._lock:
+            plan = adm.plan
+            acct = self._accountant(plan)
+            acct.record_steps(plan.steps_per_round)
+            eps = acct.epsilon()
+            self.state["accounting"] = plan.accounting_key()
+            self.state["steps"] = acct.steps
+            self.state["last_epsilon"] = eps
+            self.state["spends"].append(
+                {"round": adm.round, "attempt": adm.attempt, "steps": plan.steps_per_round, "epsilon": eps}
+            )
+            _write_json(self.path, self.state)
+            exhausted = acct.epsilon_after(plan.steps_per_round) > self.budget(plan)
+            self._publish(exhausted)
+            return SpendReport(
+                self.node_id,
+                adm.round,
+                adm.attempt,
+                "training",
+                eps,
+                plan.delta,
+                steps=plan.steps_per_round,
+                exhausted=exhausted,
+                details={
+                    "mechanism": plan.mechanism,
+                    "accountant": plan.accountant,
+                    "noise_multiplier": plan.noise_multiplier,
+                    "sampling_rate": plan.sampling_rate,
+                    "total_steps": acct.steps,
+                },
+            ).sign(self.key)
+
+    def decline_report(self, plan: DPPlan, round_: int, attempt: int, reason: str) -> SpendReport:
+        """Tell the authority this facility is out of budget (no new spend)."""
+        with self._lock:
+            self._publish(True)
+            return SpendReport(
+                self.node_id,
+                round_,
+                attempt,
+                "training",
+                self.training_epsilon(),
+                plan.delta,
+                steps=0,
+                exhausted=True,
+                details={"declined": reason},
+            ).sign(self.key)
+
+    def _publish(self, exhausted: bool | None = None) -> None:
+        EPSILON_SPENT.labels(facility=self.node_id).set(self.total_epsilon())
+        if exhausted is not None:
+            PRIVACY_EXHAUSTED.labels(facility=self.node_id).set(int(exhausted))
+        rel = self.state.get("release")
+        if rel:
+            RELEASED_SAMPLES.labels(facility=self.node_id).set(rel["sample_count"])
+            RELEASED_POSITIVE_FRACTION.labels(facility=self.node_id).set(rel["positive_fraction"])
+
+
+async def send_report(channels: Channels, authority: str, report: SpendReport) -> None:
+    """Report a spend to the authority; failures are logged (the facility's own record stays)."""
+    stub = authority_pb2_grpc.AuthorityServiceStub(channels.get(authority))
+    try:
+        await call(
+            stub.ReportPrivacySpend,
+            authority_pb2.ReportPrivacySpendRequest(spend=serde.spend_to_proto(report)),
+            peer="authority",
+            timeout=30,
+        )
+    except grpc.aio.AioRpcError as e:
+        log.warning(
+            "could not report privacy spend for round %d to the authority: %s",
+            report.round,
+            describe_rpc_error(e),
+        )
+
+
+class PrivacyGate:
+    """What the Facility servicer calls: admit a round, train privately, report the spend."""
+
+    def __init__(self, facility: Any) -> None:
+        from hfl.rpc.node import load_identity
+
+        self.facility = facility
+        settings = facility.settings
+        self.authority = settings.authority
+        self.book = FacilityPrivacy(
+            settings.state_dir,
+            facility.node_id,
+            load_identity(settings.state_dir),
+            local_budget=settings.dp_budget,
+        )
+        self._pending: dict[tuple[int, int], concurrent.futures.Future[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def admit(self, config: Any, plan: Any) -> Admission | None:
+        """None without DP; otherwise an Admission, or PrivacyDeclined (logged and reported) to decline."""
+        dp = dp_plan_of(plan.extra)
+        if dp is None:
+            return None
+        self._loop = asyncio.get_running_loop()
+        channels = self.facility.channels
+        try:
+            adm = await asyncio.to_thread(self.book.admit, dp, config.round, config.attempt)
+        except PrivacyDeclined as e:
+            log.warning("%s. This facility sends no update this round.", str(e)[0].upper() + str(e)[1:])
+            report = await asyncio.to_thread(
+                self.book.decline_report, dp, config.round, config.attempt, str(e)
+            )
+            await send_report(channels, self.authority, report)
+            raise
+        release = await asyncio.to_thread(
+            self.book.release_statistics, dp, self.facility.data.train, config.round
+        )
+        if release is not None:
+            await send_report(channels, self.authority, release)
+        return adm
+
+    def private_update(
+        self, model: Any, params: np.ndarray, plan: Any, admission: Admission | None, data: Dataset
+    ) -> np.ndarray:
+        """DP-SGD for the admitted round (in a worker thread); the spend is recorded before returning."""
+        if admission is None:
+            raise NotAllowed(
+                "the plan asks for differential privacy but this round was not admitted against "
+                "the privacy budget; refusing to train"
+            )
+        from hfl.privacy.federation import dp_local_update
+
+        delta = dp_local_update(
+            model,
+            params,
+            data,
+            admission.plan,
+            lr=plan.lr,
+            max_update_norm=plan.clip_update,
+            rng=secure_generator(),
+        )
+        report = self.book.record(admission)
+        log.info(
+            "round %d: trained with differential privacy; ε spent so far %.3f%s",
+            admission.round,
+            self.book.total_epsilon(),
+            " (budget reached: no further rounds)" if report.exhausted else "",
+        )
+        if self._loop is not None:
+            fut = asyncio.run_coroutine_threadsafe(
+                send_report(self.facility.channels, self.authority, report), self._loop
+            )
+            self._pending[(admission.round, admission.attempt)] = fut
+        return delta
+
+    async def flush(self, round_: int, attempt: int) -> None:
+        """Wait until the round's spend report has gone to the authority (before the update leaves)."""
+        fut = self._pending.pop((round_, attempt), None)
+        if fut is not None:
+            await asyncio.wrap_future(fut)

@@ -1,0 +1,65 @@
+"""The leader's side of differential privacy: calibrate the noise once at start-up and say so.
+
+HFL_DP_EPSILON > 0 turns DP on. The leader calibrates the noise multiplier so that HFL_ROUNDS rounds of
+``ceil(local_epochs / q)`` Poisson-sampled DP-SGD steps spend the budget (minus the small ε set aside for
+each facility's published statistics) with the chosen accountant, logs the plain-language summary, and
+ships the resulting plan to every facility in ``TrainingPlan.extra["dp"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hfl.errors import ConfigError
+from hfl.privacy.federation import (
+    DEFAULT_CLIP,
+    DEFAULT_LOCAL_EPOCHS,
+    DEFAULT_SAMPLING_RATE,
+    DPPlan,
+    describe_plan,
+    plan_dp,
+)
+from hfl.rpc.settings import Settings
+
+log = logging.getLogger("hfl.leader")
+logging.getLogger("absl").setLevel(logging.ERROR)  # dp_accounting's numerical chatter
+
+
+def dp_plan_from_settings(settings: Settings) -> DPPlan | None:
+    """The calibrated DP plan, or None when HFL_DP_EPSILON is 0 (no differential privacy)."""
+    if settings.dp_epsilon <= 0:
+        return None
+    if settings.rounds < 1:
+        raise ConfigError(
+            "differential privacy needs the planned number of rounds: set HFL_ROUNDS (the "
+            "budget HFL_DP_EPSILON is spread over them)"
+        )
+    log.info(
+        "calibrating the privacy noise for ε=%g, δ=%g over %d rounds ...",
+        settings.dp_epsilon,
+        settings.dp_delta,
+        settings.rounds,
+    )
+    try:
+        plan = plan_dp(
+            epsilon=settings.dp_epsilon,
+            delta=settings.dp_delta,
+            rounds=settings.rounds,
+            mechanism=settings.dp_mechanism,
+            accountant=settings.dp_accountant,
+            clip=settings.dp_clip or DEFAULT_CLIP,
+            sampling_rate=settings.dp_sampling_rate or DEFAULT_SAMPLING_RATE,
+            local_epochs=settings.dp_local_epochs or DEFAULT_LOCAL_EPOCHS,
+            release_epsilon=None if settings.dp_release_epsilon < 0 else settings.dp_release_epsilon,
+        )
+    except ValueError as e:
+        raise ConfigError(f"differential privacy cannot be set up: {e}") from None
+    log.info("differential privacy: %s", describe_plan(plan))
+    return plan
+
+
+def dp_extra(settings: Settings) -> dict[str, Any]:
+    """TrainingPlan extras carrying the DP plan ({} without DP)."""
+    plan = dp_plan_from_settings(settings)
+    return {} if plan is None else {"dp": plan.to_dict()}

@@ -1,0 +1,167 @@
+"""Differential privacy in a real federation: ε per round matches dp_accounting, a facility without budget
+declines, an exhausted facility is no longer scheduled, and the authority's privacy ledger survives a
+restart. One federation (authority, 4 validators, 1 fog, 5 facilities, leader; plain sums) for ~40-70 s."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from hfl.demo import Federation, Proc
+from hfl.ledger import LedgerStore
+from hfl.privacy import compute_epsilon
+from hfl.privacy.federation import plan_dp
+from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
+from hfl.rpc.pki import sync_channel
+from tests.integration.helpers import client_tls, start_leader, wait_for_round
+
+pytestmark = pytest.mark.integration
+
+ROUNDS = 3
+EPSILON, DELTA = 2.0, 1e-5
+DP_ENV = {
+    "HFL_DP_EPSILON": str(EPSILON),
+    "HFL_DP_DELTA": str(DELTA),
+    "HFL_DP_MECHANISM": "gaussian",
+    "HFL_DP_ACCOUNTANT": "rdp",
+}
+ONE_ROUND = "facility-04"  # its own budget covers exactly one round
+NO_ROUND = "facility-05"  # its own budget covers no round: it declines round 1
+
+
+def authority_env() -> dict[str, str]:
+    return {"HFL_COMMITTEE_SIZE": "4", "HFL_BUCKET_SIZE": "3", "HFL_MIN_FACILITIES": "3", **DP_ENV}
+
+
+@pytest.fixture(scope="module")
+def federation(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Federation, dict[str, Proc], Path]]:
+    plan = plan_dp(epsilon=EPSILON, delta=DELTA, rounds=ROUNDS)  # what the leader will calibrate
+    one, two = plan.epsilon_after_rounds(1), plan.epsilon_after_rounds(2)
+    budgets = {ONE_ROUND: plan.release_epsilon + (one + two) / 2, NO_ROUND: plan.release_epsilon + one / 2}
+    out = tmp_path_factory.mktemp("dpfed")
+    fed = Federation(
+        out, {"HFL_SEED": "1", "HFL_DATASET": "synthetic", "HFL_N_PATIENTS": "300", "HFL_LOG_LEVEL": "INFO"}
+    )
+    procs: dict[str, Proc] = {}
+    try:
+        procs["authority"] = auth = fed.start("authority", "authority", authority_env())
+        fed.wait_ready([auth], label="authority")
+        fed.common_env["HFL_AUTHORITY"] = auth.info["address"]
+        workers = [fed.start("validator", f"validator-{i + 1}") for i in range(4)]
+        workers.append(fed.start("fog", "fog-1"))
+        for i in range(5):
+            node = f"facility-{i + 1:02d}"
+            env = {
+                "HFL_SHARD": f"{i}/5",
+                "HFL_SPECIALTY": ("hospital", "clinic", "research", "emergency")[i % 4],
+            }
+            if node in budgets:
+                env["HFL_DP_BUDGET"] = repr(budgets[node])
+            workers.append(fed.start("facility", node, env))
+        fed.wait_ready(workers)
+        for p in workers:
+            procs[p.node_id] = p
+        procs["leader"] = start_leader(fed, ROUNDS, {"HFL_SECAGG": "false", **DP_ENV})
+        wait_for_round(procs["leader"].info["address"], ROUNDS, limit_s=300)
+        yield fed, procs, out
+    finally:
+        fed.stop_all()
+
+
+def round_events(fed: Federation, leader: str) -> list[leader_pb2.WatchRoundsResponse]:
+    with sync_channel(leader, fed.operator()) as ch:
+        stream = leader_pb2_grpc.LeaderServiceStub(ch).WatchRounds(
+            leader_pb2.WatchRoundsRequest(), timeout=60
+        )
+        return [e for e in stream if not e.done and e.committed]
+
+
+def test_epsilon_per_round_matches_dp_accounting(
+    federation: tuple[Federation, dict[str, Proc], Path],
+) -> None:
+    fed, procs, _ = federation
+    plan = procs["leader"].info["dp"]
+    events = round_events(fed, procs["leader"].info["address"])
+    assert [e.round for e in events] == [1, 2, 3]
+    reported = [e.epsilon for e in events]
+    assert reported == sorted(reported) and reported[0] < reported[-1]
+    for r, eps in enumerate(reported, start=1):
+        expected = (
+            compute_epsilon(
+                "gaussian",
+                plan["noise_multiplier"],
+                plan["sampling_rate"],
+                plan["steps_per_round"] * r,
+                DELTA,
+                "rdp",
+            )
+            + plan["release_epsilon"]
+        )
+        assert eps == pytest.approx(expected, rel=1e-9)
+    assert reported[-1] <= EPSILON
+
+
+def test_budgets_are_enforced(federation: tuple[Federation, dict[str, Proc], Path]) -> None:
+    _fed, procs, out = federation
+    declined = procs[NO_ROUND].log_file.read_text()
+    assert "declining round 1" in declined and "sends no update" in declined
+    assert "trained with differential privacy" not in declined
+    one = procs[ONE_ROUND].log_file.read_text()
+    assert one.count("trained with differential privacy") == 1 and "budget reached" in one
+    with LedgerStore(out / "state" / "leader" / "ledger.db") as store:
+        members = [{m for group in store.block(r).header.extra["members"] for m in group} for r in (1, 2, 3)]
+    assert ONE_ROUND in members[0] and NO_ROUND not in members[0]
+    for later in members[1:]:
+        assert ONE_ROUND not in later and NO_ROUND not in later and len(later) == 3
+
+
+def spend(address: str, tls: object) -> authority_pb2.GetPrivacySpendResponse:
+    with sync_channel(address, tls) as ch:  # type: ignore[arg-type]
+        return authority_pb2_grpc.AuthorityServiceStub(ch).GetPrivacySpend(
+            authority_pb2.GetPrivacySpendRequest(), timeout=10
+        )
+
+
+def test_privacy_ledger_survives_authority_restart(
+    federation: tuple[Federation, dict[str, Proc], Path],
+) -> None:
+    fed, procs, out = federation
+    auth = procs["authority"]
+    before = spend(auth.info["address"], fed.operator())
+    # After all planned rounds every facility has spent (almost) its whole budget: none can afford more.
+    everyone = {f"facility-{i:02d}" for i in range(1, 6)}
+    assert set(before.epsilon_spent) == everyone and set(before.exhausted) == everyone
+    assert (
+        before.epsilon_spent[NO_ROUND]
+        == 0.0
+        < before.epsilon_spent[ONE_ROUND]
+        < before.epsilon_spent["facility-01"]
+        <= EPSILON
+    )
+    auth.popen.send_signal(signal.SIGKILL)
+    auth.popen.wait(timeout=10)
+    again = fed.start("authority", "authority", authority_env())
+    fed.wait_ready([again], label="authority")
+    after = spend(again.info["address"], fed.operator())
+    assert dict(after.epsilon_spent) == pytest.approx(dict(before.epsilon_spent), rel=0, abs=0)
+    assert set(after.exhausted) == everyone
+    # The restarted authority still refuses to schedule them.
+    with LedgerStore(out / "state" / "leader" / "ledger.db") as store:
+        head = store.head()
+    assert head is not None
+    with (
+        sync_channel(again.info["address"], client_tls(out, "leader", "leader")) as ch,
+        pytest.raises(grpc.RpcError) as err,
+    ):
+        authority_pb2_grpc.AuthorityServiceStub(ch).GetRoundConfig(
+            authority_pb2.GetRoundConfigRequest(round=ROUNDS + 1, attempt=0, ledger_head=head.hash),
+            timeout=10,
+        )
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "5 have used up their privacy budget" in str(err.value.details())

@@ -1,0 +1,197 @@
+"""DP plumbing: the leader's plan (calibration, wire format), the facility's admission and persistence,
+signed spend reports and the authority's privacy book."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hfl.crypto.signing import SigningKey
+from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, Unauthenticated
+from hfl.learning.data import Dataset
+from hfl.learning.models import make_model
+from hfl.privacy import compute_epsilon
+from hfl.privacy.federation import DPPlan, dp_local_update, plan_dp, spend_slot
+from hfl.privacy.report import SpendReport
+from services.authority.privacy import PrivacyBook
+from services.facility.privacy import FacilityPrivacy, PrivacyDeclined, dp_plan_of
+
+logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="module")
+def plan() -> DPPlan:
+    return plan_dp(epsilon=1.0, delta=1e-5, rounds=4, sampling_rate=0.5, local_epochs=1.0)
+
+
+# ---------------------------------------------------------------------------------------------- leader
+def test_plan_spends_the_training_budget_within_one_percent(plan: DPPlan) -> None:
+    assert plan.steps_per_round == 2 and plan.release_epsilon == pytest.approx(0.05)
+    eps = compute_epsilon("gaussian", plan.noise_multiplier, 0.5, 2 * 4, 1e-5, "rdp")
+    assert 0.99 * plan.training_budget <= eps <= plan.training_budget
+    assert plan.epsilon_after_rounds(4) == pytest.approx(eps)
+
+
+def test_plan_round_trips_through_json(plan: DPPlan) -> None:
+    wire = json.loads(json.dumps(plan.to_dict()))
+    assert DPPlan.from_dict(wire) == plan
+    assert dp_plan_of({"dp": wire}) == plan and dp_plan_of({}) is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"mechanism": "uniform"},
+        {"noise_multiplier": 0.0},
+        {"sampling_rate": 1.5},
+        {"steps_per_round": 0},
+        {"release_epsilon": 5.0},
+        {"delta": "1e-5"},
+        {"accountant": "moments"},
+    ],
+)
+def test_bad_plans_are_refused_in_plain_words(plan: DPPlan, bad: dict[str, object]) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        DPPlan.from_dict({**plan.to_dict(), **bad})
+    with pytest.raises(InvalidInput, match="privacy settings"):
+        dp_plan_of({"dp": {**plan.to_dict(), **bad}})
+
+
+def test_laplace_with_rdp_and_sampling_points_to_pld() -> None:
+    with pytest.raises(ValueError, match="pld"):
+        plan_dp(epsilon=1.0, delta=1e-5, rounds=2, mechanism="laplace", accountant="rdp", sampling_rate=0.25)
+
+
+def test_spend_slots_keep_attempts_apart() -> None:
+    assert spend_slot(3, 0) < spend_slot(3, 1) < spend_slot(4, 0)
+    with pytest.raises(ValueError):
+        spend_slot(1, 1000)
+
+
+def test_dp_local_update_takes_fixed_steps_and_respects_update_clip(plan: DPPlan) -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    data = Dataset(X, (X[:, 0] > 0).astype(np.int64), ("a", "b", "c"))
+    model = make_model("logreg", 3, 16)
+    w = model.init_params(0)
+    delta = dp_local_update(model, w, data, plan, lr=0.5, max_update_norm=0.01, rng=np.random.default_rng(1))
+    assert delta.shape == w.shape and np.linalg.norm(delta) <= 0.01 + 1e-12
+
+
+# ---------------------------------------------------------------------------------------------- facility
+def _book(tmp_path: Path, budget: float = 0.0) -> FacilityPrivacy:
+    return FacilityPrivacy(tmp_path, "facility-01", SigningKey.generate(), local_budget=budget)
+
+
+def test_facility_spends_round_by_round_then_declines(tmp_path: Path, plan: DPPlan) -> None:
+    book = _book(tmp_path)
+    for r in range(1, 5):
+        report = book.record(book.admit(plan, r, 0))
+        assert report.kind == "training" and report.steps == 2
+        assert report.epsilon_total == pytest.approx(plan.epsilon_after_rounds(r))
+        assert report.exhausted == (r == 4)
+    with pytest.raises(PrivacyDeclined, match=r"declining round 5.*above its budget"):
+        book.admit(plan, 5, 0)
+    assert isinstance(PrivacyDeclined("x"), NotAllowed)  # the fog hears PERMISSION_DENIED at once
+
+
+def test_retried_attempt_spends_again_but_a_duplicate_is_refused(tmp_path: Path, plan: DPPlan) -> None:
+    book = _book(tmp_path)
+    book.record(book.admit(plan, 1, 0))
+    with pytest.raises(AlreadyDone):
+        book.admit(plan, 1, 0)
+    book.record(book.admit(plan, 1, 1))
+    assert book.steps == 4
+
+
+def test_spend_survives_a_restart(tmp_path: Path, plan: DPPlan) -> None:
+    book = _book(tmp_path)
+    book.record(book.admit(plan, 1, 0))
+    book.record(book.admit(plan, 2, 0))
+    again = _book(tmp_path)
+    assert again.steps == 4
+    assert again.training_epsilon() == pytest.approx(plan.epsilon_after_rounds(2))
+    again.record(again.admit(plan, 3, 0))
+    again.record(again.admit(plan, 4, 0))
+    with pytest.raises(PrivacyDeclined):
+        _book(tmp_path).admit(plan, 5, 0)
+
+
+def test_unreadable_record_stops_the_facility(tmp_path: Path) -> None:
+    (tmp_path / "privacy.json").write_text("{not json")
+    with pytest.raises(ValueError, match="restore it from a backup"):
+        _book(tmp_path)
+
+
+def test_local_budget_is_stricter(tmp_path: Path, plan: DPPlan) -> None:
+    book = _book(tmp_path, budget=plan.release_epsilon + plan.epsilon_after_rounds(1) * 1.01)
+    assert book.record(book.admit(plan, 1, 0)).exhausted
+    with pytest.raises(PrivacyDeclined, match="declining round 2"):
+        book.admit(plan, 2, 0)
+    (tmp_path / "tiny").mkdir()
+    with pytest.raises(PrivacyDeclined, match="published statistics"):
+        _book(tmp_path / "tiny", budget=0.01).admit(plan, 1, 0)
+
+
+def test_changed_privacy_settings_are_declined(tmp_path: Path, plan: DPPlan) -> None:
+    book = _book(tmp_path)
+    book.record(book.admit(plan, 1, 0))
+    other = DPPlan.from_dict({**plan.to_dict(), "noise_multiplier": plan.noise_multiplier * 2})
+    with pytest.raises(PrivacyDeclined, match="changed its privacy settings"):
+        book.admit(other, 2, 0)
+
+
+def test_statistics_are_released_once(tmp_path: Path, plan: DPPlan) -> None:
+    book = _book(tmp_path)
+    data = Dataset(np.zeros((200, 2)), np.array([1] * 50 + [0] * 150), ("a", "b"))
+    first = book.release_statistics(plan, data, 1)
+    assert first is not None and first.kind == "release" and first.delta == 0.0
+    assert first.epsilon_total == pytest.approx(plan.release_epsilon)
+    assert book.release_statistics(plan, data, 2) is None
+    assert _book(tmp_path).release_epsilon == pytest.approx(plan.release_epsilon)  # persisted
+
+
+# ---------------------------------------------------------------------------------------------- authority
+def test_authority_records_only_signed_reports_of_registered_facilities(tmp_path: Path, plan: DPPlan) -> None:
+    key, other = SigningKey.generate(), SigningKey.generate()
+    book = PrivacyBook(tmp_path / "privacy.db")
+    report = SpendReport("facility-01", 1, 0, "training", 0.3, 1e-5, steps=2).sign(key)
+    with pytest.raises(Unauthenticated):
+        book.record(report, other.public_bytes, "facility")
+    with pytest.raises(NotAllowed):
+        book.record(report, key.public_bytes, "validator")
+    with pytest.raises(NotAllowed):
+        book.record(report, None, None)
+    forged = SpendReport("facility-01", 1, 0, "training", 0.1, 1e-5, steps=2, signature=report.signature)
+    with pytest.raises(Unauthenticated):
+        book.record(forged, key.public_bytes, "facility")
+    assert book.record(report, key.public_bytes, "facility") == pytest.approx(0.3)
+    book.record(
+        SpendReport("facility-01", 0, 0, "release", 0.05, 0.0).sign(key), key.public_bytes, "facility"
+    )
+    with pytest.raises(InvalidInput, match="only grow"):
+        book.record(
+            SpendReport("facility-01", 2, 0, "training", 0.2, 1e-5).sign(key), key.public_bytes, "facility"
+        )
+    book.record(
+        SpendReport("facility-01", 2, 0, "training", 0.5, 1e-5, exhausted=True).sign(key),
+        key.public_bytes,
+        "facility",
+    )
+    assert book.exhausted == {"facility-01"} and book.max_spent() == pytest.approx(0.55)
+    book.close()
+    again = PrivacyBook(tmp_path / "privacy.db")
+    assert again.spent() == {"facility-01": pytest.approx(0.55)} and again.exhausted == {"facility-01"}
+    again.close()
+
+
+def test_authority_budget_marks_exhausted(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    book = PrivacyBook(tmp_path / "privacy.db", budget=1.0)
+    book.record(SpendReport("f", 1, 0, "training", 1.0, 1e-5).sign(key), key.public_bytes, "facility")
+    assert book.exhausted == {"f"}
+    book.close()
