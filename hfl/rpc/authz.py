@@ -1,0 +1,262 @@
+"""Who may call what: the authorization table (method -> roles allowed, identity binding, rate limit)
+and the server interceptor that enforces it from the caller's mTLS certificate.
+
+Refusals: no usable certificate -> UNAUTHENTICATED (in practice the TLS handshake already refuses
+connections without a certificate of this federation); a certificate of the wrong role, or a request
+naming another node than the certificate -> PERMISSION_DENIED; too fast -> RESOURCE_EXHAUSTED. A method
+missing from the table is refused (fail closed): add new RPCs here.
+
+Servicers read the caller with ``caller()`` (None when HFL_TLS=false) for checks that need the request's
+meaning, e.g. a facility only takes StartRound from the fog of its bucket.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from hfl.crypto.x509 import Identity
+from hfl.errors import NotAllowed, Unauthenticated
+from hfl.rpc.pki import NodeTls
+from hfl.rpc.ratelimit import TokenBuckets
+from hfl.rpc.settings import Settings
+
+log = logging.getLogger("hfl.authz")
+
+NODE_ROLES = frozenset({"leader", "fog", "facility", "validator"})
+ANYONE = NODE_ROLES | {"authority", "operator"}
+
+_CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("hfl_caller", default=None)
+
+
+def caller() -> Identity | None:
+    """The certificate identity of the peer of the RPC being served (None without TLS)."""
+    return _CALLER.get()
+
+
+def require_caller_is(node_id: str, what: str) -> None:
+    """Raise NotAllowed unless TLS is off or the caller's certificate names ``node_id``."""
+    who = caller()
+    if who is not None and who.node_id != node_id:
+        raise NotAllowed(f"{what} must come from {node_id}, not from {who.node_id}")
+
+
+# ------------------------------------------------------------------------------------------ bindings
+def _bind_register(request: Any, who: Identity) -> None:
+    if request.node.node_id != who.node_id or request.node.role != who.role:
+        raise NotAllowed(
+            f"your certificate is for {who.role} {who.node_id}; you cannot register "
+            f"{request.node.role} {request.node.node_id!r}"
+        )
+
+
+def _bind_submit(request: Any, who: Identity) -> None:
+    if request.node_id != who.node_id:
+        raise NotAllowed(
+            f"your certificate is for {who.node_id}; you cannot send an update as {request.node_id!r}"
+        )
+
+
+def _bind_privacy(request: Any, who: Identity) -> None:
+    if request.spend.facility_id != who.node_id:
+        raise NotAllowed(
+            f"your certificate is for {who.node_id}; you cannot report privacy spent by "
+            f"{request.spend.facility_id!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Rule:
+    roles: frozenset[str]
+    bind: Callable[[Any, Identity], None] | None = None
+    limit: str = "rpc"  # which token bucket: "rpc" (per caller and method) or "submit" (per caller)
+
+
+_A, _F, _C, _L, _V = (
+    "/hfl.v1.AuthorityService/",
+    "/hfl.v1.FogService/",
+    "/hfl.v1.FacilityService/",
+    "/hfl.v1.LeaderService/",
+    "/hfl.v1.ValidatorService/",
+)
+LEADER, FOG, FACILITY, OPERATOR = (
+    frozenset({"leader"}),
+    frozenset({"fog"}),
+    frozenset({"facility"}),
+    frozenset({"operator"}),
+)
+
+# Exact method names, or a prefix ending in "*".
+TABLE: dict[str, Rule] = {
+    _A + "Register": Rule(NODE_ROLES, _bind_register),
+    _A + "GetRoundConfig": Rule(LEADER),
+    _A + "ReportRound": Rule(LEADER),
+    _A + "ListNodes": Rule(ANYONE),
+    _A + "ReportPrivacySpend": Rule(FACILITY, _bind_privacy, "submit"),
+    _A + "GetPrivacySpend": Rule(ANYONE),
+    _A + "RenewCertificate": Rule(NODE_ROLES),
+    _A + "GetRevocations": Rule(NODE_ROLES | OPERATOR),
+    _F + "RunRound": Rule(LEADER),
+    _F + "SubmitUpdate": Rule(FACILITY, _bind_submit, "submit"),
+    _F + "Evaluate": Rule(LEADER),
+    _C + "StartRound": Rule(FOG),
+    _C + "EvaluateModel": Rule(FOG),
+    _C + "SecAgg*": Rule(FOG),
+    _L + "GetStatus": Rule(OPERATOR),
+    _L + "GetModel": Rule(OPERATOR),
+    _L + "WatchRounds": Rule(OPERATOR),
+    _V + "Vote": Rule(LEADER),
+    "/grpc.health.v1.Health/Check": Rule(ANYONE),
+    "/grpc.health.v1.Health/Watch": Rule(ANYONE),
+}
+ENROL_METHOD = _A + "Enroll"
+
+
+def rule_for(method: str) -> Rule | None:
+    rule = TABLE.get(method)
+    if rule is not None:
+        return rule
+    for key, r in TABLE.items():
+        if key.endswith("*") and method.startswith(key[:-1]):
+            return r
+    return None
+
+
+def peer_host(context: grpc.aio.ServicerContext) -> str:
+    """The caller's IP address (without the port) for per-address limits."""
+    peer = context.peer() or "unknown"
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        return rest.rpartition(":")[0].strip("[]") or rest
+    return peer
+
+
+def certificate_of(context: grpc.aio.ServicerContext) -> bytes | None:
+    auth = context.auth_context() or {}
+    pems = list(auth.get("x509_pem_cert") or [])
+    return bytes(pems[0]) if pems else None
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler, check: Callable[[Any, grpc.aio.ServicerContext], Identity | None]
+) -> grpc.RpcMethodHandler:
+    if handler.unary_unary is not None:
+        inner_uu: Any = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = _CALLER.set(check(request, context))
+            try:
+                return await inner_uu(request, context)
+            finally:
+                _CALLER.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        inner_us: Any = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            _CALLER.set(check(request, context))
+            async for item in inner_us(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    # Client- or bidi-streaming methods are not part of hfl's API: refuse them, never pass them unchecked.
+    return _refuse_all(handler)
+
+
+def _refuse_all(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this kind of call is not served")
+
+    return grpc.unary_unary_rpc_method_handler(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """mTLS identity -> role check -> rate limit -> identity binding, for every RPC of a node's server.
+    Install it inside hfl.rpc.errors.ErrorInterceptor so refusals become clear statuses."""
+
+    def __init__(self, tls: NodeTls, settings: Settings) -> None:
+        self.tls = tls
+        self.rpc_limits = TokenBuckets(settings.rpc_rate, settings.rpc_burst)
+        self.submit_limits = TokenBuckets(settings.submit_rate, settings.submit_burst)
+
+    def identify(self, context: grpc.aio.ServicerContext) -> Identity:
+        pem = certificate_of(context)
+        if pem is None:
+            raise Unauthenticated("a client certificate of this federation is required")
+        return self.tls.check_peer(pem)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        rule = rule_for(method)
+        short = method.rpartition("/")[2]
+
+        def check(request: Any, context: grpc.aio.ServicerContext) -> Identity:
+            who = self.identify(context)
+            if rule is None:
+                log.warning(
+                    "refused %s: the method is not in the authorization table (hfl/rpc/authz.py)", method
+                )
+                raise NotAllowed(f"{short} is not open to anyone on this server")
+            if who.role not in rule.roles:
+                raise NotAllowed(f"a {who.role} may not call {short}")
+            if rule.limit == "submit":
+                self.submit_limits.take(who.node_id, "submissions")
+            else:
+                self.rpc_limits.take(f"{who.node_id} {method}", f"{short} calls")
+            if rule.bind is not None:
+                rule.bind(request, who)
+            return who
+
+        return _wrap(handler, check)
+
+
+class EnrolInterceptor(grpc.aio.ServerInterceptor):
+    """The enrolment port (TLS without client certificates): only Enroll, rate-limited per address."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.limits = TokenBuckets(settings.enrol_rate, settings.enrol_burst)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+
+        def check(request: Any, context: grpc.aio.ServicerContext) -> None:
+            if method != ENROL_METHOD:
+                raise NotAllowed(
+                    "only enrolment is served on this port; use the main port with a certificate"
+                )
+            self.limits.take(peer_host(context), "enrolment requests")
+            return None
+
+        return _wrap(handler, check)

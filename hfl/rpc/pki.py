@@ -1,0 +1,540 @@
+"""Certificates on disk and on the wire: the authority's CA store, enrolment tokens, each node's TLS
+identity (enrolment, renewal, revocation list) and the gRPC credentials made from them.
+
+Pure certificate logic is in hfl.crypto.x509; this module does the files, SQLite and RPCs.
+
+Layout:
+- authority: ``<state>/ca/ca.key`` (0600), ``<state>/ca/ca.pem`` (the trust root to hand out),
+  ``<state>/ca/ca.db`` (issued certificates, used tokens, revocations; WAL, synchronous=FULL),
+  ``<state>/enrol_tokens.json`` (SHA-256 hashes of one-time tokens with the role and node id each may
+  enrol as; written by ``hfl demo`` or ``hfl enrol-token``), ``<state>/operator/`` (a client certificate
+  for operator tools: ``hfl status``, the demo's progress display, tests).
+- every node: ``<state>/tls/{key.pem,cert.pem,ca.pem}``.
+
+Enrolment runs on a separate port of the authority with server-only TLS (a node has no certificate
+yet); every other connection is mutual TLS with require_client_auth=True.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from hfl.crypto import x509
+from hfl.errors import ConfigError, NotAllowed, Unauthenticated
+from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
+from hfl.rpc.settings import Settings
+
+log = logging.getLogger("hfl.pki")
+
+RENEW_WHEN_LEFT = 1 / 3  # renew once a third of the lifetime is left
+OPERATOR_HOURS = 24.0 * 30
+TOKENS_FILE = "enrol_tokens.json"
+
+
+# ------------------------------------------------------------------------------------------ files
+def write_secret(path: Path, data: bytes) -> None:
+    """Atomically write a private file (0600), fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_public(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_enrol_token(authority_state: Path, role: str, node_id: str) -> str:
+    """Make a one-time enrolment token for ``role``/``node_id`` and register its hash with the authority
+    (the authority re-reads the file on every enrolment, so this works while it runs)."""
+    x509.check_role(role)
+    x509.check_node_id(node_id)
+    if role in ("authority", "operator"):
+        raise ConfigError(f"nodes of role {role!r} do not enrol")
+    token = secrets.token_urlsafe(24)
+    path = authority_state / TOKENS_FILE
+    doc = read_tokens(path)
+    doc.append({"sha256": token_hash(token), "role": role, "node_id": node_id})
+    write_secret(path, json.dumps({"tokens": doc}, indent=1).encode())
+    return token
+
+
+def read_tokens(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+        entries = doc["tokens"]
+        return [
+            {"sha256": str(e["sha256"]), "role": str(e["role"]), "node_id": str(e["node_id"])}
+            for e in entries
+        ]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a valid enrolment token file") from None
+
+
+# ------------------------------------------------------------------------------------------ the CA
+class CAStore:
+    """The authority's certificate authority: key, root, issued certificates, tokens, revocations."""
+
+    def __init__(self, state_dir: Path, *, cert_hours: float = 24.0) -> None:
+        self.state_dir = state_dir
+        self.dir = state_dir / "ca"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cert_hours = cert_hours
+        key_path, cert_path = self.dir / "ca.key", self.dir / "ca.pem"
+        if key_path.exists() and cert_path.exists():
+            self.key = x509.key_from_pem(key_path.read_bytes())
+            self.cert = x509.cert_from_pem(cert_path.read_bytes())
+        else:
+            self.key, self.cert = x509.make_ca()
+            write_secret(key_path, x509.key_to_pem(self.key))
+            write_public(cert_path, x509.cert_to_pem(self.cert))
+            log.info("created the federation's certificate authority (%s)", cert_path)
+        self.cert_pem = x509.cert_to_pem(self.cert)
+        self._db = sqlite3.connect(str(self.dir / "ca.db"), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS certs (serial TEXT PRIMARY KEY, node_id TEXT NOT NULL,
+                                              role TEXT NOT NULL,
+                                              not_after TEXT NOT NULL, revoked_at TEXT);
+            CREATE TABLE IF NOT EXISTS used_tokens (sha256 TEXT PRIMARY KEY, node_id TEXT NOT NULL,
+                                                    used_at TEXT NOT NULL);
+            """
+        )
+        self._lock = threading.Lock()
+        self.on_revoke: list[Callable[[frozenset[int]], None]] = []
+
+    @property
+    def ca_path(self) -> Path:
+        return self.dir / "ca.pem"
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- issuing
+    def issue(self, csr_pem: bytes, role: str, node_id: str, hours: float | None = None) -> bytes:
+        cert = x509.issue(
+            self.key, self.cert, csr_pem, role=role, node_id=node_id, hours=hours or self.cert_hours
+        )
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO certs(serial, node_id, role, not_after) VALUES (?, ?, ?, ?)",
+                (str(cert.serial_number), node_id, role, cert.not_valid_after_utc.isoformat()),
+            )
+        return x509.cert_to_pem(cert)
+
+    def issue_local(
+        self, role: str, node_id: str, hosts: list[str], hours: float | None = None
+    ) -> tuple[bytes, bytes]:
+        """Key and certificate made here (the authority's own, the operator's)."""
+        key = x509.new_key()
+        cert = self.issue(x509.make_csr(key, node_id, role, hosts), role, node_id, hours)
+        return x509.key_to_pem(key), cert
+
+    def write_operator(self) -> Path:
+        """A client certificate for operator tools, renewed at every authority start."""
+        out = self.state_dir / "operator"
+        key_pem, cert_pem = self.issue_local("operator", "operator", [], OPERATOR_HOURS)
+        write_secret(out / "key.pem", key_pem)
+        write_public(out / "cert.pem", cert_pem)
+        write_public(out / "ca.pem", self.cert_pem)
+        return out
+
+    # ---- enrolment tokens
+    def token_identity(self, token: str) -> tuple[str, str]:
+        """(role, node id) a token was made for; raises Unauthenticated if unknown or used."""
+        if not token or len(token) > 256:
+            raise Unauthenticated("an enrolment token is required")
+        digest = token_hash(token)
+        for entry in read_tokens(self.state_dir / TOKENS_FILE):
+            if secrets.compare_digest(entry["sha256"], digest):
+                used = self._db.execute("SELECT 1 FROM used_tokens WHERE sha256=?", (digest,)).fetchone()
+                if used:
+                    raise Unauthenticated(
+                        "this enrolment token was already used; ask the operator for a new one"
+                    )
+                return entry["role"], entry["node_id"]
+        raise Unauthenticated("unknown enrolment token")
+
+    def consume_token(self, token: str, node_id: str) -> None:
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO used_tokens(sha256, node_id, used_at) VALUES (?, ?, ?)",
+                    (token_hash(token), node_id, x509.utcnow().isoformat()),
+                )
+            except sqlite3.IntegrityError:
+                raise Unauthenticated(
+                    "this enrolment token was already used; ask the operator for a new one"
+                ) from None
+
+    # ---- revocation
+    def revoke_node(self, node_id: str) -> frozenset[int]:
+        """Revoke every unexpired certificate of ``node_id``; returns the serials revoked now."""
+        now = x509.utcnow()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT serial FROM certs WHERE node_id=? AND revoked_at IS NULL AND not_after>?",
+                (node_id, now.isoformat()),
+            ).fetchall()
+            self._db.execute(
+                "UPDATE certs SET revoked_at=? WHERE node_id=? AND revoked_at IS NULL",
+                (now.isoformat(), node_id),
+            )
+        serials = frozenset(int(r[0]) for r in rows)
+        if serials:
+            log.warning("revoked %d certificate(s) of %s", len(serials), node_id)
+            for hook in self.on_revoke:
+                hook(serials)
+        return serials
+
+    def is_node_revoked(self, node_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM certs WHERE node_id=? AND revoked_at IS NOT NULL LIMIT 1", (node_id,)
+        ).fetchone()
+        return row is not None
+
+    def revoked(self) -> list[tuple[int, dt.datetime]]:
+        now = x509.utcnow().isoformat()
+        rows = self._db.execute(
+            "SELECT serial, revoked_at FROM certs WHERE revoked_at IS NOT NULL AND not_after>?", (now,)
+        ).fetchall()
+        return [(int(s), dt.datetime.fromisoformat(w)) for s, w in rows]
+
+    def crl_pem(self) -> bytes:
+        return x509.make_crl(self.key, self.cert, self.revoked())
+
+
+_CA_STORES: dict[Path, CAStore] = {}
+
+
+def open_ca(state_dir: Path, cert_hours: float = 24.0) -> CAStore:
+    """The process's CA store for ``state_dir`` (one object, shared by the server and the servicer)."""
+    key = state_dir.resolve()
+    if key not in _CA_STORES:
+        _CA_STORES[key] = CAStore(state_dir, cert_hours=cert_hours)
+    return _CA_STORES[key]
+
+
+# ------------------------------------------------------------------------------------------ a node's TLS
+class NodeTls:
+    """One node's TLS identity and the credentials made from it (renewable while the server runs)."""
+
+    def __init__(
+        self, role: str, node_id: str, directory: Path | None, ca_pem: bytes, key_pem: bytes, cert_pem: bytes
+    ) -> None:
+        self.role = role
+        self.node_id = node_id
+        self.dir = directory
+        self.ca_pem = ca_pem
+        self.ca_cert = x509.cert_from_pem(ca_pem)
+        self.revoked: set[int] = set()
+        self.generation = 0
+        self._served = -1
+        self._channel_creds: grpc.ChannelCredentials | None = None
+        self._set(key_pem, cert_pem)
+
+    def _set(self, key_pem: bytes, cert_pem: bytes) -> None:
+        cert = x509.cert_from_pem(cert_pem)
+        identity = x509.verify_issued(cert, self.ca_cert)
+        if (identity.role, identity.node_id) != (self.role, self.node_id):
+            raise ConfigError(f"the certificate names {identity.uri}, not {self.role} {self.node_id}")
+        self.key_pem, self.cert_pem, self.cert, self.identity = key_pem, cert_pem, cert, identity
+        self._channel_creds = None
+        self.generation += 1
+
+    def install(self, key_pem: bytes, cert_pem: bytes) -> None:
+        """Use a new key and certificate from now on (and keep them in the state directory)."""
+        self._set(key_pem, cert_pem)
+        if self.dir is not None:
+            write_secret(self.dir / "key.pem", key_pem)
+            write_public(self.dir / "cert.pem", cert_pem)
+
+    def needs_renewal(self) -> bool:
+        return x509.remaining_fraction(self.cert) < RENEW_WHEN_LEFT
+
+    # ---- gRPC credentials
+    def _server_config(self) -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key_pem, self.cert_pem)], root_certificates=self.ca_pem
+        )
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """mTLS server credentials; a renewed certificate is picked up at the next handshake."""
+        self._served = self.generation
+
+        def fetch() -> Any:
+            if self._served == self.generation:
+                return None
+            self._served = self.generation
+            return self._server_config()
+
+        return grpc.dynamic_ssl_server_credentials(
+            self._server_config(), fetch, require_client_authentication=True
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        if self._channel_creds is None:
+            self._channel_creds = grpc.ssl_channel_credentials(
+                root_certificates=self.ca_pem, private_key=self.key_pem, certificate_chain=self.cert_pem
+            )
+        return self._channel_creds
+
+    def check_peer(self, cert_pem: bytes) -> x509.Identity:
+        """The identity of a peer whose certificate the TLS layer accepted, re-checked now: issued by our CA,
+        not expired since the connection started, not revoked."""
+        identity = _peer_identity(cert_pem, self.ca_pem)
+        if identity.not_after < x509.utcnow():
+            raise Unauthenticated("your certificate has expired; renew it")
+        if identity.serial in self.revoked:
+            raise Unauthenticated(f"the certificate of {identity.node_id} has been revoked")
+        return identity
+
+
+_PEER_CACHE: dict[tuple[bytes, bytes], x509.Identity] = {}
+
+
+def _peer_identity(cert_pem: bytes, ca_pem: bytes) -> x509.Identity:
+    key = (cert_pem, ca_pem)
+    found = _PEER_CACHE.get(key)
+    if found is None:
+        try:
+            found = x509.verify_issued(x509.cert_from_pem(cert_pem), x509.cert_from_pem(ca_pem))
+        except x509.CertificateError as e:
+            raise Unauthenticated(f"certificate refused: {e}") from None
+        if len(_PEER_CACHE) > 4096:
+            _PEER_CACHE.clear()
+        _PEER_CACHE[key] = found
+    return found
+
+
+_DEFAULT: NodeTls | None = None
+
+
+def default() -> NodeTls | None:
+    """The first TLS identity set up in this process (what Channels use unless told otherwise)."""
+    return _DEFAULT
+
+
+def _set_default(tls: NodeTls) -> None:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = tls
+
+
+def load_client(directory: Path, role: str | None = None, node_id: str | None = None) -> NodeTls:
+    """Client credentials from a folder with key.pem, cert.pem and ca.pem (e.g. <authority>/operator)."""
+    try:
+        key_pem = (directory / "key.pem").read_bytes()
+        cert_pem = (directory / "cert.pem").read_bytes()
+        ca_pem = (directory / "ca.pem").read_bytes()
+    except FileNotFoundError as e:
+        raise ConfigError(f"no certificate in {directory} ({e.filename} is missing)") from None
+    identity = x509.identity_of(x509.cert_from_pem(cert_pem))
+    return NodeTls(role or identity.role, node_id or identity.node_id, None, ca_pem, key_pem, cert_pem)
+
+
+# ------------------------------------------------------------------------------------------ setting up
+def host_names(settings: Settings, role: str) -> list[str]:
+    hosts = [settings.resolved_advertise_host(), "localhost", "127.0.0.1"]
+    hosts += [h.strip() for h in settings.tls_hosts.split(",") if h.strip()]
+    if role == "authority":
+        hosts += ["authority", settings.authority.rpartition(":")[0]]
+    return hosts
+
+
+def enrol_address(settings: Settings) -> str:
+    if settings.enrol:
+        return settings.enrol
+    return f"{settings.authority.rpartition(':')[0]}:50052"
+
+
+async def _wait_for_file(path: Path, what: str, timeout: float = 180.0) -> bytes:
+    deadline = asyncio.get_running_loop().time() + timeout
+    shown = False
+    while not path.exists():
+        if asyncio.get_running_loop().time() > deadline:
+            raise ConfigError(f"{what} {path} does not exist; set HFL_TLS_CA to the federation's ca.pem")
+        if not shown:
+            log.info("waiting for %s at %s ...", what, path)
+            shown = True
+        await asyncio.sleep(0.2)
+    return path.read_bytes()
+
+
+async def ensure_identity(settings: Settings, role: str) -> NodeTls | None:
+    """This node's TLS identity: made locally (authority), loaded from the state directory, or obtained by
+    enrolling with HFL_ENROL_TOKEN. None when HFL_TLS=false."""
+    if not settings.tls:
+        return None
+    node_id = settings.resolved_node_id()
+    tls_dir = settings.state_dir / "tls"
+    if role == "authority":
+        ca = open_ca(settings.state_dir, settings.cert_hours)
+        key_pem, cert_pem = ca.issue_local("authority", node_id, host_names(settings, role))
+        tls = NodeTls(role, node_id, tls_dir, ca.cert_pem, key_pem, cert_pem)
+        tls.install(key_pem, cert_pem)
+        write_public(tls_dir / "ca.pem", ca.cert_pem)
+        tls.revoked.update(s for s, _ in ca.revoked())
+        ca.on_revoke.append(tls.revoked.update)
+        ca.write_operator()
+        _set_default(tls)
+        return tls
+    ca_path = Path(settings.tls_ca) if settings.tls_ca else tls_dir / "ca.pem"
+    ca_pem = await _wait_for_file(ca_path, "the federation's root certificate")
+    if ca_path != tls_dir / "ca.pem":
+        write_public(tls_dir / "ca.pem", ca_pem)
+    key_path, cert_path = tls_dir / "key.pem", tls_dir / "cert.pem"
+    if key_path.exists() and cert_path.exists():
+        try:
+            tls = NodeTls(role, node_id, tls_dir, ca_pem, key_path.read_bytes(), cert_path.read_bytes())
+            log.info(
+                "using the certificate in %s (valid until %s)",
+                cert_path,
+                tls.identity.not_after.strftime("%Y-%m-%d %H:%M UTC"),
+            )
+            _set_default(tls)
+            return tls
+        except (x509.CertificateError, ConfigError) as e:
+            log.warning("the stored certificate cannot be used (%s); enrolling again", e)
+    if not settings.enrol_token:
+        raise ConfigError(
+            "this node has no valid certificate yet: set HFL_ENROL_TOKEN to the one-time enrolment "
+            "token from the operator (or HFL_TLS=false to debug without TLS)"
+        )
+    key = x509.new_key()
+    csr = x509.make_csr(key, node_id, role, host_names(settings, role))
+    cert_pem = await enrol(enrol_address(settings), ca_pem, settings.enrol_token, role, node_id, csr)
+    tls = NodeTls(role, node_id, tls_dir, ca_pem, x509.key_to_pem(key), cert_pem)
+    tls.install(tls.key_pem, tls.cert_pem)
+    log.info("enrolled with the authority as %s %s", role, node_id)
+    _set_default(tls)
+    return tls
+
+
+async def enrol(
+    address: str, ca_pem: bytes, token: str, role: str, node_id: str, csr_pem: bytes, attempts: int = 150
+) -> bytes:
+    """Ask the authority's enrolment port for a certificate, retrying while it starts."""
+    delay = 0.2
+    creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    for i in range(attempts):
+        try:
+            async with grpc.aio.secure_channel(address, creds) as ch:
+                resp = await authority_pb2_grpc.AuthorityServiceStub(ch).Enroll(
+                    authority_pb2.EnrollRequest(token=token, role=role, node_id=node_id, csr_pem=csr_pem),
+                    timeout=10,
+                )
+            return bytes(resp.certificate_pem)
+        except grpc.aio.AioRpcError as e:
+            if e.code() not in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ):
+                raise ConfigError(f"enrolment refused by the authority: {e.details()}") from None
+            if i % 10 == 0:
+                log.info("waiting for the authority's enrolment service at %s ...", address)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+    raise ConfigError(f"the authority's enrolment service at {address} did not answer; is it running?")
+
+
+# ------------------------------------------------------------------------------------------ upkeep
+async def maintain(tls: NodeTls, settings: Settings) -> None:
+    """Background upkeep while a server runs: renew the certificate before it expires, refresh the
+    revocation list. Failures are logged and retried; they never stop the service."""
+    next_crl = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            if tls.needs_renewal():
+                await renew(tls, settings)
+            if tls.role == "authority":  # revocations made by other processes on the same CA database
+                tls.revoked.update(s for s, _ in open_ca(settings.state_dir).revoked())
+            if tls.role != "authority" and loop.time() >= next_crl:
+                async with grpc.aio.secure_channel(settings.authority, tls.channel_credentials()) as ch:
+                    resp = await authority_pb2_grpc.AuthorityServiceStub(ch).GetRevocations(
+                        authority_pb2.GetRevocationsRequest(), timeout=10
+                    )
+                serials = x509.revoked_serials(bytes(resp.crl_pem), tls.ca_cert)
+                if serials - tls.revoked:
+                    log.warning("revocation list: %d certificate(s) revoked", len(serials))
+                tls.revoked.update(serials)
+                next_crl = loop.time() + settings.crl_refresh_s
+        except (grpc.aio.AioRpcError, x509.CertificateError, ConfigError, NotAllowed) as e:
+            detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+            log.info("certificate upkeep will retry: %s", detail)
+        except Exception:
+            log.exception("certificate upkeep failed; will retry")
+        await asyncio.sleep(min(5.0, settings.crl_refresh_s))
+
+
+async def renew(tls: NodeTls, settings: Settings) -> None:
+    key = x509.new_key()
+    csr = x509.make_csr(key, tls.node_id, tls.role, host_names(settings, tls.role))
+    if tls.role == "authority":
+        cert_pem = open_ca(settings.state_dir).issue(csr, "authority", tls.node_id)
+    else:
+        async with grpc.aio.secure_channel(settings.authority, tls.channel_credentials()) as ch:
+            resp = await authority_pb2_grpc.AuthorityServiceStub(ch).RenewCertificate(
+                authority_pb2.RenewCertificateRequest(csr_pem=csr), timeout=10
+            )
+        cert_pem = bytes(resp.certificate_pem)
+    tls.install(x509.key_to_pem(key), cert_pem)
+    log.info(
+        "renewed this node's certificate (valid until %s)", tls.identity.not_after.strftime("%Y-%m-%d %H:%M")
+    )
+
+
+# ------------------------------------------------------------------------------------------ client tools
+def operator_for_run(run: Path) -> NodeTls | None:
+    """The operator certificate of a demo run folder (None if the run has none: HFL_TLS=false)."""
+    directory = run / "state" / "authority" / "operator"
+    return load_client(directory) if (directory / "cert.pem").exists() else None
+
+
+def aio_channel(
+    address: str, tls: NodeTls | None, options: list[tuple[str, Any]] | None = None
+) -> grpc.aio.Channel:
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
+
+
+def sync_channel(
+    address: str, tls: NodeTls | None, options: list[tuple[str, Any]] | None = None
+) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, tls.channel_credentials(), options=options)

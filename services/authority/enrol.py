@@ -1,0 +1,78 @@
+"""The authority as certificate authority: enrolment with one-time tokens, renewal, revocation list.
+
+Policy lives here; keys, files and the CA database are in hfl.rpc.pki, certificate logic in hfl.crypto.x509.
+A quarantined facility's certificates are revoked, and it can neither renew nor enrol again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from hfl.crypto import x509
+from hfl.errors import InvalidInput, NotAllowed, NotReady, Unauthenticated
+from hfl.proto.v1 import authority_pb2
+from hfl.rpc import authz, pki
+from hfl.rpc.settings import Settings
+
+log = logging.getLogger("hfl.authority")
+
+
+class CertificateService:
+    """Mixed into the Authority servicer (services/authority/service.py)."""
+
+    settings: Settings
+
+    def _quarantined(self) -> frozenset[str]:
+        return frozenset(getattr(self, "quarantined", frozenset()))
+
+    def ca(self) -> pki.CAStore:
+        if not self.settings.tls:
+            raise NotReady("this federation runs without TLS (HFL_TLS=false); there are no certificates")
+        return pki.open_ca(self.settings.state_dir, self.settings.cert_hours)
+
+    def revoke_quarantined(self, facilities: list[str] | frozenset[str]) -> None:
+        if not self.settings.tls:
+            return
+        for f in facilities:
+            self.ca().revoke_node(f)
+
+    async def Enroll(
+        self, request: authority_pb2.EnrollRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.EnrollResponse:
+        ca = self.ca()
+        try:
+            role, node_id = x509.check_role(request.role), x509.check_node_id(request.node_id)
+        except x509.CertificateError as e:
+            raise InvalidInput(str(e)) from None
+        if len(request.csr_pem) > x509.MAX_CSR_BYTES:
+            raise InvalidInput("the certificate request is too large")
+        token_role, token_node = ca.token_identity(request.token)
+        if (token_role, token_node) != (role, node_id):
+            raise NotAllowed(f"this enrolment token is for {token_role} {token_node}, not {role} {node_id}")
+        if node_id in self._quarantined() or ca.is_node_revoked(node_id):
+            raise NotAllowed(f"{node_id} is quarantined or revoked; it cannot enrol again")
+        x509.load_csr(bytes(request.csr_pem))  # a bad CSR must not burn the token
+        ca.consume_token(request.token, node_id)
+        cert = ca.issue(bytes(request.csr_pem), role, node_id)
+        log.info("enrolled %s %s (certificate for %.0f h)", role, node_id, self.settings.cert_hours)
+        return authority_pb2.EnrollResponse(certificate_pem=cert, ca_certificate_pem=ca.cert_pem)
+
+    async def RenewCertificate(
+        self, request: authority_pb2.RenewCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.RenewCertificateResponse:
+        who = authz.caller()
+        if who is None:
+            raise Unauthenticated("renewal needs a client certificate")
+        ca = self.ca()
+        if who.node_id in self._quarantined() or ca.is_node_revoked(who.node_id):
+            raise NotAllowed(f"{who.node_id} is quarantined or revoked; its certificate is not renewed")
+        cert = ca.issue(bytes(request.csr_pem), who.role, who.node_id)
+        log.info("renewed the certificate of %s %s", who.role, who.node_id)
+        return authority_pb2.RenewCertificateResponse(certificate_pem=cert)
+
+    async def GetRevocations(
+        self, request: authority_pb2.GetRevocationsRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.GetRevocationsResponse:
+        return authority_pb2.GetRevocationsResponse(crl_pem=self.ca().crl_pem())
