@@ -28,6 +28,10 @@ docker info >/dev/null 2>&1 || fail "cannot talk to the Docker engine (is it run
 
 total_start=$(date +%s)
 timings=()
+# Fingerprint of the sources, taken before the wheel is built; stored as an image label so tests (and
+# people) can tell whether hfl:latest matches this tree: docker image inspect -f '{{ index .Config.Labels
+# "org.hfl.source-hash" }}' hfl:latest   versus   python3 deploy/image/source_hash.py
+source_hash=$(python3 "$HERE/source_hash.py" "$REPO_ROOT") || fail "could not fingerprint the source tree."
 
 # --- 1. base image -------------------------------------------------------------------------------
 t=$(date +%s)
@@ -71,7 +75,7 @@ if ! docker buildx version >/dev/null 2>&1; then
 fi
 previous_id=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 docker build --network none --pull=false \
-    --build-arg BASE_IMAGE="$BASE_IMAGE" \
+    --build-arg BASE_IMAGE="$BASE_IMAGE" --label org.hfl.source-hash="$source_hash" \
     -t "$IMAGE" -f "$REPO_ROOT/deploy/Dockerfile" "$REPO_ROOT"
 timings+=("image: $(( $(date +%s) - t ))s")
 if [[ "${KEEP_BUILD_STAGE:-0}" != "1" ]]; then

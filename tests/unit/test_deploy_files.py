@@ -1,0 +1,84 @@
+"""The deployment files agree with each other: dashboard JSON, its generator, scrape jobs, compose file."""
+
+from __future__ import annotations
+
+import json
+import re
+import runpy
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hfl.rpc import metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+def test_dashboard_json_is_what_the_generator_writes() -> None:
+    module = runpy.run_path(str(DEPLOY / "grafana" / "make_dashboard.py"))
+    on_disk = json.loads((DEPLOY / "grafana" / "dashboards" / "hfl.json").read_text())
+    assert on_disk == json.loads(json.dumps(module["build"]())), (
+        "hfl.json is stale: run python3 deploy/grafana/make_dashboard.py"
+    )
+
+
+def test_dashboard_covers_every_architecture_metric() -> None:
+    text = (DEPLOY / "grafana" / "dashboards" / "hfl.json").read_text()
+    for name in (
+        "hfl_up",
+        "hfl_facility_fog",
+        "hfl_model_accuracy",
+        "hfl_model_loss",
+        "hfl_round",
+        "hfl_privacy_epsilon_spent",
+        "hfl_votes_total",
+        "hfl_commits_total",
+        "hfl_flagged_buckets_total",
+        "hfl_quarantined",
+        "hfl_refused_messages_total",
+        "hfl_secagg_dropouts_total",
+        "hfl_round_duration_seconds_bucket",
+        "hfl_bytes_sent_total",
+        "hfl_bytes_received_total",
+        "hfl_reputation",
+    ):
+        assert re.search(rf"\b{name}\b", text), f"the dashboard does not show {name}"
+
+
+def test_every_metric_has_help_text() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    found = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    assert len(found) >= 14
+    for m in found:
+        assert len(m._documentation) > 10, f"{m._name} needs a help text"
+
+
+def test_scrape_jobs_match_the_dashboard_and_compose_services() -> None:
+    prom = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    jobs = set(re.findall(r"job_name:\s*(\S+)", prom))
+    assert jobs == {"authority", "leader", "fog", "validator", "facility"}
+    board_jobs = set(
+        re.findall(r'job=\\"(\w+)\\"', (DEPLOY / "grafana" / "dashboards" / "hfl.json").read_text())
+    )
+    assert board_jobs <= jobs
+    compose = (DEPLOY / "docker-compose.yml").read_text()
+    for name in re.findall(r"names: \[([^\]]+)\]", prom):
+        for service in (s.strip() for s in name.split(",")):
+            assert re.search(rf"^  {re.escape(service)}:", compose, re.MULTILINE), (
+                f"no compose service {service}"
+            )
+
+
+@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose is not installed")
+def test_compose_file_is_valid_with_every_profile() -> None:
+    for profile in ([], ["--profile", "byzantine"], ["--profile", "monitoring"]):
+        proc = subprocess.run(
+            ["docker-compose", "-f", str(DEPLOY / "docker-compose.yml"), *profile, "config", "-q"],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
