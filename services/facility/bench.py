@@ -1,0 +1,44 @@
+"""A facility for benchmarks only (HFL_BENCH_UPDATES=true): instead of training, it sends a random
+update of the global model's size, so the cost of the protocol itself can be measured for any model
+dimension. Everything else (identity, round checks, the fog exchange, secure aggregation) is the real
+facility's code path. Never use it with patient data: its updates carry no learning."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+import numpy as np
+
+from hfl.domain import Metrics, ModelSpec, TrainingPlan
+from hfl.learning.data import Dataset
+from hfl.learning.train import clip_update
+from hfl.proto.v1 import facility_pb2
+from hfl.rpc import serde
+from services.facility.service import Facility
+
+log = logging.getLogger("hfl.facility")
+
+
+class BenchFacility(Facility):
+    """A facility whose local work is one random vector (the model's architecture is not checked
+    against local data, since the benchmark picks the dimension freely)."""
+
+    def _model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
+        _ = self.data  # NotReady until registered, like the real facility
+        spec, params, _round = serde.model_from_proto(request_model)
+        return spec, params, None
+
+    def honest_update(
+        self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator, data: Dataset
+    ) -> np.ndarray:
+        # Not secret: a seeded per-facility, per-round stream (see Facility._rng).
+        update = rng.standard_normal(params.size) * (plan.clip_update / max(1.0, np.sqrt(params.size)))
+        return clip_update(update, plan.clip_update)
+
+    async def EvaluateModel(
+        self, request: facility_pb2.EvaluateModelRequest, context: grpc.aio.ServicerContext
+    ) -> facility_pb2.EvaluateModelResponse:
+        self._model(request.model)
+        return facility_pb2.EvaluateModelResponse(metrics=serde.metrics_to_proto(Metrics()))

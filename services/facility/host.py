@@ -1,0 +1,205 @@
+"""`hfl serve facilities`: many facilities in one OS process.
+
+Each hosted facility is still its own node: its own identity key and state directory, its own data,
+its own gRPC server on its own port, and its own client channels (no connection is shared between two
+facilities). Only the Python interpreter, the event loop and the /metrics endpoint are shared. This is
+how `hfl demo` and `hfl bench federation` run hundreds of facilities on a small machine; one process
+per facility (`hfl serve facility`) stays the realistic deployment.
+
+The process reads HFL_FACILITIES_FILE, a JSON file::
+
+    {"facilities": [{"HFL_NODE_ID": "facility-01", "HFL_STATE_DIR": "...", "HFL_SHARD": "0/200"}, ...]}
+
+Each entry holds HFL_* settings for one facility; they override the process's own environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+import json
+import logging
+import resource
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hfl.errors import ConfigError
+from hfl.proto.v1 import facility_pb2_grpc
+from hfl.rpc.metrics import start_metrics
+from hfl.rpc.server import Channels, write_ready_file
+from hfl.rpc.settings import Settings, load_settings
+from services.facility.main import StartedFacility, start
+from services.facility.service import Facility
+
+log = logging.getLogger("hfl.facility")
+
+MAX_HOSTED = 1000
+START_AT_ONCE = 5
+# Which hosted facility the current task works for; added to every log line.
+CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar("hfl_hosted_facility", default="")
+# Per-facility settings a host entry may not set: they belong to the process.
+PROCESS_ONLY = {"role", "metrics_port", "facilities_file", "log_level"}
+
+
+class _Tag(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        node = CURRENT.get()
+        if node and not getattr(record, "_hfl_tagged", False):
+            record.msg = f"[{node}] {record.msg}"
+            record._hfl_tagged = True
+        return True
+
+
+def _install_log_tag() -> None:
+    root = logging.getLogger()
+    for handler in root.handlers or []:
+        handler.addFilter(_Tag())
+
+
+def _tag_rpcs(node_id: str) -> Callable[[Facility], None]:
+    """Wrap the servicer's RPC methods so that everything they log (and the tasks they start) names
+    the facility."""
+
+    def prepare(facility: Facility) -> None:
+        for name in dir(facility_pb2_grpc.FacilityServiceServicer):
+            if name.startswith("_"):
+                continue
+            method = getattr(facility, name)
+            if inspect.isasyncgenfunction(method):
+                setattr(facility, name, _tag_stream(method, node_id))
+            elif inspect.iscoroutinefunction(method):
+                setattr(facility, name, _tag_unary(method, node_id))
+
+    return prepare
+
+
+def _tag_unary(method: Callable[..., Any], node_id: str) -> Callable[..., Any]:
+    @functools.wraps(method)
+    async def wrapped(request: Any, context: Any) -> Any:
+        CURRENT.set(node_id)
+        return await method(request, context)
+
+    return wrapped
+
+
+def _tag_stream(method: Callable[..., Any], node_id: str) -> Callable[..., Any]:
+    @functools.wraps(method)
+    async def wrapped(request: Any, context: Any) -> Any:
+        CURRENT.set(node_id)
+        async for item in method(request, context):
+            yield item
+
+    return wrapped
+
+
+def read_hosted(path: str) -> list[dict[str, str]]:
+    """The per-facility settings of HFL_FACILITIES_FILE, checked (plain errors, never half-started)."""
+    if not path:
+        raise ConfigError("HFL_FACILITIES_FILE is not set: `hfl serve facilities` needs the JSON list of the "
+                          "facilities to host")
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"HFL_FACILITIES_FILE {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"HFL_FACILITIES_FILE {path} is not valid JSON ({e})") from None
+    entries = doc.get("facilities") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{path} must hold {{\"facilities\": [...]}} with at least one facility")
+    if len(entries) > MAX_HOSTED:
+        raise ConfigError(f"{path} lists {len(entries)} facilities; one process hosts at most {MAX_HOSTED}")
+    fields = set(Settings.model_fields)
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in entry.items()):
+            raise ConfigError(f"{path}: facility #{i + 1} must be an object of HFL_* names to text values")
+        for key in entry:
+            name = key.removeprefix("HFL_").lower()
+            if not key.startswith("HFL_") or name not in fields:
+                raise ConfigError(f"{path}: facility #{i + 1}: {key} is not an hfl setting")
+            if name in PROCESS_ONLY:
+                raise ConfigError(f"{path}: facility #{i + 1}: {key} is shared by the whole process; "
+                                  "set it in the environment instead")
+        for required in ("HFL_NODE_ID", "HFL_STATE_DIR"):
+            if not entry.get(required):
+                raise ConfigError(f"{path}: facility #{i + 1} needs its own {required}")
+        if entry["HFL_NODE_ID"] in seen:
+            raise ConfigError(f"{path}: facility {entry['HFL_NODE_ID']} is listed twice")
+        seen.add(entry["HFL_NODE_ID"])
+        out.append(entry)
+    states = [Path(e["HFL_STATE_DIR"]).resolve() for e in out]
+    if len(set(states)) != len(states):
+        raise ConfigError(f"{path}: two facilities share a state directory; each needs its own")
+    return out
+
+
+def facility_settings(entry: dict[str, str]) -> Settings:
+    overrides = {k.removeprefix("HFL_").lower(): v for k, v in entry.items()}
+    return load_settings(role="facility", metrics_port=-1, **overrides)
+
+
+def _raise_fd_limit() -> None:
+    """Each facility keeps its own connections; make room for them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            target = 65536 if hard == resource.RLIM_INFINITY else hard
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def run(settings: Settings) -> None:
+    entries = read_hosted(settings.facilities_file)
+    every = [facility_settings(e) for e in entries]  # all settings checked before anything starts
+    _install_log_tag()
+    _raise_fd_limit()
+    metrics_port = start_metrics(settings.metrics_port)
+    host_id = settings.resolved_node_id()
+    log.info("hosting %d facilities in this process (%s)", len(every), host_id)
+
+    gate = asyncio.Semaphore(START_AT_ONCE)
+
+    async def one(s: Settings) -> StartedFacility:
+        node_id = s.resolved_node_id()
+        CURRENT.set(node_id)
+        async with gate:  # a few at a time: enrolment and registration are not a stampede on the authority
+            return await start(s, channels=Channels(own_connections=True), metrics_port=metrics_port,
+                               prepare=_tag_rpcs(node_id))
+
+    results = await asyncio.gather(*(one(s) for s in every), return_exceptions=True)
+    started = [r for r in results if isinstance(r, StartedFacility)]
+    failed = [(s.resolved_node_id(), r) for s, r in zip(every, results, strict=True)
+              if isinstance(r, BaseException)]
+    try:
+        if failed:
+            for node_id, err in failed:
+                log.error("facility %s could not start: %s", node_id, err)
+            raise RuntimeError(f"{len(failed)} of {len(every)} hosted facilities could not start "
+                               f"(first: {failed[0][0]}: {failed[0][1]})")
+        write_ready_file(settings.ready_file, {"role": "facilities", "node_id": host_id,
+                                               "metrics_port": metrics_port,
+                                               "facilities": [f.info for f in started]})
+        log.info("all %d facilities are serving", len(started))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping %d facilities", len(started))
+    finally:
+        await asyncio.gather(*(_stop(f) for f in started), return_exceptions=True)
+
+
+async def _stop(f: StartedFacility) -> None:
+    try:
+        await f.running.health.enter_graceful_shutdown()
+        await f.running.server.stop(grace=2.0)
+    finally:
+        await f.channels.close()

@@ -1,0 +1,92 @@
+"""Where a round's time and bytes go, as seen by the leader (reported in each round event's extra, and
+used by `hfl bench federation`), and the per-fog RunRound request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hfl.proto.v1 import common_pb2 as pb
+from hfl.proto.v1 import fog_pb2
+from hfl.rpc.client import ByteCount
+
+log = logging.getLogger("hfl.leader")
+
+# Fog-side phases (services/fog/service.py), in the order they happen.
+FOG_PHASES = ("distribution", "local_work", "aggregation")
+
+
+@dataclass
+class RoundClock:
+    """Seconds per phase of one round attempt at the leader.
+
+    The fog part (from sending RunRound until the last fog answers) is split with the phases the
+    slowest fog reports: distribution (model and configuration to the facilities), local work (until
+    every update or masked input is in), aggregation at the fog (secure aggregation's unmasking, or the
+    plain sum); what remains is transfer between leader and fogs."""
+
+    config_s: float = 0.0
+    config_bytes_in: int = 0
+    config_bytes_out: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=time.monotonic)
+    _fogs: dict[str, tuple[float, dict[str, float]]] = field(default_factory=dict)
+    fog_bytes_in: dict[str, int] = field(default_factory=dict)
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases[name] = self.phases.get(name, 0.0) + (now - self._last)
+        self._last = now
+
+    def fog_answered(self, fog_id: str, started: float, phases_json: str, bytes_in: int = 0) -> None:
+        self.fog_bytes_in[fog_id] = bytes_in
+        try:
+            raw = json.loads(phases_json) if phases_json else {}
+            phases = {k: float(raw[k]) for k in FOG_PHASES if k in raw}
+        except (ValueError, TypeError, AttributeError):
+            log.warning("fog %s sent unreadable phase timings; ignored", fog_id)
+            phases = {}
+        self._fogs[fog_id] = (time.monotonic() - started, phases)
+
+    def fogs_done(self) -> None:
+        """Close the fog part of the round and split it by the slowest fog's own phases."""
+        now = time.monotonic()
+        total = now - self._last
+        self._last = now
+        timed = [x for x in self._fogs.values() if x[1]]
+        if not timed:
+            self.phases["fogs"] = total
+            return
+        _elapsed, slowest = max(timed, key=lambda x: x[0])
+        inside = 0.0
+        for k in FOG_PHASES:
+            if k in slowest:
+                self.phases[k] = max(0.0, min(slowest[k], total - inside))
+                inside += self.phases[k]
+        self.phases["leader_fog_transfer"] = max(0.0, total - inside)
+
+    def summary(self, own: ByteCount, facilities: ByteCount) -> dict[str, Any]:
+        return {
+            "phases": {"config": round(self.config_s, 6), **{k: round(v, 6) for k, v in self.phases.items()}},
+            "traffic": {
+                "leader_bytes_in": own.received + self.config_bytes_in,
+                "leader_bytes_out": own.sent + self.config_bytes_out,
+                "fog_facility_bytes": facilities.sent + facilities.received,
+                "fog_bytes_in_max": max(self.fog_bytes_in.values(), default=0),
+                "leader_by_peer": dict(sorted(own.by_peer.items())),
+            },
+        }
+
+
+def fog_request(
+    base: fog_pb2.RunRoundRequest, bucket_configs: Sequence[pb.RoundConfig], fog_id: str
+) -> fog_pb2.RunRoundRequest:
+    """``base`` plus the signed per-bucket configuration views of this fog's buckets."""
+    mine = [c for c in bucket_configs if len(c.buckets) == 1 and c.buckets[0].fog_id == fog_id]
+    if not mine:
+        return base
+    return fog_pb2.RunRoundRequest(config=base.config, model=base.model, plan=base.plan, bucket_configs=mine)
