@@ -31,9 +31,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hfl.rpc.node import setup_logging
     from hfl.rpc.settings import load_settings
 
-    settings = load_settings(role=args.role)
+    hosting = args.role == "facilities"  # several facilities in one process (services/facility/host.py)
+    role = "facility" if hosting else args.role
+    settings = load_settings(role=role)
     setup_logging(settings, args.role)
-    module = importlib.import_module(f"services.{args.role}.main")
+    module = importlib.import_module("services.facility.host" if hosting else f"services.{role}.main")
     try:
         asyncio.run(module.run(settings))
     except KeyboardInterrupt:
@@ -92,26 +94,39 @@ def cmd_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    address = args.address
-    if not address:
-        from hfl.rpc.settings import load_settings
+    from hfl.rpc.pki import load_client, sync_channel
+    from hfl.rpc.settings import load_settings
 
-        address = f"127.0.0.1:{load_settings().listen_port}"
+    settings = load_settings()
+    address = args.address or f"127.0.0.1:{settings.listen_port}"
+    # With mTLS, the check uses this node's own certificate (or --cert-dir, e.g. a run's state/authority/operator).
+    cert_dir = Path(args.cert_dir) if args.cert_dir else settings.state_dir / "tls"
+    tls = load_client(cert_dir) if settings.tls and (cert_dir / "cert.pem").exists() else None
     try:
-        with grpc.insecure_channel(address) as ch:
+        with sync_channel(address, tls) as ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=args.timeout)
     except grpc.RpcError as e:
-        print(f"{address}: not reachable ({e.code().name})")  # type: ignore[attr-defined]
+        print(f"{address}: not reachable ({e.code().name})")
         return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     print(f"{address}: {status}")
     return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def cmd_enrol_token(args: argparse.Namespace) -> int:
+    from hfl.rpc.pki import add_enrol_token
+
+    token = add_enrol_token(Path(args.state_dir), args.role, args.node_id)
+    print(token)
+    print(f"(one-time token for {args.role} {args.node_id}; give it to that node as HFL_ENROL_TOKEN)",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from hfl.status import show_status
 
-    return show_status(args.run, args.leader, args.authority)
+    return show_status(args.run, args.leader, args.authority, args.cert_dir)
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -126,8 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("serve", help="run one service, configured from HFL_* environment variables")
-    s.add_argument("role", choices=ROLES)
+    s.add_argument("role", choices=(*ROLES, "facilities"),
+                   help="'facilities' hosts the facilities listed in HFL_FACILITIES_FILE in one process")
     s.set_defaults(func=cmd_serve)
+
+    bench = sub.add_parser("bench", help="benchmarks (results also go to bench/results/)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=Parser)
+    from hfl.bench_federation import add_arguments as add_bench_federation_arguments
+    from hfl.bench_federation import cmd_bench_federation
+
+    bf = bench_sub.add_parser("federation", help="full rounds over loopback gRPC: time, bytes, memory vs size")
+    add_bench_federation_arguments(bf)
+    bf.set_defaults(func=cmd_bench_federation)
+    from hfl.bench.secagg import add_arguments as add_bench_secagg_arguments
+    from hfl.bench.secagg import cmd_bench_secagg
+
+    bs = bench_sub.add_parser("secagg", help="secure vs plain aggregation over loopback gRPC: time, bytes, memory")
+    add_bench_secagg_arguments(bs)
+    bs.set_defaults(func=cmd_bench_secagg)
 
     led = sub.add_parser("ledger", help="ledger tools")
     led_sub = led.add_subparsers(dest="ledger_command", required=True, parser_class=Parser)
@@ -149,11 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
     st.add_argument("--leader", help="leader address HOST:PORT")
     st.add_argument("--authority", help="authority address HOST:PORT")
+    st.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
     st.set_defaults(func=cmd_status)
+
+    et = sub.add_parser("enrol-token", help="make a one-time enrolment token for a new node (on the authority)")
+    et.add_argument("role", choices=("leader", "fog", "facility", "validator"))
+    et.add_argument("node_id")
+    et.add_argument("--state-dir", default="/var/lib/hfl", help="the authority's state folder")
+    et.set_defaults(func=cmd_enrol_token)
+
+    from hfl.provision import add_arguments as add_provision_arguments
+    from hfl.provision import cmd_provision
+
+    pv = sub.add_parser("provision", help="hand out the root certificate and enrolment tokens (containers)")
+    add_provision_arguments(pv)
+    pv.set_defaults(func=cmd_provision)
 
     h = sub.add_parser("health", help="standard gRPC health check of one service (exit 0 if serving)")
     h.add_argument("--address", help="HOST:PORT (default: this container's own service)")
     h.add_argument("--timeout", type=float, default=3.0)
+    h.add_argument("--cert-dir", help="folder with key.pem, cert.pem, ca.pem (default: $HFL_STATE_DIR/tls)")
     h.set_defaults(func=cmd_health)
     return p
 

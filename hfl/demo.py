@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from hfl.domain import SPECIALTIES, RoundEvent
+from hfl.demo_dp import add_dp_arguments, check_dp_args, dp_banner, dp_env, dp_summary
 from hfl.errors import ConfigError
+
+# Above this many facilities the demo hosts several facilities per OS process (services/facility/host.py).
+SHARE_ABOVE = 16
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,17 +38,45 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default runs/<timestamp>, runs/latest points at it)")
     p.add_argument("--keep-running", action="store_true", help="keep serving after the last round until Ctrl-C")
-    p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
+                   help="mutual TLS with certificates from the authority (--no-tls: plaintext, debugging only)")
+    p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=True,
                    help="mask updates with secure aggregation (--no-secagg: plain sums, for comparison)")
     p.add_argument("--drop-rate", type=float, default=0.0, help="chance a facility drops out of a round")
     p.add_argument("--bucket-size", type=int, default=4, help="facilities per bucket (default 4)")
-    p.add_argument("--rule", default="mean", help="aggregation rule at the leader")
-    p.add_argument("--f", type=int, default=0, help="bad buckets the rule must tolerate")
+    p.add_argument("--rule", default="trimmed_mean",
+                   help="aggregation rule over bucket means: trimmed_mean (default), median, multi_krum, "
+                        "centered_clipping, or mean (not robust, for comparison)")
+    p.add_argument("--f", type=int, default=-1,
+                   help="bad buckets the rule must tolerate (default -1: the most it can with the buckets)")
     p.add_argument("--lr", type=float, default=0.0, help="local learning rate (default: built-in)")
     p.add_argument("--epochs", type=int, default=0, help="local epochs per round (default: built-in)")
     p.add_argument("--batch-size", type=int, default=0, help="local batch size (default: built-in)")
     p.add_argument("--clip-update", type=float, default=0.0, help="norm bound of one update (default: built-in)")
     p.add_argument("--round-timeout", type=float, default=120.0, help="seconds a fog waits for its facilities")
+    p.add_argument("--process-per-facility", action="store_true",
+                   help=f"one OS process per facility even above {SHARE_ABOVE} facilities (more realistic)")
+    p.add_argument("--facilities-per-process", type=int, default=25,
+                   help=f"above {SHARE_ABOVE} facilities, how many share one process (default 25)")
+    p.add_argument("--byzantine", action="append", default=[], metavar="N:ATTACK",
+                   help="make N facilities Byzantine with ATTACK (sign_flip, scale, gaussian, label_flip, alie, "
+                        "ipm, free_ride, nan); repeatable")
+    p.add_argument("--byzantine-scale", type=float, default=10.0, help="factor of the scale attack")
+    p.add_argument("--validator-fault", action="append", default=[], metavar="N:MODE",
+                   help="make N validators faulty (reject_all, accept_all, silent); repeatable")
+    p.add_argument("--vote-timeout", type=float, default=60.0, help="seconds the leader waits for votes")
+    add_dp_arguments(p)  # --dp-epsilon, --dp-delta, ... (hfl/demo_dp.py)
+
+
+def _die_with_parent() -> None:
+    """Linux: a service gets SIGTERM if the demo itself dies, so nothing is left running."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -72,16 +104,61 @@ class Federation:
         ready = state / "ready.json"
         ready.unlink(missing_ok=True)
         log_file = self.out / "logs" / f"{node_id}.log"
-        full_env = {**os.environ, **self.common_env, **(env or {}), "HFL_ROLE": role, "HFL_NODE_ID": node_id,
+        full_env = {**os.environ, **self.common_env, **self.enrol_env(role, node_id), **(env or {}),
+                    "HFL_ROLE": role, "HFL_NODE_ID": node_id,
                     "HFL_LISTEN": "127.0.0.1:0", "HFL_METRICS_PORT": "0", "HFL_STATE_DIR": str(state),
                     "HFL_READY_FILE": str(ready), "PYTHONUNBUFFERED": "1"}
         with open(log_file, "ab") as log:
             popen = subprocess.Popen([sys.executable, "-m", "hfl.cli", "serve", role], env=full_env,
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         proc = Proc(role, node_id, popen, ready, log_file)
         self.procs.append(proc)
         return proc
+
+    @property
+    def tls(self) -> bool:
+        return self.common_env.get("HFL_TLS", "true").lower() not in ("false", "0", "no", "off")
+
+    @property
+    def authority_state(self) -> Path:
+        return self.out / "state" / "authority"
+
+    def enrol_env(self, role: str, node_id: str) -> dict[str, str]:
+        """A fresh one-time enrolment token for this node, registered with the authority (mTLS on)."""
+        if not self.tls or role == "facilities":
+            return {}
+        if role == "authority":
+            return {"HFL_ENROL_LISTEN": "127.0.0.1:0"}
+        from hfl.rpc.pki import add_enrol_token
+
+        return {"HFL_ENROL_TOKEN": add_enrol_token(self.authority_state, role, node_id)}
+
+    def operator(self) -> Any:
+        """Operator client credentials (hfl.rpc.pki.NodeTls) for talking to the services; None without TLS."""
+        from hfl.rpc.pki import load_client
+
+        return load_client(self.authority_state / "operator") if self.tls else None
+
+    def start_hosted(self, host_id: str, members: list[tuple[str, dict[str, str]]]) -> list[Proc]:
+        """Start several facilities in one process (`hfl serve facilities`); each keeps its own node id,
+        state folder, key, data and port. Returns one Proc per facility (they share the process)."""
+        entries = []
+        for node_id, env in members:
+            state = self.out / "state" / node_id
+            state.mkdir(parents=True, exist_ok=True)
+            (state / "ready.json").unlink(missing_ok=True)
+            entries.append({**self.enrol_env("facility", node_id), **env, "HFL_NODE_ID": node_id,
+                            "HFL_STATE_DIR": str(state),
+                            "HFL_READY_FILE": str(state / "ready.json"), "HFL_LISTEN": "127.0.0.1:0"})
+        spec = self.out / "state" / f"{host_id}.facilities.json"
+        spec.parent.mkdir(parents=True, exist_ok=True)
+        spec.write_text(json.dumps({"facilities": entries}, indent=1))
+        host = self.start("facilities", host_id, {"HFL_FACILITIES_FILE": str(spec)})
+        hosted = [Proc("facility", e["HFL_NODE_ID"], host.popen, Path(e["HFL_READY_FILE"]), host.log_file)
+                  for e in entries]
+        self.procs.extend(hosted)
+        return hosted
 
     def wait_ready(self, procs: list[Proc], timeout: float = 180.0, label: str = "services") -> None:
         deadline = time.monotonic() + timeout
@@ -91,6 +168,9 @@ class Federation:
             for p in list(pending):
                 if p.ready_file.exists():
                     p.info = json.loads(p.ready_file.read_text())
+                    if p.role == "authority" and p.info.get("enrol_address"):  # where the others enrol
+                        self.common_env["HFL_ENROL"] = p.info["enrol_address"]
+                        self.common_env["HFL_TLS_CA"] = p.info["ca"]
                     pending.remove(p)
                 elif p.popen.poll() is not None:
                     tail = p.log_file.read_text(errors="replace").strip().splitlines()[-5:]
@@ -107,11 +187,12 @@ class Federation:
         print()
 
     def stop_all(self, grace: float = 10.0) -> None:
-        for p in self.procs:
+        procs = list({p.popen.pid: p for p in self.procs}.values())  # hosted facilities share a process
+        for p in procs:
             if p.popen.poll() is None:
                 p.popen.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for p in self.procs:
+        for p in procs:
             try:
                 p.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -121,6 +202,8 @@ class Federation:
     def endpoints(self) -> list[dict[str, Any]]:
         rows = []
         for p in self.procs:
+            if p.role == "facilities":  # a host process: its facilities have their own rows
+                continue
             host = p.info.get("address", "").rpartition(":")[0] or "127.0.0.1"
             rows.append({"role": p.role, "node_id": p.node_id, "address": p.info.get("address"),
                          "metrics": f"{host}:{p.info.get('metrics_port')}", "pid": p.popen.pid,
@@ -129,6 +212,41 @@ class Federation:
 
 
 # ------------------------------------------------------------------------------------------ planning
+def facilities_per_process(n: int, process_per_facility: bool, pack: int) -> int:
+    """1 = one OS process per facility; more = that many facilities share a process."""
+    return 1 if process_per_facility or n <= SHARE_ABOVE else max(1, pack)
+
+
+def hosting_text(n: int, per_process: int) -> str:
+    if per_process == 1:
+        return f"one process per facility ({n} processes)"
+    procs = math.ceil(n / per_process)
+    return (f"{per_process} per process ({procs} process{'es' if procs > 1 else ''}; each facility keeps its own "
+            "key, data, state folder and port; --process-per-facility for one process each)")
+
+
+def hosting_record(n: int, per_process: int) -> dict[str, Any]:
+    return {"mode": "process_per_facility" if per_process == 1 else "shared_processes",
+            "facilities_per_process": per_process, "facility_processes": math.ceil(n / per_process)}
+
+
+def enrol_burst_env(nodes: int) -> dict[str, str]:
+    """Every demo node enrols from 127.0.0.1: let the authority's per-address rate limit admit them all
+    at start-up (it stays in force for anything beyond)."""
+    return {"HFL_ENROL_BURST": str(max(30, nodes + 8))}
+
+
+def start_facilities(fed: Federation, members: list[tuple[str, dict[str, str]]], per_process: int
+                     ) -> list[Proc]:
+    """Start the facilities, one process each or ``per_process`` to a process."""
+    if per_process <= 1:
+        return [fed.start("facility", node_id, env) for node_id, env in members]
+    procs: list[Proc] = []
+    for k, i in enumerate(range(0, len(members), per_process)):
+        procs += fed.start_hosted(f"facility-host-{k + 1}", members[i : i + per_process])
+    return procs
+
+
 def plan_facilities(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One entry per facility: node id, environment, and how the centralised reference loads it."""
     if args.dataset.startswith("csv:"):
@@ -149,6 +267,17 @@ def plan_facilities(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+def parse_faults(specs: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
+    """['2:scale', '1:nan'] -> ['scale', 'scale', 'nan'] (one entry per faulty node, in order)."""
+    out: list[str] = []
+    for spec in specs:
+        count, sep, mode = spec.partition(":")
+        if not sep or not count.isdigit() or mode not in allowed:
+            raise ConfigError(f"{what} must look like N:MODE with MODE one of {', '.join(allowed)}; got {spec!r}")
+        out += [mode] * int(count)
+    return out
+
+
 def check_args(args: argparse.Namespace) -> None:
     if args.facilities < 1 or args.fogs < 1 or args.rounds < 1:
         raise ConfigError("--facilities, --fogs and --rounds must be at least 1")
@@ -158,6 +287,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--drop-rate must be between 0 and 1")
     if args.bucket_size < 1:
         raise ConfigError("--bucket-size must be at least 1")
+    if args.secagg and args.bucket_size < 3:
+        raise ConfigError("secure aggregation needs buckets of at least 3 facilities (with 2, each could "
+                          "subtract its own update from the sum and learn the other's); use --bucket-size 3 or "
+                          "more, or --no-secagg")
+    if args.facilities_per_process < 1:
+        raise ConfigError("--facilities-per-process must be at least 1")
+    check_dp_args(args)
+    from hfl.rpc.settings import FACILITY_ATTACKS, VALIDATOR_FAULTS
+
+    args.byzantine_modes = parse_faults(args.byzantine, FACILITY_ATTACKS[1:], "--byzantine")
+    args.validator_faults = parse_faults(args.validator_fault, VALIDATOR_FAULTS[1:], "--validator-fault")
+    if len(args.validator_faults) > args.validators:
+        raise ConfigError("--validator-fault names more validators than there are")
 
 
 def make_out_dir(args: argparse.Namespace) -> Path:
@@ -187,22 +329,24 @@ def round_line(e: RoundEvent, committed: int, total: int) -> str:
     acc = f"{e.accuracy:.3f}" if e.committed and not math.isnan(e.accuracy) else "  -  "
     loss = f"{e.loss:.3f}" if e.committed and not math.isnan(e.loss) else "  -  "
     return (f"[{bar(committed, total)}] round {e.round:>3}/{total}  accuracy {acc}  loss {loss}  "
-            f"votes {e.accepts} yes/{e.rejects} no  {e.duration_s:5.1f}s  {e.bytes_sent / 1e6:6.2f} MB  {status}"
-            + ("" if e.committed else f" ({e.detail})"))
+            f"votes {e.accepts} yes/{e.rejects} no  {e.duration_s:5.1f}s  {e.bytes_sent / 1e6:6.2f} MB  "
+            + ("" if math.isnan(e.epsilon) else f"ε {e.epsilon:.2f}  ")
+            + status + ("" if e.committed else f" ({e.detail})"))
 
 
-async def watch(leader_address: str, total: int, events: list[RoundEvent]) -> None:
+async def watch(leader_address: str, total: int, events: list[RoundEvent], tls: Any = None) -> None:
     import grpc
 
     from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
     from hfl.rpc import serde
+    from hfl.rpc.pki import aio_channel
 
     committed = 0
     failures = 0
     while True:
         after = max((e.round for e in events if e.committed), default=0)
         try:
-            async with grpc.aio.insecure_channel(leader_address) as ch:
+            async with aio_channel(leader_address, tls) as ch:
                 stub = leader_pb2_grpc.LeaderServiceStub(ch)
                 async for msg in stub.WatchRounds(leader_pb2.WatchRoundsRequest(after_round=after)):
                     e = serde.event_from_proto(msg)
@@ -228,22 +372,32 @@ def event_row(e: RoundEvent) -> dict[str, Any]:
             "bytes_sent": e.bytes_sent, "participants": e.participants, "dropouts": e.dropouts,
             "abandoned_buckets": e.abandoned_buckets, "flagged_buckets": list(e.flagged_buckets),
             "quarantined": list(e.quarantined), "committee": list(e.committee),
-            "block_hash": e.block_hash.hex(), "detail": e.detail, **e.extra}
+            "block_hash": e.block_hash.hex(), "detail": e.detail, "epsilon": num(e.epsilon), **e.extra}
 
 
 # ------------------------------------------------------------------------------------------ the command
 def cmd_demo(args: argparse.Namespace) -> int:
     check_args(args)
     facilities = plan_facilities(args)
+    if len(args.byzantine_modes) > len(facilities):
+        raise ConfigError("--byzantine names more facilities than there are")
+    byzantine: dict[str, str] = {}
+    for i, mode in enumerate(args.byzantine_modes):  # the last facilities turn Byzantine
+        fac = facilities[len(facilities) - 1 - i]
+        fac["env"].update({"HFL_BYZANTINE": mode, "HFL_BYZANTINE_SCALE": str(args.byzantine_scale)})
+        byzantine[fac["node_id"]] = mode
+    faulty_validators = {f"validator-{args.validators - i}": mode for i, mode in enumerate(args.validator_faults)}
     out = make_out_dir(args)
     n_fac = len(facilities)
     common = {"HFL_SEED": str(args.seed), "HFL_MODEL": args.model, "HFL_HIDDEN": str(args.hidden),
-              "HFL_DATASET": args.dataset, "HFL_LOG_LEVEL": "INFO"}
+              "HFL_DATASET": args.dataset, "HFL_LOG_LEVEL": "INFO", "HFL_TLS": "true" if args.tls else "false"}
     if args.label:
         common["HFL_LABEL"] = args.label
     fed = Federation(out, common)
     print(f"hfl demo: {n_fac} facilities, {args.fogs} fogs, {args.validators} validators, {args.rounds} rounds, "
           f"dataset {args.dataset}, model {args.model}, secure aggregation {'on' if args.secagg else 'off'}")
+    per_process = facilities_per_process(n_fac, args.process_per_facility, args.facilities_per_process)
+    print(f"Facilities run {hosting_text(n_fac, per_process)}")
     print(f"Run folder: {out}")
 
     reference: dict[str, float] = {}
@@ -265,26 +419,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     events: list[RoundEvent] = []
+
+    def on_term(signum: int, frame: object) -> None:  # `kill` stops the demo like Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         print("Starting the trusted authority ...")
         auth = fed.start("authority", "authority", {
             "HFL_COMMITTEE_SIZE": str(args.validators), "HFL_BUCKET_SIZE": str(args.bucket_size),
-            "HFL_MIN_FACILITIES": str(n_fac)})
+            "HFL_SECAGG": "true" if args.secagg else "false",
+            "HFL_MIN_FACILITIES": str(n_fac), **dp_env(args),
+            **enrol_burst_env(n_fac + args.fogs + args.validators)})
         fed.wait_ready([auth], label="authority")
         common["HFL_AUTHORITY"] = auth.info["address"]
         ref_thread = threading.Thread(target=compute_reference, daemon=True)
         ref_thread.start()
         print(f"Starting {args.validators} validators, {args.fogs} fogs and {n_fac} facilities ...")
-        workers = [fed.start("validator", f"validator-{i + 1}", {"HFL_DATASET": (args.validation_csv and
-                                                                 f"csv:{args.validation_csv}") or args.dataset})
-                   for i in range(args.validators)]
+        validation = f"csv:{args.validation_csv}" if args.validation_csv else args.dataset
+        workers = [fed.start("validator", f"validator-{i + 1}", {
+            "HFL_DATASET": validation, "HFL_BYZANTINE": faulty_validators.get(f"validator-{i + 1}", "none")})
+            for i in range(args.validators)]
         workers += [fed.start("fog", f"fog-{i + 1}") for i in range(args.fogs)]
-        workers += [fed.start("facility", f["node_id"], f["env"]) for f in facilities]
+        workers += start_facilities(fed, [(f["node_id"], f["env"]) for f in facilities], per_process)
         fed.wait_ready(workers, label="services")
         leader_env = {"HFL_ROUNDS": str(args.rounds), "HFL_RULE": args.rule, "HFL_F": str(args.f),
                       "HFL_SECAGG": "true" if args.secagg else "false", "HFL_DROP_RATE": str(args.drop_rate),
                       "HFL_LR": str(args.lr), "HFL_EPOCHS": str(args.epochs), "HFL_BATCH_SIZE": str(args.batch_size),
-                      "HFL_CLIP_UPDATE": str(args.clip_update), "HFL_ROUND_TIMEOUT": str(args.round_timeout)}
+                      "HFL_CLIP_UPDATE": str(args.clip_update), "HFL_ROUND_TIMEOUT": str(args.round_timeout),
+                      "HFL_VOTE_TIMEOUT": str(args.vote_timeout), **dp_env(args)}
         if args.dataset.startswith("csv:"):
             from hfl.learning.features import n_features_for
 
@@ -292,22 +455,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("Starting the leader ...")
         leader = fed.start("leader", "leader", leader_env)
         fed.wait_ready([leader], label="leader")
+        dp = dp_summary(leader.info)
+        print(dp_banner(dp))
         (out / "endpoints.json").write_text(json.dumps(fed.endpoints(), indent=2))
         print(f"Federation is up ({time.monotonic() - started:.1f}s). Endpoints: {out / 'endpoints.json'}")
         print("Training ...")
-        asyncio.run(watch(leader.info["address"], args.rounds, events))
+        asyncio.run(watch(leader.info["address"], args.rounds, events, fed.operator()))
         ref_thread.join(timeout=300)
         committed = [e for e in events if e.committed]
         final = committed[-1].accuracy if committed else float("nan")
         ref = reference.get("accuracy", float("nan"))
         summary = {
-            "config": {k: v for k, v in vars(args).items() if k != "func"} | {"facilities": n_fac},
+            "config": {k: v for k, v in vars(args).items()
+                       if k not in ("func", "byzantine", "validator_fault", "byzantine_modes", "validator_faults")}
+                      | {"facilities": n_fac, "byzantine": byzantine, "validator_faults": faulty_validators,
+                         "hosting": hosting_record(n_fac, per_process)},
             "centralized_accuracy": None if math.isnan(ref) else round(ref, 6),
             "final_accuracy": None if math.isnan(final) else round(final, 6),
             "rounds": [event_row(e) for e in events],
             "committed_rounds": len(committed),
             "wall_time_s": round(time.monotonic() - started, 2),
             "ledger": str(out / "state" / "leader" / "ledger.db"),
+            "dp": dp,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         print()

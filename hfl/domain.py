@@ -76,6 +76,27 @@ class RoundConfig:
                 return b
         raise KeyError(bucket_id)
 
+    def bucket_view(self, bucket_id: str) -> RoundConfig:
+        """The part of this configuration one bucket's facilities need (their bucket, its members and its
+        fog), unsigned: the authority signs it too, so a facility's messages and checks stay the same size
+        however many facilities the federation has. Raises KeyError for an unknown bucket."""
+        from dataclasses import replace
+
+        b = self.bucket(bucket_id)
+        members = set(b.members)
+        return replace(self, buckets=(b,), facilities=tuple(n for n in self.facilities if n.node_id in members),
+                       fogs=tuple(n for n in self.fogs if n.node_id == b.fog_id), committee=(),
+                       committee_draw={}, signature=b"")
+
+    def is_bucket_view_of(self, full: RoundConfig) -> bool:
+        """True if this is exactly ``full.bucket_view(<its one bucket>)`` (signature aside)."""
+        if len(self.buckets) != 1:
+            return False
+        try:
+            return self.signed_dict() == full.bucket_view(self.buckets[0].bucket_id).signed_dict()
+        except KeyError:
+            return False
+
     def bucket_of(self, facility_id: str) -> Bucket | None:
         for b in self.buckets:
             if facility_id in b.members:
@@ -122,6 +143,7 @@ class BucketResult:
     dropped: tuple[str, ...] = ()
     abandoned: bool = False
     reason: str = ""
+    refused: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -36,5 +36,9 @@ class Unauthenticated(HflError):
     """A signature or identity check failed."""
 
 
+class RateLimited(HflError):
+    """The caller sent too many requests too fast; it should slow down and retry."""
+
+
 class ConfigError(HflError, ValueError):
     """Bad configuration: stops start-up with a one-line message."""

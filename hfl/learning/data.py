@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -449,6 +450,11 @@ def _facility_rng(seed: int, shard_index: int, specialty: str, tag: int) -> np.r
     return np.random.default_rng([seed, shard_index, SPECIALTIES.index(specialty), tag])
 
 
+def _stream_index(name: str) -> int:
+    """A stable stream number for a facility name, far above any shard index (which is < 2**32)."""
+    return 2**32 + int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big")
+
+
 def load_facility_data(
     source: str,
     *,
@@ -458,6 +464,7 @@ def load_facility_data(
     label: str | None = None,
     n_patients: int | None = None,
     test_fraction: float = 0.25,
+    stream: str = "",
 ) -> FacilityData:
     """One facility's training data and its local test set.
 
@@ -467,6 +474,10 @@ def load_facility_data(
       rest is cut into ``shard=(i, n)`` stratified shards (the whole rest if ``shard`` is None).
     * ``csv:FILE``: one facility's file; ``label`` names the outcome column. ``shard`` optionally cuts
       the file into stratified shards as for breast_cancer.
+
+    ``stream`` (e.g. the facility's node id) is used only for synthetic data when ``shard`` is None: it
+    picks the random stream instead of shard index 0, so facilities started without a shard (scaled
+    containers) get different patients. The same name always gives the same data.
 
     ``label`` is only used for csv, ``n_patients`` only for synthetic. The local test split is
     stratified and seeded; non-synthetic features are standardised with the training split's own
@@ -481,7 +492,12 @@ def load_facility_data(
     if not isinstance(test_fraction, float | int) or not 0.0 < float(test_fraction) < 1.0:
         raise DataError(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
     test_fraction = float(test_fraction)
-    shard_index = 0 if shard is None else shard[0]
+    if not isinstance(stream, str):
+        raise DataError(f"stream must be a string (e.g. the facility's node id), got {stream!r}")
+    if shard is not None:
+        shard_index = shard[0]
+    else:
+        shard_index = _stream_index(stream) if stream and source == "synthetic" else 0
     split_rng = _facility_rng(seed, shard_index, specialty, _TAG_TEST_SPLIT)
 
     if source == "synthetic":

@@ -110,6 +110,34 @@ def _check_finite(w: np.ndarray) -> None:
         raise TrainingError("local training diverged (NaN or infinite weights); lower the learning rate")
 
 
+def train_local_private_steps(
+    model: Model,
+    params: np.ndarray,
+    data: Dataset,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    privatizer: GradientPrivatizer,
+    steps: int,
+) -> np.ndarray:
+    """Like ``train_local`` with a privatizer, but exactly ``steps`` steps whatever the data size.
+
+    Differential privacy needs the same number of (Poisson-sampled) steps at every facility so that all
+    of them spend the same ε per round; ``cfg.epochs`` and ``cfg.batch_size`` are ignored.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"the number of private training steps must be a positive integer, got {steps!r}")
+    w = model.check_params(params).copy()
+    if data.d != model.n_features:
+        raise ValueError(f"the data has {data.d} features but the model expects {model.n_features}")
+    if data.n == 0:
+        raise ValueError("this facility has no training examples")
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("pass an explicitly seeded numpy Generator for training")
+    with np.errstate(over="ignore", invalid="ignore"):
+        _train_private(model, w, data, cfg, rng, privatizer, steps)
+    return w
+
+
 def _train_private(
     model: Model,
     w: np.ndarray,
@@ -117,10 +145,11 @@ def _train_private(
     cfg: TrainConfig,
     rng: np.random.Generator,
     privatizer: GradientPrivatizer,
+    steps: int | None = None,
 ) -> None:
     """In-place SGD on ``w`` with batches and gradients chosen by ``privatizer``."""
     n = data.n
-    for _ in range(steps_for(n, cfg)):
+    for _ in range(steps_for(n, cfg) if steps is None else steps):
         idx = np.asarray(privatizer.batch_indices(n, rng), dtype=np.int64)
         if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
             raise TrainingError("the privatizer returned batch indices outside the training data")

@@ -26,6 +26,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.AlreadyDone, grpc.StatusCode.ALREADY_EXISTS),
     (errors.NotReady, grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidSignature, grpc.StatusCode.UNAUTHENTICATED),
     (errors.ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.HflError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -52,6 +53,31 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort(code, msg)
 
 
+class _Undecodable:
+    """Stands for request bytes that are not a message of the method's type."""
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Bytes that do not parse become INVALID_ARGUMENT (gRPC itself would answer UNKNOWN and name the
+    parser's exception)."""
+    if deserializer is None:
+        return None
+    inner = deserializer
+
+    def parse(data: bytes) -> Any:
+        try:
+            return inner(data)
+        except Exception:
+            return _Undecodable()
+
+    return parse
+
+
+def _refuse_undecodable(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidInput("the request is not a valid message for this method")
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every unary and server-streaming handler with the mapping above."""
 
@@ -64,11 +90,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
+                    _refuse_undecodable(request)
                     return await inner_uu(request, context)
                 except grpc.aio.AbortError:
                     raise
@@ -77,7 +105,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
@@ -85,6 +113,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
+                    _refuse_undecodable(request)
                     async for item in inner_us(request, context):
                         yield item
                 except grpc.aio.AbortError:
@@ -94,7 +123,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -14,6 +14,14 @@ ROUND_DURATION = Histogram(
 MODEL_ACCURACY = Gauge("hfl_model_accuracy", "Accuracy of the last committed global model on pooled test sets.")
 MODEL_LOSS = Gauge("hfl_model_loss", "Mean log-loss of the last committed global model on pooled test sets.")
 EPSILON_SPENT = Gauge("hfl_privacy_epsilon_spent", "Privacy loss (epsilon) spent so far.", ["facility"])
+PRIVACY_EXHAUSTED = Gauge("hfl_privacy_exhausted", "1 if the facility has no privacy budget left for a round.",
+                          ["facility"])
+RELEASED_SAMPLES = Gauge("hfl_released_samples",
+                         "The facility's training-record count, released with Laplace noise (pure epsilon).",
+                         ["facility"])
+RELEASED_POSITIVE_FRACTION = Gauge(
+    "hfl_released_positive_fraction",
+    "Share of positive labels among the facility's training records, from Laplace-noised counts.", ["facility"])
 SECAGG_DROPOUTS = Counter("hfl_secagg_dropouts_total", "Facilities that dropped out of a secure aggregation.")
 BYTES_SENT = Counter("hfl_bytes_sent_total", "Bytes of gRPC messages sent, by peer role.", ["peer"])
 BYTES_RECEIVED = Counter("hfl_bytes_received_total", "Bytes of gRPC messages received, by peer role.", ["peer"])

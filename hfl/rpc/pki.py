@@ -71,31 +71,89 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def add_enrol_token(authority_state: Path, role: str, node_id: str) -> str:
+ANY_NODE = "*"  # the node id of a shared role token: each use names its own (new) node id
+SHARED_TOKEN_ROLES = frozenset({"facility"})  # only facilities may enrol with a shared token
+
+
+def _expiry(hours: float | None) -> str:
+    if hours is None:
+        return ""
+    if not 0 < hours <= 24 * 365:
+        raise ConfigError("an enrolment token must expire after more than 0 and at most 8760 hours")
+    return (x509.utcnow() + dt.timedelta(hours=hours)).isoformat()
+
+
+def _append_token(authority_state: Path, entry: dict[str, Any]) -> None:
+    path = authority_state / TOKENS_FILE
+    doc: list[dict[str, Any]] = [dict(e) for e in read_tokens(path)]
+    doc.append(entry)
+    write_secret(path, json.dumps({"tokens": doc}, indent=1).encode())
+
+
+def add_enrol_token(authority_state: Path, role: str, node_id: str, hours: float | None = None) -> str:
     """Make a one-time enrolment token for ``role``/``node_id`` and register its hash with the authority
-    (the authority re-reads the file on every enrolment, so this works while it runs)."""
+    (the authority re-reads the file on every enrolment, so this works while it runs). ``hours``: expiry
+    (default: none)."""
     x509.check_role(role)
     x509.check_node_id(node_id)
     if role in ("authority", "operator"):
         raise ConfigError(f"nodes of role {role!r} do not enrol")
     token = secrets.token_urlsafe(24)
-    path = authority_state / TOKENS_FILE
-    doc = read_tokens(path)
-    doc.append({"sha256": token_hash(token), "role": role, "node_id": node_id})
-    write_secret(path, json.dumps({"tokens": doc}, indent=1).encode())
+    entry: dict[str, Any] = {"sha256": token_hash(token), "role": role, "node_id": node_id}
+    if hours is not None:
+        entry["expires"] = _expiry(hours)
+    _append_token(authority_state, entry)
     return token
 
 
-def read_tokens(path: Path) -> list[dict[str, str]]:
+def add_role_token(authority_state: Path, role: str, max_uses: int, hours: float) -> str:
+    """Make a shared enrolment token for new nodes of ``role`` (facilities only): at most ``max_uses``
+    enrolments, each for a node id never enrolled before, until it expires after ``hours``.
+
+    Trade-off (docs/security.md): whoever holds it can enrol as a NEW facility, which is why it is capped,
+    expires, and every use is logged. Production sites should give each facility a one-time token."""
+    if role not in SHARED_TOKEN_ROLES:
+        raise ConfigError(
+            f"a shared enrolment token cannot be made for role {role!r}: only facilities may share one; "
+            "give every other node its own one-time token (hfl enrol-token)"
+        )
+    if not isinstance(max_uses, int) or not 1 <= max_uses <= 10_000:
+        raise ConfigError("a shared enrolment token must allow between 1 and 10000 enrolments")
+    token = secrets.token_urlsafe(32)
+    _append_token(
+        authority_state,
+        {
+            "sha256": token_hash(token),
+            "role": role,
+            "node_id": ANY_NODE,
+            "max_uses": max_uses,
+            "expires": _expiry(hours),
+        },
+    )
+    return token
+
+
+def read_tokens(path: Path) -> list[dict[str, Any]]:
+    """Token entries: sha256, role, node_id (or "*" for a shared role token), and optionally max_uses
+    (shared tokens) and expires (ISO time, UTC)."""
     if not path.exists():
         return []
     try:
         doc = json.loads(path.read_text())
         entries = doc["tokens"]
-        return [
-            {"sha256": str(e["sha256"]), "role": str(e["role"]), "node_id": str(e["node_id"])}
-            for e in entries
-        ]
+        out: list[dict[str, Any]] = []
+        for e in entries:
+            entry: dict[str, Any] = {
+                "sha256": str(e["sha256"]),
+                "role": str(e["role"]),
+                "node_id": str(e["node_id"]),
+            }
+            if "max_uses" in e:
+                entry["max_uses"] = int(e["max_uses"])
+            if e.get("expires"):
+                entry["expires"] = dt.datetime.fromisoformat(str(e["expires"])).isoformat()
+            out.append(entry)
+        return out
     except (ValueError, KeyError, TypeError):
         raise ConfigError(f"{path} is not a valid enrolment token file") from None
 
@@ -129,6 +187,8 @@ class CAStore:
                                               not_after TEXT NOT NULL, revoked_at TEXT);
             CREATE TABLE IF NOT EXISTS used_tokens (sha256 TEXT PRIMARY KEY, node_id TEXT NOT NULL,
                                                     used_at TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS shared_token_uses (node_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL,
+                                                          role TEXT NOT NULL, used_at TEXT NOT NULL);
             """
         )
         self._lock = threading.Lock()
@@ -171,23 +231,87 @@ class CAStore:
         return out
 
     # ---- enrolment tokens
-    def token_identity(self, token: str) -> tuple[str, str]:
-        """(role, node id) a token was made for; raises Unauthenticated if unknown or used."""
+    def _token_entry(self, token: str) -> dict[str, Any]:
+        """The registered entry of ``token``, if it can still be used; raises Unauthenticated otherwise."""
         if not token or len(token) > 256:
             raise Unauthenticated("an enrolment token is required")
         digest = token_hash(token)
         for entry in read_tokens(self.state_dir / TOKENS_FILE):
-            if secrets.compare_digest(entry["sha256"], digest):
-                used = self._db.execute("SELECT 1 FROM used_tokens WHERE sha256=?", (digest,)).fetchone()
-                if used:
+            if not secrets.compare_digest(entry["sha256"], digest):
+                continue
+            if entry.get("expires") and dt.datetime.fromisoformat(entry["expires"]) <= x509.utcnow():
+                raise Unauthenticated("this enrolment token has expired; ask the operator for a new one")
+            if entry["node_id"] == ANY_NODE:
+                if entry["role"] not in SHARED_TOKEN_ROLES:
                     raise Unauthenticated(
-                        "this enrolment token was already used; ask the operator for a new one"
+                        f"shared enrolment tokens are not accepted for {entry['role']} nodes; "
+                        "they need their own one-time token"
                     )
-                return entry["role"], entry["node_id"]
+                if self.shared_token_uses(token) >= int(entry.get("max_uses", 1)):
+                    raise Unauthenticated(
+                        "this shared enrolment token has been used the maximum number of times; "
+                        "ask the operator for a new one"
+                    )
+                return entry
+            used = self._db.execute("SELECT 1 FROM used_tokens WHERE sha256=?", (digest,)).fetchone()
+            if used:
+                raise Unauthenticated("this enrolment token was already used; ask the operator for a new one")
+            return entry
         raise Unauthenticated("unknown enrolment token")
 
+    def token_identity(self, token: str) -> tuple[str, str]:
+        """(role, node id) a token was made for ("*" as node id for a shared role token); raises
+        Unauthenticated if unknown, expired or used up."""
+        entry = self._token_entry(token)
+        return entry["role"], entry["node_id"]
+
+    def shared_token_uses(self, token: str) -> int:
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM shared_token_uses WHERE sha256=?", (token_hash(token),)
+        ).fetchone()
+        return int(row[0])
+
+    def is_node_known(self, node_id: str) -> bool:
+        """Whether ``node_id`` ever held a certificate or has a one-time token of its own."""
+        if self._db.execute("SELECT 1 FROM certs WHERE node_id=? LIMIT 1", (node_id,)).fetchone():
+            return True
+        return any(e["node_id"] == node_id for e in read_tokens(self.state_dir / TOKENS_FILE))
+
     def consume_token(self, token: str, node_id: str) -> None:
+        """Record one use of ``token`` by ``node_id``. A shared token only admits node ids that never
+        enrolled before (node ids stay unique: it cannot take over an existing node's name)."""
+        entry = self._token_entry(token)
         with self._lock:
+            if entry["node_id"] == ANY_NODE:
+                if self.is_node_known(node_id):
+                    raise NotAllowed(
+                        f"{node_id} is already enrolled or reserved; a shared token only enrols new nodes"
+                    )
+                uses = self.shared_token_uses(token)
+                if uses >= int(entry.get("max_uses", 1)):
+                    raise Unauthenticated(
+                        "this shared enrolment token has been used the maximum number of times; "
+                        "ask the operator for a new one"
+                    )
+                try:
+                    self._db.execute(
+                        "INSERT INTO shared_token_uses(node_id, sha256, role, used_at) VALUES (?, ?, ?, ?)",
+                        (node_id, token_hash(token), entry["role"], x509.utcnow().isoformat()),
+                    )
+                except sqlite3.IntegrityError:
+                    raise NotAllowed(
+                        f"{node_id} is already enrolled; a shared token only enrols new nodes"
+                    ) from None
+                log.warning(
+                    "NEW %s %s enrolled with the shared %s token (use %d of %d, token expires %s)",
+                    entry["role"],
+                    node_id,
+                    entry["role"],
+                    uses + 1,
+                    int(entry.get("max_uses", 1)),
+                    entry.get("expires", "never"),
+                )
+                return
             try:
                 self._db.execute(
                     "INSERT INTO used_tokens(sha256, node_id, used_at) VALUES (?, ?, ?)",
@@ -197,6 +321,14 @@ class CAStore:
                 raise Unauthenticated(
                     "this enrolment token was already used; ask the operator for a new one"
                 ) from None
+
+    def enrolments(self) -> list[dict[str, str]]:
+        """Every enrolment made with a token (one-time and shared), oldest first: for operators and audits."""
+        rows = self._db.execute(
+            "SELECT node_id, 'one-time', used_at FROM used_tokens "
+            "UNION ALL SELECT node_id, 'shared ' || role, used_at FROM shared_token_uses ORDER BY 3"
+        ).fetchall()
+        return [{"node_id": n, "token": k, "used_at": w} for n, k, w in rows]
 
     # ---- revocation
     def revoke_node(self, node_id: str) -> frozenset[int]:
@@ -427,19 +559,47 @@ async def ensure_identity(settings: Settings, role: str) -> NodeTls | None:
             return tls
         except (x509.CertificateError, ConfigError) as e:
             log.warning("the stored certificate cannot be used (%s); enrolling again", e)
-    if not settings.enrol_token:
+    token = enrol_token_of(settings)
+    if not token:
         raise ConfigError(
-            "this node has no valid certificate yet: set HFL_ENROL_TOKEN to the one-time enrolment "
-            "token from the operator (or HFL_TLS=false to debug without TLS)"
+            "this node has no valid certificate yet: set HFL_ENROL_TOKEN (or HFL_ENROL_TOKEN_FILE) to the "
+            "enrolment token from the operator (or HFL_TLS=false to debug without TLS)"
         )
     key = x509.new_key()
     csr = x509.make_csr(key, node_id, role, host_names(settings, role))
-    cert_pem = await enrol(enrol_address(settings), ca_pem, settings.enrol_token, role, node_id, csr)
+    cert_pem = await enrol(enrol_address(settings), ca_pem, token, role, node_id, csr)
     tls = NodeTls(role, node_id, tls_dir, ca_pem, x509.key_to_pem(key), cert_pem)
     tls.install(tls.key_pem, tls.cert_pem)
     log.info("enrolled with the authority as %s %s", role, node_id)
+    _forget_used_token(settings)
     _set_default(tls)
     return tls
+
+
+def enrol_token_of(settings: Settings) -> str:
+    """HFL_ENROL_TOKEN, else the content of HFL_ENROL_TOKEN_FILE ("" if neither is set)."""
+    if settings.enrol_token or not settings.enrol_token_file:
+        return settings.enrol_token.strip()
+    path = Path(settings.enrol_token_file)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"HFL_ENROL_TOKEN_FILE: {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"HFL_ENROL_TOKEN_FILE: cannot read {path} ({e.strerror})") from None
+
+
+def _forget_used_token(settings: Settings) -> None:
+    """Delete a one-time token file kept in this node's own state folder once it has been used (a shared
+    token on a read-only trust volume stays where it is)."""
+    if settings.enrol_token or not settings.enrol_token_file:
+        return
+    path = Path(settings.enrol_token_file)
+    try:
+        if path.resolve().is_relative_to(settings.state_dir.resolve()):
+            path.unlink()
+    except OSError as e:
+        log.info("could not delete the used enrolment token file %s (%s)", path, e.strerror)
 
 
 async def enrol(

@@ -26,7 +26,8 @@ from hfl.errors import InvalidInput
 from hfl.hashing import hash_vector
 from hfl.ledger import Vote
 from hfl.proto.v1 import common_pb2 as pb
-from hfl.proto.v1 import leader_pb2, validator_pb2
+from hfl.proto.v1 import facility_pb2, leader_pb2, validator_pb2
+from hfl.secagg import EncryptedShare, KeyAdvertisement, MaskedInput, UnmaskRequest, UnmaskResponse
 
 MAX_VECTOR_LENGTH = 20_000_000
 
@@ -158,7 +159,7 @@ def plan_from_proto(p: pb.TrainingPlan) -> TrainingPlan:
 def bucket_result_to_proto(b: BucketResult) -> pb.BucketResult:
     return pb.BucketResult(bucket_id=b.bucket_id, fog_id=b.fog_id, total=vector_to_proto(b.total),
                            count=b.count, members=list(b.members), dropped=list(b.dropped),
-                           abandoned=b.abandoned, reason=b.reason)
+                           abandoned=b.abandoned, reason=b.reason, refused=list(b.refused))
 
 
 def bucket_result_from_proto(b: pb.BucketResult, *, expected_length: int | None) -> BucketResult:
@@ -167,7 +168,7 @@ def bucket_result_from_proto(b: pb.BucketResult, *, expected_length: int | None)
                                require_finite=False))
     return BucketResult(bucket_id=b.bucket_id, fog_id=b.fog_id, total=total, count=int(b.count),
                         members=tuple(b.members), dropped=tuple(b.dropped), abandoned=b.abandoned,
-                        reason=b.reason)
+                        reason=b.reason, refused=tuple(b.refused))
 
 
 def metrics_to_proto(m: Metrics) -> pb.EvalMetrics:
@@ -210,3 +211,148 @@ def event_from_proto(e: leader_pb2.WatchRoundsResponse) -> RoundEvent:
         abandoned_buckets=e.abandoned_buckets, flagged_buckets=tuple(e.flagged_buckets),
         quarantined=tuple(e.quarantined), committee=tuple(e.committee), epsilon=e.epsilon, done=e.done,
         extra=_json_or_empty(e.extra_json, "round event extras"))
+
+
+# ---------------------------------------------------------------- secure aggregation
+SECAGG_MAX_ATTEMPT = 0xFFFF
+SECAGG_MAX_MEMBERS = 10_000
+_SECAGG_MAX_BLOB = 4096  # bytes of one key, signature, share or sealed share pair
+
+
+def secagg_round(round_: int, attempt: int) -> int:
+    """The protocol round id of one round attempt, ``(round << 16) | attempt``: secure-aggregation
+    messages are bound to it, so a message of one attempt is refused in any other."""
+    if not 0 <= attempt <= SECAGG_MAX_ATTEMPT:
+        raise InvalidInput(f"round attempt {attempt} is out of range for secure aggregation "
+                           f"(0 to {SECAGG_MAX_ATTEMPT})")
+    if round_ < 0 or round_ >= 1 << 46:
+        raise InvalidInput(f"round {round_} is out of range for secure aggregation")
+    return (round_ << 16) | attempt
+
+
+def _blob(value: bytes, what: str, size: int | None = None) -> bytes:
+    raw = bytes(value)
+    if size is not None and len(raw) != size:
+        raise InvalidInput(f"{what} must be {size} bytes, got {len(raw)}")
+    if len(raw) > _SECAGG_MAX_BLOB:
+        raise InvalidInput(f"{what} is too large ({len(raw)} bytes)")
+    return raw
+
+
+def _ids(values: Any, what: str) -> tuple[str, ...]:
+    out = tuple(str(v) for v in values)
+    if len(out) > SECAGG_MAX_MEMBERS:
+        raise InvalidInput(f"{what} lists {len(out)} members, more than the limit of {SECAGG_MAX_MEMBERS}")
+    if any(not v for v in out):
+        raise InvalidInput(f"{what} contains an empty member id")
+    return out
+
+
+def session_to_proto(round_: int, attempt: int, bucket_id: str) -> facility_pb2.SecAggSession:
+    return facility_pb2.SecAggSession(round=round_, attempt=attempt, bucket_id=bucket_id)
+
+
+def session_from_proto(s: facility_pb2.SecAggSession) -> tuple[int, int, str]:
+    """(round, attempt, bucket id) of a secure-aggregation call, checked."""
+    if not s.bucket_id:
+        raise InvalidInput("the secure-aggregation call names no bucket")
+    secagg_round(int(s.round), int(s.attempt))
+    return int(s.round), int(s.attempt), s.bucket_id
+
+
+def advertisement_to_proto(ad: KeyAdvertisement) -> facility_pb2.SecAggKeyAdvertisement:
+    return facility_pb2.SecAggKeyAdvertisement(round=ad.round, bucket_id=ad.bucket, sender=ad.sender,
+                                               c_pk=ad.c_pk, s_pk=ad.s_pk, signature=ad.signature)
+
+
+def advertisement_from_proto(m: facility_pb2.SecAggKeyAdvertisement) -> KeyAdvertisement:
+    return KeyAdvertisement(round=int(m.round), bucket=m.bucket_id, sender=m.sender,
+                            c_pk=_blob(m.c_pk, f"the encryption key advertised by {m.sender!r}", 32),
+                            s_pk=_blob(m.s_pk, f"the masking key advertised by {m.sender!r}", 32),
+                            signature=_blob(m.signature, f"the advertisement signature of {m.sender!r}", 64))
+
+
+def share_to_proto(s: EncryptedShare) -> facility_pb2.SecAggEncryptedShare:
+    return facility_pb2.SecAggEncryptedShare(round=s.round, bucket_id=s.bucket, sender=s.sender,
+                                             recipient=s.recipient, ciphertext=s.ciphertext)
+
+
+def share_from_proto(m: facility_pb2.SecAggEncryptedShare) -> EncryptedShare:
+    return EncryptedShare(round=int(m.round), bucket=m.bucket_id, sender=m.sender, recipient=m.recipient,
+                          ciphertext=_blob(m.ciphertext, f"the encrypted share from {m.sender!r}"))
+
+
+def shares_from_proto(items: Any) -> list[EncryptedShare]:
+    items = list(items)
+    if len(items) > SECAGG_MAX_MEMBERS:
+        raise InvalidInput(f"{len(items)} encrypted shares is more than the limit of {SECAGG_MAX_MEMBERS}")
+    return [share_from_proto(m) for m in items]
+
+
+def masked_input_to_proto(m: MaskedInput) -> facility_pb2.SecAggMaskedInputResponse:
+    return facility_pb2.SecAggMaskedInputResponse(round=m.round, bucket_id=m.bucket, sender=m.sender,
+                                                  masked=vector_to_proto(m.y, pb.D_TYPE_UINT32))
+
+
+def masked_input_from_proto(m: facility_pb2.SecAggMaskedInputResponse, *, expected_length: int | None
+                            ) -> MaskedInput:
+    y = vector_from_proto(m.masked, expected_length=expected_length, dtype=pb.D_TYPE_UINT32,
+                          what=f"masked update from {m.sender!r}")
+    return MaskedInput(round=int(m.round), bucket=m.bucket_id, sender=m.sender, y=y)
+
+
+def unmask_request_to_proto(round_: int, attempt: int, r: UnmaskRequest) -> facility_pb2.SecAggUnmaskRequest:
+    return facility_pb2.SecAggUnmaskRequest(session=session_to_proto(round_, attempt, r.bucket),
+                                            survivors=list(r.survivors), dropped=list(r.dropped))
+
+
+def unmask_request_from_proto(m: facility_pb2.SecAggUnmaskRequest) -> tuple[int, int, UnmaskRequest]:
+    """(round, attempt, request); the request's ``round`` is the protocol round id."""
+    round_, attempt, bucket = session_from_proto(m.session)
+    return round_, attempt, UnmaskRequest(round=secagg_round(round_, attempt), bucket=bucket,
+                                          survivors=_ids(m.survivors, "the survivor list"),
+                                          dropped=_ids(m.dropped, "the dropout list"))
+
+
+def _owned(items: Any, what: str) -> tuple[tuple[str, bytes], ...]:
+    items = list(items)
+    if len(items) > SECAGG_MAX_MEMBERS:
+        raise InvalidInput(f"{what}: {len(items)} shares is more than the limit of {SECAGG_MAX_MEMBERS}")
+    return tuple((o.owner, _blob(o.share, f"{what} for {o.owner!r}")) for o in items)
+
+
+def unmask_response_to_proto(r: UnmaskResponse) -> facility_pb2.SecAggUnmaskResponse:
+    return facility_pb2.SecAggUnmaskResponse(
+        round=r.round, bucket_id=r.bucket, sender=r.sender,
+        b_shares=[facility_pb2.SecAggOwnedShare(owner=o, share=s) for o, s in r.b_shares],
+        s_shares=[facility_pb2.SecAggOwnedShare(owner=o, share=s) for o, s in r.s_shares])
+
+
+def unmask_response_from_proto(m: facility_pb2.SecAggUnmaskResponse) -> UnmaskResponse:
+    return UnmaskResponse(round=int(m.round), bucket=m.bucket_id, sender=m.sender,
+                          b_shares=_owned(m.b_shares, f"self-mask shares from {m.sender!r}"),
+                          s_shares=_owned(m.s_shares, f"masking-key shares from {m.sender!r}"))
+
+
+# ---------------------------------------------------------------- privacy spend reports
+def spend_to_proto(r: Any) -> Any:
+    """hfl.privacy.report.SpendReport -> authority_pb2.PrivacySpend."""
+    from hfl.proto.v1 import authority_pb2
+
+    return authority_pb2.PrivacySpend(
+        facility_id=r.facility_id, round=r.round, attempt=r.attempt, kind=r.kind, epsilon_total=r.epsilon_total,
+        delta=r.delta, steps=r.steps, exhausted=r.exhausted, details_json=json.dumps(r.details, sort_keys=True),
+        signature=r.signature)
+
+
+def spend_from_proto(m: Any) -> Any:
+    """authority_pb2.PrivacySpend -> hfl.privacy.report.SpendReport (validated)."""
+    from hfl.privacy.report import SpendReport
+
+    try:
+        return SpendReport(facility_id=m.facility_id, round=int(m.round), attempt=int(m.attempt), kind=m.kind,
+                           epsilon_total=float(m.epsilon_total), delta=float(m.delta), steps=int(m.steps),
+                           exhausted=bool(m.exhausted), details=_json_or_empty(m.details_json, "spend details"),
+                           signature=bytes(m.signature))
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None

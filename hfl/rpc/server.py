@@ -17,6 +17,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from hfl.rpc import pki
+from hfl.rpc.authz import AuthInterceptor, EnrolInterceptor
 from hfl.rpc.errors import ErrorInterceptor
 from hfl.rpc.metrics import UP, start_metrics
 from hfl.rpc.settings import Settings
@@ -51,6 +53,8 @@ class RunningServer:
     address: str
     metrics_port: int
     health: HealthServicer
+    tls: pki.NodeTls | None = None
+    upkeep: asyncio.Task[None] | None = None
 
     async def set_serving(self, serving: bool = True) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -60,12 +64,23 @@ class RunningServer:
 async def start_server(
     settings: Settings, role: str, register: Callable[[grpc.aio.Server], None]
 ) -> RunningServer:
-    """Bind the service (port 0: the OS picks), add health and error mapping, start metrics."""
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+    """Bind the service (port 0: the OS picks), add health and error mapping, start metrics.
+
+    With HFL_TLS (the default) the node first gets its certificate (pki.ensure_identity: enrolment with
+    HFL_ENROL_TOKEN the first time), the port is mutual TLS, and every RPC passes hfl.rpc.authz."""
+    tls = await pki.ensure_identity(settings, role)
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    if tls is not None:
+        interceptors.append(AuthInterceptor(tls, settings))
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    port = server.add_insecure_port(settings.listen)
+    if tls is None:
+        log.warning("HFL_TLS=false: this %s serves WITHOUT encryption or authentication (debugging only)", role)
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, tls.server_credentials())
     if port == 0:
         raise OSError(f"could not listen on {settings.listen}")
     await server.start()
@@ -73,8 +88,29 @@ async def start_server(
     metrics_port = start_metrics(settings.metrics_port)
     address = f"{settings.resolved_advertise_host()}:{port}"
     UP.labels(role=role).set(0)
-    log.info("%s listening on %s (metrics on :%s)", role, address, metrics_port)
-    return RunningServer(server, port, address, metrics_port, health)
+    log.info("%s listening on %s%s (metrics on :%s)", role, address, " with mutual TLS" if tls else "", metrics_port)
+    upkeep = asyncio.create_task(pki.maintain(tls, settings)) if tls is not None else None
+    return RunningServer(server, port, address, metrics_port, health, tls, upkeep)
+
+
+async def start_enrol_server(settings: Settings, register: Callable[[grpc.aio.Server], None]
+                             ) -> tuple[grpc.aio.Server, str] | None:
+    """The authority's enrolment port: TLS with the authority's certificate but no client certificate
+    (a new node has none yet); only Enroll is served there, small messages only. None without TLS."""
+    tls = pki.default()
+    if not settings.tls or tls is None:
+        return None
+    server = grpc.aio.server(interceptors=[ErrorInterceptor(), EnrolInterceptor(settings)],
+                             options=[("grpc.max_receive_message_length", 64 * 1024)])
+    register(server)
+    creds = grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)], require_client_auth=False)
+    port = server.add_secure_port(settings.enrol_listen, creds)
+    if port == 0:
+        raise OSError(f"could not listen on {settings.enrol_listen}")
+    await server.start()
+    address = f"{settings.resolved_advertise_host()}:{port}"
+    log.info("enrolment (one-time tokens) on %s", address)
+    return server, address
 
 
 def write_ready_file(path: str, info: dict[str, Any]) -> None:
@@ -100,21 +136,56 @@ async def serve_until_stopped(running: RunningServer, role: str, stop: asyncio.E
     log.info("%s shutting down", role)
     UP.labels(role=role).set(0)
     await running.health.enter_graceful_shutdown()
+    if running.upkeep is not None:
+        running.upkeep.cancel()
     await running.server.stop(grace=2.0)
 
 
-class Channels:
-    """A cache of client channels, one per peer address."""
+_BACKGROUND: set[asyncio.Task[None]] = set()
 
-    def __init__(self) -> None:
+
+class Channels:
+    """A cache of client channels, one per peer address. ``own_connections``: never share a connection
+    with other Channels of the same process (gRPC pools them process-wide by default); used when several
+    nodes share one process (services/facility/host.py)."""
+
+    def __init__(self, own_connections: bool = False, tls: pki.NodeTls | None = None) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)] if own_connections \
+            else CHANNEL_OPTIONS
+        self._tls = tls
+        self._generation = -1
+
+    def use(self, tls: pki.NodeTls | None) -> None:
+        """Connect with this node's certificate (default: the first TLS identity of the process)."""
+        self._tls = tls
 
     def get(self, address: str) -> grpc.aio.Channel:
+        tls = self._tls or pki.default()
+        if tls is not None and tls.generation != self._generation:
+            self._retire()  # a renewed certificate: new connections from now on
+            self._generation = tls.generation
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            if tls is None:
+                ch = grpc.aio.insecure_channel(address, options=self._options)
+            else:
+                ch = grpc.aio.secure_channel(address, tls.channel_credentials(), options=self._options)
             self._channels[address] = ch
         return ch
+
+    def _retire(self) -> None:
+        old = list(self._channels.values())
+        self._channels.clear()
+        if old:
+            async def close_later() -> None:
+                await asyncio.sleep(60)  # let calls in flight finish
+                for ch in old:
+                    await ch.close(None)
+
+            task = asyncio.get_running_loop().create_task(close_later())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
 
     async def close(self) -> None:
         for ch in self._channels.values():

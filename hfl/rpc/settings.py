@@ -16,6 +16,8 @@ Role = Literal["authority", "leader", "fog", "facility", "validator"]
 
 FACILITY_ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "alie", "ipm", "free_ride", "nan")
 VALIDATOR_FAULTS = ("none", "reject_all", "accept_all", "silent")
+# Experiments/tests only: a fog that swaps one member's key advertisement (secure aggregation must abort).
+FOG_FAULTS = ("none", "swap_keys")
 
 
 class Settings(BaseSettings):
@@ -43,6 +45,10 @@ class Settings(BaseSettings):
     byzantine: str = "none"
     byzantine_scale: float = 10.0
     drop_rate: float = 0.0
+    # `hfl serve facilities`: JSON list of the facilities one process hosts (services/facility/host.py)
+    facilities_file: str = ""
+    # benchmarks only: facilities send random updates of the model's size instead of training
+    bench_updates: bool = False
 
     # learning and rounds (leader)
     seed: int = 0
@@ -56,9 +62,9 @@ class Settings(BaseSettings):
     epochs: int = 0
     batch_size: int = 0
     clip_update: float = 0.0
-    secagg: bool = False
-    rule: str = "mean"
-    f: int = 0
+    secagg: bool = True  # masked updates (secure aggregation); false: plain sums, for comparison
+    rule: str = "trimmed_mean"  # robust rule over bucket means (mean, trimmed_mean, median, multi_krum, ...)
+    f: int = -1  # bad buckets to tolerate; -1: the most the rule tolerates with this round's buckets
     round_timeout: float = 120.0
     round_interval: float = 0.0
     vote_timeout: float = 60.0
@@ -71,6 +77,37 @@ class Settings(BaseSettings):
 
     # validator
     validation_margin: float = 0.05
+
+    # differential privacy (services/*/privacy.py). Leader: HFL_DP_EPSILON > 0 turns DP on and is the
+    # per-facility budget; the leader calibrates the noise for HFL_ROUNDS rounds. Authority: the same
+    # budget, to stop scheduling facilities that have spent it. Facility: HFL_DP_BUDGET, its own stricter
+    # cap (0 = follow the federation's budget).
+    dp_epsilon: float = 0.0
+    dp_delta: float = 1e-5
+    dp_mechanism: Literal["gaussian", "laplace"] = "gaussian"
+    dp_accountant: Literal["rdp", "pld"] = "rdp"
+    dp_clip: float = 0.0  # per-example clipping bound C (0 = built-in default)
+    dp_sampling_rate: float = 0.0  # Poisson sampling rate q (0 = built-in default)
+    dp_local_epochs: float = 0.0  # expected passes over the data per round; steps = ceil(epochs / q)
+    dp_release_epsilon: float = -1.0  # ε for the published statistics (-1 = 5% of the budget, at most 0.1)
+    dp_budget: float = 0.0
+
+    # transport security (hfl/rpc/pki.py, hfl/rpc/authz.py); HFL_TLS=false only for debugging
+    tls: bool = True
+    tls_ca: str = ""  # the federation's root certificate (PEM file); the authority writes it to <state>/ca/ca.pem
+    tls_hosts: str = ""  # extra host names or IPs for this node's certificate, comma-separated
+    enrol_token: str = ""  # one-time enrolment token (needed only until the node holds a certificate)
+    enrol_token_file: str = ""  # or a file holding it (compose: written by `hfl provision`)
+    enrol: str = ""  # the authority's enrolment address; default: the authority's host, port 50052
+    enrol_listen: str = "0.0.0.0:50052"  # authority: where enrolment (TLS, no client certificate) listens
+    cert_hours: float = 24.0  # lifetime of node certificates; renewed when a third is left
+    crl_refresh_s: float = 30.0  # how often servers fetch the revocation list
+    enrol_rate: float = 0.5  # enrolment requests per second per peer address (token bucket) ...
+    enrol_burst: int = 30  # ... and the burst allowed
+    submit_rate: float = 5.0  # update submissions per second per facility ...
+    submit_burst: int = 40
+    rpc_rate: float = 100.0  # any other call, per caller and method
+    rpc_burst: int = 400
 
     @field_validator("listen")
     @classmethod
@@ -89,7 +126,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _faults(self) -> Settings:
-        allowed = VALIDATOR_FAULTS if self.role == "validator" else FACILITY_ATTACKS
+        allowed = {"validator": VALIDATOR_FAULTS, "fog": FOG_FAULTS}.get(self.role or "", FACILITY_ATTACKS)
         if self.byzantine not in allowed:
             raise ValueError(f"HFL_BYZANTINE={self.byzantine!r} is not valid for a {self.role}; "
                              f"choose one of {', '.join(allowed)}")

@@ -49,8 +49,9 @@ class CertificateService:
         if len(request.csr_pem) > x509.MAX_CSR_BYTES:
             raise InvalidInput("the certificate request is too large")
         token_role, token_node = ca.token_identity(request.token)
-        if (token_role, token_node) != (role, node_id):
-            raise NotAllowed(f"this enrolment token is for {token_role} {token_node}, not {role} {node_id}")
+        if token_role != role or token_node not in (node_id, pki.ANY_NODE):
+            whom = f"new {token_role} nodes" if token_node == pki.ANY_NODE else f"{token_role} {token_node}"
+            raise NotAllowed(f"this enrolment token is for {whom}, not {role} {node_id}")
         if node_id in self._quarantined() or ca.is_node_revoked(node_id):
             raise NotAllowed(f"{node_id} is quarantined or revoked; it cannot enrol again")
         x509.load_csr(bytes(request.csr_pem))  # a bad CSR must not burn the token

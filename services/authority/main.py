@@ -5,7 +5,7 @@ from __future__ import annotations
 from hfl.proto.v1 import authority_pb2_grpc
 from hfl.rpc.metrics import UP
 from hfl.rpc.node import load_identity
-from hfl.rpc.server import serve_until_stopped, start_server, write_ready_file
+from hfl.rpc.server import serve_until_stopped, start_enrol_server, start_server, write_ready_file
 from hfl.rpc.settings import Settings
 from services.authority.registry import Registry
 from services.authority.service import Authority
@@ -17,12 +17,18 @@ async def run(settings: Settings) -> None:
     servicer = Authority(settings, key, registry)
     running = await start_server(
         settings, "authority", lambda s: authority_pb2_grpc.add_AuthorityServiceServicer_to_server(servicer, s))
+    enrol = await start_enrol_server(
+        settings, lambda s: authority_pb2_grpc.add_AuthorityServiceServicer_to_server(servicer, s))
     await running.set_serving()
     UP.labels(role="authority").set(1)
+    tls_info = {"enrol_address": enrol[1], "ca": str(running.tls.dir / "ca.pem") if running.tls and running.tls.dir
+                else ""} if enrol else {}
     write_ready_file(settings.ready_file, {"role": "authority", "node_id": settings.resolved_node_id(),
                                            "address": running.address, "metrics_port": running.metrics_port,
-                                           "public_key": key.public_bytes.hex()})
+                                           "public_key": key.public_bytes.hex(), **tls_info})
     try:
         await serve_until_stopped(running, "authority")
     finally:
+        if enrol:
+            await enrol[0].stop(grace=1.0)
         registry.close()

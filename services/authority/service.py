@@ -10,14 +10,16 @@ import grpc
 from hfl.crypto.pow import PowError, check, pow_challenge
 from hfl.crypto.signing import PUBLIC_KEY_LEN, SigningKey
 from hfl.domain import ROLES, SPECIALTIES, Bucket, NodeInfo, RoundConfig
-from hfl.errors import InvalidInput, NotAllowed, NotReady
+from hfl.errors import ConfigError, InvalidInput, NotAllowed, NotReady
 from hfl.hashing import HASH_LEN
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
-from hfl.robust.reputation import Reputation
+from hfl.robust.reputation import FLAG_KINDS, Reputation, ReputationError, with_refused
 from hfl.rpc import serde
 from hfl.rpc.metrics import QUARANTINED, REPUTATION
 from hfl.rpc.settings import Settings
-from hfl.schedule import assign_buckets, round_seed, select_committee
+from hfl.schedule import MIN_SECURE_BUCKET, assign_buckets, round_seed, select_committee
+from services.authority.enrol import CertificateService
+from services.authority.privacy import PrivacyBook
 from services.authority.registry import Registry
 
 log = logging.getLogger("hfl.authority")
@@ -28,11 +30,12 @@ def secagg_threshold(g: int) -> int:
     return (2 * g) // 3 + 1
 
 
-class Authority(authority_pb2_grpc.AuthorityServiceServicer):
+class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer):
     def __init__(self, settings: Settings, key: SigningKey, registry: Registry) -> None:
         self.settings = settings
         self.key = key
         self.registry = registry
+        self.privacy = PrivacyBook(settings.state_dir / "privacy.db", settings.dp_epsilon)  # privacy.py
         state = registry.get_json("reputation")
         self.reputation = Reputation.from_dict(state) if isinstance(state, dict) else Reputation()
         self._publish_reputation()
@@ -94,11 +97,17 @@ class Authority(authority_pb2_grpc.AuthorityServiceServicer):
     # ------------------------------------------------------------------ scheduling
     def make_config(self, round_: int, attempt: int, head: bytes) -> RoundConfig:
         s = self.settings
-        facilities = [n for n in self.registry.nodes("facility") if n.node_id not in self.quarantined]
+        out_of_budget = self.privacy.exhausted  # never schedule a facility that has spent its privacy budget
+        facilities = [n for n in self.registry.nodes("facility")
+                      if n.node_id not in self.quarantined and n.node_id not in out_of_budget]
         fogs = self.registry.nodes("fog")
         validators = self.registry.nodes("validator")
-        if len(facilities) < max(1, s.min_facilities):
-            raise NotReady(f"only {len(facilities)} facilities are registered; waiting for {s.min_facilities}")
+        registered = len(self.registry.nodes("facility"))
+        if registered < max(1, s.min_facilities):
+            raise NotReady(f"only {registered} facilities are registered; waiting for {s.min_facilities}")
+        if not facilities:
+            raise NotReady(f"no facility can take part: {len(self.quarantined)} quarantined, "
+                           f"{len(out_of_budget)} have used up their privacy budget")
         if not fogs:
             raise NotReady("no fog is registered yet")
         if len(validators) < s.committee_size:
@@ -120,6 +129,13 @@ class Authority(authority_pb2_grpc.AuthorityServiceServicer):
         committee_ids = list(draw["members"])
         by_id = {n.node_id: n for n in facilities}
         plans = assign_buckets(list(by_id), [f.node_id for f in fogs], s.bucket_size, seed)
+        small = [p for p in plans if len(p.members) < MIN_SECURE_BUCKET]
+        if s.secagg and small:  # fine for plain sums, unsafe for masked ones
+            raise ConfigError(
+                f"secure aggregation needs buckets of at least {MIN_SECURE_BUCKET} facilities, but bucket "
+                f"{small[0].bucket_id} would have {len(small[0].members)} (HFL_BUCKET_SIZE={s.bucket_size}, "
+                f"{len(by_id)} facilities available): with 2, each member could subtract its own update from "
+                "the sum and learn the other's. Raise HFL_BUCKET_SIZE, add facilities, or set HFL_SECAGG=false.")
         buckets = tuple(Bucket(p.bucket_id, p.fog_id, p.members, secagg_threshold(len(p.members)))
                         for p in plans)
         n = len(committee_ids)
@@ -142,7 +158,10 @@ class Authority(authority_pb2_grpc.AuthorityServiceServicer):
         if len(request.ledger_head) != HASH_LEN:
             raise InvalidInput("the ledger head must be a 32-byte hash")
         config = self.make_config(int(request.round), int(request.attempt), bytes(request.ledger_head))
-        return authority_pb2.GetRoundConfigResponse(config=serde.config_to_proto(config))
+        # Per-bucket signed views: facilities get only their bucket's part (linear total traffic, not N^2).
+        views = [config.bucket_view(b.bucket_id).sign(self.key) for b in config.buckets]
+        return authority_pb2.GetRoundConfigResponse(config=serde.config_to_proto(config),
+                                                    bucket_configs=[serde.config_to_proto(v) for v in views])
 
     async def ReportRound(
         self, request: authority_pb2.ReportRoundRequest, context: grpc.aio.ServicerContext
@@ -158,10 +177,16 @@ class Authority(authority_pb2_grpc.AuthorityServiceServicer):
         except (ValueError, TypeError, AttributeError) as e:
             raise InvalidInput(f"the round report is malformed: {e}") from None
         unknown = set(flags) - set(buckets)
-        if unknown or any(k not in ("norm", "outlier") for k in flags.values()):
+        if unknown or any(k not in FLAG_KINDS for k in flags.values()):
             raise InvalidInput("the round report flags buckets that were not part of the round")
+        refused = [str(x) for x in report.get("refused", [])]
+        try:
+            # A fog refused these members' updates as malformed: each is its own group, blame is certain.
+            groups, flags = with_refused(buckets, flags, refused)
+        except ReputationError as e:
+            raise InvalidInput(f"the round report is inconsistent: {e}") from None
         observation = round_ * 1000 + attempt  # strictly increasing across attempts of a round
-        newly = self.reputation.observe(observation, buckets, flags)
+        newly = self.reputation.observe(observation, groups, flags)
         committee = list(report.get("committee", []))
         if committee:
             self.reputation.observe_votes(observation, committee, votes, bool(request.committed))
@@ -171,8 +196,26 @@ class Authority(authority_pb2_grpc.AuthorityServiceServicer):
             "flags": flags, "votes": votes, "newly_quarantined": newly})
         for f in newly:
             log.warning("quarantined facility %s: it was in flagged buckets too often", f)
+        self.revoke_quarantined(newly)
         self._publish_reputation()
-        return authority_pb2.ReportRoundResponse(quarantined=sorted(self.quarantined))
+        top = self.privacy.max_spent()
+        return authority_pb2.ReportRoundResponse(quarantined=sorted(self.quarantined),
+                                                 max_epsilon_spent=top or 0.0, has_privacy_spend=top is not None)
+
+    async def ReportPrivacySpend(
+        self, request: authority_pb2.ReportPrivacySpendRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.ReportPrivacySpendResponse:
+        report = serde.spend_from_proto(request.spend)
+        node = self.registry.get(report.facility_id)
+        total = self.privacy.record(report, node.sign_public_key if node else None, node.role if node else None)
+        return authority_pb2.ReportPrivacySpendResponse(epsilon_spent=total,
+                                                        exhausted=report.facility_id in self.privacy.exhausted)
+
+    async def GetPrivacySpend(
+        self, request: authority_pb2.GetPrivacySpendRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.GetPrivacySpendResponse:
+        return authority_pb2.GetPrivacySpendResponse(epsilon_spent=self.privacy.spent(),
+                                                     exhausted=sorted(self.privacy.exhausted))
 
     async def ListNodes(
         self, request: authority_pb2.ListNodesRequest, context: grpc.aio.ServicerContext

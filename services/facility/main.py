@@ -3,44 +3,79 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from hfl.domain import NodeInfo
 from hfl.learning.data import load_facility_data
 from hfl.proto.v1 import facility_pb2_grpc
 from hfl.rpc.metrics import UP
 from hfl.rpc.node import load_identity, register
-from hfl.rpc.server import Channels, serve_until_stopped, start_server, write_ready_file
+from hfl.rpc.server import Channels, RunningServer, serve_until_stopped, start_server, write_ready_file
 from hfl.rpc.settings import Settings
 from services.facility.service import Facility, parse_shard
 
 log = logging.getLogger("hfl.facility")
 
 
-async def run(settings: Settings) -> None:
+@dataclass
+class StartedFacility:
+    """One facility that is registered, has its data and serves (several may share a process)."""
+
+    node_id: str
+    facility: Facility
+    running: RunningServer
+    channels: Channels
+    info: dict[str, Any]
+
+
+async def start(settings: Settings, channels: Channels | None = None, metrics_port: int | None = None,
+                prepare: Callable[[Facility], None] | None = None) -> StartedFacility:
+    """Bind, register, load the data and start serving one facility (``hfl serve facility`` and the
+    multi-facility host both use this). ``metrics_port`` overrides the advertised /metrics port when
+    a host process shares one metrics endpoint among its facilities; ``prepare`` sees the servicer
+    before it is registered with the gRPC server."""
     node_id = settings.resolved_node_id()
     shard = parse_shard(settings.shard)
     key = load_identity(settings.state_dir)
-    channels = Channels()
-    facility = Facility(settings, node_id, channels)
+    channels = channels or Channels()
+    if settings.bench_updates:  # benchmarks only: random updates instead of training
+        from services.facility.bench import BenchFacility
+
+        facility: Facility = BenchFacility(settings, node_id, channels)
+    else:
+        facility = Facility(settings, node_id, channels)
+    if prepare is not None:
+        prepare(facility)
     # Bind first (registration needs our address), then register (the authority may assign the
     # specialty), then load the data; RPCs answer UNAVAILABLE until then.
     running = await start_server(settings, "facility",
                                  lambda s: facility_pb2_grpc.add_FacilityServiceServicer_to_server(facility, s))
+    channels.use(running.tls)  # this facility's own certificate, also when several share a process
+    metrics_port = metrics_port or running.metrics_port
+    metrics_address = f"{settings.resolved_advertise_host()}:{metrics_port}"
     node = NodeInfo(node_id=node_id, role="facility", address=running.address, sign_public_key=key.public_bytes,
-                    specialty=settings.specialty,
-                    metrics_address=f"{settings.resolved_advertise_host()}:{running.metrics_port}")
+                    specialty=settings.specialty, metrics_address=metrics_address)
     answer = await register(channels, settings.authority, node)
     specialty = answer.specialty or settings.specialty or "hospital"
+    # Without HFL_SHARD (scaled containers) the node id picks the data stream, so replicas differ.
     data = load_facility_data(settings.dataset, specialty=specialty, shard=shard, seed=settings.seed,
-                              label=settings.label, n_patients=settings.n_patients)
+                              label=settings.label, n_patients=settings.n_patients, stream=node_id)
     log.info("loaded %d training and %d test records (%s, %s)", data.train.n, data.test.n, specialty,
              settings.dataset)
     facility.ready(data, bytes(answer.authority_public_key))
     await running.set_serving()
     UP.labels(role="facility").set(1)
-    write_ready_file(settings.ready_file, {"role": "facility", "node_id": node_id, "address": running.address,
-                                           "metrics_port": running.metrics_port, "specialty": specialty})
+    info = {"role": "facility", "node_id": node_id, "address": running.address,
+            "metrics_port": metrics_port, "specialty": specialty}
+    write_ready_file(settings.ready_file, info)
+    return StartedFacility(node_id, facility, running, channels, info)
+
+
+async def run(settings: Settings) -> None:
+    started = await start(settings)
     try:
-        await serve_until_stopped(running, "facility")
+        await serve_until_stopped(started.running, "facility")
     finally:
-        await channels.close()
+        await started.channels.close()

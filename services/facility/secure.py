@@ -24,7 +24,7 @@ from hfl.crypto.signing import SigningKey
 from hfl.domain import TrainingPlan
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotFound, NotReady, StaleRound
 from hfl.proto.v1 import facility_pb2
-from hfl.rpc import serde
+from hfl.rpc import authz, serde
 from hfl.rpc.metrics import ROUND
 from hfl.rpc.node import load_identity
 from hfl.secagg import (
@@ -64,6 +64,7 @@ class Session:
     drop_stage: int | None  # demo drop-outs: stop answering from this stage on
     drop_rate: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    fog_id: str = ""  # the bucket's fog: the only caller accepted for later stages (with mTLS)
 
 
 class SecureAggregation:
@@ -104,6 +105,7 @@ class SecureAggregation:
                 f"no secure aggregation is running here for {self._where(key)} (never started, "
                 "already finished, or this facility stopped taking part)"
             )
+        authz.require_caller_is(sess.fog_id, "secure aggregation for this bucket")
         if sess.drop_stage is not None and stage >= sess.drop_stage:
             self._drop(sess, stage)
         return sess
@@ -170,6 +172,7 @@ class SecureAggregation:
             raise NotAllowed(
                 f"this facility is not a member of bucket {bucket.bucket_id} in round {config.round}"
             )
+        authz.require_caller_is(bucket.fog_id, "secure aggregation for this bucket")  # the bucket's fog only
         _spec, params, model = fac._model(request.model)
         plan = serde.plan_from_proto(request.plan)
         admission = await fac.privacy.admit(config, plan)  # DP budget: declining = dropping out (privacy.py)
@@ -205,7 +208,7 @@ class SecureAggregation:
         task = asyncio.create_task(asyncio.to_thread(fac.local_update, model, params, plan, fac._rng(config),
                                                      admission))
         task.add_done_callback(_consume)
-        sess = Session(key, member, task, plan.clip_update, drop_stage, plan.drop_rate)
+        sess = Session(key, member, task, plan.clip_update, drop_stage, plan.drop_rate, fog_id=bucket.fog_id)
         self._sessions[key] = sess
         if drop_stage == 1:
             self._drop(sess, 1)

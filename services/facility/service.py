@@ -16,13 +16,16 @@ from hfl.errors import ConfigError, InvalidInput, NotAllowed, NotReady, StaleRou
 from hfl.learning.data import Dataset, FacilityData
 from hfl.learning.models import evaluate, make_model
 from hfl.learning.train import TrainConfig, clip_update, train_local
+from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2, fog_pb2_grpc
 from hfl.robust.attacks import apply_attack, flip_labels
-from hfl.rpc import serde
+from hfl.rpc import authz, serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.metrics import ROUND
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
+from services.facility.privacy import Admission, PrivacyGate, dp_plan_of
+from services.facility.secure import SecureAggregation
 
 log = logging.getLogger("hfl.facility")
 
@@ -48,6 +51,8 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         self.authority_key = b""
         self.last_round = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.secure = SecureAggregation(self)
+        self.privacy = PrivacyGate(self)  # differential privacy budget and accounting (privacy.py)
 
     def ready(self, data: FacilityData, authority_key: bytes) -> None:
         """Called once registered and the data are loaded; until then RPCs answer UNAVAILABLE."""
@@ -94,12 +99,14 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
             raise InvalidInput(f"bucket {request.bucket_id!r} is not part of round {config.round}") from None
         if self.node_id not in bucket.members:
             raise NotAllowed(f"this facility is not a member of bucket {bucket.bucket_id} in round {config.round}")
+        authz.require_caller_is(bucket.fog_id, "StartRound for this bucket")  # only the bucket's own fog
         _spec, params, model = self._model(request.model)
         plan = serde.plan_from_proto(request.plan)
+        admission = await self.privacy.admit(config, plan)  # declines (NotAllowed) when out of budget
         self.last_round = config.round
         ROUND.set(config.round)
         task = asyncio.create_task(self._train_and_submit(config, bucket, config.node(bucket.fog_id), model,
-                                                          params, plan))
+                                                          params, plan, admission))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return facility_pb2.StartRoundResponse()
@@ -111,6 +118,27 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         result = await asyncio.to_thread(evaluate, model, params, self.data.test)
         return facility_pb2.EvaluateModelResponse(
             metrics=serde.metrics_to_proto(Metrics(result.correct, result.total, result.loss_sum)))
+
+    # ------------------------------------------------------------------ secure aggregation (secure.py)
+    async def SecAggAdvertise(
+        self, request: facility_pb2.SecAggAdvertiseRequest, context: grpc.aio.ServicerContext
+    ) -> facility_pb2.SecAggAdvertiseResponse:
+        return await self.secure.advertise(request)
+
+    async def SecAggShareKeys(
+        self, request: facility_pb2.SecAggShareKeysRequest, context: grpc.aio.ServicerContext
+    ) -> facility_pb2.SecAggShareKeysResponse:
+        return await self.secure.share_keys(request)
+
+    async def SecAggMaskedInput(
+        self, request: facility_pb2.SecAggMaskedInputRequest, context: grpc.aio.ServicerContext
+    ) -> facility_pb2.SecAggMaskedInputResponse:
+        return await self.secure.masked_input(request)
+
+    async def SecAggUnmask(
+        self, request: facility_pb2.SecAggUnmaskRequest, context: grpc.aio.ServicerContext
+    ) -> facility_pb2.SecAggUnmaskResponse:
+        return await self.secure.unmask(request)
 
     # ------------------------------------------------------------------ local work
     def _rng(self, config: RoundConfig) -> np.random.Generator:
@@ -124,9 +152,12 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         new = train_local(model, params, data, cfg, rng)
         return clip_update(new - params, plan.clip_update)
 
-    def local_update(self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator
-                     ) -> np.ndarray:
-        delta = self.honest_update(model, params, plan, rng, self.train_set)
+    def local_update(self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator,
+                     admission: Admission | None = None) -> np.ndarray:
+        if admission is not None or dp_plan_of(plan.extra) is not None:
+            delta = self.privacy.private_update(model, params, plan, admission, self.train_set)
+        else:
+            delta = self.honest_update(model, params, plan, rng, self.train_set)
         attack = self.settings.byzantine
         if attack in ("none", "label_flip"):
             return delta
@@ -153,17 +184,18 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
 
     async def _train_and_submit(
         self, config: RoundConfig, bucket: Bucket, fog: NodeInfo, model: Any, params: np.ndarray,
-        plan: TrainingPlan,
+        plan: TrainingPlan, admission: Admission | None = None,
     ) -> None:
         if plan.drop_rate > 0 and secrets.randbelow(1_000_000) < plan.drop_rate * 1_000_000:
             log.info("round %d: dropping out on purpose (drop rate %.2f)", config.round, plan.drop_rate)
             return
         try:
-            delta = await asyncio.to_thread(self.local_update, model, params, plan, self._rng(config))
+            delta = await asyncio.to_thread(self.local_update, model, params, plan, self._rng(config), admission)
+            await self.privacy.flush(config.round, config.attempt)  # the authority hears of the spend first
             stub = fog_pb2_grpc.FogServiceStub(self.channels.get(fog.address))
             await call(stub.SubmitUpdate, fog_pb2.SubmitUpdateRequest(
                 round=config.round, attempt=config.attempt, bucket_id=bucket.bucket_id, node_id=self.node_id,
-                update=serde.vector_to_proto(delta), num_samples=self.data.train.n),
+                update=serde.vector_to_proto(delta, pb.D_TYPE_FLOAT32), num_samples=self.data.train.n),
                 peer="fog", timeout=plan.timeout_s)
             log.info("round %d: sent update to %s (bucket %s)", config.round, fog.node_id, bucket.bucket_id)
         except grpc.aio.AioRpcError as e:

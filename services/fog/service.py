@@ -18,6 +18,7 @@ from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import REFUSED, ROUND
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
+from services.fog.rounds import PhaseMarks, bucket_requests, run_secure_bucket_timed
 
 log = logging.getLogger("hfl.fog")
 
@@ -29,7 +30,27 @@ class PlainBucket:
     bucket: Bucket
     dim: int
     updates: dict[str, np.ndarray] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
+    # Members that said no at StartRound (e.g. out of privacy budget): nothing to wait for, no evidence.
+    declined: set[str] = field(default_factory=set)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _all_heard(self) -> bool:
+        return len(self.updates) + len(self.refused | self.declined) >= len(self.bucket.members)
+
+    def decline(self, node_id: str) -> None:
+        """A member refused to start this round: do not wait for its update."""
+        if node_id in self.bucket.members and node_id not in self.updates:
+            self.declined.add(node_id)
+            if self._all_heard():
+                self.complete.set()
+
+    def refuse(self, node_id: str) -> None:
+        """A member sent a malformed update: it counts as missing, and as evidence against it."""
+        if node_id in self.bucket.members and node_id not in self.updates:
+            self.refused.add(node_id)
+            if self._all_heard():
+                self.complete.set()
 
     def add(self, node_id: str, update: np.ndarray) -> None:
         if node_id not in self.bucket.members:
@@ -37,19 +58,22 @@ class PlainBucket:
         if node_id in self.updates:
             raise AlreadyDone(f"{node_id} already sent its update for bucket {self.bucket.bucket_id}")
         self.updates[node_id] = update
-        if len(self.updates) == len(self.bucket.members):
+        self.refused.discard(node_id)
+        if self._all_heard():
             self.complete.set()
 
     def result(self) -> BucketResult:
         members = tuple(m for m in self.bucket.members if m in self.updates)
         dropped = tuple(m for m in self.bucket.members if m not in self.updates)
+        refused = tuple(sorted(self.refused))
         if not members:
             return BucketResult(self.bucket.bucket_id, self.bucket.fog_id, np.zeros(0), 0, (), dropped,
-                                abandoned=True, reason="no member sent an update")
+                                abandoned=True, reason="no member sent an update", refused=refused)
         total = np.zeros(self.dim)
         for m in members:
             total += self.updates[m]
-        return BucketResult(self.bucket.bucket_id, self.bucket.fog_id, total, len(members), members, dropped)
+        return BucketResult(self.bucket.bucket_id, self.bucket.fog_id, total, len(members), members, dropped,
+                            refused=refused)
 
 
 class Fog(fog_pb2_grpc.FogServiceServicer):
@@ -62,6 +86,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         self.open: dict[str, PlainBucket] = {}
         self.received_bytes = 0
         self.dim = 0
+        self.marks = PhaseMarks()
 
     def ready(self, authority_key: bytes) -> None:
         self.authority_key = authority_key
@@ -89,34 +114,50 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         counter = ByteCount()
         self.received_bytes = 0
         self.open = {b.bucket_id: PlainBucket(b, params.size) for b in mine}
-        results = await asyncio.gather(*(self._run_plain_bucket(config, b, request, plan, counter) for b in mine))
+        # Each bucket's facilities get the authority's signed view of their bucket only (rounds.py).
+        requests = bucket_requests(config, request, mine, self.authority_key)
+        self.marks = marks = PhaseMarks()
+        if plan.secure:  # masked updates, stage by stage (services/fog/secure.py)
+            results = await asyncio.gather(*(run_secure_bucket_timed(
+                config, b, requests[b.bucket_id], plan, self.channels, counter, params.size, marks)
+                for b in mine))
+        else:
+            results = await asyncio.gather(*(
+                self._run_plain_bucket(config, b, requests[b.bucket_id], plan, counter) for b in mine))
         self.open = {}
         return fog_pb2.RunRoundResponse(
             buckets=[serde.bucket_result_to_proto(r) for r in results],
-            bytes_to_facilities=counter.sent, bytes_from_facilities=counter.received + self.received_bytes)
+            bytes_to_facilities=counter.sent, bytes_from_facilities=counter.received + self.received_bytes,
+            phases_json=marks.to_json())
 
     async def _run_plain_bucket(
         self, config: RoundConfig, bucket: Bucket, request: fog_pb2.RunRoundRequest, plan: TrainingPlan,
         counter: ByteCount,
     ) -> BucketResult:
         collector = self.open[bucket.bucket_id]
+        # One message for the whole bucket (the model is not copied once per member).
+        start_request = facility_pb2.StartRoundRequest(
+            config=request.config, model=request.model, plan=request.plan, bucket_id=bucket.bucket_id)
 
         async def start(member: str) -> None:
             node = config.node(member)
             stub = facility_pb2_grpc.FacilityServiceStub(self.channels.get(node.address))
             try:
-                await call(stub.StartRound, facility_pb2.StartRoundRequest(
-                    config=request.config, model=request.model, plan=request.plan, bucket_id=bucket.bucket_id),
-                    peer="facility", timeout=min(30.0, plan.timeout_s), counter=counter)
+                await call(stub.StartRound, start_request,
+                           peer="facility", timeout=min(30.0, plan.timeout_s), counter=counter)
             except grpc.aio.AioRpcError as e:
                 log.warning("round %d: facility %s did not start: %s", config.round, member,
                             describe_rpc_error(e))
+                if e.code() == grpc.StatusCode.PERMISSION_DENIED:  # it declined (e.g. privacy budget)
+                    collector.decline(member)
 
         await asyncio.gather(*(start(m) for m in bucket.members))
+        self.marks.mark("distributed")
         try:
             await asyncio.wait_for(collector.complete.wait(), timeout=plan.timeout_s)
         except TimeoutError:
             pass
+        self.marks.mark("collected")
         result = collector.result()
         if result.dropped:
             log.info("round %d bucket %s: %d of %d members missing (%s)", config.round, bucket.bucket_id,
@@ -128,7 +169,14 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         self, request: fog_pb2.SubmitUpdateRequest, context: grpc.aio.ServicerContext
     ) -> fog_pb2.SubmitUpdateResponse:
         try:
-            update = serde.vector_from_proto(request.update, expected_length=self.dim or None, what="update")
+            try:
+                update = serde.vector_from_proto(request.update, expected_length=self.dim or None, dtype=None,
+                                                 what="update")  # float32 (or float64)
+            except InvalidInput:
+                bucket = self.open.get(request.bucket_id)
+                if bucket is not None and (request.round, request.attempt) == self.current:
+                    bucket.refuse(request.node_id)
+                raise
             if (request.round, request.attempt) != self.current or request.bucket_id not in self.open:
                 raise StaleRound(f"no open bucket {request.bucket_id!r} for round {request.round} here "
                                  f"(current round: {self.current[0]})")

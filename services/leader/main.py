@@ -16,6 +16,7 @@ from hfl.rpc.metrics import ROUND, UP
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server, write_ready_file
 from hfl.rpc.settings import Settings
+from services.leader.privacy import dp_extra
 from services.leader.service import Leader
 
 log = logging.getLogger("hfl.leader")
@@ -30,6 +31,7 @@ def training_plan(settings: Settings) -> TrainingPlan:
         secure=settings.secagg,
         timeout_s=settings.round_timeout,
         drop_rate=settings.drop_rate,
+        extra=dp_extra(settings),  # differential privacy plan, calibrated here (privacy.py)
     )
 
 
@@ -67,7 +69,7 @@ async def run(settings: Settings) -> None:
     await running.set_serving()
     UP.labels(role="leader").set(1)
     write_ready_file(settings.ready_file, {"role": "leader", "node_id": node_id, "address": running.address,
-                                           "metrics_port": running.metrics_port})
+                                           "metrics_port": running.metrics_port, **leader.plan.extra})
     stop = asyncio.Event()
     loop_task = asyncio.create_task(leader.run(stop))
     try:

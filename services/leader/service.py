@@ -7,6 +7,8 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
 
 import grpc
 import numpy as np
@@ -24,7 +26,8 @@ from hfl.proto.v1 import (
     validator_pb2,
     validator_pb2_grpc,
 )
-from hfl.robust.rules import aggregate
+from hfl.proto.v1 import common_pb2 as pb
+from hfl.robust.rules import aggregate, default_f
 from hfl.rpc import serde
 from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import (
@@ -39,6 +42,7 @@ from hfl.rpc.metrics import (
 )
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
+from services.leader.rounds import RoundClock, fog_request
 
 log = logging.getLogger("hfl.leader")
 
@@ -62,11 +66,16 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.state = "starting"
         self.finished = False
         self.last_metrics = Metrics()
+        self.bucket_configs: list[pb.RoundConfig] = []
+        self.clock = RoundClock()
+        self.epsilon_spent = float("nan")  # largest privacy loss of any facility, from the authority
+        self.refused: set[str] = set()
 
-    @property
-    def rule_params(self) -> dict[str, object]:
-        """Recorded in every block: f, the norm bound, and any rule-specific parameters."""
-        return {"f": self.settings.f, "clip_update": self.plan.clip_update}
+    def rule_params(self, n_buckets: int) -> dict[str, object]:
+        """Recorded in every block: f (HFL_F, or the most the rule tolerates when HFL_F=-1) and the norm
+        bound, so validators and auditors re-run exactly the same aggregation."""
+        f = self.settings.f if self.settings.f >= 0 else default_f(n_buckets, self.settings.rule)
+        return {"f": f, "clip_update": self.plan.clip_update}
 
     def authority(self) -> authority_pb2_grpc.AuthorityServiceStub:
         return authority_pb2_grpc.AuthorityServiceStub(self.channels.get(self.settings.authority))
@@ -83,8 +92,10 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                     break
                 round_ = head.header.round + 1
                 try:
-                    resp = await call(self.authority().GetRoundConfig, authority_pb2.GetRoundConfigRequest(
-                        round=round_, attempt=attempt, ledger_head=head.hash), peer="authority", timeout=30)
+                    t_config = time.monotonic()
+                    config_request = authority_pb2.GetRoundConfigRequest(
+                        round=round_, attempt=attempt, ledger_head=head.hash)
+                    resp = await call(self.authority().GetRoundConfig, config_request, peer="authority", timeout=30)
                 except grpc.aio.AioRpcError as e:
                     self.state = f"waiting: {e.details()}"
                     log.info("round %d: not ready yet (%s)", round_, e.details())
@@ -92,6 +103,9 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                     continue
                 config = serde.config_from_proto(resp.config)
                 config.verify(self.authority_key)
+                self.bucket_configs = list(resp.bucket_configs)  # forwarded to the fogs (rounds.py)
+                self.clock = RoundClock(config_s=time.monotonic() - t_config, config_bytes_in=resp.ByteSize(),
+                                        config_bytes_out=config_request.ByteSize())
                 self.state = f"running round {round_}"
                 try:
                     event = await self.run_round(config, head)
@@ -117,7 +131,10 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
     async def run_round(self, config: RoundConfig, head: Block) -> RoundEvent:
         t0 = time.monotonic()
         round_ = config.round
-        counter = ByteCount()
+        counter = ByteCount()  # the leader's own traffic
+        fac = ByteCount()  # fog <-> facility traffic, as the fogs report it
+        clock = self.clock = replace(self.clock, phases={})
+        clock.lap("prepare")
         model_msg = serde.model_to_proto(self.spec, self.model, round_)
         request = fog_pb2.RunRoundRequest(config=serde.config_to_proto(config), model=model_msg,
                                           plan=serde.plan_to_proto(self.plan))
@@ -129,13 +146,15 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         async def run_fog(fog_id: str) -> list[BucketResult]:
             node = config.node(fog_id)
             stub = fog_pb2_grpc.FogServiceStub(self.channels.get(node.address))
+            started = time.monotonic()
             try:
-                resp = await call(stub.RunRound, request, peer="fog", timeout=self.plan.timeout_s + 60,
-                                  counter=counter)
+                resp = await call(stub.RunRound, fog_request(request, self.bucket_configs, fog_id), peer="fog",
+                                  timeout=self.plan.timeout_s + 60, counter=counter)
             except grpc.aio.AioRpcError as e:
                 log.warning("round %d: fog %s failed: %s", round_, fog_id, describe_rpc_error(e))
                 return []
-            counter.add("facility", int(resp.bytes_from_facilities), int(resp.bytes_to_facilities))
+            fac.add("facility", int(resp.bytes_to_facilities), int(resp.bytes_from_facilities))
+            clock.fog_answered(fog_id, started, resp.phases_json, int(resp.bytes_from_facilities))
             out = []
             for b in resp.buckets:
                 try:
@@ -152,29 +171,35 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
 
         results = sorted((r for rs in await asyncio.gather(*(run_fog(f) for f in fog_ids)) for r in rs),
                          key=lambda r: r.bucket_id)
+        clock.fogs_done()
         used = [r for r in results if not r.abandoned and r.count > 0]
         dropouts = sum(len(r.dropped) for r in results)
+        self.refused = {m for r in results for m in r.refused}
         SECAGG_DROPOUTS.inc(dropouts)
-        base = dict(round=round_, participants=sum(r.count for r in used), dropouts=dropouts,
+        base: dict[str, Any] = dict(round=round_, participants=sum(r.count for r in used), dropouts=dropouts,
                     abandoned_buckets=sum(1 for r in results if r.abandoned),
                     committee=tuple(m.node_id for m in config.committee))
         if not used:
-            return self._finish(t0, counter, RoundEvent(committed=False, detail="no bucket sums arrived", **base))
+            return self._finish(t0, counter, RoundEvent(committed=False, detail="no bucket sums arrived", **base),
+                                fac)
 
         sums = np.stack([r.total for r in used])
         counts = [r.count for r in used]
         extra = {"buckets": [r.bucket_id for r in used], "fogs": [r.fog_id for r in used],
-                 "members": [list(r.members) for r in used]}
+                 "members": [list(r.members) for r in used], "committee_draw": config.committee_draw}
+        rule_params = self.rule_params(len(used))
         header, new_model = next_header(
-            head, self.model, sums, counts, rule=self.settings.rule, rule_params=self.rule_params,
+            head, self.model, sums, counts, rule=self.settings.rule, rule_params=rule_params,
             committee=[CommitteeMember(m.node_id, m.sign_public_key) for m in config.committee],
             config_hash=config.hash(), quorum=config.quorum, extra=extra)
-        kinds = aggregate(self.settings.rule, sums, np.asarray(counts), f=self.settings.f,
+        kinds = aggregate(self.settings.rule, sums, np.asarray(counts), f=int(rule_params["f"]),  # type: ignore[call-overload]
                           clip_update=self.plan.clip_update).flag_kinds
         flags = {used[i].bucket_id: kind for i, kind in kinds.items()}
         flagged = tuple(sorted(flags))
         FLAGGED_BUCKETS.inc(len(flagged))
+        clock.lap("robust_aggregation")
         votes = await self.collect_votes(config, head, used, header.hash(), extra, counter)
+        clock.lap("committee")
         accepts = sum(1 for v in votes if v.accept)
         base.update(accepts=accepts, rejects=len(votes) - accepts, flagged_buckets=flagged)
         try:
@@ -186,27 +211,33 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             COMMITS.labels(outcome="rejected").inc()
             quarantined = await self.report(config, None, flags, votes)
             return self._finish(t0, counter, RoundEvent(committed=False, detail=detail, quarantined=quarantined,
-                                                        **base))
+                                                        **base), fac)
         block = Block(header, qc)
         await asyncio.to_thread(self.store.append, block, new_model, sums)
+        clock.lap("commit")
         self.model = new_model
         ROUND.set(round_)
         COMMITS.labels(outcome="committed").inc()
         metrics = await self.evaluate(config, counter)
+        clock.lap("evaluate")
         self.last_metrics = metrics
         MODEL_ACCURACY.set(metrics.accuracy)
         MODEL_LOSS.set(metrics.loss)
         quarantined = await self.report(config, block, flags, votes)
         return self._finish(t0, counter, RoundEvent(committed=True, accuracy=metrics.accuracy, loss=metrics.loss,
                                                     block_hash=block.hash, detail="committed",
-                                                    quarantined=quarantined, **base))
+                                                    quarantined=quarantined, **base), fac)
 
-    def _finish(self, t0: float, counter: ByteCount, event: RoundEvent) -> RoundEvent:
-        from dataclasses import replace
-
+    def _finish(self, t0: float, counter: ByteCount, event: RoundEvent, fac: ByteCount | None = None
+                ) -> RoundEvent:
+        self.clock.lap("report")
+        fac = fac or ByteCount()
         duration = time.monotonic() - t0
         ROUND_DURATION.observe(duration)
-        return replace(event, duration_s=duration, bytes_sent=counter.sent + counter.received)
+        return replace(event, duration_s=duration,
+                       bytes_sent=counter.sent + counter.received + fac.sent + fac.received,
+                       extra={**event.extra, **self.clock.summary(counter, fac)},
+                       epsilon=self.epsilon_spent)
 
     async def collect_votes(
         self, config: RoundConfig, head: Block, used: list[BucketResult], block_hash: bytes,
@@ -215,7 +246,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         request = validator_pb2.VoteRequest(
             config=serde.config_to_proto(config), base_model=serde.model_to_proto(self.spec, self.model, head.round),
             buckets=[serde.bucket_result_to_proto(r) for r in used], rule=self.settings.rule,
-            rule_params_json=json.dumps(self.rule_params, sort_keys=True), prev_block_json=json.dumps(head.to_dict()),
+            rule_params_json=json.dumps(self.rule_params(len(used)), sort_keys=True), prev_block_json=json.dumps(head.to_dict()),
             extra_json=json.dumps(extra, sort_keys=True), block_hash=block_hash)
 
         async def ask(address: str, node_id: str) -> Vote | None:
@@ -266,12 +297,15 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         """Tell the authority which buckets were flagged and who voted how; returns the quarantine list."""
         by_voter: dict[str, bool | None] = {m.node_id: None for m in config.committee}
         by_voter.update({v.validator_id: v.accept for v in votes if v.validator_id in by_voter})
-        report = {"flags": flags, "votes": by_voter, "committee": [m.node_id for m in config.committee]}
+        report = {"flags": flags, "votes": by_voter, "committee": [m.node_id for m in config.committee],
+                  "refused": sorted(self.refused)}
         try:
             resp = await call(self.authority().ReportRound, authority_pb2.ReportRoundRequest(
                 round=config.round, attempt=config.attempt, committed=block is not None,
                 block_hash=block.hash if block else b"", flagged_buckets=sorted(flags),
                 report_json=json.dumps(report, sort_keys=True)), peer="authority", timeout=30)
+            if resp.has_privacy_spend:
+                self.epsilon_spent = float(resp.max_epsilon_spent)
             return tuple(resp.quarantined)
         except grpc.aio.AioRpcError as e:
             log.warning("could not report round %d to the authority: %s", config.round, describe_rpc_error(e))

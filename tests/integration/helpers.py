@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
+from hfl.crypto import x509
 from hfl.demo import Federation, Proc
 from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
+from hfl.rpc.pki import NodeTls, sync_channel
 
 
 def start_federation(
@@ -50,11 +53,37 @@ def start_leader(fed: Federation, rounds: int, env: dict[str, str] | None = None
     leader = fed.start("leader", "leader", {"HFL_ROUNDS": str(rounds), "HFL_ROUND_TIMEOUT": "20",
                                             "HFL_VOTE_TIMEOUT": "10", **(env or {})})
     fed.wait_ready([leader], label="leader")
+    _OPERATOR[leader.info["address"]] = fed.operator()
     return leader
 
 
+# Operator credentials of the federations started here, by leader address (mTLS is on by default).
+_OPERATOR: dict[str, NodeTls | None] = {}
+
+
+def client_tls(out: Path, role: str, node_id: str, *, hours: float = 1.0, now: dt.datetime | None = None,
+               ca_dir: Path | None = None) -> NodeTls:
+    """Client credentials for any role, signed with the federation's CA key (tests act as any node)."""
+    ca_dir = ca_dir or out / "state" / "authority" / "ca"
+    ca_key = x509.key_from_pem((ca_dir / "ca.key").read_bytes())
+    ca_cert = x509.cert_from_pem((ca_dir / "ca.pem").read_bytes())
+    key = x509.new_key()
+    cert = x509.issue(ca_key, ca_cert, x509.make_csr(key, node_id, role, []), role=role, node_id=node_id,
+                      now=now, hours=hours)
+    tls = NodeTls.__new__(NodeTls)  # skip the validity check: tests also make expired certificates
+    tls.role, tls.node_id, tls.dir, tls.ca_pem = role, node_id, None, x509.cert_to_pem(ca_cert)
+    tls.ca_cert, tls.revoked, tls.generation, tls._served = ca_cert, set(), 1, -1
+    tls.key_pem, tls.cert_pem, tls.cert = x509.key_to_pem(key), x509.cert_to_pem(cert), cert
+    tls._channel_creds = None
+    return tls
+
+
+def operator_channel(fed: Federation, address: str) -> grpc.Channel:
+    return sync_channel(address, fed.operator())
+
+
 def leader_status(address: str) -> leader_pb2.GetStatusResponse:
-    with grpc.insecure_channel(address) as ch:
+    with sync_channel(address, _OPERATOR.get(address)) as ch:
         return leader_pb2_grpc.LeaderServiceStub(ch).GetStatus(leader_pb2.GetStatusRequest(), timeout=10)
 
 

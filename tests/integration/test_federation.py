@@ -16,7 +16,8 @@ from hfl.demo import Federation, Proc
 from hfl.ledger import LedgerStore, verify_ledger
 from hfl.proto.v1 import common_pb2, fog_pb2, fog_pb2_grpc
 from hfl.rpc import serde
-from tests.integration.helpers import start_federation, start_leader, wait_for_round
+from hfl.rpc.pki import sync_channel
+from tests.integration.helpers import client_tls, start_federation, start_leader, wait_for_round
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +43,8 @@ def test_rounds_commit_and_ledger_verifies(federation: tuple[Federation, dict[st
         assert sum(block.header.bucket_counts) >= 3
 
 
-def _submit(address: str, **fields: object) -> grpc.RpcError:
-    with grpc.insecure_channel(address) as ch:
+def _submit(address: str, out: Path, **fields: object) -> grpc.RpcError:
+    with sync_channel(address, client_tls(out, "facility", str(fields["node_id"]))) as ch:
         stub = fog_pb2_grpc.FogServiceStub(ch)
         with pytest.raises(grpc.RpcError) as info:
             stub.SubmitUpdate(fog_pb2.SubmitUpdateRequest(**fields), timeout=10)  # type: ignore[arg-type]
@@ -58,16 +59,16 @@ def test_fog_refuses_bad_updates(federation: tuple[Federation, dict[str, Proc], 
     fog = procs[fog_id].info["address"]
     dim = 13  # logistic regression on 12 synthetic features + bias
     nan = serde.vector_to_proto(np.full(dim, np.nan))
-    err = _submit(fog, round=1, bucket_id="b0", node_id="facility-01", update=nan)
+    err = _submit(fog, out, round=1, bucket_id="b0", node_id="facility-01", update=nan)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in err.details()
     short = serde.vector_to_proto(np.zeros(dim - 1))
-    err = _submit(fog, round=1, bucket_id="b0", node_id="facility-01", update=short)
+    err = _submit(fog, out, round=1, bucket_id="b0", node_id="facility-01", update=short)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "values" in err.details()
     lying = common_pb2.Vector(dtype=common_pb2.D_TYPE_FLOAT64, length=dim, data=b"\x00" * 8)
-    err = _submit(fog, round=1, bucket_id="b0", node_id="facility-01", update=lying)
+    err = _submit(fog, out, round=1, bucket_id="b0", node_id="facility-01", update=lying)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     stale = serde.vector_to_proto(np.zeros(dim))
-    err = _submit(fog, round=1, bucket_id="b0", node_id="facility-01", update=stale)
+    err = _submit(fog, out, round=1, bucket_id="b0", node_id="facility-01", update=stale)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "round" in err.details()
 
 

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from hfl.proto.v1 import common_pb2 as hfl_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hfl/v1/authority.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"D\n\x0fRegisterRequest\x12\x1e\n\x04node\x18\x01 \x01(\x0b\x32\x10.hfl.v1.NodeInfo\x12\x11\n\tpow_nonce\x18\x02 \x01(\x04\"C\n\x10RegisterResponse\x12\x1c\n\x14\x61uthority_public_key\x18\x01 \x01(\x0c\x12\x11\n\tspecialty\x18\x02 \x01(\t\"L\n\x15GetRoundConfigRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0bledger_head\x18\x03 \x01(\x0c\"=\n\x16GetRoundConfigResponse\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\"\x89\x01\n\x12ReportRoundRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x12\n\nblock_hash\x18\x03 \x01(\x0c\x12\x17\n\x0f\x66lagged_buckets\x18\x04 \x03(\t\x12\x13\n\x0breport_json\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\"*\n\x13ReportRoundResponse\x12\x13\n\x0bquarantined\x18\x01 \x03(\t\"\x12\n\x10ListNodesRequest\"\x7f\n\x11ListNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.hfl.v1.NodeInfo\x12\x1c\n\x14\x61uthority_public_key\x18\x02 \x01(\x0c\x12\x13\n\x0bquarantined\x18\x03 \x03(\t\x12\x16\n\x0epow_difficulty\x18\x04 \x01(\r2\xac\x02\n\x10\x41uthorityService\x12=\n\x08Register\x12\x17.hfl.v1.RegisterRequest\x1a\x18.hfl.v1.RegisterResponse\x12O\n\x0eGetRoundConfig\x12\x1d.hfl.v1.GetRoundConfigRequest\x1a\x1e.hfl.v1.GetRoundConfigResponse\x12\x46\n\x0bReportRound\x12\x1a.hfl.v1.ReportRoundRequest\x1a\x1b.hfl.v1.ReportRoundResponse\x12@\n\tListNodes\x12\x18.hfl.v1.ListNodesRequest\x1a\x19.hfl.v1.ListNodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hfl/v1/authority.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"D\n\x0fRegisterRequest\x12\x1e\n\x04node\x18\x01 \x01(\x0b\x32\x10.hfl.v1.NodeInfo\x12\x11\n\tpow_nonce\x18\x02 \x01(\x04\"C\n\x10RegisterResponse\x12\x1c\n\x14\x61uthority_public_key\x18\x01 \x01(\x0c\x12\x11\n\tspecialty\x18\x02 \x01(\t\"L\n\x15GetRoundConfigRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0bledger_head\x18\x03 \x01(\x0c\"j\n\x16GetRoundConfigResponse\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12+\n\x0e\x62ucket_configs\x18\x02 \x03(\x0b\x32\x13.hfl.v1.RoundConfig\"\x89\x01\n\x12ReportRoundRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x12\n\nblock_hash\x18\x03 \x01(\x0c\x12\x17\n\x0f\x66lagged_buckets\x18\x04 \x03(\t\x12\x13\n\x0breport_json\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\"`\n\x13ReportRoundResponse\x12\x13\n\x0bquarantined\x18\x01 \x03(\t\x12\x19\n\x11max_epsilon_spent\x18\x02 \x01(\x01\x12\x19\n\x11has_privacy_spend\x18\x03 \x01(\x08\"\x12\n\x10ListNodesRequest\"\x7f\n\x11ListNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.hfl.v1.NodeInfo\x12\x1c\n\x14\x61uthority_public_key\x18\x02 \x01(\x0c\x12\x13\n\x0bquarantined\x18\x03 \x03(\t\x12\x16\n\x0epow_difficulty\x18\x04 \x01(\r\"N\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\x0c\"E\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"3\n\x18RenewCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"\x17\n\x15GetRevocationsRequest\")\n\x16GetRevocationsResponse\x12\x0f\n\x07\x63rl_pem\x18\x01 \x01(\x0c\"\xc2\x01\n\x0cPrivacySpend\x12\x13\n\x0b\x66\x61\x63ility_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x15\n\repsilon_total\x18\x05 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x06 \x01(\x01\x12\r\n\x05steps\x18\x07 \x01(\x04\x12\x11\n\texhausted\x18\x08 \x01(\x08\x12\x14\n\x0c\x64\x65tails_json\x18\t \x01(\t\x12\x11\n\tsignature\x18\n \x01(\x0c\"@\n\x19ReportPrivacySpendRequest\x12#\n\x05spend\x18\x01 \x01(\x0b\x32\x14.hfl.v1.PrivacySpend\"F\n\x1aReportPrivacySpendResponse\x12\x15\n\repsilon_spent\x18\x01 \x01(\x01\x12\x11\n\texhausted\x18\x02 \x01(\x08\"\x18\n\x16GetPrivacySpendRequest\"\xab\x01\n\x17GetPrivacySpendResponse\x12H\n\repsilon_spent\x18\x01 \x03(\x0b\x32\x31.hfl.v1.GetPrivacySpendResponse.EpsilonSpentEntry\x12\x11\n\texhausted\x18\x02 \x03(\t\x1a\x33\n\x11\x45psilonSpentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xbe\x05\n\x10\x41uthorityService\x12=\n\x08Register\x12\x17.hfl.v1.RegisterRequest\x1a\x18.hfl.v1.RegisterResponse\x12O\n\x0eGetRoundConfig\x12\x1d.hfl.v1.GetRoundConfigRequest\x1a\x1e.hfl.v1.GetRoundConfigResponse\x12\x46\n\x0bReportRound\x12\x1a.hfl.v1.ReportRoundRequest\x1a\x1b.hfl.v1.ReportRoundResponse\x12@\n\tListNodes\x12\x18.hfl.v1.ListNodesRequest\x1a\x19.hfl.v1.ListNodesResponse\x12[\n\x12ReportPrivacySpend\x12!.hfl.v1.ReportPrivacySpendRequest\x1a\".hfl.v1.ReportPrivacySpendResponse\x12R\n\x0fGetPrivacySpend\x12\x1e.hfl.v1.GetPrivacySpendRequest\x1a\x1f.hfl.v1.GetPrivacySpendResponse\x12\x37\n\x06\x45nroll\x12\x15.hfl.v1.EnrollRequest\x1a\x16.hfl.v1.EnrollResponse\x12U\n\x10RenewCertificate\x12\x1f.hfl.v1.RenewCertificateRequest\x1a .hfl.v1.RenewCertificateResponse\x12O\n\x0eGetRevocations\x12\x1d.hfl.v1.GetRevocationsRequest\x1a\x1e.hfl.v1.GetRevocationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hfl.proto.v1.authority_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_GETPRIVACYSPENDRESPONSE_EPSILONSPENTENTRY']._loaded_options = None
+  _globals['_GETPRIVACYSPENDRESPONSE_EPSILONSPENTENTRY']._serialized_options = b'8\001'
   _globals['_REGISTERREQUEST']._serialized_start=55
   _globals['_REGISTERREQUEST']._serialized_end=123
   _globals['_REGISTERRESPONSE']._serialized_start=125
@@ -39,15 +41,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETROUNDCONFIGREQUEST']._serialized_start=194
   _globals['_GETROUNDCONFIGREQUEST']._serialized_end=270
   _globals['_GETROUNDCONFIGRESPONSE']._serialized_start=272
-  _globals['_GETROUNDCONFIGRESPONSE']._serialized_end=333
-  _globals['_REPORTROUNDREQUEST']._serialized_start=336
-  _globals['_REPORTROUNDREQUEST']._serialized_end=473
-  _globals['_REPORTROUNDRESPONSE']._serialized_start=475
-  _globals['_REPORTROUNDRESPONSE']._serialized_end=517
-  _globals['_LISTNODESREQUEST']._serialized_start=519
-  _globals['_LISTNODESREQUEST']._serialized_end=537
-  _globals['_LISTNODESRESPONSE']._serialized_start=539
-  _globals['_LISTNODESRESPONSE']._serialized_end=666
-  _globals['_AUTHORITYSERVICE']._serialized_start=669
-  _globals['_AUTHORITYSERVICE']._serialized_end=969
+  _globals['_GETROUNDCONFIGRESPONSE']._serialized_end=378
+  _globals['_REPORTROUNDREQUEST']._serialized_start=381
+  _globals['_REPORTROUNDREQUEST']._serialized_end=518
+  _globals['_REPORTROUNDRESPONSE']._serialized_start=520
+  _globals['_REPORTROUNDRESPONSE']._serialized_end=616
+  _globals['_LISTNODESREQUEST']._serialized_start=618
+  _globals['_LISTNODESREQUEST']._serialized_end=636
+  _globals['_LISTNODESRESPONSE']._serialized_start=638
+  _globals['_LISTNODESRESPONSE']._serialized_end=765
+  _globals['_ENROLLREQUEST']._serialized_start=767
+  _globals['_ENROLLREQUEST']._serialized_end=845
+  _globals['_ENROLLRESPONSE']._serialized_start=847
+  _globals['_ENROLLRESPONSE']._serialized_end=916
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=918
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=960
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=962
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=1013
+  _globals['_GETREVOCATIONSREQUEST']._serialized_start=1015
+  _globals['_GETREVOCATIONSREQUEST']._serialized_end=1038
+  _globals['_GETREVOCATIONSRESPONSE']._serialized_start=1040
+  _globals['_GETREVOCATIONSRESPONSE']._serialized_end=1081
+  _globals['_PRIVACYSPEND']._serialized_start=1084
+  _globals['_PRIVACYSPEND']._serialized_end=1278
+  _globals['_REPORTPRIVACYSPENDREQUEST']._serialized_start=1280
+  _globals['_REPORTPRIVACYSPENDREQUEST']._serialized_end=1344
+  _globals['_REPORTPRIVACYSPENDRESPONSE']._serialized_start=1346
+  _globals['_REPORTPRIVACYSPENDRESPONSE']._serialized_end=1416
+  _globals['_GETPRIVACYSPENDREQUEST']._serialized_start=1418
+  _globals['_GETPRIVACYSPENDREQUEST']._serialized_end=1442
+  _globals['_GETPRIVACYSPENDRESPONSE']._serialized_start=1445
+  _globals['_GETPRIVACYSPENDRESPONSE']._serialized_end=1616
+  _globals['_GETPRIVACYSPENDRESPONSE_EPSILONSPENTENTRY']._serialized_start=1565
+  _globals['_GETPRIVACYSPENDRESPONSE_EPSILONSPENTENTRY']._serialized_end=1616
+  _globals['_AUTHORITYSERVICE']._serialized_start=1619
+  _globals['_AUTHORITYSERVICE']._serialized_end=2321
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,31 @@ class AuthorityServiceStub:
                 request_serializer=hfl_dot_v1_dot_authority__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=hfl_dot_v1_dot_authority__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.ReportPrivacySpend = channel.unary_unary(
+                '/hfl.v1.AuthorityService/ReportPrivacySpend',
+                request_serializer=hfl_dot_v1_dot_authority__pb2.ReportPrivacySpendRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_authority__pb2.ReportPrivacySpendResponse.FromString,
+                _registered_method=True)
+        self.GetPrivacySpend = channel.unary_unary(
+                '/hfl.v1.AuthorityService/GetPrivacySpend',
+                request_serializer=hfl_dot_v1_dot_authority__pb2.GetPrivacySpendRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_authority__pb2.GetPrivacySpendResponse.FromString,
+                _registered_method=True)
+        self.Enroll = channel.unary_unary(
+                '/hfl.v1.AuthorityService/Enroll',
+                request_serializer=hfl_dot_v1_dot_authority__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_authority__pb2.EnrollResponse.FromString,
+                _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/hfl.v1.AuthorityService/RenewCertificate',
+                request_serializer=hfl_dot_v1_dot_authority__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_authority__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
+        self.GetRevocations = channel.unary_unary(
+                '/hfl.v1.AuthorityService/GetRevocations',
+                request_serializer=hfl_dot_v1_dot_authority__pb2.GetRevocationsRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_authority__pb2.GetRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorityServiceServicer:
@@ -85,6 +110,42 @@ class AuthorityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportPrivacySpend(self, request, context):
+        """Facility -> authority: a signed record of privacy spent (training or released statistics).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPrivacySpend(self, request, context):
+        """Anyone -> authority: privacy spent per facility and who is out of budget.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Enroll(self, request, context):
+        """Certificates (hfl/rpc/pki.py). Enroll is served only on the enrolment port (TLS without a client
+        certificate): a one-time enrolment token and a CSR -> a certificate naming the node's role and id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewCertificate(self, request, context):
+        """mTLS: a fresh certificate for the caller's own identity, before the current one expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRevocations(self, request, context):
+        """mTLS: the signed list of revoked certificates (quarantined facilities), fetched by every server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +168,31 @@ def add_AuthorityServiceServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=hfl_dot_v1_dot_authority__pb2.ListNodesRequest.FromString,
                     response_serializer=hfl_dot_v1_dot_authority__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'ReportPrivacySpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPrivacySpend,
+                    request_deserializer=hfl_dot_v1_dot_authority__pb2.ReportPrivacySpendRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_authority__pb2.ReportPrivacySpendResponse.SerializeToString,
+            ),
+            'GetPrivacySpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPrivacySpend,
+                    request_deserializer=hfl_dot_v1_dot_authority__pb2.GetPrivacySpendRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_authority__pb2.GetPrivacySpendResponse.SerializeToString,
+            ),
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=hfl_dot_v1_dot_authority__pb2.EnrollRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_authority__pb2.EnrollResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=hfl_dot_v1_dot_authority__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_authority__pb2.RenewCertificateResponse.SerializeToString,
+            ),
+            'GetRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRevocations,
+                    request_deserializer=hfl_dot_v1_dot_authority__pb2.GetRevocationsRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_authority__pb2.GetRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +304,141 @@ class AuthorityService:
             '/hfl.v1.AuthorityService/ListNodes',
             hfl_dot_v1_dot_authority__pb2.ListNodesRequest.SerializeToString,
             hfl_dot_v1_dot_authority__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPrivacySpend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.AuthorityService/ReportPrivacySpend',
+            hfl_dot_v1_dot_authority__pb2.ReportPrivacySpendRequest.SerializeToString,
+            hfl_dot_v1_dot_authority__pb2.ReportPrivacySpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPrivacySpend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.AuthorityService/GetPrivacySpend',
+            hfl_dot_v1_dot_authority__pb2.GetPrivacySpendRequest.SerializeToString,
+            hfl_dot_v1_dot_authority__pb2.GetPrivacySpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.AuthorityService/Enroll',
+            hfl_dot_v1_dot_authority__pb2.EnrollRequest.SerializeToString,
+            hfl_dot_v1_dot_authority__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.AuthorityService/RenewCertificate',
+            hfl_dot_v1_dot_authority__pb2.RenewCertificateRequest.SerializeToString,
+            hfl_dot_v1_dot_authority__pb2.RenewCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.AuthorityService/GetRevocations',
+            hfl_dot_v1_dot_authority__pb2.GetRevocationsRequest.SerializeToString,
+            hfl_dot_v1_dot_authority__pb2.GetRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,18 @@ class AuthorityServiceStub:
     GetRoundConfig: _grpc.UnaryUnaryMultiCallable[_authority_pb2.GetRoundConfigRequest, _authority_pb2.GetRoundConfigResponse]
     ReportRound: _grpc.UnaryUnaryMultiCallable[_authority_pb2.ReportRoundRequest, _authority_pb2.ReportRoundResponse]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_authority_pb2.ListNodesRequest, _authority_pb2.ListNodesResponse]
+    ReportPrivacySpend: _grpc.UnaryUnaryMultiCallable[_authority_pb2.ReportPrivacySpendRequest, _authority_pb2.ReportPrivacySpendResponse]
+    """Facility -> authority: a signed record of privacy spent (training or released statistics)."""
+    GetPrivacySpend: _grpc.UnaryUnaryMultiCallable[_authority_pb2.GetPrivacySpendRequest, _authority_pb2.GetPrivacySpendResponse]
+    """Anyone -> authority: privacy spent per facility and who is out of budget."""
+    Enroll: _grpc.UnaryUnaryMultiCallable[_authority_pb2.EnrollRequest, _authority_pb2.EnrollResponse]
+    """Certificates (hfl/rpc/pki.py). Enroll is served only on the enrolment port (TLS without a client
+    certificate): a one-time enrolment token and a CSR -> a certificate naming the node's role and id.
+    """
+    RenewCertificate: _grpc.UnaryUnaryMultiCallable[_authority_pb2.RenewCertificateRequest, _authority_pb2.RenewCertificateResponse]
+    """mTLS: a fresh certificate for the caller's own identity, before the current one expires."""
+    GetRevocations: _grpc.UnaryUnaryMultiCallable[_authority_pb2.GetRevocationsRequest, _authority_pb2.GetRevocationsResponse]
+    """mTLS: the signed list of revoked certificates (quarantined facilities), fetched by every server."""
 
 @_typing.type_check_only
 class AuthorityServiceAsyncStub(AuthorityServiceStub):
@@ -47,6 +59,18 @@ class AuthorityServiceAsyncStub(AuthorityServiceStub):
     GetRoundConfig: _aio.UnaryUnaryMultiCallable[_authority_pb2.GetRoundConfigRequest, _authority_pb2.GetRoundConfigResponse]  # type: ignore[assignment]
     ReportRound: _aio.UnaryUnaryMultiCallable[_authority_pb2.ReportRoundRequest, _authority_pb2.ReportRoundResponse]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_authority_pb2.ListNodesRequest, _authority_pb2.ListNodesResponse]  # type: ignore[assignment]
+    ReportPrivacySpend: _aio.UnaryUnaryMultiCallable[_authority_pb2.ReportPrivacySpendRequest, _authority_pb2.ReportPrivacySpendResponse]  # type: ignore[assignment]
+    """Facility -> authority: a signed record of privacy spent (training or released statistics)."""
+    GetPrivacySpend: _aio.UnaryUnaryMultiCallable[_authority_pb2.GetPrivacySpendRequest, _authority_pb2.GetPrivacySpendResponse]  # type: ignore[assignment]
+    """Anyone -> authority: privacy spent per facility and who is out of budget."""
+    Enroll: _aio.UnaryUnaryMultiCallable[_authority_pb2.EnrollRequest, _authority_pb2.EnrollResponse]  # type: ignore[assignment]
+    """Certificates (hfl/rpc/pki.py). Enroll is served only on the enrolment port (TLS without a client
+    certificate): a one-time enrolment token and a CSR -> a certificate naming the node's role and id.
+    """
+    RenewCertificate: _aio.UnaryUnaryMultiCallable[_authority_pb2.RenewCertificateRequest, _authority_pb2.RenewCertificateResponse]  # type: ignore[assignment]
+    """mTLS: a fresh certificate for the caller's own identity, before the current one expires."""
+    GetRevocations: _aio.UnaryUnaryMultiCallable[_authority_pb2.GetRevocationsRequest, _authority_pb2.GetRevocationsResponse]  # type: ignore[assignment]
+    """mTLS: the signed list of revoked certificates (quarantined facilities), fetched by every server."""
 
 class AuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
     """The trusted authority: identities, registration, round scheduling, reputation, privacy ledger."""
@@ -78,5 +102,47 @@ class AuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _authority_pb2.ListNodesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_authority_pb2.ListNodesResponse, _abc.Awaitable[_authority_pb2.ListNodesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReportPrivacySpend(
+        self,
+        request: _authority_pb2.ReportPrivacySpendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authority_pb2.ReportPrivacySpendResponse, _abc.Awaitable[_authority_pb2.ReportPrivacySpendResponse]]:
+        """Facility -> authority: a signed record of privacy spent (training or released statistics)."""
+
+    @_abc_1.abstractmethod
+    def GetPrivacySpend(
+        self,
+        request: _authority_pb2.GetPrivacySpendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authority_pb2.GetPrivacySpendResponse, _abc.Awaitable[_authority_pb2.GetPrivacySpendResponse]]:
+        """Anyone -> authority: privacy spent per facility and who is out of budget."""
+
+    @_abc_1.abstractmethod
+    def Enroll(
+        self,
+        request: _authority_pb2.EnrollRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authority_pb2.EnrollResponse, _abc.Awaitable[_authority_pb2.EnrollResponse]]:
+        """Certificates (hfl/rpc/pki.py). Enroll is served only on the enrolment port (TLS without a client
+        certificate): a one-time enrolment token and a CSR -> a certificate naming the node's role and id.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewCertificate(
+        self,
+        request: _authority_pb2.RenewCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authority_pb2.RenewCertificateResponse, _abc.Awaitable[_authority_pb2.RenewCertificateResponse]]:
+        """mTLS: a fresh certificate for the caller's own identity, before the current one expires."""
+
+    @_abc_1.abstractmethod
+    def GetRevocations(
+        self,
+        request: _authority_pb2.GetRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authority_pb2.GetRevocationsResponse, _abc.Awaitable[_authority_pb2.GetRevocationsResponse]]:
+        """mTLS: the signed list of revoked certificates (quarantined facilities), fetched by every server."""
 
 def add_AuthorityServiceServicer_to_server(servicer: AuthorityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -332,6 +332,7 @@ class BucketResult(_message.Message):
     DROPPED_FIELD_NUMBER: _builtins.int
     ABANDONED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     bucket_id: _builtins.str
     fog_id: _builtins.str
     count: _builtins.int
@@ -343,6 +344,10 @@ class BucketResult(_message.Message):
     def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def dropped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Members whose update the fog refused as malformed (non-finite, wrong size): direct evidence."""
+
     def __init__(
         self,
         *,
@@ -354,10 +359,11 @@ class BucketResult(_message.Message):
         dropped: _abc.Iterable[_builtins.str] | None = ...,
         abandoned: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        refused: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned", b"abandoned", "bucket_id", b"bucket_id", "count", b"count", "dropped", b"dropped", "fog_id", b"fog_id", "members", b"members", "reason", b"reason", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned", b"abandoned", "bucket_id", b"bucket_id", "count", b"count", "dropped", b"dropped", "fog_id", b"fog_id", "members", b"members", "reason", b"reason", "refused", b"refused", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

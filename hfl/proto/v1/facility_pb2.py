@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hfl.proto.v1 import common_pb2 as hfl_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hfl/v1/facility.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"\x8d\x01\n\x11StartRoundRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12\x1c\n\x05model\x18\x02 \x01(\x0b\x32\r.hfl.v1.Model\x12\"\n\x04plan\x18\x03 \x01(\x0b\x32\x14.hfl.v1.TrainingPlan\x12\x11\n\tbucket_id\x18\x04 \x01(\t\"\x14\n\x12StartRoundResponse\"4\n\x14\x45valuateModelRequest\x12\x1c\n\x05model\x18\x01 \x01(\x0b\x32\r.hfl.v1.Model\"=\n\x15\x45valuateModelResponse\x12$\n\x07metrics\x18\x01 \x01(\x0b\x32\x13.hfl.v1.EvalMetrics2\xa4\x01\n\x0f\x46\x61\x63ilityService\x12\x43\n\nStartRound\x12\x19.hfl.v1.StartRoundRequest\x1a\x1a.hfl.v1.StartRoundResponse\x12L\n\rEvaluateModel\x12\x1c.hfl.v1.EvaluateModelRequest\x1a\x1d.hfl.v1.EvaluateModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15hfl/v1/facility.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"\x8d\x01\n\x11StartRoundRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12\x1c\n\x05model\x18\x02 \x01(\x0b\x32\r.hfl.v1.Model\x12\"\n\x04plan\x18\x03 \x01(\x0b\x32\x14.hfl.v1.TrainingPlan\x12\x11\n\tbucket_id\x18\x04 \x01(\t\"\x14\n\x12StartRoundResponse\"4\n\x14\x45valuateModelRequest\x12\x1c\n\x05model\x18\x01 \x01(\x0b\x32\r.hfl.v1.Model\"=\n\x15\x45valuateModelResponse\x12$\n\x07metrics\x18\x01 \x01(\x0b\x32\x13.hfl.v1.EvalMetrics\"B\n\rSecAggSession\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tbucket_id\x18\x03 \x01(\t\"y\n\x16SecAggKeyAdvertisement\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tbucket_id\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x04 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"o\n\x14SecAggEncryptedShare\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tbucket_id\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x11\n\trecipient\x18\x04 \x01(\t\x12\x12\n\nciphertext\x18\x05 \x01(\x0c\"0\n\x10SecAggOwnedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"\x92\x01\n\x16SecAggAdvertiseRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12\x1c\n\x05model\x18\x02 \x01(\x0b\x32\r.hfl.v1.Model\x12\"\n\x04plan\x18\x03 \x01(\x0b\x32\x14.hfl.v1.TrainingPlan\x12\x11\n\tbucket_id\x18\x04 \x01(\t\"P\n\x17SecAggAdvertiseResponse\x12\x35\n\radvertisement\x18\x01 \x01(\x0b\x32\x1e.hfl.v1.SecAggKeyAdvertisement\"x\n\x16SecAggShareKeysRequest\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x15.hfl.v1.SecAggSession\x12\x36\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32\x1e.hfl.v1.SecAggKeyAdvertisement\"G\n\x17SecAggShareKeysResponse\x12,\n\x06shares\x18\x01 \x03(\x0b\x32\x1c.hfl.v1.SecAggEncryptedShare\"p\n\x18SecAggMaskedInputRequest\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x15.hfl.v1.SecAggSession\x12,\n\x06shares\x18\x02 \x03(\x0b\x32\x1c.hfl.v1.SecAggEncryptedShare\"m\n\x19SecAggMaskedInputResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tbucket_id\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12\x1e\n\x06masked\x18\x04 \x01(\x0b\x32\x0e.hfl.v1.Vector\"a\n\x13SecAggUnmaskRequest\x12&\n\x07session\x18\x01 \x01(\x0b\x32\x15.hfl.v1.SecAggSession\x12\x11\n\tsurvivors\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\"\xa0\x01\n\x14SecAggUnmaskResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tbucket_id\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x03 \x01(\t\x12*\n\x08\x62_shares\x18\x04 \x03(\x0b\x32\x18.hfl.v1.SecAggOwnedShare\x12*\n\x08s_shares\x18\x05 \x03(\x0b\x32\x18.hfl.v1.SecAggOwnedShare2\xf1\x03\n\x0f\x46\x61\x63ilityService\x12\x43\n\nStartRound\x12\x19.hfl.v1.StartRoundRequest\x1a\x1a.hfl.v1.StartRoundResponse\x12L\n\rEvaluateModel\x12\x1c.hfl.v1.EvaluateModelRequest\x1a\x1d.hfl.v1.EvaluateModelResponse\x12R\n\x0fSecAggAdvertise\x12\x1e.hfl.v1.SecAggAdvertiseRequest\x1a\x1f.hfl.v1.SecAggAdvertiseResponse\x12R\n\x0fSecAggShareKeys\x12\x1e.hfl.v1.SecAggShareKeysRequest\x1a\x1f.hfl.v1.SecAggShareKeysResponse\x12X\n\x11SecAggMaskedInput\x12 .hfl.v1.SecAggMaskedInputRequest\x1a!.hfl.v1.SecAggMaskedInputResponse\x12I\n\x0cSecAggUnmask\x12\x1b.hfl.v1.SecAggUnmaskRequest\x1a\x1c.hfl.v1.SecAggUnmaskResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVALUATEMODELREQUEST']._serialized_end=272
   _globals['_EVALUATEMODELRESPONSE']._serialized_start=274
   _globals['_EVALUATEMODELRESPONSE']._serialized_end=335
-  _globals['_FACILITYSERVICE']._serialized_start=338
-  _globals['_FACILITYSERVICE']._serialized_end=502
+  _globals['_SECAGGSESSION']._serialized_start=337
+  _globals['_SECAGGSESSION']._serialized_end=403
+  _globals['_SECAGGKEYADVERTISEMENT']._serialized_start=405
+  _globals['_SECAGGKEYADVERTISEMENT']._serialized_end=526
+  _globals['_SECAGGENCRYPTEDSHARE']._serialized_start=528
+  _globals['_SECAGGENCRYPTEDSHARE']._serialized_end=639
+  _globals['_SECAGGOWNEDSHARE']._serialized_start=641
+  _globals['_SECAGGOWNEDSHARE']._serialized_end=689
+  _globals['_SECAGGADVERTISEREQUEST']._serialized_start=692
+  _globals['_SECAGGADVERTISEREQUEST']._serialized_end=838
+  _globals['_SECAGGADVERTISERESPONSE']._serialized_start=840
+  _globals['_SECAGGADVERTISERESPONSE']._serialized_end=920
+  _globals['_SECAGGSHAREKEYSREQUEST']._serialized_start=922
+  _globals['_SECAGGSHAREKEYSREQUEST']._serialized_end=1042
+  _globals['_SECAGGSHAREKEYSRESPONSE']._serialized_start=1044
+  _globals['_SECAGGSHAREKEYSRESPONSE']._serialized_end=1115
+  _globals['_SECAGGMASKEDINPUTREQUEST']._serialized_start=1117
+  _globals['_SECAGGMASKEDINPUTREQUEST']._serialized_end=1229
+  _globals['_SECAGGMASKEDINPUTRESPONSE']._serialized_start=1231
+  _globals['_SECAGGMASKEDINPUTRESPONSE']._serialized_end=1340
+  _globals['_SECAGGUNMASKREQUEST']._serialized_start=1342
+  _globals['_SECAGGUNMASKREQUEST']._serialized_end=1439
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_start=1442
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_end=1602
+  _globals['_FACILITYSERVICE']._serialized_start=1605
+  _globals['_FACILITYSERVICE']._serialized_end=2102
 # @@protoc_insertion_point(module_scope)

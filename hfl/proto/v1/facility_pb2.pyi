@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from hfl.proto.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -102,3 +104,335 @@ class EvaluateModelResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvaluateModelResponse: _TypeAlias = EvaluateModelResponse  # noqa: Y015
+
+@_typing.final
+class SecAggSession(_message.Message):
+    """---------------------------------------------------------------- secure aggregation
+    In the messages below `round` is the protocol round id, (round << 16) | attempt, so that messages of
+    one attempt can never be replayed in another.
+
+    Which secure-aggregation instance a call belongs to.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    BUCKET_ID_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    attempt: _builtins.int
+    bucket_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        attempt: _builtins.int = ...,
+        bucket_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "bucket_id", b"bucket_id", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggSession: _TypeAlias = SecAggSession  # noqa: Y015
+
+@_typing.final
+class SecAggKeyAdvertisement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    BUCKET_ID_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    C_PK_FIELD_NUMBER: _builtins.int
+    S_PK_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    bucket_id: _builtins.str
+    sender: _builtins.str
+    c_pk: _builtins.bytes
+    s_pk: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        bucket_id: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        c_pk: _builtins.bytes = ...,
+        s_pk: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_id", b"bucket_id", "c_pk", b"c_pk", "round", b"round", "s_pk", b"s_pk", "sender", b"sender", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggKeyAdvertisement: _TypeAlias = SecAggKeyAdvertisement  # noqa: Y015
+
+@_typing.final
+class SecAggEncryptedShare(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    BUCKET_ID_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    bucket_id: _builtins.str
+    sender: _builtins.str
+    recipient: _builtins.str
+    ciphertext: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        bucket_id: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        ciphertext: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_id", b"bucket_id", "ciphertext", b"ciphertext", "recipient", b"recipient", "round", b"round", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggEncryptedShare: _TypeAlias = SecAggEncryptedShare  # noqa: Y015
+
+@_typing.final
+class SecAggOwnedShare(_message.Message):
+    """One Shamir share (serialised) of the secret owned by `owner`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    share: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        share: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "share", b"share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggOwnedShare: _TypeAlias = SecAggOwnedShare  # noqa: Y015
+
+@_typing.final
+class SecAggAdvertiseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    BUCKET_ID_FIELD_NUMBER: _builtins.int
+    bucket_id: _builtins.str
+    @_builtins.property
+    def config(self) -> _common_pb2.RoundConfig: ...
+    @_builtins.property
+    def model(self) -> _common_pb2.Model: ...
+    @_builtins.property
+    def plan(self) -> _common_pb2.TrainingPlan: ...
+    def __init__(
+        self,
+        *,
+        config: _common_pb2.RoundConfig | None = ...,
+        model: _common_pb2.Model | None = ...,
+        plan: _common_pb2.TrainingPlan | None = ...,
+        bucket_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "model", b"model", "plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_id", b"bucket_id", "config", b"config", "model", b"model", "plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggAdvertiseRequest: _TypeAlias = SecAggAdvertiseRequest  # noqa: Y015
+
+@_typing.final
+class SecAggAdvertiseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADVERTISEMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def advertisement(self) -> Global___SecAggKeyAdvertisement: ...
+    def __init__(
+        self,
+        *,
+        advertisement: Global___SecAggKeyAdvertisement | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["advertisement", b"advertisement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertisement", b"advertisement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggAdvertiseResponse: _TypeAlias = SecAggAdvertiseResponse  # noqa: Y015
+
+@_typing.final
+class SecAggShareKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    ADVERTISEMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SecAggSession: ...
+    @_builtins.property
+    def advertisements(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggKeyAdvertisement]: ...
+    def __init__(
+        self,
+        *,
+        session: Global___SecAggSession | None = ...,
+        advertisements: _abc.Iterable[Global___SecAggKeyAdvertisement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advertisements", b"advertisements", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggShareKeysRequest: _TypeAlias = SecAggShareKeysRequest  # noqa: Y015
+
+@_typing.final
+class SecAggShareKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHARES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggEncryptedShare]: ...
+    def __init__(
+        self,
+        *,
+        shares: _abc.Iterable[Global___SecAggEncryptedShare] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shares", b"shares"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggShareKeysResponse: _TypeAlias = SecAggShareKeysResponse  # noqa: Y015
+
+@_typing.final
+class SecAggMaskedInputRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SecAggSession: ...
+    @_builtins.property
+    def shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggEncryptedShare]: ...
+    def __init__(
+        self,
+        *,
+        session: Global___SecAggSession | None = ...,
+        shares: _abc.Iterable[Global___SecAggEncryptedShare] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "shares", b"shares"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggMaskedInputRequest: _TypeAlias = SecAggMaskedInputRequest  # noqa: Y015
+
+@_typing.final
+class SecAggMaskedInputResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    BUCKET_ID_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    MASKED_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    bucket_id: _builtins.str
+    sender: _builtins.str
+    @_builtins.property
+    def masked(self) -> _common_pb2.Vector:
+        """uint32 words: the quantised update plus masks, mod 2^32."""
+
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        bucket_id: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        masked: _common_pb2.Vector | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["masked", b"masked"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_id", b"bucket_id", "masked", b"masked", "round", b"round", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggMaskedInputResponse: _TypeAlias = SecAggMaskedInputResponse  # noqa: Y015
+
+@_typing.final
+class SecAggUnmaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    SURVIVORS_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___SecAggSession: ...
+    @_builtins.property
+    def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def dropped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        session: Global___SecAggSession | None = ...,
+        survivors: _abc.Iterable[_builtins.str] | None = ...,
+        dropped: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "session", b"session", "survivors", b"survivors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggUnmaskRequest: _TypeAlias = SecAggUnmaskRequest  # noqa: Y015
+
+@_typing.final
+class SecAggUnmaskResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    BUCKET_ID_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    B_SHARES_FIELD_NUMBER: _builtins.int
+    S_SHARES_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    bucket_id: _builtins.str
+    sender: _builtins.str
+    @_builtins.property
+    def b_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggOwnedShare]: ...
+    @_builtins.property
+    def s_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggOwnedShare]: ...
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        bucket_id: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        b_shares: _abc.Iterable[Global___SecAggOwnedShare] | None = ...,
+        s_shares: _abc.Iterable[Global___SecAggOwnedShare] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["b_shares", b"b_shares", "bucket_id", b"bucket_id", "round", b"round", "s_shares", b"s_shares", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggUnmaskResponse: _TypeAlias = SecAggUnmaskResponse  # noqa: Y015

@@ -45,6 +45,26 @@ class FacilityServiceStub:
                 request_serializer=hfl_dot_v1_dot_facility__pb2.EvaluateModelRequest.SerializeToString,
                 response_deserializer=hfl_dot_v1_dot_facility__pb2.EvaluateModelResponse.FromString,
                 _registered_method=True)
+        self.SecAggAdvertise = channel.unary_unary(
+                '/hfl.v1.FacilityService/SecAggAdvertise',
+                request_serializer=hfl_dot_v1_dot_facility__pb2.SecAggAdvertiseRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_facility__pb2.SecAggAdvertiseResponse.FromString,
+                _registered_method=True)
+        self.SecAggShareKeys = channel.unary_unary(
+                '/hfl.v1.FacilityService/SecAggShareKeys',
+                request_serializer=hfl_dot_v1_dot_facility__pb2.SecAggShareKeysRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_facility__pb2.SecAggShareKeysResponse.FromString,
+                _registered_method=True)
+        self.SecAggMaskedInput = channel.unary_unary(
+                '/hfl.v1.FacilityService/SecAggMaskedInput',
+                request_serializer=hfl_dot_v1_dot_facility__pb2.SecAggMaskedInputRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_facility__pb2.SecAggMaskedInputResponse.FromString,
+                _registered_method=True)
+        self.SecAggUnmask = channel.unary_unary(
+                '/hfl.v1.FacilityService/SecAggUnmask',
+                request_serializer=hfl_dot_v1_dot_facility__pb2.SecAggUnmaskRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_facility__pb2.SecAggUnmaskResponse.FromString,
+                _registered_method=True)
 
 
 class FacilityServiceServicer:
@@ -65,6 +85,36 @@ class FacilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAggAdvertise(self, request, context):
+        """Secure aggregation (Bonawitz et al. 2017 with signed key advertisements), driven stage by stage by
+        the fog; each stage's answer is the response. The fog only ever sees masked vectors.
+        Stage 1: check the signed round configuration, start local training, return signed fresh keys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecAggShareKeys(self, request, context):
+        """Stage 2: all members' advertisements -> this facility's encrypted Shamir shares for each peer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecAggMaskedInput(self, request, context):
+        """Stage 3: the shares addressed to this facility -> its masked update (waits for training).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SecAggUnmask(self, request, context):
+        """Stage 4: who survived and who dropped -> this facility's shares to remove the remaining masks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FacilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +127,26 @@ def add_FacilityServiceServicer_to_server(servicer, server):
                     servicer.EvaluateModel,
                     request_deserializer=hfl_dot_v1_dot_facility__pb2.EvaluateModelRequest.FromString,
                     response_serializer=hfl_dot_v1_dot_facility__pb2.EvaluateModelResponse.SerializeToString,
+            ),
+            'SecAggAdvertise': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggAdvertise,
+                    request_deserializer=hfl_dot_v1_dot_facility__pb2.SecAggAdvertiseRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_facility__pb2.SecAggAdvertiseResponse.SerializeToString,
+            ),
+            'SecAggShareKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggShareKeys,
+                    request_deserializer=hfl_dot_v1_dot_facility__pb2.SecAggShareKeysRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_facility__pb2.SecAggShareKeysResponse.SerializeToString,
+            ),
+            'SecAggMaskedInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggMaskedInput,
+                    request_deserializer=hfl_dot_v1_dot_facility__pb2.SecAggMaskedInputRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_facility__pb2.SecAggMaskedInputResponse.SerializeToString,
+            ),
+            'SecAggUnmask': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggUnmask,
+                    request_deserializer=hfl_dot_v1_dot_facility__pb2.SecAggUnmaskRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_facility__pb2.SecAggUnmaskResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +204,114 @@ class FacilityService:
             '/hfl.v1.FacilityService/EvaluateModel',
             hfl_dot_v1_dot_facility__pb2.EvaluateModelRequest.SerializeToString,
             hfl_dot_v1_dot_facility__pb2.EvaluateModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggAdvertise(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.FacilityService/SecAggAdvertise',
+            hfl_dot_v1_dot_facility__pb2.SecAggAdvertiseRequest.SerializeToString,
+            hfl_dot_v1_dot_facility__pb2.SecAggAdvertiseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggShareKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.FacilityService/SecAggShareKeys',
+            hfl_dot_v1_dot_facility__pb2.SecAggShareKeysRequest.SerializeToString,
+            hfl_dot_v1_dot_facility__pb2.SecAggShareKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggMaskedInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.FacilityService/SecAggMaskedInput',
+            hfl_dot_v1_dot_facility__pb2.SecAggMaskedInputRequest.SerializeToString,
+            hfl_dot_v1_dot_facility__pb2.SecAggMaskedInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggUnmask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.FacilityService/SecAggUnmask',
+            hfl_dot_v1_dot_facility__pb2.SecAggUnmaskRequest.SerializeToString,
+            hfl_dot_v1_dot_facility__pb2.SecAggUnmaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

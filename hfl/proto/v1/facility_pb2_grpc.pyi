@@ -37,6 +37,17 @@ class FacilityServiceStub:
     """Fog -> facility: train on this model for this round; the update goes back via FogService.SubmitUpdate."""
     EvaluateModel: _grpc.UnaryUnaryMultiCallable[_facility_pb2.EvaluateModelRequest, _facility_pb2.EvaluateModelResponse]
     """Fog -> facility: metrics of a model on the facility's local test set."""
+    SecAggAdvertise: _grpc.UnaryUnaryMultiCallable[_facility_pb2.SecAggAdvertiseRequest, _facility_pb2.SecAggAdvertiseResponse]
+    """Secure aggregation (Bonawitz et al. 2017 with signed key advertisements), driven stage by stage by
+    the fog; each stage's answer is the response. The fog only ever sees masked vectors.
+    Stage 1: check the signed round configuration, start local training, return signed fresh keys.
+    """
+    SecAggShareKeys: _grpc.UnaryUnaryMultiCallable[_facility_pb2.SecAggShareKeysRequest, _facility_pb2.SecAggShareKeysResponse]
+    """Stage 2: all members' advertisements -> this facility's encrypted Shamir shares for each peer."""
+    SecAggMaskedInput: _grpc.UnaryUnaryMultiCallable[_facility_pb2.SecAggMaskedInputRequest, _facility_pb2.SecAggMaskedInputResponse]
+    """Stage 3: the shares addressed to this facility -> its masked update (waits for training)."""
+    SecAggUnmask: _grpc.UnaryUnaryMultiCallable[_facility_pb2.SecAggUnmaskRequest, _facility_pb2.SecAggUnmaskResponse]
+    """Stage 4: who survived and who dropped -> this facility's shares to remove the remaining masks."""
 
 @_typing.type_check_only
 class FacilityServiceAsyncStub(FacilityServiceStub):
@@ -47,6 +58,17 @@ class FacilityServiceAsyncStub(FacilityServiceStub):
     """Fog -> facility: train on this model for this round; the update goes back via FogService.SubmitUpdate."""
     EvaluateModel: _aio.UnaryUnaryMultiCallable[_facility_pb2.EvaluateModelRequest, _facility_pb2.EvaluateModelResponse]  # type: ignore[assignment]
     """Fog -> facility: metrics of a model on the facility's local test set."""
+    SecAggAdvertise: _aio.UnaryUnaryMultiCallable[_facility_pb2.SecAggAdvertiseRequest, _facility_pb2.SecAggAdvertiseResponse]  # type: ignore[assignment]
+    """Secure aggregation (Bonawitz et al. 2017 with signed key advertisements), driven stage by stage by
+    the fog; each stage's answer is the response. The fog only ever sees masked vectors.
+    Stage 1: check the signed round configuration, start local training, return signed fresh keys.
+    """
+    SecAggShareKeys: _aio.UnaryUnaryMultiCallable[_facility_pb2.SecAggShareKeysRequest, _facility_pb2.SecAggShareKeysResponse]  # type: ignore[assignment]
+    """Stage 2: all members' advertisements -> this facility's encrypted Shamir shares for each peer."""
+    SecAggMaskedInput: _aio.UnaryUnaryMultiCallable[_facility_pb2.SecAggMaskedInputRequest, _facility_pb2.SecAggMaskedInputResponse]  # type: ignore[assignment]
+    """Stage 3: the shares addressed to this facility -> its masked update (waits for training)."""
+    SecAggUnmask: _aio.UnaryUnaryMultiCallable[_facility_pb2.SecAggUnmaskRequest, _facility_pb2.SecAggUnmaskResponse]  # type: ignore[assignment]
+    """Stage 4: who survived and who dropped -> this facility's shares to remove the remaining masks."""
 
 class FacilityServiceServicer(metaclass=_abc_1.ABCMeta):
     """A facility: holds patient data, trains locally, never sends raw data."""
@@ -66,5 +88,40 @@ class FacilityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_facility_pb2.EvaluateModelResponse, _abc.Awaitable[_facility_pb2.EvaluateModelResponse]]:
         """Fog -> facility: metrics of a model on the facility's local test set."""
+
+    @_abc_1.abstractmethod
+    def SecAggAdvertise(
+        self,
+        request: _facility_pb2.SecAggAdvertiseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_facility_pb2.SecAggAdvertiseResponse, _abc.Awaitable[_facility_pb2.SecAggAdvertiseResponse]]:
+        """Secure aggregation (Bonawitz et al. 2017 with signed key advertisements), driven stage by stage by
+        the fog; each stage's answer is the response. The fog only ever sees masked vectors.
+        Stage 1: check the signed round configuration, start local training, return signed fresh keys.
+        """
+
+    @_abc_1.abstractmethod
+    def SecAggShareKeys(
+        self,
+        request: _facility_pb2.SecAggShareKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_facility_pb2.SecAggShareKeysResponse, _abc.Awaitable[_facility_pb2.SecAggShareKeysResponse]]:
+        """Stage 2: all members' advertisements -> this facility's encrypted Shamir shares for each peer."""
+
+    @_abc_1.abstractmethod
+    def SecAggMaskedInput(
+        self,
+        request: _facility_pb2.SecAggMaskedInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_facility_pb2.SecAggMaskedInputResponse, _abc.Awaitable[_facility_pb2.SecAggMaskedInputResponse]]:
+        """Stage 3: the shares addressed to this facility -> its masked update (waits for training)."""
+
+    @_abc_1.abstractmethod
+    def SecAggUnmask(
+        self,
+        request: _facility_pb2.SecAggUnmaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_facility_pb2.SecAggUnmaskResponse, _abc.Awaitable[_facility_pb2.SecAggUnmaskResponse]]:
+        """Stage 4: who survived and who dropped -> this facility's shares to remove the remaining masks."""
 
 def add_FacilityServiceServicer_to_server(servicer: FacilityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from hfl.proto.v1 import common_pb2 as hfl_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10hfl/v1/fog.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"x\n\x0fRunRoundRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12\x1c\n\x05model\x18\x02 \x01(\x0b\x32\r.hfl.v1.Model\x12\"\n\x04plan\x18\x03 \x01(\x0b\x32\x14.hfl.v1.TrainingPlan\"u\n\x10RunRoundResponse\x12%\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x14.hfl.v1.BucketResult\x12\x1b\n\x13\x62ytes_to_facilities\x18\x02 \x01(\x04\x12\x1d\n\x15\x62ytes_from_facilities\x18\x03 \x01(\x04\"\x8e\x01\n\x13SubmitUpdateRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tbucket_id\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x1e\n\x06update\x18\x05 \x01(\x0b\x32\x0e.hfl.v1.Vector\x12\x13\n\x0bnum_samples\x18\x06 \x01(\x04\"\x16\n\x14SubmitUpdateResponse\"U\n\x0f\x45valuateRequest\x12\x1c\n\x05model\x18\x01 \x01(\x0b\x32\r.hfl.v1.Model\x12$\n\nfacilities\x18\x02 \x03(\x0b\x32\x10.hfl.v1.NodeInfo\"I\n\x10\x45valuateResponse\x12$\n\x07metrics\x18\x01 \x01(\x0b\x32\x13.hfl.v1.EvalMetrics\x12\x0f\n\x07reached\x18\x02 \x01(\r2\xd5\x01\n\nFogService\x12=\n\x08RunRound\x12\x17.hfl.v1.RunRoundRequest\x1a\x18.hfl.v1.RunRoundResponse\x12I\n\x0cSubmitUpdate\x12\x1b.hfl.v1.SubmitUpdateRequest\x1a\x1c.hfl.v1.SubmitUpdateResponse\x12=\n\x08\x45valuate\x12\x17.hfl.v1.EvaluateRequest\x1a\x18.hfl.v1.EvaluateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10hfl/v1/fog.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"\xa5\x01\n\x0fRunRoundRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12\x1c\n\x05model\x18\x02 \x01(\x0b\x32\r.hfl.v1.Model\x12\"\n\x04plan\x18\x03 \x01(\x0b\x32\x14.hfl.v1.TrainingPlan\x12+\n\x0e\x62ucket_configs\x18\x04 \x03(\x0b\x32\x13.hfl.v1.RoundConfig\"\x8a\x01\n\x10RunRoundResponse\x12%\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x14.hfl.v1.BucketResult\x12\x1b\n\x13\x62ytes_to_facilities\x18\x02 \x01(\x04\x12\x1d\n\x15\x62ytes_from_facilities\x18\x03 \x01(\x04\x12\x13\n\x0bphases_json\x18\x04 \x01(\t\"\x8e\x01\n\x13SubmitUpdateRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tbucket_id\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x1e\n\x06update\x18\x05 \x01(\x0b\x32\x0e.hfl.v1.Vector\x12\x13\n\x0bnum_samples\x18\x06 \x01(\x04\"\x16\n\x14SubmitUpdateResponse\"U\n\x0f\x45valuateRequest\x12\x1c\n\x05model\x18\x01 \x01(\x0b\x32\r.hfl.v1.Model\x12$\n\nfacilities\x18\x02 \x03(\x0b\x32\x10.hfl.v1.NodeInfo\"I\n\x10\x45valuateResponse\x12$\n\x07metrics\x18\x01 \x01(\x0b\x32\x13.hfl.v1.EvalMetrics\x12\x0f\n\x07reached\x18\x02 \x01(\r2\xd5\x01\n\nFogService\x12=\n\x08RunRound\x12\x17.hfl.v1.RunRoundRequest\x1a\x18.hfl.v1.RunRoundResponse\x12I\n\x0cSubmitUpdate\x12\x1b.hfl.v1.SubmitUpdateRequest\x1a\x1c.hfl.v1.SubmitUpdateResponse\x12=\n\x08\x45valuate\x12\x17.hfl.v1.EvaluateRequest\x1a\x18.hfl.v1.EvaluateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hfl.proto.v1.fog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNROUNDREQUEST']._serialized_start=49
-  _globals['_RUNROUNDREQUEST']._serialized_end=169
-  _globals['_RUNROUNDRESPONSE']._serialized_start=171
-  _globals['_RUNROUNDRESPONSE']._serialized_end=288
-  _globals['_SUBMITUPDATEREQUEST']._serialized_start=291
-  _globals['_SUBMITUPDATEREQUEST']._serialized_end=433
-  _globals['_SUBMITUPDATERESPONSE']._serialized_start=435
-  _globals['_SUBMITUPDATERESPONSE']._serialized_end=457
-  _globals['_EVALUATEREQUEST']._serialized_start=459
-  _globals['_EVALUATEREQUEST']._serialized_end=544
-  _globals['_EVALUATERESPONSE']._serialized_start=546
-  _globals['_EVALUATERESPONSE']._serialized_end=619
-  _globals['_FOGSERVICE']._serialized_start=622
-  _globals['_FOGSERVICE']._serialized_end=835
+  _globals['_RUNROUNDREQUEST']._serialized_start=50
+  _globals['_RUNROUNDREQUEST']._serialized_end=215
+  _globals['_RUNROUNDRESPONSE']._serialized_start=218
+  _globals['_RUNROUNDRESPONSE']._serialized_end=356
+  _globals['_SUBMITUPDATEREQUEST']._serialized_start=359
+  _globals['_SUBMITUPDATEREQUEST']._serialized_end=501
+  _globals['_SUBMITUPDATERESPONSE']._serialized_start=503
+  _globals['_SUBMITUPDATERESPONSE']._serialized_end=525
+  _globals['_EVALUATEREQUEST']._serialized_start=527
+  _globals['_EVALUATEREQUEST']._serialized_end=612
+  _globals['_EVALUATERESPONSE']._serialized_start=614
+  _globals['_EVALUATERESPONSE']._serialized_end=687
+  _globals['_FOGSERVICE']._serialized_start=690
+  _globals['_FOGSERVICE']._serialized_end=903
 # @@protoc_insertion_point(module_scope)

@@ -26,22 +26,28 @@ class RunRoundRequest(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
+    BUCKET_CONFIGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def config(self) -> _common_pb2.RoundConfig: ...
     @_builtins.property
     def model(self) -> _common_pb2.Model: ...
     @_builtins.property
     def plan(self) -> _common_pb2.TrainingPlan: ...
+    @_builtins.property
+    def bucket_configs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.RoundConfig]:
+        """The authority's signed per-bucket views of `config` for this fog's buckets (GetRoundConfigResponse)."""
+
     def __init__(
         self,
         *,
         config: _common_pb2.RoundConfig | None = ...,
         model: _common_pb2.Model | None = ...,
         plan: _common_pb2.TrainingPlan | None = ...,
+        bucket_configs: _abc.Iterable[_common_pb2.RoundConfig] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "model", b"model", "plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "model", b"model", "plan", b"plan"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_configs", b"bucket_configs", "config", b"config", "model", b"model", "plan", b"plan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -54,8 +60,11 @@ class RunRoundResponse(_message.Message):
     BUCKETS_FIELD_NUMBER: _builtins.int
     BYTES_TO_FACILITIES_FIELD_NUMBER: _builtins.int
     BYTES_FROM_FACILITIES_FIELD_NUMBER: _builtins.int
+    PHASES_JSON_FIELD_NUMBER: _builtins.int
     bytes_to_facilities: _builtins.int
     bytes_from_facilities: _builtins.int
+    phases_json: _builtins.str
+    """Seconds spent per phase at this fog, as a JSON object (distribution, local_work, aggregation)."""
     @_builtins.property
     def buckets(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.BucketResult]: ...
     def __init__(
@@ -64,10 +73,11 @@ class RunRoundResponse(_message.Message):
         buckets: _abc.Iterable[_common_pb2.BucketResult] | None = ...,
         bytes_to_facilities: _builtins.int = ...,
         bytes_from_facilities: _builtins.int = ...,
+        phases_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "bytes_from_facilities", b"bytes_from_facilities", "bytes_to_facilities", b"bytes_to_facilities"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "bytes_from_facilities", b"bytes_from_facilities", "bytes_to_facilities", b"bytes_to_facilities", "phases_json", b"phases_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

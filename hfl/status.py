@@ -1,0 +1,63 @@
+"""`hfl status`: what a running federation is doing, in plain words."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+
+from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
+from hfl.rpc.pki import load_client, operator_for_run, sync_channel
+
+_PLURAL = {"facility": "facilities"}
+
+
+def _addresses(run: str | None, leader: str | None, authority: str | None) -> tuple[str | None, str | None]:
+    if leader and authority:
+        return leader, authority
+    path = Path(run or "runs/latest") / "endpoints.json"
+    if path.exists():
+        rows = json.loads(path.read_text())
+        by_role = {r["role"]: r["address"] for r in rows}
+        leader = leader or by_role.get("leader")
+        authority = authority or by_role.get("authority")
+    return leader, authority
+
+
+def show_status(
+    run: str | None, leader: str | None, authority: str | None, cert_dir: str | None = None
+) -> int:
+    leader, authority = _addresses(run, leader, authority)
+    # mTLS: an operator certificate folder, or the one of that demo run
+    tls = load_client(Path(cert_dir)) if cert_dir else operator_for_run(Path(run or "runs/latest"))
+    if not leader and not authority:
+        print("No federation found: give --leader/--authority or a run folder with endpoints.json.")
+        return 1
+    rc = 0
+    if authority:
+        try:
+            with sync_channel(authority, tls) as ch:
+                nodes = authority_pb2_grpc.AuthorityServiceStub(ch).ListNodes(
+                    authority_pb2.ListNodesRequest(), timeout=5)
+            counts: dict[str, int] = {}
+            for n in nodes.nodes:
+                counts[n.role] = counts.get(n.role, 0) + 1
+            print(f"authority {authority}: " + ", ".join(
+                f"{v} {k if v == 1 else _PLURAL.get(k, k + 's')}" for k, v in sorted(counts.items())))
+            if nodes.quarantined:
+                print(f"  quarantined: {', '.join(nodes.quarantined)}")
+        except grpc.RpcError as e:
+            print(f"authority {authority}: not reachable ({e.code().name})")
+            rc = 1
+    if leader:
+        try:
+            with sync_channel(leader, tls) as ch:
+                s = leader_pb2_grpc.LeaderServiceStub(ch).GetStatus(leader_pb2.GetStatusRequest(), timeout=5)
+            target = s.target_rounds or "unlimited"
+            print(f"leader {leader}: {s.committed_round} rounds committed (target {target}); {s.state}; "
+                  f"ledger head {s.head_hash.hex()[:16]}")
+        except grpc.RpcError as e:
+            print(f"leader {leader}: not reachable ({e.code().name})")
+            rc = 1
+    return rc
