@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
+from hfl.rpc.pki import NodeTls, sync_channel
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "deploy" / "docker-compose.yml"
@@ -116,6 +117,7 @@ class ComposeProject:
         self.cmd = compose_command()
         # The leader's port is published on a free host port (127.0.0.1::50051), not 50051.
         self.env = {"HFL_LEADER_PORT": "127.0.0.1:", **(env or {})}
+        self._operator: NodeTls | None = None
 
     # ---- compose CLI
     def run(self, *args: str, timeout: float = 900) -> str:
@@ -186,13 +188,31 @@ class ComposeProject:
         container.reload()
         return f"facility-{container.attrs['Config']['Hostname']}"
 
-    # ---- the federation's own APIs (gRPC on the project network; TLS is off in the compose file)
+    # ---- the federation's own APIs (gRPC on the project network, mutual TLS with the operator certificate)
+    def operator(self) -> NodeTls:
+        """The operator certificate the authority writes to its state folder, read from its container."""
+        if self._operator is None:
+            (authority,) = self.containers("authority")
+            files = {}
+            for name in ("key.pem", "cert.pem", "ca.pem"):
+                code, out = authority.exec_run(["cat", f"/var/lib/hfl/operator/{name}"])
+                if code != 0:
+                    raise RuntimeError(f"the authority has no operator certificate yet ({name})")
+                files[name] = bytes(out)
+            self._operator = NodeTls(
+                "operator", "operator", None, files["ca.pem"], files["key.pem"], files["cert.pem"]
+            )
+        return self._operator
+
+    def channel(self, service: str) -> grpc.Channel:
+        return sync_channel(f"{self.service_ip(service)}:50051", self.operator())
+
     def leader_status(self) -> leader_pb2.GetStatusResponse:
-        with grpc.insecure_channel(f"{self.service_ip('leader')}:50051") as ch:
+        with self.channel("leader") as ch:
             return leader_pb2_grpc.LeaderServiceStub(ch).GetStatus(leader_pb2.GetStatusRequest(), timeout=10)
 
     def authority_nodes(self) -> authority_pb2.ListNodesResponse:
-        with grpc.insecure_channel(f"{self.service_ip('authority')}:50051") as ch:
+        with self.channel("authority") as ch:
             return authority_pb2_grpc.AuthorityServiceStub(ch).ListNodes(
                 authority_pb2.ListNodesRequest(), timeout=10
             )

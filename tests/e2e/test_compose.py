@@ -17,8 +17,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 
+from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
 from tests.e2e.compose import ROOT, ComposeProject, ensure_image, log, wait_for
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
@@ -68,6 +70,30 @@ def committed(p: ComposeProject) -> int:
     return int(p.leader_status().committed_round)
 
 
+def check_mutual_tls(p: ComposeProject) -> None:
+    """mTLS is on: no certificate, no service; facilities see only the trust root and the shared facility
+    token (never the CA key); fixed nodes used and deleted their one-time tokens; the provisioning
+    one-shot finished cleanly; the authority logged each facility enrolled with the shared token."""
+    with grpc.insecure_channel(f"{p.service_ip('leader')}:50051") as ch, pytest.raises(grpc.RpcError) as info:
+        leader_pb2_grpc.LeaderServiceStub(ch).GetStatus(leader_pb2.GetStatusRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, "a connection without a certificate got in"
+    facility = p.containers("facility")[0]
+    code, out = facility.exec_run(["ls", "/etc/hfl/trust"])
+    assert code == 0 and sorted(out.decode().split()) == ["ca.pem", "facility-token"]
+    code, _ = facility.exec_run(["sh", "-c", "echo x > /etc/hfl/trust/facility-token"])
+    assert code != 0, "the facility trust volume must be read-only"
+    for service in ("leader", "fog-1", "validator-1"):
+        (c,) = p.containers(service)
+        code, out = c.exec_run(["ls", "/var/lib/hfl/tls"])
+        assert code == 0 and sorted(out.decode().split()) == ["ca.pem", "cert.pem", "key.pem"], service
+    (prov,) = p.containers("provision", all=True)
+    prov.reload()
+    assert prov.attrs["State"]["ExitCode"] == 0
+    (authority,) = p.containers("authority")
+    logs = authority.logs().decode(errors="replace")
+    assert logs.count("enrolled with the shared facility token") >= FIRST_FACILITIES
+
+
 def test_compose_federation(project: ComposeProject) -> None:
     p = project
     timings: dict[str, Any] = p.timings  # type: ignore[attr-defined]
@@ -104,6 +130,7 @@ def test_compose_federation(project: ComposeProject) -> None:
     assert {n.specialty for n in facilities} >= {"hospital", "clinic", "research", "emergency"}, (
         "the authority assigns specialties round-robin"
     )
+    check_mutual_tls(p)
 
     # 3. scale to 10: the new facilities enrol and take part in committed rounds
     t = time.monotonic()

@@ -1,0 +1,197 @@
+"""Enrolment tokens: one-time per-node tokens, the shared facility token (cap, expiry, role binding, new node
+ids only), and `hfl provision`, which hands them out to containers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hfl.crypto import x509
+from hfl.errors import ConfigError, NotAllowed, Unauthenticated
+from hfl.proto.v1 import authority_pb2
+from hfl.provision import FACILITY_TOKEN_FILE, TOKEN_FILE, FixedNode, parse_node, provision
+from hfl.rpc import pki
+from hfl.rpc.settings import Settings
+from services.authority.enrol import CertificateService
+
+
+class _Authority(CertificateService):
+    def __init__(self, state: Path) -> None:
+        self.settings = Settings(tls=True, state_dir=state)
+        self.quarantined: frozenset[str] = frozenset()
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Any:
+    state = tmp_path / "authority"
+    a = _Authority(state)
+    yield a
+    pki._CA_STORES.pop(state.resolve()).close()
+
+
+def _enrol(a: _Authority, token: str, role: str, node_id: str) -> bytes:
+    csr = x509.make_csr(x509.new_key(), node_id, role, [])
+    req = authority_pb2.EnrollRequest(token=token, role=role, node_id=node_id, csr_pem=csr)
+    resp = asyncio.run(a.Enroll(req, None))  # type: ignore[arg-type]
+    return bytes(resp.certificate_pem)
+
+
+def _expire_all(state: Path) -> None:
+    path = state / pki.TOKENS_FILE
+    doc = json.loads(path.read_text())
+    for e in doc["tokens"]:
+        e["expires"] = (x509.utcnow() - dt.timedelta(minutes=1)).isoformat()
+    path.write_text(json.dumps(doc))
+
+
+def test_shared_token_enrols_new_facilities_up_to_its_cap(authority: _Authority) -> None:
+    state = authority.settings.state_dir
+    token = pki.add_role_token(state, "facility", max_uses=2, hours=1)
+    for node_id in ("facility-a1", "facility-b2"):
+        cert = x509.cert_from_pem(_enrol(authority, token, "facility", node_id))
+        identity = x509.identity_of(cert)
+        assert (identity.role, identity.node_id) == ("facility", node_id)  # bound to the node id asked for
+    with pytest.raises(Unauthenticated, match="maximum number of times"):
+        _enrol(authority, token, "facility", "facility-c3")
+    uses = [e for e in authority.ca().enrolments() if e["token"] == "shared facility"]
+    assert [e["node_id"] for e in uses] == ["facility-a1", "facility-b2"]
+
+
+def test_shared_token_expires(authority: _Authority) -> None:
+    state = authority.settings.state_dir
+    token = pki.add_role_token(state, "facility", max_uses=5, hours=1)
+    _expire_all(state)
+    with pytest.raises(Unauthenticated, match="expired"):
+        _enrol(authority, token, "facility", "facility-late")
+
+
+def test_shared_token_is_bound_to_the_facility_role(authority: _Authority) -> None:
+    state = authority.settings.state_dir
+    token = pki.add_role_token(state, "facility", max_uses=5, hours=1)
+    for role, node_id in (("leader", "leader-2"), ("fog", "fog-9"), ("validator", "validator-9")):
+        with pytest.raises(NotAllowed, match="new facility nodes"):
+            _enrol(authority, token, role, node_id)
+    for role in ("leader", "fog", "validator", "authority", "operator"):
+        with pytest.raises(ConfigError, match="only facilities"):
+            pki.add_role_token(state, role, max_uses=5, hours=1)
+    # A hand-edited file cannot turn a shared token into one for another role either.
+    path = state / pki.TOKENS_FILE
+    doc = json.loads(path.read_text())
+    doc["tokens"][0]["role"] = "fog"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(Unauthenticated, match="not accepted for fog"):
+        _enrol(authority, token, "fog", "fog-9")
+
+
+def test_shared_token_cannot_take_an_existing_or_reserved_node_id(authority: _Authority) -> None:
+    state = authority.settings.state_dir
+    shared = pki.add_role_token(state, "facility", max_uses=10, hours=1)
+    _enrol(authority, shared, "facility", "facility-x")
+    with pytest.raises(NotAllowed, match="already enrolled"):
+        _enrol(authority, shared, "facility", "facility-x")  # the same name twice
+    own = pki.add_enrol_token(state, "facility", "facility-01")
+    with pytest.raises(NotAllowed, match="already enrolled or reserved"):
+        _enrol(authority, shared, "facility", "facility-01")  # reserved by its own one-time token
+    _enrol(authority, own, "facility", "facility-01")
+    authority.quarantined = frozenset({"facility-q"})
+    with pytest.raises(NotAllowed, match="quarantined"):
+        _enrol(authority, shared, "facility", "facility-q")
+    assert authority.ca().shared_token_uses(shared) == 1  # refusals do not use up the token
+
+
+def test_one_time_tokens_stay_one_time_and_bound(authority: _Authority) -> None:
+    state = authority.settings.state_dir
+    token = pki.add_enrol_token(state, "fog", "fog-1")
+    with pytest.raises(NotAllowed, match="fog fog-1"):
+        _enrol(authority, token, "fog", "fog-2")
+    _enrol(authority, token, "fog", "fog-1")
+    with pytest.raises(Unauthenticated, match="already used"):
+        _enrol(authority, token, "fog", "fog-1")
+    late = pki.add_enrol_token(state, "validator", "validator-1", hours=1)
+    _expire_all(state)
+    with pytest.raises(Unauthenticated, match="expired"):
+        _enrol(authority, late, "validator", "validator-1")
+    with pytest.raises(Unauthenticated, match="unknown"):
+        _enrol(authority, "not-a-token", "fog", "fog-1")
+
+
+def test_bad_shared_token_parameters(tmp_path: Path) -> None:
+    for uses, hours in ((0, 1.0), (10_001, 1.0), (5, 0.0), (5, -1.0), (5, 10_000.0)):
+        with pytest.raises(ConfigError):
+            pki.add_role_token(tmp_path, "facility", max_uses=uses, hours=hours)
+
+
+def test_provision_hands_out_tokens_once_and_is_idempotent(tmp_path: Path) -> None:
+    auth = tmp_path / "authority"
+    nodes = [
+        FixedNode("leader", "leader", tmp_path / "leader"),
+        FixedNode("fog", "fog-1", tmp_path / "fog-1"),
+    ]
+    trust = tmp_path / "trust"
+    first = provision(auth, nodes, trust, facility_uses=3, facility_hours=2)
+    assert first == {
+        "leader": "new one-time token",
+        "fog-1": "new one-time token",
+        "facilities": "new shared facility token (3 enrolments, expires in 2 h)",
+    }
+    ca_pem = (auth / "ca" / "ca.pem").read_bytes()
+    assert (trust / "ca.pem").read_bytes() == ca_pem == (tmp_path / "leader" / "tls" / "ca.pem").read_bytes()
+    assert not (trust / "ca.key").exists() and (auth / "ca" / "ca.key").exists()
+    assert (tmp_path / "fog-1" / "tls" / TOKEN_FILE).stat().st_mode & 0o077 == 0
+    tokens = {n.node_id: (n.state_dir / "tls" / TOKEN_FILE).read_text() for n in nodes}
+    shared = (trust / FACILITY_TOKEN_FILE).read_text()
+
+    again = provision(auth, nodes, trust, facility_uses=3, facility_hours=2)
+    assert set(again.values()) == {"has an unused one-time token", "shared facility token still valid"}
+    assert {n.node_id: (n.state_dir / "tls" / TOKEN_FILE).read_text() for n in nodes} == tokens
+    assert (trust / FACILITY_TOKEN_FILE).read_text() == shared
+
+    ca = pki.open_ca(auth)
+    try:
+        assert ca.token_identity(tokens["fog-1"]) == ("fog", "fog-1")
+        assert ca.token_identity(shared) == ("facility", pki.ANY_NODE)
+    finally:
+        ca.close()
+        pki._CA_STORES.pop(auth.resolve(), None)
+    (tmp_path / "leader" / "tls" / "cert.pem").write_bytes(b"enrolled")
+    _expire_all(auth)
+    third = provision(auth, nodes, trust, facility_uses=3, facility_hours=2)
+    assert third["leader"] == "has a certificate"
+    assert third["fog-1"] == "new one-time token"  # its old one expired
+    assert third["facilities"].startswith("new shared facility token")
+    assert (trust / FACILITY_TOKEN_FILE).read_text() != shared
+
+
+def test_parse_node_refuses_bad_input() -> None:
+    assert parse_node("fog:fog-1=/x") == FixedNode("fog", "fog-1", Path("/x"))
+    for bad in ("fog-1=/x", "fog:fog-1", "facility:f=/x", "authority:a=/x", "fog:bad id=/x"):
+        with pytest.raises(ConfigError):
+            parse_node(bad)
+
+
+def test_token_file_is_read_and_deleted_after_use_only_in_the_state_folder(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "tls").mkdir(parents=True)
+    own = state / "tls" / TOKEN_FILE
+    own.write_text("tok-1\n")
+    s = Settings(state_dir=state, enrol_token_file=str(own))
+    assert pki.enrol_token_of(s) == "tok-1"
+    pki._forget_used_token(s)
+    assert not own.exists()
+    shared = tmp_path / "trust" / FACILITY_TOKEN_FILE
+    shared.parent.mkdir()
+    shared.write_text("tok-2")
+    s = Settings(state_dir=state, enrol_token_file=str(shared))
+    assert pki.enrol_token_of(s) == "tok-2"
+    pki._forget_used_token(s)
+    assert shared.exists()
+    assert pki.enrol_token_of(
+        Settings(state_dir=state, enrol_token="direct", enrol_token_file=str(shared))
+    ) == ("direct")
+    with pytest.raises(ConfigError, match="does not exist"):
+        pki.enrol_token_of(Settings(state_dir=state, enrol_token_file=str(tmp_path / "missing")))
