@@ -344,3 +344,13 @@ def revoked_serials(crl_pem: bytes, ca_cert: x509.Certificate) -> frozenset[int]
     if not isinstance(public, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(public):
         raise CertificateError("the revocation list was not signed by this federation's authority")
     return frozenset(r.serial_number for r in crl)
+
+
+def key_fingerprint(public_key: object) -> str:
+    """SHA-256 (hex) of a public key's SubjectPublicKeyInfo: names one key across requests."""
+    import hashlib
+
+    der = public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()

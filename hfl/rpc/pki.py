@@ -159,6 +159,10 @@ def read_tokens(path: Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------ the CA
+ENROL_RETRY_WINDOW = dt.timedelta(minutes=10)
+"""How long a node may repeat an enrolment whose answer it lost (same token, same key)."""
+
+
 class CAStore:
     """The authority's certificate authority: key, root, issued certificates, tokens, revocations."""
 
@@ -189,6 +193,8 @@ class CAStore:
                                                     used_at TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS shared_token_uses (node_id TEXT PRIMARY KEY, sha256 TEXT NOT NULL,
                                                           role TEXT NOT NULL, used_at TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS enrol_keys (node_id TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL,
+                                                   key_sha256 TEXT NOT NULL, enrolled_at TEXT NOT NULL);
             """
         )
         self._lock = threading.Lock()
@@ -231,7 +237,7 @@ class CAStore:
         return out
 
     # ---- enrolment tokens
-    def _token_entry(self, token: str) -> dict[str, Any]:
+    def _token_entry(self, token: str, *, retry: bool = False) -> dict[str, Any]:
         """The registered entry of ``token``, if it can still be used; raises Unauthenticated otherwise."""
         if not token or len(token) > 256:
             raise Unauthenticated("an enrolment token is required")
@@ -247,22 +253,22 @@ class CAStore:
                         f"shared enrolment tokens are not accepted for {entry['role']} nodes; "
                         "they need their own one-time token"
                     )
-                if self.shared_token_uses(token) >= int(entry.get("max_uses", 1)):
+                if not retry and self.shared_token_uses(token) >= int(entry.get("max_uses", 1)):
                     raise Unauthenticated(
                         "this shared enrolment token has been used the maximum number of times; "
                         "ask the operator for a new one"
                     )
                 return entry
             used = self._db.execute("SELECT 1 FROM used_tokens WHERE sha256=?", (digest,)).fetchone()
-            if used:
+            if used and not retry:
                 raise Unauthenticated("this enrolment token was already used; ask the operator for a new one")
             return entry
         raise Unauthenticated("unknown enrolment token")
 
-    def token_identity(self, token: str) -> tuple[str, str]:
+    def token_identity(self, token: str, node_id: str = "", key_id: str = "") -> tuple[str, str]:
         """(role, node id) a token was made for ("*" as node id for a shared role token); raises
-        Unauthenticated if unknown, expired or used up."""
-        entry = self._token_entry(token)
+        Unauthenticated if unknown, expired or used up (unless this is a retry of the same enrolment)."""
+        entry = self._token_entry(token, retry=self.is_retry(token, node_id, key_id))
         return entry["role"], entry["node_id"]
 
     def shared_token_uses(self, token: str) -> int:
@@ -277,9 +283,36 @@ class CAStore:
             return True
         return any(e["node_id"] == node_id for e in read_tokens(self.state_dir / TOKENS_FILE))
 
-    def consume_token(self, token: str, node_id: str) -> None:
-        """Record one use of ``token`` by ``node_id``. A shared token only admits node ids that never
-        enrolled before (node ids stay unique: it cannot take over an existing node's name)."""
+    def is_retry(self, token: str, node_id: str, key_id: str) -> bool:
+        """The same node asking again with the same token and the same key shortly after it enrolled:
+        its first answer was lost (a timeout under load), so it gets its certificate again. A different
+        key, node or token is never a retry."""
+        if not key_id:
+            return False
+        row = self._db.execute(
+            "SELECT token_sha256, key_sha256, enrolled_at FROM enrol_keys WHERE node_id=?", (node_id,)
+        ).fetchone()
+        if row is None or row[0] != token_hash(token) or not secrets.compare_digest(row[1], key_id):
+            return False
+        age = x509.utcnow() - dt.datetime.fromisoformat(row[2])
+        return age <= ENROL_RETRY_WINDOW
+
+    def _remember_key(self, token: str, node_id: str, key_id: str) -> None:
+        if key_id:
+            self._db.execute(
+                "INSERT OR REPLACE INTO enrol_keys(node_id, token_sha256, key_sha256, enrolled_at) "
+                "VALUES (?, ?, ?, ?)",
+                (node_id, token_hash(token), key_id, x509.utcnow().isoformat()),
+            )
+
+    def consume_token(self, token: str, node_id: str, key_id: str = "") -> None:
+        """Record one use of ``token`` by ``node_id`` for the key with fingerprint ``key_id``. A shared
+        token only admits node ids that never enrolled before (node ids stay unique: it cannot take over
+        an existing node's name). A retry of the same enrolment (same node, token and key, within
+        ENROL_RETRY_WINDOW) is accepted without using the token again."""
+        if self.is_retry(token, node_id, key_id):
+            log.info("%s repeated its enrolment with the same key (its first answer was lost)", node_id)
+            return
         entry = self._token_entry(token)
         with self._lock:
             if entry["node_id"] == ANY_NODE:
@@ -302,6 +335,7 @@ class CAStore:
                     raise NotAllowed(
                         f"{node_id} is already enrolled; a shared token only enrols new nodes"
                     ) from None
+                self._remember_key(token, node_id, key_id)
                 log.warning(
                     "NEW %s %s enrolled with the shared %s token (use %d of %d, token expires %s)",
                     entry["role"],
@@ -321,6 +355,7 @@ class CAStore:
                 raise Unauthenticated(
                     "this enrolment token was already used; ask the operator for a new one"
                 ) from None
+            self._remember_key(token, node_id, key_id)
 
     def enrolments(self) -> list[dict[str, str]]:
         """Every enrolment made with a token (one-time and shared), oldest first: for operators and audits."""

@@ -48,14 +48,15 @@ class CertificateService:
             raise InvalidInput(str(e)) from None
         if len(request.csr_pem) > x509.MAX_CSR_BYTES:
             raise InvalidInput("the certificate request is too large")
-        token_role, token_node = ca.token_identity(request.token)
+        csr = x509.load_csr(bytes(request.csr_pem))  # a bad CSR must not burn the token
+        key_id = x509.key_fingerprint(csr.public_key())
+        token_role, token_node = ca.token_identity(request.token, node_id, key_id)
         if token_role != role or token_node not in (node_id, pki.ANY_NODE):
             whom = f"new {token_role} nodes" if token_node == pki.ANY_NODE else f"{token_role} {token_node}"
             raise NotAllowed(f"this enrolment token is for {whom}, not {role} {node_id}")
         if node_id in self._quarantined() or ca.is_node_revoked(node_id):
             raise NotAllowed(f"{node_id} is quarantined or revoked; it cannot enrol again")
-        x509.load_csr(bytes(request.csr_pem))  # a bad CSR must not burn the token
-        ca.consume_token(request.token, node_id)
+        ca.consume_token(request.token, node_id, key_id=key_id)
         cert = ca.issue(bytes(request.csr_pem), role, node_id)
         log.info("enrolled %s %s (certificate for %.0f h)", role, node_id, self.settings.cert_hours)
         return authority_pb2.EnrollResponse(certificate_pem=cert, ca_certificate_pem=ca.cert_pem)

@@ -1,0 +1,79 @@
+"""A node whose enrolment answer was lost (a timeout under load) may ask again with the same token and
+the same key, and only that: another key, another node or a late retry is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hfl.crypto import x509
+from hfl.errors import NotAllowed, Unauthenticated
+from hfl.proto.v1 import authority_pb2
+from hfl.rpc import pki
+from hfl.rpc.settings import Settings
+from services.authority.enrol import CertificateService
+
+
+class _Authority(CertificateService):
+    def __init__(self, state: Path) -> None:
+        self.settings = Settings(tls=True, state_dir=state)
+        self.quarantined: frozenset[str] = frozenset()
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Any:
+    state = tmp_path / "authority"
+    a = _Authority(state)
+    yield a
+    pki._CA_STORES.pop(state.resolve()).close()
+
+
+def _enrol(a: _Authority, token: str, role: str, node_id: str, csr: bytes) -> bytes:
+    req = authority_pb2.EnrollRequest(token=token, role=role, node_id=node_id, csr_pem=csr)
+    return bytes(asyncio.run(a.Enroll(req, None)).certificate_pem)  # type: ignore[arg-type]
+
+
+def test_same_node_same_key_may_repeat_its_enrolment(authority: _Authority) -> None:
+    token = pki.add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
+    csr = x509.make_csr(x509.new_key(), "fog-1", "fog", [])
+    first = x509.cert_from_pem(_enrol(authority, token, "fog", "fog-1", csr))
+    again = x509.cert_from_pem(_enrol(authority, token, "fog", "fog-1", csr))
+    assert x509.identity_of(again).node_id == x509.identity_of(first).node_id == "fog-1"
+    assert x509.key_fingerprint(again.public_key()) == x509.key_fingerprint(first.public_key())
+
+
+def test_a_different_key_cannot_reuse_the_token(authority: _Authority) -> None:
+    token = pki.add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
+    _enrol(authority, token, "fog", "fog-1", x509.make_csr(x509.new_key(), "fog-1", "fog", []))
+    with pytest.raises(Unauthenticated, match="already used"):
+        _enrol(authority, token, "fog", "fog-1", x509.make_csr(x509.new_key(), "fog-1", "fog", []))
+
+
+def test_a_late_retry_is_refused(authority: _Authority, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = pki.add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
+    csr = x509.make_csr(x509.new_key(), "fog-1", "fog", [])
+    _enrol(authority, token, "fog", "fog-1", csr)
+    later = x509.utcnow() + pki.ENROL_RETRY_WINDOW + dt.timedelta(minutes=1)
+    monkeypatch.setattr(pki.x509, "utcnow", lambda: later)
+    with pytest.raises(Unauthenticated, match="already used"):
+        _enrol(authority, token, "fog", "fog-1", csr)
+
+
+def test_shared_token_retry_with_the_same_key_does_not_use_up_the_cap(authority: _Authority) -> None:
+    state = authority.settings.state_dir
+    token = pki.add_role_token(state, "facility", max_uses=1, hours=1)
+    csr = x509.make_csr(x509.new_key(), "facility-x", "facility", [])
+    _enrol(authority, token, "facility", "facility-x", csr)
+    _enrol(authority, token, "facility", "facility-x", csr)  # the lost answer, asked for again
+    with pytest.raises((Unauthenticated, NotAllowed)):
+        _enrol(
+            authority,
+            token,
+            "facility",
+            "facility-y",
+            x509.make_csr(x509.new_key(), "facility-y", "facility", []),
+        )
