@@ -26,8 +26,11 @@ def fit(xs: list[float], ys: list[float]) -> dict[str, float]:
     x, y = np.asarray(xs, float), np.asarray(ys, float)
     b, a = np.polyfit(x, y, 1)
     k = float(np.polyfit(np.log(x), np.log(np.maximum(y, 1e-9)), 1)[0]) if len(x) > 1 else float("nan")
-    return {"intercept_s": round(float(a), 4), "slope_s_per_facility": round(float(b), 5),
-            "power_law_exponent": round(k, 3)}
+    return {
+        "intercept_s": round(float(a), 4),
+        "slope_s_per_facility": round(float(b), 5),
+        "power_law_exponent": round(k, 3),
+    }
 
 
 def main() -> int:
@@ -49,8 +52,20 @@ def main() -> int:
                 if (n, dim, flat) in done:
                     continue
                 rounds = args.rounds if dim < 1_000_000 else min(args.rounds, 2)
-                cmd = [sys.executable, "-m", "hfl.cli", "bench", "federation", "--facilities", str(n),
-                       "--dim", str(dim), "--rounds", str(rounds), "--json"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "hfl.cli",
+                    "bench",
+                    "federation",
+                    "--facilities",
+                    str(n),
+                    "--dim",
+                    str(dim),
+                    "--rounds",
+                    str(rounds),
+                    "--json",
+                ]
                 cmd += ["--flat"] if flat else []
                 print(f"N={n} D={dim} {mode} ...", flush=True)
                 t = time.monotonic()
@@ -60,9 +75,12 @@ def main() -> int:
                     continue
                 r = json.loads(res.stdout)
                 doc["runs"].append(r)
-                print(f"  round {r['round_s']:.2f}s  leader in {r['leader_bytes_in'] / 1e6:.2f} MB  "
-                      f"busiest fog in {r['fog_bytes_in_max'] / 1e6:.2f} MB  per facility "
-                      f"{r['bytes_per_facility'] / 1e6:.3f} MB  ({time.monotonic() - t:.0f}s)", flush=True)
+                print(
+                    f"  round {r['round_s']:.2f}s  leader in {r['leader_bytes_in'] / 1e6:.2f} MB  "
+                    f"busiest fog in {r['fog_bytes_in_max'] / 1e6:.2f} MB  per facility "
+                    f"{r['bytes_per_facility'] / 1e6:.3f} MB  ({time.monotonic() - t:.0f}s)",
+                    flush=True,
+                )
                 doc["fits"] = fits(doc["runs"])
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(doc, indent=1, sort_keys=True))
@@ -74,8 +92,9 @@ def fits(runs: list[dict]) -> dict[str, dict[str, float]]:
     out = {}
     for dim in sorted({r["dim"] for r in runs}):
         for flat in (False, True):
-            pts = sorted((r["facilities"], r["round_s"]) for r in runs
-                         if r["dim"] == dim and r["flat"] == flat)
+            pts = sorted(
+                (r["facilities"], r["round_s"]) for r in runs if r["dim"] == dim and r["flat"] == flat
+            )
             if len(pts) >= 2:
                 key = f"D={dim} {'flat' if flat else 'hierarchy'}"
                 out[key] = fit([x for x, _ in pts], [y for _, y in pts])

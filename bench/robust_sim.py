@@ -55,7 +55,9 @@ def make_facilities(n: int, n_byz: int, attack: str, seed: int) -> list[Facility
             m = max(n, 5)
             fac.peers = [
                 load_facility_data("synthetic", specialty=SPECIALTIES[j % 4], shard=(j, m), seed=seed).train
-                for j in range(m) if j != fac.index][:4]
+                for j in range(m)
+                if j != fac.index
+            ][:4]
     return out
 
 
@@ -139,10 +141,13 @@ def run(
             correct += ev.correct
             total_n += ev.total
         row: dict[str, Any] = {
-            "round": rnd, "accuracy": correct / total_n,
-            "flagged": sorted(flags), "newly_quarantined": newly,
-            "bad_buckets": sorted(b for b, ms in buckets.items()
-                                  if any(by_id[m].attack not in ("none",) for m in ms)),
+            "round": rnd,
+            "accuracy": correct / total_n,
+            "flagged": sorted(flags),
+            "newly_quarantined": newly,
+            "bad_buckets": sorted(
+                b for b, ms in buckets.items() if any(by_id[m].attack not in ("none",) for m in ms)
+            ),
         }
         if trace:
             row["details"] = {k: v for k, v in res.details.items() if k.startswith("screen")}
@@ -151,7 +156,10 @@ def run(
     bad = {x.node_id for x in facs if x.attack != "none"}
     q = {fid: rep.quarantined_since(fid) for fid in sorted(rep.quarantined)}
     return {
-        "attack": attack, "rule": rule, "f": f, "seed": seed,
+        "attack": attack,
+        "rule": rule,
+        "f": f,
+        "seed": seed,
         "final_accuracy": rows[-1]["accuracy"],
         "quarantined": q,
         "false_quarantines": sorted(set(q) - bad),
@@ -174,8 +182,10 @@ def main() -> None:
             for s in args.seeds:
                 out = run(a, r, args.f if r != "mean" else 0, seed=s, rounds=args.rounds, trace=args.trace)
                 flagged = [len(x["flagged"]) for x in out["rounds"]]
-                print(f"{a:10s} {r:13s} seed {s}: acc {out['final_accuracy']:.4f} caught {out['caught']} "
-                      f"false {out['false_quarantines']} flags/round {flagged}")
+                print(
+                    f"{a:10s} {r:13s} seed {s}: acc {out['final_accuracy']:.4f} caught {out['caught']} "
+                    f"false {out['false_quarantines']} flags/round {flagged}"
+                )
                 if args.trace:
                     print(json.dumps(out["rounds"], indent=1)[:4000])
 

@@ -34,9 +34,26 @@ FACILITIES, BUCKET, BYZANTINE, ROUNDS = 12, 3, 2, 10
 
 
 def run_demo(attack: str, rule: str, f: int, seed: int, out: Path, rounds: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "hfl.cli", "demo", "--facilities", str(FACILITIES),
-           "--bucket-size", str(BUCKET), "--rule", rule, "--f", str(f), "--rounds", str(rounds),
-           "--seed", str(seed), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hfl.cli",
+        "demo",
+        "--facilities",
+        str(FACILITIES),
+        "--bucket-size",
+        str(BUCKET),
+        "--rule",
+        rule,
+        "--f",
+        str(f),
+        "--rounds",
+        str(rounds),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
     if attack != "none":
         cmd += ["--byzantine", f"{BYZANTINE}:{attack}"]
     t0 = time.monotonic()
@@ -44,8 +61,14 @@ def run_demo(attack: str, rule: str, f: int, seed: int, out: Path, rounds: int) 
     wall = time.monotonic() - t0
     summary_path = out / "summary.json"
     if proc.returncode != 0 or not summary_path.exists():
-        return {"attack": attack, "rule": rule, "f": f, "seed": seed,
-                "error": proc.stderr[-2000:] or proc.stdout[-2000:], "wall_s": round(wall, 1)}
+        return {
+            "attack": attack,
+            "rule": rule,
+            "f": f,
+            "seed": seed,
+            "error": proc.stderr[-2000:] or proc.stdout[-2000:],
+            "wall_s": round(wall, 1),
+        }
     summary = json.loads(summary_path.read_text())
     byz = set(summary["config"].get("byzantine", {}))
     first_q: dict[str, int] = {}
@@ -54,7 +77,10 @@ def run_demo(attack: str, rule: str, f: int, seed: int, out: Path, rounds: int) 
             first_q.setdefault(q, r["round"])
     caught = {q: rnd for q, rnd in first_q.items() if q in byz}
     return {
-        "attack": attack, "rule": rule, "f": f, "seed": seed,
+        "attack": attack,
+        "rule": rule,
+        "f": f,
+        "seed": seed,
         "final_accuracy": summary.get("final_accuracy"),
         "centralized_accuracy": summary.get("centralized_accuracy"),
         "committed_rounds": summary.get("committed_rounds"),
@@ -71,8 +97,11 @@ def run_demo(attack: str, rule: str, f: int, seed: int, out: Path, rounds: int) 
 def table(results: list[dict[str, Any]], rules: list[str]) -> str:
     main = [r for r in results if r["seed"] == 0]
     honest = {r["rule"]: r.get("final_accuracy") for r in main if r["attack"] == "none"}
-    head = "| attack | " + " | ".join(f"{r} acc (Δ vs honest)" for r in rules) + \
-        " | both attackers quarantined by round (default rule) | false quarantines |"
+    head = (
+        "| attack | "
+        + " | ".join(f"{r} acc (Δ vs honest)" for r in rules)
+        + " | both attackers quarantined by round (default rule) | false quarantines |"
+    )
     lines = [head, "|" + "---|" * (len(rules) + 3)]
     for attack in ("none", *ATTACKS):
         cells = []
@@ -93,17 +122,20 @@ def table(results: list[dict[str, Any]], rules: list[str]) -> str:
 
 
 def quarantine_table(results: list[dict[str, Any]], rule: str) -> str:
-    lines = ["| attack | seed | both quarantined by round | quarantined (round) | false quarantines "
-             "| final acc |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| attack | seed | both quarantined by round | quarantined (round) | false quarantines | final acc |",
+        "|---|---|---|---|---|---|",
+    ]
     rows = [r for r in results if r["rule"] == rule and r["attack"] in (*QUARANTINE_ATTACKS, "none")]
     for r in sorted(rows, key=lambda r: (r["attack"], r["seed"])):
         if "error" in r:
             lines.append(f"| {r['attack']} | {r['seed']} | error | | | |")
             continue
         q = ", ".join(f"{k} ({v})" for k, v in sorted(r["quarantined_round"].items())) or "none"
-        lines.append(f"| {r['attack']} | {r['seed']} | {r['all_byzantine_quarantined_by'] or 'no'} | {q} | "
-                     f"{', '.join(r['false_quarantines']) or 'none'} | {r['final_accuracy']:.4f} |")
+        lines.append(
+            f"| {r['attack']} | {r['seed']} | {r['all_byzantine_quarantined_by'] or 'no'} | {q} | "
+            f"{', '.join(r['false_quarantines']) or 'none'} | {r['final_accuracy']:.4f} |"
+        )
     return "\n".join(lines)
 
 
@@ -111,8 +143,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--attacks", nargs="+", default=list(ATTACKS))
     ap.add_argument("--rules", nargs="+", default=[DEFAULT_RULE, "mean"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                    help="seeds for the quarantine checks (seed 0 also runs every attack)")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 3, 4],
+        help="seeds for the quarantine checks (seed 0 also runs every attack)",
+    )
     ap.add_argument("--quick", action="store_true", help="seed 0 only")
     ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "robust_sweep.json"))
@@ -131,16 +168,32 @@ def main() -> int:
             print(f"[{k}/{len(plan)}] {attack} with {rule} (f={f_of[rule]}), seed {seed} ...", flush=True)
             res = run_demo(attack, rule, f_of[rule], seed, Path(tmp) / f"{attack}-{rule}-{seed}", args.rounds)
             results.append(res)
-            msg = res.get("error", "")[-300:] if "error" in res else (
-                f"accuracy {res['final_accuracy']}, quarantined {res['quarantined_round']}, "
-                f"{res['wall_s']} s")
+            msg = (
+                res.get("error", "")[-300:]
+                if "error" in res
+                else (
+                    f"accuracy {res['final_accuracy']}, quarantined {res['quarantined_round']}, "
+                    f"{res['wall_s']} s"
+                )
+            )
             print("    " + msg, flush=True)
-            out_path.write_text(json.dumps({
-                "scenario": {"facilities": FACILITIES, "bucket_size": BUCKET, "byzantine": BYZANTINE,
-                             "rounds": args.rounds, "f": f_of},
-                "note": "real federations (hfl demo) on one machine with 2 shared cores; wall times are "
-                        "under contention",
-                "results": results}, indent=2))
+            out_path.write_text(
+                json.dumps(
+                    {
+                        "scenario": {
+                            "facilities": FACILITIES,
+                            "bucket_size": BUCKET,
+                            "byzantine": BYZANTINE,
+                            "rounds": args.rounds,
+                            "f": f_of,
+                        },
+                        "note": "real federations (hfl demo) on one machine with 2 shared cores; "
+                        "wall times are under contention",
+                        "results": results,
+                    },
+                    indent=2,
+                )
+            )
     print()
     print(table(results, args.rules))
     print()

@@ -22,8 +22,11 @@ def run_demo(*args: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         t0 = time.monotonic()
-        subprocess.run([sys.executable, "-m", "hfl.cli", "demo", "--out", str(out), *args], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "hfl.cli", "demo", "--out", str(out), *args],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         wall = time.monotonic() - t0
         summary = json.loads((out / "summary.json").read_text())
     rounds = [r for r in summary["rounds"] if r["committed"]]
@@ -48,8 +51,10 @@ def main() -> dict[str, Any]:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "spine.json").write_text(json.dumps(results, indent=2))
     for name, r in results.items():
-        print(f"{name:22s} final {r['final_accuracy']:.3f}  reference {r['centralized_accuracy']:.3f}  "
-              f"wall {r['wall_s']:6.1f}s  median round {r['median_round_s']:.2f}s")
+        print(
+            f"{name:22s} final {r['final_accuracy']:.3f}  reference {r['centralized_accuracy']:.3f}  "
+            f"wall {r['wall_s']:6.1f}s  median round {r['median_round_s']:.2f}s"
+        )
     return results
 
 

@@ -38,10 +38,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="measured rounds after one warm-up (default 3)")
     p.add_argument("--bucket-size", type=int, default=8, help="facilities per bucket (default 8)")
     p.add_argument("--validators", type=int, default=4, help="committee size 3f+1 (default 4)")
-    p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=True,
-                   help="secure aggregation (default on; --no-secagg: plain sums)")
-    p.add_argument("--facilities-per-process", type=int, default=25,
-                   help="facilities sharing one OS process (default 25; 1 = one process each)")
+    p.add_argument(
+        "--secagg",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="secure aggregation (default on; --no-secagg: plain sums)",
+    )
+    p.add_argument(
+        "--facilities-per-process",
+        type=int,
+        default=25,
+        help="facilities sharing one OS process (default 25; 1 = one process each)",
+    )
     p.add_argument("--round-timeout", type=float, default=600.0, help="seconds a fog waits for facilities")
     p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
     p.add_argument("--out", help="keep the run folder here (default: a temporary folder, removed after)")
@@ -96,8 +104,10 @@ async def watch_events(address: str, events: list[RoundEvent], total: int, say: 
                         return
                     events.append(e)
                     kind = "warm-up" if e.round == 1 else "measured"
-                    say(f"  round {e.round}/{total} ({kind}): {e.duration_s:.2f}s, "
-                        f"{'committed' if e.committed else 'NOT committed: ' + e.detail}")
+                    say(
+                        f"  round {e.round}/{total} ({kind}): {e.duration_s:.2f}s, "
+                        f"{'committed' if e.committed else 'NOT committed: ' + e.detail}"
+                    )
             return
         except grpc.aio.AioRpcError:
             await asyncio.sleep(1.0)
@@ -119,32 +129,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     total_rounds = args.rounds + 1
     per_process = facilities_per_process(n, args.facilities_per_process == 1, args.facilities_per_process)
-    common = {"HFL_SEED": "0", "HFL_DATASET": "synthetic", "HFL_N_PATIENTS": "40", "HFL_LOG_LEVEL": "WARNING",
-              "HFL_MODEL": "logreg"}
+    common = {
+        "HFL_SEED": "0",
+        "HFL_DATASET": "synthetic",
+        "HFL_N_PATIENTS": "40",
+        "HFL_LOG_LEVEL": "WARNING",
+        "HFL_MODEL": "logreg",
+    }
     fed = Federation(out, common)
     buckets = max(1, n // args.bucket_size)
-    say(f"hfl bench federation: {n} facilities, {fogs} fog{'s' if fogs > 1 else ''}"
+    say(
+        f"hfl bench federation: {n} facilities, {fogs} fog{'s' if fogs > 1 else ''}"
         f"{' (flat: one aggregator)' if args.flat else ''}, {buckets} buckets of ~{args.bucket_size}, "
         f"D={dim}, secure aggregation {'on' if args.secagg else 'off'}, committee of {args.validators}, "
-        f"1 warm-up + {args.rounds} measured rounds; facilities {per_process} per process")
+        f"1 warm-up + {args.rounds} measured rounds; facilities {per_process} per process"
+    )
     started = time.monotonic()
     events: list[RoundEvent] = []
     try:
-        auth = fed.start("authority", "authority", {
-            "HFL_COMMITTEE_SIZE": str(args.validators), "HFL_BUCKET_SIZE": str(args.bucket_size),
-            "HFL_MIN_FACILITIES": str(n), **enrol_burst_env(n + fogs + args.validators)})
+        auth = fed.start(
+            "authority",
+            "authority",
+            {
+                "HFL_COMMITTEE_SIZE": str(args.validators),
+                "HFL_BUCKET_SIZE": str(args.bucket_size),
+                "HFL_MIN_FACILITIES": str(n),
+                **enrol_burst_env(n + fogs + args.validators),
+            },
+        )
         fed.wait_ready([auth], label="authority")
         common["HFL_AUTHORITY"] = auth.info["address"]
         workers = [fed.start("validator", f"validator-{i + 1}") for i in range(args.validators)]
         workers += [fed.start("fog", f"fog-{i + 1}") for i in range(fogs)]
-        members = [(f"facility-{i + 1:03d}", {"HFL_SHARD": f"{i}/{n}", "HFL_BENCH_UPDATES": "true"})
-                   for i in range(n)]
+        members = [
+            (f"facility-{i + 1:03d}", {"HFL_SHARD": f"{i}/{n}", "HFL_BENCH_UPDATES": "true"})
+            for i in range(n)
+        ]
         workers += start_facilities(fed, members, per_process)
         fed.wait_ready(workers, timeout=600, label="services")
-        leader = fed.start("leader", "leader", {
-            "HFL_ROUNDS": str(total_rounds), "HFL_N_FEATURES": str(dim - 1),
-            "HFL_SECAGG": "true" if args.secagg else "false", "HFL_ROUND_TIMEOUT": str(args.round_timeout),
-            "HFL_VOTE_TIMEOUT": str(args.round_timeout)})
+        leader = fed.start(
+            "leader",
+            "leader",
+            {
+                "HFL_ROUNDS": str(total_rounds),
+                "HFL_N_FEATURES": str(dim - 1),
+                "HFL_SECAGG": "true" if args.secagg else "false",
+                "HFL_ROUND_TIMEOUT": str(args.round_timeout),
+                "HFL_VOTE_TIMEOUT": str(args.round_timeout),
+            },
+        )
         fed.wait_ready([leader], timeout=600, label="leader")
         say(f"federation up in {time.monotonic() - started:.1f}s; running rounds ...")
         asyncio.run(watch_events(leader.info["address"], events, total_rounds, say, fed.operator()))
@@ -168,9 +201,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     peak = {k: round(max(v), 1) for k, v in sorted(rss.items())}
     peak["per_facility"] = round(max(rss.get("facility_process", [0.0])) / per_process, 1)
     return {
-        "facilities": n, "fogs": fogs, "dim": dim, "flat": args.flat, "secagg": args.secagg,
-        "bucket_size": args.bucket_size, "buckets": buckets, "validators": args.validators,
-        "rounds_measured": len(measured), "hosting": hosting_record(n, per_process),
+        "facilities": n,
+        "fogs": fogs,
+        "dim": dim,
+        "flat": args.flat,
+        "secagg": args.secagg,
+        "bucket_size": args.bucket_size,
+        "buckets": buckets,
+        "validators": args.validators,
+        "rounds_measured": len(measured),
+        "hosting": hosting_record(n, per_process),
         "round_s": round(median([e.duration_s for e in measured]), 4),
         "round_s_all": [round(e.duration_s, 4) for e in measured],
         "phases_s": {k: round(median(v), 4) for k, v in sorted(phases.items())},

@@ -73,8 +73,10 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
         except LedgerError as e:
             print(f"LEDGER INVALID: {e}", file=sys.stderr)
             return 1
-    print(f"Ledger OK: {n} blocks; hashes, signatures, quorum certificates"
-          f"{'' if args.no_recompute else ' and every aggregate'} check out.")
+    print(
+        f"Ledger OK: {n} blocks; hashes, signatures, quorum certificates"
+        f"{'' if args.no_recompute else ' and every aggregate'} check out."
+    )
     return 0
 
 
@@ -82,8 +84,9 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from hfl.robust.offline import aggregate_files
 
-    result = aggregate_files(args.rule, args.f, args.input, args.output, counts_path=args.counts,
-                             clip_update=args.clip_update)
+    result = aggregate_files(
+        args.rule, args.f, args.input, args.output, counts_path=args.counts, clip_update=args.clip_update
+    )
     flagged = ", ".join(str(i) for i in result.flagged) or "none"
     print(f"wrote {args.output} ({result.update.size} values); flagged rows: {flagged}")
     return 0
@@ -99,12 +102,15 @@ def cmd_health(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     address = args.address or f"127.0.0.1:{settings.listen_port}"
-    # With mTLS, the check uses this node's own certificate (or --cert-dir, e.g. a run's state/authority/operator).
+    # With mTLS, the check uses this node's own certificate
+    # (or --cert-dir, e.g. a run's state/authority/operator).
     cert_dir = Path(args.cert_dir) if args.cert_dir else settings.state_dir / "tls"
     tls = load_client(cert_dir) if settings.tls and (cert_dir / "cert.pem").exists() else None
     try:
         with sync_channel(address, tls) as ch:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=args.timeout)
+            resp = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
+            )
     except grpc.RpcError as e:
         print(f"{address}: not reachable ({e.code().name})")
         return 1
@@ -118,8 +124,10 @@ def cmd_enrol_token(args: argparse.Namespace) -> int:
 
     token = add_enrol_token(Path(args.state_dir), args.role, args.node_id)
     print(token)
-    print(f"(one-time token for {args.role} {args.node_id}; give it to that node as HFL_ENROL_TOKEN)",
-          file=sys.stderr)
+    print(
+        f"(one-time token for {args.role} {args.node_id}; give it to that node as HFL_ENROL_TOKEN)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -141,8 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("serve", help="run one service, configured from HFL_* environment variables")
-    s.add_argument("role", choices=(*ROLES, "facilities"),
-                   help="'facilities' hosts the facilities listed in HFL_FACILITIES_FILE in one process")
+    s.add_argument(
+        "role",
+        choices=(*ROLES, "facilities"),
+        help="'facilities' hosts the facilities listed in HFL_FACILITIES_FILE in one process",
+    )
     s.set_defaults(func=cmd_serve)
 
     bench = sub.add_parser("bench", help="benchmarks (results also go to bench/results/)")
@@ -150,13 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     from hfl.bench_federation import add_arguments as add_bench_federation_arguments
     from hfl.bench_federation import cmd_bench_federation
 
-    bf = bench_sub.add_parser("federation", help="full rounds over loopback gRPC: time, bytes, memory vs size")
+    bf = bench_sub.add_parser(
+        "federation", help="full rounds over loopback gRPC: time, bytes, memory vs size"
+    )
     add_bench_federation_arguments(bf)
     bf.set_defaults(func=cmd_bench_federation)
     from hfl.bench.secagg import add_arguments as add_bench_secagg_arguments
     from hfl.bench.secagg import cmd_bench_secagg
 
-    bs = bench_sub.add_parser("secagg", help="secure vs plain aggregation over loopback gRPC: time, bytes, memory")
+    bs = bench_sub.add_parser(
+        "secagg", help="secure vs plain aggregation over loopback gRPC: time, bytes, memory"
+    )
     add_bench_secagg_arguments(bs)
     bs.set_defaults(func=cmd_bench_secagg)
 
@@ -183,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
     st.set_defaults(func=cmd_status)
 
-    et = sub.add_parser("enrol-token", help="make a one-time enrolment token for a new node (on the authority)")
+    et = sub.add_parser(
+        "enrol-token", help="make a one-time enrolment token for a new node (on the authority)"
+    )
     et.add_argument("role", choices=("leader", "fog", "facility", "validator"))
     et.add_argument("node_id")
     et.add_argument("--state-dir", default="/var/lib/hfl", help="the authority's state folder")

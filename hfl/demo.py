@@ -17,8 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hfl.domain import SPECIALTIES, RoundEvent
 from hfl.demo_dp import add_dp_arguments, check_dp_args, dp_banner, dp_env, dp_summary
+from hfl.domain import SPECIALTIES, RoundEvent
 from hfl.errors import ConfigError
 
 # Above this many facilities the demo hosts several facilities per OS process (services/facility/host.py).
@@ -37,33 +37,71 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=16, help="hidden units of the mlp")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default runs/<timestamp>, runs/latest points at it)")
-    p.add_argument("--keep-running", action="store_true", help="keep serving after the last round until Ctrl-C")
-    p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
-                   help="mutual TLS with certificates from the authority (--no-tls: plaintext, debugging only)")
-    p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=True,
-                   help="mask updates with secure aggregation (--no-secagg: plain sums, for comparison)")
+    p.add_argument(
+        "--keep-running", action="store_true", help="keep serving after the last round until Ctrl-C"
+    )
+    p.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mutual TLS with certificates from the authority (--no-tls: plaintext, debugging only)",
+    )
+    p.add_argument(
+        "--secagg",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mask updates with secure aggregation (--no-secagg: plain sums, for comparison)",
+    )
     p.add_argument("--drop-rate", type=float, default=0.0, help="chance a facility drops out of a round")
     p.add_argument("--bucket-size", type=int, default=4, help="facilities per bucket (default 4)")
-    p.add_argument("--rule", default="trimmed_mean",
-                   help="aggregation rule over bucket means: trimmed_mean (default), median, multi_krum, "
-                        "centered_clipping, or mean (not robust, for comparison)")
-    p.add_argument("--f", type=int, default=-1,
-                   help="bad buckets the rule must tolerate (default -1: the most it can with the buckets)")
+    p.add_argument(
+        "--rule",
+        default="trimmed_mean",
+        help="aggregation rule over bucket means: trimmed_mean (default), median, multi_krum, "
+        "centered_clipping, or mean (not robust, for comparison)",
+    )
+    p.add_argument(
+        "--f",
+        type=int,
+        default=-1,
+        help="bad buckets the rule must tolerate (default -1: the most it can with the buckets)",
+    )
     p.add_argument("--lr", type=float, default=0.0, help="local learning rate (default: built-in)")
     p.add_argument("--epochs", type=int, default=0, help="local epochs per round (default: built-in)")
     p.add_argument("--batch-size", type=int, default=0, help="local batch size (default: built-in)")
-    p.add_argument("--clip-update", type=float, default=0.0, help="norm bound of one update (default: built-in)")
-    p.add_argument("--round-timeout", type=float, default=120.0, help="seconds a fog waits for its facilities")
-    p.add_argument("--process-per-facility", action="store_true",
-                   help=f"one OS process per facility even above {SHARE_ABOVE} facilities (more realistic)")
-    p.add_argument("--facilities-per-process", type=int, default=25,
-                   help=f"above {SHARE_ABOVE} facilities, how many share one process (default 25)")
-    p.add_argument("--byzantine", action="append", default=[], metavar="N:ATTACK",
-                   help="make N facilities Byzantine with ATTACK (sign_flip, scale, gaussian, label_flip, alie, "
-                        "ipm, free_ride, nan); repeatable")
+    p.add_argument(
+        "--clip-update", type=float, default=0.0, help="norm bound of one update (default: built-in)"
+    )
+    p.add_argument(
+        "--round-timeout", type=float, default=120.0, help="seconds a fog waits for its facilities"
+    )
+    p.add_argument(
+        "--process-per-facility",
+        action="store_true",
+        help=f"one OS process per facility even above {SHARE_ABOVE} facilities (more realistic)",
+    )
+    p.add_argument(
+        "--facilities-per-process",
+        type=int,
+        default=25,
+        help=f"above {SHARE_ABOVE} facilities, how many share one process (default 25)",
+    )
+    p.add_argument(
+        "--byzantine",
+        action="append",
+        default=[],
+        metavar="N:ATTACK",
+        help="make N facilities Byzantine with ATTACK (sign_flip, scale, gaussian, label_flip, alie, "
+        "ipm, free_ride, nan); repeatable",
+    )
     p.add_argument("--byzantine-scale", type=float, default=10.0, help="factor of the scale attack")
-    p.add_argument("--validator-fault", action="append", default=[], metavar="N:MODE",
-                   help="make N validators faulty (reject_all, accept_all, silent); repeatable")
+    p.add_argument(
+        "--validator-fault",
+        action="append",
+        default=[],
+        metavar="N:MODE",
+        help="make N validators faulty (reject_all, accept_all, silent); repeatable",
+    )
     p.add_argument("--vote-timeout", type=float, default=60.0, help="seconds the leader waits for votes")
     add_dp_arguments(p)  # --dp-epsilon, --dp-delta, ... (hfl/demo_dp.py)
 
@@ -104,14 +142,29 @@ class Federation:
         ready = state / "ready.json"
         ready.unlink(missing_ok=True)
         log_file = self.out / "logs" / f"{node_id}.log"
-        full_env = {**os.environ, **self.common_env, **self.enrol_env(role, node_id), **(env or {}),
-                    "HFL_ROLE": role, "HFL_NODE_ID": node_id,
-                    "HFL_LISTEN": "127.0.0.1:0", "HFL_METRICS_PORT": "0", "HFL_STATE_DIR": str(state),
-                    "HFL_READY_FILE": str(ready), "PYTHONUNBUFFERED": "1"}
+        full_env = {
+            **os.environ,
+            **self.common_env,
+            **self.enrol_env(role, node_id),
+            **(env or {}),
+            "HFL_ROLE": role,
+            "HFL_NODE_ID": node_id,
+            "HFL_LISTEN": "127.0.0.1:0",
+            "HFL_METRICS_PORT": "0",
+            "HFL_STATE_DIR": str(state),
+            "HFL_READY_FILE": str(ready),
+            "PYTHONUNBUFFERED": "1",
+        }
         with open(log_file, "ab") as log:
-            popen = subprocess.Popen([sys.executable, "-m", "hfl.cli", "serve", role], env=full_env,
-                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "hfl.cli", "serve", role],
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         proc = Proc(role, node_id, popen, ready, log_file)
         self.procs.append(proc)
         return proc
@@ -148,15 +201,24 @@ class Federation:
             state = self.out / "state" / node_id
             state.mkdir(parents=True, exist_ok=True)
             (state / "ready.json").unlink(missing_ok=True)
-            entries.append({**self.enrol_env("facility", node_id), **env, "HFL_NODE_ID": node_id,
-                            "HFL_STATE_DIR": str(state),
-                            "HFL_READY_FILE": str(state / "ready.json"), "HFL_LISTEN": "127.0.0.1:0"})
+            entries.append(
+                {
+                    **self.enrol_env("facility", node_id),
+                    **env,
+                    "HFL_NODE_ID": node_id,
+                    "HFL_STATE_DIR": str(state),
+                    "HFL_READY_FILE": str(state / "ready.json"),
+                    "HFL_LISTEN": "127.0.0.1:0",
+                }
+            )
         spec = self.out / "state" / f"{host_id}.facilities.json"
         spec.parent.mkdir(parents=True, exist_ok=True)
         spec.write_text(json.dumps({"facilities": entries}, indent=1))
         host = self.start("facilities", host_id, {"HFL_FACILITIES_FILE": str(spec)})
-        hosted = [Proc("facility", e["HFL_NODE_ID"], host.popen, Path(e["HFL_READY_FILE"]), host.log_file)
-                  for e in entries]
+        hosted = [
+            Proc("facility", e["HFL_NODE_ID"], host.popen, Path(e["HFL_READY_FILE"]), host.log_file)
+            for e in entries
+        ]
         self.procs.extend(hosted)
         return hosted
 
@@ -174,8 +236,10 @@ class Federation:
                     pending.remove(p)
                 elif p.popen.poll() is not None:
                     tail = p.log_file.read_text(errors="replace").strip().splitlines()[-5:]
-                    raise RuntimeError(f"{p.node_id} stopped during start-up (exit {p.popen.returncode}):\n  "
-                                       + "\n  ".join(tail))
+                    raise RuntimeError(
+                        f"{p.node_id} stopped during start-up (exit {p.popen.returncode}):\n  "
+                        + "\n  ".join(tail)
+                    )
             done = len(procs) - len(pending)
             if done != shown:
                 print(f"\r  {label}: {done}/{len(procs)} ready", end="", flush=True)
@@ -205,9 +269,16 @@ class Federation:
             if p.role == "facilities":  # a host process: its facilities have their own rows
                 continue
             host = p.info.get("address", "").rpartition(":")[0] or "127.0.0.1"
-            rows.append({"role": p.role, "node_id": p.node_id, "address": p.info.get("address"),
-                         "metrics": f"{host}:{p.info.get('metrics_port')}", "pid": p.popen.pid,
-                         "log": str(p.log_file)})
+            rows.append(
+                {
+                    "role": p.role,
+                    "node_id": p.node_id,
+                    "address": p.info.get("address"),
+                    "metrics": f"{host}:{p.info.get('metrics_port')}",
+                    "pid": p.popen.pid,
+                    "log": str(p.log_file),
+                }
+            )
         return rows
 
 
@@ -221,13 +292,18 @@ def hosting_text(n: int, per_process: int) -> str:
     if per_process == 1:
         return f"one process per facility ({n} processes)"
     procs = math.ceil(n / per_process)
-    return (f"{per_process} per process ({procs} process{'es' if procs > 1 else ''}; each facility keeps its own "
-            "key, data, state folder and port; --process-per-facility for one process each)")
+    return (
+        f"{per_process} per process ({procs} process{'es' if procs > 1 else ''}; each facility keeps its own "
+        "key, data, state folder and port; --process-per-facility for one process each)"
+    )
 
 
 def hosting_record(n: int, per_process: int) -> dict[str, Any]:
-    return {"mode": "process_per_facility" if per_process == 1 else "shared_processes",
-            "facilities_per_process": per_process, "facility_processes": math.ceil(n / per_process)}
+    return {
+        "mode": "process_per_facility" if per_process == 1 else "shared_processes",
+        "facilities_per_process": per_process,
+        "facility_processes": math.ceil(n / per_process),
+    }
 
 
 def enrol_burst_env(nodes: int) -> dict[str, str]:
@@ -236,8 +312,9 @@ def enrol_burst_env(nodes: int) -> dict[str, str]:
     return {"HFL_ENROL_BURST": str(max(30, nodes + 8))}
 
 
-def start_facilities(fed: Federation, members: list[tuple[str, dict[str, str]]], per_process: int
-                     ) -> list[Proc]:
+def start_facilities(
+    fed: Federation, members: list[tuple[str, dict[str, str]]], per_process: int
+) -> list[Proc]:
     """Start the facilities, one process each or ``per_process`` to a process."""
     if per_process <= 1:
         return [fed.start("facility", node_id, env) for node_id, env in members]
@@ -253,17 +330,31 @@ def plan_facilities(args: argparse.Namespace) -> list[dict[str, Any]]:
         from hfl.learning.data import csv_dir_files
 
         files = csv_dir_files(args.dataset[4:])
-        return [{"node_id": f"facility-{i + 1:02d}", "specialty": SPECIALTIES[i % 4], "shard": None,
-                 "csv": path, "env": {"HFL_DATASET": f"csv:{path}", "HFL_SPECIALTY": SPECIALTIES[i % 4]}}
-                for i, path in enumerate(files)]
+        return [
+            {
+                "node_id": f"facility-{i + 1:02d}",
+                "specialty": SPECIALTIES[i % 4],
+                "shard": None,
+                "csv": path,
+                "env": {"HFL_DATASET": f"csv:{path}", "HFL_SPECIALTY": SPECIALTIES[i % 4]},
+            }
+            for i, path in enumerate(files)
+        ]
     if args.dataset not in ("synthetic", "breast_cancer"):
         raise ConfigError(f"unknown dataset {args.dataset!r}; use synthetic, breast_cancer or csv:DIR")
     n = args.facilities
     out = []
     for i in range(n):
         specialty = SPECIALTIES[i % 4]
-        out.append({"node_id": f"facility-{i + 1:02d}", "specialty": specialty, "shard": (i, n), "csv": None,
-                    "env": {"HFL_DATASET": args.dataset, "HFL_SPECIALTY": specialty, "HFL_SHARD": f"{i}/{n}"}})
+        out.append(
+            {
+                "node_id": f"facility-{i + 1:02d}",
+                "specialty": specialty,
+                "shard": (i, n),
+                "csv": None,
+                "env": {"HFL_DATASET": args.dataset, "HFL_SPECIALTY": specialty, "HFL_SHARD": f"{i}/{n}"},
+            }
+        )
     return out
 
 
@@ -273,7 +364,9 @@ def parse_faults(specs: list[str], allowed: tuple[str, ...], what: str) -> list[
     for spec in specs:
         count, sep, mode = spec.partition(":")
         if not sep or not count.isdigit() or mode not in allowed:
-            raise ConfigError(f"{what} must look like N:MODE with MODE one of {', '.join(allowed)}; got {spec!r}")
+            raise ConfigError(
+                f"{what} must look like N:MODE with MODE one of {', '.join(allowed)}; got {spec!r}"
+            )
         out += [mode] * int(count)
     return out
 
@@ -288,9 +381,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.bucket_size < 1:
         raise ConfigError("--bucket-size must be at least 1")
     if args.secagg and args.bucket_size < 3:
-        raise ConfigError("secure aggregation needs buckets of at least 3 facilities (with 2, each could "
-                          "subtract its own update from the sum and learn the other's); use --bucket-size 3 or "
-                          "more, or --no-secagg")
+        raise ConfigError(
+            "secure aggregation needs buckets of at least 3 facilities (with 2, each could "
+            "subtract its own update from the sum and learn the other's); use --bucket-size 3 or "
+            "more, or --no-secagg"
+        )
     if args.facilities_per_process < 1:
         raise ConfigError("--facilities-per-process must be at least 1")
     check_dp_args(args)
@@ -320,7 +415,7 @@ def make_out_dir(args: argparse.Namespace) -> Path:
 
 # ------------------------------------------------------------------------------------------ watching
 def bar(done: int, total: int, width: int = 20) -> str:
-    filled = int(round(width * done / max(1, total)))
+    filled = round(width * done / max(1, total))
     return "#" * filled + "." * (width - filled)
 
 
@@ -328,10 +423,13 @@ def round_line(e: RoundEvent, committed: int, total: int) -> str:
     status = "committed" if e.committed else "NOT committed"
     acc = f"{e.accuracy:.3f}" if e.committed and not math.isnan(e.accuracy) else "  -  "
     loss = f"{e.loss:.3f}" if e.committed and not math.isnan(e.loss) else "  -  "
-    return (f"[{bar(committed, total)}] round {e.round:>3}/{total}  accuracy {acc}  loss {loss}  "
-            f"votes {e.accepts} yes/{e.rejects} no  {e.duration_s:5.1f}s  {e.bytes_sent / 1e6:6.2f} MB  "
-            + ("" if math.isnan(e.epsilon) else f"ε {e.epsilon:.2f}  ")
-            + status + ("" if e.committed else f" ({e.detail})"))
+    return (
+        f"[{bar(committed, total)}] round {e.round:>3}/{total}  accuracy {acc}  loss {loss}  "
+        f"votes {e.accepts} yes/{e.rejects} no  {e.duration_s:5.1f}s  {e.bytes_sent / 1e6:6.2f} MB  "
+        + ("" if math.isnan(e.epsilon) else f"ε {e.epsilon:.2f}  ")
+        + status
+        + ("" if e.committed else f" ({e.detail})")
+    )
 
 
 async def watch(leader_address: str, total: int, events: list[RoundEvent], tls: Any = None) -> None:
@@ -367,12 +465,25 @@ def event_row(e: RoundEvent) -> dict[str, Any]:
     def num(x: float) -> float | None:
         return None if math.isnan(x) else round(x, 6)
 
-    return {"round": e.round, "committed": e.committed, "accuracy": num(e.accuracy), "loss": num(e.loss),
-            "votes": {"accept": e.accepts, "reject": e.rejects}, "duration_s": round(e.duration_s, 3),
-            "bytes_sent": e.bytes_sent, "participants": e.participants, "dropouts": e.dropouts,
-            "abandoned_buckets": e.abandoned_buckets, "flagged_buckets": list(e.flagged_buckets),
-            "quarantined": list(e.quarantined), "committee": list(e.committee),
-            "block_hash": e.block_hash.hex(), "detail": e.detail, "epsilon": num(e.epsilon), **e.extra}
+    return {
+        "round": e.round,
+        "committed": e.committed,
+        "accuracy": num(e.accuracy),
+        "loss": num(e.loss),
+        "votes": {"accept": e.accepts, "reject": e.rejects},
+        "duration_s": round(e.duration_s, 3),
+        "bytes_sent": e.bytes_sent,
+        "participants": e.participants,
+        "dropouts": e.dropouts,
+        "abandoned_buckets": e.abandoned_buckets,
+        "flagged_buckets": list(e.flagged_buckets),
+        "quarantined": list(e.quarantined),
+        "committee": list(e.committee),
+        "block_hash": e.block_hash.hex(),
+        "detail": e.detail,
+        "epsilon": num(e.epsilon),
+        **e.extra,
+    }
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -386,16 +497,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
         fac = facilities[len(facilities) - 1 - i]
         fac["env"].update({"HFL_BYZANTINE": mode, "HFL_BYZANTINE_SCALE": str(args.byzantine_scale)})
         byzantine[fac["node_id"]] = mode
-    faulty_validators = {f"validator-{args.validators - i}": mode for i, mode in enumerate(args.validator_faults)}
+    faulty_validators = {
+        f"validator-{args.validators - i}": mode for i, mode in enumerate(args.validator_faults)
+    }
     out = make_out_dir(args)
     n_fac = len(facilities)
-    common = {"HFL_SEED": str(args.seed), "HFL_MODEL": args.model, "HFL_HIDDEN": str(args.hidden),
-              "HFL_DATASET": args.dataset, "HFL_LOG_LEVEL": "INFO", "HFL_TLS": "true" if args.tls else "false"}
+    common = {
+        "HFL_SEED": str(args.seed),
+        "HFL_MODEL": args.model,
+        "HFL_HIDDEN": str(args.hidden),
+        "HFL_DATASET": args.dataset,
+        "HFL_LOG_LEVEL": "INFO",
+        "HFL_TLS": "true" if args.tls else "false",
+    }
     if args.label:
         common["HFL_LABEL"] = args.label
     fed = Federation(out, common)
-    print(f"hfl demo: {n_fac} facilities, {args.fogs} fogs, {args.validators} validators, {args.rounds} rounds, "
-          f"dataset {args.dataset}, model {args.model}, secure aggregation {'on' if args.secagg else 'off'}")
+    print(
+        f"hfl demo: {n_fac} facilities, {args.fogs} fogs, {args.validators} validators, "
+        f"{args.rounds} rounds, dataset {args.dataset}, model {args.model}, "
+        f"secure aggregation {'on' if args.secagg else 'off'}"
+    )
     per_process = facilities_per_process(n_fac, args.process_per_facility, args.facilities_per_process)
     print(f"Facilities run {hosting_text(n_fac, per_process)}")
     print(f"Run folder: {out}")
@@ -406,13 +528,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from hfl.learning.data import centralized_reference
         from hfl.learning.train import DEFAULT_TRAIN, TrainConfig
 
-        cfg = TrainConfig(lr=args.lr or DEFAULT_TRAIN.lr, epochs=args.epochs or DEFAULT_TRAIN.epochs,
-                          batch_size=args.batch_size or DEFAULT_TRAIN.batch_size)
+        cfg = TrainConfig(
+            lr=args.lr or DEFAULT_TRAIN.lr,
+            epochs=args.epochs or DEFAULT_TRAIN.epochs,
+            batch_size=args.batch_size or DEFAULT_TRAIN.batch_size,
+        )
         try:
             reference["accuracy"] = centralized_reference(
                 args.dataset,
-                facilities=[(f["specialty"], f["shard"], f["csv"]) for f in facilities], seed=args.seed,
-                model_kind=args.model, label=args.label, cfg=cfg, rounds=args.rounds, hidden=args.hidden)
+                facilities=[(f["specialty"], f["shard"], f["csv"]) for f in facilities],
+                seed=args.seed,
+                model_kind=args.model,
+                label=args.label,
+                cfg=cfg,
+                rounds=args.rounds,
+                hidden=args.hidden,
+            )
         except Exception as e:  # the reference is informative only
             reference["error"] = float("nan")
             print(f"(could not compute the centralised reference: {e})")
@@ -426,28 +557,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         print("Starting the trusted authority ...")
-        auth = fed.start("authority", "authority", {
-            "HFL_COMMITTEE_SIZE": str(args.validators), "HFL_BUCKET_SIZE": str(args.bucket_size),
-            "HFL_SECAGG": "true" if args.secagg else "false",
-            "HFL_MIN_FACILITIES": str(n_fac), **dp_env(args),
-            **enrol_burst_env(n_fac + args.fogs + args.validators)})
+        auth = fed.start(
+            "authority",
+            "authority",
+            {
+                "HFL_COMMITTEE_SIZE": str(args.validators),
+                "HFL_BUCKET_SIZE": str(args.bucket_size),
+                "HFL_SECAGG": "true" if args.secagg else "false",
+                "HFL_MIN_FACILITIES": str(n_fac),
+                **dp_env(args),
+                **enrol_burst_env(n_fac + args.fogs + args.validators),
+            },
+        )
         fed.wait_ready([auth], label="authority")
         common["HFL_AUTHORITY"] = auth.info["address"]
         ref_thread = threading.Thread(target=compute_reference, daemon=True)
         ref_thread.start()
         print(f"Starting {args.validators} validators, {args.fogs} fogs and {n_fac} facilities ...")
         validation = f"csv:{args.validation_csv}" if args.validation_csv else args.dataset
-        workers = [fed.start("validator", f"validator-{i + 1}", {
-            "HFL_DATASET": validation, "HFL_BYZANTINE": faulty_validators.get(f"validator-{i + 1}", "none")})
-            for i in range(args.validators)]
+        workers = [
+            fed.start(
+                "validator",
+                f"validator-{i + 1}",
+                {
+                    "HFL_DATASET": validation,
+                    "HFL_BYZANTINE": faulty_validators.get(f"validator-{i + 1}", "none"),
+                },
+            )
+            for i in range(args.validators)
+        ]
         workers += [fed.start("fog", f"fog-{i + 1}") for i in range(args.fogs)]
         workers += start_facilities(fed, [(f["node_id"], f["env"]) for f in facilities], per_process)
         fed.wait_ready(workers, label="services")
-        leader_env = {"HFL_ROUNDS": str(args.rounds), "HFL_RULE": args.rule, "HFL_F": str(args.f),
-                      "HFL_SECAGG": "true" if args.secagg else "false", "HFL_DROP_RATE": str(args.drop_rate),
-                      "HFL_LR": str(args.lr), "HFL_EPOCHS": str(args.epochs), "HFL_BATCH_SIZE": str(args.batch_size),
-                      "HFL_CLIP_UPDATE": str(args.clip_update), "HFL_ROUND_TIMEOUT": str(args.round_timeout),
-                      "HFL_VOTE_TIMEOUT": str(args.vote_timeout), **dp_env(args)}
+        leader_env = {
+            "HFL_ROUNDS": str(args.rounds),
+            "HFL_RULE": args.rule,
+            "HFL_F": str(args.f),
+            "HFL_SECAGG": "true" if args.secagg else "false",
+            "HFL_DROP_RATE": str(args.drop_rate),
+            "HFL_LR": str(args.lr),
+            "HFL_EPOCHS": str(args.epochs),
+            "HFL_BATCH_SIZE": str(args.batch_size),
+            "HFL_CLIP_UPDATE": str(args.clip_update),
+            "HFL_ROUND_TIMEOUT": str(args.round_timeout),
+            "HFL_VOTE_TIMEOUT": str(args.vote_timeout),
+            **dp_env(args),
+        }
         if args.dataset.startswith("csv:"):
             from hfl.learning.features import n_features_for
 
@@ -466,10 +621,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         final = committed[-1].accuracy if committed else float("nan")
         ref = reference.get("accuracy", float("nan"))
         summary = {
-            "config": {k: v for k, v in vars(args).items()
-                       if k not in ("func", "byzantine", "validator_fault", "byzantine_modes", "validator_faults")}
-                      | {"facilities": n_fac, "byzantine": byzantine, "validator_faults": faulty_validators,
-                         "hosting": hosting_record(n_fac, per_process)},
+            "config": {
+                k: v
+                for k, v in vars(args).items()
+                if k not in ("func", "byzantine", "validator_fault", "byzantine_modes", "validator_faults")
+            }
+            | {
+                "facilities": n_fac,
+                "byzantine": byzantine,
+                "validator_faults": faulty_validators,
+                "hosting": hosting_record(n_fac, per_process),
+            },
             "centralized_accuracy": None if math.isnan(ref) else round(ref, 6),
             "final_accuracy": None if math.isnan(final) else round(final, 6),
             "rounds": [event_row(e) for e in events],
@@ -482,8 +644,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print()
         print(f"Final accuracy of the federated model: {final:.3f}")
         print(f"Centralised reference (all training data pooled in one place): {ref:.3f}")
-        print(f"Committed {len(committed)} rounds in {summary['wall_time_s']}s. "
-              f"Summary: {out / 'summary.json'}; check the ledger with: hfl ledger verify {out}")
+        print(
+            f"Committed {len(committed)} rounds in {summary['wall_time_s']}s. "
+            f"Summary: {out / 'summary.json'}; check the ledger with: hfl ledger verify {out}"
+        )
         if args.keep_running:
             print("The federation keeps running (--keep-running). Press Ctrl-C to stop it.")
             while True:

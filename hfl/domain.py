@@ -84,9 +84,15 @@ class RoundConfig:
 
         b = self.bucket(bucket_id)
         members = set(b.members)
-        return replace(self, buckets=(b,), facilities=tuple(n for n in self.facilities if n.node_id in members),
-                       fogs=tuple(n for n in self.fogs if n.node_id == b.fog_id), committee=(),
-                       committee_draw={}, signature=b"")
+        return replace(
+            self,
+            buckets=(b,),
+            facilities=tuple(n for n in self.facilities if n.node_id in members),
+            fogs=tuple(n for n in self.fogs if n.node_id == b.fog_id),
+            committee=(),
+            committee_draw={},
+            signature=b"",
+        )
 
     def is_bucket_view_of(self, full: RoundConfig) -> bool:
         """True if this is exactly ``full.bucket_view(<its one bucket>)`` (signature aside)."""

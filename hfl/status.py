@@ -39,12 +39,17 @@ def show_status(
         try:
             with sync_channel(authority, tls) as ch:
                 nodes = authority_pb2_grpc.AuthorityServiceStub(ch).ListNodes(
-                    authority_pb2.ListNodesRequest(), timeout=5)
+                    authority_pb2.ListNodesRequest(), timeout=5
+                )
             counts: dict[str, int] = {}
             for n in nodes.nodes:
                 counts[n.role] = counts.get(n.role, 0) + 1
-            print(f"authority {authority}: " + ", ".join(
-                f"{v} {k if v == 1 else _PLURAL.get(k, k + 's')}" for k, v in sorted(counts.items())))
+            print(
+                f"authority {authority}: "
+                + ", ".join(
+                    f"{v} {k if v == 1 else _PLURAL.get(k, k + 's')}" for k, v in sorted(counts.items())
+                )
+            )
             if nodes.quarantined:
                 print(f"  quarantined: {', '.join(nodes.quarantined)}")
         except grpc.RpcError as e:
@@ -55,8 +60,10 @@ def show_status(
             with sync_channel(leader, tls) as ch:
                 s = leader_pb2_grpc.LeaderServiceStub(ch).GetStatus(leader_pb2.GetStatusRequest(), timeout=5)
             target = s.target_rounds or "unlimited"
-            print(f"leader {leader}: {s.committed_round} rounds committed (target {target}); {s.state}; "
-                  f"ledger head {s.head_hash.hex()[:16]}")
+            print(
+                f"leader {leader}: {s.committed_round} rounds committed (target {target}); {s.state}; "
+                f"ledger head {s.head_hash.hex()[:16]}"
+            )
         except grpc.RpcError as e:
             print(f"leader {leader}: not reachable ({e.code().name})")
             rc = 1

@@ -89,6 +89,7 @@ async def run_facilities(
     for node_id in ids:
         settings = _settings("facility", node_id, out / node_id, seed)
         fac = BenchSecAggFacility(settings, node_id, Channels(own_connections=True))
+
         def register(server: Any, f: Facility = fac) -> None:
             facility_pb2_grpc.add_FacilityServiceServicer_to_server(f, server)
 

@@ -23,8 +23,12 @@ def check_committee_draw(header: BlockHeader) -> None:
     if not draw:
         return
     try:
-        expected = select_committee(list(draw["pool"]), int(draw["size"]), bytes.fromhex(draw["seed"]),
-                                    {str(k): float(v) for k, v in dict(draw["weights"]).items()})
+        expected = select_committee(
+            list(draw["pool"]),
+            int(draw["size"]),
+            bytes.fromhex(draw["seed"]),
+            {str(k): float(v) for k, v in dict(draw["weights"]).items()},
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise LedgerError(f"the recorded committee draw is malformed: {exc}", header.round) from None
     if sorted(m.node_id for m in header.committee) != expected:

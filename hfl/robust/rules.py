@@ -69,6 +69,7 @@ def default_f(n_buckets: int, rule: str = DEFAULT_RULE) -> int:
     """The f the demo uses: the most the rule tolerates with ``n_buckets`` buckets (0 if none)."""
     return max(0, max_faults(rule, n_buckets))
 
+
 DEFAULT_CC_ITERS = 3
 NORM_TOLERANCE = 1e-6
 """Relative slack on the norm bound so float rounding in an honest sum never trips it."""
@@ -191,8 +192,11 @@ def _check_params(rule: str, n_buckets: int, f: int, params: Mapping[str, Any] |
         raise ValueError(f"{_NICE_NAME[rule]} does not take parameter(s) {unknown}; allowed: {allowed}")
     if "screen" in params and not isinstance(params["screen"], bool):
         raise ValueError(f"screen must be true or false, got {params['screen']!r}")
-    for key, lo, hi in (("screen_norm_ratio", 1.0, None), ("screen_shrink_ratio", 0.0, 1.0),
-                        ("screen_coherence", -1.0, 1.0)):
+    for key, lo, hi in (
+        ("screen_norm_ratio", 1.0, None),
+        ("screen_shrink_ratio", 0.0, 1.0),
+        ("screen_coherence", -1.0, 1.0),
+    ):
         if key in params:
             v = params[key]
             ok = isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) and v > lo

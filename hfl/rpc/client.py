@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
 from hfl.rpc.metrics import BYTES_RECEIVED, BYTES_SENT
-
-Resp = TypeVar("Resp")
 
 
 @dataclass
@@ -26,18 +24,18 @@ class ByteCount:
 
 
 async def call(
-    method: Callable[..., Awaitable[Resp]],
+    method: Callable[..., Any],
     request: Any,
     *,
     peer: str,
     timeout: float,
     counter: ByteCount | None = None,
-) -> Resp:
+) -> Any:
     """Call a unary RPC, counting the bytes of request and response under ``peer`` (a role name)."""
     sent = request.ByteSize()
     BYTES_SENT.labels(peer=peer).inc(sent)
     response = await method(request, timeout=timeout)
-    received = response.ByteSize()  # type: ignore[attr-defined]
+    received = response.ByteSize()
     BYTES_RECEIVED.labels(peer=peer).inc(received)
     if counter is not None:
         counter.add(peer, sent, received)

@@ -97,7 +97,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
                     _refuse_undecodable(request)
-                    return await inner_uu(request, context)
+                    return await inner_uu(request, context)  # type: ignore[arg-type]
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
@@ -114,7 +114,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
                     _refuse_undecodable(request)
-                    async for item in inner_us(request, context):
+                    async for item in inner_us(request, context):  # type: ignore[arg-type,attr-defined]
                         yield item
                 except grpc.aio.AbortError:
                     raise

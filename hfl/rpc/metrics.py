@@ -11,28 +11,40 @@ ROUND_DURATION = Histogram(
     "Wall-clock time of a round attempt, from configuration to commit or refusal.",
     buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
 )
-MODEL_ACCURACY = Gauge("hfl_model_accuracy", "Accuracy of the last committed global model on pooled test sets.")
+MODEL_ACCURACY = Gauge(
+    "hfl_model_accuracy", "Accuracy of the last committed global model on pooled test sets."
+)
 MODEL_LOSS = Gauge("hfl_model_loss", "Mean log-loss of the last committed global model on pooled test sets.")
 EPSILON_SPENT = Gauge("hfl_privacy_epsilon_spent", "Privacy loss (epsilon) spent so far.", ["facility"])
-PRIVACY_EXHAUSTED = Gauge("hfl_privacy_exhausted", "1 if the facility has no privacy budget left for a round.",
-                          ["facility"])
-RELEASED_SAMPLES = Gauge("hfl_released_samples",
-                         "The facility's training-record count, released with Laplace noise (pure epsilon).",
-                         ["facility"])
+PRIVACY_EXHAUSTED = Gauge(
+    "hfl_privacy_exhausted", "1 if the facility has no privacy budget left for a round.", ["facility"]
+)
+RELEASED_SAMPLES = Gauge(
+    "hfl_released_samples",
+    "The facility's training-record count, released with Laplace noise (pure epsilon).",
+    ["facility"],
+)
 RELEASED_POSITIVE_FRACTION = Gauge(
     "hfl_released_positive_fraction",
-    "Share of positive labels among the facility's training records, from Laplace-noised counts.", ["facility"])
+    "Share of positive labels among the facility's training records, from Laplace-noised counts.",
+    ["facility"],
+)
 SECAGG_DROPOUTS = Counter("hfl_secagg_dropouts_total", "Facilities that dropped out of a secure aggregation.")
 BYTES_SENT = Counter("hfl_bytes_sent_total", "Bytes of gRPC messages sent, by peer role.", ["peer"])
-BYTES_RECEIVED = Counter("hfl_bytes_received_total", "Bytes of gRPC messages received, by peer role.", ["peer"])
+BYTES_RECEIVED = Counter(
+    "hfl_bytes_received_total", "Bytes of gRPC messages received, by peer role.", ["peer"]
+)
 VOTES = Counter("hfl_votes_total", "Validator votes, by decision.", ["decision"])
 REPUTATION = Gauge("hfl_reputation", "Reputation score in [0, 1].", ["node", "role"])
-FLAGGED_BUCKETS = Counter("hfl_flagged_buckets_total", "Buckets rejected by the norm bound or the robust rule.")
+FLAGGED_BUCKETS = Counter(
+    "hfl_flagged_buckets_total", "Buckets rejected by the norm bound or the robust rule."
+)
 QUARANTINED = Gauge("hfl_quarantined", "1 if the facility is quarantined.", ["facility"])
 REFUSED = Counter("hfl_refused_messages_total", "Messages refused at the boundary, by reason.", ["reason"])
 COMMITS = Counter("hfl_commits_total", "Round attempts by outcome.", ["outcome"])
-FACILITY_FOG = Gauge("hfl_facility_fog", "1 for each facility and the fog it reports to this round.",
-                     ["facility", "fog"])
+FACILITY_FOG = Gauge(
+    "hfl_facility_fog", "1 for each facility and the fog it reports to this round.", ["facility", "fog"]
+)
 
 
 def start_metrics(port: int) -> int:

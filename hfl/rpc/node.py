@@ -59,9 +59,13 @@ async def register(
         try:
             nonce = 0
             if node.role == "validator":
-                info = await call(stub.ListNodes, authority_pb2.ListNodesRequest(), peer="authority", timeout=10)
+                info = await call(
+                    stub.ListNodes, authority_pb2.ListNodesRequest(), peer="authority", timeout=10
+                )
                 if info.pow_difficulty:
-                    challenge = pow_challenge(bytes(info.authority_public_key), node.node_id, node.sign_public_key)
+                    challenge = pow_challenge(
+                        bytes(info.authority_public_key), node.node_id, node.sign_public_key
+                    )
                     log.info("solving the registration proof of work (%d bits) ...", info.pow_difficulty)
                     nonce = await asyncio.to_thread(solve, challenge, int(info.pow_difficulty))
             request = authority_pb2.RegisterRequest(node=serde.node_to_proto(node), pow_nonce=nonce)

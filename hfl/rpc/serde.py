@@ -45,13 +45,20 @@ def vector_to_proto(arr: np.ndarray, dtype: int = pb.D_TYPE_FLOAT64) -> pb.Vecto
 
 
 def vector_from_proto(
-    v: pb.Vector, *, expected_length: int | None = None, dtype: int | None = pb.D_TYPE_FLOAT64,
-    what: str = "vector", require_finite: bool = True,
+    v: pb.Vector,
+    *,
+    expected_length: int | None = None,
+    dtype: int | None = pb.D_TYPE_FLOAT64,
+    what: str = "vector",
+    require_finite: bool = True,
 ) -> np.ndarray:
     if v.dtype not in _DTYPES:
         raise InvalidInput(f"{what}: unknown number type {v.dtype}")
     if dtype is not None and v.dtype != dtype:
-        raise InvalidInput(f"{what}: expected number type {pb.DType.Name(dtype)}, got {pb.DType.Name(v.dtype)}")
+        raise InvalidInput(
+            f"{what}: expected number type {pb.DType.Name(dtype)}, "  # type: ignore[arg-type]
+            f"got {pb.DType.Name(v.dtype)}"
+        )
     if v.length > MAX_VECTOR_LENGTH:
         raise InvalidInput(f"{what}: {v.length} values is more than the limit of {MAX_VECTOR_LENGTH}")
     if expected_length is not None and v.length != expected_length:
@@ -76,8 +83,9 @@ def spec_from_proto(m: pb.ModelSpec) -> ModelSpec:
 
 
 def model_to_proto(spec: ModelSpec, params: np.ndarray, round_: int) -> pb.Model:
-    return pb.Model(spec=spec_to_proto(spec), params=vector_to_proto(params), hash=hash_vector(params),
-                    round=round_)
+    return pb.Model(
+        spec=spec_to_proto(spec), params=vector_to_proto(params), hash=hash_vector(params), round=round_
+    )
 
 
 def model_from_proto(m: pb.Model, *, expected_params: int | None = None) -> tuple[ModelSpec, np.ndarray, int]:
@@ -90,36 +98,63 @@ def model_from_proto(m: pb.Model, *, expected_params: int | None = None) -> tupl
 
 # ---------------------------------------------------------------- nodes and round configuration
 def node_to_proto(n: NodeInfo) -> pb.NodeInfo:
-    return pb.NodeInfo(node_id=n.node_id, role=n.role, address=n.address, sign_public_key=n.sign_public_key,
-                       specialty=n.specialty, metrics_address=n.metrics_address)
+    return pb.NodeInfo(
+        node_id=n.node_id,
+        role=n.role,
+        address=n.address,
+        sign_public_key=n.sign_public_key,
+        specialty=n.specialty,
+        metrics_address=n.metrics_address,
+    )
 
 
 def node_from_proto(n: pb.NodeInfo) -> NodeInfo:
-    return NodeInfo(node_id=n.node_id, role=n.role, address=n.address, sign_public_key=bytes(n.sign_public_key),
-                    specialty=n.specialty, metrics_address=n.metrics_address)
+    return NodeInfo(
+        node_id=n.node_id,
+        role=n.role,
+        address=n.address,
+        sign_public_key=bytes(n.sign_public_key),
+        specialty=n.specialty,
+        metrics_address=n.metrics_address,
+    )
 
 
 def config_to_proto(c: RoundConfig) -> pb.RoundConfig:
     return pb.RoundConfig(
-        round=c.round, attempt=c.attempt, seed=c.seed, ledger_head=c.ledger_head, epoch=c.epoch,
-        buckets=[pb.Bucket(bucket_id=b.bucket_id, fog_id=b.fog_id, members=list(b.members),
-                           threshold=b.threshold) for b in c.buckets],
-        committee=[node_to_proto(n) for n in c.committee], quorum=c.quorum,
-        facilities=[node_to_proto(n) for n in c.facilities], fogs=[node_to_proto(n) for n in c.fogs],
-        quarantined=list(c.quarantined), signature=c.signature,
+        round=c.round,
+        attempt=c.attempt,
+        seed=c.seed,
+        ledger_head=c.ledger_head,
+        epoch=c.epoch,
+        buckets=[
+            pb.Bucket(bucket_id=b.bucket_id, fog_id=b.fog_id, members=list(b.members), threshold=b.threshold)
+            for b in c.buckets
+        ],
+        committee=[node_to_proto(n) for n in c.committee],
+        quorum=c.quorum,
+        facilities=[node_to_proto(n) for n in c.facilities],
+        fogs=[node_to_proto(n) for n in c.fogs],
+        quarantined=list(c.quarantined),
+        signature=c.signature,
         committee_draw_json=json.dumps(c.committee_draw, sort_keys=True),
     )
 
 
 def config_from_proto(c: pb.RoundConfig) -> RoundConfig:
     return RoundConfig(
-        round=int(c.round), attempt=int(c.attempt), seed=bytes(c.seed), ledger_head=bytes(c.ledger_head),
+        round=int(c.round),
+        attempt=int(c.attempt),
+        seed=bytes(c.seed),
+        ledger_head=bytes(c.ledger_head),
         epoch=int(c.epoch),
         buckets=tuple(Bucket(b.bucket_id, b.fog_id, tuple(b.members), int(b.threshold)) for b in c.buckets),
-        committee=tuple(node_from_proto(n) for n in c.committee), quorum=int(c.quorum),
+        committee=tuple(node_from_proto(n) for n in c.committee),
+        quorum=int(c.quorum),
         facilities=tuple(node_from_proto(n) for n in c.facilities),
-        fogs=tuple(node_from_proto(n) for n in c.fogs), quarantined=tuple(c.quarantined),
-        committee_draw=_json_or_empty(c.committee_draw_json, "committee draw"), signature=bytes(c.signature),
+        fogs=tuple(node_from_proto(n) for n in c.fogs),
+        quarantined=tuple(c.quarantined),
+        committee_draw=_json_or_empty(c.committee_draw_json, "committee draw"),
+        signature=bytes(c.signature),
     )
 
 
@@ -136,9 +171,16 @@ def _json_or_empty(text: str, what: str) -> dict[str, Any]:
 
 
 def plan_to_proto(p: TrainingPlan) -> pb.TrainingPlan:
-    return pb.TrainingPlan(lr=p.lr, epochs=p.epochs, batch_size=p.batch_size, clip_update=p.clip_update,
-                           secure=p.secure, timeout_s=p.timeout_s, drop_rate=p.drop_rate,
-                           extra_json=json.dumps(p.extra, sort_keys=True))
+    return pb.TrainingPlan(
+        lr=p.lr,
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        clip_update=p.clip_update,
+        secure=p.secure,
+        timeout_s=p.timeout_s,
+        drop_rate=p.drop_rate,
+        extra_json=json.dumps(p.extra, sort_keys=True),
+    )
 
 
 def plan_from_proto(p: pb.TrainingPlan) -> TrainingPlan:
@@ -150,25 +192,52 @@ def plan_from_proto(p: pb.TrainingPlan) -> TrainingPlan:
         raise InvalidInput("training plan: epochs and batch size must be at least 1")
     if not 0 <= p.drop_rate < 1:
         raise InvalidInput("training plan: drop rate must be in [0, 1)")
-    return TrainingPlan(lr=p.lr, epochs=p.epochs, batch_size=p.batch_size, clip_update=p.clip_update,
-                        secure=p.secure, timeout_s=p.timeout_s, drop_rate=p.drop_rate,
-                        extra=_json_or_empty(p.extra_json, "training plan extras"))
+    return TrainingPlan(
+        lr=p.lr,
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        clip_update=p.clip_update,
+        secure=p.secure,
+        timeout_s=p.timeout_s,
+        drop_rate=p.drop_rate,
+        extra=_json_or_empty(p.extra_json, "training plan extras"),
+    )
 
 
 # ---------------------------------------------------------------- results, metrics, votes, events
 def bucket_result_to_proto(b: BucketResult) -> pb.BucketResult:
-    return pb.BucketResult(bucket_id=b.bucket_id, fog_id=b.fog_id, total=vector_to_proto(b.total),
-                           count=b.count, members=list(b.members), dropped=list(b.dropped),
-                           abandoned=b.abandoned, reason=b.reason, refused=list(b.refused))
+    return pb.BucketResult(
+        bucket_id=b.bucket_id,
+        fog_id=b.fog_id,
+        total=vector_to_proto(b.total),
+        count=b.count,
+        members=list(b.members),
+        dropped=list(b.dropped),
+        abandoned=b.abandoned,
+        reason=b.reason,
+        refused=list(b.refused),
+    )
 
 
 def bucket_result_from_proto(b: pb.BucketResult, *, expected_length: int | None) -> BucketResult:
-    total = (np.zeros(0) if b.abandoned else
-             vector_from_proto(b.total, expected_length=expected_length, what=f"bucket {b.bucket_id} sum",
-                               require_finite=False))
-    return BucketResult(bucket_id=b.bucket_id, fog_id=b.fog_id, total=total, count=int(b.count),
-                        members=tuple(b.members), dropped=tuple(b.dropped), abandoned=b.abandoned,
-                        reason=b.reason, refused=tuple(b.refused))
+    total = (
+        np.zeros(0)
+        if b.abandoned
+        else vector_from_proto(
+            b.total, expected_length=expected_length, what=f"bucket {b.bucket_id} sum", require_finite=False
+        )
+    )
+    return BucketResult(
+        bucket_id=b.bucket_id,
+        fog_id=b.fog_id,
+        total=total,
+        count=int(b.count),
+        members=tuple(b.members),
+        dropped=tuple(b.dropped),
+        abandoned=b.abandoned,
+        reason=b.reason,
+        refused=tuple(b.refused),
+    )
 
 
 def metrics_to_proto(m: Metrics) -> pb.EvalMetrics:
@@ -183,34 +252,75 @@ def metrics_from_proto(m: pb.EvalMetrics) -> Metrics:
 
 def vote_to_proto(v: Vote) -> validator_pb2.VoteResponse:
     return validator_pb2.VoteResponse(
-        round=v.round, block_hash=v.block_hash, validator_id=v.validator_id, accept=v.accept, reason=v.reason,
-        score=v.score if v.score is not None else 0.0, has_score=v.score is not None, signature=v.signature)
+        round=v.round,
+        block_hash=v.block_hash,
+        validator_id=v.validator_id,
+        accept=v.accept,
+        reason=v.reason,
+        score=v.score if v.score is not None else 0.0,
+        has_score=v.score is not None,
+        signature=v.signature,
+    )
 
 
 def vote_from_proto(v: validator_pb2.VoteResponse) -> Vote:
-    return Vote(round=int(v.round), block_hash=bytes(v.block_hash), validator_id=v.validator_id,
-                accept=v.accept, reason=v.reason, score=v.score if v.has_score else None,
-                signature=bytes(v.signature))
+    return Vote(
+        round=int(v.round),
+        block_hash=bytes(v.block_hash),
+        validator_id=v.validator_id,
+        accept=v.accept,
+        reason=v.reason,
+        score=v.score if v.has_score else None,
+        signature=bytes(v.signature),
+    )
 
 
 def event_to_proto(e: RoundEvent) -> leader_pb2.WatchRoundsResponse:
     return leader_pb2.WatchRoundsResponse(
-        round=e.round, committed=e.committed, accuracy=e.accuracy, loss=e.loss, accepts=e.accepts,
-        rejects=e.rejects, duration_s=e.duration_s, bytes_sent=e.bytes_sent, block_hash=e.block_hash,
-        detail=e.detail, participants=e.participants, dropouts=e.dropouts,
-        abandoned_buckets=e.abandoned_buckets, flagged_buckets=list(e.flagged_buckets),
-        quarantined=list(e.quarantined), committee=list(e.committee), epsilon=e.epsilon, done=e.done,
-        extra_json=json.dumps(e.extra, sort_keys=True))
+        round=e.round,
+        committed=e.committed,
+        accuracy=e.accuracy,
+        loss=e.loss,
+        accepts=e.accepts,
+        rejects=e.rejects,
+        duration_s=e.duration_s,
+        bytes_sent=e.bytes_sent,
+        block_hash=e.block_hash,
+        detail=e.detail,
+        participants=e.participants,
+        dropouts=e.dropouts,
+        abandoned_buckets=e.abandoned_buckets,
+        flagged_buckets=list(e.flagged_buckets),
+        quarantined=list(e.quarantined),
+        committee=list(e.committee),
+        epsilon=e.epsilon,
+        done=e.done,
+        extra_json=json.dumps(e.extra, sort_keys=True),
+    )
 
 
 def event_from_proto(e: leader_pb2.WatchRoundsResponse) -> RoundEvent:
     return RoundEvent(
-        round=int(e.round), committed=e.committed, accuracy=e.accuracy, loss=e.loss, accepts=e.accepts,
-        rejects=e.rejects, duration_s=e.duration_s, bytes_sent=int(e.bytes_sent), block_hash=bytes(e.block_hash),
-        detail=e.detail, participants=e.participants, dropouts=e.dropouts,
-        abandoned_buckets=e.abandoned_buckets, flagged_buckets=tuple(e.flagged_buckets),
-        quarantined=tuple(e.quarantined), committee=tuple(e.committee), epsilon=e.epsilon, done=e.done,
-        extra=_json_or_empty(e.extra_json, "round event extras"))
+        round=int(e.round),
+        committed=e.committed,
+        accuracy=e.accuracy,
+        loss=e.loss,
+        accepts=e.accepts,
+        rejects=e.rejects,
+        duration_s=e.duration_s,
+        bytes_sent=int(e.bytes_sent),
+        block_hash=bytes(e.block_hash),
+        detail=e.detail,
+        participants=e.participants,
+        dropouts=e.dropouts,
+        abandoned_buckets=e.abandoned_buckets,
+        flagged_buckets=tuple(e.flagged_buckets),
+        quarantined=tuple(e.quarantined),
+        committee=tuple(e.committee),
+        epsilon=e.epsilon,
+        done=e.done,
+        extra=_json_or_empty(e.extra_json, "round event extras"),
+    )
 
 
 # ---------------------------------------------------------------- secure aggregation
@@ -223,8 +333,9 @@ def secagg_round(round_: int, attempt: int) -> int:
     """The protocol round id of one round attempt, ``(round << 16) | attempt``: secure-aggregation
     messages are bound to it, so a message of one attempt is refused in any other."""
     if not 0 <= attempt <= SECAGG_MAX_ATTEMPT:
-        raise InvalidInput(f"round attempt {attempt} is out of range for secure aggregation "
-                           f"(0 to {SECAGG_MAX_ATTEMPT})")
+        raise InvalidInput(
+            f"round attempt {attempt} is out of range for secure aggregation (0 to {SECAGG_MAX_ATTEMPT})"
+        )
     if round_ < 0 or round_ >= 1 << 46:
         raise InvalidInput(f"round {round_} is out of range for secure aggregation")
     return (round_ << 16) | attempt
@@ -261,25 +372,41 @@ def session_from_proto(s: facility_pb2.SecAggSession) -> tuple[int, int, str]:
 
 
 def advertisement_to_proto(ad: KeyAdvertisement) -> facility_pb2.SecAggKeyAdvertisement:
-    return facility_pb2.SecAggKeyAdvertisement(round=ad.round, bucket_id=ad.bucket, sender=ad.sender,
-                                               c_pk=ad.c_pk, s_pk=ad.s_pk, signature=ad.signature)
+    return facility_pb2.SecAggKeyAdvertisement(
+        round=ad.round,
+        bucket_id=ad.bucket,
+        sender=ad.sender,
+        c_pk=ad.c_pk,
+        s_pk=ad.s_pk,
+        signature=ad.signature,
+    )
 
 
 def advertisement_from_proto(m: facility_pb2.SecAggKeyAdvertisement) -> KeyAdvertisement:
-    return KeyAdvertisement(round=int(m.round), bucket=m.bucket_id, sender=m.sender,
-                            c_pk=_blob(m.c_pk, f"the encryption key advertised by {m.sender!r}", 32),
-                            s_pk=_blob(m.s_pk, f"the masking key advertised by {m.sender!r}", 32),
-                            signature=_blob(m.signature, f"the advertisement signature of {m.sender!r}", 64))
+    return KeyAdvertisement(
+        round=int(m.round),
+        bucket=m.bucket_id,
+        sender=m.sender,
+        c_pk=_blob(m.c_pk, f"the encryption key advertised by {m.sender!r}", 32),
+        s_pk=_blob(m.s_pk, f"the masking key advertised by {m.sender!r}", 32),
+        signature=_blob(m.signature, f"the advertisement signature of {m.sender!r}", 64),
+    )
 
 
 def share_to_proto(s: EncryptedShare) -> facility_pb2.SecAggEncryptedShare:
-    return facility_pb2.SecAggEncryptedShare(round=s.round, bucket_id=s.bucket, sender=s.sender,
-                                             recipient=s.recipient, ciphertext=s.ciphertext)
+    return facility_pb2.SecAggEncryptedShare(
+        round=s.round, bucket_id=s.bucket, sender=s.sender, recipient=s.recipient, ciphertext=s.ciphertext
+    )
 
 
 def share_from_proto(m: facility_pb2.SecAggEncryptedShare) -> EncryptedShare:
-    return EncryptedShare(round=int(m.round), bucket=m.bucket_id, sender=m.sender, recipient=m.recipient,
-                          ciphertext=_blob(m.ciphertext, f"the encrypted share from {m.sender!r}"))
+    return EncryptedShare(
+        round=int(m.round),
+        bucket=m.bucket_id,
+        sender=m.sender,
+        recipient=m.recipient,
+        ciphertext=_blob(m.ciphertext, f"the encrypted share from {m.sender!r}"),
+    )
 
 
 def shares_from_proto(items: Any) -> list[EncryptedShare]:
@@ -290,28 +417,44 @@ def shares_from_proto(items: Any) -> list[EncryptedShare]:
 
 
 def masked_input_to_proto(m: MaskedInput) -> facility_pb2.SecAggMaskedInputResponse:
-    return facility_pb2.SecAggMaskedInputResponse(round=m.round, bucket_id=m.bucket, sender=m.sender,
-                                                  masked=vector_to_proto(m.y, pb.D_TYPE_UINT32))
+    return facility_pb2.SecAggMaskedInputResponse(
+        round=m.round, bucket_id=m.bucket, sender=m.sender, masked=vector_to_proto(m.y, pb.D_TYPE_UINT32)
+    )
 
 
-def masked_input_from_proto(m: facility_pb2.SecAggMaskedInputResponse, *, expected_length: int | None
-                            ) -> MaskedInput:
-    y = vector_from_proto(m.masked, expected_length=expected_length, dtype=pb.D_TYPE_UINT32,
-                          what=f"masked update from {m.sender!r}")
+def masked_input_from_proto(
+    m: facility_pb2.SecAggMaskedInputResponse, *, expected_length: int | None
+) -> MaskedInput:
+    y = vector_from_proto(
+        m.masked,
+        expected_length=expected_length,
+        dtype=pb.D_TYPE_UINT32,
+        what=f"masked update from {m.sender!r}",
+    )
     return MaskedInput(round=int(m.round), bucket=m.bucket_id, sender=m.sender, y=y)
 
 
 def unmask_request_to_proto(round_: int, attempt: int, r: UnmaskRequest) -> facility_pb2.SecAggUnmaskRequest:
-    return facility_pb2.SecAggUnmaskRequest(session=session_to_proto(round_, attempt, r.bucket),
-                                            survivors=list(r.survivors), dropped=list(r.dropped))
+    return facility_pb2.SecAggUnmaskRequest(
+        session=session_to_proto(round_, attempt, r.bucket),
+        survivors=list(r.survivors),
+        dropped=list(r.dropped),
+    )
 
 
 def unmask_request_from_proto(m: facility_pb2.SecAggUnmaskRequest) -> tuple[int, int, UnmaskRequest]:
     """(round, attempt, request); the request's ``round`` is the protocol round id."""
     round_, attempt, bucket = session_from_proto(m.session)
-    return round_, attempt, UnmaskRequest(round=secagg_round(round_, attempt), bucket=bucket,
-                                          survivors=_ids(m.survivors, "the survivor list"),
-                                          dropped=_ids(m.dropped, "the dropout list"))
+    return (
+        round_,
+        attempt,
+        UnmaskRequest(
+            round=secagg_round(round_, attempt),
+            bucket=bucket,
+            survivors=_ids(m.survivors, "the survivor list"),
+            dropped=_ids(m.dropped, "the dropout list"),
+        ),
+    )
 
 
 def _owned(items: Any, what: str) -> tuple[tuple[str, bytes], ...]:
@@ -323,15 +466,22 @@ def _owned(items: Any, what: str) -> tuple[tuple[str, bytes], ...]:
 
 def unmask_response_to_proto(r: UnmaskResponse) -> facility_pb2.SecAggUnmaskResponse:
     return facility_pb2.SecAggUnmaskResponse(
-        round=r.round, bucket_id=r.bucket, sender=r.sender,
+        round=r.round,
+        bucket_id=r.bucket,
+        sender=r.sender,
         b_shares=[facility_pb2.SecAggOwnedShare(owner=o, share=s) for o, s in r.b_shares],
-        s_shares=[facility_pb2.SecAggOwnedShare(owner=o, share=s) for o, s in r.s_shares])
+        s_shares=[facility_pb2.SecAggOwnedShare(owner=o, share=s) for o, s in r.s_shares],
+    )
 
 
 def unmask_response_from_proto(m: facility_pb2.SecAggUnmaskResponse) -> UnmaskResponse:
-    return UnmaskResponse(round=int(m.round), bucket=m.bucket_id, sender=m.sender,
-                          b_shares=_owned(m.b_shares, f"self-mask shares from {m.sender!r}"),
-                          s_shares=_owned(m.s_shares, f"masking-key shares from {m.sender!r}"))
+    return UnmaskResponse(
+        round=int(m.round),
+        bucket=m.bucket_id,
+        sender=m.sender,
+        b_shares=_owned(m.b_shares, f"self-mask shares from {m.sender!r}"),
+        s_shares=_owned(m.s_shares, f"masking-key shares from {m.sender!r}"),
+    )
 
 
 # ---------------------------------------------------------------- privacy spend reports
@@ -340,9 +490,17 @@ def spend_to_proto(r: Any) -> Any:
     from hfl.proto.v1 import authority_pb2
 
     return authority_pb2.PrivacySpend(
-        facility_id=r.facility_id, round=r.round, attempt=r.attempt, kind=r.kind, epsilon_total=r.epsilon_total,
-        delta=r.delta, steps=r.steps, exhausted=r.exhausted, details_json=json.dumps(r.details, sort_keys=True),
-        signature=r.signature)
+        facility_id=r.facility_id,
+        round=r.round,
+        attempt=r.attempt,
+        kind=r.kind,
+        epsilon_total=r.epsilon_total,
+        delta=r.delta,
+        steps=r.steps,
+        exhausted=r.exhausted,
+        details_json=json.dumps(r.details, sort_keys=True),
+        signature=r.signature,
+    )
 
 
 def spend_from_proto(m: Any) -> Any:
@@ -350,9 +508,17 @@ def spend_from_proto(m: Any) -> Any:
     from hfl.privacy.report import SpendReport
 
     try:
-        return SpendReport(facility_id=m.facility_id, round=int(m.round), attempt=int(m.attempt), kind=m.kind,
-                           epsilon_total=float(m.epsilon_total), delta=float(m.delta), steps=int(m.steps),
-                           exhausted=bool(m.exhausted), details=_json_or_empty(m.details_json, "spend details"),
-                           signature=bytes(m.signature))
+        return SpendReport(
+            facility_id=m.facility_id,
+            round=int(m.round),
+            attempt=int(m.attempt),
+            kind=m.kind,
+            epsilon_total=float(m.epsilon_total),
+            delta=float(m.delta),
+            steps=int(m.steps),
+            exhausted=bool(m.exhausted),
+            details=_json_or_empty(m.details_json, "spend details"),
+            signature=bytes(m.signature),
+        )
     except ValueError as e:
         raise InvalidInput(str(e)) from None

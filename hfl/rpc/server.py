@@ -57,7 +57,9 @@ class RunningServer:
     upkeep: asyncio.Task[None] | None = None
 
     async def set_serving(self, serving: bool = True) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         await self.health.set("", status)
 
 
@@ -77,7 +79,9 @@ async def start_server(
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if tls is None:
-        log.warning("HFL_TLS=false: this %s serves WITHOUT encryption or authentication (debugging only)", role)
+        log.warning(
+            "HFL_TLS=false: this %s serves WITHOUT encryption or authentication (debugging only)", role
+        )
         port = server.add_insecure_port(settings.listen)
     else:
         port = server.add_secure_port(settings.listen, tls.server_credentials())
@@ -88,20 +92,29 @@ async def start_server(
     metrics_port = start_metrics(settings.metrics_port)
     address = f"{settings.resolved_advertise_host()}:{port}"
     UP.labels(role=role).set(0)
-    log.info("%s listening on %s%s (metrics on :%s)", role, address, " with mutual TLS" if tls else "", metrics_port)
+    log.info(
+        "%s listening on %s%s (metrics on :%s)",
+        role,
+        address,
+        " with mutual TLS" if tls else "",
+        metrics_port,
+    )
     upkeep = asyncio.create_task(pki.maintain(tls, settings)) if tls is not None else None
     return RunningServer(server, port, address, metrics_port, health, tls, upkeep)
 
 
-async def start_enrol_server(settings: Settings, register: Callable[[grpc.aio.Server], None]
-                             ) -> tuple[grpc.aio.Server, str] | None:
+async def start_enrol_server(
+    settings: Settings, register: Callable[[grpc.aio.Server], None]
+) -> tuple[grpc.aio.Server, str] | None:
     """The authority's enrolment port: TLS with the authority's certificate but no client certificate
     (a new node has none yet); only Enroll is served there, small messages only. None without TLS."""
     tls = pki.default()
     if not settings.tls or tls is None:
         return None
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(), EnrolInterceptor(settings)],
-                             options=[("grpc.max_receive_message_length", 64 * 1024)])
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(), EnrolInterceptor(settings)],
+        options=[("grpc.max_receive_message_length", 64 * 1024)],
+    )
     register(server)
     creds = grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)], require_client_auth=False)
     port = server.add_secure_port(settings.enrol_listen, creds)
@@ -151,8 +164,9 @@ class Channels:
 
     def __init__(self, own_connections: bool = False, tls: pki.NodeTls | None = None) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)] if own_connections \
-            else CHANNEL_OPTIONS
+        self._options = (
+            [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)] if own_connections else CHANNEL_OPTIONS
+        )
         self._tls = tls
         self._generation = -1
 
@@ -178,6 +192,7 @@ class Channels:
         old = list(self._channels.values())
         self._channels.clear()
         if old:
+
             async def close_later() -> None:
                 await asyncio.sleep(60)  # let calls in flight finish
                 for ch in old:
@@ -189,5 +204,5 @@ class Channels:
 
     async def close(self) -> None:
         for ch in self._channels.values():
-            await ch.close()
+            await ch.close(None)
         self._channels.clear()

@@ -94,7 +94,9 @@ class Settings(BaseSettings):
 
     # transport security (hfl/rpc/pki.py, hfl/rpc/authz.py); HFL_TLS=false only for debugging
     tls: bool = True
-    tls_ca: str = ""  # the federation's root certificate (PEM file); the authority writes it to <state>/ca/ca.pem
+    tls_ca: str = (
+        ""  # the federation's root certificate (PEM file); the authority writes it to <state>/ca/ca.pem
+    )
     tls_hosts: str = ""  # extra host names or IPs for this node's certificate, comma-separated
     enrol_token: str = ""  # one-time enrolment token (needed only until the node holds a certificate)
     enrol_token_file: str = ""  # or a file holding it (compose: written by `hfl provision`)
@@ -128,8 +130,10 @@ class Settings(BaseSettings):
     def _faults(self) -> Settings:
         allowed = {"validator": VALIDATOR_FAULTS, "fog": FOG_FAULTS}.get(self.role or "", FACILITY_ATTACKS)
         if self.byzantine not in allowed:
-            raise ValueError(f"HFL_BYZANTINE={self.byzantine!r} is not valid for a {self.role}; "
-                             f"choose one of {', '.join(allowed)}")
+            raise ValueError(
+                f"HFL_BYZANTINE={self.byzantine!r} is not valid for a {self.role}; "
+                f"choose one of {', '.join(allowed)}"
+            )
         return self
 
     @property

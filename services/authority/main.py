@@ -16,16 +16,34 @@ async def run(settings: Settings) -> None:
     registry = Registry(settings.state_dir / "authority.db")
     servicer = Authority(settings, key, registry)
     running = await start_server(
-        settings, "authority", lambda s: authority_pb2_grpc.add_AuthorityServiceServicer_to_server(servicer, s))
+        settings,
+        "authority",
+        lambda s: authority_pb2_grpc.add_AuthorityServiceServicer_to_server(servicer, s),
+    )
     enrol = await start_enrol_server(
-        settings, lambda s: authority_pb2_grpc.add_AuthorityServiceServicer_to_server(servicer, s))
+        settings, lambda s: authority_pb2_grpc.add_AuthorityServiceServicer_to_server(servicer, s)
+    )
     await running.set_serving()
     UP.labels(role="authority").set(1)
-    tls_info = {"enrol_address": enrol[1], "ca": str(running.tls.dir / "ca.pem") if running.tls and running.tls.dir
-                else ""} if enrol else {}
-    write_ready_file(settings.ready_file, {"role": "authority", "node_id": settings.resolved_node_id(),
-                                           "address": running.address, "metrics_port": running.metrics_port,
-                                           "public_key": key.public_bytes.hex(), **tls_info})
+    tls_info = (
+        {
+            "enrol_address": enrol[1],
+            "ca": str(running.tls.dir / "ca.pem") if running.tls and running.tls.dir else "",
+        }
+        if enrol
+        else {}
+    )
+    write_ready_file(
+        settings.ready_file,
+        {
+            "role": "authority",
+            "node_id": settings.resolved_node_id(),
+            "address": running.address,
+            "metrics_port": running.metrics_port,
+            "public_key": key.public_bytes.hex(),
+            **tls_info,
+        },
+    )
     try:
         await serve_until_stopped(running, "authority")
     finally:

@@ -18,7 +18,8 @@ class Registry:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(
             """
-            CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, role TEXT NOT NULL, info TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS nodes (node_id TEXT PRIMARY KEY, role TEXT NOT NULL,
+                                              info TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS configs (round INTEGER, attempt INTEGER, hash BLOB, head BLOB,
                                                 buckets TEXT, PRIMARY KEY (round, attempt));
             CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,7 +33,11 @@ class Registry:
             self._db.execute(
                 "INSERT INTO nodes(node_id, role, info) VALUES (?, ?, ?) "
                 "ON CONFLICT(node_id) DO UPDATE SET role=excluded.role, info=excluded.info",
-                (node.node_id, node.role, json.dumps({**node.to_dict(), "sign_public_key": node.sign_public_key.hex()})),
+                (
+                    node.node_id,
+                    node.role,
+                    json.dumps({**node.to_dict(), "sign_public_key": node.sign_public_key.hex()}),
+                ),
             )
 
     def get(self, node_id: str) -> NodeInfo | None:
@@ -43,19 +48,24 @@ class Registry:
         if role is None:
             rows = self._db.execute("SELECT info FROM nodes ORDER BY node_id").fetchall()
         else:
-            rows = self._db.execute("SELECT info FROM nodes WHERE role=? ORDER BY node_id", (role,)).fetchall()
+            rows = self._db.execute(
+                "SELECT info FROM nodes WHERE role=? ORDER BY node_id", (role,)
+            ).fetchall()
         return [_node(r[0]) for r in rows]
 
-    def record_config(self, round_: int, attempt: int, config_hash: bytes, head: bytes,
-                      buckets: dict[str, list[str]]) -> None:
+    def record_config(
+        self, round_: int, attempt: int, config_hash: bytes, head: bytes, buckets: dict[str, list[str]]
+    ) -> None:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO configs(round, attempt, hash, head, buckets) VALUES (?, ?, ?, ?, ?)",
-                (round_, attempt, config_hash, head, json.dumps(buckets)))
+                (round_, attempt, config_hash, head, json.dumps(buckets)),
+            )
 
     def config_buckets(self, round_: int, attempt: int) -> dict[str, list[str]] | None:
-        row = self._db.execute("SELECT buckets FROM configs WHERE round=? AND attempt=?",
-                               (round_, attempt)).fetchone()
+        row = self._db.execute(
+            "SELECT buckets FROM configs WHERE round=? AND attempt=?", (round_, attempt)
+        ).fetchone()
         return dict(json.loads(row[0])) if row and row[0] else None
 
     def get_json(self, key: str) -> object | None:
@@ -68,8 +78,9 @@ class Registry:
 
     def record_report(self, round_: int, report: dict[str, object]) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO reports(round, report) VALUES (?, ?)",
-                             (round_, json.dumps(report)))
+            self._db.execute(
+                "INSERT OR REPLACE INTO reports(round, report) VALUES (?, ?)", (round_, json.dumps(report))
+            )
 
     def close(self) -> None:
         self._db.close()

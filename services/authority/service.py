@@ -66,7 +66,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if node.role != "leader" and not node.address:
             raise InvalidInput("the node must say at which address it can be reached")
         if node.specialty and node.specialty not in SPECIALTIES:
-            raise InvalidInput(f"unknown specialty {node.specialty!r}; choose one of {', '.join(SPECIALTIES)}")
+            raise InvalidInput(
+                f"unknown specialty {node.specialty!r}; choose one of {', '.join(SPECIALTIES)}"
+            )
 
     async def Register(
         self, request: authority_pb2.RegisterRequest, context: grpc.aio.ServicerContext
@@ -84,9 +86,16 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if node.role == "facility" and not node.specialty:
             node = NodeInfo(**{**node.to_dict(), "specialty": self._next_specialty(known)})
         self.registry.upsert(node)
-        log.info("registered %s %s at %s%s", node.role, node.node_id, node.address,
-                 f" ({node.specialty})" if node.specialty else "")
-        return authority_pb2.RegisterResponse(authority_public_key=self.key.public_bytes, specialty=node.specialty)
+        log.info(
+            "registered %s %s at %s%s",
+            node.role,
+            node.node_id,
+            node.address,
+            f" ({node.specialty})" if node.specialty else "",
+        )
+        return authority_pb2.RegisterResponse(
+            authority_public_key=self.key.public_bytes, specialty=node.specialty
+        )
 
     def _next_specialty(self, known: NodeInfo | None) -> str:
         if known is not None and known.specialty:
@@ -98,21 +107,27 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
     def make_config(self, round_: int, attempt: int, head: bytes) -> RoundConfig:
         s = self.settings
         out_of_budget = self.privacy.exhausted  # never schedule a facility that has spent its privacy budget
-        facilities = [n for n in self.registry.nodes("facility")
-                      if n.node_id not in self.quarantined and n.node_id not in out_of_budget]
+        facilities = [
+            n
+            for n in self.registry.nodes("facility")
+            if n.node_id not in self.quarantined and n.node_id not in out_of_budget
+        ]
         fogs = self.registry.nodes("fog")
         validators = self.registry.nodes("validator")
         registered = len(self.registry.nodes("facility"))
         if registered < max(1, s.min_facilities):
             raise NotReady(f"only {registered} facilities are registered; waiting for {s.min_facilities}")
         if not facilities:
-            raise NotReady(f"no facility can take part: {len(self.quarantined)} quarantined, "
-                           f"{len(out_of_budget)} have used up their privacy budget")
+            raise NotReady(
+                f"no facility can take part: {len(self.quarantined)} quarantined, "
+                f"{len(out_of_budget)} have used up their privacy budget"
+            )
         if not fogs:
             raise NotReady("no fog is registered yet")
         if len(validators) < s.committee_size:
-            raise NotReady(f"only {len(validators)} validators are registered; the committee needs "
-                           f"{s.committee_size}")
+            raise NotReady(
+                f"only {len(validators)} validators are registered; the committee needs {s.committee_size}"
+            )
         seed = round_seed(head, round_, attempt)
         epoch = (round_ - 1) // max(1, s.epoch_rounds)
         draw = self.registry.get_json(f"committee_draw/{epoch}")
@@ -122,11 +137,17 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             weights = {v: round(self.reputation.weight(v), 6) for v in pool}
             committee_seed = round_seed(head, epoch, 0xFFFF)
             members = select_committee(pool, s.committee_size, committee_seed, weights)
-            draw = {"epoch": epoch, "seed": committee_seed.hex(), "pool": pool, "weights": weights,
-                    "size": s.committee_size, "members": members}
+            draw = {
+                "epoch": epoch,
+                "seed": committee_seed.hex(),
+                "pool": pool,
+                "weights": weights,
+                "size": s.committee_size,
+                "members": members,
+            }
             self.registry.put_json(f"committee_draw/{epoch}", draw)
             log.info("epoch %d committee: %s", epoch, ", ".join(members))
-        committee_ids = list(draw["members"])
+        committee_ids = [str(m) for m in draw["members"]]  # type: ignore[union-attr]
         by_id = {n.node_id: n for n in facilities}
         plans = assign_buckets(list(by_id), [f.node_id for f in fogs], s.bucket_size, seed)
         small = [p for p in plans if len(p.members) < MIN_SECURE_BUCKET]
@@ -134,20 +155,31 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             raise ConfigError(
                 f"secure aggregation needs buckets of at least {MIN_SECURE_BUCKET} facilities, but bucket "
                 f"{small[0].bucket_id} would have {len(small[0].members)} (HFL_BUCKET_SIZE={s.bucket_size}, "
-                f"{len(by_id)} facilities available): with 2, each member could subtract its own update from "
-                "the sum and learn the other's. Raise HFL_BUCKET_SIZE, add facilities, or set HFL_SECAGG=false.")
-        buckets = tuple(Bucket(p.bucket_id, p.fog_id, p.members, secagg_threshold(len(p.members)))
-                        for p in plans)
+                f"{len(by_id)} facilities available): with 2, each member could subtract its own update "
+                "from the sum and learn the other's. Raise HFL_BUCKET_SIZE, add facilities, "
+                "or set HFL_SECAGG=false."
+            )
+        buckets = tuple(
+            Bucket(p.bucket_id, p.fog_id, p.members, secagg_threshold(len(p.members))) for p in plans
+        )
         n = len(committee_ids)
         config = RoundConfig(
-            round=round_, attempt=attempt, seed=seed, ledger_head=head, epoch=epoch, buckets=buckets,
+            round=round_,
+            attempt=attempt,
+            seed=seed,
+            ledger_head=head,
+            epoch=epoch,
+            buckets=buckets,
             committee=tuple(self.registry.get(v) for v in committee_ids),  # type: ignore[misc]
             quorum=2 * ((n - 1) // 3) + 1,
             facilities=tuple(by_id[m] for p in plans for m in p.members),
-            fogs=tuple(fogs), quarantined=tuple(sorted(self.quarantined)), committee_draw=draw,
+            fogs=tuple(fogs),
+            quarantined=tuple(sorted(self.quarantined)),
+            committee_draw=draw,
         ).sign(self.key)
-        self.registry.record_config(round_, attempt, config.hash(), head,
-                                    {b.bucket_id: list(b.members) for b in buckets})
+        self.registry.record_config(
+            round_, attempt, config.hash(), head, {b.bucket_id: list(b.members) for b in buckets}
+        )
         return config
 
     async def GetRoundConfig(
@@ -160,8 +192,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         config = self.make_config(int(request.round), int(request.attempt), bytes(request.ledger_head))
         # Per-bucket signed views: facilities get only their bucket's part (linear total traffic, not N^2).
         views = [config.bucket_view(b.bucket_id).sign(self.key) for b in config.buckets]
-        return authority_pb2.GetRoundConfigResponse(config=serde.config_to_proto(config),
-                                                    bucket_configs=[serde.config_to_proto(v) for v in views])
+        return authority_pb2.GetRoundConfigResponse(
+            config=serde.config_to_proto(config), bucket_configs=[serde.config_to_proto(v) for v in views]
+        )
 
     async def ReportRound(
         self, request: authority_pb2.ReportRoundRequest, context: grpc.aio.ServicerContext
@@ -173,7 +206,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         try:
             report = json.loads(request.report_json or "{}")
             flags = {str(b): str(k) for b, k in dict(report.get("flags", {})).items()}
-            votes = {str(v): (None if x is None else bool(x)) for v, x in dict(report.get("votes", {})).items()}
+            votes = {
+                str(v): (None if x is None else bool(x)) for v, x in dict(report.get("votes", {})).items()
+            }
         except (ValueError, TypeError, AttributeError) as e:
             raise InvalidInput(f"the round report is malformed: {e}") from None
         unknown = set(flags) - set(buckets)
@@ -191,36 +226,53 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if committee:
             self.reputation.observe_votes(observation, committee, votes, bool(request.committed))
         self.registry.put_json("reputation", self.reputation.to_dict())
-        self.registry.record_report(round_, {
-            "attempt": attempt, "committed": request.committed, "block_hash": request.block_hash.hex(),
-            "flags": flags, "votes": votes, "newly_quarantined": newly})
+        self.registry.record_report(
+            round_,
+            {
+                "attempt": attempt,
+                "committed": request.committed,
+                "block_hash": request.block_hash.hex(),
+                "flags": flags,
+                "votes": votes,
+                "newly_quarantined": newly,
+            },
+        )
         for f in newly:
             log.warning("quarantined facility %s: it was in flagged buckets too often", f)
         self.revoke_quarantined(newly)
         self._publish_reputation()
         top = self.privacy.max_spent()
-        return authority_pb2.ReportRoundResponse(quarantined=sorted(self.quarantined),
-                                                 max_epsilon_spent=top or 0.0, has_privacy_spend=top is not None)
+        return authority_pb2.ReportRoundResponse(
+            quarantined=sorted(self.quarantined),
+            max_epsilon_spent=top or 0.0,
+            has_privacy_spend=top is not None,
+        )
 
     async def ReportPrivacySpend(
         self, request: authority_pb2.ReportPrivacySpendRequest, context: grpc.aio.ServicerContext
     ) -> authority_pb2.ReportPrivacySpendResponse:
         report = serde.spend_from_proto(request.spend)
         node = self.registry.get(report.facility_id)
-        total = self.privacy.record(report, node.sign_public_key if node else None, node.role if node else None)
-        return authority_pb2.ReportPrivacySpendResponse(epsilon_spent=total,
-                                                        exhausted=report.facility_id in self.privacy.exhausted)
+        total = self.privacy.record(
+            report, node.sign_public_key if node else None, node.role if node else None
+        )
+        return authority_pb2.ReportPrivacySpendResponse(
+            epsilon_spent=total, exhausted=report.facility_id in self.privacy.exhausted
+        )
 
     async def GetPrivacySpend(
         self, request: authority_pb2.GetPrivacySpendRequest, context: grpc.aio.ServicerContext
     ) -> authority_pb2.GetPrivacySpendResponse:
-        return authority_pb2.GetPrivacySpendResponse(epsilon_spent=self.privacy.spent(),
-                                                     exhausted=sorted(self.privacy.exhausted))
+        return authority_pb2.GetPrivacySpendResponse(
+            epsilon_spent=self.privacy.spent(), exhausted=sorted(self.privacy.exhausted)
+        )
 
     async def ListNodes(
         self, request: authority_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> authority_pb2.ListNodesResponse:
         return authority_pb2.ListNodesResponse(
             nodes=[serde.node_to_proto(n) for n in self.registry.nodes()],
-            authority_public_key=self.key.public_bytes, quarantined=sorted(self.quarantined),
-            pow_difficulty=self.settings.pow_difficulty)
+            authority_public_key=self.key.public_bytes,
+            quarantined=sorted(self.quarantined),
+            pow_difficulty=self.settings.pow_difficulty,
+        )

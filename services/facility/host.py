@@ -100,8 +100,10 @@ def _tag_stream(method: Callable[..., Any], node_id: str) -> Callable[..., Any]:
 def read_hosted(path: str) -> list[dict[str, str]]:
     """The per-facility settings of HFL_FACILITIES_FILE, checked (plain errors, never half-started)."""
     if not path:
-        raise ConfigError("HFL_FACILITIES_FILE is not set: `hfl serve facilities` needs the JSON list of the "
-                          "facilities to host")
+        raise ConfigError(
+            "HFL_FACILITIES_FILE is not set: `hfl serve facilities` needs the JSON list of the "
+            "facilities to host"
+        )
     try:
         doc = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -110,23 +112,26 @@ def read_hosted(path: str) -> list[dict[str, str]]:
         raise ConfigError(f"HFL_FACILITIES_FILE {path} is not valid JSON ({e})") from None
     entries = doc.get("facilities") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{path} must hold {{\"facilities\": [...]}} with at least one facility")
+        raise ConfigError(f'{path} must hold {{"facilities": [...]}} with at least one facility')
     if len(entries) > MAX_HOSTED:
         raise ConfigError(f"{path} lists {len(entries)} facilities; one process hosts at most {MAX_HOSTED}")
     fields = set(Settings.model_fields)
     out: list[dict[str, str]] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                  for k, v in entry.items()):
+        if not isinstance(entry, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in entry.items()
+        ):
             raise ConfigError(f"{path}: facility #{i + 1} must be an object of HFL_* names to text values")
         for key in entry:
             name = key.removeprefix("HFL_").lower()
             if not key.startswith("HFL_") or name not in fields:
                 raise ConfigError(f"{path}: facility #{i + 1}: {key} is not an hfl setting")
             if name in PROCESS_ONLY:
-                raise ConfigError(f"{path}: facility #{i + 1}: {key} is shared by the whole process; "
-                                  "set it in the environment instead")
+                raise ConfigError(
+                    f"{path}: facility #{i + 1}: {key} is shared by the whole process; "
+                    "set it in the environment instead"
+                )
         for required in ("HFL_NODE_ID", "HFL_STATE_DIR"):
             if not entry.get(required):
                 raise ConfigError(f"{path}: facility #{i + 1} needs its own {required}")
@@ -169,22 +174,35 @@ async def run(settings: Settings) -> None:
         node_id = s.resolved_node_id()
         CURRENT.set(node_id)
         async with gate:  # a few at a time: enrolment and registration are not a stampede on the authority
-            return await start(s, channels=Channels(own_connections=True), metrics_port=metrics_port,
-                               prepare=_tag_rpcs(node_id))
+            return await start(
+                s,
+                channels=Channels(own_connections=True),
+                metrics_port=metrics_port,
+                prepare=_tag_rpcs(node_id),
+            )
 
     results = await asyncio.gather(*(one(s) for s in every), return_exceptions=True)
     started = [r for r in results if isinstance(r, StartedFacility)]
-    failed = [(s.resolved_node_id(), r) for s, r in zip(every, results, strict=True)
-              if isinstance(r, BaseException)]
+    failed = [
+        (s.resolved_node_id(), r) for s, r in zip(every, results, strict=True) if isinstance(r, BaseException)
+    ]
     try:
         if failed:
             for node_id, err in failed:
                 log.error("facility %s could not start: %s", node_id, err)
-            raise RuntimeError(f"{len(failed)} of {len(every)} hosted facilities could not start "
-                               f"(first: {failed[0][0]}: {failed[0][1]})")
-        write_ready_file(settings.ready_file, {"role": "facilities", "node_id": host_id,
-                                               "metrics_port": metrics_port,
-                                               "facilities": [f.info for f in started]})
+            raise RuntimeError(
+                f"{len(failed)} of {len(every)} hosted facilities could not start "
+                f"(first: {failed[0][0]}: {failed[0][1]})"
+            )
+        write_ready_file(
+            settings.ready_file,
+            {
+                "role": "facilities",
+                "node_id": host_id,
+                "metrics_port": metrics_port,
+                "facilities": [f.info for f in started],
+            },
+        )
         log.info("all %d facilities are serving", len(started))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -30,8 +30,12 @@ class StartedFacility:
     info: dict[str, Any]
 
 
-async def start(settings: Settings, channels: Channels | None = None, metrics_port: int | None = None,
-                prepare: Callable[[Facility], None] | None = None) -> StartedFacility:
+async def start(
+    settings: Settings,
+    channels: Channels | None = None,
+    metrics_port: int | None = None,
+    prepare: Callable[[Facility], None] | None = None,
+) -> StartedFacility:
     """Bind, register, load the data and start serving one facility (``hfl serve facility`` and the
     multi-facility host both use this). ``metrics_port`` overrides the advertised /metrics port when
     a host process shares one metrics endpoint among its facilities; ``prepare`` sees the servicer
@@ -50,25 +54,49 @@ async def start(settings: Settings, channels: Channels | None = None, metrics_po
         prepare(facility)
     # Bind first (registration needs our address), then register (the authority may assign the
     # specialty), then load the data; RPCs answer UNAVAILABLE until then.
-    running = await start_server(settings, "facility",
-                                 lambda s: facility_pb2_grpc.add_FacilityServiceServicer_to_server(facility, s))
+    running = await start_server(
+        settings, "facility", lambda s: facility_pb2_grpc.add_FacilityServiceServicer_to_server(facility, s)
+    )
     channels.use(running.tls)  # this facility's own certificate, also when several share a process
     metrics_port = metrics_port or running.metrics_port
     metrics_address = f"{settings.resolved_advertise_host()}:{metrics_port}"
-    node = NodeInfo(node_id=node_id, role="facility", address=running.address, sign_public_key=key.public_bytes,
-                    specialty=settings.specialty, metrics_address=metrics_address)
+    node = NodeInfo(
+        node_id=node_id,
+        role="facility",
+        address=running.address,
+        sign_public_key=key.public_bytes,
+        specialty=settings.specialty,
+        metrics_address=metrics_address,
+    )
     answer = await register(channels, settings.authority, node)
     specialty = answer.specialty or settings.specialty or "hospital"
     # Without HFL_SHARD (scaled containers) the node id picks the data stream, so replicas differ.
-    data = load_facility_data(settings.dataset, specialty=specialty, shard=shard, seed=settings.seed,
-                              label=settings.label, n_patients=settings.n_patients, stream=node_id)
-    log.info("loaded %d training and %d test records (%s, %s)", data.train.n, data.test.n, specialty,
-             settings.dataset)
+    data = load_facility_data(
+        settings.dataset,
+        specialty=specialty,
+        shard=shard,
+        seed=settings.seed,
+        label=settings.label,
+        n_patients=settings.n_patients,
+        stream=node_id,
+    )
+    log.info(
+        "loaded %d training and %d test records (%s, %s)",
+        data.train.n,
+        data.test.n,
+        specialty,
+        settings.dataset,
+    )
     facility.ready(data, bytes(answer.authority_public_key))
     await running.set_serving()
     UP.labels(role="facility").set(1)
-    info = {"role": "facility", "node_id": node_id, "address": running.address,
-            "metrics_port": metrics_port, "specialty": specialty}
+    info = {
+        "role": "facility",
+        "node_id": node_id,
+        "address": running.address,
+        "metrics_port": metrics_port,
+        "specialty": specialty,
+    }
     write_ready_file(settings.ready_file, info)
     return StartedFacility(node_id, facility, running, channels, info)
 

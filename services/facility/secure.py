@@ -205,8 +205,9 @@ class SecureAggregation:
         if plan.drop_rate > 0 and secrets.randbelow(1_000_000) < plan.drop_rate * 1_000_000:
             drop_stage = 1 + secrets.randbelow(4)
         ad = member.advertise()
-        task = asyncio.create_task(asyncio.to_thread(fac.local_update, model, params, plan, fac._rng(config),
-                                                     admission))
+        task = asyncio.create_task(
+            asyncio.to_thread(fac.local_update, model, params, plan, fac._rng(config), admission)
+        )
         task.add_done_callback(_consume)
         sess = Session(key, member, task, plan.clip_update, drop_stage, plan.drop_rate, fog_id=bucket.fog_id)
         self._sessions[key] = sess

@@ -74,8 +74,10 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
     def _model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
         spec, params, _ = serde.model_from_proto(request_model)
         if spec.n_features != self.data.train.d:
-            raise InvalidInput(f"the model expects {spec.n_features} features but this facility's data has "
-                               f"{self.data.train.d}")
+            raise InvalidInput(
+                f"the model expects {spec.n_features} features but this facility's data has "
+                f"{self.data.train.d}"
+            )
         model = make_model(spec.kind, spec.n_features, spec.hidden)
         if params.size != model.n_params:
             raise InvalidInput(f"the model should have {model.n_params} parameters, got {params.size}")
@@ -85,7 +87,9 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         config = serde.config_from_proto(request_config)
         config.verify(self.authority_key)
         if config.round < self.last_round:
-            raise StaleRound(f"round {config.round} is over; this facility is already in round {self.last_round}")
+            raise StaleRound(
+                f"round {config.round} is over; this facility is already in round {self.last_round}"
+            )
         return config
 
     # ------------------------------------------------------------------ RPCs
@@ -98,15 +102,18 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         except KeyError:
             raise InvalidInput(f"bucket {request.bucket_id!r} is not part of round {config.round}") from None
         if self.node_id not in bucket.members:
-            raise NotAllowed(f"this facility is not a member of bucket {bucket.bucket_id} in round {config.round}")
+            raise NotAllowed(
+                f"this facility is not a member of bucket {bucket.bucket_id} in round {config.round}"
+            )
         authz.require_caller_is(bucket.fog_id, "StartRound for this bucket")  # only the bucket's own fog
         _spec, params, model = self._model(request.model)
         plan = serde.plan_from_proto(request.plan)
         admission = await self.privacy.admit(config, plan)  # declines (NotAllowed) when out of budget
         self.last_round = config.round
         ROUND.set(config.round)
-        task = asyncio.create_task(self._train_and_submit(config, bucket, config.node(bucket.fog_id), model,
-                                                          params, plan, admission))
+        task = asyncio.create_task(
+            self._train_and_submit(config, bucket, config.node(bucket.fog_id), model, params, plan, admission)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return facility_pb2.StartRoundResponse()
@@ -117,7 +124,8 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         _spec, params, model = self._model(request.model)
         result = await asyncio.to_thread(evaluate, model, params, self.data.test)
         return facility_pb2.EvaluateModelResponse(
-            metrics=serde.metrics_to_proto(Metrics(result.correct, result.total, result.loss_sum)))
+            metrics=serde.metrics_to_proto(Metrics(result.correct, result.total, result.loss_sum))
+        )
 
     # ------------------------------------------------------------------ secure aggregation (secure.py)
     async def SecAggAdvertise(
@@ -142,7 +150,9 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
 
     # ------------------------------------------------------------------ local work
     def _rng(self, config: RoundConfig) -> np.random.Generator:
-        digest = hashlib.sha256(f"{self.settings.seed}/{self.node_id}/{config.round}/{config.attempt}".encode())
+        digest = hashlib.sha256(
+            f"{self.settings.seed}/{self.node_id}/{config.round}/{config.attempt}".encode()
+        )
         return np.random.default_rng(int.from_bytes(digest.digest()[:8], "big"))
 
     def honest_update(
@@ -152,8 +162,14 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         new = train_local(model, params, data, cfg, rng)
         return clip_update(new - params, plan.clip_update)
 
-    def local_update(self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator,
-                     admission: Admission | None = None) -> np.ndarray:
+    def local_update(
+        self,
+        model: Any,
+        params: np.ndarray,
+        plan: TrainingPlan,
+        rng: np.random.Generator,
+        admission: Admission | None = None,
+    ) -> np.ndarray:
         if admission is not None or dp_plan_of(plan.extra) is not None:
             delta = self.privacy.private_update(model, params, plan, admission, self.train_set)
         else:
@@ -164,8 +180,9 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         peers = self.peer_updates(model, params, plan, rng) if attack in ("alie", "ipm") else None
         return apply_attack(attack, delta, rng=rng, scale=self.settings.byzantine_scale, peers=peers)
 
-    def peer_updates(self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator
-                     ) -> np.ndarray:
+    def peer_updates(
+        self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator
+    ) -> np.ndarray:
         """What honest facilities of this federation would send (colluding attacks, as in the papers):
         simulated by training on the data other shards of the same source would hold."""
         if not hasattr(self, "_peer_data"):
@@ -174,31 +191,61 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
             shard = parse_shard(self.settings.shard) or (0, 1)
             n = max(shard[1], 5)
             source = self.settings.dataset
-            self._peer_data = [] if source.startswith("csv:") else [
-                load_facility_data(source, specialty=SPECIALTIES[j % 4], shard=(j, n), seed=self.settings.seed,
-                                   label=self.settings.label).train
-                for j in range(n) if j != shard[0]][:4]
+            self._peer_data = (
+                []
+                if source.startswith("csv:")
+                else [
+                    load_facility_data(
+                        source,
+                        specialty=SPECIALTIES[j % 4],
+                        shard=(j, n),
+                        seed=self.settings.seed,
+                        label=self.settings.label,
+                    ).train
+                    for j in range(n)
+                    if j != shard[0]
+                ][:4]
+            )
         rows = [self.honest_update(model, params, plan, rng, d) for d in self._peer_data]
         rows.append(self.honest_update(model, params, plan, rng, self.data.train))
         return np.stack(rows)
 
     async def _train_and_submit(
-        self, config: RoundConfig, bucket: Bucket, fog: NodeInfo, model: Any, params: np.ndarray,
-        plan: TrainingPlan, admission: Admission | None = None,
+        self,
+        config: RoundConfig,
+        bucket: Bucket,
+        fog: NodeInfo,
+        model: Any,
+        params: np.ndarray,
+        plan: TrainingPlan,
+        admission: Admission | None = None,
     ) -> None:
         if plan.drop_rate > 0 and secrets.randbelow(1_000_000) < plan.drop_rate * 1_000_000:
             log.info("round %d: dropping out on purpose (drop rate %.2f)", config.round, plan.drop_rate)
             return
         try:
-            delta = await asyncio.to_thread(self.local_update, model, params, plan, self._rng(config), admission)
+            delta = await asyncio.to_thread(
+                self.local_update, model, params, plan, self._rng(config), admission
+            )
             await self.privacy.flush(config.round, config.attempt)  # the authority hears of the spend first
             stub = fog_pb2_grpc.FogServiceStub(self.channels.get(fog.address))
-            await call(stub.SubmitUpdate, fog_pb2.SubmitUpdateRequest(
-                round=config.round, attempt=config.attempt, bucket_id=bucket.bucket_id, node_id=self.node_id,
-                update=serde.vector_to_proto(delta, pb.D_TYPE_FLOAT32), num_samples=self.data.train.n),
-                peer="fog", timeout=plan.timeout_s)
+            await call(
+                stub.SubmitUpdate,
+                fog_pb2.SubmitUpdateRequest(
+                    round=config.round,
+                    attempt=config.attempt,
+                    bucket_id=bucket.bucket_id,
+                    node_id=self.node_id,
+                    update=serde.vector_to_proto(delta, pb.D_TYPE_FLOAT32),
+                    num_samples=self.data.train.n,
+                ),
+                peer="fog",
+                timeout=plan.timeout_s,
+            )
             log.info("round %d: sent update to %s (bucket %s)", config.round, fog.node_id, bucket.bucket_id)
         except grpc.aio.AioRpcError as e:
-            log.warning("round %d: the fog refused or missed the update: %s", config.round, describe_rpc_error(e))
+            log.warning(
+                "round %d: the fog refused or missed the update: %s", config.round, describe_rpc_error(e)
+            )
         except Exception:
             log.exception("round %d: local training failed", config.round)

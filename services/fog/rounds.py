@@ -37,9 +37,14 @@ class PhaseMarks:
         end = time.monotonic()
         distributed = self.marks.get("distributed", self.t0)
         collected = max(self.marks.get("collected", distributed), distributed)
-        return json.dumps({"distribution": round(distributed - self.t0, 6),
-                           "local_work": round(collected - distributed, 6),
-                           "aggregation": round(end - collected, 6)}, sort_keys=True)
+        return json.dumps(
+            {
+                "distribution": round(distributed - self.t0, 6),
+                "local_work": round(collected - distributed, 6),
+                "aggregation": round(end - collected, 6),
+            },
+            sort_keys=True,
+        )
 
 
 def bucket_requests(
@@ -54,20 +59,27 @@ def bucket_requests(
             view: RoundConfig = serde.config_from_proto(proto)
             view.verify(authority_key)
         except Exception as e:  # a bad view only costs size: fall back to the full configuration
-            log.warning("round %d: ignoring a per-bucket configuration that does not check out: %s",
-                        config.round, e)
+            log.warning(
+                "round %d: ignoring a per-bucket configuration that does not check out: %s", config.round, e
+            )
             continue
         if view.is_bucket_view_of(config):
             views[view.buckets[0].bucket_id] = proto
     out = {}
     for b in buckets:
         view_proto = views.get(b.bucket_id)
-        out[b.bucket_id] = request if view_proto is None else fog_pb2.RunRoundRequest(
-            config=view_proto, model=request.model, plan=request.plan)
+        out[b.bucket_id] = (
+            request
+            if view_proto is None
+            else fog_pb2.RunRoundRequest(config=view_proto, model=request.model, plan=request.plan)
+        )
     missing = [b.bucket_id for b in buckets if b.bucket_id not in views]
     if missing and request.bucket_configs:
-        log.warning("round %d: no valid per-bucket configuration for %s; sending the full one",
-                    config.round, ", ".join(missing))
+        log.warning(
+            "round %d: no valid per-bucket configuration for %s; sending the full one",
+            config.round,
+            ", ".join(missing),
+        )
     return out
 
 
@@ -97,8 +109,14 @@ class TimedLink:
 
 
 async def run_secure_bucket_timed(
-    config: RoundConfig, bucket: Bucket, request: fog_pb2.RunRoundRequest, plan: TrainingPlan,
-    channels: Channels, counter: ByteCount | None, d: int, marks: PhaseMarks,
+    config: RoundConfig,
+    bucket: Bucket,
+    request: fog_pb2.RunRoundRequest,
+    plan: TrainingPlan,
+    channels: Channels,
+    counter: ByteCount | None,
+    d: int,
+    marks: PhaseMarks,
 ) -> BucketResult:
     """secure.run_round_bucket, with phase marks."""
     link = TimedLink(secure.GrpcMemberLink(config, request, bucket.bucket_id, channels, counter, d), marks)

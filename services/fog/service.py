@@ -67,13 +67,23 @@ class PlainBucket:
         dropped = tuple(m for m in self.bucket.members if m not in self.updates)
         refused = tuple(sorted(self.refused))
         if not members:
-            return BucketResult(self.bucket.bucket_id, self.bucket.fog_id, np.zeros(0), 0, (), dropped,
-                                abandoned=True, reason="no member sent an update", refused=refused)
+            return BucketResult(
+                self.bucket.bucket_id,
+                self.bucket.fog_id,
+                np.zeros(0),
+                0,
+                (),
+                dropped,
+                abandoned=True,
+                reason="no member sent an update",
+                refused=refused,
+            )
         total = np.zeros(self.dim)
         for m in members:
             total += self.updates[m]
-        return BucketResult(self.bucket.bucket_id, self.bucket.fog_id, total, len(members), members, dropped,
-                            refused=refused)
+        return BucketResult(
+            self.bucket.bucket_id, self.bucket.fog_id, total, len(members), members, dropped, refused=refused
+        )
 
 
 class Fog(fog_pb2_grpc.FogServiceServicer):
@@ -118,36 +128,55 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         requests = bucket_requests(config, request, mine, self.authority_key)
         self.marks = marks = PhaseMarks()
         if plan.secure:  # masked updates, stage by stage (services/fog/secure.py)
-            results = await asyncio.gather(*(run_secure_bucket_timed(
-                config, b, requests[b.bucket_id], plan, self.channels, counter, params.size, marks)
-                for b in mine))
+            results = await asyncio.gather(
+                *(
+                    run_secure_bucket_timed(
+                        config, b, requests[b.bucket_id], plan, self.channels, counter, params.size, marks
+                    )
+                    for b in mine
+                )
+            )
         else:
-            results = await asyncio.gather(*(
-                self._run_plain_bucket(config, b, requests[b.bucket_id], plan, counter) for b in mine))
+            results = await asyncio.gather(
+                *(self._run_plain_bucket(config, b, requests[b.bucket_id], plan, counter) for b in mine)
+            )
         self.open = {}
         return fog_pb2.RunRoundResponse(
             buckets=[serde.bucket_result_to_proto(r) for r in results],
-            bytes_to_facilities=counter.sent, bytes_from_facilities=counter.received + self.received_bytes,
-            phases_json=marks.to_json())
+            bytes_to_facilities=counter.sent,
+            bytes_from_facilities=counter.received + self.received_bytes,
+            phases_json=marks.to_json(),
+        )
 
     async def _run_plain_bucket(
-        self, config: RoundConfig, bucket: Bucket, request: fog_pb2.RunRoundRequest, plan: TrainingPlan,
+        self,
+        config: RoundConfig,
+        bucket: Bucket,
+        request: fog_pb2.RunRoundRequest,
+        plan: TrainingPlan,
         counter: ByteCount,
     ) -> BucketResult:
         collector = self.open[bucket.bucket_id]
         # One message for the whole bucket (the model is not copied once per member).
         start_request = facility_pb2.StartRoundRequest(
-            config=request.config, model=request.model, plan=request.plan, bucket_id=bucket.bucket_id)
+            config=request.config, model=request.model, plan=request.plan, bucket_id=bucket.bucket_id
+        )
 
         async def start(member: str) -> None:
             node = config.node(member)
             stub = facility_pb2_grpc.FacilityServiceStub(self.channels.get(node.address))
             try:
-                await call(stub.StartRound, start_request,
-                           peer="facility", timeout=min(30.0, plan.timeout_s), counter=counter)
+                await call(
+                    stub.StartRound,
+                    start_request,
+                    peer="facility",
+                    timeout=min(30.0, plan.timeout_s),
+                    counter=counter,
+                )
             except grpc.aio.AioRpcError as e:
-                log.warning("round %d: facility %s did not start: %s", config.round, member,
-                            describe_rpc_error(e))
+                log.warning(
+                    "round %d: facility %s did not start: %s", config.round, member, describe_rpc_error(e)
+                )
                 if e.code() == grpc.StatusCode.PERMISSION_DENIED:  # it declined (e.g. privacy budget)
                     collector.decline(member)
 
@@ -160,8 +189,14 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         self.marks.mark("collected")
         result = collector.result()
         if result.dropped:
-            log.info("round %d bucket %s: %d of %d members missing (%s)", config.round, bucket.bucket_id,
-                     len(result.dropped), len(bucket.members), ", ".join(result.dropped))
+            log.info(
+                "round %d bucket %s: %d of %d members missing (%s)",
+                config.round,
+                bucket.bucket_id,
+                len(result.dropped),
+                len(bucket.members),
+                ", ".join(result.dropped),
+            )
         return result
 
     # ------------------------------------------------------------------ facility -> fog
@@ -170,16 +205,19 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
     ) -> fog_pb2.SubmitUpdateResponse:
         try:
             try:
-                update = serde.vector_from_proto(request.update, expected_length=self.dim or None, dtype=None,
-                                                 what="update")  # float32 (or float64)
+                update = serde.vector_from_proto(
+                    request.update, expected_length=self.dim or None, dtype=None, what="update"
+                )  # float32 (or float64)
             except InvalidInput:
                 bucket = self.open.get(request.bucket_id)
                 if bucket is not None and (request.round, request.attempt) == self.current:
                     bucket.refuse(request.node_id)
                 raise
             if (request.round, request.attempt) != self.current or request.bucket_id not in self.open:
-                raise StaleRound(f"no open bucket {request.bucket_id!r} for round {request.round} here "
-                                 f"(current round: {self.current[0]})")
+                raise StaleRound(
+                    f"no open bucket {request.bucket_id!r} for round {request.round} here "
+                    f"(current round: {self.current[0]})"
+                )
             self.open[request.bucket_id].add(request.node_id, update)
         except Exception as e:
             REFUSED.labels(reason=type(e).__name__).inc()

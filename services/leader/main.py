@@ -40,14 +40,18 @@ def open_ledger(settings: Settings) -> tuple[LedgerStore, ModelSpec]:
     spec = ModelSpec(kind=settings.model, n_features=n_features, hidden=settings.hidden)
     store = LedgerStore(settings.state_dir / "ledger.db")
     initial = make_model(spec.kind, spec.n_features, spec.hidden).init_params(settings.seed)
-    extra = {"model": {"kind": spec.kind, "n_features": spec.n_features, "hidden": spec.hidden},
-             "seed": settings.seed}
+    extra = {
+        "model": {"kind": spec.kind, "n_features": spec.n_features, "hidden": spec.hidden},
+        "seed": settings.seed,
+    }
     try:
         store.init_genesis(initial, extra=extra)
     except LedgerError as e:
         store.close()
-        raise ConfigError(f"the ledger in {settings.state_dir} was made for another model or seed ({e}); "
-                          "use a new state directory") from None
+        raise ConfigError(
+            f"the ledger in {settings.state_dir} was made for another model or seed ({e}); "
+            "use a new state directory"
+        ) from None
     return store, spec
 
 
@@ -61,15 +65,30 @@ async def run(settings: Settings) -> None:
         ROUND.set(head.header.round)
     channels = Channels()
     leader = Leader(settings, channels, store, spec, training_plan(settings))
-    running = await start_server(settings, "leader", lambda s: leader_pb2_grpc.add_LeaderServiceServicer_to_server(leader, s))
-    node = NodeInfo(node_id=node_id, role="leader", address=running.address, sign_public_key=key.public_bytes,
-                    metrics_address=f"{settings.resolved_advertise_host()}:{running.metrics_port}")
+    running = await start_server(
+        settings, "leader", lambda s: leader_pb2_grpc.add_LeaderServiceServicer_to_server(leader, s)
+    )
+    node = NodeInfo(
+        node_id=node_id,
+        role="leader",
+        address=running.address,
+        sign_public_key=key.public_bytes,
+        metrics_address=f"{settings.resolved_advertise_host()}:{running.metrics_port}",
+    )
     answer = await register(channels, settings.authority, node)
     leader.authority_key = bytes(answer.authority_public_key)
     await running.set_serving()
     UP.labels(role="leader").set(1)
-    write_ready_file(settings.ready_file, {"role": "leader", "node_id": node_id, "address": running.address,
-                                           "metrics_port": running.metrics_port, **leader.plan.extra})
+    write_ready_file(
+        settings.ready_file,
+        {
+            "role": "leader",
+            "node_id": node_id,
+            "address": running.address,
+            "metrics_port": running.metrics_port,
+            **leader.plan.extra,
+        },
+    )
     stop = asyncio.Event()
     loop_task = asyncio.create_task(leader.run(stop))
     try:

@@ -94,8 +94,11 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 try:
                     t_config = time.monotonic()
                     config_request = authority_pb2.GetRoundConfigRequest(
-                        round=round_, attempt=attempt, ledger_head=head.hash)
-                    resp = await call(self.authority().GetRoundConfig, config_request, peer="authority", timeout=30)
+                        round=round_, attempt=attempt, ledger_head=head.hash
+                    )
+                    resp = await call(
+                        self.authority().GetRoundConfig, config_request, peer="authority", timeout=30
+                    )
                 except grpc.aio.AioRpcError as e:
                     self.state = f"waiting: {e.details()}"
                     log.info("round %d: not ready yet (%s)", round_, e.details())
@@ -104,8 +107,11 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 config = serde.config_from_proto(resp.config)
                 config.verify(self.authority_key)
                 self.bucket_configs = list(resp.bucket_configs)  # forwarded to the fogs (rounds.py)
-                self.clock = RoundClock(config_s=time.monotonic() - t_config, config_bytes_in=resp.ByteSize(),
-                                        config_bytes_out=config_request.ByteSize())
+                self.clock = RoundClock(
+                    config_s=time.monotonic() - t_config,
+                    config_bytes_in=resp.ByteSize(),
+                    config_bytes_out=config_request.ByteSize(),
+                )
                 self.state = f"running round {round_}"
                 try:
                     event = await self.run_round(config, head)
@@ -120,8 +126,14 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         finally:
             self.finished = True
             self.state = "finished"
-            await self.publish(RoundEvent(round=self.store.head().header.round, committed=False,  # type: ignore[union-attr]
-                                          done=True, detail="all planned rounds are done"))
+            await self.publish(
+                RoundEvent(
+                    round=self.store.head().header.round,  # type: ignore[union-attr]
+                    committed=False,
+                    done=True,
+                    detail="all planned rounds are done",
+                )
+            )
 
     async def publish(self, event: RoundEvent) -> None:
         async with self.changed:
@@ -136,8 +148,9 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         clock = self.clock = replace(self.clock, phases={})
         clock.lap("prepare")
         model_msg = serde.model_to_proto(self.spec, self.model, round_)
-        request = fog_pb2.RunRoundRequest(config=serde.config_to_proto(config), model=model_msg,
-                                          plan=serde.plan_to_proto(self.plan))
+        request = fog_pb2.RunRoundRequest(
+            config=serde.config_to_proto(config), model=model_msg, plan=serde.plan_to_proto(self.plan)
+        )
         fog_ids = sorted({b.fog_id for b in config.buckets})
         for b in config.buckets:
             for m in b.members:
@@ -148,8 +161,13 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             stub = fog_pb2_grpc.FogServiceStub(self.channels.get(node.address))
             started = time.monotonic()
             try:
-                resp = await call(stub.RunRound, fog_request(request, self.bucket_configs, fog_id), peer="fog",
-                                  timeout=self.plan.timeout_s + 60, counter=counter)
+                resp = await call(
+                    stub.RunRound,
+                    fog_request(request, self.bucket_configs, fog_id),
+                    peer="fog",
+                    timeout=self.plan.timeout_s + 60,
+                    counter=counter,
+                )
             except grpc.aio.AioRpcError as e:
                 log.warning("round %d: fog %s failed: %s", round_, fog_id, describe_rpc_error(e))
                 return []
@@ -162,38 +180,63 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 except ValueError as e:
                     log.warning("round %d: fog %s sent a malformed bucket: %s", round_, fog_id, e)
                     continue
-                if r.fog_id != fog_id or r.bucket_id not in {x.bucket_id for x in config.buckets
-                                                             if x.fog_id == fog_id}:
+                if r.fog_id != fog_id or r.bucket_id not in {
+                    x.bucket_id for x in config.buckets if x.fog_id == fog_id
+                }:
                     log.warning("round %d: fog %s answered for a bucket it does not run", round_, fog_id)
                     continue
                 out.append(r)
             return out
 
-        results = sorted((r for rs in await asyncio.gather(*(run_fog(f) for f in fog_ids)) for r in rs),
-                         key=lambda r: r.bucket_id)
+        results = sorted(
+            (r for rs in await asyncio.gather(*(run_fog(f) for f in fog_ids)) for r in rs),
+            key=lambda r: r.bucket_id,
+        )
         clock.fogs_done()
         used = [r for r in results if not r.abandoned and r.count > 0]
         dropouts = sum(len(r.dropped) for r in results)
         self.refused = {m for r in results for m in r.refused}
         SECAGG_DROPOUTS.inc(dropouts)
-        base: dict[str, Any] = dict(round=round_, participants=sum(r.count for r in used), dropouts=dropouts,
-                    abandoned_buckets=sum(1 for r in results if r.abandoned),
-                    committee=tuple(m.node_id for m in config.committee))
+        base: dict[str, Any] = dict(
+            round=round_,
+            participants=sum(r.count for r in used),
+            dropouts=dropouts,
+            abandoned_buckets=sum(1 for r in results if r.abandoned),
+            committee=tuple(m.node_id for m in config.committee),
+        )
         if not used:
-            return self._finish(t0, counter, RoundEvent(committed=False, detail="no bucket sums arrived", **base),
-                                fac)
+            return self._finish(
+                t0, counter, RoundEvent(committed=False, detail="no bucket sums arrived", **base), fac
+            )
 
         sums = np.stack([r.total for r in used])
         counts = [r.count for r in used]
-        extra = {"buckets": [r.bucket_id for r in used], "fogs": [r.fog_id for r in used],
-                 "members": [list(r.members) for r in used], "committee_draw": config.committee_draw}
+        extra = {
+            "buckets": [r.bucket_id for r in used],
+            "fogs": [r.fog_id for r in used],
+            "members": [list(r.members) for r in used],
+            "committee_draw": config.committee_draw,
+        }
         rule_params = self.rule_params(len(used))
         header, new_model = next_header(
-            head, self.model, sums, counts, rule=self.settings.rule, rule_params=rule_params,
+            head,
+            self.model,
+            sums,
+            counts,
+            rule=self.settings.rule,
+            rule_params=rule_params,
             committee=[CommitteeMember(m.node_id, m.sign_public_key) for m in config.committee],
-            config_hash=config.hash(), quorum=config.quorum, extra=extra)
-        kinds = aggregate(self.settings.rule, sums, np.asarray(counts), f=int(rule_params["f"]),  # type: ignore[call-overload]
-                          clip_update=self.plan.clip_update).flag_kinds
+            config_hash=config.hash(),
+            quorum=config.quorum,
+            extra=extra,
+        )
+        kinds = aggregate(
+            self.settings.rule,
+            sums,
+            np.asarray(counts),
+            f=int(rule_params["f"]),  # type: ignore[call-overload]
+            clip_update=self.plan.clip_update,
+        ).flag_kinds
         flags = {used[i].bucket_id: kind for i, kind in kinds.items()}
         flagged = tuple(sorted(flags))
         FLAGGED_BUCKETS.inc(len(flagged))
@@ -210,8 +253,9 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             log.warning("round %d: %s", round_, detail)
             COMMITS.labels(outcome="rejected").inc()
             quarantined = await self.report(config, None, flags, votes)
-            return self._finish(t0, counter, RoundEvent(committed=False, detail=detail, quarantined=quarantined,
-                                                        **base), fac)
+            return self._finish(
+                t0, counter, RoundEvent(committed=False, detail=detail, quarantined=quarantined, **base), fac
+            )
         block = Block(header, qc)
         await asyncio.to_thread(self.store.append, block, new_model, sums)
         clock.lap("commit")
@@ -224,39 +268,67 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         MODEL_ACCURACY.set(metrics.accuracy)
         MODEL_LOSS.set(metrics.loss)
         quarantined = await self.report(config, block, flags, votes)
-        return self._finish(t0, counter, RoundEvent(committed=True, accuracy=metrics.accuracy, loss=metrics.loss,
-                                                    block_hash=block.hash, detail="committed",
-                                                    quarantined=quarantined, **base), fac)
+        return self._finish(
+            t0,
+            counter,
+            RoundEvent(
+                committed=True,
+                accuracy=metrics.accuracy,
+                loss=metrics.loss,
+                block_hash=block.hash,
+                detail="committed",
+                quarantined=quarantined,
+                **base,
+            ),
+            fac,
+        )
 
-    def _finish(self, t0: float, counter: ByteCount, event: RoundEvent, fac: ByteCount | None = None
-                ) -> RoundEvent:
+    def _finish(
+        self, t0: float, counter: ByteCount, event: RoundEvent, fac: ByteCount | None = None
+    ) -> RoundEvent:
         self.clock.lap("report")
         fac = fac or ByteCount()
         duration = time.monotonic() - t0
         ROUND_DURATION.observe(duration)
-        return replace(event, duration_s=duration,
-                       bytes_sent=counter.sent + counter.received + fac.sent + fac.received,
-                       extra={**event.extra, **self.clock.summary(counter, fac)},
-                       epsilon=self.epsilon_spent)
+        return replace(
+            event,
+            duration_s=duration,
+            bytes_sent=counter.sent + counter.received + fac.sent + fac.received,
+            extra={**event.extra, **self.clock.summary(counter, fac)},
+            epsilon=self.epsilon_spent,
+        )
 
     async def collect_votes(
-        self, config: RoundConfig, head: Block, used: list[BucketResult], block_hash: bytes,
-        extra: dict[str, object], counter: ByteCount,
+        self,
+        config: RoundConfig,
+        head: Block,
+        used: list[BucketResult],
+        block_hash: bytes,
+        extra: dict[str, object],
+        counter: ByteCount,
     ) -> list[Vote]:
         request = validator_pb2.VoteRequest(
-            config=serde.config_to_proto(config), base_model=serde.model_to_proto(self.spec, self.model, head.round),
-            buckets=[serde.bucket_result_to_proto(r) for r in used], rule=self.settings.rule,
-            rule_params_json=json.dumps(self.rule_params(len(used)), sort_keys=True), prev_block_json=json.dumps(head.to_dict()),
-            extra_json=json.dumps(extra, sort_keys=True), block_hash=block_hash)
+            config=serde.config_to_proto(config),
+            base_model=serde.model_to_proto(self.spec, self.model, head.round),
+            buckets=[serde.bucket_result_to_proto(r) for r in used],
+            rule=self.settings.rule,
+            rule_params_json=json.dumps(self.rule_params(len(used)), sort_keys=True),
+            prev_block_json=json.dumps(head.to_dict()),
+            extra_json=json.dumps(extra, sort_keys=True),
+            block_hash=block_hash,
+        )
 
         async def ask(address: str, node_id: str) -> Vote | None:
             stub = validator_pb2_grpc.ValidatorServiceStub(self.channels.get(address))
             try:
-                resp = await call(stub.Vote, request, peer="validator", timeout=self.settings.vote_timeout,
-                                  counter=counter)
+                resp = await call(
+                    stub.Vote, request, peer="validator", timeout=self.settings.vote_timeout, counter=counter
+                )
                 vote = serde.vote_from_proto(resp)
             except grpc.aio.AioRpcError as e:
-                log.warning("round %d: validator %s did not vote: %s", config.round, node_id, describe_rpc_error(e))
+                log.warning(
+                    "round %d: validator %s did not vote: %s", config.round, node_id, describe_rpc_error(e)
+                )
                 return None
             except ValueError as e:
                 log.warning("round %d: validator %s sent a malformed vote: %s", config.round, node_id, e)
@@ -277,8 +349,9 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
 
         async def one(fog_id: str, members: list[str]) -> Metrics:
             stub = fog_pb2_grpc.FogServiceStub(self.channels.get(config.node(fog_id).address))
-            req = fog_pb2.EvaluateRequest(model=model_msg,
-                                          facilities=[serde.node_to_proto(config.node(m)) for m in members])
+            req = fog_pb2.EvaluateRequest(
+                model=model_msg, facilities=[serde.node_to_proto(config.node(m)) for m in members]
+            )
             try:
                 resp = await call(stub.Evaluate, req, peer="fog", timeout=120, counter=counter)
                 return serde.metrics_from_proto(resp.metrics)
@@ -297,13 +370,26 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         """Tell the authority which buckets were flagged and who voted how; returns the quarantine list."""
         by_voter: dict[str, bool | None] = {m.node_id: None for m in config.committee}
         by_voter.update({v.validator_id: v.accept for v in votes if v.validator_id in by_voter})
-        report = {"flags": flags, "votes": by_voter, "committee": [m.node_id for m in config.committee],
-                  "refused": sorted(self.refused)}
+        report = {
+            "flags": flags,
+            "votes": by_voter,
+            "committee": [m.node_id for m in config.committee],
+            "refused": sorted(self.refused),
+        }
         try:
-            resp = await call(self.authority().ReportRound, authority_pb2.ReportRoundRequest(
-                round=config.round, attempt=config.attempt, committed=block is not None,
-                block_hash=block.hash if block else b"", flagged_buckets=sorted(flags),
-                report_json=json.dumps(report, sort_keys=True)), peer="authority", timeout=30)
+            resp = await call(
+                self.authority().ReportRound,
+                authority_pb2.ReportRoundRequest(
+                    round=config.round,
+                    attempt=config.attempt,
+                    committed=block is not None,
+                    block_hash=block.hash if block else b"",
+                    flagged_buckets=sorted(flags),
+                    report_json=json.dumps(report, sort_keys=True),
+                ),
+                peer="authority",
+                timeout=30,
+            )
             if resp.has_privacy_spend:
                 self.epsilon_spent = float(resp.max_epsilon_spent)
             return tuple(resp.quarantined)
@@ -318,9 +404,13 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         head = self.store.head()
         if head is None:
             raise NotReady("the ledger is not initialised yet")
-        return leader_pb2.GetStatusResponse(committed_round=head.header.round, head_hash=head.hash,
-                                            target_rounds=self.settings.rounds, finished=self.finished,
-                                            state=self.state)
+        return leader_pb2.GetStatusResponse(
+            committed_round=head.header.round,
+            head_hash=head.hash,
+            target_rounds=self.settings.rounds,
+            finished=self.finished,
+            state=self.state,
+        )
 
     async def GetModel(
         self, request: leader_pb2.GetModelRequest, context: grpc.aio.ServicerContext

@@ -24,21 +24,37 @@ def validator_index(node_id: str) -> int:
 async def run(settings: Settings) -> None:
     node_id = settings.resolved_node_id()
     key = load_identity(settings.state_dir)
-    data = load_validation_data(settings.dataset, seed=settings.seed, index=validator_index(node_id),
-                                label=settings.label)
+    data = load_validation_data(
+        settings.dataset, seed=settings.seed, index=validator_index(node_id), label=settings.label
+    )
     log.info("validation data: %s", f"{data.n} records" if data is not None else "none (recomputation only)")
     channels = Channels()
     validator = Validator(settings, node_id, key, data)
     running = await start_server(
-        settings, "validator", lambda s: validator_pb2_grpc.add_ValidatorServiceServicer_to_server(validator, s))
-    node = NodeInfo(node_id=node_id, role="validator", address=running.address, sign_public_key=key.public_bytes,
-                    metrics_address=f"{settings.resolved_advertise_host()}:{running.metrics_port}")
+        settings,
+        "validator",
+        lambda s: validator_pb2_grpc.add_ValidatorServiceServicer_to_server(validator, s),
+    )
+    node = NodeInfo(
+        node_id=node_id,
+        role="validator",
+        address=running.address,
+        sign_public_key=key.public_bytes,
+        metrics_address=f"{settings.resolved_advertise_host()}:{running.metrics_port}",
+    )
     answer = await register(channels, settings.authority, node)
     validator.ready(bytes(answer.authority_public_key))
     await running.set_serving()
     UP.labels(role="validator").set(1)
-    write_ready_file(settings.ready_file, {"role": "validator", "node_id": node_id, "address": running.address,
-                                           "metrics_port": running.metrics_port})
+    write_ready_file(
+        settings.ready_file,
+        {
+            "role": "validator",
+            "node_id": node_id,
+            "address": running.address,
+            "metrics_port": running.metrics_port,
+        },
+    )
     try:
         await serve_until_stopped(running, "validator")
     finally:

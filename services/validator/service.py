@@ -42,8 +42,15 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
             accept, reason = True, "faulty validator: accepts everything"
         VOTES.labels(decision="accept" if accept else "reject").inc()
         log.info("round %d: %s (%s)", round_, "ACCEPT" if accept else "REJECT", reason)
-        return Vote.create(self.key, round=round_, block_hash=block_hash, validator_id=self.node_id,
-                           accept=accept, reason=reason, score=score)
+        return Vote.create(
+            self.key,
+            round=round_,
+            block_hash=block_hash,
+            validator_id=self.node_id,
+            accept=accept,
+            reason=reason,
+            score=score,
+        )
 
     def check(self, request: validator_pb2.VoteRequest) -> Vote:
         if not self.authority_key:
@@ -76,32 +83,64 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
         extra = json.loads(request.extra_json or "{}")
         try:
             header, new_model = next_header(
-                prev, base, np.stack([r.total for r in used]), [r.count for r in used], rule=request.rule,
+                prev,
+                base,
+                np.stack([r.total for r in used]),
+                [r.count for r in used],
+                rule=request.rule,
                 rule_params=rule_params,
                 committee=[CommitteeMember(m.node_id, m.sign_public_key) for m in config.committee],
-                config_hash=config.hash(), quorum=config.quorum, extra=extra)
+                config_hash=config.hash(),
+                quorum=config.quorum,
+                extra=extra,
+            )
         except ValueError as e:
             return self._vote(config.round, proposed, False, f"cannot recompute the aggregate: {e}", None)
         if header.hash() != proposed:
-            return self._vote(config.round, proposed, False,
-                              "the recomputed block differs from the proposal (aggregate or inputs tampered)", None)
+            return self._vote(
+                config.round,
+                proposed,
+                False,
+                "the recomputed block differs from the proposal (aggregate or inputs tampered)",
+                None,
+            )
         if not np.all(np.isfinite(new_model)):
             return self._vote(config.round, proposed, False, "the proposed model has non-finite values", None)
         if self.data is None:
-            return self._vote(config.round, proposed, True,
-                              "recomputation matches; no validation data of this schema, score not checked", None)
+            return self._vote(
+                config.round,
+                proposed,
+                True,
+                "recomputation matches; no validation data of this schema, score not checked",
+                None,
+            )
         if self.data.d != spec.n_features:
-            return self._vote(config.round, proposed, True,
-                              "recomputation matches; validation data has another schema, score not checked", None)
+            return self._vote(
+                config.round,
+                proposed,
+                True,
+                "recomputation matches; validation data has another schema, score not checked",
+                None,
+            )
         before = evaluate(model, base, self.data)
         after = evaluate(model, new_model, self.data)
         margin = self.settings.validation_margin
         if after.accuracy < before.accuracy - margin:
-            return self._vote(config.round, proposed, False,
-                              f"accuracy on validation data drops from {before.accuracy:.3f} to "
-                              f"{after.accuracy:.3f} (more than the allowed {margin:.3f})", after.accuracy)
-        return self._vote(config.round, proposed, True,
-                          f"recomputation matches; validation accuracy {after.accuracy:.3f}", after.accuracy)
+            return self._vote(
+                config.round,
+                proposed,
+                False,
+                f"accuracy on validation data drops from {before.accuracy:.3f} to "
+                f"{after.accuracy:.3f} (more than the allowed {margin:.3f})",
+                after.accuracy,
+            )
+        return self._vote(
+            config.round,
+            proposed,
+            True,
+            f"recomputation matches; validation accuracy {after.accuracy:.3f}",
+            after.accuracy,
+        )
 
     async def Vote(
         self, request: validator_pb2.VoteRequest, context: grpc.aio.ServicerContext

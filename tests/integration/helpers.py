@@ -16,16 +16,29 @@ from hfl.rpc.pki import NodeTls, sync_channel
 
 
 def start_federation(
-    out: Path, *, facilities: int = 4, fogs: int = 2, validators: int = 4, rounds: int = 2,
-    dataset: str = "synthetic", extra_env: dict[str, str] | None = None,
+    out: Path,
+    *,
+    facilities: int = 4,
+    fogs: int = 2,
+    validators: int = 4,
+    rounds: int = 2,
+    dataset: str = "synthetic",
+    extra_env: dict[str, str] | None = None,
     facility_env: Callable[[int], dict[str, str]] | None = None,
     validator_env: Callable[[int], dict[str, str]] | None = None,
 ) -> tuple[Federation, dict[str, Proc]]:
     common = {"HFL_SEED": "1", "HFL_DATASET": dataset, "HFL_N_PATIENTS": "300", **(extra_env or {})}
     fed = Federation(out, common)
     procs: dict[str, Proc] = {}
-    auth = fed.start("authority", "authority", {"HFL_COMMITTEE_SIZE": str(validators), "HFL_BUCKET_SIZE": "3",
-                                                "HFL_MIN_FACILITIES": str(facilities)})
+    auth = fed.start(
+        "authority",
+        "authority",
+        {
+            "HFL_COMMITTEE_SIZE": str(validators),
+            "HFL_BUCKET_SIZE": "3",
+            "HFL_MIN_FACILITIES": str(facilities),
+        },
+    )
     fed.wait_ready([auth], label="authority")
     procs["authority"] = auth
     common["HFL_AUTHORITY"] = auth.info["address"]
@@ -39,7 +52,10 @@ def start_federation(
         procs[p.node_id] = p
         workers.append(p)
     for i in range(facilities):
-        env = {"HFL_SHARD": f"{i}/{facilities}", "HFL_SPECIALTY": ("hospital", "clinic", "research", "emergency")[i % 4]}
+        env = {
+            "HFL_SHARD": f"{i}/{facilities}",
+            "HFL_SPECIALTY": ("hospital", "clinic", "research", "emergency")[i % 4],
+        }
         env.update((facility_env or (lambda _: {}))(i))
         p = fed.start("facility", f"facility-{i + 1:02d}", env)
         procs[p.node_id] = p
@@ -50,8 +66,11 @@ def start_federation(
 
 
 def start_leader(fed: Federation, rounds: int, env: dict[str, str] | None = None) -> Proc:
-    leader = fed.start("leader", "leader", {"HFL_ROUNDS": str(rounds), "HFL_ROUND_TIMEOUT": "20",
-                                            "HFL_VOTE_TIMEOUT": "10", **(env or {})})
+    leader = fed.start(
+        "leader",
+        "leader",
+        {"HFL_ROUNDS": str(rounds), "HFL_ROUND_TIMEOUT": "20", "HFL_VOTE_TIMEOUT": "10", **(env or {})},
+    )
     fed.wait_ready([leader], label="leader")
     _OPERATOR[leader.info["address"]] = fed.operator()
     return leader
@@ -61,15 +80,29 @@ def start_leader(fed: Federation, rounds: int, env: dict[str, str] | None = None
 _OPERATOR: dict[str, NodeTls | None] = {}
 
 
-def client_tls(out: Path, role: str, node_id: str, *, hours: float = 1.0, now: dt.datetime | None = None,
-               ca_dir: Path | None = None) -> NodeTls:
+def client_tls(
+    out: Path,
+    role: str,
+    node_id: str,
+    *,
+    hours: float = 1.0,
+    now: dt.datetime | None = None,
+    ca_dir: Path | None = None,
+) -> NodeTls:
     """Client credentials for any role, signed with the federation's CA key (tests act as any node)."""
     ca_dir = ca_dir or out / "state" / "authority" / "ca"
     ca_key = x509.key_from_pem((ca_dir / "ca.key").read_bytes())
     ca_cert = x509.cert_from_pem((ca_dir / "ca.pem").read_bytes())
     key = x509.new_key()
-    cert = x509.issue(ca_key, ca_cert, x509.make_csr(key, node_id, role, []), role=role, node_id=node_id,
-                      now=now, hours=hours)
+    cert = x509.issue(
+        ca_key,
+        ca_cert,
+        x509.make_csr(key, node_id, role, []),
+        role=role,
+        node_id=node_id,
+        now=now,
+        hours=hours,
+    )
     tls = NodeTls.__new__(NodeTls)  # skip the validity check: tests also make expired certificates
     tls.role, tls.node_id, tls.dir, tls.ca_pem = role, node_id, None, x509.cert_to_pem(ca_cert)
     tls.ca_cert, tls.revoked, tls.generation, tls._served = ca_cert, set(), 1, -1

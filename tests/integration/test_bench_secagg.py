@@ -13,13 +13,40 @@ pytestmark = pytest.mark.integration
 
 def test_bench_secagg_json_is_exact_and_complete() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "hfl.cli", "bench", "secagg", "--facilities", "4", "--dim", "1000",
-         "--bucket", "4", "--rounds", "1", "--drop-rate", "0.2", "--json"],
-        capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            "-m",
+            "hfl.cli",
+            "bench",
+            "secagg",
+            "--facilities",
+            "4",
+            "--dim",
+            "1000",
+            "--bucket",
+            "4",
+            "--rounds",
+            "1",
+            "--drop-rate",
+            "0.2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     row = json.loads(out.stdout)
-    for key in ("secure_round_s", "plain_round_s", "bytes_per_facility", "expansion", "peak_rss_mb", "exact",
-                "keystream_gbps"):
+    for key in (
+        "secure_round_s",
+        "plain_round_s",
+        "bytes_per_facility",
+        "expansion",
+        "peak_rss_mb",
+        "exact",
+        "keystream_gbps",
+    ):
         assert key in row
     assert row["exact"] is True
     assert row["secure_round_s"] > 0 and row["plain_round_s"] > 0 and row["keystream_gbps"] > 0

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation, dict[str, Proc], Path]]:
+def federation(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Federation, dict[str, Proc], Path]]:
     out = tmp_path_factory.mktemp("fed")
     fed, procs = start_federation(out, facilities=4, fogs=2, rounds=2)
     try:
@@ -33,7 +35,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Feder
 
 
 def test_rounds_commit_and_ledger_verifies(federation: tuple[Federation, dict[str, Proc], Path]) -> None:
-    fed, procs, out = federation
+    _fed, procs, out = federation
     status = wait_for_round(procs["leader"].info["address"], 2)
     assert status.committed_round == 2
     with LedgerStore(out / "state" / "leader" / "ledger.db") as store:
@@ -52,7 +54,7 @@ def _submit(address: str, out: Path, **fields: object) -> grpc.RpcError:
 
 
 def test_fog_refuses_bad_updates(federation: tuple[Federation, dict[str, Proc], Path]) -> None:
-    fed, procs, out = federation
+    _fed, procs, out = federation
     wait_for_round(procs["leader"].info["address"], 2)
     with LedgerStore(out / "state" / "leader" / "ledger.db") as store:
         fog_id = store.block(2).header.extra["fogs"][0]  # a fog that has run a round

@@ -28,8 +28,11 @@ def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federatio
     out = tmp_path_factory.mktemp("hosted")
     fed = Federation(out, {"HFL_SEED": "1", "HFL_DATASET": "synthetic", "HFL_N_PATIENTS": "200"})
     try:
-        auth = fed.start("authority", "authority", {"HFL_COMMITTEE_SIZE": "1", "HFL_BUCKET_SIZE": "3",
-                                                    "HFL_MIN_FACILITIES": str(N)})
+        auth = fed.start(
+            "authority",
+            "authority",
+            {"HFL_COMMITTEE_SIZE": "1", "HFL_BUCKET_SIZE": "3", "HFL_MIN_FACILITIES": str(N)},
+        )
         fed.wait_ready([auth], label="authority")
         fed.common_env["HFL_AUTHORITY"] = auth.info["address"]
         workers = [fed.start("validator", "validator-1"), fed.start("fog", "fog-1")]
@@ -74,19 +77,49 @@ def test_hosted_facilities_keep_their_own_identity(hosted: tuple[Federation, dic
 
 def test_host_refuses_a_bad_facilities_file(tmp_path: Path) -> None:
     spec = tmp_path / "f.json"
-    spec.write_text(json.dumps({"facilities": [{"HFL_NODE_ID": "a", "HFL_STATE_DIR": str(tmp_path / "s")},
-                                               {"HFL_NODE_ID": "b", "HFL_STATE_DIR": str(tmp_path / "s")}]}))
+    spec.write_text(
+        json.dumps(
+            {
+                "facilities": [
+                    {"HFL_NODE_ID": "a", "HFL_STATE_DIR": str(tmp_path / "s")},
+                    {"HFL_NODE_ID": "b", "HFL_STATE_DIR": str(tmp_path / "s")},
+                ]
+            }
+        )
+    )
     env = {"HFL_FACILITIES_FILE": str(spec), "HFL_LOG_LEVEL": "WARNING", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "hfl.cli", "serve", "facilities"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "hfl.cli", "serve", "facilities"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0
     assert "share a state directory" in done.stderr
 
 
 def test_bench_federation_json_smoke(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "hfl.cli", "bench", "federation", "--facilities", "8",
-                           "--dim", "1000", "--rounds", "1", "--json"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hfl.cli",
+            "bench",
+            "federation",
+            "--facilities",
+            "8",
+            "--dim",
+            "1000",
+            "--rounds",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     for key in ("round_s", "leader_bytes_in", "bytes_per_facility", "peak_rss_mb", "phases_s"):

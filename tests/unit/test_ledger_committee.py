@@ -17,8 +17,17 @@ def _header(committee_ids: list[str], draw: dict[str, object]):  # type: ignore[
     model = np.zeros(3)
     genesis = Block(genesis_header(model))
     committee = [CommitteeMember(v, KEYS[v].public_bytes) for v in committee_ids]
-    header, _ = next_header(genesis, model, np.ones((3, 3)), [1, 1, 1], rule="mean", rule_params={},
-                            committee=committee, config_hash=b"\x01" * 32, extra={"committee_draw": draw})
+    header, _ = next_header(
+        genesis,
+        model,
+        np.ones((3, 3)),
+        [1, 1, 1],
+        rule="mean",
+        rule_params={},
+        committee=committee,
+        config_hash=b"\x01" * 32,
+        extra={"committee_draw": draw},
+    )
     return header
 
 

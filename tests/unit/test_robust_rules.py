@@ -151,8 +151,9 @@ def test_centered_clipping_known_iterates() -> None:
 
 def test_centered_clipping_large_tau_is_the_mean() -> None:
     sums = np.array([[1.0, 2.0], [3.0, -1.0], [8.0, 0.5]])
-    res = aggregate("centered_clipping", sums, np.ones(3), f=1,
-                    params={"tau": 1e9, "iters": 1, "screen": False})
+    res = aggregate(
+        "centered_clipping", sums, np.ones(3), f=1, params={"tau": 1e9, "iters": 1, "screen": False}
+    )
     np.testing.assert_allclose(res.update, sums.mean(axis=0))
     assert res.flagged == ()
 

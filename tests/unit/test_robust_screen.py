@@ -93,8 +93,13 @@ def test_screen_is_deterministic_and_row_order_only_permutes_flags() -> None:
 
 
 def test_screen_parameters_are_checked_and_pass_through_the_ledger() -> None:
-    for bad in ({"screen": 1}, {"screen_norm_ratio": 1.0}, {"screen_shrink_ratio": 1.5},
-                {"screen_coherence": float("nan")}, {"screen_norm_ratio": True}):
+    for bad in (
+        {"screen": 1},
+        {"screen_norm_ratio": 1.0},
+        {"screen_shrink_ratio": 1.5},
+        {"screen_coherence": float("nan")},
+        {"screen_norm_ratio": True},
+    ):
         with pytest.raises(ValueError):
             check_rule("trimmed_mean", 4, 1, params=bad)
     rng = np.random.default_rng(8)
@@ -102,16 +107,21 @@ def test_screen_parameters_are_checked_and_pass_through_the_ledger() -> None:
     sums[1] *= 3.0
     base = np.zeros(sums.shape[1])
     _, flagged_default = compute_model(base, "trimmed_mean", sums, [3, 3, 3, 3], {"f": 1, "clip_update": 3.0})
-    _, flagged_loose = compute_model(base, "trimmed_mean", sums, [3, 3, 3, 3],
-                                     {"f": 1, "clip_update": 3.0, "screen_norm_ratio": 100.0})
+    _, flagged_loose = compute_model(
+        base, "trimmed_mean", sums, [3, 3, 3, 3], {"f": 1, "clip_update": 3.0, "screen_norm_ratio": 100.0}
+    )
     assert flagged_default == (1,) and flagged_loose == ()
 
 
 def test_with_refused_gives_full_blame_to_the_refused_member() -> None:
     buckets = {"b0": ["a", "nan1", "c"], "b1": ["d", "e", "f"], "b2": ["nan2"]}
     groups, flags = with_refused(buckets, {"b1": "screen", "b2": "outlier"}, ["nan1", "nan2"])
-    assert groups == {"b0": ["a", "c"], "b1": ["d", "e", "f"],
-                      "refused:nan1": ["nan1"], "refused:nan2": ["nan2"]}
+    assert groups == {
+        "b0": ["a", "c"],
+        "b1": ["d", "e", "f"],
+        "refused:nan1": ["nan1"],
+        "refused:nan2": ["nan2"],
+    }
     assert flags == {"b1": "screen", "refused:nan1": "norm", "refused:nan2": "norm"}
     rep = Reputation()
     rep.observe(1, groups, flags)

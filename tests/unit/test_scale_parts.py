@@ -24,16 +24,28 @@ from services.leader.rounds import RoundClock
 
 def make_config(n: int = 40, fogs: int = 3) -> tuple[RoundConfig, SigningKey]:
     key = SigningKey.generate()
-    facs = tuple(NodeInfo(f"facility-{i:03d}", "facility", f"127.0.0.1:{40000 + i}", os.urandom(32),
-                          "clinic") for i in range(n))
-    fog_nodes = tuple(NodeInfo(f"fog-{i}", "fog", f"127.0.0.1:{30000 + i}", os.urandom(32))
-                      for i in range(fogs))
+    facs = tuple(
+        NodeInfo(f"facility-{i:03d}", "facility", f"127.0.0.1:{40000 + i}", os.urandom(32), "clinic")
+        for i in range(n)
+    )
+    fog_nodes = tuple(
+        NodeInfo(f"fog-{i}", "fog", f"127.0.0.1:{30000 + i}", os.urandom(32)) for i in range(fogs)
+    )
     committee = (NodeInfo("validator-1", "validator", "127.0.0.1:20000", os.urandom(32)),)
     plans = assign_buckets([f.node_id for f in facs], [f.node_id for f in fog_nodes], 8, b"s" * 32)
-    config = RoundConfig(round=3, attempt=0, seed=b"s" * 32, ledger_head=b"h" * 32, epoch=0,
-                         buckets=tuple(Bucket(p.bucket_id, p.fog_id, p.members, 6) for p in plans),
-                         committee=committee, quorum=1, facilities=facs, fogs=fog_nodes,
-                         committee_draw={"members": ["validator-1"]}).sign(key)
+    config = RoundConfig(
+        round=3,
+        attempt=0,
+        seed=b"s" * 32,
+        ledger_head=b"h" * 32,
+        epoch=0,
+        buckets=tuple(Bucket(p.bucket_id, p.fog_id, p.members, 6) for p in plans),
+        committee=committee,
+        quorum=1,
+        facilities=facs,
+        fogs=fog_nodes,
+        committee_draw={"members": ["validator-1"]},
+    ).sign(key)
     return config, key
 
 
@@ -85,8 +97,12 @@ def test_phase_marks_and_clock_split_a_round() -> None:
     phases = json.loads(marks.to_json())
     assert phases["distribution"] == 1.0 and phases["local_work"] == 2.0 and phases["aggregation"] >= 0
     clock = RoundClock()
-    clock.fog_answered("fog-1", started=clock._last, phases_json=json.dumps(
-        {"distribution": 0.0, "local_work": 0.0, "aggregation": 0.0}), bytes_in=123)
+    clock.fog_answered(
+        "fog-1",
+        started=clock._last,
+        phases_json=json.dumps({"distribution": 0.0, "local_work": 0.0, "aggregation": 0.0}),
+        bytes_in=123,
+    )
     clock.fog_answered("fog-2", started=clock._last, phases_json="not json")
     clock.fogs_done()
     clock.lap("committee")
@@ -106,20 +122,33 @@ def write(tmp_path: Path, doc: object) -> str:
 
 
 def test_facilities_file_is_checked(tmp_path: Path) -> None:
-    ok = {"facilities": [{"HFL_NODE_ID": "a", "HFL_STATE_DIR": str(tmp_path / "a")},
-                         {"HFL_NODE_ID": "b", "HFL_STATE_DIR": str(tmp_path / "b"), "HFL_SHARD": "1/2"}]}
+    ok = {
+        "facilities": [
+            {"HFL_NODE_ID": "a", "HFL_STATE_DIR": str(tmp_path / "a")},
+            {"HFL_NODE_ID": "b", "HFL_STATE_DIR": str(tmp_path / "b"), "HFL_SHARD": "1/2"},
+        ]
+    }
     assert [e["HFL_NODE_ID"] for e in read_hosted(write(tmp_path, ok))] == ["a", "b"]
     bad = {
         "not set": None,
         "does not exist": str(tmp_path / "missing.json"),
         "at least one facility": write(tmp_path, {"facilities": []}),
-        "is not an hfl setting": write(tmp_path, {"facilities": [{"HFL_NODE_ID": "a", "HFL_STATE_DIR": "x",
-                                                                  "HFL_NOPE": "1"}]}),
-        "shared by the whole process": write(tmp_path, {"facilities": [
-            {"HFL_NODE_ID": "a", "HFL_STATE_DIR": "x", "HFL_METRICS_PORT": "1"}]}),
+        "is not an hfl setting": write(
+            tmp_path, {"facilities": [{"HFL_NODE_ID": "a", "HFL_STATE_DIR": "x", "HFL_NOPE": "1"}]}
+        ),
+        "shared by the whole process": write(
+            tmp_path, {"facilities": [{"HFL_NODE_ID": "a", "HFL_STATE_DIR": "x", "HFL_METRICS_PORT": "1"}]}
+        ),
         "needs its own HFL_STATE_DIR": write(tmp_path, {"facilities": [{"HFL_NODE_ID": "a"}]}),
-        "listed twice": write(tmp_path, {"facilities": [{"HFL_NODE_ID": "a", "HFL_STATE_DIR": "x"},
-                                                        {"HFL_NODE_ID": "a", "HFL_STATE_DIR": "y"}]}),
+        "listed twice": write(
+            tmp_path,
+            {
+                "facilities": [
+                    {"HFL_NODE_ID": "a", "HFL_STATE_DIR": "x"},
+                    {"HFL_NODE_ID": "a", "HFL_STATE_DIR": "y"},
+                ]
+            },
+        ),
     }
     for message, path in bad.items():
         with pytest.raises(ConfigError, match=message):
