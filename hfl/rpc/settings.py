@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     byzantine: str = "none"
     byzantine_scale: float = 10.0
     drop_rate: float = 0.0
+    crash_at_stage: int = 0  # fault-injection tests only: die (like kill -9) at this secure-aggregation stage
     # `hfl serve facilities`: JSON list of the facilities one process hosts (services/facility/host.py)
     facilities_file: str = ""
     # benchmarks only: facilities send random updates of the model's size instead of training

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -93,6 +94,16 @@ class SecureAggregation:
         for key in [k for k in self._sessions if (k[0], k[1]) < (round_, attempt)]:
             self._sessions.pop(key).update.cancel()
 
+    def _crash_for_tests(self, stage: int) -> None:
+        """HFL_CRASH_AT_STAGE (fault-injection tests only): die at once, as under kill -9, when the fog
+        reaches this stage, so a test can stop a facility at an exact point of the protocol."""
+        if self.facility.settings.crash_at_stage == stage:
+            log.warning(
+                "crashing on purpose at stage '%s' (HFL_CRASH_AT_STAGE, tests only)", STAGE_NAMES[stage]
+            )
+            logging.shutdown()
+            os._exit(137)
+
     def _session(self, proto: facility_pb2.SecAggSession, stage: int) -> Session:
         key = serde.session_from_proto(proto)
         sess = self._sessions.get(key)
@@ -106,6 +117,7 @@ class SecureAggregation:
                 "already finished, or this facility stopped taking part)"
             )
         authz.require_caller_is(sess.fog_id, "secure aggregation for this bucket")
+        self._crash_for_tests(stage)
         if sess.drop_stage is not None and stage >= sess.drop_stage:
             self._drop(sess, stage)
         return sess
@@ -173,6 +185,7 @@ class SecureAggregation:
                 f"this facility is not a member of bucket {bucket.bucket_id} in round {config.round}"
             )
         authz.require_caller_is(bucket.fog_id, "secure aggregation for this bucket")  # the bucket's fog only
+        self._crash_for_tests(1)
         _spec, params, model = fac._model(request.model)
         plan = serde.plan_from_proto(request.plan)
         admission = await fac.privacy.admit(config, plan)  # DP budget: declining = dropping out (privacy.py)

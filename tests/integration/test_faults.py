@@ -148,12 +148,27 @@ def test_facility_killed_during_secure_aggregation(federation: Fed) -> None:
     wait_for_round(address, _committed(procs) + 1, limit_s=240)
 
 
-@pytest.mark.skip(
-    reason="needs a per-stage kill hook in the secure-aggregation facility code (another "
-    "helper's area); the random-moment test above covers facility crashes under secagg"
-)
-def test_facility_killed_in_each_secagg_stage() -> None:
-    raise AssertionError("not reached")
+def test_facility_killed_in_each_secagg_stage(federation: Fed) -> None:
+    """A facility that dies (exit as under kill -9) exactly when its fog reaches each stage of secure
+    aggregation: the round still commits (its bucket recovers from shares, or is abandoned when too
+    few members remain) and nothing committed is lost."""
+    fed, procs, out = federation
+    address = procs["leader"].info["address"]
+    name = "facility-03"
+    for stage in (1, 2, 3, 4):
+        _kill(procs[name])
+        p = fed.start("facility", name, {"HFL_SHARD": "2/6", "HFL_CRASH_AT_STAGE": str(stage)})
+        fed.wait_ready([p], label=name)
+        procs[name] = p
+        before = _blocks(out)
+        p.popen.wait(timeout=300)  # it dies when its fog reaches that stage
+        assert p.popen.returncode == 137
+        assert "crashing on purpose at stage" in p.log_file.read_text()
+        wait_for_round(address, max(before) + 1, limit_s=300)
+        _check_nothing_lost(before, out, f"facility killed at secure-aggregation stage {stage}")
+    p = fed.start("facility", name, {"HFL_SHARD": "2/6"})
+    fed.wait_ready([p], label=name)
+    procs[name] = p
 
 
 def test_f_validators_down_commits_go_on_f_plus_one_waits(federation: Fed) -> None:

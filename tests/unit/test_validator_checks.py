@@ -1,0 +1,126 @@
+"""A validator recomputes the proposed block from the inputs it is sent and signs only what it checked:
+a tampered aggregate, tampered inputs, a forged configuration or a worse model are refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from cryptography.exceptions import InvalidSignature
+
+from hfl.crypto.signing import SigningKey
+from hfl.domain import Bucket, BucketResult, ModelSpec, NodeInfo, RoundConfig
+from hfl.learning.data import load_validation_data
+from hfl.learning.models import make_model
+from hfl.ledger import Block, CommitteeMember, genesis_header, next_header
+from hfl.proto.v1 import validator_pb2
+from hfl.rpc import serde
+from hfl.rpc.settings import Settings
+from services.validator.service import Validator
+
+AUTHORITY = SigningKey.generate()
+VALIDATORS = {f"validator-{i}": SigningKey.generate() for i in range(1, 5)}
+SPEC = ModelSpec("logreg", 12)
+RULE_PARAMS = {"f": 1, "clip_update": 3.0}
+
+
+def _config() -> RoundConfig:
+    committee = tuple(NodeInfo(v, "validator", f"{v}:1", k.public_bytes) for v, k in VALIDATORS.items())
+    return RoundConfig(
+        round=1,
+        attempt=0,
+        seed=b"\x01" * 32,
+        ledger_head=b"\x02" * 32,
+        epoch=0,
+        buckets=tuple(Bucket(f"b{i}", "fog-1", (f"f{i}a", f"f{i}b", f"f{i}c"), 3) for i in range(4)),
+        committee=committee,
+        quorum=3,
+        facilities=(),
+        fogs=(NodeInfo("fog-1", "fog", "fog:1"),),
+    ).sign(AUTHORITY)
+
+
+def _proposal(tamper: str = "") -> tuple[validator_pb2.VoteRequest, bytes]:
+    config = _config()
+    base = make_model(SPEC.kind, SPEC.n_features).init_params(0)
+    genesis = Block(genesis_header(base))
+    rng = np.random.default_rng(5)
+    sums = rng.normal(0, 0.05, size=(4, base.size))
+    counts = [3, 3, 3, 3]
+    committee = [CommitteeMember(m.node_id, m.sign_public_key) for m in config.committee]
+    header, _model = next_header(
+        genesis,
+        base,
+        sums,
+        counts,
+        rule="trimmed_mean",
+        rule_params=RULE_PARAMS,
+        committee=committee,
+        config_hash=config.hash(),
+        quorum=3,
+    )
+    sent = sums.copy()
+    if tamper == "inputs":
+        sent[2] += 0.5  # the leader shows the committee other sums than it aggregated
+    results = [BucketResult(f"b{i}", "fog-1", sent[i], 3, (f"f{i}a", f"f{i}b", f"f{i}c")) for i in range(4)]
+    block_hash = header.hash()
+    if tamper == "aggregate":
+        block_hash = bytes(32)  # the leader claims a block (model) the inputs do not give
+    request = validator_pb2.VoteRequest(
+        config=serde.config_to_proto(config),
+        base_model=serde.model_to_proto(SPEC, base, 0),
+        buckets=[serde.bucket_result_to_proto(r) for r in results],
+        rule="trimmed_mean",
+        rule_params_json=json.dumps(RULE_PARAMS),
+        prev_block_json=json.dumps(genesis.to_dict()),
+        extra_json="{}",
+        block_hash=block_hash,
+    )
+    return request, header.hash()
+
+
+def _validator(data: bool = True, fault: str = "none") -> Validator:
+    v = Validator(
+        Settings(role="validator", byzantine=fault),
+        "validator-1",
+        VALIDATORS["validator-1"],
+        load_validation_data("synthetic", seed=0, index=1) if data else None,
+    )
+    v.ready(AUTHORITY.public_bytes)
+    return v
+
+
+def test_honest_proposal_is_accepted_and_signed() -> None:
+    request, block_hash = _proposal()
+    vote = _validator().check(request)
+    assert vote.accept and vote.block_hash == block_hash
+    vote.verify(VALIDATORS["validator-1"].public_bytes)
+
+
+@pytest.mark.parametrize("tamper", ["aggregate", "inputs"])
+def test_tampered_proposal_is_refused(tamper: str) -> None:
+    request, _ = _proposal(tamper)
+    vote = _validator().check(request)
+    assert not vote.accept
+    assert "differs from the proposal" in vote.reason
+
+
+def test_forged_round_configuration_is_refused() -> None:
+    request, _ = _proposal()
+    request.config.quorum = 1  # no longer what the authority signed
+    with pytest.raises(InvalidSignature):
+        _validator().check(request)
+
+
+def test_validator_without_data_checks_recomputation_only_and_says_so() -> None:
+    request, _ = _proposal()
+    vote = _validator(data=False).check(request)
+    assert vote.accept and "score not checked" in vote.reason
+
+
+@pytest.mark.parametrize(("fault", "accept"), [("reject_all", False), ("accept_all", True)])
+def test_faulty_validator_modes(fault: str, accept: bool) -> None:
+    request, _ = _proposal("" if fault == "reject_all" else "inputs")
+    vote = _validator(fault=fault).check(request)
+    assert vote.accept is accept
