@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from hfl.domain import NodeInfo
 from hfl.rpc import pki
 from hfl.rpc.authz import AuthInterceptor, EnrolInterceptor
 from hfl.rpc.errors import ErrorInterceptor
@@ -61,6 +62,35 @@ class RunningServer:
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         await self.health.set("", status)
+
+    def node_info(
+        self, settings: Settings, role: str, node_id: str, public_key: bytes, specialty: str = ""
+    ) -> NodeInfo:
+        """How this node registers with the authority: its advertised gRPC and metrics addresses."""
+        host = settings.resolved_advertise_host()
+        return NodeInfo(
+            node_id=node_id,
+            role=role,
+            address=self.address,
+            sign_public_key=public_key,
+            specialty=specialty,
+            metrics_address=f"{host}:{self.metrics_port}",
+        )
+
+    async def mark_ready(self, settings: Settings, role: str, node_id: str, **extra: Any) -> None:
+        """Ready to serve: health SERVING, hfl_up=1, and the ready file for `hfl demo`."""
+        await self.set_serving()
+        UP.labels(role=role).set(1)
+        write_ready_file(
+            settings.ready_file,
+            {
+                "role": role,
+                "node_id": node_id,
+                "address": self.address,
+                "metrics_port": self.metrics_port,
+                **extra,
+            },
+        )
 
 
 async def start_server(

@@ -176,15 +176,7 @@ class SecureAggregation:
     ) -> facility_pb2.SecAggAdvertiseResponse:
         fac = self.facility
         config = fac._round_config(request.config)
-        try:
-            bucket = config.bucket(request.bucket_id)
-        except KeyError:
-            raise InvalidInput(f"bucket {request.bucket_id!r} is not part of round {config.round}") from None
-        if fac.node_id not in bucket.members:
-            raise NotAllowed(
-                f"this facility is not a member of bucket {bucket.bucket_id} in round {config.round}"
-            )
-        authz.require_caller_is(bucket.fog_id, "secure aggregation for this bucket")  # the bucket's fog only
+        bucket = fac.my_bucket(config, request.bucket_id, "secure aggregation for this bucket")
         self._crash_for_tests(1)
         _spec, params, model = fac._model(request.model)
         plan = serde.plan_from_proto(request.plan)

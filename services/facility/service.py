@@ -92,20 +92,26 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
             )
         return config
 
+    def my_bucket(self, config: RoundConfig, bucket_id: str, what: str) -> Bucket:
+        """The bucket this call is about: it must be in the round, list this facility, and the caller
+        must be that bucket's own fog."""
+        try:
+            bucket = config.bucket(bucket_id)
+        except KeyError:
+            raise InvalidInput(f"bucket {bucket_id!r} is not part of round {config.round}") from None
+        if self.node_id not in bucket.members:
+            raise NotAllowed(
+                f"this facility is not a member of bucket {bucket.bucket_id} in round {config.round}"
+            )
+        authz.require_caller_is(bucket.fog_id, what)  # only the bucket's own fog
+        return bucket
+
     # ------------------------------------------------------------------ RPCs
     async def StartRound(
         self, request: facility_pb2.StartRoundRequest, context: grpc.aio.ServicerContext
     ) -> facility_pb2.StartRoundResponse:
         config = self._round_config(request.config)
-        try:
-            bucket = config.bucket(request.bucket_id)
-        except KeyError:
-            raise InvalidInput(f"bucket {request.bucket_id!r} is not part of round {config.round}") from None
-        if self.node_id not in bucket.members:
-            raise NotAllowed(
-                f"this facility is not a member of bucket {bucket.bucket_id} in round {config.round}"
-            )
-        authz.require_caller_is(bucket.fog_id, "StartRound for this bucket")  # only the bucket's own fog
+        bucket = self.my_bucket(config, request.bucket_id, "StartRound for this bucket")
         _spec, params, model = self._model(request.model)
         plan = serde.plan_from_proto(request.plan)
         admission = await self.privacy.admit(config, plan)  # declines (NotAllowed) when out of budget

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from hfl.domain import ModelSpec, NodeInfo, TrainingPlan
+from hfl.domain import ModelSpec, TrainingPlan
 from hfl.errors import ConfigError
 from hfl.learning.features import n_features_for
 from hfl.learning.models import make_model
 from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN
 from hfl.ledger import LedgerError, LedgerStore
 from hfl.proto.v1 import leader_pb2_grpc
-from hfl.rpc.metrics import ROUND, UP
+from hfl.rpc.metrics import ROUND
 from hfl.rpc.node import load_identity, register
-from hfl.rpc.server import Channels, serve_until_stopped, start_server, write_ready_file
+from hfl.rpc.server import Channels, serve_until_stopped, start_server
 from hfl.rpc.settings import Settings
 from services.leader.privacy import dp_extra
 from services.leader.service import Leader
@@ -68,27 +68,10 @@ async def run(settings: Settings) -> None:
     running = await start_server(
         settings, "leader", lambda s: leader_pb2_grpc.add_LeaderServiceServicer_to_server(leader, s)
     )
-    node = NodeInfo(
-        node_id=node_id,
-        role="leader",
-        address=running.address,
-        sign_public_key=key.public_bytes,
-        metrics_address=f"{settings.resolved_advertise_host()}:{running.metrics_port}",
-    )
+    node = running.node_info(settings, "leader", node_id, key.public_bytes)
     answer = await register(channels, settings.authority, node)
     leader.authority_key = bytes(answer.authority_public_key)
-    await running.set_serving()
-    UP.labels(role="leader").set(1)
-    write_ready_file(
-        settings.ready_file,
-        {
-            "role": "leader",
-            "node_id": node_id,
-            "address": running.address,
-            "metrics_port": running.metrics_port,
-            **leader.plan.extra,
-        },
-    )
+    await running.mark_ready(settings, "leader", node_id, **leader.plan.extra)
     stop = asyncio.Event()
     loop_task = asyncio.create_task(leader.run(stop))
     try:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from hfl.domain import NodeInfo
 from hfl.learning.data import load_validation_data
 from hfl.proto.v1 import validator_pb2_grpc
-from hfl.rpc.metrics import UP
 from hfl.rpc.node import load_identity, register
-from hfl.rpc.server import Channels, serve_until_stopped, start_server, write_ready_file
+from hfl.rpc.server import Channels, serve_until_stopped, start_server
 from hfl.rpc.settings import Settings
 from services.validator.service import Validator
 
@@ -35,26 +33,10 @@ async def run(settings: Settings) -> None:
         "validator",
         lambda s: validator_pb2_grpc.add_ValidatorServiceServicer_to_server(validator, s),
     )
-    node = NodeInfo(
-        node_id=node_id,
-        role="validator",
-        address=running.address,
-        sign_public_key=key.public_bytes,
-        metrics_address=f"{settings.resolved_advertise_host()}:{running.metrics_port}",
-    )
+    node = running.node_info(settings, "validator", node_id, key.public_bytes)
     answer = await register(channels, settings.authority, node)
     validator.ready(bytes(answer.authority_public_key))
-    await running.set_serving()
-    UP.labels(role="validator").set(1)
-    write_ready_file(
-        settings.ready_file,
-        {
-            "role": "validator",
-            "node_id": node_id,
-            "address": running.address,
-            "metrics_port": running.metrics_port,
-        },
-    )
+    await running.mark_ready(settings, "validator", node_id)
     try:
         await serve_until_stopped(running, "validator")
     finally:
