@@ -27,8 +27,6 @@ from typing import Any
 from hfl.domain import RoundEvent
 from hfl.errors import ConfigError
 
-MiB = 1024 * 1024
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--facilities", type=int, default=8, help="number of facilities N (default 8)")
@@ -71,56 +69,19 @@ def check(args: argparse.Namespace) -> tuple[int, int, int]:
     return n, fogs, int(dim)
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a live process, in MiB; 0 when unknown (non-Linux)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / MiB
-    except OSError:
-        pass
-    return 0.0
-
-
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
-async def watch_events(address: str, events: list[RoundEvent], total: int, say: Any, tls: Any) -> None:
-    import grpc
-
-    from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
-    from hfl.rpc import serde
-    from hfl.rpc.pki import aio_channel
-
-    for _attempt in range(60):
-        try:
-            async with aio_channel(address, tls) as ch:
-                stub = leader_pb2_grpc.LeaderServiceStub(ch)
-                after = max((e.round for e in events if e.committed), default=0)
-                async for msg in stub.WatchRounds(leader_pb2.WatchRoundsRequest(after_round=after)):
-                    e = serde.event_from_proto(msg)
-                    if e.done:
-                        return
-                    events.append(e)
-                    kind = "warm-up" if e.round == 1 else "measured"
-                    say(
-                        f"  round {e.round}/{total} ({kind}): {e.duration_s:.2f}s, "
-                        f"{'committed' if e.committed else 'NOT committed: ' + e.detail}"
-                    )
-            return
-        except grpc.aio.AioRpcError:
-            await asyncio.sleep(1.0)
-    raise RuntimeError("lost contact with the leader")
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from hfl.bench.secagg import peak_rss_mb
     from hfl.demo import (
         Federation,
         enrol_burst_env,
         facilities_per_process,
         hosting_record,
         start_facilities,
+        watch,
     )
 
     n, fogs, dim = check(args)
@@ -180,11 +141,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         fed.wait_ready([leader], timeout=600, label="leader")
         say(f"federation up in {time.monotonic() - started:.1f}s; running rounds ...")
-        asyncio.run(watch_events(leader.info["address"], events, total_rounds, say, fed.operator()))
+
+        def show(e: RoundEvent, _committed: int) -> None:
+            kind = "warm-up" if e.round == 1 else "measured"
+            say(
+                f"  round {e.round}/{total_rounds} ({kind}): {e.duration_s:.2f}s, "
+                f"{'committed' if e.committed else 'NOT committed: ' + e.detail}"
+            )
+
+        asyncio.run(watch(leader.info["address"], total_rounds, events, fed.operator(), show))
         rss: dict[str, list[float]] = {}
         for p in {p.popen.pid: p for p in fed.procs}.values():
             kind = "facility_process" if p.role in ("facility", "facilities") else p.role
-            rss.setdefault(kind, []).append(peak_rss_mb(p.popen.pid))
+            rss.setdefault(kind, []).append(peak_rss_mb(p.popen.pid) or 0.0)
     finally:
         fed.stop_all()
         if not args.out:

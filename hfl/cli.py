@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,29 +95,11 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- status, health
 def cmd_health(args: argparse.Namespace) -> int:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from hfl.health import run
 
-    from hfl.rpc.pki import load_client, sync_channel
-    from hfl.rpc.settings import load_settings
-
-    settings = load_settings()
-    address = args.address or f"127.0.0.1:{settings.listen_port}"
-    # With mTLS, the check uses this node's own certificate
-    # (or --cert-dir, e.g. a run's state/authority/operator).
-    cert_dir = Path(args.cert_dir) if args.cert_dir else settings.state_dir / "tls"
-    tls = load_client(cert_dir) if settings.tls and (cert_dir / "cert.pem").exists() else None
-    try:
-        with sync_channel(address, tls) as ch:
-            resp = health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
-            )
-    except grpc.RpcError as e:
-        print(f"{address}: not reachable ({e.code().name})")
-        return 1
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-    print(f"{address}: {status}")
-    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+    # The same check as the containers' `python -m hfl.health`: HFL_LISTEN's port on 127.0.0.1; with mTLS,
+    # this node's own certificate in $HFL_STATE_DIR/tls (or --cert-dir, e.g. state/authority/operator).
+    return run(args.address, args.timeout, args.cert_dir, os.environ)
 
 
 def cmd_enrol_token(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -432,7 +433,15 @@ def round_line(e: RoundEvent, committed: int, total: int) -> str:
     )
 
 
-async def watch(leader_address: str, total: int, events: list[RoundEvent], tls: Any = None) -> None:
+async def watch(
+    leader_address: str,
+    total: int,
+    events: list[RoundEvent],
+    tls: Any = None,
+    show: Callable[[RoundEvent, int], None] | None = None,
+) -> None:
+    """Follow the leader's WatchRounds stream into ``events`` until it is done, reconnecting after
+    failures; ``show(event, committed so far)`` reports each round (default: a progress line)."""
     import grpc
 
     from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
@@ -452,7 +461,10 @@ async def watch(leader_address: str, total: int, events: list[RoundEvent], tls: 
                         return
                     events.append(e)
                     committed += int(e.committed)
-                    print(round_line(e, committed, total), flush=True)
+                    if show is None:
+                        print(round_line(e, committed, total), flush=True)
+                    else:
+                        show(e, committed)
             return
         except grpc.aio.AioRpcError as err:
             failures += 1

@@ -86,16 +86,21 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
     p.add_argument("--cert-dir", help="folder with key.pem, cert.pem, ca.pem (default: $HFL_STATE_DIR/tls)")
     args = p.parse_args(argv)
-    if not args.timeout > 0:
+    return run(args.address, args.timeout, args.cert_dir, env)
+
+
+def run(address: str | None, timeout: float, cert_dir: str | None, env: Mapping[str, str]) -> int:
+    """The check of ``main`` and ``hfl health``: prints one line, returns the exit status."""
+    if not timeout > 0:
         print("health check: --timeout must be a positive number of seconds")
         return 1
     try:
-        address = args.address or f"127.0.0.1:{listen_port(env.get('HFL_LISTEN') or DEFAULT_LISTEN)}"
-        tls = tls_files(env, args.cert_dir)
+        address = address or f"127.0.0.1:{listen_port(env.get('HFL_LISTEN') or DEFAULT_LISTEN)}"
+        tls = tls_files(env, cert_dir)
     except (HealthConfigError, OSError) as e:
         print(f"health check: {e}")
         return 1
-    ok, line = check(address, args.timeout, tls)
+    ok, line = check(address, timeout, tls)
     print(line)
     return 0 if ok else 1
 

@@ -128,8 +128,7 @@ def provision(
         _chown_tree(authority_state, owner)
         os.chmod(authority_state, 0o750)
     finally:
-        ca.close()
-        pki._CA_STORES.pop(authority_state.resolve(), None)
+        pki.close_ca(authority_state)
     return done
 
 

@@ -50,7 +50,8 @@ def bench_update(rng: np.random.Generator, d: int, clip: float, n_max: int) -> n
 
 
 # ------------------------------------------------------------------------------------ driver
-def _peak_rss_mb(pid: int) -> float | None:
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory (VmHWM) of a live process, in MiB; None when unknown (non-Linux)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -272,8 +273,8 @@ def run_bench(
     try:
         fog, facilities, pids = bench.start()
         runs = asyncio.run(bench.measure(fog, facilities))
-        rss_fog = _peak_rss_mb(pids[0])
-        rss_fac = [x for x in (_peak_rss_mb(p) for p in pids[1:]) if x is not None]
+        rss_fog = peak_rss_mb(pids[0])
+        rss_fac = [x for x in (peak_rss_mb(p) for p in pids[1:]) if x is not None]
     finally:
         bench.stop()
     sec, pla = runs["secure"], runs["plain"]

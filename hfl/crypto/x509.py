@@ -9,6 +9,7 @@ Keys are ECDSA P-256 (fast to make, supported by gRPC's TLS stack).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = ["CertificateError", "Identity", "InvalidSignature"]
@@ -106,6 +108,27 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 # ------------------------------------------------------------------------------------------ CA
+def _key_usage(
+    *,
+    digital_signature: bool = False,
+    key_agreement: bool = False,
+    key_cert_sign: bool = False,
+    crl_sign: bool = False,
+) -> x509.KeyUsage:
+    """A KeyUsage extension with only the named uses set."""
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=key_agreement,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def make_ca(
     name: str = "hfl authority root",
     *,
@@ -129,20 +152,7 @@ def make_ca(
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -225,8 +235,9 @@ def issue(
         raise CertificateError("a certificate's lifetime must be positive and at most ten years")
     csr = load_csr(csr_pem)
     now = now or utcnow()
+    own = _host_names([node_id])
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(f"{URI_PREFIX}{role}/{node_id}")]
-    names += _host_names([node_id]) + [n for n in _csr_hosts(csr) if n not in _host_names([node_id])]
+    names += own + [n for n in _csr_hosts(csr) if n not in own]
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hfl"),
@@ -243,20 +254,7 @@ def issue(
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + dt.timedelta(hours=hours))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(digital_signature=True, key_agreement=True), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
@@ -346,11 +344,7 @@ def revoked_serials(crl_pem: bytes, ca_cert: x509.Certificate) -> frozenset[int]
     return frozenset(r.serial_number for r in crl)
 
 
-def key_fingerprint(public_key: object) -> str:
+def key_fingerprint(public_key: CertificatePublicKeyTypes) -> str:
     """SHA-256 (hex) of a public key's SubjectPublicKeyInfo: names one key across requests."""
-    import hashlib
-
-    der = public_key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()

@@ -84,13 +84,7 @@ def train_local(
     each step asks it for the batch indices and for the (noisy) mean of that batch's per-example
     gradients. ``params`` is not modified.
     """
-    w = model.check_params(params).copy()
-    if data.d != model.n_features:
-        raise ValueError(f"the data has {data.d} features but the model expects {model.n_features}")
-    if data.n == 0:
-        raise ValueError("this facility has no training examples")
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError("pass an explicitly seeded numpy Generator for training")
+    w = _start(model, params, data, rng)
     n = data.n
     with np.errstate(over="ignore", invalid="ignore"):
         if privatizer is None:
@@ -101,7 +95,19 @@ def train_local(
                     w -= cfg.lr * model.grad(w, data.X[idx], data.y[idx])
                     _check_finite(w)
         else:
-            _train_private(model, w, data, cfg, rng, privatizer)
+            _train_private(model, w, data, cfg, rng, privatizer, steps_for(n, cfg))
+    return w
+
+
+def _start(model: Model, params: np.ndarray, data: Dataset, rng: np.random.Generator) -> np.ndarray:
+    """Check the inputs of local training; return a copy of ``params`` to train in place."""
+    w = model.check_params(params).copy()
+    if data.d != model.n_features:
+        raise ValueError(f"the data has {data.d} features but the model expects {model.n_features}")
+    if data.n == 0:
+        raise ValueError("this facility has no training examples")
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError("pass an explicitly seeded numpy Generator for training")
     return w
 
 
@@ -126,13 +132,7 @@ def train_local_private_steps(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"the number of private training steps must be a positive integer, got {steps!r}")
-    w = model.check_params(params).copy()
-    if data.d != model.n_features:
-        raise ValueError(f"the data has {data.d} features but the model expects {model.n_features}")
-    if data.n == 0:
-        raise ValueError("this facility has no training examples")
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError("pass an explicitly seeded numpy Generator for training")
+    w = _start(model, params, data, rng)
     with np.errstate(over="ignore", invalid="ignore"):
         _train_private(model, w, data, cfg, rng, privatizer, steps)
     return w
@@ -145,11 +145,11 @@ def _train_private(
     cfg: TrainConfig,
     rng: np.random.Generator,
     privatizer: GradientPrivatizer,
-    steps: int | None = None,
+    steps: int,
 ) -> None:
     """In-place SGD on ``w`` with batches and gradients chosen by ``privatizer``."""
     n = data.n
-    for _ in range(steps_for(n, cfg) if steps is None else steps):
+    for _ in range(steps):
         idx = np.asarray(privatizer.batch_indices(n, rng), dtype=np.int64)
         if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
             raise TrainingError("the privatizer returned batch indices outside the training data")

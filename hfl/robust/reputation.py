@@ -169,6 +169,11 @@ class Reputation:
                     f"flag for bucket {bid!r} must be one of {', '.join(FLAG_KINDS)}, got {kind!r}"
                 )
 
+        penalties = {
+            "norm": self.norm_penalty,
+            "screen": self.screen_penalty,
+            "outlier": self.outlier_penalty,
+        }
         new = dict(self._suspicion)
         for bid, members in buckets.items():
             flag = flagged.get(bid)
@@ -176,8 +181,7 @@ class Reputation:
                 for m in members:
                     new[m] = self.decay * self._suspicion.get(m, 0.0)
                 continue
-            penalties = {"norm": self.norm_penalty, "screen": self.screen_penalty}
-            penalty = penalties.get(flag, self.outlier_penalty)
+            penalty = penalties[flag]
             base = [self._suspicion.get(m, 0.0) + self.prior for m in members]
             avg = math.fsum(base) / len(base)
             for m, b in zip(members, base, strict=True):

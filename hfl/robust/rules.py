@@ -192,20 +192,15 @@ def _check_params(rule: str, n_buckets: int, f: int, params: Mapping[str, Any] |
         raise ValueError(f"{_NICE_NAME[rule]} does not take parameter(s) {unknown}; allowed: {allowed}")
     if "screen" in params and not isinstance(params["screen"], bool):
         raise ValueError(f"screen must be true or false, got {params['screen']!r}")
-    for key, lo, hi in (
-        ("screen_norm_ratio", 1.0, None),
-        ("screen_shrink_ratio", 0.0, 1.0),
-        ("screen_coherence", -1.0, 1.0),
+    for key, in_range, span in (
+        ("screen_norm_ratio", lambda v: v > 1.0, "above 1"),
+        ("screen_shrink_ratio", lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+        ("screen_coherence", lambda v: -1.0 < v <= 1.0, "in (-1, 1]"),
     ):
         if key in params:
             v = params[key]
-            ok = isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) and v > lo
-            if ok and hi is not None:
-                ok = v <= hi if key == "screen_coherence" else v < hi
-            if not ok:
-                close = "]" if key == "screen_coherence" else ")"
-                rng = f"above {lo:g}" if hi is None else f"in ({lo:g}, {hi:g}{close}"
-                raise ValueError(f"{key} must be a number {rng}, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v) or not in_range(v):
+                raise ValueError(f"{key} must be a number {span}, got {v!r}")
     if "m" in params:
         m = params["m"]
         if isinstance(m, bool) or not isinstance(m, int | np.integer) or not 1 <= m <= n_buckets - f:

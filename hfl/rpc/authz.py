@@ -142,9 +142,10 @@ def certificate_of(context: grpc.aio.ServicerContext) -> bytes | None:
     return bytes(pems[0]) if pems else None
 
 
-def _wrap(
-    handler: grpc.RpcMethodHandler, check: Callable[[Any, grpc.aio.ServicerContext], Identity | None]
-) -> grpc.RpcMethodHandler:
+_Check = Callable[[Any, grpc.aio.ServicerContext], Identity | None]
+
+
+def _wrap(handler: grpc.RpcMethodHandler, check: _Check) -> grpc.RpcMethodHandler:
     if handler.unary_unary is not None:
         inner_uu: Any = handler.unary_unary
 
@@ -188,7 +189,24 @@ def _refuse_all(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     )
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class _CheckingInterceptor(grpc.aio.ServerInterceptor):
+    """Runs ``check_for(method)`` on every call before its handler; the identity it returns is caller()."""
+
+    def check_for(self, method: str) -> _Check:
+        raise NotImplementedError
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return _wrap(handler, self.check_for(handler_call_details.method))
+
+
+class AuthInterceptor(_CheckingInterceptor):
     """mTLS identity -> role check -> rate limit -> identity binding, for every RPC of a node's server.
     Install it inside hfl.rpc.errors.ErrorInterceptor so refusals become clear statuses."""
 
@@ -203,15 +221,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise Unauthenticated("a client certificate of this federation is required")
         return self.tls.check_peer(pem)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
+    def check_for(self, method: str) -> _Check:
         rule = rule_for(method)
         short = method.rpartition("/")[2]
 
@@ -232,25 +242,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 rule.bind(request, who)
             return who
 
-        return _wrap(handler, check)
+        return check
 
 
-class EnrolInterceptor(grpc.aio.ServerInterceptor):
+class EnrolInterceptor(_CheckingInterceptor):
     """The enrolment port (TLS without client certificates): only Enroll, rate-limited per address."""
 
     def __init__(self, settings: Settings) -> None:
         self.limits = TokenBuckets(settings.enrol_rate, settings.enrol_burst)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-
+    def check_for(self, method: str) -> _Check:
         def check(request: Any, context: grpc.aio.ServicerContext) -> None:
             if method != ENROL_METHOD:
                 raise NotAllowed(
@@ -259,4 +260,4 @@ class EnrolInterceptor(grpc.aio.ServerInterceptor):
             self.limits.take(peer_host(context), "enrolment requests")
             return None
 
-        return _wrap(handler, check)
+        return check

@@ -45,11 +45,11 @@ TOKENS_FILE = "enrol_tokens.json"
 
 
 # ------------------------------------------------------------------------------------------ files
-def write_secret(path: Path, data: bytes) -> None:
-    """Atomically write a private file (0600), fsynced."""
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` through a fsynced temporary file and a rename (``mode`` before the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -57,14 +57,14 @@ def write_secret(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_secret(path: Path, data: bytes) -> None:
+    """Atomically write a private file (0600), fsynced."""
+    _write_atomic(path, data, 0o600)
+
+
 def write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Atomically write a file anyone may read, fsynced."""
+    _write_atomic(path, data, 0o666)
 
 
 def token_hash(token: str) -> str:
@@ -413,6 +413,14 @@ def open_ca(state_dir: Path, cert_hours: float = 24.0) -> CAStore:
     return _CA_STORES[key]
 
 
+def close_ca(state_dir: Path) -> None:
+    """Close and forget the CA store opened for ``state_dir`` (if any), e.g. before its files are handed
+    to another process."""
+    store = _CA_STORES.pop(state_dir.resolve(), None)
+    if store is not None:
+        store.close()
+
+
 # ------------------------------------------------------------------------------------------ a node's TLS
 class NodeTls:
     """One node's TLS identity and the credentials made from it (renewable while the server runs)."""
@@ -443,9 +451,13 @@ class NodeTls:
     def install(self, key_pem: bytes, cert_pem: bytes) -> None:
         """Use a new key and certificate from now on (and keep them in the state directory)."""
         self._set(key_pem, cert_pem)
+        self.save()
+
+    def save(self) -> None:
+        """Keep the current key and certificate in the state directory (if this identity has one)."""
         if self.dir is not None:
-            write_secret(self.dir / "key.pem", key_pem)
-            write_public(self.dir / "cert.pem", cert_pem)
+            write_secret(self.dir / "key.pem", self.key_pem)
+            write_public(self.dir / "cert.pem", self.cert_pem)
 
     def needs_renewal(self) -> bool:
         return x509.remaining_fraction(self.cert) < RENEW_WHEN_LEFT
@@ -570,7 +582,7 @@ async def ensure_identity(settings: Settings, role: str) -> NodeTls | None:
         ca = open_ca(settings.state_dir, settings.cert_hours)
         key_pem, cert_pem = ca.issue_local("authority", node_id, host_names(settings, role))
         tls = NodeTls(role, node_id, tls_dir, ca.cert_pem, key_pem, cert_pem)
-        tls.install(key_pem, cert_pem)
+        tls.save()
         write_public(tls_dir / "ca.pem", ca.cert_pem)
         tls.revoked.update(s for s, _ in ca.revoked())
         ca.on_revoke.append(tls.revoked.update)
@@ -604,7 +616,7 @@ async def ensure_identity(settings: Settings, role: str) -> NodeTls | None:
     csr = x509.make_csr(key, node_id, role, host_names(settings, role))
     cert_pem = await enrol(enrol_address(settings), ca_pem, token, role, node_id, csr)
     tls = NodeTls(role, node_id, tls_dir, ca_pem, x509.key_to_pem(key), cert_pem)
-    tls.install(tls.key_pem, tls.cert_pem)
+    tls.save()
     log.info("enrolled with the authority as %s %s", role, node_id)
     _forget_used_token(settings)
     _set_default(tls)

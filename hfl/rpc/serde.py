@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,9 +25,12 @@ from hfl.domain import (
 from hfl.errors import InvalidInput
 from hfl.hashing import hash_vector
 from hfl.ledger import Vote
+from hfl.proto.v1 import authority_pb2, facility_pb2, leader_pb2, validator_pb2
 from hfl.proto.v1 import common_pb2 as pb
-from hfl.proto.v1 import facility_pb2, leader_pb2, validator_pb2
 from hfl.secagg import EncryptedShare, KeyAdvertisement, MaskedInput, UnmaskRequest, UnmaskResponse
+
+if TYPE_CHECKING:  # importing hfl.privacy loads dp_accounting (about 2 s): only when a spend is read
+    from hfl.privacy.report import SpendReport
 
 MAX_VECTOR_LENGTH = 20_000_000
 
@@ -485,10 +488,8 @@ def unmask_response_from_proto(m: facility_pb2.SecAggUnmaskResponse) -> UnmaskRe
 
 
 # ---------------------------------------------------------------- privacy spend reports
-def spend_to_proto(r: Any) -> Any:
+def spend_to_proto(r: SpendReport) -> authority_pb2.PrivacySpend:
     """hfl.privacy.report.SpendReport -> authority_pb2.PrivacySpend."""
-    from hfl.proto.v1 import authority_pb2
-
     return authority_pb2.PrivacySpend(
         facility_id=r.facility_id,
         round=r.round,
@@ -503,7 +504,7 @@ def spend_to_proto(r: Any) -> Any:
     )
 
 
-def spend_from_proto(m: Any) -> Any:
+def spend_from_proto(m: authority_pb2.PrivacySpend) -> SpendReport:
     """authority_pb2.PrivacySpend -> hfl.privacy.report.SpendReport (validated)."""
     from hfl.privacy.report import SpendReport
 

@@ -211,11 +211,7 @@ class Channels:
             self._generation = tls.generation
         ch = self._channels.get(address)
         if ch is None:
-            if tls is None:
-                ch = grpc.aio.insecure_channel(address, options=self._options)
-            else:
-                ch = grpc.aio.secure_channel(address, tls.channel_credentials(), options=self._options)
-            self._channels[address] = ch
+            ch = self._channels[address] = pki.aio_channel(address, tls, self._options)
         return ch
 
     def _retire(self) -> None:

@@ -95,9 +95,8 @@ class Settings(BaseSettings):
 
     # transport security (hfl/rpc/pki.py, hfl/rpc/authz.py); HFL_TLS=false only for debugging
     tls: bool = True
-    tls_ca: str = (
-        ""  # the federation's root certificate (PEM file); the authority writes it to <state>/ca/ca.pem
-    )
+    # the federation's root certificate (PEM file); the authority writes it to <state>/ca/ca.pem
+    tls_ca: str = ""
     tls_hosts: str = ""  # extra host names or IPs for this node's certificate, comma-separated
     enrol_token: str = ""  # one-time enrolment token (needed only until the node holds a certificate)
     enrol_token_file: str = ""  # or a file holding it (compose: written by `hfl provision`)

@@ -26,12 +26,13 @@ from hfl.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from hfl.secagg.protocol import MIN_BUCKET_SIZE, Stage, check_threshold, default_threshold
+from hfl.secagg.protocol import MIN_BUCKET_SIZE, STAGE_NAMES, Stage, check_threshold, default_threshold
 from hfl.secagg.quantize import QuantConfig, QuantizationError, dequantize, dequantize_sum, quantize
 from hfl.secagg.simulate import run_bucket_in_memory
 
 __all__ = [
     "MIN_BUCKET_SIZE",
+    "STAGE_NAMES",
     "AggregatorStage",
     "BucketAbandoned",
     "BucketAggregator",

@@ -41,6 +41,15 @@ class Stage(IntEnum):
     UNMASK = 4
 
 
+STAGE_NAMES: dict[int, str] = {
+    Stage.ADVERTISE: "advertise keys",
+    Stage.SHARE_KEYS: "share keys",
+    Stage.MASKED_INPUT: "masked input",
+    Stage.UNMASK: "unmask",
+}
+"""Plain names of the stages, for logs and messages on both sides (members and fog)."""
+
+
 def default_threshold(g: int) -> int:
     """floor(2g/3) + 1: the smallest t above 2g/3, needed against an aggregator that lies about dropouts."""
     check_bucket_size(g)

@@ -35,8 +35,9 @@ class CertificateService:
     def revoke_quarantined(self, facilities: list[str] | frozenset[str]) -> None:
         if not self.settings.tls:
             return
+        ca = self.ca()
         for f in facilities:
-            self.ca().revoke_node(f)
+            ca.revoke_node(f)
 
     async def Enroll(
         self, request: authority_pb2.EnrollRequest, context: grpc.aio.ServicerContext

@@ -63,14 +63,25 @@ class PrivacyBook:
 
     @property
     def exhausted(self) -> frozenset[str]:
+        return self._exhausted(self.spent() if self.budget > 0 else {})
+
+    def _exhausted(self, spent: dict[str, float]) -> frozenset[str]:
         flagged = {r[0] for r in self._db.execute("SELECT facility FROM privacy_status WHERE exhausted=1")}
         if self.budget > 0:
-            flagged |= {f for f, e in self.spent().items() if e >= self.budget}
+            flagged |= {f for f, e in spent.items() if e >= self.budget}
         return frozenset(flagged)
 
+    def is_exhausted(self, facility: str, spent: float) -> bool:
+        """``facility in self.exhausted``, for one facility whose total ``spent`` is known."""
+        row = self._db.execute(
+            "SELECT 1 FROM privacy_status WHERE facility=? AND exhausted=1", (facility,)
+        ).fetchone()
+        return row is not None or (self.budget > 0 and spent >= self.budget)
+
     def publish(self) -> None:
-        out = self.exhausted
-        for f, e in self.spent().items():
+        spent = self.spent()
+        out = self._exhausted(spent)
+        for f, e in spent.items():
             EPSILON_SPENT.labels(facility=f).set(e)
             PRIVACY_EXHAUSTED.labels(facility=f).set(int(f in out))
 
@@ -123,5 +134,9 @@ class PrivacyBook:
                 report.facility_id,
                 total,
             )
-        self.publish()
+        # Only this facility's record changed: refresh its gauges, not every facility's.
+        EPSILON_SPENT.labels(facility=report.facility_id).set(total)
+        PRIVACY_EXHAUSTED.labels(facility=report.facility_id).set(
+            int(self.is_exhausted(report.facility_id, total))
+        )
         return total

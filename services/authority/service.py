@@ -45,11 +45,12 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         return self.reputation.quarantined
 
     def _publish_reputation(self) -> None:
+        quarantined = self.quarantined
         for node in self.registry.nodes():
             if node.role in ("facility", "validator"):
                 REPUTATION.labels(node=node.node_id, role=node.role).set(self.reputation.score(node.node_id))
             if node.role == "facility":
-                QUARANTINED.labels(facility=node.node_id).set(int(node.node_id in self.quarantined))
+                QUARANTINED.labels(facility=node.node_id).set(int(node.node_id in quarantined))
 
     def registration_challenge(self, node: NodeInfo) -> bytes:
         """What a validator must solve to register: binds the authority, the node id and its key."""
@@ -107,19 +108,20 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
     def make_config(self, round_: int, attempt: int, head: bytes) -> RoundConfig:
         s = self.settings
         out_of_budget = self.privacy.exhausted  # never schedule a facility that has spent its privacy budget
+        quarantined = self.quarantined
+        registered = self.registry.nodes("facility")
         facilities = [
-            n
-            for n in self.registry.nodes("facility")
-            if n.node_id not in self.quarantined and n.node_id not in out_of_budget
+            n for n in registered if n.node_id not in quarantined and n.node_id not in out_of_budget
         ]
         fogs = self.registry.nodes("fog")
         validators = self.registry.nodes("validator")
-        registered = len(self.registry.nodes("facility"))
-        if registered < max(1, s.min_facilities):
-            raise NotReady(f"only {registered} facilities are registered; waiting for {s.min_facilities}")
+        if len(registered) < max(1, s.min_facilities):
+            raise NotReady(
+                f"only {len(registered)} facilities are registered; waiting for {s.min_facilities}"
+            )
         if not facilities:
             raise NotReady(
-                f"no facility can take part: {len(self.quarantined)} quarantined, "
+                f"no facility can take part: {len(quarantined)} quarantined, "
                 f"{len(out_of_budget)} have used up their privacy budget"
             )
         if not fogs:
@@ -174,7 +176,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             quorum=2 * ((n - 1) // 3) + 1,
             facilities=tuple(by_id[m] for p in plans for m in p.members),
             fogs=tuple(fogs),
-            quarantined=tuple(sorted(self.quarantined)),
+            quarantined=tuple(sorted(quarantined)),
             committee_draw=draw,
         ).sign(self.key)
         self.registry.record_config(
@@ -257,7 +259,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             report, node.sign_public_key if node else None, node.role if node else None
         )
         return authority_pb2.ReportPrivacySpendResponse(
-            epsilon_spent=total, exhausted=report.facility_id in self.privacy.exhausted
+            epsilon_spent=total, exhausted=self.privacy.is_exhausted(report.facility_id, total)
         )
 
     async def GetPrivacySpend(

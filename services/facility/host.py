@@ -70,9 +70,7 @@ def _tag_rpcs(node_id: str) -> Callable[[Facility], None]:
             if name.startswith("_"):
                 continue
             method = getattr(facility, name)
-            if inspect.isasyncgenfunction(method):
-                setattr(facility, name, _tag_stream(method, node_id))
-            elif inspect.iscoroutinefunction(method):
+            if inspect.iscoroutinefunction(method):  # every FacilityService RPC is unary-unary
                 setattr(facility, name, _tag_unary(method, node_id))
 
     return prepare
@@ -83,16 +81,6 @@ def _tag_unary(method: Callable[..., Any], node_id: str) -> Callable[..., Any]:
     async def wrapped(request: Any, context: Any) -> Any:
         CURRENT.set(node_id)
         return await method(request, context)
-
-    return wrapped
-
-
-def _tag_stream(method: Callable[..., Any], node_id: str) -> Callable[..., Any]:
-    @functools.wraps(method)
-    async def wrapped(request: Any, context: Any) -> Any:
-        CURRENT.set(node_id)
-        async for item in method(request, context):
-            yield item
 
     return wrapped
 
@@ -218,6 +206,8 @@ async def run(settings: Settings) -> None:
 async def _stop(f: StartedFacility) -> None:
     try:
         await f.running.health.enter_graceful_shutdown()
+        if f.running.upkeep is not None:  # certificate renewal (TLS)
+            f.running.upkeep.cancel()
         await f.running.server.stop(grace=2.0)
     finally:
         await f.channels.close()

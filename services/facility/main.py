@@ -11,7 +11,7 @@ from hfl.domain import NodeInfo
 from hfl.learning.data import load_facility_data
 from hfl.proto.v1 import facility_pb2_grpc
 from hfl.rpc.metrics import UP
-from hfl.rpc.node import load_identity, register
+from hfl.rpc.node import register
 from hfl.rpc.server import Channels, RunningServer, serve_until_stopped, start_server, write_ready_file
 from hfl.rpc.settings import Settings
 from services.facility.service import Facility, parse_shard
@@ -42,7 +42,6 @@ async def start(
     before it is registered with the gRPC server."""
     node_id = settings.resolved_node_id()
     shard = parse_shard(settings.shard)
-    key = load_identity(settings.state_dir)
     channels = channels or Channels()
     if settings.bench_updates:  # benchmarks only: random updates instead of training
         from services.facility.bench import BenchFacility
@@ -64,7 +63,7 @@ async def start(
         node_id=node_id,
         role="facility",
         address=running.address,
-        sign_public_key=key.public_bytes,
+        sign_public_key=facility.signing_key.public_bytes,
         specialty=settings.specialty,
         metrics_address=metrics_address,
     )

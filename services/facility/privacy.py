@@ -306,15 +306,13 @@ class PrivacyGate:
     """What the Facility servicer calls: admit a round, train privately, report the spend."""
 
     def __init__(self, facility: Any) -> None:
-        from hfl.rpc.node import load_identity
-
         self.facility = facility
         settings = facility.settings
         self.authority = settings.authority
         self.book = FacilityPrivacy(
             settings.state_dir,
             facility.node_id,
-            load_identity(settings.state_dir),
+            facility.signing_key,
             local_budget=settings.dp_budget,
         )
         self._pending: dict[tuple[int, int], concurrent.futures.Future[None]] = {}

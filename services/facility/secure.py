@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from hfl.crypto.signing import SigningKey
 from hfl.domain import TrainingPlan
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotFound, NotReady, StaleRound
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import ROUND
-from hfl.rpc.node import load_identity
 from hfl.secagg import (
+    STAGE_NAMES,
     KeySubstitutionError,
     QuantConfig,
     QuantizationError,
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hfl.facility")
 
-STAGE_NAMES = {1: "advertise keys", 2: "share keys", 3: "masked input", 4: "unmask"}
 SessionKey = tuple[int, int, str]  # (round, attempt, bucket id)
 
 
@@ -74,17 +72,6 @@ class SecureAggregation:
     def __init__(self, facility: Facility) -> None:
         self.facility = facility
         self._sessions: dict[SessionKey, Session] = {}
-        self._key: SigningKey | None = None
-
-    @property
-    def signing_key(self) -> SigningKey:
-        """The facility's identity key: the one it registered with (from its state folder)."""
-        if self._key is None:
-            key = getattr(self.facility, "signing_key", None)
-            self._key = (
-                key if isinstance(key, SigningKey) else load_identity(self.facility.settings.state_dir)
-            )
-        return self._key
 
     # ------------------------------------------------------------------ helpers
     def _where(self, key: SessionKey) -> str:
@@ -195,7 +182,7 @@ class SecureAggregation:
                 serde.secagg_round(config.round, config.attempt),
                 bucket.bucket_id,
                 identities,
-                self.signing_key,
+                fac.signing_key,
                 bucket.threshold,
                 cfg,
                 int(params.size),

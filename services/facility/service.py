@@ -22,6 +22,7 @@ from hfl.robust.attacks import apply_attack, flip_labels
 from hfl.rpc import authz, serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.metrics import ROUND
+from hfl.rpc.node import load_identity
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
 from services.facility.privacy import Admission, PrivacyGate, dp_plan_of
@@ -51,6 +52,7 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         self.authority_key = b""
         self.last_round = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.signing_key = load_identity(settings.state_dir)  # the identity it registers with
         self.secure = SecureAggregation(self)
         self.privacy = PrivacyGate(self)  # differential privacy budget and accounting (privacy.py)
 

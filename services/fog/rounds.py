@@ -117,7 +117,10 @@ async def run_secure_bucket_timed(
     counter: ByteCount | None,
     d: int,
     marks: PhaseMarks,
+    swap_keys: bool = False,
 ) -> BucketResult:
-    """secure.run_round_bucket, with phase marks."""
-    link = TimedLink(secure.GrpcMemberLink(config, request, bucket.bucket_id, channels, counter, d), marks)
+    """The fog's secure path for one bucket of a round (secure.run_secure_bucket over gRPC), with phase
+    marks; ``swap_keys`` is the HFL_BYZANTINE=swap_keys experiment fault."""
+    inner = secure.GrpcMemberLink(config, request, bucket.bucket_id, channels, counter, d, swap_keys)
+    link = TimedLink(inner, marks)
     return await secure.run_secure_bucket(bucket, config.round, config.attempt, d, plan, link)

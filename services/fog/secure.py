@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
@@ -28,6 +27,7 @@ from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import SECAGG_DROPOUTS
 from hfl.rpc.server import Channels
 from hfl.secagg import (
+    STAGE_NAMES,
     BucketAggregator,
     EncryptedShare,
     KeyAdvertisement,
@@ -42,7 +42,6 @@ from hfl.secagg import (
 log = logging.getLogger("hfl.fog")
 
 T = TypeVar("T")
-STAGE_NAMES = {1: "advertise keys", 2: "share keys", 3: "masked input", 4: "unmask"}
 
 
 class MemberLink(Protocol):
@@ -255,10 +254,10 @@ class GrpcMemberLink:
         channels: Channels,
         counter: ByteCount | None,
         d: int,
-        swap_keys: bool | None = None,
+        swap_keys: bool = False,
     ) -> None:
         # Fault for experiments/tests: HFL_BYZANTINE=swap_keys on this fog (Settings allows it for fogs only).
-        self.swap_keys = os.environ.get("HFL_BYZANTINE") == "swap_keys" if swap_keys is None else swap_keys
+        self.swap_keys = swap_keys
         self.config = config
         self.session = serde.session_to_proto(config.round, config.attempt, bucket_id)
         self.advert = facility_pb2.SecAggAdvertiseRequest(
@@ -310,17 +309,3 @@ class GrpcMemberLink:
         req = serde.unmask_request_to_proto(self.config.round, self.config.attempt, request)
         resp = await self._call(member, "SecAggUnmask", req, timeout)
         return serde.unmask_response_from_proto(resp)
-
-
-async def run_round_bucket(
-    config: RoundConfig,
-    bucket: Bucket,
-    request: fog_pb2.RunRoundRequest,
-    plan: TrainingPlan,
-    channels: Channels,
-    counter: ByteCount | None,
-    d: int,
-) -> BucketResult:
-    """The fog's secure path for one bucket of a round (Fog.RunRound uses it through rounds.py)."""
-    link = GrpcMemberLink(config, request, bucket.bucket_id, channels, counter, d)
-    return await run_secure_bucket(bucket, config.round, config.attempt, d, plan, link)

@@ -128,10 +128,19 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         requests = bucket_requests(config, request, mine, self.authority_key)
         self.marks = marks = PhaseMarks()
         if plan.secure:  # masked updates, stage by stage (services/fog/secure.py)
+            swap_keys = self.settings.byzantine == "swap_keys"  # experiments/tests only
             results = await asyncio.gather(
                 *(
                     run_secure_bucket_timed(
-                        config, b, requests[b.bucket_id], plan, self.channels, counter, params.size, marks
+                        config,
+                        b,
+                        requests[b.bucket_id],
+                        plan,
+                        self.channels,
+                        counter,
+                        params.size,
+                        marks,
+                        swap_keys,
                     )
                     for b in mine
                 )

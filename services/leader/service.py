@@ -174,15 +174,14 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             fac.add("facility", int(resp.bytes_to_facilities), int(resp.bytes_from_facilities))
             clock.fog_answered(fog_id, started, resp.phases_json, int(resp.bytes_from_facilities))
             out = []
+            runs = {x.bucket_id for x in config.buckets if x.fog_id == fog_id}
             for b in resp.buckets:
                 try:
                     r = serde.bucket_result_from_proto(b, expected_length=self.model.size)
                 except ValueError as e:
                     log.warning("round %d: fog %s sent a malformed bucket: %s", round_, fog_id, e)
                     continue
-                if r.fog_id != fog_id or r.bucket_id not in {
-                    x.bucket_id for x in config.buckets if x.fog_id == fog_id
-                }:
+                if r.fog_id != fog_id or r.bucket_id not in runs:
                     log.warning("round %d: fog %s answered for a bucket it does not run", round_, fog_id)
                     continue
                 out.append(r)
@@ -283,11 +282,8 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             fac,
         )
 
-    def _finish(
-        self, t0: float, counter: ByteCount, event: RoundEvent, fac: ByteCount | None = None
-    ) -> RoundEvent:
+    def _finish(self, t0: float, counter: ByteCount, event: RoundEvent, fac: ByteCount) -> RoundEvent:
         self.clock.lap("report")
-        fac = fac or ByteCount()
         duration = time.monotonic() - t0
         ROUND_DURATION.observe(duration)
         return replace(

@@ -11,6 +11,7 @@ import grpc
 
 from hfl.crypto import x509
 from hfl.demo import Federation, Proc
+from hfl.domain import SPECIALTIES
 from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
 from hfl.rpc.pki import NodeTls, sync_channel
 
@@ -26,42 +27,48 @@ def start_federation(
     extra_env: dict[str, str] | None = None,
     facility_env: Callable[[int], dict[str, str]] | None = None,
     validator_env: Callable[[int], dict[str, str]] | None = None,
+    leader_env: dict[str, str] | None = None,
 ) -> tuple[Federation, dict[str, Proc]]:
+    """Start a whole federation; if any part fails to start, stop what was started and re-raise."""
     common = {"HFL_SEED": "1", "HFL_DATASET": dataset, "HFL_N_PATIENTS": "300", **(extra_env or {})}
     fed = Federation(out, common)
     procs: dict[str, Proc] = {}
-    auth = fed.start(
-        "authority",
-        "authority",
-        {
-            "HFL_COMMITTEE_SIZE": str(validators),
-            "HFL_BUCKET_SIZE": "3",
-            "HFL_MIN_FACILITIES": str(facilities),
-        },
-    )
-    fed.wait_ready([auth], label="authority")
-    procs["authority"] = auth
-    common["HFL_AUTHORITY"] = auth.info["address"]
-    workers = []
-    for i in range(validators):
-        p = fed.start("validator", f"validator-{i + 1}", (validator_env or (lambda _: {}))(i))
-        procs[p.node_id] = p
-        workers.append(p)
-    for i in range(fogs):
-        p = fed.start("fog", f"fog-{i + 1}")
-        procs[p.node_id] = p
-        workers.append(p)
-    for i in range(facilities):
-        env = {
-            "HFL_SHARD": f"{i}/{facilities}",
-            "HFL_SPECIALTY": ("hospital", "clinic", "research", "emergency")[i % 4],
-        }
-        env.update((facility_env or (lambda _: {}))(i))
-        p = fed.start("facility", f"facility-{i + 1:02d}", env)
-        procs[p.node_id] = p
-        workers.append(p)
-    fed.wait_ready(workers)
-    procs["leader"] = start_leader(fed, rounds)
+    try:
+        auth = fed.start(
+            "authority",
+            "authority",
+            {
+                "HFL_COMMITTEE_SIZE": str(validators),
+                "HFL_BUCKET_SIZE": "3",
+                "HFL_MIN_FACILITIES": str(facilities),
+            },
+        )
+        fed.wait_ready([auth], label="authority")
+        procs["authority"] = auth
+        common["HFL_AUTHORITY"] = auth.info["address"]
+        workers = []
+        for i in range(validators):
+            p = fed.start("validator", f"validator-{i + 1}", (validator_env or (lambda _: {}))(i))
+            procs[p.node_id] = p
+            workers.append(p)
+        for i in range(fogs):
+            p = fed.start("fog", f"fog-{i + 1}")
+            procs[p.node_id] = p
+            workers.append(p)
+        for i in range(facilities):
+            env = {
+                "HFL_SHARD": f"{i}/{facilities}",
+                "HFL_SPECIALTY": SPECIALTIES[i % 4],
+            }
+            env.update((facility_env or (lambda _: {}))(i))
+            p = fed.start("facility", f"facility-{i + 1:02d}", env)
+            procs[p.node_id] = p
+            workers.append(p)
+        fed.wait_ready(workers)
+        procs["leader"] = start_leader(fed, rounds, leader_env)
+    except BaseException:
+        fed.stop_all()
+        raise
     return fed, procs
 
 

@@ -41,11 +41,14 @@ Fed = tuple[Federation, dict[str, Proc], Path]
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
     out = tmp_path_factory.mktemp("faults")
     fed, procs = start_federation(
-        out, facilities=6, fogs=2, validators=4, rounds=0, extra_env={"HFL_SECAGG": "true"}
+        out,
+        facilities=6,
+        fogs=2,
+        validators=4,
+        rounds=0,
+        extra_env={"HFL_SECAGG": "true"},
+        leader_env=LEADER_ENV,
     )
-    # start_federation started a leader without secure aggregation; use one with it.
-    _kill(procs["leader"])
-    procs["leader"] = start_leader(fed, 0, LEADER_ENV)
     try:
         yield fed, procs, out
     finally:

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from hfl.demo import Federation, Proc
+from hfl.domain import SPECIALTIES
 from hfl.ledger import LedgerStore
 from hfl.privacy import compute_epsilon
 from hfl.privacy.federation import plan_dp
@@ -59,7 +60,7 @@ def federation(
             node = f"facility-{i + 1:02d}"
             env = {
                 "HFL_SHARD": f"{i}/5",
-                "HFL_SPECIALTY": ("hospital", "clinic", "research", "emergency")[i % 4],
+                "HFL_SPECIALTY": SPECIALTIES[i % 4],
             }
             if node in budgets:
                 env["HFL_DP_BUDGET"] = repr(budgets[node])

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from hfl.demo import Federation, Proc
+from hfl.domain import SPECIALTIES
 from hfl.learning.data import load_facility_data
 from hfl.learning.models import make_model
 from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN, TrainConfig, clip_update, train_local
@@ -30,7 +31,6 @@ from tests.integration.helpers import start_leader, wait_for_round
 pytestmark = pytest.mark.integration
 
 N_FAC = 8
-SPECIALTIES = ("hospital", "clinic", "research", "emergency")
 SEED = 1
 ROUNDS = 12
 

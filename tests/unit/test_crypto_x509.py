@@ -34,6 +34,13 @@ def test_issued_certificate_names_role_and_node(ca: tuple) -> None:
     assert (who.role, who.node_id, who.uri) == ("fog", "fog-1", "hfl://fog/fog-1")
 
 
+def test_issued_certificate_names_the_node_and_its_hosts_once(ca: tuple) -> None:
+    csr = x509.make_csr(x509.new_key(), "fog-1", "fog", ["fog-1", "127.0.0.1", "fog-1.local", "not a host!"])
+    cert = x509.issue(ca[0], ca[1], csr, role="fog", node_id="fog-1")
+    san = cert.extensions.get_extension_for_class(x509.x509.SubjectAlternativeName).value
+    assert [str(n.value) for n in san] == ["hfl://fog/fog-1", "fog-1", "127.0.0.1", "fog-1.local"]
+
+
 def test_authority_decides_the_identity_not_the_csr(ca: tuple) -> None:
     key = x509.new_key()
     csr = x509.make_csr(key, "leader", "leader", [])  # asks to be the leader ...

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,30 +12,15 @@ from hfl.crypto import x509
 from hfl.errors import NotAllowed, Unauthenticated
 from hfl.proto.v1 import authority_pb2
 from hfl.rpc import pki
-from hfl.rpc.settings import Settings
-from services.authority.enrol import CertificateService
+from tests.unit.conftest import EnrolAuthority
 
 
-class _Authority(CertificateService):
-    def __init__(self, state: Path) -> None:
-        self.settings = Settings(tls=True, state_dir=state)
-        self.quarantined: frozenset[str] = frozenset()
-
-
-@pytest.fixture
-def authority(tmp_path: Path) -> Any:
-    state = tmp_path / "authority"
-    a = _Authority(state)
-    yield a
-    pki._CA_STORES.pop(state.resolve()).close()
-
-
-def _enrol(a: _Authority, token: str, role: str, node_id: str, csr: bytes) -> bytes:
+def _enrol(a: EnrolAuthority, token: str, role: str, node_id: str, csr: bytes) -> bytes:
     req = authority_pb2.EnrollRequest(token=token, role=role, node_id=node_id, csr_pem=csr)
     return bytes(asyncio.run(a.Enroll(req, None)).certificate_pem)  # type: ignore[arg-type]
 
 
-def test_same_node_same_key_may_repeat_its_enrolment(authority: _Authority) -> None:
+def test_same_node_same_key_may_repeat_its_enrolment(authority: EnrolAuthority) -> None:
     token = pki.add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
     csr = x509.make_csr(x509.new_key(), "fog-1", "fog", [])
     first = x509.cert_from_pem(_enrol(authority, token, "fog", "fog-1", csr))
@@ -46,14 +29,14 @@ def test_same_node_same_key_may_repeat_its_enrolment(authority: _Authority) -> N
     assert x509.key_fingerprint(again.public_key()) == x509.key_fingerprint(first.public_key())
 
 
-def test_a_different_key_cannot_reuse_the_token(authority: _Authority) -> None:
+def test_a_different_key_cannot_reuse_the_token(authority: EnrolAuthority) -> None:
     token = pki.add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
     _enrol(authority, token, "fog", "fog-1", x509.make_csr(x509.new_key(), "fog-1", "fog", []))
     with pytest.raises(Unauthenticated, match="already used"):
         _enrol(authority, token, "fog", "fog-1", x509.make_csr(x509.new_key(), "fog-1", "fog", []))
 
 
-def test_a_late_retry_is_refused(authority: _Authority, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_late_retry_is_refused(authority: EnrolAuthority, monkeypatch: pytest.MonkeyPatch) -> None:
     token = pki.add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
     csr = x509.make_csr(x509.new_key(), "fog-1", "fog", [])
     _enrol(authority, token, "fog", "fog-1", csr)
@@ -63,7 +46,7 @@ def test_a_late_retry_is_refused(authority: _Authority, monkeypatch: pytest.Monk
         _enrol(authority, token, "fog", "fog-1", csr)
 
 
-def test_shared_token_retry_with_the_same_key_does_not_use_up_the_cap(authority: _Authority) -> None:
+def test_shared_token_retry_with_the_same_key_does_not_use_up_the_cap(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
     token = pki.add_role_token(state, "facility", max_uses=1, hours=1)
     csr = x509.make_csr(x509.new_key(), "facility-x", "facility", [])

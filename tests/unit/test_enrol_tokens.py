@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,24 +16,10 @@ from hfl.proto.v1 import authority_pb2
 from hfl.provision import FACILITY_TOKEN_FILE, TOKEN_FILE, FixedNode, parse_node, provision
 from hfl.rpc import pki
 from hfl.rpc.settings import Settings
-from services.authority.enrol import CertificateService
+from tests.unit.conftest import EnrolAuthority
 
 
-class _Authority(CertificateService):
-    def __init__(self, state: Path) -> None:
-        self.settings = Settings(tls=True, state_dir=state)
-        self.quarantined: frozenset[str] = frozenset()
-
-
-@pytest.fixture
-def authority(tmp_path: Path) -> Any:
-    state = tmp_path / "authority"
-    a = _Authority(state)
-    yield a
-    pki._CA_STORES.pop(state.resolve()).close()
-
-
-def _enrol(a: _Authority, token: str, role: str, node_id: str) -> bytes:
+def _enrol(a: EnrolAuthority, token: str, role: str, node_id: str) -> bytes:
     csr = x509.make_csr(x509.new_key(), node_id, role, [])
     req = authority_pb2.EnrollRequest(token=token, role=role, node_id=node_id, csr_pem=csr)
     resp = asyncio.run(a.Enroll(req, None))  # type: ignore[arg-type]
@@ -49,7 +34,7 @@ def _expire_all(state: Path) -> None:
     path.write_text(json.dumps(doc))
 
 
-def test_shared_token_enrols_new_facilities_up_to_its_cap(authority: _Authority) -> None:
+def test_shared_token_enrols_new_facilities_up_to_its_cap(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
     token = pki.add_role_token(state, "facility", max_uses=2, hours=1)
     for node_id in ("facility-a1", "facility-b2"):
@@ -62,7 +47,7 @@ def test_shared_token_enrols_new_facilities_up_to_its_cap(authority: _Authority)
     assert [e["node_id"] for e in uses] == ["facility-a1", "facility-b2"]
 
 
-def test_shared_token_expires(authority: _Authority) -> None:
+def test_shared_token_expires(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
     token = pki.add_role_token(state, "facility", max_uses=5, hours=1)
     _expire_all(state)
@@ -70,7 +55,7 @@ def test_shared_token_expires(authority: _Authority) -> None:
         _enrol(authority, token, "facility", "facility-late")
 
 
-def test_shared_token_is_bound_to_the_facility_role(authority: _Authority) -> None:
+def test_shared_token_is_bound_to_the_facility_role(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
     token = pki.add_role_token(state, "facility", max_uses=5, hours=1)
     for role, node_id in (("leader", "leader-2"), ("fog", "fog-9"), ("validator", "validator-9")):
@@ -88,7 +73,7 @@ def test_shared_token_is_bound_to_the_facility_role(authority: _Authority) -> No
         _enrol(authority, token, "fog", "fog-9")
 
 
-def test_shared_token_cannot_take_an_existing_or_reserved_node_id(authority: _Authority) -> None:
+def test_shared_token_cannot_take_an_existing_or_reserved_node_id(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
     shared = pki.add_role_token(state, "facility", max_uses=10, hours=1)
     _enrol(authority, shared, "facility", "facility-x")
@@ -104,7 +89,7 @@ def test_shared_token_cannot_take_an_existing_or_reserved_node_id(authority: _Au
     assert authority.ca().shared_token_uses(shared) == 1  # refusals do not use up the token
 
 
-def test_one_time_tokens_stay_one_time_and_bound(authority: _Authority) -> None:
+def test_one_time_tokens_stay_one_time_and_bound(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
     token = pki.add_enrol_token(state, "fog", "fog-1")
     with pytest.raises(NotAllowed, match="fog fog-1"):
@@ -156,8 +141,7 @@ def test_provision_hands_out_tokens_once_and_is_idempotent(tmp_path: Path) -> No
         assert ca.token_identity(tokens["fog-1"]) == ("fog", "fog-1")
         assert ca.token_identity(shared) == ("facility", pki.ANY_NODE)
     finally:
-        ca.close()
-        pki._CA_STORES.pop(auth.resolve(), None)
+        pki.close_ca(auth)
     (tmp_path / "leader" / "tls" / "cert.pem").write_bytes(b"enrolled")
     _expire_all(auth)
     third = provision(auth, nodes, trust, facility_uses=3, facility_hours=2)
