@@ -62,6 +62,13 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         "centered_clipping, or mean (not robust, for comparison)",
     )
     p.add_argument(
+        "--defences",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="norm bound, outlier screen, quarantine and the validators' score check (--no-defences: all "
+        "off, to see what they protect against; with --rule mean this is plain federated averaging)",
+    )
+    p.add_argument(
         "--f",
         type=int,
         default=-1,
@@ -521,6 +528,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "HFL_DATASET": args.dataset,
         "HFL_LOG_LEVEL": "INFO",
         "HFL_TLS": "true" if args.tls else "false",
+        # the leader aggregates with these and the validators refuse proposals that do not
+        "HFL_RULE": args.rule,
+        "HFL_F": str(args.f),
+        "HFL_DEFENCES": "true" if args.defences else "false",
     }
     if args.label:
         common["HFL_LABEL"] = args.label
@@ -530,6 +541,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{args.rounds} rounds, dataset {args.dataset}, model {args.model}, "
         f"secure aggregation {'on' if args.secagg else 'off'}"
     )
+    if not args.defences:
+        print(
+            "WARNING: defences are OFF (--no-defences): no norm bound, no outlier screen, no quarantine and "
+            "no validation-score check. Use this only to compare; never with real patients."
+        )
     per_process = facilities_per_process(n_fac, args.process_per_facility, args.facilities_per_process)
     print(f"Facilities run {hosting_text(n_fac, per_process)}")
     print(f"Run folder: {out}")
@@ -603,8 +619,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         fed.wait_ready(workers, label="services")
         leader_env = {
             "HFL_ROUNDS": str(args.rounds),
-            "HFL_RULE": args.rule,
-            "HFL_F": str(args.f),
             "HFL_SECAGG": "true" if args.secagg else "false",
             "HFL_DROP_RATE": str(args.drop_rate),
             "HFL_LR": str(args.lr),

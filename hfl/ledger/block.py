@@ -18,7 +18,7 @@ import numpy as np
 
 from hfl.crypto.signing import InvalidSignature, SigningKey, verify
 from hfl.hashing import HASH_LEN, ZERO_HASH, canonical_json, hash_json, hash_vector
-from hfl.robust.rules import aggregate
+from hfl.robust.rules import AggregateResult, aggregate
 
 __all__ = [
     "BLOCK_DOMAIN",
@@ -299,6 +299,30 @@ def _model_vector(model: np.ndarray) -> np.ndarray:
     return arr
 
 
+def aggregate_recorded(
+    rule: str,
+    bucket_sums: np.ndarray,
+    bucket_counts: Sequence[int] | np.ndarray,
+    rule_params: Mapping[str, Any],
+) -> AggregateResult:
+    """Run ``rule`` with the settings a block records: ``rule_params`` holds ``f`` and ``clip_update``
+    (C, or null for no norm bound) plus any rule-specific settings (e.g. ``m``, ``tau``, ``iters``,
+    ``screen``), which are passed to ``aggregate`` as ``params``."""
+    params = dict(rule_params)
+    f = params.pop("f", 0)
+    clip = params.pop("clip_update", None)
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float)):
+        raise ValueError(f"clip_update must be a number or null, got {clip!r}")
+    return aggregate(
+        rule,
+        np.asarray(bucket_sums, dtype=np.float64),
+        np.asarray(bucket_counts, dtype=np.int64),
+        f=f,
+        clip_update=None if clip is None else float(clip),
+        params=params or None,
+    )
+
+
 def compute_model(
     base_model: np.ndarray,
     rule: str,
@@ -306,28 +330,13 @@ def compute_model(
     bucket_counts: Sequence[int] | np.ndarray,
     rule_params: Mapping[str, Any],
 ) -> tuple[np.ndarray, tuple[int, ...]]:
-    """New global model w + aggregate(sums) and the sorted flagged buckets, as the ledger checks them.
-
-    ``rule_params`` holds ``f`` and ``clip_update`` (C) plus any rule-specific settings (e.g. ``m``,
-    ``tau``, ``iters``); the rule-specific ones are passed to ``aggregate`` as ``params``.
-    """
+    """New global model w + aggregate(sums) and the sorted flagged buckets, as the ledger checks them
+    (see ``aggregate_recorded`` for ``rule_params``)."""
     base = np.asarray(base_model, dtype=np.float64)
     sums = np.asarray(bucket_sums, dtype=np.float64)
     if sums.ndim != 2 or base.ndim != 1 or sums.shape[1] != base.shape[0]:
         raise ValueError(f"bucket sums of shape {sums.shape} do not fit a model of shape {base.shape}")
-    params = dict(rule_params)
-    f = params.pop("f", 0)
-    clip = params.pop("clip_update", None)
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float)):
-        raise ValueError(f"clip_update must be a number or null, got {clip!r}")
-    result = aggregate(
-        rule,
-        sums,
-        np.asarray(bucket_counts, dtype=np.int64),
-        f=f,
-        clip_update=None if clip is None else float(clip),
-        params=params or None,
-    )
+    result = aggregate_recorded(rule, sums, bucket_counts, rule_params)
     update = np.asarray(result.update, dtype=np.float64)
     if update.shape != base.shape:
         raise ValueError(f"the aggregate has shape {update.shape}, the model {base.shape}")

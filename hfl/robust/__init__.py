@@ -12,6 +12,7 @@ from hfl.robust.rules import (
     default_f,
     guarantee,
     max_faults,
+    policy_violation,
     screen,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "flip_labels",
     "guarantee",
     "max_faults",
+    "policy_violation",
     "screen",
     "with_refused",
 ]

@@ -66,7 +66,10 @@ outlier screen and reputation then remove the blunt attackers altogether."""
 
 
 def default_f(n_buckets: int, rule: str = DEFAULT_RULE) -> int:
-    """The f the demo uses: the most the rule tolerates with ``n_buckets`` buckets (0 if none)."""
+    """The f used when HFL_F = -1: the most the rule tolerates with ``n_buckets`` buckets (0 if none;
+    always 0 for ``mean``, which tolerates no bad bucket)."""
+    if rule == "mean":
+        return 0
     return max(0, max_faults(rule, n_buckets))
 
 
@@ -236,6 +239,36 @@ def guarantee(rule: str, n_buckets: int, f: int) -> str:
         "flags buckets whose update is far longer than the others (or, while the model is still learning, "
         "far shorter or reversed) so that reputation can quarantine the facilities behind them"
     )
+
+
+def policy_violation(
+    rule: str,
+    rule_params: Mapping[str, Any],
+    n_buckets: int,
+    *,
+    expected_rule: str,
+    expected_f: int = -1,
+    defences: bool = True,
+) -> str | None:
+    """Why a proposed aggregation breaks the federation's policy, in plain words, or None if it does not.
+
+    Validators call this before recomputing a proposal, so a leader cannot quietly weaken the
+    aggregation: it must use the configured rule (HFL_RULE) and f (HFL_F; -1 means ``default_f``), and,
+    unless the federation runs without defences (HFL_DEFENCES=false, comparison runs only), keep the
+    norm bound and the outlier screen on. The value of C itself is not checked here.
+    """
+    if rule != expected_rule:
+        return f"the proposal aggregates with {rule!r} but this federation uses {expected_rule!r} (HFL_RULE)"
+    f = rule_params.get("f", 0)
+    want_f = expected_f if expected_f >= 0 else default_f(n_buckets, rule)
+    if f != want_f:
+        return f"the proposal tolerates f = {f!r} bad buckets but this federation uses f = {want_f} (HFL_F)"
+    if defences:
+        if rule_params.get("clip_update") is None:
+            return "the proposal switches the norm bound off"
+        if rule_params.get("screen", True) is False:
+            return "the proposal switches the outlier screen off"
+    return None
 
 
 # --- deterministic building blocks -------------------------------------------------------------------

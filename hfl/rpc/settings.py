@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     secagg: bool = True  # masked updates (secure aggregation); false: plain sums, for comparison
     rule: str = "trimmed_mean"  # robust rule over bucket means (mean, trimmed_mean, median, multi_krum, ...)
     f: int = -1  # bad buckets to tolerate; -1: the most the rule tolerates with this round's buckets
+    # Leader and validators. false: NO norm bound, outlier screen, quarantine or validation-score check,
+    # so a run shows what those defences protect against (comparison experiments only, never in use).
+    defences: bool = True
     round_timeout: float = 120.0
     round_interval: float = 0.0
     vote_timeout: float = 60.0

@@ -15,7 +15,16 @@ import numpy as np
 
 from hfl.domain import BucketResult, Metrics, ModelSpec, RoundConfig, RoundEvent, TrainingPlan
 from hfl.errors import NotReady
-from hfl.ledger import Block, CommitteeMember, LedgerError, LedgerStore, Vote, next_header, select_quorum
+from hfl.ledger import (
+    Block,
+    CommitteeMember,
+    LedgerError,
+    LedgerStore,
+    Vote,
+    aggregate_recorded,
+    next_header,
+    select_quorum,
+)
 from hfl.proto.v1 import (
     authority_pb2,
     authority_pb2_grpc,
@@ -27,7 +36,7 @@ from hfl.proto.v1 import (
     validator_pb2_grpc,
 )
 from hfl.proto.v1 import common_pb2 as pb
-from hfl.robust.rules import aggregate, default_f
+from hfl.robust.rules import default_f
 from hfl.rpc import serde
 from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import (
@@ -75,6 +84,8 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         """Recorded in every block: f (HFL_F, or the most the rule tolerates when HFL_F=-1) and the norm
         bound, so validators and auditors re-run exactly the same aggregation."""
         f = self.settings.f if self.settings.f >= 0 else default_f(n_buckets, self.settings.rule)
+        if not self.settings.defences:  # comparison runs only: no norm bound, no outlier screen
+            return {"f": f, "clip_update": None, "screen": False}
         return {"f": f, "clip_update": self.plan.clip_update}
 
     def authority(self) -> authority_pb2_grpc.AuthorityServiceStub:
@@ -229,13 +240,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             quorum=config.quorum,
             extra=extra,
         )
-        kinds = aggregate(
-            self.settings.rule,
-            sums,
-            np.asarray(counts),
-            f=int(rule_params["f"]),  # type: ignore[call-overload]
-            clip_update=self.plan.clip_update,
-        ).flag_kinds
+        kinds = aggregate_recorded(self.settings.rule, sums, counts, rule_params).flag_kinds
         flags = {used[i].bucket_id: kind for i, kind in kinds.items()}
         flagged = tuple(sorted(flags))
         FLAGGED_BUCKETS.inc(len(flagged))
@@ -366,11 +371,13 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         """Tell the authority which buckets were flagged and who voted how; returns the quarantine list."""
         by_voter: dict[str, bool | None] = {m.node_id: None for m in config.committee}
         by_voter.update({v.validator_id: v.accept for v in votes if v.validator_id in by_voter})
+        if not self.settings.defences:  # comparison runs: nobody gains suspicion, nobody is quarantined
+            flags = {}
         report = {
             "flags": flags,
             "votes": by_voter,
             "committee": [m.node_id for m in config.committee],
-            "refused": sorted(self.refused),
+            "refused": sorted(self.refused) if self.settings.defences else [],
         }
         try:
             resp = await call(

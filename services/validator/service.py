@@ -16,6 +16,7 @@ from hfl.learning.data import Dataset
 from hfl.learning.models import evaluate, make_model
 from hfl.ledger import Block, CommitteeMember, LedgerError, Vote, check_quorum, next_header
 from hfl.proto.v1 import validator_pb2, validator_pb2_grpc
+from hfl.robust.rules import policy_violation
 from hfl.rpc import serde
 from hfl.rpc.metrics import ROUND, VOTES
 from hfl.rpc.settings import Settings
@@ -79,8 +80,23 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
         used = [r for r in results if not r.abandoned]
         if not used:
             return self._vote(config.round, proposed, False, "no bucket sums to aggregate", None)
-        rule_params = json.loads(request.rule_params_json or "{}")
-        extra = json.loads(request.extra_json or "{}")
+        try:
+            rule_params = json.loads(request.rule_params_json or "{}")
+            extra = json.loads(request.extra_json or "{}")
+        except ValueError as e:
+            raise InvalidInput(f"the aggregation settings are not valid JSON: {e}") from None
+        if not isinstance(rule_params, dict) or not isinstance(extra, dict):
+            raise InvalidInput("the aggregation settings must be JSON objects")
+        broken = policy_violation(
+            request.rule,
+            rule_params,
+            len(used),
+            expected_rule=self.settings.rule,
+            expected_f=self.settings.f,
+            defences=self.settings.defences,
+        )
+        if broken:
+            return self._vote(config.round, proposed, False, broken, None)
         try:
             header, new_model = next_header(
                 prev,
@@ -106,6 +122,10 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
             )
         if not np.all(np.isfinite(new_model)):
             return self._vote(config.round, proposed, False, "the proposed model has non-finite values", None)
+        if not self.settings.defences:
+            return self._vote(
+                config.round, proposed, True, "recomputation matches; defences off, score not checked", None
+            )
         if self.data is None:
             return self._vote(
                 config.round,

@@ -3,12 +3,13 @@ every round still commits with a valid quorum certificate, and the faulty valida
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from hfl.ledger import LedgerStore, verify_ledger
-from tests.integration.helpers import start_federation, wait_for_round
+from tests.integration.helpers import leader_status, start_federation, wait_for_round
 
 pytestmark = pytest.mark.integration
 
@@ -34,5 +35,51 @@ def test_one_faulty_validator_cannot_stop_the_federation(mode: str, tmp_path: Pa
                     assert "validator-4" not in voters
         if mode == "silent":
             assert "did not vote" in procs["leader"].log_file.read_text()
+    finally:
+        fed.stop_all()
+
+
+def _wait_for_log(path: Path, text: str, limit_s: float = 180.0) -> str:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        log = path.read_text()
+        if text in log:
+            return log
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} did not appear in {path} within {limit_s} s")
+
+
+def test_committee_refuses_a_leader_that_weakens_the_aggregation(tmp_path: Path) -> None:
+    """The validators' policy is trimmed mean with the defences on; a leader set to plain mean without
+    defences gets every proposal refused, and nothing is committed."""
+    fed, procs = start_federation(
+        tmp_path, facilities=3, rounds=1, leader_env={"HFL_RULE": "mean", "HFL_DEFENCES": "false"}
+    )
+    try:
+        log = _wait_for_log(procs["leader"].log_file, "not committed")
+        assert "this federation uses 'trimmed_mean' (HFL_RULE)" in log
+        assert leader_status(procs["leader"].info["address"]).committed_round == 0
+    finally:
+        fed.stop_all()
+
+
+def test_plain_mean_without_defences_commits_what_it_is_given(tmp_path: Path) -> None:
+    """Comparison mode (HFL_DEFENCES=false on leader and validators): no norm bound, no screen, nobody
+    quarantined; the committee still recomputes every block and the ledger records the settings."""
+    fed, procs = start_federation(
+        tmp_path,
+        facilities=3,
+        rounds=2,
+        extra_env={"HFL_RULE": "mean", "HFL_DEFENCES": "false"},
+        facility_env=lambda i: {"HFL_BYZANTINE": "scale", "HFL_BYZANTINE_SCALE": "1000"} if i == 0 else {},
+    )
+    try:
+        assert wait_for_round(procs["leader"].info["address"], 2).committed_round == 2
+        with LedgerStore(tmp_path / "state" / "leader" / "ledger.db") as store:
+            assert verify_ledger(store) == 3
+            for r in (1, 2):
+                header = store.block(r).header
+                assert header.rule == "mean" and header.flagged == ()
+                assert header.rule_params == {"f": 0, "clip_update": None, "screen": False}
     finally:
         fed.stop_all()

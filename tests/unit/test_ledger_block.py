@@ -21,6 +21,7 @@ from hfl.ledger import (
     CommitteeMember,
     LedgerError,
     Vote,
+    aggregate_recorded,
     check_quorum,
     compute_model,
     genesis_header,
@@ -467,3 +468,18 @@ def test_block_wraps_header_and_votes() -> None:
     assert Block.from_dict(json.loads(json.dumps(b.to_dict()))) == b
     with pytest.raises(ValueError):
         Block(header, ("not a vote",))  # type: ignore[arg-type]
+
+
+def test_aggregate_recorded_applies_every_recorded_setting() -> None:
+    sums = np.array([[1.0, 0.0], [1.2, 0.1], [0.9, -0.1], [50.0, 0.0]])
+    counts = [1, 1, 1, 1]
+    bounded = aggregate_recorded("mean", sums, counts, {"f": 0, "clip_update": 3.0})
+    assert bounded.flag_kinds == {3: "norm"}  # 50 > 1 * C
+    open_ = aggregate_recorded("mean", sums, counts, {"f": 0, "clip_update": None, "screen": False})
+    assert open_.flagged == () and open_.update[0] == pytest.approx(53.1 / 4)
+    screened = aggregate_recorded("mean", sums, counts, {"f": 0, "clip_update": None})
+    assert screened.flag_kinds == {3: "screen"}  # too large compared with the others
+    model, flagged = compute_model(np.zeros(2), "mean", sums, counts, {"f": 0, "clip_update": 3.0})
+    assert flagged == (3,) and np.array_equal(model, bounded.update)
+    with pytest.raises(ValueError, match="clip_update"):
+        aggregate_recorded("mean", sums, counts, {"clip_update": "big"})

@@ -11,6 +11,7 @@ from cryptography.exceptions import InvalidSignature
 
 from hfl.crypto.signing import SigningKey
 from hfl.domain import Bucket, BucketResult, ModelSpec, NodeInfo, RoundConfig
+from hfl.errors import InvalidInput
 from hfl.learning.data import load_validation_data
 from hfl.learning.models import make_model
 from hfl.ledger import Block, CommitteeMember, genesis_header, next_header
@@ -41,7 +42,10 @@ def _config() -> RoundConfig:
     ).sign(AUTHORITY)
 
 
-def _proposal(tamper: str = "") -> tuple[validator_pb2.VoteRequest, bytes]:
+def _proposal(
+    tamper: str = "", rule: str = "trimmed_mean", rule_params: dict[str, object] | None = None
+) -> tuple[validator_pb2.VoteRequest, bytes]:
+    rule_params = RULE_PARAMS if rule_params is None else rule_params
     config = _config()
     base = make_model(SPEC.kind, SPEC.n_features).init_params(0)
     genesis = Block(genesis_header(base))
@@ -54,8 +58,8 @@ def _proposal(tamper: str = "") -> tuple[validator_pb2.VoteRequest, bytes]:
         base,
         sums,
         counts,
-        rule="trimmed_mean",
-        rule_params=RULE_PARAMS,
+        rule=rule,
+        rule_params=rule_params,
         committee=committee,
         config_hash=config.hash(),
         quorum=3,
@@ -71,8 +75,8 @@ def _proposal(tamper: str = "") -> tuple[validator_pb2.VoteRequest, bytes]:
         config=serde.config_to_proto(config),
         base_model=serde.model_to_proto(SPEC, base, 0),
         buckets=[serde.bucket_result_to_proto(r) for r in results],
-        rule="trimmed_mean",
-        rule_params_json=json.dumps(RULE_PARAMS),
+        rule=rule,
+        rule_params_json=json.dumps(rule_params),
         prev_block_json=json.dumps(genesis.to_dict()),
         extra_json="{}",
         block_hash=block_hash,
@@ -80,9 +84,9 @@ def _proposal(tamper: str = "") -> tuple[validator_pb2.VoteRequest, bytes]:
     return request, header.hash()
 
 
-def _validator(data: bool = True, fault: str = "none") -> Validator:
+def _validator(data: bool = True, fault: str = "none", **settings: object) -> Validator:
     v = Validator(
-        Settings(role="validator", byzantine=fault),
+        Settings(role="validator", byzantine=fault, **settings),
         "validator-1",
         VALIDATORS["validator-1"],
         load_validation_data("synthetic", seed=0, index=1) if data else None,
@@ -124,3 +128,42 @@ def test_faulty_validator_modes(fault: str, accept: bool) -> None:
     request, _ = _proposal("" if fault == "reject_all" else "inputs")
     vote = _validator(fault=fault).check(request)
     assert vote.accept is accept
+
+
+@pytest.mark.parametrize(
+    ("rule", "params", "why"),
+    [
+        ("mean", {"f": 0, "clip_update": 3.0}, "uses 'trimmed_mean'"),
+        ("trimmed_mean", {"f": 0, "clip_update": 3.0}, "f = 1"),
+        ("trimmed_mean", {"f": 1, "clip_update": None}, "norm bound off"),
+        ("trimmed_mean", {"f": 1, "clip_update": 3.0, "screen": False}, "outlier screen off"),
+    ],
+)
+def test_proposal_that_weakens_the_aggregation_is_refused(
+    rule: str, params: dict[str, object], why: str
+) -> None:
+    """The recomputation would match, but the leader chose a weaker rule than the federation's policy."""
+    request, _ = _proposal(rule=rule, rule_params=params)
+    vote = _validator().check(request)
+    assert not vote.accept
+    assert why in vote.reason
+
+
+def test_without_defences_the_committee_checks_recomputation_only() -> None:
+    params = {"f": 0, "clip_update": None, "screen": False}  # what the leader records for mean then
+    request, block_hash = _proposal(rule="mean", rule_params=params)
+    vote = _validator(rule="mean", defences=False).check(request)
+    assert vote.accept and vote.block_hash == block_hash
+    assert "defences off" in vote.reason
+    tampered, _ = _proposal("aggregate", rule="mean", rule_params=params)
+    assert not _validator(rule="mean", defences=False).check(tampered).accept
+
+
+def test_malformed_aggregation_settings_are_invalid_input() -> None:
+    request, _ = _proposal()
+    request.rule_params_json = "{not json"
+    with pytest.raises(InvalidInput, match="not valid JSON"):
+        _validator().check(request)
+    request.rule_params_json = "[1, 2]"
+    with pytest.raises(InvalidInput, match="JSON objects"):
+        _validator().check(request)
