@@ -127,7 +127,7 @@ def run(
         S = np.stack(sums)
         if on_round is not None:
             bad = [any(by_id[m].attack != "none" for m in ms) for ms in stats_members]
-            on_round(rnd, S, np.asarray(counts), bad)
+            on_round(rnd, S, np.asarray(counts), bad, stats_members)
         res = aggregate(rule, S, np.asarray(counts), f=f, clip_update=C, params=params)
         w = w + res.update
         flags = {bids[i]: k for i, k in res.flag_kinds.items()}

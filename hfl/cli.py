@@ -120,6 +120,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return show_status(args.run, args.leader, args.authority, args.cert_dir)
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    from hfl.status import release_facility
+
+    return release_facility(args.facility, args.reason, args.run, args.authority, args.cert_dir)
+
+
 # ---------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from hfl.demo import add_demo_arguments, cmd_demo
@@ -180,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--authority", help="authority address HOST:PORT")
     st.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
     st.set_defaults(func=cmd_status)
+
+    rl = sub.add_parser(
+        "release", help="lift a facility's quarantine after you have checked it (operator certificate)"
+    )
+    rl.add_argument("facility", help="the quarantined facility's node id")
+    rl.add_argument("--reason", required=True, help="why it is released (kept in the authority's records)")
+    rl.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
+    rl.add_argument("--authority", help="authority address HOST:PORT")
+    rl.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
+    rl.set_defaults(func=cmd_release)
 
     et = sub.add_parser(
         "enrol-token", help="make a one-time enrolment token for a new node (on the authority)"

@@ -68,3 +68,30 @@ def show_status(
             print(f"leader {leader}: not reachable ({e.code().name})")
             rc = 1
     return rc
+
+
+def release_facility(
+    facility: str, reason: str, run: str | None, authority: str | None, cert_dir: str | None = None
+) -> int:
+    """`hfl release`: ask the authority to lift a facility's quarantine (operator certificate needed)."""
+    _, authority = _addresses(run, None, authority)
+    if not authority:
+        print("No authority found: give --authority or a run folder with endpoints.json.")
+        return 1
+    tls = load_client(Path(cert_dir)) if cert_dir else operator_for_run(Path(run or "runs/latest"))
+    try:
+        with sync_channel(authority, tls) as ch:
+            resp = authority_pb2_grpc.AuthorityServiceStub(ch).ReleaseFacility(
+                authority_pb2.ReleaseFacilityRequest(node_id=facility, reason=reason), timeout=10
+            )
+    except grpc.RpcError as e:
+        print(f"The authority did not release {facility}: {e.details() or e.code().name}")
+        return 1
+    print(f"{facility} is no longer quarantined; it will be scheduled again once it is back.")
+    print(
+        "Its old certificate stays revoked. To bring it back, make it a new one-time token on the authority "
+        f"(hfl enrol-token facility {facility}) and restart it with HFL_ENROL_TOKEN set to that token."
+    )
+    if resp.quarantined:
+        print(f"Still quarantined: {', '.join(resp.quarantined)}")
+    return 0

@@ -101,6 +101,7 @@ TABLE: dict[str, Rule] = {
     _A + "GetPrivacySpend": Rule(ANYONE),
     _A + "RenewCertificate": Rule(NODE_ROLES),
     _A + "GetRevocations": Rule(NODE_ROLES | OPERATOR),
+    _A + "ReleaseFacility": Rule(OPERATOR),
     _F + "RunRound": Rule(LEADER),
     _F + "SubmitUpdate": Rule(FACILITY, _bind_submit, "submit"),
     _F + "Evaluate": Rule(LEADER),

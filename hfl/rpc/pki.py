@@ -195,6 +195,8 @@ class CAStore:
                                                           role TEXT NOT NULL, used_at TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS enrol_keys (node_id TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL,
                                                    key_sha256 TEXT NOT NULL, enrolled_at TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS releases (node_id TEXT NOT NULL, released_at TEXT NOT NULL,
+                                                 reason TEXT NOT NULL);
             """
         )
         self._lock = threading.Lock()
@@ -386,10 +388,26 @@ class CAStore:
         return serials
 
     def is_node_revoked(self, node_id: str) -> bool:
+        """True if a certificate of ``node_id`` was revoked after its last release (if any): such a
+        node may neither renew nor enrol again."""
         row = self._db.execute(
-            "SELECT 1 FROM certs WHERE node_id=? AND revoked_at IS NOT NULL LIMIT 1", (node_id,)
+            "SELECT 1 FROM certs WHERE node_id=? AND revoked_at IS NOT NULL AND revoked_at > "
+            "COALESCE((SELECT MAX(released_at) FROM releases WHERE node_id=?), '') LIMIT 1",
+            (node_id, node_id),
         ).fetchone()
         return row is not None
+
+    def release_node(self, node_id: str, reason: str) -> None:
+        """Allow ``node_id`` to enrol again (with a new token). Its revoked certificates stay revoked."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO releases(node_id, released_at, reason) VALUES (?, ?, ?)",
+                (node_id, x509.utcnow().isoformat(), reason),
+            )
+
+    def releases(self) -> list[dict[str, str]]:
+        rows = self._db.execute("SELECT node_id, released_at, reason FROM releases ORDER BY rowid").fetchall()
+        return [{"node_id": n, "released_at": t, "reason": r} for n, t, r in rows]
 
     def revoked(self) -> list[tuple[int, dt.datetime]]:
         now = x509.utcnow().isoformat()

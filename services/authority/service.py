@@ -10,7 +10,7 @@ import grpc
 from hfl.crypto.pow import PowError, check, pow_challenge
 from hfl.crypto.signing import PUBLIC_KEY_LEN, SigningKey
 from hfl.domain import ROLES, SPECIALTIES, Bucket, NodeInfo, RoundConfig
-from hfl.errors import ConfigError, InvalidInput, NotAllowed, NotReady
+from hfl.errors import ConfigError, HflError, InvalidInput, NotAllowed, NotFound, NotReady
 from hfl.hashing import HASH_LEN
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.robust.reputation import FLAG_KINDS, Reputation, ReputationError, with_refused
@@ -268,6 +268,31 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         return authority_pb2.GetPrivacySpendResponse(
             epsilon_spent=self.privacy.spent(), exhausted=sorted(self.privacy.exhausted)
         )
+
+    async def ReleaseFacility(
+        self, request: authority_pb2.ReleaseFacilityRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.ReleaseFacilityResponse:
+        """Operator only (hfl/rpc/authz.py): lift a quarantine after an investigation. The facility's
+        suspicion starts again from zero; its revoked certificates stay revoked, but it may enrol again
+        with a new one-time token."""
+        node_id, reason = request.node_id.strip(), " ".join(request.reason.split())
+        if not reason or len(reason) > 500:
+            raise InvalidInput("give the reason for the release in 1 to 500 characters")
+        node = self.registry.get(node_id)
+        if node is None or node.role != "facility":
+            raise NotFound(f"no facility {node_id!r} is registered")
+        if node_id not in self.quarantined:
+            raise HflError(f"facility {node_id} is not quarantined")
+        self.reputation.release(node_id)
+        self.registry.put_json("reputation", self.reputation.to_dict())
+        releases = self.registry.get_json("releases")
+        history = list(releases) if isinstance(releases, list) else []
+        self.registry.put_json("releases", [*history, {"facility": node_id, "reason": reason}])
+        if self.settings.tls:
+            self.ca().release_node(node_id, reason)
+        log.warning("released facility %s from quarantine (operator: %s)", node_id, reason)
+        self._publish_reputation()
+        return authority_pb2.ReleaseFacilityResponse(quarantined=sorted(self.quarantined))
 
     async def ListNodes(
         self, request: authority_pb2.ListNodesRequest, context: grpc.aio.ServicerContext

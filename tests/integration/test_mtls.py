@@ -242,3 +242,22 @@ def test_certificates_are_renewed_and_rounds_go_on(federation: Fed) -> None:
     with LedgerStore(out / "state" / "leader" / "ledger.db") as store:
         before = store.head().header.round  # type: ignore[union-attr]
     wait_for_round(_addr(procs, "leader"), before + 2, limit_s=120)
+
+
+def test_release_is_for_operators_and_explains_refusals(
+    federation: Fed, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hfl.status import release_facility
+
+    _fed, procs, out = federation
+    request = authority_pb2.ReleaseFacilityRequest(node_id="facility-01", reason="checked")
+    facility = client_tls(out, "facility", "facility-01")
+    assert (
+        _code("authority.ReleaseFacility", request, facility, _addr(procs, "authority"))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    cert_dir = str(out / "state" / "authority" / "operator")
+    rc = release_facility("facility-01", "checked", None, _addr(procs, "authority"), cert_dir)
+    assert rc == 1 and "facility facility-01 is not quarantined" in capsys.readouterr().out
+    rc = release_facility("facility-42", "typo", None, _addr(procs, "authority"), cert_dir)
+    assert rc == 1 and "no facility 'facility-42' is registered" in capsys.readouterr().out

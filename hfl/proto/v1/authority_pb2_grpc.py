@@ -80,6 +80,11 @@ class AuthorityServiceStub:
                 request_serializer=hfl_dot_v1_dot_authority__pb2.GetRevocationsRequest.SerializeToString,
                 response_deserializer=hfl_dot_v1_dot_authority__pb2.GetRevocationsResponse.FromString,
                 _registered_method=True)
+        self.ReleaseFacility = channel.unary_unary(
+                '/hfl.v1.AuthorityService/ReleaseFacility',
+                request_serializer=hfl_dot_v1_dot_authority__pb2.ReleaseFacilityRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_authority__pb2.ReleaseFacilityResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorityServiceServicer:
@@ -146,6 +151,14 @@ class AuthorityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseFacility(self, request, context):
+        """Operator only: lift a facility's quarantine after an investigation (`hfl release`). Its old
+        certificates stay revoked; it re-joins with a new one-time enrolment token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +206,11 @@ def add_AuthorityServiceServicer_to_server(servicer, server):
                     servicer.GetRevocations,
                     request_deserializer=hfl_dot_v1_dot_authority__pb2.GetRevocationsRequest.FromString,
                     response_serializer=hfl_dot_v1_dot_authority__pb2.GetRevocationsResponse.SerializeToString,
+            ),
+            'ReleaseFacility': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseFacility,
+                    request_deserializer=hfl_dot_v1_dot_authority__pb2.ReleaseFacilityRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_authority__pb2.ReleaseFacilityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +457,33 @@ class AuthorityService:
             '/hfl.v1.AuthorityService/GetRevocations',
             hfl_dot_v1_dot_authority__pb2.GetRevocationsRequest.SerializeToString,
             hfl_dot_v1_dot_authority__pb2.GetRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseFacility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.AuthorityService/ReleaseFacility',
+            hfl_dot_v1_dot_authority__pb2.ReleaseFacilityRequest.SerializeToString,
+            hfl_dot_v1_dot_authority__pb2.ReleaseFacilityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class AuthorityServiceStub:
     """mTLS: a fresh certificate for the caller's own identity, before the current one expires."""
     GetRevocations: _grpc.UnaryUnaryMultiCallable[_authority_pb2.GetRevocationsRequest, _authority_pb2.GetRevocationsResponse]
     """mTLS: the signed list of revoked certificates (quarantined facilities), fetched by every server."""
+    ReleaseFacility: _grpc.UnaryUnaryMultiCallable[_authority_pb2.ReleaseFacilityRequest, _authority_pb2.ReleaseFacilityResponse]
+    """Operator only: lift a facility's quarantine after an investigation (`hfl release`). Its old
+    certificates stay revoked; it re-joins with a new one-time enrolment token.
+    """
 
 @_typing.type_check_only
 class AuthorityServiceAsyncStub(AuthorityServiceStub):
@@ -71,6 +75,10 @@ class AuthorityServiceAsyncStub(AuthorityServiceStub):
     """mTLS: a fresh certificate for the caller's own identity, before the current one expires."""
     GetRevocations: _aio.UnaryUnaryMultiCallable[_authority_pb2.GetRevocationsRequest, _authority_pb2.GetRevocationsResponse]  # type: ignore[assignment]
     """mTLS: the signed list of revoked certificates (quarantined facilities), fetched by every server."""
+    ReleaseFacility: _aio.UnaryUnaryMultiCallable[_authority_pb2.ReleaseFacilityRequest, _authority_pb2.ReleaseFacilityResponse]  # type: ignore[assignment]
+    """Operator only: lift a facility's quarantine after an investigation (`hfl release`). Its old
+    certificates stay revoked; it re-joins with a new one-time enrolment token.
+    """
 
 class AuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
     """The trusted authority: identities, registration, round scheduling, reputation, privacy ledger."""
@@ -144,5 +152,15 @@ class AuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_authority_pb2.GetRevocationsResponse, _abc.Awaitable[_authority_pb2.GetRevocationsResponse]]:
         """mTLS: the signed list of revoked certificates (quarantined facilities), fetched by every server."""
+
+    @_abc_1.abstractmethod
+    def ReleaseFacility(
+        self,
+        request: _authority_pb2.ReleaseFacilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authority_pb2.ReleaseFacilityResponse, _abc.Awaitable[_authority_pb2.ReleaseFacilityResponse]]:
+        """Operator only: lift a facility's quarantine after an investigation (`hfl release`). Its old
+        certificates stay revoked; it re-joins with a new one-time enrolment token.
+        """
 
 def add_AuthorityServiceServicer_to_server(servicer: AuthorityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
