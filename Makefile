@@ -29,6 +29,7 @@ demo: $(STAMP) ## run a whole federation locally (authority, 4 validators, leade
 	$(VENV)/bin/hfl demo $(DEMO_ARGS)
 
 test: $(STAMP) ## run unit, integration and (when Docker answers) container tests
+	@scripts/test-deps.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## unit tests only

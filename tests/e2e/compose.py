@@ -8,6 +8,7 @@ Docker SDK.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
 from hfl.rpc.pki import NodeTls, sync_channel
@@ -26,6 +28,7 @@ from hfl.rpc.pki import NodeTls, sync_channel
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "deploy" / "docker-compose.yml"
 IMAGE = "hfl:latest"
+BASE_IMAGE = "hfl-base:bookworm"  # deploy/image/build.sh makes it with debootstrap if BASE_IMAGE is unset
 HASH_LABEL = "org.hfl.source-hash"
 
 T = TypeVar("T")
@@ -64,6 +67,15 @@ def ensure_image(client: Any, *, reuse: bool) -> str:
         log(f"{IMAGE} was built from other sources; rebuilding it (several minutes)")
     except docker.errors.ImageNotFound:
         log(f"{IMAGE} does not exist yet; building it with deploy/image/build.sh (several minutes)")
+    if shutil.which("debootstrap") is None and not os.environ.get("BASE_IMAGE"):
+        try:
+            client.images.get(BASE_IMAGE)
+        except docker.errors.ImageNotFound:
+            pytest.skip(
+                f"cannot build the image offline: debootstrap is not installed and {BASE_IMAGE} is not "
+                "loaded (apt-get install -y debootstrap, or set BASE_IMAGE=python:3.11-slim where a "
+                "registry is reachable)"
+            )
     t0 = time.monotonic()
     proc = subprocess.run(
         ["bash", str(ROOT / "deploy" / "image" / "build.sh")], cwd=ROOT, capture_output=True, text=True
