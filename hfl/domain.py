@@ -150,6 +150,7 @@ class BucketResult:
     abandoned: bool = False
     reason: str = ""
     refused: tuple[str, ...] = ()
+    unreachable: tuple[str, ...] = ()  # did not answer the round's first call (down or cut off)
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,75 @@ def select_committee(
         keyed.append((u ** (1.0 / w), v))
     keyed.sort(key=lambda kv: (-kv[0], kv[1]))
     return sorted(v for _, v in keyed[:size])
+
+
+class Attendance:
+    """Facilities that keep missing their rounds stop being scheduled (sans-I/O; JSON state).
+
+    A scheduled facility whose update never reached its fog (no answer, a crash, a container that was
+    scaled away) is *absent* that round; one that took part is present and its count starts again.
+    After ``limit`` absences in a row it becomes *inactive*: the authority leaves it out of the schedule,
+    so the other facilities stop waiting a whole round timeout for it, until it registers again (a
+    restarted facility always does; a running one re-registers when no fog has called on it for a while).
+    A malformed update that a fog refused is not an absence: it is evidence for reputation instead.
+    ``limit`` = 0 switches this off.
+    """
+
+    def __init__(self, limit: int = 3) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"the absence limit must be a whole number ≥ 0, got {limit!r}")
+        self.limit = limit
+        self._missed: dict[str, int] = {}
+        self._inactive: set[str] = set()
+
+    @property
+    def inactive(self) -> frozenset[str]:
+        return frozenset(self._inactive)
+
+    def missed(self, facility: str) -> int:
+        return self._missed.get(facility, 0)
+
+    def observe(self, scheduled: Sequence[str], absent: Sequence[str]) -> list[str]:
+        """Record one round; returns the facilities that became inactive with it (sorted)."""
+        stray = sorted(set(absent) - set(scheduled))
+        if stray:
+            raise ValueError(f"absent facilities that were not scheduled: {', '.join(stray)}")
+        gone = set(absent)
+        newly = []
+        for f in sorted(set(scheduled)):
+            if f not in gone:
+                self._missed.pop(f, None)
+                continue
+            self._missed[f] = self._missed.get(f, 0) + 1
+            if self.limit and self._missed[f] >= self.limit and f not in self._inactive:
+                self._inactive.add(f)
+                newly.append(f)
+        return newly
+
+    def present(self, facility: str) -> bool:
+        """The facility registered (again): schedule it again. Returns whether it had been inactive."""
+        self._missed.pop(facility, None)
+        if facility in self._inactive:
+            self._inactive.discard(facility)
+            return True
+        return False
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "limit": self.limit,
+            "missed": dict(sorted(self._missed.items())),
+            "inactive": sorted(self._inactive),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object], limit: int | None = None) -> Attendance:
+        """Restore saved state; ``limit`` (the current setting) replaces the saved one if given."""
+        saved = d.get("limit", 3)
+        out = cls(limit if limit is not None else int(saved))  # type: ignore[call-overload]
+        missed = d.get("missed", {})
+        inactive = d.get("inactive", [])
+        if not isinstance(missed, Mapping) or not isinstance(inactive, list):
+            raise ValueError("malformed attendance state")
+        out._missed = {str(k): int(v) for k, v in missed.items()}
+        out._inactive = {str(x) for x in inactive}
+        return out

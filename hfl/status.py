@@ -52,6 +52,9 @@ def show_status(
             )
             if nodes.quarantined:
                 print(f"  quarantined: {', '.join(nodes.quarantined)}")
+            if nodes.inactive:
+                away = ", ".join(nodes.inactive)
+                print(f"  left out after missing several rounds (back when they register again): {away}")
         except grpc.RpcError as e:
             print(f"authority {authority}: not reachable ({e.code().name})")
             rc = 1

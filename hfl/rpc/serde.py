@@ -219,6 +219,7 @@ def bucket_result_to_proto(b: BucketResult) -> pb.BucketResult:
         abandoned=b.abandoned,
         reason=b.reason,
         refused=list(b.refused),
+        unreachable=list(b.unreachable),
     )
 
 
@@ -240,6 +241,7 @@ def bucket_result_from_proto(b: pb.BucketResult, *, expected_length: int | None)
         abandoned=b.abandoned,
         reason=b.reason,
         refused=tuple(b.refused),
+        unreachable=tuple(b.unreachable),
     )
 
 

@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,13 @@ class RunningServer:
     health: HealthServicer
     tls: pki.NodeTls | None = None
     upkeep: asyncio.Task[None] | None = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)  # the role's own loops
+
+    def cancel_background(self) -> None:
+        """Stop certificate upkeep and the role's background loops (before stopping the server)."""
+        for task in [self.upkeep, *self.background]:
+            if task is not None:
+                task.cancel()
 
     async def set_serving(self, serving: bool = True) -> None:
         status = (
@@ -179,8 +186,7 @@ async def serve_until_stopped(running: RunningServer, role: str, stop: asyncio.E
     log.info("%s shutting down", role)
     UP.labels(role=role).set(0)
     await running.health.enter_graceful_shutdown()
-    if running.upkeep is not None:
-        running.upkeep.cancel()
+    running.cancel_background()
     await running.server.stop(grace=2.0)
 
 

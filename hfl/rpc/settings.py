@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     byzantine: str = "none"
     byzantine_scale: float = 10.0
     drop_rate: float = 0.0
+    # re-register when no fog has called on this facility for this long (seconds; 0: never), so that a
+    # facility the authority stopped scheduling after missed rounds comes back by itself
+    reregister_s: float = 600.0
     crash_at_stage: int = 0  # fault-injection tests only: die (like kill -9) at this secure-aggregation stage
     # `hfl serve facilities`: JSON list of the facilities one process hosts (services/facility/host.py)
     facilities_file: str = ""
@@ -78,6 +81,8 @@ class Settings(BaseSettings):
     bucket_size: int = 4
     epoch_rounds: int = 5
     pow_difficulty: int = 12
+    # a facility absent this many rounds in a row is left out until it registers again (0: never)
+    absent_rounds: int = 3
 
     # validator
     validation_margin: float = 0.05

@@ -17,7 +17,7 @@ from hfl.robust.reputation import FLAG_KINDS, Reputation, ReputationError, with_
 from hfl.rpc import serde
 from hfl.rpc.metrics import QUARANTINED, REPUTATION
 from hfl.rpc.settings import Settings
-from hfl.schedule import MIN_SECURE_BUCKET, assign_buckets, round_seed, select_committee
+from hfl.schedule import MIN_SECURE_BUCKET, Attendance, assign_buckets, round_seed, select_committee
 from services.authority.enrol import CertificateService
 from services.authority.privacy import PrivacyBook
 from services.authority.registry import Registry
@@ -38,6 +38,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         self.privacy = PrivacyBook(settings.state_dir / "privacy.db", settings.dp_epsilon)  # privacy.py
         state = registry.get_json("reputation")
         self.reputation = Reputation.from_dict(state) if isinstance(state, dict) else Reputation()
+        seen = registry.get_json("attendance")
+        limit = settings.absent_rounds
+        self.attendance = Attendance.from_dict(seen, limit) if isinstance(seen, dict) else Attendance(limit)
         self._publish_reputation()
 
     @property
@@ -87,6 +90,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if node.role == "facility" and not node.specialty:
             node = NodeInfo(**{**node.to_dict(), "specialty": self._next_specialty(known)})
         self.registry.upsert(node)
+        if node.role == "facility" and self.attendance.present(node.node_id):
+            self.registry.put_json("attendance", self.attendance.to_dict())
+            log.info("facility %s registered again; it is scheduled again", node.node_id)
         log.info(
             "registered %s %s at %s%s",
             node.role,
@@ -110,8 +116,11 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         out_of_budget = self.privacy.exhausted  # never schedule a facility that has spent its privacy budget
         quarantined = self.quarantined
         registered = self.registry.nodes("facility")
+        away = self.attendance.inactive  # missed their last rounds; back when they register again
         facilities = [
-            n for n in registered if n.node_id not in quarantined and n.node_id not in out_of_budget
+            n
+            for n in registered
+            if n.node_id not in quarantined and n.node_id not in out_of_budget and n.node_id not in away
         ]
         fogs = self.registry.nodes("fog")
         validators = self.registry.nodes("validator")
@@ -122,7 +131,8 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if not facilities:
             raise NotReady(
                 f"no facility can take part: {len(quarantined)} quarantined, "
-                f"{len(out_of_budget)} have used up their privacy budget"
+                f"{len(out_of_budget)} have used up their privacy budget, "
+                f"{len(away)} missed their last rounds"
             )
         if not fogs:
             raise NotReady("no fog is registered yet")
@@ -217,6 +227,10 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if unknown or any(k not in FLAG_KINDS for k in flags.values()):
             raise InvalidInput("the round report flags buckets that were not part of the round")
         refused = [str(x) for x in report.get("refused", [])]
+        absent = [str(x) for x in report.get("absent", [])]
+        scheduled = [m for members in buckets.values() for m in members]
+        if set(absent) - set(scheduled):
+            raise InvalidInput("the round report lists absent facilities that were not scheduled")
         try:
             # A fog refused these members' updates as malformed: each is its own group, blame is certain.
             groups, flags = with_refused(buckets, flags, refused)
@@ -241,6 +255,13 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         )
         for f in newly:
             log.warning("quarantined facility %s: it was in flagged buckets too often", f)
+        for f in self.attendance.observe(scheduled, absent):
+            log.warning(
+                "facility %s missed %d rounds in a row; it is left out until it registers again",
+                f,
+                self.attendance.missed(f),
+            )
+        self.registry.put_json("attendance", self.attendance.to_dict())
         self.revoke_quarantined(newly)
         self._publish_reputation()
         top = self.privacy.max_spent()
@@ -302,4 +323,5 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             authority_public_key=self.key.public_bytes,
             quarantined=sorted(self.quarantined),
             pow_difficulty=self.settings.pow_difficulty,
+            inactive=sorted(self.attendance.inactive),
         )

@@ -206,8 +206,7 @@ async def run(settings: Settings) -> None:
 async def _stop(f: StartedFacility) -> None:
     try:
         await f.running.health.enter_graceful_shutdown()
-        if f.running.upkeep is not None:  # certificate renewal (TLS)
-            f.running.upkeep.cancel()
+        f.running.cancel_background()  # certificate renewal, re-registration
         await f.running.server.stop(grace=2.0)
     finally:
         await f.channels.close()

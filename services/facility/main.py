@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import grpc
 
 from hfl.domain import NodeInfo
 from hfl.learning.data import load_facility_data
@@ -87,6 +91,12 @@ async def start(
         settings.dataset,
     )
     facility.ready(data, bytes(answer.authority_public_key))
+    if settings.reregister_s > 0:
+        running.background.append(
+            asyncio.create_task(
+                keep_registered(facility, channels, settings.authority, node, settings.reregister_s)
+            )
+        )
     await running.set_serving()
     UP.labels(role="facility").set(1)
     info = {
@@ -98,6 +108,25 @@ async def start(
     }
     write_ready_file(settings.ready_file, info)
     return StartedFacility(node_id, facility, running, channels, info)
+
+
+async def keep_registered(
+    facility: Facility, channels: Channels, authority: str, node: NodeInfo, idle_s: float
+) -> None:
+    """Register again whenever no fog has called on this facility for ``idle_s`` seconds.
+
+    The authority stops scheduling a facility that missed several rounds in a row (it was down, or
+    cut off) until it registers again; this brings a facility that is running again back by itself."""
+    while True:
+        await asyncio.sleep(max(1.0, idle_s / 4))
+        if time.monotonic() - facility.last_contact < idle_s:
+            continue
+        facility.last_contact = time.monotonic()  # try again after another idle_s at the earliest
+        try:
+            await register(channels, authority, node, attempts=1)
+            log.info("no round for %.0f s: registered with the authority again", idle_s)
+        except (grpc.aio.AioRpcError, ConnectionError) as e:
+            log.warning("no round for %.0f s and could not register again: %s", idle_s, e)
 
 
 async def run(settings: Settings) -> None:

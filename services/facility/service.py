@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
+import time
 from typing import Any
 
 import grpc
@@ -51,6 +52,7 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         self._data: FacilityData | None = None
         self.authority_key = b""
         self.last_round = 0
+        self.last_contact = time.monotonic()  # when a fog last called on us (see keep_registered)
         self._tasks: set[asyncio.Task[None]] = set()
         self.signing_key = load_identity(settings.state_dir)  # the identity it registers with
         self.secure = SecureAggregation(self)
@@ -88,6 +90,7 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
     def _round_config(self, request_config: Any) -> RoundConfig:
         config = serde.config_from_proto(request_config)
         config.verify(self.authority_key)
+        self.last_contact = time.monotonic()  # a fog called on us with a round the authority signed
         if config.round < self.last_round:
             raise StaleRound(
                 f"round {config.round} is over; this facility is already in round {self.last_round}"

@@ -80,6 +80,16 @@ def quant_config(plan: TrainingPlan, bucket_size: int) -> QuantConfig:
     return QuantConfig(clip=plan.clip_update, max_members=bucket_size)
 
 
+def no_answer(exc: BaseException) -> bool:
+    """The member did not answer at all (down, cut off, gone), as opposed to answering with an error."""
+    if isinstance(exc, TimeoutError):
+        return True
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return describe_rpc_error(exc)
@@ -96,8 +106,10 @@ async def _stage(
     sender: Callable[[T], str],
     timeout: float,
     where: str,
+    unreachable: set[str] | None = None,
 ) -> None:
-    """Ask every member still in the protocol at once; keep the answers that arrive in time and are usable."""
+    """Ask every member still in the protocol at once; keep the answers that arrive in time and are usable.
+    Members that do not answer at all are added to ``unreachable`` if it is given."""
 
     async def one(member: str) -> None:
         try:
@@ -106,6 +118,8 @@ async def _stage(
             log.warning(
                 "%s: %s dropped out at stage '%s' (%s)", where, member, STAGE_NAMES[stage], _reason(e)
             )
+            if unreachable is not None and no_answer(e):
+                unreachable.add(member)
             return
         try:
             if sender(msg) != member:
@@ -124,9 +138,14 @@ async def _stage(
 
 
 async def drive_bucket(
-    agg: BucketAggregator, link: MemberLink, timeouts: StageTimeouts, where: str
+    agg: BucketAggregator,
+    link: MemberLink,
+    timeouts: StageTimeouts,
+    where: str,
+    unreachable: set[str] | None = None,
 ) -> tuple[np.ndarray, int, tuple[str, ...], tuple[str, ...]]:
     """Run the four stages; returns (float64 sum, count, members in the sum, members not in the sum).
+    Members that do not answer the first stage at all are added to ``unreachable`` if it is given.
 
     Raises SecAggError (BucketAbandoned, ReconstructionError) when no sum can be released."""
     await _stage(
@@ -137,6 +156,7 @@ async def drive_bucket(
         lambda a: a.sender,
         timeouts.keys,
         where,
+        unreachable,
     )
     agg.close_stage()
     ads = agg.advertisements()
@@ -220,14 +240,23 @@ async def run_secure_bucket(
             abandoned=True,
             reason=f"secure aggregation cannot start: {e}",
         )
+    away: set[str] = set()
     try:
-        total, count, in_sum, dropped = await drive_bucket(agg, link, timeouts, where)
+        total, count, in_sum, dropped = await drive_bucket(agg, link, timeouts, where, away)
     except SecAggError as e:
         gone = tuple(sorted(agg.dropped_at))
         SECAGG_DROPOUTS.inc(len(gone))
         log.warning("%s: bucket abandoned for this round: %s", where, e)
         return BucketResult(
-            bucket.bucket_id, bucket.fog_id, np.zeros(0), 0, (), gone, abandoned=True, reason=str(e)
+            bucket.bucket_id,
+            bucket.fog_id,
+            np.zeros(0),
+            0,
+            (),
+            gone,
+            abandoned=True,
+            reason=str(e),
+            unreachable=tuple(sorted(away)),
         )
     SECAGG_DROPOUTS.inc(len(agg.dropped_at))
     late = sorted(set(agg.dropped_at) & set(in_sum))
@@ -240,7 +269,9 @@ async def run_secure_bucket(
             ", ".join(dropped) or "none",
             f"; left during unmasking but counted: {', '.join(late)}" if late else "",
         )
-    return BucketResult(bucket.bucket_id, bucket.fog_id, total, count, in_sum, dropped)
+    return BucketResult(
+        bucket.bucket_id, bucket.fog_id, total, count, in_sum, dropped, unreachable=tuple(sorted(away))
+    )
 
 
 class GrpcMemberLink:

@@ -19,6 +19,7 @@ from hfl.rpc.metrics import REFUSED, ROUND
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
 from services.fog.rounds import PhaseMarks, bucket_requests, run_secure_bucket_timed
+from services.fog.secure import no_answer
 
 log = logging.getLogger("hfl.fog")
 
@@ -33,10 +34,20 @@ class PlainBucket:
     refused: set[str] = field(default_factory=set)
     # Members that said no at StartRound (e.g. out of privacy budget): nothing to wait for, no evidence.
     declined: set[str] = field(default_factory=set)
+    # Members that did not answer StartRound at all (down, cut off, gone): nothing to wait for either.
+    unreachable: set[str] = field(default_factory=set)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
 
     def _all_heard(self) -> bool:
-        return len(self.updates) + len(self.refused | self.declined) >= len(self.bucket.members)
+        silent = self.refused | self.declined | self.unreachable
+        return len(self.updates) + len(silent) >= len(self.bucket.members)
+
+    def lost(self, node_id: str) -> None:
+        """A member did not answer at all: do not wait for its update, and tell the leader."""
+        if node_id in self.bucket.members and node_id not in self.updates:
+            self.unreachable.add(node_id)
+            if self._all_heard():
+                self.complete.set()
 
     def decline(self, node_id: str) -> None:
         """A member refused to start this round: do not wait for its update."""
@@ -59,6 +70,7 @@ class PlainBucket:
             raise AlreadyDone(f"{node_id} already sent its update for bucket {self.bucket.bucket_id}")
         self.updates[node_id] = update
         self.refused.discard(node_id)
+        self.unreachable.discard(node_id)  # slow to answer StartRound, but it did send its update
         if self._all_heard():
             self.complete.set()
 
@@ -66,6 +78,7 @@ class PlainBucket:
         members = tuple(m for m in self.bucket.members if m in self.updates)
         dropped = tuple(m for m in self.bucket.members if m not in self.updates)
         refused = tuple(sorted(self.refused))
+        unreachable = tuple(sorted(self.unreachable))
         if not members:
             return BucketResult(
                 self.bucket.bucket_id,
@@ -77,12 +90,20 @@ class PlainBucket:
                 abandoned=True,
                 reason="no member sent an update",
                 refused=refused,
+                unreachable=unreachable,
             )
         total = np.zeros(self.dim)
         for m in members:
             total += self.updates[m]
         return BucketResult(
-            self.bucket.bucket_id, self.bucket.fog_id, total, len(members), members, dropped, refused=refused
+            self.bucket.bucket_id,
+            self.bucket.fog_id,
+            total,
+            len(members),
+            members,
+            dropped,
+            refused=refused,
+            unreachable=unreachable,
         )
 
 
@@ -188,6 +209,8 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                 )
                 if e.code() == grpc.StatusCode.PERMISSION_DENIED:  # it declined (e.g. privacy budget)
                     collector.decline(member)
+                elif no_answer(e):  # down, cut off, or gone
+                    collector.lost(member)
 
         await asyncio.gather(*(start(m) for m in bucket.members))
         self.marks.mark("distributed")

@@ -79,6 +79,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.clock = RoundClock()
         self.epsilon_spent = float("nan")  # largest privacy loss of any facility, from the authority
         self.refused: set[str] = set()
+        self.absent: set[str] = set()  # scheduled members that did not answer their fog at all
 
     def rule_params(self, n_buckets: int) -> dict[str, object]:
         """Recorded in every block: f (HFL_F, or the most the rule tolerates when HFL_F=-1) and the norm
@@ -206,6 +207,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         used = [r for r in results if not r.abandoned and r.count > 0]
         dropouts = sum(len(r.dropped) for r in results)
         self.refused = {m for r in results for m in r.refused}
+        self.absent = {m for r in results for m in r.unreachable} - self.refused
         SECAGG_DROPOUTS.inc(dropouts)
         base: dict[str, Any] = dict(
             round=round_,
@@ -378,6 +380,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             "votes": by_voter,
             "committee": [m.node_id for m in config.committee],
             "refused": sorted(self.refused) if self.settings.defences else [],
+            "absent": sorted(self.absent),
         }
         try:
             resp = await call(

@@ -21,7 +21,14 @@ import pytest
 
 from hfl.demo import Federation, Proc
 from hfl.ledger import LedgerStore, verify_ledger
-from tests.integration.helpers import leader_status, start_federation, start_leader, wait_for_round
+from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
+from tests.integration.helpers import (
+    leader_status,
+    operator_channel,
+    start_federation,
+    start_leader,
+    wait_for_round,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +179,43 @@ def test_facility_killed_in_each_secagg_stage(federation: Fed) -> None:
     p = fed.start("facility", name, {"HFL_SHARD": "2/6"})
     fed.wait_ready([p], label=name)
     procs[name] = p
+
+
+def _inactive(fed: Federation, procs: dict[str, Proc]) -> list[str]:
+    with operator_channel(fed, procs["authority"].info["address"]) as ch:
+        nodes = authority_pb2_grpc.AuthorityServiceStub(ch).ListNodes(
+            authority_pb2.ListNodesRequest(), timeout=10
+        )
+    return list(nodes.inactive)
+
+
+def _members(out: Path, round_: int) -> set[str]:
+    with LedgerStore(out / "state" / "leader" / "ledger.db") as store:
+        return {m for ms in store.block(round_).header.extra["members"] for m in ms}
+
+
+def test_missing_facility_is_left_out_until_it_registers_again(federation: Fed) -> None:
+    """A facility that is gone (killed, not restarted) is scheduled for three more rounds, then left out,
+    so the others stop waiting for it; once it is back and registers it takes part again."""
+    fed, procs, out = federation
+    address = procs["leader"].info["address"]
+    name = "facility-06"
+    _kill(procs[name])
+    deadline = time.monotonic() + 240
+    while name not in _inactive(fed, procs):
+        assert time.monotonic() < deadline, f"{name} was still scheduled after 240 s"
+        time.sleep(0.5)
+    now = _committed(procs)
+    wait_for_round(address, now + 2, limit_s=240)
+    assert name not in _members(out, now + 2)
+    p = fed.start("facility", name, {"HFL_SHARD": "5/6"})
+    fed.wait_ready([p], label=name)
+    procs[name] = p
+    assert name not in _inactive(fed, procs)
+    target = _committed(procs) + 2
+    wait_for_round(address, target, limit_s=240)
+    assert name in _members(out, target)
+    assert "missed 3 rounds in a row" in procs["authority"].log_file.read_text()
 
 
 def test_f_validators_down_commits_go_on_f_plus_one_waits(federation: Fed) -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hfl.proto.v1 import common_pb2 as hfl_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hfl/v1/authority.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"9\n\x16ReleaseFacilityRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\".\n\x17ReleaseFacilityResponse\x12\x13\n\x0bquarantined\x18\x01 \x03(\t\"D\n\x0fRegisterRequest\x12\x1e\n\x04node\x18\x01 \x01(\x0b\x32\x10.hfl.v1.NodeInfo\x12\x11\n\tpow_nonce\x18\x02 \x01(\x04\"C\n\x10RegisterResponse\x12\x1c\n\x14\x61uthority_public_key\x18\x01 \x01(\x0c\x12\x11\n\tspecialty\x18\x02 \x01(\t\"L\n\x15GetRoundConfigRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0bledger_head\x18\x03 \x01(\x0c\"j\n\x16GetRoundConfigResponse\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12+\n\x0e\x62ucket_configs\x18\x02 \x03(\x0b\x32\x13.hfl.v1.RoundConfig\"\x89\x01\n\x12ReportRoundRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x12\n\nblock_hash\x18\x03 \x01(\x0c\x12\x17\n\x0f\x66lagged_buckets\x18\x04 \x03(\t\x12\x13\n\x0breport_json\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\"`\n\x13ReportRoundResponse\x12\x13\n\x0bquarantined\x18\x01 \x03(\t\x12\x19\n\x11max_epsilon_spent\x18\x02 \x01(\x01\x12\x19\n\x11has_privacy_spend\x18\x03 \x01(\x08\"\x12\n\x10ListNodesRequest\"\x7f\n\x11ListNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.hfl.v1.NodeInfo\x12\x1c\n\x14\x61uthority_public_key\x18\x02 \x01(\x0c\x12\x13\n\x0bquarantined\x18\x03 \x03(\t\x12\x16\n\x0epow_difficulty\x18\x04 \x01(\r\"N\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\x0c\"E\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"3\n\x18RenewCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"\x17\n\x15GetRevocationsRequest\")\n\x16GetRevocationsResponse\x12\x0f\n\x07\x63rl_pem\x18\x01 \x01(\x0c\"\xc2\x01\n\x0cPrivacySpend\x12\x13\n\x0b\x66\x61\x63ility_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x15\n\repsilon_total\x18\x05 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x06 \x01(\x01\x12\r\n\x05steps\x18\x07 \x01(\x04\x12\x11\n\texhausted\x18\x08 \x01(\x08\x12\x14\n\x0c\x64\x65tails_json\x18\t \x01(\t\x12\x11\n\tsignature\x18\n \x01(\x0c\"@\n\x19ReportPrivacySpendRequest\x12#\n\x05spend\x18\x01 \x01(\x0b\x32\x14.hfl.v1.PrivacySpend\"F\n\x1aReportPrivacySpendResponse\x12\x15\n\repsilon_spent\x18\x01 \x01(\x01\x12\x11\n\texhausted\x18\x02 \x01(\x08\"\x18\n\x16GetPrivacySpendRequest\"\xab\x01\n\x17GetPrivacySpendResponse\x12H\n\repsilon_spent\x18\x01 \x03(\x0b\x32\x31.hfl.v1.GetPrivacySpendResponse.EpsilonSpentEntry\x12\x11\n\texhausted\x18\x02 \x03(\t\x1a\x33\n\x11\x45psilonSpentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x92\x06\n\x10\x41uthorityService\x12=\n\x08Register\x12\x17.hfl.v1.RegisterRequest\x1a\x18.hfl.v1.RegisterResponse\x12O\n\x0eGetRoundConfig\x12\x1d.hfl.v1.GetRoundConfigRequest\x1a\x1e.hfl.v1.GetRoundConfigResponse\x12\x46\n\x0bReportRound\x12\x1a.hfl.v1.ReportRoundRequest\x1a\x1b.hfl.v1.ReportRoundResponse\x12@\n\tListNodes\x12\x18.hfl.v1.ListNodesRequest\x1a\x19.hfl.v1.ListNodesResponse\x12[\n\x12ReportPrivacySpend\x12!.hfl.v1.ReportPrivacySpendRequest\x1a\".hfl.v1.ReportPrivacySpendResponse\x12R\n\x0fGetPrivacySpend\x12\x1e.hfl.v1.GetPrivacySpendRequest\x1a\x1f.hfl.v1.GetPrivacySpendResponse\x12\x37\n\x06\x45nroll\x12\x15.hfl.v1.EnrollRequest\x1a\x16.hfl.v1.EnrollResponse\x12U\n\x10RenewCertificate\x12\x1f.hfl.v1.RenewCertificateRequest\x1a .hfl.v1.RenewCertificateResponse\x12O\n\x0eGetRevocations\x12\x1d.hfl.v1.GetRevocationsRequest\x1a\x1e.hfl.v1.GetRevocationsResponse\x12R\n\x0fReleaseFacility\x12\x1e.hfl.v1.ReleaseFacilityRequest\x1a\x1f.hfl.v1.ReleaseFacilityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hfl/v1/authority.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"9\n\x16ReleaseFacilityRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\".\n\x17ReleaseFacilityResponse\x12\x13\n\x0bquarantined\x18\x01 \x03(\t\"D\n\x0fRegisterRequest\x12\x1e\n\x04node\x18\x01 \x01(\x0b\x32\x10.hfl.v1.NodeInfo\x12\x11\n\tpow_nonce\x18\x02 \x01(\x04\"C\n\x10RegisterResponse\x12\x1c\n\x14\x61uthority_public_key\x18\x01 \x01(\x0c\x12\x11\n\tspecialty\x18\x02 \x01(\t\"L\n\x15GetRoundConfigRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x13\n\x0bledger_head\x18\x03 \x01(\x0c\"j\n\x16GetRoundConfigResponse\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12+\n\x0e\x62ucket_configs\x18\x02 \x03(\x0b\x32\x13.hfl.v1.RoundConfig\"\x89\x01\n\x12ReportRoundRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x12\n\nblock_hash\x18\x03 \x01(\x0c\x12\x17\n\x0f\x66lagged_buckets\x18\x04 \x03(\t\x12\x13\n\x0breport_json\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\"`\n\x13ReportRoundResponse\x12\x13\n\x0bquarantined\x18\x01 \x03(\t\x12\x19\n\x11max_epsilon_spent\x18\x02 \x01(\x01\x12\x19\n\x11has_privacy_spend\x18\x03 \x01(\x08\"\x12\n\x10ListNodesRequest\"\x91\x01\n\x11ListNodesResponse\x12\x1f\n\x05nodes\x18\x01 \x03(\x0b\x32\x10.hfl.v1.NodeInfo\x12\x1c\n\x14\x61uthority_public_key\x18\x02 \x01(\x0c\x12\x13\n\x0bquarantined\x18\x03 \x03(\t\x12\x16\n\x0epow_difficulty\x18\x04 \x01(\r\x12\x10\n\x08inactive\x18\x05 \x03(\t\"N\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\x0c\"E\n\x0e\x45nrollResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x02 \x01(\x0c\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"3\n\x18RenewCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"\x17\n\x15GetRevocationsRequest\")\n\x16GetRevocationsResponse\x12\x0f\n\x07\x63rl_pem\x18\x01 \x01(\x0c\"\xc2\x01\n\x0cPrivacySpend\x12\x13\n\x0b\x66\x61\x63ility_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x15\n\repsilon_total\x18\x05 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x06 \x01(\x01\x12\r\n\x05steps\x18\x07 \x01(\x04\x12\x11\n\texhausted\x18\x08 \x01(\x08\x12\x14\n\x0c\x64\x65tails_json\x18\t \x01(\t\x12\x11\n\tsignature\x18\n \x01(\x0c\"@\n\x19ReportPrivacySpendRequest\x12#\n\x05spend\x18\x01 \x01(\x0b\x32\x14.hfl.v1.PrivacySpend\"F\n\x1aReportPrivacySpendResponse\x12\x15\n\repsilon_spent\x18\x01 \x01(\x01\x12\x11\n\texhausted\x18\x02 \x01(\x08\"\x18\n\x16GetPrivacySpendRequest\"\xab\x01\n\x17GetPrivacySpendResponse\x12H\n\repsilon_spent\x18\x01 \x03(\x0b\x32\x31.hfl.v1.GetPrivacySpendResponse.EpsilonSpentEntry\x12\x11\n\texhausted\x18\x02 \x03(\t\x1a\x33\n\x11\x45psilonSpentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x92\x06\n\x10\x41uthorityService\x12=\n\x08Register\x12\x17.hfl.v1.RegisterRequest\x1a\x18.hfl.v1.RegisterResponse\x12O\n\x0eGetRoundConfig\x12\x1d.hfl.v1.GetRoundConfigRequest\x1a\x1e.hfl.v1.GetRoundConfigResponse\x12\x46\n\x0bReportRound\x12\x1a.hfl.v1.ReportRoundRequest\x1a\x1b.hfl.v1.ReportRoundResponse\x12@\n\tListNodes\x12\x18.hfl.v1.ListNodesRequest\x1a\x19.hfl.v1.ListNodesResponse\x12[\n\x12ReportPrivacySpend\x12!.hfl.v1.ReportPrivacySpendRequest\x1a\".hfl.v1.ReportPrivacySpendResponse\x12R\n\x0fGetPrivacySpend\x12\x1e.hfl.v1.GetPrivacySpendRequest\x1a\x1f.hfl.v1.GetPrivacySpendResponse\x12\x37\n\x06\x45nroll\x12\x15.hfl.v1.EnrollRequest\x1a\x16.hfl.v1.EnrollResponse\x12U\n\x10RenewCertificate\x12\x1f.hfl.v1.RenewCertificateRequest\x1a .hfl.v1.RenewCertificateResponse\x12O\n\x0eGetRevocations\x12\x1d.hfl.v1.GetRevocationsRequest\x1a\x1e.hfl.v1.GetRevocationsResponse\x12R\n\x0fReleaseFacility\x12\x1e.hfl.v1.ReleaseFacilityRequest\x1a\x1f.hfl.v1.ReleaseFacilityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,32 +52,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTROUNDRESPONSE']._serialized_end=723
   _globals['_LISTNODESREQUEST']._serialized_start=725
   _globals['_LISTNODESREQUEST']._serialized_end=743
-  _globals['_LISTNODESRESPONSE']._serialized_start=745
-  _globals['_LISTNODESRESPONSE']._serialized_end=872
-  _globals['_ENROLLREQUEST']._serialized_start=874
-  _globals['_ENROLLREQUEST']._serialized_end=952
-  _globals['_ENROLLRESPONSE']._serialized_start=954
-  _globals['_ENROLLRESPONSE']._serialized_end=1023
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=1025
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=1067
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=1069
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=1120
-  _globals['_GETREVOCATIONSREQUEST']._serialized_start=1122
-  _globals['_GETREVOCATIONSREQUEST']._serialized_end=1145
-  _globals['_GETREVOCATIONSRESPONSE']._serialized_start=1147
-  _globals['_GETREVOCATIONSRESPONSE']._serialized_end=1188
-  _globals['_PRIVACYSPEND']._serialized_start=1191
-  _globals['_PRIVACYSPEND']._serialized_end=1385
-  _globals['_REPORTPRIVACYSPENDREQUEST']._serialized_start=1387
-  _globals['_REPORTPRIVACYSPENDREQUEST']._serialized_end=1451
-  _globals['_REPORTPRIVACYSPENDRESPONSE']._serialized_start=1453
-  _globals['_REPORTPRIVACYSPENDRESPONSE']._serialized_end=1523
-  _globals['_GETPRIVACYSPENDREQUEST']._serialized_start=1525
-  _globals['_GETPRIVACYSPENDREQUEST']._serialized_end=1549
-  _globals['_GETPRIVACYSPENDRESPONSE']._serialized_start=1552
-  _globals['_GETPRIVACYSPENDRESPONSE']._serialized_end=1723
-  _globals['_GETPRIVACYSPENDRESPONSE_EPSILONSPENTENTRY']._serialized_start=1672
-  _globals['_GETPRIVACYSPENDRESPONSE_EPSILONSPENTENTRY']._serialized_end=1723
-  _globals['_AUTHORITYSERVICE']._serialized_start=1726
-  _globals['_AUTHORITYSERVICE']._serialized_end=2512
+  _globals['_LISTNODESRESPONSE']._serialized_start=746
+  _globals['_LISTNODESRESPONSE']._serialized_end=891
+  _globals['_ENROLLREQUEST']._serialized_start=893
+  _globals['_ENROLLREQUEST']._serialized_end=971
+  _globals['_ENROLLRESPONSE']._serialized_start=973
+  _globals['_ENROLLRESPONSE']._serialized_end=1042
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=1044
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=1086
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=1088
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=1139
+  _globals['_GETREVOCATIONSREQUEST']._serialized_start=1141
+  _globals['_GETREVOCATIONSREQUEST']._serialized_end=1164
+  _globals['_GETREVOCATIONSRESPONSE']._serialized_start=1166
+  _globals['_GETREVOCATIONSRESPONSE']._serialized_end=1207
+  _globals['_PRIVACYSPEND']._serialized_start=1210
+  _globals['_PRIVACYSPEND']._serialized_end=1404
+  _globals['_REPORTPRIVACYSPENDREQUEST']._serialized_start=1406
+  _globals['_REPORTPRIVACYSPENDREQUEST']._serialized_end=1470
+  _globals['_REPORTPRIVACYSPENDRESPONSE']._serialized_start=1472
+  _globals['_REPORTPRIVACYSPENDRESPONSE']._serialized_end=1542
+  _globals['_GETPRIVACYSPENDREQUEST']._serialized_start=1544
+  _globals['_GETPRIVACYSPENDREQUEST']._serialized_end=1568
+  _globals['_GETPRIVACYSPENDRESPONSE']._serialized_start=1571
+  _globals['_GETPRIVACYSPENDRESPONSE']._serialized_end=1742
+  _globals['_GETPRIVACYSPENDRESPONSE_EPSILONSPENTENTRY']._serialized_start=1691
+  _globals['_GETPRIVACYSPENDRESPONSE_EPSILONSPENTENTRY']._serialized_end=1742
+  _globals['_AUTHORITYSERVICE']._serialized_start=1745
+  _globals['_AUTHORITYSERVICE']._serialized_end=2531
 # @@protoc_insertion_point(module_scope)

@@ -247,6 +247,7 @@ class ListNodesResponse(_message.Message):
     AUTHORITY_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     QUARANTINED_FIELD_NUMBER: _builtins.int
     POW_DIFFICULTY_FIELD_NUMBER: _builtins.int
+    INACTIVE_FIELD_NUMBER: _builtins.int
     authority_public_key: _builtins.bytes
     pow_difficulty: _builtins.int
     """Leading zero bits a validator's registration proof of work must have."""
@@ -254,6 +255,10 @@ class ListNodesResponse(_message.Message):
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NodeInfo]: ...
     @_builtins.property
     def quarantined(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def inactive(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Facilities left out of the schedule after missing rounds in a row, until they register again."""
+
     def __init__(
         self,
         *,
@@ -261,10 +266,11 @@ class ListNodesResponse(_message.Message):
         authority_public_key: _builtins.bytes = ...,
         quarantined: _abc.Iterable[_builtins.str] | None = ...,
         pow_difficulty: _builtins.int = ...,
+        inactive: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority_public_key", b"authority_public_key", "nodes", b"nodes", "pow_difficulty", b"pow_difficulty", "quarantined", b"quarantined"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority_public_key", b"authority_public_key", "inactive", b"inactive", "nodes", b"nodes", "pow_difficulty", b"pow_difficulty", "quarantined", b"quarantined"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

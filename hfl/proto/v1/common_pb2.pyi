@@ -333,6 +333,7 @@ class BucketResult(_message.Message):
     ABANDONED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REFUSED_FIELD_NUMBER: _builtins.int
+    UNREACHABLE_FIELD_NUMBER: _builtins.int
     bucket_id: _builtins.str
     fog_id: _builtins.str
     count: _builtins.int
@@ -348,6 +349,12 @@ class BucketResult(_message.Message):
     def refused(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Members whose update the fog refused as malformed (non-finite, wrong size): direct evidence."""
 
+    @_builtins.property
+    def unreachable(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Members that did not answer the round's first call at all (down, cut off, scaled away): the
+        authority stops scheduling a facility after several such rounds in a row.
+        """
+
     def __init__(
         self,
         *,
@@ -360,10 +367,11 @@ class BucketResult(_message.Message):
         abandoned: _builtins.bool = ...,
         reason: _builtins.str = ...,
         refused: _abc.Iterable[_builtins.str] | None = ...,
+        unreachable: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned", b"abandoned", "bucket_id", b"bucket_id", "count", b"count", "dropped", b"dropped", "fog_id", b"fog_id", "members", b"members", "reason", b"reason", "refused", b"refused", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned", b"abandoned", "bucket_id", b"bucket_id", "count", b"count", "dropped", b"dropped", "fog_id", b"fog_id", "members", b"members", "reason", b"reason", "refused", b"refused", "total", b"total", "unreachable", b"unreachable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
