@@ -88,8 +88,9 @@ def select_committee(
 class Attendance:
     """Facilities that keep missing their rounds stop being scheduled (sans-I/O; JSON state).
 
-    A scheduled facility whose update never reached its fog (no answer, a crash, a container that was
-    scaled away) is *absent* that round; one that took part is present and its count starts again.
+    A scheduled facility that did not answer its fog's first call of the round at all (it is down, cut
+    off, or a container that was scaled away) is *absent* that round; one that answered is present and
+    its count starts again (a facility that answered and then dropped out or refused is not absent).
     After ``limit`` absences in a row it becomes *inactive*: the authority leaves it out of the schedule,
     so the other facilities stop waiting a whole round timeout for it, until it registers again (a
     restarted facility always does; a running one re-registers when no fog has called on it for a while).
