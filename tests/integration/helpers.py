@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from hfl.crypto import x509
-from hfl.demo import Federation, Proc
+from hfl.demo import Federation, Proc, start_facilities
 from hfl.domain import SPECIALTIES
 from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
 from hfl.rpc.pki import NodeTls, sync_channel
@@ -24,13 +24,29 @@ def start_federation(
     validators: int = 4,
     rounds: int = 2,
     dataset: str = "synthetic",
+    seed: int = 1,
+    n_patients: int = 300,
+    bucket_size: int = 3,
+    committee_size: int | None = None,
+    min_facilities: int | None = None,
+    per_process: int = 1,
     extra_env: dict[str, str] | None = None,
+    authority_env: dict[str, str] | None = None,
     facility_env: Callable[[int], dict[str, str]] | None = None,
     validator_env: Callable[[int], dict[str, str]] | None = None,
+    fog_env: Callable[[int], dict[str, str]] | None = None,
     leader_env: dict[str, str] | None = None,
 ) -> tuple[Federation, dict[str, Proc]]:
-    """Start a whole federation; if any part fails to start, stop what was started and re-raise."""
-    common = {"HFL_SEED": "1", "HFL_DATASET": dataset, "HFL_N_PATIENTS": "300", **(extra_env or {})}
+    """Start a whole federation; if any part fails to start, stop what was started and re-raise.
+
+    ``committee_size`` and ``min_facilities`` default to all validators and all facilities;
+    ``per_process`` > 1 hosts that many facilities per OS process (`hfl serve facilities`)."""
+    common = {
+        "HFL_SEED": str(seed),
+        "HFL_DATASET": dataset,
+        "HFL_N_PATIENTS": str(n_patients),
+        **(extra_env or {}),
+    }
     fed = Federation(out, common)
     procs: dict[str, Proc] = {}
     try:
@@ -38,33 +54,28 @@ def start_federation(
             "authority",
             "authority",
             {
-                "HFL_COMMITTEE_SIZE": str(validators),
-                "HFL_BUCKET_SIZE": "3",
-                "HFL_MIN_FACILITIES": str(facilities),
+                "HFL_COMMITTEE_SIZE": str(committee_size or validators),
+                "HFL_BUCKET_SIZE": str(bucket_size),
+                "HFL_MIN_FACILITIES": str(min_facilities or facilities),
+                **(authority_env or {}),
             },
         )
         fed.wait_ready([auth], label="authority")
         procs["authority"] = auth
         common["HFL_AUTHORITY"] = auth.info["address"]
-        workers = []
-        for i in range(validators):
-            p = fed.start("validator", f"validator-{i + 1}", (validator_env or (lambda _: {}))(i))
-            procs[p.node_id] = p
-            workers.append(p)
-        for i in range(fogs):
-            p = fed.start("fog", f"fog-{i + 1}")
-            procs[p.node_id] = p
-            workers.append(p)
+        workers = [
+            fed.start("validator", f"validator-{i + 1}", (validator_env or (lambda _: {}))(i))
+            for i in range(validators)
+        ]
+        workers += [fed.start("fog", f"fog-{i + 1}", (fog_env or (lambda _: {}))(i)) for i in range(fogs)]
+        members = []
         for i in range(facilities):
-            env = {
-                "HFL_SHARD": f"{i}/{facilities}",
-                "HFL_SPECIALTY": SPECIALTIES[i % 4],
-            }
+            env = {"HFL_SHARD": f"{i}/{facilities}", "HFL_SPECIALTY": SPECIALTIES[i % 4]}
             env.update((facility_env or (lambda _: {}))(i))
-            p = fed.start("facility", f"facility-{i + 1:02d}", env)
-            procs[p.node_id] = p
-            workers.append(p)
+            members.append((f"facility-{i + 1:02d}", env))
+        workers += start_facilities(fed, members, per_process)
         fed.wait_ready(workers)
+        procs.update((p.node_id, p) for p in workers)
         procs["leader"] = start_leader(fed, rounds, leader_env)
     except BaseException:
         fed.stop_all()

@@ -12,13 +12,12 @@ import grpc
 import pytest
 
 from hfl.demo import Federation, Proc
-from hfl.domain import SPECIALTIES
 from hfl.ledger import LedgerStore
 from hfl.privacy import compute_epsilon
 from hfl.privacy.federation import plan_dp
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
 from hfl.rpc.pki import sync_channel
-from tests.integration.helpers import client_tls, start_leader, wait_for_round
+from tests.integration.helpers import client_tls, start_federation, wait_for_round
 
 pytestmark = pytest.mark.integration
 
@@ -46,29 +45,19 @@ def federation(
     one, two = plan.epsilon_after_rounds(1), plan.epsilon_after_rounds(2)
     budgets = {ONE_ROUND: plan.release_epsilon + (one + two) / 2, NO_ROUND: plan.release_epsilon + one / 2}
     out = tmp_path_factory.mktemp("dpfed")
-    fed = Federation(
-        out, {"HFL_SEED": "1", "HFL_DATASET": "synthetic", "HFL_N_PATIENTS": "300", "HFL_LOG_LEVEL": "INFO"}
+    nodes = [f"facility-{i + 1:02d}" for i in range(5)]
+    fed, procs = start_federation(
+        out,
+        facilities=5,
+        fogs=1,
+        validators=4,
+        rounds=ROUNDS,
+        min_facilities=3,
+        authority_env=DP_ENV,
+        facility_env=lambda i: {"HFL_DP_BUDGET": repr(budgets[nodes[i]])} if nodes[i] in budgets else {},
+        leader_env={"HFL_SECAGG": "false", **DP_ENV},
     )
-    procs: dict[str, Proc] = {}
     try:
-        procs["authority"] = auth = fed.start("authority", "authority", authority_env())
-        fed.wait_ready([auth], label="authority")
-        fed.common_env["HFL_AUTHORITY"] = auth.info["address"]
-        workers = [fed.start("validator", f"validator-{i + 1}") for i in range(4)]
-        workers.append(fed.start("fog", "fog-1"))
-        for i in range(5):
-            node = f"facility-{i + 1:02d}"
-            env = {
-                "HFL_SHARD": f"{i}/5",
-                "HFL_SPECIALTY": SPECIALTIES[i % 4],
-            }
-            if node in budgets:
-                env["HFL_DP_BUDGET"] = repr(budgets[node])
-            workers.append(fed.start("facility", node, env))
-        fed.wait_ready(workers)
-        for p in workers:
-            procs[p.node_id] = p
-        procs["leader"] = start_leader(fed, ROUNDS, {"HFL_SECAGG": "false", **DP_ENV})
         wait_for_round(procs["leader"].info["address"], ROUNDS, limit_s=300)
         yield fed, procs, out
     finally:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from hfl.demo import Federation, Proc, start_facilities
+from hfl.demo import Federation, Proc
 from hfl.ledger import LedgerStore, verify_ledger
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc.pki import sync_channel
-from tests.integration.helpers import start_leader, wait_for_round
+from tests.integration.helpers import start_federation, wait_for_round
 
 pytestmark = pytest.mark.integration
 
@@ -26,21 +26,10 @@ N = 6
 @pytest.fixture(scope="module")
 def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation, dict[str, Proc], Path]]:
     out = tmp_path_factory.mktemp("hosted")
-    fed = Federation(out, {"HFL_SEED": "1", "HFL_DATASET": "synthetic", "HFL_N_PATIENTS": "200"})
+    fed, procs = start_federation(
+        out, facilities=N, fogs=1, validators=1, rounds=2, n_patients=200, per_process=3
+    )  # 2 processes of 3 facilities
     try:
-        auth = fed.start(
-            "authority",
-            "authority",
-            {"HFL_COMMITTEE_SIZE": "1", "HFL_BUCKET_SIZE": "3", "HFL_MIN_FACILITIES": str(N)},
-        )
-        fed.wait_ready([auth], label="authority")
-        fed.common_env["HFL_AUTHORITY"] = auth.info["address"]
-        workers = [fed.start("validator", "validator-1"), fed.start("fog", "fog-1")]
-        members = [(f"facility-{i + 1:02d}", {"HFL_SHARD": f"{i}/{N}"}) for i in range(N)]
-        workers += start_facilities(fed, members, per_process=3)  # 2 processes of 3 facilities
-        fed.wait_ready(workers)
-        procs = {p.node_id: p for p in fed.procs}
-        procs["leader"] = start_leader(fed, rounds=2)
         yield fed, procs, out
     finally:
         fed.stop_all()

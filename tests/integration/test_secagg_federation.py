@@ -26,7 +26,7 @@ from hfl.learning.models import make_model
 from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN, TrainConfig, clip_update, train_local
 from hfl.ledger import LedgerStore, verify_ledger
 from hfl.secagg import QuantConfig
-from tests.integration.helpers import start_leader, wait_for_round
+from tests.integration.helpers import start_federation, wait_for_round
 
 pytestmark = pytest.mark.integration
 
@@ -40,35 +40,19 @@ def federation(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Federation, dict[str, Proc], Path]]:
     out = tmp_path_factory.mktemp("secagg")
-    fed = Federation(
+    fed, procs = start_federation(
         out,
-        {"HFL_SEED": str(SEED), "HFL_DATASET": "synthetic", "HFL_N_PATIENTS": "300", "HFL_SECAGG": "true"},
+        facilities=N_FAC,
+        fogs=2,
+        validators=1,
+        rounds=ROUNDS,
+        seed=SEED,
+        bucket_size=4,
+        extra_env={"HFL_SECAGG": "true"},
+        fog_env=lambda i: {"HFL_BYZANTINE": "swap_keys"} if i == 1 else {},  # fog-2 is faulty
+        leader_env={"HFL_SECAGG": "true", "HFL_ROUND_TIMEOUT": "15"},
     )
-    procs: dict[str, Proc] = {}
     try:
-        auth = fed.start(
-            "authority",
-            "authority",
-            {"HFL_COMMITTEE_SIZE": "1", "HFL_BUCKET_SIZE": "4", "HFL_MIN_FACILITIES": str(N_FAC)},
-        )
-        fed.wait_ready([auth], label="authority")
-        fed.common_env["HFL_AUTHORITY"] = auth.info["address"]
-        workers = [
-            fed.start("validator", "validator-1"),
-            fed.start("fog", "fog-1"),
-            fed.start("fog", "fog-2", {"HFL_BYZANTINE": "swap_keys"}),
-        ]
-        for i in range(N_FAC):
-            workers.append(
-                fed.start(
-                    "facility",
-                    f"facility-{i + 1:02d}",
-                    {"HFL_SHARD": f"{i}/{N_FAC}", "HFL_SPECIALTY": SPECIALTIES[i % 4]},
-                )
-            )
-        fed.wait_ready(workers)
-        procs = {p.node_id: p for p in [auth, *workers]}
-        procs["leader"] = start_leader(fed, ROUNDS, {"HFL_SECAGG": "true", "HFL_ROUND_TIMEOUT": "15"})
         yield fed, procs, out
     finally:
         fed.stop_all()
