@@ -8,16 +8,6 @@ from typing import Any
 
 from hfl.errors import ConfigError
 
-SUMMARY_KEYS = (
-    "mechanism",
-    "accountant",
-    "noise_multiplier",
-    "sampling_rate",
-    "steps_per_round",
-    "delta",
-    "epsilon_budget",
-)
-
 
 def add_dp_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("differential privacy (off unless --dp-epsilon is given)")
@@ -97,14 +87,8 @@ def dp_env(args: argparse.Namespace) -> dict[str, str]:
 
 def dp_summary(leader_info: dict[str, Any]) -> dict[str, Any] | None:
     """The summary.json `dp` object from the plan the leader calibrated (None without DP)."""
-    plan = leader_info.get("dp")
-    if not isinstance(plan, dict):
-        return None
-    return {k: plan.get(k) for k in SUMMARY_KEYS} | {
-        "release_epsilon": plan.get("release_epsilon"),
-        "rounds": plan.get("rounds"),
-        "clip": plan.get("clip"),
-    }
+    plan = leader_info.get("dp")  # DPPlan.to_dict(), as the leader announced it
+    return dict(plan) if isinstance(plan, dict) else None
 
 
 def dp_banner(summary: dict[str, Any] | None) -> str:

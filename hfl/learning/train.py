@@ -95,7 +95,7 @@ def train_local(
                     w -= cfg.lr * model.grad(w, data.X[idx], data.y[idx])
                     _check_finite(w)
         else:
-            _train_private(model, w, data, cfg, rng, privatizer, steps_for(n, cfg))
+            _train_private(model, w, data, cfg.lr, rng, privatizer, steps_for(n, cfg))
     return w
 
 
@@ -120,21 +120,20 @@ def train_local_private_steps(
     model: Model,
     params: np.ndarray,
     data: Dataset,
-    cfg: TrainConfig,
+    lr: float,
     rng: np.random.Generator,
     privatizer: GradientPrivatizer,
     steps: int,
 ) -> np.ndarray:
-    """Like ``train_local`` with a privatizer, but exactly ``steps`` steps whatever the data size.
-
-    Differential privacy needs the same number of (Poisson-sampled) steps at every facility so that all
-    of them spend the same ε per round; ``cfg.epochs`` and ``cfg.batch_size`` are ignored.
+    """Like ``train_local`` with a privatizer, but exactly ``steps`` steps of size ``lr`` whatever the
+    data size: differential privacy needs the same number of (Poisson-sampled) steps at every facility
+    so that all of them spend the same ε per round.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"the number of private training steps must be a positive integer, got {steps!r}")
     w = _start(model, params, data, rng)
     with np.errstate(over="ignore", invalid="ignore"):
-        _train_private(model, w, data, cfg, rng, privatizer, steps)
+        _train_private(model, w, data, lr, rng, privatizer, steps)
     return w
 
 
@@ -142,7 +141,7 @@ def _train_private(
     model: Model,
     w: np.ndarray,
     data: Dataset,
-    cfg: TrainConfig,
+    lr: float,
     rng: np.random.Generator,
     privatizer: GradientPrivatizer,
     steps: int,
@@ -157,7 +156,7 @@ def _train_private(
         g = np.asarray(privatizer.noisy_mean_gradient(peg, n, rng), dtype=np.float64)
         if g.shape != w.shape:
             raise TrainingError(f"the privatizer returned a gradient of shape {g.shape}, expected {w.shape}")
-        w -= cfg.lr * g
+        w -= lr * g
         _check_finite(w)
 
 

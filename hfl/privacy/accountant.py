@@ -13,6 +13,7 @@ worst case among vectors of equal L1 norm (checked numerically), so the bound is
 
 from __future__ import annotations
 
+import logging
 import math
 
 import dp_accounting
@@ -20,6 +21,8 @@ from dp_accounting import pld, rdp
 
 from hfl.privacy.budget import BudgetExceeded
 from hfl.privacy.dpsgd import DPConfig, check_supported
+
+logging.getLogger("absl").setLevel(logging.ERROR)  # dp_accounting's numerical chatter, for every user
 
 DEFAULT_PLD_DISCRETIZATION = 1e-4
 

@@ -26,10 +26,10 @@ import numpy as np
 
 from hfl.learning.data import Dataset
 from hfl.learning.models import Model
-from hfl.learning.train import TrainConfig, clip_update, train_local_private_steps
+from hfl.learning.train import clip_update, train_local_private_steps
 from hfl.privacy.accountant import PrivacyAccountant
 from hfl.privacy.calibrate import calibrate_noise_multiplier, describe
-from hfl.privacy.dpsgd import ACCOUNTANTS, MECHANISMS, DPConfig, check_supported
+from hfl.privacy.dpsgd import ACCOUNTANTS, DPSGD, MECHANISMS, DPConfig, check_supported
 
 __all__ = [
     "DEFAULT_CLIP",
@@ -244,10 +244,7 @@ def dp_local_update(
     ``rng`` drives both the Poisson sampling and the noise; in a real facility it must come from
     :func:`hfl.privacy.secure_generator`. The update clip is post-processing (no extra privacy cost).
     """
-    from hfl.privacy.dpsgd import DPSGD
-
-    cfg = TrainConfig(lr=lr, epochs=1, batch_size=1)  # epochs and batch size are unused on the DP path
     new = train_local_private_steps(
-        model, params, data, cfg, rng, DPSGD(plan.dp_config()), plan.steps_per_round
+        model, params, data, lr, rng, DPSGD(plan.dp_config()), plan.steps_per_round
     )
     return clip_update(new - params, max_update_norm)

@@ -9,11 +9,11 @@ from typing import Any
 
 from hfl.crypto.signing import SigningKey, verify
 from hfl.hashing import hash_json
+from hfl.privacy.budget import KINDS
 
 __all__ = ["SPEND_DOMAIN", "SpendReport"]
 
 SPEND_DOMAIN = b"hfl/privacy-spend/v1"
-KINDS = ("training", "release")
 
 
 @dataclass(frozen=True)

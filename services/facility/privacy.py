@@ -22,7 +22,6 @@ import concurrent.futures
 import json
 import logging
 import math
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +34,17 @@ from hfl.crypto.signing import SigningKey
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed
 from hfl.learning.data import Dataset
 from hfl.privacy import PrivacyAccountant, laplace_release, secure_generator
-from hfl.privacy.federation import DPPlan
+from hfl.privacy.budget import BudgetExceeded
+from hfl.privacy.federation import DPPlan, dp_local_update
 from hfl.privacy.report import SpendReport
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.metrics import EPSILON_SPENT, PRIVACY_EXHAUSTED, RELEASED_POSITIVE_FRACTION, RELEASED_SAMPLES
+from hfl.rpc.pki import write_secret
 from hfl.rpc.server import Channels
 
 log = logging.getLogger("hfl.facility")
-logging.getLogger("absl").setLevel(logging.ERROR)  # dp_accounting's numerical chatter
 
 STATE_FILE = "privacy.json"
 
@@ -75,18 +75,7 @@ def dp_plan_of(extra: dict[str, Any]) -> DPPlan | None:
 
 
 def _write_json(path: Path, value: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_secret(path, json.dumps(value, indent=1, sort_keys=True).encode())
 
 
 class FacilityPrivacy:
@@ -175,14 +164,15 @@ class FacilityPrivacy:
                     f"(ε={plan.release_epsilon:g})"
                 )
             acct = self._accountant(plan)
-            projected = acct.epsilon_after(plan.steps_per_round)
-            if projected > budget:
+            try:
+                projected = acct.ensure_within_budget(plan.steps_per_round)
+            except BudgetExceeded as e:
                 raise PrivacyDeclined(
                     f"declining round {round_}: its {plan.steps_per_round} training steps would bring this "
-                    f"facility's privacy loss to ε={projected + plan.release_epsilon:.3f}, above its budget "
-                    f"ε={budget + plan.release_epsilon:.3f} (δ={plan.delta:g}); already spent "
+                    f"facility's privacy loss to ε={(e.projected or 0.0) + plan.release_epsilon:.3f}, above "
+                    f"its budget ε={budget + plan.release_epsilon:.3f} (δ={plan.delta:g}); already spent "
                     f"ε={acct.epsilon() + self.release_epsilon:.3f}"
-                )
+                ) from None
             return Admission(plan, round_, attempt, projected)
 
     def release_statistics(self, plan: DPPlan, data: Dataset, round_: int) -> SpendReport | None:
@@ -238,7 +228,7 @@ class FacilityPrivacy:
                 {"round": adm.round, "attempt": adm.attempt, "steps": plan.steps_per_round, "epsilon": eps}
             )
             _write_json(self.path, self.state)
-            exhausted = acct.epsilon_after(plan.steps_per_round) > self.budget(plan)
+            exhausted = acct.would_exceed(plan.steps_per_round)
             self._publish(exhausted)
             return SpendReport(
                 self.node_id,
@@ -350,7 +340,6 @@ class PrivacyGate:
                 "the plan asks for differential privacy but this round was not admitted against "
                 "the privacy budget; refusing to train"
             )
-        from hfl.privacy.federation import dp_local_update
 
         delta = dp_local_update(
             model,

@@ -23,7 +23,6 @@ from hfl.privacy.federation import (
 from hfl.rpc.settings import Settings
 
 log = logging.getLogger("hfl.leader")
-logging.getLogger("absl").setLevel(logging.ERROR)  # dp_accounting's numerical chatter
 
 
 def dp_plan_from_settings(settings: Settings) -> DPPlan | None:
