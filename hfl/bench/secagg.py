@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from hfl.crypto import prg
 from hfl.secagg import QuantConfig
 
 WORKER = "hfl.bench.secagg_worker"
@@ -241,12 +242,6 @@ class Bench:
         return {"secure": secure, "plain": plain}
 
 
-def keystream_gbps() -> float:
-    from hfl.crypto import prg
-
-    return prg.keystream_throughput_gbps()
-
-
 def run_bench(
     n: int,
     d: int,
@@ -303,7 +298,7 @@ def run_bench(
         "plain_max_abs_error": max(r["max_abs_error"] for r in pla),
         "dropouts_median": med(sec, "dropouts"),
         "abandoned_buckets_total": sum(r["abandoned"] for r in sec),
-        "keystream_gbps": round(keystream_gbps(), 2),
+        "keystream_gbps": round(prg.keystream_throughput_gbps(), 2),
         "note": "2 shared cores; times under contention. bytes_per_facility: all secure-aggregation traffic "
         "of one facility (both directions) beyond the round set-up message (config, model, plan) that "
         "both paths send; expansion = bytes_per_facility / (4 * dim). Plaintext loopback (no TLS).",

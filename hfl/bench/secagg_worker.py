@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -21,12 +20,11 @@ from typing import Any, Literal
 import numpy as np
 
 from hfl.bench.secagg import bench_rng, bench_update
-from hfl.domain import ModelSpec, RoundConfig, TrainingPlan
+from hfl.domain import RoundConfig, TrainingPlan
 from hfl.learning.data import Dataset, FacilityData
 from hfl.proto.v1 import facility_pb2_grpc, fog_pb2_grpc
-from hfl.rpc import serde
 from hfl.rpc.node import load_identity
-from hfl.rpc.server import Channels, start_server
+from hfl.rpc.server import Channels, start_server, write_ready_file
 from hfl.rpc.settings import Settings
 
 
@@ -64,12 +62,10 @@ async def run_fog(out: Path, authority_pub: bytes, seed: int) -> dict[str, Any]:
 async def run_facilities(
     out: Path, ids: list[str], authority_pub: bytes, seed: int, n_max: int
 ) -> dict[str, Any]:
-    from services.facility.service import Facility
+    from services.facility.bench import BenchFacility
 
-    class BenchSecAggFacility(Facility):
-        def _model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
-            spec, params, _round = serde.model_from_proto(request_model)
-            return spec, params, None
+    class BenchSecAggFacility(BenchFacility):
+        """BenchFacility with the update stream the driver recomputes to check the unmasked sums."""
 
         def _rng(self, config: RoundConfig) -> np.random.Generator:
             return bench_rng(self.settings.seed, self.node_id, config.round)
@@ -90,14 +86,14 @@ async def run_facilities(
         settings = _settings("facility", node_id, out / node_id, seed)
         fac = BenchSecAggFacility(settings, node_id, Channels(own_connections=True))
 
-        def register(server: Any, f: Facility = fac) -> None:
+        def register(server: Any, f: BenchFacility = fac) -> None:
             facility_pb2_grpc.add_FacilityServiceServicer_to_server(f, server)
 
         running = await start_server(settings, "facility", register)
         fac.ready(_tiny_data(), authority_pub)
         started[node_id] = {
             "address": running.address,
-            "key": load_identity(settings.state_dir).public_bytes.hex(),
+            "key": fac.signing_key.public_bytes.hex(),
             "_running": running,
         }
     return started
@@ -111,10 +107,7 @@ async def main_async(args: argparse.Namespace) -> None:
     else:
         started = await run_facilities(out, args.ids.split(","), pub, args.seed, args.n_max)
     info = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in started.items()}
-    ready = Path(args.ready)
-    tmp = ready.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "nodes": info}))
-    os.replace(tmp, ready)
+    write_ready_file(args.ready, {"pid": os.getpid(), "nodes": info})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

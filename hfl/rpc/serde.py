@@ -27,7 +27,15 @@ from hfl.hashing import hash_vector
 from hfl.ledger import Vote
 from hfl.proto.v1 import authority_pb2, facility_pb2, leader_pb2, validator_pb2
 from hfl.proto.v1 import common_pb2 as pb
-from hfl.secagg import EncryptedShare, KeyAdvertisement, MaskedInput, UnmaskRequest, UnmaskResponse
+from hfl.secagg import (
+    EncryptedShare,
+    KeyAdvertisement,
+    MaskedInput,
+    QuantConfig,
+    QuantizationError,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 
 if TYPE_CHECKING:  # importing hfl.privacy loads dp_accounting (about 2 s): only when a spend is read
     from hfl.privacy.report import SpendReport
@@ -344,6 +352,15 @@ def secagg_round(round_: int, attempt: int) -> int:
     if round_ < 0 or round_ >= 1 << 46:
         raise InvalidInput(f"round {round_} is out of range for secure aggregation")
     return (round_ << 16) | attempt
+
+
+def quant_config(plan: TrainingPlan, bucket_size: int) -> QuantConfig:
+    """The quantisation both the facility and the fog use for a bucket: the plan's clip, sized so the
+    sum of the whole bucket can never wrap around mod 2**32."""
+    try:
+        return QuantConfig(clip=plan.clip_update, max_members=bucket_size)
+    except QuantizationError as e:
+        raise InvalidInput(f"secure aggregation cannot be set up for this plan: {e}") from None
 
 
 def _blob(value: bytes, what: str, size: int | None = None) -> bytes:

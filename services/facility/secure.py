@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from hfl.domain import TrainingPlan
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotFound, NotReady, StaleRound
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import authz, serde
@@ -29,8 +28,6 @@ from hfl.rpc.metrics import ROUND
 from hfl.secagg import (
     STAGE_NAMES,
     KeySubstitutionError,
-    QuantConfig,
-    QuantizationError,
     SecAggError,
     SecAggMember,
     ShareDecryptionError,
@@ -43,15 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("hfl.facility")
 
 SessionKey = tuple[int, int, str]  # (round, attempt, bucket id)
-
-
-def quant_config(plan: TrainingPlan, bucket_size: int) -> QuantConfig:
-    """The quantisation both the facility and the fog use for a bucket: the plan's clip, sized so the
-    sum of the whole bucket can never wrap around mod 2**32."""
-    try:
-        return QuantConfig(clip=plan.clip_update, max_members=bucket_size)
-    except QuantizationError as e:
-        raise InvalidInput(f"secure aggregation cannot be set up for this plan: {e}") from None
 
 
 @dataclass
@@ -161,21 +149,25 @@ class SecureAggregation:
     async def advertise(
         self, request: facility_pb2.SecAggAdvertiseRequest
     ) -> facility_pb2.SecAggAdvertiseResponse:
+        from services.facility.service import drops_out  # not at the top: service.py imports this module
+
         fac = self.facility
         config = fac._round_config(request.config)
         bucket = fac.my_bucket(config, request.bucket_id, "secure aggregation for this bucket")
+        key: SessionKey = (config.round, config.attempt, bucket.bucket_id)
+        if key in self._sessions:
+            raise AlreadyDone(f"secure aggregation for {self._where(key)} has already started here")
         self._crash_for_tests(1)
         _spec, params, model = fac._model(request.model)
         plan = serde.plan_from_proto(request.plan)
         admission = await fac.privacy.admit(config, plan)  # DP budget: declining = dropping out (privacy.py)
-        key: SessionKey = (config.round, config.attempt, bucket.bucket_id)
-        if key in self._sessions:
+        if key in self._sessions:  # again: a duplicate call may have started it during the await above
             raise AlreadyDone(f"secure aggregation for {self._where(key)} has already started here")
         try:
             identities = {m: config.node(m).sign_public_key for m in bucket.members}
         except KeyError as e:
             raise InvalidInput(f"the round configuration has no identity for bucket member {e}") from None
-        cfg = quant_config(plan, len(bucket.members))
+        cfg = serde.quant_config(plan, len(bucket.members))
         try:
             member = SecAggMember(
                 fac.node_id,
@@ -193,9 +185,7 @@ class SecureAggregation:
         self._forget_older(config.round, config.attempt)
         fac.last_round = config.round
         ROUND.set(config.round)
-        drop_stage = None
-        if plan.drop_rate > 0 and secrets.randbelow(1_000_000) < plan.drop_rate * 1_000_000:
-            drop_stage = 1 + secrets.randbelow(4)
+        drop_stage = 1 + secrets.randbelow(4) if drops_out(plan) else None
         ad = member.advertise()
         task = asyncio.create_task(
             asyncio.to_thread(fac.local_update, model, params, plan, fac._rng(config), admission)

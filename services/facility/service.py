@@ -44,6 +44,11 @@ def parse_shard(text: str) -> tuple[int, int] | None:
     return i, n
 
 
+def drops_out(plan: TrainingPlan) -> bool:
+    """The demo drop-out roll: True with probability ``plan.drop_rate`` (never when it is 0)."""
+    return plan.drop_rate > 0 and secrets.randbelow(1_000_000) < plan.drop_rate * 1_000_000
+
+
 class Facility(facility_pb2_grpc.FacilityServiceServicer):
     def __init__(self, settings: Settings, node_id: str, channels: Channels) -> None:
         self.settings = settings
@@ -231,7 +236,7 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         plan: TrainingPlan,
         admission: Admission | None = None,
     ) -> None:
-        if plan.drop_rate > 0 and secrets.randbelow(1_000_000) < plan.drop_rate * 1_000_000:
+        if drops_out(plan):
             log.info("round %d: dropping out on purpose (drop rate %.2f)", config.round, plan.drop_rate)
             return
         try:

@@ -9,15 +9,11 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
+from hfl.domain import Bucket, RoundConfig
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import fog_pb2
 from hfl.rpc import serde
-from hfl.rpc.client import ByteCount
-from hfl.rpc.server import Channels
-from services.fog import secure
 
 log = logging.getLogger("hfl.fog")
 
@@ -31,7 +27,7 @@ class PhaseMarks:
     marks: dict[str, float] = field(default_factory=dict)
 
     def mark(self, name: str) -> None:
-        self.marks[name] = max(self.marks.get(name, self.t0), time.monotonic())
+        self.marks[name] = time.monotonic()
 
     def to_json(self) -> str:
         end = time.monotonic()
@@ -81,46 +77,3 @@ def bucket_requests(
             ", ".join(missing),
         )
     return out
-
-
-class TimedLink:
-    """A secure-aggregation member link that notes when advertisements (the model handed out) and
-    masked inputs (local work done) come back."""
-
-    def __init__(self, inner: secure.GrpcMemberLink, marks: PhaseMarks) -> None:
-        self.inner = inner
-        self.marks = marks
-
-    async def advertise(self, member: str, timeout: float) -> Any:
-        out = await self.inner.advertise(member, timeout)
-        self.marks.mark("distributed")
-        return out
-
-    async def share_keys(self, member: str, ads: Any, timeout: float) -> Any:
-        return await self.inner.share_keys(member, ads, timeout)
-
-    async def masked_input(self, member: str, shares: Any, timeout: float) -> Any:
-        out = await self.inner.masked_input(member, shares, timeout)
-        self.marks.mark("collected")
-        return out
-
-    async def unmask(self, member: str, request: Any, timeout: float) -> Any:
-        return await self.inner.unmask(member, request, timeout)
-
-
-async def run_secure_bucket_timed(
-    config: RoundConfig,
-    bucket: Bucket,
-    request: fog_pb2.RunRoundRequest,
-    plan: TrainingPlan,
-    channels: Channels,
-    counter: ByteCount | None,
-    d: int,
-    marks: PhaseMarks,
-    swap_keys: bool = False,
-) -> BucketResult:
-    """The fog's secure path for one bucket of a round (secure.run_secure_bucket over gRPC), with phase
-    marks; ``swap_keys`` is the HFL_BYZANTINE=swap_keys experiment fault."""
-    inner = secure.GrpcMemberLink(config, request, bucket.bucket_id, channels, counter, d, swap_keys)
-    link = TimedLink(inner, marks)
-    return await secure.run_secure_bucket(bucket, config.round, config.attempt, d, plan, link)

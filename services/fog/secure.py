@@ -32,12 +32,12 @@ from hfl.secagg import (
     EncryptedShare,
     KeyAdvertisement,
     MaskedInput,
-    QuantConfig,
     QuantizationError,
     SecAggError,
     UnmaskRequest,
     UnmaskResponse,
 )
+from services.fog.rounds import PhaseMarks
 
 log = logging.getLogger("hfl.fog")
 
@@ -73,11 +73,6 @@ class StageTimeouts:
         """Split the plan's round timeout: the whole bucket finishes within about ``timeout_s``."""
         keys = min(30.0, max(2.0, 0.15 * timeout_s))
         return cls(keys=keys, masked=max(keys, timeout_s - 3 * keys))
-
-
-def quant_config(plan: TrainingPlan, bucket_size: int) -> QuantConfig:
-    """Same rule as the facility's (services/facility/secure.py): the plan's clip, sized for the bucket."""
-    return QuantConfig(clip=plan.clip_update, max_members=bucket_size)
 
 
 def no_answer(exc: BaseException) -> bool:
@@ -160,15 +155,11 @@ async def drive_bucket(
     )
     agg.close_stage()
     ads = agg.advertisements()
-
-    def add_shares(shares: list[EncryptedShare]) -> None:
-        agg.add_shares(shares)
-
     await _stage(
         agg,
         2,
         lambda m: link.share_keys(m, ads, timeouts.keys),
-        add_shares,
+        agg.add_shares,
         lambda s: s[0].sender if s else "",
         timeouts.keys,
         where,
@@ -225,7 +216,7 @@ async def run_secure_bucket(
             bucket.bucket_id,
             members,
             bucket.threshold,
-            quant_config(plan, len(members)),
+            serde.quant_config(plan, len(members)),
             d,
         )
     except (SecAggError, QuantizationError, HflError) as e:
@@ -275,7 +266,11 @@ async def run_secure_bucket(
 
 
 class GrpcMemberLink:
-    """Reaches the members of one bucket over gRPC, counting the bytes of every call."""
+    """Reaches the members of one bucket over gRPC, counting the bytes of every call; with ``marks``, it
+    notes when advertisements (the model handed out) and masked inputs (local work done) come back.
+
+    The share-keys and unmask requests are the same for every member of the bucket: each is built once,
+    on the first call of its stage, and reused for the others."""
 
     def __init__(
         self,
@@ -286,6 +281,7 @@ class GrpcMemberLink:
         counter: ByteCount | None,
         d: int,
         swap_keys: bool = False,
+        marks: PhaseMarks | None = None,
     ) -> None:
         # Fault for experiments/tests: HFL_BYZANTINE=swap_keys on this fog (Settings allows it for fogs only).
         self.swap_keys = swap_keys
@@ -297,6 +293,12 @@ class GrpcMemberLink:
         self.channels = channels
         self.counter = counter
         self.d = d
+        self.marks = marks
+        # (what the request was built from, the request): rebuilt only if the driver passes something else
+        self._share_keys_req: (
+            tuple[Sequence[KeyAdvertisement], facility_pb2.SecAggShareKeysRequest] | None
+        ) = None
+        self._unmask_req: tuple[UnmaskRequest, facility_pb2.SecAggUnmaskRequest] | None = None
 
     def _stub(self, member: str) -> facility_pb2_grpc.FacilityServiceStub:
         return facility_pb2_grpc.FacilityServiceStub(self.channels.get(self.config.node(member).address))
@@ -312,19 +314,29 @@ class GrpcMemberLink:
 
     async def advertise(self, member: str, timeout: float) -> KeyAdvertisement:
         resp = await self._call(member, "SecAggAdvertise", self.advert, timeout)
-        return serde.advertisement_from_proto(resp.advertisement)
+        ad = serde.advertisement_from_proto(resp.advertisement)
+        if self.marks is not None:
+            self.marks.mark("distributed")
+        return ad
+
+    def _share_keys_request(self, ads: Sequence[KeyAdvertisement]) -> facility_pb2.SecAggShareKeysRequest:
+        if self._share_keys_req is None or self._share_keys_req[0] is not ads:
+            sent = ads
+            if self.swap_keys and ads:  # experiments/tests only (HFL_BYZANTINE=swap_keys on a fog)
+                victim = ads[0].sender
+                log.warning("FAULTY FOG (experiment): substituting the masking key of %s", victim)
+                fake = kex.generate_keypair().public
+                sent = [replace(a, s_pk=fake) if a.sender == victim else a for a in ads]
+            req = facility_pb2.SecAggShareKeysRequest(
+                session=self.session, advertisements=[serde.advertisement_to_proto(a) for a in sent]
+            )
+            self._share_keys_req = (ads, req)
+        return self._share_keys_req[1]
 
     async def share_keys(
         self, member: str, ads: Sequence[KeyAdvertisement], timeout: float
     ) -> list[EncryptedShare]:
-        if self.swap_keys and ads:  # experiments/tests only (HFL_BYZANTINE=swap_keys on a fog)
-            victim = ads[0].sender
-            log.warning("FAULTY FOG (experiment): substituting the masking key of %s", victim)
-            ads = [replace(a, s_pk=kex.generate_keypair().public) if a.sender == victim else a for a in ads]
-        req = facility_pb2.SecAggShareKeysRequest(
-            session=self.session, advertisements=[serde.advertisement_to_proto(a) for a in ads]
-        )
-        resp = await self._call(member, "SecAggShareKeys", req, timeout)
+        resp = await self._call(member, "SecAggShareKeys", self._share_keys_request(ads), timeout)
         return serde.shares_from_proto(resp.shares)
 
     async def masked_input(
@@ -334,9 +346,14 @@ class GrpcMemberLink:
             session=self.session, shares=[serde.share_to_proto(s) for s in shares]
         )
         resp = await self._call(member, "SecAggMaskedInput", req, timeout)
-        return await asyncio.to_thread(serde.masked_input_from_proto, resp, expected_length=self.d)
+        msg = await asyncio.to_thread(serde.masked_input_from_proto, resp, expected_length=self.d)
+        if self.marks is not None:
+            self.marks.mark("collected")
+        return msg
 
     async def unmask(self, member: str, request: UnmaskRequest, timeout: float) -> UnmaskResponse:
-        req = serde.unmask_request_to_proto(self.config.round, self.config.attempt, request)
-        resp = await self._call(member, "SecAggUnmask", req, timeout)
+        if self._unmask_req is None or self._unmask_req[0] is not request:
+            req = serde.unmask_request_to_proto(self.config.round, self.config.attempt, request)
+            self._unmask_req = (request, req)
+        resp = await self._call(member, "SecAggUnmask", self._unmask_req[1], timeout)
         return serde.unmask_response_from_proto(resp)

@@ -18,8 +18,8 @@ from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import REFUSED, ROUND
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
-from services.fog.rounds import PhaseMarks, bucket_requests, run_secure_bucket_timed
-from services.fog.secure import no_answer
+from services.fog.rounds import PhaseMarks, bucket_requests
+from services.fog.secure import GrpcMemberLink, no_answer, run_secure_bucket
 
 log = logging.getLogger("hfl.fog")
 
@@ -42,26 +42,24 @@ class PlainBucket:
         silent = self.refused | self.declined | self.unreachable
         return len(self.updates) + len(silent) >= len(self.bucket.members)
 
-    def lost(self, node_id: str) -> None:
-        """A member did not answer at all: do not wait for its update, and tell the leader."""
+    def _silent(self, node_id: str, into: set[str]) -> None:
+        """Stop waiting for a member that will send no (usable) update, noting why in ``into``."""
         if node_id in self.bucket.members and node_id not in self.updates:
-            self.unreachable.add(node_id)
+            into.add(node_id)
             if self._all_heard():
                 self.complete.set()
+
+    def lost(self, node_id: str) -> None:
+        """A member did not answer at all: do not wait for its update, and tell the leader."""
+        self._silent(node_id, self.unreachable)
 
     def decline(self, node_id: str) -> None:
         """A member refused to start this round: do not wait for its update."""
-        if node_id in self.bucket.members and node_id not in self.updates:
-            self.declined.add(node_id)
-            if self._all_heard():
-                self.complete.set()
+        self._silent(node_id, self.declined)
 
     def refuse(self, node_id: str) -> None:
         """A member sent a malformed update: it counts as missing, and as evidence against it."""
-        if node_id in self.bucket.members and node_id not in self.updates:
-            self.refused.add(node_id)
-            if self._all_heard():
-                self.complete.set()
+        self._silent(node_id, self.refused)
 
     def add(self, node_id: str, update: np.ndarray) -> None:
         if node_id not in self.bucket.members:
@@ -117,7 +115,6 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         self.open: dict[str, PlainBucket] = {}
         self.received_bytes = 0
         self.dim = 0
-        self.marks = PhaseMarks()
 
     def ready(self, authority_key: bytes) -> None:
         self.authority_key = authority_key
@@ -144,31 +141,41 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         ROUND.set(config.round)
         counter = ByteCount()
         self.received_bytes = 0
-        self.open = {b.bucket_id: PlainBucket(b, params.size) for b in mine}
+        # Plain updates are collected here; on the secure path there is none to take (SubmitUpdate refuses).
+        self.open = {} if plan.secure else {b.bucket_id: PlainBucket(b, params.size) for b in mine}
         # Each bucket's facilities get the authority's signed view of their bucket only (rounds.py).
         requests = bucket_requests(config, request, mine, self.authority_key)
-        self.marks = marks = PhaseMarks()
+        marks = PhaseMarks()
         if plan.secure:  # masked updates, stage by stage (services/fog/secure.py)
             swap_keys = self.settings.byzantine == "swap_keys"  # experiments/tests only
             results = await asyncio.gather(
                 *(
-                    run_secure_bucket_timed(
-                        config,
+                    run_secure_bucket(
                         b,
-                        requests[b.bucket_id],
-                        plan,
-                        self.channels,
-                        counter,
+                        config.round,
+                        config.attempt,
                         params.size,
-                        marks,
-                        swap_keys,
+                        plan,
+                        GrpcMemberLink(
+                            config,
+                            requests[b.bucket_id],
+                            b.bucket_id,
+                            self.channels,
+                            counter,
+                            params.size,
+                            swap_keys=swap_keys,
+                            marks=marks,
+                        ),
                     )
                     for b in mine
                 )
             )
         else:
             results = await asyncio.gather(
-                *(self._run_plain_bucket(config, b, requests[b.bucket_id], plan, counter) for b in mine)
+                *(
+                    self._run_plain_bucket(config, b, requests[b.bucket_id], plan, counter, marks)
+                    for b in mine
+                )
             )
         self.open = {}
         return fog_pb2.RunRoundResponse(
@@ -185,6 +192,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         request: fog_pb2.RunRoundRequest,
         plan: TrainingPlan,
         counter: ByteCount,
+        marks: PhaseMarks,
     ) -> BucketResult:
         collector = self.open[bucket.bucket_id]
         # One message for the whole bucket (the model is not copied once per member).
@@ -213,12 +221,12 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                     collector.lost(member)
 
         await asyncio.gather(*(start(m) for m in bucket.members))
-        self.marks.mark("distributed")
+        marks.mark("distributed")
         try:
             await asyncio.wait_for(collector.complete.wait(), timeout=plan.timeout_s)
         except TimeoutError:
             pass
-        self.marks.mark("collected")
+        marks.mark("collected")
         result = collector.result()
         if result.dropped:
             log.info(

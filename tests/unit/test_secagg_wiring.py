@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
 from hfl.crypto.signing import SigningKey
-from hfl.domain import Bucket, BucketResult, TrainingPlan
+from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
 from hfl.errors import InvalidInput
-from hfl.proto.v1 import common_pb2, facility_pb2
+from hfl.proto.v1 import common_pb2, facility_pb2, fog_pb2
 from hfl.rpc import serde
+from hfl.rpc.server import Channels
 from hfl.secagg import (
     EncryptedShare,
     KeyAdvertisement,
@@ -25,7 +28,8 @@ from hfl.secagg import (
     default_threshold,
     quantize,
 )
-from services.fog.secure import StageTimeouts, run_secure_bucket
+from services.fog.rounds import PhaseMarks
+from services.fog.secure import GrpcMemberLink, StageTimeouts, run_secure_bucket
 
 # ---------------------------------------------------------------------------------------------- serde
 
@@ -228,3 +232,65 @@ def test_driver_refuses_an_unsafe_bucket() -> None:
     bad = replace(fakes.bucket, threshold=2)
     r = asyncio.run(run_secure_bucket(bad, ROUND, ATTEMPT, D, PLAN, fakes, FAST))
     assert r.abandoned and "threshold" in r.reason
+
+
+# ---------------------------------------------------------------------------------------------- gRPC link
+class WireLink(GrpcMemberLink):
+    """The fog's real gRPC member link, with the fake facilities answering its protos in place of the
+    network; records every request it sends."""
+
+    def __init__(self, fakes: FakeFacilities, marks: PhaseMarks, swap_keys: bool = False) -> None:
+        config = cast(RoundConfig, SimpleNamespace(round=ROUND, attempt=ATTEMPT))
+        request = fog_pb2.RunRoundRequest()
+        super().__init__(config, request, "b0", Channels(), None, D, swap_keys=swap_keys, marks=marks)
+        self.fakes = fakes
+        self.sent: dict[str, list[Any]] = {}
+
+    async def _call(self, member: str, method: str, request: Any, timeout: float) -> Any:
+        self.sent.setdefault(method, []).append(request)
+        m = self.fakes.members[member]
+        if method == "SecAggAdvertise":
+            return facility_pb2.SecAggAdvertiseResponse(
+                advertisement=serde.advertisement_to_proto(m.advertise())
+            )
+        if method == "SecAggShareKeys":
+            try:
+                shares = m.share_keys([serde.advertisement_from_proto(a) for a in request.advertisements])
+            except Exception as e:
+                self.fakes.errors[member] = f"{type(e).__name__}: {e}"
+                raise
+            return facility_pb2.SecAggShareKeysResponse(shares=[serde.share_to_proto(x) for x in shares])
+        if method == "SecAggMaskedInput":
+            shares = serde.shares_from_proto(request.shares)
+            return serde.masked_input_to_proto(m.masked_input(shares, self.fakes.updates[member]))
+        _round, _attempt, req = serde.unmask_request_from_proto(request)
+        return serde.unmask_response_to_proto(m.unmask(req.survivors, req.dropped))
+
+
+def test_grpc_link_builds_each_bucket_wide_request_once_and_marks_the_phases() -> None:
+    fakes = FakeFacilities(5)
+    marks = PhaseMarks()
+    link = WireLink(fakes, marks)
+    r = asyncio.run(run_secure_bucket(fakes.bucket, ROUND, ATTEMPT, D, PLAN, link, FAST))
+    assert not r.abandoned and r.count == 5
+    assert np.array_equal(r.total, fakes.expected(fakes.ids))
+    assert {k: len(v) for k, v in link.sent.items()} == {
+        "SecAggAdvertise": 5,
+        "SecAggShareKeys": 5,
+        "SecAggMaskedInput": 5,
+        "SecAggUnmask": 5,
+    }
+    for method in ("SecAggAdvertise", "SecAggShareKeys", "SecAggUnmask"):  # the same message for everyone
+        assert all(req is link.sent[method][0] for req in link.sent[method]), method
+    assert len(link.sent["SecAggShareKeys"][0].advertisements) == 5
+    assert marks.t0 <= marks.marks["distributed"] <= marks.marks["collected"]
+
+
+def test_grpc_link_that_swaps_keys_makes_every_member_abort() -> None:
+    fakes = FakeFacilities(4)
+    link = WireLink(fakes, PhaseMarks(), swap_keys=True)
+    r = asyncio.run(run_secure_bucket(fakes.bucket, ROUND, ATTEMPT, D, PLAN, link, FAST))
+    assert r.abandoned and r.count == 0
+    assert set(fakes.errors) == set(fakes.ids)  # the victim sees its own advertisement altered
+    assert all("KeySubstitutionError" in e for e in fakes.errors.values())
+    assert "was altered" in fakes.errors["f0"]
