@@ -22,12 +22,13 @@ import numpy as np
 from hfl.learning.data import SPECIALTIES, FacilityData, load_facility_data
 from hfl.learning.models import evaluate, make_model
 from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN, clip_update, train_local
+from hfl.robust.attacks import ATTACKS as ALL_ATTACKS
 from hfl.robust.attacks import apply_attack, flip_labels
 from hfl.robust.reputation import Reputation, with_refused
 from hfl.robust.rules import aggregate
 from hfl.schedule import assign_buckets
 
-ATTACKS = ("sign_flip", "scale", "gaussian", "label_flip", "alie", "ipm", "free_ride", "nan")
+ATTACKS = tuple(a for a in ALL_ATTACKS if a != "none")
 
 
 @dataclass
@@ -93,7 +94,7 @@ def run(
         by_id = {x.node_id: x for x in active}
         bseed = hashlib.sha256(f"sim/{seed}/{rnd}".encode()).digest()
         plans = assign_buckets([x.node_id for x in active], ["fog-1", "fog-2"], bucket_size, bseed)
-        sums, counts, bids, members_of = [], [], [], {}
+        sums, counts, bids = [], [], []
         refused: list[str] = []
         stats_members = []
         for p in plans:
@@ -122,7 +123,6 @@ def run(
                 sums.append(total)
                 counts.append(cnt)
                 bids.append(p.bucket_id)
-                members_of[p.bucket_id] = mem
                 stats_members.append(mem)
         S = np.stack(sums)
         if on_round is not None:

@@ -27,10 +27,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hfl.robust.rules import DEFAULT_RULE, max_faults  # noqa: E402
+from hfl.robust.attacks import ATTACKS as ALL_ATTACKS  # noqa: E402
+from hfl.robust.rules import DEFAULT_RULE, default_f  # noqa: E402
 from hfl.schedule import bucket_sizes  # noqa: E402
 
-ATTACKS = ("sign_flip", "scale", "gaussian", "label_flip", "alie", "ipm", "free_ride", "nan")
+ATTACKS = tuple(a for a in ALL_ATTACKS if a != "none")
 QUARANTINE_ATTACKS = ("scale", "sign_flip", "nan")
 PLAIN = "plain_mean"  # not a rule: --rule mean --no-defences
 FACILITIES, BUCKET, BYZANTINE, ROUNDS = 12, 3, 2, 10
@@ -164,7 +165,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "robust_sweep.json"))
     args = ap.parse_args()
     n_buckets = len(bucket_sizes(FACILITIES, BUCKET))
-    f_of = {r: (0 if r in ("mean", PLAIN) else max(0, max_faults(r, n_buckets))) for r in args.rules}
+    f_of = {r: default_f(n_buckets, "mean" if r == PLAIN else r) for r in args.rules}
     plan = [(a, r, 0) for a in ("none", *args.attacks) for r in args.rules]
     if not args.quick:
         checked = [x for x in QUARANTINE_ATTACKS if x in args.attacks]

@@ -104,6 +104,7 @@ class Attendance:
         self.limit = limit
         self._missed: dict[str, int] = {}
         self._inactive: set[str] = set()
+        self._last: int | None = None  # the last observation counted: a replayed one changes nothing
 
     @property
     def inactive(self) -> frozenset[str]:
@@ -112,11 +113,15 @@ class Attendance:
     def missed(self, facility: str) -> int:
         return self._missed.get(facility, 0)
 
-    def observe(self, scheduled: Sequence[str], absent: Sequence[str]) -> list[str]:
-        """Record one round; returns the facilities that became inactive with it (sorted)."""
+    def observe(self, observation: int, scheduled: Sequence[str], absent: Sequence[str]) -> list[str]:
+        """Record one round attempt (``observation`` must increase); returns the facilities that became
+        inactive with it (sorted). Raises ValueError, changing nothing, for a bad or repeated report."""
+        if self._last is not None and observation <= self._last:
+            raise ValueError(f"attendance for observation {observation} was already counted")
         stray = sorted(set(absent) - set(scheduled))
         if stray:
             raise ValueError(f"absent facilities that were not scheduled: {', '.join(stray)}")
+        self._last = observation
         gone = set(absent)
         newly = []
         for f in sorted(set(scheduled)):
@@ -139,20 +144,21 @@ class Attendance:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "limit": self.limit,
             "missed": dict(sorted(self._missed.items())),
             "inactive": sorted(self._inactive),
+            "last": self._last,
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, object], limit: int | None = None) -> Attendance:
-        """Restore saved state; ``limit`` (the current setting) replaces the saved one if given."""
-        saved = d.get("limit", 3)
-        out = cls(limit if limit is not None else int(saved))  # type: ignore[call-overload]
+    def from_dict(cls, d: Mapping[str, object], limit: int) -> Attendance:
+        """Restore saved state under the current ``limit`` setting."""
+        out = cls(limit)
         missed = d.get("missed", {})
         inactive = d.get("inactive", [])
         if not isinstance(missed, Mapping) or not isinstance(inactive, list):
             raise ValueError("malformed attendance state")
+        last = d.get("last")
         out._missed = {str(k): int(v) for k, v in missed.items()}
         out._inactive = {str(x) for x in inactive}
+        out._last = None if last is None else int(last)  # type: ignore[call-overload]
         return out

@@ -12,6 +12,7 @@ from .block import (
     genesis_header,
     max_faulty,
     next_header,
+    propose,
     quorum_size,
     select_quorum,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "genesis_header",
     "max_faulty",
     "next_header",
+    "propose",
     "quorum_size",
     "select_quorum",
     "verify_ledger",

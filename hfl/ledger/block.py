@@ -332,6 +332,17 @@ def compute_model(
 ) -> tuple[np.ndarray, tuple[int, ...]]:
     """New global model w + aggregate(sums) and the sorted flagged buckets, as the ledger checks them
     (see ``aggregate_recorded`` for ``rule_params``)."""
+    model, result = _apply(base_model, rule, bucket_sums, bucket_counts, rule_params)
+    return model, tuple(sorted(int(i) for i in result.flagged))
+
+
+def _apply(
+    base_model: np.ndarray,
+    rule: str,
+    bucket_sums: np.ndarray,
+    bucket_counts: Sequence[int] | np.ndarray,
+    rule_params: Mapping[str, Any],
+) -> tuple[np.ndarray, AggregateResult]:
     base = np.asarray(base_model, dtype=np.float64)
     sums = np.asarray(bucket_sums, dtype=np.float64)
     if sums.ndim != 2 or base.ndim != 1 or sums.shape[1] != base.shape[0]:
@@ -340,7 +351,7 @@ def compute_model(
     update = np.asarray(result.update, dtype=np.float64)
     if update.shape != base.shape:
         raise ValueError(f"the aggregate has shape {update.shape}, the model {base.shape}")
-    return base + update, tuple(sorted(int(i) for i in result.flagged))
+    return base + update, result
 
 
 def next_header(
@@ -361,12 +372,41 @@ def next_header(
     The leader and every validator call this with the same inputs and must get the same header hash.
     ``quorum`` defaults to 2f+1 for the committee size.
     """
+    header, model, _ = propose(
+        prev,
+        prev_model,
+        bucket_sums,
+        bucket_counts,
+        rule=rule,
+        rule_params=rule_params,
+        committee=committee,
+        config_hash=config_hash,
+        quorum=quorum,
+        extra=extra,
+    )
+    return header, model
+
+
+def propose(
+    prev: Block,
+    prev_model: np.ndarray,
+    bucket_sums: np.ndarray,
+    bucket_counts: Sequence[int] | np.ndarray,
+    *,
+    rule: str,
+    rule_params: Mapping[str, Any],
+    committee: Sequence[CommitteeMember],
+    config_hash: bytes,
+    quorum: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[BlockHeader, np.ndarray, AggregateResult]:
+    """``next_header`` plus the aggregation's full result (flag kinds and details), for the leader."""
     base = _model_vector(prev_model)
     if hash_vector(base) != prev.header.model_hash:
         raise ValueError(f"the given previous model is not the one recorded in block {prev.header.round}")
     sums = np.asarray(bucket_sums, dtype=np.float64)
     counts = tuple(np.asarray(bucket_counts).reshape(-1).tolist())
-    model, flagged = compute_model(base, rule, sums, counts, rule_params)
+    model, result = _apply(base, rule, sums, counts, rule_params)
     header = BlockHeader(
         round=prev.header.round + 1,
         prev_hash=prev.hash,
@@ -376,13 +416,13 @@ def next_header(
         bucket_counts=counts,
         rule=rule,
         rule_params=dict(rule_params),
-        flagged=flagged,
+        flagged=tuple(sorted(int(i) for i in result.flagged)),
         committee=tuple(committee),
         quorum=quorum if quorum is not None else (quorum_size(len(committee)) if committee else 0),
         config_hash=config_hash,
         extra=dict(extra or {}),
     )
-    return header, model
+    return header, model, result
 
 
 # ----------------------------------------------------------------------------------------------- votes

@@ -21,7 +21,8 @@ False positives: an honest facility is quarantined only if it lands in flagged b
 round before the offenders stand out. Defaults (threshold 6, decay 0.8, prior 1) were chosen for the
 demo scenario (12 facilities, buckets of 3 re-drawn each round, 2 offenders, quarantined facilities left
 out of later buckets), where the screen flags a "scale" offender's bucket in ~85 % of rounds and an honest
-bucket in < 0.5 %. ``simulate`` with flags every round: both offenders quarantined by round 5
+bucket in < 0.5 %. ``simulate`` (bench/reputation_sim.py → bench/results/reputation_sim.json) with flags
+every round: both offenders quarantined by round 5
 (median), 0.8 % of 1500 seeded 10-round runs quarantined an honest facility; with flags in 85 % of
 rounds: by round 6 (median, 95th percentile 9), 2.3 % missed one offender within 10 rounds, 1.9 % of runs
 quarantined an honest facility. The old defaults (threshold 8, decay 0.5) had ~0 % false quarantines

@@ -13,7 +13,7 @@ from hfl.domain import ROLES, SPECIALTIES, Bucket, NodeInfo, RoundConfig
 from hfl.errors import ConfigError, HflError, InvalidInput, NotAllowed, NotFound, NotReady
 from hfl.hashing import HASH_LEN
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
-from hfl.robust.reputation import FLAG_KINDS, Reputation, ReputationError, with_refused
+from hfl.robust.reputation import FLAG_KINDS, Reputation, with_refused
 from hfl.rpc import serde
 from hfl.rpc.metrics import QUARANTINED, REPUTATION
 from hfl.rpc.settings import Settings
@@ -229,17 +229,18 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         refused = [str(x) for x in report.get("refused", [])]
         absent = [str(x) for x in report.get("absent", [])]
         scheduled = [m for members in buckets.values() for m in members]
-        if set(absent) - set(scheduled):
-            raise InvalidInput("the round report lists absent facilities that were not scheduled")
+        observation = round_ * 1000 + attempt  # strictly increasing across attempts of a round
         try:
             # A fog refused these members' updates as malformed: each is its own group, blame is certain.
             groups, flags = with_refused(buckets, flags, refused)
-        except ReputationError as e:
+            # First, and it refuses a replayed report before anything changes (reputation checks too).
+            gone = self.attendance.observe(observation, scheduled, absent)
+        except ValueError as e:  # ReputationError included
             raise InvalidInput(f"the round report is inconsistent: {e}") from None
-        observation = round_ * 1000 + attempt  # strictly increasing across attempts of a round
-        newly = self.reputation.observe(observation, groups, flags)
+        newly: list[str] = []
         committee = list(report.get("committee", []))
-        if committee:
+        if committee:  # without one nothing was proposed: no evidence about updates or votes this round
+            newly = self.reputation.observe(observation, groups, flags)
             self.reputation.observe_votes(observation, committee, votes, bool(request.committed))
         self.registry.put_json("reputation", self.reputation.to_dict())
         self.registry.record_report(
@@ -255,7 +256,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         )
         for f in newly:
             log.warning("quarantined facility %s: it was in flagged buckets too often", f)
-        for f in self.attendance.observe(scheduled, absent):
+        for f in gone:
             log.warning(
                 "facility %s missed %d rounds in a row; it is left out until it registers again",
                 f,

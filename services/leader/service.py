@@ -17,12 +17,12 @@ from hfl.domain import BucketResult, Metrics, ModelSpec, RoundConfig, RoundEvent
 from hfl.errors import NotReady
 from hfl.ledger import (
     Block,
+    BlockHeader,
     CommitteeMember,
     LedgerError,
     LedgerStore,
     Vote,
-    aggregate_recorded,
-    next_header,
+    propose,
     select_quorum,
 )
 from hfl.proto.v1 import (
@@ -36,7 +36,7 @@ from hfl.proto.v1 import (
     validator_pb2_grpc,
 )
 from hfl.proto.v1 import common_pb2 as pb
-from hfl.robust.rules import default_f
+from hfl.robust.rules import resolve_f
 from hfl.rpc import serde
 from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import (
@@ -78,13 +78,11 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.bucket_configs: list[pb.RoundConfig] = []
         self.clock = RoundClock()
         self.epsilon_spent = float("nan")  # largest privacy loss of any facility, from the authority
-        self.refused: set[str] = set()
-        self.absent: set[str] = set()  # scheduled members that did not answer their fog at all
 
     def rule_params(self, n_buckets: int) -> dict[str, object]:
         """Recorded in every block: f (HFL_F, or the most the rule tolerates when HFL_F=-1) and the norm
         bound, so validators and auditors re-run exactly the same aggregation."""
-        f = self.settings.f if self.settings.f >= 0 else default_f(n_buckets, self.settings.rule)
+        f = resolve_f(self.settings.f, n_buckets, self.settings.rule)
         if not self.settings.defences:  # comparison runs only: no norm bound, no outlier screen
             return {"f": f, "clip_update": None, "screen": False}
         return {"f": f, "clip_update": self.plan.clip_update}
@@ -157,7 +155,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         round_ = config.round
         counter = ByteCount()  # the leader's own traffic
         fac = ByteCount()  # fog <-> facility traffic, as the fogs report it
-        clock = self.clock = replace(self.clock, phases={})
+        clock = self.clock  # made fresh for this attempt by run()
         clock.lap("prepare")
         model_msg = serde.model_to_proto(self.spec, self.model, round_)
         request = fog_pb2.RunRoundRequest(
@@ -206,8 +204,9 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         clock.fogs_done()
         used = [r for r in results if not r.abandoned and r.count > 0]
         dropouts = sum(len(r.dropped) for r in results)
-        self.refused = {m for r in results for m in r.refused}
-        self.absent = {m for r in results for m in r.unreachable} - self.refused
+        # For the authority: malformed updates the fogs refused, members that never answered at all.
+        refused = {m for r in results for m in r.refused}
+        absent = {m for r in results for m in r.unreachable} - refused
         SECAGG_DROPOUTS.inc(dropouts)
         base: dict[str, Any] = dict(
             round=round_,
@@ -216,7 +215,8 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             abandoned_buckets=sum(1 for r in results if r.abandoned),
             committee=tuple(m.node_id for m in config.committee),
         )
-        if not used:
+        if not used:  # nothing to aggregate or vote on; the authority still learns who never answered
+            await self.report(config, None, {}, None, refused, absent)
             return self._finish(
                 t0, counter, RoundEvent(committed=False, detail="no bucket sums arrived", **base), fac
             )
@@ -230,7 +230,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             "committee_draw": config.committee_draw,
         }
         rule_params = self.rule_params(len(used))
-        header, new_model = next_header(
+        header, new_model, result = propose(
             head,
             self.model,
             sums,
@@ -242,12 +242,11 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             quorum=config.quorum,
             extra=extra,
         )
-        kinds = aggregate_recorded(self.settings.rule, sums, counts, rule_params).flag_kinds
-        flags = {used[i].bucket_id: kind for i, kind in kinds.items()}
+        flags = {used[i].bucket_id: kind for i, kind in result.flag_kinds.items()}
         flagged = tuple(sorted(flags))
         FLAGGED_BUCKETS.inc(len(flagged))
         clock.lap("robust_aggregation")
-        votes = await self.collect_votes(config, head, used, header.hash(), extra, counter)
+        votes = await self.collect_votes(config, head, used, header, counter)
         clock.lap("committee")
         accepts = sum(1 for v in votes if v.accept)
         base.update(accepts=accepts, rejects=len(votes) - accepts, flagged_buckets=flagged)
@@ -258,7 +257,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             detail = f"not committed: {e}" + (f" ({'; '.join(reasons)})" if reasons else "")
             log.warning("round %d: %s", round_, detail)
             COMMITS.labels(outcome="rejected").inc()
-            quarantined = await self.report(config, None, flags, votes)
+            quarantined = await self.report(config, None, flags, votes, refused, absent)
             return self._finish(
                 t0, counter, RoundEvent(committed=False, detail=detail, quarantined=quarantined, **base), fac
             )
@@ -273,7 +272,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.last_metrics = metrics
         MODEL_ACCURACY.set(metrics.accuracy)
         MODEL_LOSS.set(metrics.loss)
-        quarantined = await self.report(config, block, flags, votes)
+        quarantined = await self.report(config, block, flags, votes, refused, absent)
         return self._finish(
             t0,
             counter,
@@ -306,18 +305,18 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         config: RoundConfig,
         head: Block,
         used: list[BucketResult],
-        block_hash: bytes,
-        extra: dict[str, object],
+        header: BlockHeader,
         counter: ByteCount,
     ) -> list[Vote]:
+        block_hash = header.hash()
         request = validator_pb2.VoteRequest(
             config=serde.config_to_proto(config),
             base_model=serde.model_to_proto(self.spec, self.model, head.round),
             buckets=[serde.bucket_result_to_proto(r) for r in used],
-            rule=self.settings.rule,
-            rule_params_json=json.dumps(self.rule_params(len(used)), sort_keys=True),
+            rule=header.rule,
+            rule_params_json=json.dumps(header.rule_params, sort_keys=True),
             prev_block_json=json.dumps(head.to_dict()),
-            extra_json=json.dumps(extra, sort_keys=True),
+            extra_json=json.dumps(header.extra, sort_keys=True),
             block_hash=block_hash,
         )
 
@@ -368,20 +367,24 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         return total
 
     async def report(
-        self, config: RoundConfig, block: Block | None, flags: dict[str, str], votes: list[Vote]
+        self,
+        config: RoundConfig,
+        block: Block | None,
+        flags: dict[str, str],
+        votes: list[Vote] | None,
+        refused: set[str],
+        absent: set[str],
     ) -> tuple[str, ...]:
-        """Tell the authority which buckets were flagged and who voted how; returns the quarantine list."""
-        by_voter: dict[str, bool | None] = {m.node_id: None for m in config.committee}
-        by_voter.update({v.validator_id: v.accept for v in votes if v.validator_id in by_voter})
+        """Tell the authority which buckets were flagged, who voted how (``votes`` None: nothing was
+        proposed, so there is no evidence about updates or votes) and who never answered; returns the
+        quarantine list."""
         if not self.settings.defences:  # comparison runs: nobody gains suspicion, nobody is quarantined
-            flags = {}
-        report = {
-            "flags": flags,
-            "votes": by_voter,
-            "committee": [m.node_id for m in config.committee],
-            "refused": sorted(self.refused) if self.settings.defences else [],
-            "absent": sorted(self.absent),
-        }
+            flags, refused = {}, set()
+        report: dict[str, object] = {"flags": flags, "refused": sorted(refused), "absent": sorted(absent)}
+        if votes is not None:
+            by_voter: dict[str, bool | None] = {m.node_id: None for m in config.committee}
+            by_voter.update({v.validator_id: v.accept for v in votes if v.validator_id in by_voter})
+            report.update(votes=by_voter, committee=[m.node_id for m in config.committee])
         try:
             resp = await call(
                 self.authority().ReportRound,

@@ -27,36 +27,38 @@ ALL = ("a", "b", "c", "d")
 
 def test_three_absences_in_a_row_make_a_facility_inactive() -> None:
     att = Attendance(3)
-    assert att.observe(ALL, ["d"]) == [] and att.missed("d") == 1
-    assert att.observe(ALL, ["d"]) == []
-    assert att.observe(ALL, ["c", "d"]) == ["d"]
+    assert att.observe(1, ALL, ["d"]) == [] and att.missed("d") == 1
+    assert att.observe(2, ALL, ["d"]) == []
+    assert att.observe(3, ALL, ["c", "d"]) == ["d"]
     assert att.inactive == {"d"} and att.missed("c") == 1
-    assert att.observe(("a", "b", "c"), []) == [] and att.missed("c") == 0  # present again: count restarts
+    assert att.observe(4, ("a", "b", "c"), []) == [] and att.missed("c") == 0  # present again: restarts
     assert att.present("d") is True and att.inactive == frozenset() and att.missed("d") == 0
     assert att.present("d") is False
 
 
 def test_absences_must_be_in_a_row() -> None:
     att = Attendance(3)
-    for absent in (["a"], ["a"], [], ["a"], ["a"]):
-        assert att.observe(ALL, absent) == []
+    for rnd, absent in enumerate((["a"], ["a"], [], ["a"], ["a"]), 1):
+        assert att.observe(rnd, ALL, absent) == []
     assert att.inactive == frozenset()
 
 
 def test_limit_zero_never_leaves_anyone_out() -> None:
     att = Attendance(0)
-    for _ in range(10):
-        assert att.observe(ALL, ["a"]) == []
+    for rnd in range(1, 11):
+        assert att.observe(rnd, ALL, ["a"]) == []
     assert att.inactive == frozenset() and att.missed("a") == 10
 
 
-def test_state_round_trips_and_the_current_limit_wins() -> None:
+def test_state_round_trips_under_the_current_limit() -> None:
     att = Attendance(2)
-    att.observe(ALL, ["a", "b"])
-    att.observe(ALL, ["a"])
-    back = Attendance.from_dict(att.to_dict())
+    att.observe(1, ALL, ["a", "b"])
+    att.observe(2, ALL, ["a"])
+    back = Attendance.from_dict(att.to_dict(), limit=2)
     assert back.to_dict() == att.to_dict() and back.inactive == {"a"}
     assert Attendance.from_dict(att.to_dict(), limit=5).limit == 5
+    with pytest.raises(ValueError, match="already counted"):  # the replay guard survives a restart
+        back.observe(2, ALL, ["b"])
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
@@ -65,11 +67,18 @@ def test_bad_limits_are_refused(bad: object) -> None:
         Attendance(bad)  # type: ignore[arg-type]
 
 
-def test_absent_facilities_must_have_been_scheduled() -> None:
+def test_bad_or_replayed_observations_change_nothing() -> None:
+    att = Attendance()
     with pytest.raises(ValueError, match="not scheduled"):
-        Attendance().observe(["a"], ["z"])
+        att.observe(1, ["a"], ["z"])
+    att.observe(5, ALL, ["a"])
+    before = att.to_dict()
+    for rnd in (5, 4):
+        with pytest.raises(ValueError, match="already counted"):
+            att.observe(rnd, ALL, ["a"])
+    assert att.to_dict() == before and att.missed("a") == 1
     with pytest.raises(ValueError, match="malformed"):
-        Attendance.from_dict({"missed": [], "inactive": []})
+        Attendance.from_dict({"missed": [], "inactive": []}, limit=3)
 
 
 # --- the authority ------------------------------------------------------------------------------------
@@ -123,6 +132,19 @@ def test_report_naming_an_unscheduled_absentee_is_refused(authority: Authority) 
     with pytest.raises(InvalidInput, match="not scheduled"):
         asyncio.run(authority.ReportRound(req, None))  # type: ignore[arg-type]
     assert authority.attendance.to_dict()["missed"] == {}
+
+
+def test_report_without_a_proposal_counts_attendance_only_and_cannot_be_replayed(
+    authority: Authority,
+) -> None:
+    """A round where no bucket sum arrived: the leader reports who never answered, but no flags or votes;
+    reputation must not read it as a clean round (no decay), and the same report twice is refused."""
+    _round(authority, 1, ["facility-3"])
+    assert authority.reputation.to_dict()["last_round"] is None  # reputation saw nothing
+    req = authority_pb2.ReportRoundRequest(round=1, attempt=0, report_json='{"absent": ["facility-3"]}')
+    with pytest.raises(InvalidInput, match="already counted"):
+        asyncio.run(authority.ReportRound(req, None))  # type: ignore[arg-type]
+    assert authority.attendance.missed("facility-3") == 1
 
 
 # --- how fogs tell "did not answer at all" from "answered no" ----------------------------------------

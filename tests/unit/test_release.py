@@ -83,11 +83,13 @@ def test_release_survives_a_restart_and_a_new_quarantine_counts_again(authority:
     ]
     _enrol(again)
     # misbehaving again after the release: quarantined and revoked again, enrolment refused again
-    again.reputation.observe(100, {"refused": [FAC]}, {"refused": "norm"})
-    for rnd in range(101, 120):
-        if again.reputation.observe(rnd, {"refused": [FAC]}, {"refused": "norm"}):
+    newly: list[str] = []
+    for rnd in range(100, 120):
+        newly = again.reputation.observe(rnd, {"refused": [FAC]}, {"refused": "norm"})
+        if newly:
             break
-    again.revoke_quarantined([FAC])
+    assert newly == [FAC] and FAC in again.quarantined  # suspicion counted afresh after the release
+    again.revoke_quarantined(newly)
     with pytest.raises(NotAllowed):
         _enrol(again)
 
