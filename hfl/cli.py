@@ -114,6 +114,12 @@ def cmd_enrol_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    from hfl.provision import cmd_provision as provision
+
+    return provision(args)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from hfl.status import show_status
 
@@ -205,11 +211,29 @@ def build_parser() -> argparse.ArgumentParser:
     et.add_argument("--state-dir", default="/var/lib/hfl", help="the authority's state folder")
     et.set_defaults(func=cmd_enrol_token)
 
-    from hfl.provision import add_arguments as add_provision_arguments
-    from hfl.provision import cmd_provision
-
     pv = sub.add_parser("provision", help="hand out the root certificate and enrolment tokens (containers)")
-    add_provision_arguments(pv)
+    pv.add_argument("--authority-state", required=True, help="the authority's state folder (holds the CA)")
+    pv.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="ROLE:NODE_ID=STATE_DIR",
+        help="a fixed node (leader, fog, validator) and its state folder; repeat for each",
+    )
+    pv.add_argument("--facility-trust", help="folder facilities mount read-only: ca.pem and the shared token")
+    pv.add_argument(
+        "--facility-uses",
+        type=int,
+        default=25,
+        help="how many new facilities the shared token may enrol (default 25)",
+    )
+    pv.add_argument(
+        "--facility-hours",
+        type=float,
+        default=24.0,
+        help="hours until the shared facility token expires (default 24)",
+    )
+    pv.add_argument("--owner", help="UID:GID to own the written files (when run as root for containers)")
     pv.set_defaults(func=cmd_provision)
 
     h = sub.add_parser("health", help="standard gRPC health check of one service (exit 0 if serving)")

@@ -132,31 +132,6 @@ def provision(
     return done
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--authority-state", required=True, help="the authority's state folder (holds the CA)")
-    p.add_argument(
-        "--node",
-        action="append",
-        default=[],
-        metavar="ROLE:NODE_ID=STATE_DIR",
-        help="a fixed node (leader, fog, validator) and its state folder; repeat for each",
-    )
-    p.add_argument("--facility-trust", help="folder facilities mount read-only: ca.pem and the shared token")
-    p.add_argument(
-        "--facility-uses",
-        type=int,
-        default=25,
-        help="how many new facilities the shared token may enrol (default 25)",
-    )
-    p.add_argument(
-        "--facility-hours",
-        type=float,
-        default=24.0,
-        help="hours until the shared facility token expires (default 24)",
-    )
-    p.add_argument("--owner", help="UID:GID to own the written files (when run as root for containers)")
-
-
 def cmd_provision(args: argparse.Namespace) -> int:
     nodes = [parse_node(n) for n in args.node]
     if len({n.node_id for n in nodes}) != len(nodes):

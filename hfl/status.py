@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
-from hfl.rpc.pki import load_client, operator_for_run, sync_channel
+from hfl.rpc.pki import NodeTls, load_client, operator_for_run, sync_channel
 
 _PLURAL = {"facility": "facilities"}
 
@@ -25,12 +25,16 @@ def _addresses(run: str | None, leader: str | None, authority: str | None) -> tu
     return leader, authority
 
 
+def _operator_tls(run: str | None, cert_dir: str | None) -> NodeTls | None:
+    """mTLS: an operator certificate folder, or the one of that demo run (None without TLS)."""
+    return load_client(Path(cert_dir)) if cert_dir else operator_for_run(Path(run or "runs/latest"))
+
+
 def show_status(
     run: str | None, leader: str | None, authority: str | None, cert_dir: str | None = None
 ) -> int:
     leader, authority = _addresses(run, leader, authority)
-    # mTLS: an operator certificate folder, or the one of that demo run
-    tls = load_client(Path(cert_dir)) if cert_dir else operator_for_run(Path(run or "runs/latest"))
+    tls = _operator_tls(run, cert_dir)
     if not leader and not authority:
         print("No federation found: give --leader/--authority or a run folder with endpoints.json.")
         return 1
@@ -81,7 +85,7 @@ def release_facility(
     if not authority:
         print("No authority found: give --authority or a run folder with endpoints.json.")
         return 1
-    tls = load_client(Path(cert_dir)) if cert_dir else operator_for_run(Path(run or "runs/latest"))
+    tls = _operator_tls(run, cert_dir)
     try:
         with sync_channel(authority, tls) as ch:
             resp = authority_pb2_grpc.AuthorityServiceStub(ch).ReleaseFacility(

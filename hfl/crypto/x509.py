@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificateError", "Identity", "InvalidSignature"]
+__all__ = ["CertificateError", "Identity"]
 
 CERT_ROLES = ("authority", "leader", "fog", "facility", "validator", "operator")
 URI_PREFIX = "hfl://"
@@ -103,10 +103,6 @@ def cert_from_pem(pem: bytes) -> x509.Certificate:
         raise CertificateError(f"not a PEM certificate: {e}") from None
 
 
-def fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
 # ------------------------------------------------------------------------------------------ CA
 def _key_usage(
     *,
@@ -129,16 +125,14 @@ def _key_usage(
     )
 
 
-def make_ca(
-    name: str = "hfl authority root",
-    *,
-    now: dt.datetime | None = None,
-    days: int = 3650,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A self-signed root that may sign node certificates and CRLs, and nothing below them."""
-    now = now or utcnow()
-    key = key or new_key()
+CA_DAYS = 3650
+
+
+def make_ca(name: str = "hfl authority root") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed root, valid for CA_DAYS, that may sign node certificates and CRLs, and nothing
+    below them."""
+    now = utcnow()
+    key = new_key()
     subject = x509.Name(
         [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hfl"), x509.NameAttribute(NameOID.COMMON_NAME, name)]
     )
@@ -150,7 +144,7 @@ def make_ca(
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
         .add_extension(ski, critical=False)

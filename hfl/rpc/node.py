@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from hfl.domain import NodeInfo
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.client import call
+from hfl.rpc.pki import write_secret
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
 
@@ -37,13 +37,7 @@ def load_identity(state_dir: Path, name: str = "identity.key") -> SigningKey:
     if path.exists():
         return SigningKey.from_private_bytes(path.read_bytes())
     key = SigningKey.generate()
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_secret(path, key.private_bytes())
     return key
 
 

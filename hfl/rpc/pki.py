@@ -55,6 +55,11 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def write_secret(path: Path, data: bytes) -> None:
@@ -201,10 +206,6 @@ class CAStore:
         )
         self._lock = threading.Lock()
         self.on_revoke: list[Callable[[frozenset[int]], None]] = []
-
-    @property
-    def ca_path(self) -> Path:
-        return self.dir / "ca.pem"
 
     def close(self) -> None:
         self._db.close()
@@ -453,7 +454,6 @@ class NodeTls:
         self.ca_cert = x509.cert_from_pem(ca_pem)
         self.revoked: set[int] = set()
         self.generation = 0
-        self._served = -1
         self._channel_creds: grpc.ChannelCredentials | None = None
         self._set(key_pem, cert_pem)
 
@@ -481,23 +481,29 @@ class NodeTls:
         return x509.remaining_fraction(self.cert) < RENEW_WHEN_LEFT
 
     # ---- gRPC credentials
-    def _server_config(self) -> Any:
+    def _server_config(self, require_client_auth: bool) -> Any:
         return grpc.ssl_server_certificate_configuration(
-            [(self.key_pem, self.cert_pem)], root_certificates=self.ca_pem
+            [(self.key_pem, self.cert_pem)], root_certificates=self.ca_pem if require_client_auth else None
         )
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """mTLS server credentials; a renewed certificate is picked up at the next handshake."""
-        self._served = self.generation
+    def server_credentials(self, require_client_auth: bool = True) -> grpc.ServerCredentials:
+        """Server credentials with this node's certificate: mutual TLS, or server-only TLS with
+        ``require_client_auth=False`` (the authority's enrolment port). A renewed certificate is picked
+        up at the next handshake. Each credentials object remembers on its own which certificate it
+        serves, so several ports may share one identity."""
+        served = self.generation
 
         def fetch() -> Any:
-            if self._served == self.generation:
+            nonlocal served
+            if served == self.generation:
                 return None
-            self._served = self.generation
-            return self._server_config()
+            served = self.generation
+            return self._server_config(require_client_auth)
 
         return grpc.dynamic_ssl_server_credentials(
-            self._server_config(), fetch, require_client_authentication=True
+            self._server_config(require_client_auth),
+            fetch,
+            require_client_authentication=require_client_auth,
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
@@ -549,7 +555,7 @@ def _set_default(tls: NodeTls) -> None:
         _DEFAULT = tls
 
 
-def load_client(directory: Path, role: str | None = None, node_id: str | None = None) -> NodeTls:
+def load_client(directory: Path) -> NodeTls:
     """Client credentials from a folder with key.pem, cert.pem and ca.pem (e.g. <authority>/operator)."""
     try:
         key_pem = (directory / "key.pem").read_bytes()
@@ -558,7 +564,7 @@ def load_client(directory: Path, role: str | None = None, node_id: str | None = 
     except FileNotFoundError as e:
         raise ConfigError(f"no certificate in {directory} ({e.filename} is missing)") from None
     identity = x509.identity_of(x509.cert_from_pem(cert_pem))
-    return NodeTls(role or identity.role, node_id or identity.node_id, None, ca_pem, key_pem, cert_pem)
+    return NodeTls(identity.role, identity.node_id, None, ca_pem, key_pem, cert_pem)
 
 
 # ------------------------------------------------------------------------------------------ setting up
@@ -698,15 +704,14 @@ async def enrol(
 # ------------------------------------------------------------------------------------------ upkeep
 async def maintain(tls: NodeTls, settings: Settings) -> None:
     """Background upkeep while a server runs: renew the certificate before it expires, refresh the
-    revocation list. Failures are logged and retried; they never stop the service."""
+    revocation list (the authority itself is the only one that revokes: it learns its revocations at once
+    through CAStore.on_revoke). Failures are logged and retried; they never stop the service."""
     next_crl = 0.0
     loop = asyncio.get_running_loop()
     while True:
         try:
             if tls.needs_renewal():
                 await renew(tls, settings)
-            if tls.role == "authority":  # revocations made by other processes on the same CA database
-                tls.revoked.update(s for s, _ in open_ca(settings.state_dir).revoked())
             if tls.role != "authority" and loop.time() >= next_crl:
                 async with grpc.aio.secure_channel(settings.authority, tls.channel_credentials()) as ch:
                     resp = await authority_pb2_grpc.AuthorityServiceStub(ch).GetRevocations(

@@ -71,9 +71,17 @@ class RunningServer:
         await self.health.set("", status)
 
     def node_info(
-        self, settings: Settings, role: str, node_id: str, public_key: bytes, specialty: str = ""
+        self,
+        settings: Settings,
+        role: str,
+        node_id: str,
+        public_key: bytes,
+        specialty: str = "",
+        metrics_port: int | None = None,
     ) -> NodeInfo:
-        """How this node registers with the authority: its advertised gRPC and metrics addresses."""
+        """How this node registers with the authority: its advertised gRPC and metrics addresses.
+        ``metrics_port`` overrides the advertised /metrics port (a host process shares one among its
+        facilities)."""
         host = settings.resolved_advertise_host()
         return NodeInfo(
             node_id=node_id,
@@ -81,23 +89,25 @@ class RunningServer:
             address=self.address,
             sign_public_key=public_key,
             specialty=specialty,
-            metrics_address=f"{host}:{self.metrics_port}",
+            metrics_address=f"{host}:{metrics_port or self.metrics_port}",
         )
 
-    async def mark_ready(self, settings: Settings, role: str, node_id: str, **extra: Any) -> None:
-        """Ready to serve: health SERVING, hfl_up=1, and the ready file for `hfl demo`."""
+    async def mark_ready(
+        self, settings: Settings, role: str, node_id: str, *, metrics_port: int | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """Ready to serve: health SERVING, hfl_up=1, and the ready file for `hfl demo` (its content is
+        returned). ``metrics_port`` as in node_info."""
         await self.set_serving()
         UP.labels(role=role).set(1)
-        write_ready_file(
-            settings.ready_file,
-            {
-                "role": role,
-                "node_id": node_id,
-                "address": self.address,
-                "metrics_port": self.metrics_port,
-                **extra,
-            },
-        )
+        info = {
+            "role": role,
+            "node_id": node_id,
+            "address": self.address,
+            "metrics_port": metrics_port or self.metrics_port,
+            **extra,
+        }
+        write_ready_file(settings.ready_file, info)
+        return info
 
 
 async def start_server(
@@ -153,8 +163,8 @@ async def start_enrol_server(
         options=[("grpc.max_receive_message_length", 64 * 1024)],
     )
     register(server)
-    creds = grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)], require_client_auth=False)
-    port = server.add_secure_port(settings.enrol_listen, creds)
+    # dynamic like the main port: the authority's renewed certificate is served from the next handshake
+    port = server.add_secure_port(settings.enrol_listen, tls.server_credentials(require_client_auth=False))
     if port == 0:
         raise OSError(f"could not listen on {settings.enrol_listen}")
     await server.start()
@@ -184,6 +194,12 @@ async def serve_until_stopped(running: RunningServer, role: str, stop: asyncio.E
             pass
     await stop.wait()
     log.info("%s shutting down", role)
+    await shutdown(running, role)
+
+
+async def shutdown(running: RunningServer, role: str) -> None:
+    """Stop one server gracefully: hfl_up=0, health NOT_SERVING, certificate upkeep and the role's
+    background loops cancelled, then the server stops (calls in flight get 2 s)."""
     UP.labels(role=role).set(0)
     await running.health.enter_graceful_shutdown()
     running.cancel_background()

@@ -7,6 +7,7 @@ A quarantined facility's certificates are revoked, and it can neither renew nor 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -23,9 +24,10 @@ class CertificateService:
     """Mixed into the Authority servicer (services/authority/service.py)."""
 
     settings: Settings
+    if TYPE_CHECKING:  # the facilities the authority has quarantined (a property of the servicer)
 
-    def _quarantined(self) -> frozenset[str]:
-        return frozenset(getattr(self, "quarantined", frozenset()))
+        @property
+        def quarantined(self) -> frozenset[str]: ...
 
     def ca(self) -> pki.CAStore:
         if not self.settings.tls:
@@ -55,7 +57,7 @@ class CertificateService:
         if token_role != role or token_node not in (node_id, pki.ANY_NODE):
             whom = f"new {token_role} nodes" if token_node == pki.ANY_NODE else f"{token_role} {token_node}"
             raise NotAllowed(f"this enrolment token is for {whom}, not {role} {node_id}")
-        if node_id in self._quarantined() or ca.is_node_revoked(node_id):
+        if node_id in self.quarantined or ca.is_node_revoked(node_id):
             raise NotAllowed(f"{node_id} is quarantined or revoked; it cannot enrol again")
         ca.consume_token(request.token, node_id, key_id=key_id)
         cert = ca.issue(bytes(request.csr_pem), role, node_id)
@@ -69,7 +71,7 @@ class CertificateService:
         if who is None:
             raise Unauthenticated("renewal needs a client certificate")
         ca = self.ca()
-        if who.node_id in self._quarantined() or ca.is_node_revoked(who.node_id):
+        if who.node_id in self.quarantined or ca.is_node_revoked(who.node_id):
             raise NotAllowed(f"{who.node_id} is quarantined or revoked; its certificate is not renewed")
         cert = ca.issue(bytes(request.csr_pem), who.role, who.node_id)
         log.info("renewed the certificate of %s %s", who.role, who.node_id)

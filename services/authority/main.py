@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hfl.proto.v1 import authority_pb2_grpc
-from hfl.rpc.metrics import UP
 from hfl.rpc.node import load_identity
-from hfl.rpc.server import serve_until_stopped, start_enrol_server, start_server, write_ready_file
+from hfl.rpc.server import serve_until_stopped, start_enrol_server, start_server
 from hfl.rpc.settings import Settings
 from services.authority.registry import Registry
 from services.authority.service import Authority
@@ -23,9 +24,7 @@ async def run(settings: Settings) -> None:
     enrol = await start_enrol_server(
         settings, lambda s: authority_pb2_grpc.add_AuthorityServiceServicer_to_server(servicer, s)
     )
-    await running.set_serving()
-    UP.labels(role="authority").set(1)
-    tls_info = (
+    tls_info: dict[str, Any] = (
         {
             "enrol_address": enrol[1],
             "ca": str(running.tls.dir / "ca.pem") if running.tls and running.tls.dir else "",
@@ -33,16 +32,8 @@ async def run(settings: Settings) -> None:
         if enrol
         else {}
     )
-    write_ready_file(
-        settings.ready_file,
-        {
-            "role": "authority",
-            "node_id": settings.resolved_node_id(),
-            "address": running.address,
-            "metrics_port": running.metrics_port,
-            "public_key": key.public_bytes.hex(),
-            **tls_info,
-        },
+    await running.mark_ready(
+        settings, "authority", settings.resolved_node_id(), public_key=key.public_bytes.hex(), **tls_info
     )
     try:
         await serve_until_stopped(running, "authority")

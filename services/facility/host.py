@@ -31,7 +31,7 @@ from typing import Any
 from hfl.errors import ConfigError
 from hfl.proto.v1 import facility_pb2_grpc
 from hfl.rpc.metrics import start_metrics
-from hfl.rpc.server import Channels, write_ready_file
+from hfl.rpc.server import Channels, shutdown, write_ready_file
 from hfl.rpc.settings import Settings, load_settings
 from services.facility.main import StartedFacility, start
 from services.facility.service import Facility
@@ -205,8 +205,6 @@ async def run(settings: Settings) -> None:
 
 async def _stop(f: StartedFacility) -> None:
     try:
-        await f.running.health.enter_graceful_shutdown()
-        f.running.cancel_background()  # certificate renewal, re-registration
-        await f.running.server.stop(grace=2.0)
+        await shutdown(f.running, "facility")  # also ends certificate renewal and re-registration
     finally:
         await f.channels.close()

@@ -14,9 +14,8 @@ import grpc
 from hfl.domain import NodeInfo
 from hfl.learning.data import load_facility_data
 from hfl.proto.v1 import facility_pb2_grpc
-from hfl.rpc.metrics import UP
 from hfl.rpc.node import register
-from hfl.rpc.server import Channels, RunningServer, serve_until_stopped, start_server, write_ready_file
+from hfl.rpc.server import Channels, RunningServer, serve_until_stopped, start_server
 from hfl.rpc.settings import Settings
 from services.facility.service import Facility, parse_shard
 
@@ -61,15 +60,13 @@ async def start(
         settings, "facility", lambda s: facility_pb2_grpc.add_FacilityServiceServicer_to_server(facility, s)
     )
     channels.use(running.tls)  # this facility's own certificate, also when several share a process
-    metrics_port = metrics_port or running.metrics_port
-    metrics_address = f"{settings.resolved_advertise_host()}:{metrics_port}"
-    node = NodeInfo(
-        node_id=node_id,
-        role="facility",
-        address=running.address,
-        sign_public_key=facility.signing_key.public_bytes,
-        specialty=settings.specialty,
-        metrics_address=metrics_address,
+    node = running.node_info(
+        settings,
+        "facility",
+        node_id,
+        facility.signing_key.public_bytes,
+        settings.specialty,
+        metrics_port=metrics_port,
     )
     answer = await register(channels, settings.authority, node)
     specialty = answer.specialty or settings.specialty or "hospital"
@@ -97,16 +94,9 @@ async def start(
                 keep_registered(facility, channels, settings.authority, node, settings.reregister_s)
             )
         )
-    await running.set_serving()
-    UP.labels(role="facility").set(1)
-    info = {
-        "role": "facility",
-        "node_id": node_id,
-        "address": running.address,
-        "metrics_port": metrics_port,
-        "specialty": specialty,
-    }
-    write_ready_file(settings.ready_file, info)
+    info = await running.mark_ready(
+        settings, "facility", node_id, metrics_port=metrics_port, specialty=specialty
+    )
     return StartedFacility(node_id, facility, running, channels, info)
 
 

@@ -123,7 +123,7 @@ def client_tls(
     )
     tls = NodeTls.__new__(NodeTls)  # skip the validity check: tests also make expired certificates
     tls.role, tls.node_id, tls.dir, tls.ca_pem = role, node_id, None, x509.cert_to_pem(ca_cert)
-    tls.ca_cert, tls.revoked, tls.generation, tls._served = ca_cert, set(), 1, -1
+    tls.ca_cert, tls.revoked, tls.generation = ca_cert, set(), 1
     tls.key_pem, tls.cert_pem, tls.cert = x509.key_to_pem(key), x509.cert_to_pem(cert), cert
     tls._channel_creds = None
     return tls

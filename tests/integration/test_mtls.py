@@ -209,10 +209,8 @@ def test_revoked_certificate_is_unauthenticated(federation: Fed) -> None:
     state = out / "state" / "authority"
     ca = CAStore(state)  # the authority's CA database, opened from here as an operator would
     try:
-        key = x509.new_key()
-        cert_pem = ca.issue(x509.make_csr(key, "facility-77", "facility", []), "facility", "facility-77")
-        tls = client_tls(out, "facility", "facility-77")
-        tls.key_pem, tls.cert_pem, tls._channel_creds = x509.key_to_pem(key), cert_pem, None
+        key_pem, cert_pem = ca.issue_local("facility", "facility-77", [])  # recorded in the CA database
+        tls = NodeTls("facility", "facility-77", None, ca.cert_pem, key_pem, cert_pem)
         request = fog_pb2.SubmitUpdateRequest(node_id="facility-77", round=999)
         # before revocation the certificate gets through to the fog's own checks (the update is empty)
         assert _code("fog.SubmitUpdate", request, tls, _addr(procs, "fog-1")) in (

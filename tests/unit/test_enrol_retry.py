@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 
 from hfl.crypto import x509
-from hfl.errors import NotAllowed, Unauthenticated
+from hfl.errors import Unauthenticated
 from hfl.proto.v1 import authority_pb2
 from hfl.rpc import pki
 from tests.unit.conftest import EnrolAuthority
@@ -26,7 +26,9 @@ def test_same_node_same_key_may_repeat_its_enrolment(authority: EnrolAuthority) 
     first = x509.cert_from_pem(_enrol(authority, token, "fog", "fog-1", csr))
     again = x509.cert_from_pem(_enrol(authority, token, "fog", "fog-1", csr))
     assert x509.identity_of(again).node_id == x509.identity_of(first).node_id == "fog-1"
-    assert x509.key_fingerprint(again.public_key()) == x509.key_fingerprint(first.public_key())
+    asked = x509.key_fingerprint(x509.load_csr(csr).public_key())
+    assert x509.key_fingerprint(first.public_key()) == x509.key_fingerprint(again.public_key()) == asked
+    assert again.serial_number != first.serial_number  # a second certificate, for the same key
 
 
 def test_a_different_key_cannot_reuse_the_token(authority: EnrolAuthority) -> None:
@@ -48,15 +50,25 @@ def test_a_late_retry_is_refused(authority: EnrolAuthority, monkeypatch: pytest.
 
 def test_shared_token_retry_with_the_same_key_does_not_use_up_the_cap(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
-    token = pki.add_role_token(state, "facility", max_uses=1, hours=1)
+    token = pki.add_role_token(state, "facility", max_uses=2, hours=1)
     csr = x509.make_csr(x509.new_key(), "facility-x", "facility", [])
     _enrol(authority, token, "facility", "facility-x", csr)
     _enrol(authority, token, "facility", "facility-x", csr)  # the lost answer, asked for again
-    with pytest.raises((Unauthenticated, NotAllowed)):
+    assert authority.ca().shared_token_uses(token) == 1
+    # the retry used nothing: a second new facility still enrols, and then the cap is reached
+    second = _enrol(
+        authority,
+        token,
+        "facility",
+        "facility-y",
+        x509.make_csr(x509.new_key(), "facility-y", "facility", []),
+    )
+    assert x509.identity_of(x509.cert_from_pem(second)).node_id == "facility-y"
+    with pytest.raises(Unauthenticated, match="maximum"):
         _enrol(
             authority,
             token,
             "facility",
-            "facility-y",
-            x509.make_csr(x509.new_key(), "facility-y", "facility", []),
+            "facility-z",
+            x509.make_csr(x509.new_key(), "facility-z", "facility", []),
         )

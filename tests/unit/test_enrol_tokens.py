@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import socket
+import ssl
 from pathlib import Path
 
 import pytest
+from cryptography.x509 import load_der_x509_certificate
 
 from hfl.crypto import x509
 from hfl.errors import ConfigError, NotAllowed, Unauthenticated
 from hfl.proto.v1 import authority_pb2
 from hfl.provision import FACILITY_TOKEN_FILE, TOKEN_FILE, FixedNode, parse_node, provision
 from hfl.rpc import pki
+from hfl.rpc.server import start_enrol_server
 from hfl.rpc.settings import Settings
 from tests.unit.conftest import EnrolAuthority
 
@@ -179,3 +183,48 @@ def test_token_file_is_read_and_deleted_after_use_only_in_the_state_folder(tmp_p
     ) == ("direct")
     with pytest.raises(ConfigError, match="does not exist"):
         pki.enrol_token_of(Settings(state_dir=state, enrol_token_file=str(tmp_path / "missing")))
+
+
+def _served_serial(address: str, ca_pem: bytes) -> int:
+    """The serial of the certificate a TLS port shows a client that has no certificate of its own."""
+    ctx = ssl.create_default_context(cadata=ca_pem.decode())
+    ctx.set_alpn_protocols(["h2"])
+    host, _, port = address.rpartition(":")
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as conn,
+    ):
+        der = conn.getpeercert(binary_form=True)
+    assert der is not None
+    return load_der_x509_certificate(der).serial_number
+
+
+def test_enrolment_port_serves_the_renewed_authority_certificate(
+    authority: EnrolAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = authority.ca()
+    hosts = ["localhost", "127.0.0.1"]
+    tls = pki.NodeTls(
+        "authority", "authority", None, ca.cert_pem, *ca.issue_local("authority", "authority", hosts)
+    )
+    monkeypatch.setattr(pki, "_DEFAULT", tls)
+    settings = authority.settings.model_copy(
+        update={"enrol_listen": "127.0.0.1:0", "advertise_host": "127.0.0.1"}
+    )
+
+    async def scenario() -> tuple[int, int, int]:
+        started = await start_enrol_server(settings, lambda server: None)
+        assert started is not None
+        server, address = started
+        try:
+            before = await asyncio.to_thread(_served_serial, address, ca.cert_pem)
+            tls.install(*ca.issue_local("authority", "authority", hosts))  # what pki.renew does
+            after = await asyncio.to_thread(_served_serial, address, ca.cert_pem)
+            return before, after, await asyncio.to_thread(_served_serial, address, ca.cert_pem)
+        finally:
+            await server.stop(None)
+
+    first = tls.cert.serial_number
+    before, after, again = asyncio.run(scenario())
+    assert before != tls.cert.serial_number and before == first
+    assert after == again == tls.cert.serial_number  # new handshakes get the renewed certificate
