@@ -379,21 +379,26 @@ def parse_faults(specs: list[str], allowed: tuple[str, ...], what: str) -> list[
     return out
 
 
-def check_args(args: argparse.Namespace) -> None:
-    if args.facilities < 1 or args.fogs < 1 or args.rounds < 1:
-        raise ConfigError("--facilities, --fogs and --rounds must be at least 1")
-    if args.validators < 1 or (args.validators - 1) % 3 != 0:
+def check_topology(validators: int, bucket_size: int, secagg: bool) -> None:
+    """The committee and bucket rules every launcher shares (hfl demo, hfl bench federation)."""
+    if validators < 1 or (validators - 1) % 3 != 0:
         raise ConfigError("--validators must be 3f+1 (1, 4, 7, ...) so that 2f+1 votes form a quorum")
-    if not 0 <= args.drop_rate < 1:
-        raise ConfigError("--drop-rate must be between 0 and 1")
-    if args.bucket_size < 1:
+    if bucket_size < 1:
         raise ConfigError("--bucket-size must be at least 1")
-    if args.secagg and args.bucket_size < 3:
+    if secagg and bucket_size < 3:
         raise ConfigError(
             "secure aggregation needs buckets of at least 3 facilities (with 2, each could "
             "subtract its own update from the sum and learn the other's); use --bucket-size 3 or "
             "more, or --no-secagg"
         )
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.facilities < 1 or args.fogs < 1 or args.rounds < 1:
+        raise ConfigError("--facilities, --fogs and --rounds must be at least 1")
+    check_topology(args.validators, args.bucket_size, args.secagg)
+    if not 0 <= args.drop_rate < 1:
+        raise ConfigError("--drop-rate must be between 0 and 1")
     if args.facilities_per_process < 1:
         raise ConfigError("--facilities-per-process must be at least 1")
     check_dp_args(args)
@@ -599,8 +604,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         fed.wait_ready([auth], label="authority")
         common["HFL_AUTHORITY"] = auth.info["address"]
-        ref_thread = threading.Thread(target=compute_reference, daemon=True)
-        ref_thread.start()
         print(f"Starting {args.validators} validators, {args.fogs} fogs and {n_fac} facilities ...")
         validation = f"csv:{args.validation_csv}" if args.validation_csv else args.dataset
         workers = [
@@ -636,6 +639,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("Starting the leader ...")
         leader = fed.start("leader", "leader", leader_env)
         fed.wait_ready([leader], label="leader")
+        # Only now: Popen's preexec_fn (die with the parent) is unsafe while another thread runs.
+        ref_thread = threading.Thread(target=compute_reference, daemon=True)
+        ref_thread.start()
         dp = dp_summary(leader.info)
         print(dp_banner(dp))
         (out / "endpoints.json").write_text(json.dumps(fed.endpoints(), indent=2))

@@ -5,12 +5,11 @@ Needs a Docker engine (skipped otherwise, see tests/conftest.py). Builds hfl:lat
 deploy/image/build.sh when the image is missing or was built from other sources (label
 org.hfl.source-hash); HFL_E2E_REUSE_IMAGE=1 accepts any existing hfl:latest. Typical duration on the
 project machine (2 cores, shared): about 5 minutes with an up-to-date image, plus the build (3 to 10 minutes
-depending on the load). Step timings go to bench/results/containers.json.
+depending on the load). With HFL_RECORD_RESULTS=1 step timings go to bench/results/containers.json.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -21,7 +20,8 @@ import grpc
 import pytest
 
 from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
-from tests.e2e.compose import ROOT, ComposeProject, ensure_image, log, wait_for
+from tests.conftest import record_result
+from tests.e2e.compose import ComposeProject, ensure_image, log, wait_for
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
 
@@ -215,7 +215,5 @@ def test_compose_federation(project: ComposeProject) -> None:
     timings["total_s"] = round(time.monotonic() - started, 1)
     timings["committed_rounds_at_end"] = r + 1
     timings["machine"] = f"{os.cpu_count()} cores, shared with other jobs (timings under contention)"
-    out = ROOT / "bench" / "results" / "containers.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(timings, indent=2) + "\n")
+    record_result("containers.json", timings)
     log(f"done: {timings}")

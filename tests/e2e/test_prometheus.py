@@ -110,8 +110,7 @@ def prometheus(federation: dict[str, Any], tmp_path_factory: pytest.TempPathFact
     work = tmp_path_factory.mktemp("prom")
     jobs: dict[str, list[str]] = {}
     for e in federation["endpoints"]:
-        role = "facility" if e["role"] in ("facility", "facilities") else e["role"]
-        jobs.setdefault(role, []).append(e["metrics"])
+        jobs.setdefault(e["role"], []).append(e["metrics"])  # endpoints() lists hosted facilities one by one
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
@@ -164,6 +163,13 @@ def test_prometheus_scrapes_every_service(federation: dict[str, Any], prometheus
     wait_for("every service to be scraped", all_up, timeout=60, every=1)
     roles = {r["metric"]["job"] for r in query(prometheus, "up == 1")}
     assert roles == {"authority", "leader", "fog", "validator", "facility"}
+
+
+def test_promtool_accepts_the_shipped_configuration() -> None:
+    """The configuration deploy/docker-compose.yml mounts (the test federation uses its own, above)."""
+    shipped = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    check = subprocess.run(["promtool", "check", "config", str(shipped)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_promtool_accepts_every_endpoint(federation: dict[str, Any]) -> None:

@@ -8,12 +8,11 @@ INTERNAL: bytes that are not a message of the method's type are INVALID_ARGUMENT
 every service must stay up, and no state may change: ledger head, registered nodes, quarantine list.
 
 Cases: HFL_FUZZ_EXAMPLES per method (default 12; ~30 methods -> a few hundred cases in CI).
-The count actually run is written to bench/results/fuzz_count.json.
+With HFL_RECORD_RESULTS=1 the count actually run is written to bench/results/fuzz_count.json.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -41,12 +40,12 @@ from hfl.proto.v1 import (
 )
 from hfl.rpc.authz import TABLE, rule_for
 from hfl.rpc.pki import NodeTls, sync_channel
+from tests.conftest import record_result
 from tests.integration.helpers import client_tls, start_federation, wait_for_round
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = int(os.environ.get("HFL_FUZZ_EXAMPLES", "12"))
-RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "fuzz_count.json"
 SERVICES = {
     "AuthorityService": (authority_pb2, "authority"),
     "FogService": (fog_pb2, "fog-1"),
@@ -110,16 +109,9 @@ def federation(
         yield fed, procs, out
     finally:
         fed.stop_all()
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(
-            json.dumps(
-                {
-                    "fuzz_cases": COUNT["cases"],
-                    "methods": len(METHODS),
-                    "examples_per_method_and_kind": EXAMPLES,
-                },
-                indent=2,
-            )
+        record_result(
+            "fuzz_count.json",
+            {"fuzz_cases": COUNT["cases"], "methods": len(METHODS), "examples_per_method_and_kind": EXAMPLES},
         )
 
 
