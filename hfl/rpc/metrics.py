@@ -46,6 +46,32 @@ FACILITY_FOG = Gauge(
     "hfl_facility_fog", "1 for each facility and the fog it reports to this round.", ["facility", "fog"]
 )
 
+# What the alert rules (deploy/prometheus/alerts.yml) need beyond the above.
+LAST_COMMIT = Gauge(
+    "hfl_last_commit_timestamp_seconds",
+    "When the leader last committed a round (Unix time); its start time until the first commit.",
+)
+ROUND_INTERVAL = Gauge("hfl_round_interval_seconds", "Pause between rounds (HFL_ROUND_INTERVAL).")
+EPSILON_BUDGET = Gauge(
+    "hfl_privacy_epsilon_budget", "The privacy budget (epsilon) of every facility; 0 when there is none."
+)
+MISSED_ROUNDS = Gauge(
+    "hfl_facility_missed_rounds",
+    "Rounds in a row the facility was scheduled and did not answer at all (0 when it answers).",
+    ["facility"],
+)
+LEFT_OUT = Gauge(
+    "hfl_facility_left_out",
+    "1 while the facility is left out of the schedule for missing rounds (until it registers again).",
+    ["facility"],
+)
+CERT_EXPIRY = Gauge(
+    "hfl_certificate_expiry_timestamp_seconds", "When this node's TLS certificate expires (Unix time)."
+)
+CERT_LIFETIME = Gauge(
+    "hfl_certificate_lifetime_seconds", "How long this node's TLS certificate is valid in all, in seconds."
+)
+
 
 def start_metrics(port: int) -> int:
     """Serve /metrics on ``port`` (0: the OS picks). Returns the bound port, or -1 when disabled."""

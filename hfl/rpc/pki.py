@@ -26,6 +26,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import grpc
 from hfl.crypto import x509
 from hfl.errors import ConfigError, NotAllowed, Unauthenticated
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
+from hfl.rpc.metrics import CERT_EXPIRY, CERT_LIFETIME
 from hfl.rpc.settings import Settings
 
 log = logging.getLogger("hfl.pki")
@@ -441,6 +443,17 @@ def close_ca(state_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ a node's TLS
+_IDENTITIES: weakref.WeakSet[NodeTls] = weakref.WeakSet()  # every identity this process holds
+
+
+def _publish_expiry() -> None:
+    """The metrics show the certificate of this process that expires first (a host runs many)."""
+    first = min((t.cert for t in _IDENTITIES), key=lambda c: c.not_valid_after_utc, default=None)
+    if first is not None:
+        CERT_EXPIRY.set(first.not_valid_after_utc.timestamp())
+        CERT_LIFETIME.set((first.not_valid_after_utc - first.not_valid_before_utc).total_seconds())
+
+
 class NodeTls:
     """One node's TLS identity and the credentials made from it (renewable while the server runs)."""
 
@@ -465,6 +478,8 @@ class NodeTls:
         self.key_pem, self.cert_pem, self.cert, self.identity = key_pem, cert_pem, cert, identity
         self._channel_creds = None
         self.generation += 1
+        _IDENTITIES.add(self)
+        _publish_expiry()
 
     def install(self, key_pem: bytes, cert_pem: bytes) -> None:
         """Use a new key and certificate from now on (and keep them in the state directory)."""

@@ -24,7 +24,7 @@ from hfl.errors import InvalidInput, NotAllowed, Unauthenticated
 from hfl.privacy import PrivacyLedger, PrivacyLedgerError
 from hfl.privacy.federation import spend_slot
 from hfl.privacy.report import SpendReport
-from hfl.rpc.metrics import EPSILON_SPENT, PRIVACY_EXHAUSTED
+from hfl.rpc.metrics import EPSILON_BUDGET, EPSILON_SPENT, PRIVACY_EXHAUSTED
 
 log = logging.getLogger("hfl.authority")
 
@@ -36,6 +36,7 @@ class PrivacyBook:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.ledger = PrivacyLedger(path)
         self.budget = float(budget)
+        EPSILON_BUDGET.set(self.budget)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA synchronous=FULL")

@@ -15,7 +15,7 @@ from hfl.hashing import HASH_LEN
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.robust.reputation import FLAG_KINDS, Reputation, with_refused
 from hfl.rpc import serde
-from hfl.rpc.metrics import QUARANTINED, REPUTATION
+from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION
 from hfl.rpc.settings import Settings
 from hfl.schedule import MIN_SECURE_BUCKET, Attendance, assign_buckets, round_seed, select_committee
 from services.authority.enrol import CertificateService
@@ -54,6 +54,8 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
                 REPUTATION.labels(node=node.node_id, role=node.role).set(self.reputation.score(node.node_id))
             if node.role == "facility":
                 QUARANTINED.labels(facility=node.node_id).set(int(node.node_id in quarantined))
+                MISSED_ROUNDS.labels(facility=node.node_id).set(self.attendance.missed(node.node_id))
+                LEFT_OUT.labels(facility=node.node_id).set(int(node.node_id in self.attendance.inactive))
 
     def registration_challenge(self, node: NodeInfo) -> bytes:
         """What a validator must solve to register: binds the authority, the node id and its key."""

@@ -12,7 +12,7 @@ from hfl.learning.models import make_model
 from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN
 from hfl.ledger import LedgerError, LedgerStore
 from hfl.proto.v1 import leader_pb2_grpc
-from hfl.rpc.metrics import ROUND
+from hfl.rpc.metrics import LAST_COMMIT, ROUND, ROUND_INTERVAL
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
 from hfl.rpc.settings import Settings
@@ -63,6 +63,8 @@ async def run(settings: Settings) -> None:
     if head is not None and head.header.round > 0:
         log.info("resuming after round %d (head %s)", head.header.round, head.hash.hex()[:16])
         ROUND.set(head.header.round)
+    LAST_COMMIT.set_to_current_time()  # "no commit since" counts from the start
+    ROUND_INTERVAL.set(settings.round_interval)
     channels = Channels()
     leader = Leader(settings, channels, store, spec, training_plan(settings))
     running = await start_server(

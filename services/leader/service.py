@@ -43,6 +43,7 @@ from hfl.rpc.metrics import (
     COMMITS,
     FACILITY_FOG,
     FLAGGED_BUCKETS,
+    LAST_COMMIT,
     MODEL_ACCURACY,
     MODEL_LOSS,
     ROUND,
@@ -267,6 +268,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.model = new_model
         ROUND.set(round_)
         COMMITS.labels(outcome="committed").inc()
+        LAST_COMMIT.set_to_current_time()
         metrics = await self.evaluate(config, counter)
         clock.lap("evaluate")
         self.last_metrics = metrics

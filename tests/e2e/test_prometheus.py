@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ import pytest
 from tests.e2e.compose import ROOT, wait_for
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "hfl.json"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 # Grafana fills these in; for a direct query, a window that spans several 1 s scrapes.
 GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "5m"}
 
@@ -113,6 +115,7 @@ def prometheus(federation: dict[str, Any], tmp_path_factory: pytest.TempPathFact
         jobs.setdefault(e["role"], []).append(e["metrics"])  # endpoints() lists hosted facilities one by one
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERTS)],
         "scrape_configs": [
             {"job_name": role, "static_configs": [{"targets": sorted(set(targets))}]}
             for role, targets in sorted(jobs.items())
@@ -217,3 +220,42 @@ def test_every_dashboard_expression_returns_data(federation: dict[str, Any], pro
         if not query(prometheus, expr):
             empty.append(f"{title}: {expr}")
     assert not empty, "these dashboard expressions return no data:\n  " + "\n  ".join(empty)
+
+
+def test_alert_rules_load_and_read_live_metrics(federation: dict[str, Any], prometheus: str) -> None:
+    """The shipped alert rules load without error, every hfl_ metric they read exists in a live federation,
+    and a healthy federation fires none of them (but NoCommit: a --keep-running demo stops training)."""
+    wait_for(
+        "the alert rules to be evaluated",
+        lambda: all(
+            r.get("lastEvaluation", "").startswith("20")
+            for g in get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
+            for r in g["rules"]
+        ),
+        timeout=60,
+        every=1,
+    )
+    groups = get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert len(rules) >= 7, "the alert rules did not load"
+    assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+    names = set(re.findall(r"\bhfl_[a-z_]+", ALERTS.read_text()))
+
+    def missing() -> list[str]:
+        return [n for n in sorted(names) if not query(prometheus, n)]
+
+    wait_for(
+        "every metric the alert rules read to be scraped",
+        lambda: not missing(),
+        timeout=60,
+        every=1,
+        on_timeout=lambda: f"the alert rules read metrics that no service exports: {missing()}",
+    )
+    firing = {a["labels"]["alertname"] for a in get_json(f"{prometheus}/api/v1/alerts")["data"]["alerts"]}
+    # The demo sizes ε per round so that its whole budget is spent by the last round: the budget alert
+    # must then be raised, and only when a facility really is past 80 % of it.
+    spent = max(float(r["value"][1]) for r in query(prometheus, 'hfl_privacy_epsilon_spent{job="authority"}'))
+    budget = float(query(prometheus, 'hfl_privacy_epsilon_budget{job="authority"}')[0]["value"][1])
+    assert budget == 5.0
+    assert ("PrivacyBudgetNearlyUsed" in firing) == (spent > 0.8 * budget), (spent, budget, firing)
+    assert firing - {"PrivacyBudgetNearlyUsed"} <= {"NoCommit"}, f"a healthy federation alerted: {firing}"
