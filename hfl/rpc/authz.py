@@ -13,6 +13,7 @@ meaning, e.g. a facility only takes StartRound from the fog of its bucket.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ log = logging.getLogger("hfl.authz")
 
 NODE_ROLES = frozenset({"leader", "fog", "facility", "validator"})
 ANYONE = NODE_ROLES | {"authority", "operator"}
+OVERSEERS = frozenset({"authority", "operator"})  # may read every node's entry and privacy spend
 
 _CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("hfl_caller", default=None)
 
@@ -37,6 +39,19 @@ _CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("hfl_c
 def caller() -> Identity | None:
     """The certificate identity of the peer of the RPC being served (None without TLS)."""
     return _CALLER.get()
+
+
+def caller_id() -> str | None:
+    """The node id in the caller's certificate (None without TLS)."""
+    who = caller()
+    return who.node_id if who is not None else None
+
+
+def sees_everything() -> bool:
+    """Whether the caller may read the whole federation's registry and privacy ledger: the operator
+    (and anyone when TLS is off, a debugging mode with no identities)."""
+    who = caller()
+    return who is None or who.role in OVERSEERS
 
 
 def require_caller_is(node_id: str, what: str) -> None:
@@ -96,9 +111,9 @@ TABLE: dict[str, Rule] = {
     _A + "Register": Rule(NODE_ROLES, _bind_register),
     _A + "GetRoundConfig": Rule(LEADER),
     _A + "ReportRound": Rule(LEADER),
-    _A + "ListNodes": Rule(ANYONE),
+    _A + "ListNodes": Rule(ANYONE),  # others than the operator see only their own entry
     _A + "ReportPrivacySpend": Rule(FACILITY, _bind_privacy, "submit"),
-    _A + "GetPrivacySpend": Rule(ANYONE),
+    _A + "GetPrivacySpend": Rule(FACILITY | OPERATOR),  # a facility sees only its own ε
     _A + "RenewCertificate": Rule(NODE_ROLES),
     _A + "GetRevocations": Rule(NODE_ROLES | OPERATOR),
     _A + "ReleaseFacility": Rule(OPERATOR),
@@ -170,8 +185,17 @@ def _wrap(handler: grpc.RpcMethodHandler, check: _Check) -> grpc.RpcMethodHandle
             async for item in inner_us(request, context):
                 yield item
 
+        async def writes_to_context(request: Any, context: grpc.aio.ServicerContext) -> None:
+            # Server-streaming handlers may also be coroutines that call context.write (the standard
+            # health service's Watch does): keep that form, an async-for over a coroutine fails.
+            token = _CALLER.set(check(request, context))
+            try:
+                await inner_us(request, context)
+            finally:
+                _CALLER.reset(token)
+
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream,
+            unary_stream if inspect.isasyncgenfunction(inner_us) else writes_to_context,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

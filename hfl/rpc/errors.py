@@ -7,6 +7,7 @@ to the caller, the traceback goes to the service's own log.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -121,8 +122,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 except Exception as exc:
                     await _abort(context, exc, method)
 
+            async def writes_to_context(request: Any, context: grpc.aio.ServicerContext) -> None:
+                # A streaming handler written as a coroutine calling context.write (e.g. health Watch).
+                try:
+                    _refuse_undecodable(request)
+                    await inner_us(request, context)  # type: ignore[arg-type,misc]
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort(context, exc, method)
+
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream,
+                unary_stream if inspect.isasyncgenfunction(inner_us) else writes_to_context,
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )

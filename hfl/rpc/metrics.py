@@ -73,9 +73,12 @@ CERT_LIFETIME = Gauge(
 )
 
 
-def start_metrics(port: int) -> int:
-    """Serve /metrics on ``port`` (0: the OS picks). Returns the bound port, or -1 when disabled."""
+def start_metrics(port: int, host: str = "127.0.0.1") -> int:
+    """Serve /metrics on ``host``:``port`` (0: the OS picks). Returns the bound port, or -1 when disabled.
+
+    Services pass the interface their gRPC port listens on (Settings.listen_host): /metrics is plain HTTP
+    and shows every node's standing, so it is never opened wider than the service itself."""
     if port < 0:
         return -1
-    server, _thread = start_http_server(port)
+    server, _thread = start_http_server(port, addr=host)
     return int(server.server_port)

@@ -12,6 +12,7 @@ import grpc
 from hfl.crypto.pow import pow_challenge, solve
 from hfl.crypto.signing import SigningKey
 from hfl.domain import NodeInfo
+from hfl.files import private_dir
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.client import call
@@ -32,7 +33,7 @@ def setup_logging(settings: Settings, role: str) -> None:
 
 def load_identity(state_dir: Path, name: str = "identity.key") -> SigningKey:
     """The node's Ed25519 identity key, created on first start and kept in the state directory."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)  # 0700: keys, certificates and databases are this service's alone
     path = state_dir / name
     if path.exists():
         return SigningKey.from_private_bytes(path.read_bytes())

@@ -35,6 +35,7 @@ import grpc
 
 from hfl.crypto import x509
 from hfl.errors import ConfigError, NotAllowed, Unauthenticated
+from hfl.files import private_db
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc.metrics import CERT_EXPIRY, CERT_LIFETIME
 from hfl.rpc.settings import Settings
@@ -188,7 +189,9 @@ class CAStore:
             write_public(cert_path, x509.cert_to_pem(self.cert))
             log.info("created the federation's certificate authority (%s)", cert_path)
         self.cert_pem = x509.cert_to_pem(self.cert)
-        self._db = sqlite3.connect(str(self.dir / "ca.db"), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            private_db(self.dir / "ca.db"), check_same_thread=False, isolation_level=None
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(

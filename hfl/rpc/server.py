@@ -136,15 +136,15 @@ async def start_server(
         raise OSError(f"could not listen on {settings.listen}")
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    metrics_port = start_metrics(settings.metrics_port)
+    metrics_port = start_metrics(settings.metrics_port, settings.listen_host)
     address = f"{settings.resolved_advertise_host()}:{port}"
     UP.labels(role=role).set(0)
     log.info(
-        "%s listening on %s%s (metrics on :%s)",
+        "%s listening on %s%s (metrics on %s)",
         role,
         address,
         " with mutual TLS" if tls else "",
-        metrics_port,
+        f"{settings.listen_host}:{metrics_port}" if metrics_port >= 0 else "off",
     )
     upkeep = asyncio.create_task(pki.maintain(tls, settings)) if tls is not None else None
     return RunningServer(server, port, address, metrics_port, health, tls, upkeep)

@@ -148,6 +148,11 @@ class Settings(BaseSettings):
     def listen_port(self) -> int:
         return int(self.listen.rpartition(":")[2])
 
+    @property
+    def listen_host(self) -> str:
+        """The interface of HFL_LISTEN, for binding /metrics to the same one ("[::]" -> "::")."""
+        return self.listen.rpartition(":")[0].strip("[]")
+
     def resolved_advertise_host(self) -> str:
         if self.advertise_host:
             return self.advertise_host

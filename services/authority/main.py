@@ -14,7 +14,7 @@ from services.authority.service import Authority
 
 async def run(settings: Settings) -> None:
     key = load_identity(settings.state_dir)
-    registry = Registry(settings.state_dir / "authority.db")
+    registry = Registry(settings.state_dir / "authority.db")  # 0600 (registry.py)
     servicer = Authority(settings, key, registry)
     running = await start_server(
         settings,

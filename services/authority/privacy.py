@@ -21,6 +21,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 
 from hfl.errors import InvalidInput, NotAllowed, Unauthenticated
+from hfl.files import private_db
 from hfl.privacy import PrivacyLedger, PrivacyLedgerError
 from hfl.privacy.federation import spend_slot
 from hfl.privacy.report import SpendReport
@@ -33,8 +34,7 @@ class PrivacyBook:
     """Verifies and records spend reports; answers "who may still be scheduled"."""
 
     def __init__(self, path: Path, budget: float = 0.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.ledger = PrivacyLedger(path)
+        self.ledger = PrivacyLedger(private_db(path))
         self.budget = float(budget)
         EPSILON_BUDGET.set(self.budget)
         self._lock = threading.Lock()

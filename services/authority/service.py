@@ -14,7 +14,7 @@ from hfl.errors import ConfigError, HflError, InvalidInput, NotAllowed, NotFound
 from hfl.hashing import HASH_LEN
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.robust.reputation import FLAG_KINDS, Reputation, with_refused
-from hfl.rpc import serde
+from hfl.rpc import authz, serde
 from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION
 from hfl.rpc.settings import Settings
 from hfl.schedule import MIN_SECURE_BUCKET, Attendance, assign_buckets, round_seed, select_committee
@@ -289,9 +289,13 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
     async def GetPrivacySpend(
         self, request: authority_pb2.GetPrivacySpendRequest, context: grpc.aio.ServicerContext
     ) -> authority_pb2.GetPrivacySpendResponse:
-        return authority_pb2.GetPrivacySpendResponse(
-            epsilon_spent=self.privacy.spent(), exhausted=sorted(self.privacy.exhausted)
-        )
+        """The operator sees every facility's ε; a facility (hfl/rpc/authz.py) only its own."""
+        spent, exhausted = self.privacy.spent(), sorted(self.privacy.exhausted)
+        if not authz.sees_everything():
+            me = authz.caller_id()
+            spent = {k: v for k, v in spent.items() if k == me}
+            exhausted = [f for f in exhausted if f == me]
+        return authority_pb2.GetPrivacySpendResponse(epsilon_spent=spent, exhausted=exhausted)
 
     async def ReleaseFacility(
         self, request: authority_pb2.ReleaseFacilityRequest, context: grpc.aio.ServicerContext
@@ -321,8 +325,18 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
     async def ListNodes(
         self, request: authority_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> authority_pb2.ListNodesResponse:
+        """The operator sees the whole registry; any other node only its own entry and what it needs to
+        register (the proof-of-work difficulty), not the other sites' addresses or standing."""
+        nodes = self.registry.nodes()
+        if not authz.sees_everything():
+            me = authz.caller_id()
+            return authority_pb2.ListNodesResponse(
+                nodes=[serde.node_to_proto(n) for n in nodes if n.node_id == me],
+                authority_public_key=self.key.public_bytes,
+                pow_difficulty=self.settings.pow_difficulty,
+            )
         return authority_pb2.ListNodesResponse(
-            nodes=[serde.node_to_proto(n) for n in self.registry.nodes()],
+            nodes=[serde.node_to_proto(n) for n in nodes],
             authority_public_key=self.key.public_bytes,
             quarantined=sorted(self.quarantined),
             pow_difficulty=self.settings.pow_difficulty,

@@ -152,7 +152,7 @@ async def run(settings: Settings) -> None:
     every = [facility_settings(e) for e in entries]  # all settings checked before anything starts
     _install_log_tag()
     _raise_fd_limit()
-    metrics_port = start_metrics(settings.metrics_port)
+    metrics_port = start_metrics(settings.metrics_port, settings.listen_host)
     host_id = settings.resolved_node_id()
     log.info("hosting %d facilities in this process (%s)", len(every), host_id)
 

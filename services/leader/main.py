@@ -7,6 +7,7 @@ import logging
 
 from hfl.domain import ModelSpec, TrainingPlan
 from hfl.errors import ConfigError
+from hfl.files import private_db
 from hfl.learning.features import n_features_for
 from hfl.learning.models import make_model
 from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN
@@ -38,7 +39,7 @@ def training_plan(settings: Settings) -> TrainingPlan:
 def open_ledger(settings: Settings) -> tuple[LedgerStore, ModelSpec]:
     n_features = settings.n_features or n_features_for(settings.dataset, settings.label)
     spec = ModelSpec(kind=settings.model, n_features=n_features, hidden=settings.hidden)
-    store = LedgerStore(settings.state_dir / "ledger.db")
+    store = LedgerStore(private_db(settings.state_dir / "ledger.db"))
     initial = make_model(spec.kind, spec.n_features, spec.hidden).init_params(settings.seed)
     extra = {
         "model": {"kind": spec.kind, "n_features": spec.n_features, "hidden": spec.hidden},

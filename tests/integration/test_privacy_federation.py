@@ -5,11 +5,13 @@ restart. One federation (authority, 4 validators, 1 fog, 5 facilities, leader; p
 from __future__ import annotations
 
 import signal
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hfl.demo import Federation, Proc
 from hfl.ledger import LedgerStore
@@ -116,6 +118,87 @@ def spend(address: str, tls: object) -> authority_pb2.GetPrivacySpendResponse:
         return authority_pb2_grpc.AuthorityServiceStub(ch).GetPrivacySpend(
             authority_pb2.GetPrivacySpendRequest(), timeout=10
         )
+
+
+# ------------------------------------------------------------------ what each role can see (issue 18)
+def test_a_facility_sees_only_its_own_privacy_spend(
+    federation: tuple[Federation, dict[str, Proc], Path],
+) -> None:
+    fed, procs, out = federation
+    address = procs["authority"].info["address"]
+    everything = spend(address, fed.operator())
+    assert len(everything.epsilon_spent) == 5  # the operator sees every facility
+    own = spend(address, client_tls(out, "facility", "facility-01"))
+    assert dict(own.epsilon_spent) == {"facility-01": everything.epsilon_spent["facility-01"]}
+    assert set(own.exhausted) <= {"facility-01"}
+    for role, node in (("fog", "fog-1"), ("validator", "validator-1"), ("leader", "leader")):
+        with pytest.raises(grpc.RpcError) as err:
+            spend(address, client_tls(out, role, node))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, role
+
+
+def test_the_node_list_is_for_the_operator(federation: tuple[Federation, dict[str, Proc], Path]) -> None:
+    fed, procs, out = federation
+    address = procs["authority"].info["address"]
+
+    def nodes(tls: object) -> authority_pb2.ListNodesResponse:
+        with sync_channel(address, tls) as ch:  # type: ignore[arg-type]
+            return authority_pb2_grpc.AuthorityServiceStub(ch).ListNodes(
+                authority_pb2.ListNodesRequest(), timeout=10
+            )
+
+    registered = {n.node_id for n in nodes(fed.operator()).nodes}
+    assert registered == set(procs) - {"authority"}  # the operator sees every registered node
+    for role, node in (("facility", "facility-02"), ("validator", "validator-1"), ("fog", "fog-1")):
+        seen = nodes(client_tls(out, role, node))
+        assert [n.node_id for n in seen.nodes] == [node], role  # its own entry, no one else's address
+        assert not seen.quarantined and not seen.inactive
+
+
+def test_health_watch_streams_the_serving_status(
+    federation: tuple[Federation, dict[str, Proc], Path],
+) -> None:
+    fed, procs, _out = federation
+    for name in ("authority", "leader", "fog-1", "validator-1", "facility-01"):
+        with sync_channel(procs[name].info["address"], fed.operator()) as ch:
+            stream = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+            first = next(iter(stream))
+            stream.cancel()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING, name
+
+
+def _listening(port: int) -> set[str]:
+    """The local IPv4/IPv6 addresses with a TCP socket listening on ``port`` (from /proc/net)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(host)
+    return found
+
+
+def test_metrics_listen_on_the_same_interface_as_grpc(
+    federation: tuple[Federation, dict[str, Proc], Path],
+) -> None:
+    _fed, procs, _out = federation
+    for name in ("authority", "leader", "fog-1", "validator-1", "facility-01"):
+        port = int(procs[name].info["metrics_port"])
+        assert procs[name].info["address"].startswith("127.0.0.1:")
+        assert _listening(port) == {"0100007F"}, name  # 127.0.0.1 only, not 0.0.0.0
+
+
+def test_state_folders_and_databases_are_private(
+    federation: tuple[Federation, dict[str, Proc], Path],
+) -> None:
+    _fed, _procs, out = federation
+    for name in ("authority", "leader", "fog-1", "validator-1", "facility-01"):
+        assert stat.S_IMODE((out / "state" / name).stat().st_mode) == 0o700, name
+    databases = list((out / "state").rglob("*.db"))
+    assert {p.name for p in databases} >= {"ledger.db", "authority.db", "privacy.db", "ca.db"}
+    for db in databases:
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600, db
 
 
 def test_privacy_ledger_survives_authority_restart(
