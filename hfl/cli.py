@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--clip-update", type=float, default=None, help="norm bound C per member")
     a.set_defaults(func=cmd_aggregate)
 
+    from hfl.model_cli import add_arguments as add_model_arguments
+
+    add_model_arguments(sub)  # `hfl model export`, `hfl predict`
+
     st = sub.add_parser("status", help="show a running federation")
     st.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
     st.add_argument("--leader", help="leader address HOST:PORT")

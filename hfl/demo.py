@@ -668,6 +668,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "final_accuracy": None if math.isnan(final) else round(final, 6),
             "rounds": [event_row(e) for e in events],
             "committed_rounds": len(committed),
+            "facilities": [
+                {"node_id": f["node_id"], "specialty": f["specialty"], "byzantine": f["node_id"] in byzantine}
+                for f in facilities
+            ],
             "wall_time_s": round(time.monotonic() - started, 2),
             "ledger": str(out / "state" / "leader" / "ledger.db"),
             "dp": dp,

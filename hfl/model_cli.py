@@ -1,0 +1,195 @@
+"""`hfl model export` and `hfl predict`: take the trained model out of the ledger and use it.
+
+Export checks the whole ledger first (signatures, chain, recomputed aggregates) and refuses a model
+from a ledger that does not verify. The model file gets a model card beside it (Markdown and JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from hfl.errors import ConfigError
+
+FORMATS = ("npz", "onnx")
+
+
+def add_arguments(sub: Any) -> None:
+    mo = sub.add_parser("model", help="take the trained model out of the ledger")
+    mo_sub = mo.add_subparsers(dest="model_command", required=True, parser_class=type(mo))
+    ex = mo_sub.add_parser(
+        "export", help="check the ledger, then write the model of a round (with its model card)"
+    )
+    ex.add_argument("path", nargs="?", default="runs/latest", help="a demo run folder or a ledger.db file")
+    ex.add_argument("--round", default="latest", help="a round number, or 'latest' (default)")
+    ex.add_argument("--format", choices=FORMATS, default="npz", help="npz (for hfl predict) or onnx")
+    ex.add_argument("--out", help="the model file to write (default: <run>/export/model-round-N.<format>)")
+    ex.add_argument("--dataset", help="the data set it was trained on, when PATH is a bare ledger.db")
+    ex.add_argument("--label", help="the outcome column, for csv: data sets")
+    ex.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("predict", help="predict the outcome for a table of patients with an exported model")
+    pr.add_argument("--model", required=True, help="a .npz file written by `hfl model export`")
+    pr.add_argument("--csv", required=True, help="patients, one per row, with the model's columns")
+    pr.add_argument("--out", required=True, help="where to write the predictions (CSV)")
+    pr.set_defaults(func=cmd_predict)
+
+
+def _summary(path: Path) -> dict[str, Any] | None:
+    folder = path if path.is_dir() else None
+    if folder is None:
+        return None
+    f = folder / "summary.json"
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text())
+    except json.JSONDecodeError:
+        raise ConfigError(f"{f} is not valid JSON") from None
+    return data if isinstance(data, dict) else None
+
+
+def _feature_layout(dataset: str, label: str | None, n_features: int) -> dict[str, Any]:
+    """Column names and scaling for a data source, as the facilities prepared it."""
+    import numpy as np
+
+    from hfl.learning import data
+
+    if dataset == "synthetic":
+        return {
+            "feature_names": data.SYNTHETIC_FEATURE_NAMES,
+            "center": np.array([f[1] for f in data.SYNTHETIC_FEATURES]),
+            "scale": np.array([f[2] for f in data.SYNTHETIC_FEATURES]),
+            "label": "outcome",
+        }
+    if dataset == "breast_cancer":
+        names = data.load_validation_data("breast_cancer")
+        cols = names.feature_names if names is not None else ()
+        return {"feature_names": tuple(cols), "standardise_input": True, "label": "malignant"}
+    if dataset.startswith("csv:"):
+        if not label:
+            raise ConfigError("give --label, the outcome column of the csv data set")
+        path = dataset[4:]
+        first = data.csv_dir_files(path)[0] if Path(path).is_dir() else path
+        header = data.read_labelled_csv(first, label).feature_names
+        return {"feature_names": tuple(header), "standardise_input": True, "label": label}
+    raise ConfigError(
+        f"unknown data set {dataset!r}: give --dataset synthetic, breast_cancer or csv:PATH"
+        if dataset
+        else f"this ledger has {n_features} inputs; give --dataset (synthetic, breast_cancer or csv:PATH)"
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hfl.card import card_markdown, model_card
+    from hfl.cli import ledger_path
+    from hfl.learning.export import ExportedModel, to_npz, to_onnx
+    from hfl.ledger import LedgerError, LedgerStore, verify_ledger
+
+    source = Path(args.path)
+    path = ledger_path(args.path)
+    summary = _summary(source)
+    config = (summary or {}).get("config") or {}
+    dataset = args.dataset or config.get("dataset") or ""
+    label = args.label or config.get("label")
+    with LedgerStore(path) as store:
+        total = len(store)
+        if total < 2:
+            raise ConfigError(f"{path} holds no trained model yet (only the starting block)")
+        print(f"Checking the ledger ({total} blocks) before exporting ...", flush=True)
+        try:
+            verify_ledger(store)
+        except LedgerError as e:
+            raise ConfigError(f"the ledger does not verify, so no model is exported from it: {e}") from None
+        last = total - 1
+        if args.round == "latest":
+            r = last
+        else:
+            try:
+                r = int(args.round)
+            except ValueError:
+                raise ConfigError(f"--round must be a number or 'latest', got {args.round!r}") from None
+            if not 1 <= r <= last:
+                raise ConfigError(f"--round must be between 1 and {last} (the ledger's last round)")
+        blocks = [store.block(i) for i in range(r + 1)]
+        header = blocks[-1].header
+        params = store.model(header.model_hash)
+        spec = blocks[0].header.extra.get("model") or {}
+    layout = _feature_layout(dataset, label, int(spec.get("n_features", params.size)))
+    exported = ExportedModel(
+        kind=str(spec.get("kind", "logreg")),
+        n_features=int(spec.get("n_features", 0)),
+        hidden=int(spec.get("hidden", 0)) if spec.get("kind") == "mlp" else 0,
+        params=params,
+        round=r,
+        block_hash=blocks[-1].hash,
+        model_hash=header.model_hash,
+        dataset=dataset,
+        **layout,
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else (source if source.is_dir() else path.parent) / "export" / (f"model-round-{r}.{args.format}")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(to_npz(exported) if args.format == "npz" else to_onnx(exported))
+    card = model_card(exported, blocks, summary)
+    out.with_suffix(".card.json").write_text(json.dumps(card, indent=2))
+    out.with_suffix(".card.md").write_text(card_markdown(card))
+    print(f"Wrote the model of round {r} to {out}")
+    print(f"Model card: {out.with_suffix('.card.md')} (and .card.json)")
+    patients = "PATIENTS.csv"
+    if dataset == "synthetic":  # a few simulated patients in the model's columns, to try it on
+        example = out.parent / "example-patients.csv"
+        example.write_text(_example_patients(exported.feature_names))
+        patients = str(example)
+    if args.format == "npz":
+        print(f"Use it: hfl predict --model {out} --csv {patients} --out predictions.csv")
+    return 0
+
+
+def _example_patients(names: tuple[str, ...], n: int = 5) -> str:
+    import numpy as np
+
+    from hfl.learning.data import SPECIALTIES, synthetic_patients
+
+    rows = np.vstack(
+        [
+            synthetic_patients(n, s, np.random.default_rng(i), scaled=False).X
+            for i, s in enumerate(SPECIALTIES)
+        ]
+    )
+    return "\n".join([",".join(names), *(",".join(f"{v:.4g}" for v in row) for row in rows)]) + "\n"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hfl.learning.export import ExportError, from_npz, predictions_csv, read_patients
+
+    model_file, table = Path(args.model), Path(args.csv)
+    for f, what in ((model_file, "model file"), (table, "patient table")):
+        if not f.is_file():
+            raise ConfigError(f"the {what} {f} does not exist")
+    if model_file.suffix == ".onnx":
+        raise ConfigError("hfl predict reads the .npz export; use the .onnx file with onnxruntime")
+    try:
+        model = from_npz(model_file.read_bytes())
+        text = table.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{table} is not a text (CSV) file") from None
+    except ExportError as e:
+        raise ConfigError(f"{model_file}: {e}") from None
+    try:
+        X = read_patients(text, model, source=table.name)
+        csv_text, proba = predictions_csv(model, X)
+    except ExportError as e:
+        raise ConfigError(str(e)) from None
+    Path(args.out).write_text(csv_text)
+    positive = int((proba >= model.threshold).sum())
+    print(
+        f"Predicted {len(proba)} patients with the model of round {model.round}: {positive} above the "
+        f"threshold {model.threshold:g}. Written to {args.out}"
+    )
+    return 0

@@ -1,0 +1,161 @@
+"""Exported models: the file round trip, the ONNX graph against hfl's own predictions, and every refusal
+of a patient table (each names the row and column)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from hfl.hashing import hash_vector
+from hfl.learning.data import SYNTHETIC_FEATURE_NAMES, SYNTHETIC_FEATURES
+from hfl.learning.export import (
+    ExportedModel,
+    ExportError,
+    from_npz,
+    predictions_csv,
+    read_patients,
+    standardise,
+    to_npz,
+    to_onnx,
+)
+from hfl.learning.models import make_model
+
+CENTER = np.array([f[1] for f in SYNTHETIC_FEATURES])
+SCALE = np.array([f[2] for f in SYNTHETIC_FEATURES])
+
+
+def exported(kind: str = "logreg", *, scaled: bool = True, hidden: int = 5, seed: int = 3) -> ExportedModel:
+    d = len(SYNTHETIC_FEATURE_NAMES)
+    model = make_model(kind, d, hidden)
+    params = np.random.default_rng(seed).normal(size=model.n_params)
+    return ExportedModel(
+        kind=kind,
+        n_features=d,
+        hidden=model.hidden,
+        params=params,
+        feature_names=SYNTHETIC_FEATURE_NAMES,
+        round=7,
+        block_hash=b"\x01" * 32,
+        model_hash=hash_vector(params),
+        dataset="synthetic" if scaled else "csv:x.csv",
+        center=CENTER if scaled else None,
+        scale=SCALE if scaled else None,
+        standardise_input=not scaled,
+    )
+
+
+def raw_patients(n: int = 50, seed: int = 9) -> np.ndarray:
+    return CENTER + SCALE * np.random.default_rng(seed).normal(size=(n, len(CENTER)))
+
+
+def test_npz_round_trip_keeps_every_prediction() -> None:
+    for kind in ("logreg", "mlp"):
+        m = exported(kind)
+        back = from_npz(to_npz(m))
+        assert back.describe() == m.describe()
+        np.testing.assert_array_equal(back.predict_proba(raw_patients()), m.predict_proba(raw_patients()))
+
+
+def test_a_changed_model_file_is_refused() -> None:
+    m = exported()
+    buf = io.BytesIO()
+    with np.load(io.BytesIO(to_npz(m))) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["params"] = arrays["params"] + 1e-9
+    np.savez(buf, **arrays)
+    with pytest.raises(ExportError, match="do not match the model hash"):
+        from_npz(buf.getvalue())
+    with pytest.raises(ExportError, match="not a model file"):
+        from_npz(b"PK\x03\x04 not really a zip")
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+@pytest.mark.parametrize("scaled", [True, False])
+def test_onnx_gives_the_same_probabilities_as_hfl(kind: str, scaled: bool) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    m = exported(kind, scaled=scaled)
+    X = raw_patients(200)
+    session = ort.InferenceSession(to_onnx(m), providers=["CPUExecutionProvider"])
+    # With built-in scaling the graph takes raw values; otherwise the table is standardised first.
+    feed = X if scaled else standardise(X)
+    (got,) = session.run(["probability"], {"features": feed})
+    assert got.shape == (200,)
+    np.testing.assert_allclose(got, m.predict_proba(X), rtol=0, atol=1e-6)
+    assert np.ptp(got) > 0.1  # the comparison is not between two constant outputs
+
+
+def table(rows: list[list[str]], header: tuple[str, ...] = SYNTHETIC_FEATURE_NAMES) -> str:
+    return "\n".join(",".join(r) for r in [list(header), *rows]) + "\n"
+
+
+GOOD = [f"{c:g}" for c in CENTER]
+
+
+def test_a_good_table_gives_one_prediction_per_row_in_order() -> None:
+    m = exported()
+    text = table([GOOD, [f"{c:g}" for c in CENTER + 2 * SCALE]])
+    X = read_patients(text, m)
+    out, proba = predictions_csv(m, X)
+    lines = out.splitlines()
+    assert lines[0] == "row,probability_outcome,predicted_outcome"
+    assert [line.split(",")[0] for line in lines[1:]] == ["2", "3"]
+    assert proba.shape == (2,)
+    # columns in another order are matched by name
+    order = list(reversed(SYNTHETIC_FEATURE_NAMES))
+    swapped = table([list(reversed(GOOD))], tuple(order))
+    np.testing.assert_array_equal(read_patients(swapped, m), X[:1])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "is empty"),
+        (table([]), "no patients"),
+        (table([GOOD], SYNTHETIC_FEATURE_NAMES[:-1]), "missing the column 'creatinine_mg_dl'"),
+        (
+            table([[*GOOD, "x"]], (*SYNTHETIC_FEATURE_NAMES, "patient_id")),
+            "'patient_id' that the model does not",
+        ),
+        (table([GOOD[:-1]]), "row 2 of the table has 11 values but the header has 12 columns"),
+        (
+            table([GOOD, [*GOOD[:3], "", *GOOD[4:]]]),
+            "row 3 of the table has no value in column 'systolic_bp_mmhg'",
+        ),
+        (
+            table([[*GOOD[:2], "heavy", *GOOD[3:]]]),
+            "row 2 of the table, column 'bmi_kg_m2': 'heavy' is not a number",
+        ),
+        (table([["nan", *GOOD[1:]]]), "row 2 of the table, column 'age_years': 'nan' is not a usable number"),
+        (table([[*GOOD[:-1], "inf"]]), "column 'creatinine_mg_dl': 'inf' is not a usable number"),
+        (table([GOOD], (*SYNTHETIC_FEATURE_NAMES[:-1], "age_years")), "column 'age_years' more than once"),
+    ],
+)
+def test_every_bad_table_is_refused_in_one_sentence(text: str, message: str) -> None:
+    with pytest.raises(ExportError) as err:
+        read_patients(text, exported())
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_standardising_model_needs_two_rows() -> None:
+    m = exported(scaled=False)
+    with pytest.raises(ExportError, match="at least 2 rows"):
+        predictions_csv(m, read_patients(table([GOOD]), m))
+
+
+def test_inconsistent_models_are_refused() -> None:
+    m = exported()
+    with pytest.raises(ExportError, match="feature names"):
+        ExportedModel(**{**_fields(m), "feature_names": m.feature_names[:-1]})
+    with pytest.raises(ExportError, match="model hash"):
+        ExportedModel(**{**_fields(m), "model_hash": b"\x00" * 32})
+    with pytest.raises(ExportError, match="scale of 0"):
+        ExportedModel(**{**_fields(m), "scale": np.zeros(len(SCALE))})
+    with pytest.raises(ExportError, match="threshold"):
+        ExportedModel(**{**_fields(m), "threshold": 1.0})
+
+
+def _fields(m: ExportedModel) -> dict[str, object]:
+    return {k: getattr(m, k) for k in m.__dataclass_fields__}
