@@ -77,6 +77,7 @@ def model_card(
         "evaluation": {
             "accuracy": last.get("accuracy", NOT_RECORDED),
             "log_loss": last.get("loss", NOT_RECORDED),
+            "clinical": last.get("clinical") or NOT_RECORDED,
             "centralised_reference_accuracy": summary.get("centralized_accuracy", NOT_RECORDED)
             if summary
             else NOT_RECORDED,
@@ -97,6 +98,18 @@ def model_card(
         },
         "limitations": list(LIMITATIONS),
     }
+
+
+def _clinical_lines(c: Any) -> list[str]:
+    if not isinstance(c, Mapping):
+        return []
+    return [
+        f"- ROC AUC {c.get('auc')} (0.5 is chance); sensitivity {c.get('sensitivity')}, specificity "
+        f"{c.get('specificity')}, PPV {c.get('ppv')}, NPV {c.get('npv')} at threshold 0.5; Brier score "
+        f"{c.get('brier')}",
+        f"- Baseline (every patient given the more common answer): accuracy {c.get('baseline_accuracy')}; "
+        f"share with the outcome {c.get('prevalence')}",
+    ]
 
 
 def _yes_no(value: Any) -> str:
@@ -158,6 +171,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         "",
         "## Evaluation",
         f"- Accuracy {e['accuracy']}, log-loss {e['log_loss']} ({e['measured_on']})",
+        *_clinical_lines(e["clinical"]),
         f"- All training data pooled in one place would reach: {e['centralised_reference_accuracy']}",
         "",
         "## Provenance",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hfl.demo_dp import add_dp_arguments, check_dp_args, dp_banner, dp_env, dp_summary
-from hfl.domain import SPECIALTIES, RoundEvent
+from hfl.domain import SPECIALTIES, ClinicalMetrics, RoundEvent
 from hfl.errors import ConfigError
 
 # Above this many facilities the demo hosts several facilities per OS process (services/facility/host.py).
@@ -436,12 +436,35 @@ def round_line(e: RoundEvent, committed: int, total: int) -> str:
     status = "committed" if e.committed else "NOT committed"
     acc = f"{e.accuracy:.3f}" if e.committed and not math.isnan(e.accuracy) else "  -  "
     loss = f"{e.loss:.3f}" if e.committed and not math.isnan(e.loss) else "  -  "
+    auc = e.clinical.auc if e.clinical is not None else float("nan")
     return (
-        f"[{bar(committed, total)}] round {e.round:>3}/{total}  accuracy {acc}  loss {loss}  "
+        f"[{bar(committed, total)}] round {e.round:>3}/{total}  accuracy {acc}  "
+        + ("" if math.isnan(auc) else f"AUC {auc:.3f}  ")
+        + f"loss {loss}  "
         f"votes {e.accepts} yes/{e.rejects} no  {e.duration_s:5.1f}s  {e.bytes_sent / 1e6:6.2f} MB  "
         + ("" if math.isnan(e.epsilon) else f"ε {e.epsilon:.2f}  ")
         + status
         + ("" if e.committed else f" ({e.detail})")
+    )
+
+
+def final_clinical_lines(c: ClinicalMetrics) -> str:
+    """The clinical metrics of the final model, each with what it means."""
+
+    def pct(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{100 * x:.0f}%"
+
+    return "\n".join(
+        [
+            f"  ROC AUC {c.auc:.3f}: how well it ranks a patient with the outcome above one without "
+            "(0.5 is chance, 1 is perfect)",
+            f"  Giving every patient the more common answer would already be right for "
+            f"{pct(c.baseline_accuracy)} of them ({pct(c.prevalence)} have the outcome): the baseline",
+            f"  Sensitivity {pct(c.sensitivity)} (patients with the outcome it flags), specificity "
+            f"{pct(c.specificity)} (patients without it it leaves alone)",
+            f"  PPV {pct(c.ppv)} (flagged patients who have it), NPV {pct(c.npv)}; Brier score {c.brier:.3f} "
+            "(mean squared error of the probabilities; lower is better)",
+        ]
     )
 
 
@@ -506,6 +529,7 @@ def event_row(e: RoundEvent) -> dict[str, Any]:
         "block_hash": e.block_hash.hex(),
         "detail": e.detail,
         "epsilon": num(e.epsilon),
+        "clinical": e.clinical.to_dict() if e.clinical is not None else None,
         **e.extra,
     }
 
@@ -680,6 +704,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print()
         print(f"Final accuracy of the federated model: {final:.3f}")
         print(f"Centralised reference (all training data pooled in one place): {ref:.3f}")
+        clinical = committed[-1].clinical if committed else None
+        if clinical is not None:
+            print(final_clinical_lines(clinical))
         print(
             f"Committed {len(committed)} rounds in {summary['wall_time_s']}s. "
             f"Summary: {out / 'summary.json'}; check the ledger with: hfl ledger verify {out}"

@@ -155,12 +155,45 @@ class BucketResult:
 
 @dataclass(frozen=True)
 class Metrics:
+    """Evaluation counts that add up across facilities and buckets (so they can be pooled without any
+    one site's numbers being needed): accuracy and loss, and for clinical metrics the confusion matrix at
+    the 0.5 threshold, the summed squared error of the probabilities (Brier) and histograms of the
+    predicted probabilities of patients with and without the outcome (for ROC AUC). Empty histograms:
+    not reported (older facilities, bench runs). See hfl.learning.metrics."""
+
     correct: int = 0
     total: int = 0
     loss_sum: float = 0.0
+    tp: int = 0
+    fp: int = 0
+    tn: int = 0
+    fn: int = 0
+    brier_sum: float = 0.0
+    positive_scores: tuple[int, ...] = ()
+    negative_scores: tuple[int, ...] = ()
 
     def __add__(self, other: Metrics) -> Metrics:
-        return Metrics(self.correct + other.correct, self.total + other.total, self.loss_sum + other.loss_sum)
+        def hist(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+            if a and b:
+                return tuple(x + y for x, y in zip(a, b, strict=True))
+            if not a and not self.total:  # an empty part (e.g. a fog that did not answer) adds nothing
+                return b
+            if not b and not other.total:
+                return a
+            return ()  # a part with patients but no histogram: a pooled histogram would be partial
+
+        return Metrics(
+            self.correct + other.correct,
+            self.total + other.total,
+            self.loss_sum + other.loss_sum,
+            self.tp + other.tp,
+            self.fp + other.fp,
+            self.tn + other.tn,
+            self.fn + other.fn,
+            self.brier_sum + other.brier_sum,
+            hist(self.positive_scores, other.positive_scores),
+            hist(self.negative_scores, other.negative_scores),
+        )
 
     @property
     def accuracy(self) -> float:
@@ -169,6 +202,24 @@ class Metrics:
     @property
     def loss(self) -> float:
         return self.loss_sum / self.total if self.total else float("nan")
+
+
+@dataclass(frozen=True)
+class ClinicalMetrics:
+    """Pooled clinical metrics of a round's model on the facilities' held-out patients (NaN: undefined,
+    e.g. no patient with the outcome). See hfl.learning.metrics for how each is computed."""
+
+    auc: float = float("nan")
+    sensitivity: float = float("nan")
+    specificity: float = float("nan")
+    ppv: float = float("nan")
+    npv: float = float("nan")
+    brier: float = float("nan")
+    baseline_accuracy: float = float("nan")  # always predicting the more common class
+    prevalence: float = float("nan")
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {k: (None if v != v else round(v, 6)) for k, v in asdict(self).items()}  # NaN -> None
 
 
 @dataclass(frozen=True)
@@ -194,3 +245,4 @@ class RoundEvent:
     epsilon: float = float("nan")
     done: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    clinical: ClinicalMetrics | None = None

@@ -15,6 +15,10 @@ MODEL_ACCURACY = Gauge(
     "hfl_model_accuracy", "Accuracy of the last committed global model on pooled test sets."
 )
 MODEL_LOSS = Gauge("hfl_model_loss", "Mean log-loss of the last committed global model on pooled test sets.")
+MODEL_AUC = Gauge(
+    "hfl_model_auc",
+    "ROC AUC of the last committed global model on pooled test sets (0.5: no better than chance).",
+)
 EPSILON_SPENT = Gauge("hfl_privacy_epsilon_spent", "Privacy loss (epsilon) spent so far.", ["facility"])
 PRIVACY_EXHAUSTED = Gauge(
     "hfl_privacy_exhausted", "1 if the facility has no privacy budget left for a round.", ["facility"]

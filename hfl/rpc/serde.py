@@ -6,6 +6,7 @@ malformed reaches the protocol core.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ import numpy as np
 from hfl.domain import (
     Bucket,
     BucketResult,
+    ClinicalMetrics,
     Metrics,
     ModelSpec,
     NodeInfo,
@@ -24,6 +26,8 @@ from hfl.domain import (
 )
 from hfl.errors import InvalidInput
 from hfl.hashing import hash_vector
+from hfl.learning.metrics import BINS as SCORE_BINS
+from hfl.learning.metrics import check_counts
 from hfl.ledger import Vote
 from hfl.proto.v1 import authority_pb2, facility_pb2, leader_pb2, validator_pb2
 from hfl.proto.v1 import common_pb2 as pb
@@ -254,13 +258,48 @@ def bucket_result_from_proto(b: pb.BucketResult, *, expected_length: int | None)
 
 
 def metrics_to_proto(m: Metrics) -> pb.EvalMetrics:
-    return pb.EvalMetrics(correct=m.correct, total=m.total, loss_sum=m.loss_sum)
+    return pb.EvalMetrics(
+        correct=m.correct,
+        total=m.total,
+        loss_sum=m.loss_sum,
+        tp=m.tp,
+        fp=m.fp,
+        tn=m.tn,
+        fn=m.fn,
+        brier_sum=m.brier_sum,
+        positive_scores=list(m.positive_scores),
+        negative_scores=list(m.negative_scores),
+    )
 
 
 def metrics_from_proto(m: pb.EvalMetrics) -> Metrics:
-    if m.correct > m.total or not math.isfinite(m.loss_sum):
-        raise InvalidInput("evaluation metrics are inconsistent")
-    return Metrics(int(m.correct), int(m.total), float(m.loss_sum))
+    if len(m.positive_scores) > SCORE_BINS or len(m.negative_scores) > SCORE_BINS:
+        raise InvalidInput(f"a score histogram has more than {SCORE_BINS} bins")
+    out = Metrics(
+        int(m.correct),
+        int(m.total),
+        float(m.loss_sum),
+        int(m.tp),
+        int(m.fp),
+        int(m.tn),
+        int(m.fn),
+        float(m.brier_sum),
+        tuple(int(c) for c in m.positive_scores),
+        tuple(int(c) for c in m.negative_scores),
+    )
+    try:
+        check_counts(out)
+    except ValueError as e:
+        raise InvalidInput(f"evaluation metrics are inconsistent: {e}") from None
+    return out
+
+
+def clinical_to_proto(c: ClinicalMetrics) -> pb.ClinicalMetrics:
+    return pb.ClinicalMetrics(**{f.name: getattr(c, f.name) for f in dataclasses.fields(c)})
+
+
+def clinical_from_proto(c: pb.ClinicalMetrics) -> ClinicalMetrics:
+    return ClinicalMetrics(**{f.name: float(getattr(c, f.name)) for f in dataclasses.fields(ClinicalMetrics)})
 
 
 def vote_to_proto(v: Vote) -> validator_pb2.VoteResponse:
@@ -309,6 +348,7 @@ def event_to_proto(e: RoundEvent) -> leader_pb2.WatchRoundsResponse:
         epsilon=e.epsilon,
         done=e.done,
         extra_json=json.dumps(e.extra, sort_keys=True),
+        clinical=clinical_to_proto(e.clinical) if e.clinical is not None else None,
     )
 
 
@@ -333,6 +373,7 @@ def event_from_proto(e: leader_pb2.WatchRoundsResponse) -> RoundEvent:
         epsilon=e.epsilon,
         done=e.done,
         extra=_json_or_empty(e.extra_json, "round event extras"),
+        clinical=clinical_from_proto(e.clinical) if e.HasField("clinical") else None,
     )
 
 

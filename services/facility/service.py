@@ -12,10 +12,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hfl.domain import Bucket, Metrics, ModelSpec, NodeInfo, RoundConfig, TrainingPlan
+from hfl.domain import Bucket, ModelSpec, NodeInfo, RoundConfig, TrainingPlan
 from hfl.errors import ConfigError, InvalidInput, NotAllowed, NotReady, StaleRound
 from hfl.learning.data import Dataset, FacilityData
-from hfl.learning.models import evaluate, make_model
+from hfl.learning.metrics import evaluate_counts
+from hfl.learning.models import make_model
 from hfl.learning.train import TrainConfig, clip_update, train_local
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2, fog_pb2_grpc
@@ -138,10 +139,8 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         self, request: facility_pb2.EvaluateModelRequest, context: grpc.aio.ServicerContext
     ) -> facility_pb2.EvaluateModelResponse:
         _spec, params, model = self._model(request.model)
-        result = await asyncio.to_thread(evaluate, model, params, self.data.test)
-        return facility_pb2.EvaluateModelResponse(
-            metrics=serde.metrics_to_proto(Metrics(result.correct, result.total, result.loss_sum))
-        )
+        counts = await asyncio.to_thread(evaluate_counts, model, params, self.data.test)
+        return facility_pb2.EvaluateModelResponse(metrics=serde.metrics_to_proto(counts))
 
     # ------------------------------------------------------------------ secure aggregation (secure.py)
     async def SecAggAdvertise(

@@ -15,6 +15,7 @@ import numpy as np
 
 from hfl.domain import BucketResult, Metrics, ModelSpec, RoundConfig, RoundEvent, TrainingPlan
 from hfl.errors import NotReady
+from hfl.learning.metrics import clinical_metrics
 from hfl.ledger import (
     Block,
     BlockHeader,
@@ -45,6 +46,7 @@ from hfl.rpc.metrics import (
     FLAGGED_BUCKETS,
     LAST_COMMIT,
     MODEL_ACCURACY,
+    MODEL_AUC,
     MODEL_LOSS,
     ROUND,
     ROUND_DURATION,
@@ -274,6 +276,9 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.last_metrics = metrics
         MODEL_ACCURACY.set(metrics.accuracy)
         MODEL_LOSS.set(metrics.loss)
+        clinical = clinical_metrics(metrics)
+        if clinical is not None:
+            MODEL_AUC.set(clinical.auc)
         quarantined = await self.report(config, block, flags, votes, refused, absent)
         return self._finish(
             t0,
@@ -282,6 +287,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 committed=True,
                 accuracy=metrics.accuracy,
                 loss=metrics.loss,
+                clinical=clinical,
                 block_hash=block.hash,
                 detail="committed",
                 quarantined=quarantined,

@@ -148,3 +148,32 @@ def test_predict_refuses_what_it_cannot_use(
         assert main(["predict", *argv, "--out", str(tmp_path / "o.csv")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_the_federation_reports_clinical_metrics_that_scikit_learn_agrees_with(run: Path) -> None:
+    """The last round's pooled AUC (from summed score histograms) against scikit-learn on the pooled test
+    predictions of the same model; the counts against the pooled confusion matrix, exactly."""
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    from hfl.domain import SPECIALTIES
+    from hfl.learning.data import load_facility_data
+
+    summary = json.loads((run / "summary.json").read_text())
+    clinical = summary["rounds"][-1]["clinical"]
+    with LedgerStore(run / "state" / "leader" / "ledger.db") as store:
+        params = store.model(store.head().header.model_hash)  # type: ignore[union-attr]
+    model = from_npz((run / "export" / "model-round-2.npz").read_bytes()).model()
+    tests = [
+        load_facility_data(
+            "synthetic", specialty=SPECIALTIES[i % 4], shard=(i, 4), seed=0, stream=f"facility-{i + 1:02d}"
+        ).test
+        for i in range(4)
+    ]
+    y = np.concatenate([t.y for t in tests])
+    proba = np.concatenate([model.predict_proba(params, t.X) for t in tests])
+    assert abs(clinical["auc"] - roc_auc_score(y, proba)) < 0.01
+    tn, fp, fn, tp = confusion_matrix(y, (proba >= 0.5).astype(int), labels=[0, 1]).ravel()
+    assert clinical["sensitivity"] == pytest.approx(tp / (tp + fn), abs=1e-6)
+    assert clinical["specificity"] == pytest.approx(tn / (tn + fp), abs=1e-6)
+    assert clinical["baseline_accuracy"] == pytest.approx(max(y.mean(), 1 - y.mean()), abs=1e-6)
+    assert summary["final_accuracy"] == pytest.approx(float(np.mean((proba >= 0.5) == y)), abs=1e-6)

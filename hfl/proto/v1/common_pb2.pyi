@@ -295,28 +295,101 @@ Global___TrainingPlan: _TypeAlias = TrainingPlan  # noqa: Y015
 
 @_typing.final
 class EvalMetrics(_message.Message):
+    """Evaluation sums; they add up across facilities and buckets (hfl/learning/metrics.py)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CORRECT_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     LOSS_SUM_FIELD_NUMBER: _builtins.int
+    TP_FIELD_NUMBER: _builtins.int
+    FP_FIELD_NUMBER: _builtins.int
+    TN_FIELD_NUMBER: _builtins.int
+    FN_FIELD_NUMBER: _builtins.int
+    BRIER_SUM_FIELD_NUMBER: _builtins.int
+    POSITIVE_SCORES_FIELD_NUMBER: _builtins.int
+    NEGATIVE_SCORES_FIELD_NUMBER: _builtins.int
     correct: _builtins.int
     total: _builtins.int
     loss_sum: _builtins.float
+    tp: _builtins.int
+    """Confusion matrix at the 0.5 threshold."""
+    fp: _builtins.int
+    tn: _builtins.int
+    fn: _builtins.int
+    brier_sum: _builtins.float
+    """Sum of (probability - outcome)^2."""
+    @_builtins.property
+    def positive_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Histograms of predicted probabilities (200 equal bins over [0, 1]) of patients with and without
+        the outcome; empty when not reported.
+        """
+
+    @_builtins.property
+    def negative_scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
         correct: _builtins.int = ...,
         total: _builtins.int = ...,
         loss_sum: _builtins.float = ...,
+        tp: _builtins.int = ...,
+        fp: _builtins.int = ...,
+        tn: _builtins.int = ...,
+        fn: _builtins.int = ...,
+        brier_sum: _builtins.float = ...,
+        positive_scores: _abc.Iterable[_builtins.int] | None = ...,
+        negative_scores: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correct", b"correct", "loss_sum", b"loss_sum", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brier_sum", b"brier_sum", "correct", b"correct", "fn", b"fn", "fp", b"fp", "loss_sum", b"loss_sum", "negative_scores", b"negative_scores", "positive_scores", b"positive_scores", "tn", b"tn", "total", b"total", "tp", b"tp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvalMetrics: _TypeAlias = EvalMetrics  # noqa: Y015
+
+@_typing.final
+class ClinicalMetrics(_message.Message):
+    """Pooled clinical metrics of one round's model (NaN: undefined)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUC_FIELD_NUMBER: _builtins.int
+    SENSITIVITY_FIELD_NUMBER: _builtins.int
+    SPECIFICITY_FIELD_NUMBER: _builtins.int
+    PPV_FIELD_NUMBER: _builtins.int
+    NPV_FIELD_NUMBER: _builtins.int
+    BRIER_FIELD_NUMBER: _builtins.int
+    BASELINE_ACCURACY_FIELD_NUMBER: _builtins.int
+    PREVALENCE_FIELD_NUMBER: _builtins.int
+    auc: _builtins.float
+    sensitivity: _builtins.float
+    specificity: _builtins.float
+    ppv: _builtins.float
+    npv: _builtins.float
+    brier: _builtins.float
+    baseline_accuracy: _builtins.float
+    prevalence: _builtins.float
+    def __init__(
+        self,
+        *,
+        auc: _builtins.float = ...,
+        sensitivity: _builtins.float = ...,
+        specificity: _builtins.float = ...,
+        ppv: _builtins.float = ...,
+        npv: _builtins.float = ...,
+        brier: _builtins.float = ...,
+        baseline_accuracy: _builtins.float = ...,
+        prevalence: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "baseline_accuracy", b"baseline_accuracy", "brier", b"brier", "npv", b"npv", "ppv", b"ppv", "prevalence", b"prevalence", "sensitivity", b"sensitivity", "specificity", b"specificity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClinicalMetrics: _TypeAlias = ClinicalMetrics  # noqa: Y015
 
 @_typing.final
 class BucketResult(_message.Message):
