@@ -42,9 +42,9 @@ def show_status(
     if authority:
         try:
             with sync_channel(authority, tls) as ch:
-                nodes = authority_pb2_grpc.AuthorityServiceStub(ch).ListNodes(
-                    authority_pb2.ListNodesRequest(), timeout=5
-                )
+                stub = authority_pb2_grpc.AuthorityServiceStub(ch)
+                nodes = stub.ListNodes(authority_pb2.ListNodesRequest(), timeout=5)
+                spend = stub.GetPrivacySpend(authority_pb2.GetPrivacySpendRequest(), timeout=5)
             counts: dict[str, int] = {}
             for n in nodes.nodes:
                 counts[n.role] = counts.get(n.role, 0) + 1
@@ -59,6 +59,17 @@ def show_status(
             if nodes.inactive:
                 away = ", ".join(nodes.inactive)
                 print(f"  left out after missing several rounds (back when they register again): {away}")
+            if spend.epsilon_spent:
+                worst = max(spend.epsilon_spent.values())
+                print(
+                    f"  privacy: {len(spend.epsilon_spent)} facilities have spent some of their budget "
+                    f"(the most: ε = {worst:.3g})"
+                )
+            if spend.exhausted:
+                print(
+                    "  privacy budget used up, no longer training (their patients' guarantee is kept): "
+                    + ", ".join(spend.exhausted)
+                )
         except grpc.RpcError as e:
             print(f"authority {authority}: not reachable ({e.code().name})")
             rc = 1

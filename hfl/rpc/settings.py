@@ -88,10 +88,12 @@ class Settings(BaseSettings):
     validation_margin: float = 0.05
 
     # differential privacy (services/*/privacy.py). Leader: HFL_DP_EPSILON > 0 turns DP on and is the
-    # per-facility budget; the leader calibrates the noise for HFL_ROUNDS rounds. Authority: the same
-    # budget, to stop scheduling facilities that have spent it. Facility: HFL_DP_BUDGET, its own stricter
-    # cap (0 = follow the federation's budget).
+    # per-facility budget; the leader calibrates the noise for HFL_DP_ROUNDS rounds (0: HFL_ROUNDS; a
+    # federation that runs forever, HFL_ROUNDS=0, must say how many rounds the budget lasts). Authority:
+    # the same budget, to stop scheduling facilities that have spent it. Facility: HFL_DP_BUDGET, its own
+    # stricter cap (0 = follow the federation's budget).
     dp_epsilon: float = 0.0
+    dp_rounds: int = 0
     dp_delta: float = 1e-5
     dp_mechanism: Literal["gaussian", "laplace"] = "gaussian"
     dp_accountant: Literal["rdp", "pld"] = "rdp"

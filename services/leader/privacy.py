@@ -1,6 +1,7 @@
 """The leader's side of differential privacy: calibrate the noise once at start-up and say so.
 
-HFL_DP_EPSILON > 0 turns DP on. The leader calibrates the noise multiplier so that HFL_ROUNDS rounds of
+HFL_DP_EPSILON > 0 turns DP on. The leader calibrates the noise multiplier so that HFL_DP_ROUNDS (default:
+HFL_ROUNDS) rounds of
 ``ceil(local_epochs / q)`` Poisson-sampled DP-SGD steps spend the budget (minus the small ε set aside for
 each facility's published statistics) with the chosen accountant, logs the plain-language summary, and
 ships the resulting plan to every facility in ``TrainingPlan.extra["dp"]``.
@@ -25,26 +26,36 @@ from hfl.rpc.settings import Settings
 log = logging.getLogger("hfl.leader")
 
 
+def dp_rounds(settings: Settings) -> int:
+    """How many rounds the privacy budget is spread over: HFL_DP_ROUNDS, else HFL_ROUNDS. After them each
+    facility's budget is used up and it sits out (the federation may go on with sites that have budget)."""
+    if settings.dp_rounds < 0:
+        raise ConfigError("HFL_DP_ROUNDS must be 0 (use HFL_ROUNDS) or a positive number of rounds")
+    rounds = settings.dp_rounds or settings.rounds
+    if rounds < 1:
+        raise ConfigError(
+            "differential privacy needs to know how many rounds the budget must last: set HFL_DP_ROUNDS "
+            "(or HFL_ROUNDS when the federation stops after a fixed number of rounds)"
+        )
+    return rounds
+
+
 def dp_plan_from_settings(settings: Settings) -> DPPlan | None:
     """The calibrated DP plan, or None when HFL_DP_EPSILON is 0 (no differential privacy)."""
     if settings.dp_epsilon <= 0:
         return None
-    if settings.rounds < 1:
-        raise ConfigError(
-            "differential privacy needs the planned number of rounds: set HFL_ROUNDS (the "
-            "budget HFL_DP_EPSILON is spread over them)"
-        )
+    rounds = dp_rounds(settings)
     log.info(
         "calibrating the privacy noise for ε=%g, δ=%g over %d rounds ...",
         settings.dp_epsilon,
         settings.dp_delta,
-        settings.rounds,
+        rounds,
     )
     try:
         plan = plan_dp(
             epsilon=settings.dp_epsilon,
             delta=settings.dp_delta,
-            rounds=settings.rounds,
+            rounds=rounds,
             mechanism=settings.dp_mechanism,
             accountant=settings.dp_accountant,
             clip=settings.dp_clip or DEFAULT_CLIP,

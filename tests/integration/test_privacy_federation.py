@@ -201,6 +201,19 @@ def test_state_folders_and_databases_are_private(
         assert stat.S_IMODE(db.stat().st_mode) == 0o600, db
 
 
+def test_status_says_who_has_used_up_their_budget(
+    federation: tuple[Federation, dict[str, Proc], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hfl.status import show_status
+
+    _fed, procs, out = federation
+    cert_dir = out / "state" / "authority" / "operator"
+    assert show_status(None, None, procs["authority"].info["address"], str(cert_dir)) == 0
+    text = capsys.readouterr().out
+    assert "privacy budget used up, no longer training" in text
+    assert all(f"facility-0{i}" in text.split("used up")[1] for i in range(1, 6))
+
+
 def test_privacy_ledger_survives_authority_restart(
     federation: tuple[Federation, dict[str, Proc], Path],
 ) -> None:

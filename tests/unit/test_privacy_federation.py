@@ -202,3 +202,20 @@ def test_authority_budget_marks_exhausted(tmp_path: Path) -> None:
     book.record(SpendReport("f", 1, 0, "training", 1.0, 1e-5).sign(key), key.public_bytes, "facility")
     assert book.exhausted == {"f"}
     book.close()
+
+
+def test_a_federation_without_an_end_says_how_long_the_budget_lasts() -> None:
+    """HFL_ROUNDS=0 (compose runs rounds forever) needs HFL_DP_ROUNDS; refused at start-up otherwise."""
+    from hfl.errors import ConfigError
+    from hfl.rpc.settings import load_settings
+    from services.leader.privacy import dp_plan_from_settings, dp_rounds
+
+    forever = load_settings(role="leader", rounds=0, dp_epsilon=1.0)
+    with pytest.raises(ConfigError, match="set HFL_DP_ROUNDS"):
+        dp_plan_from_settings(forever)
+    assert dp_rounds(load_settings(role="leader", rounds=0, dp_epsilon=1.0, dp_rounds=40)) == 40
+    assert dp_rounds(load_settings(role="leader", rounds=7, dp_epsilon=1.0)) == 7
+    with pytest.raises(ConfigError, match="HFL_DP_ROUNDS must be"):
+        dp_rounds(load_settings(role="leader", rounds=7, dp_epsilon=1.0, dp_rounds=-1))
+    plan = dp_plan_from_settings(load_settings(role="leader", rounds=0, dp_epsilon=1.0, dp_rounds=20))
+    assert plan is not None and plan.rounds == 20
