@@ -397,6 +397,17 @@ def check_args(args: argparse.Namespace) -> None:
     if args.facilities < 1 or args.fogs < 1 or args.rounds < 1:
         raise ConfigError("--facilities, --fogs and --rounds must be at least 1")
     check_topology(args.validators, args.bucket_size, args.secagg)
+    if args.secagg and not args.dataset.startswith("csv:") and args.facilities < 3:
+        raise ConfigError(
+            "secure aggregation needs at least 3 facilities (it only ever reveals sums over 3 or more); "
+            "use --facilities 3 or more, or --no-secagg"
+        )
+    from hfl.robust.rules import RULES
+
+    if args.rule not in RULES:
+        raise ConfigError(
+            f"--rule {args.rule!r} is not an aggregation rule; choose one of {', '.join(RULES)}"
+        )
     if not 0 <= args.drop_rate < 1:
         raise ConfigError("--drop-rate must be between 0 and 1")
     if args.facilities_per_process < 1:

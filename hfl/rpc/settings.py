@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hfl.domain import SPECIALTIES
 from hfl.errors import ConfigError
+from hfl.robust.rules import RULES
+from hfl.schedule import MIN_SECURE_BUCKET
 
 Role = Literal["authority", "leader", "fog", "facility", "validator"]
 
@@ -136,6 +138,44 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(SPECIALTIES)}")
         return v
 
+    @field_validator("rule")
+    @classmethod
+    def _rule(cls, v: str) -> str:
+        if v not in RULES:
+            raise ValueError(f"{v!r} is not an aggregation rule; choose one of {', '.join(RULES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _rounds_can_work(self) -> Settings:
+        """Settings that would only fail mid-round (or make a service wait for ever) are refused here."""
+        if self.f < -1:
+            raise ValueError("HFL_F must be -1 (as many bad buckets as the rule tolerates) or a number ≥ 0")
+        if self.bucket_size < 1:
+            raise ValueError("HFL_BUCKET_SIZE must be at least 1")
+        if self.role == "authority" and self.secagg and self.bucket_size < MIN_SECURE_BUCKET:
+            raise ValueError(
+                f"HFL_BUCKET_SIZE={self.bucket_size} is too small for secure aggregation: with fewer than "
+                f"{MIN_SECURE_BUCKET} facilities in a group, each could work out another's update from the "
+                f"sum; use {MIN_SECURE_BUCKET} or more (or HFL_SECAGG=false for experiments)"
+            )
+        if self.role == "authority" and self.secagg and self.min_facilities < MIN_SECURE_BUCKET:
+            raise ValueError(
+                f"HFL_MIN_FACILITIES={self.min_facilities} is too few for secure aggregation, which needs "
+                f"groups of at least {MIN_SECURE_BUCKET}: use {MIN_SECURE_BUCKET} or more"
+            )
+        if self.min_facilities < 1 or self.min_fogs < 1 or self.committee_size < 1:
+            raise ValueError("HFL_MIN_FACILITIES, HFL_MIN_FOGS and HFL_COMMITTEE_SIZE must be at least 1")
+        if self.rounds < 0 or self.epoch_rounds < 1:
+            raise ValueError("HFL_ROUNDS must be 0 (run for ever) or more, and HFL_EPOCH_ROUNDS at least 1")
+        if not (self.round_timeout > 0 and self.vote_timeout > 0 and self.round_interval >= 0):
+            raise ValueError(
+                "HFL_ROUND_TIMEOUT and HFL_VOTE_TIMEOUT must be more than 0 seconds, "
+                "and HFL_ROUND_INTERVAL 0 or more"
+            )
+        if self.model == "mlp" and self.hidden < 1:
+            raise ValueError("HFL_HIDDEN must be at least 1 for the mlp model")
+        return self
+
     @model_validator(mode="after")
     def _faults(self) -> Settings:
         allowed = {"validator": VALIDATOR_FAULTS, "fog": FOG_FAULTS}.get(self.role or "", FACILITY_ATTACKS)
@@ -178,5 +218,6 @@ def load_settings(**overrides: object) -> Settings:
         parts = []
         for err in e.errors():
             loc = "HFL_" + "_".join(str(x) for x in err["loc"]).upper() if err["loc"] else "settings"
-            parts.append(f"{loc}: {err['msg']}")
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            parts.append(msg if loc == "settings" else f"{loc}: {msg}")
         raise ConfigError("bad configuration: " + "; ".join(parts)) from None

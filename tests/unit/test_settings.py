@@ -1,0 +1,69 @@
+"""Settings that cannot work are refused when a service starts, in one plain sentence, never mid-round."""
+
+from __future__ import annotations
+
+import pytest
+
+from hfl.cli import main
+from hfl.errors import ConfigError
+from hfl.rpc.settings import load_settings
+
+
+@pytest.mark.parametrize(
+    ("role", "overrides", "message"),
+    [
+        (
+            "leader",
+            {"rule": "avg"},
+            "HFL_RULE: 'avg' is not an aggregation rule; choose one of mean, trimmed_mean",
+        ),
+        ("validator", {"rule": "Median"}, "HFL_RULE: 'Median' is not an aggregation rule"),
+        ("leader", {"f": -2}, "HFL_F must be -1"),
+        ("authority", {"bucket_size": 2}, "HFL_BUCKET_SIZE=2 is too small for secure aggregation"),
+        ("authority", {"bucket_size": 0, "secagg": False}, "HFL_BUCKET_SIZE must be at least 1"),
+        ("authority", {"min_facilities": 2}, "HFL_MIN_FACILITIES=2 is too few for secure aggregation"),
+        ("authority", {"committee_size": 0}, "HFL_COMMITTEE_SIZE must be at least 1"),
+        ("leader", {"rounds": -1}, "HFL_ROUNDS must be 0"),
+        ("leader", {"round_timeout": 0}, "HFL_ROUND_TIMEOUT and HFL_VOTE_TIMEOUT must be more than 0"),
+        ("leader", {"round_interval": -1}, "HFL_ROUND_INTERVAL 0 or more"),
+        ("leader", {"model": "mlp", "hidden": 0}, "HFL_HIDDEN must be at least 1"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(role: str, overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(role=role, **overrides)
+    text = str(err.value)
+    assert message in text
+    assert "Value error" not in text and "\n" not in text
+
+
+def test_what_does_work_is_accepted() -> None:
+    load_settings(role="authority", bucket_size=3, min_facilities=3)
+    load_settings(role="authority", bucket_size=2, min_facilities=2, secagg=False)  # plain sums, experiments
+    load_settings(role="leader", rule="median", f=0, model="mlp", hidden=4)
+    load_settings(role="facility", bucket_size=2)  # only the authority deals buckets
+
+
+def test_a_service_with_an_unknown_rule_does_not_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HFL_RULE", "krum")
+    assert main(["serve", "leader"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hfl: bad configuration: HFL_RULE: 'krum' is not an aggregation rule")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rule", "avg"], "--rule 'avg' is not an aggregation rule"),
+        (["--facilities", "2"], "secure aggregation needs at least 3 facilities"),
+        (["--bucket-size", "2"], "secure aggregation needs buckets of at least 3 facilities"),
+        (["--validators", "3"], "--validators must be 3f+1"),
+    ],
+)
+def test_the_demo_refuses_before_starting_anything(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: object
+) -> None:
+    assert main(["demo", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
