@@ -126,6 +126,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return show_status(args.run, args.leader, args.authority, args.cert_dir)
 
 
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from hfl.status import revoke_node
+
+    return revoke_node(args.node, args.reason, args.run, args.authority, args.cert_dir)
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     from hfl.status import release_facility
 
@@ -206,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--authority", help="authority address HOST:PORT")
     rl.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
     rl.set_defaults(func=cmd_release)
+
+    rv = sub.add_parser(
+        "revoke", help="revoke a node's certificates (any role: a stolen key, a retired site) (operator)"
+    )
+    rv.add_argument("node", help="the node id (facility, fog, validator or leader)")
+    rv.add_argument("--reason", required=True, help="why (kept with the revocation)")
+    rv.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
+    rv.add_argument("--authority", help="authority address HOST:PORT")
+    rv.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
+    rv.set_defaults(func=cmd_revoke)
 
     et = sub.add_parser(
         "enrol-token", help="make a one-time enrolment token for a new node (on the authority)"

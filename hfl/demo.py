@@ -492,14 +492,14 @@ async def watch(
 
     from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
     from hfl.rpc import serde
-    from hfl.rpc.pki import aio_channel
+    from hfl.rpc.pki import LEADER, aio_channel
 
     committed = 0
     failures = 0
     while True:
         after = max((e.round for e in events if e.committed), default=0)
         try:
-            async with aio_channel(leader_address, tls) as ch:
+            async with aio_channel(leader_address, tls, peer=LEADER) as ch:
                 stub = leader_pb2_grpc.LeaderServiceStub(ch)
                 async for msg in stub.WatchRounds(leader_pb2.WatchRoundsRequest(after_round=after)):
                     e = serde.event_from_proto(msg)

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
-from hfl.rpc.pki import NodeTls, load_client, operator_for_run, sync_channel
+from hfl.rpc.pki import AUTHORITY, LEADER, NodeTls, load_client, operator_for_run, sync_channel
 
 _PLURAL = {"facility": "facilities"}
 
@@ -41,7 +41,7 @@ def show_status(
     rc = 0
     if authority:
         try:
-            with sync_channel(authority, tls) as ch:
+            with sync_channel(authority, tls, peer=AUTHORITY) as ch:
                 stub = authority_pb2_grpc.AuthorityServiceStub(ch)
                 nodes = stub.ListNodes(authority_pb2.ListNodesRequest(), timeout=5)
                 spend = stub.GetPrivacySpend(authority_pb2.GetPrivacySpendRequest(), timeout=5)
@@ -75,7 +75,7 @@ def show_status(
             rc = 1
     if leader:
         try:
-            with sync_channel(leader, tls) as ch:
+            with sync_channel(leader, tls, peer=LEADER) as ch:
                 s = leader_pb2_grpc.LeaderServiceStub(ch).GetStatus(leader_pb2.GetStatusRequest(), timeout=5)
             target = s.target_rounds or "unlimited"
             print(
@@ -88,6 +88,31 @@ def show_status(
     return rc
 
 
+def revoke_node(
+    node: str, reason: str, run: str | None, authority: str | None, cert_dir: str | None = None
+) -> int:
+    """`hfl revoke`: revoke every certificate of a node of any role (operator certificate needed)."""
+    _, authority = _addresses(run, None, authority)
+    if not authority:
+        print("No authority found: give --authority or a run folder with endpoints.json.")
+        return 1
+    tls = _operator_tls(run, cert_dir)
+    try:
+        with sync_channel(authority, tls, peer=AUTHORITY) as ch:
+            resp = authority_pb2_grpc.AuthorityServiceStub(ch).RevokeNode(
+                authority_pb2.RevokeNodeRequest(node_id=node, reason=reason), timeout=10
+            )
+    except grpc.RpcError as e:
+        print(f"The authority did not revoke {node}: {e.details() or e.code().name}")
+        return 1
+    print(
+        f"Revoked {resp.certificates} certificate(s) of {resp.role} {node}. Every service refuses it within "
+        f"{resp.refresh_seconds:.0f} s; it is no longer scheduled and cannot renew or enrol again."
+    )
+    print(f"To let it back later: hfl enrol-token {resp.role} {node} on the authority, after checking it.")
+    return 0
+
+
 def release_facility(
     facility: str, reason: str, run: str | None, authority: str | None, cert_dir: str | None = None
 ) -> int:
@@ -98,7 +123,7 @@ def release_facility(
         return 1
     tls = _operator_tls(run, cert_dir)
     try:
-        with sync_channel(authority, tls) as ch:
+        with sync_channel(authority, tls, peer=AUTHORITY) as ch:
             resp = authority_pb2_grpc.AuthorityServiceStub(ch).ReleaseFacility(
                 authority_pb2.ReleaseFacilityRequest(node_id=facility, reason=reason), timeout=10
             )

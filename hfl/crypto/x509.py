@@ -53,6 +53,31 @@ class Identity:
         return f"{URI_PREFIX}{self.role}/{self.node_id}"
 
 
+IDENTITY_SUFFIX = ".hfl"
+
+
+def identity_name(role: str, node_id: str | None = None) -> str:
+    """The DNS name that proves an identity to TLS itself: ``<node id>.<role>.hfl`` for one node,
+    ``<role>.hfl`` for any node of a role (clients that only know the role, e.g. of the authority). The
+    authority writes both into every certificate it issues and never signs a requested name ending in
+    ``.hfl``; clients set it as the TLS target name, so the handshake fails unless the server holds a
+    certificate for exactly that identity (hfl.rpc.pki.Peer)."""
+    check_role(role)
+    if node_id is None:
+        return f"{role}{IDENTITY_SUFFIX}"
+    return f"{check_node_id(node_id).lower()}.{role}{IDENTITY_SUFFIX}"
+
+
+def names_identity(cert: x509.Certificate, role: str, node_id: str) -> bool:
+    """Whether ``cert`` carries the identity names of ``role``/``node_id`` (see identity_name)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    dns = {d.lower() for d in san.get_values_for_type(x509.DNSName)}
+    return {identity_name(role, node_id), identity_name(role)} <= dns
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -200,6 +225,15 @@ def load_csr(pem: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
+def _reserved(name: x509.GeneralName) -> bool:
+    return isinstance(name, x509.DNSName) and name.value.lower().rstrip(".").endswith(IDENTITY_SUFFIX)
+
+
+def csr_host_names(csr_pem: bytes) -> list[str]:
+    """The host names and addresses a CSR asks for, as text (for the authority's record of a node)."""
+    return [str(n.value) for n in _csr_hosts(load_csr(csr_pem)) if not _reserved(n)]
+
+
 def _csr_hosts(csr: x509.CertificateSigningRequest) -> list[x509.GeneralName]:
     try:
         san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -221,8 +255,11 @@ def issue(
     node_id: str,
     now: dt.datetime | None = None,
     hours: float = 24.0,
+    hosts: list[str] | None = None,
 ) -> x509.Certificate:
-    """Sign a node certificate for ``role``/``node_id`` with the CSR's key and host names."""
+    """Sign a node certificate for ``role``/``node_id`` with the CSR's key. Host names: ``hosts`` when
+    given (the authority's record of the node), else the CSR's; never one ending in ``.hfl`` (those
+    prove identities and are added here from ``role`` and ``node_id`` alone)."""
     check_role(role)
     check_node_id(node_id)
     if not 0 < hours <= 24 * 3650:
@@ -230,8 +267,13 @@ def issue(
     csr = load_csr(csr_pem)
     now = now or utcnow()
     own = _host_names([node_id])
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(f"{URI_PREFIX}{role}/{node_id}")]
-    names += own + [n for n in _csr_hosts(csr) if n not in own]
+    names: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(f"{URI_PREFIX}{role}/{node_id}"),
+        x509.DNSName(identity_name(role, node_id)),
+        x509.DNSName(identity_name(role)),
+    ]
+    asked = _csr_hosts(csr) if hosts is None else _host_names(list(hosts))
+    names += own + [n for n in asked if n not in own and not _reserved(n)]
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "hfl"),

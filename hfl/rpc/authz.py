@@ -117,6 +117,7 @@ TABLE: dict[str, Rule] = {
     _A + "RenewCertificate": Rule(NODE_ROLES),
     _A + "GetRevocations": Rule(NODE_ROLES | OPERATOR),
     _A + "ReleaseFacility": Rule(OPERATOR),
+    _A + "RevokeNode": Rule(OPERATOR),
     _F + "RunRound": Rule(LEADER),
     _F + "SubmitUpdate": Rule(FACILITY, _bind_submit, "submit"),
     _F + "Evaluate": Rule(LEADER),

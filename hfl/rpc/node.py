@@ -16,7 +16,7 @@ from hfl.files import private_dir
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.client import call
-from hfl.rpc.pki import write_secret
+from hfl.rpc.pki import AUTHORITY, write_secret
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
 
@@ -48,7 +48,7 @@ async def register(
     """Register with the authority, retrying while it starts. Returns its answer (incl. its public key).
 
     Validators first solve the authority's registration proof of work."""
-    stub = authority_pb2_grpc.AuthorityServiceStub(channels.get(authority))
+    stub = authority_pb2_grpc.AuthorityServiceStub(channels.get(authority, AUTHORITY))
     delay = 0.2
     for i in range(attempts):
         try:

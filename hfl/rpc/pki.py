@@ -28,6 +28,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,9 @@ class CAStore:
                                                    key_sha256 TEXT NOT NULL, enrolled_at TEXT NOT NULL);
             CREATE TABLE IF NOT EXISTS releases (node_id TEXT NOT NULL, released_at TEXT NOT NULL,
                                                  reason TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS hosts (node_id TEXT PRIMARY KEY, names TEXT NOT NULL);
+            CREATE TABLE IF NOT EXISTS revocations (node_id TEXT NOT NULL, revoked_at TEXT NOT NULL,
+                                                    reason TEXT NOT NULL, by TEXT NOT NULL);
             """
         )
         self._lock = threading.Lock()
@@ -216,9 +220,20 @@ class CAStore:
         self._db.close()
 
     # ---- issuing
-    def issue(self, csr_pem: bytes, role: str, node_id: str, hours: float | None = None) -> bytes:
+    def issue(
+        self, csr_pem: bytes, role: str, node_id: str, hours: float | None = None, *, renewal: bool = False
+    ) -> bytes:
+        """Sign a certificate for ``role``/``node_id``. Its host names are the authority's record of the
+        node: those its first certificate request named (minus other nodes' names), fixed from then on.
+        A renewal never adds names, whatever its request asks for."""
         cert = x509.issue(
-            self.key, self.cert, csr_pem, role=role, node_id=node_id, hours=hours or self.cert_hours
+            self.key,
+            self.cert,
+            csr_pem,
+            role=role,
+            node_id=node_id,
+            hours=hours or self.cert_hours,
+            hosts=self._hosts_for(node_id, csr_pem, renewal),
         )
         with self._lock:
             self._db.execute(
@@ -226,6 +241,38 @@ class CAStore:
                 (str(cert.serial_number), node_id, role, cert.not_valid_after_utc.isoformat()),
             )
         return x509.cert_to_pem(cert)
+
+    def _hosts_for(self, node_id: str, csr_pem: bytes, renewal: bool) -> list[str]:
+        row = self._db.execute("SELECT names FROM hosts WHERE node_id=?", (node_id,)).fetchone()
+        if row is not None:
+            return list(json.loads(row[0]))
+        if renewal:  # a certificate from before the record existed: keep only the node's own names
+            return []
+        others = {
+            str(r[0]).lower()
+            for r in self._db.execute("SELECT DISTINCT node_id FROM certs WHERE node_id<>?", (node_id,))
+        }
+        reserved = others | {r for r in x509.CERT_ROLES}
+        names = [h for h in x509.csr_host_names(csr_pem) if h.lower() not in reserved]
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO hosts(node_id, names) VALUES (?, ?)", (node_id, json.dumps(names))
+            )
+        return names
+
+    def role_of(self, node_id: str) -> str | None:
+        """The role of ``node_id``'s newest certificate (None if it never held one)."""
+        row = self._db.execute(
+            "SELECT role FROM certs WHERE node_id=? ORDER BY not_after DESC LIMIT 1", (node_id,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def last_issued(self, node_id: str) -> dt.datetime | None:
+        """When the newest certificate of ``node_id`` was issued (from its expiry and the lifetime)."""
+        row = self._db.execute("SELECT MAX(not_after) FROM certs WHERE node_id=?", (node_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return dt.datetime.fromisoformat(row[0]) - dt.timedelta(hours=self.cert_hours)
 
     def issue_local(
         self, role: str, node_id: str, hosts: list[str], hours: float | None = None
@@ -374,10 +421,15 @@ class CAStore:
         return [{"node_id": n, "token": k, "used_at": w} for n, k, w in rows]
 
     # ---- revocation
-    def revoke_node(self, node_id: str) -> frozenset[int]:
-        """Revoke every unexpired certificate of ``node_id``; returns the serials revoked now."""
+    def revoke_node(self, node_id: str, reason: str = "quarantined", by: str = "authority") -> frozenset[int]:
+        """Revoke every unexpired certificate of ``node_id``; returns the serials revoked now. The reason
+        and who asked are recorded (``revocations()``)."""
         now = x509.utcnow()
         with self._lock:
+            self._db.execute(
+                "INSERT INTO revocations(node_id, revoked_at, reason, by) VALUES (?, ?, ?, ?)",
+                (node_id, now.isoformat(), reason, by),
+            )
             rows = self._db.execute(
                 "SELECT serial FROM certs WHERE node_id=? AND revoked_at IS NULL AND not_after>?",
                 (node_id, now.isoformat()),
@@ -410,6 +462,12 @@ class CAStore:
                 "INSERT INTO releases(node_id, released_at, reason) VALUES (?, ?, ?)",
                 (node_id, x509.utcnow().isoformat(), reason),
             )
+
+    def revocations(self) -> list[dict[str, str]]:
+        rows = self._db.execute(
+            "SELECT node_id, revoked_at, reason, by FROM revocations ORDER BY rowid"
+        ).fetchall()
+        return [{"node_id": n, "revoked_at": t, "reason": r, "by": b} for n, t, r, b in rows]
 
     def releases(self) -> list[dict[str, str]]:
         rows = self._db.execute("SELECT node_id, released_at, reason FROM releases ORDER BY rowid").fetchall()
@@ -496,7 +554,11 @@ class NodeTls:
             write_public(self.dir / "cert.pem", self.cert_pem)
 
     def needs_renewal(self) -> bool:
-        return x509.remaining_fraction(self.cert) < RENEW_WHEN_LEFT
+        """A third of the lifetime left, or a certificate from before identity names (x509.identity_name)
+        were written into every certificate: clients would not accept it as this node's."""
+        return x509.remaining_fraction(self.cert) < RENEW_WHEN_LEFT or not x509.names_identity(
+            self.cert, self.role, self.node_id
+        )
 
     # ---- gRPC credentials
     def _server_config(self, require_client_auth: bool) -> Any:
@@ -731,7 +793,7 @@ async def maintain(tls: NodeTls, settings: Settings) -> None:
             if tls.needs_renewal():
                 await renew(tls, settings)
             if tls.role != "authority" and loop.time() >= next_crl:
-                async with grpc.aio.secure_channel(settings.authority, tls.channel_credentials()) as ch:
+                async with aio_channel(settings.authority, tls, peer=AUTHORITY) as ch:
                     resp = await authority_pb2_grpc.AuthorityServiceStub(ch).GetRevocations(
                         authority_pb2.GetRevocationsRequest(), timeout=10
                     )
@@ -754,7 +816,7 @@ async def renew(tls: NodeTls, settings: Settings) -> None:
     if tls.role == "authority":
         cert_pem = open_ca(settings.state_dir).issue(csr, "authority", tls.node_id)
     else:
-        async with grpc.aio.secure_channel(settings.authority, tls.channel_credentials()) as ch:
+        async with aio_channel(settings.authority, tls, peer=AUTHORITY) as ch:
             resp = await authority_pb2_grpc.AuthorityServiceStub(ch).RenewCertificate(
                 authority_pb2.RenewCertificateRequest(csr_pem=csr), timeout=10
             )
@@ -772,17 +834,48 @@ def operator_for_run(run: Path) -> NodeTls | None:
     return load_client(directory) if (directory / "cert.pem").exists() else None
 
 
+@dataclass(frozen=True)
+class Peer:
+    """Whom a client means to reach: a role, and the node id when it is known.
+
+    Every hfl client channel is made for one Peer, and the TLS handshake itself checks it: the channel's
+    TLS target name is the peer's identity name (x509.identity_name), which only a certificate the
+    authority issued for exactly that role (and node) carries. A facility certificate that also lists
+    the host name "authority" or 127.0.0.1 is therefore refused by a client that wants the authority.
+    (gRPC Python has no hook to inspect the server certificate after the handshake; the target name is
+    the check its TLS stack already enforces, before any request is sent.)"""
+
+    role: str
+    node_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return x509.identity_name(self.role, self.node_id)
+
+
+AUTHORITY = Peer("authority")
+LEADER = Peer("leader")
+
+
+def _peer_options(options: list[tuple[str, Any]] | None, peer: Peer | None) -> list[tuple[str, Any]]:
+    out = list(options or [])
+    if peer is not None:
+        out.append(("grpc.ssl_target_name_override", peer.name))
+    return out
+
+
 def aio_channel(
-    address: str, tls: NodeTls | None, options: list[tuple[str, Any]] | None = None
+    address: str, tls: NodeTls | None, options: list[tuple[str, Any]] | None = None, peer: Peer | None = None
 ) -> grpc.aio.Channel:
+    """A client channel; with TLS and ``peer``, only a server holding that identity is accepted."""
     if tls is None:
         return grpc.aio.insecure_channel(address, options=options)
-    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
+    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=_peer_options(options, peer))
 
 
 def sync_channel(
-    address: str, tls: NodeTls | None, options: list[tuple[str, Any]] | None = None
+    address: str, tls: NodeTls | None, options: list[tuple[str, Any]] | None = None, peer: Peer | None = None
 ) -> grpc.Channel:
     if tls is None:
         return grpc.insecure_channel(address, options=options)
-    return grpc.secure_channel(address, tls.channel_credentials(), options=options)
+    return grpc.secure_channel(address, tls.channel_credentials(), options=_peer_options(options, peer))

@@ -215,7 +215,7 @@ class Channels:
     nodes share one process (services/facility/host.py)."""
 
     def __init__(self, own_connections: bool = False, tls: pki.NodeTls | None = None) -> None:
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self._options = (
             [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)] if own_connections else CHANNEL_OPTIONS
         )
@@ -226,14 +226,17 @@ class Channels:
         """Connect with this node's certificate (default: the first TLS identity of the process)."""
         self._tls = tls
 
-    def get(self, address: str) -> grpc.aio.Channel:
+    def get(self, address: str, peer: pki.Peer) -> grpc.aio.Channel:
+        """The channel to ``peer`` at ``address``: with TLS, the handshake fails unless the server there
+        holds ``peer``'s certificate (pki.Peer)."""
         tls = self._tls or pki.default()
         if tls is not None and tls.generation != self._generation:
             self._retire()  # a renewed certificate: new connections from now on
             self._generation = tls.generation
-        ch = self._channels.get(address)
+        key = (address, peer.name)
+        ch = self._channels.get(key)
         if ch is None:
-            ch = self._channels[address] = pki.aio_channel(address, tls, self._options)
+            ch = self._channels[key] = pki.aio_channel(address, tls, self._options, peer)
         return ch
 
     def _retire(self) -> None:

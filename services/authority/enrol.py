@@ -6,18 +6,23 @@ A quarantined facility's certificates are revoked, and it can neither renew nor 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import TYPE_CHECKING
 
 import grpc
 
 from hfl.crypto import x509
-from hfl.errors import InvalidInput, NotAllowed, NotReady, Unauthenticated
+from hfl.errors import InvalidInput, NotAllowed, NotFound, NotReady, RateLimited, Unauthenticated
 from hfl.proto.v1 import authority_pb2
 from hfl.rpc import authz, pki
 from hfl.rpc.settings import Settings
 
 log = logging.getLogger("hfl.authority")
+
+# A node renews when a third of its certificate's lifetime is left; more often than every quarter of the
+# lifetime is not renewal but someone minting certificates (e.g. with a stolen key): refused.
+RENEW_AT_MOST_EVERY = 0.25
 
 
 class CertificateService:
@@ -73,9 +78,47 @@ class CertificateService:
         ca = self.ca()
         if who.node_id in self.quarantined or ca.is_node_revoked(who.node_id):
             raise NotAllowed(f"{who.node_id} is quarantined or revoked; its certificate is not renewed")
-        cert = ca.issue(bytes(request.csr_pem), who.role, who.node_id)
+        last = ca.last_issued(who.node_id)
+        every = dt.timedelta(hours=self.settings.cert_hours * RENEW_AT_MOST_EVERY)
+        if last is not None and x509.utcnow() - last < every:
+            raise RateLimited(
+                f"{who.node_id} got a certificate {(x509.utcnow() - last).total_seconds() / 60:.0f} minutes "
+                f"ago; a node renews at most once every {every.total_seconds() / 60:.0f} minutes"
+            )
+        # The names come from the authority's record of the node, never from this request.
+        cert = ca.issue(bytes(request.csr_pem), who.role, who.node_id, renewal=True)
         log.info("renewed the certificate of %s %s", who.role, who.node_id)
         return authority_pb2.RenewCertificateResponse(certificate_pem=cert)
+
+    async def RevokeNode(
+        self, request: authority_pb2.RevokeNodeRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.RevokeNodeResponse:
+        """Operator only (hfl/rpc/authz.py): revoke any node's certificates, with a reason."""
+        node_id, reason = request.node_id.strip(), " ".join(request.reason.split())
+        if not reason or len(reason) > 500:
+            raise InvalidInput("give the reason for the revocation in 1 to 500 characters")
+        ca = self.ca()
+        role = ca.role_of(node_id)
+        if role is None:
+            raise NotFound(f"no node {node_id[:80]!r} has ever held a certificate of this federation")
+        if role == "authority":
+            raise NotAllowed("the authority's own certificate cannot be revoked this way")
+        who = authz.caller()
+        serials = ca.revoke_node(node_id, reason=reason, by=who.node_id if who else "operator")
+        self.forget_node(node_id)
+        log.warning(
+            "revoked %s %s on the operator's request (%d certificates): %s",
+            role,
+            node_id,
+            len(serials),
+            reason,
+        )
+        return authority_pb2.RevokeNodeResponse(
+            role=role, certificates=len(serials), refresh_seconds=self.settings.crl_refresh_s
+        )
+
+    def forget_node(self, node_id: str) -> None:
+        """Stop scheduling a revoked node (the servicer removes it from its registry)."""
 
     async def GetRevocations(
         self, request: authority_pb2.GetRevocationsRequest, context: grpc.aio.ServicerContext

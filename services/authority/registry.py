@@ -40,6 +40,11 @@ class Registry:
                 ),
             )
 
+    def remove(self, node_id: str) -> bool:
+        """Forget a node (revoked): it is no longer scheduled. Returns whether it was registered."""
+        with self._lock:
+            return self._db.execute("DELETE FROM nodes WHERE node_id=?", (node_id,)).rowcount > 0
+
     def get(self, node_id: str) -> NodeInfo | None:
         row = self._db.execute("SELECT info FROM nodes WHERE node_id=?", (node_id,)).fetchone()
         return _node(row[0]) if row else None

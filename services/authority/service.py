@@ -322,6 +322,10 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         self._publish_reputation()
         return authority_pb2.ReleaseFacilityResponse(quarantined=sorted(self.quarantined))
 
+    def forget_node(self, node_id: str) -> None:
+        if self.registry.remove(node_id):
+            log.warning("%s is no longer scheduled (revoked)", node_id)
+
     async def ListNodes(
         self, request: authority_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> authority_pb2.ListNodesResponse:

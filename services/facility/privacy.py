@@ -41,7 +41,7 @@ from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.metrics import EPSILON_SPENT, PRIVACY_EXHAUSTED, RELEASED_POSITIVE_FRACTION, RELEASED_SAMPLES
-from hfl.rpc.pki import write_secret
+from hfl.rpc.pki import AUTHORITY, write_secret
 from hfl.rpc.server import Channels
 
 log = logging.getLogger("hfl.facility")
@@ -276,7 +276,7 @@ class FacilityPrivacy:
 
 async def send_report(channels: Channels, authority: str, report: SpendReport) -> None:
     """Report a spend to the authority; failures are logged (the facility's own record stays)."""
-    stub = authority_pb2_grpc.AuthorityServiceStub(channels.get(authority))
+    stub = authority_pb2_grpc.AuthorityServiceStub(channels.get(authority, AUTHORITY))
     try:
         await call(
             stub.ReportPrivacySpend,

@@ -25,6 +25,7 @@ from hfl.rpc import authz, serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.metrics import ROUND
 from hfl.rpc.node import load_identity
+from hfl.rpc.pki import Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
 from services.facility.privacy import Admission, PrivacyGate, dp_plan_of
@@ -243,7 +244,7 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
                 self.local_update, model, params, plan, self._rng(config), admission
             )
             await self.privacy.flush(config.round, config.attempt)  # the authority hears of the spend first
-            stub = fog_pb2_grpc.FogServiceStub(self.channels.get(fog.address))
+            stub = fog_pb2_grpc.FogServiceStub(self.channels.get(fog.address, Peer("fog", fog.node_id)))
             await call(
                 stub.SubmitUpdate,
                 fog_pb2.SubmitUpdateRequest(

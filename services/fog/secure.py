@@ -25,6 +25,7 @@ from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2
 from hfl.rpc import serde
 from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import SECAGG_DROPOUTS
+from hfl.rpc.pki import Peer
 from hfl.rpc.server import Channels
 from hfl.secagg import (
     STAGE_NAMES,
@@ -301,7 +302,9 @@ class GrpcMemberLink:
         self._unmask_req: tuple[UnmaskRequest, facility_pb2.SecAggUnmaskRequest] | None = None
 
     def _stub(self, member: str) -> facility_pb2_grpc.FacilityServiceStub:
-        return facility_pb2_grpc.FacilityServiceStub(self.channels.get(self.config.node(member).address))
+        return facility_pb2_grpc.FacilityServiceStub(
+            self.channels.get(self.config.node(member).address, Peer("facility", member))
+        )
 
     async def _call(self, member: str, method: str, request: Any, timeout: float) -> Any:
         return await call(

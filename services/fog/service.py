@@ -16,6 +16,7 @@ from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2, fog_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import REFUSED, ROUND
+from hfl.rpc.pki import Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
 from services.fog.rounds import PhaseMarks, bucket_requests
@@ -202,7 +203,9 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
 
         async def start(member: str) -> None:
             node = config.node(member)
-            stub = facility_pb2_grpc.FacilityServiceStub(self.channels.get(node.address))
+            stub = facility_pb2_grpc.FacilityServiceStub(
+                self.channels.get(node.address, Peer("facility", member))
+            )
             try:
                 await call(
                     stub.StartRound,
@@ -274,8 +277,10 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
             raise InvalidInput("too many facilities in one evaluation request")
         msg = facility_pb2.EvaluateModelRequest(model=request.model)
 
-        async def one(address: str) -> Metrics | None:
-            stub = facility_pb2_grpc.FacilityServiceStub(self.channels.get(address))
+        async def one(address: str, node_id: str) -> Metrics | None:
+            stub = facility_pb2_grpc.FacilityServiceStub(
+                self.channels.get(address, Peer("facility", node_id))
+            )
             try:
                 resp = await call(stub.EvaluateModel, msg, peer="facility", timeout=60)
                 return serde.metrics_from_proto(resp.metrics)
@@ -283,7 +288,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                 log.warning("evaluation at %s failed: %s", address, e)
                 return None
 
-        parts = await asyncio.gather(*(one(f.address) for f in facilities))
+        parts = await asyncio.gather(*(one(f.address, f.node_id) for f in facilities))
         total = Metrics()
         reached = 0
         for p in parts:

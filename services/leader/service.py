@@ -52,6 +52,7 @@ from hfl.rpc.metrics import (
     ROUND_DURATION,
     SECAGG_DROPOUTS,
 )
+from hfl.rpc.pki import AUTHORITY, Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
 from services.leader.rounds import RoundClock, fog_request
@@ -91,7 +92,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         return {"f": f, "clip_update": self.plan.clip_update}
 
     def authority(self) -> authority_pb2_grpc.AuthorityServiceStub:
-        return authority_pb2_grpc.AuthorityServiceStub(self.channels.get(self.settings.authority))
+        return authority_pb2_grpc.AuthorityServiceStub(self.channels.get(self.settings.authority, AUTHORITY))
 
     # ------------------------------------------------------------------ the round loop
     async def run(self, stop: asyncio.Event) -> None:
@@ -171,7 +172,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
 
         async def run_fog(fog_id: str) -> list[BucketResult]:
             node = config.node(fog_id)
-            stub = fog_pb2_grpc.FogServiceStub(self.channels.get(node.address))
+            stub = fog_pb2_grpc.FogServiceStub(self.channels.get(node.address, Peer("fog", node.node_id)))
             started = time.monotonic()
             try:
                 resp = await call(
@@ -329,7 +330,9 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         )
 
         async def ask(address: str, node_id: str) -> Vote | None:
-            stub = validator_pb2_grpc.ValidatorServiceStub(self.channels.get(address))
+            stub = validator_pb2_grpc.ValidatorServiceStub(
+                self.channels.get(address, Peer("validator", node_id))
+            )
             try:
                 resp = await call(
                     stub.Vote, request, peer="validator", timeout=self.settings.vote_timeout, counter=counter
@@ -358,7 +361,9 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             by_fog.setdefault(b.fog_id, []).extend(b.members)
 
         async def one(fog_id: str, members: list[str]) -> Metrics:
-            stub = fog_pb2_grpc.FogServiceStub(self.channels.get(config.node(fog_id).address))
+            stub = fog_pb2_grpc.FogServiceStub(
+                self.channels.get(config.node(fog_id).address, Peer("fog", fog_id))
+            )
             req = fog_pb2.EvaluateRequest(
                 model=model_msg, facilities=[serde.node_to_proto(config.node(m)) for m in members]
             )

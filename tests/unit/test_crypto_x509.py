@@ -38,7 +38,27 @@ def test_issued_certificate_names_the_node_and_its_hosts_once(ca: tuple) -> None
     csr = x509.make_csr(x509.new_key(), "fog-1", "fog", ["fog-1", "127.0.0.1", "fog-1.local", "not a host!"])
     cert = x509.issue(ca[0], ca[1], csr, role="fog", node_id="fog-1")
     san = cert.extensions.get_extension_for_class(x509.x509.SubjectAlternativeName).value
-    assert [str(n.value) for n in san] == ["hfl://fog/fog-1", "fog-1", "127.0.0.1", "fog-1.local"]
+    assert [str(n.value) for n in san] == [
+        "hfl://fog/fog-1",
+        "fog-1.fog.hfl",  # identity names (x509.identity_name), from the role and node id alone
+        "fog.hfl",
+        "fog-1",
+        "127.0.0.1",
+        "fog-1.local",
+    ]
+
+
+def test_requested_identity_names_are_never_signed(ca: tuple) -> None:
+    """A facility asking for the authority's or the leader's identity name gets its own only."""
+    csr = x509.make_csr(
+        x509.new_key(), "f1", "facility", ["authority.hfl", "leader.leader.hfl", "f1.example"]
+    )
+    cert = x509.issue(ca[0], ca[1], csr, role="facility", node_id="f1")
+    san = cert.extensions.get_extension_for_class(x509.x509.SubjectAlternativeName).value
+    dns = san.get_values_for_type(x509.x509.DNSName)
+    assert dns == ["f1.facility.hfl", "facility.hfl", "f1", "f1.example"]
+    assert x509.names_identity(cert, "facility", "f1")
+    assert not x509.names_identity(cert, "authority", "f1")
 
 
 def test_authority_decides_the_identity_not_the_csr(ca: tuple) -> None:

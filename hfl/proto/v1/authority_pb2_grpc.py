@@ -85,6 +85,11 @@ class AuthorityServiceStub:
                 request_serializer=hfl_dot_v1_dot_authority__pb2.ReleaseFacilityRequest.SerializeToString,
                 response_deserializer=hfl_dot_v1_dot_authority__pb2.ReleaseFacilityResponse.FromString,
                 _registered_method=True)
+        self.RevokeNode = channel.unary_unary(
+                '/hfl.v1.AuthorityService/RevokeNode',
+                request_serializer=hfl_dot_v1_dot_authority__pb2.RevokeNodeRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_authority__pb2.RevokeNodeResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorityServiceServicer:
@@ -159,6 +164,15 @@ class AuthorityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeNode(self, request, context):
+        """Operator only: revoke every certificate of a node of any role (a stolen key, a retired site) with a
+        reason (`hfl revoke`). Every server refuses it within one revocation-refresh interval; it can
+        neither renew nor enrol again until released.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +225,11 @@ def add_AuthorityServiceServicer_to_server(servicer, server):
                     servicer.ReleaseFacility,
                     request_deserializer=hfl_dot_v1_dot_authority__pb2.ReleaseFacilityRequest.FromString,
                     response_serializer=hfl_dot_v1_dot_authority__pb2.ReleaseFacilityResponse.SerializeToString,
+            ),
+            'RevokeNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeNode,
+                    request_deserializer=hfl_dot_v1_dot_authority__pb2.RevokeNodeRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_authority__pb2.RevokeNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -484,6 +503,33 @@ class AuthorityService:
             '/hfl.v1.AuthorityService/ReleaseFacility',
             hfl_dot_v1_dot_authority__pb2.ReleaseFacilityRequest.SerializeToString,
             hfl_dot_v1_dot_authority__pb2.ReleaseFacilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.AuthorityService/RevokeNode',
+            hfl_dot_v1_dot_authority__pb2.RevokeNodeRequest.SerializeToString,
+            hfl_dot_v1_dot_authority__pb2.RevokeNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,11 @@ class AuthorityServiceStub:
     """Operator only: lift a facility's quarantine after an investigation (`hfl release`). Its old
     certificates stay revoked; it re-joins with a new one-time enrolment token.
     """
+    RevokeNode: _grpc.UnaryUnaryMultiCallable[_authority_pb2.RevokeNodeRequest, _authority_pb2.RevokeNodeResponse]
+    """Operator only: revoke every certificate of a node of any role (a stolen key, a retired site) with a
+    reason (`hfl revoke`). Every server refuses it within one revocation-refresh interval; it can
+    neither renew nor enrol again until released.
+    """
 
 @_typing.type_check_only
 class AuthorityServiceAsyncStub(AuthorityServiceStub):
@@ -78,6 +83,11 @@ class AuthorityServiceAsyncStub(AuthorityServiceStub):
     ReleaseFacility: _aio.UnaryUnaryMultiCallable[_authority_pb2.ReleaseFacilityRequest, _authority_pb2.ReleaseFacilityResponse]  # type: ignore[assignment]
     """Operator only: lift a facility's quarantine after an investigation (`hfl release`). Its old
     certificates stay revoked; it re-joins with a new one-time enrolment token.
+    """
+    RevokeNode: _aio.UnaryUnaryMultiCallable[_authority_pb2.RevokeNodeRequest, _authority_pb2.RevokeNodeResponse]  # type: ignore[assignment]
+    """Operator only: revoke every certificate of a node of any role (a stolen key, a retired site) with a
+    reason (`hfl revoke`). Every server refuses it within one revocation-refresh interval; it can
+    neither renew nor enrol again until released.
     """
 
 class AuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -161,6 +171,17 @@ class AuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_authority_pb2.ReleaseFacilityResponse, _abc.Awaitable[_authority_pb2.ReleaseFacilityResponse]]:
         """Operator only: lift a facility's quarantine after an investigation (`hfl release`). Its old
         certificates stay revoked; it re-joins with a new one-time enrolment token.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeNode(
+        self,
+        request: _authority_pb2.RevokeNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authority_pb2.RevokeNodeResponse, _abc.Awaitable[_authority_pb2.RevokeNodeResponse]]:
+        """Operator only: revoke every certificate of a node of any role (a stolen key, a retired site) with a
+        reason (`hfl revoke`). Every server refuses it within one revocation-refresh interval; it can
+        neither renew nor enrol again until released.
         """
 
 def add_AuthorityServiceServicer_to_server(servicer: AuthorityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
