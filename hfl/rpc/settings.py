@@ -16,7 +16,21 @@ from hfl.schedule import MIN_SECURE_BUCKET
 
 Role = Literal["authority", "leader", "fog", "facility", "validator"]
 
-FACILITY_ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "alie", "ipm", "free_ride", "nan")
+# "stall": accepts every round and never sends its update (masked input), to show that one site cannot
+# hold up the others (hfl/deadline.py).
+FACILITY_ATTACKS = (
+    "none",
+    "sign_flip",
+    "scale",
+    "gaussian",
+    "label_flip",
+    "alie",
+    "ipm",
+    "free_ride",
+    "nan",
+    "stall",
+)
+STALL = "stall"
 VALIDATOR_FAULTS = ("none", "reject_all", "accept_all", "silent")
 # Experiments/tests only: a fog that swaps one member's key advertisement (secure aggregation must abort).
 FOG_FAULTS = ("none", "swap_keys")
@@ -75,6 +89,10 @@ class Settings(BaseSettings):
     # so a run shows what those defences protect against (comparison experiments only, never in use).
     defences: bool = True
     round_timeout: float = 120.0
+    # Fog: once half a bucket has answered a stage, the rest get this many times the median answer time
+    # (at least HFL_STRAGGLER_FLOOR_S seconds), then count as absent for the round (hfl/deadline.py).
+    straggler_factor: float = 4.0
+    straggler_floor_s: float = 2.0
     round_interval: float = 0.0
     vote_timeout: float = 60.0
 
@@ -172,6 +190,8 @@ class Settings(BaseSettings):
                 "HFL_ROUND_TIMEOUT and HFL_VOTE_TIMEOUT must be more than 0 seconds, "
                 "and HFL_ROUND_INTERVAL 0 or more"
             )
+        if self.straggler_factor < 1 or self.straggler_floor_s < 0:
+            raise ValueError("HFL_STRAGGLER_FACTOR must be at least 1 and HFL_STRAGGLER_FLOOR_S 0 or more")
         if self.model == "mlp" and self.hidden < 1:
             raise ValueError("HFL_HIDDEN must be at least 1 for the mlp model")
         return self

@@ -25,6 +25,7 @@ from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotFound, NotReady
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import ROUND
+from hfl.rpc.settings import STALL
 from hfl.secagg import (
     STAGE_NAMES,
     KeySubstitutionError,
@@ -33,6 +34,7 @@ from hfl.secagg import (
     ShareDecryptionError,
     StageError,
 )
+from services.facility.faults import stall
 
 if TYPE_CHECKING:
     from services.facility.service import Facility
@@ -224,6 +226,8 @@ class SecureAggregation:
     ) -> facility_pb2.SecAggMaskedInputResponse:
         sess = self._session(request.session, 3)
         shares = serde.shares_from_proto(request.shares)
+        if self.facility.settings.byzantine == STALL:
+            await stall(sess.key[0])
         try:
             delta = await asyncio.shield(sess.update)
         except asyncio.CancelledError:

@@ -27,7 +27,8 @@ from hfl.rpc.metrics import ROUND
 from hfl.rpc.node import load_identity
 from hfl.rpc.pki import Peer
 from hfl.rpc.server import Channels
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import STALL, Settings
+from services.facility.faults import stall
 from services.facility.privacy import Admission, PrivacyGate, dp_plan_of
 from services.facility.secure import SecureAggregation
 
@@ -191,7 +192,7 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         else:
             delta = self.honest_update(model, params, plan, rng, self.train_set)
         attack = self.settings.byzantine
-        if attack in ("none", "label_flip"):
+        if attack in ("none", "label_flip", STALL):
             return delta
         peers = self.peer_updates(model, params, plan, rng) if attack in ("alie", "ipm") else None
         return apply_attack(attack, delta, rng=rng, scale=self.settings.byzantine_scale, peers=peers)
@@ -239,6 +240,8 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         if drops_out(plan):
             log.info("round %d: dropping out on purpose (drop rate %.2f)", config.round, plan.drop_rate)
             return
+        if self.settings.byzantine == STALL:
+            await stall(config.round)
         try:
             delta = await asyncio.to_thread(
                 self.local_update, model, params, plan, self._rng(config), admission

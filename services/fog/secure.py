@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
@@ -19,6 +20,7 @@ import grpc
 import numpy as np
 
 from hfl.crypto import kex
+from hfl.deadline import STRAGGLER_FACTOR, STRAGGLER_FLOOR_S, stage_deadline
 from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
 from hfl.errors import HflError
 from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2
@@ -63,17 +65,22 @@ class MemberLink(Protocol):
 
 @dataclass(frozen=True)
 class StageTimeouts:
-    """Seconds a member has to answer: ``keys`` for the three key stages, ``masked`` for the masked input
-    (which includes the member's local training)."""
+    """Seconds a member has to answer at most: ``keys`` for the three key stages, ``masked`` for the
+    masked input (which includes the member's local training). Within those limits a stage stops waiting
+    for its last members earlier, as hfl.deadline.stage_deadline decides from ``factor`` and ``floor_s``."""
 
     keys: float
     masked: float
+    factor: float = STRAGGLER_FACTOR
+    floor_s: float = STRAGGLER_FLOOR_S
 
     @classmethod
-    def for_plan(cls, timeout_s: float) -> StageTimeouts:
+    def for_plan(
+        cls, timeout_s: float, factor: float = STRAGGLER_FACTOR, floor_s: float = STRAGGLER_FLOOR_S
+    ) -> StageTimeouts:
         """Split the plan's round timeout: the whole bucket finishes within about ``timeout_s``."""
         keys = min(30.0, max(2.0, 0.15 * timeout_s))
-        return cls(keys=keys, masked=max(keys, timeout_s - 3 * keys))
+        return cls(keys=keys, masked=max(keys, timeout_s - 3 * keys), factor=factor, floor_s=floor_s)
 
 
 def no_answer(exc: BaseException) -> bool:
@@ -103,11 +110,13 @@ async def _stage(
     timeout: float,
     where: str,
     unreachable: set[str] | None = None,
+    timeouts: StageTimeouts | None = None,
 ) -> None:
     """Ask every member still in the protocol at once; keep the answers that arrive in time and are usable.
-    Members that do not answer at all are added to ``unreachable`` if it is given."""
+    Members that do not answer at all, or not within the straggler window (hfl.deadline), are added to
+    ``unreachable`` if it is given: they are reported like absent members."""
 
-    async def one(member: str) -> None:
+    async def one(member: str) -> bool:
         try:
             msg = await asyncio.wait_for(ask(member), timeout)
         except Exception as e:  # no answer, an error status, or a malformed reply: dropped at this stage
@@ -116,7 +125,7 @@ async def _stage(
             )
             if unreachable is not None and no_answer(e):
                 unreachable.add(member)
-            return
+            return False
         try:
             if sender(msg) != member:
                 raise SecAggError(f"the answer names {sender(msg)!r} as its sender")
@@ -129,8 +138,38 @@ async def _stage(
                 STAGE_NAMES[stage],
                 e,
             )
+            return False
+        return True
 
-    await asyncio.gather(*(one(m) for m in agg.alive))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    tasks = {asyncio.create_task(one(m)): m for m in agg.alive}
+    pending: set[asyncio.Task[bool]] = set(tasks)
+    took: list[float] = []
+    factor = timeouts.factor if timeouts else STRAGGLER_FACTOR
+    floor_s = timeouts.floor_s if timeouts else STRAGGLER_FLOOR_S
+    while pending:
+        cut = stage_deadline(took, len(tasks), timeout, factor=factor, floor_s=floor_s)
+        left = started + cut - loop.time()
+        if left <= 0:
+            break
+        done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        took += [loop.time() - started for _ in done]  # every answer, usable or not, counts as heard
+    for task in pending:  # accepted the round but silent past the window: late, reported as absent
+        task.cancel()
+        member = tasks[task]
+        log.warning(
+            "%s: %s did not answer stage '%s' within %.1f s (the others took %.2f s at the median); "
+            "going on without it",
+            where,
+            member,
+            STAGE_NAMES[stage],
+            loop.time() - started,
+            statistics.median(took) if took else float("nan"),
+        )
+        if unreachable is not None:
+            unreachable.add(member)
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def drive_bucket(
@@ -141,7 +180,8 @@ async def drive_bucket(
     unreachable: set[str] | None = None,
 ) -> tuple[np.ndarray, int, tuple[str, ...], tuple[str, ...]]:
     """Run the four stages; returns (float64 sum, count, members in the sum, members not in the sum).
-    Members that do not answer the first stage at all are added to ``unreachable`` if it is given.
+    Members that do not answer the first stage at all, or any stage within its straggler window, are
+    added to ``unreachable`` if it is given.
 
     Raises SecAggError (BucketAbandoned, ReconstructionError) when no sum can be released."""
     await _stage(
@@ -153,6 +193,7 @@ async def drive_bucket(
         timeouts.keys,
         where,
         unreachable,
+        timeouts,
     )
     agg.close_stage()
     ads = agg.advertisements()
@@ -164,6 +205,8 @@ async def drive_bucket(
         lambda s: s[0].sender if s else "",
         timeouts.keys,
         where,
+        unreachable,
+        timeouts,
     )
     agg.close_stage()
     await _stage(
@@ -174,6 +217,8 @@ async def drive_bucket(
         lambda x: x.sender,
         timeouts.masked,
         where,
+        unreachable,
+        timeouts,
     )
     agg.close_stage()
     request = agg.unmask_request()
@@ -185,6 +230,8 @@ async def drive_bucket(
         lambda r: r.sender,
         timeouts.keys,
         where,
+        unreachable,
+        timeouts,
     )
     agg.close_stage()
     result = await asyncio.to_thread(agg.result)

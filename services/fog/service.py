@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
+from hfl.deadline import stage_deadline
 from hfl.domain import Bucket, BucketResult, Metrics, RoundConfig, TrainingPlan
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotReady, StaleRound
 from hfl.proto.v1 import common_pb2 as pb
@@ -20,7 +21,7 @@ from hfl.rpc.pki import Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
 from services.fog.rounds import PhaseMarks, bucket_requests
-from services.fog.secure import GrpcMemberLink, no_answer, run_secure_bucket
+from services.fog.secure import GrpcMemberLink, StageTimeouts, no_answer, run_secure_bucket
 
 log = logging.getLogger("hfl.fog")
 
@@ -38,6 +39,18 @@ class PlainBucket:
     # Members that did not answer StartRound at all (down, cut off, gone): nothing to wait for either.
     unreachable: set[str] = field(default_factory=set)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever a member is heard from
+    started: float = 0.0  # loop time when the round was handed out (for the straggler window)
+    heard: list[float] = field(default_factory=list)  # seconds after ``started`` each member was heard
+
+    def _note(self) -> None:
+        self.heard.append(asyncio.get_running_loop().time() - self.started)
+        self.changed.set()
+
+    def stragglers(self) -> list[str]:
+        """Members not heard from at all (still expected)."""
+        silent = self.refused | self.declined | self.unreachable
+        return [m for m in self.bucket.members if m not in self.updates and m not in silent]
 
     def _all_heard(self) -> bool:
         silent = self.refused | self.declined | self.unreachable
@@ -47,6 +60,7 @@ class PlainBucket:
         """Stop waiting for a member that will send no (usable) update, noting why in ``into``."""
         if node_id in self.bucket.members and node_id not in self.updates:
             into.add(node_id)
+            self._note()
             if self._all_heard():
                 self.complete.set()
 
@@ -70,6 +84,7 @@ class PlainBucket:
         self.updates[node_id] = update
         self.refused.discard(node_id)
         self.unreachable.discard(node_id)  # slow to answer StartRound, but it did send its update
+        self._note()
         if self._all_heard():
             self.complete.set()
 
@@ -167,6 +182,9 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                             swap_keys=swap_keys,
                             marks=marks,
                         ),
+                        StageTimeouts.for_plan(
+                            plan.timeout_s, self.settings.straggler_factor, self.settings.straggler_floor_s
+                        ),
                     )
                     for b in mine
                 )
@@ -223,12 +241,40 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                 elif no_answer(e):  # down, cut off, or gone
                     collector.lost(member)
 
-        await asyncio.gather(*(start(m) for m in bucket.members))
+        loop = asyncio.get_running_loop()
+        collector.started = loop.time()
+        # StartRound answers at once (training runs after it); one that hangs is just a straggler below.
+        starts = [asyncio.create_task(start(m)) for m in bucket.members]
+        await asyncio.wait(starts, timeout=self.settings.straggler_floor_s)
         marks.mark("distributed")
-        try:
-            await asyncio.wait_for(collector.complete.wait(), timeout=plan.timeout_s)
-        except TimeoutError:
-            pass
+        expected = len(bucket.members)
+        while not collector.complete.is_set():
+            cut = stage_deadline(
+                collector.heard,
+                expected,
+                plan.timeout_s,
+                factor=self.settings.straggler_factor,
+                floor_s=self.settings.straggler_floor_s,
+            )
+            left = collector.started + cut - loop.time()
+            if left <= 0:
+                break
+            collector.changed.clear()
+            try:
+                await asyncio.wait_for(collector.changed.wait(), timeout=left)
+            except TimeoutError:
+                pass
+        for member in collector.stragglers():  # started the round, then silent past the window
+            log.warning(
+                "round %d: %s sent no update within %.1f s; going on without it",
+                config.round,
+                member,
+                loop.time() - collector.started,
+            )
+            collector.lost(member)
+        for task in starts:
+            task.cancel()
+        await asyncio.gather(*starts, return_exceptions=True)
         marks.mark("collected")
         result = collector.result()
         if result.dropped:

@@ -1,0 +1,14 @@
+"""Simulated misbehaviour of a facility for experiments (HFL_BYZANTINE): what is not an update attack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+log = logging.getLogger("hfl.facility")
+
+
+async def stall(round_: int) -> None:
+    """HFL_BYZANTINE=stall: accept the round, then never send the update (nor the masked input)."""
+    log.warning("round %d: stalling on purpose (HFL_BYZANTINE=stall): the update is never sent", round_)
+    await asyncio.sleep(24 * 3600)
