@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from hfl.domain import NodeInfo
-from hfl.rpc import pki
+from hfl.rpc import limits, pki
 from hfl.rpc.authz import AuthInterceptor, EnrolInterceptor
 from hfl.rpc.errors import ErrorInterceptor
 from hfl.rpc.metrics import UP, start_metrics
@@ -26,7 +26,10 @@ from hfl.rpc.settings import Settings
 
 log = logging.getLogger("hfl.rpc")
 
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+# The server-wide receive limit is the largest any method needs: grpcio cannot set it per method, so each
+# method's own, mostly much smaller, limit is checked before parsing (hfl.rpc.limits, enforced by
+# hfl.rpc.errors.ErrorInterceptor).
+MAX_MESSAGE_BYTES = limits.MODEL
 _LIMITS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -118,9 +121,14 @@ async def start_server(
     With HFL_TLS (the default) the node first gets its certificate (pki.ensure_identity: enrolment with
     HFL_ENROL_TOKEN the first time), the port is mutual TLS, and every RPC passes hfl.rpc.authz."""
     tls = await pki.ensure_identity(settings, role)
-    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
-    if tls is not None:
-        interceptors.append(AuthInterceptor(tls, settings))
+    # Order: ErrorInterceptor is outermost; it measures each request against hfl.rpc.limits, then runs
+    # the AuthInterceptor's certificate and role check, and only then parses the request.
+    auth = AuthInterceptor(tls, settings) if tls is not None else None
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        ErrorInterceptor(precheck=auth.precheck if auth is not None else None)
+    ]
+    if auth is not None:
+        interceptors.append(auth)
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     register(server)
     health = HealthServicer()
@@ -158,8 +166,9 @@ async def start_enrol_server(
     tls = pki.default()
     if not settings.tls or tls is None:
         return None
+    enrol = EnrolInterceptor(settings)
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(), EnrolInterceptor(settings)],
+        interceptors=[ErrorInterceptor(precheck=enrol.precheck), enrol],
         options=[("grpc.max_receive_message_length", 64 * 1024)],
     )
     register(server)
