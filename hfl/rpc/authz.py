@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from hfl.crypto.x509 import Identity
-from hfl.errors import NotAllowed, Unauthenticated
+from hfl.errors import NotAllowed, Unauthenticated, clip
 from hfl.rpc.pki import NodeTls
 from hfl.rpc.ratelimit import TokenBuckets
 from hfl.rpc.settings import Settings
@@ -51,14 +51,14 @@ def _bind_register(request: Any, who: Identity) -> None:
     if request.node.node_id != who.node_id or request.node.role != who.role:
         raise NotAllowed(
             f"your certificate is for {who.role} {who.node_id}; you cannot register "
-            f"{request.node.role} {request.node.node_id!r}"
+            f"{clip(request.node.role, 20)} {clip(request.node.node_id)}"
         )
 
 
 def _bind_submit(request: Any, who: Identity) -> None:
     if request.node_id != who.node_id:
         raise NotAllowed(
-            f"your certificate is for {who.node_id}; you cannot send an update as {request.node_id!r}"
+            f"your certificate is for {who.node_id}; you cannot send an update as {clip(request.node_id)}"
         )
 
 
@@ -66,7 +66,7 @@ def _bind_privacy(request: Any, who: Identity) -> None:
     if request.spend.facility_id != who.node_id:
         raise NotAllowed(
             f"your certificate is for {who.node_id}; you cannot report privacy spent by "
-            f"{request.spend.facility_id!r}"
+            f"{clip(request.spend.facility_id)}"
         )
 
 

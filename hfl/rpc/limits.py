@@ -1,12 +1,16 @@
-"""Per-method request size limits, checked BEFORE a request is parsed.
+"""Request size limits: per server, enforced by gRPC itself, and per method, checked BEFORE a request is
+parsed.
 
 grpcio has one receive limit per server (``grpc.max_receive_message_length``), not per method, and a
-server's service config cannot set it. So the server-wide limit (hfl.rpc.server.MAX_MESSAGE_BYTES) is
-the largest any method needs (model-carrying calls), and hfl.rpc.errors.ErrorInterceptor replaces every
-handler's request deserializer with one that first compares ``len(bytes)`` with this table: a request
-above its method's limit is refused with RESOURCE_EXHAUSTED and never parsed. (gRPC core has already
-received the bytes by then; they are freed as soon as the call is refused, so a refused call costs
-transient memory, never parsed Python objects or log volume.)
+server's service config cannot set it. So:
+
+- each server's gRPC receive limit is the largest request any of ITS methods accepts (``server_limit``:
+  2 MiB for the authority, 64 KiB for the leader, model-sized for fog, facility and validator). gRPC
+  refuses a larger message with RESOURCE_EXHAUSTED while it arrives, without buffering it;
+- within a server, hfl.rpc.errors.ErrorInterceptor replaces every handler's request deserializer with
+  one that first compares ``len(bytes)`` with ``request_limit(method)``: a request above its method's
+  limit is refused with RESOURCE_EXHAUSTED and never parsed. gRPC has received those bytes by then (up
+  to the server's limit); they are freed as soon as the call is refused.
 
 A method not listed gets CONTROL: fail small.
 """
@@ -49,3 +53,14 @@ REQUEST_LIMITS: dict[str, int] = {
 def request_limit(method: str) -> int:
     """The largest request (serialised bytes) ``method`` accepts."""
     return REQUEST_LIMITS.get(method, CONTROL)
+
+
+# The service each role's server offers (the health service is CONTROL everywhere).
+ROLE_SERVICES = {"authority": _A, "fog": _F, "facility": _C, "leader": _L, "validator": _V}
+
+
+def server_limit(role: str) -> int:
+    """gRPC's receive limit for ``role``'s server: the largest request one of its methods accepts."""
+    prefix = ROLE_SERVICES.get(role)
+    sizes = [n for m, n in REQUEST_LIMITS.items() if prefix is not None and m.startswith(prefix)]
+    return max([CONTROL, *sizes])

@@ -26,9 +26,9 @@ from hfl.rpc.settings import Settings
 
 log = logging.getLogger("hfl.rpc")
 
-# The server-wide receive limit is the largest any method needs: grpcio cannot set it per method, so each
-# method's own, mostly much smaller, limit is checked before parsing (hfl.rpc.limits, enforced by
-# hfl.rpc.errors.ErrorInterceptor).
+# The largest message anything in hfl sends or receives. A server's receive limit is lowered to what its
+# own methods accept (server_options); grpcio cannot set it per method, so each method's own, often
+# smaller, limit is checked before parsing (hfl.rpc.limits, enforced by hfl.rpc.errors.ErrorInterceptor).
 MAX_MESSAGE_BYTES = limits.MODEL
 _LIMITS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -48,6 +48,13 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
 ]
+
+
+def server_options(role: str) -> list[tuple[str, Any]]:
+    """SERVER_OPTIONS with gRPC's receive limit lowered to what ``role``'s methods accept (hfl.rpc.limits):
+    gRPC refuses a larger message while it arrives, before hfl sees a byte of it. (gRPC takes the FIRST
+    value of an option given twice: the limit goes first.)"""
+    return [("grpc.max_receive_message_length", limits.server_limit(role)), *SERVER_OPTIONS]
 
 
 @dataclass
@@ -129,7 +136,7 @@ async def start_server(
     ]
     if auth is not None:
         interceptors.append(auth)
-    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(role))
     register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

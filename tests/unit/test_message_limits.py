@@ -103,6 +103,18 @@ def test_the_limits_are_small_for_control_calls_and_model_sized_for_updates() ->
     assert max(limits.REQUEST_LIMITS.values()) <= MAX_MESSAGE_BYTES
 
 
+def test_each_server_receives_only_what_its_own_methods_accept() -> None:
+    """gRPC refuses anything larger while it arrives; the first value of a repeated option wins."""
+    from hfl.rpc.server import server_options
+
+    assert limits.server_limit("leader") == limits.CONTROL
+    assert limits.server_limit("authority") == limits.REPORT
+    assert limits.server_limit("fog") == limits.MODEL
+    assert limits.server_limit("validator") == limits.MODEL
+    first = next(v for k, v in server_options("authority") if k == "grpc.max_receive_message_length")
+    assert first == limits.REPORT
+
+
 def test_an_oversized_control_request_is_refused_before_it_is_parsed() -> None:
     method = "/hfl.v1.FogService/GetStatus"  # not in the table: CONTROL
     big = b"x" * (limits.CONTROL + 1)
