@@ -18,7 +18,9 @@ MAX_NAME = 64  # specialties and other short names
 MAX_REASON = 500  # free text in people's words: release reasons, vote and bucket reasons
 MAX_JSON = 64 * 1024  # JSON side fields (reports, plan extras, spend details, round events)
 MAX_REPORT = 1024 * 1024  # a leader's round report (JSON; grows with the number of facilities)
-MAX_LIST = 10_000  # ids in one repeated field (members of a bucket, quarantine lists)
+MAX_LIST = 10_000
+MAX_ROUND = 2**46 - 1  # round numbers (secure aggregation packs round and attempt into 62 bits)
+MAX_ATTEMPT = 0xFFFF  # ids in one repeated field (members of a bucket, quarantine lists)
 
 
 def text(value: str, what: str, limit: int, *, required: bool = False) -> str:
@@ -60,3 +62,12 @@ def reason(value: str, what: str = "reason") -> str:
 
 def json_text(value: str, what: str) -> str:
     return text(value, what, MAX_JSON)
+
+
+def round_attempt(round_: int, attempt: int) -> tuple[int, int]:
+    """A round number and attempt as stored (SQLite integers are 64-bit signed) and signed."""
+    if not 0 <= round_ <= MAX_ROUND:
+        raise InvalidInput(f"round {round_} is out of range (0 to {MAX_ROUND})")
+    if not 0 <= attempt <= MAX_ATTEMPT:
+        raise InvalidInput(f"round attempt {attempt} is out of range (0 to {MAX_ATTEMPT})")
+    return int(round_), int(attempt)

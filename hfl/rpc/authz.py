@@ -13,6 +13,7 @@ meaning, e.g. a facility only takes StartRound from the fog of its bucket.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -174,6 +175,21 @@ def _wrap(handler: grpc.RpcMethodHandler, check: _Check, bind: _Bind) -> grpc.Rp
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+        # a stream answered with context.write() (the standard health service's Watch)
+        inner_uw: Any = handler.unary_stream
+
+        async def unary_write(request: Any, context: grpc.aio.ServicerContext) -> None:
+            who = _identity(check, context)
+            bind(request, who)
+            _CALLER.set(who)
+            await inner_uw(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_write,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -7,6 +7,7 @@ to the caller, the traceback goes to the service's own log.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -159,13 +160,30 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+            # a stream answered with context.write() (the standard health service's Watch)
+            inner_uw: Any = handler.unary_stream
+
+            async def unary_write(request: Any, context: grpc.aio.ServicerContext) -> None:
+                try:
+                    await inner_uw(_open(request, context, precheck), context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort(context, exc, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_write,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+            inner_us: Any = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
                     message = _open(request, context, precheck)
-                    async for item in inner_us(message, context):  # type: ignore[arg-type,attr-defined]
+                    async for item in inner_us(message, context):
                         yield item
                 except grpc.aio.AbortError:
                     raise

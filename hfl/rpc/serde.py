@@ -561,7 +561,7 @@ def spend_from_proto(m: authority_pb2.PrivacySpend) -> SpendReport:
     try:
         return SpendReport(
             facility_id=bounds.node_id(m.facility_id, "facility id"),
-            round=int(m.round),
+            round=bounds.round_attempt(int(m.round), int(m.attempt))[0],
             attempt=int(m.attempt),
             kind=bounds.text(m.kind, "privacy accounting kind", bounds.MAX_ID),
             epsilon_total=float(m.epsilon_total),

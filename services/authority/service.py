@@ -202,7 +202,8 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             raise InvalidInput("rounds are numbered from 1")
         if len(request.ledger_head) != HASH_LEN:
             raise InvalidInput("the ledger head must be a 32-byte hash")
-        config = self.make_config(int(request.round), int(request.attempt), bytes(request.ledger_head))
+        round_, attempt = bounds.round_attempt(int(request.round), int(request.attempt))
+        config = self.make_config(round_, attempt, bytes(request.ledger_head))
         # Per-bucket signed views: facilities get only their bucket's part (linear total traffic, not N^2).
         views = [config.bucket_view(b.bucket_id).sign(self.key) for b in config.buckets]
         return authority_pb2.GetRoundConfigResponse(
@@ -212,7 +213,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
     async def ReportRound(
         self, request: authority_pb2.ReportRoundRequest, context: grpc.aio.ServicerContext
     ) -> authority_pb2.ReportRoundResponse:
-        round_, attempt = int(request.round), int(request.attempt)
+        round_, attempt = bounds.round_attempt(int(request.round), int(request.attempt))
         buckets = self.registry.config_buckets(round_, attempt)
         if buckets is None:
             raise InvalidInput(f"no configuration was issued for round {round_} attempt {attempt}")

@@ -193,3 +193,15 @@ def test_round_report_lists_are_bounded(authority: Authority) -> None:
     req = authority_pb2.ReportRoundRequest(round=1, attempt=0, report_json='{"refused": 5}')
     with pytest.raises(InvalidInput, match="malformed"):
         asyncio.run(authority.ReportRound(req, None))  # type: ignore[arg-type]
+
+
+def test_round_numbers_beyond_what_is_stored_are_refused(authority: Authority) -> None:
+    """Found by the fuzz suite: round 2**63 reached SQLite and failed with INTERNAL."""
+    head = b"\x00" * 32
+    for round_, attempt in [(2**63, 0), (2**46, 0), (1, 2**32 - 1)]:
+        req = authority_pb2.GetRoundConfigRequest(round=round_, attempt=attempt, ledger_head=head)
+        with pytest.raises(InvalidInput, match="out of range"):
+            asyncio.run(authority.GetRoundConfig(req, None))  # type: ignore[arg-type]
+        report = authority_pb2.ReportRoundRequest(round=round_, attempt=attempt, report_json="{}")
+        with pytest.raises(InvalidInput, match="out of range"):
+            asyncio.run(authority.ReportRound(report, None))  # type: ignore[arg-type]

@@ -181,3 +181,29 @@ def test_error_details_are_capped() -> None:
     code, details = asyncio.run(go())
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert len(details) <= MAX_DETAILS
+
+
+def test_health_watch_works_through_the_interceptors() -> None:
+    """The standard health service answers Watch with context.write(); the wrappers used to iterate it
+    and failed with INTERNAL (found by the fuzz suite)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1._async import HealthServicer
+
+    async def go() -> int:
+        auth = _Refuse()
+        server = grpc.aio.server(interceptors=[ErrorInterceptor(precheck=auth.precheck), auth])
+        health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                call = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+                first = await call.read()
+                call.cancel()
+                return int(first.status)
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(go()) == health_pb2.HealthCheckResponse.SERVING
