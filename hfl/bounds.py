@@ -34,6 +34,11 @@ def text(value: str, what: str, limit: int, *, required: bool = False) -> str:
     return value
 
 
+def shorten(value: str, limit: int = MAX_REASON) -> str:
+    """For what hfl itself sends: ``value`` cut to ``limit`` characters (a receiver refuses longer)."""
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
 def node_id(value: str, what: str = "node id") -> str:
     return text(value, what, MAX_ID, required=True)
 

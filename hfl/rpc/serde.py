@@ -242,7 +242,7 @@ def bucket_result_to_proto(b: BucketResult) -> pb.BucketResult:
         members=list(b.members),
         dropped=list(b.dropped),
         abandoned=b.abandoned,
-        reason=b.reason,
+        reason=bounds.shorten(b.reason),
         refused=list(b.refused),
         unreachable=list(b.unreachable),
     )

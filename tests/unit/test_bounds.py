@@ -205,3 +205,18 @@ def test_round_numbers_beyond_what_is_stored_are_refused(authority: Authority) -
         report = authority_pb2.ReportRoundRequest(round=round_, attempt=attempt, report_json="{}")
         with pytest.raises(InvalidInput, match="out of range"):
             asyncio.run(authority.ReportRound(report, None))  # type: ignore[arg-type]
+
+
+def test_what_hfl_sends_itself_stays_within_the_bounds() -> None:
+    """A long fog reason is shortened when sent, so the leader does not refuse the whole bucket."""
+    import numpy as np
+
+    from hfl.domain import BucketResult
+
+    long = "secure aggregation failed: " + "member-x, " * 200
+    sent = serde.bucket_result_to_proto(
+        BucketResult("b0", "fog-1", np.zeros(0), 0, (), (), abandoned=True, reason=long)
+    )
+    back = serde.bucket_result_from_proto(sent, expected_length=None)
+    assert len(back.reason) <= bounds.MAX_REASON and back.reason.startswith("secure aggregation failed")
+    assert bounds.shorten("short") == "short"
