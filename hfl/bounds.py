@@ -17,7 +17,7 @@ MAX_ADDRESS = 255  # host:port (a DNS name is at most 253 characters)
 MAX_NAME = 64  # specialties and other short names
 MAX_REASON = 500  # free text in people's words: release reasons, vote and bucket reasons
 MAX_JSON = 64 * 1024  # JSON side fields (reports, plan extras, spend details, round events)
-MAX_REPORT = 1024 * 1024  # a leader's round report (JSON; grows with the number of facilities)
+MAX_REPORT = 1024 * 1024  # a round report or committee draw (JSON that grows with the federation)
 MAX_LIST = 10_000
 MAX_ROUND = 2**46 - 1  # round numbers (secure aggregation packs round and attempt into 62 bits)
 MAX_ATTEMPT = 0xFFFF  # ids in one repeated field (members of a bucket, quarantine lists)
@@ -63,10 +63,6 @@ def address(value: str, what: str = "address") -> str:
 
 def reason(value: str, what: str = "reason") -> str:
     return text(value, what, MAX_REASON)
-
-
-def json_text(value: str, what: str) -> str:
-    return text(value, what, MAX_JSON)
 
 
 def round_attempt(round_: int, attempt: int) -> tuple[int, int]:

@@ -180,15 +180,16 @@ def config_from_proto(c: pb.RoundConfig) -> RoundConfig:
         facilities=tuple(node_from_proto(n) for n in c.facilities),
         fogs=tuple(node_from_proto(n) for n in c.fogs),
         quarantined=bounds.ids(c.quarantined, "the quarantine list"),
-        committee_draw=_json_or_empty(c.committee_draw_json, "committee draw"),
+        # the draw lists every validator with its weight: it grows with the federation
+        committee_draw=_json_or_empty(c.committee_draw_json, "committee draw", bounds.MAX_REPORT),
         signature=bytes(c.signature),
     )
 
 
-def _json_or_empty(text: str, what: str) -> dict[str, Any]:
+def _json_or_empty(text: str, what: str, limit: int = bounds.MAX_JSON) -> dict[str, Any]:
     if not text:
         return {}
-    bounds.json_text(text, what)
+    bounds.text(text, what, limit)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:

@@ -113,6 +113,9 @@ def test_each_server_receives_only_what_its_own_methods_accept() -> None:
     assert limits.server_limit("validator") == limits.MODEL
     first = next(v for k, v in server_options("authority") if k == "grpc.max_receive_message_length")
     assert first == limits.REPORT
+    assert ("grpc.http2.bdp_probe", 0) in server_options("authority")  # the HTTP/2 window stays small
+    assert ("grpc.http2.bdp_probe", 0) in server_options("leader")
+    assert ("grpc.http2.bdp_probe", 0) not in server_options("fog")  # models flow at full speed
 
 
 def test_an_oversized_control_request_is_refused_before_it_is_parsed() -> None:
