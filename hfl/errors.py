@@ -40,5 +40,22 @@ class RateLimited(HflError):
     """The caller sent too many requests too fast; it should slow down and retry."""
 
 
+class TooLarge(HflError):
+    """The request is larger than the call accepts (refused before it is read)."""
+
+
 class ConfigError(HflError, ValueError):
     """Bad configuration: stops start-up with a one-line message."""
+
+
+CLIP_DEFAULT = 80
+
+
+def clip(value: object, limit: int = CLIP_DEFAULT) -> str:
+    """``repr`` of user input, cut to about ``limit`` characters for error messages and logs: a caller
+    can never make hfl write more than this of what it sent ("…(50000000 characters)" says how much was
+    cut)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}…({len(text)} characters)"

@@ -57,7 +57,7 @@ IDENTITY_SUFFIX = ".hfl"
 
 
 def identity_name(role: str, node_id: str | None = None) -> str:
-    """The DNS name that proves an identity to TLS itself: ``<node id>.<role>.hfl`` for one node,
+    """The DNS name that proves an identity to TLS itself: ``n<hash of node id>.<role>.hfl`` for one node,
     ``<role>.hfl`` for any node of a role (clients that only know the role, e.g. of the authority). The
     authority writes both into every certificate it issues and never signs a requested name ending in
     ``.hfl``; clients set it as the TLS target name, so the handshake fails unless the server holds a
@@ -65,7 +65,10 @@ def identity_name(role: str, node_id: str | None = None) -> str:
     check_role(role)
     if node_id is None:
         return f"{role}{IDENTITY_SUFFIX}"
-    return f"{check_node_id(node_id).lower()}.{role}{IDENTITY_SUFFIX}"
+    # The node id is hashed: ids may hold characters DNS names do not ('_') and differ only in case,
+    # which host-name matching ignores.
+    digest = hashlib.sha256(check_node_id(node_id).encode()).hexdigest()[:40]
+    return f"n{digest}.{role}{IDENTITY_SUFFIX}"
 
 
 def names_identity(cert: x509.Certificate, role: str, node_id: str) -> bool:
@@ -74,7 +77,7 @@ def names_identity(cert: x509.Certificate, role: str, node_id: str) -> bool:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return False
-    dns = {d.lower() for d in san.get_values_for_type(x509.DNSName)}
+    dns = set(san.get_values_for_type(x509.DNSName))
     return {identity_name(role, node_id), identity_name(role)} <= dns
 
 

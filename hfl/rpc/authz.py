@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from hfl.crypto.x509 import Identity
-from hfl.errors import NotAllowed, Unauthenticated
+from hfl.errors import NotAllowed, Unauthenticated, clip
 from hfl.rpc.pki import NodeTls
 from hfl.rpc.ratelimit import TokenBuckets
 from hfl.rpc.settings import Settings
@@ -66,14 +66,14 @@ def _bind_register(request: Any, who: Identity) -> None:
     if request.node.node_id != who.node_id or request.node.role != who.role:
         raise NotAllowed(
             f"your certificate is for {who.role} {who.node_id}; you cannot register "
-            f"{request.node.role} {request.node.node_id!r}"
+            f"{clip(request.node.role, 20)} {clip(request.node.node_id)}"
         )
 
 
 def _bind_submit(request: Any, who: Identity) -> None:
     if request.node_id != who.node_id:
         raise NotAllowed(
-            f"your certificate is for {who.node_id}; you cannot send an update as {request.node_id!r}"
+            f"your certificate is for {who.node_id}; you cannot send an update as {clip(request.node_id)}"
         )
 
 
@@ -81,7 +81,7 @@ def _bind_privacy(request: Any, who: Identity) -> None:
     if request.spend.facility_id != who.node_id:
         raise NotAllowed(
             f"your certificate is for {who.node_id}; you cannot report privacy spent by "
-            f"{request.spend.facility_id!r}"
+            f"{clip(request.spend.facility_id)}"
         )
 
 
@@ -159,15 +159,30 @@ def certificate_of(context: grpc.aio.ServicerContext) -> bytes | None:
     return bytes(pems[0]) if pems else None
 
 
-_Check = Callable[[Any, grpc.aio.ServicerContext], Identity | None]
+_Check = Callable[[grpc.aio.ServicerContext], Identity | None]  # before the request is parsed
+_Bind = Callable[[Any, Identity | None], None]  # after: checks that need the request's content
+
+# The identity the pre-parse check found, for the call it ran for (the same task runs the handler).
+_CHECKED: contextvars.ContextVar[tuple[int, Identity | None] | None] = contextvars.ContextVar(
+    "hfl_checked", default=None
+)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, check: _Check) -> grpc.RpcMethodHandler:
+def _identity(check: _Check, context: grpc.aio.ServicerContext) -> Identity | None:
+    done = _CHECKED.get()
+    if done is not None and done[0] == id(context):
+        return done[1]
+    return check(context)
+
+
+def _wrap(handler: grpc.RpcMethodHandler, check: _Check, bind: _Bind) -> grpc.RpcMethodHandler:
     if handler.unary_unary is not None:
         inner_uu: Any = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = _CALLER.set(check(request, context))
+            who = _identity(check, context)
+            bind(request, who)
+            token = _CALLER.set(who)
             try:
                 return await inner_uu(request, context)
             finally:
@@ -178,25 +193,33 @@ def _wrap(handler: grpc.RpcMethodHandler, check: _Check) -> grpc.RpcMethodHandle
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+    if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+        # a stream answered with context.write() (the standard health service's Watch)
+        inner_uw: Any = handler.unary_stream
+
+        async def unary_write(request: Any, context: grpc.aio.ServicerContext) -> None:
+            who = _identity(check, context)
+            bind(request, who)
+            _CALLER.set(who)
+            await inner_uw(request, context)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_write,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
     if handler.unary_stream is not None:
         inner_us: Any = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            _CALLER.set(check(request, context))
+            who = _identity(check, context)
+            bind(request, who)
+            _CALLER.set(who)
             async for item in inner_us(request, context):
                 yield item
 
-        async def writes_to_context(request: Any, context: grpc.aio.ServicerContext) -> None:
-            # Server-streaming handlers may also be coroutines that call context.write (the standard
-            # health service's Watch does): keep that form, an async-for over a coroutine fails.
-            token = _CALLER.set(check(request, context))
-            try:
-                await inner_us(request, context)
-            finally:
-                _CALLER.reset(token)
-
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream if inspect.isasyncgenfunction(inner_us) else writes_to_context,
+            unary_stream,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -215,11 +238,31 @@ def _refuse_all(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     )
 
 
+def _no_binding(request: Any, who: Identity | None) -> None:
+    return None
+
+
 class _CheckingInterceptor(grpc.aio.ServerInterceptor):
-    """Runs ``check_for(method)`` on every call before its handler; the identity it returns is caller()."""
+    """Runs ``check_for(method)`` on every call (who is calling; it needs no request), then
+    ``bind_for(method)`` on the parsed request; the identity found is caller().
+
+    Pass ``precheck`` to hfl.rpc.errors.ErrorInterceptor so the first check runs BEFORE the request is
+    parsed: a caller that may not call a method never gets its request parsed. Without it, both run
+    after parsing (still before the servicer)."""
 
     def check_for(self, method: str) -> _Check:
         raise NotImplementedError
+
+    def bind_for(self, method: str) -> _Bind:
+        return _no_binding
+
+    def precheck(self, method: str) -> Callable[[grpc.aio.ServicerContext], None]:
+        check = self.check_for(method)
+
+        def run(context: grpc.aio.ServicerContext) -> None:
+            _CHECKED.set((id(context), check(context)))
+
+        return run
 
     async def intercept_service(
         self,
@@ -229,7 +272,8 @@ class _CheckingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _wrap(handler, self.check_for(handler_call_details.method))
+        method = handler_call_details.method
+        return _wrap(handler, self.check_for(method), self.bind_for(method))
 
 
 class AuthInterceptor(_CheckingInterceptor):
@@ -251,7 +295,7 @@ class AuthInterceptor(_CheckingInterceptor):
         rule = rule_for(method)
         short = method.rpartition("/")[2]
 
-        def check(request: Any, context: grpc.aio.ServicerContext) -> Identity:
+        def check(context: grpc.aio.ServicerContext) -> Identity:
             who = self.identify(context)
             if rule is None:
                 log.warning(
@@ -264,11 +308,21 @@ class AuthInterceptor(_CheckingInterceptor):
                 self.submit_limits.take(who.node_id, "submissions")
             else:
                 self.rpc_limits.take(f"{who.node_id} {method}", f"{short} calls")
-            if rule.bind is not None:
-                rule.bind(request, who)
             return who
 
         return check
+
+    def bind_for(self, method: str) -> _Bind:
+        rule = rule_for(method)
+        if rule is None or rule.bind is None:
+            return _no_binding
+        bind = rule.bind
+
+        def run(request: Any, who: Identity | None) -> None:
+            if who is not None:
+                bind(request, who)
+
+        return run
 
 
 class EnrolInterceptor(_CheckingInterceptor):
@@ -278,7 +332,7 @@ class EnrolInterceptor(_CheckingInterceptor):
         self.limits = TokenBuckets(settings.enrol_rate, settings.enrol_burst)
 
     def check_for(self, method: str) -> _Check:
-        def check(request: Any, context: grpc.aio.ServicerContext) -> None:
+        def check(context: grpc.aio.ServicerContext) -> None:
             if method != ENROL_METHOD:
                 raise NotAllowed(
                     "only enrolment is served on this port; use the main port with a certificate"

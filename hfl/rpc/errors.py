@@ -16,6 +16,7 @@ import grpc
 from cryptography.exceptions import InvalidSignature
 
 from hfl import errors
+from hfl.rpc.limits import request_limit
 
 log = logging.getLogger("hfl.rpc")
 
@@ -28,6 +29,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.NotReady, grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.TooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidSignature, grpc.StatusCode.UNAUTHENTICATED),
     (errors.ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.HflError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -45,8 +47,18 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error; the service's log has the details"
 
 
+MAX_DETAILS = 300  # characters of an error message sent to the caller or written to the log
+
+
+def _capped(msg: str) -> str:
+    """Error details are capped: whatever a message echoes, the caller and the log get at most
+    MAX_DETAILS characters of it."""
+    return msg if len(msg) <= MAX_DETAILS else msg[: MAX_DETAILS - 1] + "…"
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
     code, msg = status_for(exc)
+    msg = _capped(msg)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("unexpected error in %s", method)
     else:
@@ -54,33 +66,71 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort(code, msg)
 
 
-class _Undecodable:
-    """Stands for request bytes that are not a message of the method's type."""
+class _Unparsed:
+    """The request's bytes, parsed only after the pre-parse checks (size, then who is calling)."""
+
+    __slots__ = ("data", "parse")
+
+    def __init__(self, data: bytes, parse: Callable[[bytes], Any]) -> None:
+        self.data = data
+        self.parse = parse
+
+    def message(self) -> Any:
+        try:
+            return self.parse(self.data)
+        except Exception:
+            raise errors.InvalidInput("the request is not a valid message for this method") from None
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """Bytes that do not parse become INVALID_ARGUMENT (gRPC itself would answer UNKNOWN and name the
-    parser's exception)."""
+class _TooLarge:
+    """Stands for a request larger than its method accepts (hfl.rpc.limits); its bytes are dropped."""
+
+    __slots__ = ("limit", "size")
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+
+
+def _gated(
+    deserializer: Callable[[bytes], Any] | None, limit: int
+) -> Callable[[bytes], _Unparsed | _TooLarge] | None:
+    """The deserializer gRPC calls: it only measures the bytes. Parsing happens in the handler after the
+    caller passed the pre-parse check; bytes that do not parse become INVALID_ARGUMENT (gRPC itself
+    would answer UNKNOWN and name the parser's exception)."""
     if deserializer is None:
         return None
     inner = deserializer
 
-    def parse(data: bytes) -> Any:
-        try:
-            return inner(data)
-        except Exception:
-            return _Undecodable()
+    def measure(data: bytes) -> _Unparsed | _TooLarge:
+        if len(data) > limit:
+            return _TooLarge(len(data), limit)
+        return _Unparsed(data, inner)
 
-    return parse
+    return measure
 
 
-def _refuse_undecodable(request: Any) -> None:
-    if isinstance(request, _Undecodable):
-        raise errors.InvalidInput("the request is not a valid message for this method")
+def _open(request: Any, context: grpc.aio.ServicerContext, precheck: PreCheck | None) -> Any:
+    """Refuse an oversized request, run the pre-parse check, then parse."""
+    if isinstance(request, _TooLarge):
+        raise errors.TooLarge(
+            f"the request is {request.size} bytes; this call accepts at most {request.limit} bytes"
+        )
+    if precheck is not None:
+        precheck(context)
+    return request.message() if isinstance(request, _Unparsed) else request
+
+
+PreCheck = Callable[[grpc.aio.ServicerContext], None]
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary and server-streaming handler with the mapping above."""
+    """Wraps every unary and server-streaming handler with the mapping above, and with the request
+    checks that run before a request is parsed: its size against hfl.rpc.limits, then ``precheck`` (the
+    caller's certificate and role, hfl.rpc.authz). Install it first (outermost)."""
+
+    def __init__(self, precheck: Callable[[str], PreCheck] | None = None) -> None:
+        self._precheck = precheck
 
     async def intercept_service(
         self,
@@ -91,14 +141,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        deserializer = _tolerant(handler.request_deserializer)
+        deserializer = _gated(handler.request_deserializer, request_limit(method))
+        precheck = self._precheck(method) if self._precheck is not None else None
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    _refuse_undecodable(request)
-                    return await inner_uu(request, context)  # type: ignore[arg-type]
+                    message = _open(request, context, precheck)
+                    return await inner_uu(message, context)  # type: ignore[arg-type]
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
@@ -109,31 +160,38 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
+            # a stream answered with context.write() (the standard health service's Watch)
+            inner_uw: Any = handler.unary_stream
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def unary_write(request: Any, context: grpc.aio.ServicerContext) -> None:
                 try:
-                    _refuse_undecodable(request)
-                    async for item in inner_us(request, context):  # type: ignore[arg-type,attr-defined]
-                        yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:
-                    await _abort(context, exc, method)
-
-            async def writes_to_context(request: Any, context: grpc.aio.ServicerContext) -> None:
-                # A streaming handler written as a coroutine calling context.write (e.g. health Watch).
-                try:
-                    _refuse_undecodable(request)
-                    await inner_us(request, context)  # type: ignore[arg-type,misc]
+                    await inner_uw(_open(request, context, precheck), context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
                     await _abort(context, exc, method)
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream if inspect.isasyncgenfunction(inner_us) else writes_to_context,
+                unary_write,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_us: Any = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    message = _open(request, context, precheck)
+                    async for item in inner_us(message, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort(context, exc, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )

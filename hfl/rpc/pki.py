@@ -213,6 +213,10 @@ class CAStore:
                                                     reason TEXT NOT NULL, by TEXT NOT NULL);
             """
         )
+        try:  # ca.db files from before issue times were kept
+            self._db.execute("ALTER TABLE certs ADD COLUMN issued_at TEXT")
+        except sqlite3.OperationalError:
+            pass
         self._lock = threading.Lock()
         self.on_revoke: list[Callable[[frozenset[int]], None]] = []
 
@@ -237,8 +241,14 @@ class CAStore:
         )
         with self._lock:
             self._db.execute(
-                "INSERT INTO certs(serial, node_id, role, not_after) VALUES (?, ?, ?, ?)",
-                (str(cert.serial_number), node_id, role, cert.not_valid_after_utc.isoformat()),
+                "INSERT INTO certs(serial, node_id, role, not_after, issued_at) VALUES (?, ?, ?, ?, ?)",
+                (
+                    str(cert.serial_number),
+                    node_id,
+                    role,
+                    cert.not_valid_after_utc.isoformat(),
+                    x509.utcnow().isoformat(),
+                ),
             )
         return x509.cert_to_pem(cert)
 
@@ -268,11 +278,11 @@ class CAStore:
         return str(row[0]) if row else None
 
     def last_issued(self, node_id: str) -> dt.datetime | None:
-        """When the newest certificate of ``node_id`` was issued (from its expiry and the lifetime)."""
-        row = self._db.execute("SELECT MAX(not_after) FROM certs WHERE node_id=?", (node_id,)).fetchone()
+        """When the newest certificate of ``node_id`` was issued (None: never, or before this was kept)."""
+        row = self._db.execute("SELECT MAX(issued_at) FROM certs WHERE node_id=?", (node_id,)).fetchone()
         if row is None or row[0] is None:
             return None
-        return dt.datetime.fromisoformat(row[0]) - dt.timedelta(hours=self.cert_hours)
+        return dt.datetime.fromisoformat(row[0])
 
     def issue_local(
         self, role: str, node_id: str, hosts: list[str], hours: float | None = None

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hfl import bounds
 from hfl.domain import (
     Bucket,
     BucketResult,
@@ -24,7 +25,7 @@ from hfl.domain import (
     RoundEvent,
     TrainingPlan,
 )
-from hfl.errors import InvalidInput
+from hfl.errors import InvalidInput, clip
 from hfl.hashing import hash_vector
 from hfl.learning.metrics import BINS as SCORE_BINS
 from hfl.learning.metrics import check_counts
@@ -123,14 +124,21 @@ def node_to_proto(n: NodeInfo) -> pb.NodeInfo:
     )
 
 
+_MAX_PUBLIC_KEY = 64
+
+
 def node_from_proto(n: pb.NodeInfo) -> NodeInfo:
+    """A node description, every field bounded (hfl.bounds): it is stored in the registry and copied
+    into every signed round configuration."""
+    if len(n.sign_public_key) > _MAX_PUBLIC_KEY:
+        raise InvalidInput(f"the node's public key is {len(n.sign_public_key)} bytes; keys are 32 bytes")
     return NodeInfo(
-        node_id=n.node_id,
-        role=n.role,
-        address=n.address,
+        node_id=bounds.node_id(n.node_id),
+        role=bounds.text(n.role, "role", bounds.MAX_ID),
+        address=bounds.address(n.address),
         sign_public_key=bytes(n.sign_public_key),
-        specialty=n.specialty,
-        metrics_address=n.metrics_address,
+        specialty=bounds.text(n.specialty, "specialty", bounds.MAX_NAME),
+        metrics_address=bounds.address(n.metrics_address, "metrics address"),
     )
 
 
@@ -162,20 +170,30 @@ def config_from_proto(c: pb.RoundConfig) -> RoundConfig:
         seed=bytes(c.seed),
         ledger_head=bytes(c.ledger_head),
         epoch=int(c.epoch),
-        buckets=tuple(Bucket(b.bucket_id, b.fog_id, tuple(b.members), int(b.threshold)) for b in c.buckets),
+        buckets=tuple(
+            Bucket(
+                bounds.node_id(b.bucket_id, "bucket id"),
+                bounds.node_id(b.fog_id, "fog id"),
+                bounds.ids(b.members, "bucket members"),
+                int(b.threshold),
+            )
+            for b in c.buckets
+        ),
         committee=tuple(node_from_proto(n) for n in c.committee),
         quorum=int(c.quorum),
         facilities=tuple(node_from_proto(n) for n in c.facilities),
         fogs=tuple(node_from_proto(n) for n in c.fogs),
-        quarantined=tuple(c.quarantined),
-        committee_draw=_json_or_empty(c.committee_draw_json, "committee draw"),
+        quarantined=bounds.ids(c.quarantined, "the quarantine list"),
+        # the draw lists every validator with its weight: it grows with the federation
+        committee_draw=_json_or_empty(c.committee_draw_json, "committee draw", bounds.MAX_REPORT),
         signature=bytes(c.signature),
     )
 
 
-def _json_or_empty(text: str, what: str) -> dict[str, Any]:
+def _json_or_empty(text: str, what: str, limit: int = bounds.MAX_JSON) -> dict[str, Any]:
     if not text:
         return {}
+    bounds.text(text, what, limit)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -229,7 +247,7 @@ def bucket_result_to_proto(b: BucketResult) -> pb.BucketResult:
         members=list(b.members),
         dropped=list(b.dropped),
         abandoned=b.abandoned,
-        reason=b.reason,
+        reason=bounds.shorten(b.reason),
         refused=list(b.refused),
         unreachable=list(b.unreachable),
     )
@@ -240,20 +258,23 @@ def bucket_result_from_proto(b: pb.BucketResult, *, expected_length: int | None)
         np.zeros(0)
         if b.abandoned
         else vector_from_proto(
-            b.total, expected_length=expected_length, what=f"bucket {b.bucket_id} sum", require_finite=False
+            b.total,
+            expected_length=expected_length,
+            what=f"bucket {clip(b.bucket_id)} sum",
+            require_finite=False,
         )
     )
     return BucketResult(
-        bucket_id=b.bucket_id,
-        fog_id=b.fog_id,
+        bucket_id=bounds.node_id(b.bucket_id, "bucket id"),
+        fog_id=bounds.node_id(b.fog_id, "fog id"),
         total=total,
         count=int(b.count),
-        members=tuple(b.members),
-        dropped=tuple(b.dropped),
+        members=bounds.ids(b.members, "bucket members"),
+        dropped=bounds.ids(b.dropped, "bucket dropouts"),
         abandoned=b.abandoned,
-        reason=b.reason,
-        refused=tuple(b.refused),
-        unreachable=tuple(b.unreachable),
+        reason=bounds.reason(b.reason, "bucket reason"),
+        refused=bounds.ids(b.refused, "refused members"),
+        unreachable=bounds.ids(b.unreachable, "unreachable members"),
     )
 
 
@@ -319,9 +340,9 @@ def vote_from_proto(v: validator_pb2.VoteResponse) -> Vote:
     return Vote(
         round=int(v.round),
         block_hash=bytes(v.block_hash),
-        validator_id=v.validator_id,
+        validator_id=bounds.node_id(v.validator_id, "validator id"),
         accept=v.accept,
-        reason=v.reason,
+        reason=bounds.reason(v.reason, "vote reason"),
         score=v.score if v.has_score else None,
         signature=bytes(v.signature),
     )
@@ -419,6 +440,8 @@ def _ids(values: Any, what: str) -> tuple[str, ...]:
         raise InvalidInput(f"{what} lists {len(out)} members, more than the limit of {SECAGG_MAX_MEMBERS}")
     if any(not v for v in out):
         raise InvalidInput(f"{what} contains an empty member id")
+    for v in out:
+        bounds.node_id(v, f"an entry of {what}")
     return out
 
 
@@ -430,6 +453,7 @@ def session_from_proto(s: facility_pb2.SecAggSession) -> tuple[int, int, str]:
     """(round, attempt, bucket id) of a secure-aggregation call, checked."""
     if not s.bucket_id:
         raise InvalidInput("the secure-aggregation call names no bucket")
+    bounds.node_id(s.bucket_id, "bucket id")
     secagg_round(int(s.round), int(s.attempt))
     return int(s.round), int(s.attempt), s.bucket_id
 
@@ -448,11 +472,11 @@ def advertisement_to_proto(ad: KeyAdvertisement) -> facility_pb2.SecAggKeyAdvert
 def advertisement_from_proto(m: facility_pb2.SecAggKeyAdvertisement) -> KeyAdvertisement:
     return KeyAdvertisement(
         round=int(m.round),
-        bucket=m.bucket_id,
-        sender=m.sender,
-        c_pk=_blob(m.c_pk, f"the encryption key advertised by {m.sender!r}", 32),
-        s_pk=_blob(m.s_pk, f"the masking key advertised by {m.sender!r}", 32),
-        signature=_blob(m.signature, f"the advertisement signature of {m.sender!r}", 64),
+        bucket=bounds.text(m.bucket_id, "bucket id", bounds.MAX_ID),
+        sender=bounds.text(m.sender, "sender", bounds.MAX_ID),
+        c_pk=_blob(m.c_pk, f"the encryption key advertised by {clip(m.sender)}", 32),
+        s_pk=_blob(m.s_pk, f"the masking key advertised by {clip(m.sender)}", 32),
+        signature=_blob(m.signature, f"the advertisement signature of {clip(m.sender)}", 64),
     )
 
 
@@ -465,10 +489,10 @@ def share_to_proto(s: EncryptedShare) -> facility_pb2.SecAggEncryptedShare:
 def share_from_proto(m: facility_pb2.SecAggEncryptedShare) -> EncryptedShare:
     return EncryptedShare(
         round=int(m.round),
-        bucket=m.bucket_id,
-        sender=m.sender,
-        recipient=m.recipient,
-        ciphertext=_blob(m.ciphertext, f"the encrypted share from {m.sender!r}"),
+        bucket=bounds.text(m.bucket_id, "bucket id", bounds.MAX_ID),
+        sender=bounds.text(m.sender, "sender", bounds.MAX_ID),
+        recipient=bounds.text(m.recipient, "recipient", bounds.MAX_ID),
+        ciphertext=_blob(m.ciphertext, f"the encrypted share from {clip(m.sender)}"),
     )
 
 
@@ -492,9 +516,14 @@ def masked_input_from_proto(
         m.masked,
         expected_length=expected_length,
         dtype=pb.D_TYPE_UINT32,
-        what=f"masked update from {m.sender!r}",
+        what=f"masked update from {clip(m.sender)}",
     )
-    return MaskedInput(round=int(m.round), bucket=m.bucket_id, sender=m.sender, y=y)
+    return MaskedInput(
+        round=int(m.round),
+        bucket=bounds.text(m.bucket_id, "bucket id", bounds.MAX_ID),
+        sender=bounds.text(m.sender, "sender", bounds.MAX_ID),
+        y=y,
+    )
 
 
 def unmask_request_to_proto(round_: int, attempt: int, r: UnmaskRequest) -> facility_pb2.SecAggUnmaskRequest:
@@ -524,7 +553,10 @@ def _owned(items: Any, what: str) -> tuple[tuple[str, bytes], ...]:
     items = list(items)
     if len(items) > SECAGG_MAX_MEMBERS:
         raise InvalidInput(f"{what}: {len(items)} shares is more than the limit of {SECAGG_MAX_MEMBERS}")
-    return tuple((o.owner, _blob(o.share, f"{what} for {o.owner!r}")) for o in items)
+    return tuple(
+        (bounds.text(o.owner, "share owner", bounds.MAX_ID), _blob(o.share, f"{what} for {clip(o.owner)}"))
+        for o in items
+    )
 
 
 def unmask_response_to_proto(r: UnmaskResponse) -> facility_pb2.SecAggUnmaskResponse:
@@ -540,10 +572,10 @@ def unmask_response_to_proto(r: UnmaskResponse) -> facility_pb2.SecAggUnmaskResp
 def unmask_response_from_proto(m: facility_pb2.SecAggUnmaskResponse) -> UnmaskResponse:
     return UnmaskResponse(
         round=int(m.round),
-        bucket=m.bucket_id,
-        sender=m.sender,
-        b_shares=_owned(m.b_shares, f"self-mask shares from {m.sender!r}"),
-        s_shares=_owned(m.s_shares, f"masking-key shares from {m.sender!r}"),
+        bucket=bounds.text(m.bucket_id, "bucket id", bounds.MAX_ID),
+        sender=bounds.text(m.sender, "sender", bounds.MAX_ID),
+        b_shares=_owned(m.b_shares, f"self-mask shares from {clip(m.sender)}"),
+        s_shares=_owned(m.s_shares, f"masking-key shares from {clip(m.sender)}"),
     )
 
 
@@ -570,10 +602,10 @@ def spend_from_proto(m: authority_pb2.PrivacySpend) -> SpendReport:
 
     try:
         return SpendReport(
-            facility_id=m.facility_id,
-            round=int(m.round),
+            facility_id=bounds.node_id(m.facility_id, "facility id"),
+            round=bounds.round_attempt(int(m.round), int(m.attempt))[0],
             attempt=int(m.attempt),
-            kind=m.kind,
+            kind=bounds.text(m.kind, "privacy accounting kind", bounds.MAX_ID),
             epsilon_total=float(m.epsilon_total),
             delta=float(m.delta),
             steps=int(m.steps),

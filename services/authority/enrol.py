@@ -101,8 +101,11 @@ class CertificateService:
         role = ca.role_of(node_id)
         if role is None:
             raise NotFound(f"no node {node_id[:80]!r} has ever held a certificate of this federation")
-        if role == "authority":
-            raise NotAllowed("the authority's own certificate cannot be revoked this way")
+        if role in ("authority", "operator"):
+            raise NotAllowed(
+                f"the {role}'s own certificate cannot be revoked this way (it is re-made at each start "
+                "of the authority)"
+            )
         who = authz.caller()
         serials = ca.revoke_node(node_id, reason=reason, by=who.node_id if who else "operator")
         self.forget_node(node_id)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
-from hfl.errors import InvalidInput, NotAllowed, Unauthenticated
+from hfl.errors import InvalidInput, NotAllowed, Unauthenticated, clip
 from hfl.files import private_db
 from hfl.privacy import PrivacyLedger, PrivacyLedgerError
 from hfl.privacy.federation import spend_slot
@@ -91,14 +91,14 @@ class PrivacyBook:
         """Check the report comes from that facility, record it, and return the facility's total ε."""
         if registered_key is None or registered_role != "facility":
             raise NotAllowed(
-                f"{report.facility_id!r} is not a registered facility; privacy reports come only "
+                f"{clip(report.facility_id)} is not a registered facility; privacy reports come only "
                 "from facilities"
             )
         try:
             report.verify(registered_key)
         except InvalidSignature:
             raise Unauthenticated(
-                f"the privacy report for {report.facility_id!r} is not signed with that "
+                f"the privacy report for {clip(report.facility_id)} is not signed with that "
                 "facility's registered identity key"
             ) from None
         try:

@@ -7,10 +7,11 @@ import logging
 
 import grpc
 
+from hfl import bounds
 from hfl.crypto.pow import PowError, check, pow_challenge
 from hfl.crypto.signing import PUBLIC_KEY_LEN, SigningKey
 from hfl.domain import ROLES, SPECIALTIES, Bucket, NodeInfo, RoundConfig
-from hfl.errors import ConfigError, HflError, InvalidInput, NotAllowed, NotFound, NotReady
+from hfl.errors import ConfigError, HflError, InvalidInput, NotAllowed, NotFound, NotReady, clip
 from hfl.hashing import HASH_LEN
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.robust.reputation import FLAG_KINDS, Reputation, with_refused
@@ -64,16 +65,14 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
     # ------------------------------------------------------------------ registration
     def _check_node(self, node: NodeInfo) -> None:
         if node.role not in ROLES or node.role == "authority":
-            raise InvalidInput(f"cannot register a node with role {node.role!r}")
-        if not node.node_id or len(node.node_id) > 128:
-            raise InvalidInput("node id must be 1 to 128 characters")
+            raise InvalidInput(f"cannot register a node with role {clip(node.role)}")
         if len(node.sign_public_key) != PUBLIC_KEY_LEN:
             raise InvalidInput("the node's public key must be 32 bytes (Ed25519)")
         if node.role != "leader" and not node.address:
             raise InvalidInput("the node must say at which address it can be reached")
         if node.specialty and node.specialty not in SPECIALTIES:
             raise InvalidInput(
-                f"unknown specialty {node.specialty!r}; choose one of {', '.join(SPECIALTIES)}"
+                f"unknown specialty {clip(node.specialty)}; choose one of {', '.join(SPECIALTIES)}"
             )
 
     async def Register(
@@ -83,7 +82,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         self._check_node(node)
         known = self.registry.get(node.node_id)
         if known is not None and known.sign_public_key != node.sign_public_key:
-            raise NotAllowed(f"node id {node.node_id!r} is already registered with a different key")
+            raise NotAllowed(f"node id {clip(node.node_id)} is already registered with a different key")
         if node.role == "validator" and self.settings.pow_difficulty > 0:
             try:
                 check(self.registration_challenge(node), int(request.pow_nonce), self.settings.pow_difficulty)
@@ -203,7 +202,8 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             raise InvalidInput("rounds are numbered from 1")
         if len(request.ledger_head) != HASH_LEN:
             raise InvalidInput("the ledger head must be a 32-byte hash")
-        config = self.make_config(int(request.round), int(request.attempt), bytes(request.ledger_head))
+        round_, attempt = bounds.round_attempt(int(request.round), int(request.attempt))
+        config = self.make_config(round_, attempt, bytes(request.ledger_head))
         # Per-bucket signed views: facilities get only their bucket's part (linear total traffic, not N^2).
         views = [config.bucket_view(b.bucket_id).sign(self.key) for b in config.buckets]
         return authority_pb2.GetRoundConfigResponse(
@@ -213,23 +213,26 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
     async def ReportRound(
         self, request: authority_pb2.ReportRoundRequest, context: grpc.aio.ServicerContext
     ) -> authority_pb2.ReportRoundResponse:
-        round_, attempt = int(request.round), int(request.attempt)
+        round_, attempt = bounds.round_attempt(int(request.round), int(request.attempt))
         buckets = self.registry.config_buckets(round_, attempt)
         if buckets is None:
             raise InvalidInput(f"no configuration was issued for round {round_} attempt {attempt}")
+        bounds.text(request.report_json, "the round report", bounds.MAX_REPORT)
         try:
             report = json.loads(request.report_json or "{}")
             flags = {str(b): str(k) for b, k in dict(report.get("flags", {})).items()}
             votes = {
                 str(v): (None if x is None else bool(x)) for v, x in dict(report.get("votes", {})).items()
             }
+            bounds.ids(votes, "the votes")
+            refused = list(bounds.ids((str(x) for x in report.get("refused", [])), "the refused members"))
+            absent = list(bounds.ids((str(x) for x in report.get("absent", [])), "the absent members"))
+            committee = list(bounds.ids((str(x) for x in report.get("committee", [])), "the committee"))
         except (ValueError, TypeError, AttributeError) as e:
-            raise InvalidInput(f"the round report is malformed: {e}") from None
+            raise InvalidInput(f"the round report is malformed: {str(e)[:200]}") from None
         unknown = set(flags) - set(buckets)
         if unknown or any(k not in FLAG_KINDS for k in flags.values()):
             raise InvalidInput("the round report flags buckets that were not part of the round")
-        refused = [str(x) for x in report.get("refused", [])]
-        absent = [str(x) for x in report.get("absent", [])]
         scheduled = [m for members in buckets.values() for m in members]
         observation = round_ * 1000 + attempt  # strictly increasing across attempts of a round
         try:
@@ -240,7 +243,6 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         except ValueError as e:  # ReputationError included
             raise InvalidInput(f"the round report is inconsistent: {e}") from None
         newly: list[str] = []
-        committee = list(report.get("committee", []))
         if committee:  # without one nothing was proposed: no evidence about updates or votes this round
             newly = self.reputation.observe(observation, groups, flags)
             self.reputation.observe_votes(observation, committee, votes, bool(request.committed))
@@ -303,12 +305,13 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         """Operator only (hfl/rpc/authz.py): lift a quarantine after an investigation. The facility's
         suspicion starts again from zero; its revoked certificates stay revoked, but it may enrol again
         with a new one-time token."""
-        node_id, reason = request.node_id.strip(), " ".join(request.reason.split())
-        if not reason or len(reason) > 500:
-            raise InvalidInput("give the reason for the release in 1 to 500 characters")
+        node_id = bounds.node_id(request.node_id.strip(), "the facility to release")
+        reason = " ".join(bounds.reason(request.reason).split())
+        if not reason:
+            raise InvalidInput(f"give the reason for the release in 1 to {bounds.MAX_REASON} characters")
         node = self.registry.get(node_id)
         if node is None or node.role != "facility":
-            raise NotFound(f"no facility {node_id!r} is registered")
+            raise NotFound(f"no facility {clip(node_id)} is registered")
         if node_id not in self.quarantined:
             raise HflError(f"facility {node_id} is not quarantined")
         self.reputation.release(node_id)

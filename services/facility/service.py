@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 
 from hfl.domain import Bucket, ModelSpec, NodeInfo, RoundConfig, TrainingPlan
-from hfl.errors import ConfigError, InvalidInput, NotAllowed, NotReady, StaleRound
+from hfl.errors import ConfigError, InvalidInput, NotAllowed, NotReady, StaleRound, clip
 from hfl.learning.data import Dataset, FacilityData
 from hfl.learning.metrics import evaluate_counts
 from hfl.learning.models import make_model
@@ -111,7 +111,7 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         try:
             bucket = config.bucket(bucket_id)
         except KeyError:
-            raise InvalidInput(f"bucket {bucket_id!r} is not part of round {config.round}") from None
+            raise InvalidInput(f"bucket {clip(bucket_id)} is not part of round {config.round}") from None
         if self.node_id not in bucket.members:
             raise NotAllowed(
                 f"this facility is not a member of bucket {bucket.bucket_id} in round {config.round}"

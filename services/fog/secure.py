@@ -22,7 +22,7 @@ import numpy as np
 from hfl.crypto import kex
 from hfl.deadline import STRAGGLER_FACTOR, STRAGGLER_FLOOR_S, stage_deadline
 from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
-from hfl.errors import HflError
+from hfl.errors import HflError, clip
 from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2
 from hfl.rpc import serde
 from hfl.rpc.client import ByteCount, call, describe_rpc_error
@@ -128,7 +128,7 @@ async def _stage(
             return False
         try:
             if sender(msg) != member:
-                raise SecAggError(f"the answer names {sender(msg)!r} as its sender")
+                raise SecAggError(f"the answer names {clip(sender(msg))} as its sender")
             accept(msg)
         except (SecAggError, HflError, ValueError) as e:
             log.warning(

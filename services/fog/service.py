@@ -11,7 +11,7 @@ import numpy as np
 
 from hfl.deadline import stage_deadline
 from hfl.domain import Bucket, BucketResult, Metrics, RoundConfig, TrainingPlan
-from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotReady, StaleRound
+from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotReady, StaleRound, clip
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2, fog_pb2_grpc
 from hfl.rpc import serde
@@ -304,7 +304,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                 raise
             if (request.round, request.attempt) != self.current or request.bucket_id not in self.open:
                 raise StaleRound(
-                    f"no open bucket {request.bucket_id!r} for round {request.round} here "
+                    f"no open bucket {clip(request.bucket_id)} for round {request.round} here "
                     f"(current round: {self.current[0]})"
                 )
             self.open[request.bucket_id].add(request.node_id, update)

@@ -10,6 +10,7 @@ import logging
 import grpc
 import numpy as np
 
+from hfl import bounds
 from hfl.crypto.signing import SigningKey
 from hfl.errors import InvalidInput, NotAllowed, NotReady
 from hfl.learning.data import Dataset
@@ -41,6 +42,7 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
             accept, reason = False, "faulty validator: rejects everything"
         elif fault == "accept_all":
             accept, reason = True, "faulty validator: accepts everything"
+        reason = bounds.shorten(reason)  # part of the signed vote; leaders refuse longer ones
         VOTES.labels(decision="accept" if accept else "reject").inc()
         log.info("round %d: %s (%s)", round_, "ACCEPT" if accept else "REJECT", reason)
         return Vote.create(

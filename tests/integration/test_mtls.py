@@ -259,3 +259,33 @@ def test_release_is_for_operators_and_explains_refusals(
     assert rc == 1 and "facility facility-01 is not quarantined" in capsys.readouterr().out
     rc = release_facility("facility-42", "typo", None, _addr(procs, "authority"), cert_dir)
     assert rc == 1 and "no facility 'facility-42' is registered" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ bounded input
+MIB = 1024 * 1024
+
+
+def _raw_call(ch: grpc.Channel, method: str, payload: bytes) -> tuple[grpc.StatusCode, str]:
+    try:
+        ch.unary_unary(method)(payload, timeout=60)
+    except grpc.RpcError as e:
+        return e.code(), e.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def test_a_role_that_may_not_call_is_refused_before_its_request_is_parsed(federation: Fed) -> None:
+    """Finding 5: the role check comes first; a request that is not even a message shows it (parsing
+    first would answer INVALID_ARGUMENT)."""
+    _fed, procs, out = federation
+    facility = client_tls(out, "facility", "facility-01")
+    leader = client_tls(out, "leader", "leader")
+    garbage = b"\xff" * 1000
+    with sync_channel(_addr(procs, "authority"), facility) as ch:
+        code, _ = _raw_call(ch, "/hfl.v1.AuthorityService/ReportRound", garbage)
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+    with sync_channel(_addr(procs, "fog-1"), facility) as ch:  # a model-sized method, 20 MB of garbage
+        code, _ = _raw_call(ch, "/hfl.v1.FogService/RunRound", b"\xff" * (20 * MIB))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+    with sync_channel(_addr(procs, "authority"), leader) as ch:  # the allowed role: parsed, refused
+        code, _ = _raw_call(ch, "/hfl.v1.AuthorityService/ReportRound", garbage)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT

@@ -4,6 +4,7 @@ add any; renewals are rate-limited and refused once revoked; revocation works fo
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -34,6 +35,12 @@ def renew(authority: EnrolAuthority, role: str, node_id: str, hosts: list[str]) 
     return bytes(resp.certificate_pem)
 
 
+def backdate(authority: EnrolAuthority, node_id: str, hours: float = 7.0) -> None:
+    """Pretend the node's certificates were issued ``hours`` ago (24 h certificates: renewable after 6 h)."""
+    then = (x509.utcnow() - dt.timedelta(hours=hours)).isoformat()
+    authority.ca()._db.execute("UPDATE certs SET issued_at=? WHERE node_id=?", (then, node_id))
+
+
 def enrol(authority: EnrolAuthority, role: str, node_id: str, hosts: list[str]) -> bytes:
     ca = authority.ca()
     return ca.issue(x509.make_csr(x509.new_key(), node_id, role, hosts), role, node_id)
@@ -43,8 +50,14 @@ def test_a_renewal_asking_for_other_nodes_names_gets_only_its_own(authority: Enr
     enrol(authority, "fog", "fog-1", ["fog-1", "10.0.0.5"])
     first = enrol(authority, "facility", "f1", ["f1.hospital.example", "10.0.0.9", "fog-1", "authority"])
     # at enrolment, other nodes' ids and role names are dropped
-    assert hosts_of(first) == ["f1.facility.hfl", "facility.hfl", "f1", "f1.hospital.example", "10.0.0.9"]
-    authority.settings.cert_hours = 0.0001  # so that the rate limit does not apply here
+    assert hosts_of(first) == [
+        x509.identity_name("facility", "f1"),
+        "facility.hfl",
+        "f1",
+        "f1.hospital.example",
+        "10.0.0.9",
+    ]
+    backdate(authority, "f1")  # so that the rate limit does not apply here
     renewed = renew(
         authority, "facility", "f1", ["authority", "leader", "fog-1", "127.0.0.1", "evil.example"]
     )
@@ -55,7 +68,7 @@ def test_renewal_is_rate_limited_and_refused_once_revoked(authority: EnrolAuthor
     enrol(authority, "validator", "v1", [])
     with pytest.raises(RateLimited, match="renews at most once every"):
         renew(authority, "validator", "v1", [])
-    authority.settings.cert_hours = 0.0001
+    backdate(authority, "v1")  # a quarter of the lifetime later
     renew(authority, "validator", "v1", [])
     authority.ca().revoke_node("v1", reason="key left on a laptop", by="operator")
     with pytest.raises(NotAllowed, match="revoked"):
@@ -92,4 +105,7 @@ def test_revocation_refusals(authority: EnrolAuthority) -> None:
         revoke(authority, "fog-1", "   ")
     with pytest.raises(NotFound, match="ever held a certificate"):
         revoke(authority, "nobody", "typo")
+    authority.ca().write_operator()
+    with pytest.raises(NotAllowed, match="operator's own certificate cannot be revoked"):
+        revoke(authority, "operator", "locking myself out")
     assert not authority.ca().is_node_revoked("fog-1")
