@@ -5,8 +5,9 @@ the demo's default 120 s round limit) and records every round's duration from su
 
 * honest: no staller (the reference);
 * window: one staller, the straggler window on (the default: 4 x the median answer, at least 2 s);
-* no_window: one staller, the window switched off (HFL_STRAGGLER_FLOOR_S above the limit), which is how
-  the fog behaved before: it waited the whole stage limit, round after round.
+* no_window: one staller, the window switched off (HFL_STRAGGLER_FLOOR_S above the limit) and stalls not
+  counted (HFL_ABSENT_ROUNDS=0), which is how the fog behaved before: it waited the whole stage limit,
+  round after round.
 
     python bench/stall.py [--rounds 6] [--round-timeout 30]     -> bench/results/stall.json
 
@@ -36,8 +37,9 @@ def run(label: str, rounds: int, round_timeout: float, stall: bool, window: bool
     if stall:
         cmd += ["--byzantine", "1:stall"]
     env = {**os.environ}
-    if not window:
-        env["HFL_STRAGGLER_FLOOR_S"] = str(10 * round_timeout)  # never cut before the hard limit
+    if not window:  # the fog before: wait the whole stage limit, and a stall was never counted
+        env["HFL_STRAGGLER_FLOOR_S"] = str(10 * round_timeout)
+        env["HFL_ABSENT_ROUNDS"] = "0"
     print(f"== {label}: {' '.join(cmd[3:])}", flush=True)
     t0 = time.monotonic()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
