@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -40,11 +41,11 @@ class PlainBucket:
     unreachable: set[str] = field(default_factory=set)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever a member is heard from
-    started: float = 0.0  # loop time when the round was handed out (for the straggler window)
+    started: float = 0.0  # time.monotonic() when the round was handed out (for the straggler window)
     heard: list[float] = field(default_factory=list)  # seconds after ``started`` each member was heard
 
     def _note(self) -> None:
-        self.heard.append(asyncio.get_running_loop().time() - self.started)
+        self.heard.append(time.monotonic() - self.started)
         self.changed.set()
 
     def stragglers(self) -> list[str]:
@@ -241,8 +242,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                 elif no_answer(e):  # down, cut off, or gone
                     collector.lost(member)
 
-        loop = asyncio.get_running_loop()
-        collector.started = loop.time()
+        collector.started = time.monotonic()
         # StartRound answers at once (training runs after it); one that hangs is just a straggler below.
         starts = [asyncio.create_task(start(m)) for m in bucket.members]
         await asyncio.wait(starts, timeout=self.settings.straggler_floor_s)
@@ -256,7 +256,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                 factor=self.settings.straggler_factor,
                 floor_s=self.settings.straggler_floor_s,
             )
-            left = collector.started + cut - loop.time()
+            left = collector.started + cut - time.monotonic()
             if left <= 0:
                 break
             collector.changed.clear()
@@ -269,7 +269,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                 "round %d: %s sent no update within %.1f s; going on without it",
                 config.round,
                 member,
-                loop.time() - collector.started,
+                time.monotonic() - collector.started,
             )
             collector.lost(member)
         for task in starts:
