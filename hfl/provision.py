@@ -27,6 +27,7 @@ from pathlib import Path
 from hfl.crypto import x509
 from hfl.errors import ConfigError, Unauthenticated
 from hfl.rpc import pki
+from hfl.rpc.node import load_identity
 
 log = logging.getLogger("hfl.provision")
 
@@ -96,12 +97,16 @@ def provision(
 ) -> dict[str, str]:
     """Do the provisioning; returns what was done per node id / "facilities", in plain words."""
     authority_state.mkdir(parents=True, exist_ok=True)
+    # The authority's signing key is made here, before anyone can ask for it, so every node gets it
+    # pinned at set-up beside the root certificate (the authority loads the same key when it starts).
+    authority_key = load_identity(authority_state).public_bytes
     ca = pki.open_ca(authority_state)
     done: dict[str, str] = {}
     try:
         for node in nodes:
             tls_dir = node.state_dir / "tls"
             pki.write_public(tls_dir / "ca.pem", ca.cert_pem)
+            pki.pin_authority_key(tls_dir, authority_key)
             token_path = tls_dir / TOKEN_FILE
             if (tls_dir / "cert.pem").exists():
                 done[node.node_id] = "has a certificate"
@@ -114,6 +119,7 @@ def provision(
             _chown_tree(node.state_dir, owner)
         if facility_trust is not None:
             pki.write_public(facility_trust / "ca.pem", ca.cert_pem)
+            pki.pin_authority_key(facility_trust, authority_key)
             token_path = facility_trust / FACILITY_TOKEN_FILE
             if _usable(ca, token_path):
                 done["facilities"] = "shared facility token still valid"

@@ -16,7 +16,7 @@ from hfl.files import private_dir
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.client import call
-from hfl.rpc.pki import AUTHORITY, write_secret
+from hfl.rpc.pki import AUTHORITY, check_authority_key, write_secret
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
 
@@ -43,7 +43,12 @@ def load_identity(state_dir: Path, name: str = "identity.key") -> SigningKey:
 
 
 async def register(
-    channels: Channels, authority: str, node: NodeInfo, *, attempts: int = 120
+    channels: Channels,
+    authority: str,
+    node: NodeInfo,
+    *,
+    attempts: int = 120,
+    pinned_key: bytes | None = None,
 ) -> authority_pb2.RegisterResponse:
     """Register with the authority, retrying while it starts. Returns its answer (incl. its public key).
 
@@ -64,7 +69,9 @@ async def register(
                     log.info("solving the registration proof of work (%d bits) ...", info.pow_difficulty)
                     nonce = await asyncio.to_thread(solve, challenge, int(info.pow_difficulty))
             request = authority_pb2.RegisterRequest(node=serde.node_to_proto(node), pow_nonce=nonce)
-            return await call(stub.Register, request, peer="authority", timeout=10)
+            answer = await call(stub.Register, request, peer="authority", timeout=10)
+            check_authority_key(bytes(answer.authority_public_key), pinned_key)
+            return answer
         except grpc.aio.AioRpcError as e:
             if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise

@@ -685,6 +685,40 @@ async def _wait_for_file(path: Path, what: str, timeout: float = 180.0) -> bytes
     return path.read_bytes()
 
 
+AUTHORITY_KEY_FILE = "authority-key.pub"  # the authority's Ed25519 signing key, pinned at set-up
+
+
+def pin_authority_key(folder: Path, public_key: bytes) -> None:
+    """Write the authority's signing key next to a copy of the root certificate (set-up, not Register)."""
+    write_public(folder / AUTHORITY_KEY_FILE, public_key.hex().encode() + b"\n")
+
+
+def pinned_authority_key(settings: Settings) -> bytes | None:
+    """The authority's signing key as pinned at set-up: in this node's tls folder, or next to HFL_TLS_CA.
+    None when the set-up predates pinning (the key is then taken from the authority's answer, over a
+    channel that must end at the authority's certificate)."""
+    places = [settings.state_dir / "tls" / AUTHORITY_KEY_FILE]
+    if settings.tls_ca:
+        places.append(Path(settings.tls_ca).parent / AUTHORITY_KEY_FILE)
+    for path in places:
+        if path.is_file():
+            try:
+                return bytes.fromhex(path.read_text().strip())
+            except ValueError:
+                raise ConfigError(f"{path} does not hold the authority's key (hex)") from None
+    return None
+
+
+def check_authority_key(answered: bytes, pinned: bytes | None) -> bytes:
+    """The authority's signing key to trust: the one pinned at set-up; an answer naming another is refused."""
+    if pinned is not None and answered != pinned:
+        raise ConfigError(
+            "the authority answered with a signing key different from the one pinned when this node was "
+            f"set up ({AUTHORITY_KEY_FILE}); refusing to trust it"
+        )
+    return answered
+
+
 async def ensure_identity(settings: Settings, role: str) -> NodeTls | None:
     """This node's TLS identity: made locally (authority), loaded from the state directory, or obtained by
     enrolling with HFL_ENROL_TOKEN. None when HFL_TLS=false."""
@@ -707,6 +741,9 @@ async def ensure_identity(settings: Settings, role: str) -> NodeTls | None:
     ca_pem = await _wait_for_file(ca_path, "the federation's root certificate")
     if ca_path != tls_dir / "ca.pem":
         write_public(tls_dir / "ca.pem", ca_pem)
+        pin = ca_path.parent / AUTHORITY_KEY_FILE
+        if pin.is_file():
+            write_public(tls_dir / AUTHORITY_KEY_FILE, pin.read_bytes())
     key_path, cert_path = tls_dir / "key.pem", tls_dir / "cert.pem"
     if key_path.exists() and cert_path.exists():
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hfl.proto.v1 import authority_pb2_grpc
+from hfl.rpc import pki
 from hfl.rpc.node import load_identity
 from hfl.rpc.server import serve_until_stopped, start_enrol_server, start_server
 from hfl.rpc.settings import Settings
@@ -24,6 +25,8 @@ async def run(settings: Settings) -> None:
     enrol = await start_enrol_server(
         settings, lambda s: authority_pb2_grpc.add_AuthorityServiceServicer_to_server(servicer, s)
     )
+    if running.tls is not None and running.tls.dir is not None:  # beside the root nodes are given (demo)
+        pki.pin_authority_key(running.tls.dir, key.public_bytes)
     tls_info: dict[str, Any] = (
         {
             "enrol_address": enrol[1],

@@ -14,6 +14,7 @@ import grpc
 from hfl.domain import NodeInfo
 from hfl.learning.data import load_facility_data
 from hfl.proto.v1 import facility_pb2_grpc
+from hfl.rpc import pki
 from hfl.rpc.node import register
 from hfl.rpc.server import Channels, RunningServer, serve_until_stopped, start_server
 from hfl.rpc.settings import Settings
@@ -68,7 +69,7 @@ async def start(
         settings.specialty,
         metrics_port=metrics_port,
     )
-    answer = await register(channels, settings.authority, node)
+    answer = await register(channels, settings.authority, node, pinned_key=pki.pinned_authority_key(settings))
     specialty = answer.specialty or settings.specialty or "hospital"
     # Without HFL_SHARD (scaled containers) the node id picks the data stream, so replicas differ.
     data = load_facility_data(
@@ -113,7 +114,7 @@ async def keep_registered(
             continue
         facility.last_contact = time.monotonic()  # try again after another idle_s at the earliest
         try:
-            await register(channels, authority, node, attempts=1)
+            await register(channels, authority, node, attempts=1, pinned_key=facility.authority_key or None)
             log.info("no round for %.0f s: registered with the authority again", idle_s)
         except (grpc.aio.AioRpcError, ConnectionError) as e:
             log.warning("no round for %.0f s and could not register again: %s", idle_s, e)

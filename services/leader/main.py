@@ -13,6 +13,7 @@ from hfl.learning.models import make_model
 from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN
 from hfl.ledger import LedgerError, LedgerStore
 from hfl.proto.v1 import leader_pb2_grpc
+from hfl.rpc import pki
 from hfl.rpc.metrics import LAST_COMMIT, ROUND, ROUND_INTERVAL
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
@@ -72,7 +73,7 @@ async def run(settings: Settings) -> None:
         settings, "leader", lambda s: leader_pb2_grpc.add_LeaderServiceServicer_to_server(leader, s)
     )
     node = running.node_info(settings, "leader", node_id, key.public_bytes)
-    answer = await register(channels, settings.authority, node)
+    answer = await register(channels, settings.authority, node, pinned_key=pki.pinned_authority_key(settings))
     leader.authority_key = bytes(answer.authority_public_key)
     await running.mark_ready(settings, "leader", node_id, **leader.plan.extra)
     stop = asyncio.Event()

@@ -137,3 +137,11 @@ def test_revoking_a_fog_a_validator_and_a_facility(
     assert main(["revoke", "fog-1", "--reason", " ", *argv]) == 1
     assert "give the reason" in capsys.readouterr().out
     assert leader_status(leader).committed_round >= start + 2
+
+
+def test_every_node_pinned_the_authoritys_key_at_set_up(federation: Fed) -> None:
+    _fed, procs, out = federation
+    key = bytes.fromhex(str(procs["authority"].info["public_key"]))
+    for name in ("leader", "fog-1", "validator-1", "facility-01"):
+        pin = (out / "state" / name / "tls" / "authority-key.pub").read_text().strip()
+        assert bytes.fromhex(pin) == key, name
