@@ -79,7 +79,8 @@ def check_mutual_tls(p: ComposeProject) -> None:
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE, "a connection without a certificate got in"
     facility = p.containers("facility")[0]
     code, out = facility.exec_run(["ls", "/etc/hfl/trust"])
-    assert code == 0 and sorted(out.decode().split()) == ["ca.pem", "facility-token"]
+    # the root certificate, the authority's pinned signing key and the shared token; never the CA key
+    assert code == 0 and sorted(out.decode().split()) == ["authority-key.pub", "ca.pem", "facility-token"]
     code, _ = facility.exec_run(["sh", "-c", "echo x > /etc/hfl/trust/facility-token"])
     assert code != 0, "the facility trust volume must be read-only"
     for service in ("leader", "fog-1", "validator-1"):
