@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -88,22 +89,29 @@ def show_status(
     return rc
 
 
+def _operator_call(
+    method: str, request: Any, what: str, run: str | None, authority: str | None, cert_dir: str | None
+) -> Any:
+    """Call an operator-only authority method; None (after saying why in one line) when it failed."""
+    _, authority = _addresses(run, None, authority)
+    if not authority:
+        print("No authority found: give --authority or a run folder with endpoints.json.")
+        return None
+    try:
+        with sync_channel(authority, _operator_tls(run, cert_dir), peer=AUTHORITY) as ch:
+            return getattr(authority_pb2_grpc.AuthorityServiceStub(ch), method)(request, timeout=10)
+    except grpc.RpcError as e:
+        print(f"The authority did not {what}: {e.details() or e.code().name}")
+        return None
+
+
 def revoke_node(
     node: str, reason: str, run: str | None, authority: str | None, cert_dir: str | None = None
 ) -> int:
     """`hfl revoke`: revoke every certificate of a node of any role (operator certificate needed)."""
-    _, authority = _addresses(run, None, authority)
-    if not authority:
-        print("No authority found: give --authority or a run folder with endpoints.json.")
-        return 1
-    tls = _operator_tls(run, cert_dir)
-    try:
-        with sync_channel(authority, tls, peer=AUTHORITY) as ch:
-            resp = authority_pb2_grpc.AuthorityServiceStub(ch).RevokeNode(
-                authority_pb2.RevokeNodeRequest(node_id=node, reason=reason), timeout=10
-            )
-    except grpc.RpcError as e:
-        print(f"The authority did not revoke {node}: {e.details() or e.code().name}")
+    request = authority_pb2.RevokeNodeRequest(node_id=node, reason=reason)
+    resp = _operator_call("RevokeNode", request, f"revoke {node}", run, authority, cert_dir)
+    if resp is None:
         return 1
     print(
         f"Revoked {resp.certificates} certificate(s) of {resp.role} {node}. Every service refuses it within "
@@ -117,18 +125,9 @@ def release_facility(
     facility: str, reason: str, run: str | None, authority: str | None, cert_dir: str | None = None
 ) -> int:
     """`hfl release`: ask the authority to lift a facility's quarantine (operator certificate needed)."""
-    _, authority = _addresses(run, None, authority)
-    if not authority:
-        print("No authority found: give --authority or a run folder with endpoints.json.")
-        return 1
-    tls = _operator_tls(run, cert_dir)
-    try:
-        with sync_channel(authority, tls, peer=AUTHORITY) as ch:
-            resp = authority_pb2_grpc.AuthorityServiceStub(ch).ReleaseFacility(
-                authority_pb2.ReleaseFacilityRequest(node_id=facility, reason=reason), timeout=10
-            )
-    except grpc.RpcError as e:
-        print(f"The authority did not release {facility}: {e.details() or e.code().name}")
+    request = authority_pb2.ReleaseFacilityRequest(node_id=facility, reason=reason)
+    resp = _operator_call("ReleaseFacility", request, f"release {facility}", run, authority, cert_dir)
+    if resp is None:
         return 1
     print(f"{facility} is no longer quarantined; it will be scheduled again once it is back.")
     print(
