@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "HFL_N_PATIENTS": "40",
         "HFL_LOG_LEVEL": "WARNING",
         "HFL_MODEL": "logreg",
+        "HFL_SECAGG": "true" if args.secagg else "false",  # facilities refuse plain rounds otherwise
     }
     fed = Federation(out, common)
     buckets = max(1, n // args.bucket_size)

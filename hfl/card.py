@@ -78,6 +78,7 @@ def model_card(
             "accuracy": last.get("accuracy", NOT_RECORDED),
             "log_loss": last.get("loss", NOT_RECORDED),
             "clinical": last.get("clinical") or NOT_RECORDED,
+            "by_specialty": last.get("specialties") or NOT_RECORDED,
             "centralised_reference_accuracy": summary.get("centralized_accuracy", NOT_RECORDED)
             if summary
             else NOT_RECORDED,
@@ -110,6 +111,25 @@ def _clinical_lines(c: Any) -> list[str]:
         f"- Baseline (every patient given the more common answer): accuracy {c.get('baseline_accuracy')}; "
         f"share with the outcome {c.get('prevalence')}",
     ]
+
+
+def _specialty_lines(rows: Any) -> list[str]:
+    """One line per specialty: its results over its own facilities, or why there are none."""
+    if not isinstance(rows, list):
+        return []
+    lines = []
+    for r in rows:
+        if not isinstance(r, Mapping):
+            continue
+        if r.get("not_reported"):
+            lines.append(f"- {r.get('specialty')}: not shown ({r.get('not_reported')})")
+            continue
+        c = r.get("clinical") if isinstance(r.get("clinical"), Mapping) else {}
+        lines.append(
+            f"- {r.get('specialty')} ({r.get('facilities')} facilities): accuracy {r.get('accuracy')}, "
+            f"ROC AUC {c.get('auc')}, baseline {c.get('baseline_accuracy')}"
+        )
+    return lines
 
 
 def _yes_no(value: Any) -> str:
@@ -172,6 +192,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         "## Evaluation",
         f"- Accuracy {e['accuracy']}, log-loss {e['log_loss']} ({e['measured_on']})",
         *_clinical_lines(e["clinical"]),
+        *_specialty_lines(e.get("by_specialty")),
         f"- All training data pooled in one place would reach: {e['centralised_reference_accuracy']}",
         "",
         "## Provenance",

@@ -12,15 +12,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from hfl.demo_dp import add_dp_arguments, check_dp_args, dp_banner, dp_env, dp_summary
-from hfl.domain import SPECIALTIES, ClinicalMetrics, RoundEvent
+from hfl.domain import SPECIALTIES, ClinicalMetrics, RoundEvent, SpecialtyResult
 from hfl.errors import ConfigError
+from hfl.schedule import MIN_SECURE_BUCKET
 
 # Above this many facilities the demo hosts several facilities per OS process (services/facility/host.py).
 SHARE_ABOVE = 16
@@ -479,6 +480,32 @@ def final_clinical_lines(c: ClinicalMetrics) -> str:
     )
 
 
+def specialty_lines(results: Sequence[SpecialtyResult]) -> str:
+    """The final model's results per specialty, and in plain words why any specialty has none."""
+    lines = ["Results per specialty (from the summed results of its facilities, never one site's):"]
+    too_small = []
+    for r in results:
+        if r.not_reported and r.facilities < MIN_SECURE_BUCKET:
+            too_small.append(f"{r.specialty} ({r.facilities})")
+        elif r.not_reported:
+            lines.append(f"  {r.specialty:<10} not shown: {r.not_reported}")
+        else:
+            auc = r.clinical.auc if r.clinical is not None else float("nan")
+            base = r.clinical.baseline_accuracy if r.clinical is not None else float("nan")
+            lines.append(
+                f"  {r.specialty:<10} {r.facilities:>3} facilities  accuracy {r.accuracy:.3f}"
+                + ("" if math.isnan(auc) else f"  AUC {auc:.3f}")
+                + ("" if math.isnan(base) else f"  (baseline {base:.3f})")
+            )
+    if too_small:
+        lines.append(
+            f"  Not shown: {', '.join(too_small)} — a specialty needs at least {MIN_SECURE_BUCKET} "
+            "facilities in the federation, so that no single site's numbers can be worked out "
+            "(try --facilities 12 to see all four)."
+        )
+    return "\n".join(lines)
+
+
 async def watch(
     leader_address: str,
     total: int,
@@ -541,6 +568,7 @@ def event_row(e: RoundEvent) -> dict[str, Any]:
         "detail": e.detail,
         "epsilon": num(e.epsilon),
         "clinical": e.clinical.to_dict() if e.clinical is not None else None,
+        "specialties": [r.to_dict() for r in e.specialties],
         **e.extra,
     }
 
@@ -572,6 +600,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "HFL_RULE": args.rule,
         "HFL_F": str(args.f),
         "HFL_DEFENCES": "true" if args.defences else "false",
+        # facilities refuse plain rounds unless this is false (fogs must not see one site's numbers)
+        "HFL_SECAGG": "true" if args.secagg else "false",
     }
     if args.label:
         common["HFL_LABEL"] = args.label
@@ -718,6 +748,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         clinical = committed[-1].clinical if committed else None
         if clinical is not None:
             print(final_clinical_lines(clinical))
+        if committed and committed[-1].specialties:
+            print(specialty_lines(committed[-1].specialties))
         print(
             f"Committed {len(committed)} rounds in {summary['wall_time_s']}s. "
             f"Summary: {out / 'summary.json'}; check the ledger with: hfl ledger verify {out}"

@@ -33,6 +33,7 @@ class Bucket:
     fog_id: str
     members: tuple[str, ...]
     threshold: int = 0
+    group: str = ""  # evaluation buckets only: the members' specialty, or "mixed"
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class RoundConfig:
     fogs: tuple[NodeInfo, ...]
     quarantined: tuple[str, ...] = ()
     committee_draw: dict[str, Any] = field(default_factory=dict)
+    # Buckets for evaluating the committed model: the same facilities, grouped by specialty (each of at
+    # least three), so masked sums per bucket add up to results per specialty (hfl.schedule).
+    eval_buckets: tuple[Bucket, ...] = ()
     signature: bytes = b""
 
     def signed_dict(self) -> dict[str, Any]:
@@ -76,17 +80,32 @@ class RoundConfig:
                 return b
         raise KeyError(bucket_id)
 
+    def eval_bucket(self, bucket_id: str) -> Bucket:
+        for b in self.eval_buckets:
+            if b.bucket_id == bucket_id:
+                return b
+        raise KeyError(bucket_id)
+
     def bucket_view(self, bucket_id: str) -> RoundConfig:
         """The part of this configuration one bucket's facilities need (their bucket, its members and its
         fog), unsigned: the authority signs it too, so a facility's messages and checks stay the same size
-        however many facilities the federation has. Raises KeyError for an unknown bucket."""
+        however many facilities the federation has. Works for training and evaluation buckets alike (the
+        view keeps the bucket in the list it came from). Raises KeyError for an unknown bucket."""
         from dataclasses import replace
 
-        b = self.bucket(bucket_id)
+        training: tuple[Bucket, ...] = ()
+        evaluation: tuple[Bucket, ...] = ()
+        try:
+            b = self.bucket(bucket_id)
+            training = (b,)
+        except KeyError:
+            b = self.eval_bucket(bucket_id)
+            evaluation = (b,)
         members = set(b.members)
         return replace(
             self,
-            buckets=(b,),
+            buckets=training,
+            eval_buckets=evaluation,
             facilities=tuple(n for n in self.facilities if n.node_id in members),
             fogs=tuple(n for n in self.fogs if n.node_id == b.fog_id),
             committee=(),
@@ -96,12 +115,18 @@ class RoundConfig:
 
     def is_bucket_view_of(self, full: RoundConfig) -> bool:
         """True if this is exactly ``full.bucket_view(<its one bucket>)`` (signature aside)."""
-        if len(self.buckets) != 1:
+        only = self.view_bucket()
+        if only is None:
             return False
         try:
-            return self.signed_dict() == full.bucket_view(self.buckets[0].bucket_id).signed_dict()
+            return self.signed_dict() == full.bucket_view(only.bucket_id).signed_dict()
         except KeyError:
             return False
+
+    def view_bucket(self) -> Bucket | None:
+        """The one bucket of a bucket view (training or evaluation), None if this is not a view."""
+        both = (*self.buckets, *self.eval_buckets)
+        return both[0] if len(both) == 1 else None
 
     def bucket_of(self, facility_id: str) -> Bucket | None:
         for b in self.buckets:
@@ -223,6 +248,48 @@ class ClinicalMetrics:
 
 
 @dataclass(frozen=True)
+class BucketEvaluation:
+    """A fog's summed test metrics for one evaluation bucket (``problem`` set: no sum, and why)."""
+
+    bucket_id: str
+    group: str
+    facilities: int
+    metrics: Metrics
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class SpecialtyResult:
+    """One specialty's results for a round's model over ``facilities`` facilities; ``not_reported`` says
+    why there are none (fewer than three facilities, or their sums were lost)."""
+
+    specialty: str
+    facilities: int = 0
+    accuracy: float = float("nan")
+    loss: float = float("nan")
+    clinical: ClinicalMetrics | None = None
+    not_reported: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        def num(x: float) -> float | None:
+            return None if x != x else round(x, 6)
+
+        if self.not_reported:
+            return {
+                "specialty": self.specialty,
+                "facilities": self.facilities,
+                "not_reported": self.not_reported,
+            }
+        return {
+            "specialty": self.specialty,
+            "facilities": self.facilities,
+            "accuracy": num(self.accuracy),
+            "loss": num(self.loss),
+            "clinical": self.clinical.to_dict() if self.clinical is not None else None,
+        }
+
+
+@dataclass(frozen=True)
 class RoundEvent:
     """What the leader announces after each round attempt."""
 
@@ -246,3 +313,4 @@ class RoundEvent:
     done: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     clinical: ClinicalMetrics | None = None
+    specialties: tuple[SpecialtyResult, ...] = ()

@@ -34,6 +34,7 @@ class BucketPlan:
     bucket_id: str
     fog_id: str
     members: tuple[str, ...]
+    group: str = ""  # evaluation buckets: the members' specialty, or MIXED
 
 
 def bucket_sizes(n: int, bucket_size: int) -> list[int]:
@@ -63,6 +64,52 @@ def assign_buckets(
         start += size
         plans.append(BucketPlan(bucket_id=f"b{i}", fog_id=fog_order[i % len(fog_order)], members=members))
     return plans
+
+
+MIXED = "mixed"  # an evaluation bucket whose members are not all of one specialty
+
+
+def assign_eval_buckets(
+    specialties: Mapping[str, str], fogs: Sequence[str], bucket_size: int, seed: bytes
+) -> list[BucketPlan]:
+    """Evaluation buckets for a round: facilities grouped by specialty, so that masked sums per bucket
+    add up to results per specialty without any group smaller than MIN_SECURE_BUCKET.
+
+    ``specialties`` maps each facility to its specialty. A specialty with at least MIN_SECURE_BUCKET
+    facilities is cut into buckets of its own (``group`` = the specialty); the facilities of smaller
+    specialties are pooled into ``MIXED`` buckets. When fewer than MIN_SECURE_BUCKET facilities are left
+    over for MIXED, they join the largest single-specialty bucket, which then counts as MIXED (its
+    specialty's result covers its other buckets only). With fewer than MIN_SECURE_BUCKET facilities in
+    all, there is one MIXED bucket of everyone (the caller refuses that with secure aggregation)."""
+    if not fogs:
+        raise ValueError("no fog is registered, so no bucket can be formed")
+    by_group: dict[str, list[str]] = {}
+    for facility, specialty in sorted(specialties.items()):
+        by_group.setdefault(specialty, []).append(facility)
+    pure = {g: ms for g, ms in by_group.items() if len(ms) >= MIN_SECURE_BUCKET}
+    leftover = sorted(m for g, ms in by_group.items() if g not in pure for m in ms)
+    groups: list[tuple[str, list[str]]] = []
+    for group in sorted(pure):
+        order = shuffled(pure[group], seed, f"eval/{group}")
+        start = 0
+        for size in bucket_sizes(len(order), max(bucket_size, MIN_SECURE_BUCKET)):
+            groups.append((group, order[start : start + size]))
+            start += size
+    if len(leftover) >= MIN_SECURE_BUCKET or not groups:
+        order = shuffled(leftover, seed, f"eval/{MIXED}")
+        start = 0
+        for size in bucket_sizes(len(order), max(bucket_size, MIN_SECURE_BUCKET)):
+            groups.append((MIXED, order[start : start + size]))
+            start += size
+    elif leftover:
+        largest = max(range(len(groups)), key=lambda i: (len(groups[i][1]), -i))
+        groups[largest] = (MIXED, groups[largest][1] + leftover)
+    fog_order = shuffled(sorted(set(fogs)), seed, "eval/fogs")
+    return [
+        BucketPlan(f"e{i}", fog_order[i % len(fog_order)], tuple(sorted(members)), group)
+        for i, (group, members) in enumerate(groups)
+        if members
+    ]
 
 
 def select_committee(

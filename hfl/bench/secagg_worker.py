@@ -38,6 +38,7 @@ def _settings(role: Literal["fog", "facility"], node_id: str, state: Path, seed:
         tls=False,
         seed=seed,
         log_level="WARNING",
+        secagg=role != "facility",  # the bench's facilities take plain rounds too, for the comparison
     )
 
 

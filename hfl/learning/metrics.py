@@ -16,9 +16,11 @@ everyone" would score — and prevalence P/(P+N).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 
-from hfl.domain import ClinicalMetrics, Metrics
+from hfl.domain import BucketEvaluation, ClinicalMetrics, Metrics, SpecialtyResult
 from hfl.learning.data import Dataset
 from hfl.learning.models import Model, _bce
 
@@ -120,3 +122,97 @@ def clinical_metrics(m: Metrics) -> ClinicalMetrics | None:
         baseline_accuracy=max(positives, negatives) / total,
         prevalence=positives / total,
     )
+
+
+# ---------------------------------------------------------------- evaluation through masked sums
+_COUNTS = ("correct", "total", "loss_sum", "tp", "fp", "tn", "fn", "brier_sum")
+EVAL_VECTOR_LEN = len(_COUNTS) + 2 * BINS
+# The largest value one facility may put in its evaluation vector (its number of test patients, and
+# its summed loss). Secure aggregation quantises with a power-of-two scale chosen from this bound and
+# the bucket size; for buckets of up to 256 facilities that scale is at least 4, so every count is
+# carried exactly and the two float sums (rounded at random, without bias) to within 1/4 per facility.
+EVAL_CLIP = float(2**20)
+
+
+def metrics_to_vector(m: Metrics) -> np.ndarray:
+    """A facility's evaluation sums as one vector for masked bucket sums (histograms included; a report
+    without histograms sends zeros there). Raises ValueError if a value is too large to be carried."""
+    head = np.array([float(getattr(m, k)) for k in _COUNTS], dtype=np.float64)
+    pos = np.asarray(m.positive_scores or (0,) * BINS, dtype=np.float64)
+    neg = np.asarray(m.negative_scores or (0,) * BINS, dtype=np.float64)
+    v = np.concatenate([head, pos, neg])
+    if v.size != EVAL_VECTOR_LEN or not np.all(np.isfinite(v)) or np.any(np.abs(v) > EVAL_CLIP):
+        raise ValueError(
+            f"this facility's evaluation sums cannot be sent through secure aggregation (more than "
+            f"{int(EVAL_CLIP):,} test patients, or a summed loss that large)"
+        )
+    return v
+
+
+def metrics_from_vector(v: np.ndarray) -> Metrics:
+    """The summed evaluation of a bucket from its unmasked sum vector. Counts must be whole numbers (a
+    bucket sum that is not is garbled) and the result must pass check_counts; raises ValueError."""
+    v = np.asarray(v, dtype=np.float64)
+    if v.shape != (EVAL_VECTOR_LEN,) or not np.all(np.isfinite(v)):
+        raise ValueError(f"an evaluation sum must be {EVAL_VECTOR_LEN} finite numbers")
+    ints = np.rint(v)
+    whole = np.ones(EVAL_VECTOR_LEN, dtype=bool)
+    whole[[_COUNTS.index("loss_sum"), _COUNTS.index("brier_sum")]] = False
+    if np.any(np.abs(v[whole] - ints[whole]) > 1e-6):
+        raise ValueError("an evaluation sum has counts that are not whole numbers")
+    head = dict(zip(_COUNTS, v[: len(_COUNTS)], strict=True))
+    m = Metrics(
+        correct=int(ints[0]),
+        total=int(ints[1]),
+        loss_sum=max(0.0, float(head["loss_sum"])),
+        tp=int(ints[3]),
+        fp=int(ints[4]),
+        tn=int(ints[5]),
+        fn=int(ints[6]),
+        brier_sum=min(max(0.0, float(head["brier_sum"])), float(ints[1])),
+        positive_scores=tuple(int(c) for c in ints[len(_COUNTS) : len(_COUNTS) + BINS]),
+        negative_scores=tuple(int(c) for c in ints[len(_COUNTS) + BINS :]),
+    )
+    check_counts(m)
+    return m
+
+
+# ---------------------------------------------------------------- results per specialty
+def specialty_results(
+    evaluations: Sequence[BucketEvaluation], specialties: Mapping[str, str], min_group: int = 3
+) -> tuple[Metrics, tuple[SpecialtyResult, ...]]:
+    """Pool the evaluation buckets of a round: the sum over every bucket that gave one, and a result for
+    each specialty whose own buckets (``group`` = that specialty) hold at least ``min_group``
+    facilities. ``specialties`` maps each facility scheduled for the round to its specialty, so every
+    specialty that took part gets a line: results, or in plain words why there are none."""
+    pooled = Metrics()
+    by_group: dict[str, tuple[int, Metrics]] = {}
+    for e in evaluations:
+        if e.problem or e.facilities == 0:
+            continue
+        pooled = pooled + e.metrics
+        n, m = by_group.get(e.group, (0, Metrics()))
+        by_group[e.group] = (n + e.facilities, m + e.metrics)
+    members: dict[str, int] = {}
+    for s in specialties.values():
+        members[s] = members.get(s, 0) + 1
+    out = []
+    for specialty in sorted(members):
+        n, m = by_group.get(specialty, (0, Metrics()))
+        total = members[specialty]
+        if total < min_group:
+            why = (
+                f"only {total} {specialty} facilit{'y' if total == 1 else 'ies'} took part; results are "
+                f"shown for groups of at least {min_group}, so that no single site's numbers can be "
+                "worked out"
+            )
+            out.append(SpecialtyResult(specialty, total, not_reported=why))
+        elif n < min_group:
+            why = (
+                f"the test results of the {specialty} facilities did not arrive this round (their "
+                "evaluation groups dropped out or were mixed with other specialties)"
+            )
+            out.append(SpecialtyResult(specialty, n, not_reported=why))
+        else:
+            out.append(SpecialtyResult(specialty, n, m.accuracy, m.loss, clinical_metrics(m)))
+    return pooled, tuple(out)

@@ -19,6 +19,18 @@ MODEL_AUC = Gauge(
     "hfl_model_auc",
     "ROC AUC of the last committed global model on pooled test sets (0.5: no better than chance).",
 )
+SPECIALTY_AUC = Gauge(
+    "hfl_specialty_auc",
+    "ROC AUC of the last committed global model on the test sets of one specialty (groups of at least "
+    "three facilities only).",
+    ["specialty"],
+)
+SPECIALTY_ACCURACY = Gauge(
+    "hfl_specialty_accuracy",
+    "Accuracy of the last committed global model on the test sets of one specialty (groups of at least "
+    "three facilities only).",
+    ["specialty"],
+)
 EPSILON_SPENT = Gauge("hfl_privacy_epsilon_spent", "Privacy loss (epsilon) spent so far.", ["facility"])
 PRIVACY_EXHAUSTED = Gauge(
     "hfl_privacy_exhausted", "1 if the facility has no privacy budget left for a round.", ["facility"]

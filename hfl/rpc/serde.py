@@ -16,6 +16,7 @@ import numpy as np
 from hfl import bounds
 from hfl.domain import (
     Bucket,
+    BucketEvaluation,
     BucketResult,
     ClinicalMetrics,
     Metrics,
@@ -23,12 +24,13 @@ from hfl.domain import (
     NodeInfo,
     RoundConfig,
     RoundEvent,
+    SpecialtyResult,
     TrainingPlan,
 )
 from hfl.errors import InvalidInput, clip
 from hfl.hashing import hash_vector
 from hfl.learning.metrics import BINS as SCORE_BINS
-from hfl.learning.metrics import check_counts
+from hfl.learning.metrics import EVAL_CLIP, check_counts
 from hfl.ledger import Vote
 from hfl.proto.v1 import authority_pb2, facility_pb2, leader_pb2, validator_pb2
 from hfl.proto.v1 import common_pb2 as pb
@@ -142,6 +144,22 @@ def node_from_proto(n: pb.NodeInfo) -> NodeInfo:
     )
 
 
+def _bucket_to_proto(b: Bucket) -> pb.Bucket:
+    return pb.Bucket(
+        bucket_id=b.bucket_id, fog_id=b.fog_id, members=list(b.members), threshold=b.threshold, group=b.group
+    )
+
+
+def _bucket_from_proto(b: pb.Bucket) -> Bucket:
+    return Bucket(
+        bounds.node_id(b.bucket_id, "bucket id"),
+        bounds.node_id(b.fog_id, "fog id"),
+        bounds.ids(b.members, "bucket members"),
+        int(b.threshold),
+        bounds.text(b.group, "bucket group", bounds.MAX_NAME),
+    )
+
+
 def config_to_proto(c: RoundConfig) -> pb.RoundConfig:
     return pb.RoundConfig(
         round=c.round,
@@ -149,10 +167,8 @@ def config_to_proto(c: RoundConfig) -> pb.RoundConfig:
         seed=c.seed,
         ledger_head=c.ledger_head,
         epoch=c.epoch,
-        buckets=[
-            pb.Bucket(bucket_id=b.bucket_id, fog_id=b.fog_id, members=list(b.members), threshold=b.threshold)
-            for b in c.buckets
-        ],
+        buckets=[_bucket_to_proto(b) for b in c.buckets],
+        eval_buckets=[_bucket_to_proto(b) for b in c.eval_buckets],
         committee=[node_to_proto(n) for n in c.committee],
         quorum=c.quorum,
         facilities=[node_to_proto(n) for n in c.facilities],
@@ -170,15 +186,8 @@ def config_from_proto(c: pb.RoundConfig) -> RoundConfig:
         seed=bytes(c.seed),
         ledger_head=bytes(c.ledger_head),
         epoch=int(c.epoch),
-        buckets=tuple(
-            Bucket(
-                bounds.node_id(b.bucket_id, "bucket id"),
-                bounds.node_id(b.fog_id, "fog id"),
-                bounds.ids(b.members, "bucket members"),
-                int(b.threshold),
-            )
-            for b in c.buckets
-        ),
+        buckets=tuple(_bucket_from_proto(b) for b in c.buckets),
+        eval_buckets=tuple(_bucket_from_proto(b) for b in c.eval_buckets),
         committee=tuple(node_from_proto(n) for n in c.committee),
         quorum=int(c.quorum),
         facilities=tuple(node_from_proto(n) for n in c.facilities),
@@ -323,6 +332,63 @@ def clinical_from_proto(c: pb.ClinicalMetrics) -> ClinicalMetrics:
     return ClinicalMetrics(**{f.name: float(getattr(c, f.name)) for f in dataclasses.fields(ClinicalMetrics)})
 
 
+def bucket_evaluation_to_proto(e: BucketEvaluation) -> pb.BucketEvaluation:
+    return pb.BucketEvaluation(
+        bucket_id=e.bucket_id,
+        group=e.group,
+        facilities=e.facilities,
+        metrics=metrics_to_proto(e.metrics),
+        problem=e.problem,
+    )
+
+
+def bucket_evaluation_from_proto(e: pb.BucketEvaluation) -> BucketEvaluation:
+    return BucketEvaluation(
+        bounds.node_id(e.bucket_id, "bucket id"),
+        bounds.text(e.group, "bucket group", bounds.MAX_NAME),
+        int(e.facilities),
+        metrics_from_proto(e.metrics),
+        bounds.text(e.problem, "the evaluation problem", bounds.MAX_JSON),
+    )
+
+
+def specialty_to_proto(r: SpecialtyResult) -> pb.SpecialtyResult:
+    return pb.SpecialtyResult(
+        specialty=r.specialty,
+        facilities=r.facilities,
+        accuracy=r.accuracy,
+        loss=r.loss,
+        clinical=clinical_to_proto(r.clinical) if r.clinical is not None else None,
+        not_reported=r.not_reported,
+    )
+
+
+def specialty_from_proto(r: pb.SpecialtyResult) -> SpecialtyResult:
+    return SpecialtyResult(
+        bounds.text(r.specialty, "specialty", bounds.MAX_NAME),
+        int(r.facilities),
+        float(r.accuracy),
+        float(r.loss),
+        clinical_from_proto(r.clinical) if r.HasField("clinical") else None,
+        bounds.text(r.not_reported, "why a specialty is not reported", bounds.MAX_JSON),
+    )
+
+
+def eval_quant_config(bucket_size: int) -> QuantConfig:
+    """The quantisation for masked evaluation sums (hfl.learning.metrics.EVAL_CLIP): counts must stay
+    whole numbers, so buckets too large for a scale of at least 1 are refused."""
+    try:
+        cfg = QuantConfig(clip=EVAL_CLIP, max_members=bucket_size)
+    except QuantizationError as e:
+        raise InvalidInput(f"masked evaluation cannot be set up: {e}") from None
+    if cfg.scale < 1:
+        raise InvalidInput(
+            f"masked evaluation cannot keep counts exact in a bucket of {bucket_size} facilities; "
+            "use buckets of at most 2047"
+        )
+    return cfg
+
+
 def vote_to_proto(v: Vote) -> validator_pb2.VoteResponse:
     return validator_pb2.VoteResponse(
         round=v.round,
@@ -370,6 +436,7 @@ def event_to_proto(e: RoundEvent) -> leader_pb2.WatchRoundsResponse:
         done=e.done,
         extra_json=json.dumps(e.extra, sort_keys=True),
         clinical=clinical_to_proto(e.clinical) if e.clinical is not None else None,
+        specialties=[specialty_to_proto(r) for r in e.specialties],
     )
 
 
@@ -395,6 +462,7 @@ def event_from_proto(e: leader_pb2.WatchRoundsResponse) -> RoundEvent:
         done=e.done,
         extra=_json_or_empty(e.extra_json, "round event extras"),
         clinical=clinical_from_proto(e.clinical) if e.HasField("clinical") else None,
+        specialties=tuple(specialty_from_proto(r) for r in e.specialties),
     )
 
 

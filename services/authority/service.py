@@ -18,7 +18,14 @@ from hfl.robust.reputation import FLAG_KINDS, Reputation, with_refused
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION
 from hfl.rpc.settings import Settings
-from hfl.schedule import MIN_SECURE_BUCKET, Attendance, assign_buckets, round_seed, select_committee
+from hfl.schedule import (
+    MIN_SECURE_BUCKET,
+    Attendance,
+    assign_buckets,
+    assign_eval_buckets,
+    round_seed,
+    select_committee,
+)
 from services.authority.enrol import CertificateService
 from services.authority.privacy import PrivacyBook
 from services.authority.registry import Registry
@@ -175,6 +182,17 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         buckets = tuple(
             Bucket(p.bucket_id, p.fog_id, p.members, secagg_threshold(len(p.members))) for p in plans
         )
+        # Evaluation of the committed model: the same facilities, grouped by specialty (hfl.schedule).
+        eval_plans = assign_eval_buckets(
+            {m: by_id[m].specialty for p in plans for m in p.members},
+            [f.node_id for f in fogs],
+            s.bucket_size,
+            seed,
+        )
+        eval_buckets = tuple(
+            Bucket(p.bucket_id, p.fog_id, p.members, secagg_threshold(len(p.members)), p.group)
+            for p in eval_plans
+        )
         n = len(committee_ids)
         config = RoundConfig(
             round=round_,
@@ -189,6 +207,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             fogs=tuple(fogs),
             quarantined=tuple(sorted(quarantined)),
             committee_draw=draw,
+            eval_buckets=eval_buckets,
         ).sign(self.key)
         self.registry.record_config(
             round_, attempt, config.hash(), head, {b.bucket_id: list(b.members) for b in buckets}
@@ -205,7 +224,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         round_, attempt = bounds.round_attempt(int(request.round), int(request.attempt))
         config = self.make_config(round_, attempt, bytes(request.ledger_head))
         # Per-bucket signed views: facilities get only their bucket's part (linear total traffic, not N^2).
-        views = [config.bucket_view(b.bucket_id).sign(self.key) for b in config.buckets]
+        views = [
+            config.bucket_view(b.bucket_id).sign(self.key) for b in (*config.buckets, *config.eval_buckets)
+        ]
         return authority_pb2.GetRoundConfigResponse(
             config=serde.config_to_proto(config), bucket_configs=[serde.config_to_proto(v) for v in views]
         )

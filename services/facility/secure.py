@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
+from hfl.domain import RoundConfig
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotFound, NotReady, StaleRound
+from hfl.learning.metrics import EVAL_CLIP, EVAL_VECTOR_LEN, metrics_to_vector
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import ROUND
@@ -54,6 +56,7 @@ class Session:
     drop_rate: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fog_id: str = ""  # the bucket's fog: the only caller accepted for later stages (with mTLS)
+    evaluation: bool = False  # the committed model's test sums, not a training update
 
 
 class SecureAggregation:
@@ -155,6 +158,8 @@ class SecureAggregation:
 
         fac = self.facility
         config = fac._round_config(request.config)
+        if any(b.bucket_id == request.bucket_id for b in config.eval_buckets):
+            return await self._advertise_evaluation(config, request)
         bucket = fac.my_bucket(config, request.bucket_id, "secure aggregation for this bucket")
         key: SessionKey = (config.round, config.attempt, bucket.bucket_id)
         if key in self._sessions:
@@ -205,6 +210,49 @@ class SecureAggregation:
         )
         return facility_pb2.SecAggAdvertiseResponse(advertisement=serde.advertisement_to_proto(ad))
 
+    async def _advertise_evaluation(
+        self, config: RoundConfig, request: facility_pb2.SecAggAdvertiseRequest
+    ) -> facility_pb2.SecAggAdvertiseResponse:
+        """Stage 1 of an evaluation bucket: this facility's test sums for the model go into a masked
+        bucket sum like a training update, so its fog never sees them on their own. No training and no
+        privacy spend (only counts over the facility's held-out patients are summed)."""
+        fac = self.facility
+        bucket = fac.my_bucket(config, request.bucket_id, "evaluation for this bucket", evaluation=True)
+        key: SessionKey = (config.round, config.attempt, bucket.bucket_id)
+        if key in self._sessions:
+            raise AlreadyDone(f"evaluation for {self._where(key)} has already started here")
+        _spec, params, model = fac._model(request.model)
+        try:
+            identities = {m: config.node(m).sign_public_key for m in bucket.members}
+        except KeyError as e:
+            raise InvalidInput(f"the round configuration has no identity for bucket member {e}") from None
+        try:
+            member = SecAggMember(
+                fac.node_id,
+                serde.secagg_round(config.round, config.attempt),
+                bucket.bucket_id,
+                identities,
+                fac.signing_key,
+                bucket.threshold,
+                serde.eval_quant_config(len(bucket.members)),
+                EVAL_VECTOR_LEN,
+            )
+        except SecAggError as e:
+            raise InvalidInput(f"evaluation cannot start for {self._where(key)}: {e}") from None
+        self._forget_older(config.round, config.attempt)
+
+        def sums() -> np.ndarray:
+            return metrics_to_vector(fac.evaluate(model, params))
+
+        task = asyncio.create_task(asyncio.to_thread(sums))
+        task.add_done_callback(_consume)
+        self._sessions[key] = Session(
+            key, member, task, EVAL_CLIP, None, 0.0, fog_id=bucket.fog_id, evaluation=True
+        )
+        return facility_pb2.SecAggAdvertiseResponse(
+            advertisement=serde.advertisement_to_proto(member.advertise())
+        )
+
     # ------------------------------------------------------------------ stage 2
     async def share_keys(
         self, request: facility_pb2.SecAggShareKeysRequest
@@ -234,12 +282,14 @@ class SecureAggregation:
             raise NotFound(f"{self._where(sess.key)}: this facility stopped taking part") from None
         except Exception:
             self._sessions.pop(sess.key, None)
-            log.exception(
-                "%s: local training failed; this facility drops out of the bucket", self._where(sess.key)
-            )
-            raise NotReady(f"{self._where(sess.key)}: local training failed at this facility") from None
+            work = "evaluation" if sess.evaluation else "local training"
+            log.exception("%s: %s failed; this facility drops out of the bucket", self._where(sess.key), work)
+            raise NotReady(f"{self._where(sess.key)}: {work} failed at this facility") from None
         x = self._masked_vector(delta, sess.clip)
-        await self.facility.privacy.flush(sess.key[0], sess.key[1])  # the authority hears of a DP spend first
+        if not sess.evaluation:
+            await self.facility.privacy.flush(
+                sess.key[0], sess.key[1]
+            )  # the authority hears of a DP spend first
         async with sess.lock:
             if self._sessions.get(sess.key) is not sess:
                 raise NotFound(f"{self._where(sess.key)}: this facility stopped taking part")

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hfl.domain import Bucket, ModelSpec, NodeInfo, RoundConfig, TrainingPlan
+from hfl.domain import Bucket, Metrics, ModelSpec, NodeInfo, RoundConfig, TrainingPlan
 from hfl.errors import ConfigError, InvalidInput, NotAllowed, NotReady, StaleRound, clip
 from hfl.learning.data import Dataset, FacilityData
 from hfl.learning.metrics import evaluate_counts
@@ -105,11 +105,14 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
             )
         return config
 
-    def my_bucket(self, config: RoundConfig, bucket_id: str, what: str) -> Bucket:
-        """The bucket this call is about: it must be in the round, list this facility, and the caller
-        must be that bucket's own fog."""
+    def my_bucket(
+        self, config: RoundConfig, bucket_id: str, what: str, *, evaluation: bool = False
+    ) -> Bucket:
+        """The bucket this call is about (a training bucket, or with ``evaluation`` an evaluation
+        bucket): it must be in the round, list this facility, and the caller must be that bucket's own
+        fog."""
         try:
-            bucket = config.bucket(bucket_id)
+            bucket = config.eval_bucket(bucket_id) if evaluation else config.bucket(bucket_id)
         except KeyError:
             raise InvalidInput(f"bucket {clip(bucket_id)} is not part of round {config.round}") from None
         if self.node_id not in bucket.members:
@@ -119,12 +122,23 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         authz.require_caller_is(bucket.fog_id, what)  # only the bucket's own fog
         return bucket
 
+    def _plain_allowed(self, what: str) -> None:
+        """The plain path hands this facility's own numbers to its fog. With HFL_SECAGG=true (the
+        default) the facility refuses it, whatever the request says: the round's plan is not signed by
+        the authority, so a fog could otherwise ask for a plain round to see one facility's update."""
+        if self.settings.secagg:
+            raise NotAllowed(
+                f"this facility sends {what} only inside masked group sums (HFL_SECAGG=true); "
+                "set HFL_SECAGG=false at every facility to allow plain sums for experiments"
+            )
+
     # ------------------------------------------------------------------ RPCs
     async def StartRound(
         self, request: facility_pb2.StartRoundRequest, context: grpc.aio.ServicerContext
     ) -> facility_pb2.StartRoundResponse:
         config = self._round_config(request.config)
         bucket = self.my_bucket(config, request.bucket_id, "StartRound for this bucket")
+        self._plain_allowed("its model update")
         _spec, params, model = self._model(request.model)
         plan = serde.plan_from_proto(request.plan)
         admission = await self.privacy.admit(config, plan)  # declines (NotAllowed) when out of budget
@@ -140,9 +154,15 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
     async def EvaluateModel(
         self, request: facility_pb2.EvaluateModelRequest, context: grpc.aio.ServicerContext
     ) -> facility_pb2.EvaluateModelResponse:
+        self._plain_allowed("its test results")
         _spec, params, model = self._model(request.model)
-        counts = await asyncio.to_thread(evaluate_counts, model, params, self.data.test)
+        counts = await asyncio.to_thread(self.evaluate, model, params)
         return facility_pb2.EvaluateModelResponse(metrics=serde.metrics_to_proto(counts))
+
+    def evaluate(self, model: Any, params: np.ndarray) -> Metrics:
+        """This facility's test sums for a model (on the plain path they are sent as they are; on the
+        secure path they go into a masked bucket sum, services/facility/secure.py)."""
+        return evaluate_counts(model, params, self.data.test)
 
     # ------------------------------------------------------------------ secure aggregation (secure.py)
     async def SecAggAdvertise(

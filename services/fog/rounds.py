@@ -59,8 +59,9 @@ def bucket_requests(
                 "round %d: ignoring a per-bucket configuration that does not check out: %s", config.round, e
             )
             continue
-        if view.is_bucket_view_of(config):
-            views[view.buckets[0].bucket_id] = proto
+        only = view.view_bucket()
+        if only is not None and view.is_bucket_view_of(config):
+            views[only.bucket_id] = proto
     out = {}
     for b in buckets:
         view_proto = views.get(b.bucket_id)

@@ -35,6 +35,7 @@ from hfl.secagg import (
     EncryptedShare,
     KeyAdvertisement,
     MaskedInput,
+    QuantConfig,
     QuantizationError,
     SecAggError,
     UnmaskRequest,
@@ -246,8 +247,10 @@ async def run_secure_bucket(
     plan: TrainingPlan,
     link: MemberLink,
     timeouts: StageTimeouts | None = None,
+    quant: QuantConfig | None = None,
 ) -> BucketResult:
-    """One bucket over the secure path; protocol failures become an abandoned bucket, never an exception."""
+    """One bucket over the secure path; protocol failures become an abandoned bucket, never an exception.
+    ``quant``: the quantisation of the members' vectors (default: the plan's, for model updates)."""
     where = f"round {round_} bucket {bucket.bucket_id}"
     timeouts = timeouts or StageTimeouts.for_plan(plan.timeout_s)
     members = tuple(bucket.members)
@@ -264,7 +267,7 @@ async def run_secure_bucket(
             bucket.bucket_id,
             members,
             bucket.threshold,
-            serde.quant_config(plan, len(members)),
+            quant or serde.quant_config(plan, len(members)),
             d,
         )
     except (SecAggError, QuantizationError, HflError) as e:

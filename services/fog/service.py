@@ -11,8 +11,9 @@ import grpc
 import numpy as np
 
 from hfl.deadline import stage_deadline
-from hfl.domain import Bucket, BucketResult, Metrics, RoundConfig, TrainingPlan
+from hfl.domain import Bucket, BucketEvaluation, BucketResult, Metrics, RoundConfig, TrainingPlan
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotReady, StaleRound, clip
+from hfl.learning.metrics import EVAL_VECTOR_LEN, metrics_from_vector
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2, fog_pb2_grpc
 from hfl.rpc import serde
@@ -25,6 +26,8 @@ from services.fog.rounds import PhaseMarks, bucket_requests
 from services.fog.secure import GrpcMemberLink, StageTimeouts, no_answer, run_secure_bucket
 
 log = logging.getLogger("hfl.fog")
+
+EVAL_TIMEOUT_S = 60.0  # the longest a facility may take to evaluate the model (seconds)
 
 
 @dataclass
@@ -318,27 +321,81 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
     async def Evaluate(
         self, request: fog_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
     ) -> fog_pb2.EvaluateResponse:
-        facilities = [serde.node_from_proto(n) for n in request.facilities]
-        if len(facilities) > 10_000:
-            raise InvalidInput("too many facilities in one evaluation request")
-        msg = facility_pb2.EvaluateModelRequest(model=request.model)
+        """Summed test metrics of the committed model, one sum per evaluation bucket of this fog: masked
+        like the round's updates when the round used secure aggregation, so this fog learns no
+        facility's own numbers (how many test patients it has, how well the model does there)."""
+        config = self._config(request.config)
+        serde.model_from_proto(request.model)  # refuse a malformed model before asking anyone
+        plan = serde.plan_from_proto(request.plan)
+        mine = [b for b in config.eval_buckets if b.fog_id == self.node_id]
+        base = fog_pb2.RunRoundRequest(
+            config=request.config,
+            model=request.model,
+            plan=request.plan,
+            bucket_configs=request.bucket_configs,
+        )
+        requests = bucket_requests(config, base, mine, self.authority_key)
+        if plan.secure:
+            timeouts = StageTimeouts.for_plan(
+                min(plan.timeout_s, EVAL_TIMEOUT_S),
+                self.settings.straggler_factor,
+                self.settings.straggler_floor_s,
+            )
+            parts = await asyncio.gather(
+                *(self._evaluate_secure(config, b, requests[b.bucket_id], plan, timeouts) for b in mine)
+            )
+        else:
+            parts = await asyncio.gather(*(self._evaluate_plain(config, b, request.model) for b in mine))
+        return fog_pb2.EvaluateResponse(buckets=[serde.bucket_evaluation_to_proto(e) for e in parts])
 
-        async def one(address: str, node_id: str) -> Metrics | None:
+    async def _evaluate_secure(
+        self,
+        config: RoundConfig,
+        bucket: Bucket,
+        request: fog_pb2.RunRoundRequest,
+        plan: TrainingPlan,
+        timeouts: StageTimeouts,
+    ) -> BucketEvaluation:
+        link = GrpcMemberLink(config, request, bucket.bucket_id, self.channels, None, EVAL_VECTOR_LEN)
+        try:
+            quant = serde.eval_quant_config(len(bucket.members))
+        except InvalidInput as e:
+            return BucketEvaluation(bucket.bucket_id, bucket.group, 0, Metrics(), problem=str(e))
+        r = await run_secure_bucket(
+            bucket, config.round, config.attempt, EVAL_VECTOR_LEN, plan, link, timeouts, quant=quant
+        )
+        if r.abandoned:
+            return BucketEvaluation(bucket.bucket_id, bucket.group, 0, Metrics(), problem=r.reason)
+        try:
+            metrics = metrics_from_vector(r.total)
+        except ValueError as e:  # a member sent numbers that do not add up: the sum is not usable
+            log.warning(
+                "round %d: evaluation bucket %s gave an unusable sum: %s", config.round, bucket.bucket_id, e
+            )
+            return BucketEvaluation(
+                bucket.bucket_id, bucket.group, 0, Metrics(), problem=f"unusable sum: {e}"
+            )
+        return BucketEvaluation(bucket.bucket_id, bucket.group, r.count, metrics)
+
+    async def _evaluate_plain(self, config: RoundConfig, bucket: Bucket, model: pb.Model) -> BucketEvaluation:
+        """Without secure aggregation (experiments): each member answers with its own sums, as its
+        updates reach this fog unmasked too."""
+        msg = facility_pb2.EvaluateModelRequest(model=model)
+
+        async def one(member: str) -> Metrics | None:
+            node = config.node(member)
             stub = facility_pb2_grpc.FacilityServiceStub(
-                self.channels.get(address, Peer("facility", node_id))
+                self.channels.get(node.address, Peer("facility", member))
             )
             try:
-                resp = await call(stub.EvaluateModel, msg, peer="facility", timeout=60)
+                resp = await call(stub.EvaluateModel, msg, peer="facility", timeout=EVAL_TIMEOUT_S)
                 return serde.metrics_from_proto(resp.metrics)
             except (grpc.aio.AioRpcError, InvalidInput) as e:
-                log.warning("evaluation at %s failed: %s", address, e)
+                log.warning("evaluation at %s failed: %s", member, e)
                 return None
 
-        parts = await asyncio.gather(*(one(f.address, f.node_id) for f in facilities))
+        parts = [p for p in await asyncio.gather(*(one(m) for m in bucket.members)) if p is not None]
         total = Metrics()
-        reached = 0
         for p in parts:
-            if p is not None:
-                total = total + p
-                reached += 1
-        return fog_pb2.EvaluateResponse(metrics=serde.metrics_to_proto(total), reached=reached)
+            total = total + p
+        return BucketEvaluation(bucket.bucket_id, bucket.group, len(parts), total)

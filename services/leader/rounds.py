@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hfl.domain import BucketEvaluation, RoundConfig
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import fog_pb2
+from hfl.rpc import serde
 from hfl.rpc.client import ByteCount
 
 log = logging.getLogger("hfl.leader")
@@ -86,7 +88,46 @@ def fog_request(
     base: fog_pb2.RunRoundRequest, bucket_configs: Sequence[pb.RoundConfig], fog_id: str
 ) -> fog_pb2.RunRoundRequest:
     """``base`` plus the signed per-bucket configuration views of this fog's buckets."""
-    mine = [c for c in bucket_configs if len(c.buckets) == 1 and c.buckets[0].fog_id == fog_id]
+    mine = fog_views(bucket_configs, fog_id)
     if not mine:
         return base
     return fog_pb2.RunRoundRequest(config=base.config, model=base.model, plan=base.plan, bucket_configs=mine)
+
+
+def fog_views(
+    bucket_configs: Sequence[pb.RoundConfig], fog_id: str, *, evaluation: bool = False
+) -> list[pb.RoundConfig]:
+    """The signed per-bucket views of this fog's training buckets (or, with ``evaluation``, of its
+    evaluation buckets)."""
+    return [
+        c
+        for c in bucket_configs
+        if len(c.buckets) + len(c.eval_buckets) == 1
+        and (c.eval_buckets if evaluation else c.buckets)
+        and (c.eval_buckets if evaluation else c.buckets)[0].fog_id == fog_id
+    ]
+
+
+def checked_evaluations(
+    config: RoundConfig, fog_id: str, answers: Sequence[pb.BucketEvaluation]
+) -> list[BucketEvaluation]:
+    """A fog's evaluation sums, keeping only those for its own evaluation buckets, with the group the
+    authority gave the bucket and no more facilities than the bucket has; the rest is logged and dropped."""
+    mine = {b.bucket_id: b for b in config.eval_buckets if b.fog_id == fog_id}
+    out: list[BucketEvaluation] = []
+    for proto in answers:
+        try:
+            e = serde.bucket_evaluation_from_proto(proto)
+        except ValueError as exc:
+            log.warning("round %d: fog %s sent a malformed evaluation: %s", config.round, fog_id, exc)
+            continue
+        bucket = mine.pop(e.bucket_id, None)
+        if bucket is None or e.group != bucket.group or e.facilities > len(bucket.members):
+            log.warning(
+                "round %d: fog %s answered for an evaluation bucket it does not run (or not as scheduled)",
+                config.round,
+                fog_id,
+            )
+            continue
+        out.append(e)
+    return out

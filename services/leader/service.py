@@ -13,9 +13,18 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hfl.domain import BucketResult, Metrics, ModelSpec, RoundConfig, RoundEvent, TrainingPlan
+from hfl.domain import (
+    BucketEvaluation,
+    BucketResult,
+    Metrics,
+    ModelSpec,
+    RoundConfig,
+    RoundEvent,
+    SpecialtyResult,
+    TrainingPlan,
+)
 from hfl.errors import NotReady
-from hfl.learning.metrics import clinical_metrics
+from hfl.learning.metrics import clinical_metrics, specialty_results
 from hfl.ledger import (
     Block,
     BlockHeader,
@@ -51,11 +60,13 @@ from hfl.rpc.metrics import (
     ROUND,
     ROUND_DURATION,
     SECAGG_DROPOUTS,
+    SPECIALTY_ACCURACY,
+    SPECIALTY_AUC,
 )
 from hfl.rpc.pki import AUTHORITY, Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
-from services.leader.rounds import RoundClock, fog_request
+from services.leader.rounds import RoundClock, checked_evaluations, fog_request, fog_views
 
 log = logging.getLogger("hfl.leader")
 
@@ -272,7 +283,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         ROUND.set(round_)
         COMMITS.labels(outcome="committed").inc()
         LAST_COMMIT.set_to_current_time()
-        metrics = await self.evaluate(config, counter)
+        metrics, specialties = await self.evaluate(config, counter)
         clock.lap("evaluate")
         self.last_metrics = metrics
         MODEL_ACCURACY.set(metrics.accuracy)
@@ -280,6 +291,12 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         clinical = clinical_metrics(metrics)
         if clinical is not None:
             MODEL_AUC.set(clinical.auc)
+        for r in specialties:
+            if not r.not_reported:
+                SPECIALTY_ACCURACY.labels(specialty=r.specialty).set(r.accuracy)
+                SPECIALTY_AUC.labels(specialty=r.specialty).set(
+                    r.clinical.auc if r.clinical else float("nan")
+                )
         quarantined = await self.report(config, block, flags, votes, refused, absent)
         return self._finish(
             t0,
@@ -289,6 +306,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 accuracy=metrics.accuracy,
                 loss=metrics.loss,
                 clinical=clinical,
+                specialties=specialties,
                 block_hash=block.hash,
                 detail="committed",
                 quarantined=quarantined,
@@ -354,30 +372,39 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         answers = await asyncio.gather(*(ask(m.address, m.node_id) for m in config.committee))
         return [v for v in answers if v is not None]
 
-    async def evaluate(self, config: RoundConfig, counter: ByteCount) -> Metrics:
-        model_msg = serde.model_to_proto(self.spec, self.model, config.round)
-        by_fog: dict[str, list[str]] = {}
-        for b in config.buckets:
-            by_fog.setdefault(b.fog_id, []).extend(b.members)
+    async def evaluate(
+        self, config: RoundConfig, counter: ByteCount
+    ) -> tuple[Metrics, tuple[SpecialtyResult, ...]]:
+        """The committed model's test results: each fog returns one sum per evaluation bucket (masked
+        like the updates when the round uses secure aggregation); pooled and per specialty here."""
+        request = fog_pb2.EvaluateRequest(
+            model=serde.model_to_proto(self.spec, self.model, config.round),
+            config=serde.config_to_proto(config),
+            plan=serde.plan_to_proto(self.plan),
+        )
 
-        async def one(fog_id: str, members: list[str]) -> Metrics:
+        async def one(fog_id: str) -> list[BucketEvaluation]:
             stub = fog_pb2_grpc.FogServiceStub(
                 self.channels.get(config.node(fog_id).address, Peer("fog", fog_id))
             )
-            req = fog_pb2.EvaluateRequest(
-                model=model_msg, facilities=[serde.node_to_proto(config.node(m)) for m in members]
-            )
+            req = fog_pb2.EvaluateRequest()
+            req.CopyFrom(request)
+            req.bucket_configs.extend(fog_views(self.bucket_configs, fog_id, evaluation=True))
             try:
                 resp = await call(stub.Evaluate, req, peer="fog", timeout=120, counter=counter)
-                return serde.metrics_from_proto(resp.metrics)
-            except (grpc.aio.AioRpcError, ValueError) as e:
-                log.warning("evaluation through fog %s failed: %s", fog_id, e)
-                return Metrics()
+            except grpc.aio.AioRpcError as e:
+                log.warning("evaluation through fog %s failed: %s", fog_id, describe_rpc_error(e))
+                return []
+            return checked_evaluations(config, fog_id, resp.buckets)
 
-        total = Metrics()
-        for m in await asyncio.gather(*(one(f, ms) for f, ms in sorted(by_fog.items()))):
-            total = total + m
-        return total
+        parts = await asyncio.gather(*(one(f) for f in sorted({b.fog_id for b in config.eval_buckets})))
+        evaluations = [e for part in parts for e in part]
+        for e in evaluations:
+            if e.problem:
+                log.warning(
+                    "round %d: evaluation bucket %s gave no result: %s", config.round, e.bucket_id, e.problem
+                )
+        return specialty_results(evaluations, {n.node_id: n.specialty for n in config.facilities})
 
     async def report(
         self,

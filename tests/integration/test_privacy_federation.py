@@ -56,7 +56,10 @@ def federation(
         rounds=ROUNDS,
         min_facilities=3,
         authority_env=DP_ENV,
-        facility_env=lambda i: {"HFL_DP_BUDGET": repr(budgets[nodes[i]])} if nodes[i] in budgets else {},
+        facility_env=lambda i: {
+            "HFL_SECAGG": "false",  # a facility takes plain rounds only when told it may
+            **({"HFL_DP_BUDGET": repr(budgets[nodes[i]])} if nodes[i] in budgets else {}),
+        },
         leader_env={"HFL_SECAGG": "false", **DP_ENV},
     )
     try:

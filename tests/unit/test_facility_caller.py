@@ -21,9 +21,10 @@ from hfl.rpc.settings import Settings
 from services.facility.service import Facility
 
 
-def _facility(tmp_path: Path) -> tuple[Facility, RoundConfig]:
+def _facility(tmp_path: Path, secagg: bool = True) -> tuple[Facility, RoundConfig]:
     key = SigningKey.generate()
-    fac = Facility(Settings(role="facility", state_dir=tmp_path), "f1", None)  # type: ignore[arg-type]
+    settings = Settings(role="facility", state_dir=tmp_path, secagg=secagg)
+    fac = Facility(settings, "f1", None)  # type: ignore[arg-type]
     fac.authority_key = key.public_bytes
     config = RoundConfig(
         round=1,
@@ -49,12 +50,27 @@ def _as(node_id: str, coro: Any) -> Any:
 
 
 def test_start_round_only_from_the_buckets_fog(tmp_path: Path) -> None:
-    fac, config = _facility(tmp_path)
+    fac, config = _facility(tmp_path, secagg=False)
     request = facility_pb2.StartRoundRequest(config=serde.config_to_proto(config), bucket_id="b0")
     with pytest.raises(NotAllowed, match="must come from fog-1, not from fog-2"):
         _as("fog-2", fac.StartRound(request, None))  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="model kind"):  # the right fog passes the check (no model sent)
         _as("fog-1", fac.StartRound(request, None))  # type: ignore[arg-type]
+
+
+def test_by_default_a_facility_never_hands_its_own_numbers_to_a_fog(tmp_path: Path) -> None:
+    """The round's plan is not signed by the authority: a fog could ask for a plain round, or call
+    EvaluateModel, to see one facility's update or test results. With HFL_SECAGG=true (the default)
+    both are refused, even from the bucket's own fog."""
+    fac, config = _facility(tmp_path)
+    request = facility_pb2.StartRoundRequest(config=serde.config_to_proto(config), bucket_id="b0")
+    with pytest.raises(NotAllowed, match="sends its model update only inside masked group sums"):
+        _as("fog-1", fac.StartRound(request, None))  # type: ignore[arg-type]
+    with pytest.raises(NotAllowed, match="sends its test results only inside masked group sums"):
+        _as("fog-1", fac.EvaluateModel(facility_pb2.EvaluateModelRequest(), None))  # type: ignore[arg-type]
+    plain, _ = _facility(tmp_path / "plain", secagg=False)
+    with pytest.raises(InvalidInput, match="model kind"):  # allowed: fails only on the empty model
+        _as("fog-1", plain.EvaluateModel(facility_pb2.EvaluateModelRequest(), None))  # type: ignore[arg-type]
 
 
 def test_secure_aggregation_only_from_the_buckets_fog(tmp_path: Path) -> None:

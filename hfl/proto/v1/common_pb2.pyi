@@ -165,9 +165,12 @@ class Bucket(_message.Message):
     FOG_ID_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
     bucket_id: _builtins.str
     fog_id: _builtins.str
     threshold: _builtins.int
+    group: _builtins.str
+    """Evaluation buckets only: the members' specialty, or "mixed"."""
     @_builtins.property
     def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -177,10 +180,11 @@ class Bucket(_message.Message):
         fog_id: _builtins.str = ...,
         members: _abc.Iterable[_builtins.str] | None = ...,
         threshold: _builtins.int = ...,
+        group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_id", b"bucket_id", "fog_id", b"fog_id", "members", b"members", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_id", b"bucket_id", "fog_id", b"fog_id", "group", b"group", "members", b"members", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -204,6 +208,7 @@ class RoundConfig(_message.Message):
     FOGS_FIELD_NUMBER: _builtins.int
     QUARANTINED_FIELD_NUMBER: _builtins.int
     COMMITTEE_DRAW_JSON_FIELD_NUMBER: _builtins.int
+    EVAL_BUCKETS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     attempt: _builtins.int
@@ -224,6 +229,10 @@ class RoundConfig(_message.Message):
     def fogs(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeInfo]: ...
     @_builtins.property
     def quarantined(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def eval_buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bucket]:
+        """Buckets for evaluating the committed model, grouped by specialty (at least three members each)."""
+
     def __init__(
         self,
         *,
@@ -239,11 +248,12 @@ class RoundConfig(_message.Message):
         fogs: _abc.Iterable[Global___NodeInfo] | None = ...,
         quarantined: _abc.Iterable[_builtins.str] | None = ...,
         committee_draw_json: _builtins.str = ...,
+        eval_buckets: _abc.Iterable[Global___Bucket] | None = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "buckets", b"buckets", "committee", b"committee", "committee_draw_json", b"committee_draw_json", "epoch", b"epoch", "facilities", b"facilities", "fogs", b"fogs", "ledger_head", b"ledger_head", "quarantined", b"quarantined", "quorum", b"quorum", "round", b"round", "seed", b"seed", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "buckets", b"buckets", "committee", b"committee", "committee_draw_json", b"committee_draw_json", "epoch", b"epoch", "eval_buckets", b"eval_buckets", "facilities", b"facilities", "fogs", b"fogs", "ledger_head", b"ledger_head", "quarantined", b"quarantined", "quorum", b"quorum", "round", b"round", "seed", b"seed", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -390,6 +400,80 @@ class ClinicalMetrics(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClinicalMetrics: _TypeAlias = ClinicalMetrics  # noqa: Y015
+
+@_typing.final
+class BucketEvaluation(_message.Message):
+    """The summed test metrics of one evaluation bucket (never one facility's)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_ID_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    FACILITIES_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    bucket_id: _builtins.str
+    group: _builtins.str
+    """The members' specialty, or "mixed"."""
+    facilities: _builtins.int
+    """How many members' numbers are in the sum."""
+    problem: _builtins.str
+    """Set when the bucket gave no sum, saying why."""
+    @_builtins.property
+    def metrics(self) -> Global___EvalMetrics: ...
+    def __init__(
+        self,
+        *,
+        bucket_id: _builtins.str = ...,
+        group: _builtins.str = ...,
+        facilities: _builtins.int = ...,
+        metrics: Global___EvalMetrics | None = ...,
+        problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_id", b"bucket_id", "facilities", b"facilities", "group", b"group", "metrics", b"metrics", "problem", b"problem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BucketEvaluation: _TypeAlias = BucketEvaluation  # noqa: Y015
+
+@_typing.final
+class SpecialtyResult(_message.Message):
+    """Results of one round's model for one specialty, or why they are not reported."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPECIALTY_FIELD_NUMBER: _builtins.int
+    FACILITIES_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    CLINICAL_FIELD_NUMBER: _builtins.int
+    NOT_REPORTED_FIELD_NUMBER: _builtins.int
+    specialty: _builtins.str
+    facilities: _builtins.int
+    accuracy: _builtins.float
+    loss: _builtins.float
+    not_reported: _builtins.str
+    @_builtins.property
+    def clinical(self) -> Global___ClinicalMetrics: ...
+    def __init__(
+        self,
+        *,
+        specialty: _builtins.str = ...,
+        facilities: _builtins.int = ...,
+        accuracy: _builtins.float = ...,
+        loss: _builtins.float = ...,
+        clinical: Global___ClinicalMetrics | None = ...,
+        not_reported: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clinical", b"clinical"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "clinical", b"clinical", "facilities", b"facilities", "loss", b"loss", "not_reported", b"not_reported", "specialty", b"specialty"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpecialtyResult: _TypeAlias = SpecialtyResult  # noqa: Y015
 
 @_typing.final
 class BucketResult(_message.Message):

@@ -138,20 +138,34 @@ class EvaluateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
-    FACILITIES_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    BUCKET_CONFIGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def model(self) -> _common_pb2.Model: ...
     @_builtins.property
-    def facilities(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NodeInfo]: ...
+    def config(self) -> _common_pb2.RoundConfig:
+        """The round's signed configuration; its eval_buckets say who is evaluated together."""
+
+    @_builtins.property
+    def plan(self) -> _common_pb2.TrainingPlan:
+        """The round's plan (whether sums are masked, and the time allowed)."""
+
+    @_builtins.property
+    def bucket_configs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.RoundConfig]:
+        """The authority's signed per-bucket views of `config` for this fog's evaluation buckets."""
+
     def __init__(
         self,
         *,
         model: _common_pb2.Model | None = ...,
-        facilities: _abc.Iterable[_common_pb2.NodeInfo] | None = ...,
+        config: _common_pb2.RoundConfig | None = ...,
+        plan: _common_pb2.TrainingPlan | None = ...,
+        bucket_configs: _abc.Iterable[_common_pb2.RoundConfig] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "model", b"model", "plan", b"plan"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["facilities", b"facilities", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_configs", b"bucket_configs", "config", b"config", "model", b"model", "plan", b"plan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -161,20 +175,17 @@ Global___EvaluateRequest: _TypeAlias = EvaluateRequest  # noqa: Y015
 class EvaluateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    METRICS_FIELD_NUMBER: _builtins.int
-    REACHED_FIELD_NUMBER: _builtins.int
-    reached: _builtins.int
+    BUCKETS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def metrics(self) -> _common_pb2.EvalMetrics: ...
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.BucketEvaluation]: ...
     def __init__(
         self,
         *,
-        metrics: _common_pb2.EvalMetrics | None = ...,
-        reached: _builtins.int = ...,
+        buckets: _abc.Iterable[_common_pb2.BucketEvaluation] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "reached", b"reached"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

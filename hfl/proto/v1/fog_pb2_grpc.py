@@ -71,7 +71,8 @@ class FogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Evaluate(self, request, context):
-        """Leader -> fog: pooled test metrics of a model over the given facilities.
+        """Leader -> fog: summed test metrics of the committed model, one sum per evaluation bucket of this
+        fog (through secure aggregation when the round uses it), never one facility's numbers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

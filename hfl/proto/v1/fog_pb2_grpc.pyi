@@ -38,7 +38,9 @@ class FogServiceStub:
     SubmitUpdate: _grpc.UnaryUnaryMultiCallable[_fog_pb2.SubmitUpdateRequest, _fog_pb2.SubmitUpdateResponse]
     """Facility -> fog: a (plain, --no-secagg) update for a bucket of the current round."""
     Evaluate: _grpc.UnaryUnaryMultiCallable[_fog_pb2.EvaluateRequest, _fog_pb2.EvaluateResponse]
-    """Leader -> fog: pooled test metrics of a model over the given facilities."""
+    """Leader -> fog: summed test metrics of the committed model, one sum per evaluation bucket of this
+    fog (through secure aggregation when the round uses it), never one facility's numbers.
+    """
 
 @_typing.type_check_only
 class FogServiceAsyncStub(FogServiceStub):
@@ -50,7 +52,9 @@ class FogServiceAsyncStub(FogServiceStub):
     SubmitUpdate: _aio.UnaryUnaryMultiCallable[_fog_pb2.SubmitUpdateRequest, _fog_pb2.SubmitUpdateResponse]  # type: ignore[assignment]
     """Facility -> fog: a (plain, --no-secagg) update for a bucket of the current round."""
     Evaluate: _aio.UnaryUnaryMultiCallable[_fog_pb2.EvaluateRequest, _fog_pb2.EvaluateResponse]  # type: ignore[assignment]
-    """Leader -> fog: pooled test metrics of a model over the given facilities."""
+    """Leader -> fog: summed test metrics of the committed model, one sum per evaluation bucket of this
+    fog (through secure aggregation when the round uses it), never one facility's numbers.
+    """
 
 class FogServiceServicer(metaclass=_abc_1.ABCMeta):
     """A fog node: regional aggregation of its buckets."""
@@ -77,6 +81,8 @@ class FogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fog_pb2.EvaluateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fog_pb2.EvaluateResponse, _abc.Awaitable[_fog_pb2.EvaluateResponse]]:
-        """Leader -> fog: pooled test metrics of a model over the given facilities."""
+        """Leader -> fog: summed test metrics of the committed model, one sum per evaluation bucket of this
+        fog (through secure aggregation when the round uses it), never one facility's numbers.
+        """
 
 def add_FogServiceServicer_to_server(servicer: FogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -144,6 +144,7 @@ class WatchRoundsResponse(_message.Message):
     DONE_FIELD_NUMBER: _builtins.int
     EXTRA_JSON_FIELD_NUMBER: _builtins.int
     CLINICAL_FIELD_NUMBER: _builtins.int
+    SPECIALTIES_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     committed: _builtins.bool
     accuracy: _builtins.float
@@ -170,6 +171,10 @@ class WatchRoundsResponse(_message.Message):
     def clinical(self) -> _common_pb2.ClinicalMetrics:
         """Set when the facilities reported clinical metrics."""
 
+    @_builtins.property
+    def specialties(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SpecialtyResult]:
+        """Results per specialty (groups of at least three facilities), and why any is missing."""
+
     def __init__(
         self,
         *,
@@ -193,10 +198,11 @@ class WatchRoundsResponse(_message.Message):
         done: _builtins.bool = ...,
         extra_json: _builtins.str = ...,
         clinical: _common_pb2.ClinicalMetrics | None = ...,
+        specialties: _abc.Iterable[_common_pb2.SpecialtyResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["clinical", b"clinical"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned_buckets", b"abandoned_buckets", "accepts", b"accepts", "accuracy", b"accuracy", "block_hash", b"block_hash", "bytes_sent", b"bytes_sent", "clinical", b"clinical", "committed", b"committed", "committee", b"committee", "detail", b"detail", "done", b"done", "dropouts", b"dropouts", "duration_s", b"duration_s", "epsilon", b"epsilon", "extra_json", b"extra_json", "flagged_buckets", b"flagged_buckets", "loss", b"loss", "participants", b"participants", "quarantined", b"quarantined", "rejects", b"rejects", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned_buckets", b"abandoned_buckets", "accepts", b"accepts", "accuracy", b"accuracy", "block_hash", b"block_hash", "bytes_sent", b"bytes_sent", "clinical", b"clinical", "committed", b"committed", "committee", b"committee", "detail", b"detail", "done", b"done", "dropouts", b"dropouts", "duration_s", b"duration_s", "epsilon", b"epsilon", "extra_json", b"extra_json", "flagged_buckets", b"flagged_buckets", "loss", b"loss", "participants", b"participants", "quarantined", b"quarantined", "rejects", b"rejects", "round", b"round", "specialties", b"specialties"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
