@@ -124,7 +124,8 @@ def _specialty_lines(rows: Any) -> list[str]:
         if r.get("not_reported"):
             lines.append(f"- {r.get('specialty')}: not shown ({r.get('not_reported')})")
             continue
-        c = r.get("clinical") if isinstance(r.get("clinical"), Mapping) else {}
+        clinical = r.get("clinical")
+        c: Mapping[str, Any] = clinical if isinstance(clinical, Mapping) else {}
         lines.append(
             f"- {r.get('specialty')} ({r.get('facilities')} facilities): accuracy {r.get('accuracy')}, "
             f"ROC AUC {c.get('auc')}, baseline {c.get('baseline_accuracy')}"
