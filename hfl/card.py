@@ -141,10 +141,10 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"- Scaling of the inputs: {m['scaling']}; decision threshold {m['threshold']}",
         "- Columns that may be left empty (missing): "
         + (
-            ", ".join(f"`{n}`" for n in m.get("missing_allowed", []))
+            ", ".join(f"`{n}`" for n in m["missing_allowed"])
             + "; a missing value is set to the centre of its column's scaling and the model is told it "
             "was missing (docs/data.md)"
-            if m.get("missing_allowed")
+            if m["missing_allowed"]
             else "none"
         ),
     ]
