@@ -147,8 +147,8 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     lines = [
         f"# Model card: {kind}, round {m['round']}",
         "",
-        f"Predicts the probability of **{m['label']}** from {m['n_features']} columns, trained by federated "
-        f"learning on `{m['dataset']}` without any patient record leaving its site.",
+        f"Predicts the probability of **{m['label']}** from {len(m['feature_names'])} columns, trained by "
+        f"federated learning on `{m['dataset']}` without any patient record leaving its site.",
         "",
         "## Training",
         f"- Rounds: {t['rounds']}; facilities: {t['facilities']}"
@@ -160,6 +160,14 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"- Facilities per round: {', '.join(map(str, t['facilities_per_round'])) or 'none'}",
         f"- Input columns, in order: {', '.join(f'`{n}`' for n in m['feature_names'])}",
         f"- Scaling of the inputs: {m['scaling']}; decision threshold {m['threshold']}",
+        "- Columns that may be left empty (missing): "
+        + (
+            ", ".join(f"`{n}`" for n in m["missing_allowed"])
+            + "; a missing value is set to the centre of its column's scaling and the model is told it "
+            "was missing (docs/data.md)"
+            if m["missing_allowed"]
+            else "none"
+        ),
     ]
     if t["simulated_attackers"]:
         lines.append(f"- Simulated attackers in this run: {', '.join(t['simulated_attackers'])}")

@@ -53,15 +53,15 @@ def _summary(path: Path) -> dict[str, Any] | None:
 
 def _feature_layout(dataset: str, label: str | None, n_features: int) -> dict[str, Any]:
     """Column names and scaling for a data source, as the facilities prepared it."""
-    import numpy as np
 
     from hfl.learning import data
 
     if dataset == "synthetic":
         return {
-            "feature_names": data.SYNTHETIC_FEATURE_NAMES,
-            "center": np.array([f[1] for f in data.SYNTHETIC_FEATURES]),
-            "scale": np.array([f[2] for f in data.SYNTHETIC_FEATURES]),
+            "feature_names": data.SYNTHETIC_COLUMNS,
+            "missing_allowed": data.SYNTHETIC_MISSABLE,
+            "center": data.SYNTHETIC_CENTER,
+            "scale": data.SYNTHETIC_SCALE,
             "label": "outcome",
         }
     if dataset == "breast_cancer":
@@ -73,8 +73,15 @@ def _feature_layout(dataset: str, label: str | None, n_features: int) -> dict[st
             raise ConfigError("give --label, the outcome column of the csv data set")
         path = dataset[4:]
         first = data.csv_dir_files(path)[0] if Path(path).is_dir() else path
-        header = data.read_labelled_csv(first, label).feature_names
-        return {"feature_names": tuple(header), "standardise_input": True, "label": label}
+        header = data.read_labelled_csv(first, label).columns
+        # every csv column may be missing (one indicator each); a model of 1 input per column predates that
+        missable = () if n_features == len(header) else header
+        return {
+            "feature_names": header,
+            "missing_allowed": missable,
+            "standardise_input": True,
+            "label": label,
+        }
     raise ConfigError(
         f"unknown data set {dataset!r}: give --dataset synthetic, breast_cancer or csv:PATH"
         if dataset
@@ -152,17 +159,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _example_patients(names: tuple[str, ...], n: int = 5) -> str:
+    """``n`` simulated patients per specialty; a value the site did not record is an empty cell."""
     import numpy as np
 
-    from hfl.learning.data import SPECIALTIES, synthetic_patients
+    from hfl.learning.data import SPECIALTIES, synthetic_table
 
-    rows = np.vstack(
-        [
-            synthetic_patients(n, s, np.random.default_rng(i), scaled=False).X
-            for i, s in enumerate(SPECIALTIES)
-        ]
-    )
-    return "\n".join([",".join(names), *(",".join(f"{v:.4g}" for v in row) for row in rows)]) + "\n"
+    rows = np.vstack([synthetic_table(n, s, np.random.default_rng(i)).X for i, s in enumerate(SPECIALTIES)])
+    cells = (",".join("" if np.isnan(v) else f"{v:.4g}" for v in row) for row in rows)
+    return "\n".join([",".join(names), *cells]) + "\n"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

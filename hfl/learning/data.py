@@ -8,6 +8,11 @@ Feature scaling never needs pooled data (no facility sees another's rows):
   split mean and standard deviation; its local test split uses those same statistics. A validator
   standardises its validation set with that set's own statistics.
 
+Missing values follow one rule everywhere (:func:`apply_missing_rule`): after scaling, a missing value is
+0 (the centre of its column's scaling) and a 0/1 ``<column>_missing`` indicator says it was missing. For
+``synthetic`` data the columns are the union of every specialty's fields, and a specialty that does not
+collect a field leaves it empty; in a ``csv:`` file every feature column may have empty cells.
+
 Each facility keeps a seeded, stratified share (``test_fraction``, default 25%) of its rows as its local
 test set.
 """
@@ -21,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -105,10 +110,82 @@ class FacilityData:
 
 
 # ------------------------------------------------------------------------------------------------------
+# The missing-value rule: one rule for every source, for `hfl predict` and inside the ONNX graph
+# ------------------------------------------------------------------------------------------------------
+
+MISSING_SUFFIX = "_missing"
+# Cell texts that mean "no value" (compared ignoring case and surrounding spaces).
+MISSING_MARKERS = ("", "na", "n/a", "nan")
+
+
+def is_missing_marker(text: str) -> bool:
+    """True for a cell that means "no value": empty, NA, N/A or NaN (any case)."""
+    return text.strip().lower() in MISSING_MARKERS
+
+
+def model_feature_names(columns: tuple[str, ...], missable: tuple[str, ...]) -> tuple[str, ...]:
+    """The model's inputs: every column, then one ``<column>_missing`` indicator per missable column."""
+    unknown = [c for c in missable if c not in columns]
+    if unknown:
+        raise DataError(f"columns that may be missing must be table columns, not {', '.join(unknown)}")
+    names = (*columns, *(c + MISSING_SUFFIX for c in missable))
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise DataError(f"the column name {clash[0]!r} is used twice (hfl names missing-value indicators so)")
+    return names
+
+
+def apply_missing_rule(
+    X_scaled: np.ndarray, columns: tuple[str, ...], missable: tuple[str, ...], *, first_row: int = 0
+) -> np.ndarray:
+    """THE missing-value rule, applied to scaled values: a missing (NaN) value becomes 0, the centre of its
+    column's scaling (the fixed public reference value for synthetic data, the column's mean where a site
+    standardises its own data), and one 0/1 ``<column>_missing`` indicator per missable column is appended
+    (1 = the value was missing).
+
+    A NaN in a column that may not be missing is refused, naming the row (``first_row`` + its index) and
+    the column. The ONNX export builds this same rule into its graph.
+    """
+    X = np.asarray(X_scaled, dtype=np.float64)
+    model_feature_names(columns, missable)  # checks the names
+    if X.ndim != 2 or X.shape[1] != len(columns):
+        raise DataError(f"expected a table with {len(columns)} columns, got shape {X.shape}")
+    idx = [columns.index(c) for c in missable]
+    isnan = np.isnan(X)
+    required = np.ones(len(columns), dtype=bool)
+    required[idx] = False
+    bad = np.argwhere(isnan & required)
+    if len(bad):
+        row, col = (int(v) for v in bad[0])
+        raise DataError(
+            f"row {row + first_row} has no value in column {columns[col]!r}, which may not be empty"
+        )
+    return np.hstack([np.where(isnan, 0.0, X), isnan[:, idx].astype(np.float64)])
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows as simulated or read from a file, before scaling: values in their own units, NaN = missing."""
+
+    X: np.ndarray
+    y: np.ndarray
+    columns: tuple[str, ...]
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    def subset(self, idx: np.ndarray) -> Table:
+        return Table(self.X[idx], self.y[idx], self.columns)
+
+
+# ------------------------------------------------------------------------------------------------------
 # Synthetic patients
 # ------------------------------------------------------------------------------------------------------
 
-# (name, reference centre, reference scale): fixed clinical reference values, not fitted to any data.
+# Every site's table has these columns (the union of what the specialties record); a site that does not
+# collect a field leaves it empty. (name, reference centre, reference scale): fixed clinical reference
+# values, not fitted to any data; a missing value is imputed at the centre (0 after scaling).
 SYNTHETIC_FEATURES: tuple[tuple[str, float, float], ...] = (
     ("age_years", 50.0, 15.0),
     ("male", 0.5, 0.5),
@@ -122,10 +199,22 @@ SYNTHETIC_FEATURES: tuple[tuple[str, float, float], ...] = (
     ("hdl_mg_dl", 52.0, 15.0),
     ("smoker", 0.2, 0.4),
     ("creatinine_mg_dl", 1.0, 0.35),
+    # emergency centres: triage level (1 = most urgent ... 5 = least) and the vitals taken on arrival
+    ("triage_level", 3.0, 1.0),
+    ("arrival_heart_rate_bpm", 90.0, 20.0),
+    ("arrival_systolic_bp_mmhg", 135.0, 25.0),
+    # research centres (and some hospitals): extra biomarkers
+    ("hs_crp_mg_l", 3.0, 4.0),
+    ("apob_mg_dl", 100.0, 25.0),
 )
-SYNTHETIC_FEATURE_NAMES = tuple(f[0] for f in SYNTHETIC_FEATURES)
-_REF_CENTER = np.array([f[1] for f in SYNTHETIC_FEATURES])
-_REF_SCALE = np.array([f[2] for f in SYNTHETIC_FEATURES])
+SYNTHETIC_COLUMNS = tuple(f[0] for f in SYNTHETIC_FEATURES)
+# Recorded for every patient everywhere; every other column may be missing.
+SYNTHETIC_ALWAYS_RECORDED = ("age_years", "male")
+SYNTHETIC_MISSABLE = tuple(c for c in SYNTHETIC_COLUMNS if c not in SYNTHETIC_ALWAYS_RECORDED)
+# The model's inputs: the scaled columns, then the missing-value indicators.
+SYNTHETIC_FEATURE_NAMES = model_feature_names(SYNTHETIC_COLUMNS, SYNTHETIC_MISSABLE)
+SYNTHETIC_CENTER = np.array([f[1] for f in SYNTHETIC_FEATURES])
+SYNTHETIC_SCALE = np.array([f[2] for f in SYNTHETIC_FEATURES])
 
 
 @dataclass(frozen=True)
@@ -140,18 +229,64 @@ class _CaseMix:
     glucose_stress: float  # mean acute (stress) rise in glucose, mg/dL; does not move HbA1c
     ir_shift: float  # shift of latent insulin resistance
     kidney_shift: float  # shift of log creatinine
+    acuity_shift: float  # shift of latent acute illness (drives triage level and arrival vitals)
 
 
 _CASE_MIX: dict[str, _CaseMix] = {
     # older, sicker in-patients
-    "hospital": _CaseMix(63.0, 14.0, 0.55, 0.20, 1.0, 5.0, 4.0, 10.0, 0.3, 0.12),
+    "hospital": _CaseMix(63.0, 14.0, 0.55, 0.20, 1.0, 5.0, 4.0, 10.0, 0.3, 0.12, 0.3),
     # younger, healthier out-patients
-    "clinic": _CaseMix(45.0, 14.0, 0.45, 0.14, -0.5, -3.0, 0.0, 0.0, -0.2, 0.0),
+    "clinic": _CaseMix(45.0, 14.0, 0.45, 0.14, -0.5, -3.0, 0.0, 0.0, -0.2, 0.0, -0.5),
     # broad mixed cohort
-    "research": _CaseMix(54.0, 18.0, 0.50, 0.18, 0.0, 0.0, 0.0, 0.0, 0.0, 0.05),
+    "research": _CaseMix(54.0, 18.0, 0.50, 0.18, 0.0, 0.0, 0.0, 0.0, 0.0, 0.05, 0.0),
     # acute presentations: high heart rate, blood pressure and stress glucose
-    "emergency": _CaseMix(55.0, 19.0, 0.55, 0.28, 0.5, 14.0, 16.0, 30.0, 0.1, 0.08),
+    "emergency": _CaseMix(55.0, 19.0, 0.55, 0.28, 0.5, 14.0, 16.0, 30.0, 0.1, 0.08, 1.0),
 }
+
+# Label shift: the share of patients with the event differs by specialty (each site's own draw varies
+# around it). Within a specialty, patients with and without the event look as the risk equation says.
+EVENT_RATE: dict[str, float] = {"hospital": 0.30, "clinic": 0.12, "research": 0.22, "emergency": 0.38}
+
+NOT_COLLECTED = 1.0
+# Share of patients with no value, per specialty and column (NOT_COLLECTED: the specialty never records
+# it). Columns not listed (age, sex) are always recorded.
+MISSING_RATE: dict[str, dict[str, float]] = {
+    "hospital": {
+        "bmi_kg_m2": 0.05, "systolic_bp_mmhg": 0.02, "diastolic_bp_mmhg": 0.02, "heart_rate_bpm": 0.02,
+        "glucose_mg_dl": 0.05, "hba1c_percent": 0.40, "total_cholesterol_mg_dl": 0.35, "hdl_mg_dl": 0.35,
+        "smoker": 0.10, "creatinine_mg_dl": 0.05, "triage_level": NOT_COLLECTED,
+        "arrival_heart_rate_bpm": NOT_COLLECTED, "arrival_systolic_bp_mmhg": NOT_COLLECTED,
+        "hs_crp_mg_l": 0.70, "apob_mg_dl": 0.80,
+    },
+    "clinic": {
+        "bmi_kg_m2": 0.04, "systolic_bp_mmhg": 0.03, "diastolic_bp_mmhg": 0.03, "heart_rate_bpm": 0.05,
+        "glucose_mg_dl": 0.30, "hba1c_percent": 0.50, "total_cholesterol_mg_dl": 0.55, "hdl_mg_dl": 0.55,
+        "smoker": 0.08, "creatinine_mg_dl": 0.60, "triage_level": NOT_COLLECTED,
+        "arrival_heart_rate_bpm": NOT_COLLECTED, "arrival_systolic_bp_mmhg": NOT_COLLECTED,
+        "hs_crp_mg_l": NOT_COLLECTED, "apob_mg_dl": NOT_COLLECTED,
+    },
+    "research": {
+        "bmi_kg_m2": 0.01, "systolic_bp_mmhg": 0.01, "diastolic_bp_mmhg": 0.01, "heart_rate_bpm": 0.01,
+        "glucose_mg_dl": 0.05, "hba1c_percent": 0.08, "total_cholesterol_mg_dl": 0.05, "hdl_mg_dl": 0.05,
+        "smoker": 0.02, "creatinine_mg_dl": 0.05, "triage_level": NOT_COLLECTED,
+        "arrival_heart_rate_bpm": NOT_COLLECTED, "arrival_systolic_bp_mmhg": NOT_COLLECTED,
+        "hs_crp_mg_l": 0.12, "apob_mg_dl": 0.15,
+    },
+    "emergency": {
+        "bmi_kg_m2": 0.35, "systolic_bp_mmhg": 0.04, "diastolic_bp_mmhg": 0.04, "heart_rate_bpm": 0.04,
+        "glucose_mg_dl": 0.08, "hba1c_percent": 0.75, "total_cholesterol_mg_dl": 0.85, "hdl_mg_dl": 0.85,
+        "smoker": 0.30, "creatinine_mg_dl": 0.10, "triage_level": 0.0,
+        "arrival_heart_rate_bpm": 0.02, "arrival_systolic_bp_mmhg": 0.03,
+        "hs_crp_mg_l": NOT_COLLECTED, "apob_mg_dl": NOT_COLLECTED,
+    },
+}  # fmt: skip
+# Lab tests are ordered more often for sicker patients (missing not at random): in the sicker half of a
+# site's patients a lab value is missing less often than in the other half, with the same overall rate.
+_LABS = (
+    "glucose_mg_dl", "hba1c_percent", "total_cholesterol_mg_dl", "hdl_mg_dl", "creatinine_mg_dl",
+    "hs_crp_mg_l", "apob_mg_dl",
+)  # fmt: skip
+_LAB_TILT = 0.4
 
 # Framingham-style risk equation (same for every facility, so only the case mix differs).
 _RISK_INTERCEPT = -2.5
@@ -162,9 +297,8 @@ def _check_specialty(specialty: str) -> None:
         raise DataError(f"unknown specialty {specialty!r}; choose one of {', '.join(SPECIALTIES)}")
 
 
-def _raw_patients(n: int, specialty: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Raw clinical values (n, 12) in SYNTHETIC_FEATURES order, and the outcome (n,)."""
-    m = _CASE_MIX[specialty]
+def _candidates(n: int, m: _CaseMix, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Complete clinical values (n, 17) in SYNTHETIC_FEATURES order, the outcome and the risk score."""
     age = np.clip(rng.normal(m.age_mean, m.age_sd, n), 18.0, 95.0)
     a = (age - 50.0) / 10.0  # decades from 50
     male = (rng.random(n) < m.male_p).astype(np.float64)
@@ -200,6 +334,15 @@ def _raw_patients(n: int, specialty: str, rng: np.random.Generator) -> tuple[np.
         + rng.normal(0.0, 0.17, n)
     )
     creat = np.clip(np.exp(log_cr), 0.4, 8.0)
+    # latent acute illness: triage level (ESI 1 most urgent .. 5) and the vitals measured on arrival
+    acuity = 0.2 * a + 0.2 * ir + m.acuity_shift + rng.normal(0.0, 1.0, n)
+    triage = np.clip(np.rint(3.4 - 0.8 * acuity + rng.normal(0.0, 0.5, n)), 1.0, 5.0)
+    arrival_hr = np.clip(hr + 4.0 + 7.0 * acuity + rng.normal(0.0, 6.0, n), 35.0, 200.0)
+    arrival_sbp = np.clip(sbp + 4.0 + 5.0 * acuity + rng.normal(0.0, 10.0, n), 70.0, 250.0)
+    # latent inflammation (hs-CRP) and atherogenic particles (apolipoprotein B)
+    infl = 0.3 * b + 0.4 * smoker + 0.3 * acuity + rng.normal(0.0, 1.0, n)
+    crp = np.clip(np.exp(math.log(1.6) + 0.8 * infl), 0.1, 60.0)
+    apob = np.clip(35.0 + 0.45 * (tc - hdl) + rng.normal(0.0, 12.0, n), 30.0, 250.0)
     z = (
         _RISK_INTERCEPT
         + 0.5 * a
@@ -207,47 +350,104 @@ def _raw_patients(n: int, specialty: str, rng: np.random.Generator) -> tuple[np.
         + 0.17 * (sbp - 120.0) / 10.0
         + 0.55 * smoker
         - 0.12 * smoker * a
-        + 0.12 * (tc - 200.0) / 20.0
+        + 0.08 * (tc - 200.0) / 20.0
         - 0.22 * (hdl - 50.0) / 10.0
         + 0.35 * (hba1c - 5.7)
         + 0.45 * (hba1c >= 6.5)
         + 0.6 * np.log(creat / 0.9)
         + 0.08 * b
         + 0.10 * (hr - 75.0) / 10.0
+        + 0.35 * acuity
+        + 0.25 * infl
+        + 0.10 * (apob - 100.0) / 20.0
     )
     y = (rng.random(n) < 1.0 / (1.0 + np.exp(-z))).astype(np.int64)
-    raw = np.column_stack([age, male, bmi, sbp, dbp, hr, glucose, hba1c, tc, hdl, smoker, creat])
-    return raw, y
+    common = [age, male, bmi, sbp, dbp, hr, glucose, hba1c, tc, hdl, smoker, creat]
+    raw = np.column_stack([*common, triage, arrival_hr, arrival_sbp, crp, apob])
+    return raw, y, z
 
 
-def scale_synthetic(raw: np.ndarray) -> np.ndarray:
-    """Apply the fixed clinical reference centring/scaling to raw synthetic values."""
-    return (np.asarray(raw, dtype=np.float64) - _REF_CENTER) / _REF_SCALE
+def _with_event_rate(
+    n: int, specialty: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` complete patients whose number with the event is Binomial(n, EVENT_RATE[specialty]): draw
+    candidates from the case mix and keep the first positives and negatives needed (label shift)."""
+    m = _CASE_MIX[specialty]
+    n_pos = int(rng.binomial(n, EVENT_RATE[specialty]))
+    need = (n - n_pos, n_pos)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    counts = [0, 0]
+    while counts[0] < need[0] or counts[1] < need[1]:
+        part = _candidates(2 * n + 64, m, rng)
+        parts.append(part)
+        counts[1] += int(part[1].sum())
+        counts[0] += len(part[1]) - int(part[1].sum())
+    raw = np.vstack([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    z = np.concatenate([p[2] for p in parts])
+    keep = np.sort(np.concatenate([np.flatnonzero(y == c)[: need[c]] for c in (0, 1)]))
+    return raw[keep], y[keep], z[keep]
 
 
-def unscale_synthetic(X: np.ndarray) -> np.ndarray:
-    """Back to clinical units (inverse of ``scale_synthetic``)."""
-    return np.asarray(X, dtype=np.float64) * _REF_SCALE + _REF_CENTER
+def _missing_mask(z: np.ndarray, specialty: str, rng: np.random.Generator) -> np.ndarray:
+    """Which values are missing (n, 17), at MISSING_RATE; lab values less often in the sicker half."""
+    n = len(z)
+    sicker = z > np.median(z)
+    mask = np.zeros((n, len(SYNTHETIC_COLUMNS)), dtype=bool)
+    u = rng.random(mask.shape)
+    for name, rate in MISSING_RATE[specialty].items():
+        j = SYNTHETIC_COLUMNS.index(name)
+        p = np.full(n, rate)
+        if name in _LABS and 0.0 < rate < 1.0:
+            tilt = _LAB_TILT * min(1.0, (1.0 - rate) / rate)
+            p = np.where(sicker, rate * (1.0 - tilt), rate * (1.0 + tilt))
+        mask[:, j] = u[:, j] < p
+    return mask
 
 
-def synthetic_patients(n: int, specialty: str, rng: np.random.Generator, *, scaled: bool = True) -> Dataset:
-    """``n`` simulated patients of one specialty's case mix (not real people).
+def synthetic_table(n: int, specialty: str, rng: np.random.Generator) -> Table:
+    """``n`` simulated patients of one specialty (not real people), in clinical units, NaN = missing.
 
     Vitals and labs are correlated the way they are clinically (age raises blood pressure, glucose and
     creatinine; BMI raises glucose, HbA1c and blood pressure; glucose follows HbA1c). The label is a
     major cardiovascular/metabolic event drawn from one Framingham-style logistic risk score shared by
-    all specialties, so facilities differ in case mix (non-IID) but not in how risk works.
-    ``scaled=True`` (default) returns model-ready features (fixed reference scaling), otherwise
-    clinical units.
+    all specialties; specialties differ in case mix (non-IID), in their event rate (EVENT_RATE, label
+    shift), and in which fields they record and how often a value is missing (MISSING_RATE).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise DataError(f"the number of patients must be a positive integer, got {n!r}")
     _check_specialty(specialty)
     if not isinstance(rng, np.random.Generator):
         raise DataError("pass an explicitly seeded numpy Generator, e.g. np.random.default_rng(seed)")
-    raw, y = _raw_patients(n, specialty, rng)
-    X = scale_synthetic(raw) if scaled else raw
-    return Dataset(np.ascontiguousarray(X, dtype=np.float64), y, SYNTHETIC_FEATURE_NAMES)
+    raw, y, z = _with_event_rate(n, specialty, rng)
+    raw[_missing_mask(z, specialty, rng)] = np.nan
+    return Table(np.ascontiguousarray(raw), y, SYNTHETIC_COLUMNS)
+
+
+def scale_synthetic(raw: np.ndarray) -> np.ndarray:
+    """Apply the fixed clinical reference centring/scaling to raw synthetic values (NaN stays NaN)."""
+    return (np.asarray(raw, dtype=np.float64) - SYNTHETIC_CENTER) / SYNTHETIC_SCALE
+
+
+def unscale_synthetic(X: np.ndarray) -> np.ndarray:
+    """Model features (or scaled columns) back to clinical units, one column per SYNTHETIC_COLUMNS
+    (inverse of ``scale_synthetic``; an imputed value comes back as the reference centre)."""
+    d = len(SYNTHETIC_COLUMNS)
+    return np.asarray(X, dtype=np.float64)[:, :d] * SYNTHETIC_SCALE + SYNTHETIC_CENTER
+
+
+def prepare_synthetic(raw: np.ndarray, *, first_row: int = 0) -> np.ndarray:
+    """Raw synthetic columns (NaN = missing) -> model features: fixed scaling, then the missing rule."""
+    return apply_missing_rule(
+        scale_synthetic(raw), SYNTHETIC_COLUMNS, SYNTHETIC_MISSABLE, first_row=first_row
+    )
+
+
+def synthetic_patients(n: int, specialty: str, rng: np.random.Generator) -> Dataset:
+    """``n`` simulated patients of one specialty as model-ready features (see :func:`synthetic_table`):
+    the 17 columns scaled with the fixed reference values, missing values at 0, then 15 indicators."""
+    t = synthetic_table(n, specialty, rng)
+    return Dataset(prepare_synthetic(t.X), t.y, SYNTHETIC_FEATURE_NAMES)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -283,16 +483,32 @@ def _stratified_shards(y: np.ndarray, n_shards: int, rng: np.random.Generator) -
     return [np.sort(np.array(s, dtype=np.int64)) for s in shards]
 
 
-def _standardise(train: Dataset, others: list[Dataset]) -> tuple[Dataset, list[Dataset]]:
-    """Standardise with ``train``'s own mean/std (constant columns are only centred)."""
-    mu = train.X.mean(axis=0)
-    sd = train.X.std(axis=0)
-    sd = np.where(sd > 1e-12, sd, 1.0)
+def column_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and standard deviation of the values present (NaN = missing is skipped); a
+    constant column gets scale 1 (it is only centred) and a column with no value at all gets (0, 1)."""
+    X = np.asarray(X, dtype=np.float64)
+    if not np.isnan(X).any():
+        mu, sd = X.mean(axis=0), X.std(axis=0)
+    else:
+        present = ~np.isnan(X)
+        count = present.sum(axis=0)
+        filled = np.where(present, X, 0.0)
+        mu = filled.sum(axis=0) / np.maximum(count, 1)
+        sd = np.sqrt(np.where(present, (X - mu) ** 2, 0.0).sum(axis=0) / np.maximum(count, 1))
+    return mu, np.where(sd > 1e-12, sd, 1.0)
 
-    def f(ds: Dataset) -> Dataset:
-        return Dataset((ds.X - mu) / sd, ds.y, ds.feature_names)
 
-    return f(train), [f(o) for o in others]
+def _site_prepare(train: Table, others: list[Table], missable: tuple[str, ...]) -> list[Dataset]:
+    """Standardise with ``train``'s own statistics, then apply the missing-value rule: [train, *others]."""
+    mu, sd = column_stats(train.X)
+    names = model_feature_names(train.columns, missable)
+    return [
+        Dataset(apply_missing_rule((t.X - mu) / sd, t.columns, missable), t.y, names)
+        for t in [train, *others]
+    ]
+
+
+_Rows = TypeVar("_Rows", Dataset, Table)
 
 
 def _check_seed(seed: int, what: str = "seed") -> None:
@@ -313,8 +529,8 @@ def _check_shard(shard: tuple[int, int] | None) -> None:
 
 
 def _split_facility(
-    rows: Dataset, *, test_fraction: float, rng: np.random.Generator, what: str
-) -> tuple[Dataset, Dataset]:
+    rows: _Rows, *, test_fraction: float, rng: np.random.Generator, what: str
+) -> tuple[_Rows, _Rows]:
     tr_idx, te_idx = _stratified_holdout(rows.y, test_fraction, rng)
     if len(tr_idx) == 0 or len(te_idx) == 0:
         raise DataError(
@@ -330,7 +546,7 @@ def _split_facility(
 
 
 @functools.lru_cache(maxsize=1)
-def _breast_cancer_all() -> Dataset:
+def _breast_cancer_all() -> Table:
     """The 569 bundled Wisconsin diagnostic rows (no download). Callers only take copies (subsets)."""
     from sklearn.datasets import load_breast_cancer
 
@@ -339,10 +555,10 @@ def _breast_cancer_all() -> Dataset:
     # sklearn codes malignant as 0; we predict malignancy (1 = malignant)
     y = (np.asarray(bunch.target) == 0).astype(np.int64)
     names = tuple(str(s).replace(" ", "_") for s in bunch.feature_names)
-    return Dataset(X, y, names)
+    return Table(X, y, names)
 
 
-def _breast_cancer_split(seed: int) -> tuple[Dataset, Dataset]:
+def _breast_cancer_split(seed: int) -> tuple[Table, Table]:
     """(pool for facilities, validators' held-out 15%), fixed for a given seed."""
     full = _breast_cancer_all()
     rng = np.random.default_rng([seed, _TAG_BC_HOLDOUT])
@@ -358,11 +574,12 @@ def _parse_float(text: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def read_labelled_csv(path: str, label: str | None) -> Dataset:
+def read_labelled_csv(path: str, label: str | None) -> Table:
     """Read one CSV file (header row, numeric feature columns, a label column with two values).
 
     Labels that are already 0/1 are kept; any other two distinct values are mapped in sorted order
-    (numeric order if both are numbers) to 0 and 1. Features are returned unscaled.
+    (numeric order if both are numbers) to 0 and 1. Features are returned unscaled; an empty cell or
+    NA, N/A, NaN (see MISSING_MARKERS) is a missing value (NaN). Every feature column may be missing.
     """
     if not label:
         raise DataError("a csv data set needs the name of its label column (the outcome to predict)")
@@ -392,11 +609,14 @@ def read_labelled_csv(path: str, label: str | None) -> Dataset:
                 raise DataError(f"{path} line {line_no}: expected {len(header)} values, found {len(row)}")
             vals: list[float] = []
             for i in feat_cols:
+                if is_missing_marker(row[i]):
+                    vals.append(math.nan)
+                    continue
                 v = _parse_float(row[i].strip())
                 if v is None:
                     raise DataError(
-                        f"{path} line {line_no}, column {header[i]!r}: {row[i]!r} is missing or not a number "
-                        "(all feature columns must be numeric, with no empty cells)"
+                        f"{path} line {line_no}, column {header[i]!r}: {row[i]!r} is not a number "
+                        "(feature columns must be numeric; leave a missing value empty or write NA)"
                     )
                 vals.append(v)
             lab = row[li].strip()
@@ -408,7 +628,7 @@ def read_labelled_csv(path: str, label: str | None) -> Dataset:
         raise DataError(f"{path} has a header but no data rows")
     y = _map_labels(labels, path, label)
     names = tuple(header[i] for i in feat_cols)
-    return Dataset(np.array(rows, dtype=np.float64), y, names)
+    return Table(np.array(rows, dtype=np.float64), y, names)
 
 
 def _map_labels(labels: list[str], path: str, label: str) -> np.ndarray:
@@ -502,10 +722,11 @@ def load_facility_data(
 
     if source == "synthetic":
         n = DEFAULT_SIZES[specialty] if n_patients is None else n_patients
-        rows = synthetic_patients(n, specialty, _facility_rng(seed, shard_index, specialty, _TAG_FACILITY))
-        train, test = _split_facility(rows, test_fraction=test_fraction, rng=split_rng, what="this facility")
+        syn = synthetic_patients(n, specialty, _facility_rng(seed, shard_index, specialty, _TAG_FACILITY))
+        train, test = _split_facility(syn, test_fraction=test_fraction, rng=split_rng, what="this facility")
         return FacilityData(train, test, specialty, source)
 
+    missable: tuple[str, ...] = ()
     if source == "breast_cancer":
         rows, _ = _breast_cancer_split(seed)
         what = "the breast_cancer data"
@@ -516,6 +737,7 @@ def load_facility_data(
                 f"{path} is a folder; give each facility one file (csv:{os.path.join(path, 'FILE.csv')})"
             )
         rows = read_labelled_csv(path, label)
+        missable = rows.columns  # every column of a csv file may have missing values
         what = path
     if shard is not None:
         i, k = shard
@@ -523,8 +745,8 @@ def load_facility_data(
             raise DataError(f"{what} has only {rows.n} rows, too few for {k} shards")
         rows = rows.subset(_stratified_shards(rows.y, k, np.random.default_rng([seed, _TAG_SHARDS]))[i])
         what = f"shard {i} of {k} of {what}"
-    train, test = _split_facility(rows, test_fraction=test_fraction, rng=split_rng, what=what)
-    train, (test,) = _standardise(train, [test])
+    tr_rows, te_rows = _split_facility(rows, test_fraction=test_fraction, rng=split_rng, what=what)
+    train, test = _site_prepare(tr_rows, [te_rows], missable)
     return FacilityData(train, test, specialty, source)
 
 
@@ -554,11 +776,12 @@ def load_validation_data(
         return mixed.subset(rng.permutation(mixed.n))
     if source == "breast_cancer":
         _, val = _breast_cancer_split(seed)
-        return _standardise(val, [])[0]
+        return _site_prepare(val, [], ())[0]
     path = _csv_path(source)
     if os.path.isdir(path):
         return None
-    return _standardise(read_labelled_csv(path, label), [])[0]
+    table = read_labelled_csv(path, label)
+    return _site_prepare(table, [], table.columns)[0]
 
 
 def csv_dir_files(path: str) -> list[str]:

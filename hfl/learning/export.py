@@ -12,6 +12,10 @@ parameters came from (round, block hash, model hash). Two file formats:
   graph; for data sets standardised per site (``breast_cancer``, ``csv:``) the graph expects
   standardised input (see :attr:`ExportedModel.standardise_input`).
 
+Missing values follow the one rule of :func:`hfl.learning.data.apply_missing_rule` in ``hfl predict`` and
+inside the ONNX graph alike: a column listed in ``missing_allowed`` may be empty (NaN in the ONNX input);
+after scaling its value is 0 and the model's extra ``<column>_missing`` input is 1.
+
 Everything here is pure: bytes in, bytes out. Reading and writing files is the command line's job.
 """
 
@@ -28,6 +32,13 @@ from typing import Any
 import numpy as np
 
 from hfl.hashing import hash_vector
+from hfl.learning.data import (
+    DataError,
+    apply_missing_rule,
+    column_stats,
+    is_missing_marker,
+    model_feature_names,
+)
 from hfl.learning.models import MODEL_KINDS, Model, make_model
 
 FORMAT = "hfl-model/1"
@@ -55,16 +66,23 @@ class ExportedModel:
     standardise_input: bool = False  # True: standardise each input table with its own mean and std
     threshold: float = DEFAULT_THRESHOLD
     extra: dict[str, Any] = field(default_factory=dict)
+    missing_allowed: tuple[str, ...] = ()  # columns that may be empty; each adds a 0/1 indicator input
 
     def __post_init__(self) -> None:
         if self.kind not in MODEL_KINDS:
             raise ExportError(f"unknown model kind {self.kind!r}; expected one of {', '.join(MODEL_KINDS)}")
-        if len(self.feature_names) != self.n_features:
+        n_in = len(self.feature_names) + len(self.missing_allowed)
+        if n_in != self.n_features:
             raise ExportError(
-                f"the model has {self.n_features} inputs but {len(self.feature_names)} feature names"
+                f"the model has {self.n_features} inputs but {len(self.feature_names)} feature names and "
+                f"{len(self.missing_allowed)} missing-value indicators"
             )
-        if len(set(self.feature_names)) != self.n_features:
+        if len(set(self.feature_names)) != len(self.feature_names):
             raise ExportError("the feature names are not unique")
+        try:
+            model_feature_names(self.feature_names, self.missing_allowed)
+        except DataError as e:
+            raise ExportError(str(e)) from None
         try:
             params = self.model().check_params(self.params)
         except ExportError:
@@ -77,8 +95,9 @@ class ExportedModel:
             v = getattr(self, name)
             if v is not None:
                 v = np.asarray(v, dtype=np.float64)
-                if v.shape != (self.n_features,) or not np.all(np.isfinite(v)):
-                    raise ExportError(f"the feature {name} must be {self.n_features} finite numbers")
+                d = len(self.feature_names)
+                if v.shape != (d,) or not np.all(np.isfinite(v)):
+                    raise ExportError(f"the feature {name} must be {d} finite numbers")
                 object.__setattr__(self, name, v)
         if (self.center is None) != (self.scale is None):
             raise ExportError("feature scaling needs both a centre and a scale")
@@ -94,13 +113,17 @@ class ExportedModel:
         return make_model(self.kind, self.n_features, self.hidden)
 
     def prepare(self, X: np.ndarray) -> np.ndarray:
-        """Raw feature table -> the model's input (scaling applied)."""
+        """Raw feature table (NaN = missing) -> the model's input: scaling, then the missing-value rule.
+        A NaN in a column that may not be missing is refused, naming its row (the header is row 1)."""
         X = np.asarray(X, dtype=np.float64)
         if self.center is not None and self.scale is not None:
-            return (X - self.center) / self.scale
-        if self.standardise_input:
-            return standardise(X)
-        return X
+            X = (X - self.center) / self.scale
+        elif self.standardise_input:
+            X = standardise(X)
+        try:
+            return apply_missing_rule(X, self.feature_names, self.missing_allowed, first_row=2)
+        except DataError as e:
+            raise ExportError(str(e)) from None
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probability of the outcome for each row of a raw feature table."""
@@ -128,21 +151,23 @@ class ExportedModel:
                 else "none"
             ),
             "threshold": self.threshold,
+            "missing_allowed": list(self.missing_allowed),
             **({"extra": self.extra} if self.extra else {}),
         }
 
 
 def standardise(X: np.ndarray) -> np.ndarray:
     """Centre each column on its mean and divide by its standard deviation (constant columns: centred),
-    as every facility does with its own data for ``breast_cancer`` and ``csv:`` sources."""
+    as every facility does with its own data for ``breast_cancer`` and ``csv:`` sources. Missing values
+    (NaN) are left out of the mean and spread and stay NaN."""
     X = np.asarray(X, dtype=np.float64)
     if X.shape[0] < 2:
         raise ExportError(
             "this model standardises its input table with the table's own mean and spread, "
             "so it needs at least 2 rows"
         )
-    sd = X.std(axis=0)
-    return (X - X.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    mu, sd = column_stats(X)
+    return (X - mu) / sd
 
 
 # ------------------------------------------------------------------------------------------- npz
@@ -185,6 +210,7 @@ def from_npz(data: bytes) -> ExportedModel:
             standardise_input=meta.get("scaling", "").startswith("each input table"),
             threshold=float(meta.get("threshold", DEFAULT_THRESHOLD)),
             extra=dict(meta.get("extra", {})),
+            missing_allowed=tuple(str(n) for n in meta.get("missing_allowed", [])),
         )
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, ExportError):
@@ -194,7 +220,10 @@ def from_npz(data: bytes) -> ExportedModel:
 
 # ------------------------------------------------------------------------------------------- onnx
 def to_onnx(m: ExportedModel) -> bytes:
-    """The model as an ONNX graph: ``features`` (n x d, float64) -> ``probability`` (n,)."""
+    """The model as an ONNX graph: ``features`` (n x columns, float64, NaN = missing) -> ``probability``
+    (n,). The graph scales the columns (when the model has built-in scaling), then applies the
+    missing-value rule: IsNaN marks the gaps, Where puts 0 in them, and the gaps of the columns in
+    ``missing_allowed`` are appended as 0/1 inputs (Gather, Cast, Concat)."""
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
@@ -203,6 +232,7 @@ def to_onnx(m: ExportedModel) -> bytes:
             "ONNX export needs the onnx package: pip install 'onnx>=1.16' (or use --format npz)"
         ) from None
     d = m.n_features
+    n_cols = len(m.feature_names)
     nodes: list[Any] = []
     inits: dict[str, np.ndarray] = {}
     x = "features"
@@ -211,6 +241,19 @@ def to_onnx(m: ExportedModel) -> bytes:
         nodes += [helper.make_node("Sub", [x, "center"], ["centred"])]
         nodes += [helper.make_node("Div", ["centred", "scale"], ["scaled"])]
         x = "scaled"
+    if m.missing_allowed:
+        inits["zero"] = np.array(0.0)
+        inits["may_be_missing"] = np.array(
+            [m.feature_names.index(c) for c in m.missing_allowed], dtype=np.int64
+        )
+        nodes += [
+            helper.make_node("IsNaN", [x], ["is_missing"]),
+            helper.make_node("Where", ["is_missing", "zero", x], ["filled"]),
+            helper.make_node("Gather", ["is_missing", "may_be_missing"], ["gaps"], axis=1),
+            helper.make_node("Cast", ["gaps"], ["indicators"], to=TensorProto.DOUBLE),
+            helper.make_node("Concat", ["filled", "indicators"], ["inputs"], axis=1),
+        ]
+        x = "inputs"
     p = m.params
     if m.kind == "logreg":
         inits["w"], inits["b"] = p[:-1].reshape(d, 1), p[-1:].copy()
@@ -233,14 +276,15 @@ def to_onnx(m: ExportedModel) -> bytes:
     graph = helper.make_graph(
         nodes,
         f"hfl_{m.kind}_round_{m.round}",
-        [helper.make_tensor_value_info("features", TensorProto.DOUBLE, ["rows", d])],
+        [helper.make_tensor_value_info("features", TensorProto.DOUBLE, ["rows", n_cols])],
         [helper.make_tensor_value_info("probability", TensorProto.DOUBLE, ["rows"])],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="hfl")
     model.ir_version = 8  # readable by onnxruntime 1.13 and later
     meta = m.describe()
-    for k in ("feature_names", "round", "block_hash", "model_hash", "dataset", "scaling", "threshold"):
+    keys = ("feature_names", "missing_allowed", "round", "block_hash", "model_hash", "dataset", "scaling")
+    for k in (*keys, "threshold"):
         entry = model.metadata_props.add()
         entry.key, entry.value = k, json.dumps(meta[k])
     onnx.checker.check_model(model)
@@ -250,8 +294,10 @@ def to_onnx(m: ExportedModel) -> bytes:
 # ------------------------------------------------------------------------------------- input tables
 def read_patients(text: str, m: ExportedModel, source: str = "the table") -> np.ndarray:
     """Parse a CSV table of patients (a header row, then one row per patient) into the model's feature
-    order. Refuses, naming the row and column: missing or extra columns, empty cells, values that are not
-    numbers, NaN or infinite values. Rows are numbered as in a spreadsheet (the header is row 1)."""
+    order, NaN for a missing value. A cell that is empty or says NA, N/A or NaN is a missing value, accepted
+    in the columns of ``m.missing_allowed``. Refuses, naming the row and column: missing or extra columns,
+    a missing value in any other column, values that are not numbers, infinite values. Rows are numbered
+    as in a spreadsheet (the header is row 1)."""
     rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
     if not rows or not any(c.strip() for c in rows[0]):
         raise ExportError(f"{source} is empty; it needs a header row with the column names")
@@ -278,7 +324,8 @@ def read_patients(text: str, m: ExportedModel, source: str = "the table") -> np.
         data.pop()  # trailing blank lines
     if not data:
         raise ExportError(f"{source} has a header row but no patients")
-    X = np.empty((len(data), m.n_features))
+    X = np.empty((len(data), len(m.feature_names)))
+    may_be_missing = [n in m.missing_allowed for n in m.feature_names]
     for i, row in enumerate(data):
         line = i + 2
         if len(row) != len(header):
@@ -286,7 +333,7 @@ def read_patients(text: str, m: ExportedModel, source: str = "the table") -> np.
                 f"row {line} of {source} has {len(row)} values but the header has {len(header)} columns"
             )
         for j, k in enumerate(order):
-            X[i, j] = _number(row[k], line, m.feature_names[j], source)
+            X[i, j] = _number(row[k], line, m.feature_names[j], source, may_be_missing[j])
     return X
 
 
@@ -296,10 +343,15 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(shown) + more
 
 
-def _number(cell: str, line: int, column: str, source: str) -> float:
+def _number(cell: str, line: int, column: str, source: str, may_be_missing: bool) -> float:
     text = cell.strip()
-    if not text:
-        raise ExportError(f"row {line} of {source} has no value in column {column!r}")
+    if is_missing_marker(text) and (may_be_missing or text.lower() != "nan"):
+        if may_be_missing:
+            return math.nan
+        shown = f" ({text[:10]!r})" if text else ""
+        raise ExportError(
+            f"row {line} of {source} has no value{shown} in column {column!r}, which may not be empty"
+        )
     try:
         value = float(text)
     except ValueError:
@@ -307,7 +359,10 @@ def _number(cell: str, line: int, column: str, source: str) -> float:
             f"row {line} of {source}, column {column!r}: {text[:40]!r} is not a number"
         ) from None
     if not math.isfinite(value):
-        raise ExportError(f"row {line} of {source}, column {column!r}: {text[:40]!r} is not a usable number")
+        raise ExportError(
+            f"row {line} of {source}, column {column!r}: {text[:40]!r} is not a usable number"
+            + (" (this column may not be missing)" if math.isnan(value) else "")
+        )
     return value
 
 

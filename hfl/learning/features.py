@@ -9,7 +9,7 @@ import csv
 import os
 from pathlib import Path
 
-from hfl.learning.data import SYNTHETIC_FEATURE_NAMES, DataError, csv_dir_files
+from hfl.learning.data import SYNTHETIC_FEATURE_NAMES, DataError, csv_dir_files, model_feature_names
 
 # sklearn.datasets.load_breast_cancer has 30 numeric features (checked by the tests).
 BREAST_CANCER_N_FEATURES = 30
@@ -30,7 +30,8 @@ def n_features_for(source: str, label: str | None = None) -> int:
     """Number of model inputs for ``source``: ``synthetic``, ``breast_cancer`` or ``csv:PATH``.
 
     For ``csv:PATH`` the header row is read (of the file, or of the first file in sorted order when
-    PATH is a folder) and every column except the ``label`` column counts as a feature.
+    PATH is a folder); every column except the ``label`` column is a feature and may have missing values,
+    so each gives the model two inputs: its value and its ``<column>_missing`` indicator.
     """
     if source == "synthetic":
         return len(SYNTHETIC_FEATURE_NAMES)
@@ -50,7 +51,7 @@ def n_features_for(source: str, label: str | None = None) -> int:
         raise DataError(f"{path} has no label column {label!r}; its columns are: {', '.join(header)}")
     if len(set(header)) != len(header):
         raise DataError(f"{path} has repeated column names in its header row")
-    n = len(header) - 1
-    if n < 1:
+    columns = tuple(h for h in header if h != label)
+    if not columns:
         raise DataError(f"{path} has no feature columns besides the label {label!r}")
-    return n
+    return len(model_feature_names(columns, columns))

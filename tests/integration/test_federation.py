@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from hfl.demo import Federation, Proc
+from hfl.learning.data import SYNTHETIC_FEATURE_NAMES
 from hfl.ledger import LedgerStore, verify_ledger
 from hfl.proto.v1 import common_pb2, fog_pb2, fog_pb2_grpc
 from hfl.rpc import serde
@@ -59,7 +60,7 @@ def test_fog_refuses_bad_updates(federation: tuple[Federation, dict[str, Proc], 
     with LedgerStore(out / "state" / "leader" / "ledger.db") as store:
         fog_id = store.block(2).header.extra["fogs"][0]  # a fog that has run a round
     fog = procs[fog_id].info["address"]
-    dim = 13  # logistic regression on 12 synthetic features + bias
+    dim = len(SYNTHETIC_FEATURE_NAMES) + 1  # logistic regression on the synthetic features + bias
     nan = serde.vector_to_proto(np.full(dim, np.nan))
     err = _submit(fog, out, round=1, bucket_id="b0", node_id="facility-01", update=nan)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in err.details()

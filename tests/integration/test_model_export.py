@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hfl.cli import main
-from hfl.learning.data import SYNTHETIC_FEATURE_NAMES, synthetic_patients
+from hfl.learning.data import SYNTHETIC_COLUMNS, synthetic_table
 from hfl.learning.export import from_npz
 from hfl.ledger import LedgerStore
 
@@ -32,8 +32,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def patients_csv(path: Path, n: int = 40) -> np.ndarray:
-    raw = synthetic_patients(n, "emergency", np.random.default_rng(11), scaled=False).X
-    lines = [",".join(SYNTHETIC_FEATURE_NAMES)] + [",".join(f"{v:.6f}" for v in row) for row in raw]
+    """Simulated emergency patients; a value not recorded is an empty cell (NaN in the returned table)."""
+    raw = synthetic_table(n, "emergency", np.random.default_rng(11)).X
+    assert np.isnan(raw).any()
+    lines = [",".join(SYNTHETIC_COLUMNS)] + [
+        ",".join("" if np.isnan(v) else f"{v:.6f}" for v in r) for r in raw
+    ]
     path.write_text("\n".join(lines) + "\n")
     return np.array([[float(f"{v:.6f}") for v in row] for row in raw])
 

@@ -8,16 +8,23 @@ import pytest
 from hfl.learning import data as D
 from hfl.learning.data import (
     DEFAULT_SIZES,
+    EVENT_RATE,
+    MISSING_RATE,
+    NOT_COLLECTED,
     SPECIALTIES,
+    SYNTHETIC_COLUMNS,
     SYNTHETIC_FEATURE_NAMES,
+    SYNTHETIC_MISSABLE,
     DataError,
     Dataset,
+    apply_missing_rule,
     centralized_reference,
     csv_dir_files,
     load_facility_data,
     load_validation_data,
     scale_synthetic,
     synthetic_patients,
+    synthetic_table,
     unscale_synthetic,
 )
 
@@ -62,29 +69,45 @@ def test_synthetic_shapes_and_determinism() -> None:
     a = synthetic_patients(200, "clinic", np.random.default_rng(7))
     b = synthetic_patients(200, "clinic", np.random.default_rng(7))
     c = synthetic_patients(200, "clinic", np.random.default_rng(8))
-    assert a.X.shape == (200, 12) and a.feature_names == SYNTHETIC_FEATURE_NAMES
+    assert a.X.shape == (200, 32) and a.feature_names == SYNTHETIC_FEATURE_NAMES
+    assert (*SYNTHETIC_COLUMNS, *(f"{c}_missing" for c in SYNTHETIC_MISSABLE)) == SYNTHETIC_FEATURE_NAMES
+    assert (len(SYNTHETIC_COLUMNS), len(SYNTHETIC_MISSABLE)) == (17, 15)
     np.testing.assert_array_equal(a.X, b.X)
     np.testing.assert_array_equal(a.y, b.y)
     assert not np.array_equal(a.X, c.X)
-    raw = synthetic_patients(200, "clinic", np.random.default_rng(7), scaled=False)
-    np.testing.assert_allclose(scale_synthetic(raw.X), a.X)
-    np.testing.assert_allclose(unscale_synthetic(a.X), raw.X)
-    # the fixed reference scaling, e.g. age -> (age - 50) / 15
+    raw = synthetic_table(200, "clinic", np.random.default_rng(7))
+    np.testing.assert_array_equal(raw.y, a.y)
+    d = len(SYNTHETIC_COLUMNS)
+    missing = np.isnan(raw.X)
+    # present values: the fixed reference scaling, e.g. age -> (age - 50) / 15
+    np.testing.assert_allclose(a.X[:, :d][~missing], scale_synthetic(raw.X)[~missing])
     np.testing.assert_allclose(a.X[:, 0], (raw.X[:, 0] - 50.0) / 15.0)
+    np.testing.assert_allclose(unscale_synthetic(a.X)[~missing], raw.X[~missing])
+    # missing values: 0 after scaling (the reference value), and the indicator is 1
+    assert np.all(a.X[:, :d][missing] == 0.0)
+    idx = [SYNTHETIC_COLUMNS.index(c) for c in SYNTHETIC_MISSABLE]
+    np.testing.assert_array_equal(a.X[:, d:], missing[:, idx].astype(float))
 
 
 @pytest.fixture(scope="module")
-def cohorts() -> dict[str, np.ndarray]:
-    return {s: synthetic_patients(6000, s, np.random.default_rng(11), scaled=False).X for s in SPECIALTIES}
+def tables() -> dict[str, np.ndarray]:
+    return {s: synthetic_table(6000, s, np.random.default_rng(11)).X for s in SPECIALTIES}
+
+
+@pytest.fixture(scope="module")
+def cohorts(tables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Values before any are hidden as missing: each specialty's table with the same random draws
+    except the missing-value mask (the mask is drawn last)."""
+    return {s: D._with_event_rate(6000, s, np.random.default_rng(11))[0] for s in SPECIALTIES}
 
 
 @pytest.fixture(scope="module")
 def outcomes() -> dict[str, float]:
-    return {s: float(synthetic_patients(6000, s, np.random.default_rng(12)).y.mean()) for s in SPECIALTIES}
+    return {s: float(synthetic_table(6000, s, np.random.default_rng(12)).y.mean()) for s in SPECIALTIES}
 
 
 def _col(name: str) -> int:
-    return SYNTHETIC_FEATURE_NAMES.index(name)
+    return SYNTHETIC_COLUMNS.index(name)
 
 
 def test_synthetic_values_are_clinically_plausible(cohorts: dict[str, np.ndarray]) -> None:
@@ -129,12 +152,63 @@ def test_specialties_shift_case_mix(cohorts: dict[str, np.ndarray]) -> None:
     assert cohorts["research"][:, 0].std() > cohorts["clinic"][:, 0].std()
 
 
-def test_outcome_prevalence(outcomes: dict[str, float]) -> None:
-    assert outcomes["clinic"] < outcomes["research"] < outcomes["emergency"] < outcomes["hospital"]
-    assert outcomes["clinic"] > 0.07
-    assert outcomes["hospital"] < 0.40
+def test_outcome_prevalence_shifts_by_specialty(outcomes: dict[str, float]) -> None:
+    for s in SPECIALTIES:  # binomial spread at n = 6000 is under 0.007
+        assert outcomes[s] == pytest.approx(EVENT_RATE[s], abs=0.02), s
+    assert outcomes["clinic"] < outcomes["research"] < outcomes["hospital"] < outcomes["emergency"]
     total = sum(DEFAULT_SIZES[s] * outcomes[s] for s in SPECIALTIES) / sum(DEFAULT_SIZES.values())
-    assert 0.15 <= total <= 0.35
+    assert 0.20 <= total <= 0.32
+
+
+def test_missing_rates_match_the_table(tables: dict[str, np.ndarray]) -> None:
+    for s, X in tables.items():
+        rates = np.isnan(X).mean(axis=0)
+        for j, name in enumerate(SYNTHETIC_COLUMNS):
+            expected = MISSING_RATE[s].get(name, 0.0)
+            assert rates[j] == pytest.approx(expected, abs=0.025), (s, name)
+        assert not np.isnan(X[:, _col("age_years")]).any() and not np.isnan(X[:, _col("male")]).any()
+    # more missing lab values at clinics than at hospitals and research centres
+    labs = [_col(c) for c in ("glucose_mg_dl", "hba1c_percent", "hdl_mg_dl", "creatinine_mg_dl")]
+    lab_rate = {s: float(np.isnan(X[:, labs]).mean()) for s, X in tables.items()}
+    assert lab_rate["clinic"] > lab_rate["hospital"] > lab_rate["research"]
+    assert lab_rate["clinic"] > 0.4 and 0.15 < lab_rate["hospital"] < 0.35
+
+
+def test_specialty_fields_present_only_where_collected(tables: dict[str, np.ndarray]) -> None:
+    emergency_only = ("triage_level", "arrival_heart_rate_bpm", "arrival_systolic_bp_mmhg")
+    biomarkers = ("hs_crp_mg_l", "apob_mg_dl")
+    for s, X in tables.items():
+        present = {c: float((~np.isnan(X[:, _col(c)])).mean()) for c in SYNTHETIC_COLUMNS}
+        for c in emergency_only:
+            assert (present[c] > 0.95) if s == "emergency" else (present[c] == 0.0), (s, c)
+        for c in biomarkers:
+            if s == "research":
+                assert present[c] > 0.8
+            elif s == "hospital":
+                assert 0.1 < present[c] < 0.4
+            else:
+                assert present[c] == 0.0 and MISSING_RATE[s][c] == NOT_COLLECTED
+    triage = tables["emergency"][:, _col("triage_level")]
+    assert set(np.unique(triage[~np.isnan(triage)])) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+
+
+def test_lab_values_are_missing_less_often_for_sicker_patients() -> None:
+    """Missing not at random: labs are ordered more often for patients at higher risk."""
+    t = synthetic_table(8000, "clinic", np.random.default_rng(4))
+    gap = np.isnan(t.X[:, _col("hba1c_percent")])
+    assert t.y[~gap].mean() > t.y[gap].mean() + 0.03
+
+
+def test_the_missing_rule() -> None:
+    cols = ("a", "b", "c")
+    X = np.array([[1.0, np.nan, 2.0], [np.nan, 3.0, np.nan]])
+    out = apply_missing_rule(X, cols, ("b", "c", "a"))
+    np.testing.assert_array_equal(out, [[1.0, 0.0, 2.0, 1.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0, 1.0, 1.0]])
+    with pytest.raises(DataError, match="row 3 has no value in column 'a', which may not be empty"):
+        apply_missing_rule(X, cols, ("b", "c"), first_row=2)
+    with pytest.raises(DataError, match="must be table columns"):
+        apply_missing_rule(X, cols, ("z",))
+    np.testing.assert_array_equal(apply_missing_rule(X[:, 2:][:1], ("c",), ()), [[2.0]])
 
 
 def test_synthetic_rejects_bad_arguments() -> None:
@@ -142,7 +216,7 @@ def test_synthetic_rejects_bad_arguments() -> None:
     with pytest.raises(DataError, match="specialty"):
         synthetic_patients(10, "dentist", rng)
     with pytest.raises(DataError, match="positive"):
-        synthetic_patients(0, "clinic", rng)
+        synthetic_table(0, "clinic", rng)
     with pytest.raises(DataError, match="Generator"):
         synthetic_patients(10, "clinic", 0)  # type: ignore[arg-type]
 
@@ -251,7 +325,7 @@ def _site_csv(path: Path, n: int, seed: int, labels: tuple[str, str] = ("0", "1"
 def test_csv_facility(tmp_path: Path) -> None:
     f = _site_csv(tmp_path / "site.csv", 80, 0)
     fd = load_facility_data(f"csv:{f}", label="outcome", specialty="clinic", seed=1)
-    assert fd.train.feature_names == ("age", "bp")
+    assert fd.train.feature_names == ("age", "bp", "age_missing", "bp_missing")
     assert (fd.train.n, fd.test.n) == (60, 20)
     np.testing.assert_allclose(fd.train.X.mean(axis=0), 0.0, atol=1e-9)
     sharded = load_facility_data(f"csv:{f}", label="outcome", shard=(1, 2))
@@ -267,7 +341,7 @@ def test_csv_label_mapping(tmp_path: Path) -> None:
     ds = D.read_labelled_csv(_write(tmp_path / "c.csv", "label,x\n1,5\n0,6\n1.0,7\n"), "label")
     np.testing.assert_array_equal(ds.y, [1, 0, 1])
     np.testing.assert_array_equal(ds.X[:, 0], [5.0, 6.0, 7.0])
-    assert ds.feature_names == ("x",)
+    assert ds.columns == ("x",)
 
 
 @pytest.mark.parametrize(
@@ -276,7 +350,7 @@ def test_csv_label_mapping(tmp_path: Path) -> None:
         ("x,y\n1,0\n2,1\n", None, "label column"),
         ("x,y\n1,0\n2,1\n", "outcome", "no label column"),
         ("x,y\n1,0\nabc,1\n", "y", "not a number"),
-        ("x,y\n1,0\n,1\n", "y", "missing"),
+        ("x,y\n1,0\ninf,1\n", "y", "not a number"),
         ("x,y\n1,0\n2,1\n3,2\n", "y", "exactly two"),
         ("x,y\n1,0\n2\n", "y", "expected 2 values"),
         ("x,y\n", "y", "no data rows"),
@@ -289,6 +363,26 @@ def test_csv_errors(tmp_path: Path, text: str, label: str | None, match: str) ->
     f = _write(tmp_path / "bad.csv", text)
     with pytest.raises(DataError, match=match):
         load_facility_data(f"csv:{f}", label=label)
+
+
+def test_csv_with_empty_cells_follows_the_missing_rule(tmp_path: Path) -> None:
+    text = "age,bp,outcome\n50,120,0\n,140,1\n70,NA,1\n60, n/a ,0\n40,nan,0\n80,130,1\n"
+    table = D.read_labelled_csv(_write(tmp_path / "gaps.csv", text), "outcome")
+    assert table.columns == ("age", "bp")
+    np.testing.assert_array_equal(np.isnan(table.X).sum(axis=0), [1, 3])
+    v = load_validation_data(f"csv:{tmp_path / 'gaps.csv'}", label="outcome")
+    assert v is not None and v.feature_names == ("age", "bp", "age_missing", "bp_missing")
+    # standardised with the values present (mean 60 / 130), missing values at 0 with indicator 1
+    np.testing.assert_allclose(
+        v.X[:, 0], (np.array([50, 60, 70, 60, 40, 80]) - 60) / np.std([50, 70, 60, 40, 80])
+    )
+    np.testing.assert_allclose(v.X[:, 1], np.array([-10, 10, 0, 0, 0, 0]) / np.std([120, 140, 130]))
+    np.testing.assert_array_equal(v.X[:, 2:], [[0, 0], [1, 0], [0, 1], [0, 1], [0, 1], [0, 0]])
+    # the same as the rule applied by hand
+    mu, sd = D.column_stats(table.X)
+    np.testing.assert_array_equal(v.X, apply_missing_rule((table.X - mu) / sd, table.columns, table.columns))
+    fd = load_facility_data(f"csv:{tmp_path / 'gaps.csv'}", label="outcome", test_fraction=0.34)
+    assert fd.train.d == 4 and np.all(np.isfinite(fd.train.X))
 
 
 def test_csv_dir(tmp_path: Path) -> None:

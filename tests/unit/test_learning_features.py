@@ -22,26 +22,27 @@ def _write(path: Path, header: list[str], rows: int = 12) -> None:
 def test_builtin_sources_match_loaded_data(source: str) -> None:
     fd = load_facility_data(source, shard=(0, 4) if source == "breast_cancer" else None, n_patients=None)
     assert n_features_for(source) == fd.train.d
-    assert n_features_for(source) == (12 if source == "synthetic" else 30)
+    # synthetic: 17 columns (the union of every specialty's fields) + 15 missing-value indicators
+    assert n_features_for(source) == (32 if source == "synthetic" else 30)
 
 
-def test_csv_file_counts_all_columns_but_label(tmp_path: Path) -> None:
+def test_csv_file_counts_all_columns_but_label_and_their_missing_indicators(tmp_path: Path) -> None:
     f = tmp_path / "site.csv"
     _write(f, ["age", "outcome", "bp", "glucose"])
-    assert n_features_for(f"csv:{f}", label="outcome") == 3
-    assert load_facility_data(f"csv:{f}", label="outcome").train.d == 3
+    assert n_features_for(f"csv:{f}", label="outcome") == 6
+    assert load_facility_data(f"csv:{f}", label="outcome").train.d == 6
 
 
 def test_csv_directory_uses_first_file_in_sorted_order(tmp_path: Path) -> None:
     _write(tmp_path / "b.csv", ["x1", "x2", "outcome"])
     _write(tmp_path / "a.csv", ["x1", "x2", "x3", "x4", "outcome"])
-    assert n_features_for(f"csv:{tmp_path}", label="outcome") == 4
+    assert n_features_for(f"csv:{tmp_path}", label="outcome") == 8
 
 
 def test_header_with_byte_order_mark_and_spaces(tmp_path: Path) -> None:
     f = tmp_path / "bom.csv"
     f.write_text("\ufeff outcome , a , b\n1,2,3\n", encoding="utf-8")
-    assert n_features_for(f"csv:{f}", label="outcome") == 2
+    assert n_features_for(f"csv:{f}", label="outcome") == 4
 
 
 @pytest.mark.parametrize(
@@ -51,6 +52,7 @@ def test_header_with_byte_order_mark_and_spaces(tmp_path: Path) -> None:
         (["a", "b", "outcome"], None, "label column"),
         (["outcome"], "outcome", "no feature columns"),
         (["a", "a", "outcome"], "outcome", "repeated"),
+        (["a", "a_missing", "outcome"], "outcome", "used twice"),
     ],
 )
 def test_csv_errors(tmp_path: Path, header: list[str], label: str | None, message: str) -> None:
