@@ -685,3 +685,21 @@ def test_a_copy_with_a_changed_record_does_not_verify(
 def test_a_copy_refuses_a_block_sent_twice(chain: Path) -> None:
     with pytest.raises(LedgerError, match="a block twice"):
         _copy(chain, lambda records: records.append(records[2]))
+
+
+def test_a_malformed_block_from_the_wire_is_refused_in_one_sentence(chain: Path) -> None:
+    from hfl.errors import InvalidInput
+    from hfl.rpc import serde
+
+    with LedgerStore(chain) as store:
+        good = serde.ledger_block_to_proto(store.record(1))
+    no_header = type(good)()
+    no_header.CopyFrom(good)
+    no_header.header_json = ""
+    with pytest.raises(InvalidInput, match="the header of block 1 is missing"):
+        serde.ledger_block_from_proto(no_header)
+    short = type(good)()
+    short.CopyFrom(good)
+    short.model.data = short.model.data[:-3]
+    with pytest.raises(InvalidInput, match="the model of block 1: says"):
+        serde.ledger_block_from_proto(short)
