@@ -22,7 +22,16 @@ def add_arguments(sub: Any) -> None:
     ex = mo_sub.add_parser(
         "export", help="check the ledger, then write the model of a round (with its model card)"
     )
-    ex.add_argument("path", nargs="?", default="runs/latest", help="a demo run folder or a ledger.db file")
+    ex.add_argument("path", nargs="?", help="a demo run folder or a ledger.db file (default: runs/latest)")
+    ex.add_argument(
+        "--leader",
+        help="take the ledger from this running leader (HOST:PORT) instead of a file; needs the operator "
+        "certificate: the run folder's (PATH or --run) or --cert-dir",
+    )
+    ex.add_argument("--run", help="the demo run folder (the same as PATH)")
+    ex.add_argument(
+        "--cert-dir", help="operator certificate folder (key.pem, cert.pem, ca.pem), with --leader"
+    )
     ex.add_argument("--round", default="latest", help="a round number, or 'latest' (default)")
     ex.add_argument("--format", choices=FORMATS, default="npz", help="npz (for hfl predict) or onnx")
     ex.add_argument("--out", help="the model file to write (default: <run>/export/model-round-N.<format>)")
@@ -89,41 +98,46 @@ def _feature_layout(dataset: str, label: str | None, n_features: int) -> dict[st
     )
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from hfl.card import card_markdown, model_card
-    from hfl.cli import ledger_path
-    from hfl.learning.export import ExportedModel, to_npz, to_onnx
-    from hfl.ledger import LedgerError, LedgerStore, verify_ledger
+def _run_folder(args: argparse.Namespace) -> str | None:
+    """The run folder (or ledger.db) named by PATH or --run; both may be given only if they agree."""
+    if args.path and args.run and Path(args.path) != Path(args.run):
+        raise ConfigError(f"give the run folder once: {args.path} or --run {args.run}, not both")
+    return args.path or args.run
 
-    source = Path(args.path)
-    path = ledger_path(args.path)
-    summary = _summary(source)
-    config = (summary or {}).get("config") or {}
-    dataset = args.dataset or config.get("dataset") or ""
-    label = args.label or config.get("label")
-    with LedgerStore(path) as store:
-        total = len(store)
-        if total < 2:
-            raise ConfigError(f"{path} holds no trained model yet (only the starting block)")
-        print(f"Checking the ledger ({total} blocks) before exporting ...", flush=True)
-        try:
-            verify_ledger(store)
-        except LedgerError as e:
-            raise ConfigError(f"the ledger does not verify, so no model is exported from it: {e}") from None
-        last = total - 1
-        if args.round == "latest":
-            r = last
-        else:
-            try:
-                r = int(args.round)
-            except ValueError:
-                raise ConfigError(f"--round must be a number or 'latest', got {args.round!r}") from None
-            if not 1 <= r <= last:
-                raise ConfigError(f"--round must be between 1 and {last} (the ledger's last round)")
-        blocks = [store.block(i) for i in range(r + 1)]
-        header = blocks[-1].header
-        params = store.model(header.model_hash)
-        spec = blocks[0].header.extra.get("model") or {}
+
+def _pick_round(value: str, last: int) -> int:
+    if value == "latest":
+        return last
+    try:
+        r = int(value)
+    except ValueError:
+        raise ConfigError(f"--round must be a number or 'latest', got {value!r}") from None
+    if not 1 <= r <= last:
+        raise ConfigError(f"--round must be between 1 and {last} (the ledger's last round)")
+    return r
+
+
+def verified_model(
+    store: Any, round_: str, dataset: str, label: str | None, where: str
+) -> tuple[Any, list[Any]]:
+    """Verify the whole ledger in ``store`` (a run folder's, or a copy fetched from a live leader), then
+    return the model of ``round_`` ('latest' or a number) as an ExportedModel with the blocks up to it."""
+    from hfl.learning.export import ExportedModel
+    from hfl.ledger import LedgerError, verify_ledger
+
+    total = len(store)
+    if total < 2:
+        raise ConfigError(f"{where} holds no trained model yet (only the starting block)")
+    print(f"Checking the ledger ({total} blocks) before exporting ...", flush=True)
+    try:
+        verify_ledger(store)
+    except LedgerError as e:
+        raise ConfigError(f"the ledger does not verify, so no model is exported from it: {e}") from None
+    r = _pick_round(round_, total - 1)
+    blocks = [store.block(i) for i in range(r + 1)]
+    header = blocks[-1].header
+    params = store.model(header.model_hash)
+    spec = blocks[0].header.extra.get("model") or {}
     layout = _feature_layout(dataset, label, int(spec.get("n_features", params.size)))
     exported = ExportedModel(
         kind=str(spec.get("kind", "logreg")),
@@ -136,11 +150,41 @@ def cmd_export(args: argparse.Namespace) -> int:
         dataset=dataset,
         **layout,
     )
-    out = (
-        Path(args.out)
-        if args.out
-        else (source if source.is_dir() else path.parent) / "export" / (f"model-round-{r}.{args.format}")
-    )
+    return exported, blocks
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hfl.card import card_markdown, model_card
+    from hfl.cli import ledger_path
+    from hfl.learning.export import to_npz, to_onnx
+    from hfl.ledger import LedgerError, LedgerStore
+
+    run = _run_folder(args)
+    if args.leader:  # a live leader: its whole chain is fetched, then checked here like a run folder's
+        from hfl.status import fetch_ledger
+
+        source = Path(run or "runs/latest")  # for the operator certificate, summary.json and the output
+        print(f"Fetching the ledger from the leader at {args.leader} ...", flush=True)
+        try:
+            store = fetch_ledger(args.leader, str(source), args.cert_dir)
+        except LedgerError as e:
+            raise ConfigError(f"the leader at {args.leader} sent a ledger that cannot be used: {e}") from None
+        where = f"the ledger of the leader at {args.leader}"
+        default_dir = source if source.is_dir() else Path(".")
+    else:
+        source = Path(run or "runs/latest")
+        path = ledger_path(str(source))
+        store = LedgerStore(path)
+        where = str(path)
+        default_dir = source if source.is_dir() else path.parent
+    summary = _summary(source)
+    config = (summary or {}).get("config") or {}
+    dataset = args.dataset or config.get("dataset") or ""
+    label = args.label or config.get("label")
+    with store:
+        exported, blocks = verified_model(store, args.round, dataset, label, where)
+    r = exported.round
+    out = Path(args.out) if args.out else default_dir / "export" / f"model-round-{r}.{args.format}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(to_npz(exported) if args.format == "npz" else to_onnx(exported))
     card = model_card(exported, blocks, summary)

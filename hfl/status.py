@@ -1,4 +1,5 @@
-"""`hfl status`: what a running federation is doing, in plain words."""
+"""`hfl status`: what a running federation is doing, in plain words; and the other operator calls to a
+running federation (revoke, release, fetching the leader's ledger)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 
 import grpc
 
+from hfl.errors import ConfigError
+from hfl.ledger import LedgerStore
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
+from hfl.rpc import limits, serde
 from hfl.rpc.pki import AUTHORITY, LEADER, NodeTls, load_client, operator_for_run, sync_channel
 
 _PLURAL = {"facility": "facilities"}
@@ -137,3 +141,24 @@ def release_facility(
     if resp.quarantined:
         print(f"Still quarantined: {', '.join(resp.quarantined)}")
     return 0
+
+
+def fetch_ledger(leader: str, run: str | None, cert_dir: str | None, timeout: float = 120.0) -> LedgerStore:
+    """Every block of a running leader's ledger, with its models and bucket sums, in an in-memory
+    LedgerStore that is NOT verified yet (run hfl.ledger.verify_ledger on it). Needs the operator
+    certificate (``cert_dir``, or the one of the demo run folder ``run``)."""
+    tls = _operator_tls(run, cert_dir)
+    options = [("grpc.max_receive_message_length", limits.MODEL)]
+    try:
+        with sync_channel(leader, tls, options=options, peer=LEADER) as ch:
+            stream = leader_pb2_grpc.LeaderServiceStub(ch).GetLedger(
+                leader_pb2.GetLedgerRequest(), timeout=timeout
+            )
+            records = [serde.ledger_block_from_proto(m) for m in stream]
+    except grpc.RpcError as e:
+        raise ConfigError(
+            f"the leader at {leader} did not send its ledger: {e.details() or e.code().name}"
+        ) from None
+    except ValueError as e:
+        raise ConfigError(f"the leader at {leader} sent a malformed ledger block: {e}") from None
+    return LedgerStore.from_records(records)

@@ -16,12 +16,13 @@ from .block import (
     quorum_size,
     select_quorum,
 )
-from .store import LedgerStore
+from .store import BlockRecord, LedgerStore
 from .verify import verify_ledger
 
 __all__ = [
     "Block",
     "BlockHeader",
+    "BlockRecord",
     "CommitteeMember",
     "LedgerError",
     "LedgerStore",

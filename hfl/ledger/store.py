@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,7 +23,7 @@ from hfl.hashing import canonical_json, hash_vector, vector_bytes
 
 from .block import Block, BlockHeader, LedgerError, Vote, _model_vector, check_quorum, genesis_header
 
-__all__ = ["SCHEMA_VERSION", "LedgerStore"]
+__all__ = ["SCHEMA_VERSION", "BlockRecord", "LedgerStore"]
 
 SCHEMA_VERSION = "hfl-ledger/1"
 
@@ -41,6 +42,32 @@ def _decode_vector(data: bytes, expected_hash: bytes, what: str) -> np.ndarray:
     if hash_vector(vec) != expected_hash:
         raise LedgerError(f"the stored {what} is corrupted (its hash does not match)")
     return vec
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    """One block exactly as stored, with the model it commits to and the bucket sums it was aggregated
+    from: what a copy of the ledger needs so that :func:`hfl.ledger.verify_ledger` can re-check it.
+
+    Nothing in a record is trusted: :meth:`LedgerStore.from_records` stores it as it is, and only a
+    verification of the resulting copy says whether it is sound."""
+
+    round: int
+    hash: bytes
+    header: str  # canonical JSON of the header, as stored
+    votes: str  # canonical JSON of the votes, as stored
+    model: np.ndarray
+    bucket_sums: tuple[np.ndarray, ...]
+
+
+def _raw_vector(data: bytes | None, what: str, round: int) -> np.ndarray:
+    if data is None:
+        raise LedgerError(f"the {what} is missing from the store", round)
+    if len(data) % 8:
+        raise LedgerError(
+            f"the stored {what} is corrupted (its length is not a whole number of values)", round
+        )
+    return np.frombuffer(data, dtype="<f8").astype(np.float64)
 
 
 class LedgerStore:
@@ -181,6 +208,63 @@ class LedgerStore:
         """All blocks in ascending round order (each read and checked as it is reached)."""
         for r in self.rounds():
             yield self.block(r)
+
+    def record(self, round: int) -> BlockRecord:
+        """Block ``round`` as stored, with its model and bucket sums, for a copy of the ledger elsewhere.
+
+        Nothing is verified here beyond what is needed to find the model and the sums (the header must
+        parse): whoever receives the record re-checks all of it."""
+        with self._lock:
+            row = (
+                self._c()
+                .execute("SELECT hash, header, votes FROM blocks WHERE round = ?", (int(round),))
+                .fetchone()
+            )
+        if row is None:
+            raise LedgerError("no such block in the ledger", int(round))
+        stored_hash, header_text, votes_text = row
+        try:
+            header = BlockHeader.from_dict(json.loads(header_text))
+        except (ValueError, TypeError) as exc:
+            raise LedgerError(f"the stored block is unreadable or altered ({exc})", int(round)) from None
+        return BlockRecord(
+            round=int(round),
+            hash=bytes(stored_hash),
+            header=str(header_text),
+            votes=str(votes_text),
+            model=_raw_vector(self._blob(header.model_hash), "model checkpoint", int(round)),
+            bucket_sums=tuple(
+                _raw_vector(self._blob(h), f"bucket sum {i}", int(round))
+                for i, h in enumerate(header.bucket_hashes)
+            ),
+        )
+
+    @classmethod
+    def from_records(cls, records: Iterable[BlockRecord]) -> LedgerStore:
+        """An in-memory copy of a ledger made of records from elsewhere (a live leader), stored exactly
+        as received and NOT checked: run :func:`hfl.ledger.verify_ledger` on it before using anything in
+        it. Models and bucket sums are stored under the hash of what was received, so a changed one is
+        found missing when its block is checked."""
+        store = cls(":memory:")
+        try:
+            with store._lock, store._transaction() as conn:
+                for rec in records:
+                    vectors = [(rec.model, "model"), *((s, "bucket_sum") for s in rec.bucket_sums)]
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO blobs (hash, kind, data) VALUES (?, ?, ?)",
+                        [(hash_vector(v), kind, vector_bytes(v)) for v, kind in vectors],
+                    )
+                    conn.execute(
+                        "INSERT INTO blocks (round, hash, header, votes) VALUES (?, ?, ?, ?)",
+                        (int(rec.round), rec.hash, rec.header, rec.votes),
+                    )
+        except sqlite3.IntegrityError:
+            store.close()
+            raise LedgerError("the ledger sent has a block twice (the same round or the same hash)") from None
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     def _blob(self, h: bytes) -> bytes | None:
         with self._lock:

@@ -127,6 +127,7 @@ TABLE: dict[str, Rule] = {
     _L + "GetStatus": Rule(OPERATOR),
     _L + "GetModel": Rule(OPERATOR),
     _L + "WatchRounds": Rule(OPERATOR),
+    _L + "GetLedger": Rule(OPERATOR),  # read-only: the whole chain, for `hfl model export --leader`
     _V + "Vote": Rule(LEADER),
     "/grpc.health.v1.Health/Check": Rule(ANYONE),
     "/grpc.health.v1.Health/Watch": Rule(ANYONE),

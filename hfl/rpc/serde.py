@@ -31,7 +31,7 @@ from hfl.errors import InvalidInput, clip
 from hfl.hashing import hash_vector
 from hfl.learning.metrics import BINS as SCORE_BINS
 from hfl.learning.metrics import EVAL_CLIP, check_counts
-from hfl.ledger import Vote
+from hfl.ledger import BlockRecord, Vote
 from hfl.proto.v1 import authority_pb2, facility_pb2, leader_pb2, validator_pb2
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.secagg import (
@@ -463,6 +463,44 @@ def event_from_proto(e: leader_pb2.WatchRoundsResponse) -> RoundEvent:
         extra=_json_or_empty(e.extra_json, "round event extras"),
         clinical=clinical_from_proto(e.clinical) if e.HasField("clinical") else None,
         specialties=tuple(specialty_from_proto(r) for r in e.specialties),
+    )
+
+
+# ---------------------------------------------------------------- ledger blocks for an operator
+MAX_BLOCK_JSON = 4 * bounds.MAX_REPORT  # a header carries the committee draw and every bucket's members
+
+
+def ledger_block_to_proto(r: BlockRecord) -> leader_pb2.LedgerBlock:
+    return leader_pb2.LedgerBlock(
+        round=r.round,
+        hash=r.hash,
+        header_json=r.header,
+        votes_json=r.votes,
+        model=vector_to_proto(r.model),
+        bucket_sums=[vector_to_proto(s) for s in r.bucket_sums],
+    )
+
+
+def ledger_block_from_proto(m: leader_pb2.LedgerBlock) -> BlockRecord:
+    """A block as the leader sent it: only its shape is checked here; the chain is verified as a whole
+    afterwards (hfl.ledger.verify_ledger)."""
+    if m.round > bounds.MAX_ROUND:
+        raise InvalidInput(f"block round {m.round} is out of range")
+    if len(m.bucket_sums) > bounds.MAX_LIST:
+        raise InvalidInput(
+            f"block {m.round} has {len(m.bucket_sums)} bucket sums, more than {bounds.MAX_LIST}"
+        )
+    what = f"block {m.round}"
+    return BlockRecord(
+        round=int(m.round),
+        hash=bytes(m.hash),
+        header=bounds.text(m.header_json, f"the header of {what}", MAX_BLOCK_JSON, required=True),
+        votes=bounds.text(m.votes_json, f"the votes of {what}", MAX_BLOCK_JSON, required=True),
+        model=vector_from_proto(m.model, what=f"the model of {what}", require_finite=False),
+        bucket_sums=tuple(
+            vector_from_proto(s, what=f"bucket sum {i} of {what}", require_finite=False)
+            for i, s in enumerate(m.bucket_sums)
+        ),
     )
 
 

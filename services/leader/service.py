@@ -23,7 +23,7 @@ from hfl.domain import (
     SpecialtyResult,
     TrainingPlan,
 )
-from hfl.errors import NotReady
+from hfl.errors import HflError, NotReady
 from hfl.learning.metrics import clinical_metrics, specialty_results
 from hfl.ledger import (
     Block,
@@ -467,6 +467,21 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         head = self.store.head()
         round_ = head.header.round if head else 0
         return leader_pb2.GetModelResponse(model=serde.model_to_proto(self.spec, self.model, round_))
+
+    async def GetLedger(
+        self, request: leader_pb2.GetLedgerRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[leader_pb2.LedgerBlock]:
+        """Every stored block up to the head at the time of the call, as stored: the caller verifies."""
+        rounds = await asyncio.to_thread(self.store.rounds)
+        if not rounds:
+            raise NotReady("the ledger is not initialised yet")
+        for r in rounds:
+            try:
+                record = await asyncio.to_thread(self.store.record, r)
+            except LedgerError as e:
+                log.warning("GetLedger: block %d cannot be read: %s", r, e)
+                raise HflError(f"the leader cannot read block {r} of its ledger: {e}") from None
+            yield serde.ledger_block_to_proto(record)
 
     async def WatchRounds(
         self, request: leader_pb2.WatchRoundsRequest, context: grpc.aio.ServicerContext

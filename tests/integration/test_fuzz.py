@@ -279,7 +279,7 @@ class Caller:
             role = sorted(rule.roles)[0] if rule else "operator"
             ch = self.channel(self.procs[node].info["address"], role)
         COUNT["cases"] += 1
-        if method.endswith("/WatchRounds"):
+        if dict(METHODS)[method].server_streaming:  # WatchRounds, GetLedger
             fn_s = ch.unary_stream(method)
             try:
                 for _ in fn_s(payload, timeout=10):
@@ -557,7 +557,7 @@ def test_fuzz_every_rpc_and_stream_at_volume(
             address, role = _target(method, procs)
             ch = caller.channel(address, role)
         COUNT["cases"] += 1
-        if method.endswith("Watch") or method.endswith("/WatchRounds"):  # streams: one at a time
+        if m.server_streaming:  # streams (Health/Watch, WatchRounds, GetLedger): one at a time
             settle(method, kind, ch.unary_stream(method)(data, timeout=20), data, stream=True)
             continue
         pending.append((method, kind, ch.unary_unary(method).future(data, timeout=30), data))

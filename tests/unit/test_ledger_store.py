@@ -24,6 +24,7 @@ from hfl.hashing import hash_vector, sha256
 from hfl.ledger import (
     Block,
     BlockHeader,
+    BlockRecord,
     CommitteeMember,
     LedgerError,
     LedgerStore,
@@ -620,3 +621,85 @@ def test_kill_9_loses_no_committed_block(path: Path) -> None:
         )
         store.append(Block(header, sign(header)), model, sums)
         assert verify_ledger(store) == head.round + 2
+
+
+# ------------------------------------------------------------------ copies from records (a live leader)
+
+
+def _copy(path: Path, change: Callable[[list[BlockRecord]], None] | None = None) -> LedgerStore:
+    """A copy of the ledger at ``path`` rebuilt from its records as they would travel (through serde)."""
+    from hfl.rpc import serde
+
+    with LedgerStore(path) as store:
+        records = [
+            serde.ledger_block_from_proto(serde.ledger_block_to_proto(store.record(r)))
+            for r in store.rounds()
+        ]
+    if change is not None:
+        change(records)
+    return LedgerStore.from_records(records)
+
+
+def test_a_copy_from_records_verifies_and_holds_the_same_blocks_and_models(chain: Path) -> None:
+    with _copy(chain) as copy, LedgerStore(chain) as store:
+        assert verify_ledger(copy) == 6
+        for r in store.rounds():
+            assert copy.block(r) == store.block(r)
+            h = store.block(r).header
+            np.testing.assert_array_equal(copy.model(h.model_hash), store.model(h.model_hash))
+            np.testing.assert_array_equal(copy.bucket_sums(r), store.bucket_sums(r))
+
+
+@pytest.mark.parametrize(
+    ("what", "message", "bad_round"),
+    [
+        ("header", "does not match its header", 2),
+        ("model", "no stored model", 3),
+        ("bucket_sum", "bucket sum 1 is missing", 4),
+        ("missing", "this block is missing", 2),
+    ],
+)
+def test_a_copy_with_a_changed_record_does_not_verify(
+    chain: Path, what: str, message: str, bad_round: int
+) -> None:
+    def change(records: list[BlockRecord]) -> None:
+        r = records[bad_round]
+        if what == "header":
+            records[bad_round] = dataclasses.replace(
+                r, header=r.header.replace('"rule":"mean"', '"rule":"median"')
+            )
+        elif what == "model":
+            records[bad_round] = dataclasses.replace(r, model=r.model + 1e-9)
+        elif what == "bucket_sum":
+            sums = list(r.bucket_sums)
+            sums[1] = sums[1] * 2
+            records[bad_round] = dataclasses.replace(r, bucket_sums=tuple(sums))
+        else:
+            del records[bad_round]
+
+    with _copy(chain, change) as copy, pytest.raises(LedgerError, match=message) as e:
+        verify_ledger(copy)
+    assert e.value.round == bad_round
+
+
+def test_a_copy_refuses_a_block_sent_twice(chain: Path) -> None:
+    with pytest.raises(LedgerError, match="a block twice"):
+        _copy(chain, lambda records: records.append(records[2]))
+
+
+def test_a_malformed_block_from_the_wire_is_refused_in_one_sentence(chain: Path) -> None:
+    from hfl.errors import InvalidInput
+    from hfl.rpc import serde
+
+    with LedgerStore(chain) as store:
+        good = serde.ledger_block_to_proto(store.record(1))
+    no_header = type(good)()
+    no_header.CopyFrom(good)
+    no_header.header_json = ""
+    with pytest.raises(InvalidInput, match="the header of block 1 is missing"):
+        serde.ledger_block_from_proto(no_header)
+    short = type(good)()
+    short.CopyFrom(good)
+    short.model.data = short.model.data[:-3]
+    with pytest.raises(InvalidInput, match="the model of block 1: says"):
+        serde.ledger_block_from_proto(short)

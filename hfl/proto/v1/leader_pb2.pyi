@@ -207,3 +207,59 @@ class WatchRoundsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRoundsResponse: _TypeAlias = WatchRoundsResponse  # noqa: Y015
+
+@_typing.final
+class GetLedgerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLedgerRequest: _TypeAlias = GetLedgerRequest  # noqa: Y015
+
+@_typing.final
+class LedgerBlock(_message.Message):
+    """One ledger block exactly as the leader stored it, not to be trusted before the whole chain is
+    verified: its header and votes (canonical JSON), the model it commits to and the bucket sums it was
+    aggregated from (none for the genesis block).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    HEADER_JSON_FIELD_NUMBER: _builtins.int
+    VOTES_JSON_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    BUCKET_SUMS_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    hash: _builtins.bytes
+    header_json: _builtins.str
+    votes_json: _builtins.str
+    @_builtins.property
+    def model(self) -> _common_pb2.Vector: ...
+    @_builtins.property
+    def bucket_sums(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Vector]: ...
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        hash: _builtins.bytes = ...,
+        header_json: _builtins.str = ...,
+        votes_json: _builtins.str = ...,
+        model: _common_pb2.Vector | None = ...,
+        bucket_sums: _abc.Iterable[_common_pb2.Vector] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_sums", b"bucket_sums", "hash", b"hash", "header_json", b"header_json", "model", b"model", "round", b"round", "votes_json", b"votes_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerBlock: _TypeAlias = LedgerBlock  # noqa: Y015

@@ -50,6 +50,11 @@ class LeaderServiceStub:
                 request_serializer=hfl_dot_v1_dot_leader__pb2.WatchRoundsRequest.SerializeToString,
                 response_deserializer=hfl_dot_v1_dot_leader__pb2.WatchRoundsResponse.FromString,
                 _registered_method=True)
+        self.GetLedger = channel.unary_stream(
+                '/hfl.v1.LeaderService/GetLedger',
+                request_serializer=hfl_dot_v1_dot_leader__pb2.GetLedgerRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_leader__pb2.LedgerBlock.FromString,
+                _registered_method=True)
 
 
 class LeaderServiceServicer:
@@ -75,6 +80,14 @@ class LeaderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLedger(self, request, context):
+        """Read-only, for the operator: every block of the ledger, from the genesis block to the head at the
+        time of the call, with what is needed to re-check it (`hfl model export --leader`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LeaderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_LeaderServiceServicer_to_server(servicer, server):
                     servicer.WatchRounds,
                     request_deserializer=hfl_dot_v1_dot_leader__pb2.WatchRoundsRequest.FromString,
                     response_serializer=hfl_dot_v1_dot_leader__pb2.WatchRoundsResponse.SerializeToString,
+            ),
+            'GetLedger': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetLedger,
+                    request_deserializer=hfl_dot_v1_dot_leader__pb2.GetLedgerRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_leader__pb2.LedgerBlock.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +194,33 @@ class LeaderService:
             '/hfl.v1.LeaderService/WatchRounds',
             hfl_dot_v1_dot_leader__pb2.WatchRoundsRequest.SerializeToString,
             hfl_dot_v1_dot_leader__pb2.WatchRoundsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hfl.v1.LeaderService/GetLedger',
+            hfl_dot_v1_dot_leader__pb2.GetLedgerRequest.SerializeToString,
+            hfl_dot_v1_dot_leader__pb2.LedgerBlock.FromString,
             options,
             channel_credentials,
             insecure,

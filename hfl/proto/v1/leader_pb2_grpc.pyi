@@ -37,6 +37,10 @@ class LeaderServiceStub:
     GetModel: _grpc.UnaryUnaryMultiCallable[_leader_pb2.GetModelRequest, _leader_pb2.GetModelResponse]
     WatchRounds: _grpc.UnaryStreamMultiCallable[_leader_pb2.WatchRoundsRequest, _leader_pb2.WatchRoundsResponse]
     """Streams one event per round attempt; ends after the last planned round."""
+    GetLedger: _grpc.UnaryStreamMultiCallable[_leader_pb2.GetLedgerRequest, _leader_pb2.LedgerBlock]
+    """Read-only, for the operator: every block of the ledger, from the genesis block to the head at the
+    time of the call, with what is needed to re-check it (`hfl model export --leader`).
+    """
 
 @_typing.type_check_only
 class LeaderServiceAsyncStub(LeaderServiceStub):
@@ -47,6 +51,10 @@ class LeaderServiceAsyncStub(LeaderServiceStub):
     GetModel: _aio.UnaryUnaryMultiCallable[_leader_pb2.GetModelRequest, _leader_pb2.GetModelResponse]  # type: ignore[assignment]
     WatchRounds: _aio.UnaryStreamMultiCallable[_leader_pb2.WatchRoundsRequest, _leader_pb2.WatchRoundsResponse]  # type: ignore[assignment]
     """Streams one event per round attempt; ends after the last planned round."""
+    GetLedger: _aio.UnaryStreamMultiCallable[_leader_pb2.GetLedgerRequest, _leader_pb2.LedgerBlock]  # type: ignore[assignment]
+    """Read-only, for the operator: every block of the ledger, from the genesis block to the head at the
+    time of the call, with what is needed to re-check it (`hfl model export --leader`).
+    """
 
 class LeaderServiceServicer(metaclass=_abc_1.ABCMeta):
     """The leader: drives rounds, keeps the ledger and the global model."""
@@ -72,5 +80,15 @@ class LeaderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_leader_pb2.WatchRoundsResponse], _abc.AsyncIterator[_leader_pb2.WatchRoundsResponse]]:
         """Streams one event per round attempt; ends after the last planned round."""
+
+    @_abc_1.abstractmethod
+    def GetLedger(
+        self,
+        request: _leader_pb2.GetLedgerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_leader_pb2.LedgerBlock], _abc.AsyncIterator[_leader_pb2.LedgerBlock]]:
+        """Read-only, for the operator: every block of the ledger, from the genesis block to the head at the
+        time of the call, with what is needed to re-check it (`hfl model export --leader`).
+        """
 
 def add_LeaderServiceServicer_to_server(servicer: LeaderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
