@@ -28,7 +28,7 @@ def _connection() -> Connection:
     return Connection.from_args(env["run"], env["leader"], env["authority"], env["cert_dir"])
 
 
-def _number(label: str, value: object, meaning: str) -> None:
+def _number(label: str, value: int | str, meaning: str) -> None:
     st.metric(label, value)
     st.caption(meaning)
 
