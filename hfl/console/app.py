@@ -11,7 +11,7 @@ import os
 import streamlit as st
 
 from hfl.console.auth import Login, NoPassword, password_from_env
-from hfl.console.data import Connection, Snapshot, snapshot
+from hfl.console.data import Connection, Snapshot, check_ledger, snapshot
 
 
 @st.cache_resource
@@ -94,6 +94,22 @@ def _training(snap: Snapshot) -> None:
         "How many rounds this federation was asked to run.",
     )
     _number("State", snap.leader.state, "What the leader is doing right now.")
+    rounds = snap.summary.get("rounds") if snap.summary else None
+    if isinstance(rounds, list) and rounds:
+        st.subheader("Per round (from the run's summary)")
+        st.caption(
+            "Accuracy: share of validation patients the model got right. Loss: its error; lower is better."
+        )
+        st.table(
+            [
+                {
+                    k: r.get(k)
+                    for k in ("round", "committed", "accuracy", "loss", "duration_s", "participants")
+                }
+                for r in rounds
+                if isinstance(r, dict)
+            ]
+        )
 
 
 def _privacy(snap: Snapshot) -> None:
@@ -115,6 +131,9 @@ def _ledger(snap: Snapshot) -> None:
     _number(
         "Ledger head", snap.leader.head_hash[:16], "Fingerprint of the newest block of the shared record."
     )
+    if st.button("Check the ledger"):
+        ok, message = check_ledger(_connection().run)
+        (st.success if ok else st.error)(message)
 
 
 def _security(snap: Snapshot) -> None:

@@ -135,3 +135,26 @@ def snapshot(conn: Connection) -> Snapshot:
     else:
         problems.append("No leader address is known.")
     return Snapshot(nodes, privacy, leader, _summary(conn), tuple(problems))
+
+
+def check_ledger(run: Path | None) -> tuple[bool, str]:
+    """The same checks as `hfl ledger verify RUN` (hashes, signatures, quorum certificates, aggregates)."""
+    from hfl.errors import ConfigError
+    from hfl.ledger import LedgerError, LedgerStore, verify_ledger
+
+    if run is None:
+        return False, "The ledger can only be checked here when the console is given the run folder (--run)."
+    for path in (run / "ledger.db", run / "state" / "leader" / "ledger.db"):
+        if path.exists():
+            break
+    else:
+        return False, str(ConfigError(f"No ledger was found in {run}."))
+    with LedgerStore(path) as store:
+        try:
+            n = verify_ledger(store, recompute=True)
+        except LedgerError as e:
+            return False, f"The ledger is NOT valid: {e}"
+    return (
+        True,
+        f"Ledger OK: {n} blocks; hashes, signatures, quorum certificates and every aggregate check out.",
+    )

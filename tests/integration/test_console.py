@@ -120,6 +120,8 @@ def test_views_match_the_federation(run_dir: Path, capsys: pytest.CaptureFixture
     at = _view(at, "Consensus and ledger")
     head = _metrics(at)["Ledger head"]
     assert f"ledger head {head}" in status
+    at.button[0].click().run()  # "Check the ledger": the same checks as `hfl ledger verify`
+    assert at.success[0].value.startswith(f"Ledger OK: {rounds + 1} blocks")
 
     # Privacy and security render without errors and show no quarantine in a healthy run.
     at = _view(at, "Privacy")
