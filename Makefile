@@ -9,7 +9,7 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration lint proto proto-check bench image clean
+.PHONY: help setup demo console test test-unit test-integration lint proto proto-check bench image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ setup: $(STAMP) ## create .venv and install pinned dependencies
 
 demo: $(STAMP) ## run a whole federation locally (authority, 4 validators, leader, 2 fogs, 8 facilities)
 	$(VENV)/bin/hfl demo $(DEMO_ARGS)
+
+console: $(STAMP) ## a local federation that keeps running, with the console on 127.0.0.1:8501 (set HFL_CONSOLE_PASSWORD)
+	$(VENV)/bin/hfl demo --console $(DEMO_ARGS)
 
 test: $(STAMP) ## run unit, integration and (when Docker answers) container tests
 	@scripts/test-deps.sh

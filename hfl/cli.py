@@ -138,6 +138,12 @@ def cmd_release(args: argparse.Namespace) -> int:
     return release_facility(args.facility, args.reason, args.run, args.authority, args.cert_dir)
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from hfl.console.launch import run_console
+
+    return run_console(args.address, args.port, args.run, args.leader, args.authority, args.cert_dir)
+
+
 # ---------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from hfl.demo import add_demo_arguments, cmd_demo
@@ -202,6 +208,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--authority", help="authority address HOST:PORT")
     st.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
     st.set_defaults(func=cmd_status)
+
+    co = sub.add_parser(
+        "console", help="the federation console in a browser (needs HFL_CONSOLE_PASSWORD or _FILE)"
+    )
+    co.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
+    co.add_argument("--leader", help="leader address HOST:PORT")
+    co.add_argument("--authority", help="authority address HOST:PORT")
+    co.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
+    co.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    co.add_argument("--port", type=int, default=8501, help="port to listen on (default 8501)")
+    co.set_defaults(func=cmd_console)
 
     rl = sub.add_parser(
         "release", help="lift a facility's quarantine after you have checked it (operator certificate)"

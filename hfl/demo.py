@@ -43,6 +43,11 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         "--keep-running", action="store_true", help="keep serving after the last round until Ctrl-C"
     )
     p.add_argument(
+        "--console",
+        action="store_true",
+        help="keep running and open the federation console on 127.0.0.1:8501 (needs HFL_CONSOLE_PASSWORD)",
+    )
+    p.add_argument(
         "--tls",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -574,8 +579,27 @@ def event_row(e: RoundEvent) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ the command
+def start_console(out: Path) -> subprocess.Popen[bytes]:
+    """`hfl console --run OUT` beside the demo (stopped with it); prints the address it listens on."""
+    from hfl.console.launch import streamlit_command
+
+    env = {**os.environ, "HFL_CONSOLE_RUN": str(out)}
+    proc = subprocess.Popen(streamlit_command("127.0.0.1", 8501), env=env, stdout=subprocess.DEVNULL)
+    print("Console: http://127.0.0.1:8501 (sign in with the password in HFL_CONSOLE_PASSWORD)")
+    return proc
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     check_args(args)
+    console: subprocess.Popen[bytes] | None = None
+    if args.console:
+        from hfl.console.auth import NoPassword, password_from_env
+
+        try:
+            password_from_env()
+        except NoPassword as e:
+            raise ConfigError(str(e)) from e
+        args.keep_running = True
     facilities = plan_facilities(args)
     if len(args.byzantine_modes) > len(facilities):
         raise ConfigError("--byzantine names more facilities than there are")
@@ -711,6 +735,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(dp_banner(dp))
         (out / "endpoints.json").write_text(json.dumps(fed.endpoints(), indent=2))
         print(f"Federation is up ({time.monotonic() - started:.1f}s). Endpoints: {out / 'endpoints.json'}")
+        if args.console:
+            console = start_console(out)
         print("Training ...")
         asyncio.run(watch(leader.info["address"], args.rounds, events, fed.operator()))
         ref_thread.join(timeout=300)
@@ -766,5 +792,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\nhfl demo failed: {e}\nLogs are in {out / 'logs'}", file=sys.stderr)
         return 1
     finally:
+        if console is not None:
+            console.terminate()
+            console.wait(timeout=10)
         fed.stop_all()
         print("All services stopped.")

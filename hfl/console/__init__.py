@@ -1,0 +1,1 @@
+"""`hfl console`: a browser view of a running federation (issue 16)."""

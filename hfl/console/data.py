@@ -1,0 +1,160 @@
+"""The console's data layer: one snapshot of a running federation over gRPC, as plain dataclasses.
+
+No Streamlit here (the views only render these), and no patient-level data: only what the authority and
+the leader already tell an operator (`hfl status`), plus the run's summary.json when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
+from hfl.rpc.pki import AUTHORITY, LEADER, NodeTls, sync_channel
+from hfl.status import _addresses, _operator_tls
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: str
+    role: str
+    address: str
+    specialty: str = ""
+
+
+@dataclass(frozen=True)
+class Nodes:
+    nodes: tuple[Node, ...]
+    quarantined: tuple[str, ...]
+    inactive: tuple[str, ...]
+
+    def by_role(self, role: str) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.role == role)
+
+
+@dataclass(frozen=True)
+class PrivacySpend:
+    epsilon_spent: dict[str, float]
+    exhausted: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LeaderStatus:
+    committed_round: int
+    target_rounds: int
+    finished: bool
+    state: str
+    head_hash: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the console shows; a part is None (with the reason in `problems`) when it was not reachable."""
+
+    nodes: Nodes | None = None
+    privacy: PrivacySpend | None = None
+    leader: LeaderStatus | None = None
+    summary: dict[str, object] | None = None
+    problems: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the federation is and the operator certificate to reach it with."""
+
+    leader: str | None
+    authority: str | None
+    tls: NodeTls | None
+    run: Path | None = None
+
+    @classmethod
+    def from_args(
+        cls,
+        run: str | None = None,
+        leader: str | None = None,
+        authority: str | None = None,
+        cert_dir: str | None = None,
+    ) -> Connection:
+        leader, authority = _addresses(run, leader, authority)
+        return cls(leader, authority, _operator_tls(run, cert_dir), Path(run) if run else None)
+
+
+def _nodes(conn: Connection) -> tuple[Nodes, PrivacySpend]:
+    assert conn.authority
+    with sync_channel(conn.authority, conn.tls, peer=AUTHORITY) as ch:
+        stub = authority_pb2_grpc.AuthorityServiceStub(ch)
+        listed = stub.ListNodes(authority_pb2.ListNodesRequest(), timeout=5)
+        spend = stub.GetPrivacySpend(authority_pb2.GetPrivacySpendRequest(), timeout=5)
+    nodes = Nodes(
+        nodes=tuple(
+            sorted(
+                (Node(n.node_id, n.role, n.address, n.specialty) for n in listed.nodes),
+                key=lambda n: (n.role, n.node_id),
+            )
+        ),
+        quarantined=tuple(listed.quarantined),
+        inactive=tuple(listed.inactive),
+    )
+    return nodes, PrivacySpend(dict(spend.epsilon_spent), tuple(spend.exhausted))
+
+
+def _leader(conn: Connection) -> LeaderStatus:
+    assert conn.leader
+    with sync_channel(conn.leader, conn.tls, peer=LEADER) as ch:
+        s = leader_pb2_grpc.LeaderServiceStub(ch).GetStatus(leader_pb2.GetStatusRequest(), timeout=5)
+    return LeaderStatus(s.committed_round, s.target_rounds, s.finished, s.state, s.head_hash.hex())
+
+
+def _summary(conn: Connection) -> dict[str, object] | None:
+    path = conn.run / "summary.json" if conn.run else None
+    if path is None or not path.exists():
+        return None
+    loaded = json.loads(path.read_text())
+    return loaded if isinstance(loaded, dict) else None
+
+
+def snapshot(conn: Connection) -> Snapshot:
+    """Fetch everything once; an unreachable service becomes a plain sentence in `problems`."""
+    problems: list[str] = []
+    nodes = privacy = leader = None
+    if conn.authority:
+        try:
+            nodes, privacy = _nodes(conn)
+        except grpc.RpcError as e:
+            problems.append(f"The authority at {conn.authority} did not answer ({e.code().name}).")
+    else:
+        problems.append("No authority address is known.")
+    if conn.leader:
+        try:
+            leader = _leader(conn)
+        except grpc.RpcError as e:
+            problems.append(f"The leader at {conn.leader} did not answer ({e.code().name}).")
+    else:
+        problems.append("No leader address is known.")
+    return Snapshot(nodes, privacy, leader, _summary(conn), tuple(problems))
+
+
+def check_ledger(run: Path | None) -> tuple[bool, str]:
+    """The same checks as `hfl ledger verify RUN` (hashes, signatures, quorum certificates, aggregates)."""
+    from hfl.errors import ConfigError
+    from hfl.ledger import LedgerError, LedgerStore, verify_ledger
+
+    if run is None:
+        return False, "The ledger can only be checked here when the console is given the run folder (--run)."
+    for path in (run / "ledger.db", run / "state" / "leader" / "ledger.db"):
+        if path.exists():
+            break
+    else:
+        return False, str(ConfigError(f"No ledger was found in {run}."))
+    with LedgerStore(path) as store:
+        try:
+            n = verify_ledger(store, recompute=True)
+        except LedgerError as e:
+            return False, f"The ledger is NOT valid: {e}"
+    return (
+        True,
+        f"Ledger OK: {n} blocks; hashes, signatures, quorum certificates and every aggregate check out.",
+    )

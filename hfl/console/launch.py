@@ -1,0 +1,42 @@
+"""`hfl console`: start the Streamlit app on 127.0.0.1:8501 (unless told otherwise), password required."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hfl.console.auth import NoPassword, password_from_env
+
+APP = Path(__file__).with_name("app.py")
+
+
+def streamlit_command(address: str, port: int) -> list[str]:
+    """The command line that serves the app; XSRF protection is left on (never passed as false)."""
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.address", address,
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+        "--server.enableXsrfProtection", "true",
+    ]  # fmt: skip
+    return cmd
+
+
+def run_console(
+    address: str, port: int, run: str | None, leader: str | None, authority: str | None, cert_dir: str | None
+) -> int:
+    try:
+        password_from_env()
+    except NoPassword as e:
+        print(e)
+        return 2
+    print(f"Console: http://{address}:{port}  (Ctrl-C to stop)", flush=True)
+    try:
+        where = {"RUN": run, "LEADER": leader, "AUTHORITY": authority, "CERT_DIR": cert_dir}
+        env = {**os.environ, **{f"HFL_CONSOLE_{k}": v for k, v in where.items() if v}}
+        return subprocess.call(streamlit_command(address, port), env=env)
+    except KeyboardInterrupt:
+        return 130
