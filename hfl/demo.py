@@ -517,9 +517,10 @@ async def watch(
     events: list[RoundEvent],
     tls: Any = None,
     show: Callable[[RoundEvent, int], None] | None = None,
-) -> None:
+) -> str:
     """Follow the leader's WatchRounds stream into ``events`` until it is done, reconnecting after
-    failures; ``show(event, committed so far)`` reports each round (default: a progress line)."""
+    failures; ``show(event, committed so far)`` reports each round (default: a progress line). Returns
+    the leader's last word: why training ended."""
     import grpc
 
     from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
@@ -536,14 +537,14 @@ async def watch(
                 async for msg in stub.WatchRounds(leader_pb2.WatchRoundsRequest(after_round=after)):
                     e = serde.event_from_proto(msg)
                     if e.done:
-                        return
+                        return e.detail
                     events.append(e)
                     committed += int(e.committed)
                     if show is None:
                         print(round_line(e, committed, total), flush=True)
                     else:
                         show(e, committed)
-            return
+            return "the leader closed the stream"
         except grpc.aio.AioRpcError as err:
             failures += 1
             if failures > 30:
@@ -738,7 +739,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.console:
             console = start_console(out)
         print("Training ...")
-        asyncio.run(watch(leader.info["address"], args.rounds, events, fed.operator()))
+        ended = asyncio.run(watch(leader.info["address"], args.rounds, events, fed.operator()))
         ref_thread.join(timeout=300)
         committed = [e for e in events if e.committed]
         final = committed[-1].accuracy if committed else float("nan")
@@ -759,6 +760,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "final_accuracy": None if math.isnan(final) else round(final, 6),
             "rounds": [event_row(e) for e in events],
             "committed_rounds": len(committed),
+            "ended": ended,
             "facilities": [
                 {"node_id": f["node_id"], "specialty": f["specialty"], "byzantine": f["node_id"] in byzantine}
                 for f in facilities
@@ -769,6 +771,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         print()
+        if len(committed) < args.rounds:
+            print(f"Training stopped early ({ended}).")
         print(f"Final accuracy of the federated model: {final:.3f}")
         print(f"Centralised reference (all training data pooled in one place): {ref:.3f}")
         clinical = committed[-1].clinical if committed else None

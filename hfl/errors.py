@@ -32,6 +32,10 @@ class NotReady(HflError):
     """The service cannot do this yet (not enough nodes registered, still starting)."""
 
 
+class BudgetSpent(NotReady):
+    """No facility can train any more because every one that could has used up its privacy budget."""
+
+
 class Unauthenticated(HflError):
     """A signature or identity check failed."""
 

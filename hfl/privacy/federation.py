@@ -169,6 +169,18 @@ class DPPlan:
         return PrivacyAccountant(self.dp_config()).epsilon_after(self.steps_per_round * rounds)
 
 
+def spare_rounds(rounds: int, spare: int | None = None) -> int:
+    """Trainings kept in the budget for retried rounds. A round the validators refuse is trained again,
+    and that second noisy release costs privacy like any other; without spare trainings one refusal
+    would use up every facility's budget a round before the planned end. None: 10 % of ``rounds``,
+    at least 2."""
+    if spare is None:
+        return max(2, math.ceil(rounds / 10))
+    if isinstance(spare, bool) or not isinstance(spare, int) or spare < 0:
+        raise ValueError(f"spare rounds for retries must be 0 or more, got {spare!r}")
+    return spare
+
+
 def plan_dp(
     *,
     epsilon: float,

@@ -26,6 +26,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (errors.NotAllowed, grpc.StatusCode.PERMISSION_DENIED),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.AlreadyDone, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.BudgetSpent, grpc.StatusCode.OUT_OF_RANGE),  # before NotReady: it is one
     (errors.NotReady, grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),

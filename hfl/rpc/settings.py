@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     # stricter cap (0 = follow the federation's budget).
     dp_epsilon: float = 0.0
     dp_rounds: int = 0
+    # extra trainings the budget keeps for rounds the validators send back (each retry trains again and
+    # spends privacy): None = 10 % of the rounds, at least 2
+    dp_spare_rounds: int | None = None
     dp_delta: float = 1e-5
     dp_mechanism: Literal["gaussian", "laplace"] = "gaussian"
     dp_accountant: Literal["rdp", "pld"] = "rdp"

@@ -11,7 +11,7 @@ from hfl import bounds
 from hfl.crypto.pow import PowError, check, pow_challenge
 from hfl.crypto.signing import PUBLIC_KEY_LEN, SigningKey
 from hfl.domain import ROLES, SPECIALTIES, Bucket, NodeInfo, RoundConfig
-from hfl.errors import ConfigError, HflError, InvalidInput, NotAllowed, NotFound, NotReady, clip
+from hfl.errors import BudgetSpent, ConfigError, HflError, InvalidInput, NotAllowed, NotFound, NotReady, clip
 from hfl.hashing import HASH_LEN
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.robust.reputation import FLAG_KINDS, Reputation, with_refused
@@ -135,6 +135,15 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if len(registered) < max(1, s.min_facilities):
             raise NotReady(
                 f"only {len(registered)} facilities are registered; waiting for {s.min_facilities}"
+            )
+        if (
+            not facilities
+            and out_of_budget
+            and all(n.node_id in quarantined or n.node_id in out_of_budget for n in registered)
+        ):
+            raise BudgetSpent(
+                f"every facility that could take part has used up its privacy budget "
+                f"({len(out_of_budget)} used up, {len(quarantined)} quarantined)"
             )
         if not facilities:
             raise NotReady(

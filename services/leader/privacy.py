@@ -1,7 +1,7 @@
 """The leader's side of differential privacy: calibrate the noise once at start-up and say so.
 
 HFL_DP_EPSILON > 0 turns DP on. The leader calibrates the noise multiplier so that HFL_DP_ROUNDS (default:
-HFL_ROUNDS) rounds of
+HFL_ROUNDS) rounds, plus HFL_DP_SPARE_ROUNDS spare ones for retried rounds (default 10 %, at least 2), of
 ``ceil(local_epochs / q)`` Poisson-sampled DP-SGD steps spend the budget (minus the small ε set aside for
 each facility's published statistics) with the chosen accountant, logs the plain-language summary, and
 ships the resulting plan to every facility in ``TrainingPlan.extra["dp"]``.
@@ -20,6 +20,7 @@ from hfl.privacy.federation import (
     DPPlan,
     describe_plan,
     plan_dp,
+    spare_rounds,
 )
 from hfl.rpc.settings import Settings
 
@@ -45,17 +46,23 @@ def dp_plan_from_settings(settings: Settings) -> DPPlan | None:
     if settings.dp_epsilon <= 0:
         return None
     rounds = dp_rounds(settings)
+    try:
+        spare = spare_rounds(rounds, settings.dp_spare_rounds)
+    except ValueError as e:
+        raise ConfigError(f"HFL_DP_SPARE_ROUNDS: {e}") from None
     log.info(
-        "calibrating the privacy noise for ε=%g, δ=%g over %d rounds ...",
+        "calibrating the privacy noise for ε=%g, δ=%g over %d rounds plus %d spare for rounds the "
+        "validators send back ...",
         settings.dp_epsilon,
         settings.dp_delta,
         rounds,
+        spare,
     )
     try:
         plan = plan_dp(
             epsilon=settings.dp_epsilon,
             delta=settings.dp_delta,
-            rounds=rounds,
+            rounds=rounds + spare,
             mechanism=settings.dp_mechanism,
             accountant=settings.dp_accountant,
             clip=settings.dp_clip or DEFAULT_CLIP,

@@ -93,6 +93,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.bucket_configs: list[pb.RoundConfig] = []
         self.clock = RoundClock()
         self.epsilon_spent = float("nan")  # largest privacy loss of any facility, from the authority
+        self.end_detail = "all planned rounds are done"  # said by the last WatchRounds event
 
     def rule_params(self, n_buckets: int) -> dict[str, object]:
         """Recorded in every block: f (HFL_F, or the most the rule tolerates when HFL_F=-1) and the norm
@@ -125,6 +126,12 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                         self.authority().GetRoundConfig, config_request, peer="authority", timeout=30
                     )
                 except grpc.aio.AioRpcError as e:
+                    if e.code() == grpc.StatusCode.OUT_OF_RANGE and target:
+                        # Every facility has spent its privacy budget: no later round can train, so a
+                        # federation with a planned number of rounds ends here instead of waiting forever.
+                        self.end_detail = f"training ended after round {round_ - 1}: {e.details()}"
+                        log.warning("%s", self.end_detail)
+                        break
                     self.state = f"waiting: {e.details()}"
                     log.info("round %d: not ready yet (%s)", round_, e.details())
                     await asyncio.sleep(1.0)
@@ -150,13 +157,13 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                     await asyncio.sleep(self.settings.round_interval)
         finally:
             self.finished = True
-            self.state = "finished"
+            self.state = f"finished: {self.end_detail}"
             await self.publish(
                 RoundEvent(
                     round=self.store.head().header.round,  # type: ignore[union-attr]
                     committed=False,
                     done=True,
-                    detail="all planned rounds are done",
+                    detail=self.end_detail,
                 )
             )
 

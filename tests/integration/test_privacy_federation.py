@@ -30,6 +30,10 @@ DP_ENV = {
     "HFL_DP_DELTA": str(DELTA),
     "HFL_DP_MECHANISM": "gaussian",
     "HFL_DP_ACCOUNTANT": "rdp",
+    # The budget covers exactly ROUNDS trainings (no spare ones for retries), and the leader is asked for
+    # one round more: it must end by itself once every facility has used up its budget.
+    "HFL_DP_ROUNDS": str(ROUNDS),
+    "HFL_DP_SPARE_ROUNDS": "0",
 }
 ONE_ROUND = "facility-04"  # its own budget covers exactly one round
 NO_ROUND = "facility-05"  # its own budget covers no round: it declines round 1
@@ -53,7 +57,7 @@ def federation(
         facilities=5,
         fogs=1,
         validators=4,
-        rounds=ROUNDS,
+        rounds=ROUNDS + 1,
         min_facilities=3,
         authority_env=DP_ENV,
         facility_env=lambda i: {
@@ -100,6 +104,21 @@ def test_epsilon_per_round_matches_dp_accounting(
         )
         assert eps == pytest.approx(expected, rel=1e-9)
     assert reported[-1] <= EPSILON
+
+
+def test_training_ends_when_every_budget_is_used_up(
+    federation: tuple[Federation, dict[str, Proc], Path],
+) -> None:
+    """Asked for ROUNDS + 1 rounds with a budget for ROUNDS: the leader says why it stopped, and ends."""
+    fed, procs, _ = federation
+    with sync_channel(procs["leader"].info["address"], fed.operator()) as ch:
+        stream = leader_pb2_grpc.LeaderServiceStub(ch).WatchRounds(
+            leader_pb2.WatchRoundsRequest(), timeout=60
+        )
+        last = list(stream)[-1]
+    assert last.done and not last.committed and last.round == ROUNDS
+    assert last.detail.startswith(f"training ended after round {ROUNDS}: every facility")
+    assert "used up its privacy budget" in last.detail
 
 
 def test_budgets_are_enforced(federation: tuple[Federation, dict[str, Proc], Path]) -> None:
@@ -252,5 +271,5 @@ def test_privacy_ledger_survives_authority_restart(
             authority_pb2.GetRoundConfigRequest(round=ROUNDS + 1, attempt=0, ledger_head=head.hash),
             timeout=10,
         )
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "5 have used up their privacy budget" in str(err.value.details())
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "(5 used up, 0 quarantined)" in str(err.value.details())

@@ -186,3 +186,28 @@ def test_plain_bucket_stops_waiting_for_an_unreachable_member_and_reports_it() -
     assert late.result().unreachable == ()
     back = serde.bucket_result_from_proto(serde.bucket_result_to_proto(result), expected_length=2)
     assert back.unreachable == ("b", "c")
+
+
+def test_no_round_once_every_schedulable_facility_has_used_up_its_budget(
+    authority: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Then no later round can train: BudgetSpent (OUT_OF_RANGE on the wire, so a leader with a planned
+    number of rounds ends); while someone with budget left could still come back, only NotReady."""
+    from hfl.errors import BudgetSpent, NotReady
+    from hfl.rpc.errors import status_for
+    from services.authority.privacy import PrivacyBook
+
+    spent = {"facility-0", "facility-1", "facility-2"}
+    monkeypatch.setattr(PrivacyBook, "exhausted", property(lambda _self: frozenset(spent)))
+    monkeypatch.setattr(Attendance, "inactive", property(lambda _self: frozenset({"facility-3"})))  # away
+    with pytest.raises(NotReady, match="no facility can take part") as waiting:
+        authority.make_config(1, 0, bytes(32))
+    assert not isinstance(waiting.value, BudgetSpent)
+    spent.add("facility-3")
+    with pytest.raises(BudgetSpent, match=r"used up its privacy budget \(4 used up, 0 quarantined\)") as end:
+        authority.make_config(1, 0, bytes(32))
+    assert status_for(end.value)[0] == grpc.StatusCode.OUT_OF_RANGE
+    spent.discard("facility-3")
+    monkeypatch.setattr(Authority, "quarantined", property(lambda _self: frozenset({"facility-3"})))
+    with pytest.raises(BudgetSpent, match=r"\(3 used up, 1 quarantined\)"):
+        authority.make_config(1, 0, bytes(32))

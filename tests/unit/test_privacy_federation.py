@@ -218,4 +218,25 @@ def test_a_federation_without_an_end_says_how_long_the_budget_lasts() -> None:
     with pytest.raises(ConfigError, match="HFL_DP_ROUNDS must be"):
         dp_rounds(load_settings(role="leader", rounds=7, dp_epsilon=1.0, dp_rounds=-1))
     plan = dp_plan_from_settings(load_settings(role="leader", rounds=0, dp_epsilon=1.0, dp_rounds=20))
-    assert plan is not None and plan.rounds == 20
+    assert plan is not None and plan.rounds == 22  # 20 planned, 2 spare for retried rounds
+    exact = load_settings(role="leader", rounds=0, dp_epsilon=1.0, dp_rounds=20, dp_spare_rounds=0)
+    assert dp_plan_from_settings(exact).rounds == 20  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="HFL_DP_SPARE_ROUNDS"):
+        dp_plan_from_settings(load_settings(role="leader", rounds=5, dp_epsilon=1.0, dp_spare_rounds=-1))
+
+
+def test_spare_rounds_leave_room_for_retries() -> None:
+    """A refused round trains again and spends again: the budget keeps 10 % (at least 2) spare trainings,
+    so the planned rounds still fit after a few retries, and more noise is the price."""
+    from hfl.privacy.federation import spare_rounds
+
+    assert [spare_rounds(r) for r in (1, 5, 20, 21, 50, 100)] == [2, 2, 2, 3, 5, 10]
+    assert spare_rounds(20, 0) == 0 and spare_rounds(20, 7) == 7
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="spare rounds"):
+            spare_rounds(20, bad)  # type: ignore[arg-type]
+    base = plan_dp(epsilon=1.0, delta=1e-5, rounds=20)
+    spared = plan_dp(epsilon=1.0, delta=1e-5, rounds=20 + spare_rounds(20))
+    assert spared.noise_multiplier > base.noise_multiplier
+    assert spared.epsilon_after_rounds(22) <= spared.training_budget + 1e-9
+    assert base.epsilon_after_rounds(22) > base.training_budget  # what a retry did to the old plan
