@@ -290,6 +290,28 @@ class SpecialtyResult:
 
 
 @dataclass(frozen=True)
+class VoteRecord:
+    """How one committee member voted on a round attempt (``answered`` False: no vote in time)."""
+
+    validator: str
+    accept: bool = False
+    reason: str = ""
+    answered: bool = True
+
+
+@dataclass(frozen=True)
+class BucketRecord:
+    """One bucket of a round attempt, for the operator: who served it, who was in it, what became of it."""
+
+    bucket_id: str
+    fog_id: str
+    members: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    flagged: bool = False
+    abandoned: bool = False
+
+
+@dataclass(frozen=True)
 class RoundEvent:
     """What the leader announces after each round attempt."""
 
@@ -314,3 +336,5 @@ class RoundEvent:
     extra: dict[str, Any] = field(default_factory=dict)
     clinical: ClinicalMetrics | None = None
     specialties: tuple[SpecialtyResult, ...] = ()
+    votes: tuple[VoteRecord, ...] = ()
+    buckets: tuple[BucketRecord, ...] = ()

@@ -17,6 +17,7 @@ from hfl import bounds
 from hfl.domain import (
     Bucket,
     BucketEvaluation,
+    BucketRecord,
     BucketResult,
     ClinicalMetrics,
     Metrics,
@@ -26,6 +27,7 @@ from hfl.domain import (
     RoundEvent,
     SpecialtyResult,
     TrainingPlan,
+    VoteRecord,
 )
 from hfl.errors import InvalidInput, clip
 from hfl.hashing import hash_vector
@@ -437,6 +439,23 @@ def event_to_proto(e: RoundEvent) -> leader_pb2.WatchRoundsResponse:
         extra_json=json.dumps(e.extra, sort_keys=True),
         clinical=clinical_to_proto(e.clinical) if e.clinical is not None else None,
         specialties=[specialty_to_proto(r) for r in e.specialties],
+        votes=[
+            leader_pb2.VoteRecord(
+                validator=v.validator, accept=v.accept, reason=v.reason, answered=v.answered
+            )
+            for v in e.votes
+        ],
+        buckets=[
+            leader_pb2.BucketRecord(
+                bucket_id=b.bucket_id,
+                fog_id=b.fog_id,
+                members=list(b.members),
+                dropped=list(b.dropped),
+                flagged=b.flagged,
+                abandoned=b.abandoned,
+            )
+            for b in e.buckets
+        ],
     )
 
 
@@ -463,6 +482,11 @@ def event_from_proto(e: leader_pb2.WatchRoundsResponse) -> RoundEvent:
         extra=_json_or_empty(e.extra_json, "round event extras"),
         clinical=clinical_from_proto(e.clinical) if e.HasField("clinical") else None,
         specialties=tuple(specialty_from_proto(r) for r in e.specialties),
+        votes=tuple(VoteRecord(v.validator, v.accept, v.reason, v.answered) for v in e.votes),
+        buckets=tuple(
+            BucketRecord(b.bucket_id, b.fog_id, tuple(b.members), tuple(b.dropped), b.flagged, b.abandoned)
+            for b in e.buckets
+        ),
     )
 
 

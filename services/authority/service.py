@@ -327,7 +327,14 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             me = authz.caller_id()
             spent = {k: v for k, v in spent.items() if k == me}
             exhausted = [f for f in exhausted if f == me]
-        return authority_pb2.GetPrivacySpendResponse(epsilon_spent=spent, exhausted=exhausted)
+        s = self.settings
+        return authority_pb2.GetPrivacySpendResponse(
+            epsilon_spent=spent,
+            exhausted=exhausted,
+            budget=s.dp_epsilon,
+            delta=s.dp_delta if s.dp_epsilon > 0 else 0.0,
+            mechanism=s.dp_mechanism if s.dp_epsilon > 0 else "",
+        )
 
     async def ReleaseFacility(
         self, request: authority_pb2.ReleaseFacilityRequest, context: grpc.aio.ServicerContext

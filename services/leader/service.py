@@ -66,7 +66,14 @@ from hfl.rpc.metrics import (
 from hfl.rpc.pki import AUTHORITY, Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
-from services.leader.rounds import RoundClock, checked_evaluations, fog_request, fog_views
+from services.leader.rounds import (
+    RoundClock,
+    bucket_records,
+    checked_evaluations,
+    fog_request,
+    fog_views,
+    vote_records,
+)
 
 log = logging.getLogger("hfl.leader")
 
@@ -236,6 +243,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             dropouts=dropouts,
             abandoned_buckets=sum(1 for r in results if r.abandoned),
             committee=tuple(m.node_id for m in config.committee),
+            buckets=bucket_records(config, results, ()),
         )
         if not used:  # nothing to aggregate or vote on; the authority still learns who never answered
             await self.report(config, None, {}, None, refused, absent)
@@ -271,7 +279,13 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         votes = await self.collect_votes(config, head, used, header, counter)
         clock.lap("committee")
         accepts = sum(1 for v in votes if v.accept)
-        base.update(accepts=accepts, rejects=len(votes) - accepts, flagged_buckets=flagged)
+        base.update(
+            accepts=accepts,
+            rejects=len(votes) - accepts,
+            flagged_buckets=flagged,
+            votes=vote_records(config, votes),
+            buckets=bucket_records(config, results, flagged),
+        )
         try:
             qc = select_quorum(header, votes)
         except LedgerError as e:
@@ -496,6 +510,8 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         index = 0
         while True:
             async with self.changed:
+                if request.replay_only and index >= len(self.events):
+                    return  # the history so far, without waiting for the next round
                 while index >= len(self.events):
                     await self.changed.wait()
                 batch = self.events[index:]

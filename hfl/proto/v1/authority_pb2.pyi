@@ -582,6 +582,13 @@ class GetPrivacySpendResponse(_message.Message):
 
     EPSILON_SPENT_FIELD_NUMBER: _builtins.int
     EXHAUSTED_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    MECHANISM_FIELD_NUMBER: _builtins.int
+    budget: _builtins.float
+    """The federation's budget per facility (0: no differential privacy), its δ and noise mechanism."""
+    delta: _builtins.float
+    mechanism: _builtins.str
     @_builtins.property
     def epsilon_spent(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -591,10 +598,13 @@ class GetPrivacySpendResponse(_message.Message):
         *,
         epsilon_spent: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         exhausted: _abc.Iterable[_builtins.str] | None = ...,
+        budget: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        mechanism: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epsilon_spent", b"epsilon_spent", "exhausted", b"exhausted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "delta", b"delta", "epsilon_spent", b"epsilon_spent", "exhausted", b"exhausted", "mechanism", b"mechanism"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

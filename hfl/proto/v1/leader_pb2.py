@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hfl.proto.v1 import common_pb2 as hfl_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfl/v1/leader.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"\x12\n\x10GetStatusRequest\"w\n\x11GetStatusResponse\x12\x17\n\x0f\x63ommitted_round\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\x0c\x12\x15\n\rtarget_rounds\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\r\n\x05state\x18\x05 \x01(\t\"\x11\n\x0fGetModelRequest\"0\n\x10GetModelResponse\x12\x1c\n\x05model\x18\x01 \x01(\x0b\x32\r.hfl.v1.Model\")\n\x12WatchRoundsRequest\x12\x13\n\x0b\x61\x66ter_round\x18\x01 \x01(\x04\"\xd5\x03\n\x13WatchRoundsResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x0f\n\x07\x61\x63\x63\x65pts\x18\x05 \x01(\r\x12\x0f\n\x07rejects\x18\x06 \x01(\r\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x12\n\nbytes_sent\x18\x08 \x01(\x04\x12\x12\n\nblock_hash\x18\t \x01(\x0c\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x14\n\x0cparticipants\x18\x0b \x01(\r\x12\x10\n\x08\x64ropouts\x18\x0c \x01(\r\x12\x19\n\x11\x61\x62\x61ndoned_buckets\x18\r \x01(\r\x12\x17\n\x0f\x66lagged_buckets\x18\x0e \x03(\t\x12\x13\n\x0bquarantined\x18\x0f \x03(\t\x12\x11\n\tcommittee\x18\x10 \x03(\t\x12\x0f\n\x07\x65psilon\x18\x11 \x01(\x01\x12\x0c\n\x04\x64one\x18\x12 \x01(\x08\x12\x12\n\nextra_json\x18\x13 \x01(\t\x12)\n\x08\x63linical\x18\x14 \x01(\x0b\x32\x17.hfl.v1.ClinicalMetrics\x12,\n\x0bspecialties\x18\x15 \x03(\x0b\x32\x17.hfl.v1.SpecialtyResult\"\x12\n\x10GetLedgerRequest\"\x97\x01\n\x0bLedgerBlock\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\x12\x13\n\x0bheader_json\x18\x03 \x01(\t\x12\x12\n\nvotes_json\x18\x04 \x01(\t\x12\x1d\n\x05model\x18\x05 \x01(\x0b\x32\x0e.hfl.v1.Vector\x12#\n\x0b\x62ucket_sums\x18\x06 \x03(\x0b\x32\x0e.hfl.v1.Vector2\x98\x02\n\rLeaderService\x12@\n\tGetStatus\x12\x18.hfl.v1.GetStatusRequest\x1a\x19.hfl.v1.GetStatusResponse\x12=\n\x08GetModel\x12\x17.hfl.v1.GetModelRequest\x1a\x18.hfl.v1.GetModelResponse\x12H\n\x0bWatchRounds\x12\x1a.hfl.v1.WatchRoundsRequest\x1a\x1b.hfl.v1.WatchRoundsResponse0\x01\x12<\n\tGetLedger\x12\x18.hfl.v1.GetLedgerRequest\x1a\x13.hfl.v1.LedgerBlock0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfl/v1/leader.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"\x12\n\x10GetStatusRequest\"w\n\x11GetStatusResponse\x12\x17\n\x0f\x63ommitted_round\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\x0c\x12\x15\n\rtarget_rounds\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\r\n\x05state\x18\x05 \x01(\t\"\x11\n\x0fGetModelRequest\"0\n\x10GetModelResponse\x12\x1c\n\x05model\x18\x01 \x01(\x0b\x32\r.hfl.v1.Model\">\n\x12WatchRoundsRequest\x12\x13\n\x0b\x61\x66ter_round\x18\x01 \x01(\x04\x12\x13\n\x0breplay_only\x18\x02 \x01(\x08\"Q\n\nVoteRecord\x12\x11\n\tvalidator\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61nswered\x18\x04 \x01(\x08\"w\n\x0c\x42ucketRecord\x12\x11\n\tbucket_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66og_id\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x04 \x03(\t\x12\x0f\n\x07\x66lagged\x18\x05 \x01(\x08\x12\x11\n\tabandoned\x18\x06 \x01(\x08\"\x9f\x04\n\x13WatchRoundsResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x0f\n\x07\x61\x63\x63\x65pts\x18\x05 \x01(\r\x12\x0f\n\x07rejects\x18\x06 \x01(\r\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x12\n\nbytes_sent\x18\x08 \x01(\x04\x12\x12\n\nblock_hash\x18\t \x01(\x0c\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x14\n\x0cparticipants\x18\x0b \x01(\r\x12\x10\n\x08\x64ropouts\x18\x0c \x01(\r\x12\x19\n\x11\x61\x62\x61ndoned_buckets\x18\r \x01(\r\x12\x17\n\x0f\x66lagged_buckets\x18\x0e \x03(\t\x12\x13\n\x0bquarantined\x18\x0f \x03(\t\x12\x11\n\tcommittee\x18\x10 \x03(\t\x12\x0f\n\x07\x65psilon\x18\x11 \x01(\x01\x12\x0c\n\x04\x64one\x18\x12 \x01(\x08\x12\x12\n\nextra_json\x18\x13 \x01(\t\x12)\n\x08\x63linical\x18\x14 \x01(\x0b\x32\x17.hfl.v1.ClinicalMetrics\x12,\n\x0bspecialties\x18\x15 \x03(\x0b\x32\x17.hfl.v1.SpecialtyResult\x12!\n\x05votes\x18\x16 \x03(\x0b\x32\x12.hfl.v1.VoteRecord\x12%\n\x07\x62uckets\x18\x17 \x03(\x0b\x32\x14.hfl.v1.BucketRecord\"\x12\n\x10GetLedgerRequest\"\x97\x01\n\x0bLedgerBlock\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\x12\x13\n\x0bheader_json\x18\x03 \x01(\t\x12\x12\n\nvotes_json\x18\x04 \x01(\t\x12\x1d\n\x05model\x18\x05 \x01(\x0b\x32\x0e.hfl.v1.Vector\x12#\n\x0b\x62ucket_sums\x18\x06 \x03(\x0b\x32\x0e.hfl.v1.Vector2\x98\x02\n\rLeaderService\x12@\n\tGetStatus\x12\x18.hfl.v1.GetStatusRequest\x1a\x19.hfl.v1.GetStatusResponse\x12=\n\x08GetModel\x12\x17.hfl.v1.GetModelRequest\x1a\x18.hfl.v1.GetModelResponse\x12H\n\x0bWatchRounds\x12\x1a.hfl.v1.WatchRoundsRequest\x1a\x1b.hfl.v1.WatchRoundsResponse0\x01\x12<\n\tGetLedger\x12\x18.hfl.v1.GetLedgerRequest\x1a\x13.hfl.v1.LedgerBlock0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,13 +41,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELRESPONSE']._serialized_start=212
   _globals['_GETMODELRESPONSE']._serialized_end=260
   _globals['_WATCHROUNDSREQUEST']._serialized_start=262
-  _globals['_WATCHROUNDSREQUEST']._serialized_end=303
-  _globals['_WATCHROUNDSRESPONSE']._serialized_start=306
-  _globals['_WATCHROUNDSRESPONSE']._serialized_end=775
-  _globals['_GETLEDGERREQUEST']._serialized_start=777
-  _globals['_GETLEDGERREQUEST']._serialized_end=795
-  _globals['_LEDGERBLOCK']._serialized_start=798
-  _globals['_LEDGERBLOCK']._serialized_end=949
-  _globals['_LEADERSERVICE']._serialized_start=952
-  _globals['_LEADERSERVICE']._serialized_end=1232
+  _globals['_WATCHROUNDSREQUEST']._serialized_end=324
+  _globals['_VOTERECORD']._serialized_start=326
+  _globals['_VOTERECORD']._serialized_end=407
+  _globals['_BUCKETRECORD']._serialized_start=409
+  _globals['_BUCKETRECORD']._serialized_end=528
+  _globals['_WATCHROUNDSRESPONSE']._serialized_start=531
+  _globals['_WATCHROUNDSRESPONSE']._serialized_end=1074
+  _globals['_GETLEDGERREQUEST']._serialized_start=1076
+  _globals['_GETLEDGERREQUEST']._serialized_end=1094
+  _globals['_LEDGERBLOCK']._serialized_start=1097
+  _globals['_LEDGERBLOCK']._serialized_end=1248
+  _globals['_LEADERSERVICE']._serialized_start=1251
+  _globals['_LEADERSERVICE']._serialized_end=1531
 # @@protoc_insertion_point(module_scope)

@@ -105,20 +105,94 @@ class WatchRoundsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AFTER_ROUND_FIELD_NUMBER: _builtins.int
+    REPLAY_ONLY_FIELD_NUMBER: _builtins.int
     after_round: _builtins.int
     """Replay events for rounds after this one first."""
+    replay_only: _builtins.bool
+    """End the stream once the past events are replayed instead of waiting for new ones (the console's
+    round history).
+    """
     def __init__(
         self,
         *,
         after_round: _builtins.int = ...,
+        replay_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_round", b"after_round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_round", b"after_round", "replay_only", b"replay_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRoundsRequest: _TypeAlias = WatchRoundsRequest  # noqa: Y015
+
+@_typing.final
+class VoteRecord(_message.Message):
+    """One committee member's vote on a round attempt ("no answer" when it did not vote in time)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALIDATOR_FIELD_NUMBER: _builtins.int
+    ACCEPT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    validator: _builtins.str
+    accept: _builtins.bool
+    reason: _builtins.str
+    answered: _builtins.bool
+    def __init__(
+        self,
+        *,
+        validator: _builtins.str = ...,
+        accept: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        answered: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "answered", b"answered", "reason", b"reason", "validator", b"validator"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoteRecord: _TypeAlias = VoteRecord  # noqa: Y015
+
+@_typing.final
+class BucketRecord(_message.Message):
+    """One bucket of a round attempt: the fog that served it, its members, and what became of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKET_ID_FIELD_NUMBER: _builtins.int
+    FOG_ID_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    FLAGGED_FIELD_NUMBER: _builtins.int
+    ABANDONED_FIELD_NUMBER: _builtins.int
+    bucket_id: _builtins.str
+    fog_id: _builtins.str
+    flagged: _builtins.bool
+    abandoned: _builtins.bool
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def dropped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        bucket_id: _builtins.str = ...,
+        fog_id: _builtins.str = ...,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+        dropped: _abc.Iterable[_builtins.str] | None = ...,
+        flagged: _builtins.bool = ...,
+        abandoned: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned", b"abandoned", "bucket_id", b"bucket_id", "dropped", b"dropped", "flagged", b"flagged", "fog_id", b"fog_id", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BucketRecord: _TypeAlias = BucketRecord  # noqa: Y015
 
 @_typing.final
 class WatchRoundsResponse(_message.Message):
@@ -145,6 +219,8 @@ class WatchRoundsResponse(_message.Message):
     EXTRA_JSON_FIELD_NUMBER: _builtins.int
     CLINICAL_FIELD_NUMBER: _builtins.int
     SPECIALTIES_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    BUCKETS_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     committed: _builtins.bool
     accuracy: _builtins.float
@@ -175,6 +251,10 @@ class WatchRoundsResponse(_message.Message):
     def specialties(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SpecialtyResult]:
         """Results per specialty (groups of at least three facilities), and why any is missing."""
 
+    @_builtins.property
+    def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VoteRecord]: ...
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BucketRecord]: ...
     def __init__(
         self,
         *,
@@ -199,10 +279,12 @@ class WatchRoundsResponse(_message.Message):
         extra_json: _builtins.str = ...,
         clinical: _common_pb2.ClinicalMetrics | None = ...,
         specialties: _abc.Iterable[_common_pb2.SpecialtyResult] | None = ...,
+        votes: _abc.Iterable[Global___VoteRecord] | None = ...,
+        buckets: _abc.Iterable[Global___BucketRecord] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["clinical", b"clinical"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned_buckets", b"abandoned_buckets", "accepts", b"accepts", "accuracy", b"accuracy", "block_hash", b"block_hash", "bytes_sent", b"bytes_sent", "clinical", b"clinical", "committed", b"committed", "committee", b"committee", "detail", b"detail", "done", b"done", "dropouts", b"dropouts", "duration_s", b"duration_s", "epsilon", b"epsilon", "extra_json", b"extra_json", "flagged_buckets", b"flagged_buckets", "loss", b"loss", "participants", b"participants", "quarantined", b"quarantined", "rejects", b"rejects", "round", b"round", "specialties", b"specialties"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned_buckets", b"abandoned_buckets", "accepts", b"accepts", "accuracy", b"accuracy", "block_hash", b"block_hash", "buckets", b"buckets", "bytes_sent", b"bytes_sent", "clinical", b"clinical", "committed", b"committed", "committee", b"committee", "detail", b"detail", "done", b"done", "dropouts", b"dropouts", "duration_s", b"duration_s", "epsilon", b"epsilon", "extra_json", b"extra_json", "flagged_buckets", b"flagged_buckets", "loss", b"loss", "participants", b"participants", "quarantined", b"quarantined", "rejects", b"rejects", "round", b"round", "specialties", b"specialties", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
