@@ -12,6 +12,19 @@ import streamlit as st
 
 from hfl.console.auth import Login, NoPassword, password_from_env
 from hfl.console.data import Connection, Snapshot, check_ledger, snapshot
+from hfl.console.derive import (
+    attention,
+    bucket_rows,
+    committee_rows,
+    facility_rows,
+    flagged_rows,
+    map_dot,
+    privacy_rows,
+    quarantine_rows,
+    specialty_rows,
+    training_rows,
+    vote_rows,
+)
 
 
 @st.cache_resource
@@ -59,27 +72,39 @@ def _map(snap: Snapshot) -> None:
     if snap.nodes is None:
         st.info("The authority did not answer, so the list of members is not known.")
         return
+    latest = snap.latest
+    st.caption(
+        "Each box is one hospital or clinic (its colour is its specialty: blue hospital, green clinic, pink "
+        "research, orange emergency). Boxes are grouped into this round's buckets: a fog (regional server) "
+        "only ever learns the sum of a bucket, never one facility's update. Bold diamonds are the "
+        "validators on this round's committee."
+        + (f" Shown: round {latest.round}." if latest else " No round has started yet.")
+    )
+    st.graphviz_chart(
+        map_dot(snap),
+        width="stretch",
+        alt="Diagram of the federation: fogs, buckets, facilities and validators",
+    )
     for role in ("authority", "leader", "validator", "fog", "facility"):
         members = snap.nodes.by_role(role)
         if not members:
             continue
         st.subheader(f"{role.capitalize()} ({len(members)})")
-        st.table(
-            [
-                {
-                    "name": n.node_id,
-                    "specialty": n.specialty or "-",
-                    "status": "quarantined"
-                    if n.node_id in snap.nodes.quarantined
-                    else "absent"
-                    if n.node_id in snap.nodes.inactive
-                    else "out of privacy budget"
-                    if snap.privacy and n.node_id in snap.privacy.exhausted
-                    else "taking part",
-                }
-                for n in members
-            ]
-        )
+        if role == "facility":
+            st.table(facility_rows(snap))
+        else:
+            committee = set(latest.committee) if latest else set()
+            st.table(
+                [
+                    {"name": n.node_id, "address": n.address}
+                    | ({"on the committee": n.node_id in committee} if role == "validator" else {})
+                    for n in members
+                ]
+            )
+    if latest is not None:
+        st.subheader(f"Buckets of round {latest.round}")
+        st.caption("Which fog served each bucket, who was in it, and whether its sum was used.")
+        st.table(bucket_rows(latest))
 
 
 def _training(snap: Snapshot) -> None:
@@ -94,22 +119,52 @@ def _training(snap: Snapshot) -> None:
         "How many rounds this federation was asked to run.",
     )
     _number("State", snap.leader.state, "What the leader is doing right now.")
-    rounds = snap.summary.get("rounds") if snap.summary else None
-    if isinstance(rounds, list) and rounds:
-        st.subheader("Per round (from the run's summary)")
+    committed = snap.committed
+    if not snap.rounds:
+        st.info("No round has finished since the leader started.")
+        return
+    if committed:
+        last = committed[-1]
+        _number(
+            "Accuracy",
+            f"{last.accuracy:.3f}",
+            "Share of the facilities' held-out patients the model got right (last committed round).",
+        )
+        if last.clinical is not None:
+            c = last.clinical
+            _number(
+                "ROC AUC",
+                f"{c.auc:.3f}",
+                "How well the model ranks a patient with the outcome above one without (0.5 is chance, "
+                "1 is perfect).",
+            )
+            _number(
+                "Baseline",
+                f"{c.baseline_accuracy:.3f}",
+                "Accuracy of always giving the more common answer: the model should beat it.",
+            )
+        reference = snap.summary.get("centralized_accuracy") if snap.summary else None
+        chart: dict[str, list[float | None]] = {
+            "accuracy": [e.accuracy for e in committed],
+            "AUC": [e.clinical.auc if e.clinical else None for e in committed],
+        }
+        if isinstance(reference, int | float):
+            chart["centralised reference"] = [float(reference)] * len(committed)
+        st.subheader("Accuracy per committed round")
         st.caption(
-            "Accuracy: share of validation patients the model got right. Loss: its error; lower is better."
+            "The centralised reference (when known) is the same model trained on all data pooled in one "
+            "place, which the federation never does."
         )
-        st.table(
-            [
-                {
-                    k: r.get(k)
-                    for k in ("round", "committed", "accuracy", "loss", "duration_s", "participants")
-                }
-                for r in rounds
-                if isinstance(r, dict)
-            ]
-        )
+        st.line_chart({k: v for k, v in chart.items()}, x_label="committed round", y_label="score")
+        st.subheader("Results per specialty (last committed round)")
+        st.caption("From the summed results of at least three facilities of a specialty, never one site's.")
+        st.table(specialty_rows(last))
+    st.subheader("Every round attempt")
+    st.caption(
+        "Sensitivity: patients with the outcome the model flags; specificity: patients without it it leaves "
+        "alone. Seconds and MB moved: time and traffic of the round across the federation."
+    )
+    st.dataframe(training_rows(snap.rounds), hide_index=True)
 
 
 def _privacy(snap: Snapshot) -> None:
@@ -117,10 +172,25 @@ def _privacy(snap: Snapshot) -> None:
     if snap.privacy is None:
         st.info("The authority did not answer.")
         return
+    p = snap.privacy
     st.caption("ε (epsilon) measures how much a facility's patients could be learned about; lower is safer.")
-    st.table([{"facility": f, "ε spent": round(e, 4)} for f, e in sorted(snap.privacy.epsilon_spent.items())])
-    if snap.privacy.exhausted:
-        st.warning("Budget used up, no longer training: " + ", ".join(snap.privacy.exhausted))
+    if p.budget > 0:
+        _number("Budget per facility", f"ε = {p.budget:g}", "The most privacy any facility may spend in all.")
+        _number("δ", f"{p.delta:g}", "The small chance the ε guarantee does not hold.")
+        _number(
+            "Noise",
+            p.mechanism,
+            "The kind of random noise added to each facility's training so single patients cannot be seen.",
+        )
+        st.caption(
+            "Each facility also publishes its number of patients and share with the outcome once, with "
+            "noise added (a small part of its budget)."
+        )
+    else:
+        st.info("Differential privacy is off in this federation: no privacy budget is being spent.")
+    st.table(privacy_rows(snap))
+    if p.exhausted:
+        st.warning("Budget used up, no longer training: " + ", ".join(p.exhausted))
 
 
 def _ledger(snap: Snapshot) -> None:
@@ -129,21 +199,63 @@ def _ledger(snap: Snapshot) -> None:
         st.info("The leader did not answer.")
         return
     _number(
+        "Ledger height",
+        snap.leader.committed_round + 1,
+        "Blocks in the shared record: one per committed round, plus the first (genesis) block.",
+    )
+    _number(
         "Ledger head", snap.leader.head_hash[:16], "Fingerprint of the newest block of the shared record."
     )
+    committed = snap.committed
+    if committed:
+        last = committed[-1]
+        st.subheader(f"Newest block (round {last.round})")
+        st.caption(
+            "A block is committed when enough committee members sign it (the quorum certificate). Its hash "
+            "chains it to the block before, so no one can change history unnoticed."
+        )
+        st.table(
+            [
+                {"field": "block hash", "value": last.block_hash.hex()},
+                {"field": "signed by", "value": ", ".join(v.validator for v in last.votes if v.accept)},
+                {"field": "accepting votes", "value": f"{last.accepts} of {len(last.committee)}"},
+            ]
+        )
     if st.button("Check the ledger"):
         ok, message = check_ledger(_connection().run)
         (st.success if ok else st.error)(message)
+    st.subheader("Votes per round")
+    st.caption("Each committee member re-checks the proposed model and accepts or refuses it, with a reason.")
+    st.dataframe(vote_rows(snap.rounds), hide_index=True)
+    st.subheader("Committees")
+    st.caption("The validators on duty; the committee is drawn again each epoch, weighted by reputation.")
+    st.table(committee_rows(snap.rounds))
 
 
 def _security(snap: Snapshot) -> None:
     st.header("Security")
     quarantined = snap.nodes.quarantined if snap.nodes else ()
-    if quarantined:
-        st.error("Needs attention: quarantined facilities: " + ", ".join(quarantined))
     _number(
         "Quarantined facilities", len(quarantined), "Facilities kept out after sending suspicious updates."
     )
+    flagged = flagged_rows(snap.rounds)
+    _number(
+        "Flagged buckets",
+        len(flagged),
+        "Bucket sums the robust rule set aside as suspicious (one member may be to blame).",
+    )
+    if flagged:
+        st.subheader("Flagged buckets")
+        st.table(flagged)
+    quarantines = quarantine_rows(snap.rounds)
+    if quarantines:
+        st.subheader("Quarantines")
+        st.table(quarantines)
+    absent = snap.nodes.inactive if snap.nodes else ()
+    if absent:
+        st.subheader("Absent facilities")
+        st.caption("Left out after missing rounds in a row; they come back when they connect again.")
+        st.table([{"facility": f} for f in absent])
 
 
 VIEWS = {
@@ -160,8 +272,8 @@ def main() -> None:
     if not _gate():
         return
     snap = snapshot(_connection())
-    for problem in snap.problems:
-        st.warning(problem)
+    for line in attention(snap):
+        st.warning("Needs attention: " + line)
     view = st.sidebar.radio("View", list(VIEWS))
     VIEWS[view](snap)
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import grpc
 
+from hfl.domain import RoundEvent
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
+from hfl.rpc import serde
 from hfl.rpc.pki import AUTHORITY, LEADER, NodeTls, sync_channel
 from hfl.status import _addresses, _operator_tls
 
@@ -39,6 +41,9 @@ class Nodes:
 class PrivacySpend:
     epsilon_spent: dict[str, float]
     exhausted: tuple[str, ...]
+    budget: float = 0.0  # per facility; 0: no differential privacy
+    delta: float = 0.0
+    mechanism: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,18 @@ class Snapshot:
     leader: LeaderStatus | None = None
     summary: dict[str, object] | None = None
     problems: tuple[str, ...] = field(default_factory=tuple)
+    # Every round attempt the leader announced since it started (committed or not), oldest first.
+    rounds: tuple[RoundEvent, ...] = ()
+    ended: str | None = None  # why training ended, once it has
+
+    @property
+    def committed(self) -> tuple[RoundEvent, ...]:
+        return tuple(e for e in self.rounds if e.committed)
+
+    @property
+    def latest(self) -> RoundEvent | None:
+        """The newest round attempt that reached the fogs (it has buckets)."""
+        return next((e for e in reversed(self.rounds) if e.buckets), None)
 
 
 @dataclass(frozen=True)
@@ -98,7 +115,10 @@ def _nodes(conn: Connection) -> tuple[Nodes, PrivacySpend]:
         quarantined=tuple(listed.quarantined),
         inactive=tuple(listed.inactive),
     )
-    return nodes, PrivacySpend(dict(spend.epsilon_spent), tuple(spend.exhausted))
+    privacy = PrivacySpend(
+        dict(spend.epsilon_spent), tuple(spend.exhausted), spend.budget, spend.delta, spend.mechanism
+    )
+    return nodes, privacy
 
 
 def _leader(conn: Connection) -> LeaderStatus:
@@ -106,6 +126,18 @@ def _leader(conn: Connection) -> LeaderStatus:
     with sync_channel(conn.leader, conn.tls, peer=LEADER) as ch:
         s = leader_pb2_grpc.LeaderServiceStub(ch).GetStatus(leader_pb2.GetStatusRequest(), timeout=5)
     return LeaderStatus(s.committed_round, s.target_rounds, s.finished, s.state, s.head_hash.hex())
+
+
+def _history(conn: Connection) -> tuple[tuple[RoundEvent, ...], str | None]:
+    """The leader's round events so far (it replays them and ends the stream), and why training ended."""
+    assert conn.leader
+    with sync_channel(conn.leader, conn.tls, peer=LEADER) as ch:
+        stream = leader_pb2_grpc.LeaderServiceStub(ch).WatchRounds(
+            leader_pb2.WatchRoundsRequest(replay_only=True), timeout=10
+        )
+        events = [serde.event_from_proto(m) for m in stream]
+    ended = next((e.detail for e in events if e.done), None)
+    return tuple(e for e in events if not e.done), ended
 
 
 def _summary(conn: Connection) -> dict[str, object] | None:
@@ -127,14 +159,17 @@ def snapshot(conn: Connection) -> Snapshot:
             problems.append(f"The authority at {conn.authority} did not answer ({e.code().name}).")
     else:
         problems.append("No authority address is known.")
+    rounds: tuple[RoundEvent, ...] = ()
+    ended = None
     if conn.leader:
         try:
             leader = _leader(conn)
+            rounds, ended = _history(conn)
         except grpc.RpcError as e:
             problems.append(f"The leader at {conn.leader} did not answer ({e.code().name}).")
     else:
         problems.append("No leader address is known.")
-    return Snapshot(nodes, privacy, leader, _summary(conn), tuple(problems))
+    return Snapshot(nodes, privacy, leader, _summary(conn), tuple(problems), rounds, ended)
 
 
 def check_ledger(run: Path | None) -> tuple[bool, str]:

@@ -14,6 +14,11 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from hfl.demo import Federation
+from hfl.domain import RoundEvent
+from hfl.ledger import LedgerStore
+from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
+from hfl.rpc import serde
+from hfl.rpc.pki import LEADER, operator_for_run, sync_channel
 from hfl.status import show_status
 from tests.integration.helpers import start_federation, wait_for_round
 
@@ -126,5 +131,51 @@ def test_views_match_the_federation(run_dir: Path, capsys: pytest.CaptureFixture
     # Privacy and security render without errors and show no quarantine in a healthy run.
     at = _view(at, "Privacy")
     assert at.header[0].value == "Privacy"
+    assert "Differential privacy is off" in at.info[0].value
     at = _view(at, "Security")
     assert _metrics(at)["Quarantined facilities"] == "0" and not at.error
+
+
+def _leader_events(run_dir: Path) -> list[RoundEvent]:
+    leader = next(
+        r["address"] for r in json.loads((run_dir / "endpoints.json").read_text()) if r["role"] == "leader"
+    )
+    with sync_channel(leader, operator_for_run(run_dir), peer=LEADER) as ch:
+        stream = leader_pb2_grpc.LeaderServiceStub(ch).WatchRounds(
+            leader_pb2.WatchRoundsRequest(replay_only=True), timeout=10
+        )
+        return [serde.event_from_proto(m) for m in stream if not m.done]
+
+
+def test_round_history_matches_the_leader_and_the_ledger(run_dir: Path) -> None:
+    """Training, votes, committee and buckets come from the leader's own round events; the newest block's
+    hash and signers are the ledger's."""
+    events = _leader_events(run_dir)
+    committed = [e for e in events if e.committed]
+    assert len(committed) >= 2
+    at = _view(_signed_in(), "Training")
+    table = at.dataframe[0].value
+    assert list(table["round"]) == [e.round for e in events]
+    assert list(table["committed"]) == [e.committed for e in events]
+    assert _metrics(at)["Accuracy"] == f"{committed[-1].accuracy:.3f}"
+    assert committed[-1].clinical is not None
+    assert _metrics(at)["ROC AUC"] == f"{committed[-1].clinical.auc:.3f}"
+
+    at = _view(at, "Federation map")
+    buckets = at.table[-1].value
+    latest = [e for e in events if e.buckets][-1]
+    assert list(buckets["bucket"]) == [b.bucket_id for b in latest.buckets]
+    assert sorted(m for ms in buckets["members"] for m in ms.split(", ")) == sorted(
+        m for b in latest.buckets for m in b.members
+    )
+
+    at = _view(at, "Consensus and ledger")
+    assert _metrics(at)["Ledger height"] == str(committed[-1].round + 1)
+    votes = at.dataframe[0].value
+    assert len(votes) == sum(len(e.committee) for e in events)
+    with LedgerStore(run_dir / "state" / "leader" / "ledger.db") as store:
+        head = store.head()
+    assert head is not None and head.hash == committed[-1].block_hash
+    newest = dict(zip(at.table[0].value["field"], at.table[0].value["value"], strict=True))
+    assert newest["block hash"] == head.hash.hex()
+    assert set(newest["signed by"].split(", ")) == {v.validator_id for v in head.votes}

@@ -1,0 +1,275 @@
+"""What the console's views show, computed from a Snapshot: pure functions, no Streamlit, no gRPC.
+
+Tables are lists of plain dicts (column name -> value) so the views only render them and tests can
+compare them with what the leader, the authority and the ledger say.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from hfl.console.data import Snapshot
+from hfl.domain import RoundEvent
+
+# Fill colours per specialty in the federation map (colour-blind-safe Okabe-Ito palette).
+SPECIALTY_COLOURS = {
+    "hospital": "#56B4E9",
+    "clinic": "#009E73",
+    "research": "#CC79A7",
+    "emergency": "#E69F00",
+}
+STATUS_STYLE = {
+    "quarantined": 'color="#D55E00", penwidth=3, style="filled,bold"',
+    "absent": 'color="#999999", style="filled,dashed"',
+    "out of privacy budget": 'color="#F0E442", penwidth=3, style="filled"',
+    "dropped out": 'color="#000000", style="filled,dashed"',
+}
+
+
+def _num(x: float, digits: int = 4) -> float | None:
+    return None if x is None or math.isnan(x) else round(x, digits)
+
+
+def facility_status(snap: Snapshot, node_id: str) -> str:
+    """One word (or a few) for where a facility stands: quarantined, absent, out of budget, dropped out of
+    the latest round, training, or waiting (registered but not in the latest round)."""
+    if snap.nodes and node_id in snap.nodes.quarantined:
+        return "quarantined"
+    if snap.nodes and node_id in snap.nodes.inactive:
+        return "absent"
+    if snap.privacy and node_id in snap.privacy.exhausted:
+        return "out of privacy budget"
+    latest = snap.latest
+    if latest is None:
+        return "waiting"
+    for b in latest.buckets:
+        if node_id in b.dropped:
+            return "dropped out"
+        if node_id in b.members:
+            return "training"
+    return "waiting"
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def map_dot(snap: Snapshot) -> str:
+    """Graphviz DOT of the federation: authority and leader, each fog with this round's buckets (boxes
+    holding their facilities, coloured by specialty, outlined by status), and the validators (the
+    current committee in bold). Facilities outside the latest round hang below the fogs."""
+    nodes = snap.nodes.nodes if snap.nodes else ()
+    specialty = {n.node_id: n.specialty for n in nodes if n.role == "facility"}
+    latest = snap.latest
+    committee = set(latest.committee) if latest else set()
+    lines = [
+        "digraph federation {",
+        "  rankdir=TB; compound=true; node [shape=box, style=filled, fillcolor=white, fontsize=10];",
+        '  authority [label="authority\\n(certificates, schedule)", shape=hexagon];',
+        '  leader [label="leader\\n(global model)", shape=doubleoctagon];',
+        "  authority -> leader [style=dotted, arrowhead=none];",
+    ]
+    fogs = sorted(
+        {n.node_id for n in nodes if n.role == "fog"} | {b.fog_id for b in (latest.buckets if latest else ())}
+    )
+    placed: set[str] = set()
+    for fog in fogs:
+        lines.append(f"  {_quote(fog)} [shape=ellipse];")
+        lines.append(f"  leader -> {_quote(fog)};")
+    for b in latest.buckets if latest else ():
+        cluster = _quote(f"cluster_{b.bucket_id}")
+        state = " (flagged)" if b.flagged else " (abandoned)" if b.abandoned else ""
+        colour = ', color="#D55E00", penwidth=2' if b.flagged else ""
+        lines.append(f"  subgraph {cluster} {{ label={_quote(f'bucket {b.bucket_id}{state}')}{colour};")
+        for m in b.members:
+            placed.add(m)
+            lines.append("    " + _facility_node(snap, m, specialty.get(m, "")))
+        lines.append("  }")
+        if b.members:
+            lines.append(f"  {_quote(b.fog_id)} -> {_quote(b.members[0])} [lhead={cluster}];")
+    for fid in sorted(set(specialty) - placed):
+        lines.append("  " + _facility_node(snap, fid, specialty[fid]))
+    for v in sorted(n.node_id for n in nodes if n.role == "validator"):
+        bold = ", penwidth=3" if v in committee else ", style=dashed"
+        lines.append(f"  {_quote(v)} [shape=diamond{bold}];")
+        lines.append(f"  leader -> {_quote(v)} [style=dotted, arrowhead=none];")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _facility_node(snap: Snapshot, node_id: str, specialty: str) -> str:
+    status = facility_status(snap, node_id)
+    fill = SPECIALTY_COLOURS.get(specialty, "#FFFFFF")
+    style = STATUS_STYLE.get(status, "")
+    label = f"{node_id}\\n{specialty or '-'}\\n{status}"
+    return (
+        f"{_quote(node_id)} [label={_quote(label)}, fillcolor={_quote(fill)}{', ' + style if style else ''}];"
+    )
+
+
+def facility_rows(snap: Snapshot) -> list[dict[str, Any]]:
+    """Every registered facility with its specialty and where it stands now."""
+    if snap.nodes is None:
+        return []
+    return [
+        {"name": n.node_id, "specialty": n.specialty or "-", "status": facility_status(snap, n.node_id)}
+        for n in snap.nodes.by_role("facility")
+    ]
+
+
+def bucket_rows(event: RoundEvent | None) -> list[dict[str, Any]]:
+    """The buckets of one round attempt: the fog serving each, its members and what became of it."""
+    if event is None:
+        return []
+    return [
+        {
+            "bucket": b.bucket_id,
+            "fog": b.fog_id,
+            "members": ", ".join(b.members),
+            "dropped out": ", ".join(b.dropped) or "-",
+            "outcome": "flagged" if b.flagged else "abandoned" if b.abandoned else "used",
+        }
+        for b in event.buckets
+    ]
+
+
+def training_rows(rounds: Sequence[RoundEvent]) -> list[dict[str, Any]]:
+    """One row per round attempt: outcome, accuracy and clinical metrics, time and traffic."""
+    out = []
+    for e in rounds:
+        c = e.clinical
+        out.append(
+            {
+                "round": e.round,
+                "committed": e.committed,
+                "accuracy": _num(e.accuracy),
+                "AUC": _num(c.auc) if c else None,
+                "sensitivity": _num(c.sensitivity) if c else None,
+                "specificity": _num(c.specificity) if c else None,
+                "loss": _num(e.loss),
+                "seconds": round(e.duration_s, 2),
+                "MB moved": round(e.bytes_sent / 1e6, 3),
+                "facilities": e.participants,
+                "dropouts": e.dropouts,
+                "outcome": e.detail,
+            }
+        )
+    return out
+
+
+def specialty_rows(event: RoundEvent | None) -> list[dict[str, Any]]:
+    """Results per specialty of one committed round; groups too small to report say why."""
+    if event is None:
+        return []
+    return [
+        {
+            "specialty": r.specialty,
+            "facilities": r.facilities,
+            "accuracy": None if r.not_reported else _num(r.accuracy),
+            "AUC": None if r.not_reported or r.clinical is None else _num(r.clinical.auc),
+            "note": r.not_reported or "",
+        }
+        for r in event.specialties
+    ]
+
+
+def vote_rows(rounds: Sequence[RoundEvent]) -> list[dict[str, Any]]:
+    """Who voted what on every round attempt, with each refusal's reason."""
+    return [
+        {
+            "round": e.round,
+            "validator": v.validator,
+            "vote": "accept" if v.accept else "no answer" if not v.answered else "reject",
+            "reason": v.reason or "-",
+            "block committed": e.committed,
+        }
+        for e in rounds
+        for v in e.votes
+    ]
+
+
+def committee_rows(rounds: Sequence[RoundEvent]) -> list[dict[str, Any]]:
+    """Committees over time: consecutive rounds with the same committee form one row."""
+    out: list[dict[str, Any]] = []
+    for e in rounds:
+        members = ", ".join(e.committee)
+        if not members:
+            continue
+        if out and out[-1]["committee"] == members:
+            out[-1]["last round"] = e.round
+        else:
+            out.append({"first round": e.round, "last round": e.round, "committee": members})
+    return out
+
+
+def epsilon_per_round(rounds: Sequence[RoundEvent]) -> float | None:
+    """ε the worst-off facility spends per committed round, from the last rounds (None before two)."""
+    eps = [e.epsilon for e in rounds if e.committed and not math.isnan(e.epsilon)]
+    recent = eps[-5:]
+    if len(recent) < 2 or recent[-1] <= recent[0]:
+        return None
+    return (recent[-1] - recent[0]) / (len(recent) - 1)
+
+
+def privacy_rows(snap: Snapshot) -> list[dict[str, Any]]:
+    """ε spent per facility against the budget, and rounds left at the current rate (the worst-off
+    facility's spend per round, so the estimate errs on the short side)."""
+    p = snap.privacy
+    if p is None:
+        return []
+    rate = epsilon_per_round(snap.rounds)
+    out = []
+    for f, e in sorted(p.epsilon_spent.items()):
+        left = p.budget - e if p.budget > 0 else None
+        out.append(
+            {
+                "facility": f,
+                "ε spent": round(e, 4),
+                "budget": p.budget or None,
+                "used": f"{100 * e / p.budget:.0f} %" if p.budget > 0 else "-",
+                "rounds left (about)": "none"
+                if f in p.exhausted
+                else (max(0, math.floor(left / rate + 1e-9)) if left is not None and rate else "-"),
+            }
+        )
+    return out
+
+
+def flagged_rows(rounds: Sequence[RoundEvent]) -> list[dict[str, Any]]:
+    """Every bucket the robust rule flagged: its round, fog and members (one of them may be to blame)."""
+    return [
+        {"round": e.round, "bucket": b.bucket_id, "fog": b.fog_id, "members": ", ".join(b.members)}
+        for e in rounds
+        for b in e.buckets
+        if b.flagged
+    ]
+
+
+def quarantine_rows(rounds: Sequence[RoundEvent]) -> list[dict[str, Any]]:
+    """Facilities put in quarantine, and the round it happened in."""
+    return [{"round": e.round, "facility": f} for e in rounds for f in e.quarantined]
+
+
+def attention(snap: Snapshot) -> list[str]:
+    """Plain sentences for what needs a person now (shown as a banner on every view)."""
+    out = list(snap.problems)
+    if snap.nodes and snap.nodes.quarantined:
+        out.append(
+            "Quarantined facilities: "
+            + ", ".join(snap.nodes.quarantined)
+            + ". Investigate, then release them with a reason if they are honest."
+        )
+    if snap.privacy and snap.privacy.budget > 0:
+        near = [f for f, e in sorted(snap.privacy.epsilon_spent.items()) if e >= 0.8 * snap.privacy.budget]
+        if near:
+            out.append("Past 80 % of their privacy budget: " + ", ".join(near) + ".")
+    if snap.nodes and snap.nodes.inactive:
+        out.append("Absent (missed their last rounds): " + ", ".join(snap.nodes.inactive) + ".")
+    recent = snap.rounds[-3:]
+    if len(recent) == 3 and not any(e.committed for e in recent):
+        out.append(f"The last 3 round attempts were not committed: {recent[-1].detail}")
+    if snap.ended and snap.ended != "all planned rounds are done":
+        out.append(f"Training has ended: {snap.ended}")
+    return out

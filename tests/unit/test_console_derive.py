@@ -1,0 +1,147 @@
+"""What the console's views compute from a snapshot (pure): statuses, the map, tables, the banner."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hfl.console.data import Node, Nodes, PrivacySpend, Snapshot
+from hfl.console.derive import (
+    attention,
+    bucket_rows,
+    committee_rows,
+    epsilon_per_round,
+    facility_status,
+    flagged_rows,
+    map_dot,
+    privacy_rows,
+    quarantine_rows,
+    training_rows,
+    vote_rows,
+)
+from hfl.domain import BucketRecord, ClinicalMetrics, RoundEvent, VoteRecord
+
+FACILITIES = [f"f{i}" for i in range(1, 8)]
+
+
+def _nodes(quarantined: tuple[str, ...] = (), inactive: tuple[str, ...] = ()) -> Nodes:
+    return Nodes(
+        (
+            *(
+                Node(f, "facility", "-", ("hospital", "clinic", "research", "emergency")[i % 4])
+                for i, f in enumerate(FACILITIES)
+            ),
+            Node("fog-1", "fog", "-"),
+            Node("fog-2", "fog", "-"),
+            *(Node(f"v{i}", "validator", "-") for i in range(1, 6)),
+        ),
+        quarantined,
+        inactive,
+    )
+
+
+def _event(rnd: int, committed: bool = True, eps: float = math.nan, **kw: object) -> RoundEvent:
+    return RoundEvent(
+        round=rnd,
+        committed=committed,
+        accuracy=0.8,
+        epsilon=eps,
+        committee=("v1", "v2", "v3", "v4"),
+        buckets=(
+            BucketRecord("b0", "fog-1", ("f1", "f2", "f3"), dropped=("f3",)),
+            BucketRecord("b1", "fog-2", ("f4", "f5", "f6"), flagged=True),
+        ),
+        votes=(
+            VoteRecord("v1", True),
+            VoteRecord("v2", True),
+            VoteRecord("v3", False, "accuracy drops"),
+            VoteRecord("v4", False, "no answer in time", answered=False),
+        ),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_each_facility_has_one_plain_status() -> None:
+    snap = Snapshot(
+        nodes=_nodes(quarantined=("f5",), inactive=("f6",)),
+        privacy=PrivacySpend({"f4": 1.0}, ("f4",), budget=1.0),
+        rounds=(_event(1),),
+    )
+    got = {f: facility_status(snap, f) for f in FACILITIES}
+    assert got == {
+        "f1": "training",
+        "f2": "training",
+        "f3": "dropped out",
+        "f4": "out of privacy budget",
+        "f5": "quarantined",
+        "f6": "absent",
+        "f7": "waiting",
+    }
+
+
+def test_the_map_holds_every_member_and_this_rounds_buckets() -> None:
+    snap = Snapshot(nodes=_nodes(), rounds=(_event(1),))
+    dot = map_dot(snap)
+    assert dot.startswith("digraph federation {") and dot.endswith("}")
+    for name in [*FACILITIES, "fog-1", "fog-2", "v5", "authority", "leader"]:
+        assert f'"{name}"' in dot or f"  {name} " in dot
+    assert 'subgraph "cluster_b1" { label="bucket b1 (flagged)"' in dot
+    assert '"v1" [shape=diamond, penwidth=3]' in dot and '"v5" [shape=diamond, style=dashed]' in dot
+    assert dot.count("{") == dot.count("}")
+    hostile = Snapshot(nodes=Nodes((Node('x"; evil', "facility", "-"),), (), ()))
+    assert 'x\\"; evil' in map_dot(hostile)  # names are quoted, never DOT syntax
+
+
+def test_tables_follow_the_round_events() -> None:
+    clin = ClinicalMetrics(auc=0.9, sensitivity=0.7, specificity=0.8)
+    rounds = (
+        _event(1, committed=False, detail="not committed"),
+        _event(1, clinical=clin, detail="committed", quarantined=("f5",)),
+    )
+    assert [r["outcome"] for r in bucket_rows(rounds[-1])] == ["used", "flagged"]
+    assert [(r["round"], r["committed"], r["AUC"]) for r in training_rows(rounds)] == [
+        (1, False, None),
+        (1, True, 0.9),
+    ]
+    votes = vote_rows(rounds)
+    assert len(votes) == 8 and [v["vote"] for v in votes[:4]] == ["accept", "accept", "reject", "no answer"]
+    assert votes[2]["reason"] == "accuracy drops"
+    assert committee_rows(rounds) == [{"first round": 1, "last round": 1, "committee": "v1, v2, v3, v4"}]
+    assert flagged_rows(rounds) == [
+        {"round": 1, "bucket": "b1", "fog": "fog-2", "members": "f4, f5, f6"},
+        {"round": 1, "bucket": "b1", "fog": "fog-2", "members": "f4, f5, f6"},
+    ]
+    assert quarantine_rows(rounds) == [{"round": 1, "facility": "f5"}]
+
+
+def test_rounds_left_come_from_the_worst_off_spend_rate() -> None:
+    rounds = tuple(_event(r, eps=0.1 * r) for r in range(1, 5))
+    assert epsilon_per_round(rounds) == pytest.approx(0.1)
+    assert epsilon_per_round(rounds[:1]) is None
+    snap = Snapshot(privacy=PrivacySpend({"f1": 0.4, "f2": 1.0}, ("f2",), budget=1.0), rounds=rounds)
+    rows = {r["facility"]: r for r in privacy_rows(snap)}
+    assert rows["f1"]["rounds left (about)"] == 6 and rows["f1"]["used"] == "40 %"
+    assert rows["f2"]["rounds left (about)"] == "none"
+    no_dp = Snapshot(privacy=PrivacySpend({}, ()), rounds=rounds)
+    assert privacy_rows(no_dp) == []
+
+
+def test_the_banner_says_what_needs_a_person() -> None:
+    healthy = Snapshot(nodes=_nodes(), privacy=PrivacySpend({"f1": 0.1}, (), budget=1.0), rounds=(_event(1),))
+    assert attention(healthy) == []
+    stuck = (_event(2, committed=False, detail="only 1 vote"),) * 3
+    worry = Snapshot(
+        nodes=_nodes(quarantined=("f5",), inactive=("f6",)),
+        privacy=PrivacySpend({"f1": 0.85}, (), budget=1.0),
+        rounds=stuck,
+        problems=("The leader at x did not answer (UNAVAILABLE).",),
+        ended="training ended after round 1: every facility has used up its privacy budget",
+    )
+    lines = attention(worry)
+    assert lines[0].startswith("The leader at x")
+    assert any(line.startswith("Quarantined facilities: f5.") for line in lines)
+    assert "Past 80 % of their privacy budget: f1." in lines
+    assert "Absent (missed their last rounds): f6." in lines
+    assert "The last 3 round attempts were not committed: only 1 vote" in lines
+    assert lines[-1].startswith("Training has ended: training ended after round 1")
