@@ -338,3 +338,49 @@ class RoundEvent:
     specialties: tuple[SpecialtyResult, ...] = ()
     votes: tuple[VoteRecord, ...] = ()
     buckets: tuple[BucketRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class CertificateStatus:
+    """A node's newest certificate as the authority issued it (expiry in ISO 8601, UTC)."""
+
+    node_id: str
+    role: str
+    expires: str
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class SharedTokenStatus:
+    """A shared enrolment token (never the token itself): how often it was used and may be used."""
+
+    role: str
+    used: int
+    max_uses: int
+    expires: str = ""
+
+
+@dataclass(frozen=True)
+class SecurityRecord:
+    """One security event for the operator: an enrolment, a revocation or a release."""
+
+    node_id: str
+    action: str
+    at: str
+    reason: str = ""
+    by: str = ""
+
+
+@dataclass(frozen=True)
+class SecurityReport:
+    """What the authority tells the operator about the federation's security (the console's view)."""
+
+    quarantine_threshold: float
+    suspicion: dict[str, float]  # now, per facility
+    quarantined: dict[str, int]  # facility -> the round it was quarantined in
+    history: tuple[tuple[int, dict[str, float]], ...] = ()  # (round, suspicion per facility), oldest first
+    validator_weights: dict[str, float] = field(default_factory=dict)
+    certificates: tuple[CertificateStatus, ...] = ()
+    shared_tokens: tuple[SharedTokenStatus, ...] = ()
+    records: tuple[SecurityRecord, ...] = ()
+    refused: dict[str, int] = field(default_factory=dict)  # "Method: STATUS" -> calls the authority refused

@@ -6,6 +6,7 @@ Where the federation is comes from HFL_CONSOLE_RUN, or HFL_CONSOLE_LEADER/_AUTHO
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 
 import streamlit as st
@@ -15,13 +16,15 @@ from hfl.console.data import Connection, Snapshot, check_ledger, snapshot
 from hfl.console.derive import (
     attention,
     bucket_rows,
+    certificate_rows,
     committee_rows,
     facility_rows,
     flagged_rows,
     map_dot,
     privacy_rows,
-    quarantine_rows,
     specialty_rows,
+    suspicion_chart,
+    suspicion_rows,
     training_rows,
     vote_rows,
 )
@@ -244,18 +247,62 @@ def _security(snap: Snapshot) -> None:
         len(flagged),
         "Bucket sums the robust rule set aside as suspicious (one member may be to blame).",
     )
+    report = snap.security
+    if report is not None:
+        st.subheader("Suspicion per facility")
+        st.caption(
+            f"Each time a facility's bucket is flagged its suspicion grows, and it fades over clean rounds. "
+            f"At {report.quarantine_threshold:g} the facility is quarantined: left out and its certificate "
+            "revoked, until an operator releases it."
+        )
+        chart = suspicion_chart(report)
+        if chart:
+            st.line_chart(chart, x_label="round (newest on the right)", y_label="suspicion")
+        st.dataframe(suspicion_rows(report), hide_index=True)
     if flagged:
         st.subheader("Flagged buckets")
         st.table(flagged)
-    quarantines = quarantine_rows(snap.rounds)
-    if quarantines:
-        st.subheader("Quarantines")
-        st.table(quarantines)
     absent = snap.nodes.inactive if snap.nodes else ()
     if absent:
         st.subheader("Absent facilities")
         st.caption("Left out after missing rounds in a row; they come back when they connect again.")
         st.table([{"facility": f} for f in absent])
+    if report is None:
+        return
+    st.subheader("Enrolments, revocations and releases")
+    st.caption("Who joined with which kind of token, whose certificates were revoked, and who was released.")
+    st.dataframe(
+        [
+            {"node": r.node_id, "what": r.action, "when (UTC)": r.at[:19], "reason": r.reason, "by": r.by}
+            for r in report.records
+        ],
+        hide_index=True,
+    )
+    if report.shared_tokens:
+        st.caption("Shared enrolment tokens (one token for several new facilities) and their uses left.")
+        st.table(
+            [
+                {
+                    "for": t.role,
+                    "used": t.used,
+                    "uses left": t.max_uses - t.used,
+                    "expires": t.expires[:16] or "-",
+                }
+                for t in report.shared_tokens
+            ]
+        )
+    st.subheader("Certificates")
+    st.caption(
+        "Every node proves who it is with a certificate from the authority; it renews it by itself before "
+        "it expires. Soonest to expire first."
+    )
+    st.dataframe(certificate_rows(report, dt.datetime.now(dt.UTC)), hide_index=True)
+    st.subheader("Refused calls")
+    st.caption("Calls the authority turned away, by kind and reason (for example a wrong role or bad input).")
+    if report.refused:
+        st.table([{"call: reason": k, "times": v} for k, v in sorted(report.refused.items())])
+    else:
+        st.write("None so far.")
 
 
 VIEWS = {

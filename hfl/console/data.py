@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 
-from hfl.domain import RoundEvent
+from hfl.domain import RoundEvent, SecurityReport
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.pki import AUTHORITY, LEADER, NodeTls, sync_channel
@@ -67,6 +67,7 @@ class Snapshot:
     # Every round attempt the leader announced since it started (committed or not), oldest first.
     rounds: tuple[RoundEvent, ...] = ()
     ended: str | None = None  # why training ended, once it has
+    security: SecurityReport | None = None
 
     @property
     def committed(self) -> tuple[RoundEvent, ...]:
@@ -99,12 +100,15 @@ class Connection:
         return cls(leader, authority, _operator_tls(run, cert_dir), Path(run) if run else None)
 
 
-def _nodes(conn: Connection) -> tuple[Nodes, PrivacySpend]:
+def _nodes(conn: Connection) -> tuple[Nodes, PrivacySpend, SecurityReport]:
     assert conn.authority
     with sync_channel(conn.authority, conn.tls, peer=AUTHORITY) as ch:
         stub = authority_pb2_grpc.AuthorityServiceStub(ch)
         listed = stub.ListNodes(authority_pb2.ListNodesRequest(), timeout=5)
         spend = stub.GetPrivacySpend(authority_pb2.GetPrivacySpendRequest(), timeout=5)
+        security = serde.security_from_proto(
+            stub.GetSecurityReport(authority_pb2.GetSecurityReportRequest(), timeout=5)
+        )
     nodes = Nodes(
         nodes=tuple(
             sorted(
@@ -118,7 +122,7 @@ def _nodes(conn: Connection) -> tuple[Nodes, PrivacySpend]:
     privacy = PrivacySpend(
         dict(spend.epsilon_spent), tuple(spend.exhausted), spend.budget, spend.delta, spend.mechanism
     )
-    return nodes, privacy
+    return nodes, privacy, security
 
 
 def _leader(conn: Connection) -> LeaderStatus:
@@ -151,10 +155,10 @@ def _summary(conn: Connection) -> dict[str, object] | None:
 def snapshot(conn: Connection) -> Snapshot:
     """Fetch everything once; an unreachable service becomes a plain sentence in `problems`."""
     problems: list[str] = []
-    nodes = privacy = leader = None
+    nodes = privacy = leader = security = None
     if conn.authority:
         try:
-            nodes, privacy = _nodes(conn)
+            nodes, privacy, security = _nodes(conn)
         except grpc.RpcError as e:
             problems.append(f"The authority at {conn.authority} did not answer ({e.code().name}).")
     else:
@@ -169,7 +173,7 @@ def snapshot(conn: Connection) -> Snapshot:
             problems.append(f"The leader at {conn.leader} did not answer ({e.code().name}).")
     else:
         problems.append("No leader address is known.")
-    return Snapshot(nodes, privacy, leader, _summary(conn), tuple(problems), rounds, ended)
+    return Snapshot(nodes, privacy, leader, _summary(conn), tuple(problems), rounds, ended, security)
 
 
 def check_ledger(run: Path | None) -> tuple[bool, str]:

@@ -6,12 +6,13 @@ compare them with what the leader, the authority and the ledger say.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from hfl.console.data import Snapshot
-from hfl.domain import RoundEvent
+from hfl.domain import RoundEvent, SecurityReport
 
 # Fill colours per specialty in the federation map (colour-blind-safe Okabe-Ito palette).
 SPECIALTY_COLOURS = {
@@ -247,11 +248,6 @@ def flagged_rows(rounds: Sequence[RoundEvent]) -> list[dict[str, Any]]:
     ]
 
 
-def quarantine_rows(rounds: Sequence[RoundEvent]) -> list[dict[str, Any]]:
-    """Facilities put in quarantine, and the round it happened in."""
-    return [{"round": e.round, "facility": f} for e in rounds for f in e.quarantined]
-
-
 def attention(snap: Snapshot) -> list[str]:
     """Plain sentences for what needs a person now (shown as a banner on every view)."""
     out = list(snap.problems)
@@ -270,6 +266,61 @@ def attention(snap: Snapshot) -> list[str]:
     recent = snap.rounds[-3:]
     if len(recent) == 3 and not any(e.committed for e in recent):
         out.append(f"The last 3 round attempts were not committed: {recent[-1].detail}")
+    soon = expiring(snap.security, dt.datetime.now(dt.UTC))
+    if soon:
+        out.append(
+            "Certificates expiring within the hour (they should have renewed): " + ", ".join(soon) + "."
+        )
     if snap.ended and snap.ended != "all planned rounds are done":
         out.append(f"Training has ended: {snap.ended}")
     return out
+
+
+def suspicion_rows(report: SecurityReport | None) -> list[dict[str, Any]]:
+    """Every facility's suspicion now against the quarantine threshold, most suspicious first."""
+    if report is None:
+        return []
+    return [
+        {
+            "facility": f,
+            "suspicion": round(s, 3),
+            "share of the threshold": f"{100 * s / report.quarantine_threshold:.0f} %",
+            "quarantined in round": report.quarantined.get(f),
+        }
+        for f, s in sorted(report.suspicion.items(), key=lambda x: (-x[1], x[0]))
+    ]
+
+
+def suspicion_chart(report: SecurityReport | None, top: int = 8) -> dict[str, list[float | None]]:
+    """Suspicion per round of the ``top`` facilities most suspected now (one line each), for a chart."""
+    if report is None or not report.history:
+        return {}
+    worst = [f for f, s in sorted(report.suspicion.items(), key=lambda x: (-x[1], x[0]))[:top] if s > 0]
+    return {f: [h.get(f) for _, h in report.history] for f in worst}
+
+
+def certificate_rows(report: SecurityReport | None, now: dt.datetime) -> list[dict[str, Any]]:
+    """Each node's newest certificate with the hours it has left, soonest first."""
+    if report is None:
+        return []
+    rows = []
+    for c in report.certificates:
+        expires = dt.datetime.fromisoformat(c.expires)
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=dt.UTC)
+        rows.append(
+            {
+                "node": c.node_id,
+                "role": c.role,
+                "expires (UTC)": expires.strftime("%Y-%m-%d %H:%M"),
+                "hours left": round((expires - now).total_seconds() / 3600, 1),
+                "revoked": c.revoked,
+            }
+        )
+    return sorted(rows, key=lambda r: r["hours left"])
+
+
+def expiring(report: SecurityReport | None, now: dt.datetime, hours: float = 1.0) -> list[str]:
+    """Nodes whose certificate (not revoked) expires within ``hours``: they should have renewed by now
+    (nodes renew when a third of the lifetime is left)."""
+    return [r["node"] for r in certificate_rows(report, now) if not r["revoked"] and r["hours left"] < hours]

@@ -118,6 +118,7 @@ TABLE: dict[str, Rule] = {
     _A + "GetRevocations": Rule(NODE_ROLES | OPERATOR),
     _A + "ReleaseFacility": Rule(OPERATOR),
     _A + "RevokeNode": Rule(OPERATOR),
+    _A + "GetSecurityReport": Rule(OPERATOR),  # read-only: the console's Security view
     _F + "RunRound": Rule(LEADER),
     _F + "SubmitUpdate": Rule(FACILITY, _bind_submit, "submit"),
     _F + "Evaluate": Rule(LEADER),

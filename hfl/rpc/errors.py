@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidSignature
 
 from hfl import errors
 from hfl.rpc.limits import request_limit
+from hfl.rpc.metrics import REFUSED_CALLS
 
 log = logging.getLogger("hfl.rpc")
 
@@ -64,6 +65,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
         log.exception("unexpected error in %s", method)
     else:
         log.info("refused %s: %s (%s)", method, msg, code.name)
+        REFUSED_CALLS.labels(method=method.rpartition("/")[2], code=code.name).inc()
     await context.abort(code, msg)
 
 

@@ -57,6 +57,9 @@ FLAGGED_BUCKETS = Counter(
 )
 QUARANTINED = Gauge("hfl_quarantined", "1 if the facility is quarantined.", ["facility"])
 REFUSED = Counter("hfl_refused_messages_total", "Messages refused at the boundary, by reason.", ["reason"])
+REFUSED_CALLS = Counter(
+    "hfl_refused_calls_total", "Calls this service refused, by method and gRPC status.", ["method", "code"]
+)
 COMMITS = Counter("hfl_commits_total", "Round attempts by outcome.", ["outcome"])
 FACILITY_FOG = Gauge(
     "hfl_facility_fog", "1 for each facility and the fog it reports to this round.", ["facility", "fog"]
@@ -98,3 +101,13 @@ def start_metrics(port: int, host: str = "127.0.0.1") -> int:
         return -1
     server, _thread = start_http_server(port, addr=host)
     return int(server.server_port)
+
+
+def refused_calls() -> dict[str, int]:
+    """This process's refused calls so far, as "Method: STATUS" -> count (for the operator's report)."""
+    out: dict[str, int] = {}
+    for metric in REFUSED_CALLS.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.value:
+                out[f"{sample.labels['method']}: {sample.labels['code']}"] = int(sample.value)
+    return out

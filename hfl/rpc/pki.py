@@ -483,6 +483,33 @@ class CAStore:
         rows = self._db.execute("SELECT node_id, released_at, reason FROM releases ORDER BY rowid").fetchall()
         return [{"node_id": n, "released_at": t, "reason": r} for n, t, r in rows]
 
+    def certificates(self) -> list[dict[str, Any]]:
+        """Each node's newest certificate: node id, role, expiry (ISO, UTC) and whether it is revoked."""
+        rows = self._db.execute(
+            "SELECT node_id, role, not_after, revoked_at FROM certs c WHERE not_after = "
+            "(SELECT MAX(not_after) FROM certs WHERE node_id = c.node_id) ORDER BY node_id"
+        ).fetchall()
+        return [{"node_id": n, "role": r, "expires": t, "revoked": w is not None} for n, r, t, w in rows]
+
+    def shared_tokens(self) -> list[dict[str, Any]]:
+        """Shared enrolment tokens (never the token itself): role, uses so far, allowed uses, expiry."""
+        out = []
+        for entry in read_tokens(self.state_dir / TOKENS_FILE):
+            if entry["node_id"] != ANY_NODE:
+                continue
+            used = self._db.execute(
+                "SELECT COUNT(*) FROM shared_token_uses WHERE sha256=?", (entry["sha256"],)
+            ).fetchone()[0]
+            out.append(
+                {
+                    "role": entry["role"],
+                    "used": int(used),
+                    "max_uses": int(entry.get("max_uses", 1)),
+                    "expires": entry.get("expires", ""),
+                }
+            )
+        return out
+
     def revoked(self) -> list[tuple[int, dt.datetime]]:
         now = x509.utcnow().isoformat()
         rows = self._db.execute(

@@ -19,12 +19,16 @@ from hfl.domain import (
     BucketEvaluation,
     BucketRecord,
     BucketResult,
+    CertificateStatus,
     ClinicalMetrics,
     Metrics,
     ModelSpec,
     NodeInfo,
     RoundConfig,
     RoundEvent,
+    SecurityRecord,
+    SecurityReport,
+    SharedTokenStatus,
     SpecialtyResult,
     TrainingPlan,
     VoteRecord,
@@ -745,3 +749,56 @@ def spend_from_proto(m: authority_pb2.PrivacySpend) -> SpendReport:
         )
     except ValueError as e:
         raise InvalidInput(str(e)) from None
+
+
+# ---------------------------------------------------------------- the operator's security report
+def security_to_proto(r: SecurityReport) -> authority_pb2.GetSecurityReportResponse:
+    return authority_pb2.GetSecurityReportResponse(
+        quarantine_threshold=r.quarantine_threshold,
+        facilities=[
+            authority_pb2.FacilityStanding(
+                facility=f,
+                suspicion=s,
+                quarantined=f in r.quarantined,
+                quarantined_round=r.quarantined.get(f, 0),
+            )
+            for f, s in sorted(r.suspicion.items())
+        ],
+        history=[authority_pb2.SuspicionAt(round=rnd, suspicion=s) for rnd, s in r.history],
+        validator_weights=r.validator_weights,
+        certificates=[
+            authority_pb2.CertificateStatus(
+                node_id=c.node_id, role=c.role, expires=c.expires, revoked=c.revoked
+            )
+            for c in r.certificates
+        ],
+        shared_tokens=[
+            authority_pb2.SharedTokenStatus(role=t.role, used=t.used, max_uses=t.max_uses, expires=t.expires)
+            for t in r.shared_tokens
+        ],
+        records=[
+            authority_pb2.SecurityRecord(
+                node_id=x.node_id, action=x.action, at=x.at, reason=x.reason, by=x.by
+            )
+            for x in r.records
+        ],
+        refused=r.refused,
+    )
+
+
+def security_from_proto(m: authority_pb2.GetSecurityReportResponse) -> SecurityReport:
+    return SecurityReport(
+        quarantine_threshold=m.quarantine_threshold,
+        suspicion={f.facility: f.suspicion for f in m.facilities},
+        quarantined={f.facility: int(f.quarantined_round) for f in m.facilities if f.quarantined},
+        history=tuple((int(h.round), dict(h.suspicion)) for h in m.history),
+        validator_weights=dict(m.validator_weights),
+        certificates=tuple(
+            CertificateStatus(c.node_id, c.role, c.expires, c.revoked) for c in m.certificates
+        ),
+        shared_tokens=tuple(
+            SharedTokenStatus(t.role, int(t.used), int(t.max_uses), t.expires) for t in m.shared_tokens
+        ),
+        records=tuple(SecurityRecord(x.node_id, x.action, x.at, x.reason, x.by) for x in m.records),
+        refused={k: int(v) for k, v in m.refused.items()},
+    )

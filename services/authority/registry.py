@@ -87,6 +87,13 @@ class Registry:
                 "INSERT OR REPLACE INTO reports(round, report) VALUES (?, ?)", (round_, json.dumps(report))
             )
 
+    def reports(self, last: int) -> list[tuple[int, dict[str, object]]]:
+        """The newest ``last`` round reports, oldest first."""
+        rows = self._db.execute(
+            "SELECT round, report FROM reports ORDER BY round DESC LIMIT ?", (last,)
+        ).fetchall()
+        return [(int(r), json.loads(t)) for r, t in reversed(rows)]
+
     def close(self) -> None:
         self._db.close()
 

@@ -29,6 +29,7 @@ from hfl.schedule import (
 from services.authority.enrol import CertificateService
 from services.authority.privacy import PrivacyBook
 from services.authority.registry import Registry
+from services.authority.security import HISTORY_ROUNDS, OBSERVATIONS_PER_ROUND, security_report
 
 log = logging.getLogger("hfl.authority")
 
@@ -264,7 +265,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if unknown or any(k not in FLAG_KINDS for k in flags.values()):
             raise InvalidInput("the round report flags buckets that were not part of the round")
         scheduled = [m for members in buckets.values() for m in members]
-        observation = round_ * 1000 + attempt  # strictly increasing across attempts of a round
+        observation = round_ * OBSERVATIONS_PER_ROUND + attempt  # strictly increasing across attempts
         try:
             # A fog refused these members' updates as malformed: each is its own group, blame is certain.
             groups, flags = with_refused(buckets, flags, refused)
@@ -286,6 +287,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
                 "flags": flags,
                 "votes": votes,
                 "newly_quarantined": newly,
+                "suspicion": {f: round(self.reputation.suspicion(f), 4) for f in sorted(set(scheduled))},
             },
         )
         for f in newly:
@@ -335,6 +337,14 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             delta=s.dp_delta if s.dp_epsilon > 0 else 0.0,
             mechanism=s.dp_mechanism if s.dp_epsilon > 0 else "",
         )
+
+    async def GetSecurityReport(
+        self, request: authority_pb2.GetSecurityReportRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.GetSecurityReportResponse:
+        """Operator only (hfl/rpc/authz.py): the console's Security view."""
+        reports = self.registry.reports(HISTORY_ROUNDS)
+        ca = self.ca() if self.settings.tls else None
+        return serde.security_to_proto(security_report(self.reputation.to_dict(), reports, ca))
 
     async def ReleaseFacility(
         self, request: authority_pb2.ReleaseFacilityRequest, context: grpc.aio.ServicerContext

@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -16,11 +17,11 @@ from streamlit.testing.v1 import AppTest
 from hfl.demo import Federation
 from hfl.domain import RoundEvent
 from hfl.ledger import LedgerStore
-from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
-from hfl.rpc import serde
-from hfl.rpc.pki import LEADER, operator_for_run, sync_channel
+from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
+from hfl.rpc import pki, serde
+from hfl.rpc.pki import AUTHORITY, LEADER, operator_for_run, sync_channel
 from hfl.status import show_status
-from tests.integration.helpers import start_federation, wait_for_round
+from tests.integration.helpers import client_tls, start_federation, wait_for_round
 
 APP = str(Path(__file__).resolve().parents[2] / "hfl" / "console" / "app.py")
 PASSWORD = "correct horse battery staple"
@@ -179,3 +180,31 @@ def test_round_history_matches_the_leader_and_the_ledger(run_dir: Path) -> None:
     newest = dict(zip(at.table[0].value["field"], at.table[0].value["value"], strict=True))
     assert newest["block hash"] == head.hash.hex()
     assert set(newest["signed by"].split(", ")) == {v.validator_id for v in head.votes}
+
+
+def test_security_view_matches_the_authority(run_dir: Path) -> None:
+    """Suspicion for every scheduled facility, every node's certificate and every enrolment, as the
+    authority's certificate database holds them; only the operator may ask."""
+    at = _view(_signed_in(), "Security")
+    assert _metrics(at)["Quarantined facilities"] == "0"
+    frames = [f.value for f in at.dataframe]
+    suspicion, records, certificates = frames[0], frames[1], frames[2]
+    assert sorted(suspicion["facility"]) == [f"facility-0{i}" for i in range(1, 5)]
+    assert all(s == 0 for s in suspicion["suspicion"])  # an honest run: nothing flagged
+    ca = pki.open_ca(run_dir / "state" / "authority")
+    assert sorted(certificates["node"]) == sorted(c["node_id"] for c in ca.certificates())
+    assert all(h > 0 for h in certificates["hours left"])
+    enrolled = [r for r in records["what"] if r.startswith("enrolled")]
+    assert len(enrolled) == len(ca.enrolments()) >= 4 + 2 + 4  # facilities, fogs, validators at least
+    authority = next(
+        r["address"] for r in json.loads((run_dir / "endpoints.json").read_text()) if r["role"] == "authority"
+    )
+    for role, node in (("facility", "facility-01"), ("validator", "validator-1")):
+        with (
+            sync_channel(authority, client_tls(run_dir, role, node), peer=AUTHORITY) as ch,
+            pytest.raises(grpc.RpcError) as refused,
+        ):
+            authority_pb2_grpc.AuthorityServiceStub(ch).GetSecurityReport(
+                authority_pb2.GetSecurityReportRequest(), timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import pytest
@@ -10,17 +11,27 @@ from hfl.console.data import Node, Nodes, PrivacySpend, Snapshot
 from hfl.console.derive import (
     attention,
     bucket_rows,
+    certificate_rows,
     committee_rows,
     epsilon_per_round,
+    expiring,
     facility_status,
     flagged_rows,
     map_dot,
     privacy_rows,
-    quarantine_rows,
+    suspicion_chart,
+    suspicion_rows,
     training_rows,
     vote_rows,
 )
-from hfl.domain import BucketRecord, ClinicalMetrics, RoundEvent, VoteRecord
+from hfl.domain import (
+    BucketRecord,
+    CertificateStatus,
+    ClinicalMetrics,
+    RoundEvent,
+    SecurityReport,
+    VoteRecord,
+)
 
 FACILITIES = [f"f{i}" for i in range(1, 8)]
 
@@ -112,7 +123,6 @@ def test_tables_follow_the_round_events() -> None:
         {"round": 1, "bucket": "b1", "fog": "fog-2", "members": "f4, f5, f6"},
         {"round": 1, "bucket": "b1", "fog": "fog-2", "members": "f4, f5, f6"},
     ]
-    assert quarantine_rows(rounds) == [{"round": 1, "facility": "f5"}]
 
 
 def test_rounds_left_come_from_the_worst_off_spend_rate() -> None:
@@ -145,3 +155,42 @@ def test_the_banner_says_what_needs_a_person() -> None:
     assert "Absent (missed their last rounds): f6." in lines
     assert "The last 3 round attempts were not committed: only 1 vote" in lines
     assert lines[-1].startswith("Training has ended: training ended after round 1")
+
+
+def _report() -> SecurityReport:
+    return SecurityReport(
+        quarantine_threshold=6.0,
+        suspicion={"f1": 0.0, "f2": 3.0, "f5": 6.5},
+        quarantined={"f5": 4},
+        history=((3, {"f2": 1.0, "f5": 4.0}), (4, {"f1": 0.0, "f2": 3.0, "f5": 6.5})),
+        certificates=(
+            CertificateStatus("f1", "facility", "2026-12-03T12:30:00+00:00"),
+            CertificateStatus("f5", "facility", "2026-12-03T12:10:00+00:00", revoked=True),
+            CertificateStatus("v1", "validator", "2026-12-04T00:00:00+00:00"),
+        ),
+    )
+
+
+def test_security_tables_from_the_authoritys_report() -> None:
+    rows = suspicion_rows(_report())
+    assert [r["facility"] for r in rows] == ["f5", "f2", "f1"]
+    assert rows[0]["quarantined in round"] == 4 and rows[0]["share of the threshold"] == "108 %"
+    assert rows[2]["quarantined in round"] is None
+    assert suspicion_chart(_report()) == {"f5": [4.0, 6.5], "f2": [1.0, 3.0]}  # f1 never suspected
+    now = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
+    certs = certificate_rows(_report(), now)
+    assert [(c["node"], c["hours left"]) for c in certs] == [("f5", 0.2), ("f1", 0.5), ("v1", 12.0)]
+    assert expiring(_report(), now) == ["f1"]  # a revoked certificate needs no renewal
+    assert suspicion_rows(None) == [] and certificate_rows(None, now) == [] and suspicion_chart(None) == {}
+
+
+def test_the_authority_assembles_its_report_without_tls() -> None:
+    from hfl.robust.reputation import Reputation
+    from services.authority.security import security_report
+
+    rep = Reputation()
+    rep.observe(3001, {"b0": ["f1", "f2", "f3"], "b1": ["f4", "f5", "f6"]}, {"b1": "norm"})
+    report = security_report(rep.to_dict(), [(3, {"suspicion": {"f4": 1.0}}), (4, {"committed": True})], None)
+    assert report.suspicion["f4"] == report.suspicion["f5"] > 0 == report.suspicion.get("f1", 0)
+    assert report.history == ((3, {"f4": 1.0}),)  # reports without a suspicion record are skipped
+    assert report.quarantine_threshold == rep.threshold and report.certificates == ()

@@ -65,6 +65,11 @@ class AuthorityServiceStub:
                 request_serializer=hfl_dot_v1_dot_authority__pb2.GetPrivacySpendRequest.SerializeToString,
                 response_deserializer=hfl_dot_v1_dot_authority__pb2.GetPrivacySpendResponse.FromString,
                 _registered_method=True)
+        self.GetSecurityReport = channel.unary_unary(
+                '/hfl.v1.AuthorityService/GetSecurityReport',
+                request_serializer=hfl_dot_v1_dot_authority__pb2.GetSecurityReportRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_authority__pb2.GetSecurityReportResponse.FromString,
+                _registered_method=True)
         self.Enroll = channel.unary_unary(
                 '/hfl.v1.AuthorityService/Enroll',
                 request_serializer=hfl_dot_v1_dot_authority__pb2.EnrollRequest.SerializeToString,
@@ -129,6 +134,14 @@ class AuthorityServiceServicer:
 
     def GetPrivacySpend(self, request, context):
         """Anyone -> authority: privacy spent per facility and who is out of budget.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSecurityReport(self, request, context):
+        """Operator only: suspicion per facility (now and per round), validator weights, certificates,
+        shared enrolment tokens, enrolments, revocations and releases, and the calls the authority refused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -205,6 +218,11 @@ def add_AuthorityServiceServicer_to_server(servicer, server):
                     servicer.GetPrivacySpend,
                     request_deserializer=hfl_dot_v1_dot_authority__pb2.GetPrivacySpendRequest.FromString,
                     response_serializer=hfl_dot_v1_dot_authority__pb2.GetPrivacySpendResponse.SerializeToString,
+            ),
+            'GetSecurityReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSecurityReport,
+                    request_deserializer=hfl_dot_v1_dot_authority__pb2.GetSecurityReportRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_authority__pb2.GetSecurityReportResponse.SerializeToString,
             ),
             'Enroll': grpc.unary_unary_rpc_method_handler(
                     servicer.Enroll,
@@ -395,6 +413,33 @@ class AuthorityService:
             '/hfl.v1.AuthorityService/GetPrivacySpend',
             hfl_dot_v1_dot_authority__pb2.GetPrivacySpendRequest.SerializeToString,
             hfl_dot_v1_dot_authority__pb2.GetPrivacySpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSecurityReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.AuthorityService/GetSecurityReport',
+            hfl_dot_v1_dot_authority__pb2.GetSecurityReportRequest.SerializeToString,
+            hfl_dot_v1_dot_authority__pb2.GetSecurityReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

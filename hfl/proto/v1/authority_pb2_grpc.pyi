@@ -41,6 +41,10 @@ class AuthorityServiceStub:
     """Facility -> authority: a signed record of privacy spent (training or released statistics)."""
     GetPrivacySpend: _grpc.UnaryUnaryMultiCallable[_authority_pb2.GetPrivacySpendRequest, _authority_pb2.GetPrivacySpendResponse]
     """Anyone -> authority: privacy spent per facility and who is out of budget."""
+    GetSecurityReport: _grpc.UnaryUnaryMultiCallable[_authority_pb2.GetSecurityReportRequest, _authority_pb2.GetSecurityReportResponse]
+    """Operator only: suspicion per facility (now and per round), validator weights, certificates,
+    shared enrolment tokens, enrolments, revocations and releases, and the calls the authority refused.
+    """
     Enroll: _grpc.UnaryUnaryMultiCallable[_authority_pb2.EnrollRequest, _authority_pb2.EnrollResponse]
     """Certificates (hfl/rpc/pki.py). Enroll is served only on the enrolment port (TLS without a client
     certificate): a one-time enrolment token and a CSR -> a certificate naming the node's role and id.
@@ -72,6 +76,10 @@ class AuthorityServiceAsyncStub(AuthorityServiceStub):
     """Facility -> authority: a signed record of privacy spent (training or released statistics)."""
     GetPrivacySpend: _aio.UnaryUnaryMultiCallable[_authority_pb2.GetPrivacySpendRequest, _authority_pb2.GetPrivacySpendResponse]  # type: ignore[assignment]
     """Anyone -> authority: privacy spent per facility and who is out of budget."""
+    GetSecurityReport: _aio.UnaryUnaryMultiCallable[_authority_pb2.GetSecurityReportRequest, _authority_pb2.GetSecurityReportResponse]  # type: ignore[assignment]
+    """Operator only: suspicion per facility (now and per round), validator weights, certificates,
+    shared enrolment tokens, enrolments, revocations and releases, and the calls the authority refused.
+    """
     Enroll: _aio.UnaryUnaryMultiCallable[_authority_pb2.EnrollRequest, _authority_pb2.EnrollResponse]  # type: ignore[assignment]
     """Certificates (hfl/rpc/pki.py). Enroll is served only on the enrolment port (TLS without a client
     certificate): a one-time enrolment token and a CSR -> a certificate naming the node's role and id.
@@ -136,6 +144,16 @@ class AuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_authority_pb2.GetPrivacySpendResponse, _abc.Awaitable[_authority_pb2.GetPrivacySpendResponse]]:
         """Anyone -> authority: privacy spent per facility and who is out of budget."""
+
+    @_abc_1.abstractmethod
+    def GetSecurityReport(
+        self,
+        request: _authority_pb2.GetSecurityReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authority_pb2.GetSecurityReportResponse, _abc.Awaitable[_authority_pb2.GetSecurityReportResponse]]:
+        """Operator only: suspicion per facility (now and per round), validator weights, certificates,
+        shared enrolment tokens, enrolments, revocations and releases, and the calls the authority refused.
+        """
 
     @_abc_1.abstractmethod
     def Enroll(
