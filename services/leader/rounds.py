@@ -16,6 +16,7 @@ from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import fog_pb2
 from hfl.rpc import serde
 from hfl.rpc.client import ByteCount
+from hfl.rpc.metrics import FACILITY_FOG
 
 log = logging.getLogger("hfl.leader")
 
@@ -169,3 +170,12 @@ def vote_records(config: RoundConfig, votes: Sequence[Vote]) -> tuple[VoteRecord
             else VoteRecord(m.node_id, accept=False, reason="no answer in time", answered=False)
         )
     return tuple(out)
+
+
+def publish_topology(config: RoundConfig) -> None:
+    """hfl_facility_fog for this round only: the previous round's pairs are removed first, so a dashboard
+    never shows a facility under a fog that no longer serves it (buckets are dealt again every round)."""
+    FACILITY_FOG.clear()
+    for b in config.buckets:
+        for m in b.members:
+            FACILITY_FOG.labels(facility=m, fog=b.fog_id).set(1)

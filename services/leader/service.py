@@ -51,7 +51,6 @@ from hfl.rpc import serde
 from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import (
     COMMITS,
-    FACILITY_FOG,
     FLAGGED_BUCKETS,
     LAST_COMMIT,
     MODEL_ACCURACY,
@@ -72,6 +71,7 @@ from services.leader.rounds import (
     checked_evaluations,
     fog_request,
     fog_views,
+    publish_topology,
     vote_records,
 )
 
@@ -191,9 +191,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             config=serde.config_to_proto(config), model=model_msg, plan=serde.plan_to_proto(self.plan)
         )
         fog_ids = sorted({b.fog_id for b in config.buckets})
-        for b in config.buckets:
-            for m in b.members:
-                FACILITY_FOG.labels(facility=m, fog=b.fog_id).set(1)
+        publish_topology(config)
 
         async def run_fog(fog_id: str) -> list[BucketResult]:
             node = config.node(fog_id)

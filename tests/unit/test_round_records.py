@@ -75,3 +75,29 @@ def test_round_event_records_survive_the_wire() -> None:
     assert back.votes == event.votes and back.buckets == event.buckets
     assert [v.answered for v in back.votes] == [False, False, False]
     assert all(b.abandoned for b in back.buckets)
+
+
+def test_topology_metric_shows_only_this_rounds_buckets() -> None:
+    """The Grafana topology table reads hfl_facility_fog: after buckets are dealt again, the old pairs
+    are gone (they used to stay at 1 for ever)."""
+    from dataclasses import replace
+
+    from prometheus_client import REGISTRY
+
+    from services.leader.rounds import publish_topology
+
+    def pairs() -> set[tuple[str, str]]:
+        return {
+            (s.labels["facility"], s.labels["fog"])
+            for m in REGISTRY.collect()
+            if m.name == "hfl_facility_fog"
+            for s in m.samples
+            if s.value == 1
+        }
+
+    first = _config()
+    publish_topology(first)
+    assert pairs() == {(m, b.fog_id) for b in first.buckets for m in b.members}
+    dealt_again = replace(first, buckets=(Bucket("b0", "fog-2", ("a", "d", "g"), 2),))
+    publish_topology(dealt_again)
+    assert pairs() == {("a", "fog-2"), ("d", "fog-2"), ("g", "fog-2")}
