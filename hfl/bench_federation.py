@@ -162,9 +162,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError("no measured round committed; see the logs (again with --out DIR to keep them)")
     phases: dict[str, list[float]] = {}
     for e in measured:
-        for k, v in e.extra.get("phases", {}).items():
+        for k, v in (e.cost.phases_s if e.cost else {}).items():
             phases.setdefault(k, []).append(float(v))
-    traffic = [e.extra.get("traffic", {}) for e in measured]
+    traffic = [e.cost.to_dict()["traffic"] if e.cost else {} for e in measured]
     fog_fac = median([t.get("fog_facility_bytes", 0) for t in traffic])
     peak = {k: round(max(v), 1) for k, v in sorted(rss.items())}
     peak["per_facility"] = round(max(rss.get("facility_process", [0.0])) / per_process, 1)

@@ -575,7 +575,7 @@ def event_row(e: RoundEvent) -> dict[str, Any]:
         "epsilon": num(e.epsilon),
         "clinical": e.clinical.to_dict() if e.clinical is not None else None,
         "specialties": [r.to_dict() for r in e.specialties],
-        **e.extra,
+        **(e.cost.to_dict() if e.cost is not None else {}),
     }
 
 

@@ -290,6 +290,32 @@ class SpecialtyResult:
 
 
 @dataclass(frozen=True)
+class RoundCost:
+    """Where one round attempt's time and bytes went, as the leader measured them (seconds per phase;
+    the leader's own traffic, the fogs' traffic with their facilities, the largest fog answer)."""
+
+    phases_s: dict[str, float] = field(default_factory=dict)
+    leader_bytes_in: int = 0
+    leader_bytes_out: int = 0
+    fog_facility_bytes: int = 0
+    fog_bytes_in_max: int = 0
+    leader_by_peer: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As summary.json and the benchmarks record it."""
+        return {
+            "phases": dict(self.phases_s),
+            "traffic": {
+                "leader_bytes_in": self.leader_bytes_in,
+                "leader_bytes_out": self.leader_bytes_out,
+                "fog_facility_bytes": self.fog_facility_bytes,
+                "fog_bytes_in_max": self.fog_bytes_in_max,
+                "leader_by_peer": dict(sorted(self.leader_by_peer.items())),
+            },
+        }
+
+
+@dataclass(frozen=True)
 class VoteRecord:
     """How one committee member voted on a round attempt (``answered`` False: no vote in time)."""
 
@@ -333,7 +359,7 @@ class RoundEvent:
     committee: tuple[str, ...] = ()
     epsilon: float = float("nan")
     done: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    cost: RoundCost | None = None
     clinical: ClinicalMetrics | None = None
     specialties: tuple[SpecialtyResult, ...] = ()
     votes: tuple[VoteRecord, ...] = ()

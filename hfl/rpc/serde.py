@@ -25,6 +25,7 @@ from hfl.domain import (
     ModelSpec,
     NodeInfo,
     RoundConfig,
+    RoundCost,
     RoundEvent,
     SecurityRecord,
     SecurityReport,
@@ -420,6 +421,28 @@ def vote_from_proto(v: validator_pb2.VoteResponse) -> Vote:
     )
 
 
+def cost_to_proto(c: RoundCost) -> leader_pb2.RoundCost:
+    return leader_pb2.RoundCost(
+        phases_s=c.phases_s,
+        leader_bytes_in=c.leader_bytes_in,
+        leader_bytes_out=c.leader_bytes_out,
+        fog_facility_bytes=c.fog_facility_bytes,
+        fog_bytes_in_max=c.fog_bytes_in_max,
+        leader_by_peer=c.leader_by_peer,
+    )
+
+
+def cost_from_proto(c: leader_pb2.RoundCost) -> RoundCost:
+    return RoundCost(
+        phases_s=dict(c.phases_s),
+        leader_bytes_in=int(c.leader_bytes_in),
+        leader_bytes_out=int(c.leader_bytes_out),
+        fog_facility_bytes=int(c.fog_facility_bytes),
+        fog_bytes_in_max=int(c.fog_bytes_in_max),
+        leader_by_peer={k: int(v) for k, v in c.leader_by_peer.items()},
+    )
+
+
 def event_to_proto(e: RoundEvent) -> leader_pb2.WatchRoundsResponse:
     return leader_pb2.WatchRoundsResponse(
         round=e.round,
@@ -440,7 +463,7 @@ def event_to_proto(e: RoundEvent) -> leader_pb2.WatchRoundsResponse:
         committee=list(e.committee),
         epsilon=e.epsilon,
         done=e.done,
-        extra_json=json.dumps(e.extra, sort_keys=True),
+        cost=cost_to_proto(e.cost) if e.cost is not None else None,
         clinical=clinical_to_proto(e.clinical) if e.clinical is not None else None,
         specialties=[specialty_to_proto(r) for r in e.specialties],
         votes=[
@@ -483,7 +506,7 @@ def event_from_proto(e: leader_pb2.WatchRoundsResponse) -> RoundEvent:
         committee=tuple(e.committee),
         epsilon=e.epsilon,
         done=e.done,
-        extra=_json_or_empty(e.extra_json, "round event extras"),
+        cost=cost_from_proto(e.cost) if e.HasField("cost") else None,
         clinical=clinical_from_proto(e.clinical) if e.HasField("clinical") else None,
         specialties=tuple(specialty_from_proto(r) for r in e.specialties),
         votes=tuple(VoteRecord(v.validator, v.accept, v.reason, v.answered) for v in e.votes),

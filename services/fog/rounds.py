@@ -4,7 +4,6 @@ phase timings the fog reports back to the leader."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -29,18 +28,15 @@ class PhaseMarks:
     def mark(self, name: str) -> None:
         self.marks[name] = time.monotonic()
 
-    def to_json(self) -> str:
+    def seconds(self) -> dict[str, float]:
         end = time.monotonic()
         distributed = self.marks.get("distributed", self.t0)
         collected = max(self.marks.get("collected", distributed), distributed)
-        return json.dumps(
-            {
-                "distribution": round(distributed - self.t0, 6),
-                "local_work": round(collected - distributed, 6),
-                "aggregation": round(end - collected, 6),
-            },
-            sort_keys=True,
-        )
+        return {
+            "distribution": round(distributed - self.t0, 6),
+            "local_work": round(collected - distributed, 6),
+            "aggregation": round(end - collected, 6),
+        }
 
 
 def bucket_requests(

@@ -205,7 +205,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
             buckets=[serde.bucket_result_to_proto(r) for r in results],
             bytes_to_facilities=counter.sent,
             bytes_from_facilities=counter.received + self.received_bytes,
-            phases_json=marks.to_json(),
+            phases_s=marks.seconds(),
         )
 
     async def _run_plain_bucket(

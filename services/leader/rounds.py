@@ -1,16 +1,15 @@
-"""Where a round's time and bytes go, as seen by the leader (reported in each round event's extra, and
-used by `hfl bench federation`), and the per-fog RunRound request."""
+"""Where a round's time and bytes go, as seen by the leader (reported in each round event's cost, and
+used by `hfl bench federation`), the per-fog RunRound request, and what the operator sees of a round."""
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from hfl.domain import BucketEvaluation, BucketRecord, BucketResult, RoundConfig, VoteRecord
+from hfl.domain import BucketEvaluation, BucketRecord, BucketResult, RoundConfig, RoundCost, VoteRecord
 from hfl.ledger import Vote
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import fog_pb2
@@ -46,13 +45,14 @@ class RoundClock:
         self.phases[name] = self.phases.get(name, 0.0) + (now - self._last)
         self._last = now
 
-    def fog_answered(self, fog_id: str, started: float, phases_json: str, bytes_in: int = 0) -> None:
+    def fog_answered(
+        self, fog_id: str, started: float, phases_s: Mapping[str, float], bytes_in: int = 0
+    ) -> None:
+        """A fog answered; its own phase timings are kept when they are sane (finite, not negative)."""
         self.fog_bytes_in[fog_id] = bytes_in
-        try:
-            raw = json.loads(phases_json) if phases_json else {}
-            phases = {k: float(raw[k]) for k in FOG_PHASES if k in raw}
-        except (ValueError, TypeError, AttributeError):
-            log.warning("fog %s sent unreadable phase timings; ignored", fog_id)
+        phases = {k: float(phases_s[k]) for k in FOG_PHASES if k in phases_s}
+        if not all(math.isfinite(v) and v >= 0 for v in phases.values()):
+            log.warning("fog %s sent impossible phase timings; ignored", fog_id)
             phases = {}
         self._fogs[fog_id] = (time.monotonic() - started, phases)
 
@@ -73,17 +73,15 @@ class RoundClock:
                 inside += self.phases[k]
         self.phases["leader_fog_transfer"] = max(0.0, total - inside)
 
-    def summary(self, own: ByteCount, facilities: ByteCount) -> dict[str, Any]:
-        return {
-            "phases": {"config": round(self.config_s, 6), **{k: round(v, 6) for k, v in self.phases.items()}},
-            "traffic": {
-                "leader_bytes_in": own.received + self.config_bytes_in,
-                "leader_bytes_out": own.sent + self.config_bytes_out,
-                "fog_facility_bytes": facilities.sent + facilities.received,
-                "fog_bytes_in_max": max(self.fog_bytes_in.values(), default=0),
-                "leader_by_peer": dict(sorted(own.by_peer.items())),
-            },
-        }
+    def cost(self, own: ByteCount, facilities: ByteCount) -> RoundCost:
+        return RoundCost(
+            phases_s={"config": round(self.config_s, 6), **{k: round(v, 6) for k, v in self.phases.items()}},
+            leader_bytes_in=own.received + self.config_bytes_in,
+            leader_bytes_out=own.sent + self.config_bytes_out,
+            fog_facility_bytes=facilities.sent + facilities.received,
+            fog_bytes_in_max=max(self.fog_bytes_in.values(), default=0),
+            leader_by_peer=dict(sorted(own.by_peer.items())),
+        )
 
 
 def fog_request(

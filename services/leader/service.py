@@ -209,7 +209,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 log.warning("round %d: fog %s failed: %s", round_, fog_id, describe_rpc_error(e))
                 return []
             fac.add("facility", int(resp.bytes_to_facilities), int(resp.bytes_from_facilities))
-            clock.fog_answered(fog_id, started, resp.phases_json, int(resp.bytes_from_facilities))
+            clock.fog_answered(fog_id, started, resp.phases_s, int(resp.bytes_from_facilities))
             out = []
             runs = {x.bucket_id for x in config.buckets if x.fog_id == fog_id}
             for b in resp.buckets:
@@ -342,7 +342,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             event,
             duration_s=duration,
             bytes_sent=counter.sent + counter.received + fac.sent + fac.received,
-            extra={**event.extra, **self.clock.summary(counter, fac)},
+            cost=self.clock.cost(counter, fac),
             epsilon=self.epsilon_spent,
         )
 

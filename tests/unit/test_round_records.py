@@ -101,3 +101,13 @@ def test_topology_metric_shows_only_this_rounds_buckets() -> None:
     dealt_again = replace(first, buckets=(Bucket("b0", "fog-2", ("a", "d", "g"), 2),))
     publish_topology(dealt_again)
     assert pairs() == {("a", "fog-2"), ("d", "fog-2"), ("g", "fog-2")}
+
+
+def test_round_cost_is_typed_on_the_wire() -> None:
+    from hfl.domain import RoundCost
+
+    cost = RoundCost({"config": 0.01, "committee": 0.2}, 10, 20, 30, 40, {"fog": 5, "validator": 7})
+    back = serde.event_from_proto(serde.event_to_proto(RoundEvent(round=1, committed=True, cost=cost)))
+    assert back.cost == cost
+    assert back.cost.to_dict()["traffic"]["fog_bytes_in_max"] == 40
+    assert serde.event_from_proto(serde.event_to_proto(RoundEvent(round=1, committed=True))).cost is None

@@ -94,23 +94,23 @@ def test_fog_forwards_the_signed_view_and_falls_back_when_it_does_not_check_out(
 
 def test_phase_marks_and_clock_split_a_round() -> None:
     marks = PhaseMarks(t0=0.0, marks={"distributed": 1.0, "collected": 3.0})
-    phases = json.loads(marks.to_json())
+    phases = marks.seconds()
     assert phases["distribution"] == 1.0 and phases["local_work"] == 2.0 and phases["aggregation"] >= 0
     clock = RoundClock()
     clock.fog_answered(
         "fog-1",
         started=clock._last,
-        phases_json=json.dumps({"distribution": 0.0, "local_work": 0.0, "aggregation": 0.0}),
+        phases_s={"distribution": 0.0, "local_work": 0.0, "aggregation": 0.0},
         bytes_in=123,
     )
-    clock.fog_answered("fog-2", started=clock._last, phases_json="not json")
+    clock.fog_answered("fog-2", started=clock._last, phases_s={"local_work": float("nan")})
     clock.fogs_done()
     clock.lap("committee")
     from hfl.rpc.client import ByteCount
 
     own = ByteCount()
     own.add("fog", 10, 1000)
-    summary = clock.summary(own, ByteCount())
+    summary = clock.cost(own, ByteCount()).to_dict()
     assert summary["traffic"]["leader_bytes_in"] == 1000 and summary["traffic"]["fog_bytes_in_max"] == 123
     assert {"distribution", "local_work", "aggregation", "committee", "config"} <= set(summary["phases"])
 

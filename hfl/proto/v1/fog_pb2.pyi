@@ -57,27 +57,49 @@ Global___RunRoundRequest: _TypeAlias = RunRoundRequest  # noqa: Y015
 class RunRoundResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class PhasesSEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     BUCKETS_FIELD_NUMBER: _builtins.int
     BYTES_TO_FACILITIES_FIELD_NUMBER: _builtins.int
     BYTES_FROM_FACILITIES_FIELD_NUMBER: _builtins.int
-    PHASES_JSON_FIELD_NUMBER: _builtins.int
+    PHASES_S_FIELD_NUMBER: _builtins.int
     bytes_to_facilities: _builtins.int
     bytes_from_facilities: _builtins.int
-    phases_json: _builtins.str
-    """Seconds spent per phase at this fog, as a JSON object (distribution, local_work, aggregation)."""
     @_builtins.property
     def buckets(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.BucketResult]: ...
+    @_builtins.property
+    def phases_s(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Seconds spent per phase at this fog (distribution, local_work, aggregation)."""
+
     def __init__(
         self,
         *,
         buckets: _abc.Iterable[_common_pb2.BucketResult] | None = ...,
         bytes_to_facilities: _builtins.int = ...,
         bytes_from_facilities: _builtins.int = ...,
-        phases_json: _builtins.str = ...,
+        phases_s: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "bytes_from_facilities", b"bytes_from_facilities", "bytes_to_facilities", b"bytes_to_facilities", "phases_json", b"phases_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "bytes_from_facilities", b"bytes_from_facilities", "bytes_to_facilities", b"bytes_to_facilities", "phases_s", b"phases_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

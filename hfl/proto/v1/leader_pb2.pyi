@@ -216,11 +216,11 @@ class WatchRoundsResponse(_message.Message):
     COMMITTEE_FIELD_NUMBER: _builtins.int
     EPSILON_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
-    EXTRA_JSON_FIELD_NUMBER: _builtins.int
     CLINICAL_FIELD_NUMBER: _builtins.int
     SPECIALTIES_FIELD_NUMBER: _builtins.int
     VOTES_FIELD_NUMBER: _builtins.int
     BUCKETS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     committed: _builtins.bool
     accuracy: _builtins.float
@@ -236,7 +236,6 @@ class WatchRoundsResponse(_message.Message):
     abandoned_buckets: _builtins.int
     epsilon: _builtins.float
     done: _builtins.bool
-    extra_json: _builtins.str
     @_builtins.property
     def flagged_buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -255,6 +254,10 @@ class WatchRoundsResponse(_message.Message):
     def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VoteRecord]: ...
     @_builtins.property
     def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BucketRecord]: ...
+    @_builtins.property
+    def cost(self) -> Global___RoundCost:
+        """Where the attempt's time and bytes went, as the leader measured them."""
+
     def __init__(
         self,
         *,
@@ -276,19 +279,95 @@ class WatchRoundsResponse(_message.Message):
         committee: _abc.Iterable[_builtins.str] | None = ...,
         epsilon: _builtins.float = ...,
         done: _builtins.bool = ...,
-        extra_json: _builtins.str = ...,
         clinical: _common_pb2.ClinicalMetrics | None = ...,
         specialties: _abc.Iterable[_common_pb2.SpecialtyResult] | None = ...,
         votes: _abc.Iterable[Global___VoteRecord] | None = ...,
         buckets: _abc.Iterable[Global___BucketRecord] | None = ...,
+        cost: Global___RoundCost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["clinical", b"clinical"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clinical", b"clinical", "cost", b"cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned_buckets", b"abandoned_buckets", "accepts", b"accepts", "accuracy", b"accuracy", "block_hash", b"block_hash", "buckets", b"buckets", "bytes_sent", b"bytes_sent", "clinical", b"clinical", "committed", b"committed", "committee", b"committee", "detail", b"detail", "done", b"done", "dropouts", b"dropouts", "duration_s", b"duration_s", "epsilon", b"epsilon", "extra_json", b"extra_json", "flagged_buckets", b"flagged_buckets", "loss", b"loss", "participants", b"participants", "quarantined", b"quarantined", "rejects", b"rejects", "round", b"round", "specialties", b"specialties", "votes", b"votes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned_buckets", b"abandoned_buckets", "accepts", b"accepts", "accuracy", b"accuracy", "block_hash", b"block_hash", "buckets", b"buckets", "bytes_sent", b"bytes_sent", "clinical", b"clinical", "committed", b"committed", "committee", b"committee", "cost", b"cost", "detail", b"detail", "done", b"done", "dropouts", b"dropouts", "duration_s", b"duration_s", "epsilon", b"epsilon", "flagged_buckets", b"flagged_buckets", "loss", b"loss", "participants", b"participants", "quarantined", b"quarantined", "rejects", b"rejects", "round", b"round", "specialties", b"specialties", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRoundsResponse: _TypeAlias = WatchRoundsResponse  # noqa: Y015
+
+@_typing.final
+class RoundCost(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PhasesSEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class LeaderByPeerEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PHASES_S_FIELD_NUMBER: _builtins.int
+    LEADER_BYTES_IN_FIELD_NUMBER: _builtins.int
+    LEADER_BYTES_OUT_FIELD_NUMBER: _builtins.int
+    FOG_FACILITY_BYTES_FIELD_NUMBER: _builtins.int
+    FOG_BYTES_IN_MAX_FIELD_NUMBER: _builtins.int
+    LEADER_BY_PEER_FIELD_NUMBER: _builtins.int
+    leader_bytes_in: _builtins.int
+    leader_bytes_out: _builtins.int
+    fog_facility_bytes: _builtins.int
+    fog_bytes_in_max: _builtins.int
+    @_builtins.property
+    def phases_s(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def leader_by_peer(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        phases_s: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        leader_bytes_in: _builtins.int = ...,
+        leader_bytes_out: _builtins.int = ...,
+        fog_facility_bytes: _builtins.int = ...,
+        fog_bytes_in_max: _builtins.int = ...,
+        leader_by_peer: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fog_bytes_in_max", b"fog_bytes_in_max", "fog_facility_bytes", b"fog_facility_bytes", "leader_by_peer", b"leader_by_peer", "leader_bytes_in", b"leader_bytes_in", "leader_bytes_out", b"leader_bytes_out", "phases_s", b"phases_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundCost: _TypeAlias = RoundCost  # noqa: Y015
 
 @_typing.final
 class GetLedgerRequest(_message.Message):
