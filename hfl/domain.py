@@ -290,6 +290,22 @@ class SpecialtyResult:
 
 
 @dataclass(frozen=True)
+class RoundReport:
+    """The leader's evidence after a round attempt: flagged buckets (id -> kind), members a fog refused
+    as malformed, members that never answered, and, when a block was proposed, each committee member's
+    vote in committee order (None: it did not answer)."""
+
+    flags: dict[str, str] = field(default_factory=dict)
+    refused: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
+    votes: tuple[tuple[str, bool | None], ...] = ()
+
+    @property
+    def committee(self) -> tuple[str, ...]:
+        return tuple(v for v, _ in self.votes)
+
+
+@dataclass(frozen=True)
 class RoundCost:
     """Where one round attempt's time and bytes went, as the leader measured them (seconds per phase;
     the leader's own traffic, the fogs' traffic with their facilities, the largest fog answer)."""

@@ -27,6 +27,7 @@ from hfl.domain import (
     RoundConfig,
     RoundCost,
     RoundEvent,
+    RoundReport,
     SecurityRecord,
     SecurityReport,
     SharedTokenStatus,
@@ -824,4 +825,32 @@ def security_from_proto(m: authority_pb2.GetSecurityReportResponse) -> SecurityR
         ),
         records=tuple(SecurityRecord(x.node_id, x.action, x.at, x.reason, x.by) for x in m.records),
         refused={k: int(v) for k, v in m.refused.items()},
+    )
+
+
+# ---------------------------------------------------------------- the leader's round report
+def round_report_to_proto(r: RoundReport) -> authority_pb2.RoundReport:
+    return authority_pb2.RoundReport(
+        flags=r.flags,
+        refused=list(r.refused),
+        absent=list(r.absent),
+        votes=[
+            authority_pb2.CommitteeVote(validator=v, answered=a is not None, accept=bool(a))
+            for v, a in r.votes
+        ],
+    )
+
+
+def round_report_from_proto(m: authority_pb2.RoundReport) -> RoundReport:
+    """Checked against hfl.bounds; raises InvalidInput (a plain sentence) for anything out of bounds."""
+    bounds.ids(m.flags.keys(), "the flagged buckets")
+    bounds.ids(m.flags.values(), "the flag kinds")
+    validators = bounds.ids((v.validator for v in m.votes), "the committee")
+    if len(set(validators)) != len(validators):
+        raise InvalidInput("the round report lists a committee member twice")
+    return RoundReport(
+        flags=dict(m.flags),
+        refused=bounds.ids(m.refused, "the refused members"),
+        absent=bounds.ids(m.absent, "the absent members"),
+        votes=tuple((v.validator, v.accept if v.answered else None) for v in m.votes),
     )

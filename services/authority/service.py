@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import grpc
@@ -248,19 +247,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         buckets = self.registry.config_buckets(round_, attempt)
         if buckets is None:
             raise InvalidInput(f"no configuration was issued for round {round_} attempt {attempt}")
-        bounds.text(request.report_json, "the round report", bounds.MAX_REPORT)
-        try:
-            report = json.loads(request.report_json or "{}")
-            flags = {str(b): str(k) for b, k in dict(report.get("flags", {})).items()}
-            votes = {
-                str(v): (None if x is None else bool(x)) for v, x in dict(report.get("votes", {})).items()
-            }
-            bounds.ids(votes, "the votes")
-            refused = list(bounds.ids((str(x) for x in report.get("refused", [])), "the refused members"))
-            absent = list(bounds.ids((str(x) for x in report.get("absent", [])), "the absent members"))
-            committee = list(bounds.ids((str(x) for x in report.get("committee", [])), "the committee"))
-        except (ValueError, TypeError, AttributeError) as e:
-            raise InvalidInput(f"the round report is malformed: {str(e)[:200]}") from None
+        report = serde.round_report_from_proto(request.report)
+        flags, votes = dict(report.flags), dict(report.votes)
+        refused, absent, committee = list(report.refused), list(report.absent), list(report.committee)
         unknown = set(flags) - set(buckets)
         if unknown or any(k not in FLAG_KINDS for k in flags.values()):
             raise InvalidInput("the round report flags buckets that were not part of the round")

@@ -20,6 +20,7 @@ from hfl.domain import (
     ModelSpec,
     RoundConfig,
     RoundEvent,
+    RoundReport,
     SpecialtyResult,
     TrainingPlan,
 )
@@ -439,11 +440,13 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         quarantine list."""
         if not self.settings.defences:  # comparison runs: nobody gains suspicion, nobody is quarantined
             flags, refused = {}, set()
-        report: dict[str, object] = {"flags": flags, "refused": sorted(refused), "absent": sorted(absent)}
+        cast: tuple[tuple[str, bool | None], ...] = ()
         if votes is not None:
-            by_voter: dict[str, bool | None] = {m.node_id: None for m in config.committee}
-            by_voter.update({v.validator_id: v.accept for v in votes if v.validator_id in by_voter})
-            report.update(votes=by_voter, committee=[m.node_id for m in config.committee])
+            by_voter = {v.validator_id: v.accept for v in votes}
+            cast = tuple((m.node_id, by_voter.get(m.node_id)) for m in config.committee)
+        report = RoundReport(
+            flags=dict(flags), refused=tuple(sorted(refused)), absent=tuple(sorted(absent)), votes=cast
+        )
         try:
             resp = await call(
                 self.authority().ReportRound,
@@ -453,7 +456,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                     committed=block is not None,
                     block_hash=block.hash if block else b"",
                     flagged_buckets=sorted(flags),
-                    report_json=json.dumps(report, sort_keys=True),
+                    report=serde.round_report_to_proto(report),
                 ),
                 peer="authority",
                 timeout=30,

@@ -106,8 +106,8 @@ def _round(a: Authority, rnd: int, absent: list[str]) -> set[str]:
     """Schedule round ``rnd`` and report ``absent``; returns who was scheduled."""
     config = a.make_config(rnd, 0, bytes(32))
     scheduled = {m for b in config.buckets for m in b.members}
-    report = f'{{"absent": {sorted(absent)!r}}}'.replace("'", '"')
-    req = authority_pb2.ReportRoundRequest(round=rnd, attempt=0, committed=True, report_json=report)
+    report = authority_pb2.RoundReport(absent=sorted(absent))
+    req = authority_pb2.ReportRoundRequest(round=rnd, attempt=0, committed=True, report=report)
     asyncio.run(a.ReportRound(req, None))  # type: ignore[arg-type]
     return scheduled
 
@@ -128,7 +128,9 @@ def test_authority_leaves_out_a_missing_facility_until_it_registers_again(author
 
 def test_report_naming_an_unscheduled_absentee_is_refused(authority: Authority) -> None:
     authority.make_config(1, 0, bytes(32))
-    req = authority_pb2.ReportRoundRequest(round=1, attempt=0, report_json='{"absent": ["facility-99"]}')
+    req = authority_pb2.ReportRoundRequest(
+        round=1, attempt=0, report=authority_pb2.RoundReport(absent=["facility-99"])
+    )
     with pytest.raises(InvalidInput, match="not scheduled"):
         asyncio.run(authority.ReportRound(req, None))  # type: ignore[arg-type]
     assert authority.attendance.to_dict()["missed"] == {}
@@ -141,7 +143,9 @@ def test_report_without_a_proposal_counts_attendance_only_and_cannot_be_replayed
     reputation must not read it as a clean round (no decay), and the same report twice is refused."""
     _round(authority, 1, ["facility-3"])
     assert authority.reputation.to_dict()["last_round"] is None  # reputation saw nothing
-    req = authority_pb2.ReportRoundRequest(round=1, attempt=0, report_json='{"absent": ["facility-3"]}')
+    req = authority_pb2.ReportRoundRequest(
+        round=1, attempt=0, report=authority_pb2.RoundReport(absent=["facility-3"])
+    )
     with pytest.raises(InvalidInput, match="already counted"):
         asyncio.run(authority.ReportRound(req, None))  # type: ignore[arg-type]
     assert authority.attendance.missed("facility-3") == 1

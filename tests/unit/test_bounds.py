@@ -183,16 +183,18 @@ def test_release_reason_and_id_are_bounded(authority: Authority) -> None:
 
 def test_round_report_lists_are_bounded(authority: Authority) -> None:
     authority.registry.record_config(1, 0, b"h" * 32, b"\x00" * 32, {"b0": ["facility-01"]})
-    huge = '{"absent": ["' + "a" * 100 + '"]}'
-    req = authority_pb2.ReportRoundRequest(round=1, attempt=0, report_json=huge)
-    with pytest.raises(InvalidInput, match="malformed"):
-        asyncio.run(authority.ReportRound(req, None))  # type: ignore[arg-type]
-    req = authority_pb2.ReportRoundRequest(round=1, attempt=0, report_json=" " * (bounds.MAX_REPORT + 1))
-    with pytest.raises(InvalidInput, match="round report"):
-        asyncio.run(authority.ReportRound(req, None))  # type: ignore[arg-type]
-    req = authority_pb2.ReportRoundRequest(round=1, attempt=0, report_json='{"refused": 5}')
-    with pytest.raises(InvalidInput, match="malformed"):
-        asyncio.run(authority.ReportRound(req, None))  # type: ignore[arg-type]
+    R = authority_pb2.RoundReport
+    for report, refusal in [
+        (R(absent=["a" * 100]), "an entry of the absent members is 100 characters long"),
+        (R(refused=["f"] * (bounds.MAX_LIST + 1)), "the refused members lists more than"),
+        (R(flags={"b0": "x" * 65}), "an entry of the flag kinds"),
+        (R(votes=[authority_pb2.CommitteeVote(validator="")]), "an entry of the committee is missing"),
+        (R(votes=[authority_pb2.CommitteeVote(validator="v1")] * 2), "a committee member twice"),
+    ]:
+        req = authority_pb2.ReportRoundRequest(round=1, attempt=0, report=report)
+        with pytest.raises(InvalidInput, match=refusal):
+            asyncio.run(authority.ReportRound(req, None))  # type: ignore[arg-type]
+    assert authority.attendance.to_dict()["missed"] == {}  # nothing was counted
 
 
 def test_round_numbers_beyond_what_is_stored_are_refused(authority: Authority) -> None:
@@ -202,7 +204,7 @@ def test_round_numbers_beyond_what_is_stored_are_refused(authority: Authority) -
         req = authority_pb2.GetRoundConfigRequest(round=round_, attempt=attempt, ledger_head=head)
         with pytest.raises(InvalidInput, match="out of range"):
             asyncio.run(authority.GetRoundConfig(req, None))  # type: ignore[arg-type]
-        report = authority_pb2.ReportRoundRequest(round=round_, attempt=attempt, report_json="{}")
+        report = authority_pb2.ReportRoundRequest(round=round_, attempt=attempt)
         with pytest.raises(InvalidInput, match="out of range"):
             asyncio.run(authority.ReportRound(report, None))  # type: ignore[arg-type]
 

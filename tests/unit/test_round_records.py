@@ -111,3 +111,18 @@ def test_round_cost_is_typed_on_the_wire() -> None:
     assert back.cost == cost
     assert back.cost.to_dict()["traffic"]["fog_bytes_in_max"] == 40
     assert serde.event_from_proto(serde.event_to_proto(RoundEvent(round=1, committed=True))).cost is None
+
+
+def test_round_report_is_typed_on_the_wire() -> None:
+    """The leader's evidence for the authority, including a committee member that did not vote."""
+    from hfl.domain import RoundReport
+
+    report = RoundReport(
+        flags={"b1": "norm"},
+        refused=("f9",),
+        absent=("f3", "f4"),
+        votes=(("validator-1", True), ("validator-2", None), ("validator-3", False)),
+    )
+    back = serde.round_report_from_proto(serde.round_report_to_proto(report))
+    assert back == report and back.committee == ("validator-1", "validator-2", "validator-3")
+    assert serde.round_report_from_proto(serde.round_report_to_proto(RoundReport())) == RoundReport()

@@ -221,15 +221,16 @@ class ReportRoundRequest(_message.Message):
     COMMITTED_FIELD_NUMBER: _builtins.int
     BLOCK_HASH_FIELD_NUMBER: _builtins.int
     FLAGGED_BUCKETS_FIELD_NUMBER: _builtins.int
-    REPORT_JSON_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     committed: _builtins.bool
     block_hash: _builtins.bytes
-    report_json: _builtins.str
     attempt: _builtins.int
     @_builtins.property
     def flagged_buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def report(self) -> Global___RoundReport: ...
     def __init__(
         self,
         *,
@@ -237,16 +238,103 @@ class ReportRoundRequest(_message.Message):
         committed: _builtins.bool = ...,
         block_hash: _builtins.bytes = ...,
         flagged_buckets: _abc.Iterable[_builtins.str] | None = ...,
-        report_json: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        report: Global___RoundReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_hash", b"block_hash", "committed", b"committed", "flagged_buckets", b"flagged_buckets", "report_json", b"report_json", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "block_hash", b"block_hash", "committed", b"committed", "flagged_buckets", b"flagged_buckets", "report", b"report", "round", b"round"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportRoundRequest: _TypeAlias = ReportRoundRequest  # noqa: Y015
+
+@_typing.final
+class RoundReport(_message.Message):
+    """The leader's evidence after a round attempt, for reputation and attendance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FlagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FLAGS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    ABSENT_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def flags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """bucket id -> why it was flagged (hfl.robust FLAG_KINDS)"""
+
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """members whose update a fog refused as malformed"""
+
+    @_builtins.property
+    def absent(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """members that never answered the round's first call"""
+
+    @_builtins.property
+    def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommitteeVote]:
+        """Only when a block was proposed: every committee member, in committee order, and its vote."""
+
+    def __init__(
+        self,
+        *,
+        flags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        refused: _abc.Iterable[_builtins.str] | None = ...,
+        absent: _abc.Iterable[_builtins.str] | None = ...,
+        votes: _abc.Iterable[Global___CommitteeVote] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absent", b"absent", "flags", b"flags", "refused", b"refused", "votes", b"votes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundReport: _TypeAlias = RoundReport  # noqa: Y015
+
+@_typing.final
+class CommitteeVote(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALIDATOR_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    ACCEPT_FIELD_NUMBER: _builtins.int
+    validator: _builtins.str
+    answered: _builtins.bool
+    accept: _builtins.bool
+    def __init__(
+        self,
+        *,
+        validator: _builtins.str = ...,
+        answered: _builtins.bool = ...,
+        accept: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept", b"accept", "answered", b"answered", "validator", b"validator"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitteeVote: _TypeAlias = CommitteeVote  # noqa: Y015
 
 @_typing.final
 class ReportRoundResponse(_message.Message):
