@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hfl.crypto.signing import SigningKey, verify
 from hfl.hashing import hash_json
+
+if TYPE_CHECKING:  # hfl.privacy loads dp_accounting; the plan is only built where DP is used (serde)
+    from hfl.privacy.federation import DPPlan
 
 ROLES = ("authority", "leader", "fog", "facility", "validator")
 SPECIALTIES = ("hospital", "clinic", "research", "emergency")
@@ -159,7 +162,7 @@ class TrainingPlan:
     secure: bool = True
     timeout_s: float = 60.0
     drop_rate: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    dp: DPPlan | None = None  # set when the federation trains with differential privacy
 
 
 @dataclass(frozen=True)

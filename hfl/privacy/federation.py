@@ -1,7 +1,7 @@
 """Differential privacy for a whole federation: the plan the leader calibrates and every facility follows.
 
 The leader turns a target (ε, δ) into a :class:`DPPlan` once, at start-up, and sends it to facilities in
-``TrainingPlan.extra["dp"]`` (a plain JSON dict, see :meth:`DPPlan.to_dict`). The plan fixes everything
+``TrainingPlan.dp`` (a ``PrivacyPlan`` message on the wire, see hfl.rpc.serde). The plan fixes everything
 the accounting depends on, so that every facility spends exactly the same ε per round:
 
 * each round a facility takes exactly ``steps_per_round`` DP-SGD steps (``ceil(local_epochs / q)``),

@@ -53,6 +53,7 @@ from hfl.secagg import (
 )
 
 if TYPE_CHECKING:  # importing hfl.privacy loads dp_accounting (about 2 s): only when a spend is read
+    from hfl.privacy.federation import DPPlan
     from hfl.privacy.report import SpendReport
 
 MAX_VECTOR_LENGTH = 20_000_000
@@ -229,7 +230,7 @@ def plan_to_proto(p: TrainingPlan) -> pb.TrainingPlan:
         secure=p.secure,
         timeout_s=p.timeout_s,
         drop_rate=p.drop_rate,
-        extra_json=json.dumps(p.extra, sort_keys=True),
+        dp=pb.PrivacyPlan(**p.dp.to_dict()) if p.dp is not None else None,
     )
 
 
@@ -250,8 +251,20 @@ def plan_from_proto(p: pb.TrainingPlan) -> TrainingPlan:
         secure=p.secure,
         timeout_s=p.timeout_s,
         drop_rate=p.drop_rate,
-        extra=_json_or_empty(p.extra_json, "training plan extras"),
+        dp=privacy_plan_from_proto(p.dp) if p.HasField("dp") else None,
     )
+
+
+def privacy_plan_from_proto(m: pb.PrivacyPlan) -> DPPlan:
+    """The leader's DP plan, checked (mechanism, accountant, ranges); InvalidInput in plain words."""
+    from hfl.privacy.federation import DPPlan
+
+    try:
+        return DPPlan.from_dict(
+            {f.name: getattr(m, f.name) for f in m.DESCRIPTOR.fields}  # every field, defaults included
+        )
+    except (ValueError, TypeError) as e:
+        raise InvalidInput(f"the training plan's privacy settings are not valid: {e}") from None
 
 
 # ---------------------------------------------------------------- results, metrics, votes, events

@@ -1,6 +1,6 @@
 """A facility's differential privacy: admission against its budget, accounting, released statistics.
 
-The leader's DP plan arrives in ``TrainingPlan.extra["dp"]`` (hfl.privacy.federation.DPPlan). For each
+The leader's DP plan arrives in ``TrainingPlan.dp`` (hfl.privacy.federation.DPPlan). For each
 round attempt the facility
 
 1. checks *before training* that ``steps_per_round`` more DP-SGD steps keep its ε within budget, and
@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 
 from hfl.crypto.signing import SigningKey
-from hfl.errors import AlreadyDone, InvalidInput, NotAllowed
+from hfl.errors import AlreadyDone, NotAllowed
 from hfl.learning.data import Dataset
 from hfl.privacy import PrivacyAccountant, laplace_release, secure_generator
 from hfl.privacy.budget import BudgetExceeded
@@ -61,17 +61,6 @@ class Admission:
     round: int
     attempt: int
     projected_epsilon: float
-
-
-def dp_plan_of(extra: dict[str, Any]) -> DPPlan | None:
-    """The DP plan in a TrainingPlan's extras, or None when the federation trains without DP."""
-    raw = extra.get("dp")
-    if raw is None:
-        return None
-    try:
-        return DPPlan.from_dict(raw)
-    except (ValueError, TypeError) as e:
-        raise InvalidInput(f"the training plan's privacy settings are not valid: {e}") from None
 
 
 def _write_json(path: Path, value: object) -> None:
@@ -310,7 +299,7 @@ class PrivacyGate:
 
     async def admit(self, config: Any, plan: Any) -> Admission | None:
         """None without DP; otherwise an Admission, or PrivacyDeclined (logged and reported) to decline."""
-        dp = dp_plan_of(plan.extra)
+        dp = plan.dp
         if dp is None:
             return None
         self._loop = asyncio.get_running_loop()

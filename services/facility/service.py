@@ -29,7 +29,7 @@ from hfl.rpc.pki import Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import STALL, Settings
 from services.facility.faults import stall
-from services.facility.privacy import Admission, PrivacyGate, dp_plan_of
+from services.facility.privacy import Admission, PrivacyGate
 from services.facility.secure import SecureAggregation
 
 log = logging.getLogger("hfl.facility")
@@ -207,7 +207,7 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         rng: np.random.Generator,
         admission: Admission | None = None,
     ) -> np.ndarray:
-        if admission is not None or dp_plan_of(plan.extra) is not None:
+        if admission is not None or plan.dp is not None:
             delta = self.privacy.private_update(model, params, plan, admission, self.train_set)
         else:
             delta = self.honest_update(model, params, plan, rng, self.train_set)

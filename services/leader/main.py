@@ -18,7 +18,7 @@ from hfl.rpc.metrics import LAST_COMMIT, ROUND, ROUND_INTERVAL
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
 from hfl.rpc.settings import Settings
-from services.leader.privacy import dp_extra
+from services.leader.privacy import dp_plan_from_settings
 from services.leader.service import Leader
 
 log = logging.getLogger("hfl.leader")
@@ -33,7 +33,7 @@ def training_plan(settings: Settings) -> TrainingPlan:
         secure=settings.secagg,
         timeout_s=settings.round_timeout,
         drop_rate=settings.drop_rate,
-        extra=dp_extra(settings),  # differential privacy plan, calibrated here (privacy.py)
+        dp=dp_plan_from_settings(settings),  # differential privacy plan, calibrated here (privacy.py)
     )
 
 
@@ -75,7 +75,8 @@ async def run(settings: Settings) -> None:
     node = running.node_info(settings, "leader", node_id, key.public_bytes)
     answer = await register(channels, settings.authority, node, pinned_key=pki.pinned_authority_key(settings))
     leader.authority_key = bytes(answer.authority_public_key)
-    await running.mark_ready(settings, "leader", node_id, **leader.plan.extra)
+    dp = leader.plan.dp
+    await running.mark_ready(settings, "leader", node_id, dp=dp.to_dict() if dp else None)
     stop = asyncio.Event()
     loop_task = asyncio.create_task(leader.run(stop))
     try:

@@ -4,13 +4,12 @@ HFL_DP_EPSILON > 0 turns DP on. The leader calibrates the noise multiplier so th
 HFL_ROUNDS) rounds, plus HFL_DP_SPARE_ROUNDS spare ones for retried rounds (default 10 %, at least 2), of
 ``ceil(local_epochs / q)`` Poisson-sampled DP-SGD steps spend the budget (minus the small ε set aside for
 each facility's published statistics) with the chosen accountant, logs the plain-language summary, and
-ships the resulting plan to every facility in ``TrainingPlan.extra["dp"]``.
+ships the resulting plan to every facility in ``TrainingPlan.dp``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from hfl.errors import ConfigError
 from hfl.privacy.federation import (
@@ -74,9 +73,3 @@ def dp_plan_from_settings(settings: Settings) -> DPPlan | None:
         raise ConfigError(f"differential privacy cannot be set up: {e}") from None
     log.info("differential privacy: %s", describe_plan(plan))
     return plan
-
-
-def dp_extra(settings: Settings) -> dict[str, Any]:
-    """TrainingPlan extras carrying the DP plan ({} without DP)."""
-    plan = dp_plan_from_settings(settings)
-    return {} if plan is None else {"dp": plan.to_dict()}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hfl.crypto.signing import SigningKey
+from hfl.domain import TrainingPlan
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, Unauthenticated
 from hfl.learning.data import Dataset
 from hfl.learning.models import make_model
@@ -17,8 +18,10 @@ from hfl.privacy import compute_epsilon
 from hfl.privacy.dpsgd import DPSGD
 from hfl.privacy.federation import DPPlan, dp_local_update, plan_dp, spend_slot
 from hfl.privacy.report import SpendReport
+from hfl.proto.v1 import common_pb2 as pb
+from hfl.rpc import serde
 from services.authority.privacy import PrivacyBook
-from services.facility.privacy import FacilityPrivacy, PrivacyDeclined, dp_plan_of
+from services.facility.privacy import FacilityPrivacy, PrivacyDeclined
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +37,15 @@ def test_plan_spends_the_training_budget_within_one_percent(plan: DPPlan) -> Non
     assert plan.epsilon_after_rounds(4) == pytest.approx(eps)
 
 
-def test_plan_round_trips_through_json(plan: DPPlan) -> None:
+def _on_the_wire(dp: DPPlan | None) -> TrainingPlan:
+    sent = TrainingPlan(lr=0.1, epochs=1, batch_size=8, clip_update=1.0, dp=dp)
+    return serde.plan_from_proto(pb.TrainingPlan.FromString(serde.plan_to_proto(sent).SerializeToString()))
+
+
+def test_plan_round_trips_through_json_and_the_wire(plan: DPPlan) -> None:
     wire = json.loads(json.dumps(plan.to_dict()))
     assert DPPlan.from_dict(wire) == plan
-    assert dp_plan_of({"dp": wire}) == plan and dp_plan_of({}) is None
+    assert _on_the_wire(plan).dp == plan and _on_the_wire(None).dp is None
 
 
 @pytest.mark.parametrize(
@@ -55,8 +63,14 @@ def test_plan_round_trips_through_json(plan: DPPlan) -> None:
 def test_bad_plans_are_refused_in_plain_words(plan: DPPlan, bad: dict[str, object]) -> None:
     with pytest.raises((ValueError, TypeError)):
         DPPlan.from_dict({**plan.to_dict(), **bad})
+    msg = serde.plan_to_proto(TrainingPlan(lr=0.1, epochs=1, batch_size=8, clip_update=1.0, dp=plan))
+    try:
+        for k, v in bad.items():
+            setattr(msg.dp, k, v)
+    except TypeError:
+        return  # a value of the wrong type cannot even be put on the wire
     with pytest.raises(InvalidInput, match="privacy settings"):
-        dp_plan_of({"dp": {**plan.to_dict(), **bad}})
+        serde.plan_from_proto(msg)
 
 
 def test_laplace_with_rdp_and_sampling_points_to_pld() -> None:

@@ -261,9 +261,7 @@ Global___RoundConfig: _TypeAlias = RoundConfig  # noqa: Y015
 
 @_typing.final
 class TrainingPlan(_message.Message):
-    """The leader's instructions for local training. `extra_json` carries optional settings
-    (differential privacy, attacks for experiments) as canonical JSON.
-    """
+    """The leader's instructions for local training."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -274,7 +272,7 @@ class TrainingPlan(_message.Message):
     SECURE_FIELD_NUMBER: _builtins.int
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
     DROP_RATE_FIELD_NUMBER: _builtins.int
-    EXTRA_JSON_FIELD_NUMBER: _builtins.int
+    DP_FIELD_NUMBER: _builtins.int
     lr: _builtins.float
     epochs: _builtins.int
     batch_size: _builtins.int
@@ -282,7 +280,10 @@ class TrainingPlan(_message.Message):
     secure: _builtins.bool
     timeout_s: _builtins.float
     drop_rate: _builtins.float
-    extra_json: _builtins.str
+    @_builtins.property
+    def dp(self) -> Global___PrivacyPlan:
+        """Set when the federation trains with differential privacy."""
+
     def __init__(
         self,
         *,
@@ -293,15 +294,63 @@ class TrainingPlan(_message.Message):
         secure: _builtins.bool = ...,
         timeout_s: _builtins.float = ...,
         drop_rate: _builtins.float = ...,
-        extra_json: _builtins.str = ...,
+        dp: Global___PrivacyPlan | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dp", b"dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "clip_update", b"clip_update", "drop_rate", b"drop_rate", "epochs", b"epochs", "extra_json", b"extra_json", "lr", b"lr", "secure", b"secure", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "clip_update", b"clip_update", "dp", b"dp", "drop_rate", b"drop_rate", "epochs", b"epochs", "lr", b"lr", "secure", b"secure", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrainingPlan: _TypeAlias = TrainingPlan  # noqa: Y015
+
+@_typing.final
+class PrivacyPlan(_message.Message):
+    """A differential-privacy plan the leader calibrated once (hfl.privacy.federation.DPPlan)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MECHANISM_FIELD_NUMBER: _builtins.int
+    ACCOUNTANT_FIELD_NUMBER: _builtins.int
+    CLIP_FIELD_NUMBER: _builtins.int
+    NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    SAMPLING_RATE_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    EPSILON_BUDGET_FIELD_NUMBER: _builtins.int
+    STEPS_PER_ROUND_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    RELEASE_EPSILON_FIELD_NUMBER: _builtins.int
+    mechanism: _builtins.str
+    accountant: _builtins.str
+    clip: _builtins.float
+    noise_multiplier: _builtins.float
+    sampling_rate: _builtins.float
+    delta: _builtins.float
+    epsilon_budget: _builtins.float
+    steps_per_round: _builtins.int
+    rounds: _builtins.int
+    release_epsilon: _builtins.float
+    def __init__(
+        self,
+        *,
+        mechanism: _builtins.str = ...,
+        accountant: _builtins.str = ...,
+        clip: _builtins.float = ...,
+        noise_multiplier: _builtins.float = ...,
+        sampling_rate: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        epsilon_budget: _builtins.float = ...,
+        steps_per_round: _builtins.int = ...,
+        rounds: _builtins.int = ...,
+        release_epsilon: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accountant", b"accountant", "clip", b"clip", "delta", b"delta", "epsilon_budget", b"epsilon_budget", "mechanism", b"mechanism", "noise_multiplier", b"noise_multiplier", "release_epsilon", b"release_epsilon", "rounds", b"rounds", "sampling_rate", b"sampling_rate", "steps_per_round", b"steps_per_round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrivacyPlan: _TypeAlias = PrivacyPlan  # noqa: Y015
 
 @_typing.final
 class EvalMetrics(_message.Message):
