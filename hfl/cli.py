@@ -132,6 +132,38 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return revoke_node(args.node, args.reason, args.run, args.authority, args.cert_dir)
 
 
+def cmd_control(args: argparse.Namespace) -> int:
+    from hfl.operator_cli import control_training
+
+    return control_training(
+        args.control,
+        args.reason,
+        args.run,
+        args.leader,
+        args.cert_dir,
+        round_=getattr(args, "round", 0),
+        seconds=getattr(args, "seconds", 0.0),
+    )
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from hfl.operator_cli import quarantine_facility
+
+    return quarantine_facility(args.facility, args.reason, args.run, args.authority, args.cert_dir)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from hfl.operator_cli import issue_token
+
+    return issue_token(args.facility, args.hours, args.run, args.authority, args.cert_dir)
+
+
+def cmd_actions(args: argparse.Namespace) -> int:
+    from hfl.operator_cli import show_actions
+
+    return show_actions(args.run, args.leader, args.authority, args.cert_dir)
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     from hfl.status import release_facility
 
@@ -239,6 +271,47 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--authority", help="authority address HOST:PORT")
     rv.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
     rv.set_defaults(func=cmd_revoke)
+
+    def where(p: argparse.ArgumentParser, *, leader: bool, authority: bool) -> None:
+        p.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
+        if leader:
+            p.add_argument("--leader", help="leader address HOST:PORT")
+        if authority:
+            p.add_argument("--authority", help="authority address HOST:PORT")
+        p.add_argument(
+            "--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)"
+        )
+
+    for name, control, text in (
+        ("pause", "pause", "pause training after the current round (operator certificate)"),
+        ("resume", "resume", "resume paused training (operator certificate)"),
+        ("stop-after", "stop_after", "stop training after round N (0: as planned) (operator certificate)"),
+        ("interval", "round_interval", "seconds between rounds (negative: as configured) (operator)"),
+    ):
+        cp = sub.add_parser(name, help=text)
+        if control == "stop_after":
+            cp.add_argument("round", type=int, help="the last round to train")
+        if control == "round_interval":
+            cp.add_argument("seconds", type=float, help="seconds to wait between rounds")
+        cp.add_argument("--reason", required=True, help="why (kept in the leader's record with who and when)")
+        where(cp, leader=True, authority=False)
+        cp.set_defaults(func=cmd_control, control=control)
+
+    qp = sub.add_parser("quarantine", help="quarantine a facility by hand, with a reason (operator)")
+    qp.add_argument("facility", help="the facility's node id")
+    qp.add_argument("--reason", required=True, help="why (kept in the authority's record)")
+    where(qp, leader=False, authority=True)
+    qp.set_defaults(func=cmd_quarantine)
+
+    tp = sub.add_parser("token", help="a one-time enrolment token for a named new facility (operator)")
+    tp.add_argument("facility", help="the new facility's node id")
+    tp.add_argument("--hours", type=float, default=24.0, help="how long the token stays valid (default 24)")
+    where(tp, leader=False, authority=True)
+    tp.set_defaults(func=cmd_token)
+
+    ap = sub.add_parser("actions", help="what operators did (controls, quarantines, releases, tokens)")
+    where(ap, leader=True, authority=True)
+    ap.set_defaults(func=cmd_actions)
 
     et = sub.add_parser(
         "enrol-token", help="make a one-time enrolment token for a new node (on the authority)"

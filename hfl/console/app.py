@@ -12,7 +12,19 @@ import os
 import streamlit as st
 
 from hfl.console.auth import Login, NoPassword, password_from_env
-from hfl.console.data import Connection, Snapshot, check_ledger, snapshot
+from hfl.console.data import (
+    Connection,
+    Snapshot,
+    check_ledger,
+    control_training,
+    current_model,
+    enrolment_token,
+    quarantine,
+    release,
+    revoke,
+    run_dataset,
+    snapshot,
+)
 from hfl.console.derive import (
     attention,
     bucket_rows,
@@ -305,12 +317,120 @@ def _security(snap: Snapshot) -> None:
         st.write("None so far.")
 
 
+def _done(ok: bool, message: str) -> None:
+    (st.success if ok else st.error)(message)
+
+
+def _controls(snap: Snapshot) -> None:
+    st.header("Controls")
+    st.caption(
+        "Every control needs a reason. The leader or the authority carries it out and records who did it, "
+        "when and why; the record is listed at the bottom of this page."
+    )
+    conn = _connection()
+    if snap.leader is not None:
+        c = snap.leader.control
+        _number(
+            "Training",
+            f"paused ({c.pause_reason})" if c.paused else "running",
+            "Paused training finishes the current round, then waits until someone resumes it.",
+        )
+        with st.form("training"):
+            st.subheader("Pause, resume, stop after a round, round interval")
+            what = st.radio(
+                "Control",
+                ["Pause", "Resume", "Stop after round", "Round interval"],
+                horizontal=True,
+                key="control_kind",
+            )
+            last = st.number_input(
+                "Stop after round (0: as planned)", min_value=0, value=int(c.stop_after or 0), step=1
+            )
+            seconds = st.number_input(
+                "Seconds between rounds (-1: as configured)", min_value=-1.0, value=c.round_interval_s or -1.0
+            )
+            reason = st.text_input("Reason", key="control_reason")
+            if st.form_submit_button("Apply"):
+                action = {
+                    "Pause": "pause",
+                    "Resume": "resume",
+                    "Stop after round": "stop_after",
+                    "Round interval": "round_interval",
+                }[what or "Pause"]
+                _done(*control_training(conn, action, reason, round_=int(last), seconds=float(seconds)))
+    if snap.nodes is not None:
+        facilities = [n.node_id for n in snap.nodes.by_role("facility")]
+        with st.form("release"):
+            st.subheader("Release a quarantined facility")
+            st.caption("After you have checked it. It joins again with a new one-time enrolment token.")
+            who = st.selectbox("Facility", list(snap.nodes.quarantined) or ["(none is quarantined)"])
+            reason = st.text_input("Reason", key="release_reason")
+            if st.form_submit_button("Release"):
+                _done(*release(conn, who or "", reason))
+        with st.form("quarantine"):
+            st.subheader("Quarantine or revoke by hand")
+            st.caption(
+                "Quarantine: the facility is left out of training and its certificates are revoked until "
+                "it is released. Revoke: any node (facility, fog, validator) loses its certificates."
+            )
+            who = st.selectbox(
+                "Node", facilities + [n.node_id for n in snap.nodes.nodes if n.role in ("fog", "validator")]
+            )
+            how = st.radio("Action", ["Quarantine", "Revoke"], horizontal=True, key="quarantine_kind")
+            reason = st.text_input("Reason", key="quarantine_reason")
+            if st.form_submit_button("Apply"):
+                _done(*(quarantine if how == "Quarantine" else revoke)(conn, who or "", reason))
+        with st.form("token"):
+            st.subheader("Enrolment token for a new facility")
+            st.caption("A one-time token the new site starts with (HFL_ENROL_TOKEN); it is shown only once.")
+            name = st.text_input("New facility's name (for example hospital-north)", key="token_name")
+            hours = st.number_input("Valid for (hours)", min_value=1.0, max_value=8760.0, value=24.0)
+            if st.form_submit_button("Make a token"):
+                ok, message, token = enrolment_token(conn, name, float(hours))
+                _done(ok, message)
+                if ok:
+                    st.code(token, language=None)
+    if snap.leader is not None and snap.leader.committed_round > 0:
+        st.subheader("Download the current model")
+        st.caption(
+            "The ledger is checked first, as `hfl model export` does; then the model is offered as .npz."
+        )
+        known = run_dataset(conn)
+        dataset = known or st.selectbox("The data the federation trains on", ["synthetic", "breast_cancer"])
+        if st.button("Prepare the download"):
+            try:
+                data, name = current_model(conn, dataset)
+            except ValueError as e:
+                st.error(str(e))
+            else:
+                st.download_button(f"Download {name}", data, file_name=name, mime="application/octet-stream")
+    st.subheader("What operators did")
+    if snap.actions:
+        st.dataframe(
+            [
+                {
+                    "when (UTC)": a.at,
+                    "who": a.by,
+                    "what": a.action,
+                    "on": a.target,
+                    "why": a.reason,
+                    "result": a.result,
+                }
+                for a in snap.actions
+            ],
+            hide_index=True,
+        )
+    else:
+        st.write("No operator action has been recorded yet.")
+
+
 VIEWS = {
     "Federation map": _map,
     "Training": _training,
     "Privacy": _privacy,
     "Consensus and ledger": _ledger,
     "Security": _security,
+    "Controls": _controls,
 }
 
 

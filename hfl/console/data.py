@@ -12,8 +12,10 @@ from pathlib import Path
 
 import grpc
 
+from hfl.control import OperatorAction, TrainingControl
 from hfl.domain import RoundEvent, SecurityReport
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
+from hfl.proto.v1 import common_pb2 as pb
 from hfl.rpc import serde
 from hfl.rpc.pki import AUTHORITY, LEADER, NodeTls, sync_channel
 from hfl.status import _addresses, _operator_tls
@@ -53,6 +55,7 @@ class LeaderStatus:
     finished: bool
     state: str
     head_hash: str
+    control: TrainingControl = field(default_factory=TrainingControl)
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class Snapshot:
     rounds: tuple[RoundEvent, ...] = ()
     ended: str | None = None  # why training ended, once it has
     security: SecurityReport | None = None
+    actions: tuple[OperatorAction, ...] = ()  # what operators did, from the leader and the authority
 
     @property
     def committed(self) -> tuple[RoundEvent, ...]:
@@ -87,6 +91,7 @@ class Connection:
     authority: str | None
     tls: NodeTls | None
     run: Path | None = None
+    cert_dir: str | None = None
 
     @classmethod
     def from_args(
@@ -97,7 +102,7 @@ class Connection:
         cert_dir: str | None = None,
     ) -> Connection:
         leader, authority = _addresses(run, leader, authority)
-        return cls(leader, authority, _operator_tls(run, cert_dir), Path(run) if run else None)
+        return cls(leader, authority, _operator_tls(run, cert_dir), Path(run) if run else None, cert_dir)
 
 
 def _nodes(conn: Connection) -> tuple[Nodes, PrivacySpend, SecurityReport]:
@@ -129,7 +134,14 @@ def _leader(conn: Connection) -> LeaderStatus:
     assert conn.leader
     with sync_channel(conn.leader, conn.tls, peer=LEADER) as ch:
         s = leader_pb2_grpc.LeaderServiceStub(ch).GetStatus(leader_pb2.GetStatusRequest(), timeout=5)
-    return LeaderStatus(s.committed_round, s.target_rounds, s.finished, s.state, s.head_hash.hex())
+    return LeaderStatus(
+        s.committed_round,
+        s.target_rounds,
+        s.finished,
+        s.state,
+        s.head_hash.hex(),
+        serde.training_control_from_proto(s.control),
+    )
 
 
 def _history(conn: Connection) -> tuple[tuple[RoundEvent, ...], str | None]:
@@ -173,7 +185,8 @@ def snapshot(conn: Connection) -> Snapshot:
             problems.append(f"The leader at {conn.leader} did not answer ({e.code().name}).")
     else:
         problems.append("No leader address is known.")
-    return Snapshot(nodes, privacy, leader, _summary(conn), tuple(problems), rounds, ended, security)
+    actions = _actions(conn) if leader is not None and nodes is not None else ()
+    return Snapshot(nodes, privacy, leader, _summary(conn), tuple(problems), rounds, ended, security, actions)
 
 
 def check_ledger(run: Path | None) -> tuple[bool, str]:
@@ -197,3 +210,130 @@ def check_ledger(run: Path | None) -> tuple[bool, str]:
         True,
         f"Ledger OK: {n} blocks; hashes, signatures, quorum certificates and every aggregate check out.",
     )
+
+
+def _actions(conn: Connection) -> tuple[OperatorAction, ...]:
+    out: list[OperatorAction] = []
+    try:
+        for address, peer, stub_class in (
+            (conn.leader, LEADER, leader_pb2_grpc.LeaderServiceStub),
+            (conn.authority, AUTHORITY, authority_pb2_grpc.AuthorityServiceStub),
+        ):
+            assert address
+            with sync_channel(address, conn.tls, peer=peer) as ch:
+                resp = stub_class(ch).ListOperatorActions(pb.ListOperatorActionsRequest(), timeout=5)
+            out += [serde.operator_action_from_proto(a) for a in resp.actions]
+    except grpc.RpcError:
+        return ()
+    return tuple(sorted(out, key=lambda a: a.at))
+
+
+# ---------------------------------------------------------------- the operator's controls
+def _refusal(e: grpc.RpcError) -> str:
+    return e.details() or e.code().name
+
+
+def control_training(
+    conn: Connection, action: str, reason: str, *, round_: int = 0, seconds: float = 0.0
+) -> tuple[bool, str]:
+    """Pause, resume, stop after a round or change the interval; (done, what the leader says)."""
+    assert conn.leader
+    request = leader_pb2.ControlTrainingRequest(
+        action=serde.control_action_to_proto(action),  # type: ignore[arg-type]
+        reason=reason,
+        round=round_,
+        seconds=seconds,
+    )
+    try:
+        with sync_channel(conn.leader, conn.tls, peer=LEADER) as ch:
+            resp = leader_pb2_grpc.LeaderServiceStub(ch).ControlTraining(request, timeout=10)
+    except grpc.RpcError as e:
+        return False, f"The leader refused: {_refusal(e)}"
+    from hfl.operator_cli import describe_control
+
+    return True, describe_control(serde.training_control_from_proto(resp.control))
+
+
+def _authority_call(conn: Connection, method: str, request: object) -> tuple[object | None, str]:
+    assert conn.authority
+    try:
+        with sync_channel(conn.authority, conn.tls, peer=AUTHORITY) as ch:
+            return getattr(authority_pb2_grpc.AuthorityServiceStub(ch), method)(request, timeout=10), ""
+    except grpc.RpcError as e:
+        return None, f"The authority refused: {_refusal(e)}"
+
+
+def release(conn: Connection, facility: str, reason: str) -> tuple[bool, str]:
+    resp, refusal = _authority_call(
+        conn, "ReleaseFacility", authority_pb2.ReleaseFacilityRequest(node_id=facility, reason=reason)
+    )
+    if resp is None:
+        return False, refusal
+    return True, f"{facility} is released; it takes part again once it enrols with a new one-time token."
+
+
+def quarantine(conn: Connection, facility: str, reason: str) -> tuple[bool, str]:
+    resp, refusal = _authority_call(
+        conn, "QuarantineFacility", authority_pb2.QuarantineFacilityRequest(node_id=facility, reason=reason)
+    )
+    if resp is None:
+        return False, refusal
+    return True, f"{facility} is quarantined: it is left out and its certificates are revoked."
+
+
+def revoke(conn: Connection, node: str, reason: str) -> tuple[bool, str]:
+    resp, refusal = _authority_call(
+        conn, "RevokeNode", authority_pb2.RevokeNodeRequest(node_id=node, reason=reason)
+    )
+    if resp is None:
+        return False, refusal
+    return True, f"Revoked the certificates of {node}; every service refuses it within a minute."
+
+
+def enrolment_token(conn: Connection, facility: str, hours: float) -> tuple[bool, str, str]:
+    """(done, message, token): the token is returned once and kept nowhere in the console."""
+    resp, refusal = _authority_call(
+        conn, "IssueEnrolmentToken", authority_pb2.IssueEnrolmentTokenRequest(node_id=facility, hours=hours)
+    )
+    if resp is None:
+        return False, refusal, ""
+    token = resp.token  # type: ignore[attr-defined]
+    return True, f"One-time token for {facility}, valid until {resp.expires} UTC (shown only now):", token  # type: ignore[attr-defined]
+
+
+def run_dataset(conn: Connection) -> str | None:
+    """The dataset of a demo run (its summary.json), when the console was given the run folder."""
+    from hfl.model_cli import _summary as run_summary
+
+    summary = run_summary(conn.run) if conn.run else None
+    dataset = ((summary or {}).get("config") or {}).get("dataset")
+    return str(dataset) if dataset else None
+
+
+def current_model(conn: Connection, dataset: str | None = None) -> tuple[bytes, str]:
+    """The newest committed model as an .npz file (the same as `hfl model export --leader`): the leader's
+    whole ledger is fetched and verified first; raises ValueError with a plain sentence when it fails.
+    ``dataset``: the data the federation trains on (its columns and scaling go into the file)."""
+    from hfl.errors import ConfigError
+    from hfl.learning.export import to_npz
+    from hfl.ledger import LedgerError
+    from hfl.model_cli import _summary as run_summary
+    from hfl.model_cli import verified_model
+    from hfl.status import fetch_ledger
+
+    assert conn.leader
+    summary = run_summary(conn.run) if conn.run else None
+    config = (summary or {}).get("config") or {}
+    try:
+        store = fetch_ledger(conn.leader, str(conn.run) if conn.run else None, conn.cert_dir)
+        with store:
+            exported, _ = verified_model(
+                store,
+                "latest",
+                dataset or config.get("dataset") or "",
+                config.get("label"),
+                "the leader's ledger",
+            )
+    except (ConfigError, LedgerError, grpc.RpcError) as e:
+        raise ValueError(f"The model could not be exported: {e}") from None
+    return to_npz(exported), f"model-round-{exported.round}.npz"

@@ -194,6 +194,14 @@ class Reputation:
             self._quarantined[m] = rnd
         return newly
 
+    def quarantine(self, facility: str) -> None:
+        """Quarantine by hand (an operator's decision after an investigation), from the last round seen."""
+        if not isinstance(facility, str) or not facility:
+            raise ReputationError("a facility id is required")
+        if facility in self._quarantined:
+            raise ReputationError(f"facility {facility!r} is already quarantined")
+        self._quarantined[facility] = self._last_round or 0
+
     def release(self, facility: str) -> None:
         """Lift a quarantine (after an investigation) and reset the facility's suspicion."""
         if facility not in self._quarantined:

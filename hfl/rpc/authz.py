@@ -118,7 +118,10 @@ TABLE: dict[str, Rule] = {
     _A + "GetRevocations": Rule(NODE_ROLES | OPERATOR),
     _A + "ReleaseFacility": Rule(OPERATOR),
     _A + "RevokeNode": Rule(OPERATOR),
-    _A + "GetSecurityReport": Rule(OPERATOR),  # read-only: the console's Security view
+    _A + "GetSecurityReport": Rule(OPERATOR),
+    _A + "QuarantineFacility": Rule(OPERATOR),
+    _A + "IssueEnrolmentToken": Rule(OPERATOR),
+    _A + "ListOperatorActions": Rule(OPERATOR),  # read-only: the console's Security view
     _F + "RunRound": Rule(LEADER),
     _F + "SubmitUpdate": Rule(FACILITY, _bind_submit, "submit"),
     _F + "Evaluate": Rule(LEADER),
@@ -128,7 +131,9 @@ TABLE: dict[str, Rule] = {
     _L + "GetStatus": Rule(OPERATOR),
     _L + "GetModel": Rule(OPERATOR),
     _L + "WatchRounds": Rule(OPERATOR),
-    _L + "GetLedger": Rule(OPERATOR),  # read-only: the whole chain, for `hfl model export --leader`
+    _L + "GetLedger": Rule(OPERATOR),
+    _L + "ControlTraining": Rule(OPERATOR),
+    _L + "ListOperatorActions": Rule(OPERATOR),  # read-only: the whole chain, for `hfl model export --leader`
     _V + "Vote": Rule(LEADER),
     "/grpc.health.v1.Health/Check": Rule(ANYONE),
     "/grpc.health.v1.Health/Watch": Rule(ANYONE),

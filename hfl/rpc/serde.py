@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hfl import bounds
+from hfl.control import OperatorAction, TrainingControl
 from hfl.domain import (
     Bucket,
     BucketEvaluation,
@@ -867,3 +868,51 @@ def round_report_from_proto(m: authority_pb2.RoundReport) -> RoundReport:
         absent=bounds.ids(m.absent, "the absent members"),
         votes=tuple((v.validator, v.accept if v.answered else None) for v in m.votes),
     )
+
+
+# ---------------------------------------------------------------- operator controls and their record
+CONTROL_ACTIONS = {
+    leader_pb2.CONTROL_ACTION_PAUSE: "pause",
+    leader_pb2.CONTROL_ACTION_RESUME: "resume",
+    leader_pb2.CONTROL_ACTION_STOP_AFTER: "stop_after",
+    leader_pb2.CONTROL_ACTION_ROUND_INTERVAL: "round_interval",
+}
+
+
+def control_action_from_proto(action: int) -> str:
+    try:
+        return CONTROL_ACTIONS[action]  # type: ignore[index]
+    except KeyError:
+        raise InvalidInput("say which control: pause, resume, stop after a round or round interval") from None
+
+
+def control_action_to_proto(action: str) -> int:
+    return {v: k for k, v in CONTROL_ACTIONS.items()}[action]
+
+
+def training_control_to_proto(c: TrainingControl) -> leader_pb2.TrainingControl:
+    m = leader_pb2.TrainingControl(paused=c.paused, pause_reason=c.pause_reason)
+    if c.stop_after is not None:
+        m.stop_after = c.stop_after
+    if c.round_interval_s is not None:
+        m.round_interval_s = c.round_interval_s
+    return m
+
+
+def training_control_from_proto(m: leader_pb2.TrainingControl) -> TrainingControl:
+    return TrainingControl(
+        paused=m.paused,
+        pause_reason=m.pause_reason,
+        stop_after=int(m.stop_after) if m.HasField("stop_after") else None,
+        round_interval_s=float(m.round_interval_s) if m.HasField("round_interval_s") else None,
+    )
+
+
+def operator_action_to_proto(a: OperatorAction) -> pb.OperatorAction:
+    return pb.OperatorAction(
+        at=a.at, by=a.by, action=a.action, target=a.target, reason=a.reason, result=a.result
+    )
+
+
+def operator_action_from_proto(m: pb.OperatorAction) -> OperatorAction:
+    return OperatorAction(m.at, m.by, m.action, m.target, m.reason, m.result)

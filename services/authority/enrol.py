@@ -14,6 +14,7 @@ import grpc
 
 from hfl.crypto import x509
 from hfl.errors import InvalidInput, NotAllowed, NotFound, NotReady, RateLimited, Unauthenticated
+from hfl.oplog import OperatorLog
 from hfl.proto.v1 import authority_pb2
 from hfl.rpc import authz, pki
 from hfl.rpc.settings import Settings
@@ -29,6 +30,7 @@ class CertificateService:
     """Mixed into the Authority servicer (services/authority/service.py)."""
 
     settings: Settings
+    oplog: OperatorLog
     if TYPE_CHECKING:  # the facilities the authority has quarantined (a property of the servicer)
 
         @property
@@ -109,6 +111,9 @@ class CertificateService:
         who = authz.caller()
         serials = ca.revoke_node(node_id, reason=reason, by=who.node_id if who else "operator")
         self.forget_node(node_id)
+        self.oplog.record(
+            who.node_id if who else "operator", "revoke", node_id, reason, f"{len(serials)} certificate(s)"
+        )
         log.warning(
             "revoked %s %s on the operator's request (%d certificates): %s",
             role,

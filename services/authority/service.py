@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 import grpc
 
 from hfl import bounds
+from hfl.control import reason_of
 from hfl.crypto.pow import PowError, check, pow_challenge
 from hfl.crypto.signing import PUBLIC_KEY_LEN, SigningKey
 from hfl.domain import ROLES, SPECIALTIES, Bucket, NodeInfo, RoundConfig
 from hfl.errors import BudgetSpent, ConfigError, HflError, InvalidInput, NotAllowed, NotFound, NotReady, clip
 from hfl.hashing import HASH_LEN
+from hfl.oplog import OperatorLog
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
+from hfl.proto.v1 import common_pb2 as pb
 from hfl.robust.reputation import FLAG_KINDS, Reputation, with_refused
-from hfl.rpc import authz, serde
+from hfl.rpc import authz, pki, serde
 from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION
 from hfl.rpc.settings import Settings
 from hfl.schedule import (
@@ -44,6 +48,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         self.key = key
         self.registry = registry
         self.privacy = PrivacyBook(settings.state_dir / "privacy.db", settings.dp_epsilon)  # privacy.py
+        self.oplog = OperatorLog(settings.state_dir / "operator.db")  # what operators did, and why
         state = registry.get_json("reputation")
         self.reputation = Reputation.from_dict(state) if isinstance(state, dict) else Reputation()
         seen = registry.get_json("attendance")
@@ -359,7 +364,54 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             self.ca().release_node(node_id, reason)
         log.warning("released facility %s from quarantine (operator: %s)", node_id, reason)
         self._publish_reputation()
+        self.oplog.record(authz.caller_id() or "operator", "release", node_id, reason, "released")
         return authority_pb2.ReleaseFacilityResponse(quarantined=sorted(self.quarantined))
+
+    async def QuarantineFacility(
+        self, request: authority_pb2.QuarantineFacilityRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.QuarantineFacilityResponse:
+        """Operator only: quarantine a facility by hand; as for an automatic quarantine it is left out and
+        its certificates are revoked, until `hfl release`."""
+        node_id = bounds.node_id(request.node_id.strip(), "the facility to quarantine")
+        reason = reason_of(request.reason)
+        node = self.registry.get(node_id)
+        if node is None or node.role != "facility":
+            raise NotFound(f"no facility {clip(node_id)} is registered")
+        if node_id in self.quarantined:
+            raise HflError(f"facility {node_id} is already quarantined")
+        self.reputation.quarantine(node_id)
+        self.registry.put_json("reputation", self.reputation.to_dict())
+        self.revoke_quarantined([node_id])
+        self._publish_reputation()
+        log.warning("quarantined facility %s by hand (operator: %s)", node_id, reason)
+        self.oplog.record(authz.caller_id() or "operator", "quarantine", node_id, reason, "quarantined")
+        return authority_pb2.QuarantineFacilityResponse(quarantined=sorted(self.quarantined))
+
+    async def IssueEnrolmentToken(
+        self, request: authority_pb2.IssueEnrolmentTokenRequest, context: grpc.aio.ServicerContext
+    ) -> authority_pb2.IssueEnrolmentTokenResponse:
+        """Operator only: a one-time token for a named new facility, returned once (only its hash is kept)."""
+        node_id = bounds.node_id(request.node_id.strip(), "the new facility's name")
+        hours = float(request.hours) or 24.0
+        if not self.settings.tls:
+            raise NotReady("this federation runs without TLS (HFL_TLS=false); nodes do not enrol")
+        try:
+            token = pki.add_enrol_token(self.settings.state_dir, "facility", node_id, hours)
+        except ConfigError as e:
+            raise InvalidInput(str(e)) from None
+        expires = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours)).isoformat(timespec="minutes")
+        self.oplog.record(
+            authz.caller_id() or "operator", "enrolment token", node_id, f"valid {hours:g} h", "issued"
+        )
+        return authority_pb2.IssueEnrolmentTokenResponse(token=token, expires=expires)
+
+    async def ListOperatorActions(
+        self, request: pb.ListOperatorActionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListOperatorActionsResponse:
+        """Operator only: releases, revocations, hand quarantines and tokens issued, oldest first."""
+        return pb.ListOperatorActionsResponse(
+            actions=[serde.operator_action_to_proto(a) for a in self.oplog.actions()]
+        )
 
     def forget_node(self, node_id: str) -> None:
         if self.registry.remove(node_id):

@@ -66,9 +66,9 @@ async def run(settings: Settings) -> None:
         log.info("resuming after round %d (head %s)", head.header.round, head.hash.hex()[:16])
         ROUND.set(head.header.round)
     LAST_COMMIT.set_to_current_time()  # "no commit since" counts from the start
-    ROUND_INTERVAL.set(settings.round_interval)
     channels = Channels()
     leader = Leader(settings, channels, store, spec, training_plan(settings))
+    ROUND_INTERVAL.set(leader.oplog.control().interval(settings.round_interval))  # an operator's choice stays
     running = await start_server(
         settings, "leader", lambda s: leader_pb2_grpc.add_LeaderServiceServicer_to_server(leader, s)
     )

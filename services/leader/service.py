@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from hfl.control import apply, reason_of
 from hfl.domain import (
     BucketEvaluation,
     BucketResult,
@@ -36,6 +37,7 @@ from hfl.ledger import (
     propose,
     select_quorum,
 )
+from hfl.oplog import OperatorLog
 from hfl.proto.v1 import (
     authority_pb2,
     authority_pb2_grpc,
@@ -48,7 +50,7 @@ from hfl.proto.v1 import (
 )
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.robust.rules import resolve_f
-from hfl.rpc import serde
+from hfl.rpc import authz, serde
 from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import (
     COMMITS,
@@ -59,6 +61,7 @@ from hfl.rpc.metrics import (
     MODEL_LOSS,
     ROUND,
     ROUND_DURATION,
+    ROUND_INTERVAL,
     SECAGG_DROPOUTS,
     SPECIALTY_ACCURACY,
     SPECIALTY_AUC,
@@ -102,6 +105,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.clock = RoundClock()
         self.epsilon_spent = float("nan")  # largest privacy loss of any facility, from the authority
         self.end_detail = "all planned rounds are done"  # said by the last WatchRounds event
+        self.oplog = OperatorLog(settings.state_dir / "operator.db")  # controls and who used them
 
     def rule_params(self, n_buckets: int) -> dict[str, object]:
         """Recorded in every block: f (HFL_F, or the most the rule tolerates when HFL_F=-1) and the norm
@@ -122,8 +126,16 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             while not stop.is_set():
                 head = self.store.head()
                 assert head is not None
-                if target and head.header.round >= target:
+                control = self.oplog.control()
+                last = control.last_round(target)
+                if last and head.header.round >= last:
+                    if last != target:
+                        self.end_detail = f"stopped after round {head.header.round} by the operator"
                     break
+                if control.paused:
+                    self.state = f"paused by the operator: {control.pause_reason}"
+                    await asyncio.sleep(0.5)
+                    continue
                 round_ = head.header.round + 1
                 try:
                     t_config = time.monotonic()
@@ -161,8 +173,10 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                     await asyncio.sleep(1.0)
                 attempt = 0 if event.committed else attempt + 1
                 await self.publish(event)
-                if self.settings.round_interval > 0:
-                    await asyncio.sleep(self.settings.round_interval)
+                interval = self.oplog.control().interval(self.settings.round_interval)
+                ROUND_INTERVAL.set(interval)
+                if interval > 0:
+                    await asyncio.sleep(interval)
         finally:
             self.finished = True
             self.state = f"finished: {self.end_detail}"
@@ -481,6 +495,39 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             target_rounds=self.settings.rounds,
             finished=self.finished,
             state=self.state,
+            control=serde.training_control_to_proto(self.oplog.control()),
+        )
+
+    async def ControlTraining(
+        self, request: leader_pb2.ControlTrainingRequest, context: grpc.aio.ServicerContext
+    ) -> leader_pb2.ControlTrainingResponse:
+        """Operator only (hfl/rpc/authz.py): pause, resume, stop after a round, change the interval."""
+        action = serde.control_action_from_proto(request.action)
+        head = self.store.head()
+        assert head is not None
+        before = self.oplog.control()
+        after = apply(
+            before,
+            action,
+            request.reason,
+            committed_round=head.header.round,
+            round_=int(request.round),
+            seconds=float(request.seconds),
+        )
+        self.oplog.set_control(after)
+        target = {"stop_after": str(request.round), "round_interval": f"{request.seconds:g} s"}.get(
+            action, ""
+        )
+        self.oplog.record(authz.caller_id() or "operator", action, target, reason_of(request.reason), "done")
+        log.warning("training control by the operator: %s %s (%s)", action, target, reason_of(request.reason))
+        return leader_pb2.ControlTrainingResponse(control=serde.training_control_to_proto(after))
+
+    async def ListOperatorActions(
+        self, request: pb.ListOperatorActionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListOperatorActionsResponse:
+        """Operator only: the training controls used, oldest first."""
+        return pb.ListOperatorActionsResponse(
+            actions=[serde.operator_action_to_proto(a) for a in self.oplog.actions()]
         )
 
     async def GetModel(

@@ -106,6 +106,7 @@ def test_views_match_the_federation(run_dir: Path, capsys: pytest.CaptureFixture
         "Privacy",
         "Consensus and ledger",
         "Security",
+        "Controls",
     ]
 
     # Federation map: the same members by role as `hfl status` ("4 facilities, 2 fogs, ...").

@@ -443,9 +443,9 @@ class Mutator:
         T = pd.FieldDescriptor
         if f.type == T.TYPE_MESSAGE:
             if f.message_type.GetOptions().map_entry:
-                getattr(msg, f.name)[self.string()[:100]] = self.number(
-                    f.message_type.fields_by_name["value"]
-                )
+                vf = f.message_type.fields_by_name["value"]
+                value_of_map = self.string(small) if vf.type == T.TYPE_STRING else self.number(vf)
+                getattr(msg, f.name)[self.string()[:100]] = value_of_map
                 return
             if depth >= 3:
                 return

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hfl.oplog import OperatorLog
 from hfl.rpc import pki
 from hfl.rpc.settings import Settings
 from services.authority.enrol import CertificateService
@@ -18,6 +19,7 @@ class EnrolAuthority(CertificateService):
     def __init__(self, state: Path) -> None:
         self.settings = Settings(tls=True, state_dir=state)
         self.quarantined: frozenset[str] = frozenset()
+        self.oplog = OperatorLog(state / "operator.db")
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from hfl.proto.v1 import authority_pb2 as hfl_dot_v1_dot_authority__pb2
+from hfl.proto.v1 import common_pb2 as hfl_dot_v1_dot_common__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -94,6 +95,21 @@ class AuthorityServiceStub:
                 '/hfl.v1.AuthorityService/RevokeNode',
                 request_serializer=hfl_dot_v1_dot_authority__pb2.RevokeNodeRequest.SerializeToString,
                 response_deserializer=hfl_dot_v1_dot_authority__pb2.RevokeNodeResponse.FromString,
+                _registered_method=True)
+        self.QuarantineFacility = channel.unary_unary(
+                '/hfl.v1.AuthorityService/QuarantineFacility',
+                request_serializer=hfl_dot_v1_dot_authority__pb2.QuarantineFacilityRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_authority__pb2.QuarantineFacilityResponse.FromString,
+                _registered_method=True)
+        self.IssueEnrolmentToken = channel.unary_unary(
+                '/hfl.v1.AuthorityService/IssueEnrolmentToken',
+                request_serializer=hfl_dot_v1_dot_authority__pb2.IssueEnrolmentTokenRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_authority__pb2.IssueEnrolmentTokenResponse.FromString,
+                _registered_method=True)
+        self.ListOperatorActions = channel.unary_unary(
+                '/hfl.v1.AuthorityService/ListOperatorActions',
+                request_serializer=hfl_dot_v1_dot_common__pb2.ListOperatorActionsRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_common__pb2.ListOperatorActionsResponse.FromString,
                 _registered_method=True)
 
 
@@ -186,6 +202,29 @@ class AuthorityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QuarantineFacility(self, request, context):
+        """Operator only: quarantine a facility by hand, with a reason (its certificates are revoked, as for
+        an automatic quarantine; `hfl release` lifts it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueEnrolmentToken(self, request, context):
+        """Operator only: a one-time enrolment token for a named new facility (returned once, kept only as a
+        hash).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperatorActions(self, request, context):
+        """Operator only: releases, revocations, hand quarantines and tokens issued, newest last.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +287,21 @@ def add_AuthorityServiceServicer_to_server(servicer, server):
                     servicer.RevokeNode,
                     request_deserializer=hfl_dot_v1_dot_authority__pb2.RevokeNodeRequest.FromString,
                     response_serializer=hfl_dot_v1_dot_authority__pb2.RevokeNodeResponse.SerializeToString,
+            ),
+            'QuarantineFacility': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuarantineFacility,
+                    request_deserializer=hfl_dot_v1_dot_authority__pb2.QuarantineFacilityRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_authority__pb2.QuarantineFacilityResponse.SerializeToString,
+            ),
+            'IssueEnrolmentToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueEnrolmentToken,
+                    request_deserializer=hfl_dot_v1_dot_authority__pb2.IssueEnrolmentTokenRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_authority__pb2.IssueEnrolmentTokenResponse.SerializeToString,
+            ),
+            'ListOperatorActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperatorActions,
+                    request_deserializer=hfl_dot_v1_dot_common__pb2.ListOperatorActionsRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_common__pb2.ListOperatorActionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -575,6 +629,87 @@ class AuthorityService:
             '/hfl.v1.AuthorityService/RevokeNode',
             hfl_dot_v1_dot_authority__pb2.RevokeNodeRequest.SerializeToString,
             hfl_dot_v1_dot_authority__pb2.RevokeNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuarantineFacility(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.AuthorityService/QuarantineFacility',
+            hfl_dot_v1_dot_authority__pb2.QuarantineFacilityRequest.SerializeToString,
+            hfl_dot_v1_dot_authority__pb2.QuarantineFacilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueEnrolmentToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.AuthorityService/IssueEnrolmentToken',
+            hfl_dot_v1_dot_authority__pb2.IssueEnrolmentTokenRequest.SerializeToString,
+            hfl_dot_v1_dot_authority__pb2.IssueEnrolmentTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperatorActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.AuthorityService/ListOperatorActions',
+            hfl_dot_v1_dot_common__pb2.ListOperatorActionsRequest.SerializeToString,
+            hfl_dot_v1_dot_common__pb2.ListOperatorActionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from hfl.proto.v1 import authority_pb2 as _authority_pb2
+from hfl.proto.v1 import common_pb2 as _common_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -62,6 +63,16 @@ class AuthorityServiceStub:
     reason (`hfl revoke`). Every server refuses it within one revocation-refresh interval; it can
     neither renew nor enrol again until released.
     """
+    QuarantineFacility: _grpc.UnaryUnaryMultiCallable[_authority_pb2.QuarantineFacilityRequest, _authority_pb2.QuarantineFacilityResponse]
+    """Operator only: quarantine a facility by hand, with a reason (its certificates are revoked, as for
+    an automatic quarantine; `hfl release` lifts it).
+    """
+    IssueEnrolmentToken: _grpc.UnaryUnaryMultiCallable[_authority_pb2.IssueEnrolmentTokenRequest, _authority_pb2.IssueEnrolmentTokenResponse]
+    """Operator only: a one-time enrolment token for a named new facility (returned once, kept only as a
+    hash).
+    """
+    ListOperatorActions: _grpc.UnaryUnaryMultiCallable[_common_pb2.ListOperatorActionsRequest, _common_pb2.ListOperatorActionsResponse]
+    """Operator only: releases, revocations, hand quarantines and tokens issued, newest last."""
 
 @_typing.type_check_only
 class AuthorityServiceAsyncStub(AuthorityServiceStub):
@@ -97,6 +108,16 @@ class AuthorityServiceAsyncStub(AuthorityServiceStub):
     reason (`hfl revoke`). Every server refuses it within one revocation-refresh interval; it can
     neither renew nor enrol again until released.
     """
+    QuarantineFacility: _aio.UnaryUnaryMultiCallable[_authority_pb2.QuarantineFacilityRequest, _authority_pb2.QuarantineFacilityResponse]  # type: ignore[assignment]
+    """Operator only: quarantine a facility by hand, with a reason (its certificates are revoked, as for
+    an automatic quarantine; `hfl release` lifts it).
+    """
+    IssueEnrolmentToken: _aio.UnaryUnaryMultiCallable[_authority_pb2.IssueEnrolmentTokenRequest, _authority_pb2.IssueEnrolmentTokenResponse]  # type: ignore[assignment]
+    """Operator only: a one-time enrolment token for a named new facility (returned once, kept only as a
+    hash).
+    """
+    ListOperatorActions: _aio.UnaryUnaryMultiCallable[_common_pb2.ListOperatorActionsRequest, _common_pb2.ListOperatorActionsResponse]  # type: ignore[assignment]
+    """Operator only: releases, revocations, hand quarantines and tokens issued, newest last."""
 
 class AuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
     """The trusted authority: identities, registration, round scheduling, reputation, privacy ledger."""
@@ -201,5 +222,33 @@ class AuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
         reason (`hfl revoke`). Every server refuses it within one revocation-refresh interval; it can
         neither renew nor enrol again until released.
         """
+
+    @_abc_1.abstractmethod
+    def QuarantineFacility(
+        self,
+        request: _authority_pb2.QuarantineFacilityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authority_pb2.QuarantineFacilityResponse, _abc.Awaitable[_authority_pb2.QuarantineFacilityResponse]]:
+        """Operator only: quarantine a facility by hand, with a reason (its certificates are revoked, as for
+        an automatic quarantine; `hfl release` lifts it).
+        """
+
+    @_abc_1.abstractmethod
+    def IssueEnrolmentToken(
+        self,
+        request: _authority_pb2.IssueEnrolmentTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authority_pb2.IssueEnrolmentTokenResponse, _abc.Awaitable[_authority_pb2.IssueEnrolmentTokenResponse]]:
+        """Operator only: a one-time enrolment token for a named new facility (returned once, kept only as a
+        hash).
+        """
+
+    @_abc_1.abstractmethod
+    def ListOperatorActions(
+        self,
+        request: _common_pb2.ListOperatorActionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.ListOperatorActionsResponse, _abc.Awaitable[_common_pb2.ListOperatorActionsResponse]]:
+        """Operator only: releases, revocations, hand quarantines and tokens issued, newest last."""
 
 def add_AuthorityServiceServicer_to_server(servicer: AuthorityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -582,3 +582,76 @@ class BucketResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BucketResult: _TypeAlias = BucketResult  # noqa: Y015
+
+@_typing.final
+class OperatorAction(_message.Message):
+    """One operator action as recorded by the service that carried it out (the console lists them)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    at: _builtins.str
+    """ISO 8601, UTC"""
+    by: _builtins.str
+    """the operator certificate's id"""
+    action: _builtins.str
+    target: _builtins.str
+    reason: _builtins.str
+    result: _builtins.str
+    def __init__(
+        self,
+        *,
+        at: _builtins.str = ...,
+        by: _builtins.str = ...,
+        action: _builtins.str = ...,
+        target: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        result: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "by", b"by", "reason", b"reason", "result", b"result", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OperatorAction: _TypeAlias = OperatorAction  # noqa: Y015
+
+@_typing.final
+class ListOperatorActionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOperatorActionsRequest: _TypeAlias = ListOperatorActionsRequest  # noqa: Y015
+
+@_typing.final
+class ListOperatorActionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___OperatorAction]: ...
+    def __init__(
+        self,
+        *,
+        actions: _abc.Iterable[Global___OperatorAction] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOperatorActionsResponse: _TypeAlias = ListOperatorActionsResponse  # noqa: Y015

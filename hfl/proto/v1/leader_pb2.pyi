@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from hfl.proto.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,114 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ControlAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ControlActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ControlAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONTROL_ACTION_UNSPECIFIED: _ControlAction.ValueType  # 0
+    CONTROL_ACTION_PAUSE: _ControlAction.ValueType  # 1
+    CONTROL_ACTION_RESUME: _ControlAction.ValueType  # 2
+    CONTROL_ACTION_STOP_AFTER: _ControlAction.ValueType  # 3
+    CONTROL_ACTION_ROUND_INTERVAL: _ControlAction.ValueType  # 4
+
+class ControlAction(_ControlAction, metaclass=_ControlActionEnumTypeWrapper): ...
+
+CONTROL_ACTION_UNSPECIFIED: ControlAction.ValueType  # 0
+CONTROL_ACTION_PAUSE: ControlAction.ValueType  # 1
+CONTROL_ACTION_RESUME: ControlAction.ValueType  # 2
+CONTROL_ACTION_STOP_AFTER: ControlAction.ValueType  # 3
+CONTROL_ACTION_ROUND_INTERVAL: ControlAction.ValueType  # 4
+Global___ControlAction: _TypeAlias = ControlAction  # noqa: Y015
+
+@_typing.final
+class ControlTrainingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    action: Global___ControlAction.ValueType
+    reason: _builtins.str
+    round: _builtins.int
+    """STOP_AFTER: the last round to train (0: as planned)"""
+    seconds: _builtins.float
+    """ROUND_INTERVAL: seconds between rounds (negative: the configured interval)"""
+    def __init__(
+        self,
+        *,
+        action: Global___ControlAction.ValueType = ...,
+        reason: _builtins.str = ...,
+        round: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "reason", b"reason", "round", b"round", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControlTrainingRequest: _TypeAlias = ControlTrainingRequest  # noqa: Y015
+
+@_typing.final
+class TrainingControl(_message.Message):
+    """The operator's decisions about training."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAUSED_FIELD_NUMBER: _builtins.int
+    PAUSE_REASON_FIELD_NUMBER: _builtins.int
+    STOP_AFTER_FIELD_NUMBER: _builtins.int
+    ROUND_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    paused: _builtins.bool
+    pause_reason: _builtins.str
+    stop_after: _builtins.int
+    round_interval_s: _builtins.float
+    def __init__(
+        self,
+        *,
+        paused: _builtins.bool = ...,
+        pause_reason: _builtins.str = ...,
+        stop_after: _builtins.int | None = ...,
+        round_interval_s: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_round_interval_s", b"_round_interval_s", "_stop_after", b"_stop_after", "round_interval_s", b"round_interval_s", "stop_after", b"stop_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_round_interval_s", b"_round_interval_s", "_stop_after", b"_stop_after", "pause_reason", b"pause_reason", "paused", b"paused", "round_interval_s", b"round_interval_s", "stop_after", b"stop_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__round_interval_s: _TypeAlias = _typing.Literal["round_interval_s"]  # noqa: Y015
+    _WhichOneofArgType__round_interval_s: _TypeAlias = _typing.Literal["_round_interval_s", b"_round_interval_s"]  # noqa: Y015
+    _WhichOneofReturnType__stop_after: _TypeAlias = _typing.Literal["stop_after"]  # noqa: Y015
+    _WhichOneofArgType__stop_after: _TypeAlias = _typing.Literal["_stop_after", b"_stop_after"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__round_interval_s) -> _WhichOneofReturnType__round_interval_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stop_after) -> _WhichOneofReturnType__stop_after | None: ...
+
+Global___TrainingControl: _TypeAlias = TrainingControl  # noqa: Y015
+
+@_typing.final
+class ControlTrainingResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def control(self) -> Global___TrainingControl: ...
+    def __init__(
+        self,
+        *,
+        control: Global___TrainingControl | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["control", b"control"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control", b"control"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControlTrainingResponse: _TypeAlias = ControlTrainingResponse  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):
@@ -43,11 +152,14 @@ class GetStatusResponse(_message.Message):
     TARGET_ROUNDS_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    CONTROL_FIELD_NUMBER: _builtins.int
     committed_round: _builtins.int
     head_hash: _builtins.bytes
     target_rounds: _builtins.int
     finished: _builtins.bool
     state: _builtins.str
+    @_builtins.property
+    def control(self) -> Global___TrainingControl: ...
     def __init__(
         self,
         *,
@@ -56,10 +168,11 @@ class GetStatusResponse(_message.Message):
         target_rounds: _builtins.int = ...,
         finished: _builtins.bool = ...,
         state: _builtins.str = ...,
+        control: Global___TrainingControl | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["control", b"control"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_round", b"committed_round", "finished", b"finished", "head_hash", b"head_hash", "state", b"state", "target_rounds", b"target_rounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_round", b"committed_round", "control", b"control", "finished", b"finished", "head_hash", b"head_hash", "state", b"state", "target_rounds", b"target_rounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from hfl.proto.v1 import common_pb2 as hfl_dot_v1_dot_common__pb2
 from hfl.proto.v1 import leader_pb2 as hfl_dot_v1_dot_leader__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -55,6 +56,16 @@ class LeaderServiceStub:
                 request_serializer=hfl_dot_v1_dot_leader__pb2.GetLedgerRequest.SerializeToString,
                 response_deserializer=hfl_dot_v1_dot_leader__pb2.LedgerBlock.FromString,
                 _registered_method=True)
+        self.ControlTraining = channel.unary_unary(
+                '/hfl.v1.LeaderService/ControlTraining',
+                request_serializer=hfl_dot_v1_dot_leader__pb2.ControlTrainingRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_leader__pb2.ControlTrainingResponse.FromString,
+                _registered_method=True)
+        self.ListOperatorActions = channel.unary_unary(
+                '/hfl.v1.LeaderService/ListOperatorActions',
+                request_serializer=hfl_dot_v1_dot_common__pb2.ListOperatorActionsRequest.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_common__pb2.ListOperatorActionsResponse.FromString,
+                _registered_method=True)
 
 
 class LeaderServiceServicer:
@@ -88,6 +99,21 @@ class LeaderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ControlTraining(self, request, context):
+        """Operator only: pause or resume training, stop after a round, change the round interval (each with
+        a reason, recorded with who and when).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperatorActions(self, request, context):
+        """Operator only: the training controls the operator used, newest last.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LeaderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +136,16 @@ def add_LeaderServiceServicer_to_server(servicer, server):
                     servicer.GetLedger,
                     request_deserializer=hfl_dot_v1_dot_leader__pb2.GetLedgerRequest.FromString,
                     response_serializer=hfl_dot_v1_dot_leader__pb2.LedgerBlock.SerializeToString,
+            ),
+            'ControlTraining': grpc.unary_unary_rpc_method_handler(
+                    servicer.ControlTraining,
+                    request_deserializer=hfl_dot_v1_dot_leader__pb2.ControlTrainingRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_leader__pb2.ControlTrainingResponse.SerializeToString,
+            ),
+            'ListOperatorActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperatorActions,
+                    request_deserializer=hfl_dot_v1_dot_common__pb2.ListOperatorActionsRequest.FromString,
+                    response_serializer=hfl_dot_v1_dot_common__pb2.ListOperatorActionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +257,60 @@ class LeaderService:
             '/hfl.v1.LeaderService/GetLedger',
             hfl_dot_v1_dot_leader__pb2.GetLedgerRequest.SerializeToString,
             hfl_dot_v1_dot_leader__pb2.LedgerBlock.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ControlTraining(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.LeaderService/ControlTraining',
+            hfl_dot_v1_dot_leader__pb2.ControlTrainingRequest.SerializeToString,
+            hfl_dot_v1_dot_leader__pb2.ControlTrainingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperatorActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hfl.v1.LeaderService/ListOperatorActions',
+            hfl_dot_v1_dot_common__pb2.ListOperatorActionsRequest.SerializeToString,
+            hfl_dot_v1_dot_common__pb2.ListOperatorActionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from hfl.proto.v1 import common_pb2 as _common_pb2
 from hfl.proto.v1 import leader_pb2 as _leader_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -41,6 +42,12 @@ class LeaderServiceStub:
     """Read-only, for the operator: every block of the ledger, from the genesis block to the head at the
     time of the call, with what is needed to re-check it (`hfl model export --leader`).
     """
+    ControlTraining: _grpc.UnaryUnaryMultiCallable[_leader_pb2.ControlTrainingRequest, _leader_pb2.ControlTrainingResponse]
+    """Operator only: pause or resume training, stop after a round, change the round interval (each with
+    a reason, recorded with who and when).
+    """
+    ListOperatorActions: _grpc.UnaryUnaryMultiCallable[_common_pb2.ListOperatorActionsRequest, _common_pb2.ListOperatorActionsResponse]
+    """Operator only: the training controls the operator used, newest last."""
 
 @_typing.type_check_only
 class LeaderServiceAsyncStub(LeaderServiceStub):
@@ -55,6 +62,12 @@ class LeaderServiceAsyncStub(LeaderServiceStub):
     """Read-only, for the operator: every block of the ledger, from the genesis block to the head at the
     time of the call, with what is needed to re-check it (`hfl model export --leader`).
     """
+    ControlTraining: _aio.UnaryUnaryMultiCallable[_leader_pb2.ControlTrainingRequest, _leader_pb2.ControlTrainingResponse]  # type: ignore[assignment]
+    """Operator only: pause or resume training, stop after a round, change the round interval (each with
+    a reason, recorded with who and when).
+    """
+    ListOperatorActions: _aio.UnaryUnaryMultiCallable[_common_pb2.ListOperatorActionsRequest, _common_pb2.ListOperatorActionsResponse]  # type: ignore[assignment]
+    """Operator only: the training controls the operator used, newest last."""
 
 class LeaderServiceServicer(metaclass=_abc_1.ABCMeta):
     """The leader: drives rounds, keeps the ledger and the global model."""
@@ -90,5 +103,23 @@ class LeaderServiceServicer(metaclass=_abc_1.ABCMeta):
         """Read-only, for the operator: every block of the ledger, from the genesis block to the head at the
         time of the call, with what is needed to re-check it (`hfl model export --leader`).
         """
+
+    @_abc_1.abstractmethod
+    def ControlTraining(
+        self,
+        request: _leader_pb2.ControlTrainingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_leader_pb2.ControlTrainingResponse, _abc.Awaitable[_leader_pb2.ControlTrainingResponse]]:
+        """Operator only: pause or resume training, stop after a round, change the round interval (each with
+        a reason, recorded with who and when).
+        """
+
+    @_abc_1.abstractmethod
+    def ListOperatorActions(
+        self,
+        request: _common_pb2.ListOperatorActionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.ListOperatorActionsResponse, _abc.Awaitable[_common_pb2.ListOperatorActionsResponse]]:
+        """Operator only: the training controls the operator used, newest last."""
 
 def add_LeaderServiceServicer_to_server(servicer: LeaderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
