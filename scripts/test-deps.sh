@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Best-effort system packages for the container and metrics tests (`make test` runs this first):
-# Debian's debootstrap builds the offline base image, Prometheus checks the metrics. Installed with apt
+# Best-effort system packages for the container, metrics and browser tests (`make test` runs this first):
+# Debian's debootstrap builds the offline base image, Prometheus checks the metrics, chromium and its
+# driver run the console in a real browser. Installed with apt
 # only when missing and when we are root; otherwise the tests that need them are skipped with a reason.
 set -uo pipefail
 apt_install() {  # $1: package, $2: what it is for
@@ -14,6 +15,10 @@ apt_install() {  # $1: package, $2: what it is for
 }
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
     apt_install prometheus "the metrics test"
+fi
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt_install chromium "the console's real-browser test"
+    apt_install chromium-driver "the console's real-browser test"
 fi
 if docker info >/dev/null 2>&1 && ! command -v debootstrap >/dev/null \
     && ! docker image inspect hfl-base:bookworm >/dev/null 2>&1; then

@@ -127,37 +127,45 @@ def _training(snap: Snapshot) -> None:
     if snap.leader is None:
         st.info("The leader did not answer.")
         return
-    _number("Rounds committed", snap.leader.committed_round, "Training rounds the validators agreed on.")
-    _number(
-        "Target rounds",
-        snap.leader.target_rounds or "unlimited",
-        "How many rounds this federation was asked to run.",
-    )
-    _number("State", snap.leader.state, "What the leader is doing right now.")
+    left, middle, right = st.columns(3)
+    with left:
+        _number("Rounds committed", snap.leader.committed_round, "Training rounds the validators agreed on.")
+    with middle:
+        _number(
+            "Target rounds",
+            snap.leader.target_rounds or "unlimited",
+            "How many rounds this federation was asked to run.",
+        )
+    with right:
+        _number("State", snap.leader.state, "What the leader is doing right now.")
     committed = snap.committed
     if not snap.rounds:
         st.info("No round has finished since the leader started.")
         return
     if committed:
         last = committed[-1]
-        _number(
-            "Accuracy",
-            f"{last.accuracy:.3f}",
-            "Share of the facilities' held-out patients the model got right (last committed round).",
-        )
+        left, middle, right = st.columns(3)
+        with left:
+            _number(
+                "Accuracy",
+                f"{last.accuracy:.3f}",
+                "Share of the facilities' held-out patients the model got right (last committed round).",
+            )
         if last.clinical is not None:
             c = last.clinical
-            _number(
-                "ROC AUC",
-                f"{c.auc:.3f}",
-                "How well the model ranks a patient with the outcome above one without (0.5 is chance, "
-                "1 is perfect).",
-            )
-            _number(
-                "Baseline",
-                f"{c.baseline_accuracy:.3f}",
-                "Accuracy of always giving the more common answer: the model should beat it.",
-            )
+            with middle:
+                _number(
+                    "ROC AUC",
+                    f"{c.auc:.3f}",
+                    "How well the model ranks a patient with the outcome above one without (0.5 is chance, "
+                    "1 is perfect).",
+                )
+            with right:
+                _number(
+                    "Baseline",
+                    f"{c.baseline_accuracy:.3f}",
+                    "Accuracy of always giving the more common answer: the model should beat it.",
+                )
         reference = snap.summary.get("centralized_accuracy") if snap.summary else None
         chart: dict[str, list[float | None]] = {
             "accuracy": [e.accuracy for e in committed],

@@ -54,7 +54,8 @@ def facility_status(snap: Snapshot, node_id: str) -> str:
 
 
 def _quote(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A DOT string literal: backslashes and quotes escaped, line breaks as DOT's own \\n."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 def map_dot(snap: Snapshot) -> str:
@@ -104,7 +105,7 @@ def _facility_node(snap: Snapshot, node_id: str, specialty: str) -> str:
     status = facility_status(snap, node_id)
     fill = SPECIALTY_COLOURS.get(specialty, "#FFFFFF")
     style = STATUS_STYLE.get(status, "")
-    label = f"{node_id}\\n{specialty or '-'}\\n{status}"
+    label = f"{node_id}\n{specialty or '-'}\n{status}"
     return (
         f"{_quote(node_id)} [label={_quote(label)}, fillcolor={_quote(fill)}{', ' + style if style else ''}];"
     )

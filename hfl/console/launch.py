@@ -20,6 +20,7 @@ def streamlit_command(address: str, port: int) -> list[str]:
         "--server.port", str(port),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
         "--server.enableXsrfProtection", "true",
     ]  # fmt: skip
     return cmd
