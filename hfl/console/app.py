@@ -167,18 +167,21 @@ def _training(snap: Snapshot) -> None:
                     "Accuracy of always giving the more common answer: the model should beat it.",
                 )
         reference = snap.summary.get("centralized_accuracy") if snap.summary else None
-        chart: dict[str, list[float | None]] = {
-            "accuracy": [e.accuracy for e in committed],
-            "AUC": [e.clinical.auc if e.clinical else None for e in committed],
-        }
-        if isinstance(reference, int | float):
-            chart["centralised reference"] = [float(reference)] * len(committed)
+        chart = [
+            {
+                "committed round": e.round,
+                "accuracy": e.accuracy,
+                "AUC": e.clinical.auc if e.clinical else None,
+                **({"centralised reference": float(reference)} if isinstance(reference, int | float) else {}),
+            }
+            for e in committed
+        ]
         st.subheader("Accuracy per committed round")
         st.caption(
             "The centralised reference (when known) is the same model trained on all data pooled in one "
             "place, which the federation never does."
         )
-        st.line_chart({k: v for k, v in chart.items()}, x_label="committed round", y_label="score")
+        st.line_chart(chart, x="committed round", y_label="score")
         st.subheader("Results per specialty (last committed round)")
         st.caption("From the summed results of at least three facilities of a specialty, never one site's.")
         st.table(specialty_rows(last))
