@@ -17,6 +17,7 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WHEEL_DIR="${WHEEL_DIR:-$REPO_ROOT/deploy/wheels}"
 REQUIREMENTS="$REPO_ROOT/requirements/runtime.txt"
+CONSOLE_REQUIREMENTS="$REPO_ROOT/requirements/console.txt"  # the console (`hfl console`) runs from the same image
 TARGET_GLIBC="${TARGET_GLIBC:-2.36}"
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then PYTHON="$REPO_ROOT/.venv/bin/python"; else PYTHON=python3; fi
@@ -45,9 +46,9 @@ say "Step 1/4: downloading the pinned dependencies from $REQUIREMENTS into $WHEE
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
     --dest "$WHEEL_DIR" \
-    -r "$REQUIREMENTS"
+    -r "$REQUIREMENTS" -r "$CONSOLE_REQUIREMENTS"
 # The image installs exactly these pins.
-cp "$REQUIREMENTS" "$WHEEL_DIR/requirements.txt"
+cat "$REQUIREMENTS" "$CONSOLE_REQUIREMENTS" | grep -v '^-r ' > "$WHEEL_DIR/requirements.txt"
 
 say "Step 2/4: building the hfl wheel from $REPO_ROOT."
 build_dir="$(mktemp -d)"

@@ -35,7 +35,10 @@ TEST_ENV = {
     "HFL_ROUND_TIMEOUT": "20",
     "HFL_VOTE_TIMEOUT": "20",
     "HFL_BYZANTINE_ATTACK": "scale",
+    "HFL_CONSOLE_PASSWORD": "container test console password",
+    "HFL_CONSOLE_PORT": "127.0.0.1:",  # a free port of this machine, as for the leader
 }
+PROFILES = ("--profile", "byzantine", "--profile", "console")
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +64,63 @@ def project(docker_client: Any) -> Iterator[ComposeProject]:
     finally:
         if any(p.leftovers().values()):  # the test failed before its own `down -v`
             try:
-                p.run("--profile", "byzantine", "down", "-v", "--remove-orphans", "--timeout", "5")
+                p.run(*PROFILES, "down", "-v", "--remove-orphans", "--timeout", "5")
             except Exception as e:  # pragma: no cover - best effort cleanup
                 log(f"cleanup of {p.name} failed: {e}")
+
+
+def console_answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def console_rounds(url: str, password: str) -> int | None:
+    """Sign in with headless chromium and read "Rounds committed" on the Training view (None, said in
+    the log, when chromium is not installed: then only the console's health was checked)."""
+    import shutil
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        log("chromium is not installed: the console's page is not opened, only its health is checked")
+        return None
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(
+        service=webdriver.ChromeService(executable_path="/usr/bin/chromedriver"), options=opts
+    )
+    try:
+        driver.get(url)
+        wait = WebDriverWait(driver, 90, poll_frequency=0.5)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'input[aria-label="Password"]'))
+        driver.find_element(By.CSS_SELECTOR, 'input[aria-label="Password"]').send_keys(password)
+        wait.until(
+            lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Sign in"]
+        )
+        next(b for b in driver.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Sign in").click()
+
+        def training_option(d: Any) -> Any:
+            return next(
+                (e for e in d.find_elements(By.CSS_SELECTOR, "label") if e.text.strip() == "Training"), None
+            )
+
+        wait.until(training_option)
+        training_option(driver).click()
+        wait.until(lambda d: re.search(r"Rounds committed\n(\d+)", d.find_element(By.TAG_NAME, "body").text))
+        found = re.search(r"Rounds committed\n(\d+)", driver.find_element(By.TAG_NAME, "body").text)
+        assert found is not None
+        log(f"the console shows {found.group(1)} committed rounds")
+        return int(found.group(1))
+    finally:
+        driver.quit()
 
 
 def committed(p: ComposeProject) -> int:
@@ -133,6 +190,25 @@ def test_compose_federation(project: ComposeProject) -> None:
         "the authority assigns specialties round-robin"
     )
     check_mutual_tls(p)
+
+    # 2b. the console (profile console) answers and shows the committed rounds, signed in as an operator
+    t = time.monotonic()
+    p.run("--profile", "console", "up", "-d", "--no-deps", "console")
+    url = f"http://{p.service_ip('console')}:8501"
+    wait_for(
+        "the console to answer",
+        lambda: console_answers(url),
+        timeout=180,
+        every=2,
+        on_timeout=lambda: p.logs("console"),
+    )
+    shown = console_rounds(url, TEST_ENV["HFL_CONSOLE_PASSWORD"])
+    if shown is not None:
+        assert shown >= 5, f"the console shows {shown} committed rounds"
+    (console,) = p.containers("console")
+    code, out = console.exec_run(["ls", "/etc/hfl/operator"])
+    assert code == 0 and sorted(out.decode().split()) == ["ca.pem", "cert.pem", "key.pem"], "never the CA key"
+    mark("console_s", t)
 
     # 3. scale to 10: the new facilities enrol and take part in committed rounds
     t = time.monotonic()
@@ -210,7 +286,7 @@ def test_compose_federation(project: ComposeProject) -> None:
 
     # 6. down -v leaves no container, volume or network of the project
     t = time.monotonic()
-    p.run("--profile", "byzantine", "down", "-v", "--remove-orphans", "--timeout", "10")
+    p.run(*PROFILES, "down", "-v", "--remove-orphans", "--timeout", "10")
     mark("down_s", t)
     assert p.leftovers() == {"containers": [], "volumes": [], "networks": []}
 
