@@ -263,31 +263,30 @@ def _authority_call(conn: Connection, method: str, request: object) -> tuple[obj
         return None, f"The authority refused: {_refusal(e)}"
 
 
+def _authority_action(conn: Connection, method: str, request: object, done: str) -> tuple[bool, str]:
+    """One operator action on the authority: (True, ``done``) or (False, the authority's refusal)."""
+    resp, refusal = _authority_call(conn, method, request)
+    return (False, refusal) if resp is None else (True, done)
+
+
 def release(conn: Connection, facility: str, reason: str) -> tuple[bool, str]:
-    resp, refusal = _authority_call(
-        conn, "ReleaseFacility", authority_pb2.ReleaseFacilityRequest(node_id=facility, reason=reason)
-    )
-    if resp is None:
-        return False, refusal
-    return True, f"{facility} is released; it takes part again once it enrols with a new one-time token."
+    request = authority_pb2.ReleaseFacilityRequest(node_id=facility, reason=reason)
+    done = f"{facility} is released; it takes part again once it enrols with a new one-time token."
+    return _authority_action(conn, "ReleaseFacility", request, done)
 
 
 def quarantine(conn: Connection, facility: str, reason: str) -> tuple[bool, str]:
-    resp, refusal = _authority_call(
-        conn, "QuarantineFacility", authority_pb2.QuarantineFacilityRequest(node_id=facility, reason=reason)
-    )
-    if resp is None:
-        return False, refusal
-    return True, f"{facility} is quarantined: it is left out and its certificates are revoked."
+    request = authority_pb2.QuarantineFacilityRequest(node_id=facility, reason=reason)
+    done = f"{facility} is quarantined: it is left out and its certificates are revoked."
+    return _authority_action(conn, "QuarantineFacility", request, done)
 
 
 def revoke(conn: Connection, node: str, reason: str) -> tuple[bool, str]:
-    resp, refusal = _authority_call(
-        conn, "RevokeNode", authority_pb2.RevokeNodeRequest(node_id=node, reason=reason)
+    request = authority_pb2.RevokeNodeRequest(node_id=node, reason=reason)
+    done = (
+        f"Revoked the certificates of {node}; every service refuses it from its next revocation-list refresh."
     )
-    if resp is None:
-        return False, refusal
-    return True, f"Revoked the certificates of {node}; every service refuses it within a minute."
+    return _authority_action(conn, "RevokeNode", request, done)
 
 
 def enrolment_token(conn: Connection, facility: str, hours: float) -> tuple[bool, str, str]:
