@@ -688,6 +688,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "HFL_BUCKET_SIZE": str(args.bucket_size),
                 "HFL_SECAGG": "true" if args.secagg else "false",
                 "HFL_MIN_FACILITIES": str(n_fac),
+                # a demo is an experiment: the same --seed gives the same bucket and committee draws
+                "HFL_EXPERIMENT_SEED": str(args.seed),
                 **dp_env(args),
                 **enrol_burst_env(n_fac + args.fogs + args.validators),
             },
@@ -771,7 +773,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         print()
-        if len(committed) < args.rounds:
+        if len(committed) < args.rounds and ended != "all planned rounds are done":
             print(f"Training stopped early ({ended}).")
         print(f"Final accuracy of the federated model: {final:.3f}")
         print(f"Centralised reference (all training data pooled in one place): {ref:.3f}")

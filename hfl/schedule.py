@@ -20,6 +20,15 @@ def round_seed(ledger_head: bytes, round_: int, attempt: int = 0) -> bytes:
     return sha256(b"hfl/round-seed/v1", ledger_head, round_.to_bytes(8, "big"), attempt.to_bytes(4, "big"))
 
 
+def draw_base(ledger_head: bytes, experiment_seed: int | None) -> bytes:
+    """What a round's public randomness is drawn from: the ledger head (production: nobody knows it before
+    the previous block is committed), or, in a reproducible experiment, a fixed value derived from the
+    experiment's seed (the same draws on every run)."""
+    if experiment_seed is None:
+        return ledger_head
+    return sha256(b"hfl/experiment-seed/v1", str(experiment_seed).encode())
+
+
 def _rank(seed: bytes, label: str, item: str) -> bytes:
     return hashlib.sha256(seed + label.encode() + b"\x00" + item.encode()).digest()
 

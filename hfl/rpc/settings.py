@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     vote_timeout: float = 60.0
 
     # authority
+    # Experiments only (`hfl demo` sets it to --seed): bucket and committee draws come from this number
+    # instead of the ledger head, so a run repeats exactly. Unset in production, where the draws must not
+    # be known before the previous block is committed.
+    experiment_seed: int | None = None
     committee_size: int = 4
     bucket_size: int = 4
     epoch_rounds: int = 5

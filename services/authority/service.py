@@ -26,6 +26,7 @@ from hfl.schedule import (
     Attendance,
     assign_buckets,
     assign_eval_buckets,
+    draw_base,
     round_seed,
     select_committee,
 )
@@ -162,14 +163,15 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             raise NotReady(
                 f"only {len(validators)} validators are registered; the committee needs {s.committee_size}"
             )
-        seed = round_seed(head, round_, attempt)
+        base = draw_base(head, s.experiment_seed)  # the ledger head, except in reproducible experiments
+        seed = round_seed(base, round_, attempt)
         epoch = (round_ - 1) // max(1, s.epoch_rounds)
         draw = self.registry.get_json(f"committee_draw/{epoch}")
         if not isinstance(draw, dict) or any(self.registry.get(v) is None for v in draw["members"]):
             # Drawn once per epoch, from the ledger head at the epoch's first round, weighted by reputation.
             pool = sorted(v.node_id for v in validators)
             weights = {v: round(self.reputation.weight(v), 6) for v in pool}
-            committee_seed = round_seed(head, epoch, 0xFFFF)
+            committee_seed = round_seed(base, epoch, 0xFFFF)
             members = select_committee(pool, s.committee_size, committee_seed, weights)
             draw = {
                 "epoch": epoch,

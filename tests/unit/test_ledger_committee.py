@@ -62,3 +62,14 @@ def test_tampered_weights_are_caught() -> None:
 
 def test_block_without_a_draw_is_accepted() -> None:
     check_committee_draw(_header(["validator-1", "validator-2", "validator-4", "validator-5"], {}))
+
+
+def test_experiments_draw_from_their_seed_production_from_the_ledger_head() -> None:
+    """`hfl demo --seed S` repeats its bucket and committee draws on every run; without an experiment
+    seed the draws follow the ledger head, which nobody knows before the previous block is committed."""
+    from hfl.schedule import draw_base
+
+    head_a, head_b = b"a" * 32, b"b" * 32
+    assert draw_base(head_a, None) == head_a and draw_base(head_b, None) == head_b
+    assert draw_base(head_a, 7) == draw_base(head_b, 7) != draw_base(head_a, 8)
+    assert draw_base(head_a, 0) not in (head_a, head_b) and len(draw_base(head_a, 0)) == 32
