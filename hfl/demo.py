@@ -21,6 +21,7 @@ from typing import Any
 from hfl.demo_dp import add_dp_arguments, check_dp_args, dp_banner, dp_env, dp_summary
 from hfl.domain import SPECIALTIES, ClinicalMetrics, RoundEvent, SpecialtyResult
 from hfl.errors import ConfigError
+from hfl.robust.sizing import Sizing, SizingError, size_federation
 from hfl.schedule import MIN_SECURE_BUCKET
 
 # Above this many facilities the demo hosts several facilities per OS process (services/facility/host.py).
@@ -60,7 +61,19 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         help="mask updates with secure aggregation (--no-secagg: plain sums, for comparison)",
     )
     p.add_argument("--drop-rate", type=float, default=0.0, help="chance a facility drops out of a round")
-    p.add_argument("--bucket-size", type=int, default=4, help="facilities per bucket (default 4)")
+    p.add_argument(
+        "--bucket-size",
+        type=int,
+        default=3,
+        help="facilities per bucket (default 3: the smallest secure aggregation allows, so the most buckets)",
+    )
+    p.add_argument(
+        "--max-byzantine",
+        type=int,
+        default=None,
+        help="how many misbehaving facilities the federation must withstand in every round; refused at "
+        "start if the buckets cannot (default: whatever they withstand, printed at start)",
+    )
     p.add_argument(
         "--rule",
         default="trimmed_mean",
@@ -399,6 +412,31 @@ def check_topology(validators: int, bucket_size: int, secagg: bool) -> None:
         )
 
 
+DEMO_NAMES = {
+    "max_byzantine": "--max-byzantine ",
+    "bucket_size": "--bucket-size ",
+    "f": "--f ",
+    "rule": "--rule ",
+}
+
+
+def check_threat(args: argparse.Namespace, n_facilities: int) -> Sizing:
+    """What the demo's buckets withstand; a declared --max-byzantine they cannot is refused here, before
+    any process starts, in the same words the authority would use (with the demo's flags)."""
+    try:
+        return size_federation(
+            n_facilities,
+            rule=args.rule,
+            bucket_size=args.bucket_size,
+            max_byzantine=args.max_byzantine,
+            f=args.f,
+            secagg=args.secagg,
+            names=DEMO_NAMES,
+        )
+    except SizingError as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_args(args: argparse.Namespace) -> None:
     if args.facilities < 1 or args.fogs < 1 or args.rounds < 1:
         raise ConfigError("--facilities, --fogs and --rounds must be at least 1")
@@ -612,8 +650,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     faulty_validators = {
         f"validator-{args.validators - i}": mode for i, mode in enumerate(args.validator_faults)
     }
-    out = make_out_dir(args)
     n_fac = len(facilities)
+    sizing = check_threat(args, n_fac)
+    out = make_out_dir(args)
     common = {
         "HFL_SEED": str(args.seed),
         "HFL_MODEL": args.model,
@@ -640,6 +679,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(
             "WARNING: defences are OFF (--no-defences): no norm bound, no outlier screen, no quarantine and "
             "no validation-score check. Use this only to compare; never with real patients."
+        )
+    print(f"Defences: {sizing.sentence()}.")
+    if len(byzantine) > sizing.withstands and args.defences and args.rule != "mean":
+        print(
+            f"Note: {len(byzantine)} facilities will misbehave, more than the {sizing.withstands} these "
+            "buckets withstand in every round; the norm bound, the outlier screen and quarantine still "
+            "act, but a round where they land in different buckets can be pulled off course."
         )
     per_process = facilities_per_process(n_fac, args.process_per_facility, args.facilities_per_process)
     print(f"Facilities run {hosting_text(n_fac, per_process)}")
@@ -688,6 +734,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "HFL_BUCKET_SIZE": str(args.bucket_size),
                 "HFL_SECAGG": "true" if args.secagg else "false",
                 "HFL_MIN_FACILITIES": str(n_fac),
+                **({"HFL_MAX_BYZANTINE": str(args.max_byzantine)} if args.max_byzantine is not None else {}),
                 # a demo is an experiment: the same --seed gives the same bucket and committee draws
                 "HFL_EXPERIMENT_SEED": str(args.seed),
                 **dp_env(args),

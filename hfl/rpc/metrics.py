@@ -31,6 +31,10 @@ SPECIALTY_ACCURACY = Gauge(
     "three facilities only).",
     ["specialty"],
 )
+WITHSTANDS = Gauge(
+    "hfl_withstands_byzantine",
+    "How many misbehaving facilities this round's buckets withstand wherever the draw puts them (authority).",
+)
 EPSILON_SPENT = Gauge("hfl_privacy_epsilon_spent", "Privacy loss (epsilon) spent so far.", ["facility"])
 PRIVACY_EXHAUSTED = Gauge(
     "hfl_privacy_exhausted", "1 if the facility has no privacy budget left for a round.", ["facility"]

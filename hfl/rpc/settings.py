@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from hfl.domain import SPECIALTIES
 from hfl.errors import ConfigError
 from hfl.robust.rules import RULES
+from hfl.robust.sizing import DEFAULT_BUCKET_SIZE, SizingError, size_federation
 from hfl.schedule import MIN_SECURE_BUCKET
 
 Role = Literal["authority", "leader", "fog", "facility", "validator"]
@@ -102,7 +103,11 @@ class Settings(BaseSettings):
     # be known before the previous block is committed.
     experiment_seed: int | None = None
     committee_size: int = 4
-    bucket_size: int = 4
+    bucket_size: int = DEFAULT_BUCKET_SIZE
+    # How many misbehaving facilities the federation must withstand in every round (hfl/robust/sizing.py).
+    # Unset: whatever the bucketing withstands (logged at start). Set: checked at start-up against
+    # HFL_MIN_FACILITIES, HFL_BUCKET_SIZE, HFL_RULE and HFL_F; a number they cannot withstand is refused.
+    max_byzantine: int | None = None
     epoch_rounds: int = 5
     pow_difficulty: int = 12
     # a facility absent this many rounds in a row is left out until it registers again (0: never)
@@ -188,6 +193,18 @@ class Settings(BaseSettings):
                 f"HFL_MIN_FACILITIES={self.min_facilities} is too few for secure aggregation, which needs "
                 f"groups of at least {MIN_SECURE_BUCKET}: use {MIN_SECURE_BUCKET} or more"
             )
+        if self.role == "authority" and self.min_facilities >= 1:
+            try:  # a declared threat the buckets cannot withstand is refused now, not mid-round
+                size_federation(
+                    self.min_facilities,
+                    rule=self.rule,
+                    bucket_size=self.bucket_size,
+                    max_byzantine=self.max_byzantine,
+                    f=self.f,
+                    secagg=self.secagg,
+                )
+            except SizingError as e:
+                raise ValueError(f"{e} (checked for HFL_MIN_FACILITIES={self.min_facilities})") from None
         if self.min_facilities < 1 or self.min_fogs < 1 or self.committee_size < 1:
             raise ValueError("HFL_MIN_FACILITIES, HFL_MIN_FOGS and HFL_COMMITTEE_SIZE must be at least 1")
         if self.rounds < 0 or self.epoch_rounds < 1:

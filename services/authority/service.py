@@ -18,8 +18,9 @@ from hfl.oplog import OperatorLog
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.robust.reputation import FLAG_KINDS, Reputation, with_refused
+from hfl.robust.sizing import size_federation
 from hfl.rpc import authz, pki, serde
-from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION
+from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION, WITHSTANDS
 from hfl.rpc.settings import Settings
 from hfl.schedule import (
     MIN_SECURE_BUCKET,
@@ -56,6 +57,31 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         limit = settings.absent_rounds
         self.attendance = Attendance.from_dict(seen, limit) if isinstance(seen, dict) else Attendance(limit)
         self._publish_reputation()
+        self._withstands: int | None = None
+        sizing = size_federation(
+            max(1, settings.min_facilities),
+            rule=settings.rule,
+            bucket_size=settings.bucket_size,
+            max_byzantine=settings.max_byzantine,
+            f=settings.f,
+            secagg=settings.secagg,
+        )  # refused at start-up already when it raises (hfl/rpc/settings.py)
+        log.info("planned federation: %s", sizing.sentence())
+
+    def _check_threat(self, n_facilities: int) -> None:
+        """Say when this round's facilities withstand fewer misbehaving ones than the federation declared
+        (facilities away, quarantined or out of privacy budget leave fewer buckets)."""
+        s = self.settings
+        sizing = size_federation(n_facilities, rule=s.rule, bucket_size=s.bucket_size, f=s.f, secagg=s.secagg)
+        WITHSTANDS.set(sizing.withstands)
+        if sizing.withstands != self._withstands:
+            self._withstands = sizing.withstands
+            short = s.max_byzantine is not None and sizing.withstands < s.max_byzantine
+            (log.warning if short else log.info)(
+                "this round: %s%s",
+                sizing.sentence(),
+                f", fewer than the {s.max_byzantine} declared (HFL_MAX_BYZANTINE)" if short else "",
+            )
 
     @property
     def quarantined(self) -> frozenset[str]:
@@ -195,6 +221,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
                 "from the sum and learn the other's. Raise HFL_BUCKET_SIZE, add facilities, "
                 "or set HFL_SECAGG=false."
             )
+        self._check_threat(len(by_id))
         buckets = tuple(
             Bucket(p.bucket_id, p.fog_id, p.members, secagg_threshold(len(p.members))) for p in plans
         )

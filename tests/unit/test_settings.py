@@ -27,6 +27,25 @@ from hfl.rpc.settings import load_settings
         ("leader", {"round_timeout": 0}, "HFL_ROUND_TIMEOUT and HFL_VOTE_TIMEOUT must be more than 0"),
         ("leader", {"round_interval": -1}, "HFL_ROUND_INTERVAL 0 or more"),
         ("leader", {"model": "mlp", "hidden": 0}, "HFL_HIDDEN must be at least 1"),
+        (
+            "authority",
+            {"min_facilities": 12, "max_byzantine": 2},
+            "12 facilities in buckets of 3 make 4 buckets, but the trimmed mean needs 5 to withstand 2 "
+            "misbehaving facilities in every round: enrol at least 15 facilities, or declare "
+            "HFL_MAX_BYZANTINE=1 or fewer (checked for HFL_MIN_FACILITIES=12)",
+        ),
+        (
+            "authority",
+            {"min_facilities": 12, "max_byzantine": 1, "bucket_size": 5},
+            "use buckets of 4 (HFL_BUCKET_SIZE=4)",
+        ),
+        (
+            "authority",
+            {"min_facilities": 30, "max_byzantine": 1, "rule": "mean"},
+            "use HFL_RULE=trimmed_mean",
+        ),
+        ("authority", {"min_facilities": 30, "max_byzantine": 2, "f": 1}, "use HFL_F=-1"),
+        ("authority", {"min_facilities": 30, "max_byzantine": -1}, "HFL_MAX_BYZANTINE=-1 cannot be negative"),
     ],
 )
 def test_settings_that_cannot_work_are_refused(role: str, overrides: dict[str, object], message: str) -> None:
@@ -42,6 +61,9 @@ def test_what_does_work_is_accepted() -> None:
     load_settings(role="authority", bucket_size=2, min_facilities=2, secagg=False)  # plain sums, experiments
     load_settings(role="leader", rule="median", f=0, model="mlp", hidden=4)
     load_settings(role="facility", bucket_size=2)  # only the authority deals buckets
+    load_settings(role="authority", min_facilities=12, max_byzantine=1)  # 4 buckets of 3
+    load_settings(role="authority", min_facilities=3, max_byzantine=None, rule="mean")  # nothing declared
+    load_settings(role="leader", min_facilities=12, max_byzantine=5)  # only the authority sizes buckets
 
 
 def test_a_service_with_an_unknown_rule_does_not_start(
@@ -60,6 +82,16 @@ def test_a_service_with_an_unknown_rule_does_not_start(
         (["--facilities", "2"], "secure aggregation needs at least 3 facilities"),
         (["--bucket-size", "2"], "secure aggregation needs buckets of at least 3 facilities"),
         (["--validators", "3"], "--validators must be 3f+1"),
+        (
+            ["--facilities", "12", "--max-byzantine", "2"],
+            "12 facilities in buckets of 3 make 4 buckets, but the trimmed mean needs 5 to withstand 2 "
+            "misbehaving facilities in every round: enrol at least 15 facilities, or declare "
+            "--max-byzantine 1 or fewer",
+        ),
+        (
+            ["--facilities", "12", "--bucket-size", "4", "--max-byzantine", "2"],
+            "12 facilities in buckets of 4 make 3 buckets",
+        ),
     ],
 )
 def test_the_demo_refuses_before_starting_anything(
@@ -67,3 +99,15 @@ def test_the_demo_refuses_before_starting_anything(
 ) -> None:
     assert main(["demo", "--out", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_authority_sized_below_its_declared_threat_does_not_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HFL_MIN_FACILITIES", "12")
+    monkeypatch.setenv("HFL_BUCKET_SIZE", "4")
+    monkeypatch.setenv("HFL_MAX_BYZANTINE", "2")
+    assert main(["serve", "authority"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hfl: bad configuration: 12 facilities in buckets of 4 make 3 buckets")
+    assert "declare HFL_MAX_BYZANTINE=1 or fewer" in err and err.count("\n") == 1

@@ -1,0 +1,165 @@
+"""Buckets sized for the threat: how many misbehaving facilities a bucketing withstands in every round.
+
+A misbehaving (Byzantine) facility spoils at most the one bucket it is drawn into, so with m of them a
+round has at most m bad buckets. The aggregation rule tolerates f bad buckets out of B when B is large
+enough (trimmed mean and median: B ≥ 2f+1; multi-Krum: B ≥ 2f+3; the plain mean: none), and N facilities
+in buckets of s make B = ⌊N/s⌋ buckets. So a federation withstands m misbehaving facilities in every
+round, wherever the draw puts them, when ⌊N/s⌋ ≥ buckets_needed(rule, m).
+
+Secure aggregation needs s ≥ 3, which caps what a small federation can promise: 12 facilities make at
+most 4 buckets of 3, enough for one misbehaving facility under the trimmed mean, not two. The norm bound,
+the outlier screen and quarantine still act beyond that, but without the every-round guarantee.
+
+Pure functions; the authority checks a declared threat (HFL_MAX_BYZANTINE) at start-up with them, and
+``hfl demo`` before it starts any process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hfl.robust.rules import DEFAULT_RULE, RULES
+from hfl.schedule import MIN_SECURE_BUCKET
+
+DEFAULT_BUCKET_SIZE = MIN_SECURE_BUCKET
+"""Buckets of 3: the most buckets secure aggregation allows, so the most bad buckets tolerated, and (with
+the trimmed mean) the fewest honest facilities' updates trimmed away for a given threat."""
+
+_RULE_NAMES = {
+    "mean": "the plain mean",
+    "trimmed_mean": "the trimmed mean",
+    "median": "the coordinate-wise median",
+    "multi_krum": "multi-Krum",
+    "centered_clipping": "centered clipping",
+}
+
+
+class SizingError(ValueError):
+    """A declared threat that the bucketing cannot withstand; the message says what would work."""
+
+
+def buckets_needed(rule: str, max_byzantine: int) -> int | None:
+    """Fewest buckets with which ``rule`` tolerates ``max_byzantine`` bad buckets (None: no number does)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown aggregation rule {rule!r}; choose one of {', '.join(RULES)}")
+    if max_byzantine < 0:
+        raise ValueError("the number of misbehaving facilities to withstand cannot be negative")
+    if rule == "multi_krum":  # it needs three buckets even to tolerate none
+        return 2 * max_byzantine + 3
+    if max_byzantine == 0:
+        return 1
+    if rule == "mean":
+        return None
+    return 2 * max_byzantine + 1
+
+
+def withstands(rule: str, n_facilities: int, bucket_size: int) -> int:
+    """The most misbehaving facilities ``n_facilities`` in buckets of ``bucket_size`` withstand in every
+    round (0 when they withstand none)."""
+    if bucket_size < 1:
+        raise ValueError("the bucket size must be at least 1")
+    n_buckets = max(1, n_facilities // bucket_size) if n_facilities >= 1 else 0  # as hfl.schedule cuts them
+    if rule not in RULES:
+        raise ValueError(f"unknown aggregation rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule == "mean" or n_buckets == 0:
+        return 0
+    if rule == "multi_krum":
+        return max(0, (n_buckets - 3) // 2)
+    return max(0, (n_buckets - 1) // 2)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """What a federation's bucketing promises."""
+
+    facilities: int
+    bucket_size: int
+    rule: str
+    withstands: int
+
+    @property
+    def buckets(self) -> int:
+        return max(1, self.facilities // self.bucket_size)
+
+    def sentence(self) -> str:
+        where = (
+            f"{self.facilities} facilities in {self.buckets} bucket{'s' if self.buckets != 1 else ''} of "
+            f"about {self.bucket_size}, combined with {_RULE_NAMES[self.rule]},"
+        )
+        if self.withstands == 0:
+            return f"{where} cannot promise to withstand even one misbehaving facility in every round"
+        who = "misbehaving facility" if self.withstands == 1 else "misbehaving facilities"
+        return f"{where} withstand up to {self.withstands} {who} in every round, wherever the draw puts them"
+
+
+ENV_NAMES = {
+    "max_byzantine": "HFL_MAX_BYZANTINE=",
+    "bucket_size": "HFL_BUCKET_SIZE=",
+    "f": "HFL_F=",
+    "rule": "HFL_RULE=",
+}
+"""How a setting is named in the sentences: environment variables for services (the demo passes its flags)."""
+
+
+def size_federation(
+    n_facilities: int,
+    *,
+    rule: str = DEFAULT_RULE,
+    bucket_size: int = DEFAULT_BUCKET_SIZE,
+    max_byzantine: int | None = None,
+    f: int = -1,
+    secagg: bool = True,
+    names: dict[str, str] = ENV_NAMES,
+) -> Sizing:
+    """Check a federation's bucketing against the threat it declares.
+
+    ``max_byzantine=None`` declares nothing: the result says what the bucketing withstands. A declared
+    number the bucketing cannot withstand raises :class:`SizingError` with one plain sentence naming
+    what would work (a bucket size that works, how many facilities are needed, or fewer declared).
+    ``f`` is the rule's setting (HFL_F; -1: as many bad buckets as the rule tolerates). ``names`` says
+    how the settings are called in the sentence.
+    """
+    if n_facilities < 1:
+        raise ValueError("a federation needs at least one facility")
+    if bucket_size < 1:
+        raise ValueError("the bucket size must be at least 1")
+    m_, s_, f_, r_ = (names[k] for k in ("max_byzantine", "bucket_size", "f", "rule"))
+    smallest = MIN_SECURE_BUCKET if secagg else 1
+    can = withstands(rule, n_facilities, bucket_size)
+    if f >= 0:
+        can = min(can, f)
+    if max_byzantine is None:
+        return Sizing(n_facilities, bucket_size, rule, can)
+    if max_byzantine < 0:
+        raise SizingError(f"{m_}{max_byzantine} cannot be negative: use 0 or more, or leave it unset")
+    need = buckets_needed(rule, max_byzantine)
+    plural = "facility" if max_byzantine == 1 else "facilities"
+    if need is None:
+        raise SizingError(
+            f"{m_}{max_byzantine}, but {_RULE_NAMES[rule]} withstands no misbehaving facility at all: "
+            f"use {r_}trimmed_mean (or median), or declare {m_}0"
+        )
+    if 0 <= f < max_byzantine:
+        raise SizingError(
+            f"{f_}{f} lets the rule leave out only {f} bad bucket{'s' if f != 1 else ''} per round, fewer "
+            f"than the {max_byzantine} misbehaving {plural} declared ({m_}{max_byzantine}): use {f_}-1 "
+            f"(as many as the buckets allow) or {f_}{max_byzantine}"
+        )
+    n_buckets = max(1, n_facilities // bucket_size)
+    if n_buckets >= need:
+        return Sizing(n_facilities, bucket_size, rule, can)
+    options = []
+    fits = [s for s in range(bucket_size - 1, smallest - 1, -1) if max(1, n_facilities // s) >= need]
+    if fits:
+        options.append(f"use buckets of {fits[0]} ({s_}{fits[0]})")
+    options.append(f"enrol at least {need * bucket_size} facilities")
+    top = withstands(rule, n_facilities, bucket_size)
+    if (buckets_needed(rule, top) or 1) <= n_buckets:
+        options.append(f"declare {m_}{top}" + (" or fewer" if top else ""))
+    else:  # multi-Krum with fewer than three buckets: no declaration helps
+        options.append(f"use {r_}trimmed_mean, which runs with any number of buckets")
+    raise SizingError(
+        f"{n_facilities} facilities in buckets of {bucket_size} make {n_buckets} "
+        f"bucket{'s' if n_buckets != 1 else ''}, but {_RULE_NAMES[rule]} needs {need} to withstand "
+        f"{max_byzantine} misbehaving {plural} in every round: " + ", or ".join(options)
+    )
