@@ -37,7 +37,7 @@ from hfl.domain import (
     VoteRecord,
 )
 from hfl.errors import InvalidInput, clip
-from hfl.hashing import hash_vector
+from hfl.hashing import HASH_LEN, hash_vector
 from hfl.learning.metrics import BINS as SCORE_BINS
 from hfl.learning.metrics import EVAL_CLIP, check_counts
 from hfl.ledger import BlockRecord, Vote
@@ -185,8 +185,50 @@ def config_to_proto(c: RoundConfig) -> pb.RoundConfig:
         fogs=[node_to_proto(n) for n in c.fogs],
         quarantined=list(c.quarantined),
         signature=c.signature,
-        committee_draw_json=json.dumps(c.committee_draw, sort_keys=True),
+        committee_draw=_draw_to_proto(c.committee_draw),
     )
+
+
+def _draw_to_proto(d: dict[str, Any]) -> pb.CommitteeDraw | None:
+    if not d:
+        return None
+    return pb.CommitteeDraw(
+        epoch=int(d["epoch"]),
+        seed=bytes.fromhex(str(d["seed"])),
+        pool=[str(v) for v in d["pool"]],
+        weights={str(k): float(v) for k, v in dict(d["weights"]).items()},
+        size=int(d["size"]),
+        members=[str(v) for v in d["members"]],
+    )
+
+
+def _draw_from_proto(m: pb.RoundConfig) -> dict[str, Any]:
+    """The committee draw as the authority recorded (and signed) it; {} when the config carries none."""
+    if not m.HasField("committee_draw"):
+        return {}
+    d = m.committee_draw
+    if len(d.seed) != HASH_LEN:
+        raise InvalidInput("the committee draw's seed must be a 32-byte hash")
+    pool = bounds.ids(d.pool, "the committee draw's candidates")
+    members = bounds.ids(d.members, "the committee draw's members")
+    if len(d.weights) > bounds.MAX_LIST:
+        raise InvalidInput(f"the committee draw lists more than {bounds.MAX_LIST} weights")
+    weights = {}
+    for k, w in d.weights.items():
+        bounds.node_id(k, "a committee candidate")
+        if not math.isfinite(w) or not 0.0 <= w <= 1.0:
+            raise InvalidInput(f"the committee draw's weight for {clip(k)} must be between 0 and 1")
+        weights[k] = float(w)
+    if not set(members) <= set(pool) or int(d.size) != len(members):
+        raise InvalidInput("the committee draw's members must be its size, drawn from its candidates")
+    return {
+        "epoch": int(d.epoch),
+        "seed": bytes(d.seed).hex(),
+        "pool": list(pool),
+        "weights": weights,
+        "size": int(d.size),
+        "members": list(members),
+    }
 
 
 def config_from_proto(c: pb.RoundConfig) -> RoundConfig:
@@ -204,9 +246,48 @@ def config_from_proto(c: pb.RoundConfig) -> RoundConfig:
         fogs=tuple(node_from_proto(n) for n in c.fogs),
         quarantined=bounds.ids(c.quarantined, "the quarantine list"),
         # the draw lists every validator with its weight: it grows with the federation
-        committee_draw=_json_or_empty(c.committee_draw_json, "committee draw", bounds.MAX_REPORT),
+        committee_draw=_draw_from_proto(c),
         signature=bytes(c.signature),
     )
+
+
+# ---------------------------------------------------------------- aggregation rule parameters
+_RULE_INTS = ("f", "m", "iters")
+_RULE_FLOATS = ("clip_update", "screen_norm_ratio", "screen_shrink_ratio", "screen_coherence", "tau")
+
+
+def rule_params_to_proto(params: dict[str, Any]) -> validator_pb2.RuleParams:
+    """A block's rule_params -> RuleParams (each key keeps its type: whole numbers, numbers, true/false;
+    clip_update may be null, meaning no norm bound)."""
+    m = validator_pb2.RuleParams()
+    for k, v in params.items():
+        if k == "clip_update" and v is None:
+            m.no_norm_bound = True
+        elif (k in _RULE_INTS and isinstance(v, int) and not isinstance(v, bool)) or (
+            k in _RULE_FLOATS and isinstance(v, float)
+        ):
+            setattr(m, k, v)
+        elif k == "screen" and isinstance(v, bool):
+            m.screen = v
+        else:
+            raise ValueError(f"rule parameter {k}={v!r} has no typed field (hfl.v1.RuleParams)")
+    return m
+
+
+def rule_params_from_proto(m: validator_pb2.RuleParams) -> dict[str, Any]:
+    """RuleParams -> the block's rule_params dict (only the fields that are set)."""
+    if m.no_norm_bound and m.HasField("clip_update"):
+        raise InvalidInput("the rule parameters give a norm bound and say there is none")
+    out: dict[str, Any] = {}
+    for field, value in m.ListFields():  # the fields that are set (proto3 optional: even when 0)
+        if field.name != "no_norm_bound":
+            out[field.name] = value
+    for k in _RULE_FLOATS:
+        if k in out and not math.isfinite(out[k]):
+            raise InvalidInput(f"the rule parameter {k} must be a finite number")
+    if m.no_norm_bound:
+        out["clip_update"] = None
+    return out
 
 
 def _json_or_empty(text: str, what: str, limit: int = bounds.MAX_JSON) -> dict[str, Any]:

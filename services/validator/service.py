@@ -83,11 +83,11 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
         if not used:
             return self._vote(config.round, proposed, False, "no bucket sums to aggregate", None)
         try:
-            rule_params = json.loads(request.rule_params_json or "{}")
             extra = json.loads(request.extra_json or "{}")
         except ValueError as e:
             raise InvalidInput(f"the aggregation settings are not valid JSON: {e}") from None
-        if not isinstance(rule_params, dict) or not isinstance(extra, dict):
+        rule_params = serde.rule_params_from_proto(request.rule_params)
+        if not isinstance(extra, dict):
             raise InvalidInput("the aggregation settings must be JSON objects")
         broken = policy_violation(
             request.rule,

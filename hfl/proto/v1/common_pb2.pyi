@@ -207,7 +207,7 @@ class RoundConfig(_message.Message):
     FACILITIES_FIELD_NUMBER: _builtins.int
     FOGS_FIELD_NUMBER: _builtins.int
     QUARANTINED_FIELD_NUMBER: _builtins.int
-    COMMITTEE_DRAW_JSON_FIELD_NUMBER: _builtins.int
+    COMMITTEE_DRAW_FIELD_NUMBER: _builtins.int
     EVAL_BUCKETS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     round: _builtins.int
@@ -216,8 +216,6 @@ class RoundConfig(_message.Message):
     ledger_head: _builtins.bytes
     epoch: _builtins.int
     quorum: _builtins.int
-    committee_draw_json: _builtins.str
-    """How the committee was drawn (seed, candidate pool, weights) so anyone can re-derive it."""
     signature: _builtins.bytes
     @_builtins.property
     def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bucket]: ...
@@ -229,6 +227,10 @@ class RoundConfig(_message.Message):
     def fogs(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeInfo]: ...
     @_builtins.property
     def quarantined(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def committee_draw(self) -> Global___CommitteeDraw:
+        """How the committee was drawn (seed, candidate pool, weights) so anyone can re-derive it."""
+
     @_builtins.property
     def eval_buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bucket]:
         """Buckets for evaluating the committed model, grouped by specialty (at least three members each)."""
@@ -247,17 +249,78 @@ class RoundConfig(_message.Message):
         facilities: _abc.Iterable[Global___NodeInfo] | None = ...,
         fogs: _abc.Iterable[Global___NodeInfo] | None = ...,
         quarantined: _abc.Iterable[_builtins.str] | None = ...,
-        committee_draw_json: _builtins.str = ...,
+        committee_draw: Global___CommitteeDraw | None = ...,
         eval_buckets: _abc.Iterable[Global___Bucket] | None = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["committee_draw", b"committee_draw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "buckets", b"buckets", "committee", b"committee", "committee_draw_json", b"committee_draw_json", "epoch", b"epoch", "eval_buckets", b"eval_buckets", "facilities", b"facilities", "fogs", b"fogs", "ledger_head", b"ledger_head", "quarantined", b"quarantined", "quorum", b"quorum", "round", b"round", "seed", b"seed", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "buckets", b"buckets", "committee", b"committee", "committee_draw", b"committee_draw", "epoch", b"epoch", "eval_buckets", b"eval_buckets", "facilities", b"facilities", "fogs", b"fogs", "ledger_head", b"ledger_head", "quarantined", b"quarantined", "quorum", b"quorum", "round", b"round", "seed", b"seed", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoundConfig: _TypeAlias = RoundConfig  # noqa: Y015
+
+@_typing.final
+class CommitteeDraw(_message.Message):
+    """The reputation-weighted draw of one epoch's committee (hfl.schedule.select_committee): anyone holding
+    the seed, the candidates and their weights gets the same committee.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    seed: _builtins.bytes
+    size: _builtins.int
+    @_builtins.property
+    def pool(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        seed: _builtins.bytes = ...,
+        pool: _abc.Iterable[_builtins.str] | None = ...,
+        weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        size: _builtins.int = ...,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "members", b"members", "pool", b"pool", "seed", b"seed", "size", b"size", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitteeDraw: _TypeAlias = CommitteeDraw  # noqa: Y015
 
 @_typing.final
 class TrainingPlan(_message.Message):
