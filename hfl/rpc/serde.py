@@ -7,7 +7,6 @@ malformed reaches the protocol core.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -288,19 +287,6 @@ def rule_params_from_proto(m: validator_pb2.RuleParams) -> dict[str, Any]:
     if m.no_norm_bound:
         out["clip_update"] = None
     return out
-
-
-def _json_or_empty(text: str, what: str, limit: int = bounds.MAX_JSON) -> dict[str, Any]:
-    if not text:
-        return {}
-    bounds.text(text, what, limit)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidInput(f"{what} is not valid JSON") from e
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{what} must be a JSON object")
-    return value
 
 
 def plan_to_proto(p: TrainingPlan) -> pb.TrainingPlan:
@@ -844,9 +830,48 @@ def spend_to_proto(r: SpendReport) -> authority_pb2.PrivacySpend:
         delta=r.delta,
         steps=r.steps,
         exhausted=r.exhausted,
-        details_json=json.dumps(r.details, sort_keys=True),
+        details=spend_details_to_proto(r.details),
         signature=r.signature,
     )
+
+
+_SPEND_TEXT = ("mechanism", "accountant", "declined")
+_SPEND_INTS = ("total_steps", "sensitivity")
+_SPEND_FLOATS = ("noise_multiplier", "sampling_rate")
+
+
+def spend_details_to_proto(d: dict[str, Any]) -> authority_pb2.SpendDetails:
+    """A spend report's details -> SpendDetails (each key keeps its type; the signature covers them)."""
+    m = authority_pb2.SpendDetails()
+    for k, v in d.items():
+        if (
+            (k in _SPEND_TEXT and isinstance(v, str))
+            or (k in _SPEND_INTS and isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+            or (k in _SPEND_FLOATS and isinstance(v, float))
+        ):
+            setattr(m, k, v)
+        elif k == "statistics" and isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+            m.statistics.extend(v)
+        else:
+            raise ValueError(f"privacy spend detail {k}={v!r} has no typed field (hfl.v1.SpendDetails)")
+    return m
+
+
+def spend_details_from_proto(m: authority_pb2.SpendDetails) -> dict[str, Any]:
+    """SpendDetails -> the report's details dict (only the fields that are set), bounded."""
+    out: dict[str, Any] = {}
+    for field, value in m.ListFields():
+        if field.name == "statistics":
+            out["statistics"] = list(bounds.ids(value, "the released statistics", limit=32))
+        elif field.name in _SPEND_TEXT:
+            out[field.name] = bounds.text(value, f"the spend's {field.name}", bounds.MAX_JSON)
+        elif field.name in _SPEND_FLOATS:
+            if not math.isfinite(value):
+                raise InvalidInput(f"the spend's {field.name} must be a finite number")
+            out[field.name] = float(value)
+        else:
+            out[field.name] = int(value)
+    return out
 
 
 def spend_from_proto(m: authority_pb2.PrivacySpend) -> SpendReport:
@@ -863,7 +888,7 @@ def spend_from_proto(m: authority_pb2.PrivacySpend) -> SpendReport:
             delta=float(m.delta),
             steps=int(m.steps),
             exhausted=bool(m.exhausted),
-            details=_json_or_empty(m.details_json, "spend details"),
+            details=spend_details_from_proto(m.details),
             signature=bytes(m.signature),
         )
     except ValueError as e:

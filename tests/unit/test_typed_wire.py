@@ -18,7 +18,6 @@ from hfl.schedule import round_seed, select_committee
 STILL_JSON = {
     "hfl.v1.VoteRequest.prev_block_json",
     "hfl.v1.VoteRequest.extra_json",
-    "hfl.v1.PrivacySpend.details_json",
     "hfl.v1.LedgerBlock.header_json",
     "hfl.v1.LedgerBlock.votes_json",
 }
@@ -120,3 +119,47 @@ def test_rule_parameters_cross_the_wire_exactly(params: dict[str, object]) -> No
 def test_a_rule_parameter_without_a_typed_field_is_refused_when_sent(params: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="has no typed field"):
         serde.rule_params_to_proto(params)
+
+
+SPENDS = [
+    {
+        "mechanism": "gaussian",
+        "accountant": "rdp",
+        "noise_multiplier": 1.25,
+        "sampling_rate": 0.01,
+        "total_steps": 400,
+    },
+    {"statistics": ["sample_count", "positive_count"], "mechanism": "laplace", "sensitivity": 1},
+    {"declined": "the privacy budget is used up"},
+    {},
+]
+
+
+@pytest.mark.parametrize("details", SPENDS)
+def test_signed_spend_reports_cross_the_wire_and_still_verify(details: dict[str, object]) -> None:
+    from hfl.privacy.report import SpendReport
+
+    key = SigningKey.generate()
+    report = SpendReport("facility-01", 4, 0, "training", 0.5, 1e-5, steps=10, details=details).sign(key)
+    back = serde.spend_from_proto(serde.spend_to_proto(report))
+    assert back == report and canonical_json(back.details) == canonical_json(details)
+    back.verify(key.public_bytes)
+
+
+@pytest.mark.parametrize(
+    "details", [{"total_steps": 1.5}, {"noise_multiplier": 1}, {"statistics": []}, {"note": "x"}]
+)
+def test_a_spend_detail_without_a_typed_field_is_refused_when_sent(details: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="has no typed field"):
+        serde.spend_details_to_proto(details)
+
+
+def test_malformed_spend_details_are_refused() -> None:
+    wire = authority_pb2.PrivacySpend(facility_id="facility-01", round=1, kind="training")
+    wire.details.noise_multiplier = float("nan")
+    with pytest.raises(InvalidInput, match="noise_multiplier must be a finite number"):
+        serde.spend_from_proto(wire)
+    wire = authority_pb2.PrivacySpend(facility_id="facility-01", round=1, kind="release")
+    wire.details.statistics.append("s" * 100)
+    with pytest.raises(InvalidInput, match="released statistics"):
+        serde.spend_from_proto(wire)
