@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -376,8 +375,8 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             buckets=[serde.bucket_result_to_proto(r) for r in used],
             rule=header.rule,
             rule_params=serde.rule_params_to_proto(header.rule_params),
-            prev_block_json=json.dumps(head.to_dict()),
-            extra_json=json.dumps(header.extra, sort_keys=True),
+            prev_block=serde.block_to_proto(head),
+            extra=serde.extra_to_proto(header.extra),
             block_hash=block_hash,
         )
 

@@ -3,8 +3,6 @@ a tampered aggregate, tampered inputs, a forged configuration or a worse model a
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -77,8 +75,7 @@ def _proposal(
         buckets=[serde.bucket_result_to_proto(r) for r in results],
         rule=rule,
         rule_params=serde.rule_params_to_proto(rule_params),
-        prev_block_json=json.dumps(genesis.to_dict()),
-        extra_json="{}",
+        prev_block=serde.block_to_proto(genesis),
         block_hash=block_hash,
     )
     return request, header.hash()
@@ -169,9 +166,10 @@ def test_malformed_aggregation_settings_are_invalid_input() -> None:
     with pytest.raises(InvalidInput, match="tau must be a finite number"):
         _validator().check(request)
     request, _ = _proposal()
-    request.extra_json = "{not json"
-    with pytest.raises(InvalidInput, match="not valid JSON"):
+    request.extra.round.buckets.append("b" * 100)
+    with pytest.raises(InvalidInput, match="the block's buckets"):
         _validator().check(request)
-    request.extra_json = "[1, 2]"
-    with pytest.raises(InvalidInput, match="JSON objects"):
+    request, _ = _proposal()
+    request.prev_block.header.prev_hash = b"short"
+    with pytest.raises(InvalidInput, match="the block header of round 0 is malformed"):
         _validator().check(request)

@@ -28,13 +28,10 @@ class VoteRequest(_message.Message):
     BUCKETS_FIELD_NUMBER: _builtins.int
     RULE_FIELD_NUMBER: _builtins.int
     RULE_PARAMS_FIELD_NUMBER: _builtins.int
-    PREV_BLOCK_JSON_FIELD_NUMBER: _builtins.int
-    EXTRA_JSON_FIELD_NUMBER: _builtins.int
+    PREV_BLOCK_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELD_NUMBER: _builtins.int
     BLOCK_HASH_FIELD_NUMBER: _builtins.int
     rule: _builtins.str
-    prev_block_json: _builtins.str
-    """The previous block (header and quorum certificate) as JSON; the validator checks it."""
-    extra_json: _builtins.str
     block_hash: _builtins.bytes
     """The block hash the leader computed; the validator recomputes it and signs only what it checked."""
     @_builtins.property
@@ -44,8 +41,16 @@ class VoteRequest(_message.Message):
     @_builtins.property
     def buckets(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.BucketResult]: ...
     @_builtins.property
-    def rule_params(self) -> Global___RuleParams:
+    def rule_params(self) -> _common_pb2.RuleParams:
         """The rule's parameters exactly as recorded in the proposed block (the block hash covers them)."""
+
+    @_builtins.property
+    def prev_block(self) -> Global___Block:
+        """The previous block (header and quorum certificate); the validator checks it."""
+
+    @_builtins.property
+    def extra(self) -> _common_pb2.BlockExtra:
+        """The proposed block's extra record (buckets, fogs, members, committee draw); the block hash covers it."""
 
     def __init__(
         self,
@@ -54,106 +59,18 @@ class VoteRequest(_message.Message):
         base_model: _common_pb2.Model | None = ...,
         buckets: _abc.Iterable[_common_pb2.BucketResult] | None = ...,
         rule: _builtins.str = ...,
-        rule_params: Global___RuleParams | None = ...,
-        prev_block_json: _builtins.str = ...,
-        extra_json: _builtins.str = ...,
+        rule_params: _common_pb2.RuleParams | None = ...,
+        prev_block: Global___Block | None = ...,
+        extra: _common_pb2.BlockExtra | None = ...,
         block_hash: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "config", b"config", "rule_params", b"rule_params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "config", b"config", "extra", b"extra", "prev_block", b"prev_block", "rule_params", b"rule_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "block_hash", b"block_hash", "buckets", b"buckets", "config", b"config", "extra_json", b"extra_json", "prev_block_json", b"prev_block_json", "rule", b"rule", "rule_params", b"rule_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "block_hash", b"block_hash", "buckets", b"buckets", "config", b"config", "extra", b"extra", "prev_block", b"prev_block", "rule", b"rule", "rule_params", b"rule_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VoteRequest: _TypeAlias = VoteRequest  # noqa: Y015
-
-@_typing.final
-class RuleParams(_message.Message):
-    """hfl.robust.rules parameters; a field is in the block's rule_params only when it is set here."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    F_FIELD_NUMBER: _builtins.int
-    CLIP_UPDATE_FIELD_NUMBER: _builtins.int
-    NO_NORM_BOUND_FIELD_NUMBER: _builtins.int
-    SCREEN_FIELD_NUMBER: _builtins.int
-    SCREEN_NORM_RATIO_FIELD_NUMBER: _builtins.int
-    SCREEN_SHRINK_RATIO_FIELD_NUMBER: _builtins.int
-    SCREEN_COHERENCE_FIELD_NUMBER: _builtins.int
-    M_FIELD_NUMBER: _builtins.int
-    TAU_FIELD_NUMBER: _builtins.int
-    ITERS_FIELD_NUMBER: _builtins.int
-    f: _builtins.int
-    """Bad buckets tolerated."""
-    clip_update: _builtins.float
-    """The norm bound C on each bucket mean."""
-    no_norm_bound: _builtins.bool
-    """Recorded as "no norm bound" (comparison runs with the defences off); never with clip_update."""
-    screen: _builtins.bool
-    screen_norm_ratio: _builtins.float
-    screen_shrink_ratio: _builtins.float
-    screen_coherence: _builtins.float
-    m: _builtins.int
-    """multi-Krum: how many buckets to average."""
-    tau: _builtins.float
-    """centered clipping: radius and iterations."""
-    iters: _builtins.int
-    def __init__(
-        self,
-        *,
-        f: _builtins.int | None = ...,
-        clip_update: _builtins.float | None = ...,
-        no_norm_bound: _builtins.bool = ...,
-        screen: _builtins.bool | None = ...,
-        screen_norm_ratio: _builtins.float | None = ...,
-        screen_shrink_ratio: _builtins.float | None = ...,
-        screen_coherence: _builtins.float | None = ...,
-        m: _builtins.int | None = ...,
-        tau: _builtins.float | None = ...,
-        iters: _builtins.int | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_clip_update", b"_clip_update", "_f", b"_f", "_iters", b"_iters", "_m", b"_m", "_screen", b"_screen", "_screen_coherence", b"_screen_coherence", "_screen_norm_ratio", b"_screen_norm_ratio", "_screen_shrink_ratio", b"_screen_shrink_ratio", "_tau", b"_tau", "clip_update", b"clip_update", "f", b"f", "iters", b"iters", "m", b"m", "screen", b"screen", "screen_coherence", b"screen_coherence", "screen_norm_ratio", b"screen_norm_ratio", "screen_shrink_ratio", b"screen_shrink_ratio", "tau", b"tau"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_clip_update", b"_clip_update", "_f", b"_f", "_iters", b"_iters", "_m", b"_m", "_screen", b"_screen", "_screen_coherence", b"_screen_coherence", "_screen_norm_ratio", b"_screen_norm_ratio", "_screen_shrink_ratio", b"_screen_shrink_ratio", "_tau", b"_tau", "clip_update", b"clip_update", "f", b"f", "iters", b"iters", "m", b"m", "no_norm_bound", b"no_norm_bound", "screen", b"screen", "screen_coherence", b"screen_coherence", "screen_norm_ratio", b"screen_norm_ratio", "screen_shrink_ratio", b"screen_shrink_ratio", "tau", b"tau"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__clip_update: _TypeAlias = _typing.Literal["clip_update"]  # noqa: Y015
-    _WhichOneofArgType__clip_update: _TypeAlias = _typing.Literal["_clip_update", b"_clip_update"]  # noqa: Y015
-    _WhichOneofReturnType__f: _TypeAlias = _typing.Literal["f"]  # noqa: Y015
-    _WhichOneofArgType__f: _TypeAlias = _typing.Literal["_f", b"_f"]  # noqa: Y015
-    _WhichOneofReturnType__iters: _TypeAlias = _typing.Literal["iters"]  # noqa: Y015
-    _WhichOneofArgType__iters: _TypeAlias = _typing.Literal["_iters", b"_iters"]  # noqa: Y015
-    _WhichOneofReturnType__m: _TypeAlias = _typing.Literal["m"]  # noqa: Y015
-    _WhichOneofArgType__m: _TypeAlias = _typing.Literal["_m", b"_m"]  # noqa: Y015
-    _WhichOneofReturnType__screen: _TypeAlias = _typing.Literal["screen"]  # noqa: Y015
-    _WhichOneofArgType__screen: _TypeAlias = _typing.Literal["_screen", b"_screen"]  # noqa: Y015
-    _WhichOneofReturnType__screen_coherence: _TypeAlias = _typing.Literal["screen_coherence"]  # noqa: Y015
-    _WhichOneofArgType__screen_coherence: _TypeAlias = _typing.Literal["_screen_coherence", b"_screen_coherence"]  # noqa: Y015
-    _WhichOneofReturnType__screen_norm_ratio: _TypeAlias = _typing.Literal["screen_norm_ratio"]  # noqa: Y015
-    _WhichOneofArgType__screen_norm_ratio: _TypeAlias = _typing.Literal["_screen_norm_ratio", b"_screen_norm_ratio"]  # noqa: Y015
-    _WhichOneofReturnType__screen_shrink_ratio: _TypeAlias = _typing.Literal["screen_shrink_ratio"]  # noqa: Y015
-    _WhichOneofArgType__screen_shrink_ratio: _TypeAlias = _typing.Literal["_screen_shrink_ratio", b"_screen_shrink_ratio"]  # noqa: Y015
-    _WhichOneofReturnType__tau: _TypeAlias = _typing.Literal["tau"]  # noqa: Y015
-    _WhichOneofArgType__tau: _TypeAlias = _typing.Literal["_tau", b"_tau"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__clip_update) -> _WhichOneofReturnType__clip_update | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__f) -> _WhichOneofReturnType__f | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__iters) -> _WhichOneofReturnType__iters | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__m) -> _WhichOneofReturnType__m | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__screen) -> _WhichOneofReturnType__screen | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__screen_coherence) -> _WhichOneofReturnType__screen_coherence | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__screen_norm_ratio) -> _WhichOneofReturnType__screen_norm_ratio | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__screen_shrink_ratio) -> _WhichOneofReturnType__screen_shrink_ratio | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__tau) -> _WhichOneofReturnType__tau | None: ...
-
-Global___RuleParams: _TypeAlias = RuleParams  # noqa: Y015
 
 @_typing.final
 class VoteResponse(_message.Message):
@@ -194,3 +111,29 @@ class VoteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VoteResponse: _TypeAlias = VoteResponse  # noqa: Y015
+
+@_typing.final
+class Block(_message.Message):
+    """A ledger block: its header and the votes that certify it (its quorum certificate)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _common_pb2.BlockHeader: ...
+    @_builtins.property
+    def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VoteResponse]: ...
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.BlockHeader | None = ...,
+        votes: _abc.Iterable[Global___VoteResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "votes", b"votes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Block: _TypeAlias = Block  # noqa: Y015
