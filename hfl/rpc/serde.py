@@ -37,10 +37,10 @@ from hfl.domain import (
     VoteRecord,
 )
 from hfl.errors import InvalidInput, clip
-from hfl.hashing import hash_vector
+from hfl.hashing import HASH_LEN, canonical_json, hash_vector
 from hfl.learning.metrics import BINS as SCORE_BINS
 from hfl.learning.metrics import EVAL_CLIP, check_counts
-from hfl.ledger import BlockRecord, Vote
+from hfl.ledger import Block, BlockHeader, BlockRecord, CommitteeMember, Vote
 from hfl.proto.v1 import authority_pb2, facility_pb2, leader_pb2, validator_pb2
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.secagg import (
@@ -185,8 +185,49 @@ def config_to_proto(c: RoundConfig) -> pb.RoundConfig:
         fogs=[node_to_proto(n) for n in c.fogs],
         quarantined=list(c.quarantined),
         signature=c.signature,
-        committee_draw_json=json.dumps(c.committee_draw, sort_keys=True),
+        committee_draw=_draw_to_proto(c.committee_draw),
     )
+
+
+def _draw_to_proto(d: dict[str, Any]) -> pb.CommitteeDraw | None:
+    if not d:
+        return None
+    return pb.CommitteeDraw(
+        epoch=int(d["epoch"]),
+        seed=bytes.fromhex(str(d["seed"])),
+        pool=[str(v) for v in d["pool"]],
+        weights={str(k): float(v) for k, v in dict(d["weights"]).items()},
+        size=int(d["size"]),
+        members=[str(v) for v in d["members"]],
+    )
+
+
+def _draw_from_proto(d: pb.CommitteeDraw | None) -> dict[str, Any]:
+    """The committee draw as the authority recorded (and signed) it; {} when there is none."""
+    if d is None:
+        return {}
+    if len(d.seed) != HASH_LEN:
+        raise InvalidInput("the committee draw's seed must be a 32-byte hash")
+    pool = bounds.ids(d.pool, "the committee draw's candidates")
+    members = bounds.ids(d.members, "the committee draw's members")
+    if len(d.weights) > bounds.MAX_LIST:
+        raise InvalidInput(f"the committee draw lists more than {bounds.MAX_LIST} weights")
+    weights = {}
+    for k, w in d.weights.items():
+        bounds.node_id(k, "a committee candidate")
+        if not math.isfinite(w) or not 0.0 <= w <= 1.0:
+            raise InvalidInput(f"the committee draw's weight for {clip(k)} must be between 0 and 1")
+        weights[k] = float(w)
+    if not set(members) <= set(pool) or int(d.size) != len(members):
+        raise InvalidInput("the committee draw's members must be its size, drawn from its candidates")
+    return {
+        "epoch": int(d.epoch),
+        "seed": bytes(d.seed).hex(),
+        "pool": list(pool),
+        "weights": weights,
+        "size": int(d.size),
+        "members": list(members),
+    }
 
 
 def config_from_proto(c: pb.RoundConfig) -> RoundConfig:
@@ -204,22 +245,48 @@ def config_from_proto(c: pb.RoundConfig) -> RoundConfig:
         fogs=tuple(node_from_proto(n) for n in c.fogs),
         quarantined=bounds.ids(c.quarantined, "the quarantine list"),
         # the draw lists every validator with its weight: it grows with the federation
-        committee_draw=_json_or_empty(c.committee_draw_json, "committee draw", bounds.MAX_REPORT),
+        committee_draw=_draw_from_proto(c.committee_draw if c.HasField("committee_draw") else None),
         signature=bytes(c.signature),
     )
 
 
-def _json_or_empty(text: str, what: str, limit: int = bounds.MAX_JSON) -> dict[str, Any]:
-    if not text:
-        return {}
-    bounds.text(text, what, limit)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidInput(f"{what} is not valid JSON") from e
-    if not isinstance(value, dict):
-        raise InvalidInput(f"{what} must be a JSON object")
-    return value
+# ---------------------------------------------------------------- aggregation rule parameters
+_RULE_INTS = ("f", "m", "iters")
+_RULE_FLOATS = ("clip_update", "screen_norm_ratio", "screen_shrink_ratio", "screen_coherence", "tau")
+
+
+def rule_params_to_proto(params: dict[str, Any]) -> pb.RuleParams:
+    """A block's rule_params -> RuleParams (each key keeps its type: whole numbers, numbers, true/false;
+    clip_update may be null, meaning no norm bound)."""
+    m = pb.RuleParams()
+    for k, v in params.items():
+        if k == "clip_update" and v is None:
+            m.no_norm_bound = True
+        elif (k in _RULE_INTS and isinstance(v, int) and not isinstance(v, bool)) or (
+            k in _RULE_FLOATS and isinstance(v, float)
+        ):
+            setattr(m, k, v)
+        elif k == "screen" and isinstance(v, bool):
+            m.screen = v
+        else:
+            raise ValueError(f"rule parameter {k}={v!r} has no typed field (hfl.v1.RuleParams)")
+    return m
+
+
+def rule_params_from_proto(m: pb.RuleParams) -> dict[str, Any]:
+    """RuleParams -> the block's rule_params dict (only the fields that are set)."""
+    if m.no_norm_bound and m.HasField("clip_update"):
+        raise InvalidInput("the rule parameters give a norm bound and say there is none")
+    out: dict[str, Any] = {}
+    for field, value in m.ListFields():  # the fields that are set (proto3 optional: even when 0)
+        if field.name != "no_norm_bound":
+            out[field.name] = value
+    for k in _RULE_FLOATS:
+        if k in out and not math.isfinite(out[k]):
+            raise InvalidInput(f"the rule parameter {k} must be a finite number")
+    if m.no_norm_bound:
+        out["clip_update"] = None
+    return out
 
 
 def plan_to_proto(p: TrainingPlan) -> pb.TrainingPlan:
@@ -532,16 +599,132 @@ def event_from_proto(e: leader_pb2.WatchRoundsResponse) -> RoundEvent:
     )
 
 
-# ---------------------------------------------------------------- ledger blocks for an operator
-MAX_BLOCK_JSON = 4 * bounds.MAX_REPORT  # a header carries the committee draw and every bucket's members
+# ---------------------------------------------------------------- ledger blocks
+_GENESIS_KEYS = {"model", "seed"}
+_ROUND_KEYS = {"buckets", "fogs", "members", "committee_draw"}
+
+
+def extra_to_proto(d: dict[str, Any]) -> pb.BlockExtra:
+    """A block header's extra record -> BlockExtra (none, the genesis block's, or a round's)."""
+    if not d:
+        return pb.BlockExtra()
+    if set(d) == _GENESIS_KEYS:
+        model = d["model"]
+        return pb.BlockExtra(
+            genesis=pb.GenesisExtra(
+                model=pb.ModelShape(
+                    kind=str(model["kind"]), n_features=int(model["n_features"]), hidden=int(model["hidden"])
+                ),
+                seed=int(d["seed"]),
+            )
+        )
+    if set(d) == _ROUND_KEYS:
+        draw = _draw_to_proto(d["committee_draw"])
+        return pb.BlockExtra(
+            round=pb.RoundExtra(
+                buckets=[str(b) for b in d["buckets"]],
+                fogs=[str(f) for f in d["fogs"]],
+                members=[pb.BucketMembers(members=[str(x) for x in ms]) for ms in d["members"]],
+                committee_draw=draw,
+            )
+        )
+    raise ValueError(f"a block's extra record with keys {sorted(d)} has no typed form (hfl.v1.BlockExtra)")
+
+
+def extra_from_proto(m: pb.BlockExtra) -> dict[str, Any]:
+    """BlockExtra -> the header's extra record, exactly as it was hashed; bounded."""
+    kind = m.WhichOneof("kind")
+    if kind is None:
+        return {}
+    if kind == "genesis":
+        g = m.genesis
+        return {
+            "model": {
+                "kind": bounds.text(g.model.kind, "the genesis model kind", bounds.MAX_ID),
+                "n_features": int(g.model.n_features),
+                "hidden": int(g.model.hidden),
+            },
+            "seed": int(g.seed),
+        }
+    r = m.round
+    if len(r.members) > bounds.MAX_LIST:
+        raise InvalidInput(f"a block lists more than {bounds.MAX_LIST} buckets")
+    return {
+        "buckets": list(bounds.ids(r.buckets, "the block's buckets")),
+        "fogs": list(bounds.ids(r.fogs, "the block's fogs")),
+        "members": [list(bounds.ids(b.members, "a bucket's members")) for b in r.members],
+        "committee_draw": _draw_from_proto(r.committee_draw if r.HasField("committee_draw") else None),
+    }
+
+
+def header_to_proto(h: BlockHeader) -> pb.BlockHeader:
+    return pb.BlockHeader(
+        round=h.round,
+        prev_hash=h.prev_hash,
+        base_model_hash=h.base_model_hash,
+        model_hash=h.model_hash,
+        bucket_hashes=list(h.bucket_hashes),
+        bucket_counts=list(h.bucket_counts),
+        rule=h.rule,
+        rule_params=rule_params_to_proto(h.rule_params),
+        flagged=list(h.flagged),
+        committee=[pb.CommitteeMember(node_id=c.node_id, public_key=c.public_key) for c in h.committee],
+        quorum=h.quorum,
+        config_hash=h.config_hash,
+        extra=extra_to_proto(h.extra),
+    )
+
+
+def header_from_proto(m: pb.BlockHeader) -> BlockHeader:
+    """BlockHeader message -> hfl.ledger.BlockHeader (its own checks run too); InvalidInput if malformed."""
+    if m.round > bounds.MAX_ROUND:
+        raise InvalidInput(f"block round {m.round} is out of range")
+    for what, n in (("bucket hashes", len(m.bucket_hashes)), ("committee members", len(m.committee))):
+        if n > bounds.MAX_LIST:
+            raise InvalidInput(f"a block header lists more than {bounds.MAX_LIST} {what}")
+    try:
+        return BlockHeader(
+            round=int(m.round),
+            prev_hash=bytes(m.prev_hash),
+            base_model_hash=bytes(m.base_model_hash),
+            model_hash=bytes(m.model_hash),
+            bucket_hashes=tuple(bytes(h) for h in m.bucket_hashes),
+            bucket_counts=tuple(int(c) for c in m.bucket_counts),
+            rule=bounds.text(m.rule, "the block's rule", bounds.MAX_ID),
+            rule_params=rule_params_from_proto(m.rule_params),
+            flagged=tuple(int(i) for i in m.flagged),
+            committee=tuple(
+                CommitteeMember(bounds.node_id(c.node_id, "a committee member"), bytes(c.public_key))
+                for c in m.committee
+            ),
+            quorum=int(m.quorum),
+            config_hash=bytes(m.config_hash),
+            extra=extra_from_proto(m.extra),
+        )
+    except ValueError as e:
+        raise InvalidInput(f"the block header of round {m.round} is malformed: {e}") from None
+
+
+def block_to_proto(b: Block) -> validator_pb2.Block:
+    return validator_pb2.Block(header=header_to_proto(b.header), votes=[vote_to_proto(v) for v in b.votes])
+
+
+def block_from_proto(m: validator_pb2.Block) -> Block:
+    header = header_from_proto(m.header)
+    if len(m.votes) > bounds.MAX_LIST:
+        raise InvalidInput(f"a block carries more than {bounds.MAX_LIST} votes")
+    try:
+        return Block(header, tuple(vote_from_proto(v) for v in m.votes))
+    except ValueError as e:
+        raise InvalidInput(f"the votes of block {header.round} are malformed: {e}") from None
 
 
 def ledger_block_to_proto(r: BlockRecord) -> leader_pb2.LedgerBlock:
     return leader_pb2.LedgerBlock(
         round=r.round,
         hash=r.hash,
-        header_json=r.header,
-        votes_json=r.votes,
+        header=header_to_proto(BlockHeader.from_dict(json.loads(r.header))),
+        votes=[vote_to_proto(Vote.from_dict(v)) for v in json.loads(r.votes)],
         model=vector_to_proto(r.model),
         bucket_sums=[vector_to_proto(s) for s in r.bucket_sums],
     )
@@ -557,11 +740,16 @@ def ledger_block_from_proto(m: leader_pb2.LedgerBlock) -> BlockRecord:
             f"block {m.round} has {len(m.bucket_sums)} bucket sums, more than {bounds.MAX_LIST}"
         )
     what = f"block {m.round}"
+    if not m.HasField("header"):
+        raise InvalidInput(f"the header of {what} is missing")
+    block = block_from_proto(validator_pb2.Block(header=m.header, votes=m.votes))
+    if block.header.round != m.round:
+        raise InvalidInput(f"{what} carries the header of round {block.header.round}")
     return BlockRecord(
         round=int(m.round),
         hash=bytes(m.hash),
-        header=bounds.text(m.header_json, f"the header of {what}", MAX_BLOCK_JSON, required=True),
-        votes=bounds.text(m.votes_json, f"the votes of {what}", MAX_BLOCK_JSON, required=True),
+        header=canonical_json(block.header.to_dict()).decode(),  # as a ledger stores it
+        votes=canonical_json([v.to_dict() for v in block.votes]).decode(),
         model=vector_from_proto(m.model, what=f"the model of {what}", require_finite=False),
         bucket_sums=tuple(
             vector_from_proto(s, what=f"bucket sum {i} of {what}", require_finite=False)
@@ -763,9 +951,48 @@ def spend_to_proto(r: SpendReport) -> authority_pb2.PrivacySpend:
         delta=r.delta,
         steps=r.steps,
         exhausted=r.exhausted,
-        details_json=json.dumps(r.details, sort_keys=True),
+        details=spend_details_to_proto(r.details),
         signature=r.signature,
     )
+
+
+_SPEND_TEXT = ("mechanism", "accountant", "declined")
+_SPEND_INTS = ("total_steps", "sensitivity")
+_SPEND_FLOATS = ("noise_multiplier", "sampling_rate")
+
+
+def spend_details_to_proto(d: dict[str, Any]) -> authority_pb2.SpendDetails:
+    """A spend report's details -> SpendDetails (each key keeps its type; the signature covers them)."""
+    m = authority_pb2.SpendDetails()
+    for k, v in d.items():
+        if (
+            (k in _SPEND_TEXT and isinstance(v, str))
+            or (k in _SPEND_INTS and isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+            or (k in _SPEND_FLOATS and isinstance(v, float))
+        ):
+            setattr(m, k, v)
+        elif k == "statistics" and isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+            m.statistics.extend(v)
+        else:
+            raise ValueError(f"privacy spend detail {k}={v!r} has no typed field (hfl.v1.SpendDetails)")
+    return m
+
+
+def spend_details_from_proto(m: authority_pb2.SpendDetails) -> dict[str, Any]:
+    """SpendDetails -> the report's details dict (only the fields that are set), bounded."""
+    out: dict[str, Any] = {}
+    for field, value in m.ListFields():
+        if field.name == "statistics":
+            out["statistics"] = list(bounds.ids(value, "the released statistics", limit=32))
+        elif field.name in _SPEND_TEXT:
+            out[field.name] = bounds.text(value, f"the spend's {field.name}", bounds.MAX_JSON)
+        elif field.name in _SPEND_FLOATS:
+            if not math.isfinite(value):
+                raise InvalidInput(f"the spend's {field.name} must be a finite number")
+            out[field.name] = float(value)
+        else:
+            out[field.name] = int(value)
+    return out
 
 
 def spend_from_proto(m: authority_pb2.PrivacySpend) -> SpendReport:
@@ -782,7 +1009,7 @@ def spend_from_proto(m: authority_pb2.PrivacySpend) -> SpendReport:
             delta=float(m.delta),
             steps=int(m.steps),
             exhausted=bool(m.exhausted),
-            details=_json_or_empty(m.details_json, "spend details"),
+            details=spend_details_from_proto(m.details),
             signature=bytes(m.signature),
         )
     except ValueError as e:

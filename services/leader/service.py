@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -113,7 +112,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         f = resolve_f(self.settings.f, n_buckets, self.settings.rule)
         if not self.settings.defences:  # comparison runs only: no norm bound, no outlier screen
             return {"f": f, "clip_update": None, "screen": False}
-        return {"f": f, "clip_update": self.plan.clip_update}
+        return {"f": f, "clip_update": float(self.plan.clip_update)}
 
     def authority(self) -> authority_pb2_grpc.AuthorityServiceStub:
         return authority_pb2_grpc.AuthorityServiceStub(self.channels.get(self.settings.authority, AUTHORITY))
@@ -375,9 +374,9 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             base_model=serde.model_to_proto(self.spec, self.model, head.round),
             buckets=[serde.bucket_result_to_proto(r) for r in used],
             rule=header.rule,
-            rule_params_json=json.dumps(header.rule_params, sort_keys=True),
-            prev_block_json=json.dumps(head.to_dict()),
-            extra_json=json.dumps(header.extra, sort_keys=True),
+            rule_params=serde.rule_params_to_proto(header.rule_params),
+            prev_block=serde.block_to_proto(head),
+            extra=serde.extra_to_proto(header.extra),
             block_hash=block_hash,
         )
 

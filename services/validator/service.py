@@ -4,7 +4,6 @@ validation data, and signs an accept or reject vote."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import grpc
@@ -15,7 +14,7 @@ from hfl.crypto.signing import SigningKey
 from hfl.errors import InvalidInput, NotAllowed, NotReady
 from hfl.learning.data import Dataset
 from hfl.learning.models import evaluate, make_model
-from hfl.ledger import Block, CommitteeMember, LedgerError, Vote, check_quorum, next_header
+from hfl.ledger import CommitteeMember, LedgerError, Vote, check_quorum, next_header
 from hfl.proto.v1 import validator_pb2, validator_pb2_grpc
 from hfl.robust.rules import policy_violation
 from hfl.rpc import serde
@@ -63,10 +62,7 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
         if self.node_id not in {m.node_id for m in config.committee}:
             raise NotAllowed(f"this validator is not on the committee of round {config.round}")
         proposed = bytes(request.block_hash)
-        try:
-            prev = Block.from_dict(json.loads(request.prev_block_json))
-        except (ValueError, KeyError, TypeError) as e:
-            raise InvalidInput(f"the previous block is malformed: {e}") from None
+        prev = serde.block_from_proto(request.prev_block)
         if prev.header.round + 1 != config.round:
             raise InvalidInput(f"the previous block is round {prev.header.round}, not {config.round - 1}")
         if not prev.header.is_genesis:
@@ -82,13 +78,8 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
         used = [r for r in results if not r.abandoned]
         if not used:
             return self._vote(config.round, proposed, False, "no bucket sums to aggregate", None)
-        try:
-            rule_params = json.loads(request.rule_params_json or "{}")
-            extra = json.loads(request.extra_json or "{}")
-        except ValueError as e:
-            raise InvalidInput(f"the aggregation settings are not valid JSON: {e}") from None
-        if not isinstance(rule_params, dict) or not isinstance(extra, dict):
-            raise InvalidInput("the aggregation settings must be JSON objects")
+        extra = serde.extra_from_proto(request.extra)
+        rule_params = serde.rule_params_from_proto(request.rule_params)
         broken = policy_violation(
             request.rule,
             rule_params,

@@ -64,9 +64,22 @@ def proposal(store: LedgerStore, rng: np.random.Generator) -> tuple[BlockHeader,
         rule_params=PARAMS,
         committee=COMMITTEE,
         config_hash=sha256(b"round-config", str(prev.round + 1).encode()),
-        extra={"epsilon_spent": 0.1 * (prev.round + 1)},
+        extra=round_extra(prev.round + 1),
     )
     return header, model, sums
+
+
+def round_extra(round_: int) -> dict[str, object]:
+    """What a leader records with each block (the shape the wire carries, hfl.v1.RoundExtra)."""
+    return {
+        "buckets": [f"b{i}" for i in range(B)],
+        "fogs": ["fog-1", "fog-2", "fog-1", "fog-2"][:B],
+        "members": [[f"facility-{round_}-{i}-{j}" for j in range(3)] for i in range(B)],
+        "committee_draw": {},
+    }
+
+
+GENESIS_EXTRA = {"model": {"kind": "logreg", "n_features": D - 1, "hidden": 0}, "seed": 7}
 
 
 def grow(store: LedgerStore, rounds: int, seed: int = 0) -> None:
@@ -85,7 +98,7 @@ def path(tmp_path: Path) -> Path:
 def chain(path: Path) -> Path:
     """A closed ledger file with genesis + 5 blocks."""
     with LedgerStore(path) as store:
-        store.init_genesis(np.linspace(-1, 1, D), {"task": "sepsis"})
+        store.init_genesis(np.linspace(-1, 1, D), GENESIS_EXTRA)
         grow(store, 5)
     return path
 
@@ -125,7 +138,7 @@ def test_genesis_and_chain_round_trip(chain: Path) -> None:
         head = store.head()
         assert head is not None and head == blocks[-1] == store.block(5)
         np.testing.assert_array_equal(store.model(blocks[0].header.model_hash), np.linspace(-1, 1, D))
-        assert blocks[0].header.extra == {"task": "sepsis"}
+        assert blocks[0].header.extra == GENESIS_EXTRA
         for prev, b in itertools.pairwise(blocks):
             assert b.header.prev_hash == prev.hash
             assert b.header.flagged == (0,)
@@ -405,13 +418,13 @@ def _rewrite(path: Path, r: int, **changes: Any) -> None:
 
 
 def test_rewritten_block_breaks_the_next_link(chain: Path) -> None:
-    _rewrite(chain, 2, extra={"epsilon_spent": 0.0})
+    _rewrite(chain, 2, extra={**round_extra(2), "fogs": ["fog-9"] * B})
     _expect_bad(chain, 3, "prev_hash does not match the hash of block 2", recompute=False)
 
 
 def test_rewritten_head_is_not_detectable_by_links_alone(chain: Path) -> None:
     # Documented limit: a colluding quorum can re-sign the last block; verify still checks its content.
-    _rewrite(chain, 5, extra={"note": "rewritten"})
+    _rewrite(chain, 5, extra={**round_extra(5), "buckets": [f"x{i}" for i in range(B)]})
     with LedgerStore(chain) as store:
         assert verify_ledger(store) == 6
 
@@ -695,7 +708,7 @@ def test_a_malformed_block_from_the_wire_is_refused_in_one_sentence(chain: Path)
         good = serde.ledger_block_to_proto(store.record(1))
     no_header = type(good)()
     no_header.CopyFrom(good)
-    no_header.header_json = ""
+    no_header.ClearField("header")
     with pytest.raises(InvalidInput, match="the header of block 1 is missing"):
         serde.ledger_block_from_proto(no_header)
     short = type(good)()

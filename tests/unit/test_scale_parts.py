@@ -44,7 +44,14 @@ def make_config(n: int = 40, fogs: int = 3) -> tuple[RoundConfig, SigningKey]:
         quorum=1,
         facilities=facs,
         fogs=fog_nodes,
-        committee_draw={"members": ["validator-1"]},
+        committee_draw={
+            "epoch": 0,
+            "seed": "ab" * 32,
+            "pool": ["validator-1"],
+            "weights": {"validator-1": 1.0},
+            "size": 1,
+            "members": ["validator-1"],
+        },
     ).sign(key)
     return config, key
 

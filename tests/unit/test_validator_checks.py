@@ -3,8 +3,6 @@ a tampered aggregate, tampered inputs, a forged configuration or a worse model a
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -76,9 +74,8 @@ def _proposal(
         base_model=serde.model_to_proto(SPEC, base, 0),
         buckets=[serde.bucket_result_to_proto(r) for r in results],
         rule=rule,
-        rule_params_json=json.dumps(rule_params),
-        prev_block_json=json.dumps(genesis.to_dict()),
-        extra_json="{}",
+        rule_params=serde.rule_params_to_proto(rule_params),
+        prev_block=serde.block_to_proto(genesis),
         block_hash=block_hash,
     )
     return request, header.hash()
@@ -161,9 +158,18 @@ def test_without_defences_the_committee_checks_recomputation_only() -> None:
 
 def test_malformed_aggregation_settings_are_invalid_input() -> None:
     request, _ = _proposal()
-    request.rule_params_json = "{not json"
-    with pytest.raises(InvalidInput, match="not valid JSON"):
+    request.rule_params.no_norm_bound = True  # and a bound, both
+    with pytest.raises(InvalidInput, match="give a norm bound and say there is none"):
         _validator().check(request)
-    request.rule_params_json = "[1, 2]"
-    with pytest.raises(InvalidInput, match="JSON objects"):
+    request, _ = _proposal()
+    request.rule_params.tau = float("inf")
+    with pytest.raises(InvalidInput, match="tau must be a finite number"):
+        _validator().check(request)
+    request, _ = _proposal()
+    request.extra.round.buckets.append("b" * 100)
+    with pytest.raises(InvalidInput, match="the block's buckets"):
+        _validator().check(request)
+    request, _ = _proposal()
+    request.prev_block.header.prev_hash = b"short"
+    with pytest.raises(InvalidInput, match="the block header of round 0 is malformed"):
         _validator().check(request)

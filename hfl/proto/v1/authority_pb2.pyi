@@ -639,7 +639,7 @@ class PrivacySpend(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     EXHAUSTED_FIELD_NUMBER: _builtins.int
-    DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     facility_id: _builtins.str
     round: _builtins.int
@@ -651,8 +651,11 @@ class PrivacySpend(_message.Message):
     steps: _builtins.int
     exhausted: _builtins.bool
     """The facility cannot afford another round: do not schedule it any more."""
-    details_json: _builtins.str
     signature: _builtins.bytes
+    @_builtins.property
+    def details(self) -> Global___SpendDetails:
+        """How the spend came about; covered by the signature."""
+
     def __init__(
         self,
         *,
@@ -664,16 +667,90 @@ class PrivacySpend(_message.Message):
         delta: _builtins.float = ...,
         steps: _builtins.int = ...,
         exhausted: _builtins.bool = ...,
-        details_json: _builtins.str = ...,
+        details: Global___SpendDetails | None = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delta", b"delta", "details_json", b"details_json", "epsilon_total", b"epsilon_total", "exhausted", b"exhausted", "facility_id", b"facility_id", "kind", b"kind", "round", b"round", "signature", b"signature", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delta", b"delta", "details", b"details", "epsilon_total", b"epsilon_total", "exhausted", b"exhausted", "facility_id", b"facility_id", "kind", b"kind", "round", b"round", "signature", b"signature", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PrivacySpend: _TypeAlias = PrivacySpend  # noqa: Y015
+
+@_typing.final
+class SpendDetails(_message.Message):
+    """A privacy spend's details: a training step count and noise (training), the statistics released
+    (release), or why the facility sat out (declined). Only the fields that are set are in the report.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MECHANISM_FIELD_NUMBER: _builtins.int
+    ACCOUNTANT_FIELD_NUMBER: _builtins.int
+    NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    SAMPLING_RATE_FIELD_NUMBER: _builtins.int
+    TOTAL_STEPS_FIELD_NUMBER: _builtins.int
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    SENSITIVITY_FIELD_NUMBER: _builtins.int
+    DECLINED_FIELD_NUMBER: _builtins.int
+    mechanism: _builtins.str
+    accountant: _builtins.str
+    noise_multiplier: _builtins.float
+    sampling_rate: _builtins.float
+    total_steps: _builtins.int
+    sensitivity: _builtins.int
+    declined: _builtins.str
+    @_builtins.property
+    def statistics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The statistics released with noise (release only; never empty when given)."""
+
+    def __init__(
+        self,
+        *,
+        mechanism: _builtins.str | None = ...,
+        accountant: _builtins.str | None = ...,
+        noise_multiplier: _builtins.float | None = ...,
+        sampling_rate: _builtins.float | None = ...,
+        total_steps: _builtins.int | None = ...,
+        statistics: _abc.Iterable[_builtins.str] | None = ...,
+        sensitivity: _builtins.int | None = ...,
+        declined: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_accountant", b"_accountant", "_declined", b"_declined", "_mechanism", b"_mechanism", "_noise_multiplier", b"_noise_multiplier", "_sampling_rate", b"_sampling_rate", "_sensitivity", b"_sensitivity", "_total_steps", b"_total_steps", "accountant", b"accountant", "declined", b"declined", "mechanism", b"mechanism", "noise_multiplier", b"noise_multiplier", "sampling_rate", b"sampling_rate", "sensitivity", b"sensitivity", "total_steps", b"total_steps"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_accountant", b"_accountant", "_declined", b"_declined", "_mechanism", b"_mechanism", "_noise_multiplier", b"_noise_multiplier", "_sampling_rate", b"_sampling_rate", "_sensitivity", b"_sensitivity", "_total_steps", b"_total_steps", "accountant", b"accountant", "declined", b"declined", "mechanism", b"mechanism", "noise_multiplier", b"noise_multiplier", "sampling_rate", b"sampling_rate", "sensitivity", b"sensitivity", "statistics", b"statistics", "total_steps", b"total_steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__accountant: _TypeAlias = _typing.Literal["accountant"]  # noqa: Y015
+    _WhichOneofArgType__accountant: _TypeAlias = _typing.Literal["_accountant", b"_accountant"]  # noqa: Y015
+    _WhichOneofReturnType__declined: _TypeAlias = _typing.Literal["declined"]  # noqa: Y015
+    _WhichOneofArgType__declined: _TypeAlias = _typing.Literal["_declined", b"_declined"]  # noqa: Y015
+    _WhichOneofReturnType__mechanism: _TypeAlias = _typing.Literal["mechanism"]  # noqa: Y015
+    _WhichOneofArgType__mechanism: _TypeAlias = _typing.Literal["_mechanism", b"_mechanism"]  # noqa: Y015
+    _WhichOneofReturnType__noise_multiplier: _TypeAlias = _typing.Literal["noise_multiplier"]  # noqa: Y015
+    _WhichOneofArgType__noise_multiplier: _TypeAlias = _typing.Literal["_noise_multiplier", b"_noise_multiplier"]  # noqa: Y015
+    _WhichOneofReturnType__sampling_rate: _TypeAlias = _typing.Literal["sampling_rate"]  # noqa: Y015
+    _WhichOneofArgType__sampling_rate: _TypeAlias = _typing.Literal["_sampling_rate", b"_sampling_rate"]  # noqa: Y015
+    _WhichOneofReturnType__sensitivity: _TypeAlias = _typing.Literal["sensitivity"]  # noqa: Y015
+    _WhichOneofArgType__sensitivity: _TypeAlias = _typing.Literal["_sensitivity", b"_sensitivity"]  # noqa: Y015
+    _WhichOneofReturnType__total_steps: _TypeAlias = _typing.Literal["total_steps"]  # noqa: Y015
+    _WhichOneofArgType__total_steps: _TypeAlias = _typing.Literal["_total_steps", b"_total_steps"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__accountant) -> _WhichOneofReturnType__accountant | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__declined) -> _WhichOneofReturnType__declined | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mechanism) -> _WhichOneofReturnType__mechanism | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__noise_multiplier) -> _WhichOneofReturnType__noise_multiplier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sampling_rate) -> _WhichOneofReturnType__sampling_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sensitivity) -> _WhichOneofReturnType__sensitivity | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_steps) -> _WhichOneofReturnType__total_steps | None: ...
+
+Global___SpendDetails: _TypeAlias = SpendDetails  # noqa: Y015
 
 @_typing.final
 class ReportPrivacySpendRequest(_message.Message):

@@ -207,7 +207,7 @@ class RoundConfig(_message.Message):
     FACILITIES_FIELD_NUMBER: _builtins.int
     FOGS_FIELD_NUMBER: _builtins.int
     QUARANTINED_FIELD_NUMBER: _builtins.int
-    COMMITTEE_DRAW_JSON_FIELD_NUMBER: _builtins.int
+    COMMITTEE_DRAW_FIELD_NUMBER: _builtins.int
     EVAL_BUCKETS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     round: _builtins.int
@@ -216,8 +216,6 @@ class RoundConfig(_message.Message):
     ledger_head: _builtins.bytes
     epoch: _builtins.int
     quorum: _builtins.int
-    committee_draw_json: _builtins.str
-    """How the committee was drawn (seed, candidate pool, weights) so anyone can re-derive it."""
     signature: _builtins.bytes
     @_builtins.property
     def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bucket]: ...
@@ -229,6 +227,10 @@ class RoundConfig(_message.Message):
     def fogs(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeInfo]: ...
     @_builtins.property
     def quarantined(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def committee_draw(self) -> Global___CommitteeDraw:
+        """How the committee was drawn (seed, candidate pool, weights) so anyone can re-derive it."""
+
     @_builtins.property
     def eval_buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Bucket]:
         """Buckets for evaluating the committed model, grouped by specialty (at least three members each)."""
@@ -247,17 +249,78 @@ class RoundConfig(_message.Message):
         facilities: _abc.Iterable[Global___NodeInfo] | None = ...,
         fogs: _abc.Iterable[Global___NodeInfo] | None = ...,
         quarantined: _abc.Iterable[_builtins.str] | None = ...,
-        committee_draw_json: _builtins.str = ...,
+        committee_draw: Global___CommitteeDraw | None = ...,
         eval_buckets: _abc.Iterable[Global___Bucket] | None = ...,
         signature: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["committee_draw", b"committee_draw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "buckets", b"buckets", "committee", b"committee", "committee_draw_json", b"committee_draw_json", "epoch", b"epoch", "eval_buckets", b"eval_buckets", "facilities", b"facilities", "fogs", b"fogs", "ledger_head", b"ledger_head", "quarantined", b"quarantined", "quorum", b"quorum", "round", b"round", "seed", b"seed", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "buckets", b"buckets", "committee", b"committee", "committee_draw", b"committee_draw", "epoch", b"epoch", "eval_buckets", b"eval_buckets", "facilities", b"facilities", "fogs", b"fogs", "ledger_head", b"ledger_head", "quarantined", b"quarantined", "quorum", b"quorum", "round", b"round", "seed", b"seed", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoundConfig: _TypeAlias = RoundConfig  # noqa: Y015
+
+@_typing.final
+class CommitteeDraw(_message.Message):
+    """The reputation-weighted draw of one epoch's committee (hfl.schedule.select_committee): anyone holding
+    the seed, the candidates and their weights gets the same committee.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    POOL_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    seed: _builtins.bytes
+    size: _builtins.int
+    @_builtins.property
+    def pool(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def weights(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        seed: _builtins.bytes = ...,
+        pool: _abc.Iterable[_builtins.str] | None = ...,
+        weights: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        size: _builtins.int = ...,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "members", b"members", "pool", b"pool", "seed", b"seed", "size", b"size", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitteeDraw: _TypeAlias = CommitteeDraw  # noqa: Y015
 
 @_typing.final
 class TrainingPlan(_message.Message):
@@ -655,3 +718,312 @@ class ListOperatorActionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListOperatorActionsResponse: _TypeAlias = ListOperatorActionsResponse  # noqa: Y015
+
+@_typing.final
+class RuleParams(_message.Message):
+    """hfl.robust.rules parameters; a field is in the block's rule_params only when it is set here."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    F_FIELD_NUMBER: _builtins.int
+    CLIP_UPDATE_FIELD_NUMBER: _builtins.int
+    NO_NORM_BOUND_FIELD_NUMBER: _builtins.int
+    SCREEN_FIELD_NUMBER: _builtins.int
+    SCREEN_NORM_RATIO_FIELD_NUMBER: _builtins.int
+    SCREEN_SHRINK_RATIO_FIELD_NUMBER: _builtins.int
+    SCREEN_COHERENCE_FIELD_NUMBER: _builtins.int
+    M_FIELD_NUMBER: _builtins.int
+    TAU_FIELD_NUMBER: _builtins.int
+    ITERS_FIELD_NUMBER: _builtins.int
+    f: _builtins.int
+    """Bad buckets tolerated."""
+    clip_update: _builtins.float
+    """The norm bound C on each bucket mean."""
+    no_norm_bound: _builtins.bool
+    """Recorded as "no norm bound" (comparison runs with the defences off); never with clip_update."""
+    screen: _builtins.bool
+    screen_norm_ratio: _builtins.float
+    screen_shrink_ratio: _builtins.float
+    screen_coherence: _builtins.float
+    m: _builtins.int
+    """multi-Krum: how many buckets to average."""
+    tau: _builtins.float
+    """centered clipping: radius and iterations."""
+    iters: _builtins.int
+    def __init__(
+        self,
+        *,
+        f: _builtins.int | None = ...,
+        clip_update: _builtins.float | None = ...,
+        no_norm_bound: _builtins.bool = ...,
+        screen: _builtins.bool | None = ...,
+        screen_norm_ratio: _builtins.float | None = ...,
+        screen_shrink_ratio: _builtins.float | None = ...,
+        screen_coherence: _builtins.float | None = ...,
+        m: _builtins.int | None = ...,
+        tau: _builtins.float | None = ...,
+        iters: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_clip_update", b"_clip_update", "_f", b"_f", "_iters", b"_iters", "_m", b"_m", "_screen", b"_screen", "_screen_coherence", b"_screen_coherence", "_screen_norm_ratio", b"_screen_norm_ratio", "_screen_shrink_ratio", b"_screen_shrink_ratio", "_tau", b"_tau", "clip_update", b"clip_update", "f", b"f", "iters", b"iters", "m", b"m", "screen", b"screen", "screen_coherence", b"screen_coherence", "screen_norm_ratio", b"screen_norm_ratio", "screen_shrink_ratio", b"screen_shrink_ratio", "tau", b"tau"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_clip_update", b"_clip_update", "_f", b"_f", "_iters", b"_iters", "_m", b"_m", "_screen", b"_screen", "_screen_coherence", b"_screen_coherence", "_screen_norm_ratio", b"_screen_norm_ratio", "_screen_shrink_ratio", b"_screen_shrink_ratio", "_tau", b"_tau", "clip_update", b"clip_update", "f", b"f", "iters", b"iters", "m", b"m", "no_norm_bound", b"no_norm_bound", "screen", b"screen", "screen_coherence", b"screen_coherence", "screen_norm_ratio", b"screen_norm_ratio", "screen_shrink_ratio", b"screen_shrink_ratio", "tau", b"tau"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__clip_update: _TypeAlias = _typing.Literal["clip_update"]  # noqa: Y015
+    _WhichOneofArgType__clip_update: _TypeAlias = _typing.Literal["_clip_update", b"_clip_update"]  # noqa: Y015
+    _WhichOneofReturnType__f: _TypeAlias = _typing.Literal["f"]  # noqa: Y015
+    _WhichOneofArgType__f: _TypeAlias = _typing.Literal["_f", b"_f"]  # noqa: Y015
+    _WhichOneofReturnType__iters: _TypeAlias = _typing.Literal["iters"]  # noqa: Y015
+    _WhichOneofArgType__iters: _TypeAlias = _typing.Literal["_iters", b"_iters"]  # noqa: Y015
+    _WhichOneofReturnType__m: _TypeAlias = _typing.Literal["m"]  # noqa: Y015
+    _WhichOneofArgType__m: _TypeAlias = _typing.Literal["_m", b"_m"]  # noqa: Y015
+    _WhichOneofReturnType__screen: _TypeAlias = _typing.Literal["screen"]  # noqa: Y015
+    _WhichOneofArgType__screen: _TypeAlias = _typing.Literal["_screen", b"_screen"]  # noqa: Y015
+    _WhichOneofReturnType__screen_coherence: _TypeAlias = _typing.Literal["screen_coherence"]  # noqa: Y015
+    _WhichOneofArgType__screen_coherence: _TypeAlias = _typing.Literal["_screen_coherence", b"_screen_coherence"]  # noqa: Y015
+    _WhichOneofReturnType__screen_norm_ratio: _TypeAlias = _typing.Literal["screen_norm_ratio"]  # noqa: Y015
+    _WhichOneofArgType__screen_norm_ratio: _TypeAlias = _typing.Literal["_screen_norm_ratio", b"_screen_norm_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__screen_shrink_ratio: _TypeAlias = _typing.Literal["screen_shrink_ratio"]  # noqa: Y015
+    _WhichOneofArgType__screen_shrink_ratio: _TypeAlias = _typing.Literal["_screen_shrink_ratio", b"_screen_shrink_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__tau: _TypeAlias = _typing.Literal["tau"]  # noqa: Y015
+    _WhichOneofArgType__tau: _TypeAlias = _typing.Literal["_tau", b"_tau"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__clip_update) -> _WhichOneofReturnType__clip_update | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__f) -> _WhichOneofReturnType__f | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__iters) -> _WhichOneofReturnType__iters | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__m) -> _WhichOneofReturnType__m | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__screen) -> _WhichOneofReturnType__screen | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__screen_coherence) -> _WhichOneofReturnType__screen_coherence | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__screen_norm_ratio) -> _WhichOneofReturnType__screen_norm_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__screen_shrink_ratio) -> _WhichOneofReturnType__screen_shrink_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tau) -> _WhichOneofReturnType__tau | None: ...
+
+Global___RuleParams: _TypeAlias = RuleParams  # noqa: Y015
+
+@_typing.final
+class CommitteeMember(_message.Message):
+    """A validator on a block's committee."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    public_key: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitteeMember: _TypeAlias = CommitteeMember  # noqa: Y015
+
+@_typing.final
+class ModelShape(_message.Message):
+    """The model a ledger starts from (genesis block)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    N_FEATURES_FIELD_NUMBER: _builtins.int
+    HIDDEN_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    n_features: _builtins.int
+    hidden: _builtins.int
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        n_features: _builtins.int = ...,
+        hidden: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hidden", b"hidden", "kind", b"kind", "n_features", b"n_features"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelShape: _TypeAlias = ModelShape  # noqa: Y015
+
+@_typing.final
+class GenesisExtra(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    seed: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ModelShape: ...
+    def __init__(
+        self,
+        *,
+        model: Global___ModelShape | None = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenesisExtra: _TypeAlias = GenesisExtra  # noqa: Y015
+
+@_typing.final
+class BucketMembers(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BucketMembers: _TypeAlias = BucketMembers  # noqa: Y015
+
+@_typing.final
+class RoundExtra(_message.Message):
+    """Who produced a round's bucket sums, in the order of the block's bucket hashes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    FOGS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    COMMITTEE_DRAW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def fogs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___BucketMembers]: ...
+    @_builtins.property
+    def committee_draw(self) -> Global___CommitteeDraw:
+        """Absent when the round configuration carried no draw."""
+
+    def __init__(
+        self,
+        *,
+        buckets: _abc.Iterable[_builtins.str] | None = ...,
+        fogs: _abc.Iterable[_builtins.str] | None = ...,
+        members: _abc.Iterable[Global___BucketMembers] | None = ...,
+        committee_draw: Global___CommitteeDraw | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["committee_draw", b"committee_draw"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "committee_draw", b"committee_draw", "fogs", b"fogs", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundExtra: _TypeAlias = RoundExtra  # noqa: Y015
+
+@_typing.final
+class BlockExtra(_message.Message):
+    """A block's extra record: none, the genesis block's, or a round's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GENESIS_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def genesis(self) -> Global___GenesisExtra: ...
+    @_builtins.property
+    def round(self) -> Global___RoundExtra: ...
+    def __init__(
+        self,
+        *,
+        genesis: Global___GenesisExtra | None = ...,
+        round: Global___RoundExtra | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["genesis", b"genesis", "kind", b"kind", "round", b"round"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["genesis", b"genesis", "kind", b"kind", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["genesis", "round"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___BlockExtra: _TypeAlias = BlockExtra  # noqa: Y015
+
+@_typing.final
+class BlockHeader(_message.Message):
+    """Everything a block commits to (hfl.ledger.block.BlockHeader); its hash is over the canonical form."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    PREV_HASH_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_HASH_FIELD_NUMBER: _builtins.int
+    MODEL_HASH_FIELD_NUMBER: _builtins.int
+    BUCKET_HASHES_FIELD_NUMBER: _builtins.int
+    BUCKET_COUNTS_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    RULE_PARAMS_FIELD_NUMBER: _builtins.int
+    FLAGGED_FIELD_NUMBER: _builtins.int
+    COMMITTEE_FIELD_NUMBER: _builtins.int
+    QUORUM_FIELD_NUMBER: _builtins.int
+    CONFIG_HASH_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    prev_hash: _builtins.bytes
+    base_model_hash: _builtins.bytes
+    model_hash: _builtins.bytes
+    rule: _builtins.str
+    quorum: _builtins.int
+    config_hash: _builtins.bytes
+    @_builtins.property
+    def bucket_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def bucket_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def rule_params(self) -> Global___RuleParams: ...
+    @_builtins.property
+    def flagged(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def committee(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommitteeMember]: ...
+    @_builtins.property
+    def extra(self) -> Global___BlockExtra: ...
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        prev_hash: _builtins.bytes = ...,
+        base_model_hash: _builtins.bytes = ...,
+        model_hash: _builtins.bytes = ...,
+        bucket_hashes: _abc.Iterable[_builtins.bytes] | None = ...,
+        bucket_counts: _abc.Iterable[_builtins.int] | None = ...,
+        rule: _builtins.str = ...,
+        rule_params: Global___RuleParams | None = ...,
+        flagged: _abc.Iterable[_builtins.int] | None = ...,
+        committee: _abc.Iterable[Global___CommitteeMember] | None = ...,
+        quorum: _builtins.int = ...,
+        config_hash: _builtins.bytes = ...,
+        extra: Global___BlockExtra | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["extra", b"extra", "rule_params", b"rule_params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model_hash", b"base_model_hash", "bucket_counts", b"bucket_counts", "bucket_hashes", b"bucket_hashes", "committee", b"committee", "config_hash", b"config_hash", "extra", b"extra", "flagged", b"flagged", "model_hash", b"model_hash", "prev_hash", b"prev_hash", "quorum", b"quorum", "round", b"round", "rule", b"rule", "rule_params", b"rule_params"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockHeader: _TypeAlias = BlockHeader  # noqa: Y015

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from hfl.proto.v1 import common_pb2 as hfl_dot_v1_dot_common__pb2
+from hfl.proto.v1 import validator_pb2 as hfl_dot_v1_dot_validator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfl/v1/leader.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"o\n\x16\x43ontrolTrainingRequest\x12%\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x15.hfl.v1.ControlAction\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\"\x93\x01\n\x0fTrainingControl\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x14\n\x0cpause_reason\x18\x02 \x01(\t\x12\x17\n\nstop_after\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x1d\n\x10round_interval_s\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\r\n\x0b_stop_afterB\x13\n\x11_round_interval_s\"C\n\x17\x43ontrolTrainingResponse\x12(\n\x07\x63ontrol\x18\x01 \x01(\x0b\x32\x17.hfl.v1.TrainingControl\"\x12\n\x10GetStatusRequest\"\xa1\x01\n\x11GetStatusResponse\x12\x17\n\x0f\x63ommitted_round\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\x0c\x12\x15\n\rtarget_rounds\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\r\n\x05state\x18\x05 \x01(\t\x12(\n\x07\x63ontrol\x18\x06 \x01(\x0b\x32\x17.hfl.v1.TrainingControl\"\x11\n\x0fGetModelRequest\"0\n\x10GetModelResponse\x12\x1c\n\x05model\x18\x01 \x01(\x0b\x32\r.hfl.v1.Model\">\n\x12WatchRoundsRequest\x12\x13\n\x0b\x61\x66ter_round\x18\x01 \x01(\x04\x12\x13\n\x0breplay_only\x18\x02 \x01(\x08\"Q\n\nVoteRecord\x12\x11\n\tvalidator\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61nswered\x18\x04 \x01(\x08\"w\n\x0c\x42ucketRecord\x12\x11\n\tbucket_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66og_id\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x04 \x03(\t\x12\x0f\n\x07\x66lagged\x18\x05 \x01(\x08\x12\x11\n\tabandoned\x18\x06 \x01(\x08\"\xbe\x04\n\x13WatchRoundsResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x0f\n\x07\x61\x63\x63\x65pts\x18\x05 \x01(\r\x12\x0f\n\x07rejects\x18\x06 \x01(\r\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x12\n\nbytes_sent\x18\x08 \x01(\x04\x12\x12\n\nblock_hash\x18\t \x01(\x0c\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x14\n\x0cparticipants\x18\x0b \x01(\r\x12\x10\n\x08\x64ropouts\x18\x0c \x01(\r\x12\x19\n\x11\x61\x62\x61ndoned_buckets\x18\r \x01(\r\x12\x17\n\x0f\x66lagged_buckets\x18\x0e \x03(\t\x12\x13\n\x0bquarantined\x18\x0f \x03(\t\x12\x11\n\tcommittee\x18\x10 \x03(\t\x12\x0f\n\x07\x65psilon\x18\x11 \x01(\x01\x12\x0c\n\x04\x64one\x18\x12 \x01(\x08\x12)\n\x08\x63linical\x18\x14 \x01(\x0b\x32\x17.hfl.v1.ClinicalMetrics\x12,\n\x0bspecialties\x18\x15 \x03(\x0b\x32\x17.hfl.v1.SpecialtyResult\x12!\n\x05votes\x18\x16 \x03(\x0b\x32\x12.hfl.v1.VoteRecord\x12%\n\x07\x62uckets\x18\x17 \x03(\x0b\x32\x14.hfl.v1.BucketRecord\x12\x1f\n\x04\x63ost\x18\x18 \x01(\x0b\x32\x11.hfl.v1.RoundCostJ\x04\x08\x13\x10\x14R\nextra_json\"\xc8\x02\n\tRoundCost\x12\x30\n\x08phases_s\x18\x01 \x03(\x0b\x32\x1e.hfl.v1.RoundCost.PhasesSEntry\x12\x17\n\x0fleader_bytes_in\x18\x02 \x01(\x04\x12\x18\n\x10leader_bytes_out\x18\x03 \x01(\x04\x12\x1a\n\x12\x66og_facility_bytes\x18\x04 \x01(\x04\x12\x18\n\x10\x66og_bytes_in_max\x18\x05 \x01(\x04\x12;\n\x0eleader_by_peer\x18\x06 \x03(\x0b\x32#.hfl.v1.RoundCost.LeaderByPeerEntry\x1a.\n\x0cPhasesSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x33\n\x11LeaderByPeerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x12\n\x10GetLedgerRequest\"\x97\x01\n\x0bLedgerBlock\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\x12\x13\n\x0bheader_json\x18\x03 \x01(\t\x12\x12\n\nvotes_json\x18\x04 \x01(\t\x12\x1d\n\x05model\x18\x05 \x01(\x0b\x32\x0e.hfl.v1.Vector\x12#\n\x0b\x62ucket_sums\x18\x06 \x03(\x0b\x32\x0e.hfl.v1.Vector*\xa6\x01\n\rControlAction\x12\x1e\n\x1a\x43ONTROL_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONTROL_ACTION_PAUSE\x10\x01\x12\x19\n\x15\x43ONTROL_ACTION_RESUME\x10\x02\x12\x1d\n\x19\x43ONTROL_ACTION_STOP_AFTER\x10\x03\x12!\n\x1d\x43ONTROL_ACTION_ROUND_INTERVAL\x10\x04\x32\xcc\x03\n\rLeaderService\x12@\n\tGetStatus\x12\x18.hfl.v1.GetStatusRequest\x1a\x19.hfl.v1.GetStatusResponse\x12=\n\x08GetModel\x12\x17.hfl.v1.GetModelRequest\x1a\x18.hfl.v1.GetModelResponse\x12H\n\x0bWatchRounds\x12\x1a.hfl.v1.WatchRoundsRequest\x1a\x1b.hfl.v1.WatchRoundsResponse0\x01\x12<\n\tGetLedger\x12\x18.hfl.v1.GetLedgerRequest\x1a\x13.hfl.v1.LedgerBlock0\x01\x12R\n\x0f\x43ontrolTraining\x12\x1e.hfl.v1.ControlTrainingRequest\x1a\x1f.hfl.v1.ControlTrainingResponse\x12^\n\x13ListOperatorActions\x12\".hfl.v1.ListOperatorActionsRequest\x1a#.hfl.v1.ListOperatorActionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13hfl/v1/leader.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\x1a\x16hfl/v1/validator.proto\"o\n\x16\x43ontrolTrainingRequest\x12%\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x15.hfl.v1.ControlAction\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\"\x93\x01\n\x0fTrainingControl\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x14\n\x0cpause_reason\x18\x02 \x01(\t\x12\x17\n\nstop_after\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x1d\n\x10round_interval_s\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\r\n\x0b_stop_afterB\x13\n\x11_round_interval_s\"C\n\x17\x43ontrolTrainingResponse\x12(\n\x07\x63ontrol\x18\x01 \x01(\x0b\x32\x17.hfl.v1.TrainingControl\"\x12\n\x10GetStatusRequest\"\xa1\x01\n\x11GetStatusResponse\x12\x17\n\x0f\x63ommitted_round\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\x0c\x12\x15\n\rtarget_rounds\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\r\n\x05state\x18\x05 \x01(\t\x12(\n\x07\x63ontrol\x18\x06 \x01(\x0b\x32\x17.hfl.v1.TrainingControl\"\x11\n\x0fGetModelRequest\"0\n\x10GetModelResponse\x12\x1c\n\x05model\x18\x01 \x01(\x0b\x32\r.hfl.v1.Model\">\n\x12WatchRoundsRequest\x12\x13\n\x0b\x61\x66ter_round\x18\x01 \x01(\x04\x12\x13\n\x0breplay_only\x18\x02 \x01(\x08\"Q\n\nVoteRecord\x12\x11\n\tvalidator\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61nswered\x18\x04 \x01(\x08\"w\n\x0c\x42ucketRecord\x12\x11\n\tbucket_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66og_id\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x04 \x03(\t\x12\x0f\n\x07\x66lagged\x18\x05 \x01(\x08\x12\x11\n\tabandoned\x18\x06 \x01(\x08\"\xbe\x04\n\x13WatchRoundsResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tcommitted\x18\x02 \x01(\x08\x12\x10\n\x08\x61\x63\x63uracy\x18\x03 \x01(\x01\x12\x0c\n\x04loss\x18\x04 \x01(\x01\x12\x0f\n\x07\x61\x63\x63\x65pts\x18\x05 \x01(\r\x12\x0f\n\x07rejects\x18\x06 \x01(\r\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x12\n\nbytes_sent\x18\x08 \x01(\x04\x12\x12\n\nblock_hash\x18\t \x01(\x0c\x12\x0e\n\x06\x64\x65tail\x18\n \x01(\t\x12\x14\n\x0cparticipants\x18\x0b \x01(\r\x12\x10\n\x08\x64ropouts\x18\x0c \x01(\r\x12\x19\n\x11\x61\x62\x61ndoned_buckets\x18\r \x01(\r\x12\x17\n\x0f\x66lagged_buckets\x18\x0e \x03(\t\x12\x13\n\x0bquarantined\x18\x0f \x03(\t\x12\x11\n\tcommittee\x18\x10 \x03(\t\x12\x0f\n\x07\x65psilon\x18\x11 \x01(\x01\x12\x0c\n\x04\x64one\x18\x12 \x01(\x08\x12)\n\x08\x63linical\x18\x14 \x01(\x0b\x32\x17.hfl.v1.ClinicalMetrics\x12,\n\x0bspecialties\x18\x15 \x03(\x0b\x32\x17.hfl.v1.SpecialtyResult\x12!\n\x05votes\x18\x16 \x03(\x0b\x32\x12.hfl.v1.VoteRecord\x12%\n\x07\x62uckets\x18\x17 \x03(\x0b\x32\x14.hfl.v1.BucketRecord\x12\x1f\n\x04\x63ost\x18\x18 \x01(\x0b\x32\x11.hfl.v1.RoundCostJ\x04\x08\x13\x10\x14R\nextra_json\"\xc8\x02\n\tRoundCost\x12\x30\n\x08phases_s\x18\x01 \x03(\x0b\x32\x1e.hfl.v1.RoundCost.PhasesSEntry\x12\x17\n\x0fleader_bytes_in\x18\x02 \x01(\x04\x12\x18\n\x10leader_bytes_out\x18\x03 \x01(\x04\x12\x1a\n\x12\x66og_facility_bytes\x18\x04 \x01(\x04\x12\x18\n\x10\x66og_bytes_in_max\x18\x05 \x01(\x04\x12;\n\x0eleader_by_peer\x18\x06 \x03(\x0b\x32#.hfl.v1.RoundCost.LeaderByPeerEntry\x1a.\n\x0cPhasesSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x33\n\x11LeaderByPeerEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x12\n\x10GetLedgerRequest\"\xdd\x01\n\x0bLedgerBlock\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\x12#\n\x06header\x18\x07 \x01(\x0b\x32\x13.hfl.v1.BlockHeader\x12#\n\x05votes\x18\x08 \x03(\x0b\x32\x14.hfl.v1.VoteResponse\x12\x1d\n\x05model\x18\x05 \x01(\x0b\x32\x0e.hfl.v1.Vector\x12#\n\x0b\x62ucket_sums\x18\x06 \x03(\x0b\x32\x0e.hfl.v1.VectorJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05R\x0bheader_jsonR\nvotes_json*\xa6\x01\n\rControlAction\x12\x1e\n\x1a\x43ONTROL_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONTROL_ACTION_PAUSE\x10\x01\x12\x19\n\x15\x43ONTROL_ACTION_RESUME\x10\x02\x12\x1d\n\x19\x43ONTROL_ACTION_STOP_AFTER\x10\x03\x12!\n\x1d\x43ONTROL_ACTION_ROUND_INTERVAL\x10\x04\x32\xcc\x03\n\rLeaderService\x12@\n\tGetStatus\x12\x18.hfl.v1.GetStatusRequest\x1a\x19.hfl.v1.GetStatusResponse\x12=\n\x08GetModel\x12\x17.hfl.v1.GetModelRequest\x1a\x18.hfl.v1.GetModelResponse\x12H\n\x0bWatchRounds\x12\x1a.hfl.v1.WatchRoundsRequest\x1a\x1b.hfl.v1.WatchRoundsResponse0\x01\x12<\n\tGetLedger\x12\x18.hfl.v1.GetLedgerRequest\x1a\x13.hfl.v1.LedgerBlock0\x01\x12R\n\x0f\x43ontrolTraining\x12\x1e.hfl.v1.ControlTrainingRequest\x1a\x1f.hfl.v1.ControlTrainingResponse\x12^\n\x13ListOperatorActions\x12\".hfl.v1.ListOperatorActionsRequest\x1a#.hfl.v1.ListOperatorActionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,40 +37,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUNDCOST_PHASESSENTRY']._serialized_options = b'8\001'
   _globals['_ROUNDCOST_LEADERBYPEERENTRY']._loaded_options = None
   _globals['_ROUNDCOST_LEADERBYPEERENTRY']._serialized_options = b'8\001'
-  _globals['_CONTROLACTION']._serialized_start=1988
-  _globals['_CONTROLACTION']._serialized_end=2154
-  _globals['_CONTROLTRAININGREQUEST']._serialized_start=52
-  _globals['_CONTROLTRAININGREQUEST']._serialized_end=163
-  _globals['_TRAININGCONTROL']._serialized_start=166
-  _globals['_TRAININGCONTROL']._serialized_end=313
-  _globals['_CONTROLTRAININGRESPONSE']._serialized_start=315
-  _globals['_CONTROLTRAININGRESPONSE']._serialized_end=382
-  _globals['_GETSTATUSREQUEST']._serialized_start=384
-  _globals['_GETSTATUSREQUEST']._serialized_end=402
-  _globals['_GETSTATUSRESPONSE']._serialized_start=405
-  _globals['_GETSTATUSRESPONSE']._serialized_end=566
-  _globals['_GETMODELREQUEST']._serialized_start=568
-  _globals['_GETMODELREQUEST']._serialized_end=585
-  _globals['_GETMODELRESPONSE']._serialized_start=587
-  _globals['_GETMODELRESPONSE']._serialized_end=635
-  _globals['_WATCHROUNDSREQUEST']._serialized_start=637
-  _globals['_WATCHROUNDSREQUEST']._serialized_end=699
-  _globals['_VOTERECORD']._serialized_start=701
-  _globals['_VOTERECORD']._serialized_end=782
-  _globals['_BUCKETRECORD']._serialized_start=784
-  _globals['_BUCKETRECORD']._serialized_end=903
-  _globals['_WATCHROUNDSRESPONSE']._serialized_start=906
-  _globals['_WATCHROUNDSRESPONSE']._serialized_end=1480
-  _globals['_ROUNDCOST']._serialized_start=1483
-  _globals['_ROUNDCOST']._serialized_end=1811
-  _globals['_ROUNDCOST_PHASESSENTRY']._serialized_start=1712
-  _globals['_ROUNDCOST_PHASESSENTRY']._serialized_end=1758
-  _globals['_ROUNDCOST_LEADERBYPEERENTRY']._serialized_start=1760
-  _globals['_ROUNDCOST_LEADERBYPEERENTRY']._serialized_end=1811
-  _globals['_GETLEDGERREQUEST']._serialized_start=1813
-  _globals['_GETLEDGERREQUEST']._serialized_end=1831
-  _globals['_LEDGERBLOCK']._serialized_start=1834
-  _globals['_LEDGERBLOCK']._serialized_end=1985
-  _globals['_LEADERSERVICE']._serialized_start=2157
-  _globals['_LEADERSERVICE']._serialized_end=2617
+  _globals['_CONTROLACTION']._serialized_start=2082
+  _globals['_CONTROLACTION']._serialized_end=2248
+  _globals['_CONTROLTRAININGREQUEST']._serialized_start=76
+  _globals['_CONTROLTRAININGREQUEST']._serialized_end=187
+  _globals['_TRAININGCONTROL']._serialized_start=190
+  _globals['_TRAININGCONTROL']._serialized_end=337
+  _globals['_CONTROLTRAININGRESPONSE']._serialized_start=339
+  _globals['_CONTROLTRAININGRESPONSE']._serialized_end=406
+  _globals['_GETSTATUSREQUEST']._serialized_start=408
+  _globals['_GETSTATUSREQUEST']._serialized_end=426
+  _globals['_GETSTATUSRESPONSE']._serialized_start=429
+  _globals['_GETSTATUSRESPONSE']._serialized_end=590
+  _globals['_GETMODELREQUEST']._serialized_start=592
+  _globals['_GETMODELREQUEST']._serialized_end=609
+  _globals['_GETMODELRESPONSE']._serialized_start=611
+  _globals['_GETMODELRESPONSE']._serialized_end=659
+  _globals['_WATCHROUNDSREQUEST']._serialized_start=661
+  _globals['_WATCHROUNDSREQUEST']._serialized_end=723
+  _globals['_VOTERECORD']._serialized_start=725
+  _globals['_VOTERECORD']._serialized_end=806
+  _globals['_BUCKETRECORD']._serialized_start=808
+  _globals['_BUCKETRECORD']._serialized_end=927
+  _globals['_WATCHROUNDSRESPONSE']._serialized_start=930
+  _globals['_WATCHROUNDSRESPONSE']._serialized_end=1504
+  _globals['_ROUNDCOST']._serialized_start=1507
+  _globals['_ROUNDCOST']._serialized_end=1835
+  _globals['_ROUNDCOST_PHASESSENTRY']._serialized_start=1736
+  _globals['_ROUNDCOST_PHASESSENTRY']._serialized_end=1782
+  _globals['_ROUNDCOST_LEADERBYPEERENTRY']._serialized_start=1784
+  _globals['_ROUNDCOST_LEADERBYPEERENTRY']._serialized_end=1835
+  _globals['_GETLEDGERREQUEST']._serialized_start=1837
+  _globals['_GETLEDGERREQUEST']._serialized_end=1855
+  _globals['_LEDGERBLOCK']._serialized_start=1858
+  _globals['_LEDGERBLOCK']._serialized_end=2079
+  _globals['_LEADERSERVICE']._serialized_start=2251
+  _globals['_LEADERSERVICE']._serialized_end=2711
 # @@protoc_insertion_point(module_scope)

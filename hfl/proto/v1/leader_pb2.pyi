@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from hfl.proto.v1 import common_pb2 as _common_pb2
+from hfl.proto.v1 import validator_pb2 as _validator_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -500,7 +501,7 @@ Global___GetLedgerRequest: _TypeAlias = GetLedgerRequest  # noqa: Y015
 @_typing.final
 class LedgerBlock(_message.Message):
     """One ledger block exactly as the leader stored it, not to be trusted before the whole chain is
-    verified: its header and votes (canonical JSON), the model it commits to and the bucket sums it was
+    verified: its header and votes, the model it commits to and the bucket sums it was
     aggregated from (none for the genesis block).
     """
 
@@ -508,14 +509,16 @@ class LedgerBlock(_message.Message):
 
     ROUND_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
-    HEADER_JSON_FIELD_NUMBER: _builtins.int
-    VOTES_JSON_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     BUCKET_SUMS_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     hash: _builtins.bytes
-    header_json: _builtins.str
-    votes_json: _builtins.str
+    @_builtins.property
+    def header(self) -> _common_pb2.BlockHeader: ...
+    @_builtins.property
+    def votes(self) -> _containers.RepeatedCompositeFieldContainer[_validator_pb2.VoteResponse]: ...
     @_builtins.property
     def model(self) -> _common_pb2.Vector: ...
     @_builtins.property
@@ -525,14 +528,14 @@ class LedgerBlock(_message.Message):
         *,
         round: _builtins.int = ...,
         hash: _builtins.bytes = ...,
-        header_json: _builtins.str = ...,
-        votes_json: _builtins.str = ...,
+        header: _common_pb2.BlockHeader | None = ...,
+        votes: _abc.Iterable[_validator_pb2.VoteResponse] | None = ...,
         model: _common_pb2.Vector | None = ...,
         bucket_sums: _abc.Iterable[_common_pb2.Vector] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_sums", b"bucket_sums", "hash", b"hash", "header_json", b"header_json", "model", b"model", "round", b"round", "votes_json", b"votes_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_sums", b"bucket_sums", "hash", b"hash", "header", b"header", "model", b"model", "round", b"round", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

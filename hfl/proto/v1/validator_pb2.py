@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hfl.proto.v1 import common_pb2 as hfl_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hfl/v1/validator.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"\xe5\x01\n\x0bVoteRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12!\n\nbase_model\x18\x02 \x01(\x0b\x32\r.hfl.v1.Model\x12%\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\x14.hfl.v1.BucketResult\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\x18\n\x10rule_params_json\x18\x05 \x01(\t\x12\x17\n\x0fprev_block_json\x18\x06 \x01(\t\x12\x12\n\nextra_json\x18\x07 \x01(\t\x12\x12\n\nblock_hash\x18\x08 \x01(\x0c\"\x9c\x01\n\x0cVoteResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\nblock_hash\x18\x02 \x01(\x0c\x12\x14\n\x0cvalidator_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x01\x12\x11\n\thas_score\x18\x07 \x01(\x08\x12\x11\n\tsignature\x18\x08 \x01(\x0c\x32\x45\n\x10ValidatorService\x12\x31\n\x04Vote\x12\x13.hfl.v1.VoteRequest\x1a\x14.hfl.v1.VoteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16hfl/v1/validator.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"\xce\x02\n\x0bVoteRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12!\n\nbase_model\x18\x02 \x01(\x0b\x32\r.hfl.v1.Model\x12%\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\x14.hfl.v1.BucketResult\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\'\n\x0brule_params\x18\t \x01(\x0b\x32\x12.hfl.v1.RuleParams\x12!\n\nprev_block\x18\n \x01(\x0b\x32\r.hfl.v1.Block\x12!\n\x05\x65xtra\x18\x0b \x01(\x0b\x32\x12.hfl.v1.BlockExtra\x12\x12\n\nblock_hash\x18\x08 \x01(\x0cJ\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07J\x04\x08\x07\x10\x08R\x10rule_params_jsonR\x0fprev_block_jsonR\nextra_json\"\x9c\x01\n\x0cVoteResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x12\n\nblock_hash\x18\x02 \x01(\x0c\x12\x14\n\x0cvalidator_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05score\x18\x06 \x01(\x01\x12\x11\n\thas_score\x18\x07 \x01(\x08\x12\x11\n\tsignature\x18\x08 \x01(\x0c\"Q\n\x05\x42lock\x12#\n\x06header\x18\x01 \x01(\x0b\x32\x13.hfl.v1.BlockHeader\x12#\n\x05votes\x18\x02 \x03(\x0b\x32\x14.hfl.v1.VoteResponse2E\n\x10ValidatorService\x12\x31\n\x04Vote\x12\x13.hfl.v1.VoteRequest\x1a\x14.hfl.v1.VoteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hfl.proto.v1.validator_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VOTEREQUEST']._serialized_start=56
-  _globals['_VOTEREQUEST']._serialized_end=285
-  _globals['_VOTERESPONSE']._serialized_start=288
-  _globals['_VOTERESPONSE']._serialized_end=444
-  _globals['_VALIDATORSERVICE']._serialized_start=446
-  _globals['_VALIDATORSERVICE']._serialized_end=515
+  _globals['_VOTEREQUEST']._serialized_end=390
+  _globals['_VOTERESPONSE']._serialized_start=393
+  _globals['_VOTERESPONSE']._serialized_end=549
+  _globals['_BLOCK']._serialized_start=551
+  _globals['_BLOCK']._serialized_end=632
+  _globals['_VALIDATORSERVICE']._serialized_start=634
+  _globals['_VALIDATORSERVICE']._serialized_end=703
 # @@protoc_insertion_point(module_scope)

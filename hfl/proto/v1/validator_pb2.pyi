@@ -27,15 +27,11 @@ class VoteRequest(_message.Message):
     BASE_MODEL_FIELD_NUMBER: _builtins.int
     BUCKETS_FIELD_NUMBER: _builtins.int
     RULE_FIELD_NUMBER: _builtins.int
-    RULE_PARAMS_JSON_FIELD_NUMBER: _builtins.int
-    PREV_BLOCK_JSON_FIELD_NUMBER: _builtins.int
-    EXTRA_JSON_FIELD_NUMBER: _builtins.int
+    RULE_PARAMS_FIELD_NUMBER: _builtins.int
+    PREV_BLOCK_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELD_NUMBER: _builtins.int
     BLOCK_HASH_FIELD_NUMBER: _builtins.int
     rule: _builtins.str
-    rule_params_json: _builtins.str
-    prev_block_json: _builtins.str
-    """The previous block (header and quorum certificate) as JSON; the validator checks it."""
-    extra_json: _builtins.str
     block_hash: _builtins.bytes
     """The block hash the leader computed; the validator recomputes it and signs only what it checked."""
     @_builtins.property
@@ -44,6 +40,18 @@ class VoteRequest(_message.Message):
     def base_model(self) -> _common_pb2.Model: ...
     @_builtins.property
     def buckets(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.BucketResult]: ...
+    @_builtins.property
+    def rule_params(self) -> _common_pb2.RuleParams:
+        """The rule's parameters exactly as recorded in the proposed block (the block hash covers them)."""
+
+    @_builtins.property
+    def prev_block(self) -> Global___Block:
+        """The previous block (header and quorum certificate); the validator checks it."""
+
+    @_builtins.property
+    def extra(self) -> _common_pb2.BlockExtra:
+        """The proposed block's extra record (buckets, fogs, members, committee draw); the block hash covers it."""
+
     def __init__(
         self,
         *,
@@ -51,14 +59,14 @@ class VoteRequest(_message.Message):
         base_model: _common_pb2.Model | None = ...,
         buckets: _abc.Iterable[_common_pb2.BucketResult] | None = ...,
         rule: _builtins.str = ...,
-        rule_params_json: _builtins.str = ...,
-        prev_block_json: _builtins.str = ...,
-        extra_json: _builtins.str = ...,
+        rule_params: _common_pb2.RuleParams | None = ...,
+        prev_block: Global___Block | None = ...,
+        extra: _common_pb2.BlockExtra | None = ...,
         block_hash: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "config", b"config", "extra", b"extra", "prev_block", b"prev_block", "rule_params", b"rule_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "block_hash", b"block_hash", "buckets", b"buckets", "config", b"config", "extra_json", b"extra_json", "prev_block_json", b"prev_block_json", "rule", b"rule", "rule_params_json", b"rule_params_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "block_hash", b"block_hash", "buckets", b"buckets", "config", b"config", "extra", b"extra", "prev_block", b"prev_block", "rule", b"rule", "rule_params", b"rule_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -103,3 +111,29 @@ class VoteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VoteResponse: _TypeAlias = VoteResponse  # noqa: Y015
+
+@_typing.final
+class Block(_message.Message):
+    """A ledger block: its header and the votes that certify it (its quorum certificate)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _common_pb2.BlockHeader: ...
+    @_builtins.property
+    def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___VoteResponse]: ...
+    def __init__(
+        self,
+        *,
+        header: _common_pb2.BlockHeader | None = ...,
+        votes: _abc.Iterable[Global___VoteResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "votes", b"votes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Block: _TypeAlias = Block  # noqa: Y015
