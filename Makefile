@@ -25,7 +25,7 @@ $(STAMP): requirements/runtime.txt requirements/dev.txt pyproject.toml
 
 setup: $(STAMP) ## create .venv and install pinned dependencies
 
-demo: $(STAMP) ## run a whole federation locally (authority, 4 validators, leader, 2 fogs, 8 facilities)
+demo: $(STAMP) ## run a whole federation locally (authority, 7 validators, leader, 2 fogs, 8 facilities)
 	$(VENV)/bin/hfl demo $(DEMO_ARGS)
 
 console: $(STAMP) ## a local federation that keeps running, with the console on 127.0.0.1:8501 (set HFL_CONSOLE_PASSWORD)

@@ -31,7 +31,18 @@ SHARE_ABOVE = 16
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--facilities", type=int, default=8, help="number of facilities (default 8)")
     p.add_argument("--fogs", type=int, default=2, help="number of fog nodes (default 2)")
-    p.add_argument("--validators", type=int, default=4, help="committee size 3f+1 (default 4)")
+    p.add_argument(
+        "--validators",
+        type=int,
+        default=7,
+        help="validators in the pool (default 7); each epoch a committee is drawn from them by reputation",
+    )
+    p.add_argument(
+        "--committee",
+        type=int,
+        default=4,
+        help="validators per committee, 3f+1 (default 4: any 3 of the 4 commit a round)",
+    )
     p.add_argument("--rounds", type=int, default=10, help="rounds to commit (default 10)")
     p.add_argument("--dataset", default="synthetic", help="synthetic | breast_cancer | csv:DIR")
     p.add_argument("--label", help="label column for csv data")
@@ -398,10 +409,20 @@ def parse_faults(specs: list[str], allowed: tuple[str, ...], what: str) -> list[
     return out
 
 
-def check_topology(validators: int, bucket_size: int, secagg: bool) -> None:
-    """The committee and bucket rules every launcher shares (hfl demo, hfl bench federation)."""
-    if validators < 1 or (validators - 1) % 3 != 0:
-        raise ConfigError("--validators must be 3f+1 (1, 4, 7, ...) so that 2f+1 votes form a quorum")
+def check_topology(validators: int, bucket_size: int, secagg: bool, committee: int | None = None) -> None:
+    """The committee and bucket rules every launcher shares (hfl demo, hfl bench federation).
+    ``committee`` None: every validator sits on every committee."""
+    if committee is None:
+        if validators < 1 or (validators - 1) % 3 != 0:
+            raise ConfigError("--validators must be 3f+1 (1, 4, 7, ...) so that 2f+1 votes form a quorum")
+    else:
+        if committee < 1 or (committee - 1) % 3 != 0:
+            raise ConfigError("--committee must be 3f+1 (1, 4, 7, ...) so that 2f+1 votes form a quorum")
+        if validators < committee:
+            raise ConfigError(
+                f"--validators {validators} is fewer than the committee of {committee}: run at least "
+                f"{committee} validators, or a smaller --committee"
+            )
     if bucket_size < 1:
         raise ConfigError("--bucket-size must be at least 1")
     if secagg and bucket_size < 3:
@@ -440,7 +461,7 @@ def check_threat(args: argparse.Namespace, n_facilities: int) -> Sizing:
 def check_args(args: argparse.Namespace) -> None:
     if args.facilities < 1 or args.fogs < 1 or args.rounds < 1:
         raise ConfigError("--facilities, --fogs and --rounds must be at least 1")
-    check_topology(args.validators, args.bucket_size, args.secagg)
+    check_topology(args.validators, args.bucket_size, args.secagg, args.committee)
     if args.secagg and not args.dataset.startswith("csv:") and args.facilities < 3:
         raise ConfigError(
             "secure aggregation needs at least 3 facilities (it only ever reveals sums over 3 or more); "
@@ -670,8 +691,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.label:
         common["HFL_LABEL"] = args.label
     fed = Federation(out, common)
+    seats = (
+        "all on every committee" if args.committee == args.validators else f"committees of {args.committee}"
+    )
     print(
-        f"hfl demo: {n_fac} facilities, {args.fogs} fogs, {args.validators} validators, "
+        f"hfl demo: {n_fac} facilities, {args.fogs} fogs, {args.validators} validators ({seats}), "
         f"{args.rounds} rounds, dataset {args.dataset}, model {args.model}, "
         f"secure aggregation {'on' if args.secagg else 'off'}"
     )
@@ -730,7 +754,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "authority",
             "authority",
             {
-                "HFL_COMMITTEE_SIZE": str(args.validators),
+                "HFL_COMMITTEE_SIZE": str(args.committee),
                 "HFL_BUCKET_SIZE": str(args.bucket_size),
                 "HFL_SECAGG": "true" if args.secagg else "false",
                 "HFL_MIN_FACILITIES": str(n_fac),

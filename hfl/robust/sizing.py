@@ -87,7 +87,15 @@ class Sizing:
             f"about {self.bucket_size}, combined with {_RULE_NAMES[self.rule]},"
         )
         if self.withstands == 0:
-            return f"{where} cannot promise to withstand even one misbehaving facility in every round"
+            need = buckets_needed(self.rule, 1)
+            hint = (
+                f"{_RULE_NAMES[self.rule]} never can"
+                if need is None
+                else f"that takes at least {need * self.bucket_size} facilities"
+            )
+            return (
+                f"{where} cannot promise to withstand even one misbehaving facility in every round ({hint})"
+            )
         who = "misbehaving facility" if self.withstands == 1 else "misbehaving facilities"
         return f"{where} withstand up to {self.withstands} {who} in every round, wherever the draw puts them"
 
