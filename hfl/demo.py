@@ -40,8 +40,9 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--committee",
         type=int,
-        default=4,
-        help="validators per committee, 3f+1 (default 4: any 3 of the 4 commit a round)",
+        default=None,
+        help="validators per committee, 3f+1 (default 4, or all of them when there are fewer: any 3 of 4 "
+        "commit a round)",
     )
     p.add_argument("--rounds", type=int, default=10, help="rounds to commit (default 10)")
     p.add_argument("--dataset", default="synthetic", help="synthetic | breast_cancer | csv:DIR")
@@ -461,7 +462,12 @@ def check_threat(args: argparse.Namespace, n_facilities: int) -> Sizing:
 def check_args(args: argparse.Namespace) -> None:
     if args.facilities < 1 or args.fogs < 1 or args.rounds < 1:
         raise ConfigError("--facilities, --fogs and --rounds must be at least 1")
-    check_topology(args.validators, args.bucket_size, args.secagg, args.committee)
+    if args.committee is None and args.validators < 4:  # a small pool: everyone on every committee
+        check_topology(args.validators, args.bucket_size, args.secagg)
+        args.committee = args.validators
+    else:
+        args.committee = 4 if args.committee is None else args.committee
+        check_topology(args.validators, args.bucket_size, args.secagg, args.committee)
     if args.secagg and not args.dataset.startswith("csv:") and args.facilities < 3:
         raise ConfigError(
             "secure aggregation needs at least 3 facilities (it only ever reveals sums over 3 or more); "

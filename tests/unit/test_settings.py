@@ -81,9 +81,9 @@ def test_a_service_with_an_unknown_rule_does_not_start(
         (["--rule", "avg"], "--rule 'avg' is not an aggregation rule"),
         (["--facilities", "2"], "secure aggregation needs at least 3 facilities"),
         (["--bucket-size", "2"], "secure aggregation needs buckets of at least 3 facilities"),
-        (["--validators", "3"], "--validators 3 is fewer than the committee of 4: run at least 4 validators"),
+        (["--validators", "3"], "--validators must be 3f+1"),  # fewer than 4: all on every committee
+        (["--validators", "5", "--committee", "7"], "--validators 5 is fewer than the committee of 7"),
         (["--committee", "3"], "--committee must be 3f+1"),
-        (["--committee", "7", "--validators", "5"], "--validators 5 is fewer than the committee of 7"),
         (
             ["--facilities", "12", "--max-byzantine", "2"],
             "12 facilities in buckets of 3 make 4 buckets, but the trimmed mean needs 5 to withstand 2 "
