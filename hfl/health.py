@@ -12,6 +12,10 @@ Configuration comes from the same environment variables as the service:
   ``$HFL_STATE_DIR/tls/{key.pem,cert.pem,ca.pem}``, the check uses mutual TLS with that certificate.
   While the node has no certificate yet it is still enrolling, and the plain check fails, as it should.
 
+A facility listens on no port (it dials out to its fogs), so ``--facility`` asks its local metrics
+endpoint instead (``HFL_METRICS_PORT``, default 9100, on 127.0.0.1): healthy when it is up and holds a
+connection to at least one fog.
+
 Exit status 0 when SERVING, 1 otherwise (not reachable, NOT_SERVING, bad configuration), with one line.
 """
 
@@ -77,6 +81,38 @@ def check(address: str, timeout: float, tls: tuple[bytes, bytes, bytes] | None) 
     return resp.status == health_pb2.HealthCheckResponse.SERVING, f"{address}: {status}"
 
 
+def metric_values(text: str, name: str) -> list[float]:
+    """The values of one metric in Prometheus' text format (any labels)."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            try:
+                out.append(float(line.rsplit(" ", 1)[1]))
+            except ValueError:
+                continue
+    return out
+
+
+def check_facility(metrics_port: int, timeout: float) -> tuple[bool, str]:
+    """A facility is healthy when it is up and connected to at least one fog (read from its own
+    metrics, which never leave its machine)."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            text = resp.read().decode()
+    except OSError as e:
+        return False, f"facility: its metrics at {url} do not answer ({e})"
+    up = sum(metric_values(text, "hfl_up"))
+    fogs = sum(metric_values(text, "hfl_facility_fog_connections"))
+    if up < 1:
+        return False, "facility: still starting (enrolling, registering or loading its data)"
+    if fogs < 1:
+        return False, "facility: running, but not connected to any fog (it keeps trying)"
+    return True, f"facility: running, connected to {fogs:.0f} fog connection(s)"
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     p = argparse.ArgumentParser(
@@ -85,7 +121,20 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     p.add_argument("--address", help="HOST:PORT (default: 127.0.0.1 and the port of HFL_LISTEN)")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
     p.add_argument("--cert-dir", help="folder with key.pem, cert.pem, ca.pem (default: $HFL_STATE_DIR/tls)")
+    p.add_argument(
+        "--facility",
+        action="store_true",
+        help="check a facility (it listens on no port): up and connected to a fog, from its local metrics",
+    )
     args = p.parse_args(argv)
+    if args.facility:
+        port = env.get("HFL_METRICS_PORT") or "9100"
+        if not port.isdigit():
+            print(f"health check: HFL_METRICS_PORT must be a port number, got {port!r}")
+            return 1
+        ok, line = check_facility(int(port), args.timeout)
+        print(line)
+        return 0 if ok else 1
     return run(args.address, args.timeout, args.cert_dir, env)
 
 

@@ -111,10 +111,20 @@ class Bench:
         self.ids = [f"facility-{i + 1:03d}" for i in range(self.n)]
         readies = [self.tmp / "fog.ready"]
         self._spawn("fog", readies[0])
-        for h in range(self.hosts):
+        self._wait(readies)
+        fog_address = json.loads(readies[0].read_text())["nodes"]["fog-1"]["address"]
+        for h in range(self.hosts):  # the facilities dial the fog, as in a real federation
             ids = self.ids[h :: self.hosts]
             readies.append(self.tmp / f"host{h}.ready")
-            self._spawn("facilities", readies[-1], "--ids", ",".join(ids), "--n-max", str(self.n))
+            extra = ["--ids", ",".join(ids), "--n-max", str(self.n), "--fog", fog_address]
+            self._spawn("facilities", readies[-1], *extra)
+        self._wait(readies)
+        infos = [json.loads(r.read_text()) for r in readies]
+        fog = infos[0]["nodes"]["fog-1"]
+        facilities = {k: v for info in infos[1:] for k, v in info["nodes"].items()}
+        return fog, facilities, [info["pid"] for info in infos]
+
+    def _wait(self, readies: list[Path]) -> None:
         deadline = time.monotonic() + 120
         while not all(r.exists() for r in readies):
             for p in self.procs:
@@ -123,10 +133,6 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"benchmark workers did not start in 120 s; logs in {self.tmp}")
             time.sleep(0.1)
-        infos = [json.loads(r.read_text()) for r in readies]
-        fog = infos[0]["nodes"]["fog-1"]
-        facilities = {k: v for info in infos[1:] for k, v in info["nodes"].items()}
-        return fog, facilities, [info["pid"] for info in infos]
 
     def stop(self) -> None:
         for p in self.procs:

@@ -1,6 +1,7 @@
 """Worker processes of `hfl bench secagg`: one fog, or several bench facilities in one process.
 
-Bench facilities are the real Facility servicer (same RPCs, same secure-aggregation code) with two
+Bench facilities are the real Facility (same calls over the same connection to the fog, same
+secure-aggregation code) with two
 changes for benchmarking only: no local data or training (the update is `bench_update`, a random
 clipped vector on the quantisation grid, so the driver can recompute the exact expected sum), and no
 check of the model against local features. Transport: plaintext loopback (HFL_TLS=false), see
@@ -14,15 +15,16 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from hfl.bench.secagg import bench_rng, bench_update
-from hfl.domain import RoundConfig, TrainingPlan
+from hfl.domain import NodeInfo, RoundConfig, TrainingPlan
 from hfl.learning.data import Dataset, FacilityData
-from hfl.proto.v1 import facility_pb2_grpc, fog_pb2_grpc
+from hfl.proto.v1 import fog_pb2_grpc
 from hfl.rpc.node import load_identity
 from hfl.rpc.server import Channels, start_server, write_ready_file
 from hfl.rpc.settings import Settings
@@ -60,10 +62,15 @@ async def run_fog(out: Path, authority_pub: bytes, seed: int) -> dict[str, Any]:
     return {"fog-1": {"address": running.address, "key": key.public_bytes.hex(), "_running": running}}
 
 
+def _answering(facility: Any) -> Callable[[str], Callable[[Any], Any]]:
+    return lambda name: lambda request: getattr(facility, name)(request, None)
+
+
 async def run_facilities(
-    out: Path, ids: list[str], authority_pub: bytes, seed: int, n_max: int
+    out: Path, ids: list[str], authority_pub: bytes, seed: int, n_max: int, fog_address: str
 ) -> dict[str, Any]:
     from services.facility.bench import BenchFacility
+    from services.facility.dial import FogDialer
 
     class BenchSecAggFacility(BenchFacility):
         """BenchFacility with the update stream the driver recomputes to check the unmasked sums."""
@@ -83,20 +90,18 @@ async def run_facilities(
             return bench_update(rng, params.size, plan.clip_update, n_max)
 
     started: dict[str, Any] = {}
+    fog = NodeInfo("fog-1", "fog", fog_address, b"")
     for node_id in ids:
         settings = _settings("facility", node_id, out / node_id, seed)
-        fac = BenchSecAggFacility(settings, node_id, Channels(own_connections=True))
-
-        def register(server: Any, f: BenchFacility = fac) -> None:
-            facility_pb2_grpc.add_FacilityServiceServicer_to_server(f, server)
-
-        running = await start_server(settings, "facility", register)
+        channels = Channels(own_connections=True)
+        fac = BenchSecAggFacility(settings, node_id, channels)
         fac.ready(_tiny_data(), authority_pub)
-        started[node_id] = {
-            "address": running.address,
-            "key": fac.signing_key.public_bytes.hex(),
-            "_running": running,
-        }
+        dialer = FogDialer(node_id, channels, "", _answering(fac), tls_on=False)
+        dialer.follow({"fog-1": fog})  # no authority in this benchmark: the fog is given
+        started[node_id] = {"address": "", "key": fac.signing_key.public_bytes.hex(), "_dialer": dialer}
+    for v in started.values():
+        if not await v["_dialer"].wait_connected(60):
+            raise RuntimeError(f"a bench facility could not connect to the fog at {fog_address}")
     return started
 
 
@@ -106,7 +111,7 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.kind == "fog":
         started = await run_fog(out, pub, args.seed)
     else:
-        started = await run_facilities(out, args.ids.split(","), pub, args.seed, args.n_max)
+        started = await run_facilities(out, args.ids.split(","), pub, args.seed, args.n_max, args.fog)
     info = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in started.items()}
     write_ready_file(args.ready, {"pid": os.getpid(), "nodes": info})
     stop = asyncio.Event()
@@ -115,7 +120,8 @@ async def main_async(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     for v in started.values():
-        await v["_running"].server.stop(grace=0.5)
+        if "_running" in v:
+            await v["_running"].server.stop(grace=0.5)
 
 
 def main() -> None:
@@ -127,6 +133,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ids", default="")
     p.add_argument("--n-max", type=int, default=8)
+    p.add_argument("--fog", default="", help="the fog's address (facilities dial it)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s bench-worker %(levelname)s %(message)s")
     asyncio.run(main_async(args))

@@ -92,10 +92,9 @@ class Rule:
     limit: str = "rpc"  # which token bucket: "rpc" (per caller and method) or "submit" (per caller)
 
 
-_A, _F, _C, _L, _V = (
+_A, _F, _L, _V = (
     "/hfl.v1.AuthorityService/",
     "/hfl.v1.FogService/",
-    "/hfl.v1.FacilityService/",
     "/hfl.v1.LeaderService/",
     "/hfl.v1.ValidatorService/",
 )
@@ -125,9 +124,7 @@ TABLE: dict[str, Rule] = {
     _F + "RunRound": Rule(LEADER),
     _F + "SubmitUpdate": Rule(FACILITY, _bind_submit, "submit"),
     _F + "Evaluate": Rule(LEADER),
-    _C + "StartRound": Rule(FOG),
-    _C + "EvaluateModel": Rule(FOG),
-    _C + "SecAgg*": Rule(FOG),
+    _F + "Connect": Rule(FACILITY),  # the facility's one connection; its certificate names it
     _L + "GetStatus": Rule(OPERATOR),
     _L + "GetModel": Rule(OPERATOR),
     _L + "WatchRounds": Rule(OPERATOR),
@@ -230,7 +227,21 @@ def _wrap(handler: grpc.RpcMethodHandler, check: _Check, bind: _Bind) -> grpc.Rp
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-    # Client- or bidi-streaming methods are not part of hfl's API: refuse them, never pass them unchecked.
+    if handler.stream_stream is not None:  # FogService.Connect: who is calling is known before any frame
+        inner_ss: Any = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            who = _identity(check, context)
+            _CALLER.set(who)
+            async for item in inner_ss(requests, context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    # Client-streaming methods are not part of hfl's API: refuse them, never pass them unchecked.
     return _refuse_all(handler)
 
 
@@ -243,6 +254,17 @@ def _refuse_all(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+def acting_for(who: Identity | None) -> contextvars.Token[Identity | None]:
+    """Make ``who`` the caller() of the work that follows in this task: a facility serves its fog's
+    calls over the connection it opened itself, and the fog is the peer its certificate check named
+    (services/facility/dial.py). Undo with ``_CALLER.reset`` via ``done_acting``."""
+    return _CALLER.set(who)
+
+
+def done_acting(token: contextvars.Token[Identity | None]) -> None:
+    _CALLER.reset(token)
 
 
 def _no_binding(request: Any, who: Identity | None) -> None:

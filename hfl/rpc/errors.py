@@ -198,4 +198,29 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_stream is not None:  # FogService.Connect
+            inner_ss: Any = handler.stream_stream
+
+            async def stream_stream(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                async def opened() -> AsyncIterator[Any]:
+                    async for request in requests:
+                        yield _open(request, context, None)  # each frame: its size, then parse
+
+                try:
+                    if precheck is not None:
+                        precheck(context)
+                    async for item in inner_ss(opened(), context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await _abort(context, exc, method)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream,
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler

@@ -5,7 +5,7 @@ grpcio has one receive limit per server (``grpc.max_receive_message_length``), n
 server's service config cannot set it. So:
 
 - each server's gRPC receive limit is the largest request any of ITS methods accepts (``server_limit``:
-  2 MiB for the authority, 64 KiB for the leader, model-sized for fog, facility and validator). gRPC
+  2 MiB for the authority, 64 KiB for the leader, model-sized for fog and validator). gRPC
   refuses a larger message with RESOURCE_EXHAUSTED while it arrives, without buffering it;
 - within a server, hfl.rpc.errors.ErrorInterceptor replaces every handler's request deserializer with
   one that first compares ``len(bytes)`` with ``request_limit(method)``: a request above its method's
@@ -25,13 +25,13 @@ SECAGG = 8 * MIB  # carries one entry per bucket member (keys, encrypted shares,
 REPORT = 2 * MIB  # a leader's round report (hfl.bounds.MAX_REPORT of JSON plus ids)
 CONTROL = 64 * KIB  # everything else: registration, status, certificates, releases, health
 
-_A, _F, _C, _L, _V = (
+_A, _F, _L, _V = (
     "/hfl.v1.AuthorityService/",
     "/hfl.v1.FogService/",
-    "/hfl.v1.FacilityService/",
     "/hfl.v1.LeaderService/",
     "/hfl.v1.ValidatorService/",
 )
+FRAME = MIB + 4 * KIB  # one frame of a facility's connection (hfl.rpc.link.CHUNK plus its header)
 
 # Exact method names; anything else is CONTROL.
 REQUEST_LIMITS: dict[str, int] = {
@@ -40,12 +40,7 @@ REQUEST_LIMITS: dict[str, int] = {
     _F + "RunRound": MODEL,
     _F + "SubmitUpdate": MODEL,
     _F + "Evaluate": MODEL,
-    _C + "StartRound": MODEL,
-    _C + "EvaluateModel": MODEL,
-    _C + "SecAggAdvertise": MODEL,  # the round's model comes with the first secure stage
-    _C + "SecAggShareKeys": SECAGG,
-    _C + "SecAggMaskedInput": SECAGG,
-    _C + "SecAggUnmask": SECAGG,
+    _F + "Connect": FRAME,  # each frame; whole messages are reassembled and capped by hfl.rpc.link
     _V + "Vote": MODEL,
 }
 
@@ -56,7 +51,7 @@ def request_limit(method: str) -> int:
 
 
 # The service each role's server offers (the health service is CONTROL everywhere).
-ROLE_SERVICES = {"authority": _A, "fog": _F, "facility": _C, "leader": _L, "validator": _V}
+ROLE_SERVICES = {"authority": _A, "fog": _F, "leader": _L, "validator": _V}  # a facility serves nothing
 
 
 def server_limit(role: str) -> int:

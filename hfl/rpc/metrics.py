@@ -60,6 +60,10 @@ FLAGGED_BUCKETS = Counter(
     "hfl_flagged_buckets_total", "Buckets rejected by the norm bound or the robust rule."
 )
 QUARANTINED = Gauge("hfl_quarantined", "1 if the facility is quarantined.", ["facility"])
+LINKS = Gauge("hfl_fog_connected_facilities", "Facilities whose connection to this fog is open.")
+FOG_LINKS = Gauge(
+    "hfl_facility_fog_connections", "Connections this facility holds open to fogs (0: it cannot take part)."
+)
 REFUSED = Counter("hfl_refused_messages_total", "Messages refused at the boundary, by reason.", ["reason"])
 REFUSED_CALLS = Counter(
     "hfl_refused_calls_total", "Calls this service refused, by method and gRPC status.", ["method", "code"]

@@ -42,8 +42,12 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+# Servers ping their clients too: a fog notices a facility whose connection silently died (its machine
+# gone, a firewall dropping the flow) within about 40 s.
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     *_LIMITS,
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_ping_strikes", 0),
@@ -128,6 +132,75 @@ class RunningServer:
         return info
 
 
+@dataclass
+class DialingNode:
+    """A node that serves nothing and only dials out (a facility): no port, no health service; its
+    /metrics stay on its own machine. Same life cycle as RunningServer."""
+
+    tls: pki.NodeTls | None
+    metrics_port: int
+    upkeep: asyncio.Task[None] | None = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def cancel_background(self) -> None:
+        for task in [self.upkeep, *self.background]:
+            if task is not None:
+                task.cancel()
+
+    def node_info(
+        self,
+        settings: Settings,
+        role: str,
+        node_id: str,
+        public_key: bytes,
+        specialty: str = "",
+        metrics_port: int | None = None,
+    ) -> NodeInfo:
+        """How this node registers: no address (nobody calls it), and where its metrics are."""
+        host = settings.resolved_advertise_host()
+        return NodeInfo(
+            node_id=node_id,
+            role=role,
+            address="",
+            sign_public_key=public_key,
+            specialty=specialty,
+            metrics_address=f"{host}:{metrics_port or self.metrics_port}",
+        )
+
+    async def mark_ready(
+        self, settings: Settings, role: str, node_id: str, *, metrics_port: int | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        UP.labels(role=role).set(1)
+        info = {
+            "role": role,
+            "node_id": node_id,
+            "address": "",
+            "metrics_port": metrics_port or self.metrics_port,
+            **extra,
+        }
+        write_ready_file(settings.ready_file, info)
+        return info
+
+
+async def start_dialing_node(settings: Settings, role: str) -> DialingNode:
+    """Everything a node needs that serves nothing: its certificate (enrolment the first time, then
+    renewal) and its metrics endpoint."""
+    tls = await pki.ensure_identity(settings, role)
+    if tls is None:
+        log.warning(
+            "HFL_TLS=false: this %s connects WITHOUT encryption or authentication (debugging only)", role
+        )
+    metrics_port = start_metrics(settings.metrics_port, settings.listen_host)
+    UP.labels(role=role).set(0)
+    log.info(
+        "%s: listens on no port, connects out only (metrics on %s)",
+        role,
+        f"{settings.listen_host}:{metrics_port}" if metrics_port >= 0 else "off",
+    )
+    upkeep = asyncio.create_task(pki.maintain(tls, settings)) if tls is not None else None
+    return DialingNode(tls, metrics_port, upkeep)
+
+
 async def start_server(
     settings: Settings, role: str, register: Callable[[grpc.aio.Server], None]
 ) -> RunningServer:
@@ -207,7 +280,9 @@ def write_ready_file(path: str, info: dict[str, Any]) -> None:
     os.replace(tmp, p)
 
 
-async def serve_until_stopped(running: RunningServer, role: str, stop: asyncio.Event | None = None) -> None:
+async def serve_until_stopped(
+    running: RunningServer | DialingNode, role: str, stop: asyncio.Event | None = None
+) -> None:
     """Wait for SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -221,10 +296,14 @@ async def serve_until_stopped(running: RunningServer, role: str, stop: asyncio.E
     await shutdown(running, role)
 
 
-async def shutdown(running: RunningServer, role: str) -> None:
+async def shutdown(running: RunningServer | DialingNode, role: str) -> None:
     """Stop one server gracefully: hfl_up=0, health NOT_SERVING, certificate upkeep and the role's
     background loops cancelled, then the server stops (calls in flight get 2 s)."""
     UP.labels(role=role).set(0)
+    if isinstance(running, DialingNode):
+        running.cancel_background()
+        await asyncio.gather(*running.background, return_exceptions=True)
+        return
     await running.health.enter_graceful_shutdown()
     running.cancel_background()
     await running.server.stop(grace=2.0)

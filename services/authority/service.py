@@ -107,7 +107,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             raise InvalidInput(f"cannot register a node with role {clip(node.role)}")
         if len(node.sign_public_key) != PUBLIC_KEY_LEN:
             raise InvalidInput("the node's public key must be 32 bytes (Ed25519)")
-        if node.role != "leader" and not node.address:
+        if node.role not in ("leader", "facility") and not node.address:  # facilities only dial out
             raise InvalidInput("the node must say at which address it can be reached")
         if node.specialty and node.specialty not in SPECIALTIES:
             raise InvalidInput(
@@ -449,13 +449,14 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
     async def ListNodes(
         self, request: authority_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> authority_pb2.ListNodesResponse:
-        """The operator sees the whole registry; any other node only its own entry and what it needs to
-        register (the proof-of-work difficulty), not the other sites' addresses or standing."""
+        """The operator sees the whole registry; any other node its own entry, the fogs (where a facility
+        connects to) and what it needs to register (the proof-of-work difficulty), not the other sites'
+        entries or standing."""
         nodes = self.registry.nodes()
         if not authz.sees_everything():
             me = authz.caller_id()
             return authority_pb2.ListNodesResponse(
-                nodes=[serde.node_to_proto(n) for n in nodes if n.node_id == me],
+                nodes=[serde.node_to_proto(n) for n in nodes if n.node_id == me or n.role == "fog"],
                 authority_public_key=self.key.public_bytes,
                 pow_difficulty=self.settings.pow_difficulty,
             )

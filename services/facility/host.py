@@ -1,7 +1,7 @@
 """`hfl serve facilities`: many facilities in one OS process.
 
 Each hosted facility is still its own node: its own identity key and state directory, its own data,
-its own gRPC server on its own port, and its own client channels (no connection is shared between two
+its own connections to the fogs, and its own client channels (no connection is shared between two
 facilities). Only the Python interpreter, the event loop and the /metrics endpoint are shared. This is
 how `hfl demo` and `hfl bench federation` run hundreds of facilities on a small machine; one process
 per facility (`hfl serve facility`) stays the realistic deployment.
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hfl.errors import ConfigError
-from hfl.proto.v1 import facility_pb2_grpc
+from hfl.rpc.link import CALLS
 from hfl.rpc.metrics import start_metrics
 from hfl.rpc.server import Channels, shutdown, write_ready_file
 from hfl.rpc.settings import Settings, load_settings
@@ -62,15 +62,13 @@ def _install_log_tag() -> None:
 
 
 def _tag_rpcs(node_id: str) -> Callable[[Facility], None]:
-    """Wrap the servicer's RPC methods so that everything they log (and the tasks they start) names
-    the facility."""
+    """Wrap the methods that answer the fogs' calls so that everything they log (and the tasks they
+    start) names the facility."""
 
     def prepare(facility: Facility) -> None:
-        for name in dir(facility_pb2_grpc.FacilityServiceServicer):
-            if name.startswith("_"):
-                continue
+        for name in CALLS.values():
             method = getattr(facility, name)
-            if inspect.iscoroutinefunction(method):  # every FacilityService RPC is unary-unary
+            if inspect.iscoroutinefunction(method):  # every call a fog makes is request -> answer
                 setattr(facility, name, _tag_unary(method, node_id))
 
     return prepare

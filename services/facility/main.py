@@ -13,23 +13,27 @@ import grpc
 
 from hfl.domain import NodeInfo
 from hfl.learning.data import load_facility_data
-from hfl.proto.v1 import facility_pb2_grpc
 from hfl.rpc import pki
 from hfl.rpc.node import register
-from hfl.rpc.server import Channels, RunningServer, serve_until_stopped, start_server
+from hfl.rpc.server import Channels, DialingNode, serve_until_stopped, start_dialing_node
 from hfl.rpc.settings import Settings
+from services.facility.dial import FogDialer
 from services.facility.service import Facility, parse_shard
 
 log = logging.getLogger("hfl.facility")
 
 
+CONNECT_WAIT_S = 30.0  # at start, how long to wait for the fogs to take this facility's connection
+
+
 @dataclass
 class StartedFacility:
-    """One facility that is registered, has its data and serves (several may share a process)."""
+    """One facility that is registered, has its data and is connected to its fogs (several may share a
+    process)."""
 
     node_id: str
     facility: Facility
-    running: RunningServer
+    running: DialingNode
     channels: Channels
     info: dict[str, Any]
 
@@ -40,10 +44,10 @@ async def start(
     metrics_port: int | None = None,
     prepare: Callable[[Facility], None] | None = None,
 ) -> StartedFacility:
-    """Bind, register, load the data and start serving one facility (``hfl serve facility`` and the
+    """Register, load the data and connect one facility to the fogs (``hfl serve facility`` and the
     multi-facility host both use this). ``metrics_port`` overrides the advertised /metrics port when
-    a host process shares one metrics endpoint among its facilities; ``prepare`` sees the servicer
-    before it is registered with the gRPC server."""
+    a host process shares one metrics endpoint among its facilities; ``prepare`` sees the facility
+    before it answers any call. A facility listens on no port: it dials out (services/facility/dial.py)."""
     node_id = settings.resolved_node_id()
     shard = parse_shard(settings.shard)
     channels = channels or Channels()
@@ -55,11 +59,9 @@ async def start(
         facility = Facility(settings, node_id, channels)
     if prepare is not None:
         prepare(facility)
-    # Bind first (registration needs our address), then register (the authority may assign the
-    # specialty), then load the data; RPCs answer UNAVAILABLE until then.
-    running = await start_server(
-        settings, "facility", lambda s: facility_pb2_grpc.add_FacilityServiceServicer_to_server(facility, s)
-    )
+    # Certificate first, then register (the authority may assign the specialty), then load the data,
+    # then connect to the fogs; calls answer UNAVAILABLE until the data are loaded.
+    running = await start_dialing_node(settings, "facility")
     channels.use(running.tls)  # this facility's own certificate, also when several share a process
     node = running.node_info(
         settings,
@@ -89,6 +91,28 @@ async def start(
         settings.dataset,
     )
     facility.ready(data, bytes(answer.authority_public_key))
+    rejoining: set[asyncio.Task[None]] = set()
+
+    def rejoin(fog_id: str) -> None:  # back after an outage: be scheduled again from the next round
+        task = asyncio.create_task(register_again(facility, channels, settings.authority, node, fog_id))
+        rejoining.add(task)
+        task.add_done_callback(rejoining.discard)
+
+    dialer = FogDialer(
+        node_id,
+        channels,
+        settings.authority,
+        lambda name: lambda request: getattr(facility, name)(request, None),
+        tls_on=running.tls is not None,
+        on_reconnect=rejoin,
+    )
+    running.background.append(asyncio.create_task(dialer.run()))
+    if not await dialer.wait_connected(CONNECT_WAIT_S):
+        missing = sorted(set(dialer.fogs) - dialer.connected) or ["(no fog is registered yet)"]
+        log.warning(
+            "not yet connected to fog %s; rounds go on without this facility until it is (it keeps trying)",
+            ", ".join(missing),
+        )
     if settings.reregister_s > 0:
         running.background.append(
             asyncio.create_task(
@@ -99,6 +123,20 @@ async def start(
         settings, "facility", node_id, metrics_port=metrics_port, specialty=specialty
     )
     return StartedFacility(node_id, facility, running, channels, info)
+
+
+async def register_again(
+    facility: Facility, channels: Channels, authority: str, node: NodeInfo, fog_id: str
+) -> None:
+    """Register once more (after a lost connection to ``fog_id`` is back): the authority stops
+    scheduling a facility that missed several rounds until it registers again."""
+    try:
+        await register(channels, authority, node, attempts=1, pinned_key=facility.authority_key or None)
+        log.info(
+            "connected to fog %s again and registered again: the next rounds include this facility", fog_id
+        )
+    except (grpc.aio.AioRpcError, ConnectionError) as e:
+        log.warning("connected to fog %s again but could not register again: %s", fog_id, e)
 
 
 async def keep_registered(

@@ -19,7 +19,7 @@ from hfl.learning.metrics import evaluate_counts
 from hfl.learning.models import make_model
 from hfl.learning.train import TrainConfig, clip_update, train_local
 from hfl.proto.v1 import common_pb2 as pb
-from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2, fog_pb2_grpc
+from hfl.proto.v1 import facility_pb2, fog_pb2, fog_pb2_grpc
 from hfl.robust.attacks import apply_attack, flip_labels
 from hfl.rpc import authz, serde
 from hfl.rpc.client import call, describe_rpc_error
@@ -52,7 +52,10 @@ def drops_out(plan: TrainingPlan) -> bool:
     return plan.drop_rate > 0 and secrets.randbelow(1_000_000) < plan.drop_rate * 1_000_000
 
 
-class Facility(facility_pb2_grpc.FacilityServiceServicer):
+class Facility:
+    """Answers its fog's calls (they arrive over the connection the facility opened, dial.py); each
+    method is named like the call it answers (hfl.rpc.link.CALLS) and takes the request message."""
+
     def __init__(self, settings: Settings, node_id: str, channels: Channels) -> None:
         self.settings = settings
         self.node_id = node_id
@@ -134,7 +137,7 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
 
     # ------------------------------------------------------------------ RPCs
     async def StartRound(
-        self, request: facility_pb2.StartRoundRequest, context: grpc.aio.ServicerContext
+        self, request: facility_pb2.StartRoundRequest, context: object = None
     ) -> facility_pb2.StartRoundResponse:
         config = self._round_config(request.config)
         bucket = self.my_bucket(config, request.bucket_id, "StartRound for this bucket")
@@ -152,7 +155,7 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
         return facility_pb2.StartRoundResponse()
 
     async def EvaluateModel(
-        self, request: facility_pb2.EvaluateModelRequest, context: grpc.aio.ServicerContext
+        self, request: facility_pb2.EvaluateModelRequest, context: object = None
     ) -> facility_pb2.EvaluateModelResponse:
         self._plain_allowed("its test results")
         _spec, params, model = self._model(request.model)
@@ -166,22 +169,22 @@ class Facility(facility_pb2_grpc.FacilityServiceServicer):
 
     # ------------------------------------------------------------------ secure aggregation (secure.py)
     async def SecAggAdvertise(
-        self, request: facility_pb2.SecAggAdvertiseRequest, context: grpc.aio.ServicerContext
+        self, request: facility_pb2.SecAggAdvertiseRequest, context: object = None
     ) -> facility_pb2.SecAggAdvertiseResponse:
         return await self.secure.advertise(request)
 
     async def SecAggShareKeys(
-        self, request: facility_pb2.SecAggShareKeysRequest, context: grpc.aio.ServicerContext
+        self, request: facility_pb2.SecAggShareKeysRequest, context: object = None
     ) -> facility_pb2.SecAggShareKeysResponse:
         return await self.secure.share_keys(request)
 
     async def SecAggMaskedInput(
-        self, request: facility_pb2.SecAggMaskedInputRequest, context: grpc.aio.ServicerContext
+        self, request: facility_pb2.SecAggMaskedInputRequest, context: object = None
     ) -> facility_pb2.SecAggMaskedInputResponse:
         return await self.secure.masked_input(request)
 
     async def SecAggUnmask(
-        self, request: facility_pb2.SecAggUnmaskRequest, context: grpc.aio.ServicerContext
+        self, request: facility_pb2.SecAggUnmaskRequest, context: object = None
     ) -> facility_pb2.SecAggUnmaskResponse:
         return await self.secure.unmask(request)
 

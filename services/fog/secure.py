@@ -23,12 +23,11 @@ from hfl.crypto import kex
 from hfl.deadline import STRAGGLER_FACTOR, STRAGGLER_FLOOR_S, stage_deadline
 from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
 from hfl.errors import HflError, clip
-from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2
+from hfl.proto.v1 import facility_pb2, fog_pb2
 from hfl.rpc import serde
-from hfl.rpc.client import ByteCount, call, describe_rpc_error
+from hfl.rpc.client import ByteCount, describe_rpc_error
+from hfl.rpc.link import encode_call
 from hfl.rpc.metrics import SECAGG_DROPOUTS
-from hfl.rpc.pki import Peer
-from hfl.rpc.server import Channels
 from hfl.secagg import (
     STAGE_NAMES,
     BucketAggregator,
@@ -41,6 +40,7 @@ from hfl.secagg import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from services.fog.links import Links
 from services.fog.rounds import PhaseMarks
 
 log = logging.getLogger("hfl.fog")
@@ -49,7 +49,8 @@ T = TypeVar("T")
 
 
 class MemberLink(Protocol):
-    """How the driver reaches the members of one bucket (gRPC in the service, fakes in tests)."""
+    """How the driver reaches the members of one bucket (their connections in the service, fakes in
+    tests)."""
 
     async def advertise(self, member: str, timeout: float) -> KeyAdvertisement: ...
 
@@ -316,19 +317,20 @@ async def run_secure_bucket(
     )
 
 
-class GrpcMemberLink:
-    """Reaches the members of one bucket over gRPC, counting the bytes of every call; with ``marks``, it
-    notes when advertisements (the model handed out) and masked inputs (local work done) come back.
+class FacilityMemberLink:
+    """Reaches the members of one bucket over their connections to this fog (services/fog/links.py),
+    counting the bytes of every call; with ``marks``, it notes when advertisements (the model handed
+    out) and masked inputs (local work done) come back.
 
-    The share-keys and unmask requests are the same for every member of the bucket: each is built once,
-    on the first call of its stage, and reused for the others."""
+    The advertise, share-keys and unmask calls are the same for every member of the bucket: each is
+    serialised once, on the first call of its stage, and the same bytes go to every member."""
 
     def __init__(
         self,
         config: RoundConfig,
         request: fog_pb2.RunRoundRequest,
         bucket_id: str,
-        channels: Channels,
+        links: Links,
         counter: ByteCount | None,
         d: int,
         swap_keys: bool = False,
@@ -338,41 +340,40 @@ class GrpcMemberLink:
         self.swap_keys = swap_keys
         self.config = config
         self.session = serde.session_to_proto(config.round, config.attempt, bucket_id)
-        self.advert = facility_pb2.SecAggAdvertiseRequest(
-            config=request.config, model=request.model, plan=request.plan, bucket_id=bucket_id
-        )
-        self.channels = channels
+        self.request = request
+        self.bucket_id = bucket_id
+        self.links = links
         self.counter = counter
         self.d = d
         self.marks = marks
-        # (what the request was built from, the request): rebuilt only if the driver passes something else
-        self._share_keys_req: (
-            tuple[Sequence[KeyAdvertisement], facility_pb2.SecAggShareKeysRequest] | None
-        ) = None
-        self._unmask_req: tuple[UnmaskRequest, facility_pb2.SecAggUnmaskRequest] | None = None
+        self._advert: asyncio.Future[bytes] | None = None
+        # (what the call was built from, its bytes): rebuilt only if the driver passes something else
+        self._share_keys_req: tuple[Sequence[KeyAdvertisement], bytes] | None = None
+        self._unmask_req: tuple[UnmaskRequest, bytes] | None = None
 
-    def _stub(self, member: str) -> facility_pb2_grpc.FacilityServiceStub:
-        return facility_pb2_grpc.FacilityServiceStub(
-            self.channels.get(self.config.node(member).address, Peer("facility", member))
-        )
-
-    async def _call(self, member: str, method: str, request: Any, timeout: float) -> Any:
-        return await call(
-            getattr(self._stub(member), method),
-            request,
-            peer="facility",
-            timeout=timeout,
-            counter=self.counter,
-        )
+    async def _call(self, member: str, kind: str, data: bytes, timeout: float) -> Any:
+        return await self.links.call(member, kind, data, timeout, self.counter)
 
     async def advertise(self, member: str, timeout: float) -> KeyAdvertisement:
-        resp = await self._call(member, "SecAggAdvertise", self.advert, timeout)
+        if self._advert is None:  # the first member's call serialises it (off the event loop), once
+            r = self.request
+            self._advert = asyncio.ensure_future(
+                asyncio.to_thread(
+                    encode_call,
+                    "secagg_advertise",
+                    facility_pb2.SecAggAdvertiseRequest(
+                        config=r.config, model=r.model, plan=r.plan, bucket_id=self.bucket_id
+                    ),
+                )
+            )
+        data = await asyncio.shield(self._advert)
+        resp = await self._call(member, "secagg_advertise", data, timeout)
         ad = serde.advertisement_from_proto(resp.advertisement)
         if self.marks is not None:
             self.marks.mark("distributed")
         return ad
 
-    def _share_keys_request(self, ads: Sequence[KeyAdvertisement]) -> facility_pb2.SecAggShareKeysRequest:
+    def _share_keys_request(self, ads: Sequence[KeyAdvertisement]) -> bytes:
         if self._share_keys_req is None or self._share_keys_req[0] is not ads:
             sent = ads
             if self.swap_keys and ads:  # experiments/tests only (HFL_BYZANTINE=swap_keys on a fog)
@@ -383,13 +384,13 @@ class GrpcMemberLink:
             req = facility_pb2.SecAggShareKeysRequest(
                 session=self.session, advertisements=[serde.advertisement_to_proto(a) for a in sent]
             )
-            self._share_keys_req = (ads, req)
+            self._share_keys_req = (ads, encode_call("secagg_share_keys", req))
         return self._share_keys_req[1]
 
     async def share_keys(
         self, member: str, ads: Sequence[KeyAdvertisement], timeout: float
     ) -> list[EncryptedShare]:
-        resp = await self._call(member, "SecAggShareKeys", self._share_keys_request(ads), timeout)
+        resp = await self._call(member, "secagg_share_keys", self._share_keys_request(ads), timeout)
         return serde.shares_from_proto(resp.shares)
 
     async def masked_input(
@@ -398,7 +399,9 @@ class GrpcMemberLink:
         req = facility_pb2.SecAggMaskedInputRequest(
             session=self.session, shares=[serde.share_to_proto(s) for s in shares]
         )
-        resp = await self._call(member, "SecAggMaskedInput", req, timeout)
+        resp = await self._call(
+            member, "secagg_masked_input", encode_call("secagg_masked_input", req), timeout
+        )
         msg = await asyncio.to_thread(serde.masked_input_from_proto, resp, expected_length=self.d)
         if self.marks is not None:
             self.marks.mark("collected")
@@ -407,6 +410,6 @@ class GrpcMemberLink:
     async def unmask(self, member: str, request: UnmaskRequest, timeout: float) -> UnmaskResponse:
         if self._unmask_req is None or self._unmask_req[0] is not request:
             req = serde.unmask_request_to_proto(self.config.round, self.config.attempt, request)
-            self._unmask_req = (request, req)
-        resp = await self._call(member, "SecAggUnmask", self._unmask_req[1], timeout)
+            self._unmask_req = (request, encode_call("secagg_unmask", req))
+        resp = await self._call(member, "secagg_unmask", self._unmask_req[1], timeout)
         return serde.unmask_response_from_proto(resp)

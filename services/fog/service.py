@@ -5,25 +5,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 
+from hfl import bounds
 from hfl.deadline import stage_deadline
 from hfl.domain import Bucket, BucketEvaluation, BucketResult, Metrics, RoundConfig, TrainingPlan
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotReady, StaleRound, clip
 from hfl.learning.metrics import EVAL_VECTOR_LEN, metrics_from_vector
 from hfl.proto.v1 import common_pb2 as pb
-from hfl.proto.v1 import facility_pb2, facility_pb2_grpc, fog_pb2, fog_pb2_grpc
-from hfl.rpc import serde
-from hfl.rpc.client import ByteCount, call, describe_rpc_error
+from hfl.proto.v1 import facility_pb2, fog_pb2, fog_pb2_grpc
+from hfl.rpc import authz, serde
+from hfl.rpc.client import ByteCount, describe_rpc_error
+from hfl.rpc.link import encode_call
 from hfl.rpc.metrics import REFUSED, ROUND
-from hfl.rpc.pki import Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
+from services.fog.links import Links
 from services.fog.rounds import PhaseMarks, bucket_requests
-from services.fog.secure import GrpcMemberLink, StageTimeouts, no_answer, run_secure_bucket
+from services.fog.secure import FacilityMemberLink, StageTimeouts, no_answer, run_secure_bucket
 
 log = logging.getLogger("hfl.fog")
 
@@ -125,6 +128,14 @@ class PlainBucket:
         )
 
 
+def _named_in_header(context: grpc.aio.ServicerContext) -> str:
+    """Without TLS (debugging only) nobody is authenticated: the facility names itself."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "hfl-node" and isinstance(value, str):
+            return bounds.node_id(value)
+    raise InvalidInput("a connection must name its facility (the hfl-node header)")
+
+
 class Fog(fog_pb2_grpc.FogServiceServicer):
     def __init__(self, settings: Settings, node_id: str, channels: Channels) -> None:
         self.settings = settings
@@ -135,6 +146,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         self.open: dict[str, PlainBucket] = {}
         self.received_bytes = 0
         self.dim = 0
+        self.links = Links()  # the facilities' connections to this fog (links.py)
 
     def ready(self, authority_key: bytes) -> None:
         self.authority_key = authority_key
@@ -176,11 +188,11 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                         config.attempt,
                         params.size,
                         plan,
-                        GrpcMemberLink(
+                        FacilityMemberLink(
                             config,
                             requests[b.bucket_id],
                             b.bucket_id,
-                            self.channels,
+                            self.links,
                             counter,
                             params.size,
                             swap_keys=swap_keys,
@@ -219,22 +231,18 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
     ) -> BucketResult:
         collector = self.open[bucket.bucket_id]
         # One message for the whole bucket (the model is not copied once per member).
-        start_request = facility_pb2.StartRoundRequest(
-            config=request.config, model=request.model, plan=request.plan, bucket_id=bucket.bucket_id
+        start_request = await asyncio.to_thread(
+            encode_call,
+            "start_round",
+            facility_pb2.StartRoundRequest(
+                config=request.config, model=request.model, plan=request.plan, bucket_id=bucket.bucket_id
+            ),
         )
 
         async def start(member: str) -> None:
-            node = config.node(member)
-            stub = facility_pb2_grpc.FacilityServiceStub(
-                self.channels.get(node.address, Peer("facility", member))
-            )
             try:
-                await call(
-                    stub.StartRound,
-                    start_request,
-                    peer="facility",
-                    timeout=min(30.0, plan.timeout_s),
-                    counter=counter,
+                await self.links.call(
+                    member, "start_round", start_request, min(30.0, plan.timeout_s), counter
                 )
             except grpc.aio.AioRpcError as e:
                 log.warning(
@@ -317,6 +325,17 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         self.received_bytes += request.ByteSize()
         return fog_pb2.SubmitUpdateResponse()
 
+    # ------------------------------------------------------------------ the facilities' connections
+    async def Connect(
+        self, request_iterator: AsyncIterator[facility_pb2.LinkFrame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[facility_pb2.LinkFrame]:
+        """A facility's one connection to this fog: the fog's calls go down it, the answers come up
+        (services/fog/links.py). Its certificate says which facility it is (with HFL_TLS=false, the
+        ``hfl-node`` header of the call, for debugging only)."""
+        node_id = authz.caller_id() or _named_in_header(context)
+        async for frame in self.links.serve(node_id, request_iterator, context):
+            yield frame
+
     # ------------------------------------------------------------------ evaluation
     async def Evaluate(
         self, request: fog_pb2.EvaluateRequest, context: grpc.aio.ServicerContext
@@ -356,7 +375,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         plan: TrainingPlan,
         timeouts: StageTimeouts,
     ) -> BucketEvaluation:
-        link = GrpcMemberLink(config, request, bucket.bucket_id, self.channels, None, EVAL_VECTOR_LEN)
+        link = FacilityMemberLink(config, request, bucket.bucket_id, self.links, None, EVAL_VECTOR_LEN)
         try:
             quant = serde.eval_quant_config(len(bucket.members))
         except InvalidInput as e:
@@ -380,15 +399,11 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
     async def _evaluate_plain(self, config: RoundConfig, bucket: Bucket, model: pb.Model) -> BucketEvaluation:
         """Without secure aggregation (experiments): each member answers with its own sums, as its
         updates reach this fog unmasked too."""
-        msg = facility_pb2.EvaluateModelRequest(model=model)
+        msg = encode_call("evaluate_model", facility_pb2.EvaluateModelRequest(model=model))
 
         async def one(member: str) -> Metrics | None:
-            node = config.node(member)
-            stub = facility_pb2_grpc.FacilityServiceStub(
-                self.channels.get(node.address, Peer("facility", member))
-            )
             try:
-                resp = await call(stub.EvaluateModel, msg, peer="facility", timeout=EVAL_TIMEOUT_S)
+                resp = await self.links.call(member, "evaluate_model", msg, EVAL_TIMEOUT_S)
                 return serde.metrics_from_proto(resp.metrics)
             except (grpc.aio.AioRpcError, InvalidInput) as e:
                 log.warning("evaluation at %s failed: %s", member, e)

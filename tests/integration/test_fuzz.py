@@ -49,7 +49,7 @@ from hfl.proto.v1 import (
     validator_pb2,
 )
 from hfl.rpc.authz import TABLE, rule_for
-from hfl.rpc.limits import request_limit
+from hfl.rpc.limits import FRAME, MIB, request_limit
 from hfl.rpc.pki import NodeTls, sync_channel
 from tests.conftest import record_result
 from tests.integration.helpers import client_tls, start_federation, wait_for_round
@@ -60,7 +60,6 @@ EXAMPLES = int(os.environ.get("HFL_FUZZ_EXAMPLES", "12"))
 SERVICES = {
     "AuthorityService": (authority_pb2, "authority"),
     "FogService": (fog_pb2, "fog-1"),
-    "FacilityService": (facility_pb2, "facility-01"),
     "LeaderService": (leader_pb2, "leader"),
     "ValidatorService": (validator_pb2, "validator-1"),
 }
@@ -134,6 +133,8 @@ def _status(procs: dict[str, Proc]) -> dict[str, Any]:
 
 
 REVOKE = "/hfl.v1.AuthorityService/RevokeNode"
+CONNECT = "/hfl.v1.FogService/Connect"
+STRANGER = "facility-99"  # a facility certificate of this federation, not a member of it
 QUARANTINE = "/hfl.v1.AuthorityService/QuarantineFacility"
 RELEASE = "/hfl.v1.AuthorityService/ReleaseFacility"
 
@@ -260,6 +261,8 @@ class Caller:
         self.tls: dict[str, NodeTls] = {
             role: client_tls(out, role, node) for role, node in CALLER_IDS.items()
         }
+        # Connect is fuzzed as a facility that is not a member: the real facilities stay connected.
+        self.tls["link"] = client_tls(out, "facility", STRANGER)
         self.channels: dict[tuple[str, str], grpc.Channel] = {}
         # RevokeNode is an operator's command: a well-formed one naming a real node is carried out (not
         # refused input), so the nodes it removed are allowed to leave the registry, and only those.
@@ -285,8 +288,10 @@ class Caller:
         else:
             rule = rule_for(method)
             role = sorted(rule.roles)[0] if rule else "operator"
-            ch = self.channel(self.procs[node].info["address"], role)
+            ch = self.channel(self.procs[node].info["address"], "link" if method == CONNECT else role)
         COUNT["cases"] += 1
+        if dict(METHODS)[method].client_streaming:  # Connect: one frame, then the facility hangs up
+            return _stream_call(ch, method, [payload])
         if dict(METHODS)[method].server_streaming:  # WatchRounds, GetLedger
             fn_s = ch.unary_stream(method)
             try:
@@ -327,11 +332,99 @@ def caller(federation: tuple[Federation, dict[str, Proc], Path]) -> Iterator[Cal
         c.close()
 
 
+def _stream_call(ch: grpc.Channel, method: str, frames: list[bytes]) -> tuple[grpc.StatusCode, str]:
+    """A facility's connection (FogService.Connect) that sends ``frames`` (raw bytes) and hangs up."""
+    try:
+        for _ in ch.stream_stream(method)(iter(frames), timeout=10):
+            pass
+    except grpc.RpcError as e:
+        return e.code(), e.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
 def _check(method: str, code: grpc.StatusCode, details: str) -> None:
     if code == grpc.StatusCode.OK:
         return
     assert code in FINE, f"{method}: {code.name} {details!r}"
     assert "Traceback" not in details and 'File "' not in details, f"{method} leaked internals: {details!r}"
+
+
+# ------------------------------------------------------------------------- the facilities' connections
+def _frame(call_id: int, seq: int, total: int, chunk: bytes) -> bytes:
+    return facility_pb2.LinkFrame(call_id=call_id, seq=seq, total=total, chunk=chunk).SerializeToString()
+
+
+def _metric(procs: dict[str, Proc], node: str, name: str) -> float:
+    import urllib.request
+
+    port = procs[node].info["metrics_port"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not among {node}'s metrics")
+
+
+_REPLY = facility_pb2.FacilityReply(start_round=facility_pb2.StartRoundResponse()).SerializeToString()
+BAD_STREAMS = {
+    "out of order": (
+        [_frame(1, 1, 10, b"x" * 5)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "came before the call's first frame",
+    ),
+    "two messages interleaved": (
+        [_frame(1, 0, 10, b"x" * 5), _frame(2, 0, 10, b"y" * 5)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "began before call 1 was complete",
+    ),
+    "an oversized frame": (
+        [_frame(1, 0, 2 * MIB, b"x" * (MIB + 1))],
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "frames carry at most",
+    ),
+    "a frame larger than any": (
+        [_frame(1, 0, 3 * MIB, b"x" * (2 * MIB))],
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "accepts at most",
+    ),
+    "an oversized message": (
+        [_frame(1, 0, 2**40, b"x")],
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "announces",
+    ),
+    "an answer to a call never made (a replay)": (
+        [_frame(1, 0, len(_REPLY), _REPLY)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "never asked or was already answered",
+    ),
+    "a message cut short": (
+        [_frame(1, 0, 10, b"x" * 5)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ended in the middle of call 1",
+    ),
+    "bytes that are no frame": ([b"\xff\xff\xff"], grpc.StatusCode.INVALID_ARGUMENT, "not a valid message"),
+}
+
+
+def test_bad_input_on_a_facility_connection_closes_that_connection_only(
+    caller: Caller, federation: tuple[Federation, dict[str, Proc], Path]
+) -> None:
+    """Each kind of bad input closes the offending connection with a clear status; the real facilities'
+    connections stay open and the federation's state does not change. A node that is not a facility
+    (the wrong party) may not open one at all. (First in this file: the fuzzing below revokes nodes.)"""
+    fed, procs, out = federation
+    before = _state(fed, procs, out)
+    fog = str(procs["fog-1"].info["address"])
+    assert _metric(procs, "fog-1", "hfl_fog_connected_facilities") == 3
+    for case, (frames, want, words) in BAD_STREAMS.items():
+        code, details = _stream_call(caller.channel(fog, "link"), CONNECT, frames)
+        assert (code, words in details) == (want, True), f"{case}: {code.name} {details!r}"
+        assert len(details) < 300 and "Traceback" not in details
+    for role in ("validator", "fog", "leader"):
+        code, details = _stream_call(caller.channel(fog, role), CONNECT, [])
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "may not call Connect" in details, details
+    assert _metric(procs, "fog-1", "hfl_fog_connected_facilities") == 3  # the members are still there
+    assert _without(_state(fed, procs, out), caller) == _without(before, caller)
 
 
 def test_every_method_is_covered() -> None:
@@ -516,6 +609,8 @@ def _target(method: str, procs: dict[str, Proc]) -> tuple[str, str]:
     """(address, caller role) for a method: a role allowed to call it, so cases reach the servicer."""
     if method.startswith("/grpc.health"):
         return str(procs["fog-1"].info["address"]), "facility"
+    if method == CONNECT:
+        return str(procs["fog-1"].info["address"]), "link"
     service = method.split("/")[1].split(".")[-1]
     node = SERVICES[service][1]
     rule = rule_for(method)
@@ -569,6 +664,13 @@ def test_fuzz_every_rpc_and_stream_at_volume(
             address, role = _target(method, procs)
             ch = caller.channel(address, role)
         COUNT["cases"] += 1
+        if m.client_streaming:  # a facility's connection (Connect): one at a time, a frame or two
+            frames = [data] if mut.rng.random() < 0.5 else [data, mut.payload(m.input_type, FRAME)[1]]
+            code, details = _stream_call(ch, method, frames)
+            seen.setdefault(method, set()).add(code.name)
+            if code != grpc.StatusCode.OK and (code not in FINE or "Traceback" in details):
+                bad.append(f"{method} ({kind}): {code.name} {details[:200]!r}")
+            continue
         if m.server_streaming:  # streams (Health/Watch, WatchRounds, GetLedger): one at a time
             settle(method, kind, ch.unary_stream(method)(data, timeout=20), data, stream=True)
             continue
@@ -582,7 +684,7 @@ def test_fuzz_every_rpc_and_stream_at_volume(
     assert len(order) >= VOLUME and set(seen) == {m for m, _ in methods}
     for name, p in procs.items():
         assert p.popen.poll() is None, f"{name} crashed while fuzzing"
-    for name in ("authority", "fog-1", "facility-01", "leader", "validator-1"):  # still serving
+    for name in ("authority", "fog-1", "leader", "validator-1"):  # still serving (a facility serves nothing)
         with sync_channel(str(procs[name].info["address"]), caller.tls["facility"]) as ch:
             answer = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
@@ -591,7 +693,6 @@ def test_fuzz_every_rpc_and_stream_at_volume(
 
 
 # ------------------------------------------------------------------------------------------ oversized
-MIB = 1024 * 1024
 
 
 def _rss_bytes(pid: int) -> int:

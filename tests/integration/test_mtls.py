@@ -7,6 +7,7 @@ connection never reaches a service, the client sees UNAVAILABLE) and the authori
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,9 +77,37 @@ def _stub(fn: object, ch: grpc.Channel) -> object:
     }[service](ch)
 
 
+def _listening_ports(pid: int) -> set[int]:
+    """TCP ports process ``pid`` listens on (from /proc: its socket inodes in LISTEN state)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                ports.add(int(cols[1].rpartition(":")[2], 16))
+    return ports
+
+
+def test_a_facility_listens_on_no_port_but_its_own_metrics(federation: Fed) -> None:
+    """Hospitals only dial out: a facility process opens no port but its local /metrics endpoint."""
+    _fed, procs, _out = federation
+    facility = procs["facility-01"]
+    assert facility.info["address"] == ""
+    assert _listening_ports(facility.popen.pid) <= {int(facility.info["metrics_port"])}
+    assert _listening_ports(procs["fog-1"].popen.pid) > {int(procs["fog-1"].info["metrics_port"])}  # sanity
+
+
 def test_no_certificate_is_refused(federation: Fed) -> None:
     _fed, procs, _out = federation
-    for name in ("leader", "authority", "fog-1", "validator-1", "facility-01"):
+    for name in ("leader", "authority", "fog-1", "validator-1"):  # a facility has no port to try
         with grpc.insecure_channel(_addr(procs, name)) as ch, pytest.raises(grpc.RpcError) as info:
             leader_pb2_grpc.LeaderServiceStub(ch).GetStatus(leader_pb2.GetStatusRequest(), timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE

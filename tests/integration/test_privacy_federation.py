@@ -171,9 +171,12 @@ def test_the_node_list_is_for_the_operator(federation: tuple[Federation, dict[st
 
     registered = {n.node_id for n in nodes(fed.operator()).nodes}
     assert registered == set(procs) - {"authority"}  # the operator sees every registered node
+    fogs = sorted(n for n in procs if n.startswith("fog-"))
     for role, node in (("facility", "facility-02"), ("validator", "validator-1"), ("fog", "fog-1")):
         seen = nodes(client_tls(out, role, node))
-        assert [n.node_id for n in seen.nodes] == [node], role  # its own entry, no one else's address
+        # its own entry and the fogs (where facilities connect to), no other site's entry
+        assert sorted({n.node_id for n in seen.nodes}) == sorted({node, *fogs}), role
+        assert all(n.role == "fog" for n in seen.nodes if n.node_id != node)
         assert not seen.quarantined and not seen.inactive
 
 
@@ -181,7 +184,7 @@ def test_health_watch_streams_the_serving_status(
     federation: tuple[Federation, dict[str, Proc], Path],
 ) -> None:
     fed, procs, _out = federation
-    for name in ("authority", "leader", "fog-1", "validator-1", "facility-01"):
+    for name in ("authority", "leader", "fog-1", "validator-1"):  # a facility serves nothing
         with sync_channel(procs[name].info["address"], fed.operator()) as ch:
             stream = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10)
             first = next(iter(stream))
@@ -207,7 +210,8 @@ def test_metrics_listen_on_the_same_interface_as_grpc(
     _fed, procs, _out = federation
     for name in ("authority", "leader", "fog-1", "validator-1", "facility-01"):
         port = int(procs[name].info["metrics_port"])
-        assert procs[name].info["address"].startswith("127.0.0.1:")
+        if name != "facility-01":  # a facility has no gRPC port: it only dials out
+            assert procs[name].info["address"].startswith("127.0.0.1:")
         assert _listening(port) == {"0100007F"}, name  # 127.0.0.1 only, not 0.0.0.0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,20 +49,25 @@ def test_hosted_facilities_run_rounds(hosted: tuple[Federation, dict[str, Proc],
     assert members == {p.node_id for p in facilities}  # every hosted facility took part
 
 
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
 def test_hosted_facilities_keep_their_own_identity(hosted: tuple[Federation, dict[str, Proc], Path]) -> None:
     fed, procs, out = hosted
     facilities = [p for p in procs.values() if p.role == "facility"]
     keys = {p.node_id: (out / "state" / p.node_id / "identity.key").read_bytes() for p in facilities}
     assert len(set(keys.values())) == N  # one identity key per facility, in its own state folder
-    addresses = {p.info["address"] for p in facilities}
-    assert len(addresses) == N  # one gRPC port each
+    assert {p.info["address"] for p in facilities} == {""}  # no port: they dial out
     with sync_channel(procs["authority"].info["address"], fed.operator()) as ch:
         stub = authority_pb2_grpc.AuthorityServiceStub(ch)
         nodes = stub.ListNodes(authority_pb2.ListNodesRequest(), timeout=10)
     registered = {n.node_id: n for n in nodes.nodes if n.role == "facility"}
     assert set(registered) == set(keys)
-    assert {registered[p.node_id].address for p in facilities} == addresses
     assert len({bytes(n.sign_public_key) for n in registered.values()}) == N
+    for fog in (p for p in procs.values() if p.role == "fog"):  # one connection of its own per facility
+        assert _metric(int(fog.info["metrics_port"]), "hfl_fog_connected_facilities") == N
 
 
 def test_host_refuses_a_bad_facilities_file(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -71,3 +72,51 @@ def test_tls_files_only_when_tls_is_on_and_the_node_has_a_certificate(tmp_path: 
     assert tls_files({**env, "HFL_TLS": "false"}) is None
     assert tls_files({**env, "HFL_TLS": "0"}) is None
     assert tls_files({}, cert_dir=str(tls)) == (b"ca.pem", b"key.pem", b"cert.pem")
+
+
+def _metrics_server(text: str) -> tuple[Any, int]:
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "ok", "words"),
+    [
+        ('hfl_up{role="facility"} 1.0\nhfl_facility_fog_connections 2.0\n', True, "connected to 2"),
+        ('hfl_up{role="facility"} 1.0\nhfl_facility_fog_connections 0\n', False, "not connected to any"),
+        ('hfl_up{role="facility"} 0.0\nhfl_facility_fog_connections 0.0\n', False, "still starting"),
+    ],
+)
+def test_a_facility_is_healthy_when_it_is_up_and_connected_to_a_fog(
+    text: str, ok: bool, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, port = _metrics_server(text)
+    try:
+        assert main(["--facility"], env={"HFL_METRICS_PORT": str(port)}) == (0 if ok else 1)
+        assert words in capsys.readouterr().out
+    finally:
+        server.shutdown()
+
+
+def test_a_facility_whose_metrics_do_not_answer_is_not_healthy(capsys: pytest.CaptureFixture[str]) -> None:
+    server, port = _metrics_server("")
+    server.shutdown()
+    server.server_close()
+    assert main(["--facility", "--timeout", "1"], env={"HFL_METRICS_PORT": str(port)}) == 1
+    assert "do not answer" in capsys.readouterr().out
+    assert main(["--facility"], env={"HFL_METRICS_PORT": "nine"}) == 1

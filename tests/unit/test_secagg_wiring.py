@@ -16,7 +16,7 @@ from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
 from hfl.errors import InvalidInput
 from hfl.proto.v1 import common_pb2, facility_pb2, fog_pb2
 from hfl.rpc import serde
-from hfl.rpc.server import Channels
+from hfl.rpc.link import CALLS, decode_call
 from hfl.secagg import (
     EncryptedShare,
     KeyAdvertisement,
@@ -28,8 +28,9 @@ from hfl.secagg import (
     default_threshold,
     quantize,
 )
+from services.fog.links import Links
 from services.fog.rounds import PhaseMarks
-from services.fog.secure import GrpcMemberLink, StageTimeouts, run_secure_bucket
+from services.fog.secure import FacilityMemberLink, StageTimeouts, run_secure_bucket
 
 # ---------------------------------------------------------------------------------------------- serde
 
@@ -234,20 +235,23 @@ def test_driver_refuses_an_unsafe_bucket() -> None:
     assert r.abandoned and "threshold" in r.reason
 
 
-# ---------------------------------------------------------------------------------------------- gRPC link
-class WireLink(GrpcMemberLink):
-    """The fog's real gRPC member link, with the fake facilities answering its protos in place of the
-    network; records every request it sends."""
+# ---------------------------------------------------------------------------------------------- wire link
+class WireLink(FacilityMemberLink):
+    """The fog's real member link, with the fake facilities answering the calls it serialises in place
+    of the facilities' connections; records every call (its bytes) it sends."""
 
     def __init__(self, fakes: FakeFacilities, marks: PhaseMarks, swap_keys: bool = False) -> None:
         config = cast(RoundConfig, SimpleNamespace(round=ROUND, attempt=ATTEMPT))
         request = fog_pb2.RunRoundRequest()
-        super().__init__(config, request, "b0", Channels(), None, D, swap_keys=swap_keys, marks=marks)
+        super().__init__(config, request, "b0", Links(), None, D, swap_keys=swap_keys, marks=marks)
         self.fakes = fakes
-        self.sent: dict[str, list[Any]] = {}
+        self.sent: dict[str, list[bytes]] = {}
 
-    async def _call(self, member: str, method: str, request: Any, timeout: float) -> Any:
-        self.sent.setdefault(method, []).append(request)
+    async def _call(self, member: str, kind: str, data: bytes, timeout: float) -> Any:
+        called, request = decode_call(data)
+        assert called == kind
+        method = CALLS[kind]
+        self.sent.setdefault(method, []).append(data)
         m = self.fakes.members[member]
         if method == "SecAggAdvertise":
             return facility_pb2.SecAggAdvertiseResponse(
@@ -267,7 +271,7 @@ class WireLink(GrpcMemberLink):
         return serde.unmask_response_to_proto(m.unmask(req.survivors, req.dropped))
 
 
-def test_grpc_link_builds_each_bucket_wide_request_once_and_marks_the_phases() -> None:
+def test_link_serialises_each_bucket_wide_call_once_and_marks_the_phases() -> None:
     fakes = FakeFacilities(5)
     marks = PhaseMarks()
     link = WireLink(fakes, marks)
@@ -280,13 +284,13 @@ def test_grpc_link_builds_each_bucket_wide_request_once_and_marks_the_phases() -
         "SecAggMaskedInput": 5,
         "SecAggUnmask": 5,
     }
-    for method in ("SecAggAdvertise", "SecAggShareKeys", "SecAggUnmask"):  # the same message for everyone
+    for method in ("SecAggAdvertise", "SecAggShareKeys", "SecAggUnmask"):  # the same bytes for everyone
         assert all(req is link.sent[method][0] for req in link.sent[method]), method
-    assert len(link.sent["SecAggShareKeys"][0].advertisements) == 5
+    assert len(decode_call(link.sent["SecAggShareKeys"][0])[1].advertisements) == 5
     assert marks.t0 <= marks.marks["distributed"] <= marks.marks["collected"]
 
 
-def test_grpc_link_that_swaps_keys_makes_every_member_abort() -> None:
+def test_link_that_swaps_keys_makes_every_member_abort() -> None:
     fakes = FakeFacilities(4)
     link = WireLink(fakes, PhaseMarks(), swap_keys=True)
     r = asyncio.run(run_secure_bucket(fakes.bucket, ROUND, ATTEMPT, D, PLAN, link, FAST))

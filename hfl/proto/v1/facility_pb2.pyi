@@ -21,6 +21,22 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class StartRoundRequest(_message.Message):
+    """What a fog asks of a facility and what the facility answers. A facility listens on no port: it keeps
+    one connection open to its fog (FogService.Connect, fog.proto), and these messages travel over it,
+    wrapped in a FogCall (fog -> facility) and a FacilityReply (facility -> fog).
+
+    StartRound: train on this model for this round; the update goes back via FogService.SubmitUpdate.
+    EvaluateModel: metrics of a model on the facility's local test set (plain path, experiments only).
+    Secure aggregation (Bonawitz et al. 2017 with signed key advertisements), driven stage by stage by
+    the fog; the fog only ever sees masked vectors.
+      Stage 1 (SecAggAdvertise): check the signed round configuration, start local training, return
+        signed fresh keys.
+      Stage 2 (SecAggShareKeys): all members' advertisements -> encrypted Shamir shares for each peer.
+      Stage 3 (SecAggMaskedInput): the shares addressed to this facility -> its masked update (waits for
+        training).
+      Stage 4 (SecAggUnmask): who survived and who dropped -> shares to remove the remaining masks.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONFIG_FIELD_NUMBER: _builtins.int
@@ -436,3 +452,157 @@ class SecAggUnmaskResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SecAggUnmaskResponse: _TypeAlias = SecAggUnmaskResponse  # noqa: Y015
+
+@_typing.final
+class FogCall(_message.Message):
+    """---------------------------------------------------------------- the facility's connection to its fog
+    One call of the fog to a facility (exactly one field is set).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_ROUND_FIELD_NUMBER: _builtins.int
+    EVALUATE_MODEL_FIELD_NUMBER: _builtins.int
+    SECAGG_ADVERTISE_FIELD_NUMBER: _builtins.int
+    SECAGG_SHARE_KEYS_FIELD_NUMBER: _builtins.int
+    SECAGG_MASKED_INPUT_FIELD_NUMBER: _builtins.int
+    SECAGG_UNMASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_round(self) -> Global___StartRoundRequest: ...
+    @_builtins.property
+    def evaluate_model(self) -> Global___EvaluateModelRequest: ...
+    @_builtins.property
+    def secagg_advertise(self) -> Global___SecAggAdvertiseRequest: ...
+    @_builtins.property
+    def secagg_share_keys(self) -> Global___SecAggShareKeysRequest: ...
+    @_builtins.property
+    def secagg_masked_input(self) -> Global___SecAggMaskedInputRequest: ...
+    @_builtins.property
+    def secagg_unmask(self) -> Global___SecAggUnmaskRequest: ...
+    def __init__(
+        self,
+        *,
+        start_round: Global___StartRoundRequest | None = ...,
+        evaluate_model: Global___EvaluateModelRequest | None = ...,
+        secagg_advertise: Global___SecAggAdvertiseRequest | None = ...,
+        secagg_share_keys: Global___SecAggShareKeysRequest | None = ...,
+        secagg_masked_input: Global___SecAggMaskedInputRequest | None = ...,
+        secagg_unmask: Global___SecAggUnmaskRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "evaluate_model", b"evaluate_model", "secagg_advertise", b"secagg_advertise", "secagg_masked_input", b"secagg_masked_input", "secagg_share_keys", b"secagg_share_keys", "secagg_unmask", b"secagg_unmask", "start_round", b"start_round"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "evaluate_model", b"evaluate_model", "secagg_advertise", b"secagg_advertise", "secagg_masked_input", b"secagg_masked_input", "secagg_share_keys", b"secagg_share_keys", "secagg_unmask", b"secagg_unmask", "start_round", b"start_round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_call: _TypeAlias = _typing.Literal["start_round", "evaluate_model", "secagg_advertise", "secagg_share_keys", "secagg_masked_input", "secagg_unmask"]  # noqa: Y015
+    _WhichOneofArgType_call: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_call) -> _WhichOneofReturnType_call | None: ...
+
+Global___FogCall: _TypeAlias = FogCall  # noqa: Y015
+
+@_typing.final
+class FacilityReply(_message.Message):
+    """The facility's answer to one FogCall: the matching response, or why it refused."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_ROUND_FIELD_NUMBER: _builtins.int
+    EVALUATE_MODEL_FIELD_NUMBER: _builtins.int
+    SECAGG_ADVERTISE_FIELD_NUMBER: _builtins.int
+    SECAGG_SHARE_KEYS_FIELD_NUMBER: _builtins.int
+    SECAGG_MASKED_INPUT_FIELD_NUMBER: _builtins.int
+    SECAGG_UNMASK_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_round(self) -> Global___StartRoundResponse: ...
+    @_builtins.property
+    def evaluate_model(self) -> Global___EvaluateModelResponse: ...
+    @_builtins.property
+    def secagg_advertise(self) -> Global___SecAggAdvertiseResponse: ...
+    @_builtins.property
+    def secagg_share_keys(self) -> Global___SecAggShareKeysResponse: ...
+    @_builtins.property
+    def secagg_masked_input(self) -> Global___SecAggMaskedInputResponse: ...
+    @_builtins.property
+    def secagg_unmask(self) -> Global___SecAggUnmaskResponse: ...
+    @_builtins.property
+    def refused(self) -> Global___CallRefused: ...
+    def __init__(
+        self,
+        *,
+        start_round: Global___StartRoundResponse | None = ...,
+        evaluate_model: Global___EvaluateModelResponse | None = ...,
+        secagg_advertise: Global___SecAggAdvertiseResponse | None = ...,
+        secagg_share_keys: Global___SecAggShareKeysResponse | None = ...,
+        secagg_masked_input: Global___SecAggMaskedInputResponse | None = ...,
+        secagg_unmask: Global___SecAggUnmaskResponse | None = ...,
+        refused: Global___CallRefused | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluate_model", b"evaluate_model", "refused", b"refused", "reply", b"reply", "secagg_advertise", b"secagg_advertise", "secagg_masked_input", b"secagg_masked_input", "secagg_share_keys", b"secagg_share_keys", "secagg_unmask", b"secagg_unmask", "start_round", b"start_round"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluate_model", b"evaluate_model", "refused", b"refused", "reply", b"reply", "secagg_advertise", b"secagg_advertise", "secagg_masked_input", b"secagg_masked_input", "secagg_share_keys", b"secagg_share_keys", "secagg_unmask", b"secagg_unmask", "start_round", b"start_round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_reply: _TypeAlias = _typing.Literal["start_round", "evaluate_model", "secagg_advertise", "secagg_share_keys", "secagg_masked_input", "secagg_unmask", "refused"]  # noqa: Y015
+    _WhichOneofArgType_reply: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_reply) -> _WhichOneofReturnType_reply | None: ...
+
+Global___FacilityReply: _TypeAlias = FacilityReply  # noqa: Y015
+
+@_typing.final
+class CallRefused(_message.Message):
+    """A refusal, as a gRPC status code (grpc.StatusCode value) and a plain-language reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    details: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        details: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallRefused: _TypeAlias = CallRefused  # noqa: Y015
+
+@_typing.final
+class LinkFrame(_message.Message):
+    """One frame on the connection. A FogCall or FacilityReply is serialised and cut into frames of at most
+    hfl.rpc.link.CHUNK bytes, sent one after another (frames of two messages never interleave), so a
+    model of any size travels without raising gRPC's message-size limit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.int
+    """which call: chosen by the fog, increasing; the reply carries the same id"""
+    seq: _builtins.int
+    """this frame's place in the message, from 0"""
+    total: _builtins.int
+    """the whole message's size in bytes (every frame carries it)"""
+    chunk: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        total: _builtins.int = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "chunk", b"chunk", "seq", b"seq", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkFrame: _TypeAlias = LinkFrame  # noqa: Y015

@@ -5,16 +5,9 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from hfl.proto.v1 import facility_pb2 as _facility_pb2
 import abc as _abc_1
 import grpc as _grpc
-import sys
 import typing as _typing
-
-if sys.version_info >= (3, 11):
-    from typing import Self as _Self
-else:
-    from typing_extensions import Self as _Self
 
 _T = _typing.TypeVar("_T")
 
@@ -25,103 +18,3 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
-
-class FacilityServiceStub:
-    """A facility: holds patient data, trains locally, never sends raw data."""
-
-    @_typing.overload
-    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
-    @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> FacilityServiceAsyncStub: ...
-    StartRound: _grpc.UnaryUnaryMultiCallable[_facility_pb2.StartRoundRequest, _facility_pb2.StartRoundResponse]
-    """Fog -> facility: train on this model for this round; the update goes back via FogService.SubmitUpdate."""
-    EvaluateModel: _grpc.UnaryUnaryMultiCallable[_facility_pb2.EvaluateModelRequest, _facility_pb2.EvaluateModelResponse]
-    """Fog -> facility: metrics of a model on the facility's local test set."""
-    SecAggAdvertise: _grpc.UnaryUnaryMultiCallable[_facility_pb2.SecAggAdvertiseRequest, _facility_pb2.SecAggAdvertiseResponse]
-    """Secure aggregation (Bonawitz et al. 2017 with signed key advertisements), driven stage by stage by
-    the fog; each stage's answer is the response. The fog only ever sees masked vectors.
-    Stage 1: check the signed round configuration, start local training, return signed fresh keys.
-    """
-    SecAggShareKeys: _grpc.UnaryUnaryMultiCallable[_facility_pb2.SecAggShareKeysRequest, _facility_pb2.SecAggShareKeysResponse]
-    """Stage 2: all members' advertisements -> this facility's encrypted Shamir shares for each peer."""
-    SecAggMaskedInput: _grpc.UnaryUnaryMultiCallable[_facility_pb2.SecAggMaskedInputRequest, _facility_pb2.SecAggMaskedInputResponse]
-    """Stage 3: the shares addressed to this facility -> its masked update (waits for training)."""
-    SecAggUnmask: _grpc.UnaryUnaryMultiCallable[_facility_pb2.SecAggUnmaskRequest, _facility_pb2.SecAggUnmaskResponse]
-    """Stage 4: who survived and who dropped -> this facility's shares to remove the remaining masks."""
-
-@_typing.type_check_only
-class FacilityServiceAsyncStub(FacilityServiceStub):
-    """A facility: holds patient data, trains locally, never sends raw data."""
-
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    StartRound: _aio.UnaryUnaryMultiCallable[_facility_pb2.StartRoundRequest, _facility_pb2.StartRoundResponse]  # type: ignore[assignment]
-    """Fog -> facility: train on this model for this round; the update goes back via FogService.SubmitUpdate."""
-    EvaluateModel: _aio.UnaryUnaryMultiCallable[_facility_pb2.EvaluateModelRequest, _facility_pb2.EvaluateModelResponse]  # type: ignore[assignment]
-    """Fog -> facility: metrics of a model on the facility's local test set."""
-    SecAggAdvertise: _aio.UnaryUnaryMultiCallable[_facility_pb2.SecAggAdvertiseRequest, _facility_pb2.SecAggAdvertiseResponse]  # type: ignore[assignment]
-    """Secure aggregation (Bonawitz et al. 2017 with signed key advertisements), driven stage by stage by
-    the fog; each stage's answer is the response. The fog only ever sees masked vectors.
-    Stage 1: check the signed round configuration, start local training, return signed fresh keys.
-    """
-    SecAggShareKeys: _aio.UnaryUnaryMultiCallable[_facility_pb2.SecAggShareKeysRequest, _facility_pb2.SecAggShareKeysResponse]  # type: ignore[assignment]
-    """Stage 2: all members' advertisements -> this facility's encrypted Shamir shares for each peer."""
-    SecAggMaskedInput: _aio.UnaryUnaryMultiCallable[_facility_pb2.SecAggMaskedInputRequest, _facility_pb2.SecAggMaskedInputResponse]  # type: ignore[assignment]
-    """Stage 3: the shares addressed to this facility -> its masked update (waits for training)."""
-    SecAggUnmask: _aio.UnaryUnaryMultiCallable[_facility_pb2.SecAggUnmaskRequest, _facility_pb2.SecAggUnmaskResponse]  # type: ignore[assignment]
-    """Stage 4: who survived and who dropped -> this facility's shares to remove the remaining masks."""
-
-class FacilityServiceServicer(metaclass=_abc_1.ABCMeta):
-    """A facility: holds patient data, trains locally, never sends raw data."""
-
-    @_abc_1.abstractmethod
-    def StartRound(
-        self,
-        request: _facility_pb2.StartRoundRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_facility_pb2.StartRoundResponse, _abc.Awaitable[_facility_pb2.StartRoundResponse]]:
-        """Fog -> facility: train on this model for this round; the update goes back via FogService.SubmitUpdate."""
-
-    @_abc_1.abstractmethod
-    def EvaluateModel(
-        self,
-        request: _facility_pb2.EvaluateModelRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_facility_pb2.EvaluateModelResponse, _abc.Awaitable[_facility_pb2.EvaluateModelResponse]]:
-        """Fog -> facility: metrics of a model on the facility's local test set."""
-
-    @_abc_1.abstractmethod
-    def SecAggAdvertise(
-        self,
-        request: _facility_pb2.SecAggAdvertiseRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_facility_pb2.SecAggAdvertiseResponse, _abc.Awaitable[_facility_pb2.SecAggAdvertiseResponse]]:
-        """Secure aggregation (Bonawitz et al. 2017 with signed key advertisements), driven stage by stage by
-        the fog; each stage's answer is the response. The fog only ever sees masked vectors.
-        Stage 1: check the signed round configuration, start local training, return signed fresh keys.
-        """
-
-    @_abc_1.abstractmethod
-    def SecAggShareKeys(
-        self,
-        request: _facility_pb2.SecAggShareKeysRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_facility_pb2.SecAggShareKeysResponse, _abc.Awaitable[_facility_pb2.SecAggShareKeysResponse]]:
-        """Stage 2: all members' advertisements -> this facility's encrypted Shamir shares for each peer."""
-
-    @_abc_1.abstractmethod
-    def SecAggMaskedInput(
-        self,
-        request: _facility_pb2.SecAggMaskedInputRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_facility_pb2.SecAggMaskedInputResponse, _abc.Awaitable[_facility_pb2.SecAggMaskedInputResponse]]:
-        """Stage 3: the shares addressed to this facility -> its masked update (waits for training)."""
-
-    @_abc_1.abstractmethod
-    def SecAggUnmask(
-        self,
-        request: _facility_pb2.SecAggUnmaskRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_facility_pb2.SecAggUnmaskResponse, _abc.Awaitable[_facility_pb2.SecAggUnmaskResponse]]:
-        """Stage 4: who survived and who dropped -> this facility's shares to remove the remaining masks."""
-
-def add_FacilityServiceServicer_to_server(servicer: FacilityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from hfl.proto.v1 import common_pb2 as hfl_dot_v1_dot_common__pb2
+from hfl.proto.v1 import facility_pb2 as hfl_dot_v1_dot_facility__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10hfl/v1/fog.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\"\xa5\x01\n\x0fRunRoundRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12\x1c\n\x05model\x18\x02 \x01(\x0b\x32\r.hfl.v1.Model\x12\"\n\x04plan\x18\x03 \x01(\x0b\x32\x14.hfl.v1.TrainingPlan\x12+\n\x0e\x62ucket_configs\x18\x04 \x03(\x0b\x32\x13.hfl.v1.RoundConfig\"\xf1\x01\n\x10RunRoundResponse\x12%\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x14.hfl.v1.BucketResult\x12\x1b\n\x13\x62ytes_to_facilities\x18\x02 \x01(\x04\x12\x1d\n\x15\x62ytes_from_facilities\x18\x03 \x01(\x04\x12\x37\n\x08phases_s\x18\x05 \x03(\x0b\x32%.hfl.v1.RunRoundResponse.PhasesSEntry\x1a.\n\x0cPhasesSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x04\x10\x05R\x0bphases_json\"\x8e\x01\n\x13SubmitUpdateRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tbucket_id\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x1e\n\x06update\x18\x05 \x01(\x0b\x32\x0e.hfl.v1.Vector\x12\x13\n\x0bnum_samples\x18\x06 \x01(\x04\"\x16\n\x14SubmitUpdateResponse\"\xab\x01\n\x0f\x45valuateRequest\x12\x1c\n\x05model\x18\x01 \x01(\x0b\x32\r.hfl.v1.Model\x12#\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12\"\n\x04plan\x18\x04 \x01(\x0b\x32\x14.hfl.v1.TrainingPlan\x12+\n\x0e\x62ucket_configs\x18\x05 \x03(\x0b\x32\x13.hfl.v1.RoundConfigJ\x04\x08\x02\x10\x03\"I\n\x10\x45valuateResponse\x12)\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\x18.hfl.v1.BucketEvaluationJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\x32\xd5\x01\n\nFogService\x12=\n\x08RunRound\x12\x17.hfl.v1.RunRoundRequest\x1a\x18.hfl.v1.RunRoundResponse\x12I\n\x0cSubmitUpdate\x12\x1b.hfl.v1.SubmitUpdateRequest\x1a\x1c.hfl.v1.SubmitUpdateResponse\x12=\n\x08\x45valuate\x12\x17.hfl.v1.EvaluateRequest\x1a\x18.hfl.v1.EvaluateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10hfl/v1/fog.proto\x12\x06hfl.v1\x1a\x13hfl/v1/common.proto\x1a\x15hfl/v1/facility.proto\"\xa5\x01\n\x0fRunRoundRequest\x12#\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12\x1c\n\x05model\x18\x02 \x01(\x0b\x32\r.hfl.v1.Model\x12\"\n\x04plan\x18\x03 \x01(\x0b\x32\x14.hfl.v1.TrainingPlan\x12+\n\x0e\x62ucket_configs\x18\x04 \x03(\x0b\x32\x13.hfl.v1.RoundConfig\"\xf1\x01\n\x10RunRoundResponse\x12%\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x14.hfl.v1.BucketResult\x12\x1b\n\x13\x62ytes_to_facilities\x18\x02 \x01(\x04\x12\x1d\n\x15\x62ytes_from_facilities\x18\x03 \x01(\x04\x12\x37\n\x08phases_s\x18\x05 \x03(\x0b\x32%.hfl.v1.RunRoundResponse.PhasesSEntry\x1a.\n\x0cPhasesSEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\x04\x10\x05R\x0bphases_json\"\x8e\x01\n\x13SubmitUpdateRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x11\n\tbucket_id\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x1e\n\x06update\x18\x05 \x01(\x0b\x32\x0e.hfl.v1.Vector\x12\x13\n\x0bnum_samples\x18\x06 \x01(\x04\"\x16\n\x14SubmitUpdateResponse\"\xab\x01\n\x0f\x45valuateRequest\x12\x1c\n\x05model\x18\x01 \x01(\x0b\x32\r.hfl.v1.Model\x12#\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x13.hfl.v1.RoundConfig\x12\"\n\x04plan\x18\x04 \x01(\x0b\x32\x14.hfl.v1.TrainingPlan\x12+\n\x0e\x62ucket_configs\x18\x05 \x03(\x0b\x32\x13.hfl.v1.RoundConfigJ\x04\x08\x02\x10\x03\"I\n\x10\x45valuateResponse\x12)\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\x18.hfl.v1.BucketEvaluationJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03\x32\x8a\x02\n\nFogService\x12=\n\x08RunRound\x12\x17.hfl.v1.RunRoundRequest\x1a\x18.hfl.v1.RunRoundResponse\x12I\n\x0cSubmitUpdate\x12\x1b.hfl.v1.SubmitUpdateRequest\x1a\x1c.hfl.v1.SubmitUpdateResponse\x12=\n\x08\x45valuate\x12\x17.hfl.v1.EvaluateRequest\x1a\x18.hfl.v1.EvaluateResponse\x12\x33\n\x07\x43onnect\x12\x11.hfl.v1.LinkFrame\x1a\x11.hfl.v1.LinkFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +35,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNROUNDRESPONSE_PHASESSENTRY']._loaded_options = None
   _globals['_RUNROUNDRESPONSE_PHASESSENTRY']._serialized_options = b'8\001'
-  _globals['_RUNROUNDREQUEST']._serialized_start=50
-  _globals['_RUNROUNDREQUEST']._serialized_end=215
-  _globals['_RUNROUNDRESPONSE']._serialized_start=218
-  _globals['_RUNROUNDRESPONSE']._serialized_end=459
-  _globals['_RUNROUNDRESPONSE_PHASESSENTRY']._serialized_start=394
-  _globals['_RUNROUNDRESPONSE_PHASESSENTRY']._serialized_end=440
-  _globals['_SUBMITUPDATEREQUEST']._serialized_start=462
-  _globals['_SUBMITUPDATEREQUEST']._serialized_end=604
-  _globals['_SUBMITUPDATERESPONSE']._serialized_start=606
-  _globals['_SUBMITUPDATERESPONSE']._serialized_end=628
-  _globals['_EVALUATEREQUEST']._serialized_start=631
-  _globals['_EVALUATEREQUEST']._serialized_end=802
-  _globals['_EVALUATERESPONSE']._serialized_start=804
-  _globals['_EVALUATERESPONSE']._serialized_end=877
-  _globals['_FOGSERVICE']._serialized_start=880
-  _globals['_FOGSERVICE']._serialized_end=1093
+  _globals['_RUNROUNDREQUEST']._serialized_start=73
+  _globals['_RUNROUNDREQUEST']._serialized_end=238
+  _globals['_RUNROUNDRESPONSE']._serialized_start=241
+  _globals['_RUNROUNDRESPONSE']._serialized_end=482
+  _globals['_RUNROUNDRESPONSE_PHASESSENTRY']._serialized_start=417
+  _globals['_RUNROUNDRESPONSE_PHASESSENTRY']._serialized_end=463
+  _globals['_SUBMITUPDATEREQUEST']._serialized_start=485
+  _globals['_SUBMITUPDATEREQUEST']._serialized_end=627
+  _globals['_SUBMITUPDATERESPONSE']._serialized_start=629
+  _globals['_SUBMITUPDATERESPONSE']._serialized_end=651
+  _globals['_EVALUATEREQUEST']._serialized_start=654
+  _globals['_EVALUATEREQUEST']._serialized_end=825
+  _globals['_EVALUATERESPONSE']._serialized_start=827
+  _globals['_EVALUATERESPONSE']._serialized_end=900
+  _globals['_FOGSERVICE']._serialized_start=903
+  _globals['_FOGSERVICE']._serialized_end=1169
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from hfl.proto.v1 import facility_pb2 as hfl_dot_v1_dot_facility__pb2
 from hfl.proto.v1 import fog_pb2 as hfl_dot_v1_dot_fog__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -50,6 +51,11 @@ class FogServiceStub:
                 request_serializer=hfl_dot_v1_dot_fog__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=hfl_dot_v1_dot_fog__pb2.EvaluateResponse.FromString,
                 _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/hfl.v1.FogService/Connect',
+                request_serializer=hfl_dot_v1_dot_facility__pb2.LinkFrame.SerializeToString,
+                response_deserializer=hfl_dot_v1_dot_facility__pb2.LinkFrame.FromString,
+                _registered_method=True)
 
 
 class FogServiceServicer:
@@ -78,6 +84,15 @@ class FogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Connect(self, request_iterator, context):
+        """Facility -> fog: the one long-lived connection a facility keeps open (it listens on no port). The
+        fog sends each round's work down it as FogCalls; the facility answers up it with FacilityReplies,
+        both cut into LinkFrames (hfl.rpc.link). The facility's certificate says who it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +110,11 @@ def add_FogServiceServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=hfl_dot_v1_dot_fog__pb2.EvaluateRequest.FromString,
                     response_serializer=hfl_dot_v1_dot_fog__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=hfl_dot_v1_dot_facility__pb2.LinkFrame.FromString,
+                    response_serializer=hfl_dot_v1_dot_facility__pb2.LinkFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +199,33 @@ class FogService:
             '/hfl.v1.FogService/Evaluate',
             hfl_dot_v1_dot_fog__pb2.EvaluateRequest.SerializeToString,
             hfl_dot_v1_dot_fog__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/hfl.v1.FogService/Connect',
+            hfl_dot_v1_dot_facility__pb2.LinkFrame.SerializeToString,
+            hfl_dot_v1_dot_facility__pb2.LinkFrame.FromString,
             options,
             channel_credentials,
             insecure,

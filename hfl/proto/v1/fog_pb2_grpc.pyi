@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from hfl.proto.v1 import facility_pb2 as _facility_pb2
 from hfl.proto.v1 import fog_pb2 as _fog_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -41,6 +42,11 @@ class FogServiceStub:
     """Leader -> fog: summed test metrics of the committed model, one sum per evaluation bucket of this
     fog (through secure aggregation when the round uses it), never one facility's numbers.
     """
+    Connect: _grpc.StreamStreamMultiCallable[_facility_pb2.LinkFrame, _facility_pb2.LinkFrame]
+    """Facility -> fog: the one long-lived connection a facility keeps open (it listens on no port). The
+    fog sends each round's work down it as FogCalls; the facility answers up it with FacilityReplies,
+    both cut into LinkFrames (hfl.rpc.link). The facility's certificate says who it is.
+    """
 
 @_typing.type_check_only
 class FogServiceAsyncStub(FogServiceStub):
@@ -54,6 +60,11 @@ class FogServiceAsyncStub(FogServiceStub):
     Evaluate: _aio.UnaryUnaryMultiCallable[_fog_pb2.EvaluateRequest, _fog_pb2.EvaluateResponse]  # type: ignore[assignment]
     """Leader -> fog: summed test metrics of the committed model, one sum per evaluation bucket of this
     fog (through secure aggregation when the round uses it), never one facility's numbers.
+    """
+    Connect: _aio.StreamStreamMultiCallable[_facility_pb2.LinkFrame, _facility_pb2.LinkFrame]  # type: ignore[assignment]
+    """Facility -> fog: the one long-lived connection a facility keeps open (it listens on no port). The
+    fog sends each round's work down it as FogCalls; the facility answers up it with FacilityReplies,
+    both cut into LinkFrames (hfl.rpc.link). The facility's certificate says who it is.
     """
 
 class FogServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -83,6 +94,17 @@ class FogServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_fog_pb2.EvaluateResponse, _abc.Awaitable[_fog_pb2.EvaluateResponse]]:
         """Leader -> fog: summed test metrics of the committed model, one sum per evaluation bucket of this
         fog (through secure aggregation when the round uses it), never one facility's numbers.
+        """
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _MaybeAsyncIterator[_facility_pb2.LinkFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_facility_pb2.LinkFrame], _abc.AsyncIterator[_facility_pb2.LinkFrame]]:
+        """Facility -> fog: the one long-lived connection a facility keeps open (it listens on no port). The
+        fog sends each round's work down it as FogCalls; the facility answers up it with FacilityReplies,
+        both cut into LinkFrames (hfl.rpc.link). The facility's certificate says who it is.
         """
 
 def add_FogServiceServicer_to_server(servicer: FogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,237 @@
+"""The facility's connection to its fog, without the I/O: frames, reassembly and the call bookkeeping.
+
+A facility listens on no port. It opens one long-lived mutual-TLS stream to its fog
+(FogService.Connect) and the fog sends every stage of a round down it: a FogCall (fog -> facility)
+is answered by a FacilityReply (facility -> fog) carrying the same call id. Each message is serialised
+and cut into LinkFrames of at most CHUNK bytes, sent one after the other, so a model of 10^7
+parameters (40 MB) travels without raising gRPC's message-size limit, and frames of two messages never
+interleave on one stream.
+
+Everything here is pure and synchronous; services/fog/links.py and services/facility/dial.py do the
+waiting. Bad input (frames out of order, oversized or empty chunks, a message cut short, a call id
+replayed or never asked, a message that does not parse) raises an hfl.errors exception, which closes
+that one stream with the status hfl.rpc.errors maps it to; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from hfl.errors import InvalidInput, TooLarge
+from hfl.proto.v1 import facility_pb2
+from hfl.rpc import limits
+
+CHUNK = limits.MIB  # bytes of a message per frame
+MAX_MESSAGE = limits.MODEL  # the largest whole message (a model or masked update of 10^7+ values)
+FRAME_LIMIT = limits.FRAME  # a frame's serialised size at most (chunk plus its header)
+LATE_MEMORY = 4096  # call ids the fog stopped waiting for, remembered so a late answer is no offence
+
+# FogCall field -> the facility method that answers it (the reply uses the same field name).
+CALLS: dict[str, str] = {
+    "start_round": "StartRound",
+    "evaluate_model": "EvaluateModel",
+    "secagg_advertise": "SecAggAdvertise",
+    "secagg_share_keys": "SecAggShareKeys",
+    "secagg_masked_input": "SecAggMaskedInput",
+    "secagg_unmask": "SecAggUnmask",
+}
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def frames(call_id: int, data: bytes, chunk: int = CHUNK) -> Iterator[facility_pb2.LinkFrame]:
+    """Cut one serialised message into frames (one empty frame for an empty message)."""
+    if call_id <= 0:
+        raise ValueError("call ids start at 1")
+    if len(data) > MAX_MESSAGE:
+        raise TooLarge(f"the message is {len(data)} bytes; the connection carries at most {MAX_MESSAGE}")
+    view = memoryview(data)
+    total = len(data)
+    for seq, start in enumerate(range(0, max(total, 1), chunk)):
+        yield facility_pb2.LinkFrame(
+            call_id=call_id, seq=seq, total=total, chunk=bytes(view[start : start + chunk])
+        )
+
+
+def encode_call(kind: str, request: Any) -> bytes:
+    """A FogCall carrying ``request`` as its ``kind`` field, serialised (done once per bucket and stage:
+    every member gets the same bytes)."""
+    if kind not in CALLS:
+        raise ValueError(f"unknown call {kind!r}")
+    msg = facility_pb2.FogCall()
+    getattr(msg, kind).CopyFrom(request)
+    return msg.SerializeToString()
+
+
+def encode_reply(kind: str, response: Any) -> bytes:
+    msg = facility_pb2.FacilityReply()
+    getattr(msg, kind).CopyFrom(response)
+    return msg.SerializeToString()
+
+
+def encode_refusal(code: grpc.StatusCode, details: str) -> bytes:
+    return facility_pb2.FacilityReply(
+        refused=facility_pb2.CallRefused(code=code.value[0], details=details)
+    ).SerializeToString()
+
+
+def decode_call(data: bytes) -> tuple[str, Any]:
+    """(kind, request) of a serialised FogCall; InvalidInput when it does not parse or names no call."""
+    try:
+        msg = facility_pb2.FogCall.FromString(data)
+    except Exception:
+        raise InvalidInput("a call from the fog is not a valid message") from None
+    kind = msg.WhichOneof("call")
+    if kind is None:
+        raise InvalidInput("a call from the fog names no known call")
+    return kind, getattr(msg, kind)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The facility refused the call: a gRPC status code and its reason."""
+
+    code: grpc.StatusCode
+    details: str
+
+
+def decode_reply(data: bytes, expected: str) -> Any:
+    """The response of a serialised FacilityReply to a call of kind ``expected``, or Refused.
+    InvalidInput when it does not parse or answers another kind of call."""
+    try:
+        msg = facility_pb2.FacilityReply.FromString(data)
+    except Exception:
+        raise InvalidInput("an answer from the facility is not a valid message") from None
+    kind = msg.WhichOneof("reply")
+    if kind == "refused":
+        code = _CODES.get(msg.refused.code, grpc.StatusCode.UNKNOWN)
+        if code == grpc.StatusCode.OK:
+            raise InvalidInput("a refusal must carry an error status")
+        return Refused(code, msg.refused.details[:300])
+    if kind != expected:
+        raise InvalidInput(f"the answer to a {expected} call is a {kind or 'empty'} answer")
+    return getattr(msg, kind)
+
+
+@dataclass
+class Assembler:
+    """Frames in, whole messages out, for one direction of one stream. Frames of a message must come
+    in order, each carrying the same total; the next message starts only after the last one ends."""
+
+    max_message: int = MAX_MESSAGE
+    chunk: int = CHUNK
+    _call: int = 0
+    _seq: int = 0
+    _total: int = 0
+    _parts: list[bytes] = field(default_factory=list)
+    _have: int = 0
+
+    @property
+    def partial(self) -> bool:
+        return bool(self._call)
+
+    def feed(self, frame: facility_pb2.LinkFrame) -> tuple[int, bytes] | None:
+        """Take one frame; returns (call id, message bytes) when it completes a message."""
+        size = len(frame.chunk)
+        if size > self.chunk:
+            raise TooLarge(f"a frame carries {size} bytes; frames carry at most {self.chunk}")
+        if frame.total > self.max_message:
+            raise TooLarge(
+                f"call {frame.call_id} announces {frame.total} bytes; a message may have at most "
+                f"{self.max_message}"
+            )
+        if frame.call_id == 0:
+            raise InvalidInput("a frame must name its call (call ids start at 1)")
+        if not self._call:
+            if frame.seq != 0:
+                raise InvalidInput(
+                    f"frame {frame.seq} of call {frame.call_id} came before the call's first frame"
+                )
+            self._call, self._seq, self._total, self._parts, self._have = (
+                frame.call_id,
+                0,
+                frame.total,
+                [],
+                0,
+            )
+        elif frame.call_id != self._call:
+            raise InvalidInput(
+                f"call {frame.call_id} began before call {self._call} was complete "
+                f"({self._have} of {self._total} bytes)"
+            )
+        elif frame.seq != self._seq or frame.total != self._total:
+            raise InvalidInput(
+                f"call {self._call}: frame {frame.seq} (of {frame.total} bytes) came where frame "
+                f"{self._seq} (of {self._total} bytes) was due"
+            )
+        if size == 0 and self._total > 0:
+            raise InvalidInput(f"call {self._call}: an empty frame in a message of {self._total} bytes")
+        if self._have + size > self._total:
+            raise InvalidInput(f"call {self._call} carries more than the {self._total} bytes it announced")
+        self._parts.append(frame.chunk)
+        self._have += size
+        self._seq += 1
+        if self._have < self._total:
+            return None
+        done = (self._call, b"".join(self._parts))
+        self._call, self._parts, self._have = 0, [], 0
+        return done
+
+    def check_ended(self) -> None:
+        """The stream ended: refuse a message cut short."""
+        if self._call:
+            raise InvalidInput(
+                f"the connection ended in the middle of call {self._call} "
+                f"({self._have} of {self._total} bytes arrived)"
+            )
+
+
+class CallBook:
+    """The fog's side of the call ids on one stream: ids it issued and awaits, and ids it stopped
+    waiting for (a late answer to those is dropped quietly). Any other answer is refused."""
+
+    def __init__(self, late_memory: int = LATE_MEMORY) -> None:
+        self._next = 1
+        self.pending: dict[int, str] = {}  # call id -> kind
+        self._late: OrderedDict[int, None] = OrderedDict()
+        self._late_memory = late_memory
+
+    def issue(self, kind: str) -> int:
+        call_id = self._next
+        self._next += 1
+        self.pending[call_id] = kind
+        return call_id
+
+    def give_up(self, call_id: int) -> None:
+        """No longer waiting (timed out or cancelled)."""
+        if self.pending.pop(call_id, None) is not None:
+            self._late[call_id] = None
+            while len(self._late) > self._late_memory:
+                self._late.popitem(last=False)
+
+    def answer(self, call_id: int) -> str | None:
+        """The kind of call this answer is for, or None for a late answer to drop. InvalidInput for an
+        answer to a call never asked, or already answered."""
+        kind = self.pending.pop(call_id, None)
+        if kind is not None:
+            return kind
+        if call_id in self._late:
+            del self._late[call_id]
+            return None
+        raise InvalidInput(f"an answer to call {call_id}, which was never asked or was already answered")
+
+
+class CallOrder:
+    """The facility's side: the fog's call ids must increase; a repeated or older id is a replay."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def accept(self, call_id: int) -> None:
+        if call_id <= self.last:
+            raise InvalidInput(f"call {call_id} repeats or predates call {self.last} (a replay)")
+        self.last = call_id

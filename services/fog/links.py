@@ -1,0 +1,177 @@
+"""The fog's end of the facilities' connections (FogService.Connect): one stream per facility, opened by
+the facility, over which the fog makes its calls. Framing and call bookkeeping are in hfl.rpc.link.
+
+A call to a facility that is not connected, or whose connection drops while the call waits, fails with
+UNAVAILABLE, and one that gets no answer in time with DEADLINE_EXCEEDED: to the round, the facility did
+not answer (the same as a facility that is down). A facility that connects again replaces its old
+stream; calls still waiting on the old one fail, so a facility that reconnects mid-round is a dropout
+for that round and takes part in the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from hfl.errors import HflError, clip
+from hfl.proto.v1 import facility_pb2
+from hfl.rpc import link
+from hfl.rpc.client import ByteCount
+from hfl.rpc.metrics import BYTES_RECEIVED, BYTES_SENT, LINKS
+
+log = logging.getLogger("hfl.fog")
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """The error a call to a facility fails with, shaped like a failed gRPC call so that callers treat
+    both transports alike (hfl.rpc.client.describe_rpc_error, services/fog/secure.no_answer)."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
+
+
+class FacilityLink:
+    """One facility's stream: frames to send, and the calls waiting for their answers."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.outbox: asyncio.Queue[facility_pb2.LinkFrame | None] = asyncio.Queue()
+        self.book = link.CallBook()
+        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.closed = False
+
+    def send(self, call_id: int, data: bytes) -> None:
+        # put_nowait without an await in between: a message's frames stay together on the stream
+        for frame in link.frames(call_id, data):
+            self.outbox.put_nowait(frame)
+
+    def deliver(self, call_id: int, data: bytes) -> None:
+        if self.book.answer(call_id) is None:
+            log.info("%s answered call %d after the fog stopped waiting; dropped", self.node_id, call_id)
+            return
+        fut = self.waiting.pop(call_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(data)
+
+    def close(self, why: str) -> None:
+        """End the stream; every call still waiting fails with UNAVAILABLE."""
+        if self.closed:
+            return
+        self.closed = True
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_exception(rpc_error(grpc.StatusCode.UNAVAILABLE, why))
+        self.waiting.clear()
+        self.outbox.put_nowait(None)
+
+
+class Links:
+    """The facilities connected to this fog, by node id."""
+
+    def __init__(self) -> None:
+        self.by_node: dict[str, FacilityLink] = {}
+
+    def connected(self, node_id: str) -> bool:
+        return node_id in self.by_node
+
+    async def call(
+        self,
+        node_id: str,
+        kind: str,
+        data: bytes,
+        timeout: float,
+        counter: ByteCount | None = None,
+    ) -> Any:
+        """Send a serialised FogCall (hfl.rpc.link.encode_call) of ``kind`` to ``node_id`` and wait up to
+        ``timeout`` seconds for its answer; returns the response message. Raises grpc.aio.AioRpcError
+        (UNAVAILABLE, DEADLINE_EXCEEDED, or the facility's own refusal) or InvalidInput for an answer
+        that does not fit the call (the facility's stream is closed for it)."""
+        ln = self.by_node.get(node_id)
+        if ln is None or ln.closed:
+            raise rpc_error(
+                grpc.StatusCode.UNAVAILABLE, f"facility {clip(node_id)} is not connected to this fog"
+            )
+        call_id = ln.book.issue(kind)
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        ln.waiting[call_id] = fut
+        ln.send(call_id, data)
+        BYTES_SENT.labels(peer="facility").inc(len(data))
+        try:
+            answer = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise rpc_error(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"facility {node_id} did not answer within {timeout:.0f} s"
+            ) from None
+        finally:
+            if call_id in ln.waiting:
+                ln.waiting.pop(call_id, None)
+                ln.book.give_up(call_id)
+        BYTES_RECEIVED.labels(peer="facility").inc(len(answer))
+        if counter is not None:
+            counter.add("facility", len(data), len(answer))
+        try:
+            reply = link.decode_reply(answer, kind)
+        except HflError as e:
+            ln.close(f"closed: {e}")
+            raise
+        if isinstance(reply, link.Refused):
+            raise rpc_error(reply.code, reply.details)
+        return reply
+
+    async def serve(
+        self,
+        node_id: str,
+        frames_in: AsyncIterator[facility_pb2.LinkFrame],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[facility_pb2.LinkFrame]:
+        """The body of Connect for ``node_id``: yields the frames to send while a reader takes the
+        facility's frames. Bad input from the facility raises (the stream closes with its status)."""
+        old = self.by_node.get(node_id)
+        if old is not None:
+            log.info("%s connected again; its previous connection is closed", node_id)
+            old.close(f"facility {node_id} connected again")
+        ln = self.by_node[node_id] = FacilityLink(node_id)
+        LINKS.set(len(self.by_node))
+        failure: list[BaseException] = []
+
+        async def read() -> None:
+            asm = link.Assembler()
+            try:
+                async for frame in frames_in:
+                    got = asm.feed(frame)
+                    if got is not None:
+                        ln.deliver(*got)
+                asm.check_ended()
+                ln.close(f"facility {node_id} closed its connection")
+            except HflError as e:
+                log.warning("closing the connection of %s: %s", node_id, e)
+                failure.append(e)
+                ln.close(f"the connection of facility {node_id} was closed: {e}")
+            except (asyncio.CancelledError, grpc.aio.AioRpcError) as e:
+                ln.close(f"facility {node_id} lost its connection")
+                if isinstance(e, asyncio.CancelledError):
+                    raise
+
+        reader = asyncio.create_task(read())
+        log.info("%s connected", node_id)
+        try:
+            await context.send_initial_metadata(())  # tells the facility its connection is taken
+            while True:
+                frame = await ln.outbox.get()
+                if frame is None:
+                    break
+                yield frame
+        finally:
+            ln.close(f"the connection of facility {node_id} ended")
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            if self.by_node.get(node_id) is ln:
+                del self.by_node[node_id]
+            LINKS.set(len(self.by_node))
+            log.info("%s disconnected", node_id)
+        if failure:
+            raise failure[0]

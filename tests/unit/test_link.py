@@ -1,0 +1,149 @@
+"""The facility's connection to its fog, without I/O (hfl.rpc.link): frames, reassembly, call ids, and a
+refusal for each kind of bad input the issue names (out of order, oversized, replayed, truncated)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hfl.errors import InvalidInput, TooLarge
+from hfl.proto.v1 import common_pb2, facility_pb2
+from hfl.rpc import link
+from services.facility.dial import RETRY_MAX_S, RETRY_MIN_S, retry_pause
+
+
+def _whole(asm: link.Assembler, frames: list[facility_pb2.LinkFrame]) -> list[tuple[int, bytes]]:
+    out = []
+    for f in frames:
+        got = asm.feed(f)
+        if got is not None:
+            out.append(got)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.binary(max_size=300), min_size=1, max_size=5),
+    st.integers(min_value=1, max_value=64),
+)
+def test_messages_of_any_size_come_back_whole_and_in_order(messages: list[bytes], chunk: int) -> None:
+    asm = link.Assembler(chunk=chunk)
+    frames = [f for i, m in enumerate(messages, start=1) for f in link.frames(i, m, chunk=chunk)]
+    assert all(len(f.chunk) <= chunk for f in frames)
+    assert _whole(asm, frames) == list(enumerate(messages, start=1))
+    assert not asm.partial
+    asm.check_ended()
+
+
+def test_a_model_of_ten_million_parameters_travels_in_frames_within_the_limit() -> None:
+    vec = common_pb2.Vector(dtype=common_pb2.D_TYPE_FLOAT32, length=10_000_000, data=bytes(40_000_000))
+    data = link.encode_call(
+        "secagg_advertise",
+        facility_pb2.SecAggAdvertiseRequest(model=common_pb2.Model(params=vec), bucket_id="b0"),
+    )
+    frames = list(link.frames(7, data))
+    assert len(frames) == -(-len(data) // link.CHUNK) >= 39
+    assert max(f.ByteSize() for f in frames) <= link.FRAME_LIMIT
+    [(call_id, whole)] = _whole(link.Assembler(), frames)
+    kind, request = link.decode_call(whole)
+    assert (call_id, kind, request.model.params.length) == (7, "secagg_advertise", 10_000_000)
+
+
+def _two_frame_message(call_id: int = 1) -> list[facility_pb2.LinkFrame]:
+    return list(link.frames(call_id, b"x" * 10, chunk=5))
+
+
+def test_frames_out_of_order_are_refused() -> None:
+    first, second = _two_frame_message()
+    with pytest.raises(InvalidInput, match="before the call's first frame"):
+        link.Assembler(chunk=5).feed(second)
+    asm = link.Assembler(chunk=5)
+    asm.feed(first)
+    with pytest.raises(InvalidInput, match="was due"):
+        asm.feed(first)  # frame 0 again
+
+
+def test_a_call_may_not_start_inside_another() -> None:
+    asm = link.Assembler(chunk=5)
+    asm.feed(_two_frame_message(1)[0])
+    with pytest.raises(InvalidInput, match="began before call 1 was complete"):
+        asm.feed(_two_frame_message(2)[0])
+
+
+def test_oversized_frames_and_messages_are_refused_before_they_are_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(TooLarge, match="frames carry at most 5"):
+        link.Assembler(chunk=5).feed(facility_pb2.LinkFrame(call_id=1, seq=0, total=6, chunk=b"x" * 6))
+    with pytest.raises(TooLarge, match="announces"):
+        link.Assembler(max_message=100).feed(facility_pb2.LinkFrame(call_id=1, seq=0, total=101, chunk=b"x"))
+    monkeypatch.setattr(link, "MAX_MESSAGE", 10)
+    with pytest.raises(TooLarge, match="carries at most 10"):
+        next(link.frames(1, bytes(11)))
+
+
+def test_truncated_and_overlong_messages_are_refused() -> None:
+    asm = link.Assembler(chunk=5)
+    asm.feed(_two_frame_message()[0])
+    with pytest.raises(InvalidInput, match="ended in the middle of call 1"):
+        asm.check_ended()
+    asm = link.Assembler(chunk=5)
+    with pytest.raises(InvalidInput, match="more than the 3 bytes"):
+        asm.feed(facility_pb2.LinkFrame(call_id=1, seq=0, total=3, chunk=b"xxxx"))
+    asm = link.Assembler(chunk=5)
+    with pytest.raises(InvalidInput, match="empty frame"):
+        asm.feed(facility_pb2.LinkFrame(call_id=1, seq=0, total=3, chunk=b""))
+    with pytest.raises(InvalidInput, match="must name its call"):
+        link.Assembler().feed(facility_pb2.LinkFrame(call_id=0, seq=0, total=0))
+
+
+def test_a_replayed_call_is_refused_by_the_facility() -> None:
+    order = link.CallOrder()
+    order.accept(1)
+    order.accept(5)
+    for again in (5, 3):
+        with pytest.raises(InvalidInput, match="replay"):
+            order.accept(again)
+
+
+def test_the_fog_refuses_answers_it_never_asked_for_but_drops_late_ones_quietly() -> None:
+    book = link.CallBook(late_memory=2)
+    a, b, c = book.issue("secagg_unmask"), book.issue("start_round"), book.issue("start_round")
+    assert book.answer(a) == "secagg_unmask"
+    with pytest.raises(InvalidInput, match="already answered"):
+        book.answer(a)  # answered twice
+    with pytest.raises(InvalidInput, match="never asked"):
+        book.answer(99)
+    book.give_up(b)
+    assert book.answer(b) is None  # late: dropped, no offence
+    with pytest.raises(InvalidInput):
+        book.answer(b)  # but only once
+    book.give_up(c)
+    assert book.answer(c) is None
+
+
+def test_replies_must_fit_their_call() -> None:
+    ok = link.encode_reply("start_round", facility_pb2.StartRoundResponse())
+    assert isinstance(link.decode_reply(ok, "start_round"), facility_pb2.StartRoundResponse)
+    with pytest.raises(InvalidInput, match="answer to a secagg_unmask call is a start_round answer"):
+        link.decode_reply(ok, "secagg_unmask")
+    refused = link.decode_reply(link.encode_refusal(grpc.StatusCode.PERMISSION_DENIED, "no budget"), "x")
+    assert refused == link.Refused(grpc.StatusCode.PERMISSION_DENIED, "no budget")
+    with pytest.raises(InvalidInput, match="error status"):
+        link.decode_reply(link.encode_refusal(grpc.StatusCode.OK, ""), "start_round")
+    with pytest.raises(InvalidInput, match="not a valid message"):
+        link.decode_reply(b"\xff\xff\xff", "start_round")
+    with pytest.raises(InvalidInput, match="names no known call"):
+        link.decode_call(b"")
+    with pytest.raises(InvalidInput, match="not a valid message"):
+        link.decode_call(b"\x0a\xff")
+
+
+def test_reconnect_pauses_grow_with_jitter_and_stay_bounded() -> None:
+    pauses = [[retry_pause(a) for _ in range(50)] for a in range(12)]
+    assert all(RETRY_MIN_S <= p <= RETRY_MAX_S for row in pauses for p in row)
+    assert max(pauses[0]) <= 2 * RETRY_MIN_S  # the first retry comes soon
+    assert len(set(pauses[8])) > 40  # jitter: facilities do not come back in step
+    assert sum(pauses[10]) / 50 > 5 * sum(pauses[0]) / 50  # and the pause grows
