@@ -102,6 +102,14 @@ def cmd_health(args: argparse.Namespace) -> int:
     return run(args.address, args.timeout, args.cert_dir, os.environ)
 
 
+def cmd_site_check(args: argparse.Namespace) -> int:
+    from hfl.rpc.settings import load_settings
+    from hfl.site import main as site_check
+
+    # The facility's own settings (the site kit's .env): what `hfl serve facility` would start with.
+    return site_check(load_settings(role="facility"), timeout=args.timeout)
+
+
 def cmd_enrol_token(args: argparse.Namespace) -> int:
     from hfl.rpc.pki import add_enrol_token
 
@@ -345,6 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pv.add_argument("--owner", help="UID:GID to own the written files (when run as root for containers)")
     pv.set_defaults(func=cmd_provision)
+
+    site = sub.add_parser("site", help="tools for a hospital site that joins a federation")
+    site_sub = site.add_subparsers(dest="site_command", required=True)
+    sc = site_sub.add_parser(
+        "check",
+        help="before starting the facility: do the authority and fogs answer, is the certificate valid, "
+        "do the data parse, is the clock right (reads the same HFL_* settings)",
+    )
+    sc.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each answer (default 5)")
+    sc.set_defaults(func=cmd_site_check)
 
     h = sub.add_parser("health", help="standard gRPC health check of one service (exit 0 if serving)")
     h.add_argument("--address", help="HOST:PORT (default: this container's own service)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 
 import grpc
 
@@ -459,6 +460,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
                 nodes=[serde.node_to_proto(n) for n in nodes if n.node_id == me or n.role == "fog"],
                 authority_public_key=self.key.public_bytes,
                 pow_difficulty=self.settings.pow_difficulty,
+                time_unix_ms=int(time.time() * 1000),
             )
         return authority_pb2.ListNodesResponse(
             nodes=[serde.node_to_proto(n) for n in nodes],
@@ -466,4 +468,5 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             quarantined=sorted(self.quarantined),
             pow_difficulty=self.settings.pow_difficulty,
             inactive=sorted(self.attendance.inactive),
+            time_unix_ms=int(time.time() * 1000),
         )

@@ -86,3 +86,50 @@ def test_compose_file_is_valid_with_every_profile() -> None:
             text=True,
         )
         assert proc.returncode == 0, proc.stderr
+
+
+def _kit_config(kit: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+
+    from tests.e2e.compose import compose_command
+
+    try:
+        compose = compose_command()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HFL_")}
+    return subprocess.run(
+        [*compose, "-f", str(DEPLOY / kit / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        cwd=DEPLOY / kit,
+    )
+
+
+def test_the_site_kit_runs_a_facility_that_opens_no_port_to_the_outside() -> None:
+    refused = _kit_config("site", {})
+    assert refused.returncode != 0 and "set HFL_SITE_NAME in .env" in refused.stderr
+    done = _kit_config("site", {"HFL_SITE_NAME": "st-marys", "HFL_AUTHORITY": "hfl.example.org:50051"})
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "serve" in text and "facility" in text
+    # the only published port is its metrics, on this machine's loopback; the data are read-only
+    assert re.findall(r"^    - (\S+/tcp)$", text, re.MULTILINE) == ["127.0.0.1:9100:9100/tcp"], text
+    assert re.search(r":/data:ro$", text, re.MULTILINE) and re.search(
+        r":/etc/hfl/trust:ro$", text, re.MULTILINE
+    )
+    example = (DEPLOY / "site" / ".env.example").read_text()
+    source = (DEPLOY / "site" / "docker-compose.yml").read_text()
+    for name in set(re.findall(r"\$\{(HFL_[A-Z0-9_]+)", source)) - {"HFL_IMAGE", "HFL_LOG_LEVEL"}:
+        assert f"{name}=" in example, f"{name} is read by the site kit but not explained in .env.example"
+
+
+def test_the_central_kit_publishes_what_sites_dial_and_needs_its_public_name() -> None:
+    refused = _kit_config("central", {})
+    assert refused.returncode != 0 and "set HFL_PUBLIC_HOST" in refused.stderr
+    done = _kit_config("central", {"HFL_PUBLIC_HOST": "hfl.example.org"})
+    assert done.returncode == 0, done.stderr
+    assert not re.search(r"^  facility", done.stdout, re.MULTILINE)  # hospitals run their own
+    for port in ("50051", "50052", "50061", "50062"):
+        assert port in done.stdout

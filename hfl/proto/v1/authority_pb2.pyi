@@ -475,9 +475,14 @@ class ListNodesResponse(_message.Message):
     QUARANTINED_FIELD_NUMBER: _builtins.int
     POW_DIFFICULTY_FIELD_NUMBER: _builtins.int
     INACTIVE_FIELD_NUMBER: _builtins.int
+    TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
     authority_public_key: _builtins.bytes
     pow_difficulty: _builtins.int
     """Leading zero bits a validator's registration proof of work must have."""
+    time_unix_ms: _builtins.int
+    """The authority's clock when it answered (milliseconds since 1970, UTC): `hfl site check` compares it
+    with the site's own clock.
+    """
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NodeInfo]: ...
     @_builtins.property
@@ -494,10 +499,11 @@ class ListNodesResponse(_message.Message):
         quarantined: _abc.Iterable[_builtins.str] | None = ...,
         pow_difficulty: _builtins.int = ...,
         inactive: _abc.Iterable[_builtins.str] | None = ...,
+        time_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority_public_key", b"authority_public_key", "inactive", b"inactive", "nodes", b"nodes", "pow_difficulty", b"pow_difficulty", "quarantined", b"quarantined"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority_public_key", b"authority_public_key", "inactive", b"inactive", "nodes", b"nodes", "pow_difficulty", b"pow_difficulty", "quarantined", b"quarantined", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
