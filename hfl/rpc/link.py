@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 
 from hfl.errors import InvalidInput, TooLarge
 from hfl.proto.v1 import facility_pb2
@@ -49,12 +50,65 @@ def frames(call_id: int, data: bytes, chunk: int = CHUNK) -> Iterator[facility_p
         raise ValueError("call ids start at 1")
     if len(data) > MAX_MESSAGE:
         raise TooLarge(f"the message is {len(data)} bytes; the connection carries at most {MAX_MESSAGE}")
-    view = memoryview(data)
     total = len(data)
-    for seq, start in enumerate(range(0, max(total, 1), chunk)):
-        yield facility_pb2.LinkFrame(
-            call_id=call_id, seq=seq, total=total, chunk=bytes(view[start : start + chunk])
-        )
+    if total <= chunk:  # one frame: no slicing copy
+        yield facility_pb2.LinkFrame(call_id=call_id, seq=0, total=total, chunk=data)
+        return
+    for seq, start in enumerate(range(0, total, chunk)):
+        yield facility_pb2.LinkFrame(call_id=call_id, seq=seq, total=total, chunk=data[start : start + chunk])
+
+
+# FogCall and FacilityReply have one field set, a message: on the wire that is the field's tag, the
+# message's length and the message itself (protobuf's encoding of a length-delimited field). Building
+# and reading that by hand saves copying a model-sized message in and out of the wrapper.
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(data: bytes | memoryview, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise InvalidInput("a message on the connection is cut short or malformed")
+        byte = data[i]
+        n |= (byte & 0x7F) << shift
+        i += 1
+        shift += 7
+        if not byte & 0x80:
+            return n, i
+
+
+_CALL_FIELDS = {f.name: f for f in facility_pb2.FogCall.DESCRIPTOR.fields}
+_REPLY_FIELDS = {f.name: f for f in facility_pb2.FacilityReply.DESCRIPTOR.fields}
+_CALL_BY_NUMBER = {f.number: f for f in facility_pb2.FogCall.DESCRIPTOR.fields}
+_REPLY_BY_NUMBER = {f.number: f for f in facility_pb2.FacilityReply.DESCRIPTOR.fields}
+
+
+def _wrap(field_number: int, message: Any) -> bytes:
+    body = message.SerializeToString()
+    return _varint(field_number << 3 | 2) + _varint(len(body)) + body
+
+
+def _unwrap(data: bytes, by_number: dict[int, Any], what: str) -> tuple[str, Any]:
+    """(field name, message) of a serialised wrapper with exactly one message field set."""
+    view = memoryview(data)
+    try:
+        tag, i = _read_varint(view, 0)
+        size, i = _read_varint(view, i)
+    except InvalidInput:
+        raise InvalidInput(f"{what} is not a valid message") from None
+    field = by_number.get(tag >> 3)
+    if field is None or tag & 7 != 2 or i + size != len(data):
+        raise InvalidInput(f"{what} is not a valid message, or names no known call")
+    try:
+        return field.name, message_factory.GetMessageClass(field.message_type).FromString(view[i:])
+    except Exception:
+        raise InvalidInput(f"{what} is not a valid message") from None
 
 
 def encode_call(kind: str, request: Any) -> bytes:
@@ -62,15 +116,11 @@ def encode_call(kind: str, request: Any) -> bytes:
     every member gets the same bytes)."""
     if kind not in CALLS:
         raise ValueError(f"unknown call {kind!r}")
-    msg = facility_pb2.FogCall()
-    getattr(msg, kind).CopyFrom(request)
-    return msg.SerializeToString()
+    return _wrap(_CALL_FIELDS[kind].number, request)
 
 
 def encode_reply(kind: str, response: Any) -> bytes:
-    msg = facility_pb2.FacilityReply()
-    getattr(msg, kind).CopyFrom(response)
-    return msg.SerializeToString()
+    return _wrap(_REPLY_FIELDS[kind].number, response)
 
 
 def encode_refusal(code: grpc.StatusCode, details: str) -> bytes:
@@ -81,14 +131,9 @@ def encode_refusal(code: grpc.StatusCode, details: str) -> bytes:
 
 def decode_call(data: bytes) -> tuple[str, Any]:
     """(kind, request) of a serialised FogCall; InvalidInput when it does not parse or names no call."""
-    try:
-        msg = facility_pb2.FogCall.FromString(data)
-    except Exception:
-        raise InvalidInput("a call from the fog is not a valid message") from None
-    kind = msg.WhichOneof("call")
-    if kind is None:
+    if not data:
         raise InvalidInput("a call from the fog names no known call")
-    return kind, getattr(msg, kind)
+    return _unwrap(data, _CALL_BY_NUMBER, "a call from the fog")
 
 
 @dataclass(frozen=True)
@@ -102,19 +147,17 @@ class Refused:
 def decode_reply(data: bytes, expected: str) -> Any:
     """The response of a serialised FacilityReply to a call of kind ``expected``, or Refused.
     InvalidInput when it does not parse or answers another kind of call."""
-    try:
-        msg = facility_pb2.FacilityReply.FromString(data)
-    except Exception:
-        raise InvalidInput("an answer from the facility is not a valid message") from None
-    kind = msg.WhichOneof("reply")
+    if not data:
+        raise InvalidInput(f"the answer to a {expected} call is a empty answer")
+    kind, msg = _unwrap(data, _REPLY_BY_NUMBER, "an answer from the facility")
     if kind == "refused":
-        code = _CODES.get(msg.refused.code, grpc.StatusCode.UNKNOWN)
+        code = _CODES.get(msg.code, grpc.StatusCode.UNKNOWN)
         if code == grpc.StatusCode.OK:
             raise InvalidInput("a refusal must carry an error status")
-        return Refused(code, msg.refused.details[:300])
+        return Refused(code, msg.details[:300])
     if kind != expected:
-        raise InvalidInput(f"the answer to a {expected} call is a {kind or 'empty'} answer")
-    return getattr(msg, kind)
+        raise InvalidInput(f"the answer to a {expected} call is a {kind} answer")
+    return msg
 
 
 @dataclass
@@ -177,7 +220,7 @@ class Assembler:
         self._seq += 1
         if self._have < self._total:
             return None
-        done = (self._call, b"".join(self._parts))
+        done = (self._call, self._parts[0] if len(self._parts) == 1 else b"".join(self._parts))
         self._call, self._parts, self._have = 0, [], 0
         return done
 

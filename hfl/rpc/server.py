@@ -69,6 +69,26 @@ def server_options(role: str) -> list[tuple[str, Any]]:
     return [("grpc.max_receive_message_length", limit), *small, *SERVER_OPTIONS]
 
 
+def _node_info(
+    settings: Settings,
+    role: str,
+    node_id: str,
+    public_key: bytes,
+    specialty: str,
+    address: str,
+    metrics_port: int,
+) -> NodeInfo:
+    host = settings.resolved_advertise_host()
+    return NodeInfo(
+        node_id=node_id,
+        role=role,
+        address=address,
+        sign_public_key=public_key,
+        specialty=specialty,
+        metrics_address=f"{host}:{metrics_port}",
+    )
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -104,14 +124,8 @@ class RunningServer:
         """How this node registers with the authority: its advertised gRPC and metrics addresses.
         ``metrics_port`` overrides the advertised /metrics port (a host process shares one among its
         facilities)."""
-        host = settings.resolved_advertise_host()
-        return NodeInfo(
-            node_id=node_id,
-            role=role,
-            address=self.address,
-            sign_public_key=public_key,
-            specialty=specialty,
-            metrics_address=f"{host}:{metrics_port or self.metrics_port}",
+        return _node_info(
+            settings, role, node_id, public_key, specialty, self.address, metrics_port or self.metrics_port
         )
 
     async def mark_ready(
@@ -157,14 +171,8 @@ class DialingNode:
         metrics_port: int | None = None,
     ) -> NodeInfo:
         """How this node registers: no address (nobody calls it), and where its metrics are."""
-        host = settings.resolved_advertise_host()
-        return NodeInfo(
-            node_id=node_id,
-            role=role,
-            address="",
-            sign_public_key=public_key,
-            specialty=specialty,
-            metrics_address=f"{host}:{metrics_port or self.metrics_port}",
+        return _node_info(
+            settings, role, node_id, public_key, specialty, "", metrics_port or self.metrics_port
         )
 
     async def mark_ready(
