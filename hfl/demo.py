@@ -109,7 +109,16 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=0, help="local epochs per round (default: built-in)")
     p.add_argument("--batch-size", type=int, default=0, help="local batch size (default: built-in)")
     p.add_argument(
-        "--clip-update", type=float, default=0.0, help="norm bound of one update (default: built-in)"
+        "--clip-update",
+        type=float,
+        default=0.0,
+        help="norm bound of one update; with the adaptive bound, the most it can be (default: built-in)",
+    )
+    p.add_argument(
+        "--adaptive-bound",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="derive each round's norm bound from the committed history (--no-adaptive-bound: fixed)",
     )
     p.add_argument(
         "--round-timeout", type=float, default=120.0, help="seconds a fog waits for its facilities"
@@ -691,6 +700,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "HFL_RULE": args.rule,
         "HFL_F": str(args.f),
         "HFL_DEFENCES": "true" if args.defences else "false",
+        # the norm bound (the ceiling of the adaptive bound): validators check the one each block records
+        "HFL_CLIP_UPDATE": str(args.clip_update),
+        "HFL_ADAPTIVE_BOUND": "true" if args.adaptive_bound else "false",
         # facilities refuse plain rounds unless this is false (fogs must not see one site's numbers)
         "HFL_SECAGG": "true" if args.secagg else "false",
     }
@@ -796,7 +808,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "HFL_LR": str(args.lr),
             "HFL_EPOCHS": str(args.epochs),
             "HFL_BATCH_SIZE": str(args.batch_size),
-            "HFL_CLIP_UPDATE": str(args.clip_update),
             "HFL_ROUND_TIMEOUT": str(args.round_timeout),
             "HFL_VOTE_TIMEOUT": str(args.vote_timeout),
             **dp_env(args),

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from hfl.hashing import hash_vector
+from hfl.robust.bound import RECORD_KEY, bound_for, history_problem
 from hfl.schedule import select_committee
 
 from .block import BlockHeader, LedgerError, check_quorum, compute_model
 from .store import LedgerStore
 
-__all__ = ["check_committee_draw", "verify_ledger"]
+__all__ = ["check_committee_draw", "check_norm_bound", "verify_ledger"]
 
 
 def check_committee_draw(header: BlockHeader) -> None:
@@ -35,6 +37,24 @@ def check_committee_draw(header: BlockHeader) -> None:
         raise LedgerError("the committee is not the one its recorded draw gives", header.round)
 
 
+def check_norm_bound(header: BlockHeader, prev_extra: Mapping[str, Any]) -> None:
+    """A block that records an adaptive norm bound (hfl/robust/bound.py) used the bound its predecessor's
+    recorded history gives, clamped to the ceiling it records. Blocks with a fixed bound record none."""
+    record = header.extra.get(RECORD_KEY)
+    if record is None:
+        return
+    try:
+        want = bound_for(prev_extra, record["ceiling"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LedgerError(f"the norm-bound history cannot be read: {exc}", header.round) from None
+    if header.rule_params.get("clip_update") != want:
+        raise LedgerError(
+            f"the norm bound C = {header.rule_params.get('clip_update')!r} is not C = {want!r}, which the "
+            "previous block's history gives",
+            header.round,
+        )
+
+
 def _at(r: int, exc: LedgerError) -> LedgerError:
     """Attach the round to an error raised without one."""
     return exc if exc.round is not None else LedgerError(str(exc), r)
@@ -47,15 +67,18 @@ def verify_ledger(
 
     Checks the genesis form, that rounds are contiguous, each stored hash, the prev_hash chain, that each
     base model is the previous block's model, each quorum certificate, and that each committee is the one
-    its recorded draw (ledger-head seed, candidates, reputation weights) gives. With ``recompute`` it also
-    re-runs the aggregation rule on the stored bucket sums and checks the resulting model hash, the
-    flagged buckets and the stored model checkpoints. Raises LedgerError naming the first bad block.
+    its recorded draw (ledger-head seed, candidates, reputation weights) gives, and that an adaptive norm
+    bound is the one the previous block's history gives. With ``recompute`` it also re-runs the
+    aggregation rule on the stored bucket sums and checks the resulting model hash, the flagged buckets,
+    the recorded norm-bound history and the stored model checkpoints. Raises LedgerError naming the
+    first bad block.
 
     Note: this cannot tell that blocks were cut off the end; compare the count with what you expect.
     """
     prev_hash = b""
     prev_model_hash = b""
     prev_model: np.ndarray | None = None
+    prev_extra: Mapping[str, Any] = {}
     count = 0
     for r in store.rounds():
         if r != count:
@@ -72,6 +95,7 @@ def verify_ledger(
                 raise LedgerError(f"the base model is not the model recorded in block {r - 1}", r)
         check_quorum(h, block.votes)
         check_committee_draw(h)
+        check_norm_bound(h, prev_extra)
         if recompute:
             try:
                 stored = store.model(h.model_hash)
@@ -92,9 +116,14 @@ def verify_ledger(
                         f"the flagged buckets {list(h.flagged)} do not match the recomputed {list(flagged)}",
                         r,
                     )
+                if RECORD_KEY in h.extra:
+                    wrong = history_problem(prev_extra, h.extra, sums, h.bucket_counts, h.flagged)
+                    if wrong:
+                        raise LedgerError(wrong.replace("the proposal's", "the recorded"), r)
             prev_model = stored
         prev_hash = block.hash
         prev_model_hash = h.model_hash
+        prev_extra = h.extra
         count += 1
         if progress is not None:
             progress(r)

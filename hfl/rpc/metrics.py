@@ -15,6 +15,10 @@ MODEL_ACCURACY = Gauge(
     "hfl_model_accuracy", "Accuracy of the last committed global model on pooled test sets."
 )
 MODEL_LOSS = Gauge("hfl_model_loss", "Mean log-loss of the last committed global model on pooled test sets.")
+NORM_BOUND = Gauge(
+    "hfl_norm_bound",
+    "Norm bound C of the current round (leader): facilities clip to it, the block records it.",
+)
 MODEL_AUC = Gauge(
     "hfl_model_auc",
     "ROC AUC of the last committed global model on pooled test sets (0.5: no better than chance).",

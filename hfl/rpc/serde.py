@@ -43,6 +43,7 @@ from hfl.learning.metrics import EVAL_CLIP, check_counts
 from hfl.ledger import Block, BlockHeader, BlockRecord, CommitteeMember, Vote
 from hfl.proto.v1 import authority_pb2, facility_pb2, leader_pb2, validator_pb2
 from hfl.proto.v1 import common_pb2 as pb
+from hfl.robust.bound import WINDOW_ROUNDS
 from hfl.secagg import (
     EncryptedShare,
     KeyAdvertisement,
@@ -602,6 +603,7 @@ def event_from_proto(e: leader_pb2.WatchRoundsResponse) -> RoundEvent:
 # ---------------------------------------------------------------- ledger blocks
 _GENESIS_KEYS = {"model", "seed"}
 _ROUND_KEYS = {"buckets", "fogs", "members", "committee_draw"}
+_ROUND_OPTIONAL = {"norm_bound"}  # only with the adaptive norm bound (hfl/robust/bound.py)
 
 
 def extra_to_proto(d: dict[str, Any]) -> pb.BlockExtra:
@@ -618,14 +620,16 @@ def extra_to_proto(d: dict[str, Any]) -> pb.BlockExtra:
                 seed=int(d["seed"]),
             )
         )
-    if set(d) == _ROUND_KEYS:
+    if set(d) - _ROUND_OPTIONAL == _ROUND_KEYS:
         draw = _draw_to_proto(d["committee_draw"])
+        norm = d.get("norm_bound")
         return pb.BlockExtra(
             round=pb.RoundExtra(
                 buckets=[str(b) for b in d["buckets"]],
                 fogs=[str(f) for f in d["fogs"]],
                 members=[pb.BucketMembers(members=[str(x) for x in ms]) for ms in d["members"]],
                 committee_draw=draw,
+                norm_bound=None if norm is None else _norm_bound_to_proto(norm),
             )
         )
     raise ValueError(f"a block's extra record with keys {sorted(d)} has no typed form (hfl.v1.BlockExtra)")
@@ -649,12 +653,39 @@ def extra_from_proto(m: pb.BlockExtra) -> dict[str, Any]:
     r = m.round
     if len(r.members) > bounds.MAX_LIST:
         raise InvalidInput(f"a block lists more than {bounds.MAX_LIST} buckets")
-    return {
+    out: dict[str, Any] = {
         "buckets": list(bounds.ids(r.buckets, "the block's buckets")),
         "fogs": list(bounds.ids(r.fogs, "the block's fogs")),
         "members": [list(bounds.ids(b.members, "a bucket's members")) for b in r.members],
         "committee_draw": _draw_from_proto(r.committee_draw if r.HasField("committee_draw") else None),
     }
+    if r.HasField("norm_bound"):
+        out["norm_bound"] = _norm_bound_from_proto(r.norm_bound)
+    return out
+
+
+def _norm_bound_to_proto(d: dict[str, Any]) -> pb.NormBoundHistory:
+    ceiling, medians = d.get("ceiling"), d.get("medians")
+    if set(d) != {"ceiling", "medians"} or not isinstance(ceiling, float) or not isinstance(medians, list):
+        raise ValueError(
+            f"a block's norm-bound record {d!r:.200} has no typed form (hfl.v1.NormBoundHistory)"
+        )
+    if not all(isinstance(v, float) for v in medians):
+        raise ValueError("a block's norm-bound history must hold numbers with a decimal point (floats)")
+    return pb.NormBoundHistory(ceiling=ceiling, medians=medians)
+
+
+def _norm_bound_from_proto(m: pb.NormBoundHistory) -> dict[str, Any]:
+    """NormBoundHistory -> {"ceiling", "medians"}: a positive ceiling, at most WINDOW_ROUNDS finite,
+    non-negative medians."""
+    ceiling, medians = float(m.ceiling), [float(v) for v in m.medians]
+    if not math.isfinite(ceiling) or ceiling <= 0:
+        raise InvalidInput("the block's norm-bound ceiling must be a positive number")
+    if len(medians) > WINDOW_ROUNDS or not all(math.isfinite(v) and v >= 0 for v in medians):
+        raise InvalidInput(
+            f"the block's norm-bound history must hold at most {WINDOW_ROUNDS} finite, non-negative numbers"
+        )
+    return {"ceiling": ceiling, "medians": medians}
 
 
 def header_to_proto(h: BlockHeader) -> pb.BlockHeader:

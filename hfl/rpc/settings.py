@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from pathlib import Path
 from typing import Literal
@@ -82,7 +83,10 @@ class Settings(BaseSettings):
     lr: float = 0.0
     epochs: int = 0
     batch_size: int = 0
-    clip_update: float = 0.0
+    clip_update: float = 0.0  # the norm bound C (0: built-in); the ceiling when the bound adapts
+    # Leader and validators: derive each round's norm bound from the committed history (hfl/robust/bound.py),
+    # between a floor and HFL_CLIP_UPDATE; false: every round uses HFL_CLIP_UPDATE.
+    adaptive_bound: bool = True
     secagg: bool = True  # masked updates (secure aggregation); false: plain sums, for comparison
     rule: str = "trimmed_mean"  # robust rule over bucket means (mean, trimmed_mean, median, multi_krum, ...)
     f: int = -1  # bad buckets to tolerate; -1: the most the rule tolerates with this round's buckets
@@ -178,6 +182,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _rounds_can_work(self) -> Settings:
         """Settings that would only fail mid-round (or make a service wait for ever) are refused here."""
+        if not math.isfinite(self.clip_update) or self.clip_update < 0:
+            raise ValueError(
+                "HFL_CLIP_UPDATE must be 0 (the built-in norm bound) or a positive number, "
+                f"got {self.clip_update!r}"
+            )
         if self.f < -1:
             raise ValueError("HFL_F must be -1 (as many bad buckets as the rule tolerates) or a number ≥ 0")
         if self.bucket_size < 1:
@@ -229,6 +238,14 @@ class Settings(BaseSettings):
                 f"choose one of {', '.join(allowed)}"
             )
         return self
+
+    @property
+    def norm_ceiling(self) -> float:
+        """The configured norm bound C (HFL_CLIP_UPDATE, or the built-in default): the bound of every
+        round with HFL_ADAPTIVE_BOUND=false, the most it can be otherwise."""
+        from hfl.learning.train import DEFAULT_CLIP_UPDATE
+
+        return float(self.clip_update or DEFAULT_CLIP_UPDATE)
 
     @property
     def listen_port(self) -> int:

@@ -10,9 +10,10 @@ from hfl.errors import ConfigError
 from hfl.files import private_db
 from hfl.learning.features import n_features_for
 from hfl.learning.models import make_model
-from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN
+from hfl.learning.train import DEFAULT_TRAIN
 from hfl.ledger import LedgerError, LedgerStore
 from hfl.proto.v1 import leader_pb2_grpc
+from hfl.robust.bound import BOUND_MULTIPLIER, WINDOW_ROUNDS, norm_floor
 from hfl.rpc import pki
 from hfl.rpc.metrics import LAST_COMMIT, ROUND, ROUND_INTERVAL
 from hfl.rpc.node import load_identity, register
@@ -29,7 +30,7 @@ def training_plan(settings: Settings) -> TrainingPlan:
         lr=settings.lr or DEFAULT_TRAIN.lr,
         epochs=settings.epochs or DEFAULT_TRAIN.epochs,
         batch_size=settings.batch_size or DEFAULT_TRAIN.batch_size,
-        clip_update=settings.clip_update or DEFAULT_CLIP_UPDATE,
+        clip_update=settings.norm_ceiling,
         secure=settings.secagg,
         timeout_s=settings.round_timeout,
         drop_rate=settings.drop_rate,
@@ -68,6 +69,17 @@ async def run(settings: Settings) -> None:
     LAST_COMMIT.set_to_current_time()  # "no commit since" counts from the start
     channels = Channels()
     leader = Leader(settings, channels, store, spec, training_plan(settings))
+    if leader.adaptive_bound:
+        log.info(
+            "norm bound: adaptive, %g x the median honest update length of the last %d rounds, between "
+            "%g and %g (HFL_CLIP_UPDATE)",
+            BOUND_MULTIPLIER,
+            WINDOW_ROUNDS,
+            norm_floor(settings.norm_ceiling),
+            settings.norm_ceiling,
+        )
+    elif settings.defences:
+        log.info("norm bound: fixed at %g (HFL_CLIP_UPDATE; HFL_ADAPTIVE_BOUND=false)", settings.norm_ceiling)
     ROUND_INTERVAL.set(leader.oplog.control().interval(settings.round_interval))  # an operator's choice stays
     running = await start_server(
         settings, "leader", lambda s: leader_pb2_grpc.add_LeaderServiceServicer_to_server(leader, s)

@@ -48,6 +48,7 @@ from hfl.proto.v1 import (
     validator_pb2_grpc,
 )
 from hfl.proto.v1 import common_pb2 as pb
+from hfl.robust.bound import RECORD_KEY, bound_for, round_record
 from hfl.robust.rules import resolve_f
 from hfl.rpc import authz, serde
 from hfl.rpc.client import ByteCount, call, describe_rpc_error
@@ -58,6 +59,7 @@ from hfl.rpc.metrics import (
     MODEL_ACCURACY,
     MODEL_AUC,
     MODEL_LOSS,
+    NORM_BOUND,
     ROUND,
     ROUND_DURATION,
     ROUND_INTERVAL,
@@ -106,13 +108,28 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.end_detail = "all planned rounds are done"  # said by the last WatchRounds event
         self.oplog = OperatorLog(settings.state_dir / "operator.db")  # controls and who used them
 
-    def rule_params(self, n_buckets: int) -> dict[str, object]:
+    def rule_params(self, n_buckets: int, clip: float | None = None) -> dict[str, object]:
         """Recorded in every block: f (HFL_F, or the most the rule tolerates when HFL_F=-1) and the norm
-        bound, so validators and auditors re-run exactly the same aggregation."""
+        bound ``clip`` (default: the plan's), so validators and auditors re-run exactly the same
+        aggregation."""
         f = resolve_f(self.settings.f, n_buckets, self.settings.rule)
         if not self.settings.defences:  # comparison runs only: no norm bound, no outlier screen
             return {"f": f, "clip_update": None, "screen": False}
-        return {"f": f, "clip_update": float(self.plan.clip_update)}
+        return {"f": f, "clip_update": float(self.plan.clip_update if clip is None else clip)}
+
+    @property
+    def adaptive_bound(self) -> bool:
+        """Each round's norm bound follows the committed history (HFL_ADAPTIVE_BOUND, defences on)."""
+        return self.settings.adaptive_bound and self.settings.defences
+
+    def norm_bound(self, head: Block) -> float:
+        """The round after ``head``: the bound facilities clip to and the block records. Adaptive: from
+        the history ``head`` records, at most the configured C (hfl/robust/bound.py); else the plan's C.
+        With differential privacy the per-record DP clip (the privacy bound) is untouched: this bound
+        only clips the finished update, post-processing that costs no privacy."""
+        if not self.adaptive_bound:
+            return float(self.plan.clip_update)
+        return bound_for(head.header.extra, self.plan.clip_update)
 
     def authority(self) -> authority_pb2_grpc.AuthorityServiceStub:
         return authority_pb2_grpc.AuthorityServiceStub(self.channels.get(self.settings.authority, AUTHORITY))
@@ -201,8 +218,16 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         clock = self.clock  # made fresh for this attempt by run()
         clock.lap("prepare")
         model_msg = serde.model_to_proto(self.spec, self.model, round_)
+        clip = self.norm_bound(head)  # facilities clip their update to it; the block records it
+        NORM_BOUND.set(clip)
+        if self.adaptive_bound:
+            log.info(
+                "round %d: norm bound C = %.4g (adaptive, at most %g)", round_, clip, self.plan.clip_update
+            )
         request = fog_pb2.RunRoundRequest(
-            config=serde.config_to_proto(config), model=model_msg, plan=serde.plan_to_proto(self.plan)
+            config=serde.config_to_proto(config),
+            model=model_msg,
+            plan=serde.plan_to_proto(replace(self.plan, clip_update=clip)),
         )
         fog_ids = sorted({b.fog_id for b in config.buckets})
         publish_topology(config)
@@ -271,7 +296,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             "members": [list(r.members) for r in used],
             "committee_draw": config.committee_draw,
         }
-        rule_params = self.rule_params(len(used))
+        rule_params = self.rule_params(len(used), clip)
         header, new_model, result = propose(
             head,
             self.model,
@@ -284,6 +309,11 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             quorum=config.quorum,
             extra=extra,
         )
+        if self.adaptive_bound:  # this round's accepted buckets join the history the next bound comes from
+            record = round_record(
+                head.header.extra, sums, counts, header.flagged, ceiling=self.plan.clip_update
+            )
+            header = replace(header, extra={**header.extra, RECORD_KEY: record})
         flags = {used[i].bucket_id: kind for i, kind in result.flag_kinds.items()}
         flagged = tuple(sorted(flags))
         FLAGGED_BUCKETS.inc(len(flagged))

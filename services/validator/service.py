@@ -16,6 +16,7 @@ from hfl.learning.data import Dataset
 from hfl.learning.models import evaluate, make_model
 from hfl.ledger import CommitteeMember, LedgerError, Vote, check_quorum, next_header
 from hfl.proto.v1 import validator_pb2, validator_pb2_grpc
+from hfl.robust.bound import bound_problem, history_problem
 from hfl.robust.rules import policy_violation
 from hfl.rpc import serde
 from hfl.rpc.metrics import ROUND, VOTES
@@ -90,12 +91,25 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
         )
         if broken:
             return self._vote(config.round, proposed, False, broken, None)
+        adaptive = self.settings.adaptive_bound and self.settings.defences
+        if self.settings.defences:  # the recorded norm bound must be the one policy and history give
+            wrong = bound_problem(
+                prev.header.extra,
+                rule_params,
+                extra,
+                adaptive=adaptive,
+                ceiling=self.settings.norm_ceiling,
+            )
+            if wrong:
+                return self._vote(config.round, proposed, False, wrong, None)
+        sums = np.stack([r.total for r in used])
+        counts = [r.count for r in used]
         try:
             header, new_model = next_header(
                 prev,
                 base,
-                np.stack([r.total for r in used]),
-                [r.count for r in used],
+                sums,
+                counts,
                 rule=request.rule,
                 rule_params=rule_params,
                 committee=[CommitteeMember(m.node_id, m.sign_public_key) for m in config.committee],
@@ -113,6 +127,10 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
                 "the recomputed block differs from the proposal (aggregate or inputs tampered)",
                 None,
             )
+        if adaptive:
+            wrong = history_problem(prev.header.extra, header.extra, sums, counts, header.flagged)
+            if wrong:
+                return self._vote(config.round, proposed, False, wrong, None)
         if not np.all(np.isfinite(new_model)):
             return self._vote(config.round, proposed, False, "the proposed model has non-finite values", None)
         if not self.settings.defences:

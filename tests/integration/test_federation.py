@@ -16,6 +16,7 @@ from hfl.demo import Federation, Proc
 from hfl.learning.data import SYNTHETIC_FEATURE_NAMES
 from hfl.ledger import LedgerStore, verify_ledger
 from hfl.proto.v1 import common_pb2, fog_pb2, fog_pb2_grpc
+from hfl.robust.bound import RECORD_KEY, bound_for
 from hfl.rpc import serde
 from hfl.rpc.pki import sync_channel
 from tests.integration.helpers import client_tls, start_federation, start_leader, wait_for_round
@@ -44,6 +45,13 @@ def test_rounds_commit_and_ledger_verifies(federation: tuple[Federation, dict[st
         block = store.block(2)
         assert len(block.votes) >= block.header.quorum == 3
         assert sum(block.header.bucket_counts) >= 3
+        # the adaptive norm bound (default): round 1 has no history and uses C = 3; round 2's bound is the
+        # one block 1's recorded history gives, and the committee accepted it
+        first = store.block(1).header
+        assert first.rule_params["clip_update"] == 3.0
+        assert len(first.extra[RECORD_KEY]["medians"]) == 1
+        assert block.header.rule_params["clip_update"] == bound_for(first.extra, 3.0) <= 3.0
+        assert block.header.extra[RECORD_KEY]["ceiling"] == 3.0
 
 
 def _submit(address: str, out: Path, **fields: object) -> grpc.RpcError:

@@ -32,6 +32,7 @@ from hfl.ledger import (
     next_header,
     verify_ledger,
 )
+from hfl.robust.bound import RECORD_KEY, bound_for, round_record
 
 D = 8
 B = 4
@@ -716,3 +717,58 @@ def test_a_malformed_block_from_the_wire_is_refused_in_one_sentence(chain: Path)
     short.model.data = short.model.data[:-3]
     with pytest.raises(InvalidInput, match="the model of block 1: says"):
         serde.ledger_block_from_proto(short)
+
+
+# ------------------------------------------------------------------ the adaptive norm bound
+
+
+def _append_adaptive(
+    store: LedgerStore, rng: np.random.Generator, clip: float | None = None, forge: bool = False
+) -> None:
+    """The next block with the adaptive norm bound as a leader records it (``clip``: another bound;
+    ``forge``: another history), certified by the committee."""
+    prev = store.head()
+    assert prev is not None
+    prev_model = store.model(prev.header.model_hash)
+    counts = np.array([3, 2, 3, 2])
+    sums = rng.normal(size=(B, D))
+    want = bound_for(prev.header.extra, 5.0)
+    header, model = next_header(
+        prev,
+        prev_model,
+        sums,
+        counts,
+        rule="mean",
+        rule_params={"f": 0, "clip_update": want if clip is None else clip},
+        committee=COMMITTEE,
+        config_hash=sha256(b"round-config", str(prev.round + 1).encode()),
+        extra=round_extra(prev.round + 1),
+    )
+    record = round_record(prev.header.extra, sums, counts, header.flagged, ceiling=5.0)
+    if forge:
+        record["medians"][-1] *= 3
+    header = dataclasses.replace(header, extra={**header.extra, RECORD_KEY: record})
+    store.append(Block(header, sign(header)), model, sums)
+
+
+def test_adaptive_bounds_verify_and_a_wrong_bound_or_history_is_caught(path: Path) -> None:
+    rng = np.random.default_rng(4)
+    with LedgerStore(path) as store:
+        store.init_genesis(np.linspace(-1, 1, D), GENESIS_EXTRA)
+        for _ in range(6):
+            _append_adaptive(store, rng)
+        assert verify_ledger(store) == 7
+        bounds = [store.block(r).header.rule_params["clip_update"] for r in range(1, 7)]
+        assert bounds[0] == 5.0 and all(c < 5.0 for c in bounds[1:])  # round 1 has no history
+        _append_adaptive(store, rng, forge=True)
+        assert verify_ledger(store, recompute=False) == 8
+        with pytest.raises(LedgerError, match="the recorded norm-bound history differs") as e:
+            verify_ledger(store)
+        assert e.value.round == 7
+    path.unlink()
+    with LedgerStore(path) as store:
+        store.init_genesis(np.linspace(-1, 1, D), GENESIS_EXTRA)
+        _append_adaptive(store, rng)
+        _append_adaptive(store, rng, clip=5.0)  # the fixed C instead of the one the history gives
+        with pytest.raises(LedgerError, match=r"block 2: the norm bound C = 5.0 is not C = ") as e:
+            verify_ledger(store, recompute=False)

@@ -28,6 +28,13 @@ from hfl.rpc.settings import load_settings
         ("leader", {"round_interval": -1}, "HFL_ROUND_INTERVAL 0 or more"),
         ("leader", {"model": "mlp", "hidden": 0}, "HFL_HIDDEN must be at least 1"),
         (
+            "leader",
+            {"clip_update": -1.0},
+            "HFL_CLIP_UPDATE must be 0 (the built-in norm bound) or a positive",
+        ),
+        ("validator", {"clip_update": float("inf")}, "HFL_CLIP_UPDATE must be 0"),
+        ("leader", {"adaptive_bound": "sometimes"}, "HFL_ADAPTIVE_BOUND: Input should be a valid boolean"),
+        (
             "authority",
             {"min_facilities": 12, "max_byzantine": 2},
             "12 facilities in buckets of 3 make 4 buckets, but the trimmed mean needs 5 to withstand 2 "
@@ -58,6 +65,16 @@ def test_settings_that_cannot_work_are_refused(role: str, overrides: dict[str, o
 
 def test_what_does_work_is_accepted() -> None:
     load_settings(role="authority", bucket_size=3, min_facilities=3)
+
+
+def test_the_norm_bound_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HFL_ADAPTIVE_BOUND is on unless turned off; HFL_CLIP_UPDATE (0: built-in 3) is the ceiling."""
+    s = load_settings(role="validator")
+    assert s.adaptive_bound is True and s.norm_ceiling == 3.0
+    monkeypatch.setenv("HFL_ADAPTIVE_BOUND", "false")
+    monkeypatch.setenv("HFL_CLIP_UPDATE", "1.5")
+    s = load_settings(role="leader")
+    assert s.adaptive_bound is False and s.norm_ceiling == 1.5
     load_settings(role="authority", bucket_size=2, min_facilities=2, secagg=False)  # plain sums, experiments
     load_settings(role="leader", rule="median", f=0, model="mlp", hidden=4)
     load_settings(role="facility", bucket_size=2)  # only the authority deals buckets

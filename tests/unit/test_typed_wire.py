@@ -230,3 +230,37 @@ def test_malformed_blocks_are_refused() -> None:
     wire.header.committee[0].node_id = ""
     with pytest.raises(InvalidInput, match="a committee member"):
         serde.block_from_proto(wire)
+
+
+def test_the_norm_bound_history_crosses_the_wire_exactly() -> None:
+    """A block's adaptive norm-bound record (typed NormBoundHistory) keeps its floats bit for bit, so the
+    hash validators recompute is the leader's; a malformed one is refused."""
+    from dataclasses import replace
+
+    from hfl.ledger import Block
+
+    _, block = _block_pair()
+    for medians in ([], [0.1 + 0.2, 1e-300, 0.0, 2.0 / 3.0]):
+        extra = {**block.header.extra, "norm_bound": {"ceiling": 3.0, "medians": medians}}  # type: ignore[attr-defined]
+        header = replace(block.header, extra=extra)  # type: ignore[attr-defined]
+        back = serde.header_from_proto(serde.header_to_proto(header))
+        assert back == header and back.hash() == header.hash()
+        assert back.extra["norm_bound"]["medians"] == medians
+    assert "norm_bound" not in serde.header_from_proto(serde.header_to_proto(block.header)).extra  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="no typed form"):
+        serde.extra_to_proto({**block.header.extra, "norm_bound": {"ceiling": 3.0}})  # type: ignore[attr-defined]
+    wire = serde.block_to_proto(Block(replace(block.header, extra=extra), block.votes))  # type: ignore[attr-defined]
+    for field, value, match in (
+        ("ceiling", 0.0, "ceiling must be a positive number"),
+        ("medians", [float("nan")], "finite, non-negative"),
+        ("medians", [0.1] * 6, "at most 5"),
+    ):
+        bad = validator_pb2.Block()
+        bad.CopyFrom(wire)
+        if field == "ceiling":
+            bad.header.extra.round.norm_bound.ceiling = value  # type: ignore[assignment]
+        else:
+            del bad.header.extra.round.norm_bound.medians[:]
+            bad.header.extra.round.norm_bound.medians.extend(value)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match=match):
+            serde.block_from_proto(bad)

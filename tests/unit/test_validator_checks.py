@@ -3,6 +3,8 @@ a tampered aggregate, tampered inputs, a forged configuration or a worse model a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -12,8 +14,9 @@ from hfl.domain import Bucket, BucketResult, ModelSpec, NodeInfo, RoundConfig
 from hfl.errors import InvalidInput
 from hfl.learning.data import load_validation_data
 from hfl.learning.models import make_model
-from hfl.ledger import Block, CommitteeMember, genesis_header, next_header
+from hfl.ledger import Block, BlockHeader, CommitteeMember, Vote, genesis_header, next_header
 from hfl.proto.v1 import validator_pb2
+from hfl.robust.bound import RECORD_KEY, round_record
 from hfl.rpc import serde
 from hfl.rpc.settings import Settings
 from services.validator.service import Validator
@@ -24,10 +27,10 @@ SPEC = ModelSpec("logreg", 12)
 RULE_PARAMS = {"f": 1, "clip_update": 3.0}
 
 
-def _config() -> RoundConfig:
+def _config(round_: int = 1) -> RoundConfig:
     committee = tuple(NodeInfo(v, "validator", f"{v}:1", k.public_bytes) for v, k in VALIDATORS.items())
     return RoundConfig(
-        round=1,
+        round=round_,
         attempt=0,
         seed=b"\x01" * 32,
         ledger_head=b"\x02" * 32,
@@ -40,19 +43,46 @@ def _config() -> RoundConfig:
     ).sign(AUTHORITY)
 
 
+def _round_extra(config: RoundConfig) -> dict[str, object]:
+    return {
+        "buckets": [b.bucket_id for b in config.buckets],
+        "fogs": [b.fog_id for b in config.buckets],
+        "members": [list(b.members) for b in config.buckets],
+        "committee_draw": config.committee_draw,
+    }
+
+
+def _certified(header: BlockHeader) -> Block:
+    """``header`` with accepting votes from the whole committee."""
+    votes = tuple(
+        Vote.create(VALIDATORS[m.node_id], header.round, header.hash(), m.node_id, True)
+        for m in header.committee
+    )
+    return Block(header, votes)
+
+
 def _proposal(
-    tamper: str = "", rule: str = "trimmed_mean", rule_params: dict[str, object] | None = None
+    tamper: str = "",
+    rule: str = "trimmed_mean",
+    rule_params: dict[str, object] | None = None,
+    *,
+    prev: tuple[Block, np.ndarray] | None = None,
+    record: dict[str, object] | str | None = "derived",
 ) -> tuple[validator_pb2.VoteRequest, bytes]:
+    """The leader's request for the round after ``prev`` (block and its model; default: genesis). With
+    ``record="derived"`` the block records the adaptive norm-bound history as an honest leader does."""
     rule_params = RULE_PARAMS if rule_params is None else rule_params
-    config = _config()
-    base = make_model(SPEC.kind, SPEC.n_features).init_params(0)
-    genesis = Block(genesis_header(base))
+    if prev is None:
+        base = make_model(SPEC.kind, SPEC.n_features).init_params(0)
+        prev = (Block(genesis_header(base)), base)
+    prev_block, base = prev
+    config = _config(prev_block.round + 1)
     rng = np.random.default_rng(5)
     sums = rng.normal(0, 0.05, size=(4, base.size))
     counts = [3, 3, 3, 3]
     committee = [CommitteeMember(m.node_id, m.sign_public_key) for m in config.committee]
     header, _model = next_header(
-        genesis,
+        prev_block,
         base,
         sums,
         counts,
@@ -61,7 +91,12 @@ def _proposal(
         committee=committee,
         config_hash=config.hash(),
         quorum=3,
+        extra=_round_extra(config),
     )
+    if record == "derived":
+        record = round_record(prev_block.header.extra, sums, counts, header.flagged, ceiling=3.0)
+    if record is not None:
+        header = replace(header, extra={**header.extra, RECORD_KEY: record})
     sent = sums.copy()
     if tamper == "inputs":
         sent[2] += 0.5  # the leader shows the committee other sums than it aggregated
@@ -71,11 +106,12 @@ def _proposal(
         block_hash = bytes(32)  # the leader claims a block (model) the inputs do not give
     request = validator_pb2.VoteRequest(
         config=serde.config_to_proto(config),
-        base_model=serde.model_to_proto(SPEC, base, 0),
+        base_model=serde.model_to_proto(SPEC, base, prev_block.round),
         buckets=[serde.bucket_result_to_proto(r) for r in results],
         rule=rule,
         rule_params=serde.rule_params_to_proto(rule_params),
-        prev_block=serde.block_to_proto(genesis),
+        prev_block=serde.block_to_proto(prev_block),
+        extra=serde.extra_to_proto(header.extra),
         block_hash=block_hash,
     )
     return request, header.hash()
@@ -173,3 +209,78 @@ def test_malformed_aggregation_settings_are_invalid_input() -> None:
     request.prev_block.header.prev_hash = b"short"
     with pytest.raises(InvalidInput, match="the block header of round 0 is malformed"):
         _validator().check(request)
+
+
+# ------------------------------------------------------------------ the adaptive norm bound
+
+
+def _round_one(medians: list[float]) -> tuple[Block, np.ndarray]:
+    """A certified block 1 whose recorded norm-bound history is ``medians``, and its model."""
+    base = make_model(SPEC.kind, SPEC.n_features).init_params(0)
+    config = _config(1)
+    header, model = next_header(
+        Block(genesis_header(base)),
+        base,
+        np.random.default_rng(1).normal(0, 0.05, size=(4, base.size)),
+        [3, 3, 3, 3],
+        rule="trimmed_mean",
+        rule_params=RULE_PARAMS,
+        committee=[CommitteeMember(m.node_id, m.sign_public_key) for m in config.committee],
+        config_hash=config.hash(),
+        quorum=3,
+        extra={**_round_extra(config), RECORD_KEY: {"ceiling": 3.0, "medians": medians}},
+    )
+    return _certified(header), model
+
+
+def test_first_round_bound_is_the_configured_one() -> None:
+    """No history yet: the bound must be HFL_CLIP_UPDATE, not whatever the leader picks."""
+    request, _ = _proposal(rule_params={"f": 1, "clip_update": 2.0})
+    vote = _validator().check(request)
+    assert not vote.accept
+    assert "norm bound C = 2 differs from C = 3, which the committed history gives" in vote.reason
+
+
+def test_bound_follows_the_committed_history() -> None:
+    prev = _round_one([0.2])  # block 1 says: honest updates were about 0.2 long, so C_2 = 2 × 0.2
+    request, block_hash = _proposal(rule_params={"f": 1, "clip_update": 0.4}, prev=prev)
+    vote = _validator().check(request)
+    assert vote.accept and vote.block_hash == block_hash, vote.reason
+
+
+@pytest.mark.parametrize("clip", [3.0, 0.41, 0.2])
+def test_block_with_a_wrong_bound_is_refused(clip: float) -> None:
+    """The fixed C, a slightly looser or a tighter one: all refused, with the bound that was due."""
+    request, _ = _proposal(rule_params={"f": 1, "clip_update": clip}, prev=_round_one([0.2]))
+    vote = _validator().check(request)
+    assert not vote.accept
+    assert f"norm bound C = {clip:g} differs from C = 0.4, which the committed history gives" in vote.reason
+
+
+def test_block_with_a_forged_or_missing_history_is_refused() -> None:
+    prev = _round_one([0.2])
+    forged = {"ceiling": 3.0, "medians": [0.2, 2.5]}  # claims this round's updates were long
+    request, _ = _proposal(rule_params={"f": 1, "clip_update": 0.4}, prev=prev, record=forged)
+    vote = _validator().check(request)
+    assert not vote.accept and "norm-bound history differs from the one its bucket sums give" in vote.reason
+    request, _ = _proposal(rule_params={"f": 1, "clip_update": 0.4}, prev=prev, record=None)
+    vote = _validator().check(request)
+    assert not vote.accept and "does not record its adaptive norm bound" in vote.reason
+
+
+def test_bound_ceiling_must_be_the_federations() -> None:
+    request, _ = _proposal()  # recorded with ceiling 3
+    vote = _validator(clip_update=5.0).check(request)
+    assert not vote.accept and "ceiling 3.0 is not this federation's C = 5" in vote.reason
+
+
+def test_fixed_bound_when_adaptive_bound_is_off() -> None:
+    request, block_hash = _proposal(record=None)
+    vote = _validator(adaptive_bound=False).check(request)
+    assert vote.accept and vote.block_hash == block_hash
+    request, _ = _proposal(rule_params={"f": 1, "clip_update": 2.0}, record=None)
+    vote = _validator(adaptive_bound=False).check(request)
+    assert not vote.accept and "norm bound C = 2 is not this federation's C = 3" in vote.reason
+    request, _ = _proposal()  # records an adaptive history
+    vote = _validator(adaptive_bound=False).check(request)
+    assert not vote.accept and "uses a fixed one" in vote.reason

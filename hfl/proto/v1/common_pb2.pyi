@@ -911,6 +911,7 @@ class RoundExtra(_message.Message):
     FOGS_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     COMMITTEE_DRAW_FIELD_NUMBER: _builtins.int
+    NORM_BOUND_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def buckets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -921,6 +922,10 @@ class RoundExtra(_message.Message):
     def committee_draw(self) -> Global___CommitteeDraw:
         """Absent when the round configuration carried no draw."""
 
+    @_builtins.property
+    def norm_bound(self) -> Global___NormBoundHistory:
+        """The adaptive norm bound's history (hfl/robust/bound.py); absent with a fixed bound."""
+
     def __init__(
         self,
         *,
@@ -928,14 +933,45 @@ class RoundExtra(_message.Message):
         fogs: _abc.Iterable[_builtins.str] | None = ...,
         members: _abc.Iterable[Global___BucketMembers] | None = ...,
         committee_draw: Global___CommitteeDraw | None = ...,
+        norm_bound: Global___NormBoundHistory | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["committee_draw", b"committee_draw"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["committee_draw", b"committee_draw", "norm_bound", b"norm_bound"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "committee_draw", b"committee_draw", "fogs", b"fogs", "members", b"members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "committee_draw", b"committee_draw", "fogs", b"fogs", "members", b"members", "norm_bound", b"norm_bound"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoundExtra: _TypeAlias = RoundExtra  # noqa: Y015
+
+@_typing.final
+class NormBoundHistory(_message.Message):
+    """What a block records for the adaptive norm bound: the next round's bound is derived from it alone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CEILING_FIELD_NUMBER: _builtins.int
+    MEDIANS_FIELD_NUMBER: _builtins.int
+    ceiling: _builtins.float
+    """The most the bound can be (HFL_CLIP_UPDATE) when this block's round was aggregated."""
+    @_builtins.property
+    def medians(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per recent round (oldest first, this block's round last): the median over its accepted buckets of
+        |bucket sum| / sqrt(members).
+        """
+
+    def __init__(
+        self,
+        *,
+        ceiling: _builtins.float = ...,
+        medians: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ceiling", b"ceiling", "medians", b"medians"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NormBoundHistory: _TypeAlias = NormBoundHistory  # noqa: Y015
 
 @_typing.final
 class BlockExtra(_message.Message):
