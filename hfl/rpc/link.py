@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import message_factory
@@ -106,7 +106,9 @@ def _unwrap(data: bytes, by_number: dict[int, Any], what: str) -> tuple[str, Any
     if field is None or tag & 7 != 2 or i + size != len(data):
         raise InvalidInput(f"{what} is not a valid message, or names no known call")
     try:
-        return field.name, message_factory.GetMessageClass(field.message_type).FromString(view[i:])
+        inner = message_factory.GetMessageClass(field.message_type)
+        # protobuf parses any buffer; a memoryview slice spares copying a model-sized message
+        return field.name, inner.FromString(cast(bytes, view[i:]))
     except Exception:
         raise InvalidInput(f"{what} is not a valid message") from None
 
