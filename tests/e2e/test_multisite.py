@@ -155,8 +155,11 @@ def test_three_hospitals_join_from_their_own_networks(docker_client: Any, tmp_pa
         # a site cut off for a while is left out meanwhile, and takes part again once it is back
         cut = SITES[1]
         subnet = docker_client.networks.get(f"{sites[cut].name}_default").attrs["IPAM"]["Config"][0]["Subnet"]
-        rule = ["DOCKER-USER", "-s", subnet, "-j", "DROP"]
-        subprocess.run(["iptables", "-I", *rule], check=True)
+        # Published ports reach the central tier through Docker's forwarding rules (DOCKER-USER) or its
+        # userland proxy on this machine (INPUT): drop the site's packets on both ways in.
+        rules = [[chain, "-s", subnet, "-j", "DROP"] for chain in ("DOCKER-USER", "INPUT")]
+        for rule in rules:
+            subprocess.run(["iptables", "-I", *rule], check=True)
         try:
             start = _committed(central)  # the round under way may still count it: look from the next
             wait_for(
@@ -169,7 +172,8 @@ def test_three_hospitals_join_from_their_own_networks(docker_client: Any, tmp_pa
             left_out = central.block_members(start + 1)
             assert len(left_out) >= 2 and all(cut not in m for m in left_out.values()), left_out
         finally:
-            subprocess.run(["iptables", "-D", *rule], check=True)
+            for rule in rules:
+                subprocess.run(["iptables", "-D", *rule], check=True)
         back_from = _committed(central)
         wait_for(
             "the cut site back in a committed round",
