@@ -833,9 +833,12 @@ async def enrol(
     """Ask the authority's enrolment port for a certificate, retrying while it starts."""
     delay = 0.2
     creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    # The authority's certificate names its role, not a host: a site enrolling from outside dials the
+    # authority by a public name or address that no certificate lists (pki.Peer).
+    options = _peer_options(None, AUTHORITY)
     for i in range(attempts):
         try:
-            async with grpc.aio.secure_channel(address, creds) as ch:
+            async with grpc.aio.secure_channel(address, creds, options=options) as ch:
                 resp = await authority_pb2_grpc.AuthorityServiceStub(ch).Enroll(
                     authority_pb2.EnrollRequest(token=token, role=role, node_id=node_id, csr_pem=csr_pem),
                     timeout=10,

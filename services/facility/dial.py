@@ -147,6 +147,9 @@ class FogDialer:
                 why = describe_rpc_error(e)
             except HflError as e:
                 why = f"it sent something this facility refuses ({e})"
+            except Exception as e:  # never give up on a fog: log it and dial again
+                log.exception("connection to fog %s failed unexpectedly", fog.node_id)
+                why = f"unexpected error ({type(e).__name__})"
             if time.monotonic() - began > STEADY_S:
                 attempt = 0
             self.refresh.set()  # read the list of fogs again: a restarted fog may have a new address

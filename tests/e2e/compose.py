@@ -121,11 +121,14 @@ def wait_for(
 
 
 class ComposeProject:
-    """One Compose project of deploy/docker-compose.yml with a unique name."""
+    """One Compose project of deploy/docker-compose.yml (or ``compose_file``) with a unique name."""
 
-    def __init__(self, client: Any, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, client: Any, env: dict[str, str] | None = None, compose_file: Path | None = None
+    ) -> None:
         self.client = client
         self.name = f"hfle2e{uuid.uuid4().hex[:8]}"
+        self.file = compose_file or COMPOSE_FILE
         self.cmd = compose_command()
         # The leader's port is published on a free host port (127.0.0.1::50051), not 50051.
         self.env = {"HFL_LEADER_PORT": "127.0.0.1:", **(env or {})}
@@ -135,7 +138,7 @@ class ComposeProject:
     def run(self, *args: str, timeout: float = 900) -> str:
         import os
 
-        full = [*self.cmd, "-f", str(COMPOSE_FILE), "-p", self.name, *args]
+        full = [*self.cmd, "-f", str(self.file), "-p", self.name, *args]
         proc = subprocess.run(
             full, capture_output=True, text=True, timeout=timeout, env={**os.environ, **self.env}
         )
@@ -152,7 +155,7 @@ class ComposeProject:
         full = [
             *self.cmd,
             "-f",
-            str(COMPOSE_FILE),
+            str(self.file),
             "-p",
             self.name,
             "logs",
