@@ -43,6 +43,7 @@ RETRY_MIN_S = 0.5
 RETRY_MAX_S = 30.0
 STEADY_S = 10.0  # a connection that lasted this long resets the pause before the next attempt
 REFRESH_MIN_S = 2.0  # the list of fogs is read at most this often
+OUTAGE_REFRESH_S = 5.0  # ... and at least this often while a connection to a fog is down
 
 
 def retry_pause(attempt: int, low: float = RETRY_MIN_S, high: float = RETRY_MAX_S) -> float:
@@ -113,8 +114,10 @@ class FogDialer:
                     self.follow(await self.list_fogs())
                 except (grpc.aio.AioRpcError, HflError) as e:
                     log.warning("could not read the list of fogs from the authority: %s", _reason(e))
+                # While a fog is unreachable, look more often: it may be back at a new address.
+                every = FOG_REFRESH_S if set(self.fogs) <= self.connected else OUTAGE_REFRESH_S
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.refresh.wait(), FOG_REFRESH_S)
+                    await asyncio.wait_for(self.refresh.wait(), every)
                 await asyncio.sleep(REFRESH_MIN_S)  # at most this often, however many connections fail
         finally:
             for task in self._tasks.values():
