@@ -114,8 +114,10 @@ class FogDialer:
                     self.follow(await self.list_fogs())
                 except (grpc.aio.AioRpcError, HflError) as e:
                     log.warning("could not read the list of fogs from the authority: %s", _reason(e))
-                # While a fog is unreachable, look more often: it may be back at a new address.
-                every = FOG_REFRESH_S if set(self.fogs) <= self.connected else OUTAGE_REFRESH_S
+                # While no fog is known yet, or one is unreachable, look more often: it may be
+                # starting, or back at a new address.
+                settled = bool(self.fogs) and set(self.fogs) <= self.connected
+                every = FOG_REFRESH_S if settled else OUTAGE_REFRESH_S
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.refresh.wait(), every)
                 await asyncio.sleep(REFRESH_MIN_S)  # at most this often, however many connections fail
