@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hfl.demo import Federation, enrol_burst_env, start_facilities
+from hfl.health import metric_values
 
 
 def metric(port: int, name: str) -> float:
@@ -34,7 +35,7 @@ def metric(port: int, name: str) -> float:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     except OSError:
         return -1.0
-    return sum(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
+    return sum(metric_values(text, name))
 
 
 def committed(fed: Federation) -> int:

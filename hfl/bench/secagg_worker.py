@@ -53,7 +53,7 @@ async def run_fog(out: Path, authority_pub: bytes, seed: int) -> dict[str, Any]:
     from services.fog.service import Fog
 
     settings = _settings("fog", "fog-1", out / "fog-1", seed)
-    fog = Fog(settings, "fog-1", Channels())
+    fog = Fog(settings, "fog-1")
     running = await start_server(
         settings, "fog", lambda s: fog_pb2_grpc.add_FogServiceServicer_to_server(fog, s)
     )

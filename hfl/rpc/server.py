@@ -89,6 +89,16 @@ def _node_info(
     )
 
 
+def _ready(
+    settings: Settings, role: str, node_id: str, address: str, metrics_port: int, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """hfl_up=1 and the ready file for `hfl demo` (its content is returned)."""
+    UP.labels(role=role).set(1)
+    info = {"role": role, "node_id": node_id, "address": address, "metrics_port": metrics_port, **extra}
+    write_ready_file(settings.ready_file, info)
+    return info
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -134,16 +144,7 @@ class RunningServer:
         """Ready to serve: health SERVING, hfl_up=1, and the ready file for `hfl demo` (its content is
         returned). ``metrics_port`` as in node_info."""
         await self.set_serving()
-        UP.labels(role=role).set(1)
-        info = {
-            "role": role,
-            "node_id": node_id,
-            "address": self.address,
-            "metrics_port": metrics_port or self.metrics_port,
-            **extra,
-        }
-        write_ready_file(settings.ready_file, info)
-        return info
+        return _ready(settings, role, node_id, self.address, metrics_port or self.metrics_port, extra)
 
 
 @dataclass
@@ -178,16 +179,7 @@ class DialingNode:
     async def mark_ready(
         self, settings: Settings, role: str, node_id: str, *, metrics_port: int | None = None, **extra: Any
     ) -> dict[str, Any]:
-        UP.labels(role=role).set(1)
-        info = {
-            "role": role,
-            "node_id": node_id,
-            "address": "",
-            "metrics_port": metrics_port or self.metrics_port,
-            **extra,
-        }
-        write_ready_file(settings.ready_file, info)
-        return info
+        return _ready(settings, role, node_id, "", metrics_port or self.metrics_port, extra)
 
 
 async def start_dialing_node(settings: Settings, role: str) -> DialingNode:

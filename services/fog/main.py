@@ -14,7 +14,7 @@ async def run(settings: Settings) -> None:
     node_id = settings.resolved_node_id()
     key = load_identity(settings.state_dir)
     channels = Channels()
-    fog = Fog(settings, node_id, channels)
+    fog = Fog(settings, node_id)
     running = await start_server(
         settings, "fog", lambda s: fog_pb2_grpc.add_FogServiceServicer_to_server(fog, s)
     )

@@ -22,7 +22,6 @@ from hfl.rpc import authz, serde
 from hfl.rpc.client import ByteCount, describe_rpc_error
 from hfl.rpc.link import encode_call
 from hfl.rpc.metrics import REFUSED, ROUND
-from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
 from services.fog.links import Links
 from services.fog.rounds import PhaseMarks, bucket_requests
@@ -137,10 +136,9 @@ def _named_in_header(context: grpc.aio.ServicerContext) -> str:
 
 
 class Fog(fog_pb2_grpc.FogServiceServicer):
-    def __init__(self, settings: Settings, node_id: str, channels: Channels) -> None:
+    def __init__(self, settings: Settings, node_id: str) -> None:
         self.settings = settings
         self.node_id = node_id
-        self.channels = channels
         self.authority_key = b""
         self.current: tuple[int, int] = (0, 0)
         self.open: dict[str, PlainBucket] = {}

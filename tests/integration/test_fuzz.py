@@ -358,11 +358,12 @@ def _metric(procs: dict[str, Proc], node: str, name: str) -> float:
     import urllib.request
 
     port = procs[node].info["metrics_port"]
+    from hfl.health import metric_values
+
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} is not among {node}'s metrics")
+    values = metric_values(text, name)
+    assert values, f"{name} is not among {node}'s metrics"
+    return sum(values)
 
 
 _REPLY = facility_pb2.FacilityReply(start_round=facility_pb2.StartRoundResponse()).SerializeToString()

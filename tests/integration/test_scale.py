@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hfl.demo import Federation, Proc
+from hfl.health import metric_values
 from hfl.ledger import LedgerStore, verify_ledger
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc.pki import sync_channel
@@ -51,7 +52,7 @@ def test_hosted_facilities_run_rounds(hosted: tuple[Federation, dict[str, Proc],
 
 def _metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " "))
+    return sum(metric_values(text, name))
 
 
 def test_hosted_facilities_keep_their_own_identity(hosted: tuple[Federation, dict[str, Proc], Path]) -> None:
