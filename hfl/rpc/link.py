@@ -150,7 +150,7 @@ def decode_reply(data: bytes, expected: str) -> Any:
     """The response of a serialised FacilityReply to a call of kind ``expected``, or Refused.
     InvalidInput when it does not parse or answers another kind of call."""
     if not data:
-        raise InvalidInput(f"the answer to a {expected} call is a empty answer")
+        raise InvalidInput(f"the answer to a {expected} call is an empty answer")
     kind, msg = _unwrap(data, _REPLY_BY_NUMBER, "an answer from the facility")
     if kind == "refused":
         code = _CODES.get(msg.code, grpc.StatusCode.UNKNOWN)
