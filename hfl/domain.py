@@ -25,6 +25,8 @@ class NodeInfo:
     sign_public_key: bytes = b""
     specialty: str = ""
     metrics_address: str = ""
+    region: str = ""  # the region a fog serves or a facility belongs to ("": none)
+    fog: str = ""  # facilities: the fog it is connected to now, as it said when it last registered
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -302,6 +304,8 @@ class RoundReport:
     refused: tuple[str, ...] = ()
     absent: tuple[str, ...] = ()
     votes: tuple[tuple[str, bool | None], ...] = ()
+    fogs_down: tuple[str, ...] = ()  # fogs the leader could not reach this round
+    fogs_up: tuple[str, ...] = ()  # fogs that answered it
 
     @property
     def committee(self) -> tuple[str, ...]:

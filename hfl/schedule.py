@@ -75,6 +75,177 @@ def assign_buckets(
     return plans
 
 
+# ---------------------------------------------------------------- regional fogs
+MIN_BUCKETS_PER_FOG = 4
+"""A fog is given facilities only in multiples of this many buckets' worth: buckets are re-drawn among
+one fog's facilities each round, and finding a misbehaving facility by re-drawn buckets (group testing,
+hfl.robust.reputation) needs several buckets to draw among. With two buckets, one misbehaving facility
+would taint half of its fog's facilities in every round. A federation too small to fill two fogs this
+way uses one, and keeps the others as standbys that take over when it is down."""
+
+
+def _affinity(facility: str, fog: str) -> bytes:
+    """How much ``facility`` prefers ``fog`` (rendezvous hashing: no seed, the same in every round, so a
+    facility keeps its fog unless that fog goes down or the federation grows or shrinks)."""
+    return sha256(b"hfl/home-fog/v1", facility.encode(), b"\x00", fog.encode())
+
+
+def home_fogs(
+    facilities: Mapping[str, str],
+    fogs: Mapping[str, str],
+    bucket_size: int,
+    smallest: int = MIN_SECURE_BUCKET,
+    previous: Mapping[str, str] | None = None,
+    min_buckets: int = MIN_BUCKETS_PER_FOG,
+) -> dict[str, str]:
+    """The fog each facility connects to: ``facilities`` maps facility → region, ``fogs`` the fogs that are
+    up → the region each serves ("" for none). A pure function of public data, so anyone can check it.
+
+    * A facility goes to a fog of its own region when one is up and the region has enough facilities for
+      ``min_buckets`` buckets; otherwise (no region, its region's fogs down, or too few facilities in
+      it) it shares the fogs of every region with the other such facilities, or, when those are too few
+      for ``min_buckets`` buckets themselves, joins the largest region.
+    * Within each such pool the fogs are filled in whole buckets (``bucket_size`` each, at least
+      ``min_buckets`` per fog used; the remainder joins the first fog), so every fog holds either
+      none or at least max(bucket_size, ``smallest``) facilities, and the pool makes as many buckets
+      as if it had one fog.
+    * Who goes where inside a pool: a facility keeps its ``previous`` home while that fog is up and has
+      room, so when a fog goes down only its own facilities move; the others go by rendezvous hashing
+      with bounded loads (each facility prefers fogs in the order of a hash of (facility, fog), and the
+      most-preferred pairs are matched first, as long as a fog has room).
+    """
+    if bucket_size < 1 or min_buckets < 1:
+        raise ValueError("the bucket size and the buckets per fog must be at least 1")
+    if not fogs or not facilities:
+        return {}
+    unit = max(bucket_size, smallest)
+    regional: dict[str, list[str]] = {}
+    shared: list[str] = []
+    for facility, region in sorted(facilities.items()):
+        if region and any(r == region for r in fogs.values()):
+            regional.setdefault(region, []).append(facility)
+        else:
+            shared.append(facility)
+    pools: list[tuple[list[str], list[str]]] = []
+    for region, members in sorted(regional.items()):
+        if len(members) >= min_buckets * unit:
+            pools.append((members, sorted(f for f, r in fogs.items() if r == region)))
+        else:
+            shared.extend(members)  # too few to re-draw buckets among: served with everyone else
+    if shared and pools and len(shared) < min_buckets * unit:
+        largest = max(pools, key=lambda p: len(p[0]))  # too few to share fogs: they join the largest region
+        largest[0].extend(shared)
+        largest[0].sort()
+    elif shared:
+        pools.append((sorted(shared), sorted(fogs)))
+    homes: dict[str, str] = {}
+    for members, candidates in pools:
+        homes.update(_fill(members, candidates, unit, previous or {}, min_buckets))
+    return homes
+
+
+def _fill(
+    members: list[str], candidates: list[str], unit: int, previous: Mapping[str, str], min_buckets: int
+) -> dict[str, str]:
+    """Deal ``members`` to ``candidates`` in whole buckets of ``unit`` (see ``home_fogs``)."""
+    order = sorted(candidates, key=lambda g: sha256(b"hfl/fog-order/v1", g.encode()))
+    n_buckets = max(1, len(members) // unit)
+    used = order[: max(1, min(len(order), n_buckets // min_buckets))]
+    room = dict.fromkeys(used, 0)
+    for i in range(n_buckets):
+        room[used[i % len(used)]] += unit
+    room[used[0]] += len(members) - n_buckets * unit  # the remainder (negative: a pool smaller than unit)
+    homes: dict[str, str] = {}
+    stay = [(_affinity(m, previous[m]), m, previous[m]) for m in members if previous.get(m) in room]
+    pairs = sorted(((_affinity(m, g), m, g) for m in members for g in used), reverse=True)
+    for _, m, g in [*sorted(stay, reverse=True), *pairs]:
+        if m not in homes and room[g] > 0:
+            homes[m] = g
+            room[g] -= 1
+    return homes
+
+
+def assign_buckets_at(
+    at: Mapping[str, str], bucket_size: int, seed: bytes, smallest: int = 1
+) -> tuple[list[BucketPlan], list[str]]:
+    """This round's training buckets when each facility can only be reached through one fog (``at``:
+    facility → fog): buckets are re-drawn among each fog's facilities, never across fogs. A fog with
+    fewer than ``smallest`` facilities this round forms no bucket; its facilities sit out the round
+    (returned second, sorted)."""
+    plans: list[BucketPlan] = []
+    sit_out: list[str] = []
+    for fog, members in sorted(_by_fog(at).items()):
+        if len(members) < smallest:
+            sit_out.extend(members)
+            continue
+        for p in assign_buckets(members, [fog], bucket_size, sha256(seed, fog.encode())):
+            plans.append(BucketPlan(f"b{len(plans)}", fog, p.members))
+    return plans, sorted(sit_out)
+
+
+def assign_eval_buckets_at(
+    specialties: Mapping[str, str], at: Mapping[str, str], bucket_size: int, seed: bytes
+) -> list[BucketPlan]:
+    """Evaluation buckets (``assign_eval_buckets``) drawn among each fog's facilities."""
+    plans: list[BucketPlan] = []
+    for fog, members in sorted(_by_fog({m: at[m] for m in specialties}).items()):
+        group = {m: specialties[m] for m in members}
+        for p in assign_eval_buckets(group, [fog], bucket_size, sha256(seed, fog.encode())):
+            plans.append(BucketPlan(f"e{len(plans)}", fog, p.members, p.group))
+    return plans
+
+
+def _by_fog(at: Mapping[str, str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for facility, fog in sorted(at.items()):
+        out.setdefault(fog, []).append(facility)
+    return out
+
+
+class FogStatus:
+    """Which fogs are down, from the leader's round reports (sans-I/O; JSON state).
+
+    A fog the leader could not reach in a round (its round call failed to connect, or its health check
+    did not answer) is *down* from the next round on: the authority gives its facilities other homes.
+    It is up again when the leader reaches it again (the leader checks down fogs every round) or when it
+    registers again (a restarted fog always does)."""
+
+    def __init__(self) -> None:
+        self._down: set[str] = set()
+
+    @property
+    def down(self) -> frozenset[str]:
+        return frozenset(self._down)
+
+    def observe(self, down: Sequence[str], up: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Record one round's evidence; returns (newly down, back up), each sorted. A fog listed as both
+        is taken as down (a fog that answered one call and failed the next is not dependable)."""
+        newly = sorted(set(down) - self._down)
+        back = sorted((set(up) - set(down)) & self._down)
+        self._down |= set(down)
+        self._down -= set(back)
+        return newly, back
+
+    def registered(self, fog: str) -> bool:
+        """The fog registered (again): count it as up. Returns whether it had been down."""
+        if fog in self._down:
+            self._down.discard(fog)
+            return True
+        return False
+
+    def to_dict(self) -> dict[str, object]:
+        return {"down": sorted(self._down)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> FogStatus:
+        down = d.get("down", [])
+        if not isinstance(down, list):
+            raise ValueError("malformed fog status")
+        out = cls()
+        out._down = {str(x) for x in down}
+        return out
+
+
 MIXED = "mixed"  # an evaluation bucket whose members are not all of one specialty
 
 

@@ -59,6 +59,11 @@ def withstands(rule: str, n_facilities: int, bucket_size: int) -> int:
     if bucket_size < 1:
         raise ValueError("the bucket size must be at least 1")
     n_buckets = max(1, n_facilities // bucket_size) if n_facilities >= 1 else 0  # as hfl.schedule cuts them
+    return withstands_buckets(rule, n_buckets)
+
+
+def withstands_buckets(rule: str, n_buckets: int) -> int:
+    """The most misbehaving facilities ``n_buckets`` buckets withstand in every round under ``rule``."""
     if rule not in RULES:
         raise ValueError(f"unknown aggregation rule {rule!r}; choose one of {', '.join(RULES)}")
     if rule == "mean" or n_buckets == 0:
@@ -77,9 +82,11 @@ class Sizing:
     rule: str
     withstands: int
 
+    drawn: int = 0  # the buckets actually drawn this round (0: as many as one fog would make)
+
     @property
     def buckets(self) -> int:
-        return max(1, self.facilities // self.bucket_size)
+        return self.drawn or max(1, self.facilities // self.bucket_size)
 
     def sentence(self) -> str:
         where = (

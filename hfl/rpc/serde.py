@@ -134,6 +134,8 @@ def node_to_proto(n: NodeInfo) -> pb.NodeInfo:
         sign_public_key=n.sign_public_key,
         specialty=n.specialty,
         metrics_address=n.metrics_address,
+        region=n.region,
+        fog=n.fog,
     )
 
 
@@ -152,6 +154,8 @@ def node_from_proto(n: pb.NodeInfo) -> NodeInfo:
         sign_public_key=bytes(n.sign_public_key),
         specialty=bounds.text(n.specialty, "specialty", bounds.MAX_NAME),
         metrics_address=bounds.address(n.metrics_address, "metrics address"),
+        region=bounds.text(n.region, "region", bounds.MAX_NAME),
+        fog=bounds.node_id(n.fog) if n.fog else "",
     )
 
 
@@ -1110,6 +1114,8 @@ def round_report_to_proto(r: RoundReport) -> authority_pb2.RoundReport:
             authority_pb2.CommitteeVote(validator=v, answered=a is not None, accept=bool(a))
             for v, a in r.votes
         ],
+        fogs_down=list(r.fogs_down),
+        fogs_up=list(r.fogs_up),
     )
 
 
@@ -1125,6 +1131,8 @@ def round_report_from_proto(m: authority_pb2.RoundReport) -> RoundReport:
         refused=bounds.ids(m.refused, "the refused members"),
         absent=bounds.ids(m.absent, "the absent members"),
         votes=tuple((v.validator, v.accept if v.answered else None) for v in m.votes),
+        fogs_down=bounds.ids(m.fogs_down, "the fogs that were down"),
+        fogs_up=bounds.ids(m.fogs_up, "the fogs that answered"),
     )
 
 

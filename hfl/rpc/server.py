@@ -86,6 +86,7 @@ def _node_info(
         sign_public_key=public_key,
         specialty=specialty,
         metrics_address=f"{host}:{metrics_port}",
+        region=settings.region,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import socket
 from pathlib import Path
 from typing import Literal
@@ -53,6 +54,10 @@ class Settings(BaseSettings):
     state_dir: Path = Path("/var/lib/hfl")
     ready_file: str = ""
     log_level: str = "INFO"
+
+    # fog and facility: the region a fog serves or a facility belongs to; the authority homes a facility
+    # at a fog of its own region when one is up ("" = no region: any fog)
+    region: str = ""
 
     # facility
     specialty: str = ""
@@ -116,6 +121,9 @@ class Settings(BaseSettings):
     pow_difficulty: int = 12
     # a facility absent this many rounds in a row is left out until it registers again (0: never)
     absent_rounds: int = 3
+    # a fog is given facilities in multiples of this many buckets (hfl.schedule.home_fogs): too few
+    # buckets per fog and group testing cannot tell a misbehaving facility from its bucket-mates
+    fog_min_buckets: int = Field(default=4, ge=1)
 
     # validator
     validation_margin: float = 0.05
@@ -163,6 +171,15 @@ class Settings(BaseSettings):
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError(f"expected HOST:PORT, got {v!r}")
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
+            raise ValueError(
+                "a region is a short name of letters, digits, '.', '_' or '-' (at most 64), such as north"
+            )
         return v
 
     @field_validator("specialty")

@@ -19,16 +19,18 @@ from hfl.oplog import OperatorLog
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.robust.reputation import FLAG_KINDS, Reputation, with_refused
-from hfl.robust.sizing import size_federation
+from hfl.robust.sizing import Sizing, size_federation, withstands_buckets
 from hfl.rpc import authz, pki, serde
 from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION, WITHSTANDS
 from hfl.rpc.settings import Settings
 from hfl.schedule import (
     MIN_SECURE_BUCKET,
     Attendance,
-    assign_buckets,
-    assign_eval_buckets,
+    FogStatus,
+    assign_buckets_at,
+    assign_eval_buckets_at,
     draw_base,
+    home_fogs,
     round_seed,
     select_committee,
 )
@@ -57,6 +59,10 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         seen = registry.get_json("attendance")
         limit = settings.absent_rounds
         self.attendance = Attendance.from_dict(seen, limit) if isinstance(seen, dict) else Attendance(limit)
+        fogs = registry.get_json("fog_status")
+        self.fog_status = FogStatus.from_dict(fogs) if isinstance(fogs, dict) else FogStatus()
+        homes = registry.get_json("homes")
+        self._homes = {str(k): str(v) for k, v in homes.items()} if isinstance(homes, dict) else {}
         self._publish_reputation()
         self._withstands: int | None = None
         sizing = size_federation(
@@ -69,11 +75,12 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         )  # refused at start-up already when it raises (hfl/rpc/settings.py)
         log.info("planned federation: %s", sizing.sentence())
 
-    def _check_threat(self, n_facilities: int) -> None:
-        """Say when this round's facilities withstand fewer misbehaving ones than the federation declared
-        (facilities away, quarantined or out of privacy budget leave fewer buckets)."""
+    def _check_threat(self, n_facilities: int, n_buckets: int) -> None:
+        """Say when this round's buckets withstand fewer misbehaving facilities than the federation declared
+        (facilities away, quarantined or out of privacy budget, or split over fogs, leave fewer buckets)."""
         s = self.settings
-        sizing = size_federation(n_facilities, rule=s.rule, bucket_size=s.bucket_size, f=s.f, secagg=s.secagg)
+        can = withstands_buckets(s.rule, n_buckets)
+        sizing = Sizing(n_facilities, s.bucket_size, s.rule, can if s.f < 0 else min(can, s.f), n_buckets)
         WITHSTANDS.set(sizing.withstands)
         if sizing.withstands != self._withstands:
             self._withstands = sizing.withstands
@@ -134,6 +141,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if node.role == "facility" and self.attendance.present(node.node_id):
             self.registry.put_json("attendance", self.attendance.to_dict())
             log.info("facility %s registered again; it is scheduled again", node.node_id)
+        if node.role == "fog" and self.fog_status.registered(node.node_id):
+            self.registry.put_json("fog_status", self.fog_status.to_dict())
+            log.info("fog %s registered again; it takes facilities again", node.node_id)
         log.info(
             "registered %s %s at %s%s",
             node.role,
@@ -152,6 +162,26 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         return SPECIALTIES[count % len(SPECIALTIES)]
 
     # ------------------------------------------------------------------ scheduling
+    def homes(self) -> dict[str, str]:
+        """Each facility's home fog (hfl.schedule.home_fogs): every facility that may still take part
+        (not quarantined, budget not used up; one that is away keeps its home), over the fogs that are up.
+        When every fog seems down, all of them are tried. None before HFL_MIN_FACILITIES have registered."""
+        registered = self.registry.nodes("facility")
+        if len(registered) < max(1, self.settings.min_facilities):
+            return {}  # rounds wait for them anyway, and homes given to the first few would soon change
+        gone = self.quarantined | self.privacy.exhausted
+        facilities = {n.node_id: n.region for n in registered if n.node_id not in gone}
+        fogs = {n.node_id: n.region for n in self.registry.nodes("fog")}
+        up = {f: r for f, r in fogs.items() if f not in self.fog_status.down} or fogs
+        smallest = MIN_SECURE_BUCKET if self.settings.secagg else 1
+        homes = home_fogs(
+            facilities, up, self.settings.bucket_size, smallest, self._homes, self.settings.fog_min_buckets
+        )
+        if homes != self._homes:  # a facility keeps its home while it can, so only a down fog's move
+            self._homes = homes
+            self.registry.put_json("homes", homes)
+        return homes
+
     def make_config(self, round_: int, attempt: int, head: bytes) -> RoundConfig:
         s = self.settings
         out_of_budget = self.privacy.exhausted  # never schedule a facility that has spent its privacy budget
@@ -211,8 +241,29 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             self.registry.put_json(f"committee_draw/{epoch}", draw)
             log.info("epoch %d committee: %s", epoch, ", ".join(members))
         committee_ids = [str(m) for m in draw["members"]]  # type: ignore[union-attr]
-        by_id = {n.node_id: n for n in facilities}
-        plans = assign_buckets(list(by_id), [f.node_id for f in fogs], s.bucket_size, seed)
+        # Each facility is reached through the fog it is connected to (it said which when it registered)
+        # while that fog is up, or else through its home fog, which it is connecting to.
+        homes = self.homes()
+        up = set(homes.values())
+        at = {
+            n.node_id: n.fog if n.fog in up else homes[n.node_id] for n in facilities if n.node_id in homes
+        }
+        plans, sit_out = assign_buckets_at(
+            at, s.bucket_size, seed, smallest=MIN_SECURE_BUCKET if s.secagg else 1
+        )
+        if sit_out:
+            log.info(
+                "round %d: %s sit%s out: too few facilities are at %s this round for a bucket",
+                round_,
+                ", ".join(sit_out),
+                "s" if len(sit_out) == 1 else "",
+                ", ".join(sorted({at[f] for f in sit_out})),
+            )
+        if not plans:
+            raise NotReady(
+                f"no fog has enough facilities for a bucket this round ({len(at)} facilities can take part)"
+            )
+        by_id = {n.node_id: n for n in facilities if n.node_id in at and n.node_id not in sit_out}
         small = [p for p in plans if len(p.members) < MIN_SECURE_BUCKET]
         if s.secagg and small:  # fine for plain sums, unsafe for masked ones
             raise ConfigError(
@@ -222,16 +273,13 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
                 "from the sum and learn the other's. Raise HFL_BUCKET_SIZE, add facilities, "
                 "or set HFL_SECAGG=false."
             )
-        self._check_threat(len(by_id))
+        self._check_threat(len(by_id), len(plans))
         buckets = tuple(
             Bucket(p.bucket_id, p.fog_id, p.members, secagg_threshold(len(p.members))) for p in plans
         )
         # Evaluation of the committed model: the same facilities, grouped by specialty (hfl.schedule).
-        eval_plans = assign_eval_buckets(
-            {m: by_id[m].specialty for p in plans for m in p.members},
-            [f.node_id for f in fogs],
-            s.bucket_size,
-            seed,
+        eval_plans = assign_eval_buckets_at(
+            {m: by_id[m].specialty for p in plans for m in p.members}, at, s.bucket_size, seed
         )
         eval_buckets = tuple(
             Bucket(p.bucket_id, p.fog_id, p.members, secagg_threshold(len(p.members)), p.group)
@@ -288,6 +336,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         unknown = set(flags) - set(buckets)
         if unknown or any(k not in FLAG_KINDS for k in flags.values()):
             raise InvalidInput("the round report flags buckets that were not part of the round")
+        fog_ids = {n.node_id for n in self.registry.nodes("fog")}
+        if not set(report.fogs_down) | set(report.fogs_up) <= fog_ids:
+            raise InvalidInput("the round report names fogs that are not registered")
         scheduled = [m for members in buckets.values() for m in members]
         observation = round_ * OBSERVATIONS_PER_ROUND + attempt  # strictly increasing across attempts
         try:
@@ -297,6 +348,13 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             gone = self.attendance.observe(observation, scheduled, absent)
         except ValueError as e:  # ReputationError included
             raise InvalidInput(f"the round report is inconsistent: {e}") from None
+        down, back = self.fog_status.observe(report.fogs_down, report.fogs_up)
+        for fog in down:
+            log.warning("fog %s did not answer the leader; its facilities are moved to other fogs", fog)
+        for fog in back:
+            log.info("fog %s answers again; it takes facilities again", fog)
+        if down or back:
+            self.registry.put_json("fog_status", self.fog_status.to_dict())
         newly: list[str] = []
         if committee:  # without one nothing was proposed: no evidence about updates or votes this round
             newly = self.reputation.observe(observation, groups, flags)
@@ -454,13 +512,15 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         connects to) and what it needs to register (the proof-of-work difficulty), not the other sites'
         entries or standing."""
         nodes = self.registry.nodes()
+        me = authz.caller_id() or bounds.text(request.node_id, "node id", bounds.MAX_ID)
+        home = self.homes().get(me, "") if me else ""
         if not authz.sees_everything():
-            me = authz.caller_id()
             return authority_pb2.ListNodesResponse(
                 nodes=[serde.node_to_proto(n) for n in nodes if n.node_id == me or n.role == "fog"],
                 authority_public_key=self.key.public_bytes,
                 pow_difficulty=self.settings.pow_difficulty,
                 time_unix_ms=int(time.time() * 1000),
+                home_fog=home,
             )
         return authority_pb2.ListNodesResponse(
             nodes=[serde.node_to_proto(n) for n in nodes],
@@ -469,4 +529,5 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             pow_difficulty=self.settings.pow_difficulty,
             inactive=sorted(self.attendance.inactive),
             time_unix_ms=int(time.time() * 1000),
+            home_fog=home,
         )

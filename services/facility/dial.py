@@ -1,15 +1,16 @@
-"""The facility dials out: it keeps one mutual-TLS connection open to each fog and answers the fog's
-calls over it (FogService.Connect; framing in hfl.rpc.link). Nothing connects to a facility, so a
+"""The facility dials out: it keeps one mutual-TLS connection open to its home fog and answers the
+fog's calls over it (FogService.Connect; framing in hfl.rpc.link). Nothing connects to a facility, so a
 hospital firewall needs no inbound rule.
 
-Which fogs: the authority's registry lists them (ListNodes, read again every FOG_REFRESH_S and soon
-after a connection fails, since a restarted fog may listen at a new address). A connection that fails
-or drops is opened again after a pause that doubles up to RETRY_MAX_S, with jitter so that many
-facilities do not all come back at the same instant; calls that were under way on it are abandoned (the
-fog counts this facility as a dropout for that round). When a lost connection is back, ``on_reconnect``
-runs (the facility registers again, so the authority schedules it from the next round even if it was
-left out for missing rounds meanwhile). gRPC keepalive pings (hfl.rpc.server.CHANNEL_OPTIONS) notice a
-dead fog within about 40 s.
+Which fog: the authority names this facility's home fog (ListNodes' ``home_fog``, hfl.schedule.home_fogs:
+a fog of its region when one is up), read again every FOG_REFRESH_S and soon after a connection fails,
+since the authority moves the facilities of a fog that is down, and a restarted fog may listen at a new
+address. A connection that fails or drops is opened again after a pause that doubles up to RETRY_MAX_S,
+with jitter so that many facilities do not all come back at the same instant; calls that were under way
+on it are abandoned (the fog counts this facility as a dropout for that round). Whenever a connection is
+made, ``on_connect`` runs: the facility registers again saying which fog it is connected to, so the
+authority schedules it there from the next round (and again, if it was left out for missing rounds).
+gRPC keepalive pings (hfl.rpc.server.CHANNEL_OPTIONS) notice a dead fog within about 40 s.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from hfl.rpc.server import Channels
 
 log = logging.getLogger("hfl.facility")
 
-FOG_REFRESH_S = 30.0  # how often the list of fogs is read again from the authority
+FOG_REFRESH_S = 10.0  # how often the home fog is read again from the authority
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 30.0
 STEADY_S = 10.0  # a connection that lasted this long resets the pause before the next attempt
@@ -54,7 +55,7 @@ def retry_pause(attempt: int, low: float = RETRY_MIN_S, high: float = RETRY_MAX_
 
 
 class FogDialer:
-    """Keeps this facility connected to every fog; ``serve`` looks up the facility method that answers
+    """Keeps this facility connected to its home fog; ``serve`` looks up the facility method that answers
     a call (the FacilityService method names of hfl.rpc.link.CALLS)."""
 
     def __init__(
@@ -65,7 +66,7 @@ class FogDialer:
         serve: Callable[[str], Callable[[Any], Any]],
         tls_on: bool,
         on_contact: Callable[[], None] | None = None,
-        on_reconnect: Callable[[str], None] | None = None,
+        on_connect: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.channels = channels
@@ -73,7 +74,8 @@ class FogDialer:
         self.serve = serve
         self.tls_on = tls_on
         self.on_contact = on_contact
-        self.on_reconnect = on_reconnect  # called with the fog's id when a lost connection is back
+        # called with the fog's id whenever a connection is made, and whether it is one made before
+        self.on_connect = on_connect
         self.refresh = asyncio.Event()  # set when a connection fails: the fog may have moved
         self._ever: set[str] = set()
         self.fogs: dict[str, NodeInfo] = {}
@@ -83,19 +85,21 @@ class FogDialer:
 
     # ------------------------------------------------------------------ which fogs
     async def list_fogs(self) -> dict[str, NodeInfo]:
+        """This facility's home fog, as the authority names it (empty: none is up yet)."""
         stub = authority_pb2_grpc.AuthorityServiceStub(self.channels.get(self.authority, AUTHORITY))
-        resp = await call(stub.ListNodes, authority_pb2.ListNodesRequest(), peer="authority", timeout=10)
-        fogs = {}
+        request = authority_pb2.ListNodesRequest(node_id=self.node_id)
+        resp = await call(stub.ListNodes, request, peer="authority", timeout=10)
         for n in resp.nodes:
             node = serde.node_from_proto(n)
-            if node.role == "fog" and node.address:
-                fogs[node.node_id] = node
-        return fogs
+            if node.role == "fog" and node.address and node.node_id == resp.home_fog:
+                return {node.node_id: node}
+        return {}
 
     def follow(self, fogs: dict[str, NodeInfo]) -> None:
         """Connect to these fogs (and drop connections to fogs no longer listed)."""
         for fog_id in sorted(set(self._tasks) - set(fogs)):
-            log.info("fog %s is no longer in the registry; closing the connection to it", fog_id)
+            now = ", ".join(sorted(fogs)) or "none for now"
+            log.info("the authority moved this facility from fog %s (its home fog is now %s)", fog_id, now)
             self._tasks.pop(fog_id).cancel()
         for fog_id, node in sorted(fogs.items()):
             known = self.fogs.get(fog_id)
@@ -186,8 +190,8 @@ class FogDialer:
             await stream.wait_for_connection()  # the fog took the connection (raises when it did not)
             self._mark(fog.node_id, True)
             log.info("connected to fog %s at %s", fog.node_id, fog.address)
-            if fog.node_id in self._ever and self.on_reconnect is not None:
-                self.on_reconnect(fog.node_id)
+            if self.on_connect is not None:
+                self.on_connect(fog.node_id, fog.node_id in self._ever)
             self._ever.add(fog.node_id)
             asm = link.Assembler()
             order = link.CallOrder()

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -92,9 +92,13 @@ async def start(
     )
     facility.ready(data, bytes(answer.authority_public_key))
     rejoining: set[asyncio.Task[None]] = set()
+    here = {"node": node}  # what this facility registers as: with the fog it is connected to now
 
-    def rejoin(fog_id: str) -> None:  # back after an outage: be scheduled again from the next round
-        task = asyncio.create_task(register_again(facility, channels, settings.authority, node, fog_id))
+    def connected(fog_id: str, again: bool) -> None:  # be scheduled through this fog from the next round
+        here["node"] = replace(node, fog=fog_id)
+        task = asyncio.create_task(
+            register_again(facility, channels, settings.authority, here["node"], fog_id, again)
+        )
         rejoining.add(task)
         task.add_done_callback(rejoining.discard)
 
@@ -104,7 +108,7 @@ async def start(
         settings.authority,
         lambda name: lambda request: getattr(facility, name)(request, None),
         tls_on=running.tls is not None,
-        on_reconnect=rejoin,
+        on_connect=connected,
     )
     running.background.append(asyncio.create_task(dialer.run()))
     if not await dialer.wait_connected(CONNECT_WAIT_S):
@@ -116,7 +120,7 @@ async def start(
     if settings.reregister_s > 0:
         running.background.append(
             asyncio.create_task(
-                keep_registered(facility, channels, settings.authority, node, settings.reregister_s)
+                keep_registered(facility, channels, settings.authority, here, settings.reregister_s)
             )
         )
     info = await running.mark_ready(
@@ -126,21 +130,26 @@ async def start(
 
 
 async def register_again(
-    facility: Facility, channels: Channels, authority: str, node: NodeInfo, fog_id: str
+    facility: Facility, channels: Channels, authority: str, node: NodeInfo, fog_id: str, again: bool
 ) -> None:
-    """Register once more (after a lost connection to ``fog_id`` is back): the authority stops
-    scheduling a facility that missed several rounds until it registers again."""
+    """Register once more, now connected to ``fog_id``: the authority schedules a facility through the
+    fog it is connected to, and stops scheduling one that missed several rounds until it registers
+    again (``again``: the connection was lost and is back)."""
     try:
         await register(channels, authority, node, attempts=1, pinned_key=facility.authority_key or None)
-        log.info(
-            "connected to fog %s again and registered again: the next rounds include this facility", fog_id
-        )
+        if again:
+            log.info(
+                "connected to fog %s again and registered again: the next rounds include this facility",
+                fog_id,
+            )
+        else:
+            log.info("connected to fog %s and told the authority so", fog_id)
     except (grpc.aio.AioRpcError, ConnectionError) as e:
-        log.warning("connected to fog %s again but could not register again: %s", fog_id, e)
+        log.warning("connected to fog %s but could not tell the authority: %s", fog_id, e)
 
 
 async def keep_registered(
-    facility: Facility, channels: Channels, authority: str, node: NodeInfo, idle_s: float
+    facility: Facility, channels: Channels, authority: str, here: dict[str, NodeInfo], idle_s: float
 ) -> None:
     """Register again whenever no fog has called on this facility for ``idle_s`` seconds.
 
@@ -152,7 +161,9 @@ async def keep_registered(
             continue
         facility.last_contact = time.monotonic()  # try again after another idle_s at the earliest
         try:
-            await register(channels, authority, node, attempts=1, pinned_key=facility.authority_key or None)
+            await register(
+                channels, authority, here["node"], attempts=1, pinned_key=facility.authority_key or None
+            )
             log.info("no round for %.0f s: registered with the authority again", idle_s)
         except (grpc.aio.AioRpcError, ConnectionError) as e:
             log.warning("no round for %.0f s and could not register again: %s", idle_s, e)

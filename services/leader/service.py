@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hfl.control import apply, reason_of
 from hfl.domain import (
@@ -18,6 +19,7 @@ from hfl.domain import (
     BucketResult,
     Metrics,
     ModelSpec,
+    NodeInfo,
     RoundConfig,
     RoundEvent,
     RoundReport,
@@ -81,6 +83,8 @@ from services.leader.rounds import (
 )
 
 log = logging.getLogger("hfl.leader")
+
+FOG_CHECK_S = 5.0  # how long a fog without buckets has to answer the leader's health check
 
 
 class Leader(leader_pb2_grpc.LeaderServiceServicer):
@@ -231,6 +235,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         )
         fog_ids = sorted({b.fog_id for b in config.buckets})
         publish_topology(config)
+        reach: dict[str, bool] = {}  # fog -> whether it answered this round (for the authority)
 
         async def run_fog(fog_id: str) -> list[BucketResult]:
             node = config.node(fog_id)
@@ -246,7 +251,10 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 )
             except grpc.aio.AioRpcError as e:
                 log.warning("round %d: fog %s failed: %s", round_, fog_id, describe_rpc_error(e))
+                if e.code() == grpc.StatusCode.UNAVAILABLE:  # it could not be reached: it is down
+                    reach[fog_id] = False
                 return []
+            reach[fog_id] = True
             fac.add("facility", int(resp.bytes_to_facilities), int(resp.bytes_from_facilities))
             clock.fog_answered(fog_id, started, resp.phases_s, int(resp.bytes_from_facilities))
             out = []
@@ -263,10 +271,8 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 out.append(r)
             return out
 
-        results = sorted(
-            (r for rs in await asyncio.gather(*(run_fog(f) for f in fog_ids)) for r in rs),
-            key=lambda r: r.bucket_id,
-        )
+        answers = await asyncio.gather(*(run_fog(f) for f in fog_ids), self.check_idle_fogs(config, reach))
+        results = sorted((r for rs in answers[: len(fog_ids)] for r in rs), key=lambda r: r.bucket_id)
         clock.fogs_done()
         used = [r for r in results if not r.abandoned and r.count > 0]
         dropouts = sum(len(r.dropped) for r in results)
@@ -283,7 +289,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             buckets=bucket_records(config, results, ()),
         )
         if not used:  # nothing to aggregate or vote on; the authority still learns who never answered
-            await self.report(config, None, {}, None, refused, absent)
+            await self.report(config, None, {}, None, refused, absent, reach)
             return self._finish(
                 t0, counter, RoundEvent(committed=False, detail="no bucket sums arrived", **base), fac
             )
@@ -335,7 +341,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             detail = f"not committed: {e}" + (f" ({'; '.join(reasons)})" if reasons else "")
             log.warning("round %d: %s", round_, detail)
             COMMITS.labels(outcome="rejected").inc()
-            quarantined = await self.report(config, None, flags, votes, refused, absent)
+            quarantined = await self.report(config, None, flags, votes, refused, absent, reach)
             return self._finish(
                 t0, counter, RoundEvent(committed=False, detail=detail, quarantined=quarantined, **base), fac
             )
@@ -360,7 +366,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 SPECIALTY_AUC.labels(specialty=r.specialty).set(
                     r.clinical.auc if r.clinical else float("nan")
                 )
-        quarantined = await self.report(config, block, flags, votes, refused, absent)
+        quarantined = await self.report(config, block, flags, votes, refused, absent, reach)
         return self._finish(
             t0,
             counter,
@@ -389,6 +395,24 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             cost=self.clock.cost(counter, fac),
             epsilon=self.epsilon_spent,
         )
+
+    async def check_idle_fogs(self, config: RoundConfig, reach: dict[str, bool]) -> list[BucketResult]:
+        """Ask every registered fog that has no bucket this round whether it is serving (the standard
+        health check), so the authority learns when a fog that was down is back; results go to
+        ``reach``. Returns no bucket results (it runs beside the fogs' rounds)."""
+        busy = {b.fog_id for b in config.buckets}
+
+        async def one(fog: NodeInfo) -> None:
+            stub = health_pb2_grpc.HealthStub(self.channels.get(fog.address, Peer("fog", fog.node_id)))
+            try:
+                answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=FOG_CHECK_S)
+                reach[fog.node_id] = answer.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.aio.AioRpcError as e:
+                log.info("round %d: fog %s does not answer: %s", config.round, fog.node_id, e.code().name)
+                reach[fog.node_id] = False
+
+        await asyncio.gather(*(one(f) for f in config.fogs if f.node_id not in busy))
+        return []
 
     async def collect_votes(
         self,
@@ -477,10 +501,11 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         votes: list[Vote] | None,
         refused: set[str],
         absent: set[str],
+        reach: dict[str, bool],
     ) -> tuple[str, ...]:
         """Tell the authority which buckets were flagged, who voted how (``votes`` None: nothing was
-        proposed, so there is no evidence about updates or votes) and who never answered; returns the
-        quarantine list."""
+        proposed, so there is no evidence about updates or votes), who never answered and which fogs
+        answered (``reach``); returns the quarantine list."""
         if not self.settings.defences:  # comparison runs: nobody gains suspicion, nobody is quarantined
             flags, refused = {}, set()
         cast: tuple[tuple[str, bool | None], ...] = ()
@@ -488,7 +513,12 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             by_voter = {v.validator_id: v.accept for v in votes}
             cast = tuple((m.node_id, by_voter.get(m.node_id)) for m in config.committee)
         report = RoundReport(
-            flags=dict(flags), refused=tuple(sorted(refused)), absent=tuple(sorted(absent)), votes=cast
+            flags=dict(flags),
+            refused=tuple(sorted(refused)),
+            absent=tuple(sorted(absent)),
+            votes=cast,
+            fogs_down=tuple(sorted(f for f, ok in reach.items() if not ok)),
+            fogs_up=tuple(sorted(f for f, ok in reach.items() if ok)),
         )
         try:
             resp = await call(

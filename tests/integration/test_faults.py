@@ -53,6 +53,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fed]:
         validators=4,
         rounds=0,
         extra_env={"HFL_SECAGG": "true"},
+        authority_env={"HFL_FOG_MIN_BUCKETS": "1"},  # both fogs take facilities (one bucket each)
         leader_env=LEADER_ENV,
     )
     try:
@@ -115,15 +116,33 @@ def test_leader_killed_at_random_points(federation: Fed) -> None:
     _check_nothing_lost(seen, out, "after the leader trials")  # still there after all the restarts
 
 
-def test_fog_killed_mid_round_costs_only_its_buckets(federation: Fed) -> None:
+def _served_by(out: Path, fog: str, first: int, last: int) -> list[int]:
+    """Committed rounds in [first, last] whose buckets came only through ``fog``, with every facility."""
+    with LedgerStore(out / "state" / "leader" / "ledger.db") as store:
+        return [
+            r
+            for r in range(first, last + 1)
+            if store.block(r).header.extra["fogs"] == [fog] * len(store.block(r).header.extra["fogs"])
+            and sum(store.block(r).header.bucket_counts) == 6
+        ]
+
+
+def test_fog_killed_mid_round_has_its_facilities_moved(federation: Fed) -> None:
     fed, procs, out = federation
     address = procs["leader"].info["address"]
     time.sleep(0.4)
     before = _blocks(out)
     _kill(procs["fog-1"])
     now = _committed(procs)  # a round in flight may still commit with fog-1's buckets (now + 1)
-    # Rounds go on with fog-2's buckets (fog-1's are lost while it is down).
-    wait_for_round(address, now + 3, limit_s=240)
+    # Rounds go on with fog-2's buckets; the leader tells the authority that fog-1 is down, which moves
+    # fog-1's facilities to fog-2; they dial it, and rounds have every facility again.
+    target, moved = now + 2, []
+    deadline = time.monotonic() + 120
+    while not moved and time.monotonic() < deadline:
+        wait_for_round(address, target, limit_s=120)
+        moved = _served_by(out, "fog-2", now + 2, target)
+        target += 1
+    assert moved, "fog-1's facilities were not served through fog-2 after fog-1 was killed"
     after = _check_nothing_lost(before, out, "fog kill")
     with LedgerStore(out / "state" / "leader" / "ledger.db") as store:
         later = [store.block(r) for r in sorted(after) if r > now + 1]

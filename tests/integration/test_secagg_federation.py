@@ -51,7 +51,8 @@ def federation(
         extra_env={"HFL_SECAGG": "true"},
         # A killed member stays scheduled (no attendance limit), so it keeps landing in fog-1's buckets
         # and their sums are recovered without it; rounds take well under a second here.
-        authority_env={"HFL_ABSENT_ROUNDS": "0"},
+        # Both fogs take facilities (one bucket each; by default a fog needs 4 buckets' worth).
+        authority_env={"HFL_ABSENT_ROUNDS": "0", "HFL_FOG_MIN_BUCKETS": "1"},
         fog_env=lambda i: {"HFL_BYZANTINE": "swap_keys"} if i == 1 else {},  # fog-2 is faulty
         leader_env={"HFL_SECAGG": "true", "HFL_ROUND_TIMEOUT": "15"},
     )

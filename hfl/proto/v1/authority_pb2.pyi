@@ -367,6 +367,8 @@ class RoundReport(_message.Message):
     REFUSED_FIELD_NUMBER: _builtins.int
     ABSENT_FIELD_NUMBER: _builtins.int
     VOTES_FIELD_NUMBER: _builtins.int
+    FOGS_DOWN_FIELD_NUMBER: _builtins.int
+    FOGS_UP_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def flags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """bucket id -> why it was flagged (hfl.robust FLAG_KINDS)"""
@@ -383,6 +385,14 @@ class RoundReport(_message.Message):
     def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommitteeVote]:
         """Only when a block was proposed: every committee member, in committee order, and its vote."""
 
+    @_builtins.property
+    def fogs_down(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Fogs the leader could not reach this round (a failed round call or health check) and fogs that
+        answered: the authority moves a down fog's facilities to other fogs until it answers again.
+        """
+
+    @_builtins.property
+    def fogs_up(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -390,10 +400,12 @@ class RoundReport(_message.Message):
         refused: _abc.Iterable[_builtins.str] | None = ...,
         absent: _abc.Iterable[_builtins.str] | None = ...,
         votes: _abc.Iterable[Global___CommitteeVote] | None = ...,
+        fogs_down: _abc.Iterable[_builtins.str] | None = ...,
+        fogs_up: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["absent", b"absent", "flags", b"flags", "refused", b"refused", "votes", b"votes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absent", b"absent", "flags", b"flags", "fogs_down", b"fogs_down", "fogs_up", b"fogs_up", "refused", b"refused", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -455,12 +467,17 @@ Global___ReportRoundResponse: _TypeAlias = ReportRoundResponse  # noqa: Y015
 class ListNodesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """Who asks, for the answer's home_fog (with mutual TLS the certificate says who asks, and this is unused)."""
     def __init__(
         self,
+        *,
+        node_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -476,6 +493,7 @@ class ListNodesResponse(_message.Message):
     POW_DIFFICULTY_FIELD_NUMBER: _builtins.int
     INACTIVE_FIELD_NUMBER: _builtins.int
     TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    HOME_FOG_FIELD_NUMBER: _builtins.int
     authority_public_key: _builtins.bytes
     pow_difficulty: _builtins.int
     """Leading zero bits a validator's registration proof of work must have."""
@@ -483,6 +501,8 @@ class ListNodesResponse(_message.Message):
     """The authority's clock when it answered (milliseconds since 1970, UTC): `hfl site check` compares it
     with the site's own clock.
     """
+    home_fog: _builtins.str
+    """For a facility asking: the fog it should connect to (empty: none is up, or it is not scheduled)."""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.NodeInfo]: ...
     @_builtins.property
@@ -500,10 +520,11 @@ class ListNodesResponse(_message.Message):
         pow_difficulty: _builtins.int = ...,
         inactive: _abc.Iterable[_builtins.str] | None = ...,
         time_unix_ms: _builtins.int = ...,
+        home_fog: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority_public_key", b"authority_public_key", "inactive", b"inactive", "nodes", b"nodes", "pow_difficulty", b"pow_difficulty", "quarantined", b"quarantined", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority_public_key", b"authority_public_key", "home_fog", b"home_fog", "inactive", b"inactive", "nodes", b"nodes", "pow_difficulty", b"pow_difficulty", "quarantined", b"quarantined", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

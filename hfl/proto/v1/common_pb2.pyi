@@ -133,12 +133,22 @@ class NodeInfo(_message.Message):
     SIGN_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     SPECIALTY_FIELD_NUMBER: _builtins.int
     METRICS_ADDRESS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    FOG_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     role: _builtins.str
     address: _builtins.str
     sign_public_key: _builtins.bytes
     specialty: _builtins.str
     metrics_address: _builtins.str
+    region: _builtins.str
+    """The region a fog serves or a facility belongs to (HFL_REGION; empty: none). The authority gives each
+    facility a home fog, of its own region where one is up (hfl.schedule.home_fogs).
+    """
+    fog: _builtins.str
+    """Facilities only: the fog this facility is connected to now, as it says when it registers (empty:
+    none yet). Each round schedules it at that fog while the fog is up.
+    """
     def __init__(
         self,
         *,
@@ -148,10 +158,12 @@ class NodeInfo(_message.Message):
         sign_public_key: _builtins.bytes = ...,
         specialty: _builtins.str = ...,
         metrics_address: _builtins.str = ...,
+        region: _builtins.str = ...,
+        fog: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "metrics_address", b"metrics_address", "node_id", b"node_id", "role", b"role", "sign_public_key", b"sign_public_key", "specialty", b"specialty"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "fog", b"fog", "metrics_address", b"metrics_address", "node_id", b"node_id", "region", b"region", "role", b"role", "sign_public_key", b"sign_public_key", "specialty", b"specialty"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
