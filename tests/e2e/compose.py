@@ -238,11 +238,19 @@ class ComposeProject:
 
     def block_members(self, after_round: int) -> dict[int, list[str]]:
         """Facilities counted in each committed block after ``after_round``, read from the leader's ledger."""
+        return self._per_block(after_round, "{m for ms in b.header.extra.get('members', []) for m in ms}")
+
+    def block_fogs(self, after_round: int) -> dict[int, list[str]]:
+        """The fogs whose buckets each committed block after ``after_round`` used."""
+        return self._per_block(after_round, "set(b.header.extra.get('fogs', []))")
+
+    def _per_block(self, after_round: int, expression: str) -> dict[int, list[str]]:
+        """``expression`` (a set, over block ``b``) for each committed block after ``after_round``."""
         script = (
             "import json, sys\n"
             "from hfl.ledger import LedgerStore\n"
             "with LedgerStore('/var/lib/hfl/ledger.db') as s:\n"
-            "    out = {b.header.round: sorted({m for ms in b.header.extra.get('members', []) for m in ms})\n"
+            f"    out = {{b.header.round: sorted({expression})\n"
             f"           for b in s.blocks() if b.header.round > {int(after_round)}}}\n"
             "print(json.dumps(out))\n"
         )

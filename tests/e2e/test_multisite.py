@@ -9,7 +9,8 @@ hospital IT team. Checked: `hfl site check` passes at every site; the federation
 rounds with secure aggregation and differential privacy on, with every site in them; no fog can open a
 connection to any facility; a site whose network is cut (a firewall rule on this machine drops its
 traffic, as an outage would) is left out of the rounds meanwhile and takes part again once it is
-restored.
+restored; the fog serving the sites, stopped mid-run, has its sites moved to the other fog without
+losing a committed round.
 """
 
 from __future__ import annotations
@@ -183,6 +184,29 @@ def test_three_hospitals_join_from_their_own_networks(docker_client: Any, tmp_pa
             on_timeout=lambda: sites[cut].logs(),
         )
         log(f"{cut} was cut off for rounds {start + 2}..{back_from} (left out) and took part again after")
+
+        # the fog serving the sites stops mid-run: the authority moves them to the other fog, and rounds
+        # go on with every site and without losing a committed round
+        now = _committed(central)
+        serving = central.block_fogs(now - 1)[now]
+        assert len(serving) == 1, serving  # 4 sites are one bucket: one fog serves, the other stands by
+        (stopped,) = serving
+        other = "fog-2" if stopped == "fog-1" else "fog-1"
+        central.run("stop", "--timeout", "1", stopped)
+        stopped_at = _committed(central)
+        wait_for(
+            f"every site served through {other}",
+            lambda: any(
+                set(SITES) <= set(central.block_members(stopped_at)[r]) and fogs == [other]
+                for r, fogs in central.block_fogs(stopped_at).items()
+            ),
+            timeout=300,
+            every=3,
+            on_timeout=lambda: central.logs("leader", "authority", other),
+        )
+        rounds = sorted(central.block_members(0))
+        assert rounds == list(range(1, rounds[-1] + 1)), rounds  # every round before and after is there
+        log(f"{stopped} stopped after round {stopped_at}; its sites moved to {other} and rounds went on")
     finally:
         for site in sites.values():
             try:
