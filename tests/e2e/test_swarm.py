@@ -160,6 +160,9 @@ def test_the_central_tier_runs_as_a_swarm_stack(docker_client: Any, tmp_path: Pa
     keys = tmp_path / "keys"
     try:
         if we_initialised:
+            refused = subprocess.run(["bash", str(SECRETS_SCRIPT), str(keys)], capture_output=True, text=True)
+            assert refused.returncode == 1 and "not in an active Docker Swarm" in refused.stderr, refused
+            assert not keys.exists()
             _docker("swarm", "init", "--advertise-addr", host)
             log(f"initialised a single-node swarm on {host}")
         made = subprocess.run(
@@ -174,23 +177,21 @@ def test_the_central_tier_runs_as_a_swarm_stack(docker_client: Any, tmp_path: Pa
 
         log(f"deploying stack {stack.name}, published on {host}: {ports}")
         stack.deploy()
+        # Services find each other by name (dnsrr), and a name resolves once its health check has passed.
         wait_for(
-            "the authority to answer",
-            lambda: stack.exec("authority", "python", "-m", "hfl.health") is not None,
+            "the authority healthy",
+            lambda: stack.health()["authority"] == "healthy",
             timeout=180,
-            every=3,
+            every=2,
             on_timeout=lambda: stack.logs("authority"),
         )
+        token_cmd = ("--authority", "authority:50051", "--cert-dir", "/var/lib/hfl/operator")
         for name, specialty in zip(SITES, SPECIALTIES, strict=True):
-            issued = stack.exec(
-                "authority",
-                "hfl",
-                "token",
-                name,
-                "--authority",
-                "authority:50051",
-                "--cert-dir",
-                "/var/lib/hfl/operator",
+            issued = wait_for(
+                f"a token for {name}",
+                lambda name=name: stack.exec("authority", "hfl", "token", name, *token_cmd),
+                timeout=60,
+                every=2,
             )
             token = issued.splitlines()[1].strip()
             trust, data = tmp_path / name / "trust", tmp_path / name / "data"
