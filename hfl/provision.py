@@ -26,6 +26,7 @@ from pathlib import Path
 
 from hfl.crypto import x509
 from hfl.errors import ConfigError, Unauthenticated
+from hfl.files import private_dir
 from hfl.rpc import pki
 from hfl.rpc.node import load_identity
 
@@ -154,3 +155,44 @@ def cmd_provision(args: argparse.Namespace) -> int:
     for who, what in done.items():
         print(f"{who}: {what}")
     return 0
+
+
+# Where each file of a provisioned authority lives: its name in an HFL_CA_FROM folder (flat, as Docker
+# mounts secrets in /run/secrets) and its place in the authority's state folder.
+CA_FROM_FILES = {
+    "ca.pem": Path("ca") / "ca.pem",
+    "ca.key": Path("ca") / "ca.key",
+    "identity.key": Path("identity.key"),
+    "enrol_tokens.json": Path(pki.TOKENS_FILE),
+}
+
+
+def install_authority_state(source: Path, state_dir: Path) -> str:
+    """Start the authority from a certificate authority provisioned elsewhere (HFL_CA_FROM).
+
+    On the first start (no ``ca/ca.pem`` in the state folder) the files are copied in (0600). Later starts
+    copy nothing (the tokens file has grown since) but refuse a state folder that holds another root:
+    secrets of one federation deployed over the volume of another. Returns what was done, in plain words.
+    """
+    installed = state_dir / CA_FROM_FILES["ca.pem"]
+    given = source / "ca.pem"
+    if installed.is_file():
+        if given.is_file() and given.read_bytes() != installed.read_bytes():
+            raise ConfigError(
+                f"HFL_CA_FROM: the root certificate in {source} is not the one this authority's state folder "
+                f"({state_dir}) already holds; it belongs to another federation. Deploy the secrets made for "
+                "this one, or start with an empty state volume"
+            )
+        return f"the certificate authority in {state_dir} is the one in {source}"
+    missing = [name for name in CA_FROM_FILES if not (source / name).is_file()]
+    if missing:
+        raise ConfigError(
+            f"HFL_CA_FROM: {source} lacks {', '.join(missing)} (made by `hfl provision`, "
+            "deploy/central/swarm-secrets.sh); the authority cannot start without its certificate authority"
+        )
+    private_dir(state_dir / "ca")
+    for name, place in CA_FROM_FILES.items():
+        if name != "ca.pem":  # written last: its presence marks a complete installation
+            pki.write_secret(state_dir / place, (source / name).read_bytes())
+    pki.write_public(installed, given.read_bytes())
+    return f"installed the federation's certificate authority from {source} into {state_dir}"

@@ -156,6 +156,10 @@ class Settings(BaseSettings):
     enrol_token_file: str = ""  # or a file holding it (compose: written by `hfl provision`)
     enrol: str = ""  # the authority's enrolment address; default: the authority's host, port 50052
     enrol_listen: str = "0.0.0.0:50052"  # authority: where enrolment (TLS, no client certificate) listens
+    # authority: a folder holding the certificate authority and keys `hfl provision` made elsewhere (Docker
+    # secrets, deploy/central/stack.yml): ca.pem, ca.key, identity.key, enrol_tokens.json. Copied into the
+    # state folder on the first start; later starts only check that the state holds the same root.
+    ca_from: str = ""
     cert_hours: float = 24.0  # lifetime of node certificates; renewed when a third is left
     crl_refresh_s: float = 30.0  # how often servers fetch the revocation list
     enrol_rate: float = 0.5  # enrolment requests per second per peer address (token bucket) ...
@@ -244,6 +248,14 @@ class Settings(BaseSettings):
             raise ValueError("HFL_STRAGGLER_FACTOR must be at least 1 and HFL_STRAGGLER_FLOOR_S 0 or more")
         if self.model == "mlp" and self.hidden < 1:
             raise ValueError("HFL_HIDDEN must be at least 1 for the mlp model")
+        return self
+
+    @model_validator(mode="after")
+    def _ca_from(self) -> Settings:
+        if self.ca_from and self.role not in (None, "authority"):
+            raise ValueError(f"HFL_CA_FROM is for the authority only, not a {self.role}")
+        if self.ca_from and not self.tls:
+            raise ValueError("HFL_CA_FROM needs HFL_TLS=true (it installs the certificate authority)")
         return self
 
     @model_validator(mode="after")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from hfl.proto.v1 import authority_pb2_grpc
+from hfl.provision import install_authority_state
 from hfl.rpc import pki
 from hfl.rpc.node import load_identity
 from hfl.rpc.server import serve_until_stopped, start_enrol_server, start_server
@@ -12,8 +15,12 @@ from hfl.rpc.settings import Settings
 from services.authority.registry import Registry
 from services.authority.service import Authority
 
+log = logging.getLogger("hfl.authority")
+
 
 async def run(settings: Settings) -> None:
+    if settings.ca_from:  # a certificate authority provisioned elsewhere (Docker secrets: stack.yml)
+        log.info("%s", install_authority_state(Path(settings.ca_from), settings.state_dir))
     key = load_identity(settings.state_dir)
     registry = Registry(settings.state_dir / "authority.db")  # 0600 (registry.py)
     servicer = Authority(settings, key, registry)

@@ -133,3 +133,59 @@ def test_the_central_kit_publishes_what_sites_dial_and_needs_its_public_name() -
     assert not re.search(r"^  facility", done.stdout, re.MULTILINE)  # hospitals run their own
     for port in ("50051", "50052", "50061", "50062"):
         assert port in done.stdout
+
+
+def _stack_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`docker stack config`: the stack file as `docker stack deploy` reads it (needs the CLI only)."""
+    import os
+    import shutil
+
+    if shutil.which("docker") is None:
+        pytest.skip("the docker command line is not installed")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HFL_")}
+    return subprocess.run(
+        ["docker", "stack", "config", "-c", str(DEPLOY / "central" / "stack.yml")],
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+    )
+
+
+def test_the_swarm_stack_runs_the_central_tier_with_secrets_health_checks_and_restarts() -> None:
+    refused = _stack_config({})
+    assert refused.returncode != 0 and "set HFL_PUBLIC_HOST" in refused.stderr
+    done = _stack_config({"HFL_PUBLIC_HOST": "hfl.example.org"})
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    services_part, _, rest = text.partition("\nnetworks:\n")
+    services = services_part.partition("services:\n")[2] + "\n"
+    blocks = dict(re.findall(r"^  (\S+):\n((?:    .*\n)+)", services, re.M))
+    compose = (DEPLOY / "central" / "docker-compose.yml").read_text()
+    compose_services = compose.partition("\nservices:\n")[2].partition("\nnetworks:\n")[0]
+    central = set(re.findall(r"^  ([a-z0-9-]+):", compose_services, re.M))
+    # the same federation as the compose kit, without its one-shot provisioning and optional extras
+    assert set(blocks) == central - {"provision", "console", "prometheus", "grafana"}
+    assert sum(s.startswith("validator-") for s in blocks) == 7 and 'HFL_COMMITTEE_SIZE: "4"' in text
+    declared = set(re.findall(r"^  (hfl-\S+):\n    name: \S+\n    external: true$", rest, re.M))
+    for name, block in blocks.items():
+        assert "hfl.health" in block and "restart_policy:\n        condition: any" in block, name
+        assert "endpoint_mode: dnsrr" in block and "order: stop-first" in block, name
+        assert f"- node.labels.hfl.{name} == true" in block, f"{name} is not pinned to its machine"
+        assert f"source: {name}-state\n        target: /var/lib/hfl" in block, f"{name} keeps no state"
+        used = set(re.findall(r"- source: (\S+)", block))
+        assert used and used <= declared, f"{name} uses undeclared secrets {used - declared}"
+        if name != "authority":
+            assert f"source: hfl-token-{name}" in block and "HFL_ENROL_TOKEN_FILE: /run/secrets/" in block
+            assert "HFL_CA_FROM" not in block
+    assert "HFL_CA_FROM: /run/secrets" in blocks["authority"] and "hfl-ca.key" in blocks["authority"]
+    assert not any("hfl-ca.key" in b for n, b in blocks.items() if n != "authority"), "only the authority"
+    # what the hospitals dial is published; the leader and validators are not
+    published = {n: re.findall(r"published: (\d+)", b) for n, b in blocks.items()}
+    assert published["authority"] == ["50051", "50052"] and published["fog-1"] == ["50061"]
+    assert published["fog-2"] == ["50062"] and not published["leader"] and not published["validator-1"]
+    assert "HFL_LISTEN: 0.0.0.0:50062" in blocks["fog-2"]  # a fog listens on the port it registers
+    # swarm-secrets.sh makes exactly the secrets the stack expects
+    script = (DEPLOY / "central" / "swarm-secrets.sh").read_text()
+    made = set(re.findall(r"^secret (hfl-\S+) ", script, re.M))
+    fixed = [s for s in blocks if s != "authority"]
+    assert declared == made | {f"hfl-token-{n}" for n in fixed}

@@ -16,7 +16,15 @@ from cryptography.x509 import load_der_x509_certificate
 from hfl.crypto import x509
 from hfl.errors import ConfigError, NotAllowed, Unauthenticated
 from hfl.proto.v1 import authority_pb2
-from hfl.provision import FACILITY_TOKEN_FILE, TOKEN_FILE, FixedNode, parse_node, provision
+from hfl.provision import (
+    CA_FROM_FILES,
+    FACILITY_TOKEN_FILE,
+    TOKEN_FILE,
+    FixedNode,
+    install_authority_state,
+    parse_node,
+    provision,
+)
 from hfl.rpc import pki
 from hfl.rpc.server import start_enrol_server
 from hfl.rpc.settings import Settings
@@ -228,3 +236,38 @@ def test_enrolment_port_serves_the_renewed_authority_certificate(
     before, after, again = asyncio.run(scenario())
     assert before != tls.cert.serial_number and before == first
     assert after == again == tls.cert.serial_number  # new handshakes get the renewed certificate
+
+
+def test_an_authority_starts_from_a_ca_provisioned_elsewhere(tmp_path: Path) -> None:
+    """HFL_CA_FROM (deploy/central/stack.yml): the files `hfl provision` made, mounted flat as Docker
+    secrets, become the authority's state on its first start; a volume of another federation is refused."""
+    made = tmp_path / "made"
+    provision(made / "authority", [FixedNode("fog", "fog-1", made / "fog-1")], None)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name, place in CA_FROM_FILES.items():
+        (secrets / name).write_bytes((made / "authority" / place).read_bytes())
+    state = tmp_path / "state"
+    assert install_authority_state(secrets, state).startswith("installed the federation's certificate")
+    assert (state / "identity.key").read_bytes() == (made / "authority" / "identity.key").read_bytes()
+    assert (state / "ca" / "ca.key").stat().st_mode & 0o077 == 0
+    ca = pki.open_ca(state)
+    try:
+        assert ca.cert_pem == (secrets / "ca.pem").read_bytes()
+        token = (made / "fog-1" / "tls" / TOKEN_FILE).read_text()
+        assert ca.token_identity(token) == ("fog", "fog-1")
+    finally:
+        pki.close_ca(state)
+    pki.add_enrol_token(state, "facility", "st-anna")  # the state moves on; a restart keeps it
+    tokens = (state / pki.TOKENS_FILE).read_bytes()
+    assert "is the one in" in install_authority_state(secrets, state)
+    assert (state / pki.TOKENS_FILE).read_bytes() == tokens
+
+    other = tmp_path / "other"
+    provision(other, [], None)
+    (secrets / "ca.pem").write_bytes((other / "ca" / "ca.pem").read_bytes())
+    with pytest.raises(ConfigError, match="belongs to another federation"):
+        install_authority_state(secrets, state)
+    (secrets / "ca.key").unlink()
+    with pytest.raises(ConfigError, match=r"lacks ca\.key"):
+        install_authority_state(secrets, tmp_path / "empty")

@@ -53,6 +53,8 @@ from hfl.rpc.settings import load_settings
         ),
         ("authority", {"min_facilities": 30, "max_byzantine": 2, "f": 1}, "use HFL_F=-1"),
         ("authority", {"min_facilities": 30, "max_byzantine": -1}, "HFL_MAX_BYZANTINE=-1 cannot be negative"),
+        ("fog", {"ca_from": "/run/secrets"}, "HFL_CA_FROM is for the authority only, not a fog"),
+        ("authority", {"ca_from": "/run/secrets", "tls": False}, "HFL_CA_FROM needs HFL_TLS=true"),
     ],
 )
 def test_settings_that_cannot_work_are_refused(role: str, overrides: dict[str, object], message: str) -> None:
