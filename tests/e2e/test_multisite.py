@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from hfl.health import metric_values
 from tests.e2e.compose import ROOT, ComposeProject, ensure_image, log, wait_for
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1800)]
@@ -140,6 +141,21 @@ def test_three_hospitals_join_from_their_own_networks(docker_client: Any, tmp_pa
         assert any(set(SITES) <= set(m) for m in members.values()), members
         status = central.leader_status()
         log(f"{status.committed_round} rounds committed")
+        # differential privacy is on: the authority exports each site's spent budget (what the Grafana
+        # privacy panel and the budget alert read), and the budget it is measured against
+        (authority,) = central.containers("authority")
+        scrape = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9100/metrics').read().decode())"
+        code, raw = authority.exec_run(["python", "-c", scrape])
+        assert code == 0, raw
+        lines = raw.decode().splitlines()
+        spent = {
+            name: metric_values(
+                "\n".join(x for x in lines if f'facility="{name}"' in x), "hfl_privacy_epsilon_spent"
+            )
+            for name in SITES
+        }
+        assert all(v and v[0] > 0 for v in spent.values()), spent
+        assert metric_values(raw.decode(), "hfl_privacy_epsilon_budget") == [8.0]
         for site in sites.values():  # after the first start, the check also covers fogs and clock
             out = site.run("run", "--rm", "facility", "site", "check")
             assert "[  ok] fog fog-1" in out and "[  ok] clock" in out, out
