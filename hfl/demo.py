@@ -45,7 +45,11 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         "commit a round)",
     )
     p.add_argument("--rounds", type=int, default=10, help="rounds to commit (default 10)")
-    p.add_argument("--dataset", default="synthetic", help="synthetic | breast_cancer | csv:DIR")
+    p.add_argument(
+        "--dataset",
+        default="synthetic",
+        help="synthetic | synthetic_hard (a harder task; use it with --model mlp) | breast_cancer | csv:DIR",
+    )
     p.add_argument("--label", help="label column for csv data")
     p.add_argument("--validation-csv", help="validation CSV for the validators (csv data)")
     p.add_argument("--model", choices=("logreg", "mlp"), default="logreg")
@@ -388,8 +392,10 @@ def plan_facilities(args: argparse.Namespace) -> list[dict[str, Any]]:
             }
             for i, path in enumerate(files)
         ]
-    if args.dataset not in ("synthetic", "breast_cancer"):
-        raise ConfigError(f"unknown dataset {args.dataset!r}; use synthetic, breast_cancer or csv:DIR")
+    if args.dataset not in ("synthetic", "synthetic_hard", "breast_cancer"):
+        raise ConfigError(
+            f"unknown dataset {args.dataset!r}; use synthetic, synthetic_hard, breast_cancer or csv:DIR"
+        )
     n = args.facilities
     out = []
     for i in range(n):
