@@ -24,10 +24,14 @@ The round loop runs in memory (no gRPC, processes or masking) but calls the code
   accepts unless accuracy drops by more than 0.05 (``HFL_VALIDATION_MARGIN``); a block needs 3 of 4. A
   refused round still reports its flags and is retried (attempt + 1), as the leader does.
 
-Left out: secure aggregation's fixed-point rounding of the sums (far below anything measured here),
-dropouts, differential privacy, committee rotation. Accuracy is reported twice: ``accuracy`` as the
-leader's evaluation reports it (the test sets of facilities not quarantined) and ``accuracy_all`` on every
-facility's test set (the same patients in every run, so runs compare like with like); harm uses the latter.
+Secure aggregation (on by default) is modelled by what a facility puts into it (``masked_input``: every
+coordinate kept within [-C, C], a ``nan`` update replaced by garbage of that range, so the leader sees a
+bucket that breaks the norm bound instead of a refused update). Left out: its fixed-point rounding of the
+sums (far below anything measured here), dropouts, differential privacy, committee rotation.
+
+Accuracy is reported twice: ``accuracy`` as the leader's evaluation reports it (the test sets of
+facilities not quarantined) and ``accuracy_all`` on every facility's test set (the same patients in every
+run, so runs compare like with like); harm uses the latter.
 
 A third mode, ``what_if_lowest``, is not the library's behaviour: with the defaults, the authority is
 also told every round that the bucket going least far along the robust centre is suspect, to see whether
@@ -80,6 +84,7 @@ SOURCE, MODEL, HIDDEN = "synthetic_hard", "mlp", 16
 FACILITIES, BUCKET, BYZANTINE, ROUNDS = 12, 3, 2, 30
 VALIDATORS, QUORUM, MARGIN = 4, 3, 0.05
 MAX_ATTEMPTS = 10
+SECURE = True  # the demo's default: updates go through secure aggregation (see masked_input)
 FOGS = ("fog-1", "fog-2")
 DEFENDED, PLAIN = "defended", "plain_mean"
 # A what-if, NOT what the library does: the defaults, and the authority is also told, every round, that the
@@ -154,6 +159,17 @@ def lowest_projection(sums: np.ndarray, counts: np.ndarray, bids: list[str], fla
     return bids[keep[int(np.argmin(proj))]]
 
 
+def masked_input(delta: np.ndarray, clip: float, rng: np.random.Generator) -> np.ndarray:
+    """What a facility puts into secure aggregation (services/facility/secure.py ``_masked_vector``): each
+    coordinate kept inside the quantiser's range [-C, C], and an update that cannot be quantised (``nan``)
+    replaced by uniform garbage of that range (there from the operating system's randomness; here from the
+    facility's simulation stream, so runs repeat). Honest updates (norm <= C) pass unchanged."""
+    arr = np.asarray(delta, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        arr = rng.uniform(-clip, clip, arr.size)
+    return np.clip(arr, -clip, clip)
+
+
 def _rounded(x: float | None) -> float | None:
     return None if x is None else round(float(x), 3)
 
@@ -186,7 +202,10 @@ def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS) -> dict[str, An
             for p in plans:
                 total, cnt = np.zeros_like(w), 0
                 for m in p.members:
-                    delta = local_update(model, w, by_id[m], clip, facility_rng(seed, m, rnd, attempt))
+                    rng = facility_rng(seed, m, rnd, attempt)
+                    delta = local_update(model, w, by_id[m], clip, rng)
+                    if SECURE:
+                        delta = masked_input(delta, clip, rng)
                     if not np.all(np.isfinite(delta)):
                         refused.append(m)  # the fog refuses a malformed update
                         continue
