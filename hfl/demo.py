@@ -45,10 +45,19 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         "commit a round)",
     )
     p.add_argument("--rounds", type=int, default=10, help="rounds to commit (default 10)")
-    p.add_argument("--dataset", default="synthetic", help="synthetic | breast_cancer | csv:DIR")
+    p.add_argument(
+        "--dataset",
+        default="synthetic",
+        help="synthetic | synthetic_hard (a harder task; use it with --model mlp) | breast_cancer | csv:DIR",
+    )
     p.add_argument("--label", help="label column for csv data")
     p.add_argument("--validation-csv", help="validation CSV for the validators (csv data)")
-    p.add_argument("--model", choices=("logreg", "mlp"), default="logreg")
+    p.add_argument(
+        "--model",
+        choices=("logreg", "mlp"),
+        default=None,
+        help="logreg | mlp (default: mlp for synthetic_hard, which a linear model cannot learn; else logreg)",
+    )
     p.add_argument("--hidden", type=int, default=16, help="hidden units of the mlp")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default runs/<timestamp>, runs/latest points at it)")
@@ -388,8 +397,10 @@ def plan_facilities(args: argparse.Namespace) -> list[dict[str, Any]]:
             }
             for i, path in enumerate(files)
         ]
-    if args.dataset not in ("synthetic", "breast_cancer"):
-        raise ConfigError(f"unknown dataset {args.dataset!r}; use synthetic, breast_cancer or csv:DIR")
+    if args.dataset not in ("synthetic", "synthetic_hard", "breast_cancer"):
+        raise ConfigError(
+            f"unknown dataset {args.dataset!r}; use synthetic, synthetic_hard, breast_cancer or csv:DIR"
+        )
     n = args.facilities
     out = []
     for i in range(n):
@@ -469,6 +480,10 @@ def check_threat(args: argparse.Namespace, n_facilities: int) -> Sizing:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    if args.model is None:
+        args.model = "mlp" if args.dataset == "synthetic_hard" else "logreg"
+    if args.dataset == "synthetic_hard" and args.model != "mlp":
+        raise ConfigError("--dataset synthetic_hard needs --model mlp: a linear model cannot learn it")
     if args.facilities < 1 or args.fogs < 1 or args.rounds < 1:
         raise ConfigError("--facilities, --fogs and --rounds must be at least 1")
     if args.committee is None and args.validators < 4:  # a small pool: everyone on every committee

@@ -73,6 +73,16 @@ def _feature_layout(dataset: str, label: str | None, n_features: int) -> dict[st
             "scale": data.SYNTHETIC_SCALE,
             "label": "outcome",
         }
+    if dataset == "synthetic_hard":  # simulated on a standard scale, no missing values
+        import numpy as np
+
+        d = len(data.HARD_FEATURE_NAMES)
+        return {
+            "feature_names": data.HARD_FEATURE_NAMES,
+            "center": np.zeros(d),
+            "scale": np.ones(d),
+            "label": "outcome",
+        }
     if dataset == "breast_cancer":
         names = data.load_validation_data("breast_cancer")
         cols = names.feature_names if names is not None else ()
@@ -92,9 +102,9 @@ def _feature_layout(dataset: str, label: str | None, n_features: int) -> dict[st
             "label": label,
         }
     raise ConfigError(
-        f"unknown data set {dataset!r}: give --dataset synthetic, breast_cancer or csv:PATH"
+        f"unknown data set {dataset!r}: give --dataset {data.UNKNOWN_SOURCE_HINT}"
         if dataset
-        else f"this ledger has {n_features} inputs; give --dataset (synthetic, breast_cancer or csv:PATH)"
+        else f"this ledger has {n_features} inputs; give --dataset ({data.UNKNOWN_SOURCE_HINT})"
     )
 
 

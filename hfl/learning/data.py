@@ -4,6 +4,8 @@ Feature scaling never needs pooled data (no facility sees another's rows):
 
 * ``synthetic`` data is centred and scaled with fixed clinical reference values written in this file
   (e.g. age -> (age - 50) / 15), so every facility and validator uses the same transform.
+* ``synthetic_hard`` data (a harder benchmark task, see :func:`hard_patients`) is simulated already on a
+  standard scale and used as it is.
 * every other source (``breast_cancer``, ``csv:...``) is standardised with the facility's OWN training
   split mean and standard deviation; its local test split uses those same statistics. A validator
   standardises its validation set with that set's own statistics.
@@ -32,7 +34,10 @@ import numpy as np
 
 SPECIALTIES = ("hospital", "clinic", "research", "emergency")
 DEFAULT_SIZES: dict[str, int] = {"hospital": 1200, "clinic": 600, "research": 500, "emergency": 800}
-SOURCES = ("synthetic", "breast_cancer", "csv:PATH")
+SOURCES = ("synthetic", "synthetic_hard", "breast_cancer", "csv:PATH")
+# The built-in simulated sources: one stream of patients per (seed, shard or facility name, specialty).
+SYNTHETIC_SOURCES = ("synthetic", "synthetic_hard")
+UNKNOWN_SOURCE_HINT = "synthetic, synthetic_hard, breast_cancer or csv:PATH"
 
 # Domain tags keep the random streams of different uses apart.
 _TAG_FACILITY = 1
@@ -451,6 +456,93 @@ def synthetic_patients(n: int, specialty: str, rng: np.random.Generator) -> Data
 
 
 # ------------------------------------------------------------------------------------------------------
+# The harder synthetic task (``synthetic_hard``): quiet attacks need a model that keeps learning
+# ------------------------------------------------------------------------------------------------------
+
+# On ``synthetic`` data the models reach their best accuracy in one or two rounds, so an attack that
+# only slows learning down (sign_flip, alie, ipm, free_ride) cannot be told from noise. Here the outcome
+# depends on products of markers and on a wave along one direction, which a linear model cannot
+# represent and the 16-unit mlp learns over tens of rounds; 10 % of the labels are flipped.
+HARD_N_FEATURES = 24
+HARD_FEATURE_NAMES = tuple(f"marker_{i + 1:02d}" for i in range(HARD_N_FEATURES))
+HARD_LABEL_NOISE = 0.10
+HARD_PAIRS = 4  # outcome terms x[2k] * x[2k+1], k < HARD_PAIRS
+# Label shift as for ``synthetic``: the share of patients with the outcome differs by specialty.
+HARD_EVENT_RATE: dict[str, float] = {"hospital": 0.50, "clinic": 0.35, "research": 0.45, "emergency": 0.60}
+HARD_SHIFT = 0.6  # case mix: each specialty's markers are centred at its own point (non-IID)
+_HARD_TASK_SEED = 13  # fixes the outcome rule and the specialties' centres; the same for every run
+
+
+@dataclass(frozen=True)
+class _HardTask:
+    pair_weights: np.ndarray  # (HARD_PAIRS,)
+    wave: np.ndarray  # (d,) unit vector
+    linear: np.ndarray  # (d,) unit vector
+    centres: dict[str, np.ndarray]  # specialty -> (d,)
+
+
+@functools.lru_cache(maxsize=1)
+def _hard_task() -> _HardTask:
+    """The outcome rule and case mixes: fixed numbers (drawn once from a constant seed), like the risk
+    equation of ``synthetic``; they do not depend on the experiment seed."""
+    r = np.random.default_rng(_HARD_TASK_SEED)
+    d = HARD_N_FEATURES
+    pair = r.choice([-1.0, 1.0], HARD_PAIRS) * r.uniform(0.7, 1.3, HARD_PAIRS)
+    wave = r.normal(0.0, 1.0, d)
+    linear = r.normal(0.0, 1.0, d)
+    centres = {s: HARD_SHIFT * r.normal(0.0, 1.0, d) * (r.random(d) < 0.5) for s in SPECIALTIES}
+    return _HardTask(pair, wave / np.linalg.norm(wave), linear / np.linalg.norm(linear), centres)
+
+
+def _hard_candidates(n: int, specialty: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    task = _hard_task()
+    X = task.centres[specialty] + rng.normal(0.0, 1.0, (n, HARD_N_FEATURES))
+    score = np.sin(2.0 * (X @ task.wave)) + 0.5 * (X @ task.linear)
+    for k in range(HARD_PAIRS):
+        score += task.pair_weights[k] * X[:, 2 * k] * X[:, 2 * k + 1]
+    y = (score > 0).astype(np.int64)
+    noisy = rng.random(n) < HARD_LABEL_NOISE
+    return X, np.where(noisy, 1 - y, y)
+
+
+def hard_patients(n: int, specialty: str, rng: np.random.Generator) -> Dataset:
+    """``n`` simulated patients of the harder task: HARD_N_FEATURES markers on a standard scale (no
+    missing values) and an outcome given by a fixed non-linear rule (products of marker pairs, a wave
+    along one direction, a small linear part) with HARD_LABEL_NOISE of the labels flipped. Specialties
+    differ in case mix (each centres its markers at its own point) and in how common the outcome is
+    (Binomial(n, HARD_EVENT_RATE[specialty]) patients have it; within a class, patients look as the rule
+    says). Deterministic given ``rng``."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(f"the number of patients must be a positive integer, got {n!r}")
+    _check_specialty(specialty)
+    if not isinstance(rng, np.random.Generator):
+        raise DataError("pass an explicitly seeded numpy Generator, e.g. np.random.default_rng(seed)")
+    n_pos = int(rng.binomial(n, HARD_EVENT_RATE[specialty]))
+    need = (n - n_pos, n_pos)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    counts = [0, 0]
+    while counts[0] < need[0] or counts[1] < need[1]:
+        X, y = _hard_candidates(2 * n + 64, specialty, rng)
+        xs.append(X)
+        ys.append(y)
+        counts[1] += int(y.sum())
+        counts[0] += len(y) - int(y.sum())
+    X, y = np.vstack(xs), np.concatenate(ys)
+    keep = np.sort(np.concatenate([np.flatnonzero(y == c)[: need[c]] for c in (0, 1)]))
+    return Dataset(np.ascontiguousarray(X[keep]), y[keep], HARD_FEATURE_NAMES)
+
+
+def simulated_patients(source: str, n: int, specialty: str, rng: np.random.Generator) -> Dataset:
+    """Model-ready simulated patients of a built-in source (one of SYNTHETIC_SOURCES)."""
+    if source == "synthetic":
+        return synthetic_patients(n, specialty, rng)
+    if source == "synthetic_hard":
+        return hard_patients(n, specialty, rng)
+    raise DataError(f"{source!r} is not a simulated source; use one of {', '.join(SYNTHETIC_SOURCES)}")
+
+
+# ------------------------------------------------------------------------------------------------------
 # Splitting and standardisation
 # ------------------------------------------------------------------------------------------------------
 
@@ -658,12 +750,12 @@ def _csv_path(source: str) -> str:
 
 
 def _check_source(source: str) -> None:
-    if source in ("synthetic", "breast_cancer"):
+    if source in (*SYNTHETIC_SOURCES, "breast_cancer"):
         return
     if isinstance(source, str) and source.startswith("csv:"):
         _csv_path(source)
         return
-    raise DataError(f"unknown data source {source!r}; use synthetic, breast_cancer or csv:PATH")
+    raise DataError(f"unknown data source {source!r}; use {UNKNOWN_SOURCE_HINT}")
 
 
 def _facility_rng(seed: int, shard_index: int, specialty: str, tag: int) -> np.random.Generator:
@@ -690,12 +782,13 @@ def load_facility_data(
 
     * ``synthetic``: the facility's own simulated patients of ``specialty`` (``n_patients``, default
       ``DEFAULT_SIZES[specialty]``), drawn from a stream fixed by (seed, shard index, specialty).
+    * ``synthetic_hard``: the same for the harder task (:func:`hard_patients`).
     * ``breast_cancer``: 15% of the bundled set is held out for validators (seeded, stratified), and the
       rest is cut into ``shard=(i, n)`` stratified shards (the whole rest if ``shard`` is None).
     * ``csv:FILE``: one facility's file; ``label`` names the outcome column. ``shard`` optionally cuts
       the file into stratified shards as for breast_cancer.
 
-    ``stream`` (e.g. the facility's node id) is used only for synthetic data when ``shard`` is None: it
+    ``stream`` (e.g. the facility's node id) is used only for simulated data when ``shard`` is None: it
     picks the random stream instead of shard index 0, so facilities started without a shard (scaled
     containers) get different patients. The same name always gives the same data.
 
@@ -717,12 +810,13 @@ def load_facility_data(
     if shard is not None:
         shard_index = shard[0]
     else:
-        shard_index = _stream_index(stream) if stream and source == "synthetic" else 0
+        shard_index = _stream_index(stream) if stream and source in SYNTHETIC_SOURCES else 0
     split_rng = _facility_rng(seed, shard_index, specialty, _TAG_TEST_SPLIT)
 
-    if source == "synthetic":
+    if source in SYNTHETIC_SOURCES:
         n = DEFAULT_SIZES[specialty] if n_patients is None else n_patients
-        syn = synthetic_patients(n, specialty, _facility_rng(seed, shard_index, specialty, _TAG_FACILITY))
+        rng = _facility_rng(seed, shard_index, specialty, _TAG_FACILITY)
+        syn = simulated_patients(source, n, specialty, rng)
         train, test = _split_facility(syn, test_fraction=test_fraction, rng=split_rng, what="this facility")
         return FacilityData(train, test, specialty, source)
 
@@ -755,15 +849,16 @@ def load_validation_data(
 ) -> Dataset | None:
     """A validator's evaluation set.
 
-    ``synthetic``: the validator's own simulated patients, an even mix of all specialties from a stream
-    separate from every facility's. ``breast_cancer``: the 15% held out from all facilities (the same
-    for every validator). ``csv:FILE``: that file, standardised with its own statistics. Returns None
-    when the csv source is a folder (the per-facility layout, with no validation file).
+    ``synthetic`` (and ``synthetic_hard``): the validator's own simulated patients, an even mix of all
+    specialties from a stream separate from every facility's. ``breast_cancer``: the 15% held out from
+    all facilities (the same for every validator). ``csv:FILE``: that file, standardised with its own
+    statistics. Returns None when the csv source is a folder (the per-facility layout, with no
+    validation file).
     """
     _check_source(source)
     _check_seed(seed)
     _check_seed(index, "validator index")
-    if source == "synthetic":
+    if source in SYNTHETIC_SOURCES:
         if isinstance(n_patients, bool) or not isinstance(n_patients, int) or n_patients < len(SPECIALTIES):
             raise DataError(f"a validator needs at least {len(SPECIALTIES)} patients, got {n_patients!r}")
         rng = np.random.default_rng([seed, index, _TAG_VALIDATOR])
@@ -771,7 +866,7 @@ def load_validation_data(
             n_patients // len(SPECIALTIES) + (1 if j < n_patients % len(SPECIALTIES) else 0)
             for j in range(len(SPECIALTIES))
         ]
-        parts = [synthetic_patients(m, s, rng) for m, s in zip(sizes, SPECIALTIES, strict=True)]
+        parts = [simulated_patients(source, m, s, rng) for m, s in zip(sizes, SPECIALTIES, strict=True)]
         mixed = Dataset.concat(parts)
         return mixed.subset(rng.permutation(mixed.n))
     if source == "breast_cancer":

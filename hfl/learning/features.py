@@ -9,7 +9,14 @@ import csv
 import os
 from pathlib import Path
 
-from hfl.learning.data import SYNTHETIC_FEATURE_NAMES, DataError, csv_dir_files, model_feature_names
+from hfl.learning.data import (
+    HARD_FEATURE_NAMES,
+    SYNTHETIC_FEATURE_NAMES,
+    UNKNOWN_SOURCE_HINT,
+    DataError,
+    csv_dir_files,
+    model_feature_names,
+)
 
 # sklearn.datasets.load_breast_cancer has 30 numeric features (checked by the tests).
 BREAST_CANCER_N_FEATURES = 30
@@ -27,7 +34,8 @@ def _csv_header(path: str) -> list[str]:
 
 
 def n_features_for(source: str, label: str | None = None) -> int:
-    """Number of model inputs for ``source``: ``synthetic``, ``breast_cancer`` or ``csv:PATH``.
+    """Number of model inputs for ``source``: ``synthetic``, ``synthetic_hard``, ``breast_cancer`` or
+    ``csv:PATH``.
 
     For ``csv:PATH`` the header row is read (of the file, or of the first file in sorted order when
     PATH is a folder); every column except the ``label`` column is a feature and may have missing values,
@@ -35,10 +43,12 @@ def n_features_for(source: str, label: str | None = None) -> int:
     """
     if source == "synthetic":
         return len(SYNTHETIC_FEATURE_NAMES)
+    if source == "synthetic_hard":
+        return len(HARD_FEATURE_NAMES)
     if source == "breast_cancer":
         return BREAST_CANCER_N_FEATURES
     if not isinstance(source, str) or not source.startswith("csv:"):
-        raise DataError(f"unknown data source {source!r}; use synthetic, breast_cancer or csv:PATH")
+        raise DataError(f"unknown data source {source!r}; use {UNKNOWN_SOURCE_HINT}")
     path = source[len("csv:") :]
     if not path:
         raise DataError("a csv source must name a file or folder, e.g. csv:/data/site1.csv")

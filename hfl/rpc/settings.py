@@ -248,6 +248,8 @@ class Settings(BaseSettings):
             raise ValueError("HFL_STRAGGLER_FACTOR must be at least 1 and HFL_STRAGGLER_FLOOR_S 0 or more")
         if self.model == "mlp" and self.hidden < 1:
             raise ValueError("HFL_HIDDEN must be at least 1 for the mlp model")
+        if self.role == "leader" and self.dataset == "synthetic_hard" and self.model != "mlp":
+            raise ValueError("HFL_DATASET=synthetic_hard needs HFL_MODEL=mlp: a linear model cannot learn it")
         return self
 
     @model_validator(mode="after")

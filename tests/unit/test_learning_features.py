@@ -18,12 +18,13 @@ def _write(path: Path, header: list[str], rows: int = 12) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-@pytest.mark.parametrize("source", ["synthetic", "breast_cancer"])
+@pytest.mark.parametrize("source", ["synthetic", "synthetic_hard", "breast_cancer"])
 def test_builtin_sources_match_loaded_data(source: str) -> None:
     fd = load_facility_data(source, shard=(0, 4) if source == "breast_cancer" else None, n_patients=None)
     assert n_features_for(source) == fd.train.d
-    # synthetic: 17 columns (the union of every specialty's fields) + 15 missing-value indicators
-    assert n_features_for(source) == (32 if source == "synthetic" else 30)
+    # synthetic: 17 columns (the union of every specialty's fields) + 15 missing-value indicators;
+    # synthetic_hard: 24 markers, never missing
+    assert n_features_for(source) == {"synthetic": 32, "synthetic_hard": 24, "breast_cancer": 30}[source]
 
 
 def test_csv_file_counts_all_columns_but_label_and_their_missing_indicators(tmp_path: Path) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from hfl.cli import main
 from hfl.errors import ConfigError
-from hfl.rpc.settings import load_settings
+from hfl.rpc.settings import Settings, load_settings
 
 
 @pytest.mark.parametrize(
@@ -113,6 +114,10 @@ def test_a_service_with_an_unknown_rule_does_not_start(
             ["--facilities", "12", "--bucket-size", "4", "--max-byzantine", "2"],
             "12 facilities in buckets of 4 make 3 buckets",
         ),
+        (
+            ["--dataset", "synthetic_hard", "--model", "logreg"],
+            "--dataset synthetic_hard needs --model mlp: a linear model cannot learn it",
+        ),
     ],
 )
 def test_the_demo_refuses_before_starting_anything(
@@ -132,3 +137,11 @@ def test_an_authority_sized_below_its_declared_threat_does_not_start(
     err = capsys.readouterr().err
     assert err.startswith("hfl: bad configuration: 12 facilities in buckets of 4 make 3 buckets")
     assert "declare HFL_MAX_BYZANTINE=1 or fewer" in err and err.count("\n") == 1
+
+
+def test_a_leader_refuses_the_hard_task_with_a_linear_model() -> None:
+    with pytest.raises(ValidationError, match="HFL_DATASET=synthetic_hard needs HFL_MODEL=mlp"):
+        Settings(role="leader", dataset="synthetic_hard", model="logreg")
+    # a facility trains whatever model its leader sends
+    assert Settings(role="facility", dataset="synthetic_hard").dataset == "synthetic_hard"
+    assert Settings(role="leader", dataset="synthetic_hard", model="mlp").model == "mlp"
