@@ -37,7 +37,7 @@ from hfl.schedule import (
 from services.authority.enrol import CertificateService
 from services.authority.privacy import PrivacyBook
 from services.authority.registry import Registry
-from services.authority.security import HISTORY_ROUNDS, OBSERVATIONS_PER_ROUND, security_report
+from services.authority.security import HISTORY_ROUNDS, security_report
 
 log = logging.getLogger("hfl.authority")
 
@@ -340,7 +340,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if not set(report.fogs_down) | set(report.fogs_up) <= fog_ids:
             raise InvalidInput("the round report names fogs that are not registered")
         scheduled = [m for members in buckets.values() for m in members]
-        observation = round_ * OBSERVATIONS_PER_ROUND + attempt  # strictly increasing across attempts
+        observation = bounds.attempt_slot(round_, attempt)  # round × 1000 + attempt, stored: see hfl.bounds
         try:
             # A fog refused these members' updates as malformed: each is its own group, blame is certain.
             groups, flags = with_refused(buckets, flags, refused)
