@@ -435,11 +435,11 @@ def check_topology(validators: int, bucket_size: int, secagg: bool, committee: i
             )
     if bucket_size < 1:
         raise ConfigError("--bucket-size must be at least 1")
-    if secagg and bucket_size < 3:
+    if secagg and bucket_size < MIN_SECURE_BUCKET:
         raise ConfigError(
-            "secure aggregation needs buckets of at least 3 facilities (with 2, each could "
-            "subtract its own update from the sum and learn the other's); use --bucket-size 3 or "
-            "more, or --no-secagg"
+            f"secure aggregation needs buckets of at least {MIN_SECURE_BUCKET} facilities (with 2, each "
+            "could subtract its own update from the sum and learn the other's); use --bucket-size "
+            f"{MIN_SECURE_BUCKET} or more, or --no-secagg"
         )
 
 
@@ -477,10 +477,10 @@ def check_args(args: argparse.Namespace) -> None:
     else:
         args.committee = 4 if args.committee is None else args.committee
         check_topology(args.validators, args.bucket_size, args.secagg, args.committee)
-    if args.secagg and not args.dataset.startswith("csv:") and args.facilities < 3:
+    if args.secagg and not args.dataset.startswith("csv:") and args.facilities < MIN_SECURE_BUCKET:
         raise ConfigError(
-            "secure aggregation needs at least 3 facilities (it only ever reveals sums over 3 or more); "
-            "use --facilities 3 or more, or --no-secagg"
+            f"secure aggregation needs at least {MIN_SECURE_BUCKET} facilities (it only ever reveals sums "
+            f"over {MIN_SECURE_BUCKET} or more); use --facilities {MIN_SECURE_BUCKET} or more, or --no-secagg"
         )
     from hfl.robust.rules import RULES
 
