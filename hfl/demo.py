@@ -736,7 +736,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     reference: dict[str, float] = {}
 
     def compute_reference() -> None:
-        from hfl.learning.data import centralized_reference
+        from hfl.learning.reference import centralized_reference
         from hfl.learning.train import DEFAULT_TRAIN, TrainConfig
 
         cfg = TrainConfig(
