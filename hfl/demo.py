@@ -21,6 +21,7 @@ from typing import Any
 from hfl.demo_dp import add_dp_arguments, check_dp_args, dp_banner, dp_env, dp_summary
 from hfl.domain import SPECIALTIES, ClinicalMetrics, RoundEvent, SpecialtyResult
 from hfl.errors import ConfigError
+from hfl.robust.rules import get_rule
 from hfl.robust.sizing import Sizing, SizingError, size_federation
 from hfl.schedule import MIN_SECURE_BUCKET
 
@@ -723,7 +724,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "no validation-score check. Use this only to compare; never with real patients."
         )
     print(f"Defences: {sizing.sentence()}.")
-    if len(byzantine) > sizing.withstands and args.defences and args.rule != "mean":
+    if len(byzantine) > sizing.withstands and args.defences and get_rule(args.rule).tolerates_bad_buckets:
         print(
             f"Note: {len(byzantine)} facilities will misbehave, more than the {sizing.withstands} these "
             "buckets withstand in every round; the norm bound, the outlier screen and quarantine still "
