@@ -25,7 +25,7 @@ from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN, clip_update, 
 from hfl.robust.attacks import ATTACKS as ALL_ATTACKS
 from hfl.robust.attacks import apply_attack, flip_labels
 from hfl.robust.reputation import Reputation, with_refused
-from hfl.robust.rules import aggregate
+from hfl.robust.rules import aggregate, get_rule
 from hfl.schedule import assign_buckets
 
 ATTACKS = tuple(a for a in ALL_ATTACKS if a != "none")
@@ -180,7 +180,8 @@ def main() -> None:
     for a in args.attack:
         for r in args.rule:
             for s in args.seeds:
-                out = run(a, r, args.f if r != "mean" else 0, seed=s, rounds=args.rounds, trace=args.trace)
+                f = args.f if get_rule(r).tolerates_bad_buckets else 0
+                out = run(a, r, f, seed=s, rounds=args.rounds, trace=args.trace)
                 flagged = [len(x["flagged"]) for x in out["rounds"]]
                 print(
                     f"{a:10s} {r:13s} seed {s}: acc {out['final_accuracy']:.4f} caught {out['caught']} "

@@ -8,7 +8,7 @@ held-out test set, loaded exactly as the facility loads it (hfl.learning.data.lo
 same seed and shard). Results are grouped by specialty (only groups of at least 3 facilities are
 reported, as the federation itself does) and pooled. The centralised reference is the same model trained
 on the pooled training data of the same facilities with the same budget as
-hfl.learning.data.centralized_reference (its pooled accuracy is recomputed here and checked against that
+hfl.learning.reference.centralized_reference (its pooled accuracy is recomputed here and checked against that
 function), evaluated on the same test sets.
 
     .venv/bin/python bench/specialty.py            # -> bench/results/specialty.json and NOTES-results.md
@@ -43,10 +43,11 @@ sys.path.insert(0, str(ROOT))
 
 from hfl.cli import main as hfl_main  # noqa: E402
 from hfl.domain import SPECIALTIES, Metrics  # noqa: E402
-from hfl.learning.data import Dataset, FacilityData, centralized_reference, load_facility_data  # noqa: E402
+from hfl.learning.data import Dataset, FacilityData, load_facility_data  # noqa: E402
 from hfl.learning.export import from_npz  # noqa: E402
 from hfl.learning.metrics import clinical_metrics, evaluate_counts  # noqa: E402
 from hfl.learning.models import Model, make_model  # noqa: E402
+from hfl.learning.reference import centralized_reference  # noqa: E402
 from hfl.learning.train import DEFAULT_TRAIN, TrainConfig, train_local  # noqa: E402
 
 MIN_GROUP = 3  # facilities a specialty needs before its results are reported
@@ -103,7 +104,7 @@ def centralised_params(
     kind: str, hidden: int, trains: Sequence[Dataset], rounds: int, seed: int
 ) -> tuple[Model, np.ndarray]:
     """One model trained on all training data pooled, with the federation's budget (rounds x epochs),
-    as hfl.learning.data.centralized_reference trains it."""
+    as hfl.learning.reference.centralized_reference trains it."""
     pooled = Dataset.concat(list(trains))
     model = make_model(kind, pooled.d, hidden)
     budget = TrainConfig(
@@ -340,7 +341,7 @@ def _observations(results: dict[str, Any]) -> list[str]:
         central = block["centralised"]
         out.append(
             f"- {dataset}, centralised: pooled accuracy {central['by_specialty']['pooled']['accuracy']} "
-            "(hfl.learning.data.centralized_reference gives "
+            "(hfl.learning.reference.centralized_reference gives "
             f"{central['centralized_reference_pooled_accuracy']})."
         )
     out.append(

@@ -19,8 +19,34 @@ MAX_REASON = 500  # free text in people's words: release reasons, vote and bucke
 MAX_JSON = 64 * 1024  # JSON side fields (reports, plan extras, spend details, round events)
 MAX_REPORT = 1024 * 1024  # a round report or committee draw (JSON that grows with the federation)
 MAX_LIST = 10_000
-MAX_ROUND = 2**46 - 1  # round numbers (secure aggregation packs round and attempt into 62 bits)
-MAX_ATTEMPT = 0xFFFF  # ids in one repeated field (members of a bucket, quarantine lists)
+ATTEMPT_BITS = 16
+MAX_ROUND = 2 ** (62 - ATTEMPT_BITS) - 1  # round numbers (round and attempt are packed into 62 bits)
+MAX_ATTEMPT = (1 << ATTEMPT_BITS) - 1  # attempts of one round (0xFFFF)
+
+# One round attempt as one number. There are two encodings, and both must keep their meaning: each is
+# signed or stored, so changing one would break running peers or existing state files.
+#
+# * ``secagg_round_id``: ``(round << 16) | attempt``. Signed into every secure-aggregation message (the
+#   protocol's round id, hfl.rpc.serde.secagg_round), so a message of one attempt is refused in any other.
+# * ``attempt_slot``: ``round × 1000 + attempt``. Stored: the privacy ledger's slots (privacy.db,
+#   hfl.privacy.federation.spend_slot) and the authority's reputation and attendance observations (its
+#   registry; the round a facility was quarantined in is read back with ``slot_round``).
+SLOTS_PER_ROUND = 1000
+
+
+def secagg_round_id(round_: int, attempt: int) -> int:
+    """``(round << 16) | attempt`` (unchecked; hfl.rpc.serde.secagg_round checks the ranges)."""
+    return (round_ << ATTEMPT_BITS) | attempt
+
+
+def attempt_slot(round_: int, attempt: int) -> int:
+    """``round × 1000 + attempt`` (unchecked; strictly increasing while attempts stay below 1000)."""
+    return round_ * SLOTS_PER_ROUND + attempt
+
+
+def slot_round(slot: int) -> int:
+    """The round of an ``attempt_slot`` number."""
+    return slot // SLOTS_PER_ROUND
 
 
 def text(value: str, what: str, limit: int, *, required: bool = False) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 from hfl.demo_dp import add_dp_arguments, check_dp_args, dp_banner, dp_env, dp_summary
 from hfl.domain import SPECIALTIES, ClinicalMetrics, RoundEvent, SpecialtyResult
 from hfl.errors import ConfigError
+from hfl.robust.rules import get_rule
 from hfl.robust.sizing import Sizing, SizingError, size_federation
 from hfl.schedule import MIN_SECURE_BUCKET
 
@@ -446,11 +447,11 @@ def check_topology(validators: int, bucket_size: int, secagg: bool, committee: i
             )
     if bucket_size < 1:
         raise ConfigError("--bucket-size must be at least 1")
-    if secagg and bucket_size < 3:
+    if secagg and bucket_size < MIN_SECURE_BUCKET:
         raise ConfigError(
-            "secure aggregation needs buckets of at least 3 facilities (with 2, each could "
-            "subtract its own update from the sum and learn the other's); use --bucket-size 3 or "
-            "more, or --no-secagg"
+            f"secure aggregation needs buckets of at least {MIN_SECURE_BUCKET} facilities (with 2, each "
+            "could subtract its own update from the sum and learn the other's); use --bucket-size "
+            f"{MIN_SECURE_BUCKET} or more, or --no-secagg"
         )
 
 
@@ -492,10 +493,10 @@ def check_args(args: argparse.Namespace) -> None:
     else:
         args.committee = 4 if args.committee is None else args.committee
         check_topology(args.validators, args.bucket_size, args.secagg, args.committee)
-    if args.secagg and not args.dataset.startswith("csv:") and args.facilities < 3:
+    if args.secagg and not args.dataset.startswith("csv:") and args.facilities < MIN_SECURE_BUCKET:
         raise ConfigError(
-            "secure aggregation needs at least 3 facilities (it only ever reveals sums over 3 or more); "
-            "use --facilities 3 or more, or --no-secagg"
+            f"secure aggregation needs at least {MIN_SECURE_BUCKET} facilities (it only ever reveals sums "
+            f"over {MIN_SECURE_BUCKET} or more); use --facilities {MIN_SECURE_BUCKET} or more, or --no-secagg"
         )
     from hfl.robust.rules import RULES
 
@@ -738,7 +739,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "no validation-score check. Use this only to compare; never with real patients."
         )
     print(f"Defences: {sizing.sentence()}.")
-    if len(byzantine) > sizing.withstands and args.defences and args.rule != "mean":
+    if len(byzantine) > sizing.withstands and args.defences and get_rule(args.rule).tolerates_bad_buckets:
         print(
             f"Note: {len(byzantine)} facilities will misbehave, more than the {sizing.withstands} these "
             "buckets withstand in every round; the norm bound, the outlier screen and quarantine still "
@@ -751,7 +752,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     reference: dict[str, float] = {}
 
     def compute_reference() -> None:
-        from hfl.learning.data import centralized_reference
+        from hfl.learning.reference import centralized_reference
         from hfl.learning.train import DEFAULT_TRAIN, TrainConfig
 
         cfg = TrainConfig(

@@ -11,8 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hfl.hashing import sha256
+from hfl.secagg.protocol import MIN_BUCKET_SIZE
 
-MIN_SECURE_BUCKET = 3
+MIN_SECURE_BUCKET = MIN_BUCKET_SIZE  # the smallest bucket secure aggregation allows (defined in hfl.secagg)
 
 
 def round_seed(ledger_head: bytes, round_: int, attempt: int = 0) -> bytes:

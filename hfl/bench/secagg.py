@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from hfl.crypto import prg
-from hfl.secagg import QuantConfig
+from hfl.secagg import MIN_BUCKET_SIZE, QuantConfig
 
 WORKER = "hfl.bench.secagg_worker"
 
@@ -259,9 +259,10 @@ def run_bench(
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark and return the summary (see the module docstring)."""
-    if n < 3 or d < 1 or g < 3 or rounds < 1 or not 0 <= drop_rate < 1:
+    if n < MIN_BUCKET_SIZE or d < 1 or g < MIN_BUCKET_SIZE or rounds < 1 or not 0 <= drop_rate < 1:
         raise ValueError(
-            "need --facilities >= 3, --dim >= 1, --bucket >= 3, --rounds >= 1, 0 <= --drop-rate < 1"
+            f"need --facilities >= {MIN_BUCKET_SIZE}, --dim >= 1, --bucket >= {MIN_BUCKET_SIZE}, "
+            "--rounds >= 1, 0 <= --drop-rate < 1"
         )
     if 4 * d > 200 * 1024 * 1024:
         raise ValueError("--dim is too large for one gRPC message (the limit is 256 MiB)")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hfl.bounds import SLOTS_PER_ROUND, attempt_slot
 from hfl.learning.data import Dataset
 from hfl.learning.models import Model
 from hfl.learning.train import clip_update, train_local_private_steps
@@ -50,7 +51,7 @@ DEFAULT_CLIP = 1.0
 DEFAULT_SAMPLING_RATE = 0.25
 DEFAULT_LOCAL_EPOCHS = 1.0
 DEFAULT_DP_LR = 0.3
-MAX_ATTEMPTS = 1000  # attempts per round that get their own ledger slot
+MAX_ATTEMPTS = SLOTS_PER_ROUND  # attempts per round that get their own ledger slot (hfl.bounds)
 
 
 def spend_slot(round_: int, attempt: int) -> int:
@@ -63,7 +64,7 @@ def spend_slot(round_: int, attempt: int) -> int:
             f"round {round_} has been retried {attempt} times; at most {MAX_ATTEMPTS - 1} retries "
             "can be accounted for"
         )
-    return round_ * MAX_ATTEMPTS + attempt
+    return attempt_slot(round_, attempt)
 
 
 def default_release_epsilon(epsilon: float) -> float:

@@ -52,11 +52,176 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-RULES = ("mean", "trimmed_mean", "median", "multi_krum", "centered_clipping")
+# --- the rules -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Kept:
+    """The buckets a rule runs on (those that passed the norm bound), and the round's settings."""
+
+    sums: np.ndarray  # (n, d) sums of the kept buckets
+    counts: np.ndarray  # (n,) their member counts
+    means: np.ndarray  # (n, d) sums / counts
+    index: np.ndarray  # (n,) each kept bucket's index among all buckets
+    f: int  # the f asked for
+    f_eff: int  # the f the rule runs with (see the module docstring)
+    n_buckets: int  # every bucket, flagged ones included
+    params: dict[str, Any]
+    clip_update: float | None
+
+
+class Rule:
+    """An aggregation rule: its name (HFL_RULE), how it is named in sentences, how many buckets it needs
+    to tolerate f bad ones, which parameters it takes, and how it combines the kept bucket means.
+
+    The default is a rule that needs B ≥ 2f + ``extra_buckets`` buckets; ``Mean`` tolerates none."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # in sentences: "trimmed mean"
+    phrase: ClassVar[str]  # with its article, in the sizing sentences: "the trimmed mean"
+    params: ClassVar[frozenset[str]] = frozenset()  # besides the outlier screen's
+    extra_buckets: ClassVar[int] = 1  # needs B ≥ 2f + extra_buckets
+    tolerates_bad_buckets: ClassVar[bool] = True
+
+    def max_faults(self, n_buckets: int) -> int:
+        """Largest f accepted with ``n_buckets`` buckets (negative if none)."""
+        return (n_buckets - self.extra_buckets) // 2
+
+    def requirement(self) -> str:
+        return f"B ≥ 2f+{self.extra_buckets}"
+
+    def buckets_for(self, f: int) -> int:
+        """Buckets needed to tolerate ``f`` bad ones (as ``check_rule`` states it)."""
+        return 2 * f + self.extra_buckets
+
+    def buckets_needed(self, max_byzantine: int) -> int | None:
+        """Fewest buckets with which the rule tolerates ``max_byzantine`` bad buckets (None: no number)."""
+        return self.buckets_for(max_byzantine)
+
+    def default_f(self, n_buckets: int) -> int:
+        """The f used when HFL_F = -1: the most the rule tolerates with ``n_buckets`` (0 if none)."""
+        return max(0, self.max_faults(n_buckets))
+
+    def f_effective(self, f: int, n_kept: int) -> int:
+        """The f the rule runs with on the buckets left after the norm bound."""
+        return min(f, self.default_f(n_kept))
+
+    def combine(self, k: _Kept, details: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
+        """The update from the kept buckets, and the buckets (indices among all) it leaves out as
+        outliers. May add rule-specific entries to ``details``."""
+        raise NotImplementedError
+
+
+class Mean(Rule):
+    name = "mean"
+    label = "mean"
+    phrase = "the plain mean"
+    tolerates_bad_buckets = False
+
+    def max_faults(self, n_buckets: int) -> int:
+        return n_buckets
+
+    def requirement(self) -> str:
+        return "no minimum"
+
+    def buckets_needed(self, max_byzantine: int) -> int | None:
+        return 1 if max_byzantine == 0 else None
+
+    def default_f(self, n_buckets: int) -> int:
+        return 0
+
+    def f_effective(self, f: int, n_kept: int) -> int:
+        return f
+
+    def combine(self, k: _Kept, details: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
+        return _row_sum(k.sums) / float(k.counts.sum()), []
+
+
+class TrimmedMean(Rule):
+    name = "trimmed_mean"
+    label = "trimmed mean"
+    phrase = "the trimmed mean"
+
+    def combine(self, k: _Kept, details: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
+        return _trimmed_mean(k.means, k.f_eff), []
+
+
+class Median(Rule):
+    name = "median"
+    label = "coordinate-wise median"
+    phrase = "the coordinate-wise median"
+
+    def combine(self, k: _Kept, details: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
+        return _coord_median(k.means), []
+
+
+class MultiKrum(Rule):
+    name = "multi_krum"
+    label = "multi-Krum"
+    phrase = "multi-Krum"
+    params = frozenset({"m"})
+    extra_buckets = 3  # it needs three buckets even to tolerate none
+
+    def combine(self, k: _Kept, details: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
+        scores, k_nb = _krum_scores(k.means, k.f_eff)
+        m_req = int(k.params.get("m", k.n_buckets - int(k.f)))
+        m_eff = max(1, min(m_req, k.index.size - k.f_eff))
+        order = np.argsort(scores, kind="stable")  # ties → lower index first
+        chosen = np.sort(order[:m_eff])
+        update = _row_sum(k.sums[chosen]) / float(k.counts[chosen].sum())
+        outliers = sorted(int(k.index[i]) for i in order[m_eff:])
+        details.update(
+            scores=[float(s) for s in scores],
+            neighbours=k_nb,
+            m=m_eff,
+            selected=[int(k.index[i]) for i in chosen],
+        )
+        return update, outliers
+
+
+class CenteredClipping(Rule):
+    name = "centered_clipping"
+    label = "centered clipping"
+    phrase = "centered clipping"
+    params = frozenset({"tau", "iters"})
+
+    def combine(self, k: _Kept, details: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
+        means, n = k.means, k.index.size
+        iters = int(k.params.get("iters", DEFAULT_CC_ITERS))
+        v = _coord_median(means)
+        if "tau" in k.params:
+            tau = float(k.params["tau"])
+        elif k.clip_update is not None:
+            # A bucket mean that passed the bound has norm ≤ C, so two means differ by ≤ 2C; τ = C
+            # halves the most one bucket can pull the centre per pass.
+            tau = float(k.clip_update)
+        else:
+            tau = float(np.median(np.sqrt(_sq_norms(means - v))))
+        clipped = np.zeros(n, dtype=bool)
+        for _ in range(iters):
+            dev = means - v
+            dn = np.sqrt(_sq_norms(dev))
+            clipped = dn > tau
+            factor = np.ones(n)
+            np.divide(tau, dn, out=factor, where=clipped)
+            v = v + _row_sum(dev * factor[:, None]) / float(n)
+        outliers: list[int] = []
+        if tau > 0:
+            outliers = sorted(int(k.index[i]) for i in np.flatnonzero(clipped))
+        details.update(tau=tau, iters=iters)
+        return v, outliers
+
+
+REGISTRY: dict[str, Rule] = {
+    r.name: r for r in (Mean(), TrimmedMean(), Median(), MultiKrum(), CenteredClipping())
+}
+"""Every aggregation rule by name, in the order they are listed to people."""
+
+RULES = tuple(REGISTRY)
 DEFAULT_RULE = "trimmed_mean"
 """Trimmed mean with f = max_faults(rule, B) = ⌊(B−1)/2⌋ (f = 1 for the demo's 12 facilities in 4 buckets
 of 3). Needs only B ≥ 2f+1 where multi-Krum needs 2f+3 (it cannot run with f = 1 on 4 buckets); keeps
@@ -73,9 +238,7 @@ def resolve_f(setting: int, n_buckets: int, rule: str) -> int:
 def default_f(n_buckets: int, rule: str = DEFAULT_RULE) -> int:
     """The f used when HFL_F = -1: the most the rule tolerates with ``n_buckets`` buckets (0 if none;
     always 0 for ``mean``, which tolerates no bad bucket)."""
-    if rule == "mean":
-        return 0
-    return max(0, max_faults(rule, n_buckets))
+    return get_rule(rule).default_f(n_buckets)
 
 
 DEFAULT_CC_ITERS = 3
@@ -94,22 +257,6 @@ DEFAULT_SCREEN_COHERENCE = 0.9
 ≈ 0.99 in round 1 of the demo, ≈ 0.4 once converged)."""
 MIN_SCREEN_BUCKETS = 3
 SCREEN_PARAMS = frozenset({"screen", "screen_norm_ratio", "screen_shrink_ratio", "screen_coherence"})
-
-_ALLOWED_PARAMS: dict[str, frozenset[str]] = {
-    "mean": SCREEN_PARAMS,
-    "trimmed_mean": SCREEN_PARAMS,
-    "median": SCREEN_PARAMS,
-    "multi_krum": frozenset({"m"}) | SCREEN_PARAMS,
-    "centered_clipping": frozenset({"tau", "iters"}) | SCREEN_PARAMS,
-}
-
-_NICE_NAME = {
-    "mean": "mean",
-    "trimmed_mean": "trimmed mean",
-    "median": "coordinate-wise median",
-    "multi_krum": "multi-Krum",
-    "centered_clipping": "centered clipping",
-}
 
 
 @dataclass(frozen=True)
@@ -147,58 +294,49 @@ def check_inputs(sums: np.ndarray, counts: np.ndarray) -> None:
         raise ValueError("bucket member counts must be whole numbers")
 
 
+def get_rule(rule: str) -> Rule:
+    """The rule called ``rule`` (ValueError naming the choices if there is none)."""
+    try:
+        return REGISTRY[rule]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown aggregation rule {rule!r}; choose one of {', '.join(RULES)}") from None
+
+
 def max_faults(rule: str, n_buckets: int) -> int:
     """Largest f the rule accepts with ``n_buckets`` buckets (-1 if none)."""
-    _check_rule_name(rule)
-    if rule == "mean":
-        return n_buckets
-    if rule == "multi_krum":
-        return (n_buckets - 3) // 2
-    return (n_buckets - 1) // 2
-
-
-def _requirement(rule: str) -> str:
-    if rule == "multi_krum":
-        return "B ≥ 2f+3"
-    if rule == "mean":
-        return "no minimum"
-    return "B ≥ 2f+1"
-
-
-def _check_rule_name(rule: str) -> None:
-    if rule not in RULES:
-        raise ValueError(f"unknown aggregation rule {rule!r}; choose one of {', '.join(RULES)}")
+    return get_rule(rule).max_faults(n_buckets)
 
 
 def check_rule(rule: str, n_buckets: int, f: int, *, params: Mapping[str, Any] | None = None) -> None:
     """Refuse a configuration the rule cannot honour (raises ValueError with the reason)."""
-    _check_rule_name(rule)
+    r = get_rule(rule)
     if isinstance(n_buckets, bool) or not isinstance(n_buckets, int | np.integer) or n_buckets < 1:
         raise ValueError(f"the number of buckets must be a whole number ≥ 1, got {n_buckets!r}")
     if isinstance(f, bool) or not isinstance(f, int | np.integer) or f < 0:
         raise ValueError(f"the number of tolerated bad buckets f must be a whole number ≥ 0, got {f!r}")
-    top = max_faults(rule, int(n_buckets))
+    top = r.max_faults(int(n_buckets))
     if f > top:
-        need = 2 * f + 3 if rule == "multi_krum" else 2 * f + 1
+        need = r.buckets_for(f)
         if top < 0:
-            hint = f"{_NICE_NAME[rule]} cannot run with {n_buckets} buckets"
+            hint = f"{r.label} cannot run with {n_buckets} buckets"
         else:
             hint = f"with {n_buckets} buckets it tolerates at most f = {top}"
         raise ValueError(
-            f"{_NICE_NAME[rule]} needs {_requirement(rule)}: to tolerate f = {f} bad buckets it needs at "
+            f"{r.label} needs {r.requirement()}: to tolerate f = {f} bad buckets it needs at "
             f"least {need} buckets, but there are {n_buckets} ({hint}); use smaller buckets (more of "
             "them) or a smaller f"
         )
-    _check_params(rule, int(n_buckets), int(f), params)
+    _check_params(r, int(n_buckets), int(f), params)
 
 
-def _check_params(rule: str, n_buckets: int, f: int, params: Mapping[str, Any] | None) -> None:
+def _check_params(rule: Rule, n_buckets: int, f: int, params: Mapping[str, Any] | None) -> None:
     if not params:
         return
-    unknown = sorted(set(params) - _ALLOWED_PARAMS[rule])
+    allowed_params = rule.params | SCREEN_PARAMS
+    unknown = sorted(set(params) - allowed_params)
     if unknown:
-        allowed = ", ".join(sorted(_ALLOWED_PARAMS[rule])) or "none"
-        raise ValueError(f"{_NICE_NAME[rule]} does not take parameter(s) {unknown}; allowed: {allowed}")
+        allowed = ", ".join(sorted(allowed_params)) or "none"
+        raise ValueError(f"{rule.label} does not take parameter(s) {unknown}; allowed: {allowed}")
     if "screen" in params and not isinstance(params["screen"], bool):
         raise ValueError(f"screen must be true or false, got {params['screen']!r}")
     for key, in_range, span in (
@@ -230,16 +368,17 @@ def _check_params(rule: str, n_buckets: int, f: int, params: Mapping[str, Any] |
 def guarantee(rule: str, n_buckets: int, f: int) -> str:
     """One plain sentence on what this configuration tolerates (raises ValueError if it is refused)."""
     check_rule(rule, n_buckets, f)
-    name = _NICE_NAME[rule]
+    r = get_rule(rule)
+    name = r.label
     bad = f"{f} bad bucket{'s' if f != 1 else ''}"
-    if rule == "mean":
+    if not r.tolerates_bad_buckets:
         return (
             f"mean over {n_buckets} buckets tolerates no bad bucket beyond the norm bound: a bad bucket "
             "that stays inside the bound (‖sum‖ ≤ count·C) still shifts the result"
         )
-    top = max_faults(rule, n_buckets)
+    top = r.max_faults(n_buckets)
     return (
-        f"tolerates {bad} of {n_buckets} ({name} needs {_requirement(rule)}; at most f = {top} with "
+        f"tolerates {bad} of {n_buckets} ({name} needs {r.requirement()}; at most f = {top} with "
         f"{n_buckets} buckets), i.e. up to {f} misbehaving facilit{'ies' if f != 1 else 'y'} per round"
         "; buckets that break the norm bound are removed before the rule runs, and an outlier screen "
         "flags buckets whose update is far longer than the others (or, while the model is still learning, "
@@ -425,7 +564,8 @@ def aggregate(
         bad |= ~np.isfinite(norms) | (norms > counts * float(clip_update) * (1 + NORM_TOLERANCE))
     norm_flagged = [int(i) for i in np.flatnonzero(bad)]
     kept = np.flatnonzero(~bad)
-    f_eff = min(int(f), default_f(int(kept.size), rule)) if rule != "mean" else int(f)
+    r = get_rule(rule)
+    f_eff = r.f_effective(int(f), int(kept.size))
     details: dict[str, Any] = {
         "rule": rule,
         "f": int(f),
@@ -441,54 +581,9 @@ def aggregate(
     k_sums = sums[kept]
     k_counts = counts[kept]
     means = k_sums / k_counts[:, None]
-    n = kept.size
-    outliers: list[int] = []
-
-    if rule == "mean":
-        update = _row_sum(k_sums) / float(k_counts.sum())
-    elif rule == "trimmed_mean":
-        update = _trimmed_mean(means, f_eff)
-    elif rule == "median":
-        update = _coord_median(means)
-    elif rule == "multi_krum":
-        scores, k_nb = _krum_scores(means, f_eff)
-        m_req = int(params.get("m", n_buckets - int(f)))
-        m_eff = max(1, min(m_req, n - f_eff))
-        order = np.argsort(scores, kind="stable")  # ties → lower index first
-        chosen = np.sort(order[:m_eff])
-        update = _row_sum(k_sums[chosen]) / float(k_counts[chosen].sum())
-        outliers = sorted(int(kept[i]) for i in order[m_eff:])
-        details.update(
-            scores=[float(s) for s in scores],
-            neighbours=k_nb,
-            m=m_eff,
-            selected=[int(kept[i]) for i in chosen],
-        )
-    elif rule == "centered_clipping":
-        iters = int(params.get("iters", DEFAULT_CC_ITERS))
-        v = _coord_median(means)
-        if "tau" in params:
-            tau = float(params["tau"])
-        elif clip_update is not None:
-            # A bucket mean that passed the bound has norm ≤ C, so two means differ by ≤ 2C; τ = C
-            # halves the most one bucket can pull the centre per pass.
-            tau = float(clip_update)
-        else:
-            tau = float(np.median(np.sqrt(_sq_norms(means - v))))
-        clipped = np.zeros(n, dtype=bool)
-        for _ in range(iters):
-            dev = means - v
-            dn = np.sqrt(_sq_norms(dev))
-            clipped = dn > tau
-            factor = np.ones(n)
-            np.divide(tau, dn, out=factor, where=clipped)
-            v = v + _row_sum(dev * factor[:, None]) / float(n)
-        if tau > 0:
-            outliers = sorted(int(kept[i]) for i in np.flatnonzero(clipped))
-        update = v
-        details.update(tau=tau, iters=iters)
-    else:  # pragma: no cover - check_rule already refused unknown rules
-        raise ValueError(f"unknown aggregation rule {rule!r}")
+    update, outliers = r.combine(
+        _Kept(k_sums, k_counts, means, kept, int(f), f_eff, n_buckets, params, clip_update), details
+    )
 
     screened, screen_info = screen(means, params)
     screen_flagged = sorted(int(kept[i]) for i in screened)

@@ -18,20 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hfl.robust.rules import DEFAULT_RULE, RULES
+from hfl.robust.rules import DEFAULT_RULE, get_rule
 from hfl.schedule import MIN_SECURE_BUCKET
 
 DEFAULT_BUCKET_SIZE = MIN_SECURE_BUCKET
 """Buckets of 3: the most buckets secure aggregation allows, so the most bad buckets tolerated, and (with
 the trimmed mean) the fewest honest facilities' updates trimmed away for a given threat."""
-
-_RULE_NAMES = {
-    "mean": "the plain mean",
-    "trimmed_mean": "the trimmed mean",
-    "median": "the coordinate-wise median",
-    "multi_krum": "multi-Krum",
-    "centered_clipping": "centered clipping",
-}
 
 
 class SizingError(ValueError):
@@ -40,17 +32,10 @@ class SizingError(ValueError):
 
 def buckets_needed(rule: str, max_byzantine: int) -> int | None:
     """Fewest buckets with which ``rule`` tolerates ``max_byzantine`` bad buckets (None: no number does)."""
-    if rule not in RULES:
-        raise ValueError(f"unknown aggregation rule {rule!r}; choose one of {', '.join(RULES)}")
+    r = get_rule(rule)
     if max_byzantine < 0:
         raise ValueError("the number of misbehaving facilities to withstand cannot be negative")
-    if rule == "multi_krum":  # it needs three buckets even to tolerate none
-        return 2 * max_byzantine + 3
-    if max_byzantine == 0:
-        return 1
-    if rule == "mean":
-        return None
-    return 2 * max_byzantine + 1
+    return r.buckets_needed(max_byzantine)  # multi-Krum needs three buckets even to tolerate none
 
 
 def withstands(rule: str, n_facilities: int, bucket_size: int) -> int:
@@ -64,13 +49,10 @@ def withstands(rule: str, n_facilities: int, bucket_size: int) -> int:
 
 def withstands_buckets(rule: str, n_buckets: int) -> int:
     """The most misbehaving facilities ``n_buckets`` buckets withstand in every round under ``rule``."""
-    if rule not in RULES:
-        raise ValueError(f"unknown aggregation rule {rule!r}; choose one of {', '.join(RULES)}")
-    if rule == "mean" or n_buckets == 0:
+    r = get_rule(rule)
+    if not r.tolerates_bad_buckets or n_buckets == 0:
         return 0
-    if rule == "multi_krum":
-        return max(0, (n_buckets - 3) // 2)
-    return max(0, (n_buckets - 1) // 2)
+    return max(0, r.max_faults(n_buckets))
 
 
 @dataclass(frozen=True)
@@ -91,12 +73,12 @@ class Sizing:
     def sentence(self) -> str:
         where = (
             f"{self.facilities} facilities in {self.buckets} bucket{'s' if self.buckets != 1 else ''} of "
-            f"about {self.bucket_size}, combined with {_RULE_NAMES[self.rule]},"
+            f"about {self.bucket_size}, combined with {get_rule(self.rule).phrase},"
         )
         if self.withstands == 0:
             need = buckets_needed(self.rule, 1)
             hint = (
-                f"{_RULE_NAMES[self.rule]} never can"
+                f"{get_rule(self.rule).phrase} never can"
                 if need is None
                 else f"that takes at least {need * self.bucket_size} facilities"
             )
@@ -151,7 +133,7 @@ def size_federation(
     plural = "facility" if max_byzantine == 1 else "facilities"
     if need is None:
         raise SizingError(
-            f"{m_}{max_byzantine}, but {_RULE_NAMES[rule]} withstands no misbehaving facility at all: "
+            f"{m_}{max_byzantine}, but {get_rule(rule).phrase} withstands no misbehaving facility at all: "
             f"use {r_}trimmed_mean (or median), or declare {m_}0"
         )
     if 0 <= f < max_byzantine:
@@ -175,6 +157,6 @@ def size_federation(
         options.append(f"use {r_}trimmed_mean, which runs with any number of buckets")
     raise SizingError(
         f"{n_facilities} facilities in buckets of {bucket_size} make {n_buckets} "
-        f"bucket{'s' if n_buckets != 1 else ''}, but {_RULE_NAMES[rule]} needs {need} to withstand "
+        f"bucket{'s' if n_buckets != 1 else ''}, but {get_rule(rule).phrase} needs {need} to withstand "
         f"{max_byzantine} misbehaving {plural} in every round: " + ", or ".join(options)
     )

@@ -794,7 +794,7 @@ def ledger_block_from_proto(m: leader_pb2.LedgerBlock) -> BlockRecord:
 
 
 # ---------------------------------------------------------------- secure aggregation
-SECAGG_MAX_ATTEMPT = 0xFFFF
+SECAGG_MAX_ATTEMPT = bounds.MAX_ATTEMPT
 SECAGG_MAX_MEMBERS = 10_000
 _SECAGG_MAX_BLOB = 4096  # bytes of one key, signature, share or sealed share pair
 
@@ -806,9 +806,9 @@ def secagg_round(round_: int, attempt: int) -> int:
         raise InvalidInput(
             f"round attempt {attempt} is out of range for secure aggregation (0 to {SECAGG_MAX_ATTEMPT})"
         )
-    if round_ < 0 or round_ >= 1 << 46:
+    if round_ < 0 or round_ > bounds.MAX_ROUND:
         raise InvalidInput(f"round {round_} is out of range for secure aggregation")
-    return (round_ << 16) | attempt
+    return bounds.secagg_round_id(round_, attempt)
 
 
 def quant_config(plan: TrainingPlan, bucket_size: int) -> QuantConfig:

@@ -26,7 +26,14 @@ from hfl.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from hfl.secagg.protocol import MIN_BUCKET_SIZE, STAGE_NAMES, Stage, check_threshold, default_threshold
+from hfl.secagg.protocol import (
+    MIN_BUCKET_SIZE,
+    STAGE_NAMES,
+    Stage,
+    check_threshold,
+    default_threshold,
+    unmask_threshold,
+)
 from hfl.secagg.quantize import QuantConfig, QuantizationError, dequantize, dequantize_sum, quantize
 from hfl.secagg.simulate import run_bucket_in_memory
 
@@ -66,4 +73,5 @@ __all__ = [
     "dequantize_sum",
     "quantize",
     "run_bucket_in_memory",
+    "unmask_threshold",
 ]

@@ -19,9 +19,11 @@ from hfl.secagg.errors import (
 )
 from hfl.secagg.quantize import QuantConfig
 
-__all__ = ["MIN_BUCKET_SIZE", "Stage", "check_threshold", "default_threshold"]
+__all__ = ["MIN_BUCKET_SIZE", "Stage", "check_threshold", "default_threshold", "unmask_threshold"]
 
 MIN_BUCKET_SIZE = 3
+"""The smallest bucket secure aggregation allows: with two members each could subtract its own update
+from the sum and learn the other's. The one definition (hfl.schedule.MIN_SECURE_BUCKET is this value)."""
 
 PURPOSE_SHARE_KEY = b"hfl/secagg/share-encryption"
 PURPOSE_PAIR_SEED = b"hfl/secagg/pair-seed"
@@ -50,10 +52,16 @@ STAGE_NAMES: dict[int, str] = {
 """Plain names of the stages, for logs and messages on both sides (members and fog)."""
 
 
+def unmask_threshold(g: int) -> int:
+    """floor(2g/3) + 1 for a bucket of g, unchecked: the authority writes it into every bucket of a round
+    configuration, also into the smaller buckets of a plain (HFL_SECAGG=false) run."""
+    return 2 * g // 3 + 1
+
+
 def default_threshold(g: int) -> int:
     """floor(2g/3) + 1: the smallest t above 2g/3, needed against an aggregator that lies about dropouts."""
     check_bucket_size(g)
-    return 2 * g // 3 + 1
+    return unmask_threshold(g)
 
 
 def check_bucket_size(g: int) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from hfl import bounds
 from hfl.domain import CertificateStatus, SecurityRecord, SecurityReport, SharedTokenStatus
 from hfl.rpc import pki
 from hfl.rpc.metrics import refused_calls
 
 HISTORY_ROUNDS = 50  # rounds of suspicion history in one report
-OBSERVATIONS_PER_ROUND = 1000  # reputation observations are numbered round × 1000 + attempt
 
 
 def security_report(
@@ -44,7 +44,7 @@ def security_report(
     return SecurityReport(
         quarantine_threshold=float(reputation["config"]["threshold"]),
         suspicion={str(f): float(s) for f, s in reputation["suspicion"].items()},
-        quarantined={str(f): int(o) // OBSERVATIONS_PER_ROUND for f, o in reputation["quarantined"].items()},
+        quarantined={str(f): bounds.slot_round(int(o)) for f, o in reputation["quarantined"].items()},
         history=history,
         validator_weights={str(v): float(w) for v, w in reputation["weights"].items()},
         certificates=certificates,

@@ -15,6 +15,7 @@ from hfl.crypto.signing import PUBLIC_KEY_LEN, SigningKey
 from hfl.domain import ROLES, SPECIALTIES, Bucket, NodeInfo, RoundConfig
 from hfl.errors import BudgetSpent, ConfigError, HflError, InvalidInput, NotAllowed, NotFound, NotReady, clip
 from hfl.hashing import HASH_LEN
+from hfl.ledger import quorum_size
 from hfl.oplog import OperatorLog
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.proto.v1 import common_pb2 as pb
@@ -34,17 +35,13 @@ from hfl.schedule import (
     round_seed,
     select_committee,
 )
+from hfl.secagg import unmask_threshold
 from services.authority.enrol import CertificateService
 from services.authority.privacy import PrivacyBook
 from services.authority.registry import Registry
-from services.authority.security import HISTORY_ROUNDS, OBSERVATIONS_PER_ROUND, security_report
+from services.authority.security import HISTORY_ROUNDS, security_report
 
 log = logging.getLogger("hfl.authority")
-
-
-def secagg_threshold(g: int) -> int:
-    """Shares needed to unmask a bucket of g: more than 2g/3 (holds against a fog lying about dropouts)."""
-    return (2 * g) // 3 + 1
 
 
 class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer):
@@ -275,14 +272,14 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             )
         self._check_threat(len(by_id), len(plans))
         buckets = tuple(
-            Bucket(p.bucket_id, p.fog_id, p.members, secagg_threshold(len(p.members))) for p in plans
+            Bucket(p.bucket_id, p.fog_id, p.members, unmask_threshold(len(p.members))) for p in plans
         )
         # Evaluation of the committed model: the same facilities, grouped by specialty (hfl.schedule).
         eval_plans = assign_eval_buckets_at(
             {m: by_id[m].specialty for p in plans for m in p.members}, at, s.bucket_size, seed
         )
         eval_buckets = tuple(
-            Bucket(p.bucket_id, p.fog_id, p.members, secagg_threshold(len(p.members)), p.group)
+            Bucket(p.bucket_id, p.fog_id, p.members, unmask_threshold(len(p.members)), p.group)
             for p in eval_plans
         )
         n = len(committee_ids)
@@ -294,7 +291,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             epoch=epoch,
             buckets=buckets,
             committee=tuple(self.registry.get(v) for v in committee_ids),  # type: ignore[misc]
-            quorum=2 * ((n - 1) // 3) + 1,
+            quorum=quorum_size(n),
             facilities=tuple(by_id[m] for p in plans for m in p.members),
             fogs=tuple(fogs),
             quarantined=tuple(sorted(quarantined)),
@@ -340,7 +337,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if not set(report.fogs_down) | set(report.fogs_up) <= fog_ids:
             raise InvalidInput("the round report names fogs that are not registered")
         scheduled = [m for members in buckets.values() for m in members]
-        observation = round_ * OBSERVATIONS_PER_ROUND + attempt  # strictly increasing across attempts
+        observation = bounds.attempt_slot(round_, attempt)  # round × 1000 + attempt, stored: see hfl.bounds
         try:
             # A fog refused these members' updates as malformed: each is its own group, blame is certain.
             groups, flags = with_refused(buckets, flags, refused)

@@ -23,7 +23,7 @@ class BenchFacility(Facility):
     """A facility whose local work is one random vector (the model's architecture is not checked
     against local data, since the benchmark picks the dimension freely)."""
 
-    def _model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
+    def load_model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
         _ = self.data  # NotReady until registered, like the real facility
         spec, params, _round = serde.model_from_proto(request_model)
         return spec, params, None
@@ -31,7 +31,7 @@ class BenchFacility(Facility):
     def honest_update(
         self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator, data: Dataset
     ) -> np.ndarray:
-        # Not secret: a seeded per-facility, per-round stream (see Facility._rng).
+        # Not secret: a seeded per-facility, per-round stream (see Facility.round_rng).
         update = rng.standard_normal(params.size) * (plan.clip_update / max(1.0, np.sqrt(params.size)))
         return clip_update(update, plan.clip_update)
 

@@ -17,17 +17,18 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 
-from hfl.domain import RoundConfig
+from hfl.crypto.signing import SigningKey
+from hfl.domain import Bucket, Metrics, ModelSpec, RoundConfig, TrainingPlan
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotFound, NotReady, StaleRound
 from hfl.learning.metrics import EVAL_CLIP, EVAL_VECTOR_LEN, metrics_to_vector
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import ROUND
-from hfl.rpc.settings import STALL
+from hfl.rpc.settings import STALL, Settings
 from hfl.secagg import (
     STAGE_NAMES,
     KeySubstitutionError,
@@ -36,10 +37,8 @@ from hfl.secagg import (
     ShareDecryptionError,
     StageError,
 )
-from services.facility.faults import stall
-
-if TYPE_CHECKING:
-    from services.facility.service import Facility
+from services.facility.faults import drops_out, stall
+from services.facility.privacy import Admission, PrivacyGate
 
 log = logging.getLogger("hfl.facility")
 
@@ -59,10 +58,54 @@ class Session:
     evaluation: bool = False  # the committed model's test sums, not a training update
 
 
+class MemberHost(Protocol):
+    """What secure aggregation uses of the facility it runs in (services/facility/service.Facility): its
+    identity and settings, the boundary checks of a fog's call, local work, and the privacy gate."""
+
+    settings: Settings
+    node_id: str
+    signing_key: SigningKey
+    privacy: PrivacyGate
+    last_round: int  # the newest round this facility took part in (secure aggregation advances it)
+
+    def round_config(self, request_config: Any) -> RoundConfig:
+        """The call's round configuration, verified against the authority's signature and not stale."""
+        ...
+
+    def load_model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
+        """The call's model, checked against this facility's data."""
+        ...
+
+    def my_bucket(
+        self, config: RoundConfig, bucket_id: str, what: str, *, evaluation: bool = False
+    ) -> Bucket:
+        """The call's bucket, which must list this facility; the caller must be the bucket's fog."""
+        ...
+
+    def round_rng(self, config: RoundConfig) -> np.random.Generator:
+        """The seeded random stream of this facility for one round attempt."""
+        ...
+
+    def local_update(
+        self,
+        model: Any,
+        params: np.ndarray,
+        plan: TrainingPlan,
+        rng: np.random.Generator,
+        admission: Admission | None = None,
+    ) -> np.ndarray:
+        """This facility's clipped update for the round (blocking: run in a thread)."""
+        ...
+
+    def evaluate(self, model: Any, params: np.ndarray) -> Metrics:
+        """This facility's test sums for a model (blocking: run in a thread)."""
+        ...
+
+
 class SecureAggregation:
     """The secure-aggregation RPCs of one facility; Facility delegates its SecAgg* methods here."""
 
-    def __init__(self, facility: Facility) -> None:
+    def __init__(self, facility: MemberHost) -> None:
         self.facility = facility
         self._sessions: dict[SessionKey, Session] = {}
 
@@ -154,10 +197,8 @@ class SecureAggregation:
     async def advertise(
         self, request: facility_pb2.SecAggAdvertiseRequest
     ) -> facility_pb2.SecAggAdvertiseResponse:
-        from services.facility.service import drops_out  # not at the top: service.py imports this module
-
         fac = self.facility
-        config = fac._round_config(request.config)
+        config = fac.round_config(request.config)
         if any(b.bucket_id == request.bucket_id for b in config.eval_buckets):
             return await self._advertise_evaluation(config, request)
         bucket = fac.my_bucket(config, request.bucket_id, "secure aggregation for this bucket")
@@ -165,7 +206,7 @@ class SecureAggregation:
         if key in self._sessions:
             raise AlreadyDone(f"secure aggregation for {self._where(key)} has already started here")
         self._crash_for_tests(1)
-        _spec, params, model = fac._model(request.model)
+        _spec, params, model = fac.load_model(request.model)
         plan = serde.plan_from_proto(request.plan)
         admission = await fac.privacy.admit(config, plan)  # DP budget: declining = dropping out (privacy.py)
         if key in self._sessions:  # again: a duplicate call may have started it during the await above
@@ -195,7 +236,7 @@ class SecureAggregation:
         drop_stage = 1 + secrets.randbelow(4) if drops_out(plan) else None
         ad = member.advertise()
         task = asyncio.create_task(
-            asyncio.to_thread(fac.local_update, model, params, plan, fac._rng(config), admission)
+            asyncio.to_thread(fac.local_update, model, params, plan, fac.round_rng(config), admission)
         )
         task.add_done_callback(_consume)
         sess = Session(key, member, task, plan.clip_update, drop_stage, plan.drop_rate, fog_id=bucket.fog_id)
@@ -221,7 +262,7 @@ class SecureAggregation:
         key: SessionKey = (config.round, config.attempt, bucket.bucket_id)
         if key in self._sessions:
             raise AlreadyDone(f"evaluation for {self._where(key)} has already started here")
-        _spec, params, model = fac._model(request.model)
+        _spec, params, model = fac.load_model(request.model)
         try:
             identities = {m: config.node(m).sign_public_key for m in bucket.members}
         except KeyError as e:

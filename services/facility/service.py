@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import secrets
 import time
 from typing import Any
 
@@ -28,7 +27,7 @@ from hfl.rpc.node import load_identity
 from hfl.rpc.pki import Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import STALL, Settings
-from services.facility.faults import stall
+from services.facility.faults import drops_out, stall
 from services.facility.privacy import Admission, PrivacyGate
 from services.facility.secure import SecureAggregation
 
@@ -45,11 +44,6 @@ def parse_shard(text: str) -> tuple[int, int] | None:
     if not 0 <= i < n:
         raise ConfigError(f"HFL_SHARD {text!r}: I must be between 0 and N-1")
     return i, n
-
-
-def drops_out(plan: TrainingPlan) -> bool:
-    """The demo drop-out roll: True with probability ``plan.drop_rate`` (never when it is 0)."""
-    return plan.drop_rate > 0 and secrets.randbelow(1_000_000) < plan.drop_rate * 1_000_000
 
 
 class Facility:
@@ -86,7 +80,7 @@ class Facility:
         return self._data
 
     # ------------------------------------------------------------------ checks at the boundary
-    def _model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
+    def load_model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
         spec, params, _ = serde.model_from_proto(request_model)
         if spec.n_features != self.data.train.d:
             raise InvalidInput(
@@ -98,7 +92,7 @@ class Facility:
             raise InvalidInput(f"the model should have {model.n_params} parameters, got {params.size}")
         return spec, params, model
 
-    def _round_config(self, request_config: Any) -> RoundConfig:
+    def round_config(self, request_config: Any) -> RoundConfig:
         config = serde.config_from_proto(request_config)
         config.verify(self.authority_key)
         self.last_contact = time.monotonic()  # a fog called on us with a round the authority signed
@@ -139,10 +133,10 @@ class Facility:
     async def StartRound(
         self, request: facility_pb2.StartRoundRequest, context: object = None
     ) -> facility_pb2.StartRoundResponse:
-        config = self._round_config(request.config)
+        config = self.round_config(request.config)
         bucket = self.my_bucket(config, request.bucket_id, "StartRound for this bucket")
         self._plain_allowed("its model update")
-        _spec, params, model = self._model(request.model)
+        _spec, params, model = self.load_model(request.model)
         plan = serde.plan_from_proto(request.plan)
         admission = await self.privacy.admit(config, plan)  # declines (NotAllowed) when out of budget
         self.last_round = config.round
@@ -158,7 +152,7 @@ class Facility:
         self, request: facility_pb2.EvaluateModelRequest, context: object = None
     ) -> facility_pb2.EvaluateModelResponse:
         self._plain_allowed("its test results")
-        _spec, params, model = self._model(request.model)
+        _spec, params, model = self.load_model(request.model)
         counts = await asyncio.to_thread(self.evaluate, model, params)
         return facility_pb2.EvaluateModelResponse(metrics=serde.metrics_to_proto(counts))
 
@@ -189,7 +183,7 @@ class Facility:
         return await self.secure.unmask(request)
 
     # ------------------------------------------------------------------ local work
-    def _rng(self, config: RoundConfig) -> np.random.Generator:
+    def round_rng(self, config: RoundConfig) -> np.random.Generator:
         digest = hashlib.sha256(
             f"{self.settings.seed}/{self.node_id}/{config.round}/{config.attempt}".encode()
         )
@@ -267,7 +261,7 @@ class Facility:
             await stall(config.round)
         try:
             delta = await asyncio.to_thread(
-                self.local_update, model, params, plan, self._rng(config), admission
+                self.local_update, model, params, plan, self.round_rng(config), admission
             )
             await self.privacy.flush(config.round, config.attempt)  # the authority hears of the spend first
             stub = fog_pb2_grpc.FogServiceStub(self.channels.get(fog.address, Peer("fog", fog.node_id)))

@@ -18,7 +18,6 @@ from hfl.learning.data import (
     DataError,
     Dataset,
     apply_missing_rule,
-    centralized_reference,
     csv_dir_files,
     load_facility_data,
     load_validation_data,
@@ -27,6 +26,7 @@ from hfl.learning.data import (
     synthetic_table,
     unscale_synthetic,
 )
+from hfl.learning.reference import centralized_reference
 
 # ------------------------------------------------------------------------------------------ Dataset
 

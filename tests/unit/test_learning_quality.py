@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hfl.learning.data import SPECIALTIES, centralized_reference, load_facility_data
+from hfl.learning.data import SPECIALTIES, load_facility_data
 from hfl.learning.models import EvalResult, evaluate, make_model
+from hfl.learning.reference import centralized_reference
 from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN, clip_update, train_local
 
 Facility = tuple[str, tuple[int, int] | None, str | None]
