@@ -63,6 +63,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hfl.bounds import attempt_slot, slot_round  # noqa: E402
 from hfl.learning.data import (  # noqa: E402
     SPECIALTIES,
     Dataset,
@@ -78,7 +79,6 @@ from hfl.robust.bound import RECORD_KEY, bound_for, round_record  # noqa: E402
 from hfl.robust.reputation import Reputation, with_refused  # noqa: E402
 from hfl.robust.rules import DEFAULT_RULE, resolve_f  # noqa: E402
 from hfl.schedule import assign_buckets  # noqa: E402
-from services.authority.security import OBSERVATIONS_PER_ROUND  # noqa: E402
 
 SOURCE, MODEL, HIDDEN = "synthetic_hard", "mlp", 16
 FACILITIES, BUCKET, BYZANTINE, ROUNDS = 12, 3, 2, 30
@@ -245,7 +245,7 @@ def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS) -> dict[str, An
                 if mode == WHAT_IF and lowest is not None:
                     evidence.setdefault(lowest, "screen")
                 groups, gflags = with_refused(buckets, evidence, refused)
-                newly = rep.observe(rnd * OBSERVATIONS_PER_ROUND + attempt, groups, gflags)
+                newly = rep.observe(attempt_slot(rnd, attempt), groups, gflags)
             bad_buckets = sorted(
                 p.bucket_id for p in plans if any(by_id[m].attack != "none" for m in p.members)
             )
@@ -278,7 +278,7 @@ def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS) -> dict[str, An
             raise RuntimeError(f"round {rnd} was refused {MAX_ATTEMPTS} times")
     bad = {x.node_id for x in facs if x.attack != "none"}
     q = {fid: rep.quarantined_since(fid) for fid in sorted(rep.quarantined)}
-    q_round = {fid: int(o) // OBSERVATIONS_PER_ROUND for fid, o in q.items()}
+    q_round = {fid: slot_round(int(o)) for fid, o in q.items()}
     quiet = [r for r in rows if r["lowest_projection_bucket"] is not None and r["attacker_buckets"]]
     lowest_hits = sum(1 for r in quiet if r["lowest_projection_bucket"] in r["attacker_buckets"])
     lowest_chance = sum(len(r["attacker_buckets"]) / r["buckets"] for r in quiet)
