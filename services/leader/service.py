@@ -85,6 +85,16 @@ from services.leader.rounds import (
 log = logging.getLogger("hfl.leader")
 
 FOG_CHECK_S = 5.0  # how long a fog without buckets has to answer the leader's health check
+RETRY_PAUSE_MAX_S = 10.0
+
+
+def retry_pause(attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt`` of a round (0: the round's first attempt, no pause).
+    A round that keeps failing (a fog down, too few votes) is tried again after 0.1 s, then twice as
+    long each time up to RETRY_PAUSE_MAX_S, so a federation that cannot make progress does not retry
+    many times a second (each attempt is numbered, and the privacy ledger numbers at most 1000 attempts
+    per round: hfl.bounds.SLOTS_PER_ROUND)."""
+    return 0.0 if attempt <= 0 else min(RETRY_PAUSE_MAX_S, 0.1 * 2 ** min(attempt - 1, 10))
 
 
 class Leader(leader_pb2_grpc.LeaderServiceServicer):
@@ -195,8 +205,9 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 await self.publish(event)
                 interval = self.oplog.control().interval(self.settings.round_interval)
                 ROUND_INTERVAL.set(interval)
-                if interval > 0:
-                    await asyncio.sleep(interval)
+                pause = max(interval, retry_pause(attempt))
+                if pause > 0:
+                    await asyncio.sleep(pause)
         finally:
             self.finished = True
             self.state = f"finished: {self.end_detail}"
