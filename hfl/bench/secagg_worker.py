@@ -75,7 +75,7 @@ async def run_facilities(
     class BenchSecAggFacility(BenchFacility):
         """BenchFacility with the update stream the driver recomputes to check the unmasked sums."""
 
-        def _rng(self, config: RoundConfig) -> np.random.Generator:
+        def round_rng(self, config: RoundConfig) -> np.random.Generator:
             return bench_rng(self.settings.seed, self.node_id, config.round)
 
         def local_update(
