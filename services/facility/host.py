@@ -159,13 +159,15 @@ async def run(settings: Settings) -> None:
     async def one(s: Settings) -> StartedFacility:
         node_id = s.resolved_node_id()
         CURRENT.set(node_id)
-        async with gate:  # a few at a time: enrolment and registration are not a stampede on the authority
-            return await start(
-                s,
-                channels=Channels(own_connections=True),
-                metrics_port=metrics_port,
-                prepare=_tag_rpcs(node_id),
-            )
+        # A few at a time: enrolment and registration are not a stampede on the authority. The slot is
+        # given back before the facility waits for its fog (named once enough facilities registered).
+        return await start(
+            s,
+            channels=Channels(own_connections=True),
+            metrics_port=metrics_port,
+            prepare=_tag_rpcs(node_id),
+            gate=gate,
+        )
 
     results = await asyncio.gather(*(one(s) for s in every), return_exceptions=True)
     started = [r for r in results if isinstance(r, StartedFacility)]

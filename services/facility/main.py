@@ -26,6 +26,18 @@ log = logging.getLogger("hfl.facility")
 CONNECT_WAIT_S = 30.0  # at start, how long to wait for the fogs to take this facility's connection
 
 
+class _Held:
+    """A semaphore slot held until ``release`` (which may be called more than once)."""
+
+    def __init__(self, gate: asyncio.Semaphore | None) -> None:
+        self.gate = gate
+
+    def release(self) -> None:
+        if self.gate is not None:
+            self.gate.release()
+            self.gate = None
+
+
 @dataclass
 class StartedFacility:
     """One facility that is registered, has its data and is connected to its fogs (several may share a
@@ -43,90 +55,104 @@ async def start(
     channels: Channels | None = None,
     metrics_port: int | None = None,
     prepare: Callable[[Facility], None] | None = None,
+    gate: asyncio.Semaphore | None = None,
 ) -> StartedFacility:
     """Register, load the data and connect one facility to the fogs (``hfl serve facility`` and the
     multi-facility host both use this). ``metrics_port`` overrides the advertised /metrics port when
     a host process shares one metrics endpoint among its facilities; ``prepare`` sees the facility
-    before it answers any call. A facility listens on no port: it dials out (services/facility/dial.py)."""
-    node_id = settings.resolved_node_id()
-    shard = parse_shard(settings.shard)
-    channels = channels or Channels()
-    if settings.bench_updates:  # benchmarks only: random updates instead of training
-        from services.facility.bench import BenchFacility
+    before it answers any call; ``gate`` (the multi-facility host's) is held while enrolling, registering
+    and loading the data, not while waiting for the fog. A facility listens on no port: it dials out
+    (services/facility/dial.py)."""
+    held = _Held(gate)
+    if gate is not None:
+        await gate.acquire()
+    try:
+        node_id = settings.resolved_node_id()
+        shard = parse_shard(settings.shard)
+        channels = channels or Channels()
+        if settings.bench_updates:  # benchmarks only: random updates instead of training
+            from services.facility.bench import BenchFacility
 
-        facility: Facility = BenchFacility(settings, node_id, channels)
-    else:
-        facility = Facility(settings, node_id, channels)
-    if prepare is not None:
-        prepare(facility)
-    # Certificate first, then register (the authority may assign the specialty), then load the data,
-    # then connect to the fogs; calls answer UNAVAILABLE until the data are loaded.
-    running = await start_dialing_node(settings, "facility")
-    channels.use(running.tls)  # this facility's own certificate, also when several share a process
-    node = running.node_info(
-        settings,
-        "facility",
-        node_id,
-        facility.signing_key.public_bytes,
-        settings.specialty,
-        metrics_port=metrics_port,
-    )
-    answer = await register(channels, settings.authority, node, pinned_key=pki.pinned_authority_key(settings))
-    specialty = answer.specialty or settings.specialty or "hospital"
-    # Without HFL_SHARD (scaled containers) the node id picks the data stream, so replicas differ.
-    data = load_facility_data(
-        settings.dataset,
-        specialty=specialty,
-        shard=shard,
-        seed=settings.seed,
-        label=settings.label,
-        n_patients=settings.n_patients,
-        stream=node_id,
-    )
-    log.info(
-        "loaded %d training and %d test records (%s, %s)",
-        data.train.n,
-        data.test.n,
-        specialty,
-        settings.dataset,
-    )
-    facility.ready(data, bytes(answer.authority_public_key))
-    rejoining: set[asyncio.Task[None]] = set()
-    here = {"node": node}  # what this facility registers as: with the fog it is connected to now
-
-    def connected(fog_id: str, again: bool) -> None:  # be scheduled through this fog from the next round
-        here["node"] = replace(node, fog=fog_id)
-        task = asyncio.create_task(
-            register_again(facility, channels, settings.authority, here["node"], fog_id, again)
+            facility: Facility = BenchFacility(settings, node_id, channels)
+        else:
+            facility = Facility(settings, node_id, channels)
+        if prepare is not None:
+            prepare(facility)
+        # Certificate first, then register (the authority may assign the specialty), then load the data,
+        # then connect to the fogs; calls answer UNAVAILABLE until the data are loaded.
+        running = await start_dialing_node(settings, "facility")
+        channels.use(running.tls)  # this facility's own certificate, also when several share a process
+        node = running.node_info(
+            settings,
+            "facility",
+            node_id,
+            facility.signing_key.public_bytes,
+            settings.specialty,
+            metrics_port=metrics_port,
         )
-        rejoining.add(task)
-        task.add_done_callback(rejoining.discard)
-
-    dialer = FogDialer(
-        node_id,
-        channels,
-        settings.authority,
-        lambda name: lambda request: getattr(facility, name)(request, None),
-        tls_on=running.tls is not None,
-        on_connect=connected,
-    )
-    running.background.append(asyncio.create_task(dialer.run()))
-    if not await dialer.wait_connected(CONNECT_WAIT_S):
-        missing = sorted(set(dialer.fogs) - dialer.connected) or ["(no fog is registered yet)"]
-        log.warning(
-            "not yet connected to fog %s; rounds go on without this facility until it is (it keeps trying)",
-            ", ".join(missing),
+        pinned = pki.pinned_authority_key(settings)
+        answer = await register(channels, settings.authority, node, pinned_key=pinned)
+        specialty = answer.specialty or settings.specialty or "hospital"
+        # Without HFL_SHARD (scaled containers) the node id picks the data stream, so replicas differ.
+        data = load_facility_data(
+            settings.dataset,
+            specialty=specialty,
+            shard=shard,
+            seed=settings.seed,
+            label=settings.label,
+            n_patients=settings.n_patients,
+            stream=node_id,
         )
-    if settings.reregister_s > 0:
-        running.background.append(
-            asyncio.create_task(
-                keep_registered(facility, channels, settings.authority, here, settings.reregister_s)
+        log.info(
+            "loaded %d training and %d test records (%s, %s)",
+            data.train.n,
+            data.test.n,
+            specialty,
+            settings.dataset,
+        )
+        facility.ready(data, bytes(answer.authority_public_key))
+        rejoining: set[asyncio.Task[None]] = set()
+        here = {"node": node}  # what this facility registers as: with the fog it is connected to now
+
+        def connected(fog_id: str, again: bool) -> None:  # be scheduled through this fog from the next round
+            here["node"] = replace(node, fog=fog_id)
+            task = asyncio.create_task(
+                register_again(facility, channels, settings.authority, here["node"], fog_id, again)
             )
+            rejoining.add(task)
+            task.add_done_callback(rejoining.discard)
+
+        dialer = FogDialer(
+            node_id,
+            channels,
+            settings.authority,
+            lambda name: lambda request: getattr(facility, name)(request, None),
+            tls_on=running.tls is not None,
+            on_connect=connected,
         )
-    info = await running.mark_ready(
-        settings, "facility", node_id, metrics_port=metrics_port, specialty=specialty
-    )
-    return StartedFacility(node_id, facility, running, channels, info)
+        running.background.append(asyncio.create_task(dialer.run()))
+        held.release()  # the authority names a fog once enough facilities have registered: let them
+        if not await dialer.wait_connected(CONNECT_WAIT_S):
+            missing = sorted(set(dialer.fogs) - dialer.connected)
+            log.warning(
+                "%s; rounds go on without this facility until it is connected (it keeps trying)",
+                f"not yet connected to fog {', '.join(missing)}"
+                if missing
+                else "the authority has not named this facility's fog yet (it does once the federation's "
+                "first facilities, HFL_MIN_FACILITIES, have registered)",
+            )
+        if settings.reregister_s > 0:
+            running.background.append(
+                asyncio.create_task(
+                    keep_registered(facility, channels, settings.authority, here, settings.reregister_s)
+                )
+            )
+        info = await running.mark_ready(
+            settings, "facility", node_id, metrics_port=metrics_port, specialty=specialty
+        )
+        return StartedFacility(node_id, facility, running, channels, info)
+    finally:
+        held.release()
 
 
 async def register_again(
