@@ -31,7 +31,8 @@ _A, _F, _L, _V = (
     "/hfl.v1.LeaderService/",
     "/hfl.v1.ValidatorService/",
 )
-FRAME = MIB + 4 * KIB  # one frame of a facility's connection (hfl.rpc.link.CHUNK plus its header)
+CHUNK = 4 * MIB - 64 * KIB  # bytes of a message per frame: a 10^6-parameter model or update fits in one
+FRAME = CHUNK + 4 * KIB  # one frame of a facility's connection (a chunk plus its header), under gRPC's 4 MiB
 
 # Exact method names; anything else is CONTROL.
 REQUEST_LIMITS: dict[str, int] = {

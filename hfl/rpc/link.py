@@ -27,7 +27,7 @@ from hfl.errors import InvalidInput, TooLarge
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import limits
 
-CHUNK = limits.MIB  # bytes of a message per frame
+CHUNK = limits.CHUNK  # bytes of a message per frame
 MAX_MESSAGE = limits.MODEL  # the largest whole message (a model or masked update of 10^7+ values)
 FRAME_LIMIT = limits.FRAME  # a frame's serialised size at most (chunk plus its header)
 LATE_MEMORY = 4096  # call ids the fog stopped waiting for, remembered so a late answer is no offence

@@ -49,7 +49,7 @@ from hfl.proto.v1 import (
     validator_pb2,
 )
 from hfl.rpc.authz import TABLE, rule_for
-from hfl.rpc.limits import FRAME, MIB, request_limit
+from hfl.rpc.limits import CHUNK, FRAME, MIB, request_limit
 from hfl.rpc.pki import NodeTls, sync_channel
 from tests.conftest import record_result
 from tests.integration.helpers import client_tls, start_federation, wait_for_round
@@ -379,12 +379,12 @@ BAD_STREAMS = {
         "began before call 1 was complete",
     ),
     "an oversized frame": (
-        [_frame(1, 0, 2 * MIB, b"x" * (MIB + 1))],
+        [_frame(1, 0, 2 * CHUNK, b"x" * (CHUNK + 1))],
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "frames carry at most",
     ),
     "a frame larger than any": (
-        [_frame(1, 0, 3 * MIB, b"x" * (2 * MIB))],
+        [_frame(1, 0, 3 * CHUNK, b"x" * (2 * CHUNK))],
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "accepts at most",
     ),
