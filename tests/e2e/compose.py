@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -83,6 +84,58 @@ def ensure_image(client: Any, *, reuse: bool) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"building the image failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return f"built in {time.monotonic() - t0:.0f} s"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
+
+
+def this_machine() -> str:
+    """This machine's own address (the one its default route leaves from): what the sites dial, as they
+    would dial a remote institution. Connecting a UDP socket sends nothing."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            return str(s.getsockname()[0])
+    except OSError:  # no default route: Docker's own bridge address is this machine too
+        return "172.17.0.1"
+
+
+def hospital_site(
+    client: Any,
+    folder: Path,
+    name: str,
+    specialty: str,
+    authority: str,
+    enrol: str,
+    trust: dict[str, bytes],
+) -> ComposeProject:
+    """One hospital's deploy/site/ as its own Compose project, set up as the README tells a hospital IT
+    team: ``trust`` (file name -> content: the root certificate, the one-time token, ...) in its trust
+    folder, an empty data folder (simulated patients), both readable by the image's user."""
+    trust_dir, data = folder / "trust", folder / "data"
+    trust_dir.mkdir(parents=True)
+    data.mkdir()
+    for file, content in trust.items():
+        (trust_dir / file).write_bytes(content)
+    for p in (trust_dir, data, *trust_dir.iterdir()):
+        p.chmod(0o755 if p.is_dir() else 0o644)  # the image's user reads them
+    return ComposeProject(
+        client,
+        {
+            "HFL_SITE_NAME": name,
+            "HFL_AUTHORITY": authority,
+            "HFL_ENROL": enrol,
+            "HFL_TRUST_DIR": str(trust_dir),
+            "HFL_DATA_DIR": str(data),
+            "HFL_DATASET": "synthetic",  # simulated patients: the validators score on the same kind
+            "HFL_SPECIALTY": specialty,
+            "HFL_METRICS_PORT": str(free_port()),
+        },
+        compose_file=ROOT / "deploy" / "site" / "docker-compose.yml",
+    )
 
 
 def compose_command() -> list[str]:
@@ -243,6 +296,10 @@ class ComposeProject:
     def block_fogs(self, after_round: int) -> dict[int, list[str]]:
         """The fogs whose buckets each committed block after ``after_round`` used."""
         return self._per_block(after_round, "set(b.header.extra.get('fogs', []))")
+
+    def block_hashes(self, after_round: int) -> dict[int, list[str]]:
+        """The hash of each committed block after ``after_round`` (a list of one)."""
+        return self._per_block(after_round, "{b.hash.hex()}")
 
     def _per_block(self, after_round: int, expression: str) -> dict[int, list[str]]:
         """``expression`` (a set, over block ``b``) for each committed block after ``after_round``."""

@@ -27,8 +27,16 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.compose import ROOT, ComposeProject, ensure_image, log, wait_for
-from tests.e2e.test_multisite import _free_port, _this_machine
+from tests.e2e.compose import (
+    ROOT,
+    ComposeProject,
+    ensure_image,
+    free_port,
+    hospital_site,
+    log,
+    this_machine,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]
 
@@ -135,7 +143,7 @@ class Stack:
 def test_the_central_tier_runs_as_a_swarm_stack(docker_client: Any, tmp_path: Path) -> None:
     t0 = time.monotonic()
     log(f"image: {ensure_image(docker_client, reuse=os.environ.get('HFL_E2E_REUSE_IMAGE') == '1')}")
-    host = _this_machine()
+    host = this_machine()
     swarm = docker_client.info()["Swarm"]
     we_initialised = swarm["LocalNodeState"] == "inactive"
     had_gwbridge = bool(docker_client.networks.list(names=["docker_gwbridge"]))
@@ -145,7 +153,7 @@ def test_the_central_tier_runs_as_a_swarm_stack(docker_client: Any, tmp_path: Pa
         if docker_client.secrets.list(filters={"name": "hfl-"}):
             pytest.skip("this swarm already holds hfl secrets (a deployment?); not touching it")
     ports = {
-        k: _free_port() for k in ("HFL_AUTHORITY_PORT", "HFL_ENROL_PORT", "HFL_FOG1_PORT", "HFL_FOG2_PORT")
+        k: free_port() for k in ("HFL_AUTHORITY_PORT", "HFL_ENROL_PORT", "HFL_FOG1_PORT", "HFL_FOG2_PORT")
     }
     stack = Stack(
         docker_client,
@@ -194,27 +202,17 @@ def test_the_central_tier_runs_as_a_swarm_stack(docker_client: Any, tmp_path: Pa
                 every=2,
             )
             token = issued.splitlines()[1].strip()
-            trust, data = tmp_path / name / "trust", tmp_path / name / "data"
-            trust.mkdir(parents=True)
-            data.mkdir()
-            for f in ("ca.pem", "authority-key.pub"):  # what swarm-secrets.sh sets aside for the sites
-                (trust / f).write_bytes((keys / "for-sites" / f).read_bytes())
-            (trust / "token").write_text(token + "\n")
-            for p in (trust, data, *trust.iterdir()):
-                p.chmod(0o755 if p.is_dir() else 0o644)  # the image's user reads them
-            site = ComposeProject(
+            site = hospital_site(
                 docker_client,
-                {
-                    "HFL_SITE_NAME": name,
-                    "HFL_AUTHORITY": f"{host}:{ports['HFL_AUTHORITY_PORT']}",
-                    "HFL_ENROL": f"{host}:{ports['HFL_ENROL_PORT']}",
-                    "HFL_TRUST_DIR": str(trust),
-                    "HFL_DATA_DIR": str(data),
-                    "HFL_DATASET": "synthetic",
-                    "HFL_SPECIALTY": specialty,
-                    "HFL_METRICS_PORT": str(_free_port()),
+                tmp_path / name,
+                name,
+                specialty,
+                f"{host}:{ports['HFL_AUTHORITY_PORT']}",
+                f"{host}:{ports['HFL_ENROL_PORT']}",
+                {  # what swarm-secrets.sh sets aside for the sites, and the site's own token
+                    **{f: (keys / "for-sites" / f).read_bytes() for f in ("ca.pem", "authority-key.pub")},
+                    "token": (token + "\n").encode(),
                 },
-                compose_file=ROOT / "deploy" / "site" / "docker-compose.yml",
             )
             sites.append(site)
             site.run("up", "-d")
