@@ -159,16 +159,18 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         return SPECIALTIES[count % len(SPECIALTIES)]
 
     # ------------------------------------------------------------------ scheduling
-    def homes(self) -> dict[str, str]:
+    def homes(self, nodes: list[NodeInfo] | None = None) -> dict[str, str]:
         """Each facility's home fog (hfl.schedule.home_fogs): every facility that may still take part
         (not quarantined, budget not used up; one that is away keeps its home), over the fogs that are up.
-        When every fog seems down, all of them are tried. None before HFL_MIN_FACILITIES have registered."""
-        registered = self.registry.nodes("facility")
+        When every fog seems down, all of them are tried. None before HFL_MIN_FACILITIES have registered.
+        ``nodes``: the registry, when the caller has read it already."""
+        nodes = self.registry.nodes() if nodes is None else nodes
+        registered = [n for n in nodes if n.role == "facility"]
         if len(registered) < max(1, self.settings.min_facilities):
             return {}  # rounds wait for them anyway, and homes given to the first few would soon change
         gone = self.quarantined | self.privacy.exhausted
         facilities = {n.node_id: n.region for n in registered if n.node_id not in gone}
-        fogs = {n.node_id: n.region for n in self.registry.nodes("fog")}
+        fogs = {n.node_id: n.region for n in nodes if n.role == "fog"}
         up = {f: r for f, r in fogs.items() if f not in self.fog_status.down} or fogs
         smallest = MIN_SECURE_BUCKET if self.settings.secagg else 1
         homes = home_fogs(
@@ -510,7 +512,8 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         entries or standing."""
         nodes = self.registry.nodes()
         me = authz.caller_id() or bounds.text(request.node_id, "node id", bounds.MAX_ID)
-        home = self.homes().get(me, "") if me else ""
+        asking = next((n for n in nodes if n.node_id == me), None)  # only a facility has a home fog
+        home = self.homes(nodes).get(me, "") if asking is not None and asking.role == "facility" else ""
         if not authz.sees_everything():
             return authority_pb2.ListNodesResponse(
                 nodes=[serde.node_to_proto(n) for n in nodes if n.node_id == me or n.role == "fog"],
