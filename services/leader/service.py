@@ -282,8 +282,10 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 out.append(r)
             return out
 
-        answers = await asyncio.gather(*(run_fog(f) for f in fog_ids), self.check_idle_fogs(config, reach))
-        results = sorted((r for rs in answers[: len(fog_ids)] for r in rs), key=lambda r: r.bucket_id)
+        answers, _ = await asyncio.gather(
+            asyncio.gather(*(run_fog(f) for f in fog_ids)), self.check_idle_fogs(config, reach)
+        )
+        results = sorted((r for rs in answers for r in rs), key=lambda r: r.bucket_id)
         clock.fogs_done()
         used = [r for r in results if not r.abandoned and r.count > 0]
         dropouts = sum(len(r.dropped) for r in results)
@@ -407,10 +409,10 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             epsilon=self.epsilon_spent,
         )
 
-    async def check_idle_fogs(self, config: RoundConfig, reach: dict[str, bool]) -> list[BucketResult]:
+    async def check_idle_fogs(self, config: RoundConfig, reach: dict[str, bool]) -> None:
         """Ask every registered fog that has no bucket this round whether it is serving (the standard
         health check), so the authority learns when a fog that was down is back; results go to
-        ``reach``. Returns no bucket results (it runs beside the fogs' rounds)."""
+        ``reach``."""
         busy = {b.fog_id for b in config.buckets}
 
         async def one(fog: NodeInfo) -> None:
@@ -423,7 +425,6 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 reach[fog.node_id] = False
 
         await asyncio.gather(*(one(f) for f in config.fogs if f.node_id not in busy))
-        return []
 
     async def collect_votes(
         self,
