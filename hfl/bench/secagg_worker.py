@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from typing_extensions import override  # mypy checks that each overridden facility method still exists
 
 from hfl.bench.secagg import bench_rng, bench_update
 from hfl.domain import NodeInfo, RoundConfig, TrainingPlan
@@ -75,8 +76,12 @@ async def run_facilities(
     class BenchSecAggFacility(BenchFacility):
         """BenchFacility with the update stream the driver recomputes to check the unmasked sums."""
 
+        @override
+
         def round_rng(self, config: RoundConfig) -> np.random.Generator:
             return bench_rng(self.settings.seed, self.node_id, config.round)
+
+        @override
 
         def local_update(
             self,
