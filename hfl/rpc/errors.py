@@ -16,6 +16,7 @@ import grpc
 from cryptography.exceptions import InvalidSignature
 
 from hfl import errors
+from hfl.rpc import link
 from hfl.rpc.limits import request_limit
 from hfl.rpc.metrics import REFUSED_CALLS
 
@@ -144,7 +145,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        deserializer = _gated(handler.request_deserializer, request_limit(method))
+        raw = link.RAW_STREAMS.get(method)  # frames read by hand, written already serialised
+        deserializer = _gated(raw or handler.request_deserializer, request_limit(method))
         precheck = self._precheck(method) if self._precheck is not None else None
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
@@ -221,6 +223,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return grpc.stream_stream_rpc_method_handler(
                 stream_stream,
                 request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=None if raw else handler.response_serializer,
             )
         return handler

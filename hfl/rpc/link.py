@@ -16,9 +16,9 @@ that one stream with the status hfl.rpc.errors maps it to; nothing else changes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import grpc
 from google.protobuf import message_factory
@@ -44,18 +44,79 @@ CALLS: dict[str, str] = {
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
-def frames(call_id: int, data: bytes, chunk: int = CHUNK) -> Iterator[facility_pb2.LinkFrame]:
-    """Cut one serialised message into frames (one empty frame for an empty message)."""
+class Frame(NamedTuple):
+    """One LinkFrame as read off the stream: ``chunk`` is a view into the received bytes (no copy)."""
+
+    call_id: int
+    seq: int
+    total: int
+    chunk: bytes | memoryview
+
+
+# LinkFrame's fields (protos/hfl/v1/facility.proto) and their wire tags: varints 1-3, bytes 4. Frames are
+# encoded and read here by hand, so a chunk goes onto and comes off the wire without passing through a
+# protobuf object (each such pass copies a model-sized buffer); the bytes are exactly LinkFrame's.
+_CALL_ID, _SEQ, _TOTAL, _CHUNK = 1, 2, 3, 4
+_SEQ_MAX = 2**32 - 1  # seq is a uint32
+_VARINT_MAX = 2**64 - 1
+
+
+def encode_frame(call_id: int, seq: int, total: int, chunk: bytes | memoryview) -> bytes:
+    """A serialised LinkFrame (byte for byte what protobuf writes: zero fields are left out)."""
+    head = bytearray()
+    for number, value in ((_CALL_ID, call_id), (_SEQ, seq), (_TOTAL, total)):
+        if value:
+            head += _varint(number << 3) + _varint(value)
+    if len(chunk):
+        head += _varint(_CHUNK << 3 | 2) + _varint(len(chunk))
+    return b"".join((head, chunk))
+
+
+def parse_frame(data: bytes | memoryview) -> Frame:
+    """Read a serialised LinkFrame; its chunk is a view into ``data``. InvalidInput when it is not one
+    (cut short, a field of the wrong kind or unknown, a value out of range)."""
+    view = memoryview(data)
+    n = len(view)
+    values = [0, 0, 0, 0]
+    chunk: bytes | memoryview = b""
+    i = 0
+    try:
+        while i < n:
+            tag, i = _read_varint(view, i)
+            number, kind = tag >> 3, tag & 7
+            if number in (_CALL_ID, _SEQ, _TOTAL) and kind == 0:
+                values[number], i = _read_varint(view, i)
+            elif number == _CHUNK and kind == 2:
+                size, i = _read_varint(view, i)
+                if i + size > n:
+                    raise InvalidInput("cut short")
+                chunk, i = view[i : i + size], i + size
+            else:
+                raise InvalidInput("an unknown field")
+    except InvalidInput as e:
+        raise InvalidInput(f"a frame on the connection is not a valid frame ({e})") from None
+    if values[_SEQ] > _SEQ_MAX or max(values) > _VARINT_MAX:
+        raise InvalidInput("a frame on the connection carries a number out of range")
+    return Frame(values[_CALL_ID], values[_SEQ], values[_TOTAL], chunk)
+
+
+def frames(call_id: int, data: bytes | memoryview, chunk: int = CHUNK) -> Iterator[bytes]:
+    """Cut one serialised message into serialised frames (one empty frame for an empty message)."""
     if call_id <= 0:
         raise ValueError("call ids start at 1")
     if len(data) > MAX_MESSAGE:
         raise TooLarge(f"the message is {len(data)} bytes; the connection carries at most {MAX_MESSAGE}")
     total = len(data)
-    if total <= chunk:  # one frame: no slicing copy
-        yield facility_pb2.LinkFrame(call_id=call_id, seq=0, total=total, chunk=data)
-        return
-    for seq, start in enumerate(range(0, total, chunk)):
-        yield facility_pb2.LinkFrame(call_id=call_id, seq=seq, total=total, chunk=data[start : start + chunk])
+    view = memoryview(data)  # slices of a view are not copies
+    yield encode_frame(call_id, 0, total, view[:chunk])
+    for seq, start in enumerate(range(chunk, total, chunk), start=1):
+        yield encode_frame(call_id, seq, total, view[start : start + chunk])
+
+
+# The stream methods whose frames are read by hand (hfl.rpc.errors installs this parser, and sends the
+# already serialised frames as they are).
+CONNECT = "/hfl.v1.FogService/Connect"  # a facility's connection to its fog
+RAW_STREAMS: dict[str, Callable[[bytes], Frame]] = {CONNECT: parse_frame}
 
 
 # FogCall and FacilityReply have one field set, a message: on the wire that is the field's tag, the
@@ -94,7 +155,7 @@ def _wrap(field_number: int, message: Any) -> bytes:
     return _varint(field_number << 3 | 2) + _varint(len(body)) + body
 
 
-def _unwrap(data: bytes, by_number: dict[int, Any], what: str) -> tuple[str, Any]:
+def _unwrap(data: bytes | memoryview, by_number: dict[int, Any], what: str) -> tuple[str, Any]:
     """(field name, message) of a serialised wrapper with exactly one message field set."""
     view = memoryview(data)
     try:
@@ -131,7 +192,7 @@ def encode_refusal(code: grpc.StatusCode, details: str) -> bytes:
     ).SerializeToString()
 
 
-def decode_call(data: bytes) -> tuple[str, Any]:
+def decode_call(data: bytes | memoryview) -> tuple[str, Any]:
     """(kind, request) of a serialised FogCall; InvalidInput when it does not parse or names no call."""
     if not data:
         raise InvalidInput("a call from the fog names no known call")
@@ -146,7 +207,7 @@ class Refused:
     details: str
 
 
-def decode_reply(data: bytes, expected: str) -> Any:
+def decode_reply(data: bytes | memoryview, expected: str) -> Any:
     """The response of a serialised FacilityReply to a call of kind ``expected``, or Refused.
     InvalidInput when it does not parse or answers another kind of call."""
     if not data:
@@ -172,15 +233,16 @@ class Assembler:
     _call: int = 0
     _seq: int = 0
     _total: int = 0
-    _parts: list[bytes] = field(default_factory=list)
+    _parts: list[bytes | memoryview] = field(default_factory=list)
     _have: int = 0
 
     @property
     def partial(self) -> bool:
         return bool(self._call)
 
-    def feed(self, frame: facility_pb2.LinkFrame) -> tuple[int, bytes] | None:
-        """Take one frame; returns (call id, message bytes) when it completes a message."""
+    def feed(self, frame: Frame | facility_pb2.LinkFrame) -> tuple[int, bytes | memoryview] | None:
+        """Take one frame; returns (call id, message bytes) when it completes a message. A message of
+        one frame is returned as the frame's own chunk (a view, not a copy)."""
         size = len(frame.chunk)
         if size > self.chunk:
             raise TooLarge(f"a frame carries {size} bytes; frames carry at most {self.chunk}")

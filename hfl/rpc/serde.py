@@ -80,7 +80,10 @@ def vector_from_proto(
     dtype: int | None = pb.D_TYPE_FLOAT64,
     what: str = "vector",
     require_finite: bool = True,
+    as_float64: bool = True,
 ) -> np.ndarray:
+    """The vector's values: float64 (a copy), or with ``as_float64=False`` a read-only view of the
+    received bytes in the number type they came in (no copy; for sums that read it once)."""
     if v.dtype not in _DTYPES:
         raise InvalidInput(f"{what}: unknown number type {v.dtype}")
     if dtype is not None and v.dtype != dtype:
@@ -93,11 +96,14 @@ def vector_from_proto(
     if expected_length is not None and v.length != expected_length:
         raise InvalidInput(f"{what}: has {v.length} values but the model has {expected_length}")
     dt = _DTYPES[v.dtype]
-    if len(v.data) != v.length * dt.itemsize:
-        raise InvalidInput(f"{what}: says {v.length} values but carries {len(v.data)} bytes")
-    arr = np.frombuffer(v.data, dtype=dt)
+    data = v.data  # each read of a bytes field copies it: read it once
+    if len(data) != v.length * dt.itemsize:
+        raise InvalidInput(f"{what}: says {v.length} values but carries {len(data)} bytes")
+    arr = np.frombuffer(data, dtype=dt)
     if require_finite and dt.kind == "f" and not np.all(np.isfinite(arr)):
         raise InvalidInput(f"{what}: contains NaN or infinite values")
+    if not as_float64:
+        return arr
     return arr.astype(np.float64) if dt.kind == "f" else arr.copy()
 
 
@@ -912,6 +918,7 @@ def masked_input_from_proto(
         expected_length=expected_length,
         dtype=pb.D_TYPE_UINT32,
         what=f"masked update from {clip(m.sender)}",
+        as_float64=False,  # a read-only view: the aggregator adds it into its sum and lets it go
     )
     return MaskedInput(
         round=int(m.round),

@@ -29,7 +29,7 @@ import grpc
 from hfl.crypto.x509 import Identity
 from hfl.domain import NodeInfo
 from hfl.errors import HflError
-from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, facility_pb2, fog_pb2_grpc
+from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc import authz, link, serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.errors import MAX_DETAILS, status_for
@@ -170,17 +170,22 @@ class FogDialer:
     async def session(self, fog: NodeInfo) -> None:
         """One connection to ``fog``: answer its calls until it ends. Raises on bad input from the fog
         (the connection is then closed) and when the connection fails."""
-        stub = fog_pb2_grpc.FogServiceStub(self.channels.get(fog.address, Peer("fog", fog.node_id)))
-        outbox: asyncio.Queue[facility_pb2.LinkFrame | None] = asyncio.Queue()
+        channel = self.channels.get(fog.address, Peer("fog", fog.node_id))
+        # Frames are written already serialised and read by hand (hfl.rpc.link): no protobuf object holds
+        # a copy of a model on the way.
+        connect = channel.stream_stream(
+            link.CONNECT, request_serializer=None, response_deserializer=link.parse_frame
+        )
+        outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-        async def outgoing() -> AsyncIterator[facility_pb2.LinkFrame]:
+        async def outgoing() -> AsyncIterator[bytes]:
             while True:
                 frame = await outbox.get()
                 if frame is None:
                     return
                 yield frame
 
-        stream = stub.Connect(outgoing(), metadata=(("hfl-node", self.node_id),))
+        stream = connect(outgoing(), metadata=(("hfl-node", self.node_id),))
         # The fog's certificate was checked against its name when the connection was made (pki.Peer).
         fog_identity = (
             Identity("fog", fog.node_id, 0, dt.datetime.max.replace(tzinfo=dt.UTC)) if self.tls_on else None
@@ -215,7 +220,7 @@ class FogDialer:
 
     async def _answer(
         self,
-        outbox: asyncio.Queue[facility_pb2.LinkFrame | None],
+        outbox: asyncio.Queue[bytes | None],
         call_id: int,
         kind: str,
         request: Any,

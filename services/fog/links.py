@@ -19,7 +19,6 @@ from typing import Any
 import grpc
 
 from hfl.errors import HflError, clip
-from hfl.proto.v1 import facility_pb2
 from hfl.rpc import link
 from hfl.rpc.client import ByteCount
 from hfl.rpc.metrics import BYTES_RECEIVED, BYTES_SENT, LINKS
@@ -38,9 +37,9 @@ class FacilityLink:
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.outbox: asyncio.Queue[facility_pb2.LinkFrame | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()  # serialised frames
         self.book = link.CallBook()
-        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.waiting: dict[int, asyncio.Future[bytes | memoryview]] = {}
         self.closed = False
 
     def send(self, call_id: int, data: bytes) -> None:
@@ -48,7 +47,7 @@ class FacilityLink:
         for frame in link.frames(call_id, data):
             self.outbox.put_nowait(frame)
 
-    def deliver(self, call_id: int, data: bytes) -> None:
+    def deliver(self, call_id: int, data: bytes | memoryview) -> None:
         if self.book.answer(call_id) is None:
             log.info("%s answered call %d after the fog stopped waiting; dropped", self.node_id, call_id)
             return
@@ -95,7 +94,7 @@ class Links:
                 grpc.StatusCode.UNAVAILABLE, f"facility {clip(node_id)} is not connected to this fog"
             )
         call_id = ln.book.issue(kind)
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bytes | memoryview] = asyncio.get_running_loop().create_future()
         ln.waiting[call_id] = fut
         ln.send(call_id, data)
         BYTES_SENT.labels(peer="facility").inc(len(data))
@@ -124,11 +123,12 @@ class Links:
     async def serve(
         self,
         node_id: str,
-        frames_in: AsyncIterator[facility_pb2.LinkFrame],
+        frames_in: AsyncIterator[link.Frame],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[facility_pb2.LinkFrame]:
-        """The body of Connect for ``node_id``: yields the frames to send while a reader takes the
-        facility's frames. Bad input from the facility raises (the stream closes with its status)."""
+    ) -> AsyncIterator[bytes]:
+        """The body of Connect for ``node_id``: yields the frames to send (serialised) while a reader
+        takes the facility's frames (read by hfl.rpc.link.parse_frame). Bad input from the facility
+        raises (the stream closes with its status)."""
         old = self.by_node.get(node_id)
         if old is not None:
             log.info("%s connected again; its previous connection is closed", node_id)

@@ -18,7 +18,7 @@ from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotReady, StaleRou
 from hfl.learning.metrics import EVAL_VECTOR_LEN, metrics_from_vector
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, fog_pb2, fog_pb2_grpc
-from hfl.rpc import authz, serde
+from hfl.rpc import authz, link, serde
 from hfl.rpc.client import ByteCount, describe_rpc_error
 from hfl.rpc.link import encode_call
 from hfl.rpc.metrics import REFUSED, ROUND
@@ -113,8 +113,8 @@ class PlainBucket:
                 unreachable=unreachable,
             )
         total = np.zeros(self.dim)
-        for m in members:
-            total += self.updates[m]
+        for m in members:  # in the bucket's order, so the float sum is the same however they arrived
+            np.add(total, self.updates[m], out=total)
         return BucketResult(
             self.bucket.bucket_id,
             self.bucket.fog_id,
@@ -304,8 +304,12 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         try:
             try:
                 update = serde.vector_from_proto(
-                    request.update, expected_length=self.dim or None, dtype=None, what="update"
-                )  # float32 (or float64)
+                    request.update,
+                    expected_length=self.dim or None,
+                    dtype=None,
+                    what="update",
+                    as_float64=False,
+                )  # float32 (or float64), as received: summed in float64 at the end
             except InvalidInput:
                 bucket = self.open.get(request.bucket_id)
                 if bucket is not None and (request.round, request.attempt) == self.current:
@@ -324,12 +328,13 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         return fog_pb2.SubmitUpdateResponse()
 
     # ------------------------------------------------------------------ the facilities' connections
-    async def Connect(
-        self, request_iterator: AsyncIterator[facility_pb2.LinkFrame], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[facility_pb2.LinkFrame]:
+    async def Connect(  # type: ignore[override]  # frames are read and written by hand (hfl.rpc.link)
+        self, request_iterator: AsyncIterator[link.Frame], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         """A facility's one connection to this fog: the fog's calls go down it, the answers come up
-        (services/fog/links.py). Its certificate says which facility it is (with HFL_TLS=false, the
-        ``hfl-node`` header of the call, for debugging only)."""
+        (services/fog/links.py; frames read and written by hand, hfl.rpc.link). Its certificate says
+        which facility it is (with HFL_TLS=false, the ``hfl-node`` header of the call, for debugging
+        only)."""
         node_id = authz.caller_id() or _named_in_header(context)
         async for frame in self.links.serve(node_id, request_iterator, context):
             yield frame

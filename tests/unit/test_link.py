@@ -14,13 +14,17 @@ from hfl.rpc import link
 from services.facility.dial import RETRY_MAX_S, RETRY_MIN_S, retry_pause
 
 
-def _whole(asm: link.Assembler, frames: list[facility_pb2.LinkFrame]) -> list[tuple[int, bytes]]:
+def _whole(asm: link.Assembler, frames: list[link.Frame]) -> list[tuple[int, bytes]]:
     out = []
     for f in frames:
         got = asm.feed(f)
         if got is not None:
-            out.append(got)
+            out.append((got[0], bytes(got[1])))
     return out
+
+
+def _frames(call_id: int, data: bytes, chunk: int = link.CHUNK) -> list[link.Frame]:
+    return [link.parse_frame(f) for f in link.frames(call_id, data, chunk=chunk)]
 
 
 @settings(max_examples=60, deadline=None)
@@ -30,7 +34,7 @@ def _whole(asm: link.Assembler, frames: list[facility_pb2.LinkFrame]) -> list[tu
 )
 def test_messages_of_any_size_come_back_whole_and_in_order(messages: list[bytes], chunk: int) -> None:
     asm = link.Assembler(chunk=chunk)
-    frames = [f for i, m in enumerate(messages, start=1) for f in link.frames(i, m, chunk=chunk)]
+    frames = [f for i, m in enumerate(messages, start=1) for f in _frames(i, m, chunk=chunk)]
     assert all(len(f.chunk) <= chunk for f in frames)
     assert _whole(asm, frames) == list(enumerate(messages, start=1))
     assert not asm.partial
@@ -43,16 +47,17 @@ def test_a_model_of_ten_million_parameters_travels_in_frames_within_the_limit() 
         "secagg_advertise",
         facility_pb2.SecAggAdvertiseRequest(model=common_pb2.Model(params=vec), bucket_id="b0"),
     )
-    frames = list(link.frames(7, data))
-    assert len(frames) == -(-len(data) // link.CHUNK) >= 10
-    assert max(f.ByteSize() for f in frames) <= link.FRAME_LIMIT
+    raw = list(link.frames(7, data))
+    assert len(raw) == -(-len(data) // link.CHUNK) >= 10
+    assert max(len(f) for f in raw) <= link.FRAME_LIMIT
+    frames = [link.parse_frame(f) for f in raw]
     [(call_id, whole)] = _whole(link.Assembler(), frames)
     kind, request = link.decode_call(whole)
     assert (call_id, kind, request.model.params.length) == (7, "secagg_advertise", 10_000_000)
 
 
-def _two_frame_message(call_id: int = 1) -> list[facility_pb2.LinkFrame]:
-    return list(link.frames(call_id, b"x" * 10, chunk=5))
+def _two_frame_message(call_id: int = 1) -> list[link.Frame]:
+    return _frames(call_id, b"x" * 10, chunk=5)
 
 
 def test_frames_out_of_order_are_refused() -> None:
@@ -147,3 +152,48 @@ def test_reconnect_pauses_grow_with_jitter_and_stay_bounded() -> None:
     assert max(pauses[0]) <= 2 * RETRY_MIN_S  # the first retry comes soon
     assert len(set(pauses[8])) > 40  # jitter: facilities do not come back in step
     assert sum(pauses[10]) / 50 > 5 * sum(pauses[0]) / 50  # and the pause grows
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.integers(min_value=0, max_value=2**32 - 1),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.binary(max_size=300),
+)
+def test_frames_are_written_and_read_exactly_as_protobuf_does(
+    call_id: int, seq: int, total: int, chunk: bytes
+) -> None:
+    """Frames are encoded and parsed by hand (no copy of the chunk); the bytes are LinkFrame's."""
+    proto = facility_pb2.LinkFrame(call_id=call_id, seq=seq, total=total, chunk=chunk)
+    assert link.encode_frame(call_id, seq, total, chunk) == proto.SerializeToString()
+    frame = link.parse_frame(proto.SerializeToString())
+    assert (frame.call_id, frame.seq, frame.total, bytes(frame.chunk)) == (call_id, seq, total, chunk)
+
+
+def test_a_one_frame_message_is_handed_on_without_a_copy() -> None:
+    data = bytes(range(256)) * 8
+    [raw] = link.frames(3, data)
+    frame = link.parse_frame(raw)
+    assert isinstance(frame.chunk, memoryview) and frame.chunk.obj is raw
+    got = link.Assembler().feed(frame)
+    assert got is not None and got[1] is frame.chunk and bytes(got[1]) == data
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"\x08", "cut short"),  # a tag without its value
+        (b"\x22\x05abc", "cut short"),  # a chunk shorter than it says
+        (
+            b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+            "cut short or malformed",
+        ),  # varint over 64 bits
+        (b"\x2a\x01x", "unknown field"),  # field 5
+        (b"\x0a\x01x", "unknown field"),  # call_id sent as bytes
+        (b"\x10\x80\x80\x80\x80\x10", "out of range"),  # seq of 2**32
+    ],
+)
+def test_frames_that_are_not_link_frames_are_refused(raw: bytes, why: str) -> None:
+    with pytest.raises(InvalidInput, match=why):
+        link.parse_frame(raw)
