@@ -95,7 +95,10 @@ class BucketAggregator:
         self._dropped_at: dict[str, p.Stage] = {}
         self._ads: dict[str, KeyAdvertisement] = {}
         self._shares: dict[str, dict[str, EncryptedShare]] = {}  # sender -> recipient -> share
-        self._inputs: dict[str, np.ndarray] = {}
+        # Masked inputs are summed as they arrive (mod 2**32, so the order does not matter): the
+        # aggregator holds one vector per bucket, not one per member.
+        self._inputs: dict[str, None] = {}  # who sent one
+        self._sum = np.zeros(0, dtype=np.uint32)
         self._responses: dict[str, UnmaskResponse] = {}
         self._u1: tuple[str, ...] = ()
         self._u2: tuple[str, ...] = ()
@@ -195,7 +198,10 @@ class BucketAggregator:
                 f"masked input from {msg.sender!r} must be a uint32 vector of length {self.d}, "
                 f"got {y.dtype} of shape {y.shape}"
             )
-        self._inputs[msg.sender] = y
+        if not self._inputs:
+            self._sum = np.zeros(self.d, dtype=np.uint32)
+        np.add(self._sum, y, out=self._sum)
+        self._inputs[msg.sender] = None
 
     # Stage 4 -------------------------------------------------------------------------------------
     def unmask_request(self) -> UnmaskRequest:
@@ -222,10 +228,14 @@ class BucketAggregator:
 
     # Dropouts and stage closing --------------------------------------------------------------------
     def mark_dropped(self, member: str) -> None:
-        """Record that ``member`` stopped answering; anything it sent in the current stage is discarded."""
+        """Record that ``member`` stopped answering; anything it sent in the current stage is discarded,
+        except a masked input, which is summed on arrival: a member whose masked input came is a
+        survivor (StageError)."""
         if self._stage in (AggregatorStage.DONE, AggregatorStage.ABANDONED):
             raise StageError(f"bucket {self.bucket!r} is already {self._stage.value}")
         p.check_known(member, self._active, "drop notice")
+        if self._stage is AggregatorStage.MASKED_INPUT and member in self._inputs:
+            raise StageError(f"{member!r} already sent its masked input, which is in the sum; it is a survivor")
         stage = _PROTOCOL_STAGE[self._stage]
         self._active.discard(member)
         self._dropped_at[member] = stage
@@ -297,9 +307,7 @@ class BucketAggregator:
     def _compute(self) -> BucketSum:
         survivors = self._u3
         dropped = tuple(m for m in self._u2 if m not in set(survivors))
-        total = np.zeros(self.d, dtype=np.uint32)
-        for u in survivors:
-            np.add(total, self._inputs[u], out=total)
+        total = self._sum.copy()  # the survivors' masked inputs (kept, so a failed result can be retried)
         for u in survivors:
             np.subtract(total, p.self_mask(self._combine(u, 0), self.d), out=total)
         for v in dropped:

@@ -243,7 +243,7 @@ class SecAggMember:
         if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
             raise InvalidInputError(f"the update must be numeric, got {arr.dtype}")
         try:
-            q = quantize(arr.astype(np.float64), self.cfg, self._rng)
+            q = quantize(np.asarray(arr, dtype=np.float64), self.cfg, self._rng)  # it does not write x
         except QuantizationError as exc:
             raise InvalidInputError(str(exc)) from exc
         received: dict[str, tuple[bytes, bytes]] = {}

@@ -80,16 +80,23 @@ def quantize(x: np.ndarray, cfg: QuantConfig, rng: np.random.Generator) -> np.nd
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 1:
         raise QuantizationError(f"expected a 1-D vector, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
+    largest = float(np.max(np.abs(arr))) if arr.size else 0.0  # NaN if any is NaN, inf if any is inf
+    if not math.isfinite(largest):
         raise QuantizationError("the update contains NaN or infinite values")
-    if arr.size and float(np.max(np.abs(arr))) > cfg.clip * (1 + _CLIP_TOLERANCE):
+    if largest > cfg.clip * (1 + _CLIP_TOLERANCE):
         raise QuantizationError(
             f"a coordinate exceeds the clipping bound {cfg.clip}; clip the update before quantising"
         )
-    v = np.clip(arr * cfg.scale, -cfg.offset, cfg.offset)
+    # One new vector besides the result, worked on in place (this runs once per facility and round on
+    # model-sized vectors): v = clip(x * scale), then its fractional part, rounded up with that chance.
+    v = arr * cfg.scale
+    np.minimum(v, cfg.offset, out=v)
+    np.maximum(v, -cfg.offset, out=v)
     low = np.floor(v)
-    rounded = low + (rng.random(v.shape) < (v - low))
-    return (rounded.astype(np.int64) + cfg.offset).astype(np.uint32)
+    np.subtract(v, low, out=v)
+    low += rng.random(v.shape) < v
+    low += cfg.offset  # whole numbers from 0 to 2 * offset + 1, exact in float64
+    return low.astype(np.uint32)
 
 
 def dequantize(q: np.ndarray, cfg: QuantConfig) -> np.ndarray:

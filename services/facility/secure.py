@@ -191,7 +191,8 @@ class SecureAggregation:
             log.warning("BYZANTINE (experiment): sending random garbage instead of a non-finite update")
             garbage = np.random.default_rng(secrets.randbits(64))  # not secret: attack simulation only
             arr = garbage.uniform(-clip, clip, arr.size)
-        return np.clip(arr, -clip, clip)
+        out = np.minimum(arr, clip)  # np.clip, without its overhead on model-sized vectors
+        return np.maximum(out, -clip, out=out)
 
     # ------------------------------------------------------------------ stage 1
     async def advertise(

@@ -414,3 +414,15 @@ def test_signed_but_unusable_keys_from_a_member_are_refused() -> None:
     forged_c = [*ads[:4], dataclasses.replace(ads[4], c_pk=bad_key, signature=b2.keys["fac-4"].sign(payload))]
     with pytest.raises(InvalidMessageError, match="unusable encryption key"):
         b2.members["fac-0"].share_keys(forged_c)
+
+
+def test_a_member_whose_masked_input_came_is_a_survivor_and_cannot_be_dropped() -> None:
+    """Masked inputs are summed on arrival (one vector per bucket): once in, a member stays in."""
+    b = Bucket()
+    b.share()
+    for m in IDS[:-1]:
+        b.agg.add_masked_input(b.members[m].masked_input(b.agg.shares_for(m), X[m]))
+    with pytest.raises(StageError, match="already sent its masked input"):
+        b.agg.mark_dropped(IDS[0])
+    b.agg.mark_dropped(IDS[-1])  # the one that sent nothing can be
+    assert IDS[0] in b.agg.alive and IDS[-1] not in b.agg.alive
