@@ -43,6 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="secure aggregation (default on; --no-secagg: plain sums)",
     )
     p.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mutual TLS with certificates from the authority, as in a federation (default on; --no-tls "
+        "to see what it costs)",
+    )
+    p.add_argument(
         "--facilities-per-process",
         type=int,
         default=25,
@@ -95,13 +102,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "HFL_LOG_LEVEL": "WARNING",
         "HFL_MODEL": "logreg",
         "HFL_SECAGG": "true" if args.secagg else "false",  # facilities refuse plain rounds otherwise
+        "HFL_TLS": "true" if args.tls else "false",
     }
     fed = Federation(out, common)
     buckets = max(1, n // args.bucket_size)
     say(
         f"hfl bench federation: {n} facilities, {fogs} fog{'s' if fogs > 1 else ''}"
         f"{' (flat: one aggregator)' if args.flat else ''}, {buckets} buckets of ~{args.bucket_size}, "
-        f"D={dim}, secure aggregation {'on' if args.secagg else 'off'}, committee of {args.validators}, "
+        f"D={dim}, secure aggregation {'on' if args.secagg else 'off'}, "
+        f"{'mutual TLS' if args.tls else 'no TLS'}, committee of {args.validators}, "
         f"1 warm-up + {args.rounds} measured rounds; facilities {per_process} per process"
     )
     started = time.monotonic()
@@ -174,6 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dim": dim,
         "flat": args.flat,
         "secagg": args.secagg,
+        "tls": args.tls,
         "bucket_size": args.bucket_size,
         "buckets": buckets,
         "validators": args.validators,

@@ -1,8 +1,10 @@
 """`hfl bench secagg`: the cost of secure aggregation over real gRPC on loopback.
 
-One fog process and the facilities in other processes (several facility servicers share a process to
-save memory: each keeps its own identity key, port and client channels). This driver plays the
-authority (it signs the round configurations) and the leader (it calls Fog.RunRound). Every facility
+One fog process and the facilities in other processes (several facilities share a process to save
+memory: each keeps its own identity key, certificate and connection to the fog). This driver plays the
+authority (it issues the certificates and signs the round configurations) and the leader (it calls
+Fog.RunRound). Mutual TLS is on, as in a federation (``--no-tls`` for plaintext loopback;
+``--tls-cost`` runs both and reports what TLS adds). Every facility
 sends a random update of dimension D instead of training. The same round is run on the secure path and
 on the plain path (float32 on the wire) several times; medians are reported.
 
@@ -64,9 +66,20 @@ def peak_rss_mb(pid: int) -> float | None:
 
 class Bench:
     def __init__(
-        self, n: int, d: int, g: int, drop_rate: float, rounds: int, hosts: int, seed: int, quiet: bool
+        self,
+        n: int,
+        d: int,
+        g: int,
+        drop_rate: float,
+        rounds: int,
+        hosts: int,
+        seed: int,
+        quiet: bool,
+        tls: bool = True,
     ) -> None:
         self.n, self.d, self.g, self.drop_rate, self.rounds, self.seed = n, d, g, drop_rate, rounds, seed
+        self.tls = tls
+        self.leader_tls: Any = None
         self.hosts = max(1, min(hosts, n))
         self.quiet = quiet
         self.tmp = Path(tempfile.mkdtemp(prefix="hfl-bench-secagg-"))
@@ -78,7 +91,7 @@ class Bench:
             print(text, file=sys.stderr, flush=True)
 
     def _spawn(self, kind: str, ready: Path, *extra: str) -> None:
-        env = {**os.environ, "HFL_TLS": "false", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         log = open(self.tmp / f"{ready.stem}.log", "wb")  # noqa: SIM115 - kept open for the child's life
         self.procs.append(
             subprocess.Popen(
@@ -95,6 +108,7 @@ class Bench:
                     self.authority.public_bytes.hex(),
                     "--seed",
                     str(self.seed),
+                    *(["--tls"] if self.tls else []),
                     *extra,
                 ],
                 env=env,
@@ -109,6 +123,8 @@ class Bench:
 
         self.authority = SigningKey.generate()
         self.ids = [f"facility-{i + 1:03d}" for i in range(self.n)]
+        if self.tls:
+            self.certificates()
         readies = [self.tmp / "fog.ready"]
         self._spawn("fog", readies[0])
         self._wait(readies)
@@ -123,6 +139,25 @@ class Bench:
         fog = infos[0]["nodes"]["fog-1"]
         facilities = {k: v for info in infos[1:] for k, v in info["nodes"].items()}
         return fog, facilities, [info["pid"] for info in infos]
+
+    def certificates(self) -> None:
+        """A certificate authority for this run, and a certificate for the fog, each facility and the
+        leader this driver plays, as the authority would issue them at enrolment."""
+        from hfl.rpc import pki
+
+        ca = pki.open_ca(self.tmp / "authority")
+        try:
+            for role, node_id in [("fog", "fog-1"), *(("facility", i) for i in self.ids)]:
+                key_pem, cert_pem = ca.issue_local(role, node_id, ["127.0.0.1", "localhost"])
+                folder = self.tmp / node_id / "tls"
+                pki.write_secret(folder / "key.pem", key_pem)
+                pki.write_public(folder / "cert.pem", cert_pem)
+                pki.write_public(folder / "ca.pem", ca.cert_pem)
+            self.leader_tls = pki.NodeTls(
+                "leader", "leader", None, ca.cert_pem, *ca.issue_local("leader", "leader", [])
+            )
+        finally:
+            pki.close_ca(self.tmp / "authority")
 
     def _wait(self, readies: list[Path]) -> None:
         deadline = time.monotonic() + 120
@@ -224,14 +259,13 @@ class Bench:
         }
 
     async def measure(self, fog: dict[str, Any], facilities: dict[str, Any]) -> dict[str, Any]:
-        import grpc
-
         from hfl.proto.v1 import fog_pb2_grpc
+        from hfl.rpc.pki import Peer, aio_channel
         from hfl.rpc.server import CHANNEL_OPTIONS
 
         secure: list[dict[str, Any]] = []
         plain: list[dict[str, Any]] = []
-        async with grpc.aio.insecure_channel(fog["address"], options=CHANNEL_OPTIONS) as ch:
+        async with aio_channel(fog["address"], self.leader_tls, CHANNEL_OPTIONS, Peer("fog", "fog-1")) as ch:
             stub = fog_pb2_grpc.FogServiceStub(ch)
             round_ = 0
             for k in range(self.rounds + 1):  # the first pair warms up connections and is not counted
@@ -257,8 +291,21 @@ def run_bench(
     hosts: int = 0,
     seed: int = 0,
     quiet: bool = False,
+    tls: bool = True,
+    tls_cost: bool = False,
 ) -> dict[str, Any]:
-    """Run the benchmark and return the summary (see the module docstring)."""
+    """Run the benchmark and return the summary (see the module docstring). ``tls_cost``: run it once
+    without TLS first, and report both."""
+    if tls_cost:
+        bare = run_bench(n, d, g, drop_rate, rounds, hosts, seed, quiet, tls=False)
+        out = run_bench(n, d, g, drop_rate, rounds, hosts, seed, quiet, tls=True)
+        out["no_tls"] = {k: bare[k] for k in ("secure_round_s", "plain_round_s", "peak_rss_mb", "exact")}
+        out["tls_cost"] = {
+            "secure": round(out["secure_round_s"] / bare["secure_round_s"], 3),
+            "plain": round(out["plain_round_s"] / bare["plain_round_s"], 3),
+        }
+        out["exact"] = out["exact"] and bare["exact"]
+        return out
     if n < MIN_BUCKET_SIZE or d < 1 or g < MIN_BUCKET_SIZE or rounds < 1 or not 0 <= drop_rate < 1:
         raise ValueError(
             f"need --facilities >= {MIN_BUCKET_SIZE}, --dim >= 1, --bucket >= {MIN_BUCKET_SIZE}, "
@@ -267,10 +314,12 @@ def run_bench(
     if 4 * d > 200 * 1024 * 1024:
         raise ValueError("--dim is too large for one gRPC message (the limit is 256 MiB)")
     hosts = hosts or min(4, max(1, math.ceil(n / 16)))
-    bench = Bench(n, d, g, drop_rate, rounds, hosts, seed, quiet)
+    load_before = _load()
+    bench = Bench(n, d, g, drop_rate, rounds, hosts, seed, quiet, tls)
     bench.say(
         f"hfl bench secagg: {n} facilities in {bench.hosts} processes, 1 fog, dimension {d}, buckets of {g}, "
-        f"drop rate {drop_rate}, {rounds} measured rounds per path"
+        f"drop rate {drop_rate}, {rounds} measured rounds per path, "
+        f"{'mutual TLS' if tls else 'no TLS (plaintext loopback)'}"
     )
     try:
         fog, facilities, pids = bench.start()
@@ -290,6 +339,7 @@ def run_bench(
         "facilities": n,
         "dim": d,
         "bucket": g,
+        "tls": tls,
         "drop_rate": drop_rate,
         "rounds": rounds,
         "facility_processes": bench.hosts,
@@ -306,10 +356,21 @@ def run_bench(
         "dropouts_median": med(sec, "dropouts"),
         "abandoned_buckets_total": sum(r["abandoned"] for r in sec),
         "keystream_gbps": round(prg.keystream_throughput_gbps(), 2),
-        "note": "2 shared cores; times under contention. bytes_per_facility: all secure-aggregation traffic "
-        "of one facility (both directions) beyond the round set-up message (config, model, plan) that "
-        "both paths send; expansion = bytes_per_facility / (4 * dim). Plaintext loopback (no TLS).",
+        "load_before": load_before,
+        "load_after": _load(),
+        "note": "bytes_per_facility: all secure-aggregation traffic of one facility (both directions) beyond "
+        "the round set-up message (config, model, plan) that both paths send; expansion = "
+        "bytes_per_facility / (4 * dim). "
+        + ("Mutual TLS on loopback, as in a federation." if tls else "Plaintext loopback (--no-tls)."),
     }
+
+
+def _load() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (a busy machine makes every timing worthless)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -321,6 +382,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--processes", type=int, default=0, help="facility host processes (default: about N/16, 1-4)"
     )
+    p.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mutual TLS between the fog and the facilities, as in a federation (default on)",
+    )
+    p.add_argument("--tls-cost", action="store_true", help="run without TLS, then with it, and report both")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -335,6 +403,8 @@ def cmd_bench_secagg(args: argparse.Namespace) -> int:
         args.processes,
         args.seed,
         quiet=args.json,
+        tls=args.tls,
+        tls_cost=args.tls_cost,
     )
     if args.json:
         print(json.dumps(out))
@@ -352,6 +422,13 @@ def cmd_bench_secagg(args: argparse.Namespace) -> int:
     print(f"exact unmasked sums     {'yes' if out['exact'] else 'NO'} (bit for bit)")
     print(f"dropouts (median)       {out['dropouts_median']}; abandoned {out['abandoned_buckets_total']}")
     print(f"keystream (AES-CTR)     {out['keystream_gbps']} Gbit/s on this machine")
+    print(f"transport               {'mutual TLS' if out['tls'] else 'plaintext (--no-tls)'}")
+    if "tls_cost" in out:
+        print(
+            f"without TLS             secure {out['no_tls']['secure_round_s']:.3f} s, plain "
+            f"{out['no_tls']['plain_round_s']:.3f} s: TLS costs x{out['tls_cost']['secure']} (secure), "
+            f"x{out['tls_cost']['plain']} (plain)"
+        )
     return 0 if out["exact"] else 1
 
 

@@ -4,8 +4,9 @@ Bench facilities are the real Facility (same calls over the same connection to t
 secure-aggregation code) with two
 changes for benchmarking only: no local data or training (the update is `bench_update`, a random
 clipped vector on the quantisation grid, so the driver can recompute the exact expected sum), and no
-check of the model against local features. Transport: plaintext loopback (HFL_TLS=false), see
-NOTES-secagg.md. Usage (started by hfl.bench.secagg): python -m hfl.bench.secagg_worker fog|facilities ...
+check of the model against local features. Transport: mutual TLS with the certificates the driver
+issued (``--tls``), or plaintext loopback. Usage (started by hfl.bench.secagg):
+python -m hfl.bench.secagg_worker fog|facilities ...
 """
 
 from __future__ import annotations
@@ -27,18 +28,19 @@ from hfl.domain import NodeInfo, RoundConfig, TrainingPlan
 from hfl.learning.data import Dataset, FacilityData
 from hfl.proto.v1 import fog_pb2_grpc
 from hfl.rpc.node import load_identity
+from hfl.rpc.pki import NodeTls
 from hfl.rpc.server import Channels, start_server, write_ready_file
 from hfl.rpc.settings import Settings
 
 
-def _settings(role: Literal["fog", "facility"], node_id: str, state: Path, seed: int) -> Settings:
+def _settings(role: Literal["fog", "facility"], node_id: str, state: Path, seed: int, tls: bool) -> Settings:
     return Settings(
         role=role,
         node_id=node_id,
         listen="127.0.0.1:0",
         metrics_port=-1,
         state_dir=state,
-        tls=False,
+        tls=tls,
         seed=seed,
         log_level="WARNING",
         secagg=role != "facility",  # the bench's facilities take plain rounds too, for the comparison
@@ -50,10 +52,10 @@ def _tiny_data() -> FacilityData:
     return FacilityData(ds, ds, "hospital", "bench")
 
 
-async def run_fog(out: Path, authority_pub: bytes, seed: int) -> dict[str, Any]:
+async def run_fog(out: Path, authority_pub: bytes, seed: int, tls: bool) -> dict[str, Any]:
     from services.fog.service import Fog
 
-    settings = _settings("fog", "fog-1", out / "fog-1", seed)
+    settings = _settings("fog", "fog-1", out / "fog-1", seed, tls)
     fog = Fog(settings, "fog-1")
     running = await start_server(
         settings, "fog", lambda s: fog_pb2_grpc.add_FogServiceServicer_to_server(fog, s)
@@ -68,7 +70,7 @@ def _answering(facility: Any) -> Callable[[str], Callable[[Any], Any]]:
 
 
 async def run_facilities(
-    out: Path, ids: list[str], authority_pub: bytes, seed: int, n_max: int, fog_address: str
+    out: Path, ids: list[str], authority_pub: bytes, seed: int, n_max: int, fog_address: str, tls: bool
 ) -> dict[str, Any]:
     from services.facility.bench import BenchFacility
     from services.facility.dial import FogDialer
@@ -77,12 +79,10 @@ async def run_facilities(
         """BenchFacility with the update stream the driver recomputes to check the unmasked sums."""
 
         @override
-
         def round_rng(self, config: RoundConfig) -> np.random.Generator:
             return bench_rng(self.settings.seed, self.node_id, config.round)
 
         @override
-
         def local_update(
             self,
             model: Any,
@@ -97,11 +97,11 @@ async def run_facilities(
     started: dict[str, Any] = {}
     fog = NodeInfo("fog-1", "fog", fog_address, b"")
     for node_id in ids:
-        settings = _settings("facility", node_id, out / node_id, seed)
-        channels = Channels(own_connections=True)
+        settings = _settings("facility", node_id, out / node_id, seed, tls)
+        channels = Channels(own_connections=True, tls=_identity("facility", node_id, out) if tls else None)
         fac = BenchSecAggFacility(settings, node_id, channels)
         fac.ready(_tiny_data(), authority_pub)
-        dialer = FogDialer(node_id, channels, "", _answering(fac), tls_on=False)
+        dialer = FogDialer(node_id, channels, "", _answering(fac), tls_on=tls)
         dialer.follow({"fog-1": fog})  # no authority in this benchmark: the fog is given
         started[node_id] = {"address": "", "key": fac.signing_key.public_bytes.hex(), "_dialer": dialer}
     for v in started.values():
@@ -110,13 +110,28 @@ async def run_facilities(
     return started
 
 
+def _identity(role: str, node_id: str, out: Path) -> NodeTls:
+    """The certificate the driver issued to this node (several facilities share this process, so each
+    connects with its own rather than the process's first)."""
+    folder = out / node_id / "tls"
+    return NodeTls(
+        role,
+        node_id,
+        folder,
+        (folder / "ca.pem").read_bytes(),
+        (folder / "key.pem").read_bytes(),
+        (folder / "cert.pem").read_bytes(),
+    )
+
+
 async def main_async(args: argparse.Namespace) -> None:
     out = Path(args.dir)
     pub = bytes.fromhex(args.authority_pub)
     if args.kind == "fog":
-        started = await run_fog(out, pub, args.seed)
+        started = await run_fog(out, pub, args.seed, args.tls)
     else:
-        started = await run_facilities(out, args.ids.split(","), pub, args.seed, args.n_max, args.fog)
+        ids = args.ids.split(",")
+        started = await run_facilities(out, ids, pub, args.seed, args.n_max, args.fog, args.tls)
     info = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in started.items()}
     write_ready_file(args.ready, {"pid": os.getpid(), "nodes": info})
     stop = asyncio.Event()
@@ -139,6 +154,7 @@ def main() -> None:
     p.add_argument("--ids", default="")
     p.add_argument("--n-max", type=int, default=8)
     p.add_argument("--fog", default="", help="the fog's address (facilities dial it)")
+    p.add_argument("--tls", action="store_true", help="mutual TLS with the certificates in DIR/<node>/tls")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s bench-worker %(levelname)s %(message)s")
     asyncio.run(main_async(args))

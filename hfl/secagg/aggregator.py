@@ -235,7 +235,7 @@ class BucketAggregator:
             raise StageError(f"bucket {self.bucket!r} is already {self._stage.value}")
         p.check_known(member, self._active, "drop notice")
         if self._stage is AggregatorStage.MASKED_INPUT and member in self._inputs:
-            raise StageError(f"{member!r} already sent its masked input, which is in the sum; it is a survivor")
+            raise StageError(f"{member!r} already sent its masked input, which is in the sum (a survivor)")
         stage = _PROTOCOL_STAGE[self._stage]
         self._active.discard(member)
         self._dropped_at[member] = stage

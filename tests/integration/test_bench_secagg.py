@@ -1,4 +1,5 @@
-"""Smoke test of `hfl bench secagg` (separate fog and facility processes on loopback; about 15 s)."""
+"""Smoke test of `hfl bench secagg` (separate fog and facility processes on loopback, with mutual TLS and
+without; about 30 s)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def test_bench_secagg_json_is_exact_and_complete() -> None:
             "1",
             "--drop-rate",
             "0",  # dropouts are tested elsewhere; without them the expansion bound below always holds
+            "--tls-cost",  # plaintext first, then mutual TLS (the default)
             "--json",
         ],
         capture_output=True,
@@ -48,4 +50,8 @@ def test_bench_secagg_json_is_exact_and_complete() -> None:
     assert row["exact"] is True
     assert row["secure_round_s"] > 0 and row["plain_round_s"] > 0 and row["keystream_gbps"] > 0
     assert row["dropouts_median"] == 0
+    assert row["tls"] is True  # the default: as in a federation
+    assert row["no_tls"]["exact"] is True and row["no_tls"]["secure_round_s"] > 0
+    assert row["tls_cost"]["secure"] > 0 and row["tls_cost"]["plain"] > 0
+    assert len(row["load_before"]) == 3
     assert row["expansion"] >= 1.0  # a masked update is never smaller than its float32 plaintext

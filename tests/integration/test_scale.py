@@ -121,5 +121,6 @@ def test_bench_federation_json_smoke(tmp_path: Path) -> None:
     for key in ("round_s", "leader_bytes_in", "bytes_per_facility", "peak_rss_mb", "phases_s"):
         assert key in result
     assert result["facilities"] == 8 and result["dim"] == 1000 and result["rounds_measured"] == 1
+    assert result["tls"] is True  # mutual TLS by default, as in a federation
     assert result["leader_bytes_in"] > 1000 * 4  # at least one bucket sum came back
     assert result["peak_rss_mb"]["leader"] > 0
