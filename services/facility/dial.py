@@ -176,14 +176,15 @@ class FogDialer:
         connect = channel.stream_stream(
             link.CONNECT, request_serializer=None, response_deserializer=link.parse_frame
         )
-        outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        outbox: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()  # answers, framed as sent
 
         async def outgoing() -> AsyncIterator[bytes]:
             while True:
-                frame = await outbox.get()
-                if frame is None:
+                message = await outbox.get()
+                if message is None:
                     return
-                yield frame
+                for frame in link.frames(*message):
+                    yield frame
 
         stream = connect(outgoing(), metadata=(("hfl-node", self.node_id),))
         # The fog's certificate was checked against its name when the connection was made (pki.Peer).
@@ -220,7 +221,7 @@ class FogDialer:
 
     async def _answer(
         self,
-        outbox: asyncio.Queue[bytes | None],
+        outbox: asyncio.Queue[tuple[int, bytes] | None],
         call_id: int,
         kind: str,
         request: Any,
@@ -243,8 +244,10 @@ class FogDialer:
             data = link.encode_refusal(code, msg[:MAX_DETAILS])
         finally:
             authz.done_acting(token)
-        for frame in link.frames(call_id, data):  # no await in between: the frames stay together
-            outbox.put_nowait(frame)
+        if len(data) > link.MAX_MESSAGE:
+            log.error("the answer to %s is %d bytes, too large to send", link.CALLS[kind], len(data))
+            data = link.encode_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "the answer is too large to send")
+        outbox.put_nowait((call_id, data))  # one message: its frames stay together on the stream
 
     def _mark(self, fog_id: str, up: bool) -> None:
         if up and fog_id not in self.connected:

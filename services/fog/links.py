@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from hfl.errors import HflError, clip
+from hfl.errors import HflError, TooLarge, clip
 from hfl.rpc import link
 from hfl.rpc.client import ByteCount
 from hfl.rpc.metrics import BYTES_RECEIVED, BYTES_SENT, LINKS
@@ -37,15 +37,17 @@ class FacilityLink:
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()  # serialised frames
+        # Messages to send, cut into frames only as the stream takes them: the fog never holds more than
+        # one frame per connection besides the message itself, which all members of a bucket share.
+        self.outbox: asyncio.Queue[tuple[int, bytes | memoryview] | None] = asyncio.Queue()
         self.book = link.CallBook()
         self.waiting: dict[int, asyncio.Future[bytes | memoryview]] = {}
         self.closed = False
 
-    def send(self, call_id: int, data: bytes) -> None:
-        # put_nowait without an await in between: a message's frames stay together on the stream
-        for frame in link.frames(call_id, data):
-            self.outbox.put_nowait(frame)
+    def send(self, call_id: int, data: bytes | memoryview) -> None:
+        if len(data) > link.MAX_MESSAGE:
+            raise TooLarge(f"the message is {len(data)} bytes, over the limit of {link.MAX_MESSAGE}")
+        self.outbox.put_nowait((call_id, data))  # a message's frames stay together on the stream
 
     def deliver(self, call_id: int, data: bytes | memoryview) -> None:
         if self.book.answer(call_id) is None:
@@ -96,9 +98,9 @@ class Links:
         call_id = ln.book.issue(kind)
         fut: asyncio.Future[bytes | memoryview] = asyncio.get_running_loop().create_future()
         ln.waiting[call_id] = fut
-        ln.send(call_id, data)
-        BYTES_SENT.labels(peer="facility").inc(len(data))
         try:
+            ln.send(call_id, data)
+            BYTES_SENT.labels(peer="facility").inc(len(data))
             answer = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise rpc_error(
@@ -160,10 +162,11 @@ class Links:
         try:
             await context.send_initial_metadata(())  # tells the facility its connection is taken
             while True:
-                frame = await ln.outbox.get()
-                if frame is None:
+                message = await ln.outbox.get()
+                if message is None:
                     break
-                yield frame
+                for frame in link.frames(*message):
+                    yield frame
         finally:
             ln.close(f"the connection of facility {node_id} ended")
             reader.cancel()
