@@ -16,10 +16,10 @@ HASH_LEN = 32
 ZERO_HASH = b"\x00" * HASH_LEN
 
 
-def sha256(*parts: bytes) -> bytes:
+def sha256(*parts: bytes | memoryview) -> bytes:
     h = hashlib.sha256()
     for p in parts:
-        h.update(len(p).to_bytes(8, "big"))
+        h.update(memoryview(p).nbytes.to_bytes(8, "big"))
         h.update(p)
     return h.digest()
 
@@ -33,7 +33,14 @@ def vector_bytes(vec: np.ndarray) -> bytes:
 
 
 def hash_vector(vec: np.ndarray) -> bytes:
-    return sha256(b"hfl/vector/f64/v1", vector_bytes(vec))
+    """SHA-256 of the vector's canonical bytes (read in place when it is already little-endian float64:
+    models are hashed on every hop, and a copy of a model-sized vector costs as much as a third of the
+    hash)."""
+    arr = np.asarray(vec)
+    if arr.ndim != 1:
+        raise ValueError(f"expected a 1-D vector, got shape {arr.shape}")
+    canonical = np.ascontiguousarray(arr, dtype="<f8")  # no copy when it already is
+    return sha256(b"hfl/vector/f64/v1", memoryview(canonical).cast("B"))
 
 
 def _default(o: Any) -> Any:
