@@ -4,7 +4,8 @@ Facilities. The leader only sees bucket sums, so a flag says "someone in this bu
 Buckets are re-drawn every round, so a facility that keeps misbehaving is the common member of flagged
 buckets while honest facilities are only sometimes unlucky. Each facility is watched by a sequential
 probability ratio test (Wald's SPRT; :class:`QuarantineTest`) with a false-positive rate that follows from
-the federation's size, bucket size and declared number of misbehaving facilities m:
+the federation's size, bucket size and declared number m of misbehaving facilities (unset: one per
+two buckets, ``default_max_byzantine``):
 
 * H0, honest: its bucket is flagged only when a misbehaving facility shares it (or, rarely, by a false
   flag of the outlier screen, ``false_flag``). With m of the other facilities misbehaving and flagged in
@@ -30,7 +31,7 @@ an honest facility's λ ever reaches A with probability at most e^−A, and, onc
 from B to A with probability at most e^−(A−B). Over ``horizon`` rounds one honest facility is quarantined
 with probability at most e^−A + (horizon − 1) · e^−(A−B), and the federation (union over ``facilities``)
 with at most ``facilities`` times that. α₁ (per facility) is chosen so that this federation-wide bound
-equals ``alpha`` (default 1 % over 100 rounds): for 12 facilities A = 7.79, and an offender flagged in
+equals ``alpha`` (default 1 % over 100 rounds): for 12 facilities A = 7.78, and an offender flagged in
 every round is quarantined after 9 rounds (``QuarantineTest.rounds_to_quarantine``). The bound assumes
 buckets drawn uniformly among the round's facilities (one fog, or offenders spread over fogs like the
 others), at most m offenders, and flags of kind norm or screen; it is conservative (explaining away makes
