@@ -94,6 +94,22 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
                 f", fewer than the {s.max_byzantine} declared (HFL_MAX_BYZANTINE)" if short else "",
             )
 
+    def _resize_quarantine(self) -> None:
+        """The federation grew beyond the size its quarantine test was stated for: restate it (the false-
+        positive rate is added up over the facilities, so more of them need a slightly higher bound)."""
+        registered = len(self.registry.nodes("facility"))
+        if registered <= self.reputation.test.facilities:
+            return
+        try:
+            test = self.settings.quarantine_test(registered)
+        except ValueError as e:  # cannot happen for a larger federation; keep the test it has
+            log.warning("quarantine test kept for %d facilities: %s", self.reputation.test.facilities, e)
+            return
+        self.reputation = Reputation.from_dict(self.reputation.to_dict(), test=test)
+        log.info(
+            "quarantine restated for %d registered facilities: %s", registered, quarantine_sentence(test)
+        )
+
     @property
     def quarantined(self) -> frozenset[str]:
         return self.reputation.quarantined
@@ -360,6 +376,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             self.registry.put_json("fog_status", self.fog_status.to_dict())
         newly: list[str] = []
         if committee:  # without one nothing was proposed: no evidence about updates or votes this round
+            self._resize_quarantine()
             newly = self.reputation.observe(observation, groups, flags)
             self.reputation.observe_votes(observation, committee, votes, bool(request.committed))
         self.registry.put_json("reputation", self.reputation.to_dict())

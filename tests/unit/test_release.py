@@ -128,6 +128,27 @@ def test_the_authority_sizes_its_quarantine_test_from_the_settings(tmp_path: Pat
     registry.close()
 
 
+def test_the_authority_restates_the_quarantine_test_when_the_federation_grows(tmp_path: Path) -> None:
+    state = tmp_path / "authority"
+    registry = Registry(state / "registry.db")
+    a = Authority(
+        Settings(role="authority", state_dir=state, min_facilities=3), SigningKey.generate(), registry
+    )
+    assert a.reputation.test == federation_test(3, 3) and not a.reputation.test.detects
+    a.reputation.observe(1, {"r": ["facility-00"]}, {"r": "norm"})
+    before = a.reputation.evidence("facility-00")
+    for i in range(12):
+        registry.upsert(
+            NodeInfo(f"facility-{i:02d}", "facility", "", SigningKey.generate().public_bytes, "cardiology")
+        )
+    a._resize_quarantine()
+    assert a.reputation.test == federation_test(12, 3) and a.reputation.test.detects
+    assert a.reputation.evidence("facility-00") == before  # the evidence gathered so far is kept
+    a._resize_quarantine()  # no growth, no change
+    assert a.reputation.test == federation_test(12, 3)
+    registry.close()
+
+
 def test_the_authority_loads_a_reputation_stored_by_the_former_version(tmp_path: Path) -> None:
     """A state with the fixed threshold (version 1) loads with the federation's test, keeping quarantines
     and each facility's share of the way to quarantine."""
