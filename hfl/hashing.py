@@ -40,7 +40,7 @@ def hash_vector(vec: np.ndarray) -> bytes:
     if arr.ndim != 1:
         raise ValueError(f"expected a 1-D vector, got shape {arr.shape}")
     canonical = np.ascontiguousarray(arr, dtype="<f8")  # no copy when it already is
-    return sha256(b"hfl/vector/f64/v1", memoryview(canonical).cast("B"))
+    return sha256(b"hfl/vector/f64/v1", canonical.data.cast("B"))
 
 
 def _default(o: Any) -> Any:
