@@ -32,6 +32,7 @@ import numpy as np
 
 from hfl.crypto.signing import SigningKey
 from hfl.errors import AlreadyDone, NotAllowed
+from hfl.files import write_secret
 from hfl.learning.data import Dataset
 from hfl.privacy import PrivacyAccountant, laplace_release, secure_generator
 from hfl.privacy.budget import BudgetExceeded
@@ -41,8 +42,8 @@ from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.metrics import EPSILON_SPENT, PRIVACY_EXHAUSTED, RELEASED_POSITIVE_FRACTION, RELEASED_SAMPLES
-from hfl.rpc.pki import AUTHORITY, write_secret
 from hfl.rpc.server import Channels
+from hfl.rpc.tls import AUTHORITY
 
 log = logging.getLogger("hfl.facility")
 

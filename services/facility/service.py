@@ -24,9 +24,9 @@ from hfl.rpc import authz, serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.metrics import ROUND
 from hfl.rpc.node import load_identity
-from hfl.rpc.pki import Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import STALL, Settings
+from hfl.rpc.tls import Peer
 from services.facility.faults import drops_out, stall
 from services.facility.privacy import Admission, PrivacyGate
 from services.facility.secure import SecureAggregation
