@@ -111,7 +111,7 @@ def cmd_site_check(args: argparse.Namespace) -> int:
 
 
 def cmd_enrol_token(args: argparse.Namespace) -> int:
-    from hfl.rpc.pki import add_enrol_token
+    from hfl.pki.tokens import add_enrol_token
 
     token = add_enrol_token(Path(args.state_dir), args.role, args.node_id)
     print(token)

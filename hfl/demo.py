@@ -241,13 +241,13 @@ class Federation:
             return {}
         if role == "authority":
             return {"HFL_ENROL_LISTEN": "127.0.0.1:0"}
-        from hfl.rpc.pki import add_enrol_token
+        from hfl.pki.tokens import add_enrol_token
 
         return {"HFL_ENROL_TOKEN": add_enrol_token(self.authority_state, role, node_id)}
 
     def operator(self) -> Any:
-        """Operator client credentials (hfl.rpc.pki.NodeTls) for talking to the services; None without TLS."""
-        from hfl.rpc.pki import load_client
+        """Operator client credentials (hfl.rpc.tls.NodeTls) for talking to the services; None without TLS."""
+        from hfl.rpc.tls import load_client
 
         return load_client(self.authority_state / "operator") if self.tls else None
 
@@ -615,7 +615,7 @@ async def watch(
 
     from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
     from hfl.rpc import serde
-    from hfl.rpc.pki import LEADER, aio_channel
+    from hfl.rpc.tls import LEADER, aio_channel
 
     committed = 0
     failures = 0

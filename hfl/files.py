@@ -46,3 +46,30 @@ def _restrict(path: Path, mode: int) -> None:
                 path,
                 path.stat().st_uid,
             )
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write ``path`` through a fsynced temporary file and a rename (``mode`` before the umask)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Atomically write a private file (0600), fsynced."""
+    _write_atomic(path, data, 0o600)
+
+
+def write_public(path: Path, data: bytes) -> None:
+    """Atomically write a file anyone may read, fsynced."""
+    _write_atomic(path, data, 0o666)

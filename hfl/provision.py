@@ -26,8 +26,10 @@ from pathlib import Path
 
 from hfl.crypto import x509
 from hfl.errors import ConfigError, Unauthenticated
-from hfl.files import private_dir
-from hfl.rpc import pki
+from hfl.files import private_dir, write_public, write_secret
+from hfl.pki.ca import CAStore, close_ca, open_ca
+from hfl.pki.tokens import TOKENS_FILE, add_enrol_token, add_role_token
+from hfl.rpc.enrolment import pin_authority_key
 from hfl.rpc.node import load_identity
 
 log = logging.getLogger("hfl.provision")
@@ -68,7 +70,7 @@ def parse_owner(text: str) -> tuple[int, int]:
     return int(uid), int(gid or uid)
 
 
-def _usable(ca: pki.CAStore, token_path: Path) -> bool:
+def _usable(ca: CAStore, token_path: Path) -> bool:
     """Whether the token in ``token_path`` can still enrol someone."""
     if not token_path.is_file():
         return False
@@ -101,32 +103,32 @@ def provision(
     # The authority's signing key is made here, before anyone can ask for it, so every node gets it
     # pinned at set-up beside the root certificate (the authority loads the same key when it starts).
     authority_key = load_identity(authority_state).public_bytes
-    ca = pki.open_ca(authority_state)
+    ca = open_ca(authority_state)
     done: dict[str, str] = {}
     try:
         for node in nodes:
             tls_dir = node.state_dir / "tls"
-            pki.write_public(tls_dir / "ca.pem", ca.cert_pem)
-            pki.pin_authority_key(tls_dir, authority_key)
+            write_public(tls_dir / "ca.pem", ca.cert_pem)
+            pin_authority_key(tls_dir, authority_key)
             token_path = tls_dir / TOKEN_FILE
             if (tls_dir / "cert.pem").exists():
                 done[node.node_id] = "has a certificate"
             elif _usable(ca, token_path):
                 done[node.node_id] = "has an unused one-time token"
             else:
-                token = pki.add_enrol_token(authority_state, node.role, node.node_id)
-                pki.write_secret(token_path, token.encode())
+                token = add_enrol_token(authority_state, node.role, node.node_id)
+                write_secret(token_path, token.encode())
                 done[node.node_id] = "new one-time token"
             _chown_tree(node.state_dir, owner)
         if facility_trust is not None:
-            pki.write_public(facility_trust / "ca.pem", ca.cert_pem)
-            pki.pin_authority_key(facility_trust, authority_key)
+            write_public(facility_trust / "ca.pem", ca.cert_pem)
+            pin_authority_key(facility_trust, authority_key)
             token_path = facility_trust / FACILITY_TOKEN_FILE
             if _usable(ca, token_path):
                 done["facilities"] = "shared facility token still valid"
             else:
-                token = pki.add_role_token(authority_state, "facility", facility_uses, facility_hours)
-                pki.write_secret(token_path, token.encode())
+                token = add_role_token(authority_state, "facility", facility_uses, facility_hours)
+                write_secret(token_path, token.encode())
                 done["facilities"] = (
                     f"new shared facility token ({facility_uses} enrolments, expires in {facility_hours:g} h)"
                 )
@@ -135,7 +137,7 @@ def provision(
         _chown_tree(authority_state, owner)
         os.chmod(authority_state, 0o750)
     finally:
-        pki.close_ca(authority_state)
+        close_ca(authority_state)
     return done
 
 
@@ -163,7 +165,7 @@ CA_FROM_FILES = {
     "ca.pem": Path("ca") / "ca.pem",
     "ca.key": Path("ca") / "ca.key",
     "identity.key": Path("identity.key"),
-    "enrol_tokens.json": Path(pki.TOKENS_FILE),
+    "enrol_tokens.json": Path(TOKENS_FILE),
 }
 
 
@@ -193,6 +195,6 @@ def install_authority_state(source: Path, state_dir: Path) -> str:
     private_dir(state_dir / "ca")
     for name, place in CA_FROM_FILES.items():
         if name != "ca.pem":  # written last: its presence marks a complete installation
-            pki.write_secret(state_dir / place, (source / name).read_bytes())
-    pki.write_public(installed, given.read_bytes())
+            write_secret(state_dir / place, (source / name).read_bytes())
+    write_public(installed, given.read_bytes())
     return f"installed the federation's certificate authority from {source} into {state_dir}"

@@ -20,8 +20,10 @@ import grpc
 from hfl.crypto import x509
 from hfl.errors import ConfigError, HflError
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
-from hfl.rpc import pki, serde
+from hfl.rpc import serde
+from hfl.rpc.enrolment import enrol_address, enrol_token_of
 from hfl.rpc.settings import Settings
+from hfl.rpc.tls import AUTHORITY, NodeTls, Peer, sync_channel
 
 CLOCK_TOLERANCE_S = 30.0  # more than this apart from the authority's clock fails the check
 TIMEOUT_S = 5.0
@@ -49,7 +51,7 @@ def _fail(what: str, detail: str) -> Finding:
     return Finding("FAIL", what, detail)
 
 
-def _reachable(address: str, credentials: grpc.ChannelCredentials, peer: pki.Peer, timeout: float) -> str:
+def _reachable(address: str, credentials: grpc.ChannelCredentials, peer: Peer, timeout: float) -> str:
     """ "" when a TLS connection to ``address`` holding ``peer``'s certificate succeeds, else why not."""
     options = [("grpc.ssl_target_name_override", peer.name)]
     with grpc.secure_channel(address, credentials, options=options) as ch:
@@ -76,16 +78,14 @@ def check_root(settings: Settings) -> tuple[Finding, bytes | None]:
     return _ok(what, f"{path}, valid until {until:%Y-%m-%d}"), pem
 
 
-def check_certificate(
-    settings: Settings, root: bytes, now: dt.datetime
-) -> tuple[Finding, pki.NodeTls | None]:
+def check_certificate(settings: Settings, root: bytes, now: dt.datetime) -> tuple[Finding, NodeTls | None]:
     what = "this site's certificate"
     node_id = settings.resolved_node_id()
     tls_dir = settings.state_dir / "tls"
     key, cert = tls_dir / "key.pem", tls_dir / "cert.pem"
     if not (key.is_file() and cert.is_file()):
         try:
-            token = pki.enrol_token_of(settings)
+            token = enrol_token_of(settings)
         except ConfigError as e:
             return _fail(what, f"none yet, and the enrolment token cannot be read: {e}"), None
         if token:
@@ -104,7 +104,7 @@ def check_certificate(
             None,
         )
     try:
-        tls = pki.NodeTls("facility", node_id, None, root, key.read_bytes(), cert.read_bytes())
+        tls = NodeTls("facility", node_id, None, root, key.read_bytes(), cert.read_bytes())
     except (x509.CertificateError, ConfigError, OSError, ValueError) as e:
         return _fail(what, f"{cert} cannot be used ({e}); delete it and enrol again with a new token"), None
     if tls.identity.not_after <= now:
@@ -119,17 +119,17 @@ def check_certificate(
 
 
 def check_authority(
-    settings: Settings, root: bytes, tls: pki.NodeTls | None, timeout: float
+    settings: Settings, root: bytes, tls: NodeTls | None, timeout: float
 ) -> tuple[Finding, authority_pb2.ListNodesResponse | None]:
     what = "authority"
     if tls is None:  # not enrolled yet: the enrolment port must answer (TLS, no client certificate)
-        address = pki.enrol_address(settings)
-        why = _reachable(address, grpc.ssl_channel_credentials(root), pki.AUTHORITY, timeout)
+        address = enrol_address(settings)
+        why = _reachable(address, grpc.ssl_channel_credentials(root), AUTHORITY, timeout)
         if why:
             return _fail(what, f"{why}; check HFL_ENROL and that this machine may connect out to it"), None
         return _ok(what, f"its enrolment port {address} answers, with a certificate from your root"), None
     try:
-        with pki.sync_channel(settings.authority, tls, peer=pki.AUTHORITY) as ch:
+        with sync_channel(settings.authority, tls, peer=AUTHORITY) as ch:
             answer = authority_pb2_grpc.AuthorityServiceStub(ch).ListNodes(
                 authority_pb2.ListNodesRequest(), timeout=timeout
             )
@@ -146,7 +146,7 @@ def check_authority(
 
 
 def check_fogs(
-    answer: authority_pb2.ListNodesResponse | None, tls: pki.NodeTls | None, timeout: float
+    answer: authority_pb2.ListNodesResponse | None, tls: NodeTls | None, timeout: float
 ) -> list[Finding]:
     if answer is None or tls is None:
         return [_warn("fogs", "checked once this site has its certificate (after its first start)")]
@@ -163,7 +163,7 @@ def check_fogs(
     credentials = tls.channel_credentials()
     out = []
     for fog in sorted(fogs, key=lambda f: f.node_id):
-        why = _reachable(fog.address, credentials, pki.Peer("fog", fog.node_id), timeout)
+        why = _reachable(fog.address, credentials, Peer("fog", fog.node_id), timeout)
         if why:
             out.append(
                 _fail(f"fog {fog.node_id}", f"{why}; this machine must be allowed to connect out to it")

@@ -13,7 +13,7 @@ from hfl.errors import ConfigError
 from hfl.ledger import LedgerStore
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
 from hfl.rpc import limits, serde
-from hfl.rpc.pki import AUTHORITY, LEADER, NodeTls, load_client, operator_for_run, sync_channel
+from hfl.rpc.tls import AUTHORITY, LEADER, NodeTls, load_client, operator_for_run, sync_channel
 
 _PLURAL = {"facility": "facilities"}
 

@@ -143,21 +143,23 @@ class Bench:
     def certificates(self) -> None:
         """A certificate authority for this run, and a certificate for the fog, each facility and the
         leader this driver plays, as the authority would issue them at enrolment."""
-        from hfl.rpc import pki
+        from hfl.files import write_public, write_secret
+        from hfl.pki.ca import close_ca, open_ca
+        from hfl.rpc.tls import NodeTls
 
-        ca = pki.open_ca(self.tmp / "authority")
+        ca = open_ca(self.tmp / "authority")
         try:
             for role, node_id in [("fog", "fog-1"), *(("facility", i) for i in self.ids)]:
                 key_pem, cert_pem = ca.issue_local(role, node_id, ["127.0.0.1", "localhost"])
                 folder = self.tmp / node_id / "tls"
-                pki.write_secret(folder / "key.pem", key_pem)
-                pki.write_public(folder / "cert.pem", cert_pem)
-                pki.write_public(folder / "ca.pem", ca.cert_pem)
-            self.leader_tls = pki.NodeTls(
+                write_secret(folder / "key.pem", key_pem)
+                write_public(folder / "cert.pem", cert_pem)
+                write_public(folder / "ca.pem", ca.cert_pem)
+            self.leader_tls = NodeTls(
                 "leader", "leader", None, ca.cert_pem, *ca.issue_local("leader", "leader", [])
             )
         finally:
-            pki.close_ca(self.tmp / "authority")
+            close_ca(self.tmp / "authority")
 
     def _wait(self, readies: list[Path]) -> None:
         deadline = time.monotonic() + 120
@@ -260,8 +262,8 @@ class Bench:
 
     async def measure(self, fog: dict[str, Any], facilities: dict[str, Any]) -> dict[str, Any]:
         from hfl.proto.v1 import fog_pb2_grpc
-        from hfl.rpc.pki import Peer, aio_channel
         from hfl.rpc.server import CHANNEL_OPTIONS
+        from hfl.rpc.tls import Peer, aio_channel
 
         secure: list[dict[str, Any]] = []
         plain: list[dict[str, Any]] = []

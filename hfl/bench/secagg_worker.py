@@ -28,9 +28,9 @@ from hfl.domain import NodeInfo, RoundConfig, TrainingPlan
 from hfl.learning.data import Dataset, FacilityData
 from hfl.proto.v1 import fog_pb2_grpc
 from hfl.rpc.node import load_identity
-from hfl.rpc.pki import NodeTls
 from hfl.rpc.server import Channels, start_server, write_ready_file
 from hfl.rpc.settings import Settings
+from hfl.rpc.tls import NodeTls
 
 
 def _settings(role: Literal["fog", "facility"], node_id: str, state: Path, seed: int, tls: bool) -> Settings:

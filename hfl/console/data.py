@@ -17,7 +17,7 @@ from hfl.domain import RoundEvent, SecurityReport
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.rpc import serde
-from hfl.rpc.pki import AUTHORITY, LEADER, NodeTls, sync_channel
+from hfl.rpc.tls import AUTHORITY, LEADER, NodeTls, sync_channel
 from hfl.status import _addresses, _operator_tls
 
 

@@ -1,9 +1,9 @@
 """X.509 certificates for node identities: the authority's CA, CSRs, issued certificates and CRLs.
 
-Pure logic (no files, no network): hfl.rpc.pki stores keys and certificates, services.authority issues
-them. A node certificate names its role and node id three times so any TLS stack can read it:
-subject CN = node id, subject OU = role, and a SAN URI ``hfl://<role>/<node id>`` (the one we trust).
-Keys are ECDSA P-256 (fast to make, supported by gRPC's TLS stack).
+Pure logic (no files, no network): hfl.rpc.tls stores keys and certificates, hfl.pki.ca and
+services.authority issue them. A node certificate names its role and node id three times so any TLS
+stack can read it: subject CN = node id, subject OU = role, and a SAN URI ``hfl://<role>/<node id>``
+(the one we trust). Keys are ECDSA P-256 (fast to make, supported by gRPC's TLS stack).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def identity_name(role: str, node_id: str | None = None) -> str:
     ``<role>.hfl`` for any node of a role (clients that only know the role, e.g. of the authority). The
     authority writes both into every certificate it issues and never signs a requested name ending in
     ``.hfl``; clients set it as the TLS target name, so the handshake fails unless the server holds a
-    certificate for exactly that identity (hfl.rpc.pki.Peer)."""
+    certificate for exactly that identity (hfl.rpc.tls.Peer)."""
     check_role(role)
     if node_id is None:
         return f"{role}{IDENTITY_SUFFIX}"

@@ -23,9 +23,9 @@ import grpc
 
 from hfl.crypto.x509 import Identity
 from hfl.errors import NotAllowed, Unauthenticated, clip
-from hfl.rpc.pki import NodeTls
 from hfl.rpc.ratelimit import TokenBuckets
 from hfl.rpc.settings import Settings
+from hfl.rpc.tls import NodeTls
 
 log = logging.getLogger("hfl.authz")
 

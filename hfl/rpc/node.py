@@ -12,13 +12,14 @@ import grpc
 from hfl.crypto.pow import pow_challenge, solve
 from hfl.crypto.signing import SigningKey
 from hfl.domain import NodeInfo
-from hfl.files import private_dir
+from hfl.files import private_dir, write_secret
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.client import call
-from hfl.rpc.pki import AUTHORITY, check_authority_key, write_secret
+from hfl.rpc.enrolment import check_authority_key
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
+from hfl.rpc.tls import AUTHORITY
 
 log = logging.getLogger("hfl.node")
 

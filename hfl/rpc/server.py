@@ -18,11 +18,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from hfl.domain import NodeInfo
-from hfl.rpc import limits, pki
+from hfl.rpc import limits
 from hfl.rpc.authz import AuthInterceptor, EnrolInterceptor
+from hfl.rpc.enrolment import OwnIdentity, ensure_identity, maintain
 from hfl.rpc.errors import ErrorInterceptor
 from hfl.rpc.metrics import UP, start_metrics
 from hfl.rpc.settings import Settings
+from hfl.rpc.tls import NodeTls, Peer, aio_channel
+from hfl.rpc.tls import default as default_tls
 
 log = logging.getLogger("hfl.rpc")
 
@@ -107,7 +110,7 @@ class RunningServer:
     address: str
     metrics_port: int
     health: HealthServicer
-    tls: pki.NodeTls | None = None
+    tls: NodeTls | None = None
     upkeep: asyncio.Task[None] | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)  # the role's own loops
 
@@ -153,7 +156,7 @@ class DialingNode:
     """A node that serves nothing and only dials out (a facility): no port, no health service; its
     /metrics stay on its own machine. Same life cycle as RunningServer."""
 
-    tls: pki.NodeTls | None
+    tls: NodeTls | None
     metrics_port: int
     upkeep: asyncio.Task[None] | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -186,7 +189,7 @@ class DialingNode:
 async def start_dialing_node(settings: Settings, role: str) -> DialingNode:
     """Everything a node needs that serves nothing: its certificate (enrolment the first time, then
     renewal) and its metrics endpoint."""
-    tls = await pki.ensure_identity(settings, role)
+    tls = await ensure_identity(settings, role)
     if tls is None:
         log.warning(
             "HFL_TLS=false: this %s connects WITHOUT encryption or authentication (debugging only)", role
@@ -198,18 +201,22 @@ async def start_dialing_node(settings: Settings, role: str) -> DialingNode:
         role,
         f"{settings.listen_host}:{metrics_port}" if metrics_port >= 0 else "off",
     )
-    upkeep = asyncio.create_task(pki.maintain(tls, settings)) if tls is not None else None
+    upkeep = asyncio.create_task(maintain(tls, settings)) if tls is not None else None
     return DialingNode(tls, metrics_port, upkeep)
 
 
 async def start_server(
-    settings: Settings, role: str, register: Callable[[grpc.aio.Server], None]
+    settings: Settings,
+    role: str,
+    register: Callable[[grpc.aio.Server], None],
+    own_identity: OwnIdentity | None = None,
 ) -> RunningServer:
     """Bind the service (port 0: the OS picks), add health and error mapping, start metrics.
 
-    With HFL_TLS (the default) the node first gets its certificate (pki.ensure_identity: enrolment with
-    HFL_ENROL_TOKEN the first time), the port is mutual TLS, and every RPC passes hfl.rpc.authz."""
-    tls = await pki.ensure_identity(settings, role)
+    With HFL_TLS (the default) the node first gets its certificate (enrolment.ensure_identity: enrolment
+    with HFL_ENROL_TOKEN the first time; ``own_identity`` for the authority, which issues its own), the
+    port is mutual TLS, and every RPC passes hfl.rpc.authz."""
+    tls = await ensure_identity(settings, role, own_identity)
     # Order: ErrorInterceptor is outermost; it measures each request against hfl.rpc.limits, then runs
     # the AuthInterceptor's certificate and role check, and only then parses the request.
     auth = AuthInterceptor(tls, settings) if tls is not None else None
@@ -243,7 +250,7 @@ async def start_server(
         " with mutual TLS" if tls else "",
         f"{settings.listen_host}:{metrics_port}" if metrics_port >= 0 else "off",
     )
-    upkeep = asyncio.create_task(pki.maintain(tls, settings)) if tls is not None else None
+    upkeep = asyncio.create_task(maintain(tls, settings)) if tls is not None else None
     return RunningServer(server, port, address, metrics_port, health, tls, upkeep)
 
 
@@ -252,7 +259,7 @@ async def start_enrol_server(
 ) -> tuple[grpc.aio.Server, str] | None:
     """The authority's enrolment port: TLS with the authority's certificate but no client certificate
     (a new node has none yet); only Enroll is served there, small messages only. None without TLS."""
-    tls = pki.default()
+    tls = default_tls()
     if not settings.tls or tls is None:
         return None
     enrol = EnrolInterceptor(settings)
@@ -318,7 +325,7 @@ class Channels:
     with other Channels of the same process (gRPC pools them process-wide by default); used when several
     nodes share one process (services/facility/host.py)."""
 
-    def __init__(self, own_connections: bool = False, tls: pki.NodeTls | None = None) -> None:
+    def __init__(self, own_connections: bool = False, tls: NodeTls | None = None) -> None:
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self._options = (
             [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)] if own_connections else CHANNEL_OPTIONS
@@ -326,21 +333,21 @@ class Channels:
         self._tls = tls
         self._generation = -1
 
-    def use(self, tls: pki.NodeTls | None) -> None:
+    def use(self, tls: NodeTls | None) -> None:
         """Connect with this node's certificate (default: the first TLS identity of the process)."""
         self._tls = tls
 
-    def get(self, address: str, peer: pki.Peer) -> grpc.aio.Channel:
+    def get(self, address: str, peer: Peer) -> grpc.aio.Channel:
         """The channel to ``peer`` at ``address``: with TLS, the handshake fails unless the server there
-        holds ``peer``'s certificate (pki.Peer)."""
-        tls = self._tls or pki.default()
+        holds ``peer``'s certificate (Peer)."""
+        tls = self._tls or default_tls()
         if tls is not None and tls.generation != self._generation:
             self._retire()  # a renewed certificate: new connections from now on
             self._generation = tls.generation
         key = (address, peer.name)
         ch = self._channels.get(key)
         if ch is None:
-            ch = self._channels[key] = pki.aio_channel(address, tls, self._options, peer)
+            ch = self._channels[key] = aio_channel(address, tls, self._options, peer)
         return ch
 
     def _retire(self) -> None:

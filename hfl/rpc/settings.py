@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     dp_release_epsilon: float = -1.0  # ε for the published statistics (-1 = 5% of the budget, at most 0.1)
     dp_budget: float = 0.0
 
-    # transport security (hfl/rpc/pki.py, hfl/rpc/authz.py); HFL_TLS=false only for debugging
+    # transport security (hfl/rpc/tls.py, enrolment.py, authz.py); HFL_TLS=false only for debugging
     tls: bool = True
     # the federation's root certificate (PEM file); the authority writes it to <state>/ca/ca.pem
     tls_ca: str = ""

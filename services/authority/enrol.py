@@ -1,6 +1,6 @@
 """The authority as certificate authority: enrolment with one-time tokens, renewal, revocation list.
 
-Policy lives here; keys, files and the CA database are in hfl.rpc.pki, certificate logic in hfl.crypto.x509.
+Policy lives here; keys, files and the CA database are in hfl.pki, certificate logic in hfl.crypto.x509.
 A quarantined facility's certificates are revoked, and it can neither renew nor enrol again.
 """
 
@@ -14,16 +14,38 @@ import grpc
 
 from hfl.crypto import x509
 from hfl.errors import InvalidInput, NotAllowed, NotFound, NotReady, RateLimited, Unauthenticated
+from hfl.files import write_public
 from hfl.oplog import OperatorLog
+from hfl.pki.ca import CAStore, open_ca
+from hfl.pki.tokens import ANY_NODE
 from hfl.proto.v1 import authority_pb2
-from hfl.rpc import authz, pki
+from hfl.rpc import authz
+from hfl.rpc.enrolment import host_names
 from hfl.rpc.settings import Settings
+from hfl.rpc.tls import NodeTls
 
 log = logging.getLogger("hfl.authority")
 
 # A node renews when a third of its certificate's lifetime is left; more often than every quarter of the
 # lifetime is not renewal but someone minting certificates (e.g. with a stolen key): refused.
 RENEW_AT_MOST_EVERY = 0.25
+
+
+def own_identity(settings: Settings) -> NodeTls:
+    """The authority's TLS identity, issued by its own CA at every start and renewed by it (``reissue``);
+    also writes the root beside it, takes the CA's revocations, and renews the operator certificate."""
+    ca = open_ca(settings.state_dir, settings.cert_hours)
+    node_id = settings.resolved_node_id()
+    tls_dir = settings.state_dir / "tls"
+    key_pem, cert_pem = ca.issue_local("authority", node_id, host_names(settings, "authority"))
+    tls = NodeTls("authority", node_id, tls_dir, ca.cert_pem, key_pem, cert_pem)
+    tls.save()
+    write_public(tls_dir / "ca.pem", ca.cert_pem)
+    tls.revoked.update(s for s, _ in ca.revoked())
+    ca.on_revoke.append(tls.revoked.update)
+    ca.write_operator()
+    tls.reissue = lambda csr: open_ca(settings.state_dir).issue(csr, "authority", node_id)
+    return tls
 
 
 class CertificateService:
@@ -36,10 +58,10 @@ class CertificateService:
         @property
         def quarantined(self) -> frozenset[str]: ...
 
-    def ca(self) -> pki.CAStore:
+    def ca(self) -> CAStore:
         if not self.settings.tls:
             raise NotReady("this federation runs without TLS (HFL_TLS=false); there are no certificates")
-        return pki.open_ca(self.settings.state_dir, self.settings.cert_hours)
+        return open_ca(self.settings.state_dir, self.settings.cert_hours)
 
     def revoke_quarantined(self, facilities: list[str] | frozenset[str]) -> None:
         if not self.settings.tls:
@@ -61,8 +83,8 @@ class CertificateService:
         csr = x509.load_csr(bytes(request.csr_pem))  # a bad CSR must not burn the token
         key_id = x509.key_fingerprint(csr.public_key())
         token_role, token_node = ca.token_identity(request.token, node_id, key_id)
-        if token_role != role or token_node not in (node_id, pki.ANY_NODE):
-            whom = f"new {token_role} nodes" if token_node == pki.ANY_NODE else f"{token_role} {token_node}"
+        if token_role != role or token_node not in (node_id, ANY_NODE):
+            whom = f"new {token_role} nodes" if token_node == ANY_NODE else f"{token_role} {token_node}"
             raise NotAllowed(f"this enrolment token is for {whom}, not {role} {node_id}")
         if node_id in self.quarantined or ca.is_node_revoked(node_id):
             raise NotAllowed(f"{node_id} is quarantined or revoked; it cannot enrol again")

@@ -8,10 +8,11 @@ from typing import Any
 
 from hfl.proto.v1 import authority_pb2_grpc
 from hfl.provision import install_authority_state
-from hfl.rpc import pki
+from hfl.rpc.enrolment import pin_authority_key
 from hfl.rpc.node import load_identity
 from hfl.rpc.server import serve_until_stopped, start_enrol_server, start_server
 from hfl.rpc.settings import Settings
+from services.authority.enrol import own_identity
 from services.authority.registry import Registry
 from services.authority.service import Authority
 
@@ -28,12 +29,13 @@ async def run(settings: Settings) -> None:
         settings,
         "authority",
         lambda s: authority_pb2_grpc.add_AuthorityServiceServicer_to_server(servicer, s),
+        own_identity,
     )
     enrol = await start_enrol_server(
         settings, lambda s: authority_pb2_grpc.add_AuthorityServiceServicer_to_server(servicer, s)
     )
     if running.tls is not None and running.tls.dir is not None:  # beside the root nodes are given (demo)
-        pki.pin_authority_key(running.tls.dir, key.public_bytes)
+        pin_authority_key(running.tls.dir, key.public_bytes)
     tls_info: dict[str, Any] = (
         {
             "enrol_address": enrol[1],

@@ -8,14 +8,14 @@ from typing import Any
 
 from hfl import bounds
 from hfl.domain import CertificateStatus, SecurityRecord, SecurityReport, SharedTokenStatus
-from hfl.rpc import pki
+from hfl.pki.ca import CAStore
 from hfl.rpc.metrics import refused_calls
 
 HISTORY_ROUNDS = 50  # rounds of suspicion history in one report
 
 
 def security_report(
-    reputation: dict[str, Any], reports: list[tuple[int, dict[str, object]]], ca: pki.CAStore | None
+    reputation: dict[str, Any], reports: list[tuple[int, dict[str, object]]], ca: CAStore | None
 ) -> SecurityReport:
     """``reputation``: Reputation.to_dict(); ``reports``: the newest round reports; ``ca``: None without
     TLS (no certificates)."""

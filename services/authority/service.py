@@ -17,11 +17,12 @@ from hfl.errors import BudgetSpent, ConfigError, HflError, InvalidInput, NotAllo
 from hfl.hashing import HASH_LEN
 from hfl.ledger import quorum_size
 from hfl.oplog import OperatorLog
+from hfl.pki.tokens import add_enrol_token
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.robust.reputation import FLAG_KINDS, Reputation, quarantine_sentence, with_refused
 from hfl.robust.sizing import Sizing, size_federation, withstands_buckets
-from hfl.rpc import authz, pki, serde
+from hfl.rpc import authz, serde
 from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION, WITHSTANDS
 from hfl.rpc.settings import Settings
 from hfl.schedule import (
@@ -504,7 +505,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if not self.settings.tls:
             raise NotReady("this federation runs without TLS (HFL_TLS=false); nodes do not enrol")
         try:
-            token = pki.add_enrol_token(self.settings.state_dir, "facility", node_id, hours)
+            token = add_enrol_token(self.settings.state_dir, "facility", node_id, hours)
         except ConfigError as e:
             raise InvalidInput(str(e)) from None
         expires = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours)).isoformat(timespec="minutes")

@@ -34,8 +34,8 @@ from hfl.rpc import authz, link, serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.errors import MAX_DETAILS, status_for
 from hfl.rpc.metrics import FOG_LINKS
-from hfl.rpc.pki import AUTHORITY, Peer
 from hfl.rpc.server import Channels
+from hfl.rpc.tls import AUTHORITY, Peer
 
 log = logging.getLogger("hfl.facility")
 
@@ -187,7 +187,7 @@ class FogDialer:
                     yield frame
 
         stream = connect(outgoing(), metadata=(("hfl-node", self.node_id),))
-        # The fog's certificate was checked against its name when the connection was made (pki.Peer).
+        # The fog's certificate was checked against its name when the connection was made (hfl.rpc.tls.Peer).
         fog_identity = (
             Identity("fog", fog.node_id, 0, dt.datetime.max.replace(tzinfo=dt.UTC)) if self.tls_on else None
         )

@@ -13,7 +13,7 @@ import grpc
 
 from hfl.domain import NodeInfo
 from hfl.learning.data import load_facility_data
-from hfl.rpc import pki
+from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.node import register
 from hfl.rpc.server import Channels, DialingNode, serve_until_stopped, start_dialing_node
 from hfl.rpc.settings import Settings
@@ -90,7 +90,7 @@ async def start(
             settings.specialty,
             metrics_port=metrics_port,
         )
-        pinned = pki.pinned_authority_key(settings)
+        pinned = pinned_authority_key(settings)
         answer = await register(channels, settings.authority, node, pinned_key=pinned)
         specialty = answer.specialty or settings.specialty or "hospital"
         # Without HFL_SHARD (scaled containers) the node id picks the data stream, so replicas differ.

@@ -25,6 +25,7 @@ from hfl.crypto.signing import SigningKey
 from hfl.domain import Bucket, Metrics, ModelSpec, RoundConfig, TrainingPlan
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotFound, NotReady, StaleRound
 from hfl.learning.metrics import EVAL_CLIP, EVAL_VECTOR_LEN, metrics_to_vector
+from hfl.privacy.facility import Admission
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import ROUND
@@ -38,7 +39,7 @@ from hfl.secagg import (
     StageError,
 )
 from services.facility.faults import drops_out, stall
-from services.facility.privacy import Admission, PrivacyGate
+from services.facility.privacy import PrivacyGate
 
 log = logging.getLogger("hfl.facility")
 

@@ -17,6 +17,7 @@ from hfl.learning.data import Dataset, FacilityData
 from hfl.learning.metrics import evaluate_counts
 from hfl.learning.models import make_model
 from hfl.learning.train import TrainConfig, clip_update, train_local
+from hfl.privacy.facility import Admission
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, fog_pb2, fog_pb2_grpc
 from hfl.robust.attacks import apply_attack, flip_labels
@@ -24,11 +25,11 @@ from hfl.rpc import authz, serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.metrics import ROUND
 from hfl.rpc.node import load_identity
-from hfl.rpc.pki import Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import STALL, Settings
+from hfl.rpc.tls import Peer
 from services.facility.faults import drops_out, stall
-from services.facility.privacy import Admission, PrivacyGate
+from services.facility.privacy import PrivacyGate
 from services.facility.secure import SecureAggregation
 
 log = logging.getLogger("hfl.facility")

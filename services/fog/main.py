@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hfl.proto.v1 import fog_pb2_grpc
-from hfl.rpc import pki
+from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
 from hfl.rpc.settings import Settings
@@ -19,7 +19,7 @@ async def run(settings: Settings) -> None:
         settings, "fog", lambda s: fog_pb2_grpc.add_FogServiceServicer_to_server(fog, s)
     )
     node = running.node_info(settings, "fog", node_id, key.public_bytes)
-    answer = await register(channels, settings.authority, node, pinned_key=pki.pinned_authority_key(settings))
+    answer = await register(channels, settings.authority, node, pinned_key=pinned_authority_key(settings))
     fog.ready(bytes(answer.authority_public_key))
     await running.mark_ready(settings, "fog", node_id)
     try:

@@ -14,7 +14,7 @@ from hfl.learning.train import DEFAULT_TRAIN
 from hfl.ledger import LedgerError, LedgerStore
 from hfl.proto.v1 import leader_pb2_grpc
 from hfl.robust.bound import BOUND_MULTIPLIER, WINDOW_ROUNDS, norm_floor
-from hfl.rpc import pki
+from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.metrics import LAST_COMMIT, ROUND, ROUND_INTERVAL
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
@@ -85,7 +85,7 @@ async def run(settings: Settings) -> None:
         settings, "leader", lambda s: leader_pb2_grpc.add_LeaderServiceServicer_to_server(leader, s)
     )
     node = running.node_info(settings, "leader", node_id, key.public_bytes)
-    answer = await register(channels, settings.authority, node, pinned_key=pki.pinned_authority_key(settings))
+    answer = await register(channels, settings.authority, node, pinned_key=pinned_authority_key(settings))
     leader.authority_key = bytes(answer.authority_public_key)
     dp = leader.plan.dp
     await running.mark_ready(settings, "leader", node_id, dp=dp.to_dict() if dp else None)

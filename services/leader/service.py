@@ -69,9 +69,9 @@ from hfl.rpc.metrics import (
     SPECIALTY_ACCURACY,
     SPECIALTY_AUC,
 )
-from hfl.rpc.pki import AUTHORITY, Peer
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
+from hfl.rpc.tls import AUTHORITY, Peer
 from services.leader.rounds import (
     RoundClock,
     bucket_records,

@@ -6,7 +6,7 @@ import logging
 
 from hfl.learning.data import load_validation_data
 from hfl.proto.v1 import validator_pb2_grpc
-from hfl.rpc import pki
+from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
 from hfl.rpc.settings import Settings
@@ -35,7 +35,7 @@ async def run(settings: Settings) -> None:
         lambda s: validator_pb2_grpc.add_ValidatorServiceServicer_to_server(validator, s),
     )
     node = running.node_info(settings, "validator", node_id, key.public_bytes)
-    answer = await register(channels, settings.authority, node, pinned_key=pki.pinned_authority_key(settings))
+    answer = await register(channels, settings.authority, node, pinned_key=pinned_authority_key(settings))
     validator.ready(bytes(answer.authority_public_key))
     await running.mark_ready(settings, "validator", node_id)
     try:

@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
-from hfl.rpc.pki import NodeTls, sync_channel
+from hfl.rpc.tls import NodeTls, sync_channel
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "deploy" / "docker-compose.yml"

@@ -13,7 +13,7 @@ from hfl.crypto import x509
 from hfl.demo import Federation, Proc, start_facilities
 from hfl.domain import SPECIALTIES
 from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
-from hfl.rpc.pki import NodeTls, sync_channel
+from hfl.rpc.tls import NodeTls, sync_channel
 
 
 def start_federation(

@@ -17,9 +17,10 @@ from streamlit.testing.v1 import AppTest
 from hfl.demo import Federation
 from hfl.domain import RoundEvent
 from hfl.ledger import LedgerStore
+from hfl.pki.ca import open_ca
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
-from hfl.rpc import pki, serde
-from hfl.rpc.pki import AUTHORITY, LEADER, operator_for_run, sync_channel
+from hfl.rpc import serde
+from hfl.rpc.tls import AUTHORITY, LEADER, operator_for_run, sync_channel
 from hfl.status import show_status
 from tests.integration.helpers import client_tls, start_federation, wait_for_round
 
@@ -192,7 +193,7 @@ def test_security_view_matches_the_authority(run_dir: Path) -> None:
     suspicion, records, certificates = frames[0], frames[1], frames[2]
     assert sorted(suspicion["facility"]) == [f"facility-0{i}" for i in range(1, 5)]
     assert all(s == 0 for s in suspicion["suspicion"])  # an honest run: nothing flagged
-    ca = pki.open_ca(run_dir / "state" / "authority")
+    ca = open_ca(run_dir / "state" / "authority")
     assert sorted(certificates["node"]) == sorted(c["node_id"] for c in ca.certificates())
     assert all(h > 0 for h in certificates["hours left"])
     enrolled = [r for r in records["what"] if r.startswith("enrolled")]

@@ -18,7 +18,7 @@ from hfl.ledger import LedgerStore, verify_ledger
 from hfl.proto.v1 import common_pb2, fog_pb2, fog_pb2_grpc
 from hfl.robust.bound import RECORD_KEY, bound_for
 from hfl.rpc import serde
-from hfl.rpc.pki import sync_channel
+from hfl.rpc.tls import sync_channel
 from tests.integration.helpers import client_tls, start_federation, start_leader, wait_for_round
 
 pytestmark = pytest.mark.integration

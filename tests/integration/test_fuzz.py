@@ -50,7 +50,7 @@ from hfl.proto.v1 import (
 )
 from hfl.rpc.authz import TABLE, rule_for
 from hfl.rpc.limits import CHUNK, FRAME, MIB, request_limit
-from hfl.rpc.pki import NodeTls, sync_channel
+from hfl.rpc.tls import NodeTls, sync_channel
 from tests.conftest import record_result
 from tests.integration.helpers import client_tls, start_federation, wait_for_round
 

@@ -18,7 +18,7 @@ from hfl.cli import main
 from hfl.crypto import x509
 from hfl.demo import Federation, Proc
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
-from hfl.rpc.pki import AUTHORITY, NodeTls, Peer, load_client, sync_channel
+from hfl.rpc.tls import AUTHORITY, NodeTls, Peer, load_client, sync_channel
 from tests.integration.helpers import leader_status, start_federation, wait_for_round
 
 pytestmark = pytest.mark.integration

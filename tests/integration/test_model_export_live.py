@@ -17,7 +17,7 @@ from hfl.cli import main
 from hfl.demo import Federation, Proc
 from hfl.learning.export import from_npz
 from hfl.proto.v1 import leader_pb2, leader_pb2_grpc
-from hfl.rpc.pki import LEADER, NodeTls, sync_channel
+from hfl.rpc.tls import LEADER, NodeTls, sync_channel
 from tests.integration.helpers import client_tls, start_federation, wait_for_round
 
 pytestmark = pytest.mark.integration

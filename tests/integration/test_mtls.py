@@ -18,6 +18,8 @@ import pytest
 from hfl.crypto import x509
 from hfl.demo import Federation, Proc
 from hfl.ledger import LedgerStore
+from hfl.pki.ca import CAStore
+from hfl.pki.tokens import add_enrol_token
 from hfl.proto.v1 import (
     authority_pb2,
     authority_pb2_grpc,
@@ -29,7 +31,7 @@ from hfl.proto.v1 import (
     validator_pb2,
     validator_pb2_grpc,
 )
-from hfl.rpc.pki import CAStore, NodeTls, add_enrol_token, sync_channel
+from hfl.rpc.tls import NodeTls, sync_channel
 from tests.integration.helpers import client_tls, start_federation, wait_for_round
 
 pytestmark = pytest.mark.integration

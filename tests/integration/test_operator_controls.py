@@ -22,7 +22,7 @@ from hfl.learning.export import from_npz
 from hfl.operator_cli import control_training, issue_token, quarantine_facility, show_actions
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
 from hfl.proto.v1 import common_pb2 as pb
-from hfl.rpc.pki import AUTHORITY, LEADER, sync_channel
+from hfl.rpc.tls import AUTHORITY, LEADER, sync_channel
 from tests.integration.helpers import client_tls, leader_status, start_federation, wait_for_round
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from hfl.ledger import LedgerStore
 from hfl.privacy import compute_epsilon
 from hfl.privacy.federation import plan_dp
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
-from hfl.rpc.pki import sync_channel
+from hfl.rpc.tls import sync_channel
 from tests.integration.helpers import client_tls, start_federation, wait_for_round
 
 pytestmark = pytest.mark.integration

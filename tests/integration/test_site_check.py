@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hfl.demo import Federation, Proc
-from hfl.rpc.pki import add_enrol_token
+from hfl.pki.tokens import add_enrol_token
 from hfl.rpc.settings import Settings
 from hfl.site import run_checks
 from tests.integration.helpers import start_federation, wait_for_round

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
-from hfl.rpc.pki import AUTHORITY, sync_channel
+from hfl.rpc.tls import AUTHORITY, sync_channel
 from tests.integration.helpers import start_federation, wait_for_round
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hfl.oplog import OperatorLog
-from hfl.rpc import pki
+from hfl.pki.ca import close_ca
 from hfl.rpc.settings import Settings
 from services.authority.enrol import CertificateService
 
@@ -27,4 +27,4 @@ def authority(tmp_path: Path) -> Iterator[EnrolAuthority]:
     state = tmp_path / "authority"
     a = EnrolAuthority(state)
     yield a
-    pki.close_ca(state)
+    close_ca(state)

@@ -11,17 +11,17 @@ import pytest
 from hfl.crypto.signing import SigningKey
 from hfl.errors import ConfigError
 from hfl.provision import FixedNode, provision
-from hfl.rpc import pki
+from hfl.rpc.enrolment import AUTHORITY_KEY_FILE, check_authority_key, pinned_authority_key
 from hfl.rpc.node import load_identity
 from hfl.rpc.settings import Settings
 
 
 def test_a_register_answer_with_another_key_is_refused() -> None:
     real, fake = SigningKey.generate().public_bytes, SigningKey.generate().public_bytes
-    assert pki.check_authority_key(real, real) == real
-    assert pki.check_authority_key(fake, None) == fake  # a set-up from before pinning
+    assert check_authority_key(real, real) == real
+    assert check_authority_key(fake, None) == fake  # a set-up from before pinning
     with pytest.raises(ConfigError, match="different from the one pinned"):
-        pki.check_authority_key(fake, real)
+        check_authority_key(fake, real)
 
 
 def test_provisioning_pins_the_key_the_authority_will_use(tmp_path: Path) -> None:
@@ -34,14 +34,14 @@ def test_provisioning_pins_the_key_the_authority_will_use(tmp_path: Path) -> Non
     key = load_identity(auth).public_bytes  # what `hfl serve authority` loads from its state folder
     for node in nodes:
         s = Settings(state_dir=node.state_dir)
-        assert pki.pinned_authority_key(s) == key
+        assert pinned_authority_key(s) == key
     facility = Settings(state_dir=tmp_path / "f1", tls_ca=str(trust / "ca.pem"))  # read beside HFL_TLS_CA
-    assert pki.pinned_authority_key(facility) == key
-    assert pki.pinned_authority_key(Settings(state_dir=tmp_path / "nothing")) is None
+    assert pinned_authority_key(facility) == key
+    assert pinned_authority_key(Settings(state_dir=tmp_path / "nothing")) is None
 
 
 def test_a_damaged_pin_is_refused(tmp_path: Path) -> None:
     (tmp_path / "tls").mkdir()
-    (tmp_path / "tls" / pki.AUTHORITY_KEY_FILE).write_text("not hex")
+    (tmp_path / "tls" / AUTHORITY_KEY_FILE).write_text("not hex")
     with pytest.raises(ConfigError, match="does not hold the authority's key"):
-        pki.pinned_authority_key(Settings(state_dir=tmp_path))
+        pinned_authority_key(Settings(state_dir=tmp_path))

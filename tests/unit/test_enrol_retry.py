@@ -10,8 +10,9 @@ import pytest
 
 from hfl.crypto import x509
 from hfl.errors import Unauthenticated
+from hfl.pki.ca import ENROL_RETRY_WINDOW
+from hfl.pki.tokens import add_enrol_token, add_role_token
 from hfl.proto.v1 import authority_pb2
-from hfl.rpc import pki
 from tests.unit.conftest import EnrolAuthority
 
 
@@ -21,7 +22,7 @@ def _enrol(a: EnrolAuthority, token: str, role: str, node_id: str, csr: bytes) -
 
 
 def test_same_node_same_key_may_repeat_its_enrolment(authority: EnrolAuthority) -> None:
-    token = pki.add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
+    token = add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
     csr = x509.make_csr(x509.new_key(), "fog-1", "fog", [])
     first = x509.cert_from_pem(_enrol(authority, token, "fog", "fog-1", csr))
     again = x509.cert_from_pem(_enrol(authority, token, "fog", "fog-1", csr))
@@ -32,25 +33,25 @@ def test_same_node_same_key_may_repeat_its_enrolment(authority: EnrolAuthority) 
 
 
 def test_a_different_key_cannot_reuse_the_token(authority: EnrolAuthority) -> None:
-    token = pki.add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
+    token = add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
     _enrol(authority, token, "fog", "fog-1", x509.make_csr(x509.new_key(), "fog-1", "fog", []))
     with pytest.raises(Unauthenticated, match="already used"):
         _enrol(authority, token, "fog", "fog-1", x509.make_csr(x509.new_key(), "fog-1", "fog", []))
 
 
 def test_a_late_retry_is_refused(authority: EnrolAuthority, monkeypatch: pytest.MonkeyPatch) -> None:
-    token = pki.add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
+    token = add_enrol_token(authority.settings.state_dir, "fog", "fog-1")
     csr = x509.make_csr(x509.new_key(), "fog-1", "fog", [])
     _enrol(authority, token, "fog", "fog-1", csr)
-    later = x509.utcnow() + pki.ENROL_RETRY_WINDOW + dt.timedelta(minutes=1)
-    monkeypatch.setattr(pki.x509, "utcnow", lambda: later)
+    later = x509.utcnow() + ENROL_RETRY_WINDOW + dt.timedelta(minutes=1)
+    monkeypatch.setattr(x509, "utcnow", lambda: later)
     with pytest.raises(Unauthenticated, match="already used"):
         _enrol(authority, token, "fog", "fog-1", csr)
 
 
 def test_shared_token_retry_with_the_same_key_does_not_use_up_the_cap(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
-    token = pki.add_role_token(state, "facility", max_uses=2, hours=1)
+    token = add_role_token(state, "facility", max_uses=2, hours=1)
     csr = x509.make_csr(x509.new_key(), "facility-x", "facility", [])
     _enrol(authority, token, "facility", "facility-x", csr)
     _enrol(authority, token, "facility", "facility-x", csr)  # the lost answer, asked for again

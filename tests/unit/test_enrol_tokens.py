@@ -15,6 +15,8 @@ from cryptography.x509 import load_der_x509_certificate
 
 from hfl.crypto import x509
 from hfl.errors import ConfigError, NotAllowed, Unauthenticated
+from hfl.pki.ca import close_ca, open_ca
+from hfl.pki.tokens import ANY_NODE, TOKENS_FILE, add_enrol_token, add_role_token
 from hfl.proto.v1 import authority_pb2
 from hfl.provision import (
     CA_FROM_FILES,
@@ -25,9 +27,10 @@ from hfl.provision import (
     parse_node,
     provision,
 )
-from hfl.rpc import pki
+from hfl.rpc.enrolment import _forget_used_token, enrol_token_of
 from hfl.rpc.server import start_enrol_server
 from hfl.rpc.settings import Settings
+from hfl.rpc.tls import NodeTls
 from tests.unit.conftest import EnrolAuthority
 
 
@@ -39,7 +42,7 @@ def _enrol(a: EnrolAuthority, token: str, role: str, node_id: str) -> bytes:
 
 
 def _expire_all(state: Path) -> None:
-    path = state / pki.TOKENS_FILE
+    path = state / TOKENS_FILE
     doc = json.loads(path.read_text())
     for e in doc["tokens"]:
         e["expires"] = (x509.utcnow() - dt.timedelta(minutes=1)).isoformat()
@@ -48,7 +51,7 @@ def _expire_all(state: Path) -> None:
 
 def test_shared_token_enrols_new_facilities_up_to_its_cap(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
-    token = pki.add_role_token(state, "facility", max_uses=2, hours=1)
+    token = add_role_token(state, "facility", max_uses=2, hours=1)
     for node_id in ("facility-a1", "facility-b2"):
         cert = x509.cert_from_pem(_enrol(authority, token, "facility", node_id))
         identity = x509.identity_of(cert)
@@ -61,7 +64,7 @@ def test_shared_token_enrols_new_facilities_up_to_its_cap(authority: EnrolAuthor
 
 def test_shared_token_expires(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
-    token = pki.add_role_token(state, "facility", max_uses=5, hours=1)
+    token = add_role_token(state, "facility", max_uses=5, hours=1)
     _expire_all(state)
     with pytest.raises(Unauthenticated, match="expired"):
         _enrol(authority, token, "facility", "facility-late")
@@ -69,15 +72,15 @@ def test_shared_token_expires(authority: EnrolAuthority) -> None:
 
 def test_shared_token_is_bound_to_the_facility_role(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
-    token = pki.add_role_token(state, "facility", max_uses=5, hours=1)
+    token = add_role_token(state, "facility", max_uses=5, hours=1)
     for role, node_id in (("leader", "leader-2"), ("fog", "fog-9"), ("validator", "validator-9")):
         with pytest.raises(NotAllowed, match="new facility nodes"):
             _enrol(authority, token, role, node_id)
     for role in ("leader", "fog", "validator", "authority", "operator"):
         with pytest.raises(ConfigError, match="only facilities"):
-            pki.add_role_token(state, role, max_uses=5, hours=1)
+            add_role_token(state, role, max_uses=5, hours=1)
     # A hand-edited file cannot turn a shared token into one for another role either.
-    path = state / pki.TOKENS_FILE
+    path = state / TOKENS_FILE
     doc = json.loads(path.read_text())
     doc["tokens"][0]["role"] = "fog"
     path.write_text(json.dumps(doc))
@@ -87,11 +90,11 @@ def test_shared_token_is_bound_to_the_facility_role(authority: EnrolAuthority) -
 
 def test_shared_token_cannot_take_an_existing_or_reserved_node_id(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
-    shared = pki.add_role_token(state, "facility", max_uses=10, hours=1)
+    shared = add_role_token(state, "facility", max_uses=10, hours=1)
     _enrol(authority, shared, "facility", "facility-x")
     with pytest.raises(NotAllowed, match="already enrolled"):
         _enrol(authority, shared, "facility", "facility-x")  # the same name twice
-    own = pki.add_enrol_token(state, "facility", "facility-01")
+    own = add_enrol_token(state, "facility", "facility-01")
     with pytest.raises(NotAllowed, match="already enrolled or reserved"):
         _enrol(authority, shared, "facility", "facility-01")  # reserved by its own one-time token
     _enrol(authority, own, "facility", "facility-01")
@@ -103,13 +106,13 @@ def test_shared_token_cannot_take_an_existing_or_reserved_node_id(authority: Enr
 
 def test_one_time_tokens_stay_one_time_and_bound(authority: EnrolAuthority) -> None:
     state = authority.settings.state_dir
-    token = pki.add_enrol_token(state, "fog", "fog-1")
+    token = add_enrol_token(state, "fog", "fog-1")
     with pytest.raises(NotAllowed, match="fog fog-1"):
         _enrol(authority, token, "fog", "fog-2")
     _enrol(authority, token, "fog", "fog-1")
     with pytest.raises(Unauthenticated, match="already used"):
         _enrol(authority, token, "fog", "fog-1")
-    late = pki.add_enrol_token(state, "validator", "validator-1", hours=1)
+    late = add_enrol_token(state, "validator", "validator-1", hours=1)
     _expire_all(state)
     with pytest.raises(Unauthenticated, match="expired"):
         _enrol(authority, late, "validator", "validator-1")
@@ -120,7 +123,7 @@ def test_one_time_tokens_stay_one_time_and_bound(authority: EnrolAuthority) -> N
 def test_bad_shared_token_parameters(tmp_path: Path) -> None:
     for uses, hours in ((0, 1.0), (10_001, 1.0), (5, 0.0), (5, -1.0), (5, 10_000.0)):
         with pytest.raises(ConfigError):
-            pki.add_role_token(tmp_path, "facility", max_uses=uses, hours=hours)
+            add_role_token(tmp_path, "facility", max_uses=uses, hours=hours)
 
 
 def test_provision_hands_out_tokens_once_and_is_idempotent(tmp_path: Path) -> None:
@@ -148,12 +151,12 @@ def test_provision_hands_out_tokens_once_and_is_idempotent(tmp_path: Path) -> No
     assert {n.node_id: (n.state_dir / "tls" / TOKEN_FILE).read_text() for n in nodes} == tokens
     assert (trust / FACILITY_TOKEN_FILE).read_text() == shared
 
-    ca = pki.open_ca(auth)
+    ca = open_ca(auth)
     try:
         assert ca.token_identity(tokens["fog-1"]) == ("fog", "fog-1")
-        assert ca.token_identity(shared) == ("facility", pki.ANY_NODE)
+        assert ca.token_identity(shared) == ("facility", ANY_NODE)
     finally:
-        pki.close_ca(auth)
+        close_ca(auth)
     (tmp_path / "leader" / "tls" / "cert.pem").write_bytes(b"enrolled")
     _expire_all(auth)
     third = provision(auth, nodes, trust, facility_uses=3, facility_hours=2)
@@ -176,21 +179,21 @@ def test_token_file_is_read_and_deleted_after_use_only_in_the_state_folder(tmp_p
     own = state / "tls" / TOKEN_FILE
     own.write_text("tok-1\n")
     s = Settings(state_dir=state, enrol_token_file=str(own))
-    assert pki.enrol_token_of(s) == "tok-1"
-    pki._forget_used_token(s)
+    assert enrol_token_of(s) == "tok-1"
+    _forget_used_token(s)
     assert not own.exists()
     shared = tmp_path / "trust" / FACILITY_TOKEN_FILE
     shared.parent.mkdir()
     shared.write_text("tok-2")
     s = Settings(state_dir=state, enrol_token_file=str(shared))
-    assert pki.enrol_token_of(s) == "tok-2"
-    pki._forget_used_token(s)
+    assert enrol_token_of(s) == "tok-2"
+    _forget_used_token(s)
     assert shared.exists()
-    assert pki.enrol_token_of(
-        Settings(state_dir=state, enrol_token="direct", enrol_token_file=str(shared))
-    ) == ("direct")
+    assert enrol_token_of(Settings(state_dir=state, enrol_token="direct", enrol_token_file=str(shared))) == (
+        "direct"
+    )
     with pytest.raises(ConfigError, match="does not exist"):
-        pki.enrol_token_of(Settings(state_dir=state, enrol_token_file=str(tmp_path / "missing")))
+        enrol_token_of(Settings(state_dir=state, enrol_token_file=str(tmp_path / "missing")))
 
 
 def _served_serial(address: str, ca_pem: bytes) -> int:
@@ -212,10 +215,10 @@ def test_enrolment_port_serves_the_renewed_authority_certificate(
 ) -> None:
     ca = authority.ca()
     hosts = ["localhost", "127.0.0.1"]
-    tls = pki.NodeTls(
+    tls = NodeTls(
         "authority", "authority", None, ca.cert_pem, *ca.issue_local("authority", "authority", hosts)
     )
-    monkeypatch.setattr(pki, "_DEFAULT", tls)
+    monkeypatch.setattr("hfl.rpc.tls._DEFAULT", tls)
     settings = authority.settings.model_copy(
         update={"enrol_listen": "127.0.0.1:0", "advertise_host": "127.0.0.1"}
     )
@@ -226,7 +229,7 @@ def test_enrolment_port_serves_the_renewed_authority_certificate(
         server, address = started
         try:
             before = await asyncio.to_thread(_served_serial, address, ca.cert_pem)
-            tls.install(*ca.issue_local("authority", "authority", hosts))  # what pki.renew does
+            tls.install(*ca.issue_local("authority", "authority", hosts))  # what hfl.rpc.enrolment.renew does
             after = await asyncio.to_thread(_served_serial, address, ca.cert_pem)
             return before, after, await asyncio.to_thread(_served_serial, address, ca.cert_pem)
         finally:
@@ -251,17 +254,17 @@ def test_an_authority_starts_from_a_ca_provisioned_elsewhere(tmp_path: Path) -> 
     assert install_authority_state(secrets, state).startswith("installed the federation's certificate")
     assert (state / "identity.key").read_bytes() == (made / "authority" / "identity.key").read_bytes()
     assert (state / "ca" / "ca.key").stat().st_mode & 0o077 == 0
-    ca = pki.open_ca(state)
+    ca = open_ca(state)
     try:
         assert ca.cert_pem == (secrets / "ca.pem").read_bytes()
         token = (made / "fog-1" / "tls" / TOKEN_FILE).read_text()
         assert ca.token_identity(token) == ("fog", "fog-1")
     finally:
-        pki.close_ca(state)
-    pki.add_enrol_token(state, "facility", "st-anna")  # the state moves on; a restart keeps it
-    tokens = (state / pki.TOKENS_FILE).read_bytes()
+        close_ca(state)
+    add_enrol_token(state, "facility", "st-anna")  # the state moves on; a restart keeps it
+    tokens = (state / TOKENS_FILE).read_bytes()
     assert "is the one in" in install_authority_state(secrets, state)
-    assert (state / pki.TOKENS_FILE).read_bytes() == tokens
+    assert (state / TOKENS_FILE).read_bytes() == tokens
 
     other = tmp_path / "other"
     provision(other, [], None)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from hfl.crypto.signing import SigningKey
 from hfl.domain import TrainingPlan
@@ -16,12 +17,13 @@ from hfl.learning.data import Dataset
 from hfl.learning.models import make_model
 from hfl.privacy import compute_epsilon
 from hfl.privacy.dpsgd import DPSGD
+from hfl.privacy.facility import FacilityPrivacy, PrivacyDeclined
 from hfl.privacy.federation import DPPlan, dp_local_update, plan_dp, spend_slot
 from hfl.privacy.report import SpendReport
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.rpc import serde
 from services.authority.privacy import PrivacyBook
-from services.facility.privacy import FacilityPrivacy, PrivacyDeclined
+from services.facility.privacy import publish_metrics
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +176,36 @@ def test_statistics_are_released_once(tmp_path: Path, plan: DPPlan) -> None:
     assert first.epsilon_total == pytest.approx(plan.release_epsilon)
     assert book.release_statistics(plan, data, 2) is None
     assert _book(tmp_path).release_epsilon == pytest.approx(plan.release_epsilon)  # persisted
+
+
+def test_a_record_written_before_the_move_to_the_library_is_read(tmp_path: Path, plan: DPPlan) -> None:
+    """privacy.json as services/facility/privacy.py wrote it: same file, same keys."""
+    old = {
+        "accounting": plan.accounting_key(),
+        "last_epsilon": plan.epsilon_after_rounds(1),
+        "release": None,
+        "spends": [{"attempt": 0, "epsilon": plan.epsilon_after_rounds(1), "round": 1, "steps": 2}],
+        "steps": 2,
+    }
+    (tmp_path / "privacy.json").write_text(json.dumps(old, indent=1, sort_keys=True))
+    book = _book(tmp_path)
+    assert book.steps == 2 and book.training_epsilon() == pytest.approx(plan.epsilon_after_rounds(1))
+    with pytest.raises(AlreadyDone):
+        book.admit(plan, 1, 0)
+    book.record(book.admit(plan, 2, 0))
+    assert json.loads((tmp_path / "privacy.json").read_text())["steps"] == 4
+
+
+def test_facility_metrics_follow_the_record(tmp_path: Path, plan: DPPlan) -> None:
+    seen: list[bool | None] = []
+    book = FacilityPrivacy(
+        tmp_path, "facility-m", SigningKey.generate(), on_change=lambda b, exhausted: seen.append(exhausted)
+    )
+    assert seen == [None]  # at start
+    book.record(book.admit(plan, 1, 0))
+    assert seen == [None, False]
+    publish_metrics(book, True)
+    assert REGISTRY.get_sample_value("hfl_privacy_exhausted", {"facility": "facility-m"}) == 1.0
 
 
 # ---------------------------------------------------------------------------------------------- authority

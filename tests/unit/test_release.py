@@ -13,9 +13,11 @@ from hfl.crypto import x509
 from hfl.crypto.signing import SigningKey
 from hfl.domain import NodeInfo
 from hfl.errors import HflError, InvalidInput, NotAllowed, NotFound
+from hfl.pki.ca import close_ca
+from hfl.pki.tokens import add_enrol_token
 from hfl.proto.v1 import authority_pb2
 from hfl.robust.reputation import federation_test
-from hfl.rpc import authz, pki
+from hfl.rpc import authz
 from hfl.rpc.settings import Settings
 from services.authority.registry import Registry
 from services.authority.service import Authority
@@ -34,11 +36,11 @@ def authority(tmp_path: Path) -> Iterator[Authority]:
     registry.upsert(NodeInfo("fog-1", "fog", "127.0.0.1:2", SigningKey.generate().public_bytes))
     yield a
     registry.close()
-    pki.close_ca(state)
+    close_ca(state)
 
 
 def _enrol(a: Authority) -> int:
-    token = pki.add_enrol_token(a.settings.state_dir, "facility", FAC)
+    token = add_enrol_token(a.settings.state_dir, "facility", FAC)
     csr = x509.make_csr(x509.new_key(), FAC, "facility", [])
     req = authority_pb2.EnrollRequest(token=token, role="facility", node_id=FAC, csr_pem=csr)
     resp = asyncio.run(a.Enroll(req, None))  # type: ignore[arg-type]

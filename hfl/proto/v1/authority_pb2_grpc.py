@@ -164,7 +164,7 @@ class AuthorityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Enroll(self, request, context):
-        """Certificates (hfl/rpc/pki.py). Enroll is served only on the enrolment port (TLS without a client
+        """Certificates (hfl/pki, hfl/rpc/enrolment.py). Enroll is served only on the enrolment port (TLS without a client
         certificate): a one-time enrolment token and a CSR -> a certificate naming the node's role and id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

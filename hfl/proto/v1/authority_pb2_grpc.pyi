@@ -47,7 +47,7 @@ class AuthorityServiceStub:
     shared enrolment tokens, enrolments, revocations and releases, and the calls the authority refused.
     """
     Enroll: _grpc.UnaryUnaryMultiCallable[_authority_pb2.EnrollRequest, _authority_pb2.EnrollResponse]
-    """Certificates (hfl/rpc/pki.py). Enroll is served only on the enrolment port (TLS without a client
+    """Certificates (hfl/pki, hfl/rpc/enrolment.py). Enroll is served only on the enrolment port (TLS without a client
     certificate): a one-time enrolment token and a CSR -> a certificate naming the node's role and id.
     """
     RenewCertificate: _grpc.UnaryUnaryMultiCallable[_authority_pb2.RenewCertificateRequest, _authority_pb2.RenewCertificateResponse]
@@ -92,7 +92,7 @@ class AuthorityServiceAsyncStub(AuthorityServiceStub):
     shared enrolment tokens, enrolments, revocations and releases, and the calls the authority refused.
     """
     Enroll: _aio.UnaryUnaryMultiCallable[_authority_pb2.EnrollRequest, _authority_pb2.EnrollResponse]  # type: ignore[assignment]
-    """Certificates (hfl/rpc/pki.py). Enroll is served only on the enrolment port (TLS without a client
+    """Certificates (hfl/pki, hfl/rpc/enrolment.py). Enroll is served only on the enrolment port (TLS without a client
     certificate): a one-time enrolment token and a CSR -> a certificate naming the node's role and id.
     """
     RenewCertificate: _aio.UnaryUnaryMultiCallable[_authority_pb2.RenewCertificateRequest, _authority_pb2.RenewCertificateResponse]  # type: ignore[assignment]
@@ -182,7 +182,7 @@ class AuthorityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _authority_pb2.EnrollRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_authority_pb2.EnrollResponse, _abc.Awaitable[_authority_pb2.EnrollResponse]]:
-        """Certificates (hfl/rpc/pki.py). Enroll is served only on the enrolment port (TLS without a client
+        """Certificates (hfl/pki, hfl/rpc/enrolment.py). Enroll is served only on the enrolment port (TLS without a client
         certificate): a one-time enrolment token and a CSR -> a certificate naming the node's role and id.
         """
 
