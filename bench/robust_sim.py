@@ -78,7 +78,7 @@ def run(
     n_byz: int = 2,
     bucket_size: int = 3,
     params: dict[str, Any] | None = None,
-    reputation: dict[str, float] | None = None,
+    reputation: dict[str, Any] | None = None,
     trace: bool = False,
     on_round: Any = None,
 ) -> dict[str, Any]:

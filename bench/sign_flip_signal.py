@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import robust_sim  # noqa: E402
 
+from hfl.robust.reputation import QuarantineTest  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,7 +69,7 @@ def main() -> int:
             seed=seed,
             rounds=10,
             on_round=on_round,
-            reputation={"threshold": 1e9},
+            reputation={"test": QuarantineTest(alpha=1e-12)},  # quarantine after 30+ rounds: never here
         )
 
     def share(ranks: list[int]) -> list[float]:

@@ -274,7 +274,7 @@ def _security(snap: Snapshot) -> None:
     if report is not None:
         st.subheader("Suspicion per facility")
         st.caption(
-            f"Each time a facility's bucket is flagged its suspicion grows, and it fades over clean rounds. "
+            "Each time a facility's bucket is flagged its suspicion grows, and it falls in clean rounds. "
             f"At {report.quarantine_threshold:g} the facility is quarantined: left out and its certificate "
             "revoked, until an operator releases it."
         )

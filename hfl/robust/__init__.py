@@ -2,7 +2,7 @@
 
 from hfl.robust.attacks import ATTACKS, alie_z, apply_attack, flip_labels
 from hfl.robust.offline import aggregate_files
-from hfl.robust.reputation import Reputation, ReputationError, with_refused
+from hfl.robust.reputation import QuarantineTest, Reputation, ReputationError, federation_test, with_refused
 from hfl.robust.rules import (
     DEFAULT_RULE,
     REGISTRY,
@@ -25,6 +25,7 @@ __all__ = [
     "REGISTRY",
     "RULES",
     "AggregateResult",
+    "QuarantineTest",
     "Reputation",
     "ReputationError",
     "Rule",
@@ -34,6 +35,7 @@ __all__ = [
     "apply_attack",
     "check_rule",
     "default_f",
+    "federation_test",
     "flip_labels",
     "get_rule",
     "guarantee",

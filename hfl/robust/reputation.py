@@ -2,61 +2,72 @@
 
 Facilities. The leader only sees bucket sums, so a flag says "someone in this bucket misbehaved", not who.
 Buckets are re-drawn every round, so a facility that keeps misbehaving is the common member of flagged
-buckets while honest facilities are only sometimes unlucky. Rule, per round:
+buckets while honest facilities are only sometimes unlucky. Each facility is watched by a sequential
+probability ratio test (Wald's SPRT; :class:`QuarantineTest`) with a false-positive rate that follows from
+the federation's size, bucket size and declared number m of misbehaving facilities (unset: one per
+two buckets, ``default_max_byzantine``):
 
-* each member i of a flagged bucket b gains  penalty · (sᵢ + prior) / mean_{j∈b}(s_j + prior)
-  (penalty = ``norm_penalty`` for a norm-bound flag or a refused update, which are certain;
-  ``screen_penalty`` for the outlier screen of rules.py, which is calibrated to almost never flag an
-  honest bucket; the smaller ``outlier_penalty`` for a bucket that multi-Krum or centered clipping
-  left out, which is only a suspicion since multi-Krum always leaves some out). A refused update is
-  reported as a group of one (``with_refused``), so that facility takes the whole penalty. With no
-  history every member gains ``penalty``; a member that is already suspect takes a larger share of
-  the blame ("explaining away"), so an honest facility that shares a bucket with a known offender
-  gains little;
-* each member of a clean bucket decays: sᵢ ← decay · sᵢ;
-* facilities absent this round keep their suspicion (sitting out must not launder it);
-* sᵢ ≥ ``threshold`` → quarantined, permanently unless ``release`` is called.
+* H0, honest: its bucket is flagged only when a misbehaving facility shares it (or, rarely, by a false
+  flag of the outlier screen, ``false_flag``). With m of the other facilities misbehaving and flagged in
+  every round, a facility in a group of g out of the round's n lands in a flagged bucket with
+  probability p0 = 1 − (1 − false_flag) · C(n−1−m, g−1) / C(n−1, g−1) (about 0.35 for 12 facilities,
+  buckets of 3, m = 2). Fewer or quieter offenders only lower that rate.
+* H1, offender: its buckets are flagged at rate ``p1`` (0.9 by default; a norm-bound breaker is flagged
+  in every round, the outlier screen flags a ``scale`` offender's bucket in about 85 % of rounds).
+* Each round adds to a facility's evidence (its log-likelihood ratio λ) ln(p1/p0) if its bucket is
+  flagged, ln((1−p1)/(1−p0)) if not; absent facilities keep theirs (sitting out must not launder it).
+  A flagged step is scaled by a weight in (0, 1]: ``outlier_weight`` for a bucket that multi-Krum or
+  centered clipping left out (only a suspicion), times (1 + λᵢ⁺) / (1 + max over the bucket of λⱼ⁺), so
+  a member that is already suspect takes the blame and an honest facility sharing a bucket with a known
+  offender gains little ("explaining away"). Scaling a flagged step down never raises the false-positive
+  rate, so the bound below holds whatever the weights.
+* λ never falls below Wald's lower bound B = ln(β/(1−α₁)) (the test says "honest", but keeps watching),
+  and λ ≥ A = ln((1−β)/α₁), Wald's upper bound → quarantined, permanently unless ``release`` is called.
+* Certain evidence acts fast: a refused update (``with_refused``: a group of one flagged ``norm``) has
+  p0 = ``false_flag``, so two refusals quarantine.
 
-False positives: an honest facility is quarantined only if it lands in flagged buckets in nearly every
-round before the offenders stand out. Defaults (threshold 6, decay 0.8, prior 1) were chosen for the
-demo scenario (12 facilities, buckets of 3 re-drawn each round, 2 offenders, quarantined facilities left
-out of later buckets), where the screen flags a "scale" offender's bucket in ~85 % of rounds and an honest
-bucket in < 0.5 %. ``simulate`` (bench/reputation_sim.py → bench/results/reputation_sim.json) with flags
-every round: both offenders quarantined by round 5
-(median), 0.8 % of 1500 seeded 10-round runs quarantined an honest facility; with flags in 85 % of
-rounds: by round 6 (median, 95th percentile 9), 2.3 % missed one offender within 10 rounds, 1.9 % of runs
-quarantined an honest facility. The old defaults (threshold 8, decay 0.5) had ~0 % false quarantines
-but missed an offender in 28 % of runs at an 85 % flag rate. A higher ``threshold`` trades slower
-detection for fewer false positives; re-run ``simulate`` with your federation's sizes to tune it.
-A refused update (``nan``) costs ``norm_penalty`` = 1 per round, so it is quarantined after 6 rounds.
-An offender that misbehaves in only some rounds decays in the others and is caught more slowly.
+False positives. Under H0 the likelihood ratio is a non-negative supermartingale, so (Ville's inequality)
+an honest facility's λ ever reaches A with probability at most e^−A, and, once it has touched B, climbs
+from B to A with probability at most e^−(A−B). Over ``horizon`` rounds one honest facility is quarantined
+with probability at most e^−A + (horizon − 1) · e^−(A−B), and the federation (union over ``facilities``)
+with at most ``facilities`` times that. α₁ (per facility) is chosen so that this federation-wide bound
+equals ``alpha`` (default 1 % over 100 rounds): for 12 facilities A = 7.78, and an offender flagged in
+every round is quarantined after 9 rounds (``QuarantineTest.rounds_to_quarantine``). The bound assumes
+buckets drawn uniformly among the round's facilities (one fog, or offenders spread over fogs like the
+others), at most m offenders, and flags of kind norm or screen; it is conservative (explaining away makes
+the real rate far lower: bench/reputation_sim.py → bench/results/reputation_sim.json). ``simulate`` runs
+the rule alone.
 
 Validators. ``observe_votes``: a committee member that voted against the certified outcome loses a
 share ``vote_against_penalty`` of its weight, a silent one (None or missing) a share ``silent_penalty``,
 and one that voted with the outcome recovers ``vote_recovery`` of the gap to 1. Weights stay in
 [``min_weight``, 1] so nobody is locked out forever; ``weight`` is meant for weighted committee draws.
 
-The state is plain data (``to_dict``/``from_dict``, JSON-friendly) so the authority can persist it.
-Rounds must increase strictly (per kind) so that the same round is never counted twice.
+The state is plain data (``to_dict``/``from_dict``, JSON-friendly) so the authority can persist it; a
+state of version 1 (the former fixed threshold) still loads, each facility keeping its share of the way
+to quarantine. Rounds must increase strictly (per kind) so that the same round is never counted twice.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import numpy as np
 
 FLAG_KINDS = ("norm", "screen", "outlier")
 REFUSED_PREFIX = "refused:"
-STATE_VERSION = 1
+STATE_VERSION = 2
+OLD_STATE_VERSIONS = (1,)
 
 BucketId = TypeVar("BucketId", bound=Hashable)
 
 
 class ReputationError(ValueError):
-    """Bad reputation input or state."""
+    """Bad reputation input or state (or a quarantine test that cannot work); the message says why."""
 
 
 def _positive(name: str, value: float) -> float:
@@ -83,51 +94,258 @@ def _fraction(name: str, value: float, *, allow_zero: bool = False, allow_one: b
     return float(value)
 
 
+def _whole(name: str, value: int, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ReputationError(f"{name} must be a whole number ≥ {least}, got {value!r}")
+    return value
+
+
 def _round(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ReputationError(f"round must be a whole number ≥ 0, got {value!r}")
     return value
 
 
+# --- the quarantine test ----------------------------------------------------------------------------
+
+
+def wald_bounds(alpha: float, beta: float) -> tuple[float, float]:
+    """Wald's SPRT bounds (B, A) = (ln(β/(1−α)), ln((1−β)/α)) on the log-likelihood ratio, for a test with
+    false-positive rate α and miss rate β."""
+    a = _fraction("alpha", alpha)
+    b = _fraction("beta", beta)
+    if a + b >= 1:
+        raise ReputationError(f"alpha + beta must be below 1, got {a} + {b}")
+    return math.log(b / (1 - a)), math.log((1 - b) / a)
+
+
+def base_rate(pool: int, group: int, max_byzantine: int, false_flag: float) -> float:
+    """p0: the chance that an honest facility in a group of ``group``, drawn at random with ``pool`` − 1
+    others of which at most ``max_byzantine`` misbehave (and are flagged whenever they can be), lands in a
+    flagged bucket: 1 − (1 − false_flag) · C(pool−1−m, group−1) / C(pool−1, group−1)."""
+    if pool < 1 or group < 1 or group > pool or max_byzantine < 0:
+        raise ReputationError(
+            f"base_rate needs 1 ≤ group ≤ pool and max_byzantine ≥ 0, got {pool}, {group}, {max_byzantine}"
+        )
+    m = min(max_byzantine, pool - 1)
+    clean = math.comb(pool - 1 - m, group - 1) / math.comb(pool - 1, group - 1)
+    return 1.0 - (1.0 - false_flag) * clean
+
+
+def default_max_byzantine(facilities: int, bucket_size: int) -> int:
+    """How many misbehaving facilities the quarantine test assumes when none is declared: one per two
+    buckets (2 of 12 facilities in buckets of 3, 4 of 24, 8 of 48), at least 1."""
+    return max(1, max(1, facilities // max(1, bucket_size)) // 2)
+
+
+@dataclass(frozen=True)
+class QuarantineTest:
+    """A sequential probability ratio test per facility, sized for the federation (module docstring).
+
+    ``facilities``: how many take part (the union bound counts them); ``bucket_size``; ``max_byzantine``:
+    at most this many misbehave; ``alpha``: the chance, over ``horizon`` rounds, that any honest facility
+    is quarantined; ``beta``: Wald's miss rate (sets the floor B); ``p1``: how often an offender's bucket is
+    flagged; ``false_flag``: how often the outlier screen flags a bucket of honest facilities.
+    """
+
+    facilities: int = 12
+    bucket_size: int = 3
+    max_byzantine: int = 2
+    alpha: float = 0.01
+    horizon: int = 100
+    beta: float = 0.01
+    p1: float = 0.9
+    false_flag: float = 0.005
+
+    def __post_init__(self) -> None:
+        _whole("facilities", self.facilities, 1)
+        _whole("bucket_size", self.bucket_size, 1)
+        _whole("max_byzantine", self.max_byzantine, 0)
+        _whole("horizon (rounds)", self.horizon, 1)
+        for name in ("alpha", "beta", "p1", "false_flag"):
+            value = getattr(self, name)
+            _fraction(name, value)
+            object.__setattr__(self, name, float(value))
+        if self.bucket_size > self.facilities:
+            raise ReputationError(
+                f"buckets of {self.bucket_size} cannot be drawn from {self.facilities} facilities"
+            )
+        if self.max_byzantine >= self.facilities:
+            raise ReputationError(
+                f"{self.max_byzantine} misbehaving facilities out of {self.facilities} leave no honest one "
+                "to tell them from"
+            )
+        self.bounds  # noqa: B018  (refuses an alpha the union bound cannot reach)
+
+    @property
+    def p0(self) -> float:
+        """The honest base rate with every facility present in buckets of ``bucket_size``."""
+        return base_rate(self.facilities, self.bucket_size, self.max_byzantine, self.false_flag)
+
+    @property
+    def detects(self) -> bool:
+        """Whether flagged buckets can tell an offender from an honest facility at all (p0 < p1); when not,
+        only a group of one (a refused update) is evidence."""
+        return self.p0 < self.p1
+
+    def cannot_detect(self) -> str:
+        """Why group testing cannot work for this federation, in one sentence ("" when it can)."""
+        if self.detects:
+            return ""
+        who = "facility" if self.max_byzantine == 1 else "facilities"
+        return (
+            f"with {self.max_byzantine} misbehaving {who} among {self.facilities} in buckets of "
+            f"{self.bucket_size}, an honest facility would share a bucket with one in {100 * self.p0:.0f} % "
+            f"of rounds, as often as a misbehaving facility's bucket is flagged ({100 * self.p1:.0f} %), "
+            "so group testing cannot tell them apart: declare fewer misbehaving facilities, use smaller "
+            "buckets or enrol more facilities"
+        )
+
+    @property
+    def per_facility_alpha(self) -> float:
+        """α₁: Wald's α for one facility, chosen so that ``false_positive_bound()`` equals ``alpha``."""
+        return _per_facility_alpha(self.facilities, self.alpha, self.beta, self.horizon)
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(B, A): the floor of the evidence and the quarantine bound, in nats."""
+        return wald_bounds(self.per_facility_alpha, self.beta)
+
+    def false_positive_bound(self, rounds: int | None = None) -> float:
+        """Upper bound on the chance that any honest facility is quarantined within ``rounds`` (default:
+        the horizon): facilities · (e^−A + (rounds − 1) · e^−(A−B))."""
+        t = self.horizon if rounds is None else _whole("rounds", rounds, 1)
+        lower, upper = self.bounds
+        return min(1.0, self.facilities * (math.exp(-upper) + (t - 1) * math.exp(-(upper - lower))))
+
+    def steps(self, pool: int, group: int) -> tuple[float, float]:
+        """(flagged, clean): what one round adds to the evidence of a facility in a group of ``group`` among
+        ``pool`` facilities; (0, 0) when such a round says nothing (p0 ≥ p1)."""
+        p0 = base_rate(pool, group, self.max_byzantine, self.false_flag)
+        if p0 >= self.p1:
+            return 0.0, 0.0
+        return math.log(self.p1 / p0), math.log((1 - self.p1) / (1 - p0))
+
+    def rounds_to_quarantine(self) -> int | None:
+        """Rounds after which an offender flagged in every round (and at least as suspect as its
+        bucket-mates) is quarantined, with every facility present; None when flags cannot tell."""
+        up, _ = self.steps(self.facilities, self.bucket_size)
+        return math.ceil(self.bounds[1] / up - 1e-12) if up > 0 else None
+
+    def drift(self, flag_rate: float) -> float:
+        """Expected evidence gained per round by a facility whose bucket is flagged at ``flag_rate`` (no
+        explaining away); positive for offenders, negative for honest facilities."""
+        up, down = self.steps(self.facilities, self.bucket_size)
+        return flag_rate * up + (1 - flag_rate) * down
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def federation_test(
+    facilities: int,
+    bucket_size: int,
+    max_byzantine: int | None = None,
+    *,
+    alpha: float = 0.01,
+    horizon: int = 100,
+) -> QuarantineTest:
+    """The quarantine test for a federation of ``facilities`` in buckets of ``bucket_size`` that declares
+    at most ``max_byzantine`` misbehaving facilities (None: ``default_max_byzantine``, at most all but one).
+
+    Raises ReputationError with one plain sentence for impossible numbers, and when a declared number
+    makes flagged buckets useless as evidence (``QuarantineTest.cannot_detect``). With nothing declared
+    such a federation (a single bucket, say) still runs: only refused updates then quarantine.
+    """
+    m = default_max_byzantine(facilities, bucket_size) if max_byzantine is None else max_byzantine
+    if max_byzantine is None:
+        m = min(m, facilities - 1)
+    test = QuarantineTest(
+        facilities=facilities,
+        bucket_size=min(bucket_size, facilities),
+        max_byzantine=m,
+        alpha=alpha,
+        horizon=horizon,
+    )
+    if max_byzantine is not None and not test.detects:
+        raise ReputationError(test.cannot_detect())
+    return test
+
+
+def quarantine_sentence(test: QuarantineTest) -> str:
+    """What the test promises, in one sentence for an operator's log."""
+    who = (
+        f"{test.facilities} facilities in buckets of {test.bucket_size}, at most {test.max_byzantine} "
+        "misbehaving"
+    )
+    rate = (
+        f"the chance that any honest facility is quarantined within {test.horizon} rounds is at most "
+        f"{100 * test.false_positive_bound():.2g} %"
+    )
+    rounds = test.rounds_to_quarantine()
+    if rounds is None:
+        return f"{who}: {test.cannot_detect()}; only refused updates can quarantine ({rate})"
+    return (
+        f"{who}: a facility whose bucket is flagged in every round is quarantined after {rounds} rounds; "
+        + rate
+    )
+
+
+@lru_cache(maxsize=256)
+def _per_facility_alpha(facilities: int, alpha: float, beta: float, horizon: int) -> float:
+    def bound(a1: float) -> float:
+        upper = math.log((1 - beta) / a1)
+        lower = math.log(beta / (1 - a1))
+        return facilities * (math.exp(-upper) + (horizon - 1) * math.exp(-(upper - lower)))
+
+    lo, hi = 1e-300, min(alpha, 1 - beta) * (1 - 1e-12)
+    if bound(hi) <= alpha:
+        return hi
+    for _ in range(200):  # bisection on a log scale; bound() increases with a1
+        mid = math.sqrt(lo * hi)
+        if bound(mid) > alpha:
+            hi = mid
+        else:
+            lo = mid
+    if lo <= 1e-300:
+        raise ReputationError(f"no test reaches a false-positive rate of {alpha} over {horizon} rounds")
+    return lo
+
+
 class Reputation:
-    """Suspicion and quarantine for facilities; vote-based weights for validators."""
+    """Quarantine for facilities (a sequential test per facility); vote-based weights for validators."""
 
     def __init__(
         self,
         *,
-        threshold: float = 6.0,
-        norm_penalty: float = 1.0,
-        screen_penalty: float = 1.0,
-        outlier_penalty: float = 0.25,
-        decay: float = 0.8,
-        prior: float = 1.0,
+        test: QuarantineTest | None = None,
+        outlier_weight: float = 0.25,
         vote_against_penalty: float = 0.5,
         silent_penalty: float = 0.2,
         vote_recovery: float = 0.1,
         min_weight: float = 0.01,
     ) -> None:
-        self.threshold = _positive("threshold", threshold)
-        self.norm_penalty = _positive("norm_penalty", norm_penalty)
-        self.screen_penalty = _positive("screen_penalty", screen_penalty)
-        self.outlier_penalty = _positive("outlier_penalty", outlier_penalty)
-        if self.outlier_penalty > self.norm_penalty or self.screen_penalty > self.norm_penalty:
-            raise ReputationError(
-                "outlier_penalty and screen_penalty must not exceed norm_penalty (a norm-bound or refused "
-                "update is certain evidence, an outlier only a suspicion)"
-            )
-        self.decay = _fraction("decay", decay, allow_zero=True)
-        self.prior = _positive("prior", prior)
+        if test is not None and not isinstance(test, QuarantineTest):
+            raise ReputationError(f"test must be a QuarantineTest, got {test!r}")
+        self.test = test if test is not None else QuarantineTest()
+        self.lower, self.upper = self.test.bounds
+        self.outlier_weight = _fraction("outlier_weight", outlier_weight, allow_one=True)
         self.vote_against_penalty = _fraction("vote_against_penalty", vote_against_penalty, allow_one=True)
         self.silent_penalty = _fraction("silent_penalty", silent_penalty, allow_zero=True, allow_one=True)
         self.vote_recovery = _fraction("vote_recovery", vote_recovery, allow_zero=True, allow_one=True)
         self.min_weight = _fraction("min_weight", min_weight)
-        self._suspicion: dict[str, float] = {}
+        self._evidence: dict[str, float] = {}
         self._quarantined: dict[str, int] = {}
         self._weights: dict[str, float] = {}
         self._last_round: int | None = None
         self._last_vote_round: int | None = None
 
     # --- facilities ------------------------------------------------------------------------------
+
+    @property
+    def threshold(self) -> float:
+        """Evidence (in nats) at which a facility is quarantined: Wald's upper bound A."""
+        return self.upper
 
     @property
     def quarantined(self) -> frozenset[str]:
@@ -138,9 +356,14 @@ class Reputation:
         """Round in which ``facility`` was quarantined, or None."""
         return self._quarantined.get(facility)
 
+    def evidence(self, facility: str) -> float:
+        """The test's log-likelihood ratio "offender" against "honest" (0 for a facility never seen; may
+        be negative, down to the floor B)."""
+        return self._evidence.get(facility, 0.0)
+
     def suspicion(self, facility: str) -> float:
-        """Current suspicion (0 for a facility never seen)."""
-        return self._suspicion.get(facility, 0.0)
+        """Evidence against the facility, 0 when it looks honest: max(0, evidence), out of ``threshold``."""
+        return max(0.0, self._evidence.get(facility, 0.0))
 
     def observe(
         self,
@@ -170,26 +393,24 @@ class Reputation:
                     f"flag for bucket {bid!r} must be one of {', '.join(FLAG_KINDS)}, got {kind!r}"
                 )
 
-        penalties = {
-            "norm": self.norm_penalty,
-            "screen": self.screen_penalty,
-            "outlier": self.outlier_penalty,
-        }
-        new = dict(self._suspicion)
+        pool = len(seen)
+        new = dict(self._evidence)
         for bid, members in buckets.items():
+            up, down = self.test.steps(pool, len(members))
             flag = flagged.get(bid)
+            old = [self._evidence.get(m, 0.0) for m in members]
             if flag is None:
-                for m in members:
-                    new[m] = self.decay * self._suspicion.get(m, 0.0)
+                for m, e in zip(members, old, strict=True):
+                    new[m] = max(self.lower, e + down)
                 continue
-            penalty = penalties[flag]
-            base = [self._suspicion.get(m, 0.0) + self.prior for m in members]
-            avg = math.fsum(base) / len(base)
-            for m, b in zip(members, base, strict=True):
-                new[m] = self._suspicion.get(m, 0.0) + penalty * b / avg
-        self._suspicion = new
+            weight = self.outlier_weight if flag == "outlier" else 1.0
+            top = 1.0 + max(max(0.0, e) for e in old)
+            for m, e in zip(members, old, strict=True):
+                share = (1.0 + max(0.0, e)) / top  # explaining away: in (0, 1], 1 for the most suspect
+                new[m] = max(self.lower, e + weight * share * up)
+        self._evidence = new
         self._last_round = rnd
-        newly = sorted(m for m in seen if m not in self._quarantined and self._suspicion[m] >= self.threshold)
+        newly = sorted(m for m in seen if m not in self._quarantined and self._evidence[m] >= self.upper)
         for m in newly:
             self._quarantined[m] = rnd
         return newly
@@ -203,11 +424,11 @@ class Reputation:
         self._quarantined[facility] = self._last_round or 0
 
     def release(self, facility: str) -> None:
-        """Lift a quarantine (after an investigation) and reset the facility's suspicion."""
+        """Lift a quarantine (after an investigation) and start the facility's test afresh."""
         if facility not in self._quarantined:
             raise ReputationError(f"facility {facility!r} is not quarantined")
         del self._quarantined[facility]
-        self._suspicion[facility] = 0.0
+        self._evidence[facility] = 0.0
 
     # --- validators ------------------------------------------------------------------------------
 
@@ -257,19 +478,15 @@ class Reputation:
         at most the validator weight if the node also votes."""
         if node in self._quarantined:
             return 0.0
-        s = max(0.0, 1.0 - self._suspicion.get(node, 0.0) / self.threshold)
+        s = max(0.0, 1.0 - self.suspicion(node) / self.threshold)
         return min(s, self._weights.get(node, 1.0))
 
     # --- persistence -----------------------------------------------------------------------------
 
-    def _config(self) -> dict[str, float]:
+    def _config(self) -> dict[str, Any]:
         return {
-            "threshold": self.threshold,
-            "norm_penalty": self.norm_penalty,
-            "screen_penalty": self.screen_penalty,
-            "outlier_penalty": self.outlier_penalty,
-            "decay": self.decay,
-            "prior": self.prior,
+            "test": self.test.to_dict(),
+            "outlier_weight": self.outlier_weight,
             "vote_against_penalty": self.vote_against_penalty,
             "silent_penalty": self.silent_penalty,
             "vote_recovery": self.vote_recovery,
@@ -277,11 +494,14 @@ class Reputation:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-friendly state (keys sorted for stable output)."""
+        """Plain JSON-friendly state (keys sorted for stable output). ``suspicion`` and ``threshold`` are
+        what dashboards show; ``evidence`` is the test's state."""
         return {
             "version": STATE_VERSION,
             "config": self._config(),
-            "suspicion": dict(sorted(self._suspicion.items())),
+            "threshold": self.threshold,
+            "evidence": dict(sorted(self._evidence.items())),
+            "suspicion": {f: self.suspicion(f) for f in sorted(self._evidence)},
             "quarantined": dict(sorted(self._quarantined.items())),
             "weights": dict(sorted(self._weights.items())),
             "last_round": self._last_round,
@@ -289,13 +509,40 @@ class Reputation:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Reputation:
-        """Rebuild from ``to_dict`` output; raises ReputationError on a damaged state."""
+    def from_dict(cls, data: Mapping[str, Any], *, test: QuarantineTest | None = None) -> Reputation:
+        """Rebuild from ``to_dict`` output; raises ReputationError on a damaged state.
+
+        ``test``, when given, replaces the stored test (the federation's settings changed); the evidence is
+        kept. A version-1 state (fixed threshold, from before the sequential test) loads too: each
+        facility keeps its share of the way to quarantine (suspicion/threshold of A), quarantines, validator
+        weights and rounds are kept, and its validator settings carry over.
+        """
         try:
-            if data["version"] != STATE_VERSION:
-                raise ReputationError(f"unsupported reputation state version {data['version']!r}")
-            rep = cls(**dict(data["config"]))
-            susp = {str(k): float(v) for k, v in dict(data["suspicion"]).items()}
+            version = data["version"]
+            config = dict(data["config"])
+            if version in OLD_STATE_VERSIONS:
+                old_threshold = _positive("threshold", config["threshold"])
+                outlier = _positive("outlier_penalty", config["outlier_penalty"]) / _positive(
+                    "norm_penalty", config["norm_penalty"]
+                )
+                rep = cls(
+                    test=test,
+                    outlier_weight=min(1.0, outlier),
+                    **{
+                        k: config[k]
+                        for k in ("vote_against_penalty", "silent_penalty", "vote_recovery", "min_weight")
+                    },
+                )
+                old = {str(k): float(v) for k, v in dict(data["suspicion"]).items()}
+                if any(not math.isfinite(v) or v < 0 for v in old.values()):
+                    raise ReputationError("damaged reputation state: suspicion must be finite and ≥ 0")
+                evidence = {f: min(v / old_threshold, 1.0) * rep.upper for f, v in old.items()}
+            elif version == STATE_VERSION:
+                stored = QuarantineTest(**dict(config.pop("test")))
+                rep = cls(test=test if test is not None else stored, **config)
+                evidence = {str(k): float(v) for k, v in dict(data["evidence"]).items()}
+            else:
+                raise ReputationError(f"unsupported reputation state version {version!r}")
             quar = {str(k): int(v) for k, v in dict(data["quarantined"]).items()}
             weights = {str(k): float(v) for k, v in dict(data["weights"]).items()}
             last = data["last_round"]
@@ -304,11 +551,11 @@ class Reputation:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise ReputationError(f"damaged reputation state: {exc!r}") from exc
-        if any(not math.isfinite(v) or v < 0 for v in susp.values()):
-            raise ReputationError("damaged reputation state: suspicion must be finite and ≥ 0")
+        if any(not math.isfinite(v) for v in evidence.values()):
+            raise ReputationError("damaged reputation state: evidence must be finite")
         if any(not rep.min_weight <= v <= 1 for v in weights.values()):
             raise ReputationError("damaged reputation state: validator weights out of range")
-        rep._suspicion = susp
+        rep._evidence = {f: max(rep.lower, v) for f, v in evidence.items()}
         rep._quarantined = quar
         rep._weights = weights
         rep._last_round = None if last is None else _round(last)
@@ -360,20 +607,31 @@ def simulate(
     seed: int = 0,
     attack_prob: float = 1.0,
     flag: str = "norm",
+    honest_flag_prob: float = 0.0,
     exclude_quarantined: bool = True,
+    test: QuarantineTest | None = None,
     **config: float,
 ) -> dict[str, int]:
     """Simulate group testing; return {facility: round quarantined}. Offenders are ``f00``, ``f01``, ...
 
-    Each round the active facilities are shuffled (seeded, non-secret) into buckets of ``bucket_size``;
-    a bucket holding an offender that attacks this round (probability ``attack_prob``) gets ``flag``.
-    ``config`` goes to ``Reputation``. For tuning the threshold and estimating false positives.
+    Each round the active facilities are shuffled (seeded, non-secret) into ⌊active/bucket_size⌋ buckets
+    (the remainder spread over them, as ``hfl.schedule`` does); a bucket holding an offender that attacks
+    this round (probability ``attack_prob``) gets ``flag``, and any other bucket gets ``"screen"`` with
+    probability ``honest_flag_prob`` (the outlier screen's false flags). ``test`` defaults to the one the
+    authority builds for this size (``default_max_byzantine`` misbehaving facilities); ``config`` goes
+    to ``Reputation``.
     """
     if n_facilities < 1 or bucket_size < 1 or rounds < 0 or not 0 <= n_byzantine <= n_facilities:
         raise ReputationError(
             "simulate needs n_facilities ≥ 1, bucket_size ≥ 1, 0 ≤ n_byzantine ≤ n_facilities"
         )
-    rep = Reputation(**config)
+    if test is None:
+        test = QuarantineTest(
+            facilities=n_facilities,
+            bucket_size=bucket_size,
+            max_byzantine=default_max_byzantine(n_facilities, bucket_size),
+        )
+    rep = Reputation(test=test, **config)
     rng = np.random.default_rng(seed)
     width = max(2, len(str(n_facilities - 1)))
     ids = [f"f{i:0{width}d}" for i in range(n_facilities)]
@@ -385,10 +643,16 @@ def simulate(
             break
         order = [active[i] for i in rng.permutation(len(active))]
         attacking = {x for x in sorted(bad) if rng.random() < attack_prob}
+        n_buckets = max(1, len(order) // bucket_size)  # the remainder joins buckets, as hfl.schedule does
         buckets = {
-            b: order[b * bucket_size : (b + 1) * bucket_size] for b in range(-(-len(order) // bucket_size))
+            b: [str(x) for x in part] for b, part in enumerate(np.array_split(np.array(order), n_buckets))
         }
-        flagged = {b: flag for b, members in buckets.items() if attacking.intersection(members)}
+        false_flags = rng.random(len(buckets)) < honest_flag_prob
+        flagged = {
+            b: flag if attacking.intersection(members) else "screen"
+            for b, members in buckets.items()
+            if attacking.intersection(members) or false_flags[b]
+        }
         for q in rep.observe(rnd, buckets, flagged):
             caught[q] = rnd
     return caught

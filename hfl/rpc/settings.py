@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hfl.domain import SPECIALTIES
 from hfl.errors import ConfigError
+from hfl.robust.reputation import QuarantineTest, ReputationError, federation_test
 from hfl.robust.rules import RULES
 from hfl.robust.sizing import DEFAULT_BUCKET_SIZE, SizingError, size_federation
 from hfl.schedule import MIN_SECURE_BUCKET
@@ -117,6 +118,12 @@ class Settings(BaseSettings):
     # Unset: whatever the bucketing withstands (logged at start). Set: checked at start-up against
     # HFL_MIN_FACILITIES, HFL_BUCKET_SIZE, HFL_RULE and HFL_F; a number they cannot withstand is refused.
     max_byzantine: int | None = None
+    # Quarantine (hfl/robust/reputation.py): the chance that ANY honest facility is quarantined within
+    # HFL_QUARANTINE_HORIZON rounds is at most HFL_QUARANTINE_FALSE_POSITIVE, for HFL_MIN_FACILITIES in
+    # buckets of HFL_BUCKET_SIZE with HFL_MAX_BYZANTINE misbehaving (unset: one per two buckets).
+    # Lower means slower quarantine (an offender flagged every round: 9 rounds for 12 facilities at 1 %).
+    quarantine_false_positive: float = 0.01
+    quarantine_horizon: int = 100
     epoch_rounds: int = 5
     pow_difficulty: int = 12
     # a facility absent this many rounds in a row is left out until it registers again (0: never)
@@ -235,6 +242,8 @@ class Settings(BaseSettings):
                 )
             except SizingError as e:
                 raise ValueError(f"{e} (checked for HFL_MIN_FACILITIES={self.min_facilities})") from None
+        if self.role == "authority":
+            self.quarantine_test()  # a quarantine that cannot tell offenders from honest facilities: refused
         if self.min_facilities < 1 or self.min_fogs < 1 or self.committee_size < 1:
             raise ValueError("HFL_MIN_FACILITIES, HFL_MIN_FOGS and HFL_COMMITTEE_SIZE must be at least 1")
         if self.rounds < 0 or self.epoch_rounds < 1:
@@ -269,6 +278,26 @@ class Settings(BaseSettings):
                 f"choose one of {', '.join(allowed)}"
             )
         return self
+
+    def quarantine_test(self, facilities: int = 0) -> QuarantineTest:
+        """The authority's quarantine test for max(HFL_MIN_FACILITIES, ``facilities``) facilities; raises
+        ValueError with one plain sentence for settings with which it cannot work."""
+        alpha, horizon = self.quarantine_false_positive, self.quarantine_horizon
+        if not (isinstance(alpha, float | int) and math.isfinite(alpha) and 0 < alpha < 1):
+            raise ValueError(
+                "HFL_QUARANTINE_FALSE_POSITIVE must be a chance between 0 and 1 (such as 0.01), "
+                f"got {alpha!r}"
+            )
+        if horizon < 1:
+            raise ValueError(f"HFL_QUARANTINE_HORIZON must be at least 1 round, got {horizon}")
+        n = max(1, self.min_facilities, facilities)
+        try:
+            return federation_test(n, self.bucket_size, self.max_byzantine, alpha=alpha, horizon=horizon)
+        except ReputationError as e:
+            raise ValueError(
+                f"quarantine cannot work with these settings: {e} (HFL_MIN_FACILITIES={n}, "
+                f"HFL_BUCKET_SIZE={self.bucket_size}, HFL_MAX_BYZANTINE={self.max_byzantine})"
+            ) from None
 
     @property
     def norm_ceiling(self) -> float:

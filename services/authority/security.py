@@ -42,7 +42,7 @@ def security_report(
             SecurityRecord(r["node_id"], "released", r["released_at"], r["reason"]) for r in ca.releases()
         ]
     return SecurityReport(
-        quarantine_threshold=float(reputation["config"]["threshold"]),
+        quarantine_threshold=float(reputation.get("threshold") or reputation["config"]["threshold"]),
         suspicion={str(f): float(s) for f, s in reputation["suspicion"].items()},
         quarantined={str(f): bounds.slot_round(int(o)) for f, o in reputation["quarantined"].items()},
         history=history,

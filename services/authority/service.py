@@ -20,7 +20,7 @@ from hfl.oplog import OperatorLog
 from hfl.pki.tokens import add_enrol_token
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.proto.v1 import common_pb2 as pb
-from hfl.robust.reputation import FLAG_KINDS, Reputation, with_refused
+from hfl.robust.reputation import FLAG_KINDS, Reputation, quarantine_sentence, with_refused
 from hfl.robust.sizing import Sizing, size_federation, withstands_buckets
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION, WITHSTANDS
@@ -53,7 +53,12 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         self.privacy = PrivacyBook(settings.state_dir / "privacy.db", settings.dp_epsilon)  # privacy.py
         self.oplog = OperatorLog(settings.state_dir / "operator.db")  # what operators did, and why
         state = registry.get_json("reputation")
-        self.reputation = Reputation.from_dict(state) if isinstance(state, dict) else Reputation()
+        # The quarantine test is sized for the federation (its false-positive rate: docs/robustness.md);
+        # it replaces a stored one, so changed settings apply to the evidence already gathered.
+        test = settings.quarantine_test(len(registry.nodes("facility")))
+        self.reputation = (
+            Reputation.from_dict(state, test=test) if isinstance(state, dict) else Reputation(test=test)
+        )
         seen = registry.get_json("attendance")
         limit = settings.absent_rounds
         self.attendance = Attendance.from_dict(seen, limit) if isinstance(seen, dict) else Attendance(limit)
@@ -72,6 +77,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             secagg=settings.secagg,
         )  # refused at start-up already when it raises (hfl/rpc/settings.py)
         log.info("planned federation: %s", sizing.sentence())
+        log.info("quarantine: %s", quarantine_sentence(test))
 
     def _check_threat(self, n_facilities: int, n_buckets: int) -> None:
         """Say when this round's buckets withstand fewer misbehaving facilities than the federation declared
@@ -88,6 +94,22 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
                 sizing.sentence(),
                 f", fewer than the {s.max_byzantine} declared (HFL_MAX_BYZANTINE)" if short else "",
             )
+
+    def _resize_quarantine(self) -> None:
+        """The federation grew beyond the size its quarantine test was stated for: restate it (the false-
+        positive rate is added up over the facilities, so more of them need a slightly higher bound)."""
+        registered = len(self.registry.nodes("facility"))
+        if registered <= self.reputation.test.facilities:
+            return
+        try:
+            test = self.settings.quarantine_test(registered)
+        except ValueError as e:  # cannot happen for a larger federation; keep the test it has
+            log.warning("quarantine test kept for %d facilities: %s", self.reputation.test.facilities, e)
+            return
+        self.reputation = Reputation.from_dict(self.reputation.to_dict(), test=test)
+        log.info(
+            "quarantine restated for %d registered facilities: %s", registered, quarantine_sentence(test)
+        )
 
     @property
     def quarantined(self) -> frozenset[str]:
@@ -245,9 +267,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         # while that fog is up, or else through its home fog, which it is connecting to.
         homes = self.homes()
         up = set(homes.values())
-        at = {
-            n.node_id: n.fog if n.fog in up else homes[n.node_id] for n in facilities if n.node_id in homes
-        }
+        at = {n.node_id: n.fog if n.fog in up else homes[n.node_id] for n in facilities if n.node_id in homes}
         plans, sit_out = assign_buckets_at(
             at, s.bucket_size, seed, smallest=MIN_SECURE_BUCKET if s.secagg else 1
         )
@@ -357,6 +377,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             self.registry.put_json("fog_status", self.fog_status.to_dict())
         newly: list[str] = []
         if committee:  # without one nothing was proposed: no evidence about updates or votes this round
+            self._resize_quarantine()
             newly = self.reputation.observe(observation, groups, flags)
             self.reputation.observe_votes(observation, committee, votes, bool(request.committed))
         self.registry.put_json("reputation", self.reputation.to_dict())

@@ -16,6 +16,7 @@ from hfl.errors import HflError, InvalidInput, NotAllowed, NotFound
 from hfl.pki.ca import close_ca
 from hfl.pki.tokens import add_enrol_token
 from hfl.proto.v1 import authority_pb2
+from hfl.robust.reputation import federation_test
 from hfl.rpc import authz
 from hfl.rpc.settings import Settings
 from services.authority.registry import Registry
@@ -117,3 +118,69 @@ def test_bad_release_requests_are_refused(
 def test_only_an_operator_may_release() -> None:
     rule = authz.rule_for("/hfl.v1.AuthorityService/ReleaseFacility")
     assert rule is not None and rule.roles == frozenset({"operator"})
+
+
+def test_the_authority_sizes_its_quarantine_test_from_the_settings(tmp_path: Path) -> None:
+    state = tmp_path / "authority"
+    registry = Registry(state / "registry.db")
+    settings = Settings(role="authority", state_dir=state, min_facilities=24, quarantine_horizon=50)
+    a = Authority(settings, SigningKey.generate(), registry)
+    assert a.reputation.test == federation_test(24, 3, horizon=50)
+    assert a.reputation.test.max_byzantine == 4
+    registry.close()
+
+
+def test_the_authority_restates_the_quarantine_test_when_the_federation_grows(tmp_path: Path) -> None:
+    state = tmp_path / "authority"
+    registry = Registry(state / "registry.db")
+    a = Authority(
+        Settings(role="authority", state_dir=state, min_facilities=3), SigningKey.generate(), registry
+    )
+    assert a.reputation.test == federation_test(3, 3) and not a.reputation.test.detects
+    a.reputation.observe(1, {"r": ["facility-00"]}, {"r": "norm"})
+    before = a.reputation.evidence("facility-00")
+    for i in range(12):
+        registry.upsert(
+            NodeInfo(f"facility-{i:02d}", "facility", "", SigningKey.generate().public_bytes, "cardiology")
+        )
+    a._resize_quarantine()
+    assert a.reputation.test == federation_test(12, 3) and a.reputation.test.detects
+    assert a.reputation.evidence("facility-00") == before  # the evidence gathered so far is kept
+    a._resize_quarantine()  # no growth, no change
+    assert a.reputation.test == federation_test(12, 3)
+    registry.close()
+
+
+def test_the_authority_loads_a_reputation_stored_by_the_former_version(tmp_path: Path) -> None:
+    """A state with the fixed threshold (version 1) loads with the federation's test, keeping quarantines
+    and each facility's share of the way to quarantine."""
+    state = tmp_path / "authority"
+    registry = Registry(state / "registry.db")
+    old = {
+        "version": 1,
+        "config": {
+            "threshold": 6.0,
+            "norm_penalty": 1.0,
+            "screen_penalty": 1.0,
+            "outlier_penalty": 0.25,
+            "decay": 0.8,
+            "prior": 1.0,
+            "vote_against_penalty": 0.5,
+            "silent_penalty": 0.2,
+            "vote_recovery": 0.1,
+            "min_weight": 0.01,
+        },
+        "suspicion": {FAC: 3.0, "facility-08": 7.0},
+        "quarantined": {"facility-08": 5001},
+        "weights": {},
+        "last_round": 6001,
+        "last_vote_round": 6001,
+    }
+    registry.put_json("reputation", old)
+    a = Authority(
+        Settings(role="authority", state_dir=state, min_facilities=12), SigningKey.generate(), registry
+    )
+    assert a.reputation.test == federation_test(12, 3)
+    assert a.quarantined == frozenset({"facility-08"})
+    assert a.reputation.evidence(FAC) == pytest.approx(0.5 * a.reputation.threshold)
+    registry.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -125,14 +127,17 @@ def test_with_refused_gives_full_blame_to_the_refused_member() -> None:
     assert flags == {"b1": "screen", "refused:nan1": "norm", "refused:nan2": "norm"}
     rep = Reputation()
     rep.observe(1, groups, flags)
-    assert rep.suspicion("nan1") == rep.norm_penalty and rep.suspicion("a") == 0.0
+    # a group of one flagged norm: only a false flag (0.5 %) could explain it, so the full ln(0.9/0.005)
+    assert rep.suspicion("nan1") == pytest.approx(math.log(0.9 / 0.005)) and rep.suspicion("a") == 0.0
     caught_at = None
     for rnd in range(2, 12):
         g, fl = with_refused({"x": ["a", "nan1", "c"]}, {}, ["nan1"])
         if rep.observe(rnd, g, fl):
             caught_at = rnd
             break
-    assert caught_at == 6 and rep.quarantined == {"nan1"}
+    # the quarantine test (hfl.robust.reputation.QuarantineTest): two refusals cross its bound of 7.78
+    assert caught_at == 2 and rep.quarantined == {"nan1"}
+    assert rep.suspicion("a") == rep.suspicion("c") == 0.0  # its bucket-mates take none of the blame
 
 
 def test_with_refused_refuses_strangers() -> None:
@@ -142,9 +147,14 @@ def test_with_refused_refuses_strangers() -> None:
         with_refused({"b0": ["a"]}, {}, "a")  # type: ignore[arg-type]
 
 
-def test_screen_kind_uses_its_own_penalty() -> None:
-    rep = Reputation(screen_penalty=0.5, outlier_penalty=0.25)
+def test_screen_kind_counts_like_norm_and_outlier_a_quarter() -> None:
+    """A screen flag is calibrated to almost never flag an honest bucket, so it counts like a norm flag;
+    a bucket multi-Krum or centered clipping left out counts ``outlier_weight`` of it."""
+    rep = Reputation(outlier_weight=0.25)
     rep.observe(1, {"s": ["a"], "o": ["b"], "n": ["c"]}, {"s": "screen", "o": "outlier", "n": "norm"})
-    assert (rep.suspicion("a"), rep.suspicion("b"), rep.suspicion("c")) == (0.5, 0.25, 1.0)
+    full = math.log(0.9 / 0.005)
+    assert (rep.suspicion("a"), rep.suspicion("b"), rep.suspicion("c")) == pytest.approx(
+        (full, 0.25 * full, full)
+    )
     with pytest.raises(ReputationError):
-        Reputation(screen_penalty=2.0)
+        Reputation(outlier_weight=2.0)

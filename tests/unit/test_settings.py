@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from hfl.cli import main
 from hfl.errors import ConfigError
+from hfl.robust.reputation import QuarantineTest, federation_test
 from hfl.rpc.settings import Settings, load_settings
 
 
@@ -54,6 +55,10 @@ from hfl.rpc.settings import Settings, load_settings
         ),
         ("authority", {"min_facilities": 30, "max_byzantine": 2, "f": 1}, "use HFL_F=-1"),
         ("authority", {"min_facilities": 30, "max_byzantine": -1}, "HFL_MAX_BYZANTINE=-1 cannot be negative"),
+        ("authority", {"quarantine_false_positive": 0.0}, "HFL_QUARANTINE_FALSE_POSITIVE must be a chance"),
+        ("authority", {"quarantine_false_positive": 1.5}, "HFL_QUARANTINE_FALSE_POSITIVE must be a chance"),
+        ("authority", {"quarantine_false_positive": float("nan")}, "HFL_QUARANTINE_FALSE_POSITIVE must be"),
+        ("authority", {"quarantine_horizon": 0}, "HFL_QUARANTINE_HORIZON must be at least 1 round"),
         ("fog", {"ca_from": "/run/secrets"}, "HFL_CA_FROM is for the authority only, not a fog"),
         ("authority", {"ca_from": "/run/secrets", "tls": False}, "HFL_CA_FROM needs HFL_TLS=true"),
     ],
@@ -145,3 +150,24 @@ def test_a_leader_refuses_the_hard_task_with_a_linear_model() -> None:
     # a facility trains whatever model its leader sends
     assert Settings(role="facility", dataset="synthetic_hard").dataset == "synthetic_hard"
     assert Settings(role="leader", dataset="synthetic_hard", model="mlp").model == "mlp"
+
+
+def test_the_quarantine_test_follows_the_federation_settings() -> None:
+    """Sized from HFL_MIN_FACILITIES (or the facilities registered, if more), HFL_BUCKET_SIZE and
+    HFL_MAX_BYZANTINE (unset: one per two buckets), with HFL_QUARANTINE_FALSE_POSITIVE over
+    HFL_QUARANTINE_HORIZON rounds."""
+    s = load_settings(role="authority", min_facilities=12)
+    assert s.quarantine_test() == federation_test(12, 3) == QuarantineTest()
+    assert s.quarantine_test(48) == federation_test(48, 3)  # more registered than the minimum
+    assert s.quarantine_test().false_positive_bound() == pytest.approx(0.01)
+    s = load_settings(
+        role="authority",
+        min_facilities=24,
+        max_byzantine=3,
+        quarantine_false_positive=0.001,
+        quarantine_horizon=30,
+    )
+    test = s.quarantine_test()
+    assert (test.facilities, test.max_byzantine, test.alpha, test.horizon) == (24, 3, 0.001, 30)
+    # a federation too small for group testing still starts: only refused updates quarantine there
+    assert not load_settings(role="authority", min_facilities=3).quarantine_test().detects
