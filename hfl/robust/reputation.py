@@ -7,15 +7,19 @@ probability ratio test (Wald's SPRT; :class:`QuarantineTest`) with a false-posit
 the federation's size, bucket size and declared number m of misbehaving facilities (unset: one per
 two buckets, ``default_max_byzantine``):
 
-* H0, honest: its bucket is flagged only when a misbehaving facility shares it (or, rarely, by a false
-  flag of the outlier screen, ``false_flag``). With m of the other facilities misbehaving and flagged in
-  every round, a facility in a group of g out of the round's n lands in a flagged bucket with
-  probability p0 = 1 − (1 − false_flag) · C(n−1−m, g−1) / C(n−1, g−1) (about 0.35 for 12 facilities,
-  buckets of 3, m = 2). Fewer or quieter offenders only lower that rate.
-* H1, offender: its buckets are flagged at rate ``p1`` (0.9 by default; a norm-bound breaker is flagged
-  in every round, the outlier screen flags a ``scale`` offender's bucket in about 85 % of rounds).
-* Each round adds to a facility's evidence (its log-likelihood ratio λ) ln(p1/p0) if its bucket is
-  flagged, ln((1−p1)/(1−p0)) if not; absent facilities keep theirs (sitting out must not launder it).
+Only rounds with a flag are evidence. In a round where none of the buckets of a facility's pool (its
+fog's buckets, or all of them with one fog) is flagged, nobody's evidence moves: an offender that lies
+low for a while loses nothing, and an honest facility gains nothing. In a round with flags:
+
+* H0, honest: its place is drawn uniformly among the honest places whoever misbehaves, so it is in a
+  flagged bucket with probability at most p0 = (Σ flagged sizes − min(k, m)) / (pool − m) + false_flag
+  for k flagged buckets (``base_rate``; 0.30 for one flagged bucket of 4 among 11 facilities, m = 1).
+* H1, offender: its bucket is among the flagged ones with probability ``p1`` (0.95 by default: when
+  only offenders are flagged, the flag is theirs; 0.95 rather than 0.9 quarantines all 8 of 8 offenders
+  among 48 facilities by round 10 in 98.5 % of simulated runs, against 72 %).
+* A facility in a flagged bucket adds ln(p1/p0) to its evidence (its log-likelihood ratio λ), one in an
+  unflagged bucket of the same pool ln((1−p1)/(1−p0)); absent facilities keep theirs (sitting out must
+  not launder it); a round with p0 ≥ p1 (flags nearly everywhere) says nothing.
   A flagged step is scaled by a weight in (0, 1]: ``outlier_weight`` for a bucket that multi-Krum or
   centered clipping left out (only a suspicion), times (1 + λᵢ⁺) / (1 + max over the bucket of λⱼ⁺), so
   a member that is already suspect takes the blame and an honest facility sharing a bucket with a known
@@ -23,20 +27,36 @@ two buckets, ``default_max_byzantine``):
   rate, so the bound below holds whatever the weights.
 * λ never falls below Wald's lower bound B = ln(β/(1−α₁)) (the test says "honest", but keeps watching),
   and λ ≥ A = ln((1−β)/α₁), Wald's upper bound → quarantined, permanently unless ``release`` is called.
-* Certain evidence acts fast: a refused update (``with_refused``: a group of one flagged ``norm``) has
-  p0 = ``false_flag``, so two refusals quarantine.
+* Refused updates (``with_refused``: NaN, infinite or the wrong size, a group of one flagged ``norm``)
+  are a second test per facility, over every round it takes part in: a refusal adds ln(p1/false_flag)
+  (5.2 nats), a round without one ln((1−p1)/(1−false_flag)) (−3.0). Two refusals in a row quarantine a
+  facility with no history in a federation of up to 18 facilities; after a long clean record (the
+  floor B) it takes three. This test gets a tenth of the false-positive rate (``REFUSAL_SHARE``), the
+  flag test the rest.
+
+Why only flagged rounds. An earlier version of this test also counted rounds without a flag against every
+facility (p0 was then the chance of merely sharing a bucket with an offender). An offender that the
+adaptive norm bound lets through in many rounds was then never caught: with p0 ≈ 0.3 it had to be flagged
+in more than about 64 % of all its rounds. Conditioning on the rounds with a flag keeps the same
+false-positive bound (the honest facility's place is uniform in every round, flagged or not) and lets
+an offender's quiet rounds count for nothing instead of against the evidence.
 
 False positives. Under H0 the likelihood ratio is a non-negative supermartingale, so (Ville's inequality)
 an honest facility's λ ever reaches A with probability at most e^−A, and, once it has touched B, climbs
-from B to A with probability at most e^−(A−B). Over ``horizon`` rounds one honest facility is quarantined
-with probability at most e^−A + (horizon − 1) · e^−(A−B), and the federation (union over ``facilities``)
-with at most ``facilities`` times that. α₁ (per facility) is chosen so that this federation-wide bound
-equals ``alpha`` (default 1 % over 100 rounds): for 12 facilities A = 7.78, and an offender flagged in
-every round is quarantined after 9 rounds (``QuarantineTest.rounds_to_quarantine``). The bound assumes
-buckets drawn uniformly among the round's facilities (one fog, or offenders spread over fogs like the
-others), at most m offenders, and flags of kind norm or screen; it is conservative (explaining away makes
-the real rate far lower: bench/reputation_sim.py → bench/results/reputation_sim.json). ``simulate`` runs
-the rule alone.
+from B to A with probability at most e^−(A−B). Over ``horizon`` rounds one test quarantines an honest
+facility with probability at most e^−A + (horizon − 1) · e^−(A−B); the federation-wide bound is that,
+times ``facilities``, summed over the two tests. Each test's α₁ (per facility) is chosen so that the
+federation-wide bound equals ``alpha`` (default 1 % over 100 rounds). For 12 facilities in buckets of 3
+(m = 2), A = 7.88 and an offender whose bucket is the only flagged one is quarantined after 6 such
+rounds (``QuarantineTest.rounds_to_quarantine``); two offenders in two flagged buckets take about 10.
+Rounds without a flag are not steps of the test, so counting them in the horizon is conservative.
+
+The bound assumes buckets drawn uniformly within each pool, at most m offenders, flags of kind norm or
+screen, and offenders that do not choose when to misbehave by who shares their bucket. One that
+misbehaves only beside one chosen hospital makes the two look exactly alike in bucket sums (no test can
+tell them apart), and both are quarantined together; ``release`` is for such a case, after an
+investigation. The bound is conservative: explaining away makes the real rate far lower
+(bench/reputation_sim.py → bench/results/reputation_sim.json). ``simulate`` runs the rule alone.
 
 Validators. ``observe_votes``: a committee member that voted against the certified outcome loses a
 share ``vote_against_penalty`` of its weight, a silent one (None or missing) a share ``silent_penalty``,
@@ -62,6 +82,9 @@ FLAG_KINDS = ("norm", "screen", "outlier")
 REFUSED_PREFIX = "refused:"
 STATE_VERSION = 2
 OLD_STATE_VERSIONS = (1,)
+REFUSAL_SHARE = 0.1
+"""Each facility is watched by two tests, flags and refusals; the refusal test gets this share of the
+false-positive rate, the flag test the rest."""
 
 BucketId = TypeVar("BucketId", bound=Hashable)
 
@@ -119,17 +142,28 @@ def wald_bounds(alpha: float, beta: float) -> tuple[float, float]:
     return math.log(b / (1 - a)), math.log((1 - b) / a)
 
 
-def base_rate(pool: int, group: int, max_byzantine: int, false_flag: float) -> float:
-    """p0: the chance that an honest facility in a group of ``group``, drawn at random with ``pool`` − 1
-    others of which at most ``max_byzantine`` misbehave (and are flagged whenever they can be), lands in a
-    flagged bucket: 1 − (1 − false_flag) · C(pool−1−m, group−1) / C(pool−1, group−1)."""
-    if pool < 1 or group < 1 or group > pool or max_byzantine < 0:
+def base_rate(pool: int, flagged: Sequence[int], max_byzantine: int, false_flag: float) -> float:
+    """p0: the chance that an honest facility lands in one of a round's flagged buckets, given which
+    buckets were flagged. ``pool``: the facilities its bucket was drawn among (its fog's, this round);
+    ``flagged``: the sizes of that pool's flagged buckets; at most ``max_byzantine`` (m) of the pool
+    misbehave.
+
+    An honest facility's place is drawn uniformly among the honest places, whoever misbehaves and however
+    the flags fall, so it sits in a flagged bucket with probability (honest places in flagged buckets) /
+    (honest facilities). With k flagged buckets each holding an offender (a flag with no offender behind
+    it is a false flag, ``false_flag``), that is at most (Σ sizes − min(k, m)) / (pool − m), plus
+    ``false_flag``; never more than 1."""
+    sizes = [int(x) for x in flagged]
+    if pool < 1 or max_byzantine < 0 or any(x < 1 for x in sizes) or sum(sizes) > pool:
         raise ReputationError(
-            f"base_rate needs 1 ≤ group ≤ pool and max_byzantine ≥ 0, got {pool}, {group}, {max_byzantine}"
+            f"base_rate needs a pool of at least one facility, flagged buckets of at least one that fit in "
+            f"it and max_byzantine ≥ 0, got {pool}, {sizes}, {max_byzantine}"
         )
+    if not sizes:
+        return 0.0
     m = min(max_byzantine, pool - 1)
-    clean = math.comb(pool - 1 - m, group - 1) / math.comb(pool - 1, group - 1)
-    return 1.0 - (1.0 - false_flag) * clean
+    places = sum(sizes) - min(len(sizes), m)
+    return min(1.0, places / (pool - m) + false_flag)
 
 
 def default_max_byzantine(facilities: int, bucket_size: int) -> int:
@@ -154,7 +188,7 @@ class QuarantineTest:
     alpha: float = 0.01
     horizon: int = 100
     beta: float = 0.01
-    p1: float = 0.9
+    p1: float = 0.95
     false_flag: float = 0.005
 
     def __post_init__(self) -> None:
@@ -179,8 +213,9 @@ class QuarantineTest:
 
     @property
     def p0(self) -> float:
-        """The honest base rate with every facility present in buckets of ``bucket_size``."""
-        return base_rate(self.facilities, self.bucket_size, self.max_byzantine, self.false_flag)
+        """The honest base rate in a round where one bucket of ``bucket_size`` is flagged, every facility
+        present in one pool."""
+        return base_rate(self.facilities, [self.bucket_size], self.max_byzantine, self.false_flag)
 
     @property
     def detects(self) -> bool:
@@ -195,47 +230,59 @@ class QuarantineTest:
         who = "facility" if self.max_byzantine == 1 else "facilities"
         return (
             f"with {self.max_byzantine} misbehaving {who} among {self.facilities} in buckets of "
-            f"{self.bucket_size}, an honest facility would share a bucket with one in {100 * self.p0:.0f} % "
-            f"of rounds, as often as a misbehaving facility's bucket is flagged ({100 * self.p1:.0f} %), "
-            "so group testing cannot tell them apart: declare fewer misbehaving facilities, use smaller "
-            "buckets or enrol more facilities"
+            f"{self.bucket_size}, an honest facility would be in a flagged bucket in {100 * self.p0:.0f} % "
+            f"of the rounds with a flag, as often as a misbehaving one ({100 * self.p1:.0f} %), so group "
+            "testing cannot tell them apart: declare fewer misbehaving facilities, use smaller buckets or "
+            "enrol more facilities"
         )
 
     @property
     def per_facility_alpha(self) -> float:
-        """α₁: Wald's α for one facility, chosen so that ``false_positive_bound()`` equals ``alpha``."""
-        return _per_facility_alpha(self.facilities, self.alpha, self.beta, self.horizon)
+        """α₁: Wald's α for one facility's flag test, chosen so that its share of ``false_positive_bound()``
+        is (1 − ``REFUSAL_SHARE``) · ``alpha``."""
+        return _per_facility_alpha(self.facilities, (1 - REFUSAL_SHARE) * self.alpha, self.beta, self.horizon)
 
     @property
     def bounds(self) -> tuple[float, float]:
         """(B, A): the floor of the evidence and the quarantine bound, in nats."""
         return wald_bounds(self.per_facility_alpha, self.beta)
 
+    @property
+    def refusal_bounds(self) -> tuple[float, float]:
+        """(B, A) of the refusal test, whose share of the rate is ``REFUSAL_SHARE`` · ``alpha``."""
+        a1 = _per_facility_alpha(self.facilities, REFUSAL_SHARE * self.alpha, self.beta, self.horizon)
+        return wald_bounds(a1, self.beta)
+
     def false_positive_bound(self, rounds: int | None = None) -> float:
         """Upper bound on the chance that any honest facility is quarantined within ``rounds`` (default:
-        the horizon): facilities · (e^−A + (rounds − 1) · e^−(A−B))."""
+        the horizon): facilities · (e^−A + (rounds − 1) · e^−(A−B)), summed over the two tests."""
         t = self.horizon if rounds is None else _whole("rounds", rounds, 1)
-        lower, upper = self.bounds
-        return min(1.0, self.facilities * (math.exp(-upper) + (t - 1) * math.exp(-(upper - lower))))
+        total = 0.0
+        for lower, upper in (self.bounds, self.refusal_bounds):
+            total += self.facilities * (math.exp(-upper) + (t - 1) * math.exp(-(upper - lower)))
+        return min(1.0, total)
 
-    def steps(self, pool: int, group: int) -> tuple[float, float]:
-        """(flagged, clean): what one round adds to the evidence of a facility in a group of ``group`` among
-        ``pool`` facilities; (0, 0) when such a round says nothing (p0 ≥ p1)."""
-        p0 = base_rate(pool, group, self.max_byzantine, self.false_flag)
-        if p0 >= self.p1:
+    def steps(self, pool: int, flagged: Sequence[int]) -> tuple[float, float]:
+        """(flagged, clean): what one round adds to the evidence of a facility drawn among ``pool``
+        facilities whose flagged buckets have the sizes ``flagged`` (in a flagged bucket, or not); (0, 0)
+        when such a round says nothing: no flag in the pool, or so many that p0 ≥ p1."""
+        p0 = base_rate(pool, flagged, self.max_byzantine, self.false_flag)
+        if not flagged or p0 >= self.p1:
             return 0.0, 0.0
         return math.log(self.p1 / p0), math.log((1 - self.p1) / (1 - p0))
 
     def rounds_to_quarantine(self) -> int | None:
-        """Rounds after which an offender flagged in every round (and at least as suspect as its
-        bucket-mates) is quarantined, with every facility present; None when flags cannot tell."""
-        up, _ = self.steps(self.facilities, self.bucket_size)
+        """Flagged rounds after which an offender whose bucket is the round's only flagged one (and which
+        is at least as suspect as its bucket-mates) is quarantined, with every facility present in one
+        pool; None when flags cannot tell. Rounds without a flag do not count."""
+        up, _ = self.steps(self.facilities, [self.bucket_size])
         return math.ceil(self.bounds[1] / up - 1e-12) if up > 0 else None
 
     def drift(self, flag_rate: float) -> float:
-        """Expected evidence gained per round by a facility whose bucket is flagged at ``flag_rate`` (no
-        explaining away); positive for offenders, negative for honest facilities."""
-        up, down = self.steps(self.facilities, self.bucket_size)
+        """Expected evidence gained per flagged round (one bucket of ``bucket_size`` flagged) by a facility
+        that is in the flagged bucket in a share ``flag_rate`` of them (no explaining away); positive for
+        offenders, negative for honest facilities."""
+        up, down = self.steps(self.facilities, [self.bucket_size])
         return flag_rate * up + (1 - flag_rate) * down
 
     def to_dict(self) -> dict[str, Any]:
@@ -286,7 +333,7 @@ def quarantine_sentence(test: QuarantineTest) -> str:
     if rounds is None:
         return f"{who}: {test.cannot_detect()}; only refused updates can quarantine ({rate})"
     return (
-        f"{who}: a facility whose bucket is flagged in every round is quarantined after {rounds} rounds; "
+        f"{who}: a facility whose bucket is the only one flagged is quarantined after {rounds} such rounds; "
         + rate
     )
 
@@ -329,12 +376,14 @@ class Reputation:
             raise ReputationError(f"test must be a QuarantineTest, got {test!r}")
         self.test = test if test is not None else QuarantineTest()
         self.lower, self.upper = self.test.bounds
+        self.refusal_lower, self.refusal_upper = self.test.refusal_bounds
         self.outlier_weight = _fraction("outlier_weight", outlier_weight, allow_one=True)
         self.vote_against_penalty = _fraction("vote_against_penalty", vote_against_penalty, allow_one=True)
         self.silent_penalty = _fraction("silent_penalty", silent_penalty, allow_zero=True, allow_one=True)
         self.vote_recovery = _fraction("vote_recovery", vote_recovery, allow_zero=True, allow_one=True)
         self.min_weight = _fraction("min_weight", min_weight)
         self._evidence: dict[str, float] = {}
+        self._refusals: dict[str, float] = {}
         self._quarantined: dict[str, int] = {}
         self._weights: dict[str, float] = {}
         self._last_round: int | None = None
@@ -361,17 +410,28 @@ class Reputation:
         be negative, down to the floor B)."""
         return self._evidence.get(facility, 0.0)
 
+    def refusal_evidence(self, facility: str) -> float:
+        """The refusal test's log-likelihood ratio (0 for a facility never seen; down to the floor B)."""
+        return self._refusals.get(facility, 0.0)
+
     def suspicion(self, facility: str) -> float:
-        """Evidence against the facility, 0 when it looks honest: max(0, evidence), out of ``threshold``."""
-        return max(0.0, self._evidence.get(facility, 0.0))
+        """Evidence against the facility, 0 when it looks honest: the larger of the two tests' evidence
+        (flags; refusals, scaled to the flag test's bound), at least 0, out of ``threshold``."""
+        refusals = self._refusals.get(facility, 0.0) * self.upper / self.refusal_upper  # on the same scale
+        return max(0.0, self._evidence.get(facility, 0.0), refusals)
 
     def observe(
         self,
         round: int,
         buckets: Mapping[BucketId, Sequence[str]],
         flagged: Mapping[BucketId, str],
+        pools: Mapping[BucketId, str] | None = None,
     ) -> list[str]:
-        """Record one round's buckets and flags; return the facilities newly quarantined (sorted)."""
+        """Record one round's buckets and flags; return the facilities newly quarantined (sorted).
+
+        ``pools``: which pool (fog) each bucket was drawn in, when buckets are drawn per fog; None: one
+        pool. A group ``"refused:<id>"`` (``with_refused``) is the refused facility alone and needs no pool.
+        """
         rnd = _round(round)
         if self._last_round is not None and rnd <= self._last_round:
             raise ReputationError(f"round {rnd} already observed (last was {self._last_round})")
@@ -392,25 +452,50 @@ class Reputation:
                 raise ReputationError(
                     f"flag for bucket {bid!r} must be one of {', '.join(FLAG_KINDS)}, got {kind!r}"
                 )
-
-        pool = len(seen)
-        new = dict(self._evidence)
+        by_pool: dict[str, list[BucketId]] = {}
+        alone: list[BucketId] = []
         for bid, members in buckets.items():
-            up, down = self.test.steps(pool, len(members))
-            flag = flagged.get(bid)
-            old = [self._evidence.get(m, 0.0) for m in members]
-            if flag is None:
+            if _is_refused(bid):
+                if len(members) != 1:
+                    raise ReputationError(f"group {bid!r} must hold exactly the refused facility")
+                alone.append(bid)
+            elif pools is None:
+                by_pool.setdefault("", []).append(bid)
+            elif bid not in pools:
+                raise ReputationError(f"bucket {bid!r} has no pool (fog)")
+            else:
+                by_pool.setdefault(str(pools[bid]), []).append(bid)
+
+        new = dict(self._evidence)
+        refusals = dict(self._refusals)
+        refused = {buckets[bid][0] for bid in alone if bid in flagged}
+        refused_up = math.log(self.test.p1 / self.test.false_flag)
+        refused_down = math.log((1 - self.test.p1) / (1 - self.test.false_flag))
+        for m in seen:  # the refusal test: every facility in the round, refused or not
+            r = refusals.get(m, 0.0) + (refused_up if m in refused else refused_down)
+            refusals[m] = max(self.refusal_lower, r)
+        for bids in by_pool.values():
+            pool = sum(len(buckets[b]) for b in bids)
+            up, down = self.test.steps(pool, [len(buckets[b]) for b in bids if b in flagged])
+            if up == 0.0 and down == 0.0:
+                continue  # no flag among this pool's buckets (or flags everywhere): no evidence either way
+            for bid in bids:
+                members = buckets[bid]
+                old = [self._evidence.get(m, 0.0) for m in members]
+                flag = flagged.get(bid)
+                if flag is None:
+                    for m, e in zip(members, old, strict=True):
+                        new[m] = max(self.lower, e + down)
+                    continue
+                weight = self.outlier_weight if flag == "outlier" else 1.0
+                top = 1.0 + max(max(0.0, e) for e in old)
                 for m, e in zip(members, old, strict=True):
-                    new[m] = max(self.lower, e + down)
-                continue
-            weight = self.outlier_weight if flag == "outlier" else 1.0
-            top = 1.0 + max(max(0.0, e) for e in old)
-            for m, e in zip(members, old, strict=True):
-                share = (1.0 + max(0.0, e)) / top  # explaining away: in (0, 1], 1 for the most suspect
-                new[m] = max(self.lower, e + weight * share * up)
+                    share = (1.0 + max(0.0, e)) / top  # explaining away: in (0, 1], 1 for the most suspect
+                    new[m] = max(self.lower, e + weight * share * up)
         self._evidence = new
+        self._refusals = refusals
         self._last_round = rnd
-        newly = sorted(m for m in seen if m not in self._quarantined and self._evidence[m] >= self.upper)
+        newly = sorted(m for m in seen if m not in self._quarantined and self.suspicion(m) >= self.upper)
         for m in newly:
             self._quarantined[m] = rnd
         return newly
@@ -429,6 +514,7 @@ class Reputation:
             raise ReputationError(f"facility {facility!r} is not quarantined")
         del self._quarantined[facility]
         self._evidence[facility] = 0.0
+        self._refusals[facility] = 0.0
 
     # --- validators ------------------------------------------------------------------------------
 
@@ -501,7 +587,8 @@ class Reputation:
             "config": self._config(),
             "threshold": self.threshold,
             "evidence": dict(sorted(self._evidence.items())),
-            "suspicion": {f: self.suspicion(f) for f in sorted(self._evidence)},
+            "refusals": dict(sorted(self._refusals.items())),
+            "suspicion": {f: self.suspicion(f) for f in sorted(set(self._evidence) | set(self._refusals))},
             "quarantined": dict(sorted(self._quarantined.items())),
             "weights": dict(sorted(self._weights.items())),
             "last_round": self._last_round,
@@ -537,10 +624,12 @@ class Reputation:
                 if any(not math.isfinite(v) or v < 0 for v in old.values()):
                     raise ReputationError("damaged reputation state: suspicion must be finite and ≥ 0")
                 evidence = {f: min(v / old_threshold, 1.0) * rep.upper for f, v in old.items()}
+                refusals: dict[str, float] = {}
             elif version == STATE_VERSION:
                 stored = QuarantineTest(**dict(config.pop("test")))
                 rep = cls(test=test if test is not None else stored, **config)
                 evidence = {str(k): float(v) for k, v in dict(data["evidence"]).items()}
+                refusals = {str(k): float(v) for k, v in dict(data.get("refusals", {})).items()}
             else:
                 raise ReputationError(f"unsupported reputation state version {version!r}")
             quar = {str(k): int(v) for k, v in dict(data["quarantined"]).items()}
@@ -551,16 +640,21 @@ class Reputation:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise ReputationError(f"damaged reputation state: {exc!r}") from exc
-        if any(not math.isfinite(v) for v in evidence.values()):
+        if any(not math.isfinite(v) for v in (*evidence.values(), *refusals.values())):
             raise ReputationError("damaged reputation state: evidence must be finite")
         if any(not rep.min_weight <= v <= 1 for v in weights.values()):
             raise ReputationError("damaged reputation state: validator weights out of range")
         rep._evidence = {f: max(rep.lower, v) for f, v in evidence.items()}
+        rep._refusals = {f: max(rep.refusal_lower, v) for f, v in refusals.items()}
         rep._quarantined = quar
         rep._weights = weights
         rep._last_round = None if last is None else _round(last)
         rep._last_vote_round = None if last_vote is None else _round(last_vote)
         return rep
+
+
+def _is_refused(bucket_id: object) -> bool:
+    return isinstance(bucket_id, str) and bucket_id.startswith(REFUSED_PREFIX)
 
 
 def with_refused(
@@ -569,8 +663,8 @@ def with_refused(
     """Give facilities whose update the fog refused (NaN, infinite, wrong size) direct blame.
 
     Each refused facility leaves its bucket (its bucket's sum does not contain it) and becomes its own
-    group ``"refused:<id>"`` flagged ``"norm"``; with a single member it takes the whole penalty,
-    ``norm_penalty`` per round, and its former bucket-mates take none. A bucket left empty is dropped
+    group ``"refused:<id>"`` flagged ``"norm"``; alone, it takes certain blame
+    (ln(p1/false_flag)), and its former bucket-mates take none. A bucket left empty is dropped
     together with its flag. Returns new (buckets, flagged) for ``Reputation.observe``.
     """
     if isinstance(refused, str):

@@ -26,6 +26,9 @@ class Registry:
             CREATE TABLE IF NOT EXISTS reports (round INTEGER PRIMARY KEY, report TEXT NOT NULL);
             """
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(configs)")}
+        if "pools" not in columns:  # a registry from before buckets recorded their fog
+            self._db.execute("ALTER TABLE configs ADD COLUMN pools TEXT")
         self._lock = threading.Lock()
 
     def upsert(self, node: NodeInfo) -> None:
@@ -59,12 +62,28 @@ class Registry:
         return [_node(r[0]) for r in rows]
 
     def record_config(
-        self, round_: int, attempt: int, config_hash: bytes, head: bytes, buckets: dict[str, list[str]]
+        self,
+        round_: int,
+        attempt: int,
+        config_hash: bytes,
+        head: bytes,
+        buckets: dict[str, list[str]],
+        pools: dict[str, str] | None = None,
     ) -> None:
+        """Remember an issued configuration: its buckets' members and (``pools``) the fog each bucket was
+        drawn in."""
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO configs(round, attempt, hash, head, buckets) VALUES (?, ?, ?, ?, ?)",
-                (round_, attempt, config_hash, head, json.dumps(buckets)),
+                "INSERT OR REPLACE INTO configs(round, attempt, hash, head, buckets, pools) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    round_,
+                    attempt,
+                    config_hash,
+                    head,
+                    json.dumps(buckets),
+                    None if pools is None else json.dumps(pools),
+                ),
             )
 
     def config_buckets(self, round_: int, attempt: int) -> dict[str, list[str]] | None:
@@ -72,6 +91,13 @@ class Registry:
             "SELECT buckets FROM configs WHERE round=? AND attempt=?", (round_, attempt)
         ).fetchone()
         return dict(json.loads(row[0])) if row and row[0] else None
+
+    def config_pools(self, round_: int, attempt: int) -> dict[str, str] | None:
+        """The fog each bucket of an issued configuration was drawn in; None when it was not recorded."""
+        row = self._db.execute(
+            "SELECT pools FROM configs WHERE round=? AND attempt=?", (round_, attempt)
+        ).fetchone()
+        return {str(k): str(v) for k, v in json.loads(row[0]).items()} if row and row[0] else None
 
     def get_json(self, key: str) -> object | None:
         row = self._db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()

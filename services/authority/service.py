@@ -322,7 +322,12 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             eval_buckets=eval_buckets,
         ).sign(self.key)
         self.registry.record_config(
-            round_, attempt, config.hash(), head, {b.bucket_id: list(b.members) for b in buckets}
+            round_,
+            attempt,
+            config.hash(),
+            head,
+            {b.bucket_id: list(b.members) for b in buckets},
+            {b.bucket_id: b.fog_id for b in buckets},
         )
         return config
 
@@ -378,7 +383,8 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         newly: list[str] = []
         if committee:  # without one nothing was proposed: no evidence about updates or votes this round
             self._resize_quarantine()
-            newly = self.reputation.observe(observation, groups, flags)
+            pools = self.registry.config_pools(round_, attempt) or None  # buckets are drawn per fog
+            newly = self.reputation.observe(observation, groups, flags, pools)
             self.reputation.observe_votes(observation, committee, votes, bool(request.committed))
         self.registry.put_json("reputation", self.reputation.to_dict())
         self.registry.record_report(

@@ -50,7 +50,7 @@ def _enrol(a: Authority) -> int:
 def _quarantine(a: Authority) -> None:
     newly: list[str] = []
     for rnd in range(1, 20):  # its own updates refused every round: certain blame, one per round
-        newly = a.reputation.observe(rnd, {"refused": [FAC]}, {"refused": "norm"})
+        newly = a.reputation.observe(rnd, {f"refused:{FAC}": [FAC]}, {f"refused:{FAC}": "norm"})
         if newly:
             break
     assert newly == [FAC]
@@ -88,7 +88,7 @@ def test_release_survives_a_restart_and_a_new_quarantine_counts_again(authority:
     # misbehaving again after the release: quarantined and revoked again, enrolment refused again
     newly: list[str] = []
     for rnd in range(100, 120):
-        newly = again.reputation.observe(rnd, {"refused": [FAC]}, {"refused": "norm"})
+        newly = again.reputation.observe(rnd, {f"refused:{FAC}": [FAC]}, {f"refused:{FAC}": "norm"})
         if newly:
             break
     assert newly == [FAC] and FAC in again.quarantined  # suspicion counted afresh after the release

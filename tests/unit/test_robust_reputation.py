@@ -57,10 +57,14 @@ def test_simulate_helper_agrees(seed: int) -> None:
 
 
 def test_simulate_intermittent_offender_is_slower_and_validates() -> None:
-    always = simulate(seed=1, rounds=30)
-    sometimes = simulate(seed=1, rounds=30, attack_prob=0.6)
-    assert {"f00", "f01"} <= set(always)
-    assert all(sometimes.get(f, 99) >= always[f] for f in ("f00", "f01"))
+    always = [simulate(seed=s, rounds=30) for s in range(20)]
+    sometimes = [simulate(seed=s, rounds=30, attack_prob=0.6) for s in range(20)]
+    assert all({"f00", "f01"} <= set(c) for c in always)
+    last = [max(c.get(f, 99) for f in ("f00", "f01")) for c in always]
+    last_sometimes = [max(c.get(f, 99) for f in ("f00", "f01")) for c in sometimes]
+    assert np.median(last_sometimes) > np.median(last)
+    # quiet rounds cost an offender nothing when no one else is flagged: most are still caught in 30 rounds
+    assert sum({"f00", "f01"} <= set(c) for c in sometimes) >= 10
     with pytest.raises(ReputationError):
         simulate(n_facilities=2, n_byzantine=3)
 
@@ -77,7 +81,7 @@ TEST = QuarantineTest(
     p1=0.9,
     false_flag=0.005,
 )
-P0 = 1 - 0.995 * (9 * 8 / 2) / (11 * 10 / 2)  # 2 of the 11 others misbehave: C(9,2)/C(11,2) clean
+P0 = (3 - 1) / (12 - 2) + 0.005  # one flagged bucket of 3: 2 honest places among the 10 honest facilities
 UP, DOWN = math.log(0.9 / P0), math.log(0.1 / (1 - P0))
 
 
@@ -92,50 +96,64 @@ def test_wald_bounds_known_answer() -> None:
 
 
 def test_base_rate_known_answers() -> None:
-    assert base_rate(12, 3, 2, 0.005) == pytest.approx(P0)
-    assert pytest.approx(0.348727, abs=1e-6) == P0
-    assert base_rate(12, 3, 0, 0.0) == 0.0  # no offenders, no false flags: an honest bucket is never flagged
-    assert base_rate(12, 1, 2, 0.005) == pytest.approx(0.005)  # a group of one: only a false flag
-    assert base_rate(3, 3, 5, 0.0) == 1.0  # every other member may misbehave
-    assert base_rate(24, 3, 4, 0.0) == pytest.approx(1 - (19 * 18) / (23 * 22))
-    assert base_rate(48, 4, 8, 0.0) == pytest.approx(1 - math.comb(39, 3) / math.comb(47, 3))
-    with pytest.raises(ReputationError):
-        base_rate(3, 4, 1, 0.0)
+    assert base_rate(12, [3], 2, 0.005) == pytest.approx(P0) == pytest.approx(0.205)
+    assert base_rate(12, [], 2, 0.005) == 0.0  # no flag in the pool: nothing to be in
+    # two flagged buckets of 3, each with an offender: 4 honest places among 10 honest facilities
+    assert base_rate(12, [3, 3], 2, 0.0) == pytest.approx(0.4)
+    # three flagged buckets but only 2 offenders: one flag had no offender behind it, 7 honest places
+    assert base_rate(12, [3, 3, 3], 2, 0.0) == pytest.approx(0.7)
+    assert base_rate(12, [1], 2, 0.005) == pytest.approx(0.005)  # the offender alone: only a false flag
+    assert base_rate(11, [4], 1, 0.0) == pytest.approx(0.3)
+    assert base_rate(7, [4], 1, 0.0) == pytest.approx(0.5)
+    assert base_rate(3, [3], 5, 0.0) == 1.0  # every other member may misbehave
+    assert base_rate(1, [1], 2, 0.0) == 1.0  # alone in its pool: a flag can only be its own
+    assert base_rate(48, [4, 4], 8, 0.0) == pytest.approx(6 / 40)
+    for bad in ((3, [4], 1), (3, [2, 2], 1), (0, [], 1), (12, [0], 1), (12, [3], -1)):
+        with pytest.raises(ReputationError):
+            base_rate(*bad, 0.0)  # type: ignore[arg-type]
 
 
 def test_the_federation_wide_bound_is_the_stated_rate() -> None:
     a1 = TEST.per_facility_alpha
     lower, upper = TEST.bounds
     assert (lower, upper) == pytest.approx(wald_bounds(a1, 0.01))
-    # 12 · (e^−A + 99 · e^−(A−B)) = 1 %
-    assert 12 * (math.exp(-upper) + 99 * math.exp(-(upper - lower))) == pytest.approx(0.01, rel=1e-9)
+    # the flag test: 12 facilities · (e^−A + 99 · e^−(A−B)) = 0.9 %; the refusal test 0.1 %: 1 % in all
+    assert 12 * (math.exp(-upper) + 99 * math.exp(-(upper - lower))) == pytest.approx(0.009, rel=1e-9)
+    r_lower, r_upper = TEST.refusal_bounds
+    assert 12 * (math.exp(-r_upper) + 99 * math.exp(-(r_upper - r_lower))) == pytest.approx(0.001, rel=1e-9)
+    assert r_upper == pytest.approx(upper + math.log(9), abs=0.02)
     assert TEST.false_positive_bound() == pytest.approx(0.01, rel=1e-9)
     assert TEST.false_positive_bound(30) < TEST.false_positive_bound(60) < 0.01
-    assert upper == pytest.approx(7.778, abs=1e-3) and lower == pytest.approx(math.log(0.01 / (1 - a1)))
-    assert TEST.steps(12, 3) == pytest.approx((UP, DOWN))
-    assert TEST.rounds_to_quarantine() == math.ceil(upper / UP) == 9
+    assert upper == pytest.approx(7.884, abs=1e-3) and lower == pytest.approx(math.log(0.01 / (1 - a1)))
+    assert TEST.steps(12, [3]) == pytest.approx((UP, DOWN))
+    assert TEST.steps(12, []) == (0.0, 0.0)  # a round without a flag says nothing
+    assert TEST.steps(12, [3, 3, 3, 3]) == (0.0, 0.0)  # flags everywhere: nothing either
+    assert TEST.rounds_to_quarantine() == math.ceil(upper / UP) == 6
     assert TEST.detects and TEST.cannot_detect() == ""
-    # more facilities or a lower rate: a higher bound, a slower quarantine
+    # more facilities or a lower rate: a higher bound; a lower rate: a slower quarantine
     assert QuarantineTest(facilities=48, max_byzantine=8).bounds[1] > upper
-    assert (QuarantineTest(alpha=0.001).rounds_to_quarantine() or 0) > 9
-    assert TEST.drift(0.9) > TEST.drift(0.85) > 0 > TEST.drift(P0)
+    assert (QuarantineTest(alpha=0.0001).rounds_to_quarantine() or 0) > 6
+    assert TEST.drift(0.9) > TEST.drift(0.65) > 0 > TEST.drift(0.55) > TEST.drift(P0)
 
 
 def test_the_decision_after_a_known_evidence_sequence() -> None:
     """Fixed buckets of 3 (so every member of a bucket has the same evidence and no one explains another
-    away): bucket a flagged in rounds 1, 2, 4, clean in round 3, then flagged until its members cross A."""
+    away): bucket a flagged in rounds 1, 2, 4 and b in round 5, no flag in round 3, then a flagged until
+    its members cross A."""
     rep = Reputation(test=TEST)
     buckets = {b: [f"{b}{i}" for i in range(3)] for b in "abcd"}
-    for rnd, flagged in enumerate(({"a": "norm"}, {"a": "screen"}, {}, {"a": "norm"}), start=1):
+    sequence = ({"a": "norm"}, {"a": "screen"}, {}, {"a": "norm"}, {"b": "norm"})
+    for rnd, flagged in enumerate(sequence, start=1):
         assert rep.observe(rnd, buckets, flagged) == []
-    assert rep.evidence("a0") == pytest.approx(3 * UP + DOWN)
-    assert rep.evidence("b0") == pytest.approx(max(rep.lower, 4 * DOWN))
-    more = math.ceil((rep.threshold - (3 * UP + DOWN)) / UP)  # 8 more flagged rounds
-    assert more == 8
-    for rnd in range(5, 5 + more - 1):
+    assert rep.evidence("a0") == pytest.approx(3 * UP + DOWN)  # round 3 (no flag) counted for nothing
+    assert rep.evidence("b0") == pytest.approx(max(rep.lower, 3 * DOWN) + UP)
+    assert rep.evidence("c0") == pytest.approx(max(rep.lower, 4 * DOWN)) == rep.lower
+    more = math.ceil((rep.threshold - (3 * UP + DOWN)) / UP)
+    assert more == 4
+    for rnd in range(6, 6 + more - 1):
         assert rep.observe(rnd, buckets, {"a": "norm"}) == []
-    assert rep.observe(4 + more, buckets, {"a": "norm"}) == ["a0", "a1", "a2"]
-    assert rep.quarantined_since("a0") == 12
+    assert rep.observe(5 + more, buckets, {"a": "norm"}) == ["a0", "a1", "a2"]
+    assert rep.quarantined_since("a0") == 9
     assert rep.evidence("b0") == rep.lower  # the floor: "honest", still watched
 
 
@@ -148,37 +166,52 @@ def test_kinds_outlier_is_a_quarter_and_a_group_of_one_is_certain() -> None:
         "d": ["w1", "w2", "w3"],
     }
     rep.observe(1, buckets, {"a": "norm", "b": "outlier"})
-    assert rep.evidence("x1") == rep.evidence("x3") == pytest.approx(UP)
-    assert rep.evidence("y1") == pytest.approx(0.25 * UP)
-    assert rep.evidence("z1") == pytest.approx(DOWN)
-    # a refused update (with_refused: a group of one flagged norm) costs ln(p1/false_flag) = 5.19 a round
+    up2, down2 = TEST.steps(12, [3, 3])
+    assert up2 == pytest.approx(math.log(0.9 / 0.405)) and down2 == pytest.approx(math.log(0.1 / 0.595))
+    assert rep.evidence("x1") == rep.evidence("x3") == pytest.approx(up2)
+    assert rep.evidence("y1") == pytest.approx(0.25 * up2)
+    assert rep.evidence("z1") == pytest.approx(down2)
+    # a refused update (with_refused: a group of one flagged norm) is the refusal test's evidence:
+    # ln(p1/false_flag) = 5.19; a round without a refusal ln(0.1/0.995) = -2.30
+    step, clean = math.log(0.9 / 0.005), math.log(0.1 / 0.995)
+    assert rep.refusal_evidence("w1") == pytest.approx(clean)
     groups, flags = with_refused(buckets, {}, ["w1"])
     assert rep.observe(2, groups, flags) == []
-    step = math.log(0.9 / 0.005)
-    assert rep.evidence("w1") == pytest.approx(DOWN + step)  # its clean round 1, then the refusal
+    assert rep.refusal_evidence("w1") == pytest.approx(clean + step)
+    assert rep.evidence("w1") == pytest.approx(down2)  # no flag in the pool: the flag test is untouched
+    assert rep.suspicion("w1") == pytest.approx((clean + step) * rep.upper / rep.refusal_upper)
     groups, flags = with_refused(buckets, {}, ["w1"])
-    assert rep.observe(3, groups, flags) == ["w1"]  # two refusals
+    assert rep.observe(3, groups, flags) == []
+    assert rep.refusal_evidence("w1") == pytest.approx(clean + 2 * step)
+    assert rep.refusal_evidence("w1") < rep.refusal_upper
+    assert rep.observe(4, groups, flags) == ["w1"]  # three refusals in a row after a clean round
+    fresh = Reputation(test=TEST)
+    assert fresh.observe(1, groups, flags) == []
+    assert fresh.observe(2, groups, flags) == ["w1"]  # two in a row for a facility with no history
 
 
 def test_explaining_away_known_offender_takes_the_blame() -> None:
     rep = Reputation(test=TEST)
+    # a flagged bucket of one, among 7: an offender there is certain, so p0 is the false-flag rate
     rep.observe(1, {"a": ["bad"], "b": ["o1", "o2", "o3"], "c": ["o4", "o5", "o6"]}, {"a": "norm"})
     single = math.log(0.9 / 0.005)
+    assert TEST.steps(7, [1])[0] == pytest.approx(single)
     assert rep.evidence("bad") == pytest.approx(single)
     rep.observe(2, {"a": ["bad", "new1", "new2"], "b": ["o1", "o2", "o3"]}, {"a": "norm"})
-    up = TEST.steps(6, 3)[0]
+    up = TEST.steps(6, [3])[0]
     assert rep.evidence("bad") == pytest.approx(single + up)  # the most suspect member: the full step
     assert rep.evidence("new1") == pytest.approx(up / (1 + single))  # a sixth of it
-    assert rep.evidence("o1") == pytest.approx(TEST.steps(7, 3)[1] + TEST.steps(6, 3)[1])
+    assert rep.evidence("o1") == pytest.approx(TEST.steps(7, [1])[1] + TEST.steps(6, [3])[1])
 
 
 def test_absent_facilities_keep_their_evidence() -> None:
     rep = Reputation(test=TEST)
     rep.observe(1, {"a": ["x", "y", "o1"], "b": ["z", "o2", "o3"], "c": ["o4", "o5", "o6"]}, {"a": "norm"})
     kept = rep.evidence("y")
-    rep.observe(2, {"a": ["x", "z", "o1"], "b": ["o2", "o3", "o4"]}, {})
+    assert kept == pytest.approx(TEST.steps(9, [3])[0])
+    rep.observe(2, {"a": ["x", "z", "o1"], "b": ["o2", "o3", "o4"]}, {"b": "norm"})
     assert rep.evidence("y") == kept  # sat this round out: no laundering
-    assert rep.evidence("x") == pytest.approx(kept + TEST.steps(6, 3)[1])
+    assert rep.evidence("x") == pytest.approx(kept + TEST.steps(6, [3])[1])
 
 
 def test_false_positive_honest_facility_recovers() -> None:
@@ -216,13 +249,14 @@ def test_false_positive_honest_facility_recovers() -> None:
 
 def test_quarantine_is_permanent_until_released() -> None:
     rep = Reputation(test=TEST)
-    assert rep.observe(1, {"a": ["x"]}, {"a": "norm"}) == []
-    assert rep.observe(2, {"a": ["x"]}, {"a": "norm"}) == ["x"]
+    refused = {"refused:x": ["x"], "a": ["y", "z", "w"]}
+    assert rep.observe(1, refused, {"refused:x": "norm"}) == []
+    assert rep.observe(2, refused, {"refused:x": "norm"}) == ["x"]
     assert rep.quarantined == frozenset({"x"})
     assert rep.quarantined_since("x") == 2
-    assert rep.observe(3, {"a": ["x"]}, {"a": "norm"}) == []  # not "newly" again
+    assert rep.observe(3, refused, {"refused:x": "norm"}) == []  # not "newly" again
     for rnd in range(4, 30):
-        rep.observe(rnd, {"a": ["x"]}, {})
+        rep.observe(rnd, {"a": ["x", "y", "z"]}, {})
     assert "x" in rep.quarantined
     assert rep.score("x") == 0.0
     rep.release("x")
@@ -241,6 +275,7 @@ def test_score_range() -> None:
         {"a": "norm"},
     )
     assert rep.score("x") == pytest.approx(1 - UP / rep.threshold)
+    assert rep.score("x") == pytest.approx(1 - rep.suspicion("x") / rep.threshold)
     assert rep.score("o1") == 1.0  # evidence below 0 is no suspicion
     assert rep.suspicion("o1") == 0.0 > rep.evidence("o1")
 
@@ -266,15 +301,15 @@ def test_observe_refuses_bad_input(buckets: dict[str, list[str]], flagged: dict[
 
 def test_round_cannot_be_counted_twice() -> None:
     rep = Reputation()
-    rep.observe(5, {"a": ["x"]}, {"a": "norm"})
-    once = rep.evidence("x")
+    rep.observe(5, {"refused:x": ["x"]}, {"refused:x": "norm"})
+    once = rep.refusal_evidence("x")
     with pytest.raises(ReputationError, match="already observed"):
-        rep.observe(5, {"a": ["x"]}, {"a": "norm"})
+        rep.observe(5, {"refused:x": ["x"]}, {"refused:x": "norm"})
     with pytest.raises(ReputationError):
         rep.observe(4, {"a": ["x"]}, {})
     with pytest.raises(ReputationError):
         rep.observe(-1, {"a": ["x"]}, {})
-    assert rep.evidence("x") == once == pytest.approx(math.log(0.9 / 0.005))
+    assert rep.refusal_evidence("x") == once == pytest.approx(math.log(0.95 / 0.005))
 
 
 @pytest.mark.parametrize(
@@ -299,9 +334,9 @@ def test_a_test_that_cannot_work_is_refused(kwargs: dict[str, float], message: s
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((12, 3, 8), "group testing cannot tell them apart"),  # p0 = 0.95 ≥ p1 = 0.9
-        ((12, 6, 4), "group testing cannot tell them apart"),
-        ((3, 3, 1), "share a bucket with one in 100 % of rounds"),
+        ((12, 12, 1), "group testing cannot tell them apart"),  # p0 = 11/11: one bucket for all
+        ((12, 3, 11), "group testing cannot tell them apart"),  # p0 = 2/1: every other one misbehaves
+        ((3, 3, 1), "in a flagged bucket in 100 % of the rounds with a flag"),
         ((12, 3, 12), "leave no honest one"),
     ],
 )
@@ -316,13 +351,17 @@ def test_a_federation_too_small_for_group_testing_runs_on_certain_evidence_only(
     """3 facilities in one bucket of 3, nothing declared: flags say nothing, a refused update still counts."""
     test = federation_test(3, 3)
     assert not test.detects and test.cannot_detect() and test.rounds_to_quarantine() is None
-    assert test.steps(3, 3) == (0.0, 0.0)
+    assert test.steps(3, [3]) == (0.0, 0.0)
     rep = Reputation(test=test)
     for rnd in range(1, 20):
         assert rep.observe(rnd, {"a": ["x", "y", "z"]}, {"a": "norm"}) == []
     assert rep.evidence("x") == 0.0
-    rep.observe(20, {"a": ["y", "z"], "refused:x": ["x"]}, {"refused:x": "norm"})
-    assert rep.evidence("x") == pytest.approx(math.log(0.9 / 0.005))
+    assert rep.refusal_evidence("x") == rep.refusal_lower  # 19 rounds without a refusal: the floor
+    refused = {"a": ["y", "z"], "refused:x": ["x"]}
+    assert rep.observe(20, refused, {"refused:x": "norm"}) == []
+    assert rep.refusal_evidence("x") == pytest.approx(rep.refusal_lower + math.log(0.95 / 0.005))
+    assert rep.observe(21, refused, {"refused:x": "norm"}) == []
+    assert rep.observe(22, refused, {"refused:x": "norm"}) == ["x"]
     assert federation_test(2, 2).max_byzantine == 1 and federation_test(1, 1).max_byzantine == 0
 
 
@@ -373,31 +412,39 @@ def test_honest_facilities_at_the_base_rate_are_quarantined_at_most_at_the_state
 
 
 def test_honest_facility_without_explaining_away_stays_under_the_bound() -> None:
-    """The bare test (one honest facility alone in its group: no bucket-mates to explain it away), flags
-    drawn at exactly its base rate for the horizon: crossings stay under e^−A + (T−1)·e^−(A−B)."""
-    lax = QuarantineTest(facilities=1, bucket_size=1, max_byzantine=0, alpha=0.3, horizon=40, false_flag=0.3)
-    p0 = lax.p0
-    assert p0 == pytest.approx(0.3)
+    """The bare flag test: two facilities, each alone in its bucket (nobody to explain it away), exactly
+    one bucket flagged per round, at random. With no offender declared the honest facility is in the
+    flagged bucket with probability 1/2 = p0, exactly its base rate; over the horizon its crossings stay
+    under its share of the bound, e^−A + (T−1)·e^−(A−B)."""
+    lax = QuarantineTest(
+        facilities=2, bucket_size=1, max_byzantine=0, alpha=0.3, horizon=40, p1=0.8, false_flag=1e-9
+    )
+    assert lax.steps(2, [1]) == pytest.approx((math.log(0.8 / 0.5), math.log(0.2 / 0.5)), rel=1e-6)
+    lower, upper = lax.bounds
+    per_facility = math.exp(-upper) + 39 * math.exp(-(upper - lower))
+    assert per_facility == pytest.approx(0.9 * 0.3 / 2, rel=1e-6)
     g = np.random.default_rng(7)
     runs, crossed = 2000, 0
     for _ in range(runs):
         rep = Reputation(test=lax)
-        flags = g.random(40) < p0
+        flags = g.random(40) < 0.5
         for rnd in range(40):
-            if rep.observe(rnd, {"a": ["h"]}, {"a": "screen"} if flags[rnd] else {}):
+            if rep.observe(rnd, {"a": ["h"], "b": ["k"]}, {"a" if flags[rnd] else "b": "screen"}) == ["h"]:
                 crossed += 1
                 break
-    assert lax.false_positive_bound() == pytest.approx(0.3)
-    assert crossed / runs <= 0.3 + 3 * math.sqrt(0.3 * 0.7 / runs)
+    assert crossed / runs <= per_facility + 3 * math.sqrt(per_facility * (1 - per_facility) / runs)
     assert crossed > 0  # the test does fire sometimes: the check above is not vacuous
 
 
 @pytest.mark.parametrize(("n", "m"), [(12, 2), (24, 4), (48, 8)])
 def test_offenders_flagged_every_round_are_quarantined_when_expected(n: int, m: int) -> None:
+    """Offenders flagged in every round: never before the evidence allows (an offender alone in the only
+    flagged bucket, rounds_to_quarantine), all of them by round 10 in at least 19 of 20 runs (two
+    offenders in two flagged buckets weigh less per round than one in one)."""
     test = federation_test(n, 3)
     assert test.max_byzantine == m
     expected = test.rounds_to_quarantine()
-    assert expected is not None and expected <= 10
+    assert expected is not None and expected <= 6
     width = max(2, len(str(n - 1)))
     bad = {f"f{i:0{width}d}" for i in range(m)}
     late = 0
@@ -405,8 +452,8 @@ def test_offenders_flagged_every_round_are_quarantined_when_expected(n: int, m: 
         caught = simulate(n_facilities=n, n_byzantine=m, rounds=30, seed=seed)
         assert bad <= set(caught)
         assert all(caught[f] + 1 >= expected for f in bad)  # not before the evidence allows
-        late += any(caught[f] + 1 > expected for f in bad)  # explaining away between two offenders
-    assert late <= 2
+        late += any(caught[f] + 1 > 10 for f in bad)
+    assert late <= 1
 
 
 # --- validators ---------------------------------------------------------------------------------------

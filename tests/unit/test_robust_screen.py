@@ -127,15 +127,17 @@ def test_with_refused_gives_full_blame_to_the_refused_member() -> None:
     assert flags == {"b1": "screen", "refused:nan1": "norm", "refused:nan2": "norm"}
     rep = Reputation()
     rep.observe(1, groups, flags)
-    # a group of one flagged norm: only a false flag (0.5 %) could explain it, so the full ln(0.9/0.005)
-    assert rep.suspicion("nan1") == pytest.approx(math.log(0.9 / 0.005)) and rep.suspicion("a") == 0.0
+    # a group of one flagged norm: only a false flag (0.5 %) could explain it, so the refusal test's full
+    # ln(0.95/0.005); the rest of the pool is judged on its own flags (b1 flagged, b0 not)
+    assert rep.refusal_evidence("nan1") == pytest.approx(math.log(0.95 / 0.005))
+    assert rep.suspicion("a") == 0.0 and rep.evidence("d") > 0
     caught_at = None
     for rnd in range(2, 12):
         g, fl = with_refused({"x": ["a", "nan1", "c"]}, {}, ["nan1"])
         if rep.observe(rnd, g, fl):
             caught_at = rnd
             break
-    # the quarantine test (hfl.robust.reputation.QuarantineTest): two refusals cross its bound of 7.78
+    # the refusal test (hfl.robust.reputation): two refusals in a row cross its bound of 10.08
     assert caught_at == 2 and rep.quarantined == {"nan1"}
     assert rep.suspicion("a") == rep.suspicion("c") == 0.0  # its bucket-mates take none of the blame
 
@@ -151,8 +153,10 @@ def test_screen_kind_counts_like_norm_and_outlier_a_quarter() -> None:
     """A screen flag is calibrated to almost never flag an honest bucket, so it counts like a norm flag;
     a bucket multi-Krum or centered clipping left out counts ``outlier_weight`` of it."""
     rep = Reputation(outlier_weight=0.25)
-    rep.observe(1, {"s": ["a"], "o": ["b"], "n": ["c"]}, {"s": "screen", "o": "outlier", "n": "norm"})
-    full = math.log(0.9 / 0.005)
+    buckets = {"s": ["a", "a2", "a3"], "o": ["b", "b2", "b3"], "n": ["c", "c2", "c3"], "k": ["d", "e", "f"]}
+    rep.observe(1, buckets, {"s": "screen", "o": "outlier", "n": "norm"})
+    full = rep.test.steps(12, [3, 3, 3])[0]
+    assert full == pytest.approx(math.log(0.95 / (7 / 10 + 0.005)))  # 3 flags, at most 2 offenders
     assert (rep.suspicion("a"), rep.suspicion("b"), rep.suspicion("c")) == pytest.approx(
         (full, 0.25 * full, full)
     )
