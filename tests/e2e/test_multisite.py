@@ -123,9 +123,7 @@ def test_three_hospitals_join_from_their_own_networks(docker_client: Any, tmp_pa
         # differential privacy is on: the authority exports each site's spent budget (what the Grafana
         # privacy panel and the budget alert read), and the budget it is measured against
         (authority,) = central.containers("authority")
-        scrape = (
-            "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9100/metrics').read().decode())"
-        )
+        scrape = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9100/metrics').read().decode())"
         code, raw = authority.exec_run(["python", "-c", scrape])
         assert code == 0, raw
         lines = raw.decode().splitlines()
