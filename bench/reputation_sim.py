@@ -3,12 +3,14 @@
 Group testing as the authority sees it: N facilities re-drawn into buckets of 3 every round, m offenders
 (12/2, 24/4, 48/8), 30 rounds, quarantined facilities left out. An offender's bucket is flagged in every
 round it attacks (probability 1.0 with a norm flag, as for scale, gaussian and nan under the adaptive norm
-bound; or 0.85 with a screen flag, as the outlier screen manages for a `scale` attacker on the converged
-logistic regression), and any other bucket is flagged `screen` with probability 0.005 (the screen's
+bound; 0.85 with a screen flag, as the outlier screen manages for a `scale` attacker on the converged
+logistic regression; or 0.4, an offender the adaptive norm bound lets through most of the time), and any
+other bucket is flagged `screen` with probability 0.005 (the screen's
 calibration: 0 of 400 honest buckets flagged; 0.5 % is the rate the test assumes). The test is the one the
 authority builds (hfl.robust.reputation.federation_test: HFL_MAX_BYZANTINE unset, so one offender per
 two buckets; 1 % over 100 rounds), plus a laxer one (5 % over 30 rounds) to show the trade-off. Writes
-bench/results/reputation_sim.json (the former fixed-threshold rows are kept under "fixed_threshold").
+bench/results/reputation_sim.json (the former fixed-threshold rows are kept under "fixed_threshold", those
+of the first SPRT, which counted rounds without a flag, under "unconditional_sprt").
 
     nice -n 19 .venv/bin/python bench/reputation_sim.py --runs 2000
 """
@@ -30,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from hfl.robust.reputation import QuarantineTest, federation_test, simulate  # noqa: E402
 
 SIZES = ((12, 2), (24, 4), (48, 8))
-FLAGS = ((1.0, "norm"), (0.85, "screen"))
+FLAGS = ((1.0, "norm"), (0.85, "screen"), (0.4, "screen"))
 HONEST_FLAG = 0.005
 BUCKET = 3
 
@@ -107,6 +109,7 @@ def main() -> int:
             test = federation_test(n, BUCKET, alpha=alpha, horizon=horizon)
             assert test.max_byzantine == m
             lower, upper = test.bounds
+            r_lower, r_upper = test.refusal_bounds
             info = {
                 "setting": label,
                 **test.to_dict(),
@@ -114,8 +117,10 @@ def main() -> int:
                 "per_facility_alpha": test.per_facility_alpha,
                 "lower_bound_B": round(lower, 4),
                 "upper_bound_A": round(upper, 4),
-                "steps_flagged_clean": [round(x, 4) for x in test.steps(n, BUCKET)],
-                "rounds_to_quarantine_if_flagged_every_round": test.rounds_to_quarantine(),
+                "refusal_bounds_B_A": [round(r_lower, 4), round(r_upper, 4)],
+                "steps_flagged_clean_one_flagged_bucket": [round(x, 4) for x in test.steps(n, [BUCKET])],
+                "steps_flagged_clean_two_flagged_buckets": [round(x, 4) for x in test.steps(n, [BUCKET] * 2)],
+                "rounds_to_quarantine_alone_in_the_only_flagged_bucket": test.rounds_to_quarantine(),
                 f"stated_false_positive_bound_{args.rounds}_rounds": test.false_positive_bound(args.rounds),
                 f"stated_false_positive_bound_{horizon}_rounds": test.false_positive_bound(),
             }
@@ -134,6 +139,8 @@ def main() -> int:
         "rows": rows,
         "fixed_threshold": previous.get("fixed_threshold")
         or {k: previous[k] for k in ("scenario", "rows") if k in previous},
+        "unconditional_sprt": previous.get("unconditional_sprt")
+        or {k: previous[k] for k in ("load_average_before", "tests", "rows") if k in previous},
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -36,6 +36,7 @@ if not (CHROMIUM and CHROMEDRIVER):
     )
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -105,8 +106,12 @@ def browser() -> Iterator[WebDriver]:
 
 
 def _wait(driver: WebDriver, what: str, find: object, limit_s: float = 60) -> WebElement:
-    """Wait until ``find(driver)`` returns an element (or True); a bound on waiting, not on speed."""
-    return WebDriverWait(driver, limit_s, poll_frequency=0.3).until(find, what)  # type: ignore[arg-type]
+    """Wait until ``find(driver)`` returns an element (or True); a bound on waiting, not on speed. Streamlit
+    re-draws the page as it loads, so an element that went stale while being read means "look again"."""
+    wait = WebDriverWait(
+        driver, limit_s, poll_frequency=0.3, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    return wait.until(find, what)  # type: ignore[arg-type]
 
 
 def _text_appears(driver: WebDriver, text: str) -> None:
