@@ -229,31 +229,7 @@ def test_compose_federation(project: ComposeProject) -> None:
     assert code == 0 and sorted(out.decode().split()) == ["ca.pem", "cert.pem", "key.pem"], "never the CA key"
     mark("console_s", t)
 
-    # 3. one Byzantine facility (HFL_BYZANTINE=scale, the byzantine profile's default) joins the 6 honest
-    # ones, as in the README: it is quarantined, and no honest facility is
-    t = time.monotonic()
-    log("adding the Byzantine facility (profile byzantine)")
-    p.run("--profile", "byzantine", "up", "-d", "--no-deps", "facility-byzantine")
-    (byz,) = p.containers("facility-byzantine")
-    byz_id = p.node_id(byz)
-    assert byz.attrs["Config"]["Env"] and "HFL_BYZANTINE=scale" in byz.attrs["Config"]["Env"]
-    wait_for(
-        f"{byz_id} to be quarantined",
-        lambda: byz_id in p.authority_nodes().quarantined,
-        timeout=420,
-        every=3,
-        on_timeout=lambda: p.logs("leader", "authority"),
-    )
-    mark("byzantine_quarantined_s", t)
-    assert not set(p.authority_nodes().quarantined) & first_ids, "an honest facility was quarantined"
-    metric = re.search(
-        rf'^hfl_quarantined\{{facility="{re.escape(byz_id)}"\}} (\S+)$', p.metrics("authority"), re.MULTILINE
-    )
-    assert metric and float(metric.group(1)) == 1.0, (
-        "the authority's hfl_quarantined metric shows the quarantine"
-    )
-
-    # 4. scale to 10: the new facilities enrol and take part in committed rounds
+    # 3. scale to 10: the new facilities enrol and take part in committed rounds
     t = time.monotonic()
     log(f"docker compose up -d --scale facility={SCALED_FACILITIES}")
     scale_round = committed(p)
@@ -275,7 +251,28 @@ def test_compose_federation(project: ComposeProject) -> None:
     )
     mark("scale_to_10_s", t)
 
+    # 4. one Byzantine facility (HFL_BYZANTINE=scale) is quarantined
+    t = time.monotonic()
+    log("adding the Byzantine facility (profile byzantine)")
+    p.run("--profile", "byzantine", "up", "-d", "--no-deps", "facility-byzantine")
+    (byz,) = p.containers("facility-byzantine")
+    byz_id = p.node_id(byz)
+    assert byz.attrs["Config"]["Env"] and "HFL_BYZANTINE=scale" in byz.attrs["Config"]["Env"]
+    wait_for(
+        f"{byz_id} to be quarantined",
+        lambda: byz_id in p.authority_nodes().quarantined,
+        timeout=420,
+        every=3,
+        on_timeout=lambda: p.logs("leader", "authority"),
+    )
+    mark("byzantine_quarantined_s", t)
     assert not set(p.authority_nodes().quarantined) & all_ids, "an honest facility was quarantined"
+    metric = re.search(
+        rf'^hfl_quarantined\{{facility="{re.escape(byz_id)}"\}} (\S+)$', p.metrics("authority"), re.MULTILINE
+    )
+    assert metric and float(metric.group(1)) == 1.0, (
+        "the authority's hfl_quarantined metric shows the quarantine"
+    )
 
     # 5. stop one facility mid-round: that round still commits, and so do the next ones
     t = time.monotonic()
