@@ -100,12 +100,18 @@ def parse_frame(data: bytes | memoryview) -> Frame:
     return Frame(values[_CALL_ID], values[_SEQ], values[_TOTAL], chunk)
 
 
+def check_size(data: bytes | memoryview) -> None:
+    """TooLarge when a whole message is larger than a connection carries (the one check both ends use
+    before they queue a message)."""
+    if len(data) > MAX_MESSAGE:
+        raise TooLarge(f"the message is {len(data)} bytes; the connection carries at most {MAX_MESSAGE}")
+
+
 def frames(call_id: int, data: bytes | memoryview, chunk: int = CHUNK) -> Iterator[bytes]:
     """Cut one serialised message into serialised frames (one empty frame for an empty message)."""
     if call_id <= 0:
         raise ValueError("call ids start at 1")
-    if len(data) > MAX_MESSAGE:
-        raise TooLarge(f"the message is {len(data)} bytes; the connection carries at most {MAX_MESSAGE}")
+    check_size(data)
     total = len(data)
     view = memoryview(data)  # slices of a view are not copies
     yield encode_frame(call_id, 0, total, view[:chunk])

@@ -233,6 +233,7 @@ class FogDialer:
         try:
             response = await self.serve(link.CALLS[kind])(request)
             data = link.encode_reply(kind, response)
+            link.check_size(data)  # too large: refused as RESOURCE_EXHAUSTED below, never sent
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -244,9 +245,6 @@ class FogDialer:
             data = link.encode_refusal(code, msg[:MAX_DETAILS])
         finally:
             authz.done_acting(token)
-        if len(data) > link.MAX_MESSAGE:
-            log.error("the answer to %s is %d bytes, too large to send", link.CALLS[kind], len(data))
-            data = link.encode_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "the answer is too large to send")
         outbox.put_nowait((call_id, data))  # one message: its frames stay together on the stream
 
     def _mark(self, fog_id: str, up: bool) -> None:

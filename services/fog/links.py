@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from hfl.errors import HflError, TooLarge, clip
+from hfl.errors import HflError, clip
 from hfl.rpc import link
 from hfl.rpc.client import ByteCount
 from hfl.rpc.metrics import BYTES_RECEIVED, BYTES_SENT, LINKS
@@ -45,8 +45,7 @@ class FacilityLink:
         self.closed = False
 
     def send(self, call_id: int, data: bytes | memoryview) -> None:
-        if len(data) > link.MAX_MESSAGE:
-            raise TooLarge(f"the message is {len(data)} bytes, over the limit of {link.MAX_MESSAGE}")
+        link.check_size(data)
         self.outbox.put_nowait((call_id, data))  # a message's frames stay together on the stream
 
     def deliver(self, call_id: int, data: bytes | memoryview) -> None:

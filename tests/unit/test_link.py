@@ -197,3 +197,30 @@ def test_a_one_frame_message_is_handed_on_without_a_copy() -> None:
 def test_frames_that_are_not_link_frames_are_refused(raw: bytes, why: str) -> None:
     with pytest.raises(InvalidInput, match=why):
         link.parse_frame(raw)
+
+
+def test_a_facility_answer_too_large_to_send_becomes_a_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The facility never queues a message over the limit: the fog gets RESOURCE_EXHAUSTED instead."""
+    import asyncio
+
+    from services.facility.dial import FogDialer
+
+    async def big_answer(request: object) -> facility_pb2.SecAggMaskedInputResponse:
+        vec = common_pb2.Vector(dtype=common_pb2.D_TYPE_UINT32, length=64, data=b"\x00" * 256)
+        return facility_pb2.SecAggMaskedInputResponse(masked=vec)
+
+    monkeypatch.setattr(link, "MAX_MESSAGE", 200)
+    dialer = FogDialer("facility-01", None, "authority", lambda name: big_answer, tls_on=False)  # type: ignore[arg-type]
+    outbox: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+    request = facility_pb2.SecAggMaskedInputRequest()
+    asyncio.run(dialer._answer(outbox, 7, "secagg_masked_input", request, None))
+    item = outbox.get_nowait()
+    assert item is not None
+    call_id, data = item
+    assert call_id == 7 and len(data) <= 200
+    answer = link.decode_reply(data, "secagg_masked_input")
+    assert isinstance(answer, link.Refused) and answer.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "256" in answer.details or "bytes" in answer.details
+    with pytest.raises(TooLarge):
+        link.check_size(b"x" * 201)
+    link.check_size(b"x" * 200)  # exactly the limit passes
