@@ -28,16 +28,7 @@ from hfl.domain import (
 )
 from hfl.errors import HflError, NotReady
 from hfl.learning.metrics import clinical_metrics, specialty_results
-from hfl.ledger import (
-    Block,
-    BlockHeader,
-    CommitteeMember,
-    LedgerError,
-    LedgerStore,
-    Vote,
-    propose,
-    select_quorum,
-)
+from hfl.ledger import Block, BlockHeader, CommitteeMember, LedgerError, LedgerStore, Vote, select_quorum
 from hfl.oplog import OperatorLog
 from hfl.proto.v1 import (
     authority_pb2,
@@ -52,6 +43,7 @@ from hfl.proto.v1 import (
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.robust.bound import RECORD_KEY, bound_for, round_record
 from hfl.robust.rules import resolve_f
+from hfl.round.propose import propose
 from hfl.rpc import authz, serde
 from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import (
