@@ -73,11 +73,11 @@ from hfl.learning.data import (  # noqa: E402
 )
 from hfl.learning.models import EvalResult, Model, evaluate, make_model  # noqa: E402
 from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN, clip_update, train_local  # noqa: E402
-from hfl.ledger.block import aggregate_recorded  # noqa: E402
 from hfl.robust.attacks import ATTACKS, apply_attack, flip_labels  # noqa: E402
 from hfl.robust.bound import RECORD_KEY, bound_for, round_record  # noqa: E402
 from hfl.robust.reputation import Reputation, with_refused  # noqa: E402
 from hfl.robust.rules import DEFAULT_RULE, resolve_f  # noqa: E402
+from hfl.round.propose import aggregate_recorded  # noqa: E402
 from hfl.schedule import assign_buckets  # noqa: E402
 
 SOURCE, MODEL, HIDDEN = "synthetic_hard", "mlp", 16

@@ -58,7 +58,8 @@ def ledger_path(path: str) -> Path:
 
 
 def cmd_ledger_verify(args: argparse.Namespace) -> int:
-    from hfl.ledger import LedgerError, LedgerStore, verify_ledger
+    from hfl.ledger import LedgerError, LedgerStore
+    from hfl.round.audit import verify_ledger
 
     path = ledger_path(args.path)
     with LedgerStore(path) as store:

@@ -133,7 +133,8 @@ def verified_model(
     """Verify the whole ledger in ``store`` (a run folder's, or a copy fetched from a live leader), then
     return the model of ``round_`` ('latest' or a number) as an ExportedModel with the blocks up to it."""
     from hfl.learning.export import ExportedModel
-    from hfl.ledger import LedgerError, verify_ledger
+    from hfl.ledger import LedgerError
+    from hfl.round.audit import verify_ledger
 
     total = len(store)
     if total < 2:

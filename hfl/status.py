@@ -145,7 +145,7 @@ def release_facility(
 
 def fetch_ledger(leader: str, run: str | None, cert_dir: str | None, timeout: float = 120.0) -> LedgerStore:
     """Every block of a running leader's ledger, with its models and bucket sums, in an in-memory
-    LedgerStore that is NOT verified yet (run hfl.ledger.verify_ledger on it). Needs the operator
+    LedgerStore that is NOT verified yet (run hfl.round.audit.verify_ledger on it). Needs the operator
     certificate (``cert_dir``, or the one of the demo run folder ``run``)."""
     tls = _operator_tls(run, cert_dir)
     options = [("grpc.max_receive_message_length", limits.MODEL)]

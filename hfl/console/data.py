@@ -192,7 +192,8 @@ def snapshot(conn: Connection) -> Snapshot:
 def check_ledger(run: Path | None) -> tuple[bool, str]:
     """The same checks as `hfl ledger verify RUN` (hashes, signatures, quorum certificates, aggregates)."""
     from hfl.errors import ConfigError
-    from hfl.ledger import LedgerError, LedgerStore, verify_ledger
+    from hfl.ledger import LedgerError, LedgerStore
+    from hfl.round.audit import verify_ledger
 
     if run is None:
         return False, "The ledger can only be checked here when the console is given the run folder (--run)."

@@ -6,18 +6,13 @@ from .block import (
     CommitteeMember,
     LedgerError,
     Vote,
-    aggregate_recorded,
     check_quorum,
-    compute_model,
     genesis_header,
     max_faulty,
-    next_header,
-    propose,
     quorum_size,
     select_quorum,
 )
 from .store import BlockRecord, LedgerStore
-from .verify import verify_ledger
 
 __all__ = [
     "Block",
@@ -27,14 +22,9 @@ __all__ = [
     "LedgerError",
     "LedgerStore",
     "Vote",
-    "aggregate_recorded",
     "check_quorum",
-    "compute_model",
     "genesis_header",
     "max_faulty",
-    "next_header",
-    "propose",
     "quorum_size",
     "select_quorum",
-    "verify_ledger",
 ]

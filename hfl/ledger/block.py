@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,6 @@ import numpy as np
 
 from hfl.crypto.signing import InvalidSignature, SigningKey, verify
 from hfl.hashing import HASH_LEN, ZERO_HASH, canonical_json, hash_json, hash_vector
-from hfl.robust.rules import AggregateResult, aggregate
 
 __all__ = [
     "BLOCK_DOMAIN",
@@ -30,10 +29,9 @@ __all__ = [
     "LedgerError",
     "Vote",
     "check_quorum",
-    "compute_model",
     "genesis_header",
     "max_faulty",
-    "next_header",
+    "model_vector",
     "quorum_size",
     "select_quorum",
 ]
@@ -277,7 +275,7 @@ def genesis_header(initial_model: np.ndarray, extra: Mapping[str, Any] | None = 
         round=0,
         prev_hash=ZERO_HASH,
         base_model_hash=ZERO_HASH,
-        model_hash=hash_vector(_model_vector(initial_model)),
+        model_hash=hash_vector(model_vector(initial_model)),
         bucket_hashes=(),
         bucket_counts=(),
         rule=GENESIS_RULE,
@@ -290,139 +288,13 @@ def genesis_header(initial_model: np.ndarray, extra: Mapping[str, Any] | None = 
     )
 
 
-def _model_vector(model: np.ndarray) -> np.ndarray:
+def model_vector(model: np.ndarray) -> np.ndarray:
     arr = np.asarray(model, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"a model must be a non-empty 1-D vector, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError("the model contains NaN or infinite values")
     return arr
-
-
-def aggregate_recorded(
-    rule: str,
-    bucket_sums: np.ndarray,
-    bucket_counts: Sequence[int] | np.ndarray,
-    rule_params: Mapping[str, Any],
-) -> AggregateResult:
-    """Run ``rule`` with the settings a block records: ``rule_params`` holds ``f`` and ``clip_update``
-    (C, or null for no norm bound) plus any rule-specific settings (e.g. ``m``, ``tau``, ``iters``,
-    ``screen``), which are passed to ``aggregate`` as ``params``."""
-    params = dict(rule_params)
-    f = params.pop("f", 0)
-    clip = params.pop("clip_update", None)
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float)):
-        raise ValueError(f"clip_update must be a number or null, got {clip!r}")
-    return aggregate(
-        rule,
-        np.asarray(bucket_sums, dtype=np.float64),
-        np.asarray(bucket_counts, dtype=np.int64),
-        f=f,
-        clip_update=None if clip is None else float(clip),
-        params=params or None,
-    )
-
-
-def compute_model(
-    base_model: np.ndarray,
-    rule: str,
-    bucket_sums: np.ndarray,
-    bucket_counts: Sequence[int] | np.ndarray,
-    rule_params: Mapping[str, Any],
-) -> tuple[np.ndarray, tuple[int, ...]]:
-    """New global model w + aggregate(sums) and the sorted flagged buckets, as the ledger checks them
-    (see ``aggregate_recorded`` for ``rule_params``)."""
-    model, result = _apply(base_model, rule, bucket_sums, bucket_counts, rule_params)
-    return model, tuple(sorted(int(i) for i in result.flagged))
-
-
-def _apply(
-    base_model: np.ndarray,
-    rule: str,
-    bucket_sums: np.ndarray,
-    bucket_counts: Sequence[int] | np.ndarray,
-    rule_params: Mapping[str, Any],
-) -> tuple[np.ndarray, AggregateResult]:
-    base = np.asarray(base_model, dtype=np.float64)
-    sums = np.asarray(bucket_sums, dtype=np.float64)
-    if sums.ndim != 2 or base.ndim != 1 or sums.shape[1] != base.shape[0]:
-        raise ValueError(f"bucket sums of shape {sums.shape} do not fit a model of shape {base.shape}")
-    result = aggregate_recorded(rule, sums, bucket_counts, rule_params)
-    update = np.asarray(result.update, dtype=np.float64)
-    if update.shape != base.shape:
-        raise ValueError(f"the aggregate has shape {update.shape}, the model {base.shape}")
-    return base + update, result
-
-
-def next_header(
-    prev: Block,
-    prev_model: np.ndarray,
-    bucket_sums: np.ndarray,
-    bucket_counts: Sequence[int] | np.ndarray,
-    *,
-    rule: str,
-    rule_params: Mapping[str, Any],
-    committee: Sequence[CommitteeMember],
-    config_hash: bytes,
-    quorum: int | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> tuple[BlockHeader, np.ndarray]:
-    """Build the header for the round after ``prev`` and the new model it commits to.
-
-    The leader and every validator call this with the same inputs and must get the same header hash.
-    ``quorum`` defaults to 2f+1 for the committee size.
-    """
-    header, model, _ = propose(
-        prev,
-        prev_model,
-        bucket_sums,
-        bucket_counts,
-        rule=rule,
-        rule_params=rule_params,
-        committee=committee,
-        config_hash=config_hash,
-        quorum=quorum,
-        extra=extra,
-    )
-    return header, model
-
-
-def propose(
-    prev: Block,
-    prev_model: np.ndarray,
-    bucket_sums: np.ndarray,
-    bucket_counts: Sequence[int] | np.ndarray,
-    *,
-    rule: str,
-    rule_params: Mapping[str, Any],
-    committee: Sequence[CommitteeMember],
-    config_hash: bytes,
-    quorum: int | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> tuple[BlockHeader, np.ndarray, AggregateResult]:
-    """``next_header`` plus the aggregation's full result (flag kinds and details), for the leader."""
-    base = _model_vector(prev_model)
-    if hash_vector(base) != prev.header.model_hash:
-        raise ValueError(f"the given previous model is not the one recorded in block {prev.header.round}")
-    sums = np.asarray(bucket_sums, dtype=np.float64)
-    counts = tuple(np.asarray(bucket_counts).reshape(-1).tolist())
-    model, result = _apply(base, rule, sums, counts, rule_params)
-    header = BlockHeader(
-        round=prev.header.round + 1,
-        prev_hash=prev.hash,
-        base_model_hash=prev.header.model_hash,
-        model_hash=hash_vector(model),
-        bucket_hashes=tuple(hash_vector(row) for row in sums),
-        bucket_counts=counts,
-        rule=rule,
-        rule_params=dict(rule_params),
-        flagged=tuple(sorted(int(i) for i in result.flagged)),
-        committee=tuple(committee),
-        quorum=quorum if quorum is not None else (quorum_size(len(committee)) if committee else 0),
-        config_hash=config_hash,
-        extra=dict(extra or {}),
-    )
-    return header, model, result
 
 
 # ----------------------------------------------------------------------------------------------- votes

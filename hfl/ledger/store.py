@@ -21,7 +21,7 @@ import numpy as np
 
 from hfl.hashing import canonical_json, hash_vector, vector_bytes
 
-from .block import Block, BlockHeader, LedgerError, Vote, _model_vector, check_quorum, genesis_header
+from .block import Block, BlockHeader, LedgerError, Vote, check_quorum, genesis_header, model_vector
 
 __all__ = ["SCHEMA_VERSION", "BlockRecord", "LedgerStore"]
 
@@ -47,7 +47,7 @@ def _decode_vector(data: bytes, expected_hash: bytes, what: str) -> np.ndarray:
 @dataclass(frozen=True)
 class BlockRecord:
     """One block exactly as stored, with the model it commits to and the bucket sums it was aggregated
-    from: what a copy of the ledger needs so that :func:`hfl.ledger.verify_ledger` can re-check it.
+    from: what a copy of the ledger needs so that :func:`hfl.round.audit.verify_ledger` can re-check it.
 
     Nothing in a record is trusted: :meth:`LedgerStore.from_records` stores it as it is, and only a
     verification of the resulting copy says whether it is sound."""
@@ -242,7 +242,7 @@ class LedgerStore:
     @classmethod
     def from_records(cls, records: Iterable[BlockRecord]) -> LedgerStore:
         """An in-memory copy of a ledger made of records from elsewhere (a live leader), stored exactly
-        as received and NOT checked: run :func:`hfl.ledger.verify_ledger` on it before using anything in
+        as received and NOT checked: run :func:`hfl.round.audit.verify_ledger` on it before using anything in
         it. Models and bucket sums are stored under the hash of what was received, so a changed one is
         found missing when its block is checked."""
         store = cls(":memory:")
@@ -301,7 +301,7 @@ class LedgerStore:
     def init_genesis(self, initial_model: np.ndarray, extra: Mapping[str, Any] | None = None) -> Block:
         """Write the round-0 block, or, if there is one already, check it matches and return it."""
         try:
-            model = _model_vector(initial_model)
+            model = model_vector(initial_model)
             header = genesis_header(model, extra)
         except ValueError as exc:
             raise LedgerError(f"cannot create the genesis block: {exc}", 0) from None
@@ -353,7 +353,7 @@ class LedgerStore:
         if r == 0:
             raise LedgerError("the genesis block is written with init_genesis, not append", 0)
         try:
-            vec = _model_vector(model)
+            vec = model_vector(model)
         except ValueError as exc:
             raise LedgerError(f"bad model: {exc}", r) from None
         if hash_vector(vec) != h.model_hash:

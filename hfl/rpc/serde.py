@@ -773,7 +773,7 @@ def ledger_block_to_proto(r: BlockRecord) -> leader_pb2.LedgerBlock:
 
 def ledger_block_from_proto(m: leader_pb2.LedgerBlock) -> BlockRecord:
     """A block as the leader sent it: only its shape is checked here; the chain is verified as a whole
-    afterwards (hfl.ledger.verify_ledger)."""
+    afterwards (hfl.round.audit.verify_ledger)."""
     if m.round > bounds.MAX_ROUND:
         raise InvalidInput(f"block round {m.round} is out of range")
     if len(m.bucket_sums) > bounds.MAX_LIST:

@@ -9,8 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hfl.domain import BucketEvaluation, BucketRecord, BucketResult, RoundConfig, RoundCost, VoteRecord
-from hfl.ledger import Vote
+from hfl.domain import BucketEvaluation, RoundConfig, RoundCost
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import fog_pb2
 from hfl.rpc import serde
@@ -131,43 +130,6 @@ def checked_evaluations(
             continue
         out.append(e)
     return out
-
-
-def bucket_records(
-    config: RoundConfig, results: Sequence[BucketResult], flagged: Sequence[str]
-) -> tuple[BucketRecord, ...]:
-    """Every scheduled training bucket as the operator sees it: the fog, the members, who dropped out,
-    and whether it was flagged or abandoned (a bucket whose fog sent nothing counts as abandoned)."""
-    answered = {r.bucket_id: r for r in results}
-    out = []
-    for b in config.buckets:
-        r = answered.get(b.bucket_id)
-        out.append(
-            BucketRecord(
-                bucket_id=b.bucket_id,
-                fog_id=b.fog_id,
-                members=tuple(b.members),
-                dropped=tuple(r.dropped) if r else (),
-                flagged=b.bucket_id in flagged,
-                abandoned=r is None or r.abandoned or r.count == 0,
-            )
-        )
-    return tuple(out)
-
-
-def vote_records(config: RoundConfig, votes: Sequence[Vote]) -> tuple[VoteRecord, ...]:
-    """One record per committee member, in committee order: its vote and reason, or that it did not
-    answer in time."""
-    by_id = {v.validator_id: v for v in votes}
-    out = []
-    for m in config.committee:
-        v = by_id.get(m.node_id)
-        out.append(
-            VoteRecord(m.node_id, accept=v.accept, reason=v.reason)
-            if v
-            else VoteRecord(m.node_id, accept=False, reason="no answer in time", answered=False)
-        )
-    return tuple(out)
 
 
 def publish_topology(config: RoundConfig) -> None:

@@ -6,38 +6,25 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hfl.control import apply, reason_of
 from hfl.domain import (
     BucketEvaluation,
-    BucketResult,
     Metrics,
     ModelSpec,
     NodeInfo,
     RoundConfig,
     RoundEvent,
-    RoundReport,
     SpecialtyResult,
     TrainingPlan,
 )
 from hfl.errors import HflError, NotReady
 from hfl.learning.metrics import clinical_metrics, specialty_results
-from hfl.ledger import (
-    Block,
-    BlockHeader,
-    CommitteeMember,
-    LedgerError,
-    LedgerStore,
-    Vote,
-    propose,
-    select_quorum,
-)
+from hfl.ledger import Block, LedgerError, LedgerStore, Vote
 from hfl.oplog import OperatorLog
 from hfl.proto.v1 import (
     authority_pb2,
@@ -50,8 +37,20 @@ from hfl.proto.v1 import (
     validator_pb2_grpc,
 )
 from hfl.proto.v1 import common_pb2 as pb
-from hfl.robust.bound import RECORD_KEY, bound_for, round_record
-from hfl.robust.rules import resolve_f
+from hfl.round.leader import (
+    AskCommittee,
+    Command,
+    Commit,
+    Evaluate,
+    Finish,
+    LeaderPolicy,
+    LeaderRound,
+    RefusedInput,
+    Report,
+    RunFogs,
+    next_attempt,
+    retry_pause,
+)
 from hfl.rpc import authz, serde
 from hfl.rpc.client import ByteCount, call, describe_rpc_error
 from hfl.rpc.metrics import (
@@ -72,32 +71,26 @@ from hfl.rpc.metrics import (
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import Settings
 from hfl.rpc.tls import AUTHORITY, Peer
-from services.leader.rounds import (
-    RoundClock,
-    bucket_records,
-    checked_evaluations,
-    fog_request,
-    fog_views,
-    publish_topology,
-    vote_records,
-)
+from services.leader.rounds import RoundClock, checked_evaluations, fog_request, fog_views, publish_topology
 
 log = logging.getLogger("hfl.leader")
 
 FOG_CHECK_S = 5.0  # how long a fog without buckets has to answer the leader's health check
-RETRY_PAUSE_MAX_S = 10.0
 
 
-def retry_pause(attempt: int) -> float:
-    """Seconds to wait before attempt ``attempt`` of a round (0: the round's first attempt, no pause).
-    A round that keeps failing (a fog down, too few votes) is tried again after 0.1 s, then twice as
-    long each time up to RETRY_PAUSE_MAX_S, so a federation that cannot make progress does not retry
-    many times a second (each attempt is numbered, and the privacy ledger numbers at most 1000 attempts
-    per round: hfl.bounds.SLOTS_PER_ROUND)."""
-    return 0.0 if attempt <= 0 else min(RETRY_PAUSE_MAX_S, 0.1 * 2 ** min(attempt - 1, 10))
+@dataclass
+class Traffic:
+    """One attempt's bytes: the leader's own (``own``) and fog <-> facility, as the fogs report it."""
+
+    own: ByteCount = field(default_factory=ByteCount)
+    fac: ByteCount = field(default_factory=ByteCount)
 
 
 class Leader(leader_pb2_grpc.LeaderServiceServicer):
+    """Wiring for the leader: it asks the authority for each round's configuration, performs what the
+    round machine (hfl/round/leader.py) asks for (gRPC calls to fogs, validators and the authority, the
+    ledger store) and feeds back what happened; timing (RoundClock) and metrics stay here."""
+
     def __init__(
         self, settings: Settings, channels: Channels, store: LedgerStore, spec: ModelSpec, plan: TrainingPlan
     ) -> None:
@@ -122,92 +115,33 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.end_detail = "all planned rounds are done"  # said by the last WatchRounds event
         self.oplog = OperatorLog(settings.state_dir / "operator.db")  # controls and who used them
 
-    def rule_params(self, n_buckets: int, clip: float | None = None) -> dict[str, object]:
-        """Recorded in every block: f (HFL_F, or the most the rule tolerates when HFL_F=-1) and the norm
-        bound ``clip`` (default: the plan's), so validators and auditors re-run exactly the same
-        aggregation."""
-        f = resolve_f(self.settings.f, n_buckets, self.settings.rule)
-        if not self.settings.defences:  # comparison runs only: no norm bound, no outlier screen
-            return {"f": f, "clip_update": None, "screen": False}
-        return {"f": f, "clip_update": float(self.plan.clip_update if clip is None else clip)}
+    @property
+    def policy(self) -> LeaderPolicy:
+        """How this leader aggregates (HFL_RULE, HFL_F, the plan's norm bound, HFL_DEFENCES,
+        HFL_ADAPTIVE_BOUND)."""
+        s = self.settings
+        return LeaderPolicy(
+            rule=s.rule,
+            f=s.f,
+            clip_update=float(self.plan.clip_update),
+            defences=s.defences,
+            adaptive_bound=s.adaptive_bound,
+        )
 
     @property
     def adaptive_bound(self) -> bool:
         """Each round's norm bound follows the committed history (HFL_ADAPTIVE_BOUND, defences on)."""
-        return self.settings.adaptive_bound and self.settings.defences
-
-    def norm_bound(self, head: Block) -> float:
-        """The round after ``head``: the bound facilities clip to and the block records. Adaptive: from
-        the history ``head`` records, at most the configured C (hfl/robust/bound.py); else the plan's C.
-        With differential privacy the per-record DP clip (the privacy bound) is untouched: this bound
-        only clips the finished update, post-processing that costs no privacy."""
-        if not self.adaptive_bound:
-            return float(self.plan.clip_update)
-        return bound_for(head.header.extra, self.plan.clip_update)
+        return self.policy.adaptive
 
     def authority(self) -> authority_pb2_grpc.AuthorityServiceStub:
         return authority_pb2_grpc.AuthorityServiceStub(self.channels.get(self.settings.authority, AUTHORITY))
 
     # ------------------------------------------------------------------ the round loop
     async def run(self, stop: asyncio.Event) -> None:
-        target = self.settings.rounds
-        attempt = 0
+        attempt: int | None = 0
         try:
-            while not stop.is_set():
-                head = self.store.head()
-                assert head is not None
-                control = self.oplog.control()
-                last = control.last_round(target)
-                if last and head.header.round >= last:
-                    if last != target:
-                        self.end_detail = f"stopped after round {head.header.round} by the operator"
-                    break
-                if control.paused:
-                    self.state = f"paused by the operator: {control.pause_reason}"
-                    await asyncio.sleep(0.5)
-                    continue
-                round_ = head.header.round + 1
-                try:
-                    t_config = time.monotonic()
-                    config_request = authority_pb2.GetRoundConfigRequest(
-                        round=round_, attempt=attempt, ledger_head=head.hash
-                    )
-                    resp = await call(
-                        self.authority().GetRoundConfig, config_request, peer="authority", timeout=30
-                    )
-                except grpc.aio.AioRpcError as e:
-                    if e.code() == grpc.StatusCode.OUT_OF_RANGE and target:
-                        # Every facility has spent its privacy budget: no later round can train, so a
-                        # federation with a planned number of rounds ends here instead of waiting forever.
-                        self.end_detail = f"training ended after round {round_ - 1}: {e.details()}"
-                        log.warning("%s", self.end_detail)
-                        break
-                    self.state = f"waiting: {e.details()}"
-                    log.info("round %d: not ready yet (%s)", round_, e.details())
-                    await asyncio.sleep(1.0)
-                    continue
-                config = serde.config_from_proto(resp.config)
-                config.verify(self.authority_key)
-                self.bucket_configs = list(resp.bucket_configs)  # forwarded to the fogs (rounds.py)
-                self.clock = RoundClock(
-                    config_s=time.monotonic() - t_config,
-                    config_bytes_in=resp.ByteSize(),
-                    config_bytes_out=config_request.ByteSize(),
-                )
-                self.state = f"running round {round_}"
-                try:
-                    event = await self.run_round(config, head)
-                except Exception as e:  # a bad round must not stop the federation
-                    log.exception("round %d failed", round_)
-                    event = RoundEvent(round=round_, committed=False, detail=f"round failed: {e}")
-                    await asyncio.sleep(1.0)
-                attempt = 0 if event.committed else attempt + 1
-                await self.publish(event)
-                interval = self.oplog.control().interval(self.settings.round_interval)
-                ROUND_INTERVAL.set(interval)
-                pause = max(interval, retry_pause(attempt))
-                if pause > 0:
-                    await asyncio.sleep(pause)
+            while attempt is not None and not stop.is_set():
+                attempt = await self.step(attempt)
         finally:
             self.finished = True
             self.state = f"finished: {self.end_detail}"
@@ -220,153 +154,251 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 )
             )
 
+    async def step(self, attempt: int) -> int | None:
+        """One pass of the round loop: the attempt number to go on with, or None when training is over."""
+        head = self.store.head()
+        assert head is not None
+        control = self.oplog.control()
+        last = control.last_round(self.settings.rounds)
+        if last and head.header.round >= last:
+            if last != self.settings.rounds:
+                self.end_detail = f"stopped after round {head.header.round} by the operator"
+            return None
+        if control.paused:
+            self.state = f"paused by the operator: {control.pause_reason}"
+            await asyncio.sleep(0.5)
+            return attempt
+        try:
+            config = await self.round_config(head, attempt)
+        except grpc.aio.AioRpcError as e:
+            return await self.not_ready(head.header.round + 1, attempt, e)
+        self.state = f"running round {config.round}"
+        try:
+            event = await self.run_round(config, head)
+        except Exception as e:  # a bad round must not stop the federation
+            log.exception("round %d failed", config.round)
+            event = RoundEvent(round=config.round, committed=False, detail=f"round failed: {e}")
+            await asyncio.sleep(1.0)
+        attempt = next_attempt(attempt, event.committed)
+        await self.publish(event)
+        interval = self.oplog.control().interval(self.settings.round_interval)
+        ROUND_INTERVAL.set(interval)
+        pause = max(interval, retry_pause(attempt))
+        if pause > 0:
+            await asyncio.sleep(pause)
+        return attempt
+
+    async def round_config(self, head: Block, attempt: int) -> RoundConfig:
+        """The authority's signed configuration for the round after ``head`` (checked), with the
+        per-bucket views forwarded to the fogs; starts this attempt's RoundClock."""
+        t_config = time.monotonic()
+        request = authority_pb2.GetRoundConfigRequest(
+            round=head.header.round + 1, attempt=attempt, ledger_head=head.hash
+        )
+        resp = await call(self.authority().GetRoundConfig, request, peer="authority", timeout=30)
+        config = serde.config_from_proto(resp.config)
+        config.verify(self.authority_key)
+        self.bucket_configs = list(resp.bucket_configs)  # forwarded to the fogs (rounds.py)
+        self.clock = RoundClock(
+            config_s=time.monotonic() - t_config,
+            config_bytes_in=resp.ByteSize(),
+            config_bytes_out=request.ByteSize(),
+        )
+        return config
+
+    async def not_ready(self, round_: int, attempt: int, e: grpc.aio.AioRpcError) -> int | None:
+        """The authority has no configuration for ``round_``: wait and ask again, or end training."""
+        if e.code() == grpc.StatusCode.OUT_OF_RANGE and self.settings.rounds:
+            # Every facility has spent its privacy budget: no later round can train, so a federation
+            # with a planned number of rounds ends here instead of waiting forever.
+            self.end_detail = f"training ended after round {round_ - 1}: {e.details()}"
+            log.warning("%s", self.end_detail)
+            return None
+        self.state = f"waiting: {e.details()}"
+        log.info("round %d: not ready yet (%s)", round_, e.details())
+        await asyncio.sleep(1.0)
+        return attempt
+
     async def publish(self, event: RoundEvent) -> None:
         async with self.changed:
             self.events.append(event)
             self.changed.notify_all()
 
     async def run_round(self, config: RoundConfig, head: Block) -> RoundEvent:
+        """One attempt: perform the round machine's commands until it finishes."""
         t0 = time.monotonic()
-        round_ = config.round
-        counter = ByteCount()  # the leader's own traffic
-        fac = ByteCount()  # fog <-> facility traffic, as the fogs report it
-        clock = self.clock  # made fresh for this attempt by run()
-        clock.lap("prepare")
-        model_msg = serde.model_to_proto(self.spec, self.model, round_)
-        clip = self.norm_bound(head)  # facilities clip their update to it; the block records it
-        NORM_BOUND.set(clip)
+        traffic = Traffic()
+        self.clock.lap("prepare")  # the clock was made fresh for this attempt by round_config()
+        machine = LeaderRound(config, head, self.model, self.policy)
+        cmd: Command = machine.start()
+        while not isinstance(cmd, Finish):
+            cmd = await self.perform(machine, cmd, traffic)
+        return self._finish(t0, traffic, cmd.event)
+
+    async def perform(self, machine: LeaderRound, cmd: Command, traffic: Traffic) -> Command:
+        """Carry out one command of the round machine; returns the machine's next command."""
+        if isinstance(cmd, RunFogs):
+            return await self.run_fogs(machine, cmd, traffic)
+        if isinstance(cmd, AskCommittee):
+            return await self.ask_committee(machine, cmd, traffic.own)
+        if isinstance(cmd, Commit):
+            return await self.commit(machine, cmd)
+        if isinstance(cmd, Evaluate):
+            return await self.evaluate_model(machine, traffic.own)
+        if isinstance(cmd, Report):
+            return await self.report(machine, cmd)
+        raise TypeError(f"the leader cannot perform {cmd!r}")
+
+    def _finish(self, t0: float, traffic: Traffic, event: RoundEvent) -> RoundEvent:
+        self.clock.lap("report")
+        duration = time.monotonic() - t0
+        ROUND_DURATION.observe(duration)
+        counter, fac = traffic.own, traffic.fac
+        return replace(
+            event,
+            duration_s=duration,
+            bytes_sent=counter.sent + counter.received + fac.sent + fac.received,
+            cost=self.clock.cost(counter, fac),
+            epsilon=self.epsilon_spent,
+        )
+
+    # ------------------------------------------------------------------ the fogs
+    async def run_fogs(self, machine: LeaderRound, cmd: RunFogs, traffic: Traffic) -> AskCommittee | Report:
+        """Every fog with buckets runs the round (the others are health-checked), then the proposal."""
+        config = machine.config
+        NORM_BOUND.set(cmd.clip)  # facilities clip their update to it; the block records it
         if self.adaptive_bound:
             log.info(
-                "round %d: norm bound C = %.4g (adaptive, at most %g)", round_, clip, self.plan.clip_update
+                "round %d: norm bound C = %.4g (adaptive, at most %g)",
+                config.round,
+                cmd.clip,
+                self.plan.clip_update,
             )
         request = fog_pb2.RunRoundRequest(
             config=serde.config_to_proto(config),
-            model=model_msg,
-            plan=serde.plan_to_proto(replace(self.plan, clip_update=clip)),
+            model=serde.model_to_proto(self.spec, self.model, config.round),
+            plan=serde.plan_to_proto(replace(self.plan, clip_update=cmd.clip)),
         )
-        fog_ids = sorted({b.fog_id for b in config.buckets})
         publish_topology(config)
-        reach: dict[str, bool] = {}  # fog -> whether it answered this round (for the authority)
+        idle = [f for f in config.fogs if f.node_id in cmd.idle]
+        await asyncio.gather(
+            *(self.run_fog(machine, request, f, traffic) for f in cmd.fogs),
+            *(self.check_fog(machine, f) for f in idle),
+        )
+        self.clock.fogs_done()
+        SECAGG_DROPOUTS.inc(machine.dropouts)
+        proposal = machine.close_fogs()
+        if isinstance(proposal, AskCommittee):
+            FLAGGED_BUCKETS.inc(len(proposal.flags))
+            self.clock.lap("robust_aggregation")
+        return proposal
 
-        async def run_fog(fog_id: str) -> list[BucketResult]:
-            node = config.node(fog_id)
-            stub = fog_pb2_grpc.FogServiceStub(self.channels.get(node.address, Peer("fog", node.node_id)))
-            started = time.monotonic()
+    async def run_fog(
+        self, machine: LeaderRound, request: fog_pb2.RunRoundRequest, fog_id: str, traffic: Traffic
+    ) -> None:
+        round_, node = machine.config.round, machine.config.node(fog_id)
+        stub = fog_pb2_grpc.FogServiceStub(self.channels.get(node.address, Peer("fog", node.node_id)))
+        started = time.monotonic()
+        try:
+            resp = await call(
+                stub.RunRound,
+                fog_request(request, self.bucket_configs, fog_id),
+                peer="fog",
+                timeout=self.plan.timeout_s + 60,
+                counter=traffic.own,
+            )
+        except grpc.aio.AioRpcError as e:
+            log.warning("round %d: fog %s failed: %s", round_, fog_id, describe_rpc_error(e))
+            # UNAVAILABLE: it could not be reached, it is down (the authority is told)
+            machine.fog_failed(fog_id, unreachable=e.code() == grpc.StatusCode.UNAVAILABLE)
+            return
+        machine.fog_answered(fog_id)
+        traffic.fac.add("facility", int(resp.bytes_to_facilities), int(resp.bytes_from_facilities))
+        self.clock.fog_answered(fog_id, started, resp.phases_s, int(resp.bytes_from_facilities))
+        for b in resp.buckets:
             try:
-                resp = await call(
-                    stub.RunRound,
-                    fog_request(request, self.bucket_configs, fog_id),
-                    peer="fog",
-                    timeout=self.plan.timeout_s + 60,
-                    counter=counter,
-                )
-            except grpc.aio.AioRpcError as e:
-                log.warning("round %d: fog %s failed: %s", round_, fog_id, describe_rpc_error(e))
-                if e.code() == grpc.StatusCode.UNAVAILABLE:  # it could not be reached: it is down
-                    reach[fog_id] = False
-                return []
-            reach[fog_id] = True
-            fac.add("facility", int(resp.bytes_to_facilities), int(resp.bytes_from_facilities))
-            clock.fog_answered(fog_id, started, resp.phases_s, int(resp.bytes_from_facilities))
-            out = []
-            runs = {x.bucket_id for x in config.buckets if x.fog_id == fog_id}
-            for b in resp.buckets:
-                try:
-                    r = serde.bucket_result_from_proto(b, expected_length=self.model.size)
-                except ValueError as e:
-                    log.warning("round %d: fog %s sent a malformed bucket: %s", round_, fog_id, e)
-                    continue
-                if r.fog_id != fog_id or r.bucket_id not in runs:
-                    log.warning("round %d: fog %s answered for a bucket it does not run", round_, fog_id)
-                    continue
-                out.append(r)
-            return out
+                machine.add_bucket(fog_id, serde.bucket_result_from_proto(b, expected_length=self.model.size))
+            except ValueError as e:
+                log.warning("round %d: fog %s sent a malformed bucket: %s", round_, fog_id, e)
+            except RefusedInput as e:
+                log.warning("round %d: %s", round_, e)
 
-        answers, _ = await asyncio.gather(
-            asyncio.gather(*(run_fog(f) for f in fog_ids)), self.check_idle_fogs(config, reach)
-        )
-        results = sorted((r for rs in answers for r in rs), key=lambda r: r.bucket_id)
-        clock.fogs_done()
-        used = [r for r in results if not r.abandoned and r.count > 0]
-        dropouts = sum(len(r.dropped) for r in results)
-        # For the authority: malformed updates the fogs refused, members that never answered at all.
-        refused = {m for r in results for m in r.refused}
-        absent = {m for r in results for m in r.unreachable} - refused
-        SECAGG_DROPOUTS.inc(dropouts)
-        base: dict[str, Any] = dict(
-            round=round_,
-            participants=sum(r.count for r in used),
-            dropouts=dropouts,
-            abandoned_buckets=sum(1 for r in results if r.abandoned),
-            committee=tuple(m.node_id for m in config.committee),
-            buckets=bucket_records(config, results, ()),
-        )
-        if not used:  # nothing to aggregate or vote on; the authority still learns who never answered
-            await self.report(config, None, {}, None, refused, absent, reach)
-            return self._finish(
-                t0, counter, RoundEvent(committed=False, detail="no bucket sums arrived", **base), fac
-            )
+    async def check_fog(self, machine: LeaderRound, fog: NodeInfo) -> None:
+        """Ask a fog that has no bucket this round whether it is serving (the standard health check), so
+        the authority learns when a fog that was down is back."""
+        stub = health_pb2_grpc.HealthStub(self.channels.get(fog.address, Peer("fog", fog.node_id)))
+        try:
+            answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=FOG_CHECK_S)
+            serving = answer.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.aio.AioRpcError as e:
+            log.info("round %d: fog %s does not answer: %s", machine.config.round, fog.node_id, e.code().name)
+            serving = False
+        machine.fog_checked(fog.node_id, serving)
 
-        sums = np.stack([r.total for r in used])
-        counts = [r.count for r in used]
-        extra = {
-            "buckets": [r.bucket_id for r in used],
-            "fogs": [r.fog_id for r in used],
-            "members": [list(r.members) for r in used],
-            "committee_draw": config.committee_draw,
-        }
-        rule_params = self.rule_params(len(used), clip)
-        header, new_model, result = propose(
-            head,
-            self.model,
-            sums,
-            counts,
-            rule=self.settings.rule,
-            rule_params=rule_params,
-            committee=[CommitteeMember(m.node_id, m.sign_public_key) for m in config.committee],
-            config_hash=config.hash(),
-            quorum=config.quorum,
-            extra=extra,
+    # ------------------------------------------------------------------ the committee
+    async def ask_committee(
+        self, machine: LeaderRound, cmd: AskCommittee, counter: ByteCount
+    ) -> Commit | Report:
+        """Every committee member votes on the proposal; then commit or report the refusal."""
+        config, head = machine.config, machine.head
+        request = validator_pb2.VoteRequest(
+            config=serde.config_to_proto(config),
+            base_model=serde.model_to_proto(self.spec, self.model, head.round),
+            buckets=[serde.bucket_result_to_proto(r) for r in cmd.buckets],
+            rule=cmd.header.rule,
+            rule_params=serde.rule_params_to_proto(cmd.header.rule_params),
+            prev_block=serde.block_to_proto(head),
+            extra=serde.extra_to_proto(cmd.header.extra),
+            block_hash=cmd.block_hash,
         )
-        if self.adaptive_bound:  # this round's accepted buckets join the history the next bound comes from
-            record = round_record(
-                head.header.extra, sums, counts, header.flagged, ceiling=self.plan.clip_update
-            )
-            header = replace(header, extra={**header.extra, RECORD_KEY: record})
-        flags = {used[i].bucket_id: kind for i, kind in result.flag_kinds.items()}
-        flagged = tuple(sorted(flags))
-        FLAGGED_BUCKETS.inc(len(flagged))
-        clock.lap("robust_aggregation")
-        votes = await self.collect_votes(config, head, used, header, counter)
-        clock.lap("committee")
-        accepts = sum(1 for v in votes if v.accept)
-        base.update(
-            accepts=accepts,
-            rejects=len(votes) - accepts,
-            flagged_buckets=flagged,
-            votes=vote_records(config, votes),
-            buckets=bucket_records(config, results, flagged),
+        members = config.committee
+        answers = await asyncio.gather(
+            *(self.ask_validator(request, config.round, m, counter) for m in members)
+        )
+        for m, vote in zip(members, answers, strict=True):
+            try:
+                if vote is not None:
+                    machine.add_vote(m.node_id, vote)
+            except RefusedInput as e:
+                log.warning("round %d: %s", config.round, e)
+        self.clock.lap("committee")
+        decision = machine.close_votes()
+        if isinstance(decision, Report):
+            log.warning("round %d: %s", config.round, machine.detail)
+            COMMITS.labels(outcome="rejected").inc()
+        return decision
+
+    async def ask_validator(
+        self, request: validator_pb2.VoteRequest, round_: int, member: NodeInfo, counter: ByteCount
+    ) -> Vote | None:
+        node_id = member.node_id
+        stub = validator_pb2_grpc.ValidatorServiceStub(
+            self.channels.get(member.address, Peer("validator", node_id))
         )
         try:
-            qc = select_quorum(header, votes)
-        except LedgerError as e:
-            reasons = sorted({v.reason for v in votes if not v.accept})
-            detail = f"not committed: {e}" + (f" ({'; '.join(reasons)})" if reasons else "")
-            log.warning("round %d: %s", round_, detail)
-            COMMITS.labels(outcome="rejected").inc()
-            quarantined = await self.report(config, None, flags, votes, refused, absent, reach)
-            return self._finish(
-                t0, counter, RoundEvent(committed=False, detail=detail, quarantined=quarantined, **base), fac
+            resp = await call(
+                stub.Vote, request, peer="validator", timeout=self.settings.vote_timeout, counter=counter
             )
-        block = Block(header, qc)
-        await asyncio.to_thread(self.store.append, block, new_model, sums)
-        clock.lap("commit")
-        self.model = new_model
-        ROUND.set(round_)
+            return serde.vote_from_proto(resp)
+        except grpc.aio.AioRpcError as e:
+            log.warning("round %d: validator %s did not vote: %s", round_, node_id, describe_rpc_error(e))
+        except ValueError as e:
+            log.warning("round %d: validator %s sent a malformed vote: %s", round_, node_id, e)
+        return None
+
+    # ------------------------------------------------------------------ commit, evaluate, report
+    async def commit(self, machine: LeaderRound, cmd: Commit) -> Evaluate:
+        await asyncio.to_thread(self.store.append, cmd.block, cmd.model, cmd.sums)
+        self.clock.lap("commit")
+        self.model = cmd.model
+        ROUND.set(cmd.block.round)
         COMMITS.labels(outcome="committed").inc()
         LAST_COMMIT.set_to_current_time()
-        metrics, specialties = await self.evaluate(config, counter)
-        clock.lap("evaluate")
+        return machine.committed()
+
+    async def evaluate_model(self, machine: LeaderRound, counter: ByteCount) -> Report:
+        metrics, specialties = await self.evaluate(machine.config, counter)
+        self.clock.lap("evaluate")
         self.last_metrics = metrics
         MODEL_ACCURACY.set(metrics.accuracy)
         MODEL_LOSS.set(metrics.loss)
@@ -379,97 +411,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 SPECIALTY_AUC.labels(specialty=r.specialty).set(
                     r.clinical.auc if r.clinical else float("nan")
                 )
-        quarantined = await self.report(config, block, flags, votes, refused, absent, reach)
-        return self._finish(
-            t0,
-            counter,
-            RoundEvent(
-                committed=True,
-                accuracy=metrics.accuracy,
-                loss=metrics.loss,
-                clinical=clinical,
-                specialties=specialties,
-                block_hash=block.hash,
-                detail="committed",
-                quarantined=quarantined,
-                **base,
-            ),
-            fac,
-        )
-
-    def _finish(self, t0: float, counter: ByteCount, event: RoundEvent, fac: ByteCount) -> RoundEvent:
-        self.clock.lap("report")
-        duration = time.monotonic() - t0
-        ROUND_DURATION.observe(duration)
-        return replace(
-            event,
-            duration_s=duration,
-            bytes_sent=counter.sent + counter.received + fac.sent + fac.received,
-            cost=self.clock.cost(counter, fac),
-            epsilon=self.epsilon_spent,
-        )
-
-    async def check_idle_fogs(self, config: RoundConfig, reach: dict[str, bool]) -> None:
-        """Ask every registered fog that has no bucket this round whether it is serving (the standard
-        health check), so the authority learns when a fog that was down is back; results go to
-        ``reach``."""
-        busy = {b.fog_id for b in config.buckets}
-
-        async def one(fog: NodeInfo) -> None:
-            stub = health_pb2_grpc.HealthStub(self.channels.get(fog.address, Peer("fog", fog.node_id)))
-            try:
-                answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=FOG_CHECK_S)
-                reach[fog.node_id] = answer.status == health_pb2.HealthCheckResponse.SERVING
-            except grpc.aio.AioRpcError as e:
-                log.info("round %d: fog %s does not answer: %s", config.round, fog.node_id, e.code().name)
-                reach[fog.node_id] = False
-
-        await asyncio.gather(*(one(f) for f in config.fogs if f.node_id not in busy))
-
-    async def collect_votes(
-        self,
-        config: RoundConfig,
-        head: Block,
-        used: list[BucketResult],
-        header: BlockHeader,
-        counter: ByteCount,
-    ) -> list[Vote]:
-        block_hash = header.hash()
-        request = validator_pb2.VoteRequest(
-            config=serde.config_to_proto(config),
-            base_model=serde.model_to_proto(self.spec, self.model, head.round),
-            buckets=[serde.bucket_result_to_proto(r) for r in used],
-            rule=header.rule,
-            rule_params=serde.rule_params_to_proto(header.rule_params),
-            prev_block=serde.block_to_proto(head),
-            extra=serde.extra_to_proto(header.extra),
-            block_hash=block_hash,
-        )
-
-        async def ask(address: str, node_id: str) -> Vote | None:
-            stub = validator_pb2_grpc.ValidatorServiceStub(
-                self.channels.get(address, Peer("validator", node_id))
-            )
-            try:
-                resp = await call(
-                    stub.Vote, request, peer="validator", timeout=self.settings.vote_timeout, counter=counter
-                )
-                vote = serde.vote_from_proto(resp)
-            except grpc.aio.AioRpcError as e:
-                log.warning(
-                    "round %d: validator %s did not vote: %s", config.round, node_id, describe_rpc_error(e)
-                )
-                return None
-            except ValueError as e:
-                log.warning("round %d: validator %s sent a malformed vote: %s", config.round, node_id, e)
-                return None
-            if vote.validator_id != node_id:
-                log.warning("round %d: validator %s signed as %s", config.round, node_id, vote.validator_id)
-                return None
-            return vote
-
-        answers = await asyncio.gather(*(ask(m.address, m.node_id) for m in config.committee))
-        return [v for v in answers if v is not None]
+        return machine.evaluated(metrics, specialties)
 
     async def evaluate(
         self, config: RoundConfig, counter: ByteCount
@@ -505,53 +447,26 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 )
         return specialty_results(evaluations, {n.node_id: n.specialty for n in config.facilities})
 
-    async def report(
-        self,
-        config: RoundConfig,
-        block: Block | None,
-        flags: dict[str, str],
-        votes: list[Vote] | None,
-        refused: set[str],
-        absent: set[str],
-        reach: dict[str, bool],
-    ) -> tuple[str, ...]:
-        """Tell the authority which buckets were flagged, who voted how (``votes`` None: nothing was
-        proposed, so there is no evidence about updates or votes), who never answered and which fogs
-        answered (``reach``); returns the quarantine list."""
-        if not self.settings.defences:  # comparison runs: nobody gains suspicion, nobody is quarantined
-            flags, refused = {}, set()
-        cast: tuple[tuple[str, bool | None], ...] = ()
-        if votes is not None:
-            by_voter = {v.validator_id: v.accept for v in votes}
-            cast = tuple((m.node_id, by_voter.get(m.node_id)) for m in config.committee)
-        report = RoundReport(
-            flags=dict(flags),
-            refused=tuple(sorted(refused)),
-            absent=tuple(sorted(absent)),
-            votes=cast,
-            fogs_down=tuple(sorted(f for f, ok in reach.items() if not ok)),
-            fogs_up=tuple(sorted(f for f, ok in reach.items() if ok)),
+    async def report(self, machine: LeaderRound, cmd: Report) -> Finish:
+        """Tell the authority how the attempt went; its answer is the quarantine list (and the largest
+        privacy loss so far)."""
+        config = machine.config
+        request = authority_pb2.ReportRoundRequest(
+            round=config.round,
+            attempt=config.attempt,
+            committed=cmd.block is not None,
+            block_hash=cmd.block.hash if cmd.block else b"",
+            flagged_buckets=list(cmd.flagged),
+            report=serde.round_report_to_proto(cmd.report),
         )
         try:
-            resp = await call(
-                self.authority().ReportRound,
-                authority_pb2.ReportRoundRequest(
-                    round=config.round,
-                    attempt=config.attempt,
-                    committed=block is not None,
-                    block_hash=block.hash if block else b"",
-                    flagged_buckets=sorted(flags),
-                    report=serde.round_report_to_proto(report),
-                ),
-                peer="authority",
-                timeout=30,
-            )
-            if resp.has_privacy_spend:
-                self.epsilon_spent = float(resp.max_epsilon_spent)
-            return tuple(resp.quarantined)
+            resp = await call(self.authority().ReportRound, request, peer="authority", timeout=30)
         except grpc.aio.AioRpcError as e:
             log.warning("could not report round %d to the authority: %s", config.round, describe_rpc_error(e))
-            return ()
+            return machine.reported(())
+        if resp.has_privacy_spend:
+            self.epsilon_spent = float(resp.max_epsilon_spent)
+        return machine.reported(tuple(resp.quarantined))
 
     # ------------------------------------------------------------------ RPCs
     async def GetStatus(

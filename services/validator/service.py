@@ -14,10 +14,11 @@ from hfl.crypto.signing import SigningKey
 from hfl.errors import InvalidInput, NotAllowed, NotReady
 from hfl.learning.data import Dataset
 from hfl.learning.models import evaluate, make_model
-from hfl.ledger import CommitteeMember, LedgerError, Vote, check_quorum, next_header
+from hfl.ledger import CommitteeMember, LedgerError, Vote, check_quorum
 from hfl.proto.v1 import validator_pb2, validator_pb2_grpc
 from hfl.robust.bound import bound_problem, history_problem
 from hfl.robust.rules import policy_violation
+from hfl.round.propose import next_header
 from hfl.rpc import serde
 from hfl.rpc.metrics import ROUND, VOTES
 from hfl.rpc.settings import Settings

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hfl.ledger import LedgerStore, verify_ledger
+from hfl.ledger import LedgerStore
 from hfl.robust.reputation import Reputation
+from hfl.round.audit import verify_ledger
 from services.authority.registry import Registry
 from tests.integration.helpers import leader_status, start_federation, wait_for_round
 

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from hfl.demo import Federation, Proc
-from hfl.ledger import LedgerStore, verify_ledger
+from hfl.ledger import LedgerStore
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
+from hfl.round.audit import verify_ledger
 from tests.conftest import record_result
 from tests.integration.helpers import (
     leader_status,

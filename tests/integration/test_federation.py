@@ -14,9 +14,10 @@ import pytest
 
 from hfl.demo import Federation, Proc
 from hfl.learning.data import SYNTHETIC_FEATURE_NAMES
-from hfl.ledger import LedgerStore, verify_ledger
+from hfl.ledger import LedgerStore
 from hfl.proto.v1 import common_pb2, fog_pb2, fog_pb2_grpc
 from hfl.robust.bound import RECORD_KEY, bound_for
+from hfl.round.audit import verify_ledger
 from hfl.rpc import serde
 from hfl.rpc.tls import sync_channel
 from tests.integration.helpers import client_tls, start_federation, start_leader, wait_for_round

@@ -15,8 +15,9 @@ import pytest
 
 from hfl.demo import Federation, Proc
 from hfl.health import metric_values
-from hfl.ledger import LedgerStore, verify_ledger
+from hfl.ledger import LedgerStore
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
+from hfl.round.audit import verify_ledger
 from hfl.rpc.tls import sync_channel
 from tests.integration.helpers import start_federation, wait_for_round
 

@@ -24,7 +24,8 @@ from hfl.domain import SPECIALTIES
 from hfl.learning.data import load_facility_data
 from hfl.learning.models import make_model
 from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN, TrainConfig, clip_update, train_local
-from hfl.ledger import LedgerStore, verify_ledger
+from hfl.ledger import LedgerStore
+from hfl.round.audit import verify_ledger
 from hfl.secagg import QuantConfig
 from tests.integration.helpers import start_federation, wait_for_round
 

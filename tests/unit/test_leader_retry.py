@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from hfl.bounds import SLOTS_PER_ROUND
-from services.leader.service import RETRY_PAUSE_MAX_S, retry_pause
+from hfl.round.leader import RETRY_PAUSE_MAX_S, retry_pause
 
 
 def test_first_attempts_go_at_once_then_the_pause_doubles_up_to_a_ceiling() -> None:

@@ -21,15 +21,13 @@ from hfl.ledger import (
     CommitteeMember,
     LedgerError,
     Vote,
-    aggregate_recorded,
     check_quorum,
-    compute_model,
     genesis_header,
     max_faulty,
-    next_header,
     quorum_size,
     select_quorum,
 )
+from hfl.round.propose import aggregate_recorded, compute_model, next_header
 
 
 def keys(n: int, tag: int = 1) -> list[SigningKey]:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from hfl.crypto.signing import SigningKey
-from hfl.ledger import Block, CommitteeMember, LedgerError, genesis_header, next_header
-from hfl.ledger.verify import check_committee_draw
+from hfl.ledger import Block, CommitteeMember, LedgerError, genesis_header
+from hfl.round.audit import check_committee_draw
+from hfl.round.propose import next_header
 from hfl.schedule import round_seed, select_committee
 
 KEYS = {f"validator-{i}": SigningKey.generate() for i in range(1, 8)}

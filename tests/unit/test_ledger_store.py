@@ -21,18 +21,10 @@ import pytest
 
 from hfl.crypto.signing import SigningKey
 from hfl.hashing import hash_vector, sha256
-from hfl.ledger import (
-    Block,
-    BlockHeader,
-    BlockRecord,
-    CommitteeMember,
-    LedgerError,
-    LedgerStore,
-    Vote,
-    next_header,
-    verify_ledger,
-)
+from hfl.ledger import Block, BlockHeader, BlockRecord, CommitteeMember, LedgerError, LedgerStore, Vote
 from hfl.robust.bound import RECORD_KEY, bound_for, round_record
+from hfl.round.audit import verify_ledger
+from hfl.round.propose import next_header
 
 D = 8
 B = 4
@@ -578,7 +570,8 @@ _CHILD = textwrap.dedent(
     import sys
     import numpy as np
     from hfl.crypto.signing import SigningKey
-    from hfl.ledger import Block, CommitteeMember, LedgerStore, Vote, next_header
+    from hfl.ledger import Block, CommitteeMember, LedgerStore, Vote
+    from hfl.round.propose import next_header
 
     keys = [SigningKey.from_private_bytes(bytes([3, i]) + bytes(30)) for i in range(4)]
     committee = tuple(CommitteeMember(f"validator-{i}", k.public_bytes) for i, k in enumerate(keys))

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from hfl.ledger.block import compute_model
 from hfl.robust.reputation import Reputation, ReputationError, with_refused
 from hfl.robust.rules import RULES, aggregate, check_rule, screen
+from hfl.round.propose import compute_model
 
 
 def honest_means(rng: np.random.Generator, n: int = 4, d: int = 13, signal: float = 0.0) -> np.ndarray:

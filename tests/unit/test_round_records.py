@@ -7,8 +7,8 @@ import numpy as np
 
 from hfl.domain import Bucket, BucketRecord, BucketResult, NodeInfo, RoundConfig, RoundEvent, VoteRecord
 from hfl.ledger import Vote
+from hfl.round.leader import bucket_records, vote_records
 from hfl.rpc import serde
-from services.leader.rounds import bucket_records, vote_records
 
 
 def _config() -> RoundConfig:

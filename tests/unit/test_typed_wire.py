@@ -164,7 +164,8 @@ def _block_pair() -> tuple[object, object]:
     """A genesis block and a real proposal on top of it, signed by a committee of four."""
     import numpy as np
 
-    from hfl.ledger import Block, CommitteeMember, Vote, genesis_header, propose
+    from hfl.ledger import Block, CommitteeMember, Vote, genesis_header
+    from hfl.round.propose import propose
 
     genesis = Block(
         genesis_header(np.zeros(5), {"model": {"kind": "logreg", "n_features": 4, "hidden": 0}, "seed": -3})

@@ -14,9 +14,10 @@ from hfl.domain import Bucket, BucketResult, ModelSpec, NodeInfo, RoundConfig
 from hfl.errors import InvalidInput
 from hfl.learning.data import load_validation_data
 from hfl.learning.models import make_model
-from hfl.ledger import Block, BlockHeader, CommitteeMember, Vote, genesis_header, next_header
+from hfl.ledger import Block, BlockHeader, CommitteeMember, Vote, genesis_header
 from hfl.proto.v1 import validator_pb2
 from hfl.robust.bound import RECORD_KEY, round_record
+from hfl.round.propose import next_header
 from hfl.rpc import serde
 from hfl.rpc.settings import Settings
 from services.validator.service import Validator

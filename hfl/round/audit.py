@@ -1,4 +1,6 @@
-"""Full audit of a stored ledger: structure, hash chain, quorum certificates and recomputed models."""
+"""Full audit of a stored ledger: structure, hash chain, quorum certificates, committee draws, norm bounds
+and recomputed models (``hfl ledger verify``). It re-runs each round's rules, so it lives with the round
+code, not in ``hfl.ledger``."""
 
 from __future__ import annotations
 
@@ -8,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from hfl.hashing import hash_vector
+from hfl.ledger.block import BlockHeader, LedgerError, check_quorum
+from hfl.ledger.store import LedgerStore
 from hfl.robust.bound import RECORD_KEY, bound_for, history_problem
+from hfl.round.propose import compute_model
 from hfl.schedule import select_committee
-
-from .block import BlockHeader, LedgerError, check_quorum, compute_model
-from .store import LedgerStore
 
 __all__ = ["check_committee_draw", "check_norm_bound", "verify_ledger"]
 
