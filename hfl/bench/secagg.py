@@ -33,7 +33,7 @@ import numpy as np
 from hfl.crypto import prg
 from hfl.secagg import MIN_BUCKET_SIZE, QuantConfig
 
-WORKER = "hfl.bench.secagg_worker"
+WORKER = "services.benchhost.secagg_worker"
 
 
 # ------------------------------------------------------------------------------------ shared with workers

@@ -5,8 +5,9 @@ secure-aggregation code) with two
 changes for benchmarking only: no local data or training (the update is `bench_update`, a random
 clipped vector on the quantisation grid, so the driver can recompute the exact expected sum), and no
 check of the model against local features. Transport: mutual TLS with the certificates the driver
-issued (``--tls``), or plaintext loopback. Usage (started by hfl.bench.secagg):
-python -m hfl.bench.secagg_worker fog|facilities ...
+issued (``--tls``), or plaintext loopback. It lives outside `hfl` because it hosts services, which the
+library never imports; hfl.bench.secagg starts it by module name. Usage:
+python -m services.benchhost.secagg_worker fog|facilities ...
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from hfl.rpc.node import load_identity
 from hfl.rpc.server import Channels, start_server, write_ready_file
 from hfl.rpc.settings import Settings
 from hfl.rpc.tls import NodeTls
+from services.facility.bench import BenchFacility
+from services.facility.dial import FogDialer
+from services.fog.service import Fog
 
 
 def _settings(role: Literal["fog", "facility"], node_id: str, state: Path, seed: int, tls: bool) -> Settings:
@@ -53,8 +57,6 @@ def _tiny_data() -> FacilityData:
 
 
 async def run_fog(out: Path, authority_pub: bytes, seed: int, tls: bool) -> dict[str, Any]:
-    from services.fog.service import Fog
-
     settings = _settings("fog", "fog-1", out / "fog-1", seed, tls)
     fog = Fog(settings, "fog-1")
     running = await start_server(
@@ -72,9 +74,6 @@ def _answering(facility: Any) -> Callable[[str], Callable[[Any], Any]]:
 async def run_facilities(
     out: Path, ids: list[str], authority_pub: bytes, seed: int, n_max: int, fog_address: str, tls: bool
 ) -> dict[str, Any]:
-    from services.facility.bench import BenchFacility
-    from services.facility.dial import FogDialer
-
     class BenchSecAggFacility(BenchFacility):
         """BenchFacility with the update stream the driver recomputes to check the unmasked sums."""
 
@@ -145,7 +144,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="hfl.bench.secagg_worker")
+    p = argparse.ArgumentParser(prog="services.benchhost.secagg_worker")
     p.add_argument("kind", choices=("fog", "facilities"))
     p.add_argument("--dir", required=True)
     p.add_argument("--ready", required=True)
