@@ -694,6 +694,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     facilities = plan_facilities(args)
     if len(args.byzantine_modes) > len(facilities):
         raise ConfigError("--byzantine names more facilities than there are")
+    for fac in facilities:  # each facility rolls its own drop-outs (an experiment setting, not on the wire)
+        fac["env"]["HFL_DROP_RATE"] = str(args.drop_rate)
     byzantine: dict[str, str] = {}
     for i, mode in enumerate(args.byzantine_modes):  # the last facilities turn Byzantine
         fac = facilities[len(facilities) - 1 - i]
@@ -820,7 +822,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         leader_env = {
             "HFL_ROUNDS": str(args.rounds),
             "HFL_SECAGG": "true" if args.secagg else "false",
-            "HFL_DROP_RATE": str(args.drop_rate),
             "HFL_LR": str(args.lr),
             "HFL_EPOCHS": str(args.epochs),
             "HFL_BATCH_SIZE": str(args.batch_size),

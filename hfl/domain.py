@@ -163,7 +163,6 @@ class TrainingPlan:
     clip_update: float
     secure: bool = True
     timeout_s: float = 60.0
-    drop_rate: float = 0.0
     dp: DPPlan | None = None  # set when the federation trains with differential privacy
 
 

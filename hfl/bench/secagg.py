@@ -133,6 +133,7 @@ class Bench:
             ids = self.ids[h :: self.hosts]
             readies.append(self.tmp / f"host{h}.ready")
             extra = ["--ids", ",".join(ids), "--n-max", str(self.n), "--fog", fog_address]
+            extra += ["--drop-rate", str(self.drop_rate)]  # each facility rolls its own drop-outs
             self._spawn("facilities", readies[-1], *extra)
         self._wait(readies)
         infos = [json.loads(r.read_text()) for r in readies]
@@ -225,7 +226,6 @@ class Bench:
             clip_update=self.clip,
             secure=secure,
             timeout_s=300,
-            drop_rate=self.drop_rate if secure else 0.0,
         )
         req = fog_pb2.RunRoundRequest(
             config=serde.config_to_proto(config), model=model, plan=serde.plan_to_proto(plan)

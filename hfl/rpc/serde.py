@@ -308,7 +308,6 @@ def plan_to_proto(p: TrainingPlan) -> pb.TrainingPlan:
         clip_update=p.clip_update,
         secure=p.secure,
         timeout_s=p.timeout_s,
-        drop_rate=p.drop_rate,
         dp=pb.PrivacyPlan(**p.dp.to_dict()) if p.dp is not None else None,
     )
 
@@ -320,8 +319,6 @@ def plan_from_proto(p: pb.TrainingPlan) -> TrainingPlan:
             raise InvalidInput(f"training plan: {name} must be a positive number")
     if p.epochs < 1 or p.batch_size < 1:
         raise InvalidInput("training plan: epochs and batch size must be at least 1")
-    if not 0 <= p.drop_rate < 1:
-        raise InvalidInput("training plan: drop rate must be in [0, 1)")
     return TrainingPlan(
         lr=p.lr,
         epochs=p.epochs,
@@ -329,7 +326,6 @@ def plan_from_proto(p: pb.TrainingPlan) -> TrainingPlan:
         clip_update=p.clip_update,
         secure=p.secure,
         timeout_s=p.timeout_s,
-        drop_rate=p.drop_rate,
         dp=privacy_plan_from_proto(p.dp) if p.HasField("dp") else None,
     )
 

@@ -34,6 +34,7 @@ from hfl.rpc.settings import Settings
 from hfl.rpc.tls import NodeTls
 from services.facility.bench import BenchFacility
 from services.facility.dial import FogDialer
+from services.facility.faults import FaultySecureAggregation
 from services.fog.service import Fog
 
 
@@ -72,8 +73,18 @@ def _answering(facility: Any) -> Callable[[str], Callable[[Any], Any]]:
 
 
 async def run_facilities(
-    out: Path, ids: list[str], authority_pub: bytes, seed: int, n_max: int, fog_address: str, tls: bool
+    out: Path,
+    ids: list[str],
+    authority_pub: bytes,
+    seed: int,
+    n_max: int,
+    fog_address: str,
+    tls: bool,
+    drop_rate: float = 0.0,
 ) -> dict[str, Any]:
+    """Start bench facilities in this process; with ``drop_rate`` each drops out of secure aggregation
+    at a random stage with that chance (the plain path of the comparison never drops out)."""
+
     class BenchSecAggFacility(BenchFacility):
         """BenchFacility with the update stream the driver recomputes to check the unmasked sums."""
 
@@ -96,9 +107,13 @@ async def run_facilities(
     started: dict[str, Any] = {}
     fog = NodeInfo("fog-1", "fog", fog_address, b"")
     for node_id in ids:
-        settings = _settings("facility", node_id, out / node_id, seed, tls)
+        settings = _settings("facility", node_id, out / node_id, seed, tls).model_copy(
+            update={"drop_rate": drop_rate}
+        )
         channels = Channels(own_connections=True, tls=_identity("facility", node_id, out) if tls else None)
         fac = BenchSecAggFacility(settings, node_id, channels)
+        if drop_rate > 0:
+            fac.secure = FaultySecureAggregation(fac, settings)
         fac.ready(_tiny_data(), authority_pub)
         dialer = FogDialer(node_id, channels, "", _answering(fac), tls_on=tls)
         dialer.follow({"fog-1": fog})  # no authority in this benchmark: the fog is given
@@ -130,7 +145,9 @@ async def main_async(args: argparse.Namespace) -> None:
         started = await run_fog(out, pub, args.seed, args.tls)
     else:
         ids = args.ids.split(",")
-        started = await run_facilities(out, ids, pub, args.seed, args.n_max, args.fog, args.tls)
+        started = await run_facilities(
+            out, ids, pub, args.seed, args.n_max, args.fog, args.tls, args.drop_rate
+        )
     info = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in started.items()}
     write_ready_file(args.ready, {"pid": os.getpid(), "nodes": info})
     stop = asyncio.Event()
@@ -153,6 +170,7 @@ def main() -> None:
     p.add_argument("--ids", default="")
     p.add_argument("--n-max", type=int, default=8)
     p.add_argument("--fog", default="", help="the fog's address (facilities dial it)")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="chance a facility drops out (secure path)")
     p.add_argument("--tls", action="store_true", help="mutual TLS with the certificates in DIR/<node>/tls")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s bench-worker %(levelname)s %(message)s")

@@ -25,14 +25,12 @@ class BenchFacility(Facility):
     against local data, since the benchmark picks the dimension freely)."""
 
     @override
-
     def load_model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
         _ = self.data  # NotReady until registered, like the real facility
         spec, params, _round = serde.model_from_proto(request_model)
         return spec, params, None
 
     @override
-
     def honest_update(
         self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator, data: Dataset
     ) -> np.ndarray:
@@ -41,6 +39,5 @@ class BenchFacility(Facility):
         return clip_update(update, plan.clip_update)
 
     @override
-
     def evaluate(self, model: Any, params: np.ndarray) -> Metrics:
         return Metrics()  # no data to test on: the evaluation exchange itself is what is measured

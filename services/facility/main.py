@@ -18,6 +18,7 @@ from hfl.rpc.node import register
 from hfl.rpc.server import Channels, DialingNode, serve_until_stopped, start_dialing_node
 from hfl.rpc.settings import Settings
 from services.facility.dial import FogDialer
+from services.facility.faults import facility_class
 from services.facility.service import Facility, parse_shard
 
 log = logging.getLogger("hfl.facility")
@@ -70,12 +71,8 @@ async def start(
         node_id = settings.resolved_node_id()
         shard = parse_shard(settings.shard)
         channels = channels or Channels()
-        if settings.bench_updates:  # benchmarks only: random updates instead of training
-            from services.facility.bench import BenchFacility
-
-            facility: Facility = BenchFacility(settings, node_id, channels)
-        else:
-            facility = Facility(settings, node_id, channels)
+        # the honest facility, or for benchmarks and experiments only a subclass (faults.py)
+        facility = facility_class(settings)(settings, node_id, channels)
         if prepare is not None:
             prepare(facility)
         # Certificate first, then register (the authority may assign the specialty), then load the data,

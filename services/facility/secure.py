@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
@@ -29,7 +28,7 @@ from hfl.privacy.facility import Admission
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import ROUND
-from hfl.rpc.settings import STALL, Settings
+from hfl.rpc.settings import Settings
 from hfl.secagg import (
     STAGE_NAMES,
     KeySubstitutionError,
@@ -38,7 +37,6 @@ from hfl.secagg import (
     ShareDecryptionError,
     StageError,
 )
-from services.facility.faults import drops_out, stall
 from services.facility.privacy import PrivacyGate
 
 log = logging.getLogger("hfl.facility")
@@ -52,8 +50,6 @@ class Session:
     member: SecAggMember
     update: asyncio.Task[np.ndarray]
     clip: float
-    drop_stage: int | None  # demo drop-outs: stop answering from this stage on
-    drop_rate: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fog_id: str = ""  # the bucket's fog: the only caller accepted for later stages (with mTLS)
     evaluation: bool = False  # the committed model's test sums, not a training update
@@ -118,16 +114,6 @@ class SecureAggregation:
         for key in [k for k in self._sessions if (k[0], k[1]) < (round_, attempt)]:
             self._sessions.pop(key).update.cancel()
 
-    def _crash_for_tests(self, stage: int) -> None:
-        """HFL_CRASH_AT_STAGE (fault-injection tests only): die at once, as under kill -9, when the fog
-        reaches this stage, so a test can stop a facility at an exact point of the protocol."""
-        if self.facility.settings.crash_at_stage == stage:
-            log.warning(
-                "crashing on purpose at stage '%s' (HFL_CRASH_AT_STAGE, tests only)", STAGE_NAMES[stage]
-            )
-            logging.shutdown()
-            os._exit(137)
-
     def _session(self, proto: facility_pb2.SecAggSession, stage: int) -> Session:
         key = serde.session_from_proto(proto)
         sess = self._sessions.get(key)
@@ -141,21 +127,7 @@ class SecureAggregation:
                 "already finished, or this facility stopped taking part)"
             )
         authz.require_caller_is(sess.fog_id, "secure aggregation for this bucket")
-        self._crash_for_tests(stage)
-        if sess.drop_stage is not None and stage >= sess.drop_stage:
-            self._drop(sess, stage)
         return sess
-
-    def _drop(self, sess: Session, stage: int) -> NoReturn:
-        self._sessions.pop(sess.key, None)
-        sess.update.cancel()
-        log.info(
-            "%s: dropping out of secure aggregation at stage '%s' on purpose (demo drop rate %.2f)",
-            self._where(sess.key),
-            STAGE_NAMES[stage],
-            sess.drop_rate,
-        )
-        raise NotReady(f"this facility dropped out of {self._where(sess.key)} on purpose (demo drop rate)")
 
     def _refuse(self, sess: Session, stage: int, exc: SecAggError) -> NoReturn:
         """A protocol refusal: log one clear line; a wrong-stage call leaves the member intact."""
@@ -207,7 +179,6 @@ class SecureAggregation:
         key: SessionKey = (config.round, config.attempt, bucket.bucket_id)
         if key in self._sessions:
             raise AlreadyDone(f"secure aggregation for {self._where(key)} has already started here")
-        self._crash_for_tests(1)
         _spec, params, model = fac.load_model(request.model)
         plan = serde.plan_from_proto(request.plan)
         admission = await fac.privacy.admit(config, plan)  # DP budget: declining = dropping out (privacy.py)
@@ -235,16 +206,12 @@ class SecureAggregation:
         self._forget_older(config.round, config.attempt)
         fac.last_round = config.round
         ROUND.set(config.round)
-        drop_stage = 1 + secrets.randbelow(4) if drops_out(plan) else None
         ad = member.advertise()
         task = asyncio.create_task(
             asyncio.to_thread(fac.local_update, model, params, plan, fac.round_rng(config), admission)
         )
         task.add_done_callback(_consume)
-        sess = Session(key, member, task, plan.clip_update, drop_stage, plan.drop_rate, fog_id=bucket.fog_id)
-        self._sessions[key] = sess
-        if drop_stage == 1:
-            self._drop(sess, 1)
+        self._sessions[key] = Session(key, member, task, plan.clip_update, fog_id=bucket.fog_id)
         log.info(
             "%s: secure aggregation started (%d members, %d needed to unmask)",
             self._where(key),
@@ -289,9 +256,7 @@ class SecureAggregation:
 
         task = asyncio.create_task(asyncio.to_thread(sums))
         task.add_done_callback(_consume)
-        self._sessions[key] = Session(
-            key, member, task, EVAL_CLIP, None, 0.0, fog_id=bucket.fog_id, evaluation=True
-        )
+        self._sessions[key] = Session(key, member, task, EVAL_CLIP, fog_id=bucket.fog_id, evaluation=True)
         return facility_pb2.SecAggAdvertiseResponse(
             advertisement=serde.advertisement_to_proto(member.advertise())
         )
@@ -317,8 +282,6 @@ class SecureAggregation:
     ) -> facility_pb2.SecAggMaskedInputResponse:
         sess = self._session(request.session, 3)
         shares = serde.shares_from_proto(request.shares)
-        if self.facility.settings.byzantine == STALL:
-            await stall(sess.key[0])
         try:
             delta = await asyncio.shield(sess.update)
         except asyncio.CancelledError:

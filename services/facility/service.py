@@ -20,15 +20,13 @@ from hfl.learning.train import TrainConfig, clip_update, train_local
 from hfl.privacy.facility import Admission
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, fog_pb2, fog_pb2_grpc
-from hfl.robust.attacks import apply_attack, flip_labels
 from hfl.rpc import authz, serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.metrics import ROUND
 from hfl.rpc.node import load_identity
 from hfl.rpc.server import Channels
-from hfl.rpc.settings import STALL, Settings
+from hfl.rpc.settings import Settings
 from hfl.rpc.tls import Peer
-from services.facility.faults import drops_out, stall
 from services.facility.privacy import PrivacyGate
 from services.facility.secure import SecureAggregation
 
@@ -68,11 +66,7 @@ class Facility:
         """Called once registered and the data are loaded; until then RPCs answer UNAVAILABLE."""
         self._data = data
         self.authority_key = authority_key
-        self.train_set = data.train
-        if self.settings.byzantine == "label_flip":
-            self.train_set = Dataset(data.train.X, flip_labels(data.train.y), data.train.feature_names)
-        if self.settings.byzantine != "none":
-            log.warning("this facility is BYZANTINE for experiments: attack %r", self.settings.byzantine)
+        self.train_set = data.train  # what it trains on (an experiment's facility may alter it, faults.py)
 
     @property
     def data(self) -> FacilityData:
@@ -206,44 +200,8 @@ class Facility:
         admission: Admission | None = None,
     ) -> np.ndarray:
         if admission is not None or plan.dp is not None:
-            delta = self.privacy.private_update(model, params, plan, admission, self.train_set)
-        else:
-            delta = self.honest_update(model, params, plan, rng, self.train_set)
-        attack = self.settings.byzantine
-        if attack in ("none", "label_flip", STALL):
-            return delta
-        peers = self.peer_updates(model, params, plan, rng) if attack in ("alie", "ipm") else None
-        return apply_attack(attack, delta, rng=rng, scale=self.settings.byzantine_scale, peers=peers)
-
-    def peer_updates(
-        self, model: Any, params: np.ndarray, plan: TrainingPlan, rng: np.random.Generator
-    ) -> np.ndarray:
-        """What honest facilities of this federation would send (colluding attacks, as in the papers):
-        simulated by training on the data other shards of the same source would hold."""
-        if not hasattr(self, "_peer_data"):
-            from hfl.learning.data import SPECIALTIES, load_facility_data
-
-            shard = parse_shard(self.settings.shard) or (0, 1)
-            n = max(shard[1], 5)
-            source = self.settings.dataset
-            self._peer_data = (
-                []
-                if source.startswith("csv:")
-                else [
-                    load_facility_data(
-                        source,
-                        specialty=SPECIALTIES[j % 4],
-                        shard=(j, n),
-                        seed=self.settings.seed,
-                        label=self.settings.label,
-                    ).train
-                    for j in range(n)
-                    if j != shard[0]
-                ][:4]
-            )
-        rows = [self.honest_update(model, params, plan, rng, d) for d in self._peer_data]
-        rows.append(self.honest_update(model, params, plan, rng, self.data.train))
-        return np.stack(rows)
+            return self.privacy.private_update(model, params, plan, admission, self.train_set)
+        return self.honest_update(model, params, plan, rng, self.train_set)
 
     async def _train_and_submit(
         self,
@@ -255,11 +213,6 @@ class Facility:
         plan: TrainingPlan,
         admission: Admission | None = None,
     ) -> None:
-        if drops_out(plan):
-            log.info("round %d: dropping out on purpose (drop rate %.2f)", config.round, plan.drop_rate)
-            return
-        if self.settings.byzantine == STALL:
-            await stall(config.round)
         try:
             delta = await asyncio.to_thread(
                 self.local_update, model, params, plan, self.round_rng(config), admission

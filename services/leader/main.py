@@ -33,7 +33,6 @@ def training_plan(settings: Settings) -> TrainingPlan:
         clip_update=settings.norm_ceiling,
         secure=settings.secagg,
         timeout_s=settings.round_timeout,
-        drop_rate=settings.drop_rate,
         dp=dp_plan_from_settings(settings),  # differential privacy plan, calibrated here (privacy.py)
     )
 

@@ -82,7 +82,7 @@ def test_secure_aggregation_only_from_the_buckets_fog(tmp_path: Path) -> None:
         _as("fog-1", fac.SecAggAdvertise(request, None))  # type: ignore[arg-type]
     # a later stage of a running session: its fog is remembered
     fac.secure._sessions[(1, 0, "b0")] = SimpleNamespace(  # type: ignore[assignment]
-        key=(1, 0, "b0"), fog_id="fog-1", drop_stage=None
+        key=(1, 0, "b0"), fog_id="fog-1"
     )
     session = facility_pb2.SecAggSession(round=1, attempt=0, bucket_id="b0")
     with pytest.raises(NotAllowed, match="must come from fog-1"):

@@ -346,7 +346,6 @@ class TrainingPlan(_message.Message):
     CLIP_UPDATE_FIELD_NUMBER: _builtins.int
     SECURE_FIELD_NUMBER: _builtins.int
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
-    DROP_RATE_FIELD_NUMBER: _builtins.int
     DP_FIELD_NUMBER: _builtins.int
     lr: _builtins.float
     epochs: _builtins.int
@@ -354,7 +353,6 @@ class TrainingPlan(_message.Message):
     clip_update: _builtins.float
     secure: _builtins.bool
     timeout_s: _builtins.float
-    drop_rate: _builtins.float
     @_builtins.property
     def dp(self) -> Global___PrivacyPlan:
         """Set when the federation trains with differential privacy."""
@@ -368,12 +366,11 @@ class TrainingPlan(_message.Message):
         clip_update: _builtins.float = ...,
         secure: _builtins.bool = ...,
         timeout_s: _builtins.float = ...,
-        drop_rate: _builtins.float = ...,
         dp: Global___PrivacyPlan | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dp", b"dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "clip_update", b"clip_update", "dp", b"dp", "drop_rate", b"drop_rate", "epochs", b"epochs", "lr", b"lr", "secure", b"secure", "timeout_s", b"timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "clip_update", b"clip_update", "dp", b"dp", "epochs", b"epochs", "lr", b"lr", "secure", b"secure", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
