@@ -10,7 +10,7 @@ from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
 from hfl.rpc.settings import Settings
-from services.validator.service import Validator
+from services.validator.faults import validator_class
 
 log = logging.getLogger("hfl.validator")
 
@@ -28,7 +28,7 @@ async def run(settings: Settings) -> None:
     )
     log.info("validation data: %s", f"{data.n} records" if data is not None else "none (recomputation only)")
     channels = Channels()
-    validator = Validator(settings, node_id, key, data)
+    validator = validator_class(settings)(settings, node_id, key, data)  # faulty only for experiments
     running = await start_server(
         settings,
         "validator",

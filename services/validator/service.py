@@ -38,11 +38,6 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
         self.authority_key = authority_key
 
     def _vote(self, round_: int, block_hash: bytes, accept: bool, reason: str, score: float | None) -> Vote:
-        fault = self.settings.byzantine
-        if fault == "reject_all":
-            accept, reason = False, "faulty validator: rejects everything"
-        elif fault == "accept_all":
-            accept, reason = True, "faulty validator: accepts everything"
         reason = bounds.shorten(reason)  # part of the signed vote; leaders refuse longer ones
         VOTES.labels(decision="accept" if accept else "reject").inc()
         log.info("round %d: %s (%s)", round_, "ACCEPT" if accept else "REJECT", reason)
@@ -177,8 +172,6 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
     async def Vote(
         self, request: validator_pb2.VoteRequest, context: grpc.aio.ServicerContext
     ) -> validator_pb2.VoteResponse:
-        if self.settings.byzantine == "silent":
-            await asyncio.sleep(3600)
         vote = await asyncio.to_thread(self.check, request)
         ROUND.set(vote.round)
         return serde.vote_to_proto(vote)

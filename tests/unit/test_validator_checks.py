@@ -3,6 +3,7 @@ a tampered aggregate, tampered inputs, a forged configuration or a worse model a
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import numpy as np
@@ -20,6 +21,7 @@ from hfl.robust.bound import RECORD_KEY, round_record
 from hfl.round.propose import next_header
 from hfl.rpc import serde
 from hfl.rpc.settings import Settings
+from services.validator.faults import FaultyValidator, validator_class
 from services.validator.service import Validator
 
 AUTHORITY = SigningKey.generate()
@@ -119,8 +121,9 @@ def _proposal(
 
 
 def _validator(data: bool = True, fault: str = "none", **settings: object) -> Validator:
-    v = Validator(
-        Settings(role="validator", byzantine=fault, **settings),
+    chosen = Settings(role="validator", byzantine=fault, **settings)
+    v = validator_class(chosen)(  # as services/validator/main.py picks it
+        chosen,
         "validator-1",
         VALIDATORS["validator-1"],
         load_validation_data("synthetic", seed=0, index=1) if data else None,
@@ -162,6 +165,26 @@ def test_faulty_validator_modes(fault: str, accept: bool) -> None:
     request, _ = _proposal("" if fault == "reject_all" else "inputs")
     vote = _validator(fault=fault).check(request)
     assert vote.accept is accept
+
+
+@pytest.mark.parametrize("fault", ["reject_all", "accept_all", "silent"])
+def test_faults_live_in_a_subclass_chosen_only_when_set(fault: str) -> None:
+    assert validator_class(Settings(role="validator")) is Validator
+    assert validator_class(Settings(role="validator", byzantine=fault)) is FaultyValidator
+
+
+def test_a_silent_validator_never_answers_and_an_honest_one_does() -> None:
+    request, _ = _proposal()
+
+    async def answers(v: Validator, within: float) -> bool:
+        try:
+            await asyncio.wait_for(v.Vote(request, None), within)  # type: ignore[arg-type]
+            return True
+        except TimeoutError:
+            return False
+
+    assert asyncio.run(answers(_validator(), 60.0))
+    assert not asyncio.run(answers(_validator(fault="silent"), 1.0))
 
 
 @pytest.mark.parametrize(
