@@ -7,14 +7,14 @@ from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
 from hfl.rpc.settings import Settings
-from services.fog.service import Fog
+from services.fog.faults import fog_class
 
 
 async def run(settings: Settings) -> None:
     node_id = settings.resolved_node_id()
     key = load_identity(settings.state_dir)
     channels = Channels()
-    fog = Fog(settings, node_id)
+    fog = fog_class(settings)(settings, node_id)  # faulty only for experiments (faults.py)
     running = await start_server(
         settings, "fog", lambda s: fog_pb2_grpc.add_FogServiceServicer_to_server(fog, s)
     )

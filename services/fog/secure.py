@@ -13,13 +13,12 @@ import asyncio
 import logging
 import statistics
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
 
-from hfl.crypto import kex
 from hfl.deadline import STRAGGLER_FACTOR, STRAGGLER_FLOOR_S, stage_deadline
 from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
 from hfl.errors import HflError, clip
@@ -333,11 +332,8 @@ class FacilityMemberLink:
         links: Links,
         counter: ByteCount | None,
         d: int,
-        swap_keys: bool = False,
         marks: PhaseMarks | None = None,
     ) -> None:
-        # Fault for experiments/tests: HFL_BYZANTINE=swap_keys on this fog (Settings allows it for fogs only).
-        self.swap_keys = swap_keys
         self.config = config
         self.session = serde.session_to_proto(config.round, config.attempt, bucket_id)
         self.request = request
@@ -375,14 +371,8 @@ class FacilityMemberLink:
 
     def _share_keys_request(self, ads: Sequence[KeyAdvertisement]) -> bytes:
         if self._share_keys_req is None or self._share_keys_req[0] is not ads:
-            sent = ads
-            if self.swap_keys and ads:  # experiments/tests only (HFL_BYZANTINE=swap_keys on a fog)
-                victim = ads[0].sender
-                log.warning("FAULTY FOG (experiment): substituting the masking key of %s", victim)
-                fake = kex.generate_keypair().public
-                sent = [replace(a, s_pk=fake) if a.sender == victim else a for a in ads]
             req = facility_pb2.SecAggShareKeysRequest(
-                session=self.session, advertisements=[serde.advertisement_to_proto(a) for a in sent]
+                session=self.session, advertisements=[serde.advertisement_to_proto(a) for a in ads]
             )
             self._share_keys_req = (ads, encode_call("secagg_share_keys", req))
         return self._share_keys_req[1]

@@ -149,6 +149,19 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
     def ready(self, authority_key: bytes) -> None:
         self.authority_key = authority_key
 
+    def member_link(
+        self,
+        config: RoundConfig,
+        request: fog_pb2.RunRoundRequest,
+        bucket_id: str,
+        counter: ByteCount,
+        d: int,
+        marks: PhaseMarks,
+    ) -> FacilityMemberLink:
+        """How this fog reaches the members of one training bucket in secure aggregation (a faulty fog
+        for experiments returns another, services/fog/faults.py)."""
+        return FacilityMemberLink(config, request, bucket_id, self.links, counter, d, marks=marks)
+
     def _config(self, proto: pb.RoundConfig) -> RoundConfig:
         if not self.authority_key:
             raise NotReady("this fog is still starting")
@@ -177,7 +190,6 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         requests = bucket_requests(config, request, mine, self.authority_key)
         marks = PhaseMarks()
         if plan.secure:  # masked updates, stage by stage (services/fog/secure.py)
-            swap_keys = self.settings.byzantine == "swap_keys"  # experiments/tests only
             results = await asyncio.gather(
                 *(
                     run_secure_bucket(
@@ -186,15 +198,8 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                         config.attempt,
                         params.size,
                         plan,
-                        FacilityMemberLink(
-                            config,
-                            requests[b.bucket_id],
-                            b.bucket_id,
-                            self.links,
-                            counter,
-                            params.size,
-                            swap_keys=swap_keys,
-                            marks=marks,
+                        self.member_link(
+                            config, requests[b.bucket_id], b.bucket_id, counter, params.size, marks
                         ),
                         StageTimeouts.for_plan(
                             plan.timeout_s, self.settings.straggler_factor, self.settings.straggler_floor_s

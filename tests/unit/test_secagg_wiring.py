@@ -28,6 +28,7 @@ from hfl.secagg import (
     default_threshold,
     quantize,
 )
+from services.fog.faults import FaultyFog, KeySwappingMemberLink, fog_class
 from services.fog.links import Links
 from services.fog.rounds import PhaseMarks
 from services.fog.secure import FacilityMemberLink, StageTimeouts, run_secure_bucket
@@ -240,10 +241,10 @@ class WireLink(FacilityMemberLink):
     """The fog's real member link, with the fake facilities answering the calls it serialises in place
     of the facilities' connections; records every call (its bytes) it sends."""
 
-    def __init__(self, fakes: FakeFacilities, marks: PhaseMarks, swap_keys: bool = False) -> None:
+    def __init__(self, fakes: FakeFacilities, marks: PhaseMarks) -> None:
         config = cast(RoundConfig, SimpleNamespace(round=ROUND, attempt=ATTEMPT))
         request = fog_pb2.RunRoundRequest()
-        super().__init__(config, request, "b0", Links(), None, D, swap_keys=swap_keys, marks=marks)
+        super().__init__(config, request, "b0", Links(), None, D, marks=marks)
         self.fakes = fakes
         self.sent: dict[str, list[bytes]] = {}
 
@@ -271,6 +272,10 @@ class WireLink(FacilityMemberLink):
         return serde.unmask_response_to_proto(m.unmask(req.survivors, req.dropped))
 
 
+class KeySwappingWireLink(WireLink, KeySwappingMemberLink):
+    """The faulty fog's link (HFL_BYZANTINE=swap_keys, services/fog/faults.py) over the fake facilities."""
+
+
 def test_link_serialises_each_bucket_wide_call_once_and_marks_the_phases() -> None:
     fakes = FakeFacilities(5)
     marks = PhaseMarks()
@@ -292,9 +297,18 @@ def test_link_serialises_each_bucket_wide_call_once_and_marks_the_phases() -> No
 
 def test_link_that_swaps_keys_makes_every_member_abort() -> None:
     fakes = FakeFacilities(4)
-    link = WireLink(fakes, PhaseMarks(), swap_keys=True)
+    link = KeySwappingWireLink(fakes, PhaseMarks())
     r = asyncio.run(run_secure_bucket(fakes.bucket, ROUND, ATTEMPT, D, PLAN, link, FAST))
     assert r.abandoned and r.count == 0
+    assert all(req is link.sent["SecAggShareKeys"][0] for req in link.sent["SecAggShareKeys"])
     assert set(fakes.errors) == set(fakes.ids)  # the victim sees its own advertisement altered
     assert all("KeySubstitutionError" in e for e in fakes.errors.values())
     assert "was altered" in fakes.errors["f0"]
+
+
+def test_only_a_fog_with_the_fault_set_swaps_keys() -> None:
+    from hfl.rpc.settings import Settings
+    from services.fog.service import Fog
+
+    assert fog_class(Settings(role="fog")) is Fog
+    assert fog_class(Settings(role="fog", byzantine="swap_keys")) is FaultyFog
