@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     n_patients: int | None = None
     byzantine: str = "none"
     byzantine_scale: float = 10.0
-    drop_rate: float = 0.0
+    drop_rate: float = Field(default=0.0, ge=0, lt=1)  # experiments: chance of dropping out on purpose
     # re-register when no fog has called on this facility for this long (seconds; 0: never), so that a
     # facility the authority stopped scheduling after missed rounds comes back by itself
     reregister_s: float = 600.0

@@ -101,3 +101,9 @@ def test_drop_out_roll_follows_the_facilitys_own_rate() -> None:
 def test_the_drop_rate_is_not_on_the_wire() -> None:
     assert "drop_rate" not in pb.TrainingPlan.DESCRIPTOR.fields_by_name
     assert not hasattr(TrainingPlan(lr=0.1, epochs=1, batch_size=8, clip_update=1.0), "drop_rate")
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_a_drop_rate_outside_0_to_1_is_refused_at_start(tmp_path: Path, rate: float) -> None:
+    with pytest.raises(ValueError, match="drop_rate"):
+        _settings(tmp_path, drop_rate=rate)
