@@ -89,7 +89,11 @@ def test_serde_refuses_malformed_messages() -> None:
 
 # ---------------------------------------------------------------------------------------------- fog driver
 PLAN = TrainingPlan(lr=0.1, epochs=1, batch_size=8, clip_update=1.0, secure=True, timeout_s=5.0)
-FAST = StageTimeouts(keys=0.5, masked=0.5)
+# Timeouts: members that answer finish a bucket as soon as the last answer is in, so tests where everyone
+# answers wait for no timeout and get room for a loaded machine (ROOMY); tests with a silent member wait
+# for one timeout per silent stage (SILENT, short, with room for the others under load).
+ROOMY = StageTimeouts(keys=20, masked=20)
+SILENT = StageTimeouts(keys=2, masked=2)
 ROUND, ATTEMPT, D = 3, 1, 50
 
 
@@ -172,8 +176,8 @@ class FakeFacilities:
         return np.sum([self.updates[m] for m in members], axis=0)
 
 
-def run(fakes: FakeFacilities) -> BucketResult:
-    return asyncio.run(run_secure_bucket(fakes.bucket, ROUND, ATTEMPT, D, PLAN, fakes, FAST))
+def run(fakes: FakeFacilities, timeouts: StageTimeouts = ROOMY) -> BucketResult:
+    return asyncio.run(run_secure_bucket(fakes.bucket, ROUND, ATTEMPT, D, PLAN, fakes, timeouts))
 
 
 def test_driver_returns_the_exact_sum() -> None:
@@ -190,7 +194,7 @@ def test_driver_returns_the_exact_sum() -> None:
 @pytest.mark.parametrize("stage", [1, 2, 3, 4])
 def test_driver_recovers_silent_and_failing_members(stage: int) -> None:
     fakes = FakeFacilities(8, silent={"f1": stage}, failing={"f3": stage})  # t = 6: two dropouts allowed
-    r = run(fakes)
+    r = run(fakes, SILENT)
     assert not r.abandoned, r.reason
     # at the unmask stage they have sent their masked input: still in the sum
     in_sum = fakes.ids if stage == 4 else [m for m in fakes.ids if m not in ("f1", "f3")]
@@ -232,7 +236,7 @@ def test_driver_drops_a_member_that_answers_for_someone_else() -> None:
 def test_driver_refuses_an_unsafe_bucket() -> None:
     fakes = FakeFacilities(4)
     bad = replace(fakes.bucket, threshold=2)
-    r = asyncio.run(run_secure_bucket(bad, ROUND, ATTEMPT, D, PLAN, fakes, FAST))
+    r = asyncio.run(run_secure_bucket(bad, ROUND, ATTEMPT, D, PLAN, fakes, ROOMY))
     assert r.abandoned and "threshold" in r.reason
 
 
@@ -280,7 +284,7 @@ def test_link_serialises_each_bucket_wide_call_once_and_marks_the_phases() -> No
     fakes = FakeFacilities(5)
     marks = PhaseMarks()
     link = WireLink(fakes, marks)
-    r = asyncio.run(run_secure_bucket(fakes.bucket, ROUND, ATTEMPT, D, PLAN, link, FAST))
+    r = asyncio.run(run_secure_bucket(fakes.bucket, ROUND, ATTEMPT, D, PLAN, link, ROOMY))
     assert not r.abandoned and r.count == 5
     assert np.array_equal(r.total, fakes.expected(fakes.ids))
     assert {k: len(v) for k, v in link.sent.items()} == {
@@ -298,7 +302,7 @@ def test_link_serialises_each_bucket_wide_call_once_and_marks_the_phases() -> No
 def test_link_that_swaps_keys_makes_every_member_abort() -> None:
     fakes = FakeFacilities(4)
     link = KeySwappingWireLink(fakes, PhaseMarks())
-    r = asyncio.run(run_secure_bucket(fakes.bucket, ROUND, ATTEMPT, D, PLAN, link, FAST))
+    r = asyncio.run(run_secure_bucket(fakes.bucket, ROUND, ATTEMPT, D, PLAN, link, ROOMY))
     assert r.abandoned and r.count == 0
     assert all(req is link.sent["SecAggShareKeys"][0] for req in link.sent["SecAggShareKeys"])
     assert set(fakes.errors) == set(fakes.ids)  # the victim sees its own advertisement altered
