@@ -12,31 +12,20 @@ from hfl import bounds
 from hfl.control import reason_of
 from hfl.crypto.pow import PowError, check, pow_challenge
 from hfl.crypto.signing import PUBLIC_KEY_LEN, SigningKey
-from hfl.domain import ROLES, SPECIALTIES, Bucket, NodeInfo, RoundConfig
-from hfl.errors import BudgetSpent, ConfigError, HflError, InvalidInput, NotAllowed, NotFound, NotReady, clip
+from hfl.domain import ROLES, SPECIALTIES, NodeInfo, RoundConfig
+from hfl.errors import ConfigError, HflError, InvalidInput, NotAllowed, NotFound, NotReady, clip
 from hfl.hashing import HASH_LEN
-from hfl.ledger import quorum_size
 from hfl.oplog import OperatorLog
 from hfl.pki.tokens import add_enrol_token
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.robust.reputation import FLAG_KINDS, Reputation, quarantine_sentence, with_refused
 from hfl.robust.sizing import Sizing, size_federation, withstands_buckets
+from hfl.round.schedule import Federation, ScheduleSettings, check_ready, draw_committee, schedule_round
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION, WITHSTANDS
 from hfl.rpc.settings import Settings
-from hfl.schedule import (
-    MIN_SECURE_BUCKET,
-    Attendance,
-    FogStatus,
-    assign_buckets_at,
-    assign_eval_buckets_at,
-    draw_base,
-    home_fogs,
-    round_seed,
-    select_committee,
-)
-from hfl.secagg import unmask_threshold
+from hfl.schedule import MIN_SECURE_BUCKET, Attendance, FogStatus, home_fogs
 from services.authority.enrol import CertificateService
 from services.authority.privacy import PrivacyBook
 from services.authority.registry import Registry
@@ -204,123 +193,65 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             self.registry.put_json("homes", homes)
         return homes
 
-    def make_config(self, round_: int, attempt: int, head: bytes) -> RoundConfig:
+    def schedule_settings(self) -> ScheduleSettings:
         s = self.settings
-        out_of_budget = self.privacy.exhausted  # never schedule a facility that has spent its privacy budget
-        quarantined = self.quarantined
-        registered = self.registry.nodes("facility")
-        away = self.attendance.inactive  # missed their last rounds; back when they register again
-        facilities = [
-            n
-            for n in registered
-            if n.node_id not in quarantined and n.node_id not in out_of_budget and n.node_id not in away
-        ]
-        fogs = self.registry.nodes("fog")
-        validators = self.registry.nodes("validator")
-        if len(registered) < max(1, s.min_facilities):
-            raise NotReady(
-                f"only {len(registered)} facilities are registered; waiting for {s.min_facilities}"
-            )
-        if (
-            not facilities
-            and out_of_budget
-            and all(n.node_id in quarantined or n.node_id in out_of_budget for n in registered)
-        ):
-            raise BudgetSpent(
-                f"every facility that could take part has used up its privacy budget "
-                f"({len(out_of_budget)} used up, {len(quarantined)} quarantined)"
-            )
-        if not facilities:
-            raise NotReady(
-                f"no facility can take part: {len(quarantined)} quarantined, "
-                f"{len(out_of_budget)} have used up their privacy budget, "
-                f"{len(away)} missed their last rounds"
-            )
-        if not fogs:
-            raise NotReady("no fog is registered yet")
-        if len(validators) < s.committee_size:
-            raise NotReady(
-                f"only {len(validators)} validators are registered; the committee needs {s.committee_size}"
-            )
-        base = draw_base(head, s.experiment_seed)  # the ledger head, except in reproducible experiments
-        seed = round_seed(base, round_, attempt)
-        epoch = (round_ - 1) // max(1, s.epoch_rounds)
+        return ScheduleSettings(
+            bucket_size=s.bucket_size,
+            committee_size=s.committee_size,
+            min_facilities=s.min_facilities,
+            secagg=s.secagg,
+            epoch_rounds=s.epoch_rounds,
+            experiment_seed=s.experiment_seed,
+        )
+
+    def _committee_draw(
+        self, settings: ScheduleSettings, federation: Federation, round_: int, head: bytes
+    ) -> dict:
+        """The epoch's committee draw: stored once per epoch, drawn again when a member is gone."""
+        epoch = settings.epoch(round_)
         draw = self.registry.get_json(f"committee_draw/{epoch}")
         if not isinstance(draw, dict) or any(self.registry.get(v) is None for v in draw["members"]):
-            # Drawn once per epoch, from the ledger head at the epoch's first round, weighted by reputation.
-            pool = sorted(v.node_id for v in validators)
-            weights = {v: round(self.reputation.weight(v), 6) for v in pool}
-            committee_seed = round_seed(base, epoch, 0xFFFF)
-            members = select_committee(pool, s.committee_size, committee_seed, weights)
-            draw = {
-                "epoch": epoch,
-                "seed": committee_seed.hex(),
-                "pool": pool,
-                "weights": weights,
-                "size": s.committee_size,
-                "members": members,
-            }
+            weights = {v.node_id: self.reputation.weight(v.node_id) for v in federation.validators}
+            draw = draw_committee(settings, federation.validators, weights, head, epoch)
             self.registry.put_json(f"committee_draw/{epoch}", draw)
-            log.info("epoch %d committee: %s", epoch, ", ".join(members))
-        committee_ids = [str(m) for m in draw["members"]]  # type: ignore[union-attr]
-        # Each facility is reached through the fog it is connected to (it said which when it registered)
-        # while that fog is up, or else through its home fog, which it is connecting to.
-        homes = self.homes()
-        up = set(homes.values())
-        at = {n.node_id: n.fog if n.fog in up else homes[n.node_id] for n in facilities if n.node_id in homes}
-        plans, sit_out = assign_buckets_at(
-            at, s.bucket_size, seed, smallest=MIN_SECURE_BUCKET if s.secagg else 1
+            log.info("epoch %d committee: %s", epoch, ", ".join(draw["members"]))  # type: ignore[arg-type]
+        return draw
+
+    def make_config(self, round_: int, attempt: int, head: bytes) -> RoundConfig:
+        """Gather the inputs, take the schedule (hfl/round/schedule.py), sign and record it."""
+        settings = self.schedule_settings()
+        federation = Federation(
+            facilities=tuple(self.registry.nodes("facility")),
+            fogs=tuple(self.registry.nodes("fog")),
+            validators=tuple(self.registry.nodes("validator")),
+            quarantined=self.quarantined,
+            out_of_budget=frozenset(self.privacy.exhausted),  # never schedule a facility that spent it
+            away=frozenset(self.attendance.inactive),  # missed their last rounds; back when they register
         )
-        if sit_out:
+        check_ready(settings, federation)
+        draw = self._committee_draw(settings, federation, round_, head)
+        committee = tuple(self.registry.get(str(v)) for v in draw["members"])
+        plan = schedule_round(
+            settings,
+            federation,
+            round_=round_,
+            attempt=attempt,
+            head=head,
+            homes=self.homes(),
+            committee=committee,  # type: ignore[arg-type]
+            committee_draw=draw,
+        )
+        if plan.sit_out:
             log.info(
                 "round %d: %s sit%s out: too few facilities are at %s this round for a bucket",
                 round_,
-                ", ".join(sit_out),
-                "s" if len(sit_out) == 1 else "",
-                ", ".join(sorted({at[f] for f in sit_out})),
+                ", ".join(plan.sit_out),
+                "s" if len(plan.sit_out) == 1 else "",
+                ", ".join(plan.sit_out_fogs),
             )
-        if not plans:
-            raise NotReady(
-                f"no fog has enough facilities for a bucket this round ({len(at)} facilities can take part)"
-            )
-        by_id = {n.node_id: n for n in facilities if n.node_id in at and n.node_id not in sit_out}
-        small = [p for p in plans if len(p.members) < MIN_SECURE_BUCKET]
-        if s.secagg and small:  # fine for plain sums, unsafe for masked ones
-            raise ConfigError(
-                f"secure aggregation needs buckets of at least {MIN_SECURE_BUCKET} facilities, but bucket "
-                f"{small[0].bucket_id} would have {len(small[0].members)} (HFL_BUCKET_SIZE={s.bucket_size}, "
-                f"{len(by_id)} facilities available): with 2, each member could subtract its own update "
-                "from the sum and learn the other's. Raise HFL_BUCKET_SIZE, add facilities, "
-                "or set HFL_SECAGG=false."
-            )
-        self._check_threat(len(by_id), len(plans))
-        buckets = tuple(
-            Bucket(p.bucket_id, p.fog_id, p.members, unmask_threshold(len(p.members))) for p in plans
-        )
-        # Evaluation of the committed model: the same facilities, grouped by specialty (hfl.schedule).
-        eval_plans = assign_eval_buckets_at(
-            {m: by_id[m].specialty for p in plans for m in p.members}, at, s.bucket_size, seed
-        )
-        eval_buckets = tuple(
-            Bucket(p.bucket_id, p.fog_id, p.members, unmask_threshold(len(p.members)), p.group)
-            for p in eval_plans
-        )
-        n = len(committee_ids)
-        config = RoundConfig(
-            round=round_,
-            attempt=attempt,
-            seed=seed,
-            ledger_head=head,
-            epoch=epoch,
-            buckets=buckets,
-            committee=tuple(self.registry.get(v) for v in committee_ids),  # type: ignore[misc]
-            quorum=quorum_size(n),
-            facilities=tuple(by_id[m] for p in plans for m in p.members),
-            fogs=tuple(fogs),
-            quarantined=tuple(sorted(quarantined)),
-            committee_draw=draw,
-            eval_buckets=eval_buckets,
-        ).sign(self.key)
+        self._check_threat(len(plan.config.facilities), len(plan.config.buckets))
+        config = plan.config.sign(self.key)
+        buckets = config.buckets
         self.registry.record_config(
             round_,
             attempt,

@@ -7,18 +7,14 @@ import asyncio
 import logging
 
 import grpc
-import numpy as np
 
 from hfl import bounds
 from hfl.crypto.signing import SigningKey
-from hfl.errors import InvalidInput, NotAllowed, NotReady
+from hfl.errors import NotReady
 from hfl.learning.data import Dataset
-from hfl.learning.models import evaluate, make_model
-from hfl.ledger import CommitteeMember, LedgerError, Vote, check_quorum
+from hfl.ledger import Vote
 from hfl.proto.v1 import validator_pb2, validator_pb2_grpc
-from hfl.robust.bound import bound_problem, history_problem
-from hfl.robust.rules import policy_violation
-from hfl.round.propose import next_header
+from hfl.round.verdict import Policy, Proposal, check_proposal
 from hfl.rpc import serde
 from hfl.rpc.metrics import ROUND, VOTES
 from hfl.rpc.settings import Settings
@@ -51,123 +47,45 @@ class Validator(validator_pb2_grpc.ValidatorServiceServicer):
             score=score,
         )
 
+    def policy(self) -> Policy:
+        s = self.settings
+        return Policy(
+            rule=s.rule,
+            f=s.f,
+            defences=s.defences,
+            adaptive_bound=s.adaptive_bound,
+            norm_ceiling=s.norm_ceiling,
+            validation_margin=s.validation_margin,
+        )
+
     def check(self, request: validator_pb2.VoteRequest) -> Vote:
+        """Convert the request, take the verdict (hfl/round/verdict.py) and sign it as a vote."""
         if not self.authority_key:
             raise NotReady("this validator is still starting")
         config = serde.config_from_proto(request.config)
         config.verify(self.authority_key)
-        if self.node_id not in {m.node_id for m in config.committee}:
-            raise NotAllowed(f"this validator is not on the committee of round {config.round}")
-        proposed = bytes(request.block_hash)
         prev = serde.block_from_proto(request.prev_block)
-        if prev.header.round + 1 != config.round:
-            raise InvalidInput(f"the previous block is round {prev.header.round}, not {config.round - 1}")
-        if not prev.header.is_genesis:
-            try:
-                check_quorum(prev.header, prev.votes)
-            except LedgerError as e:
-                return self._vote(config.round, proposed, False, f"previous block not certified: {e}", None)
         spec, base, _ = serde.model_from_proto(request.base_model)
-        model = make_model(spec.kind, spec.n_features, spec.hidden)
-        if base.size != model.n_params:
-            raise InvalidInput("the base model does not fit its architecture")
-        results = [serde.bucket_result_from_proto(b, expected_length=base.size) for b in request.buckets]
-        used = [r for r in results if not r.abandoned]
-        if not used:
-            return self._vote(config.round, proposed, False, "no bucket sums to aggregate", None)
-        extra = serde.extra_from_proto(request.extra)
-        rule_params = serde.rule_params_from_proto(request.rule_params)
-        broken = policy_violation(
-            request.rule,
-            rule_params,
-            len(used),
-            expected_rule=self.settings.rule,
-            expected_f=self.settings.f,
-            defences=self.settings.defences,
+        proposal = Proposal(
+            block_hash=bytes(request.block_hash),
+            rule=request.rule,
+            rule_params=serde.rule_params_from_proto(request.rule_params),
+            extra=serde.extra_from_proto(request.extra),
+            buckets=tuple(
+                serde.bucket_result_from_proto(b, expected_length=base.size) for b in request.buckets
+            ),
         )
-        if broken:
-            return self._vote(config.round, proposed, False, broken, None)
-        adaptive = self.settings.adaptive_bound and self.settings.defences
-        if self.settings.defences:  # the recorded norm bound must be the one policy and history give
-            wrong = bound_problem(
-                prev.header.extra,
-                rule_params,
-                extra,
-                adaptive=adaptive,
-                ceiling=self.settings.norm_ceiling,
-            )
-            if wrong:
-                return self._vote(config.round, proposed, False, wrong, None)
-        sums = np.stack([r.total for r in used])
-        counts = [r.count for r in used]
-        try:
-            header, new_model = next_header(
-                prev,
-                base,
-                sums,
-                counts,
-                rule=request.rule,
-                rule_params=rule_params,
-                committee=[CommitteeMember(m.node_id, m.sign_public_key) for m in config.committee],
-                config_hash=config.hash(),
-                quorum=config.quorum,
-                extra=extra,
-            )
-        except ValueError as e:
-            return self._vote(config.round, proposed, False, f"cannot recompute the aggregate: {e}", None)
-        if header.hash() != proposed:
-            return self._vote(
-                config.round,
-                proposed,
-                False,
-                "the recomputed block differs from the proposal (aggregate or inputs tampered)",
-                None,
-            )
-        if adaptive:
-            wrong = history_problem(prev.header.extra, header.extra, sums, counts, header.flagged)
-            if wrong:
-                return self._vote(config.round, proposed, False, wrong, None)
-        if not np.all(np.isfinite(new_model)):
-            return self._vote(config.round, proposed, False, "the proposed model has non-finite values", None)
-        if not self.settings.defences:
-            return self._vote(
-                config.round, proposed, True, "recomputation matches; defences off, score not checked", None
-            )
-        if self.data is None:
-            return self._vote(
-                config.round,
-                proposed,
-                True,
-                "recomputation matches; no validation data of this schema, score not checked",
-                None,
-            )
-        if self.data.d != spec.n_features:
-            return self._vote(
-                config.round,
-                proposed,
-                True,
-                "recomputation matches; validation data has another schema, score not checked",
-                None,
-            )
-        before = evaluate(model, base, self.data)
-        after = evaluate(model, new_model, self.data)
-        margin = self.settings.validation_margin
-        if after.accuracy < before.accuracy - margin:
-            return self._vote(
-                config.round,
-                proposed,
-                False,
-                f"accuracy on validation data drops from {before.accuracy:.3f} to "
-                f"{after.accuracy:.3f} (more than the allowed {margin:.3f})",
-                after.accuracy,
-            )
-        return self._vote(
-            config.round,
-            proposed,
-            True,
-            f"recomputation matches; validation accuracy {after.accuracy:.3f}",
-            after.accuracy,
+        verdict = check_proposal(
+            proposal,
+            config=config,
+            prev=prev,
+            spec=spec,
+            base=base,
+            policy=self.policy(),
+            validator_id=self.node_id,
+            data=self.data,
         )
+        return self._vote(config.round, proposal.block_hash, verdict.accept, verdict.reason, verdict.score)
 
     async def Vote(
         self, request: validator_pb2.VoteRequest, context: grpc.aio.ServicerContext
