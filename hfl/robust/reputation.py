@@ -16,7 +16,7 @@ low for a while loses nothing, and an honest facility gains nothing. In a round 
   for k flagged buckets (``base_rate``; 0.30 for one flagged bucket of 4 among 11 facilities, m = 1).
 * H1, offender: its bucket is among the flagged ones with probability ``p1`` (0.95 by default: when
   only offenders are flagged, the flag is theirs; 0.95 rather than 0.9 quarantines all 8 of 8 offenders
-  among 48 facilities by round 10 in 98.5 % of simulated runs, against 72 %).
+  among 48 facilities by round 10 in 98.5 % of 200 simulated runs, against 72 %).
 * A facility in a flagged bucket adds ln(p1/p0) to its evidence (its log-likelihood ratio λ), one in an
   unflagged bucket of the same pool ln((1−p1)/(1−p0)); absent facilities keep theirs (sitting out must
   not launder it); a round with p0 ≥ p1 (flags nearly everywhere) says nothing.
