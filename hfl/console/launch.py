@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -29,15 +28,16 @@ def streamlit_command(address: str, port: int) -> list[str]:
 def run_console(
     address: str, port: int, run: str | None, leader: str | None, authority: str | None, cert_dir: str | None
 ) -> int:
+    """Check the password is set, then become the Streamlit server (returns only when refused)."""
     try:
         password_from_env()
     except NoPassword as e:
         print(e)
         return 2
     print(f"Console: http://{address}:{port}  (Ctrl-C to stop)", flush=True)
-    try:
-        where = {"RUN": run, "LEADER": leader, "AUTHORITY": authority, "CERT_DIR": cert_dir}
-        env = {**os.environ, **{f"HFL_CONSOLE_{k}": v for k, v in where.items() if v}}
-        return subprocess.call(streamlit_command(address, port), env=env)
-    except KeyboardInterrupt:
-        return 130
+    where = {"RUN": run, "LEADER": leader, "AUTHORITY": authority, "CERT_DIR": cert_dir}
+    env = {**os.environ, **{f"HFL_CONSOLE_{k}": v for k, v in where.items() if v}}
+    cmd = streamlit_command(address, port)
+    # Streamlit takes this process's place (no child left behind): a stop signal from a container
+    # engine, a service manager or `kill` reaches the server itself, and its exit status is ours.
+    os.execve(cmd[0], cmd, env)
