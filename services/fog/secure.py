@@ -125,9 +125,9 @@ class _Driver:
     absent members."""
 
     agg: BucketAggregator
+    timeouts: StageTimeouts
     where: str
     unreachable: set[str] | None = None
-    timeouts: StageTimeouts | None = None
 
     async def run(self, stage: _Stage[T]) -> None:
         """Ask every member still in the protocol at once; keep the answers that arrive in time and are
@@ -136,11 +136,7 @@ class _Driver:
         started = loop.time()
         tasks = {asyncio.create_task(self._ask(stage, m)): m for m in self.agg.alive}
         window = StragglerWindow(
-            started,
-            len(tasks),
-            stage.timeout,
-            factor=self.timeouts.factor if self.timeouts else STRAGGLER_FACTOR,
-            floor_s=self.timeouts.floor_s if self.timeouts else STRAGGLER_FLOOR_S,
+            started, len(tasks), stage.timeout, factor=self.timeouts.factor, floor_s=self.timeouts.floor_s
         )
         pending = await _wait_in_window(set(tasks), window, loop)
         for task in pending:  # accepted the round but silent past the window: late, reported as absent
@@ -174,6 +170,7 @@ class _Driver:
         return True
 
     def _late(self, stage: _Stage[T], member: str, window: StragglerWindow, now: float) -> None:
+        """``member`` accepted the round but is silent past the stage's window: go on without it."""
         log.warning(
             "%s: %s did not answer stage '%s' within %.1f s (the others took %.2f s at the median); "
             "going on without it",
@@ -213,7 +210,7 @@ async def drive_bucket(
     added to ``unreachable`` if it is given.
 
     Raises SecAggError (BucketAbandoned, ReconstructionError) when no sum can be released."""
-    driver = _Driver(agg, where, unreachable, timeouts)
+    driver = _Driver(agg, timeouts, where, unreachable)
     keys = timeouts.keys
     await driver.run(
         _Stage(1, lambda m: link.advertise(m, keys), agg.add_advertisement, lambda a: a.sender, keys)
