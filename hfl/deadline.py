@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 STRAGGLER_FACTOR = 4.0
 STRAGGLER_FLOOR_S = 2.0
@@ -42,3 +43,38 @@ def stage_deadline(
     if len(answer_times) < math.ceil(expected / 2):
         return limit_s
     return min(limit_s, max(floor_s, factor * statistics.median(answer_times)))
+
+
+@dataclass
+class StragglerWindow:
+    """One stage's wait, as a small state machine: when it started, when each answer was heard, and so
+    how long to go on waiting (``stage_deadline``). The caller keeps the clock: ``now`` is any monotonic
+    time in seconds, the same clock as ``started``.
+
+    ``heard`` may be a list the caller shares (the plain bucket records its answers there)."""
+
+    started: float
+    expected: int
+    limit_s: float
+    factor: float = STRAGGLER_FACTOR
+    floor_s: float = STRAGGLER_FLOOR_S
+    heard: list[float] = field(default_factory=list)
+
+    def hear(self, now: float, count: int = 1) -> None:
+        """``count`` answers (usable or not) arrived at ``now``."""
+        self.heard.extend([now - self.started] * count)
+
+    def waited(self, now: float) -> float:
+        """Seconds since the stage started."""
+        return now - self.started
+
+    def left(self, now: float) -> float:
+        """Seconds still to wait at ``now``; zero or less: stop waiting, the silent ones are late."""
+        cut = stage_deadline(
+            self.heard, self.expected, self.limit_s, factor=self.factor, floor_s=self.floor_s
+        )
+        return self.started + cut - now
+
+    def median_s(self) -> float:
+        """The median time the answers took (NaN before any)."""
+        return statistics.median(self.heard) if self.heard else float("nan")

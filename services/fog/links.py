@@ -43,6 +43,28 @@ class FacilityLink:
         self.book = link.CallBook()
         self.waiting: dict[int, asyncio.Future[bytes | memoryview]] = {}
         self.closed = False
+        self.failure: HflError | None = None  # the facility's bad input that closed the stream, if any
+
+    async def read(self, frames_in: AsyncIterator[link.Frame]) -> None:
+        """Take the facility's frames and deliver its answers until its side of the stream ends; then
+        close the stream (bad input from the facility is kept in ``failure``)."""
+        node_id = self.node_id
+        asm = link.Assembler()
+        try:
+            async for frame in frames_in:
+                got = asm.feed(frame)
+                if got is not None:
+                    self.deliver(*got)
+            asm.check_ended()
+            self.close(f"facility {node_id} closed its connection")
+        except HflError as e:
+            log.warning("closing the connection of %s: %s", node_id, e)
+            self.failure = e
+            self.close(f"the connection of facility {node_id} was closed: {e}")
+        except (asyncio.CancelledError, grpc.aio.AioRpcError) as e:
+            self.close(f"facility {node_id} lost its connection")
+            if isinstance(e, asyncio.CancelledError):
+                raise
 
     def send(self, call_id: int, data: bytes | memoryview) -> None:
         link.check_size(data)
@@ -130,33 +152,8 @@ class Links:
         """The body of Connect for ``node_id``: yields the frames to send (serialised) while a reader
         takes the facility's frames (read by hfl.rpc.link.parse_frame). Bad input from the facility
         raises (the stream closes with its status)."""
-        old = self.by_node.get(node_id)
-        if old is not None:
-            log.info("%s connected again; its previous connection is closed", node_id)
-            old.close(f"facility {node_id} connected again")
-        ln = self.by_node[node_id] = FacilityLink(node_id)
-        LINKS.set(len(self.by_node))
-        failure: list[BaseException] = []
-
-        async def read() -> None:
-            asm = link.Assembler()
-            try:
-                async for frame in frames_in:
-                    got = asm.feed(frame)
-                    if got is not None:
-                        ln.deliver(*got)
-                asm.check_ended()
-                ln.close(f"facility {node_id} closed its connection")
-            except HflError as e:
-                log.warning("closing the connection of %s: %s", node_id, e)
-                failure.append(e)
-                ln.close(f"the connection of facility {node_id} was closed: {e}")
-            except (asyncio.CancelledError, grpc.aio.AioRpcError) as e:
-                ln.close(f"facility {node_id} lost its connection")
-                if isinstance(e, asyncio.CancelledError):
-                    raise
-
-        reader = asyncio.create_task(read())
+        ln = self._attach(node_id)
+        reader = asyncio.create_task(ln.read(frames_in))
         log.info("%s connected", node_id)
         try:
             await context.send_initial_metadata(())  # tells the facility its connection is taken
@@ -167,13 +164,28 @@ class Links:
                 for frame in link.frames(*message):
                     yield frame
         finally:
-            ln.close(f"the connection of facility {node_id} ended")
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            if self.by_node.get(node_id) is ln:
-                del self.by_node[node_id]
-            LINKS.set(len(self.by_node))
-            log.info("%s disconnected", node_id)
-        if failure:
-            raise failure[0]
+            await self._detach(ln, reader)
+        if ln.failure is not None:
+            raise ln.failure
+
+    def _attach(self, node_id: str) -> FacilityLink:
+        """A new stream for ``node_id``, replacing (and closing) its previous one."""
+        old = self.by_node.get(node_id)
+        if old is not None:
+            log.info("%s connected again; its previous connection is closed", node_id)
+            old.close(f"facility {node_id} connected again")
+        ln = self.by_node[node_id] = FacilityLink(node_id)
+        LINKS.set(len(self.by_node))
+        return ln
+
+    async def _detach(self, ln: FacilityLink, reader: asyncio.Task[None]) -> None:
+        """The stream ended: close it, stop its reader, and forget it unless a newer one replaced it."""
+        node_id = ln.node_id
+        ln.close(f"the connection of facility {node_id} ended")
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        if self.by_node.get(node_id) is ln:
+            del self.by_node[node_id]
+        LINKS.set(len(self.by_node))
+        log.info("%s disconnected", node_id)

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 import numpy as np
 
-from hfl.deadline import STRAGGLER_FACTOR, STRAGGLER_FLOOR_S, stage_deadline
+from hfl.deadline import STRAGGLER_FACTOR, STRAGGLER_FLOOR_S, StragglerWindow
 from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
 from hfl.errors import HflError, clip
 from hfl.proto.v1 import facility_pb2, fog_pb2
+from hfl.round.bucket import abandoned
 from hfl.rpc import serde
 from hfl.rpc.client import ByteCount, describe_rpc_error
 from hfl.rpc.link import encode_call
@@ -102,75 +102,100 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _stage(
-    agg: BucketAggregator,
-    stage: int,
-    ask: Callable[[str], Awaitable[T]],
-    accept: Callable[[T], None],
-    sender: Callable[[T], str],
-    timeout: float,
-    where: str,
-    unreachable: set[str] | None = None,
-    timeouts: StageTimeouts | None = None,
-) -> None:
-    """Ask every member still in the protocol at once; keep the answers that arrive in time and are usable.
-    Members that do not answer at all, or not within the straggler window (hfl.deadline), are added to
-    ``unreachable`` if it is given: they are reported like absent members."""
+@dataclass(frozen=True)
+class _Stage(Generic[T]):
+    """One stage of one bucket: how to ask a member, what to do with its answer, who the answer says sent
+    it, and how long a member has to answer at most."""
 
-    async def one(member: str) -> bool:
+    number: int
+    ask: Callable[[str], Awaitable[T]]
+    accept: Callable[[T], None]
+    sender: Callable[[T], str]
+    timeout: float
+
+    @property
+    def name(self) -> str:
+        return STAGE_NAMES[self.number]
+
+
+@dataclass
+class _Driver:
+    """What the four stages of one bucket share. Members that do not answer at all, or not within the
+    straggler window (hfl.deadline), are added to ``unreachable`` if it is given: they are reported like
+    absent members."""
+
+    agg: BucketAggregator
+    timeouts: StageTimeouts
+    where: str
+    unreachable: set[str] | None = None
+
+    async def run(self, stage: _Stage[T]) -> None:
+        """Ask every member still in the protocol at once; keep the answers that arrive in time and are
+        usable; then close the stage (the aggregator drops the members that gave none)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        tasks = {asyncio.create_task(self._ask(stage, m)): m for m in self.agg.alive}
+        window = StragglerWindow(
+            started, len(tasks), stage.timeout, factor=self.timeouts.factor, floor_s=self.timeouts.floor_s
+        )
+        pending = await _wait_in_window(set(tasks), window, loop)
+        for task in pending:  # accepted the round but silent past the window: late, reported as absent
+            task.cancel()
+            self._late(stage, tasks[task], window, loop.time())
+        await asyncio.gather(*pending, return_exceptions=True)
+        self.agg.close_stage()
+
+    async def _ask(self, stage: _Stage[T], member: str) -> bool:
+        """One member's answer to ``stage``: True if it was accepted."""
         try:
-            msg = await asyncio.wait_for(ask(member), timeout)
+            msg = await asyncio.wait_for(stage.ask(member), stage.timeout)
         except Exception as e:  # no answer, an error status, or a malformed reply: dropped at this stage
-            log.warning(
-                "%s: %s dropped out at stage '%s' (%s)", where, member, STAGE_NAMES[stage], _reason(e)
-            )
-            if unreachable is not None and no_answer(e):
-                unreachable.add(member)
+            log.warning("%s: %s dropped out at stage '%s' (%s)", self.where, member, stage.name, _reason(e))
+            if self.unreachable is not None and no_answer(e):
+                self.unreachable.add(member)
             return False
         try:
-            if sender(msg) != member:
-                raise SecAggError(f"the answer names {clip(sender(msg))} as its sender")
-            accept(msg)
+            if stage.sender(msg) != member:
+                raise SecAggError(f"the answer names {clip(stage.sender(msg))} as its sender")
+            stage.accept(msg)
         except (SecAggError, HflError, ValueError) as e:
             log.warning(
                 "%s: %s sent an unusable answer at stage '%s' and is dropped: %s",
-                where,
+                self.where,
                 member,
-                STAGE_NAMES[stage],
+                stage.name,
                 e,
             )
             return False
         return True
 
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    tasks = {asyncio.create_task(one(m)): m for m in agg.alive}
-    pending: set[asyncio.Task[bool]] = set(tasks)
-    took: list[float] = []
-    factor = timeouts.factor if timeouts else STRAGGLER_FACTOR
-    floor_s = timeouts.floor_s if timeouts else STRAGGLER_FLOOR_S
-    while pending:
-        cut = stage_deadline(took, len(tasks), timeout, factor=factor, floor_s=floor_s)
-        left = started + cut - loop.time()
-        if left <= 0:
-            break
-        done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-        took += [loop.time() - started for _ in done]  # every answer, usable or not, counts as heard
-    for task in pending:  # accepted the round but silent past the window: late, reported as absent
-        task.cancel()
-        member = tasks[task]
+    def _late(self, stage: _Stage[T], member: str, window: StragglerWindow, now: float) -> None:
+        """``member`` accepted the round but is silent past the stage's window: go on without it."""
         log.warning(
             "%s: %s did not answer stage '%s' within %.1f s (the others took %.2f s at the median); "
             "going on without it",
-            where,
+            self.where,
             member,
-            STAGE_NAMES[stage],
-            loop.time() - started,
-            statistics.median(took) if took else float("nan"),
+            stage.name,
+            window.waited(now),
+            window.median_s(),
         )
-        if unreachable is not None:
-            unreachable.add(member)
-    await asyncio.gather(*pending, return_exceptions=True)
+        if self.unreachable is not None:
+            self.unreachable.add(member)
+
+
+async def _wait_in_window(
+    pending: set[asyncio.Task[bool]], window: StragglerWindow, loop: asyncio.AbstractEventLoop
+) -> set[asyncio.Task[bool]]:
+    """Wait for the tasks until all are done or the straggler window closes; returns those still
+    pending (every answer, usable or not, counts as heard)."""
+    while pending:
+        left = window.left(loop.time())
+        if left <= 0:
+            break
+        done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        window.hear(loop.time(), len(done))
+    return pending
 
 
 async def drive_bucket(
@@ -185,58 +210,33 @@ async def drive_bucket(
     added to ``unreachable`` if it is given.
 
     Raises SecAggError (BucketAbandoned, ReconstructionError) when no sum can be released."""
-    await _stage(
-        agg,
-        1,
-        lambda m: link.advertise(m, timeouts.keys),
-        agg.add_advertisement,
-        lambda a: a.sender,
-        timeouts.keys,
-        where,
-        unreachable,
-        timeouts,
+    driver = _Driver(agg, timeouts, where, unreachable)
+    keys = timeouts.keys
+    await driver.run(
+        _Stage(1, lambda m: link.advertise(m, keys), agg.add_advertisement, lambda a: a.sender, keys)
     )
-    agg.close_stage()
     ads = agg.advertisements()
-    await _stage(
-        agg,
-        2,
-        lambda m: link.share_keys(m, ads, timeouts.keys),
-        agg.add_shares,
-        lambda s: s[0].sender if s else "",
-        timeouts.keys,
-        where,
-        unreachable,
-        timeouts,
+    await driver.run(_Stage(2, lambda m: link.share_keys(m, ads, keys), agg.add_shares, _shares_sender, keys))
+    masked = timeouts.masked
+    await driver.run(
+        _Stage(
+            3,
+            lambda m: link.masked_input(m, agg.shares_for(m), masked),
+            agg.add_masked_input,
+            lambda x: x.sender,
+            masked,
+        )
     )
-    agg.close_stage()
-    await _stage(
-        agg,
-        3,
-        lambda m: link.masked_input(m, agg.shares_for(m), timeouts.masked),
-        agg.add_masked_input,
-        lambda x: x.sender,
-        timeouts.masked,
-        where,
-        unreachable,
-        timeouts,
-    )
-    agg.close_stage()
     request = agg.unmask_request()
-    await _stage(
-        agg,
-        4,
-        lambda m: link.unmask(m, request, timeouts.keys),
-        agg.add_unmask_response,
-        lambda r: r.sender,
-        timeouts.keys,
-        where,
-        unreachable,
-        timeouts,
+    await driver.run(
+        _Stage(4, lambda m: link.unmask(m, request, keys), agg.add_unmask_response, lambda r: r.sender, keys)
     )
-    agg.close_stage()
     result = await asyncio.to_thread(agg.result)
     return result.total, result.count, result.members, result.dropped
+
+
+def _shares_sender(shares: Sequence[EncryptedShare]) -> str:
+    return shares[0].sender if shares else ""
 
 
 async def run_secure_bucket(
@@ -252,36 +252,32 @@ async def run_secure_bucket(
     """One bucket over the secure path; protocol failures become an abandoned bucket, never an exception.
     ``quant``: the quantisation of the members' vectors (default: the plan's, for model updates)."""
     where = f"round {round_} bucket {bucket.bucket_id}"
-    timeouts = timeouts or StageTimeouts.for_plan(plan.timeout_s)
-    members = tuple(bucket.members)
     log.info(
         "%s: secure aggregation of %d members (%s); %d needed to unmask",
         where,
-        len(members),
-        ", ".join(members),
+        len(bucket.members),
+        ", ".join(bucket.members),
         bucket.threshold,
     )
     try:
         agg = BucketAggregator(
             serde.secagg_round(round_, attempt),
             bucket.bucket_id,
-            members,
+            tuple(bucket.members),
             bucket.threshold,
-            quant or serde.quant_config(plan, len(members)),
+            quant or serde.quant_config(plan, len(bucket.members)),
             d,
         )
     except (SecAggError, QuantizationError, HflError) as e:
         log.error("%s: secure aggregation cannot start: %s", where, e)
-        return BucketResult(
-            bucket.bucket_id,
-            bucket.fog_id,
-            np.zeros(0),
-            0,
-            (),
-            members,
-            abandoned=True,
-            reason=f"secure aggregation cannot start: {e}",
-        )
+        return abandoned(bucket, tuple(bucket.members), f"secure aggregation cannot start: {e}")
+    return await _aggregate(bucket, agg, link, timeouts or StageTimeouts.for_plan(plan.timeout_s), where)
+
+
+async def _aggregate(
+    bucket: Bucket, agg: BucketAggregator, link: MemberLink, timeouts: StageTimeouts, where: str
+) -> BucketResult:
+    """Drive ``agg`` through its stages and report the bucket: its exact sum, or abandoned."""
     away: set[str] = set()
     try:
         total, count, in_sum, dropped = await drive_bucket(agg, link, timeouts, where, away)
@@ -289,17 +285,7 @@ async def run_secure_bucket(
         gone = tuple(sorted(agg.dropped_at))
         SECAGG_DROPOUTS.inc(len(gone))
         log.warning("%s: bucket abandoned for this round: %s", where, e)
-        return BucketResult(
-            bucket.bucket_id,
-            bucket.fog_id,
-            np.zeros(0),
-            0,
-            (),
-            gone,
-            abandoned=True,
-            reason=str(e),
-            unreachable=tuple(sorted(away)),
-        )
+        return abandoned(bucket, gone, str(e), unreachable=away)
     SECAGG_DROPOUTS.inc(len(agg.dropped_at))
     late = sorted(set(agg.dropped_at) & set(in_sum))
     if dropped or late:
@@ -307,7 +293,7 @@ async def run_secure_bucket(
             "%s: exact sum of %d of %d members recovered (dropped: %s%s)",
             where,
             count,
-            len(members),
+            len(bucket.members),
             ", ".join(dropped) or "none",
             f"; left during unmasking but counted: {', '.join(late)}" if late else "",
         )

@@ -12,12 +12,13 @@ import grpc
 import numpy as np
 
 from hfl import bounds
-from hfl.deadline import stage_deadline
+from hfl.deadline import StragglerWindow
 from hfl.domain import Bucket, BucketEvaluation, BucketResult, Metrics, RoundConfig, TrainingPlan
-from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotReady, StaleRound, clip
+from hfl.errors import InvalidInput, NotReady, StaleRound, clip
 from hfl.learning.metrics import EVAL_VECTOR_LEN, metrics_from_vector
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, fog_pb2, fog_pb2_grpc
+from hfl.round.bucket import PlainTally
 from hfl.rpc import authz, link, serde
 from hfl.rpc.client import ByteCount, describe_rpc_error
 from hfl.rpc.link import encode_call
@@ -34,97 +35,58 @@ EVAL_TIMEOUT_S = 60.0  # the longest a facility may take to evaluate the model (
 
 @dataclass
 class PlainBucket:
-    """Collects the plain (--no-secagg) updates of one bucket."""
+    """Collects the plain (--no-secagg) updates of one bucket: the tally (hfl.round.bucket) and, for the
+    wait, when each member was heard and whether the bucket is complete."""
 
     bucket: Bucket
     dim: int
-    updates: dict[str, np.ndarray] = field(default_factory=dict)
-    refused: set[str] = field(default_factory=set)
-    # Members that said no at StartRound (e.g. out of privacy budget): nothing to wait for, no evidence.
-    declined: set[str] = field(default_factory=set)
-    # Members that did not answer StartRound at all (down, cut off, gone): nothing to wait for either.
-    unreachable: set[str] = field(default_factory=set)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever a member is heard from
     started: float = 0.0  # time.monotonic() when the round was handed out (for the straggler window)
     heard: list[float] = field(default_factory=list)  # seconds after ``started`` each member was heard
+    tally: PlainTally = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tally = PlainTally(self.bucket, self.dim)
 
     def _note(self) -> None:
         self.heard.append(time.monotonic() - self.started)
         self.changed.set()
+        if self.tally.all_heard():
+            self.complete.set()
+
+    def window(self, limit_s: float, factor: float, floor_s: float) -> StragglerWindow:
+        """The straggler window of the wait for updates, over the times this bucket records."""
+        members = len(self.bucket.members)
+        return StragglerWindow(
+            self.started, members, limit_s, factor=factor, floor_s=floor_s, heard=self.heard
+        )
 
     def stragglers(self) -> list[str]:
         """Members not heard from at all (still expected)."""
-        silent = self.refused | self.declined | self.unreachable
-        return [m for m in self.bucket.members if m not in self.updates and m not in silent]
-
-    def _all_heard(self) -> bool:
-        silent = self.refused | self.declined | self.unreachable
-        return len(self.updates) + len(silent) >= len(self.bucket.members)
-
-    def _silent(self, node_id: str, into: set[str]) -> None:
-        """Stop waiting for a member that will send no (usable) update, noting why in ``into``."""
-        if node_id in self.bucket.members and node_id not in self.updates:
-            into.add(node_id)
-            self._note()
-            if self._all_heard():
-                self.complete.set()
+        return self.tally.stragglers()
 
     def lost(self, node_id: str) -> None:
         """A member did not answer at all: do not wait for its update, and tell the leader."""
-        self._silent(node_id, self.unreachable)
+        if self.tally.lost(node_id):
+            self._note()
 
     def decline(self, node_id: str) -> None:
         """A member refused to start this round: do not wait for its update."""
-        self._silent(node_id, self.declined)
+        if self.tally.decline(node_id):
+            self._note()
 
     def refuse(self, node_id: str) -> None:
         """A member sent a malformed update: it counts as missing, and as evidence against it."""
-        self._silent(node_id, self.refused)
+        if self.tally.refuse(node_id):
+            self._note()
 
     def add(self, node_id: str, update: np.ndarray) -> None:
-        if node_id not in self.bucket.members:
-            raise NotAllowed(f"{node_id} is not a member of bucket {self.bucket.bucket_id}")
-        if node_id in self.updates:
-            raise AlreadyDone(f"{node_id} already sent its update for bucket {self.bucket.bucket_id}")
-        self.updates[node_id] = update
-        self.refused.discard(node_id)
-        self.unreachable.discard(node_id)  # slow to answer StartRound, but it did send its update
+        self.tally.add(node_id, update)
         self._note()
-        if self._all_heard():
-            self.complete.set()
 
     def result(self) -> BucketResult:
-        members = tuple(m for m in self.bucket.members if m in self.updates)
-        dropped = tuple(m for m in self.bucket.members if m not in self.updates)
-        refused = tuple(sorted(self.refused))
-        unreachable = tuple(sorted(self.unreachable))
-        if not members:
-            return BucketResult(
-                self.bucket.bucket_id,
-                self.bucket.fog_id,
-                np.zeros(0),
-                0,
-                (),
-                dropped,
-                abandoned=True,
-                reason="no member sent an update",
-                refused=refused,
-                unreachable=unreachable,
-            )
-        total = np.zeros(self.dim)
-        for m in members:  # in the bucket's order, so the float sum is the same however they arrived
-            np.add(total, self.updates[m], out=total)
-        return BucketResult(
-            self.bucket.bucket_id,
-            self.bucket.fog_id,
-            total,
-            len(members),
-            members,
-            dropped,
-            refused=refused,
-            unreachable=unreachable,
-        )
+        return self.tally.result()
 
 
 def _named_in_header(context: grpc.aio.ServicerContext) -> str:
@@ -179,35 +141,13 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         _spec, params, _ = serde.model_from_proto(request.model)
         plan = serde.plan_from_proto(request.plan)
         mine = [b for b in config.buckets if b.fog_id == self.node_id]
-        self.current = (config.round, config.attempt)
-        self.dim = params.size
-        ROUND.set(config.round)
+        self._open_round(config, plan, mine, params.size)
         counter = ByteCount()
-        self.received_bytes = 0
-        # Plain updates are collected here; on the secure path there is none to take (SubmitUpdate refuses).
-        self.open = {} if plan.secure else {b.bucket_id: PlainBucket(b, params.size) for b in mine}
         # Each bucket's facilities get the authority's signed view of their bucket only (rounds.py).
         requests = bucket_requests(config, request, mine, self.authority_key)
         marks = PhaseMarks()
         if plan.secure:  # masked updates, stage by stage (services/fog/secure.py)
-            results = await asyncio.gather(
-                *(
-                    run_secure_bucket(
-                        b,
-                        config.round,
-                        config.attempt,
-                        params.size,
-                        plan,
-                        self.member_link(
-                            config, requests[b.bucket_id], b.bucket_id, counter, params.size, marks
-                        ),
-                        StageTimeouts.for_plan(
-                            plan.timeout_s, self.settings.straggler_factor, self.settings.straggler_floor_s
-                        ),
-                    )
-                    for b in mine
-                )
-            )
+            results = await self._run_secure(config, plan, mine, requests, params.size, counter, marks)
         else:
             results = await asyncio.gather(
                 *(
@@ -221,6 +161,44 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
             bytes_to_facilities=counter.sent,
             bytes_from_facilities=counter.received + self.received_bytes,
             phases_s=marks.seconds(),
+        )
+
+    def _open_round(self, config: RoundConfig, plan: TrainingPlan, mine: list[Bucket], dim: int) -> None:
+        """This fog's round is now ``config``'s: plain updates for it are collected here; on the secure
+        path there is none to take (SubmitUpdate refuses)."""
+        self.current = (config.round, config.attempt)
+        self.dim = dim
+        ROUND.set(config.round)
+        self.received_bytes = 0
+        self.open = {} if plan.secure else {b.bucket_id: PlainBucket(b, dim) for b in mine}
+
+    async def _run_secure(
+        self,
+        config: RoundConfig,
+        plan: TrainingPlan,
+        mine: list[Bucket],
+        requests: dict[str, fog_pb2.RunRoundRequest],
+        d: int,
+        counter: ByteCount,
+        marks: PhaseMarks,
+    ) -> list[BucketResult]:
+        """This fog's training buckets over secure aggregation, all at once."""
+        timeouts = StageTimeouts.for_plan(
+            plan.timeout_s, self.settings.straggler_factor, self.settings.straggler_floor_s
+        )
+        return await asyncio.gather(
+            *(
+                run_secure_bucket(
+                    b,
+                    config.round,
+                    config.attempt,
+                    d,
+                    plan,
+                    self.member_link(config, requests[b.bucket_id], b.bucket_id, counter, d, marks),
+                    timeouts,
+                )
+                for b in mine
+            )
         )
 
     async def _run_plain_bucket(
@@ -241,51 +219,16 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                 config=request.config, model=request.model, plan=request.plan, bucket_id=bucket.bucket_id
             ),
         )
-
-        async def start(member: str) -> None:
-            try:
-                await self.links.call(
-                    member, "start_round", start_request, min(30.0, plan.timeout_s), counter
-                )
-            except grpc.aio.AioRpcError as e:
-                log.warning(
-                    "round %d: facility %s did not start: %s", config.round, member, describe_rpc_error(e)
-                )
-                if e.code() == grpc.StatusCode.PERMISSION_DENIED:  # it declined (e.g. privacy budget)
-                    collector.decline(member)
-                elif no_answer(e):  # down, cut off, or gone
-                    collector.lost(member)
-
         collector.started = time.monotonic()
         # StartRound answers at once (training runs after it); one that hangs is just a straggler below.
-        starts = [asyncio.create_task(start(m)) for m in bucket.members]
+        starts = [
+            asyncio.create_task(self._start_member(config, collector, m, start_request, plan, counter))
+            for m in bucket.members
+        ]
         await asyncio.wait(starts, timeout=self.settings.straggler_floor_s)
         marks.mark("distributed")
-        expected = len(bucket.members)
-        while not collector.complete.is_set():
-            cut = stage_deadline(
-                collector.heard,
-                expected,
-                plan.timeout_s,
-                factor=self.settings.straggler_factor,
-                floor_s=self.settings.straggler_floor_s,
-            )
-            left = collector.started + cut - time.monotonic()
-            if left <= 0:
-                break
-            collector.changed.clear()
-            try:
-                await asyncio.wait_for(collector.changed.wait(), timeout=left)
-            except TimeoutError:
-                pass
-        for member in collector.stragglers():  # started the round, then silent past the window
-            log.warning(
-                "round %d: %s sent no update within %.1f s; going on without it",
-                config.round,
-                member,
-                time.monotonic() - collector.started,
-            )
-            collector.lost(member)
+        await self._await_updates(collector, plan)
+        self._go_on_without_stragglers(config, collector)
         for task in starts:
             task.cancel()
         await asyncio.gather(*starts, return_exceptions=True)
@@ -301,6 +244,52 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                 ", ".join(result.dropped),
             )
         return result
+
+    async def _start_member(
+        self,
+        config: RoundConfig,
+        collector: PlainBucket,
+        member: str,
+        start_request: bytes,
+        plan: TrainingPlan,
+        counter: ByteCount,
+    ) -> None:
+        """Hand ``member`` the round; one that declines or does not answer is not waited for."""
+        try:
+            await self.links.call(member, "start_round", start_request, min(30.0, plan.timeout_s), counter)
+        except grpc.aio.AioRpcError as e:
+            log.warning(
+                "round %d: facility %s did not start: %s", config.round, member, describe_rpc_error(e)
+            )
+            if e.code() == grpc.StatusCode.PERMISSION_DENIED:  # it declined (e.g. privacy budget)
+                collector.decline(member)
+            elif no_answer(e):  # down, cut off, or gone
+                collector.lost(member)
+
+    async def _await_updates(self, collector: PlainBucket, plan: TrainingPlan) -> None:
+        """Wait until every member is heard from or the straggler window (hfl.deadline) closes."""
+        window = collector.window(
+            plan.timeout_s, self.settings.straggler_factor, self.settings.straggler_floor_s
+        )
+        while not collector.complete.is_set():
+            left = window.left(time.monotonic())
+            if left <= 0:
+                break
+            collector.changed.clear()
+            try:
+                await asyncio.wait_for(collector.changed.wait(), timeout=left)
+            except TimeoutError:
+                pass
+
+    def _go_on_without_stragglers(self, config: RoundConfig, collector: PlainBucket) -> None:
+        for member in collector.stragglers():  # started the round, then silent past the window
+            log.warning(
+                "round %d: %s sent no update within %.1f s; going on without it",
+                config.round,
+                member,
+                time.monotonic() - collector.started,
+            )
+            collector.lost(member)
 
     # ------------------------------------------------------------------ facility -> fog
     async def SubmitUpdate(

@@ -9,7 +9,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from hfl.deadline import stage_deadline
+from hfl.deadline import StragglerWindow, stage_deadline
 from hfl.schedule import Attendance
 from services.fog.secure import StageTimeouts, run_secure_bucket
 from tests.unit.test_secagg_wiring import ATTEMPT, PLAN, ROUND, D, FakeFacilities
@@ -36,6 +36,22 @@ def test_the_window_opens_once_half_have_answered() -> None:
     assert stage_deadline([1.0], expected=1, limit_s=9, factor=2, floor_s=0) == 2.0
     with pytest.raises(ValueError):
         stage_deadline([], expected=0, limit_s=1)
+
+
+def test_a_window_waits_the_limit_until_half_have_answered_then_the_window() -> None:
+    w = StragglerWindow(started=100.0, expected=4, limit_s=60.0, factor=4.0, floor_s=2.0)
+    assert w.left(100.0) == 60.0 and np.isnan(w.median_s())
+    w.hear(101.0)  # 1 of 4 after 1 s: still the limit
+    assert w.left(110.0) == 50.0
+    w.hear(103.0, count=2)  # 3 of 4, median 3 s: 12 s after the start
+    assert w.heard == [1.0, 3.0, 3.0] and w.median_s() == 3.0
+    assert w.left(110.0) == 2.0 and w.left(112.0) == 0.0 and w.left(113.0) < 0
+    assert w.waited(113.0) == 13.0
+    w.hear(104.0, count=0)  # nothing arrived: nothing changes
+    assert w.heard == [1.0, 3.0, 3.0]
+    shared: list[float] = []
+    StragglerWindow(0.0, 2, 9.0, heard=shared).hear(1.5)
+    assert shared == [1.5]  # a caller's list records the answers
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4])
