@@ -31,6 +31,7 @@ from hfl.learning.train import clip_update, train_local_private_steps
 from hfl.privacy.accountant import PrivacyAccountant
 from hfl.privacy.calibrate import calibrate_noise_multiplier, describe
 from hfl.privacy.dpsgd import ACCOUNTANTS, DPSGD, MECHANISMS, DPConfig, check_supported
+from hfl.privacy.report import SpendReport
 
 __all__ = [
     "DEFAULT_CLIP",
@@ -65,6 +66,15 @@ def spend_slot(round_: int, attempt: int) -> int:
             "can be accounted for"
         )
     return attempt_slot(round_, attempt)
+
+
+def ledger_entry(report: SpendReport) -> tuple[int, dict[str, Any]]:
+    """Where the authority records a facility's spend report, and the details it keeps with it: a training
+    spend under its round attempt's slot (:func:`spend_slot`), the one-off release under slot 0. Raises
+    ValueError for a round attempt that has no slot."""
+    slot = 0 if report.kind == "release" else spend_slot(report.round, report.attempt)
+    details = {**report.details, "round": report.round, "attempt": report.attempt, "steps": report.steps}
+    return slot, details
 
 
 def default_release_epsilon(epsilon: float) -> float:

@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from hfl.errors import InvalidInput, NotAllowed, Unauthenticated, clip
 from hfl.files import private_db
 from hfl.privacy import PrivacyLedger, PrivacyLedgerError
-from hfl.privacy.federation import spend_slot
+from hfl.privacy.federation import ledger_entry
 from hfl.privacy.report import SpendReport
 from hfl.rpc.metrics import EPSILON_BUDGET, EPSILON_SPENT, PRIVACY_EXHAUSTED
 
@@ -89,26 +89,9 @@ class PrivacyBook:
     # ------------------------------------------------------------------ recording
     def record(self, report: SpendReport, registered_key: bytes | None, registered_role: str | None) -> float:
         """Check the report comes from that facility, record it, and return the facility's total ε."""
-        if registered_key is None or registered_role != "facility":
-            raise NotAllowed(
-                f"{clip(report.facility_id)} is not a registered facility; privacy reports come only "
-                "from facilities"
-            )
+        _check_sender(report, registered_key, registered_role)
         try:
-            report.verify(registered_key)
-        except InvalidSignature:
-            raise Unauthenticated(
-                f"the privacy report for {clip(report.facility_id)} is not signed with that "
-                "facility's registered identity key"
-            ) from None
-        try:
-            slot = 0 if report.kind == "release" else spend_slot(report.round, report.attempt)
-            details = {
-                **report.details,
-                "round": report.round,
-                "attempt": report.attempt,
-                "steps": report.steps,
-            }
+            slot, details = ledger_entry(report)  # hfl/privacy/federation.py
             with self._lock:
                 self.ledger.record(
                     report.facility_id,
@@ -119,13 +102,7 @@ class PrivacyBook:
                     details,
                 )
                 if report.kind == "training":
-                    self._db.execute(
-                        "INSERT INTO privacy_status(facility, exhausted, slot, reason) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT(facility) DO UPDATE SET exhausted=excluded.exhausted, "
-                        "slot=excluded.slot, "
-                        "reason=excluded.reason WHERE excluded.slot >= privacy_status.slot",
-                        (report.facility_id, int(report.exhausted), slot, json.dumps(report.details)),
-                    )
+                    self._set_status(report, slot)
         except (PrivacyLedgerError, ValueError) as e:
             raise InvalidInput(f"privacy report refused: {e}") from None
         total = self.ledger.spent(report.facility_id)
@@ -141,3 +118,30 @@ class PrivacyBook:
             int(self.is_exhausted(report.facility_id, total))
         )
         return total
+
+    def _set_status(self, report: SpendReport, slot: int) -> None:
+        """Whether the facility can afford another round, as its newest training report says (an older
+        report arriving late does not overwrite it)."""
+        self._db.execute(
+            "INSERT INTO privacy_status(facility, exhausted, slot, reason) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(facility) DO UPDATE SET exhausted=excluded.exhausted, "
+            "slot=excluded.slot, "
+            "reason=excluded.reason WHERE excluded.slot >= privacy_status.slot",
+            (report.facility_id, int(report.exhausted), slot, json.dumps(report.details)),
+        )
+
+
+def _check_sender(report: SpendReport, registered_key: bytes | None, registered_role: str | None) -> None:
+    """Privacy reports come only from registered facilities, signed with their registered identity key."""
+    if registered_key is None or registered_role != "facility":
+        raise NotAllowed(
+            f"{clip(report.facility_id)} is not a registered facility; privacy reports come only "
+            "from facilities"
+        )
+    try:
+        report.verify(registered_key)
+    except InvalidSignature:
+        raise Unauthenticated(
+            f"the privacy report for {clip(report.facility_id)} is not signed with that "
+            "facility's registered identity key"
+        ) from None

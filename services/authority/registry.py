@@ -87,17 +87,26 @@ class Registry:
             )
 
     def config_buckets(self, round_: int, attempt: int) -> dict[str, list[str]] | None:
-        row = self._db.execute(
-            "SELECT buckets FROM configs WHERE round=? AND attempt=?", (round_, attempt)
-        ).fetchone()
-        return dict(json.loads(row[0])) if row and row[0] else None
+        layout = self.config_layout(round_, attempt)
+        return None if layout is None else layout[0]
 
     def config_pools(self, round_: int, attempt: int) -> dict[str, str] | None:
         """The fog each bucket of an issued configuration was drawn in; None when it was not recorded."""
+        layout = self.config_layout(round_, attempt)
+        return None if layout is None else layout[1]
+
+    def config_layout(
+        self, round_: int, attempt: int
+    ) -> tuple[dict[str, list[str]], dict[str, str] | None] | None:
+        """An issued configuration's buckets (their members) and the fog each bucket was drawn in (None
+        when that was not recorded), read at once; None when no configuration was issued."""
         row = self._db.execute(
-            "SELECT pools FROM configs WHERE round=? AND attempt=?", (round_, attempt)
+            "SELECT buckets, pools FROM configs WHERE round=? AND attempt=?", (round_, attempt)
         ).fetchone()
-        return {str(k): str(v) for k, v in json.loads(row[0]).items()} if row and row[0] else None
+        if not row or not row[0]:
+            return None
+        pools = {str(k): str(v) for k, v in json.loads(row[1]).items()} if row[1] else None
+        return dict(json.loads(row[0])), pools
 
     def get_json(self, key: str) -> object | None:
         row = self._db.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()

@@ -12,15 +12,16 @@ from hfl import bounds
 from hfl.control import reason_of
 from hfl.crypto.pow import PowError, check, pow_challenge
 from hfl.crypto.signing import PUBLIC_KEY_LEN, SigningKey
-from hfl.domain import ROLES, SPECIALTIES, NodeInfo, RoundConfig
+from hfl.domain import ROLES, SPECIALTIES, NodeInfo, RoundConfig, RoundReport
 from hfl.errors import ConfigError, HflError, InvalidInput, NotAllowed, NotFound, NotReady, clip
 from hfl.hashing import HASH_LEN
 from hfl.oplog import OperatorLog
 from hfl.pki.tokens import add_enrol_token
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.proto.v1 import common_pb2 as pb
-from hfl.robust.reputation import FLAG_KINDS, Reputation, quarantine_sentence, with_refused
+from hfl.robust.reputation import Reputation, quarantine_sentence
 from hfl.robust.sizing import Sizing, size_federation, withstands_buckets
+from hfl.round.report import round_record, take_report
 from hfl.round.schedule import Federation, ScheduleSettings, check_ready, draw_committee, schedule_round
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION, WITHSTANDS
@@ -220,14 +221,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
     def make_config(self, round_: int, attempt: int, head: bytes) -> RoundConfig:
         """Gather the inputs, take the schedule (hfl/round/schedule.py), sign and record it."""
         settings = self.schedule_settings()
-        federation = Federation(
-            facilities=tuple(self.registry.nodes("facility")),
-            fogs=tuple(self.registry.nodes("fog")),
-            validators=tuple(self.registry.nodes("validator")),
-            quarantined=self.quarantined,
-            out_of_budget=frozenset(self.privacy.exhausted),  # never schedule a facility that spent it
-            away=frozenset(self.attendance.inactive),  # missed their last rounds; back when they register
-        )
+        federation = self._federation()
         check_ready(settings, federation)
         draw = self._committee_draw(settings, federation, round_, head)
         committee = tuple(self.registry.get(str(v)) for v in draw["members"])
@@ -251,16 +245,32 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             )
         self._check_threat(len(plan.config.facilities), len(plan.config.buckets))
         config = plan.config.sign(self.key)
+        self._record_config(config, head)
+        return config
+
+    def _federation(self) -> Federation:
+        """The registry as the schedule sees it: who is registered, and who may not take part."""
+        return Federation(
+            facilities=tuple(self.registry.nodes("facility")),
+            fogs=tuple(self.registry.nodes("fog")),
+            validators=tuple(self.registry.nodes("validator")),
+            quarantined=self.quarantined,
+            out_of_budget=frozenset(self.privacy.exhausted),  # never schedule a facility that spent it
+            away=frozenset(self.attendance.inactive),  # missed their last rounds; back when they register
+        )
+
+    def _record_config(self, config: RoundConfig, head: bytes) -> None:
+        """Remember an issued configuration: its buckets' members and the fog each was drawn in (for the
+        round report, ReportRound)."""
         buckets = config.buckets
         self.registry.record_config(
-            round_,
-            attempt,
+            config.round,
+            config.attempt,
             config.hash(),
             head,
             {b.bucket_id: list(b.members) for b in buckets},
             {b.bucket_id: b.fog_id for b in buckets},
         )
-        return config
 
     async def GetRoundConfig(
         self, request: authority_pb2.GetRoundConfigRequest, context: grpc.aio.ServicerContext
@@ -282,62 +292,31 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
     async def ReportRound(
         self, request: authority_pb2.ReportRoundRequest, context: grpc.aio.ServicerContext
     ) -> authority_pb2.ReportRoundResponse:
+        """The leader's evidence after a round attempt (hfl/round/report.py): absences, fogs down or back,
+        and (when a block was proposed) flagged buckets and votes for the reputation."""
         round_, attempt = bounds.round_attempt(int(request.round), int(request.attempt))
-        buckets = self.registry.config_buckets(round_, attempt)
-        if buckets is None:
+        layout = self.registry.config_layout(round_, attempt)  # buckets and the fog each was drawn in
+        if layout is None:
             raise InvalidInput(f"no configuration was issued for round {round_} attempt {attempt}")
+        buckets, pools = layout
         report = serde.round_report_from_proto(request.report)
-        flags, votes = dict(report.flags), dict(report.votes)
-        refused, absent, committee = list(report.refused), list(report.absent), list(report.committee)
-        unknown = set(flags) - set(buckets)
-        if unknown or any(k not in FLAG_KINDS for k in flags.values()):
-            raise InvalidInput("the round report flags buckets that were not part of the round")
-        fog_ids = {n.node_id for n in self.registry.nodes("fog")}
-        if not set(report.fogs_down) | set(report.fogs_up) <= fog_ids:
-            raise InvalidInput("the round report names fogs that are not registered")
-        scheduled = [m for members in buckets.values() for m in members]
+        fogs = {n.node_id for n in self.registry.nodes("fog")}
         observation = bounds.attempt_slot(round_, attempt)  # round × 1000 + attempt, stored: see hfl.bounds
-        try:
-            # A fog refused these members' updates as malformed: each is its own group, blame is certain.
-            groups, flags = with_refused(buckets, flags, refused)
-            # First, and it refuses a replayed report before anything changes (reputation checks too).
-            gone = self.attendance.observe(observation, scheduled, absent)
-        except ValueError as e:  # ReputationError included
-            raise InvalidInput(f"the round report is inconsistent: {e}") from None
-        down, back = self.fog_status.observe(report.fogs_down, report.fogs_up)
-        for fog in down:
-            log.warning("fog %s did not answer the leader; its facilities are moved to other fogs", fog)
-        for fog in back:
-            log.info("fog %s answers again; it takes facilities again", fog)
-        if down or back:
-            self.registry.put_json("fog_status", self.fog_status.to_dict())
+        evidence = take_report(report, buckets, fogs, self.attendance, observation)
+        self._observe_fogs(report)
         newly: list[str] = []
-        if committee:  # without one nothing was proposed: no evidence about updates or votes this round
+        votes = dict(report.votes)
+        if report.committee:  # without one nothing was proposed: no evidence about updates or votes
             self._resize_quarantine()
-            pools = self.registry.config_pools(round_, attempt) or None  # buckets are drawn per fog
-            newly = self.reputation.observe(observation, groups, flags, pools)
-            self.reputation.observe_votes(observation, committee, votes, bool(request.committed))
+            pools = pools or None  # buckets are drawn per fog; None: one pool
+            newly = self.reputation.observe(observation, evidence.groups, evidence.flags, pools)
+            self.reputation.observe_votes(observation, list(report.committee), votes, bool(request.committed))
         self.registry.put_json("reputation", self.reputation.to_dict())
-        self.registry.record_report(
-            round_,
-            {
-                "attempt": attempt,
-                "committed": request.committed,
-                "block_hash": request.block_hash.hex(),
-                "flags": flags,
-                "votes": votes,
-                "newly_quarantined": newly,
-                "suspicion": {f: round(self.reputation.suspicion(f), 4) for f in sorted(set(scheduled))},
-            },
+        record = round_record(
+            attempt, request.committed, request.block_hash, evidence, votes, newly, self.reputation
         )
-        for f in newly:
-            log.warning("quarantined facility %s: it was in flagged buckets too often", f)
-        for f in gone:
-            log.warning(
-                "facility %s missed %d rounds in a row; it is left out until it registers again",
-                f,
-                self.attendance.missed(f),
-            )
+        self.registry.record_report(round_, record)
+        self._announce_left_out(newly, evidence.gone)
         self.registry.put_json("attendance", self.attendance.to_dict())
         self.revoke_quarantined(newly)
         self._publish_reputation()
@@ -347,6 +326,27 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             max_epsilon_spent=top or 0.0,
             has_privacy_spend=top is not None,
         )
+
+    def _observe_fogs(self, report: RoundReport) -> None:
+        """Fogs the leader could not reach lose their facilities to other fogs; answering again, they
+        take facilities again."""
+        down, back = self.fog_status.observe(report.fogs_down, report.fogs_up)
+        for fog in down:
+            log.warning("fog %s did not answer the leader; its facilities are moved to other fogs", fog)
+        for fog in back:
+            log.info("fog %s answers again; it takes facilities again", fog)
+        if down or back:
+            self.registry.put_json("fog_status", self.fog_status.to_dict())
+
+    def _announce_left_out(self, quarantined: list[str], gone: list[str]) -> None:
+        for f in quarantined:
+            log.warning("quarantined facility %s: it was in flagged buckets too often", f)
+        for f in gone:
+            log.warning(
+                "facility %s missed %d rounds in a row; it is left out until it registers again",
+                f,
+                self.attendance.missed(f),
+            )
 
     async def ReportPrivacySpend(
         self, request: authority_pb2.ReportPrivacySpendRequest, context: grpc.aio.ServicerContext

@@ -170,23 +170,8 @@ class FogDialer:
     async def session(self, fog: NodeInfo) -> None:
         """One connection to ``fog``: answer its calls until it ends. Raises on bad input from the fog
         (the connection is then closed) and when the connection fails."""
-        channel = self.channels.get(fog.address, Peer("fog", fog.node_id))
-        # Frames are written already serialised and read by hand (hfl.rpc.link): no protobuf object holds
-        # a copy of a model on the way.
-        connect = channel.stream_stream(
-            link.CONNECT, request_serializer=None, response_deserializer=link.parse_frame
-        )
         outbox: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()  # answers, framed as sent
-
-        async def outgoing() -> AsyncIterator[bytes]:
-            while True:
-                message = await outbox.get()
-                if message is None:
-                    return
-                for frame in link.frames(*message):
-                    yield frame
-
-        stream = connect(outgoing(), metadata=(("hfl-node", self.node_id),))
+        stream = self._open(fog, outbox)
         # The fog's certificate was checked against its name when the connection was made (hfl.rpc.tls.Peer).
         fog_identity = (
             Identity("fog", fog.node_id, 0, dt.datetime.max.replace(tzinfo=dt.UTC)) if self.tls_on else None
@@ -194,30 +179,56 @@ class FogDialer:
         handlers: set[asyncio.Task[None]] = set()
         try:
             await stream.wait_for_connection()  # the fog took the connection (raises when it did not)
-            self._mark(fog.node_id, True)
-            log.info("connected to fog %s at %s", fog.node_id, fog.address)
-            if self.on_connect is not None:
-                self.on_connect(fog.node_id, fog.node_id in self._ever)
-            self._ever.add(fog.node_id)
-            asm = link.Assembler()
-            order = link.CallOrder()
-            async for frame in stream:
-                got = asm.feed(frame)
-                if got is None:
-                    continue
-                call_id, data = got
-                order.accept(call_id)
-                kind, request = link.decode_call(data)
-                task = asyncio.create_task(self._answer(outbox, call_id, kind, request, fog_identity))
-                handlers.add(task)
-                task.add_done_callback(handlers.discard)
-            asm.check_ended()
+            self._connected(fog)
+            await self._receive(stream, outbox, fog_identity, handlers)
         finally:
             self._mark(fog.node_id, False)
             for task in handlers:
                 task.cancel()
             outbox.put_nowait(None)
             stream.cancel()
+
+    def _open(
+        self, fog: NodeInfo, outbox: asyncio.Queue[tuple[int, bytes] | None]
+    ) -> grpc.aio.StreamStreamCall[bytes, Any]:
+        """Open the Connect stream to ``fog``; what is put in ``outbox`` is sent on it (None ends it)."""
+        channel = self.channels.get(fog.address, Peer("fog", fog.node_id))
+        # Frames are written already serialised and read by hand (hfl.rpc.link): no protobuf object holds
+        # a copy of a model on the way.
+        connect = channel.stream_stream(
+            link.CONNECT, request_serializer=None, response_deserializer=link.parse_frame
+        )
+        return connect(_outgoing(outbox), metadata=(("hfl-node", self.node_id),))
+
+    def _connected(self, fog: NodeInfo) -> None:
+        self._mark(fog.node_id, True)
+        log.info("connected to fog %s at %s", fog.node_id, fog.address)
+        if self.on_connect is not None:
+            self.on_connect(fog.node_id, fog.node_id in self._ever)
+        self._ever.add(fog.node_id)
+
+    async def _receive(
+        self,
+        stream: grpc.aio.StreamStreamCall[bytes, Any],
+        outbox: asyncio.Queue[tuple[int, bytes] | None],
+        fog: Identity | None,
+        handlers: set[asyncio.Task[None]],
+    ) -> None:
+        """Read the fog's calls until the stream ends; each is answered by a task of its own (in
+        ``handlers`` while it runs)."""
+        asm = link.Assembler()
+        order = link.CallOrder()
+        async for frame in stream:
+            got = asm.feed(frame)
+            if got is None:
+                continue
+            call_id, data = got
+            order.accept(call_id)
+            kind, request = link.decode_call(data)
+            task = asyncio.create_task(self._answer(outbox, call_id, kind, request, fog))
+            handlers.add(task)
+            task.add_done_callback(handlers.discard)
+        asm.check_ended()
 
     async def _answer(
         self,
@@ -259,3 +270,13 @@ class FogDialer:
 
 def _reason(e: BaseException) -> str:
     return describe_rpc_error(e) if isinstance(e, grpc.aio.AioRpcError) else str(e)
+
+
+async def _outgoing(outbox: asyncio.Queue[tuple[int, bytes] | None]) -> AsyncIterator[bytes]:
+    """The frames of each answer put in ``outbox``, until None."""
+    while True:
+        message = await outbox.get()
+        if message is None:
+            return
+        for frame in link.frames(*message):
+            yield frame

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hfl.errors import ConfigError
+from hfl.hosting import hosted_entries
 from hfl.rpc.link import CALLS
 from hfl.rpc.metrics import start_metrics
 from hfl.rpc.server import Channels, shutdown, write_ready_file
@@ -38,12 +39,9 @@ from services.facility.service import Facility
 
 log = logging.getLogger("hfl.facility")
 
-MAX_HOSTED = 1000
 START_AT_ONCE = 5
 # Which hosted facility the current task works for; added to every log line.
 CURRENT: contextvars.ContextVar[str] = contextvars.ContextVar("hfl_hosted_facility", default="")
-# Per-facility settings a host entry may not set: they belong to the process.
-PROCESS_ONLY = {"role", "metrics_port", "facilities_file", "log_level"}
 
 
 class _Tag(logging.Filter):
@@ -84,7 +82,8 @@ def _tag_unary(method: Callable[..., Any], node_id: str) -> Callable[..., Any]:
 
 
 def read_hosted(path: str) -> list[dict[str, str]]:
-    """The per-facility settings of HFL_FACILITIES_FILE, checked (plain errors, never half-started)."""
+    """The per-facility settings of HFL_FACILITIES_FILE, checked (plain errors, never half-started;
+    the checks are hfl/hosting.py's)."""
     if not path:
         raise ConfigError(
             "HFL_FACILITIES_FILE is not set: `hfl serve facilities` needs the JSON list of the "
@@ -96,35 +95,7 @@ def read_hosted(path: str) -> list[dict[str, str]]:
         raise ConfigError(f"HFL_FACILITIES_FILE {path} does not exist") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"HFL_FACILITIES_FILE {path} is not valid JSON ({e})") from None
-    entries = doc.get("facilities") if isinstance(doc, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(f'{path} must hold {{"facilities": [...]}} with at least one facility')
-    if len(entries) > MAX_HOSTED:
-        raise ConfigError(f"{path} lists {len(entries)} facilities; one process hosts at most {MAX_HOSTED}")
-    fields = set(Settings.model_fields)
-    out: list[dict[str, str]] = []
-    seen: set[str] = set()
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in entry.items()
-        ):
-            raise ConfigError(f"{path}: facility #{i + 1} must be an object of HFL_* names to text values")
-        for key in entry:
-            name = key.removeprefix("HFL_").lower()
-            if not key.startswith("HFL_") or name not in fields:
-                raise ConfigError(f"{path}: facility #{i + 1}: {key} is not an hfl setting")
-            if name in PROCESS_ONLY:
-                raise ConfigError(
-                    f"{path}: facility #{i + 1}: {key} is shared by the whole process; "
-                    "set it in the environment instead"
-                )
-        for required in ("HFL_NODE_ID", "HFL_STATE_DIR"):
-            if not entry.get(required):
-                raise ConfigError(f"{path}: facility #{i + 1} needs its own {required}")
-        if entry["HFL_NODE_ID"] in seen:
-            raise ConfigError(f"{path}: facility {entry['HFL_NODE_ID']} is listed twice")
-        seen.add(entry["HFL_NODE_ID"])
-        out.append(entry)
+    out = hosted_entries(doc, path, set(Settings.model_fields))
     states = [Path(e["HFL_STATE_DIR"]).resolve() for e in out]
     if len(set(states)) != len(states):
         raise ConfigError(f"{path}: two facilities share a state directory; each needs its own")
@@ -153,7 +124,29 @@ async def run(settings: Settings) -> None:
     metrics_port = start_metrics(settings.metrics_port, settings.listen_host)
     host_id = settings.resolved_node_id()
     log.info("hosting %d facilities in this process (%s)", len(every), host_id)
+    started, failed = await _start_all(every, metrics_port)
+    try:
+        _refuse_failed(failed, len(every))
+        write_ready_file(
+            settings.ready_file,
+            {
+                "role": "facilities",
+                "node_id": host_id,
+                "metrics_port": metrics_port,
+                "facilities": [f.info for f in started],
+            },
+        )
+        log.info("all %d facilities are serving", len(started))
+        await _until_stopped()
+        log.info("stopping %d facilities", len(started))
+    finally:
+        await asyncio.gather(*(_stop(f) for f in started), return_exceptions=True)
 
+
+async def _start_all(
+    every: list[Settings], metrics_port: int
+) -> tuple[list[StartedFacility], list[tuple[str, BaseException]]]:
+    """Start every hosted facility; returns those that started and (node id, error) of those that did not."""
     gate = asyncio.Semaphore(START_AT_ONCE)
 
     async def one(s: Settings) -> StartedFacility:
@@ -174,33 +167,28 @@ async def run(settings: Settings) -> None:
     failed = [
         (s.resolved_node_id(), r) for s, r in zip(every, results, strict=True) if isinstance(r, BaseException)
     ]
-    try:
-        if failed:
-            for node_id, err in failed:
-                log.error("facility %s could not start: %s", node_id, err)
-            raise RuntimeError(
-                f"{len(failed)} of {len(every)} hosted facilities could not start "
-                f"(first: {failed[0][0]}: {failed[0][1]})"
-            )
-        write_ready_file(
-            settings.ready_file,
-            {
-                "role": "facilities",
-                "node_id": host_id,
-                "metrics_port": metrics_port,
-                "facilities": [f.info for f in started],
-            },
-        )
-        log.info("all %d facilities are serving", len(started))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("stopping %d facilities", len(started))
-    finally:
-        await asyncio.gather(*(_stop(f) for f in started), return_exceptions=True)
+    return started, failed
+
+
+def _refuse_failed(failed: list[tuple[str, BaseException]], hosted: int) -> None:
+    """The process serves all its facilities or none: name each that could not start."""
+    if not failed:
+        return
+    for node_id, err in failed:
+        log.error("facility %s could not start: %s", node_id, err)
+    raise RuntimeError(
+        f"{len(failed)} of {hosted} hosted facilities could not start (first: {failed[0][0]}: {failed[0][1]})"
+    )
+
+
+async def _until_stopped() -> None:
+    """Wait for SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 async def _stop(f: StartedFacility) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
@@ -32,6 +33,7 @@ from hfl.rpc.settings import Settings
 from hfl.secagg import (
     STAGE_NAMES,
     KeySubstitutionError,
+    QuantConfig,
     SecAggError,
     SecAggMember,
     ShareDecryptionError,
@@ -177,40 +179,19 @@ class SecureAggregation:
             return await self._advertise_evaluation(config, request)
         bucket = fac.my_bucket(config, request.bucket_id, "secure aggregation for this bucket")
         key: SessionKey = (config.round, config.attempt, bucket.bucket_id)
-        if key in self._sessions:
-            raise AlreadyDone(f"secure aggregation for {self._where(key)} has already started here")
+        self._not_started(key, "secure aggregation")
         _spec, params, model = fac.load_model(request.model)
         plan = serde.plan_from_proto(request.plan)
         admission = await fac.privacy.admit(config, plan)  # DP budget: declining = dropping out (privacy.py)
-        if key in self._sessions:  # again: a duplicate call may have started it during the await above
-            raise AlreadyDone(f"secure aggregation for {self._where(key)} has already started here")
-        try:
-            identities = {m: config.node(m).sign_public_key for m in bucket.members}
-        except KeyError as e:
-            raise InvalidInput(f"the round configuration has no identity for bucket member {e}") from None
+        self._not_started(key, "secure aggregation")  # again: a duplicate call may have started it meanwhile
+        identities = _identities(config, bucket)
         cfg = serde.quant_config(plan, len(bucket.members))
-        try:
-            member = SecAggMember(
-                fac.node_id,
-                serde.secagg_round(config.round, config.attempt),
-                bucket.bucket_id,
-                identities,
-                fac.signing_key,
-                bucket.threshold,
-                cfg,
-                int(params.size),
-            )
-        except SecAggError as e:
-            log.warning("%s: cannot take part in secure aggregation: %s", self._where(key), e)
-            raise InvalidInput(f"secure aggregation cannot start for {self._where(key)}: {e}") from None
+        member = self._training_member(key, bucket, identities, cfg, int(params.size))
         self._forget_older(config.round, config.attempt)
         fac.last_round = config.round
         ROUND.set(config.round)
         ad = member.advertise()
-        task = asyncio.create_task(
-            asyncio.to_thread(fac.local_update, model, params, plan, fac.round_rng(config), admission)
-        )
-        task.add_done_callback(_consume)
+        task = _in_background(fac.local_update, model, params, plan, fac.round_rng(config), admission)
         self._sessions[key] = Session(key, member, task, plan.clip_update, fog_id=bucket.fog_id)
         log.info(
             "%s: secure aggregation started (%d members, %d needed to unmask)",
@@ -219,6 +200,29 @@ class SecureAggregation:
             bucket.threshold,
         )
         return facility_pb2.SecAggAdvertiseResponse(advertisement=serde.advertisement_to_proto(ad))
+
+    def _not_started(self, key: SessionKey, what: str) -> None:
+        if key in self._sessions:
+            raise AlreadyDone(f"{what} for {self._where(key)} has already started here")
+
+    def _training_member(
+        self, key: SessionKey, bucket: Bucket, identities: dict[str, bytes], cfg: QuantConfig, size: int
+    ) -> SecAggMember:
+        """This facility's member of the bucket's secure aggregation of training updates."""
+        try:
+            return SecAggMember(
+                self.facility.node_id,
+                serde.secagg_round(key[0], key[1]),
+                bucket.bucket_id,
+                identities,
+                self.facility.signing_key,
+                bucket.threshold,
+                cfg,
+                size,
+            )
+        except SecAggError as e:
+            log.warning("%s: cannot take part in secure aggregation: %s", self._where(key), e)
+            raise InvalidInput(f"secure aggregation cannot start for {self._where(key)}: {e}") from None
 
     async def _advertise_evaluation(
         self, config: RoundConfig, request: facility_pb2.SecAggAdvertiseRequest
@@ -229,13 +233,9 @@ class SecureAggregation:
         fac = self.facility
         bucket = fac.my_bucket(config, request.bucket_id, "evaluation for this bucket", evaluation=True)
         key: SessionKey = (config.round, config.attempt, bucket.bucket_id)
-        if key in self._sessions:
-            raise AlreadyDone(f"evaluation for {self._where(key)} has already started here")
+        self._not_started(key, "evaluation")
         _spec, params, model = fac.load_model(request.model)
-        try:
-            identities = {m: config.node(m).sign_public_key for m in bucket.members}
-        except KeyError as e:
-            raise InvalidInput(f"the round configuration has no identity for bucket member {e}") from None
+        identities = _identities(config, bucket)
         try:
             member = SecAggMember(
                 fac.node_id,
@@ -254,8 +254,7 @@ class SecureAggregation:
         def sums() -> np.ndarray:
             return metrics_to_vector(fac.evaluate(model, params))
 
-        task = asyncio.create_task(asyncio.to_thread(sums))
-        task.add_done_callback(_consume)
+        task = _in_background(sums)
         self._sessions[key] = Session(key, member, task, EVAL_CLIP, fog_id=bucket.fog_id, evaluation=True)
         return facility_pb2.SecAggAdvertiseResponse(
             advertisement=serde.advertisement_to_proto(member.advertise())
@@ -328,3 +327,18 @@ def _consume(task: asyncio.Task[Any]) -> None:
     """Retrieve a background training result nobody waits for (abandoned bucket), so asyncio stays quiet."""
     if not task.cancelled():
         task.exception()
+
+
+def _identities(config: RoundConfig, bucket: Bucket) -> dict[str, bytes]:
+    """Each bucket member's certified identity key, from the authority's signed configuration."""
+    try:
+        return {m: config.node(m).sign_public_key for m in bucket.members}
+    except KeyError as e:
+        raise InvalidInput(f"the round configuration has no identity for bucket member {e}") from None
+
+
+def _in_background(work: Callable[..., np.ndarray], *args: Any) -> asyncio.Task[np.ndarray]:
+    """Run blocking local work (training, evaluation) in a thread while the stages go on."""
+    task = asyncio.create_task(asyncio.to_thread(work, *args))
+    task.add_done_callback(_consume)
+    return task

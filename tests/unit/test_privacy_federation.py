@@ -18,7 +18,7 @@ from hfl.learning.models import make_model
 from hfl.privacy import compute_epsilon
 from hfl.privacy.dpsgd import DPSGD
 from hfl.privacy.facility import FacilityPrivacy, PrivacyDeclined
-from hfl.privacy.federation import DPPlan, dp_local_update, plan_dp, spend_slot
+from hfl.privacy.federation import DPPlan, dp_local_update, ledger_entry, plan_dp, spend_slot
 from hfl.privacy.report import SpendReport
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.rpc import serde
@@ -84,6 +84,18 @@ def test_spend_slots_keep_attempts_apart() -> None:
     assert spend_slot(3, 0) < spend_slot(3, 1) < spend_slot(4, 0)
     with pytest.raises(ValueError):
         spend_slot(1, 1000)
+
+
+def test_a_spend_is_recorded_under_its_attempt_and_a_release_under_slot_zero() -> None:
+    training = SpendReport("f", 3, 1, "training", 0.3, 1e-5, steps=7, details={"noise": 1.1})
+    assert ledger_entry(training) == (
+        spend_slot(3, 1),
+        {"noise": 1.1, "round": 3, "attempt": 1, "steps": 7},
+    )
+    release = SpendReport("f", 3, 1, "release", 0.05, 0.0, details={"round": 99})
+    assert ledger_entry(release) == (0, {"round": 3, "attempt": 1, "steps": 0})  # the report's own wins
+    with pytest.raises(ValueError, match="retried"):
+        ledger_entry(SpendReport("f", 3, 1000, "training", 0.3, 1e-5))
 
 
 def test_dp_local_update_takes_fixed_steps_and_respects_update_clip(

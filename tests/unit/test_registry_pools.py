@@ -21,6 +21,18 @@ def test_pools_are_recorded_with_the_configuration(tmp_path: Path) -> None:
     reg.close()
 
 
+def test_the_layout_gives_buckets_and_pools_in_one_read(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "registry.db")
+    reg.record_config(
+        3, 1, b"h" * 32, b"\x00" * 32, {"b0": ["x", "y"], "b1": ["z"]}, {"b0": "f1", "b1": "f2"}
+    )
+    reg.record_config(4, 0, b"h" * 32, b"\x00" * 32, {"b0": ["x"]})
+    assert reg.config_layout(3, 1) == ({"b0": ["x", "y"], "b1": ["z"]}, {"b0": "f1", "b1": "f2"})
+    assert reg.config_layout(4, 0) == ({"b0": ["x"]}, None)  # pools not recorded
+    assert reg.config_layout(3, 2) is None  # never issued
+    reg.close()
+
+
 def test_a_registry_from_before_pools_gains_the_column(tmp_path: Path) -> None:
     path = tmp_path / "registry.db"
     old = sqlite3.connect(path)
