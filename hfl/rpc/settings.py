@@ -6,15 +6,20 @@ import math
 import re
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hfl.domain import SPECIALTIES
 from hfl.errors import ConfigError
+from hfl.learning.data import SOURCES
+from hfl.learning.models import ModelKind
+from hfl.ledger.block import committee_size_for, max_faulty
+from hfl.privacy.dpsgd import AccountantKind, Mechanism, check_supported
+from hfl.robust.attacks import AttackName
 from hfl.robust.reputation import QuarantineTest, ReputationError, federation_test
-from hfl.robust.rules import RULES
+from hfl.robust.rules import RULES, RuleName
 from hfl.robust.sizing import DEFAULT_BUCKET_SIZE, SizingError, size_federation
 from hfl.schedule import MIN_SECURE_BUCKET
 
@@ -22,22 +27,37 @@ Role = Literal["authority", "leader", "fog", "facility", "validator"]
 
 # "stall": accepts every round and never sends its update (masked input), to show that one site cannot
 # hold up the others (hfl/deadline.py).
-FACILITY_ATTACKS = (
-    "none",
-    "sign_flip",
-    "scale",
-    "gaussian",
-    "label_flip",
-    "alie",
-    "ipm",
-    "free_ride",
-    "nan",
-    "stall",
-)
+FacilityAttack = Literal[AttackName, "stall"]
+FACILITY_ATTACKS: tuple[str, ...] = get_args(FacilityAttack)
 STALL = "stall"
-VALIDATOR_FAULTS = ("none", "reject_all", "accept_all", "silent")
+ValidatorFault = Literal["none", "reject_all", "accept_all", "silent"]
+VALIDATOR_FAULTS: tuple[str, ...] = get_args(ValidatorFault)
 # Experiments/tests only: a fog that swaps one member's key advertisement (secure aggregation must abort).
-FOG_FAULTS = ("none", "swap_keys")
+FogFault = Literal["none", "swap_keys"]
+FOG_FAULTS: tuple[str, ...] = get_args(FogFault)
+
+# Before these settings had None for "not set", a number stood for it. Values people already write
+# (deploy/*.yml, docs/configuration.md) keep working: each of these still means "not set".
+UNSET_NUMBERS: dict[str, float] = {
+    "lr": 0,
+    "epochs": 0,
+    "batch_size": 0,
+    "n_features": 0,
+    "clip_update": 0,
+    "f": -1,
+    "dp_epsilon": 0,
+    "dp_rounds": 0,
+    "dp_clip": 0,
+    "dp_sampling_rate": 0,
+    "dp_local_epochs": 0,
+    "dp_release_epsilon": -1,
+    "dp_budget": 0,
+}
+
+
+def _more_than_zero(name: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be more than 0, or left unset for the built-in value; got {value!r}")
 
 
 class Settings(BaseSettings):
@@ -66,9 +86,9 @@ class Settings(BaseSettings):
     label: str | None = None
     shard: str = ""
     n_patients: int | None = None
-    byzantine: str = "none"
+    byzantine: FacilityAttack | ValidatorFault | FogFault = "none"  # which ones a role takes: _byzantine
     byzantine_scale: float = 10.0
-    drop_rate: float = Field(default=0.0, ge=0, lt=1)  # experiments: chance of dropping out on purpose
+    drop_rate: float = 0.0  # experiments: chance of dropping out on purpose
     # re-register when no fog has called on this facility for this long (seconds; 0: never), so that a
     # facility the authority stopped scheduling after missed rounds comes back by itself
     reregister_s: float = 600.0
@@ -80,22 +100,23 @@ class Settings(BaseSettings):
 
     # learning and rounds (leader)
     seed: int = 0
-    model: Literal["logreg", "mlp"] = "logreg"
+    model: ModelKind = "logreg"
     hidden: int = 16
-    n_features: int = 0
+    n_features: int | None = None  # None: from HFL_DATASET (hfl.learning.features)
     rounds: int = 0
     min_facilities: int = 3
     min_fogs: int = 1
-    lr: float = 0.0
-    epochs: int = 0
-    batch_size: int = 0
-    clip_update: float = 0.0  # the norm bound C (0: built-in); the ceiling when the bound adapts
+    # local training; None: the built-in values (hfl.learning.train.train_config)
+    lr: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    clip_update: float | None = None  # the norm bound C (None: built-in); the ceiling when the bound adapts
     # Leader and validators: derive each round's norm bound from the committed history (hfl/robust/bound.py),
     # between a floor and HFL_CLIP_UPDATE; false: every round uses HFL_CLIP_UPDATE.
     adaptive_bound: bool = True
     secagg: bool = True  # masked updates (secure aggregation); false: plain sums, for comparison
-    rule: str = "trimmed_mean"  # robust rule over bucket means (mean, trimmed_mean, median, multi_krum, ...)
-    f: int = -1  # bad buckets to tolerate; -1: the most the rule tolerates with this round's buckets
+    rule: RuleName = "trimmed_mean"  # robust rule over bucket means (hfl.robust.rules.RULES)
+    f: int | None = None  # bad buckets to tolerate; None: the most the rule tolerates with a round's buckets
     # Leader and validators. false: NO norm bound, outlier screen, quarantine or validation-score check,
     # so a run shows what those defences protect against (comparison experiments only, never in use).
     defences: bool = True
@@ -135,24 +156,25 @@ class Settings(BaseSettings):
     # validator
     validation_margin: float = 0.05
 
-    # differential privacy (services/*/privacy.py). Leader: HFL_DP_EPSILON > 0 turns DP on and is the
-    # per-facility budget; the leader calibrates the noise for HFL_DP_ROUNDS rounds (0: HFL_ROUNDS; a
+    # differential privacy (services/*/privacy.py). Leader: HFL_DP_EPSILON (> 0) turns DP on and is the
+    # per-facility budget; the leader calibrates the noise for HFL_DP_ROUNDS rounds (unset: HFL_ROUNDS; a
     # federation that runs forever, HFL_ROUNDS=0, must say how many rounds the budget lasts). Authority:
     # the same budget, to stop scheduling facilities that have spent it. Facility: HFL_DP_BUDGET, its own
-    # stricter cap (0 = follow the federation's budget).
-    dp_epsilon: float = 0.0
-    dp_rounds: int = 0
+    # stricter cap (unset: follow the federation's budget). Unset numbers are None (the old 0 or -1 still
+    # mean unset: _UNSET_NUMBERS); hfl.privacy.federation.plan_dp resolves the built-in DP values.
+    dp_epsilon: float | None = None
+    dp_rounds: int | None = None
     # extra trainings the budget keeps for rounds the validators send back (each retry trains again and
     # spends privacy): None = 10 % of the rounds, at least 2
     dp_spare_rounds: int | None = None
     dp_delta: float = 1e-5
-    dp_mechanism: Literal["gaussian", "laplace"] = "gaussian"
-    dp_accountant: Literal["rdp", "pld"] = "rdp"
-    dp_clip: float = 0.0  # per-example clipping bound C (0 = built-in default)
-    dp_sampling_rate: float = 0.0  # Poisson sampling rate q (0 = built-in default)
-    dp_local_epochs: float = 0.0  # expected passes over the data per round; steps = ceil(epochs / q)
-    dp_release_epsilon: float = -1.0  # ε for the published statistics (-1 = 5% of the budget, at most 0.1)
-    dp_budget: float = 0.0
+    dp_mechanism: Mechanism = "gaussian"
+    dp_accountant: AccountantKind = "rdp"
+    dp_clip: float | None = None  # per-example clipping bound C
+    dp_sampling_rate: float | None = None  # Poisson sampling rate q
+    dp_local_epochs: float | None = None  # expected passes over the data per round; steps = ceil(epochs / q)
+    dp_release_epsilon: float | None = None  # ε for the published statistics (None: 5% of the budget, ≤ 0.1)
+    dp_budget: float | None = None
 
     # transport security (hfl/rpc/tls.py, enrolment.py, authz.py); HFL_TLS=false only for debugging
     tls: bool = True
@@ -200,23 +222,71 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(SPECIALTIES)}")
         return v
 
-    @field_validator("rule")
+    @field_validator(*UNSET_NUMBERS, mode="before")
     @classmethod
-    def _rule(cls, v: str) -> str:
+    def _unset(cls, v: Any, info: ValidationInfo) -> Any:
+        """An empty value, or the number that used to mean "not set" (UNSET_NUMBERS), means not set."""
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            return v  # not a number: the field's type says so
+        return None if info.field_name and number == UNSET_NUMBERS[info.field_name] else v
+
+    @field_validator("rule", mode="before")
+    @classmethod
+    def _rule(cls, v: Any) -> Any:
         if v not in RULES:
             raise ValueError(f"{v!r} is not an aggregation rule; choose one of {', '.join(RULES)}")
+        return v
+
+    @field_validator("byzantine", mode="before")
+    @classmethod
+    def _byzantine(cls, v: Any, info: ValidationInfo) -> Any:
+        role = info.data.get("role")
+        allowed = {"validator": VALIDATOR_FAULTS, "fog": FOG_FAULTS}.get(role or "", FACILITY_ATTACKS)
+        if v not in allowed:
+            raise ValueError(
+                f"{v!r} is not valid for a {role or 'facility'}; choose one of {', '.join(allowed)}"
+            )
+        return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        builtin = tuple(x for x in SOURCES if not x.startswith("csv:"))
+        if v not in builtin and not (v.startswith("csv:") and len(v) > len("csv:")):
+            raise ValueError(f"{v!r} is not a data source; use {', '.join(builtin)} or csv:PATH")
+        return v
+
+    @field_validator("drop_rate")
+    @classmethod
+    def _drop_rate(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"must be a chance from 0 up to (not including) 1, such as 0.1; got {v!r}")
         return v
 
     @model_validator(mode="after")
     def _rounds_can_work(self) -> Settings:
         """Settings that would only fail mid-round (or make a service wait for ever) are refused here."""
-        if not math.isfinite(self.clip_update) or self.clip_update < 0:
+        _more_than_zero("HFL_CLIP_UPDATE", self.clip_update)
+        _more_than_zero("HFL_LR", self.lr)
+        for name, whole in (("HFL_EPOCHS", self.epochs), ("HFL_BATCH_SIZE", self.batch_size)):
+            if whole is not None and whole < 1:
+                raise ValueError(
+                    f"{name} must be at least 1, or left unset for the built-in value; got {whole}"
+                )
+        if self.n_features is not None and self.n_features < 1:
             raise ValueError(
-                "HFL_CLIP_UPDATE must be 0 (the built-in norm bound) or a positive number, "
-                f"got {self.clip_update!r}"
+                "HFL_N_FEATURES must be at least 1, or left unset to follow HFL_DATASET; "
+                f"got {self.n_features}"
             )
-        if self.f < -1:
-            raise ValueError("HFL_F must be -1 (as many bad buckets as the rule tolerates) or a number ≥ 0")
+        if self.f is not None and self.f < 0:
+            raise ValueError(
+                f"HFL_F must be 0 or more bad buckets, or left unset (or -1) for as many as the rule "
+                f"tolerates; got {self.f}"
+            )
         if self.bucket_size < 1:
             raise ValueError("HFL_BUCKET_SIZE must be at least 1")
         if self.role == "authority" and self.secagg and self.bucket_size < MIN_SECURE_BUCKET:
@@ -246,6 +316,14 @@ class Settings(BaseSettings):
             self.quarantine_test()  # a quarantine that cannot tell offenders from honest facilities: refused
         if self.min_facilities < 1 or self.min_fogs < 1 or self.committee_size < 1:
             raise ValueError("HFL_MIN_FACILITIES, HFL_MIN_FOGS and HFL_COMMITTEE_SIZE must be at least 1")
+        n = self.committee_size
+        f = max_faulty(n)
+        if self.role == "authority" and n != committee_size_for(f):
+            below, above = committee_size_for(f), committee_size_for(f + 1)
+            raise ValueError(
+                f"HFL_COMMITTEE_SIZE={n} cannot work: a committee must have 3f+1 validators (1, 4, 7, ...) "
+                f"so that 2f+1 votes form a quorum; use {below} or {above}"
+            )
         if self.rounds < 0 or self.epoch_rounds < 1:
             raise ValueError("HFL_ROUNDS must be 0 (run for ever) or more, and HFL_EPOCH_ROUNDS at least 1")
         if not (self.round_timeout > 0 and self.vote_timeout > 0 and self.round_interval >= 0):
@@ -262,21 +340,64 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _privacy_can_work(self) -> Settings:
+        """Differential-privacy numbers outside their ranges are refused here, not when the leader plans."""
+        eps = self.dp_epsilon
+        if eps is not None and not (math.isfinite(eps) and eps > 0):
+            raise ValueError(
+                f"HFL_DP_EPSILON must be a privacy budget more than 0 (such as 1), or left unset to train "
+                f"without differential privacy; got {eps!r}"
+            )
+        if not (math.isfinite(self.dp_delta) and 0 < self.dp_delta < 1):
+            raise ValueError(f"HFL_DP_DELTA must be between 0 and 1 (typically 1e-5); got {self.dp_delta!r}")
+        q = self.dp_sampling_rate
+        if q is not None and not (math.isfinite(q) and 0 < q <= 1):
+            raise ValueError(
+                f"HFL_DP_SAMPLING_RATE must be a chance more than 0 and at most 1 (such as 0.25), or left "
+                f"unset for the built-in value; got {q!r}"
+            )
+        _more_than_zero("HFL_DP_CLIP", self.dp_clip)
+        _more_than_zero("HFL_DP_LOCAL_EPOCHS", self.dp_local_epochs)
+        _more_than_zero("HFL_DP_BUDGET", self.dp_budget)
+        release = self.dp_release_epsilon
+        if release is not None and not (math.isfinite(release) and release >= 0):
+            raise ValueError(
+                f"HFL_DP_RELEASE_EPSILON must be 0 or more, or left unset (or -1) for 5 % of the budget; "
+                f"got {release!r}"
+            )
+        if release is not None and eps is not None and release >= eps:
+            raise ValueError(
+                f"HFL_DP_RELEASE_EPSILON={release:g} must be less than HFL_DP_EPSILON={eps:g}: the rest of "
+                "the budget is what training spends"
+            )
+        if self.dp_rounds is not None and self.dp_rounds < 1:
+            raise ValueError(
+                f"HFL_DP_ROUNDS must be a positive number of rounds, or left unset to use HFL_ROUNDS; "
+                f"got {self.dp_rounds}"
+            )
+        if self.role == "leader" and eps is not None and self.dp_rounds is None and self.rounds == 0:
+            raise ValueError(
+                "differential privacy needs to know how many rounds the budget must last: set HFL_DP_ROUNDS "
+                "(or HFL_ROUNDS when the federation stops after a fixed number of rounds)"
+            )
+        if eps is not None:
+            from hfl.privacy.federation import sampling_rate_or_default
+
+            try:
+                check_supported(self.dp_mechanism, self.dp_accountant, sampling_rate_or_default(q))
+            except ValueError:
+                raise ValueError(
+                    "the RDP accountant cannot account for Laplace noise with sampled batches; use "
+                    "HFL_DP_ACCOUNTANT=pld with HFL_DP_MECHANISM=laplace"
+                ) from None
+        return self
+
+    @model_validator(mode="after")
     def _ca_from(self) -> Settings:
         if self.ca_from and self.role not in (None, "authority"):
             raise ValueError(f"HFL_CA_FROM is for the authority only, not a {self.role}")
         if self.ca_from and not self.tls:
             raise ValueError("HFL_CA_FROM needs HFL_TLS=true (it installs the certificate authority)")
-        return self
-
-    @model_validator(mode="after")
-    def _faults(self) -> Settings:
-        allowed = {"validator": VALIDATOR_FAULTS, "fog": FOG_FAULTS}.get(self.role or "", FACILITY_ATTACKS)
-        if self.byzantine not in allowed:
-            raise ValueError(
-                f"HFL_BYZANTINE={self.byzantine!r} is not valid for a {self.role}; "
-                f"choose one of {', '.join(allowed)}"
-            )
         return self
 
     def quarantine_test(self, facilities: int = 0) -> QuarantineTest:
@@ -305,7 +426,7 @@ class Settings(BaseSettings):
         round with HFL_ADAPTIVE_BOUND=false, the most it can be otherwise."""
         from hfl.learning.train import DEFAULT_CLIP_UPDATE
 
-        return float(self.clip_update or DEFAULT_CLIP_UPDATE)
+        return DEFAULT_CLIP_UPDATE if self.clip_update is None else float(self.clip_update)
 
     @property
     def listen_port(self) -> int:
@@ -340,5 +461,7 @@ def load_settings(**overrides: object) -> Settings:
         for err in e.errors():
             loc = "HFL_" + "_".join(str(x) for x in err["loc"]).upper() if err["loc"] else "settings"
             msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "literal_error":  # "Input should be 'a' or 'b'": say what was given
+                msg = f"{err['input']!r} is not one of {err.get('ctx', {}).get('expected', '')}"
             parts.append(msg if loc == "settings" else f"{loc}: {msg}")
         raise ConfigError("bad configuration: " + "; ".join(parts)) from None

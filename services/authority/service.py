@@ -39,7 +39,8 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         self.settings = settings
         self.key = key
         self.registry = registry
-        self.privacy = PrivacyBook(settings.state_dir / "privacy.db", settings.dp_epsilon)  # privacy.py
+        budget = settings.dp_epsilon or 0.0  # no HFL_DP_EPSILON: no budget to enforce
+        self.privacy = PrivacyBook(settings.state_dir / "privacy.db", budget)  # privacy.py
         self.oplog = OperatorLog(settings.state_dir / "operator.db")  # what operators did, and why
         state = registry.get_json("reputation")
         # The quarantine test is sized for the federation (its false-positive rate: docs/robustness.md);
@@ -73,7 +74,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         (facilities away, quarantined or out of privacy budget, or split over fogs, leave fewer buckets)."""
         s = self.settings
         can = withstands_buckets(s.rule, n_buckets)
-        sizing = Sizing(n_facilities, s.bucket_size, s.rule, can if s.f < 0 else min(can, s.f), n_buckets)
+        sizing = Sizing(n_facilities, s.bucket_size, s.rule, can if s.f is None else min(can, s.f), n_buckets)
         WITHSTANDS.set(sizing.withstands)
         if sizing.withstands != self._withstands:
             self._withstands = sizing.withstands
@@ -373,9 +374,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         return authority_pb2.GetPrivacySpendResponse(
             epsilon_spent=spent,
             exhausted=exhausted,
-            budget=s.dp_epsilon,
-            delta=s.dp_delta if s.dp_epsilon > 0 else 0.0,
-            mechanism=s.dp_mechanism if s.dp_epsilon > 0 else "",
+            budget=s.dp_epsilon or 0.0,
+            delta=s.dp_delta if s.dp_epsilon is not None else 0.0,
+            mechanism=s.dp_mechanism if s.dp_epsilon is not None else "",
         )
 
     async def GetSecurityReport(

@@ -20,7 +20,7 @@ from hfl.rpc.settings import Settings, load_settings
             "HFL_RULE: 'avg' is not an aggregation rule; choose one of mean, trimmed_mean",
         ),
         ("validator", {"rule": "Median"}, "HFL_RULE: 'Median' is not an aggregation rule"),
-        ("leader", {"f": -2}, "HFL_F must be -1"),
+        ("leader", {"f": -2}, "HFL_F must be 0 or more bad buckets, or left unset (or -1)"),
         ("authority", {"bucket_size": 2}, "HFL_BUCKET_SIZE=2 is too small for secure aggregation"),
         ("authority", {"bucket_size": 0, "secagg": False}, "HFL_BUCKET_SIZE must be at least 1"),
         ("authority", {"min_facilities": 2}, "HFL_MIN_FACILITIES=2 is too few for secure aggregation"),
@@ -29,12 +29,8 @@ from hfl.rpc.settings import Settings, load_settings
         ("leader", {"round_timeout": 0}, "HFL_ROUND_TIMEOUT and HFL_VOTE_TIMEOUT must be more than 0"),
         ("leader", {"round_interval": -1}, "HFL_ROUND_INTERVAL 0 or more"),
         ("leader", {"model": "mlp", "hidden": 0}, "HFL_HIDDEN must be at least 1"),
-        (
-            "leader",
-            {"clip_update": -1.0},
-            "HFL_CLIP_UPDATE must be 0 (the built-in norm bound) or a positive",
-        ),
-        ("validator", {"clip_update": float("inf")}, "HFL_CLIP_UPDATE must be 0"),
+        ("leader", {"clip_update": -1.0}, "HFL_CLIP_UPDATE must be more than 0, or left unset"),
+        ("validator", {"clip_update": float("inf")}, "HFL_CLIP_UPDATE must be more than 0"),
         ("leader", {"adaptive_bound": "sometimes"}, "HFL_ADAPTIVE_BOUND: Input should be a valid boolean"),
         (
             "authority",
@@ -171,3 +167,118 @@ def test_the_quarantine_test_follows_the_federation_settings() -> None:
     assert (test.facilities, test.max_byzantine, test.alpha, test.horizon) == (24, 3, 0.001, 30)
     # a federation too small for group testing still starts: only refused updates quarantine there
     assert not load_settings(role="authority", min_facilities=3).quarantine_test().detects
+
+
+@pytest.mark.parametrize(
+    ("role", "overrides", "message"),
+    [
+        ("leader", {"model": "cnn"}, "HFL_MODEL: 'cnn' is not one of 'logreg' or 'mlp'"),
+        ("leader", {"dp_mechanism": "uniform"}, "HFL_DP_MECHANISM: 'uniform' is not one of 'gaussian' or"),
+        ("leader", {"dp_accountant": "moments"}, "HFL_DP_ACCOUNTANT: 'moments' is not one of 'rdp' or 'pld'"),
+        ("facility", {"byzantine": "reject_all"}, "HFL_BYZANTINE: 'reject_all' is not valid for a facility"),
+        ("validator", {"byzantine": "scale"}, "HFL_BYZANTINE: 'scale' is not valid for a validator"),
+        ("fog", {"byzantine": "stall"}, "HFL_BYZANTINE: 'stall' is not valid for a fog; choose one of none"),
+        ("facility", {"dataset": "mnist"}, "HFL_DATASET: 'mnist' is not a data source; use synthetic"),
+        ("facility", {"dataset": "csv:"}, "HFL_DATASET: 'csv:' is not a data source"),
+        ("facility", {"drop_rate": 1.0}, "HFL_DROP_RATE: must be a chance from 0 up to (not including) 1"),
+        ("leader", {"lr": -0.1}, "HFL_LR must be more than 0, or left unset"),
+        ("leader", {"epochs": -2}, "HFL_EPOCHS must be at least 1"),
+        ("leader", {"batch_size": -1}, "HFL_BATCH_SIZE must be at least 1"),
+        ("leader", {"n_features": -3}, "HFL_N_FEATURES must be at least 1"),
+        ("authority", {"committee_size": 3}, "HFL_COMMITTEE_SIZE=3 cannot work: a committee must have 3f+1"),
+        ("authority", {"committee_size": 5}, "so that 2f+1 votes form a quorum; use 4 or 7"),
+        ("authority", {"committee_size": 2}, "use 1 or 4"),
+        ("leader", {"dp_epsilon": -1.0}, "HFL_DP_EPSILON must be a privacy budget more than 0"),
+        ("leader", {"dp_epsilon": float("inf")}, "HFL_DP_EPSILON must be a privacy budget more than 0"),
+        ("leader", {"dp_delta": 0.0}, "HFL_DP_DELTA must be between 0 and 1"),
+        ("authority", {"dp_delta": 1.0}, "HFL_DP_DELTA must be between 0 and 1"),
+        ("leader", {"dp_sampling_rate": 1.5}, "HFL_DP_SAMPLING_RATE must be a chance more than 0 and at"),
+        ("leader", {"dp_sampling_rate": -0.2}, "HFL_DP_SAMPLING_RATE must be a chance"),
+        ("leader", {"dp_clip": -1.0}, "HFL_DP_CLIP must be more than 0"),
+        ("leader", {"dp_local_epochs": -1.0}, "HFL_DP_LOCAL_EPOCHS must be more than 0"),
+        ("facility", {"dp_budget": -2.0}, "HFL_DP_BUDGET must be more than 0"),
+        ("leader", {"dp_release_epsilon": -0.5}, "HFL_DP_RELEASE_EPSILON must be 0 or more"),
+        (
+            "leader",
+            {"rounds": 5, "dp_epsilon": 1.0, "dp_release_epsilon": 1.0},
+            "HFL_DP_RELEASE_EPSILON=1 must be less than HFL_DP_EPSILON=1",
+        ),
+        ("leader", {"rounds": 5, "dp_epsilon": 1.0, "dp_rounds": -4}, "HFL_DP_ROUNDS must be a positive"),
+        ("leader", {"rounds": 0, "dp_epsilon": 1.0}, "set HFL_DP_ROUNDS (or HFL_ROUNDS"),
+        (
+            "leader",
+            {"rounds": 5, "dp_epsilon": 1.0, "dp_mechanism": "laplace"},
+            "use HFL_DP_ACCOUNTANT=pld with HFL_DP_MECHANISM=laplace",
+        ),
+    ],
+)
+def test_each_check_refuses_in_one_line_naming_the_variable(
+    role: str, overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(role=role, **overrides)
+    text = str(err.value)
+    assert message in text
+    assert text.startswith("bad configuration: ") and "\n" not in text and "Value error" not in text
+
+
+def test_what_the_checks_let_through() -> None:
+    """The edges of each range load: they are what the refusals above say would work."""
+    load_settings(role="authority", committee_size=1)
+    load_settings(role="authority", committee_size=7)
+    load_settings(role="leader", committee_size=3)  # only the authority draws committees
+    load_settings(role="leader", rounds=5, dp_epsilon=1.0, dp_sampling_rate=1.0, dp_release_epsilon=0.0)
+    load_settings(role="leader", rounds=0, dp_epsilon=1.0, dp_rounds=50)
+    load_settings(role="leader", rounds=5, dp_epsilon=1.0, dp_mechanism="laplace", dp_accountant="pld")
+    load_settings(role="fog", byzantine="swap_keys")
+    load_settings(role="validator", byzantine="silent")
+    load_settings(role="facility", byzantine="stall", dataset="csv:/data/site.csv")
+    load_settings(role="facility", dataset="breast_cancer", drop_rate=0.0)
+
+
+def test_the_values_people_already_write_still_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/*.yml and docs/configuration.md write 0 or -1 for "not set"; they mean None now, as does ""."""
+    old = {
+        "HFL_F": "-1",
+        "HFL_CLIP_UPDATE": "0",
+        "HFL_DP_EPSILON": "0",
+        "HFL_DP_BUDGET": "0",
+        "HFL_DP_ROUNDS": "0",
+        "HFL_DP_RELEASE_EPSILON": "-1",
+        "HFL_DP_CLIP": "0.0",
+        "HFL_DP_SAMPLING_RATE": "0",
+        "HFL_DP_LOCAL_EPOCHS": "0",
+        "HFL_LR": "0.0",
+        "HFL_EPOCHS": "0",
+        "HFL_BATCH_SIZE": "0",
+        "HFL_N_FEATURES": "",
+    }
+    for name, value in old.items():
+        monkeypatch.setenv(name, value)
+    for role in ("authority", "leader", "fog", "facility", "validator"):
+        s = load_settings(role=role)
+        assert all(getattr(s, name[4:].lower()) is None for name in old), role
+        assert s.norm_ceiling == 3.0
+    monkeypatch.setenv("HFL_F", "0")  # 0 is a real f (tolerate no bad bucket), not "unset"
+    monkeypatch.setenv("HFL_DP_RELEASE_EPSILON", "0")  # no ε for the published statistics
+    monkeypatch.setenv("HFL_DP_ROUNDS", "50")
+    s = load_settings(role="leader")
+    assert (s.f, s.dp_release_epsilon, s.dp_rounds) == (0, 0.0, 50)
+
+
+def test_the_names_come_from_one_registry_each() -> None:
+    from typing import get_args
+
+    from hfl.learning.models import MODEL_KINDS
+    from hfl.privacy.dpsgd import ACCOUNTANTS, MECHANISMS
+    from hfl.robust.attacks import ATTACKS
+    from hfl.robust.rules import REGISTRY, RULES
+    from hfl.rpc.settings import FACILITY_ATTACKS, Settings
+
+    assert tuple(REGISTRY) == RULES  # every rule the settings accept exists, and every rule is accepted
+    assert (*ATTACKS, "stall") == FACILITY_ATTACKS
+    fields = Settings.model_fields
+    assert get_args(fields["rule"].annotation) == tuple(RULES)
+    assert get_args(fields["model"].annotation) == tuple(MODEL_KINDS)
+    assert get_args(fields["dp_mechanism"].annotation) == tuple(MECHANISMS)
+    assert get_args(fields["dp_accountant"].annotation) == tuple(ACCOUNTANTS)
