@@ -298,7 +298,8 @@ class Settings(BaseSettings):
         if self.role == "authority" and self.secagg and self.min_facilities < MIN_SECURE_BUCKET:
             raise ValueError(
                 f"HFL_MIN_FACILITIES={self.min_facilities} is too few for secure aggregation, which needs "
-                f"groups of at least {MIN_SECURE_BUCKET}: use {MIN_SECURE_BUCKET} or more"
+                f"groups of at least {MIN_SECURE_BUCKET}: use {MIN_SECURE_BUCKET} or more "
+                "(or HFL_SECAGG=false for experiments)"
             )
         if self.role == "authority" and self.min_facilities >= 1:
             try:  # a declared threat the buckets cannot withstand is refused now, not mid-round

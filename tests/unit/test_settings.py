@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -100,11 +103,26 @@ def test_a_service_with_an_unknown_rule_does_not_start(
     ("argv", "message"),
     [
         (["--rule", "avg"], "--rule 'avg' is not an aggregation rule"),
-        (["--facilities", "2"], "secure aggregation needs at least 3 facilities"),
-        (["--bucket-size", "2"], "secure aggregation needs buckets of at least 3 facilities"),
-        (["--validators", "3"], "--validators must be 3f+1"),  # fewer than 4: all on every committee
+        (["--facilities", "2"], "--facilities 2 is too few for secure aggregation"),
+        (["--bucket-size", "2"], "--bucket-size 2 is too small for secure aggregation"),
+        (["--bucket-size", "2"], "use 3 or more (or --no-secagg for experiments)"),
+        # fewer than 4 validators: all on every committee, so the pool is the committee
+        (["--validators", "3"], "--validators 3 cannot work: a committee must have 3f+1 validators"),
         (["--validators", "5", "--committee", "7"], "--validators 5 is fewer than the committee of 7"),
-        (["--committee", "3"], "--committee must be 3f+1"),
+        (["--committee", "3"], "--committee 3 cannot work: a committee must have 3f+1 validators (1, 4, 7"),
+        (["--drop-rate", "1"], "--drop-rate must be a chance from 0 up to (not including) 1"),
+        (["--lr", "-1"], "--lr must be more than 0, or left unset"),
+        (["--f", "-3"], "--f must be 0 or more bad buckets"),
+        (["--rounds", "0"], "--facilities, --fogs and --rounds must be at least 1"),
+        (["--dp-epsilon", "0"], "--dp-epsilon must be more than 0 (leave it out to train without privacy)"),
+        (["--dp-epsilon", "1", "--dp-delta", "2"], "--dp-delta must be between 0 and 1"),
+        (["--dp-epsilon", "1", "--dp-sampling-rate", "1.5"], "--dp-sampling-rate must be a chance"),
+        (["--dp-epsilon", "1", "--dp-clip", "-1"], "--dp-clip must be more than 0"),
+        (
+            ["--dp-epsilon", "1", "--dp-mechanism", "laplace", "--dp-accountant", "rdp"],
+            "use --dp-accountant pld with --dp-mechanism laplace",
+        ),
+        (["--byzantine", "1:reject_all"], "--byzantine must look like N:MODE"),
         (
             ["--facilities", "12", "--max-byzantine", "2"],
             "12 facilities in buckets of 3 make 4 buckets, but the trimmed mean needs 5 to withstand 2 "
@@ -122,10 +140,59 @@ def test_a_service_with_an_unknown_rule_does_not_start(
     ],
 )
 def test_the_demo_refuses_before_starting_anything(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: object
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert main(["demo", "--out", str(tmp_path), *argv]) == 2
-    assert message in capsys.readouterr().err
+    from hfl import demo
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the demo started a process before refusing its settings")
+
+    monkeypatch.setattr(demo.Federation, "start", no_process)
+    monkeypatch.setattr(demo.Federation, "start_hosted", no_process)
+    out = tmp_path / "run"
+    assert main(["demo", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()  # not even a run folder
+
+
+def test_the_demo_checks_every_process_it_would_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo builds each role's settings from the environment it is about to pass: a validator, a fog,
+    a facility or the leader refusing stops it as surely as the authority does."""
+    import argparse
+
+    from hfl import demo
+
+    p = argparse.ArgumentParser()
+    demo.add_demo_arguments(p)
+    args = p.parse_args(["--facilities", "4", "--validators", "1"])
+    demo.check_args(args)
+    facilities = demo.plan_facilities(args)
+    common = demo.common_env(args)
+    good = [
+        ("authority", {**common, **demo.authority_env(args, len(facilities))}),
+        *(("validator", {**common, **env}) for _, env in demo.validator_envs(args, {})),
+        ("fog", common),
+        *(("facility", {**common, **f["env"]}) for f in facilities),
+        ("leader", {**common, **demo.leader_env(args)}),
+    ]
+    demo.check_settings(good, demo.DEMO_OPTIONS)
+    for role, env, message in [
+        (
+            "validator",
+            {**common, "HFL_BYZANTINE": "stall"},
+            "HFL_BYZANTINE: 'stall' is not valid for a validator",
+        ),
+        ("fog", {**common, "HFL_REGION": "north pole"}, "HFL_REGION: a region is a short name"),
+        ("facility", {**common, "HFL_DROP_RATE": "1.5"}, "--drop-rate must be a chance"),
+        ("leader", {**common, "HFL_DP_EPSILON": "1", "HFL_ROUNDS": "0"}, "set HFL_DP_ROUNDS (or --rounds"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            demo.check_settings([*good, (role, env)], demo.DEMO_OPTIONS)
 
 
 def test_an_authority_sized_below_its_declared_threat_does_not_start(
