@@ -24,7 +24,7 @@ from hfl.robust.sizing import Sizing, size_federation, withstands_buckets
 from hfl.round.schedule import Federation, ScheduleSettings, check_ready, draw_committee, schedule_round
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION, WITHSTANDS
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import AuthoritySettings
 from hfl.schedule import MIN_SECURE_BUCKET, Attendance, FogStatus, home_fogs
 from services.authority.enrol import CertificateService
 from services.authority.privacy import PrivacyBook
@@ -35,7 +35,7 @@ log = logging.getLogger("hfl.authority")
 
 
 class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer):
-    def __init__(self, settings: Settings, key: SigningKey, registry: Registry) -> None:
+    def __init__(self, settings: AuthoritySettings, key: SigningKey, registry: Registry) -> None:
         self.settings = settings
         self.key = key
         self.registry = registry

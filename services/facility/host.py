@@ -32,7 +32,7 @@ from hfl.errors import ConfigError
 from hfl.rpc.link import CALLS
 from hfl.rpc.metrics import start_metrics
 from hfl.rpc.server import Channels, shutdown, write_ready_file
-from hfl.rpc.settings import Settings, load_settings
+from hfl.rpc.settings import FacilitySettings, load_settings
 from services.facility.main import StartedFacility, start
 from services.facility.service import Facility
 
@@ -101,7 +101,7 @@ def read_hosted(path: str) -> list[dict[str, str]]:
         raise ConfigError(f'{path} must hold {{"facilities": [...]}} with at least one facility')
     if len(entries) > MAX_HOSTED:
         raise ConfigError(f"{path} lists {len(entries)} facilities; one process hosts at most {MAX_HOSTED}")
-    fields = set(Settings.model_fields)
+    fields = set(FacilitySettings.model_fields)
     out: list[dict[str, str]] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
@@ -131,7 +131,7 @@ def read_hosted(path: str) -> list[dict[str, str]]:
     return out
 
 
-def facility_settings(entry: dict[str, str]) -> Settings:
+def facility_settings(entry: dict[str, str]) -> FacilitySettings:
     overrides = {k.removeprefix("HFL_").lower(): v for k, v in entry.items()}
     return load_settings(role="facility", metrics_port=-1, **overrides)
 
@@ -145,7 +145,7 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: FacilitySettings) -> None:
     entries = read_hosted(settings.facilities_file)
     every = [facility_settings(e) for e in entries]  # all settings checked before anything starts
     _install_log_tag()
@@ -156,7 +156,7 @@ async def run(settings: Settings) -> None:
 
     gate = asyncio.Semaphore(START_AT_ONCE)
 
-    async def one(s: Settings) -> StartedFacility:
+    async def one(s: FacilitySettings) -> StartedFacility:
         node_id = s.resolved_node_id()
         CURRENT.set(node_id)
         # A few at a time: enrolment and registration are not a stampede on the authority. The slot is

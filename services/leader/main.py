@@ -18,14 +18,14 @@ from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.metrics import LAST_COMMIT, ROUND, ROUND_INTERVAL
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import LeaderSettings
 from services.leader.privacy import dp_plan_from_settings
 from services.leader.service import Leader
 
 log = logging.getLogger("hfl.leader")
 
 
-def training_plan(settings: Settings) -> TrainingPlan:
+def training_plan(settings: LeaderSettings) -> TrainingPlan:
     train = train_config(settings.lr, settings.epochs, settings.batch_size)
     return TrainingPlan(
         lr=train.lr,
@@ -38,7 +38,7 @@ def training_plan(settings: Settings) -> TrainingPlan:
     )
 
 
-def open_ledger(settings: Settings) -> tuple[LedgerStore, ModelSpec]:
+def open_ledger(settings: LeaderSettings) -> tuple[LedgerStore, ModelSpec]:
     n_features = settings.n_features
     if n_features is None:  # HFL_N_FEATURES unset: as many as the dataset gives
         n_features = n_features_for(settings.dataset, settings.label)
@@ -60,7 +60,7 @@ def open_ledger(settings: Settings) -> tuple[LedgerStore, ModelSpec]:
     return store, spec
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: LeaderSettings) -> None:
     node_id = settings.resolved_node_id()
     key = load_identity(settings.state_dir)
     store, spec = open_ledger(settings)

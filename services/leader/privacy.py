@@ -13,19 +13,19 @@ import logging
 
 from hfl.errors import ConfigError
 from hfl.privacy.federation import DPPlan, describe_plan, plan_dp, spare_rounds
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import LeaderSettings
 
 log = logging.getLogger("hfl.leader")
 
 
-def dp_rounds(settings: Settings) -> int:
+def dp_rounds(settings: LeaderSettings) -> int:
     """How many rounds the privacy budget is spread over: HFL_DP_ROUNDS, else HFL_ROUNDS. After them each
     facility's budget is used up and it sits out (the federation may go on with sites that have budget).
     A leader with differential privacy and neither is refused when its settings load."""
     return settings.rounds if settings.dp_rounds is None else settings.dp_rounds
 
 
-def dp_plan_from_settings(settings: Settings) -> DPPlan | None:
+def dp_plan_from_settings(settings: LeaderSettings) -> DPPlan | None:
     """The calibrated DP plan, or None when HFL_DP_EPSILON is not set (no differential privacy)."""
     if settings.dp_epsilon is None:
         return None

@@ -322,10 +322,14 @@ def test_the_values_people_already_write_still_load(monkeypatch: pytest.MonkeyPa
     }
     for name, value in old.items():
         monkeypatch.setenv(name, value)
-    for role in ("authority", "leader", "fog", "facility", "validator"):
+    read = 0
+    for role in (None, "authority", "leader", "fog", "facility", "validator"):
         s = load_settings(role=role)
-        assert all(getattr(s, name[4:].lower()) is None for name in old), role
-        assert s.norm_ceiling == 3.0
+        fields = [name[4:].lower() for name in old if name[4:].lower() in type(s).model_fields]
+        assert all(getattr(s, field) is None for field in fields), role
+        read += len(fields)
+    assert read > 2 * len(old)  # each was read by at least one role (and all by the role-less Settings)
+    assert load_settings(role="leader").norm_ceiling == load_settings(role="validator").norm_ceiling == 3.0
     monkeypatch.setenv("HFL_F", "0")  # 0 is a real f (tolerate no bad bucket), not "unset"
     monkeypatch.setenv("HFL_DP_RELEASE_EPSILON", "0")  # no ε for the published statistics
     monkeypatch.setenv("HFL_DP_ROUNDS", "50")
@@ -349,3 +353,38 @@ def test_the_names_come_from_one_registry_each() -> None:
     assert get_args(fields["model"].annotation) == tuple(MODEL_KINDS)
     assert get_args(fields["dp_mechanism"].annotation) == tuple(MECHANISMS)
     assert get_args(fields["dp_accountant"].annotation) == tuple(ACCOUNTANTS)
+
+
+def test_each_role_gets_its_own_class_with_only_what_it_reads() -> None:
+    from hfl.rpc.settings import (
+        AuthoritySettings,
+        FacilitySettings,
+        FogSettings,
+        LeaderSettings,
+        ValidatorSettings,
+    )
+
+    built = {
+        role: load_settings(role=role) for role in ("authority", "leader", "fog", "facility", "validator")
+    }
+    assert [type(s) for s in built.values()] == [
+        AuthoritySettings,
+        LeaderSettings,
+        FogSettings,
+        FacilitySettings,
+        ValidatorSettings,
+    ]
+    assert all(s.role == role for role, s in built.items())
+    assert type(load_settings()) is Settings  # no role: every field
+    fields = {role: set(type(s).model_fields) for role, s in built.items()}
+    common = set.intersection(*fields.values())
+    assert {"node_id", "listen", "authority", "tls", "state_dir", "metrics_port", "rpc_rate"} <= common
+    assert "dp_epsilon" in fields["leader"] & fields["authority"]  # shared mixins, one definition each
+    assert "rule" in fields["leader"] & fields["authority"] & fields["validator"]
+    assert "dp_epsilon" not in fields["fog"] | fields["facility"] | fields["validator"]
+    assert "rule" not in fields["fog"] | fields["facility"]
+    assert "bucket_size" not in fields["leader"] | fields["validator"]
+    assert "straggler_factor" in fields["fog"] and "straggler_factor" not in fields["leader"]
+    # another role's variable in the environment is ignored, not refused (compose shares one env block)
+    fog = load_settings(role="fog", rule="no such rule", bucket_size=0)
+    assert not hasattr(fog, "rule") and not hasattr(fog, "bucket_size")
