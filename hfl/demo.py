@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,11 +19,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hfl.demo_dp import add_dp_arguments, check_dp_args, dp_banner, dp_env, dp_summary
+from hfl.demo_dp import DP_OPTIONS, add_dp_arguments, check_dp_args, dp_banner, dp_env, dp_summary
 from hfl.domain import SPECIALTIES, ClinicalMetrics, RoundEvent, SpecialtyResult
 from hfl.errors import ConfigError
 from hfl.robust.rules import get_rule
-from hfl.robust.sizing import Sizing, SizingError, size_federation
+from hfl.robust.sizing import size_federation
 from hfl.schedule import MIN_SECURE_BUCKET
 
 # Above this many facilities the demo hosts several facilities per OS process (services/facility/host.py).
@@ -112,16 +113,16 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--f",
         type=int,
-        default=-1,
-        help="bad buckets the rule must tolerate (default -1: the most it can with the buckets)",
+        default=None,
+        help="bad buckets the rule must tolerate (default: the most it can with the buckets)",
     )
-    p.add_argument("--lr", type=float, default=0.0, help="local learning rate (default: built-in)")
-    p.add_argument("--epochs", type=int, default=0, help="local epochs per round (default: built-in)")
-    p.add_argument("--batch-size", type=int, default=0, help="local batch size (default: built-in)")
+    p.add_argument("--lr", type=float, default=None, help="local learning rate (default: built-in)")
+    p.add_argument("--epochs", type=int, default=None, help="local epochs per round (default: built-in)")
+    p.add_argument("--batch-size", type=int, default=None, help="local batch size (default: built-in)")
     p.add_argument(
         "--clip-update",
         type=float,
-        default=0.0,
+        default=None,
         help="norm bound of one update; with the adaptive bound, the most it can be (default: built-in)",
     )
     p.add_argument(
@@ -455,57 +456,81 @@ def check_topology(validators: int, bucket_size: int, secagg: bool, committee: i
         )
 
 
-DEMO_NAMES = {
-    "max_byzantine": "--max-byzantine ",
-    "bucket_size": "--bucket-size ",
-    "f": "--f ",
-    "rule": "--rule ",
+# The HFL_* variables the demo sets from its own options: a refusal names the option people typed.
+DEMO_OPTIONS = {
+    "HFL_MIN_FACILITIES": "--facilities",
+    "HFL_BUCKET_SIZE": "--bucket-size",
+    "HFL_MAX_BYZANTINE": "--max-byzantine",
+    "HFL_COMMITTEE_SIZE": "--committee",
+    "HFL_RULE": "--rule",
+    "HFL_F": "--f",
+    "HFL_DATASET": "--dataset",
+    "HFL_MODEL": "--model",
+    "HFL_HIDDEN": "--hidden",
+    "HFL_ROUNDS": "--rounds",
+    "HFL_LR": "--lr",
+    "HFL_EPOCHS": "--epochs",
+    "HFL_BATCH_SIZE": "--batch-size",
+    "HFL_CLIP_UPDATE": "--clip-update",
+    "HFL_ROUND_TIMEOUT": "--round-timeout",
+    "HFL_VOTE_TIMEOUT": "--vote-timeout",
+    "HFL_DROP_RATE": "--drop-rate",
+    "HFL_BYZANTINE_SCALE": "--byzantine-scale",
+    **DP_OPTIONS,
 }
 
 
-def check_threat(args: argparse.Namespace, n_facilities: int) -> Sizing:
-    """What the demo's buckets withstand; a declared --max-byzantine they cannot is refused here, before
-    any process starts, in the same words the authority would use (with the demo's flags)."""
-    try:
-        return size_federation(
-            n_facilities,
-            rule=args.rule,
-            bucket_size=args.bucket_size,
-            max_byzantine=args.max_byzantine,
-            f=args.f,
-            secagg=args.secagg,
-            names=DEMO_NAMES,
-        )
-    except SizingError as e:
-        raise ConfigError(str(e)) from None
+def in_demo_words(message: str, options: dict[str, str]) -> str:
+    """A settings refusal with the demo's options for the variables it sets: "HFL_BUCKET_SIZE=2 is too
+    small ..." -> "--bucket-size 2 is too small ..."; other variables keep their names."""
+
+    def option(m: re.Match[str]) -> str:
+        name = options.get(m.group(1))
+        if name is None:
+            return m.group(0)
+        return f"{name} " if m.group(2) else name
+
+    return re.sub(r"(HFL_[A-Z_]+)(: |=)?", option, message.replace("HFL_SECAGG=false", "--no-secagg"))
+
+
+def check_settings(processes: Sequence[tuple[str, dict[str, str]]], options: dict[str, str]) -> None:
+    """Build the settings each process will build from the environment the demo is about to give it (the
+    same classes `hfl serve` uses), so a combination a service would refuse stops the demo before any
+    process starts, in the same plain line (naming the demo's options)."""
+    from hfl.rpc.settings import load_settings
+
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for role, env in processes:
+        key = (role, tuple(sorted(env.items())))
+        if key in seen:  # many facilities or validators share one environment
+            continue
+        seen.add(key)
+        fields = {k.removeprefix("HFL_").lower(): v for k, v in env.items() if k.startswith("HFL_")}
+        fields.pop("role", None)
+        try:
+            load_settings(role=role, **fields)
+        except ConfigError as e:
+            raise ConfigError(in_demo_words(str(e), options)) from None
 
 
 def check_args(args: argparse.Namespace) -> None:
+    """The checks that belong to the demo's options alone; what the services would refuse is checked by
+    building their settings (check_settings)."""
     if args.model is None:
         args.model = "mlp" if args.dataset == "synthetic_hard" else "logreg"
-    if args.dataset == "synthetic_hard" and args.model != "mlp":
-        raise ConfigError("--dataset synthetic_hard needs --model mlp: a linear model cannot learn it")
     if args.facilities < 1 or args.fogs < 1 or args.rounds < 1:
         raise ConfigError("--facilities, --fogs and --rounds must be at least 1")
-    if args.committee is None and args.validators < 4:  # a small pool: everyone on every committee
-        check_topology(args.validators, args.bucket_size, args.secagg)
-        args.committee = args.validators
-    else:
-        args.committee = 4 if args.committee is None else args.committee
-        check_topology(args.validators, args.bucket_size, args.secagg, args.committee)
-    if args.secagg and not args.dataset.startswith("csv:") and args.facilities < MIN_SECURE_BUCKET:
+    # a small pool sits on every committee: then --validators is the committee size the authority checks
+    args.committee_option = "--committee"
+    if args.committee is None and args.validators < 4:
+        args.committee, args.committee_option = args.validators, "--validators"
+    elif args.committee is None:
+        args.committee = 4
+    elif args.validators < args.committee:
         raise ConfigError(
-            f"secure aggregation needs at least {MIN_SECURE_BUCKET} facilities (it only ever reveals sums "
-            f"over {MIN_SECURE_BUCKET} or more); use --facilities {MIN_SECURE_BUCKET} or more, or --no-secagg"
+            f"--validators {args.validators} is fewer than the committee of {args.committee}: run at least "
+            f"{args.committee} validators, or a smaller --committee"
         )
-    from hfl.robust.rules import RULES
-
-    if args.rule not in RULES:
-        raise ConfigError(
-            f"--rule {args.rule!r} is not an aggregation rule; choose one of {', '.join(RULES)}"
-        )
-    if not 0 <= args.drop_rate < 1:
-        raise ConfigError("--drop-rate must be between 0 and 1")
     if args.facilities_per_process < 1:
         raise ConfigError("--facilities-per-process must be at least 1")
     check_dp_args(args)
@@ -515,6 +540,71 @@ def check_args(args: argparse.Namespace) -> None:
     args.validator_faults = parse_faults(args.validator_fault, VALIDATOR_FAULTS[1:], "--validator-fault")
     if len(args.validator_faults) > args.validators:
         raise ConfigError("--validator-fault names more validators than there are")
+
+
+def common_env(args: argparse.Namespace) -> dict[str, str]:
+    """What every process of the demo gets."""
+    env = {
+        "HFL_SEED": str(args.seed),
+        "HFL_MODEL": args.model,
+        "HFL_HIDDEN": str(args.hidden),
+        "HFL_DATASET": args.dataset,
+        "HFL_LOG_LEVEL": "INFO",
+        "HFL_TLS": "true" if args.tls else "false",
+        # the leader aggregates with these and the validators refuse proposals that do not
+        "HFL_RULE": args.rule,
+        "HFL_DEFENCES": "true" if args.defences else "false",
+        "HFL_ADAPTIVE_BOUND": "true" if args.adaptive_bound else "false",
+        # facilities refuse plain rounds unless this is false (fogs must not see one site's numbers)
+        "HFL_SECAGG": "true" if args.secagg else "false",
+    }
+    if args.f is not None:
+        env["HFL_F"] = str(args.f)
+    if args.clip_update is not None:  # the norm bound (the adaptive bound's ceiling): validators check it
+        env["HFL_CLIP_UPDATE"] = repr(args.clip_update)
+    if args.label:
+        env["HFL_LABEL"] = args.label
+    return env
+
+
+def authority_env(args: argparse.Namespace, n_facilities: int) -> dict[str, str]:
+    return {
+        "HFL_COMMITTEE_SIZE": str(args.committee),
+        "HFL_BUCKET_SIZE": str(args.bucket_size),
+        "HFL_MIN_FACILITIES": str(n_facilities),
+        **({"HFL_MAX_BYZANTINE": str(args.max_byzantine)} if args.max_byzantine is not None else {}),
+        # a demo is an experiment: the same --seed gives the same bucket and committee draws
+        "HFL_EXPERIMENT_SEED": str(args.seed),
+        **dp_env(args),
+        **enrol_burst_env(n_facilities + args.fogs + args.validators),
+    }
+
+
+def validator_envs(args: argparse.Namespace, faulty: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+    validation = f"csv:{args.validation_csv}" if args.validation_csv else args.dataset
+    return [
+        (
+            f"validator-{i + 1}",
+            {"HFL_DATASET": validation, "HFL_BYZANTINE": faulty.get(f"validator-{i + 1}", "none")},
+        )
+        for i in range(args.validators)
+    ]
+
+
+def leader_env(args: argparse.Namespace) -> dict[str, str]:
+    env = {
+        "HFL_ROUNDS": str(args.rounds),
+        "HFL_ROUND_TIMEOUT": str(args.round_timeout),
+        "HFL_VOTE_TIMEOUT": str(args.vote_timeout),
+        **{name: str(v) for name, v in (("HFL_LR", args.lr), ("HFL_EPOCHS", args.epochs)) if v is not None},
+        **({"HFL_BATCH_SIZE": str(args.batch_size)} if args.batch_size is not None else {}),
+        **dp_env(args),
+    }
+    if args.dataset.startswith("csv:"):
+        from hfl.learning.features import n_features_for
+
+        env["HFL_N_FEATURES"] = str(n_features_for(args.dataset, args.label))
+    return env
 
 
 def make_out_dir(args: argparse.Namespace) -> Path:
@@ -705,27 +795,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"validator-{args.validators - i}": mode for i, mode in enumerate(args.validator_faults)
     }
     n_fac = len(facilities)
-    sizing = check_threat(args, n_fac)
+    common = common_env(args)
+    auth_env, lead_env = authority_env(args, n_fac), leader_env(args)
+    validators = validator_envs(args, faulty_validators)
+    check_settings(  # every process the demo will start, before it starts any
+        [
+            ("authority", {**common, **auth_env}),
+            *(("validator", {**common, **env}) for _, env in validators),
+            ("fog", common),
+            *(("facility", {**common, **f["env"]}) for f in facilities),
+            ("leader", {**common, **lead_env}),
+        ],
+        {**DEMO_OPTIONS, "HFL_COMMITTEE_SIZE": args.committee_option},
+    )
+    # what these buckets withstand (a declared --max-byzantine they cannot was refused just above)
+    sizing = size_federation(
+        n_fac,
+        rule=args.rule,
+        bucket_size=args.bucket_size,
+        max_byzantine=args.max_byzantine,
+        f=args.f,
+        secagg=args.secagg,
+    )
     out = make_out_dir(args)
-    common = {
-        "HFL_SEED": str(args.seed),
-        "HFL_MODEL": args.model,
-        "HFL_HIDDEN": str(args.hidden),
-        "HFL_DATASET": args.dataset,
-        "HFL_LOG_LEVEL": "INFO",
-        "HFL_TLS": "true" if args.tls else "false",
-        # the leader aggregates with these and the validators refuse proposals that do not
-        "HFL_RULE": args.rule,
-        "HFL_F": str(args.f),
-        "HFL_DEFENCES": "true" if args.defences else "false",
-        # the norm bound (the ceiling of the adaptive bound): validators check the one each block records
-        "HFL_CLIP_UPDATE": str(args.clip_update),
-        "HFL_ADAPTIVE_BOUND": "true" if args.adaptive_bound else "false",
-        # facilities refuse plain rounds unless this is false (fogs must not see one site's numbers)
-        "HFL_SECAGG": "true" if args.secagg else "false",
-    }
-    if args.label:
-        common["HFL_LABEL"] = args.label
     fed = Federation(out, common)
     seats = (
         "all on every committee" if args.committee == args.validators else f"committees of {args.committee}"
@@ -755,13 +847,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     def compute_reference() -> None:
         from hfl.learning.reference import centralized_reference
-        from hfl.learning.train import DEFAULT_TRAIN, TrainConfig
+        from hfl.learning.train import train_config
 
-        cfg = TrainConfig(
-            lr=args.lr or DEFAULT_TRAIN.lr,
-            epochs=args.epochs or DEFAULT_TRAIN.epochs,
-            batch_size=args.batch_size or DEFAULT_TRAIN.batch_size,
-        )
+        cfg = train_config(args.lr, args.epochs, args.batch_size)
         try:
             reference["accuracy"] = centralized_reference(
                 args.dataset,
@@ -786,55 +874,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         print("Starting the trusted authority ...")
-        auth = fed.start(
-            "authority",
-            "authority",
-            {
-                "HFL_COMMITTEE_SIZE": str(args.committee),
-                "HFL_BUCKET_SIZE": str(args.bucket_size),
-                "HFL_SECAGG": "true" if args.secagg else "false",
-                "HFL_MIN_FACILITIES": str(n_fac),
-                **({"HFL_MAX_BYZANTINE": str(args.max_byzantine)} if args.max_byzantine is not None else {}),
-                # a demo is an experiment: the same --seed gives the same bucket and committee draws
-                "HFL_EXPERIMENT_SEED": str(args.seed),
-                **dp_env(args),
-                **enrol_burst_env(n_fac + args.fogs + args.validators),
-            },
-        )
+        auth = fed.start("authority", "authority", auth_env)
         fed.wait_ready([auth], label="authority")
         common["HFL_AUTHORITY"] = auth.info["address"]
         print(f"Starting {args.validators} validators, {args.fogs} fogs and {n_fac} facilities ...")
-        validation = f"csv:{args.validation_csv}" if args.validation_csv else args.dataset
-        workers = [
-            fed.start(
-                "validator",
-                f"validator-{i + 1}",
-                {
-                    "HFL_DATASET": validation,
-                    "HFL_BYZANTINE": faulty_validators.get(f"validator-{i + 1}", "none"),
-                },
-            )
-            for i in range(args.validators)
-        ]
+        workers = [fed.start("validator", node_id, env) for node_id, env in validators]
         workers += [fed.start("fog", f"fog-{i + 1}") for i in range(args.fogs)]
         workers += start_facilities(fed, [(f["node_id"], f["env"]) for f in facilities], per_process)
         fed.wait_ready(workers, label="services")
-        leader_env = {
-            "HFL_ROUNDS": str(args.rounds),
-            "HFL_SECAGG": "true" if args.secagg else "false",
-            "HFL_LR": str(args.lr),
-            "HFL_EPOCHS": str(args.epochs),
-            "HFL_BATCH_SIZE": str(args.batch_size),
-            "HFL_ROUND_TIMEOUT": str(args.round_timeout),
-            "HFL_VOTE_TIMEOUT": str(args.vote_timeout),
-            **dp_env(args),
-        }
-        if args.dataset.startswith("csv:"):
-            from hfl.learning.features import n_features_for
-
-            leader_env["HFL_N_FEATURES"] = str(n_features_for(args.dataset, args.label))
         print("Starting the leader ...")
-        leader = fed.start("leader", "leader", leader_env)
+        leader = fed.start("leader", "leader", lead_env)
         fed.wait_ready([leader], label="leader")
         # Only now: Popen's preexec_fn (die with the parent) is unsafe while another thread runs.
         ref_thread = threading.Thread(target=compute_reference, daemon=True)
@@ -855,7 +904,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "config": {
                 k: v
                 for k, v in vars(args).items()
-                if k not in ("func", "byzantine", "validator_fault", "byzantine_modes", "validator_faults")
+                if k
+                not in (
+                    "func",
+                    "byzantine",
+                    "validator_fault",
+                    "byzantine_modes",
+                    "validator_faults",
+                    "committee_option",
+                )
             }
             | {
                 "facilities": n_fac,

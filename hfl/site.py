@@ -22,7 +22,7 @@ from hfl.errors import ConfigError, HflError
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.enrolment import enrol_address, enrol_token_of
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import FacilitySettings
 from hfl.rpc.tls import AUTHORITY, NodeTls, Peer, sync_channel
 
 CLOCK_TOLERANCE_S = 30.0  # more than this apart from the authority's clock fails the check
@@ -62,7 +62,7 @@ def _reachable(address: str, credentials: grpc.ChannelCredentials, peer: Peer, t
     return ""
 
 
-def check_root(settings: Settings) -> tuple[Finding, bytes | None]:
+def check_root(settings: FacilitySettings) -> tuple[Finding, bytes | None]:
     what = "root certificate"
     path = Path(settings.tls_ca) if settings.tls_ca else settings.state_dir / "tls" / "ca.pem"
     try:
@@ -78,7 +78,9 @@ def check_root(settings: Settings) -> tuple[Finding, bytes | None]:
     return _ok(what, f"{path}, valid until {until:%Y-%m-%d}"), pem
 
 
-def check_certificate(settings: Settings, root: bytes, now: dt.datetime) -> tuple[Finding, NodeTls | None]:
+def check_certificate(
+    settings: FacilitySettings, root: bytes, now: dt.datetime
+) -> tuple[Finding, NodeTls | None]:
     what = "this site's certificate"
     node_id = settings.resolved_node_id()
     tls_dir = settings.state_dir / "tls"
@@ -119,7 +121,7 @@ def check_certificate(settings: Settings, root: bytes, now: dt.datetime) -> tupl
 
 
 def check_authority(
-    settings: Settings, root: bytes, tls: NodeTls | None, timeout: float
+    settings: FacilitySettings, root: bytes, tls: NodeTls | None, timeout: float
 ) -> tuple[Finding, authority_pb2.ListNodesResponse | None]:
     what = "authority"
     if tls is None:  # not enrolled yet: the enrolment port must answer (TLS, no client certificate)
@@ -173,7 +175,7 @@ def check_fogs(
     return out
 
 
-def check_data(settings: Settings) -> Finding:
+def check_data(settings: FacilitySettings) -> Finding:
     from hfl.learning.data import load_facility_data
 
     what = "patient data"
@@ -215,7 +217,7 @@ def check_clock(answer: authority_pb2.ListNodesResponse | None, sent: float, rec
 
 
 def run_checks(
-    settings: Settings,
+    settings: FacilitySettings,
     *,
     timeout: float = TIMEOUT_S,
     now: Callable[[], float] = time.time,
@@ -240,7 +242,7 @@ def run_checks(
     return findings
 
 
-def main(settings: Settings, timeout: float = TIMEOUT_S) -> int:
+def main(settings: FacilitySettings, timeout: float = TIMEOUT_S) -> int:
     """Print one line per check and a verdict; 0 when nothing failed."""
     print(f"Checking this site ({settings.resolved_node_id()}) ...", flush=True)
     findings = run_checks(settings, timeout=timeout)

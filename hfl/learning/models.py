@@ -15,12 +15,14 @@ the weights only (biases are not penalised). The penalty is part of ``loss``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
 from hfl.learning.data import Dataset
 
-MODEL_KINDS = ("logreg", "mlp")
+ModelKind = Literal["logreg", "mlp"]
+MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 DEFAULT_L2 = 1e-4
 
 

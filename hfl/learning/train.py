@@ -56,6 +56,19 @@ class TrainConfig:
 # matches the pooled-data reference on synthetic data and reaches >= 0.95 on breast_cancer, for logreg
 # and mlp. Batch 32 keeps DP-SGD noise per step moderate.
 DEFAULT_TRAIN = TrainConfig(lr=0.3, epochs=4, batch_size=32)
+
+
+def train_config(
+    lr: float | None = None, epochs: int | None = None, batch_size: int | None = None
+) -> TrainConfig:
+    """Local training with the values given (HFL_LR, HFL_EPOCHS, HFL_BATCH_SIZE); None: DEFAULT_TRAIN's."""
+    return TrainConfig(
+        lr=DEFAULT_TRAIN.lr if lr is None else lr,
+        epochs=DEFAULT_TRAIN.epochs if epochs is None else epochs,
+        batch_size=DEFAULT_TRAIN.batch_size if batch_size is None else batch_size,
+    )
+
+
 # Recommended L2 bound on one facility's round update w_i - w. Honest non-private updates stay below
 # about 2.2 (the first round is the largest, later rounds < 1). With DP-SGD the noise adds roughly
 # lr * sqrt(steps) * sigma * C / batch * sqrt(n_params) to the norm (about 1.2-2.7 for the 16-unit mlp

@@ -29,6 +29,7 @@ __all__ = [
     "LedgerError",
     "Vote",
     "check_quorum",
+    "committee_size_for",
     "genesis_header",
     "max_faulty",
     "model_vector",
@@ -61,6 +62,11 @@ def max_faulty(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"committee size must be a positive whole number, got {n!r}")
     return (int(n) - 1) // 3
+
+
+def committee_size_for(f: int) -> int:
+    """The smallest committee that tolerates f faulty validators: 3f + 1 (``max_faulty`` the other way)."""
+    return 3 * f + 1
 
 
 def quorum_size(committee_size: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -18,8 +18,8 @@ from hfl.privacy.mechanisms import clip_rows, gaussian_noise, laplace_noise, req
 Mechanism = Literal["gaussian", "laplace"]
 AccountantKind = Literal["rdp", "pld"]
 
-MECHANISMS: tuple[str, ...] = ("gaussian", "laplace")
-ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
+MECHANISMS: tuple[str, ...] = get_args(Mechanism)
+ACCOUNTANTS: tuple[str, ...] = get_args(AccountantKind)
 
 __all__ = ["ACCOUNTANTS", "DPSGD", "MECHANISMS", "AccountantKind", "DPConfig", "Mechanism", "check_supported"]
 

@@ -44,6 +44,7 @@ __all__ = [
     "describe_plan",
     "dp_local_update",
     "plan_dp",
+    "sampling_rate_or_default",
     "spend_slot",
 ]
 
@@ -53,6 +54,11 @@ DEFAULT_SAMPLING_RATE = 0.25
 DEFAULT_LOCAL_EPOCHS = 1.0
 DEFAULT_DP_LR = 0.3
 MAX_ATTEMPTS = SLOTS_PER_ROUND  # attempts per round that get their own ledger slot (hfl.bounds)
+
+
+def sampling_rate_or_default(sampling_rate: float | None) -> float:
+    """The Poisson sampling rate q to use: the one given (HFL_DP_SAMPLING_RATE), else the built-in one."""
+    return DEFAULT_SAMPLING_RATE if sampling_rate is None else sampling_rate
 
 
 def spend_slot(round_: int, attempt: int) -> int:
@@ -199,12 +205,16 @@ def plan_dp(
     rounds: int,
     mechanism: str = "gaussian",
     accountant: str = "rdp",
-    clip: float = DEFAULT_CLIP,
-    sampling_rate: float = DEFAULT_SAMPLING_RATE,
-    local_epochs: float = DEFAULT_LOCAL_EPOCHS,
+    clip: float | None = None,
+    sampling_rate: float | None = None,
+    local_epochs: float | None = None,
     release_epsilon: float | None = None,
 ) -> DPPlan:
-    """Calibrate the noise multiplier so ``rounds`` rounds spend at most the training budget."""
+    """Calibrate the noise multiplier so ``rounds`` rounds spend at most the training budget. None: the
+    built-in clip, sampling rate, local epochs and release ε (HFL_DP_* left unset)."""
+    clip = DEFAULT_CLIP if clip is None else clip
+    sampling_rate = sampling_rate_or_default(sampling_rate)
+    local_epochs = DEFAULT_LOCAL_EPOCHS if local_epochs is None else local_epochs
     if (
         isinstance(epsilon, bool)
         or not isinstance(epsilon, int | float)

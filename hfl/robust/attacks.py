@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+from typing import Literal, get_args
 
 import numpy as np
 
-ATTACKS = ("none", "sign_flip", "scale", "gaussian", "label_flip", "alie", "ipm", "free_ride", "nan")
+AttackName = Literal[
+    "none", "sign_flip", "scale", "gaussian", "label_flip", "alie", "ipm", "free_ride", "nan"
+]
+"""What a facility sends instead of its honest update, for experiments (``none``: its honest update)."""
+ATTACKS: tuple[str, ...] = get_args(AttackName)
 COLLUDING = frozenset({"alie", "ipm"})
 
 

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 
@@ -103,7 +103,7 @@ class Rule:
         return self.buckets_for(max_byzantine)
 
     def default_f(self, n_buckets: int) -> int:
-        """The f used when HFL_F = -1: the most the rule tolerates with ``n_buckets`` (0 if none)."""
+        """The f used when HFL_F is not set: the most the rule tolerates with ``n_buckets`` (0 if none)."""
         return max(0, self.max_faults(n_buckets))
 
     def f_effective(self, f: int, n_kept: int) -> int:
@@ -221,7 +221,9 @@ REGISTRY: dict[str, Rule] = {
 }
 """Every aggregation rule by name, in the order they are listed to people."""
 
-RULES = tuple(REGISTRY)
+RuleName = Literal["mean", "trimmed_mean", "median", "multi_krum", "centered_clipping"]
+"""The name of an aggregation rule: what HFL_RULE may say (hfl/rpc/settings.py)."""
+RULES: tuple[str, ...] = get_args(RuleName)
 DEFAULT_RULE = "trimmed_mean"
 """Trimmed mean with f = max_faults(rule, B) = ⌊(B−1)/2⌋ (f = 1 for the demo's 12 facilities in 4 buckets
 of 3). Needs only B ≥ 2f+1 where multi-Krum needs 2f+3 (it cannot run with f = 1 on 4 buckets); keeps
@@ -230,13 +232,14 @@ more honest information than the median; cheap and simple to audit. In the demo 
 outlier screen and reputation then remove the blunt attackers altogether."""
 
 
-def resolve_f(setting: int, n_buckets: int, rule: str) -> int:
-    """The f a federation uses: its setting (HFL_F), or ``default_f`` when the setting is -1."""
-    return setting if setting >= 0 else default_f(n_buckets, rule)
+def resolve_f(setting: int | None, n_buckets: int, rule: str) -> int:
+    """The f a federation uses: its setting (HFL_F), or ``default_f`` when it is not set (None, or the
+    older -1)."""
+    return setting if setting is not None and setting >= 0 else default_f(n_buckets, rule)
 
 
 def default_f(n_buckets: int, rule: str = DEFAULT_RULE) -> int:
-    """The f used when HFL_F = -1: the most the rule tolerates with ``n_buckets`` buckets (0 if none;
+    """The f used when HFL_F is not set: the most the rule tolerates with ``n_buckets`` buckets (0 if none;
     always 0 for ``mean``, which tolerates no bad bucket)."""
     return get_rule(rule).default_f(n_buckets)
 
@@ -392,13 +395,13 @@ def policy_violation(
     n_buckets: int,
     *,
     expected_rule: str,
-    expected_f: int = -1,
+    expected_f: int | None = None,
     defences: bool = True,
 ) -> str | None:
     """Why a proposed aggregation breaks the federation's policy, in plain words, or None if it does not.
 
     Validators call this before recomputing a proposal, so a leader cannot quietly weaken the
-    aggregation: it must use the configured rule (HFL_RULE) and f (HFL_F; -1 means ``default_f``), and,
+    aggregation: it must use the configured rule (HFL_RULE) and f (HFL_F; None means ``default_f``), and,
     unless the federation runs without defences (HFL_DEFENCES=false, comparison runs only), keep the
     norm bound and the outlier screen on. The value of C itself is not checked here.
     """

@@ -104,7 +104,7 @@ def size_federation(
     rule: str = DEFAULT_RULE,
     bucket_size: int = DEFAULT_BUCKET_SIZE,
     max_byzantine: int | None = None,
-    f: int = -1,
+    f: int | None = None,
     secagg: bool = True,
     names: dict[str, str] = ENV_NAMES,
 ) -> Sizing:
@@ -113,7 +113,7 @@ def size_federation(
     ``max_byzantine=None`` declares nothing: the result says what the bucketing withstands. A declared
     number the bucketing cannot withstand raises :class:`SizingError` with one plain sentence naming
     what would work (a bucket size that works, how many facilities are needed, or fewer declared).
-    ``f`` is the rule's setting (HFL_F; -1: as many bad buckets as the rule tolerates). ``names`` says
+    ``f`` is the rule's setting (HFL_F; None: as many bad buckets as the rule tolerates). ``names`` says
     how the settings are called in the sentence.
     """
     if n_facilities < 1:
@@ -123,7 +123,7 @@ def size_federation(
     m_, s_, f_, r_ = (names[k] for k in ("max_byzantine", "bucket_size", "f", "rule"))
     smallest = MIN_SECURE_BUCKET if secagg else 1
     can = withstands(rule, n_facilities, bucket_size)
-    if f >= 0:
+    if f is not None and f >= 0:
         can = min(can, f)
     if max_byzantine is None:
         return Sizing(n_facilities, bucket_size, rule, can)
@@ -136,7 +136,7 @@ def size_federation(
             f"{m_}{max_byzantine}, but {get_rule(rule).phrase} withstands no misbehaving facility at all: "
             f"use {r_}trimmed_mean (or median), or declare {m_}0"
         )
-    if 0 <= f < max_byzantine:
+    if f is not None and 0 <= f < max_byzantine:
         raise SizingError(
             f"{f_}{f} lets the rule leave out only {f} bad bucket{'s' if f != 1 else ''} per round, fewer "
             f"than the {max_byzantine} misbehaving {plural} declared ({m_}{max_byzantine}): use {f_}-1 "

@@ -106,12 +106,12 @@ class RoundStage(Enum):
 
 @dataclass(frozen=True)
 class LeaderPolicy:
-    """How the leader aggregates: the rule, f (HFL_F; -1: the most the rule tolerates), whether the
+    """How the leader aggregates: the rule, f (HFL_F; None: the most the rule tolerates), whether the
     defences are on (off: comparison runs only, no norm bound, no screen, no suspicion), whether the
     norm bound adapts to the committed history, and the configured bound C (the ceiling when adaptive)."""
 
     rule: str
-    f: int
+    f: int | None
     clip_update: float
     defences: bool = True
     adaptive_bound: bool = False

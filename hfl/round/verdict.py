@@ -27,7 +27,7 @@ class Policy:
     """The federation's settings a validator holds a proposal to (HFL_RULE, HFL_F, HFL_DEFENCES, ...)."""
 
     rule: str
-    f: int = -1
+    f: int | None = None
     defences: bool = True
     adaptive_bound: bool = True
     norm_ceiling: float = DEFAULT_CLIP_UPDATE

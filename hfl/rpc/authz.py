@@ -24,7 +24,7 @@ import grpc
 from hfl.crypto.x509 import Identity
 from hfl.errors import NotAllowed, Unauthenticated, clip
 from hfl.rpc.ratelimit import TokenBuckets
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import NodeSettings
 from hfl.rpc.tls import NodeTls
 
 log = logging.getLogger("hfl.authz")
@@ -309,7 +309,7 @@ class AuthInterceptor(_CheckingInterceptor):
     """mTLS identity -> role check -> rate limit -> identity binding, for every RPC of a node's server.
     Install it inside hfl.rpc.errors.ErrorInterceptor so refusals become clear statuses."""
 
-    def __init__(self, tls: NodeTls, settings: Settings) -> None:
+    def __init__(self, tls: NodeTls, settings: NodeSettings) -> None:
         self.tls = tls
         self.rpc_limits = TokenBuckets(settings.rpc_rate, settings.rpc_burst)
         self.submit_limits = TokenBuckets(settings.submit_rate, settings.submit_burst)
@@ -357,7 +357,7 @@ class AuthInterceptor(_CheckingInterceptor):
 class EnrolInterceptor(_CheckingInterceptor):
     """The enrolment port (TLS without client certificates): only Enroll, rate-limited per address."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: NodeSettings) -> None:
         self.limits = TokenBuckets(settings.enrol_rate, settings.enrol_burst)
 
     def check_for(self, method: str) -> _Check:

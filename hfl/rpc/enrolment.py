@@ -18,13 +18,13 @@ from hfl.crypto import x509
 from hfl.errors import ConfigError, NotAllowed
 from hfl.files import write_public
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import NodeSettings
 from hfl.rpc.tls import AUTHORITY, NodeTls, aio_channel, peer_options, set_default
 
 log = logging.getLogger("hfl.pki")
 
 
-def host_names(settings: Settings, role: str) -> list[str]:
+def host_names(settings: NodeSettings, role: str) -> list[str]:
     hosts = [settings.resolved_advertise_host(), "localhost", "127.0.0.1"]
     hosts += [h.strip() for h in settings.tls_hosts.split(",") if h.strip()]
     if role == "authority":
@@ -32,7 +32,7 @@ def host_names(settings: Settings, role: str) -> list[str]:
     return hosts
 
 
-def enrol_address(settings: Settings) -> str:
+def enrol_address(settings: NodeSettings) -> str:
     if settings.enrol:
         return settings.enrol
     return f"{settings.authority.rpartition(':')[0]}:50052"
@@ -59,7 +59,7 @@ def pin_authority_key(folder: Path, public_key: bytes) -> None:
     write_public(folder / AUTHORITY_KEY_FILE, public_key.hex().encode() + b"\n")
 
 
-def pinned_authority_key(settings: Settings) -> bytes | None:
+def pinned_authority_key(settings: NodeSettings) -> bytes | None:
     """The authority's signing key as pinned at set-up: in this node's tls folder, or next to HFL_TLS_CA.
     None when the set-up predates pinning (the key is then taken from the authority's answer, over a
     channel that must end at the authority's certificate)."""
@@ -85,12 +85,14 @@ def check_authority_key(answered: bytes, pinned: bytes | None) -> bytes:
     return answered
 
 
-OwnIdentity = Callable[[Settings], NodeTls]
+OwnIdentity = Callable[[NodeSettings], NodeTls]
 """How a node that is its own certificate authority (the authority: services/authority/enrol.py) makes its
 TLS identity at start; the identity's ``reissue`` then signs its renewals."""
 
 
-async def ensure_identity(settings: Settings, role: str, own: OwnIdentity | None = None) -> NodeTls | None:
+async def ensure_identity(
+    settings: NodeSettings, role: str, own: OwnIdentity | None = None
+) -> NodeTls | None:
     """This node's TLS identity: made locally (``own``: the authority), loaded from the state directory, or
     obtained by enrolling with HFL_ENROL_TOKEN. None when HFL_TLS=false."""
     if not settings.tls:
@@ -140,7 +142,7 @@ async def ensure_identity(settings: Settings, role: str, own: OwnIdentity | None
     return tls
 
 
-def enrol_token_of(settings: Settings) -> str:
+def enrol_token_of(settings: NodeSettings) -> str:
     """HFL_ENROL_TOKEN, else the content of HFL_ENROL_TOKEN_FILE ("" if neither is set)."""
     if settings.enrol_token or not settings.enrol_token_file:
         return settings.enrol_token.strip()
@@ -153,7 +155,7 @@ def enrol_token_of(settings: Settings) -> str:
         raise ConfigError(f"HFL_ENROL_TOKEN_FILE: cannot read {path} ({e.strerror})") from None
 
 
-def _forget_used_token(settings: Settings) -> None:
+def _forget_used_token(settings: NodeSettings) -> None:
     """Delete a one-time token file kept in this node's own state folder once it has been used (a shared
     token on a read-only trust volume stays where it is)."""
     if settings.enrol_token or not settings.enrol_token_file:
@@ -198,7 +200,7 @@ async def enrol(
 
 
 # ------------------------------------------------------------------------------------------ upkeep
-async def maintain(tls: NodeTls, settings: Settings) -> None:
+async def maintain(tls: NodeTls, settings: NodeSettings) -> None:
     """Background upkeep while a server runs: renew the certificate before it expires, refresh the
     revocation list (the authority itself is the only one that revokes: it learns its revocations at once
     through CAStore.on_revoke). Failures are logged and retried; they never stop the service."""
@@ -226,7 +228,7 @@ async def maintain(tls: NodeTls, settings: Settings) -> None:
         await asyncio.sleep(min(5.0, settings.crl_refresh_s))
 
 
-async def renew(tls: NodeTls, settings: Settings) -> None:
+async def renew(tls: NodeTls, settings: NodeSettings) -> None:
     key = x509.new_key()
     csr = x509.make_csr(key, tls.node_id, tls.role, host_names(settings, tls.role))
     if tls.reissue is not None:  # the authority signs its own

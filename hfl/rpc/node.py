@@ -18,13 +18,13 @@ from hfl.rpc import serde
 from hfl.rpc.client import call
 from hfl.rpc.enrolment import check_authority_key
 from hfl.rpc.server import Channels
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import NodeSettings
 from hfl.rpc.tls import AUTHORITY
 
 log = logging.getLogger("hfl.node")
 
 
-def setup_logging(settings: Settings, role: str) -> None:
+def setup_logging(settings: NodeSettings, role: str) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s {role}[{settings.resolved_node_id()}] %(levelname)s %(message)s",

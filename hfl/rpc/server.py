@@ -23,7 +23,7 @@ from hfl.rpc.authz import AuthInterceptor, EnrolInterceptor
 from hfl.rpc.enrolment import OwnIdentity, ensure_identity, maintain
 from hfl.rpc.errors import ErrorInterceptor
 from hfl.rpc.metrics import UP, start_metrics
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import NodeSettings
 from hfl.rpc.tls import NodeTls, Peer, aio_channel
 from hfl.rpc.tls import default as default_tls
 
@@ -73,7 +73,7 @@ def server_options(role: str) -> list[tuple[str, Any]]:
 
 
 def _node_info(
-    settings: Settings,
+    settings: NodeSettings,
     role: str,
     node_id: str,
     public_key: bytes,
@@ -94,7 +94,7 @@ def _node_info(
 
 
 def _ready(
-    settings: Settings, role: str, node_id: str, address: str, metrics_port: int, extra: dict[str, Any]
+    settings: NodeSettings, role: str, node_id: str, address: str, metrics_port: int, extra: dict[str, Any]
 ) -> dict[str, Any]:
     """hfl_up=1 and the ready file for `hfl demo` (its content is returned)."""
     UP.labels(role=role).set(1)
@@ -128,7 +128,7 @@ class RunningServer:
 
     def node_info(
         self,
-        settings: Settings,
+        settings: NodeSettings,
         role: str,
         node_id: str,
         public_key: bytes,
@@ -143,7 +143,13 @@ class RunningServer:
         )
 
     async def mark_ready(
-        self, settings: Settings, role: str, node_id: str, *, metrics_port: int | None = None, **extra: Any
+        self,
+        settings: NodeSettings,
+        role: str,
+        node_id: str,
+        *,
+        metrics_port: int | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
         """Ready to serve: health SERVING, hfl_up=1, and the ready file for `hfl demo` (its content is
         returned). ``metrics_port`` as in node_info."""
@@ -168,7 +174,7 @@ class DialingNode:
 
     def node_info(
         self,
-        settings: Settings,
+        settings: NodeSettings,
         role: str,
         node_id: str,
         public_key: bytes,
@@ -181,12 +187,18 @@ class DialingNode:
         )
 
     async def mark_ready(
-        self, settings: Settings, role: str, node_id: str, *, metrics_port: int | None = None, **extra: Any
+        self,
+        settings: NodeSettings,
+        role: str,
+        node_id: str,
+        *,
+        metrics_port: int | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
         return _ready(settings, role, node_id, "", metrics_port or self.metrics_port, extra)
 
 
-async def start_dialing_node(settings: Settings, role: str) -> DialingNode:
+async def start_dialing_node(settings: NodeSettings, role: str) -> DialingNode:
     """Everything a node needs that serves nothing: its certificate (enrolment the first time, then
     renewal) and its metrics endpoint."""
     tls = await ensure_identity(settings, role)
@@ -206,7 +218,7 @@ async def start_dialing_node(settings: Settings, role: str) -> DialingNode:
 
 
 async def start_server(
-    settings: Settings,
+    settings: NodeSettings,
     role: str,
     register: Callable[[grpc.aio.Server], None],
     own_identity: OwnIdentity | None = None,
@@ -255,7 +267,7 @@ async def start_server(
 
 
 async def start_enrol_server(
-    settings: Settings, register: Callable[[grpc.aio.Server], None]
+    settings: NodeSettings, register: Callable[[grpc.aio.Server], None]
 ) -> tuple[grpc.aio.Server, str] | None:
     """The authority's enrolment port: TLS with the authority's certificate but no client certificate
     (a new node has none yet); only Enroll is served there, small messages only. None without TLS."""

@@ -21,7 +21,7 @@ from hfl.pki.tokens import ANY_NODE
 from hfl.proto.v1 import authority_pb2
 from hfl.rpc import authz
 from hfl.rpc.enrolment import host_names
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import AuthoritySettings, NodeSettings
 from hfl.rpc.tls import NodeTls
 
 log = logging.getLogger("hfl.authority")
@@ -31,7 +31,7 @@ log = logging.getLogger("hfl.authority")
 RENEW_AT_MOST_EVERY = 0.25
 
 
-def own_identity(settings: Settings) -> NodeTls:
+def own_identity(settings: NodeSettings) -> NodeTls:
     """The authority's TLS identity, issued by its own CA at every start and renewed by it (``reissue``);
     also writes the root beside it, takes the CA's revocations, and renews the operator certificate."""
     ca = open_ca(settings.state_dir, settings.cert_hours)
@@ -51,7 +51,7 @@ def own_identity(settings: Settings) -> NodeTls:
 class CertificateService:
     """Mixed into the Authority servicer (services/authority/service.py)."""
 
-    settings: Settings
+    settings: AuthoritySettings
     oplog: OperatorLog
     if TYPE_CHECKING:  # the facilities the authority has quarantined (a property of the servicer)
 

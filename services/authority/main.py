@@ -11,7 +11,7 @@ from hfl.provision import install_authority_state
 from hfl.rpc.enrolment import pin_authority_key
 from hfl.rpc.node import load_identity
 from hfl.rpc.server import serve_until_stopped, start_enrol_server, start_server
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import AuthoritySettings
 from services.authority.enrol import own_identity
 from services.authority.registry import Registry
 from services.authority.service import Authority
@@ -19,7 +19,7 @@ from services.authority.service import Authority
 log = logging.getLogger("hfl.authority")
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: AuthoritySettings) -> None:
     if settings.ca_from:  # a certificate authority provisioned elsewhere (Docker secrets: stack.yml)
         log.info("%s", install_authority_state(Path(settings.ca_from), settings.state_dir))
     key = load_identity(settings.state_dir)

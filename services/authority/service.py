@@ -25,7 +25,7 @@ from hfl.round.report import round_record, take_report
 from hfl.round.schedule import Federation, ScheduleSettings, check_ready, draw_committee, schedule_round
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION, WITHSTANDS
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import AuthoritySettings
 from hfl.schedule import MIN_SECURE_BUCKET, Attendance, FogStatus, home_fogs
 from services.authority.enrol import CertificateService
 from services.authority.privacy import PrivacyBook
@@ -36,11 +36,12 @@ log = logging.getLogger("hfl.authority")
 
 
 class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer):
-    def __init__(self, settings: Settings, key: SigningKey, registry: Registry) -> None:
+    def __init__(self, settings: AuthoritySettings, key: SigningKey, registry: Registry) -> None:
         self.settings = settings
         self.key = key
         self.registry = registry
-        self.privacy = PrivacyBook(settings.state_dir / "privacy.db", settings.dp_epsilon)  # privacy.py
+        budget = settings.dp_epsilon or 0.0  # no HFL_DP_EPSILON: no budget to enforce
+        self.privacy = PrivacyBook(settings.state_dir / "privacy.db", budget)  # privacy.py
         self.oplog = OperatorLog(settings.state_dir / "operator.db")  # what operators did, and why
         state = registry.get_json("reputation")
         # The quarantine test is sized for the federation (its false-positive rate: docs/robustness.md);
@@ -74,7 +75,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         (facilities away, quarantined or out of privacy budget, or split over fogs, leave fewer buckets)."""
         s = self.settings
         can = withstands_buckets(s.rule, n_buckets)
-        sizing = Sizing(n_facilities, s.bucket_size, s.rule, can if s.f < 0 else min(can, s.f), n_buckets)
+        sizing = Sizing(n_facilities, s.bucket_size, s.rule, can if s.f is None else min(can, s.f), n_buckets)
         WITHSTANDS.set(sizing.withstands)
         if sizing.withstands != self._withstands:
             self._withstands = sizing.withstands
@@ -373,9 +374,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         return authority_pb2.GetPrivacySpendResponse(
             epsilon_spent=spent,
             exhausted=exhausted,
-            budget=s.dp_epsilon,
-            delta=s.dp_delta if s.dp_epsilon > 0 else 0.0,
-            mechanism=s.dp_mechanism if s.dp_epsilon > 0 else "",
+            budget=s.dp_epsilon or 0.0,
+            delta=s.dp_delta if s.dp_epsilon is not None else 0.0,
+            mechanism=s.dp_mechanism if s.dp_epsilon is not None else "",
         )
 
     async def GetSecurityReport(

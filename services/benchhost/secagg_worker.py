@@ -19,7 +19,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from typing_extensions import override  # mypy checks that each overridden facility method still exists
@@ -30,7 +30,7 @@ from hfl.learning.data import Dataset, FacilityData
 from hfl.proto.v1 import fog_pb2_grpc
 from hfl.rpc.node import load_identity
 from hfl.rpc.server import Channels, start_server, write_ready_file
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import FacilitySettings, FogSettings
 from hfl.rpc.tls import NodeTls
 from services.facility.bench import BenchFacility
 from services.facility.dial import FogDialer
@@ -38,9 +38,9 @@ from services.facility.faults import FaultySecureAggregation
 from services.fog.service import Fog
 
 
-def _settings(role: Literal["fog", "facility"], node_id: str, state: Path, seed: int, tls: bool) -> Settings:
-    return Settings(
-        role=role,
+def _fog_settings(node_id: str, state: Path, seed: int, tls: bool) -> FogSettings:
+    return FogSettings(
+        role="fog",
         node_id=node_id,
         listen="127.0.0.1:0",
         metrics_port=-1,
@@ -48,7 +48,20 @@ def _settings(role: Literal["fog", "facility"], node_id: str, state: Path, seed:
         tls=tls,
         seed=seed,
         log_level="WARNING",
-        secagg=role != "facility",  # the bench's facilities take plain rounds too, for the comparison
+    )
+
+
+def _facility_settings(node_id: str, state: Path, seed: int, tls: bool) -> FacilitySettings:
+    return FacilitySettings(
+        role="facility",
+        node_id=node_id,
+        listen="127.0.0.1:0",
+        metrics_port=-1,
+        state_dir=state,
+        tls=tls,
+        seed=seed,
+        log_level="WARNING",
+        secagg=False,  # the bench's facilities take plain rounds too, for the comparison
     )
 
 
@@ -58,7 +71,7 @@ def _tiny_data() -> FacilityData:
 
 
 async def run_fog(out: Path, authority_pub: bytes, seed: int, tls: bool) -> dict[str, Any]:
-    settings = _settings("fog", "fog-1", out / "fog-1", seed, tls)
+    settings = _fog_settings("fog-1", out / "fog-1", seed, tls)
     fog = Fog(settings, "fog-1")
     running = await start_server(
         settings, "fog", lambda s: fog_pb2_grpc.add_FogServiceServicer_to_server(fog, s)
@@ -107,7 +120,7 @@ async def run_facilities(
     started: dict[str, Any] = {}
     fog = NodeInfo("fog-1", "fog", fog_address, b"")
     for node_id in ids:
-        settings = _settings("facility", node_id, out / node_id, seed, tls).model_copy(
+        settings = _facility_settings(node_id, out / node_id, seed, tls).model_copy(
             update={"drop_rate": drop_rate}
         )
         channels = Channels(own_connections=True, tls=_identity("facility", node_id, out) if tls else None)

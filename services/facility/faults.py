@@ -27,7 +27,7 @@ from hfl.privacy.facility import Admission
 from hfl.proto.v1 import facility_pb2
 from hfl.robust.attacks import apply_attack, flip_labels
 from hfl.rpc import serde
-from hfl.rpc.settings import STALL, Settings
+from hfl.rpc.settings import STALL, FacilitySettings
 from hfl.secagg import STAGE_NAMES
 from services.facility.bench import BenchFacility
 from services.facility.secure import MemberHost, SecureAggregation, Session, SessionKey
@@ -38,7 +38,7 @@ log = logging.getLogger("hfl.facility")
 COLLUDING = ("alie", "ipm")  # attacks that need what honest facilities would send
 
 
-def is_experiment(settings: Settings) -> bool:
+def is_experiment(settings: FacilitySettings) -> bool:
     """Whether this facility misbehaves on purpose (any experiment or fault-injection setting)."""
     return settings.byzantine != "none" or settings.drop_rate > 0 or settings.crash_at_stage != 0
 
@@ -58,7 +58,7 @@ class FaultySecureAggregation(SecureAggregation):
     """Secure aggregation that drops out at a random stage (HFL_DROP_RATE), stalls before the masked
     input (HFL_BYZANTINE=stall), or kills the process at one stage (HFL_CRASH_AT_STAGE)."""
 
-    def __init__(self, facility: MemberHost, settings: Settings) -> None:
+    def __init__(self, facility: MemberHost, settings: FacilitySettings) -> None:
         super().__init__(facility)
         self.crash_at_stage = settings.crash_at_stage
         self.drop_rate = settings.drop_rate
@@ -211,7 +211,7 @@ class FaultyBenchFacility(FaultyFacility, BenchFacility):
     """A benchmark facility (random updates, HFL_BENCH_UPDATES) that also misbehaves on purpose."""
 
 
-def facility_class(settings: Settings) -> type[Facility]:
+def facility_class(settings: FacilitySettings) -> type[Facility]:
     """The facility a process runs: the honest one unless a benchmark or experiment setting asks."""
     if is_experiment(settings):
         return FaultyBenchFacility if settings.bench_updates else FaultyFacility

@@ -33,7 +33,7 @@ from hfl.hosting import hosted_entries
 from hfl.rpc.link import CALLS
 from hfl.rpc.metrics import start_metrics
 from hfl.rpc.server import Channels, shutdown, write_ready_file
-from hfl.rpc.settings import Settings, load_settings
+from hfl.rpc.settings import FacilitySettings, load_settings
 from services.facility.main import StartedFacility, start
 from services.facility.service import Facility
 
@@ -95,14 +95,14 @@ def read_hosted(path: str) -> list[dict[str, str]]:
         raise ConfigError(f"HFL_FACILITIES_FILE {path} does not exist") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"HFL_FACILITIES_FILE {path} is not valid JSON ({e})") from None
-    out = hosted_entries(doc, path, set(Settings.model_fields))
+    out = hosted_entries(doc, path, set(FacilitySettings.model_fields))
     states = [Path(e["HFL_STATE_DIR"]).resolve() for e in out]
     if len(set(states)) != len(states):
         raise ConfigError(f"{path}: two facilities share a state directory; each needs its own")
     return out
 
 
-def facility_settings(entry: dict[str, str]) -> Settings:
+def facility_settings(entry: dict[str, str]) -> FacilitySettings:
     overrides = {k.removeprefix("HFL_").lower(): v for k, v in entry.items()}
     return load_settings(role="facility", metrics_port=-1, **overrides)
 
@@ -116,7 +116,7 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: FacilitySettings) -> None:
     entries = read_hosted(settings.facilities_file)
     every = [facility_settings(e) for e in entries]  # all settings checked before anything starts
     _install_log_tag()
@@ -144,12 +144,12 @@ async def run(settings: Settings) -> None:
 
 
 async def _start_all(
-    every: list[Settings], metrics_port: int
+    every: list[FacilitySettings], metrics_port: int
 ) -> tuple[list[StartedFacility], list[tuple[str, BaseException]]]:
     """Start every hosted facility; returns those that started and (node id, error) of those that did not."""
     gate = asyncio.Semaphore(START_AT_ONCE)
 
-    async def one(s: Settings) -> StartedFacility:
+    async def one(s: FacilitySettings) -> StartedFacility:
         node_id = s.resolved_node_id()
         CURRENT.set(node_id)
         # A few at a time: enrolment and registration are not a stampede on the authority. The slot is

@@ -16,7 +16,7 @@ from hfl.learning.data import load_facility_data
 from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.node import register
 from hfl.rpc.server import Channels, DialingNode, serve_until_stopped, start_dialing_node
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import FacilitySettings
 from services.facility.dial import FogDialer
 from services.facility.faults import facility_class
 from services.facility.service import Facility, parse_shard
@@ -52,7 +52,7 @@ class StartedFacility:
 
 
 async def start(
-    settings: Settings,
+    settings: FacilitySettings,
     channels: Channels | None = None,
     metrics_port: int | None = None,
     prepare: Callable[[Facility], None] | None = None,
@@ -192,7 +192,7 @@ async def keep_registered(
             log.warning("no round for %.0f s and could not register again: %s", idle_s, e)
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: FacilitySettings) -> None:
     started = await start(settings)
     try:
         await serve_until_stopped(started.running, "facility")

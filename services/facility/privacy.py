@@ -82,7 +82,7 @@ class PrivacyGate:
             settings.state_dir,
             facility.node_id,
             facility.signing_key,
-            local_budget=settings.dp_budget,
+            local_budget=settings.dp_budget or 0.0,
             on_change=publish_metrics,
         )
         self._pending: dict[tuple[int, int], concurrent.futures.Future[None]] = {}

@@ -29,7 +29,7 @@ from hfl.privacy.facility import Admission
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import ROUND
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import FacilitySettings
 from hfl.secagg import (
     STAGE_NAMES,
     KeySubstitutionError,
@@ -61,7 +61,7 @@ class MemberHost(Protocol):
     """What secure aggregation uses of the facility it runs in (services/facility/service.Facility): its
     identity and settings, the boundary checks of a fog's call, local work, and the privacy gate."""
 
-    settings: Settings
+    settings: FacilitySettings
     node_id: str
     signing_key: SigningKey
     privacy: PrivacyGate

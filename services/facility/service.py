@@ -25,7 +25,7 @@ from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.metrics import ROUND
 from hfl.rpc.node import load_identity
 from hfl.rpc.server import Channels
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import FacilitySettings
 from hfl.rpc.tls import Peer
 from services.facility.privacy import PrivacyGate
 from services.facility.secure import SecureAggregation
@@ -49,7 +49,7 @@ class Facility:
     """Answers its fog's calls (they arrive over the connection the facility opened, dial.py); each
     method is named like the call it answers (hfl.rpc.link.CALLS) and takes the request message."""
 
-    def __init__(self, settings: Settings, node_id: str, channels: Channels) -> None:
+    def __init__(self, settings: FacilitySettings, node_id: str, channels: Channels) -> None:
         self.settings = settings
         self.node_id = node_id
         self.channels = channels

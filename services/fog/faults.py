@@ -1,5 +1,5 @@
 """A fog that misbehaves on purpose, for experiments and tests only (HFL_BYZANTINE=swap_keys on a fog;
-Settings allows it for fogs only). The honest fog (service.py, secure.py) has no code for it:
+FogSettings allows it for fogs only). The honest fog (service.py, secure.py) has no code for it:
 ``fog_class`` picks FaultyFog only when the fault is set.
 
 ``swap_keys``: in secure aggregation the fog substitutes one member's masking key in the advertisements
@@ -18,7 +18,7 @@ from hfl.crypto import kex
 from hfl.domain import RoundConfig
 from hfl.proto.v1 import fog_pb2
 from hfl.rpc.client import ByteCount
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import FogSettings
 from hfl.secagg import KeyAdvertisement
 from services.fog.rounds import PhaseMarks
 from services.fog.secure import FacilityMemberLink
@@ -60,7 +60,7 @@ class FaultyFog(Fog):
         return KeySwappingMemberLink(config, request, bucket_id, self.links, counter, d, marks=marks)
 
 
-def fog_class(settings: Settings) -> type[Fog]:
+def fog_class(settings: FogSettings) -> type[Fog]:
     """The fog a process runs: the honest one unless a fault is set for an experiment."""
     if settings.byzantine == "swap_keys":
         log.warning("this fog is FAULTY for experiments: %r", settings.byzantine)

@@ -6,11 +6,11 @@ from hfl.proto.v1 import fog_pb2_grpc
 from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import FogSettings
 from services.fog.faults import fog_class
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: FogSettings) -> None:
     node_id = settings.resolved_node_id()
     key = load_identity(settings.state_dir)
     channels = Channels()

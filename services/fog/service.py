@@ -23,7 +23,7 @@ from hfl.rpc import authz, link, serde
 from hfl.rpc.client import ByteCount, describe_rpc_error
 from hfl.rpc.link import encode_call
 from hfl.rpc.metrics import REFUSED, ROUND
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import FogSettings
 from services.fog.links import Links
 from services.fog.rounds import PhaseMarks, bucket_requests
 from services.fog.secure import FacilityMemberLink, StageTimeouts, no_answer, run_secure_bucket
@@ -98,7 +98,7 @@ def _named_in_header(context: grpc.aio.ServicerContext) -> str:
 
 
 class Fog(fog_pb2_grpc.FogServiceServicer):
-    def __init__(self, settings: Settings, node_id: str) -> None:
+    def __init__(self, settings: FogSettings, node_id: str) -> None:
         self.settings = settings
         self.node_id = node_id
         self.authority_key = b""

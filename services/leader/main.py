@@ -10,7 +10,7 @@ from hfl.errors import ConfigError
 from hfl.files import private_db
 from hfl.learning.features import n_features_for
 from hfl.learning.models import make_model
-from hfl.learning.train import DEFAULT_TRAIN
+from hfl.learning.train import train_config
 from hfl.ledger import LedgerError, LedgerStore
 from hfl.proto.v1 import leader_pb2_grpc
 from hfl.robust.bound import BOUND_MULTIPLIER, WINDOW_ROUNDS, norm_floor
@@ -18,18 +18,19 @@ from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.metrics import LAST_COMMIT, ROUND, ROUND_INTERVAL
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import LeaderSettings
 from services.leader.privacy import dp_plan_from_settings
 from services.leader.service import Leader
 
 log = logging.getLogger("hfl.leader")
 
 
-def training_plan(settings: Settings) -> TrainingPlan:
+def training_plan(settings: LeaderSettings) -> TrainingPlan:
+    train = train_config(settings.lr, settings.epochs, settings.batch_size)
     return TrainingPlan(
-        lr=settings.lr or DEFAULT_TRAIN.lr,
-        epochs=settings.epochs or DEFAULT_TRAIN.epochs,
-        batch_size=settings.batch_size or DEFAULT_TRAIN.batch_size,
+        lr=train.lr,
+        epochs=train.epochs,
+        batch_size=train.batch_size,
         clip_update=settings.norm_ceiling,
         secure=settings.secagg,
         timeout_s=settings.round_timeout,
@@ -37,8 +38,10 @@ def training_plan(settings: Settings) -> TrainingPlan:
     )
 
 
-def open_ledger(settings: Settings) -> tuple[LedgerStore, ModelSpec]:
-    n_features = settings.n_features or n_features_for(settings.dataset, settings.label)
+def open_ledger(settings: LeaderSettings) -> tuple[LedgerStore, ModelSpec]:
+    n_features = settings.n_features
+    if n_features is None:  # HFL_N_FEATURES unset: as many as the dataset gives
+        n_features = n_features_for(settings.dataset, settings.label)
     spec = ModelSpec(kind=settings.model, n_features=n_features, hidden=settings.hidden)
     store = LedgerStore(private_db(settings.state_dir / "ledger.db"))
     initial = make_model(spec.kind, spec.n_features, spec.hidden).init_params(settings.seed)
@@ -57,7 +60,7 @@ def open_ledger(settings: Settings) -> tuple[LedgerStore, ModelSpec]:
     return store, spec
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: LeaderSettings) -> None:
     node_id = settings.resolved_node_id()
     key = load_identity(settings.state_dir)
     store, spec = open_ledger(settings)

@@ -1,10 +1,10 @@
 """The leader's side of differential privacy: calibrate the noise once at start-up and say so.
 
-HFL_DP_EPSILON > 0 turns DP on. The leader calibrates the noise multiplier so that HFL_DP_ROUNDS (default:
-HFL_ROUNDS) rounds, plus HFL_DP_SPARE_ROUNDS spare ones for retried rounds (default 10 %, at least 2), of
-``ceil(local_epochs / q)`` Poisson-sampled DP-SGD steps spend the budget (minus the small ε set aside for
-each facility's published statistics) with the chosen accountant, logs the plain-language summary, and
-ships the resulting plan to every facility in ``TrainingPlan.dp``.
+HFL_DP_EPSILON (more than 0) turns DP on. The leader calibrates the noise multiplier so that
+HFL_DP_ROUNDS (default: HFL_ROUNDS) rounds, plus HFL_DP_SPARE_ROUNDS spare ones for retried rounds
+(default 10 %, at least 2), of ``ceil(local_epochs / q)`` Poisson-sampled DP-SGD steps spend the budget
+(minus the small ε set aside for each facility's published statistics) with the chosen accountant, logs
+the plain-language summary, and ships the resulting plan to every facility in ``TrainingPlan.dp``.
 """
 
 from __future__ import annotations
@@ -12,37 +12,22 @@ from __future__ import annotations
 import logging
 
 from hfl.errors import ConfigError
-from hfl.privacy.federation import (
-    DEFAULT_CLIP,
-    DEFAULT_LOCAL_EPOCHS,
-    DEFAULT_SAMPLING_RATE,
-    DPPlan,
-    describe_plan,
-    plan_dp,
-    spare_rounds,
-)
-from hfl.rpc.settings import Settings
+from hfl.privacy.federation import DPPlan, describe_plan, plan_dp, spare_rounds
+from hfl.rpc.settings import LeaderSettings
 
 log = logging.getLogger("hfl.leader")
 
 
-def dp_rounds(settings: Settings) -> int:
+def dp_rounds(settings: LeaderSettings) -> int:
     """How many rounds the privacy budget is spread over: HFL_DP_ROUNDS, else HFL_ROUNDS. After them each
-    facility's budget is used up and it sits out (the federation may go on with sites that have budget)."""
-    if settings.dp_rounds < 0:
-        raise ConfigError("HFL_DP_ROUNDS must be 0 (use HFL_ROUNDS) or a positive number of rounds")
-    rounds = settings.dp_rounds or settings.rounds
-    if rounds < 1:
-        raise ConfigError(
-            "differential privacy needs to know how many rounds the budget must last: set HFL_DP_ROUNDS "
-            "(or HFL_ROUNDS when the federation stops after a fixed number of rounds)"
-        )
-    return rounds
+    facility's budget is used up and it sits out (the federation may go on with sites that have budget).
+    A leader with differential privacy and neither is refused when its settings load."""
+    return settings.rounds if settings.dp_rounds is None else settings.dp_rounds
 
 
-def dp_plan_from_settings(settings: Settings) -> DPPlan | None:
-    """The calibrated DP plan, or None when HFL_DP_EPSILON is 0 (no differential privacy)."""
-    if settings.dp_epsilon <= 0:
+def dp_plan_from_settings(settings: LeaderSettings) -> DPPlan | None:
+    """The calibrated DP plan, or None when HFL_DP_EPSILON is not set (no differential privacy)."""
+    if settings.dp_epsilon is None:
         return None
     rounds = dp_rounds(settings)
     try:
@@ -64,10 +49,10 @@ def dp_plan_from_settings(settings: Settings) -> DPPlan | None:
             rounds=rounds + spare,
             mechanism=settings.dp_mechanism,
             accountant=settings.dp_accountant,
-            clip=settings.dp_clip or DEFAULT_CLIP,
-            sampling_rate=settings.dp_sampling_rate or DEFAULT_SAMPLING_RATE,
-            local_epochs=settings.dp_local_epochs or DEFAULT_LOCAL_EPOCHS,
-            release_epsilon=None if settings.dp_release_epsilon < 0 else settings.dp_release_epsilon,
+            clip=settings.dp_clip,
+            sampling_rate=settings.dp_sampling_rate,
+            local_epochs=settings.dp_local_epochs,
+            release_epsilon=settings.dp_release_epsilon,
         )
     except ValueError as e:
         raise ConfigError(f"differential privacy cannot be set up: {e}") from None

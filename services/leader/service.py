@@ -69,7 +69,7 @@ from hfl.rpc.metrics import (
     SPECIALTY_AUC,
 )
 from hfl.rpc.server import Channels
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import LeaderSettings
 from hfl.rpc.tls import AUTHORITY, Peer
 from services.leader.rounds import RoundClock, checked_evaluations, fog_request, fog_views, publish_topology
 
@@ -92,7 +92,12 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
     ledger store) and feeds back what happened; timing (RoundClock) and metrics stay here."""
 
     def __init__(
-        self, settings: Settings, channels: Channels, store: LedgerStore, spec: ModelSpec, plan: TrainingPlan
+        self,
+        settings: LeaderSettings,
+        channels: Channels,
+        store: LedgerStore,
+        spec: ModelSpec,
+        plan: TrainingPlan,
     ) -> None:
         self.settings = settings
         self.channels = channels

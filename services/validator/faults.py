@@ -17,7 +17,7 @@ from typing_extensions import override  # mypy checks that each overridden valid
 
 from hfl.ledger import Vote
 from hfl.proto.v1 import validator_pb2
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import ValidatorSettings
 from services.validator.service import Validator
 
 log = logging.getLogger("hfl.validator")
@@ -46,7 +46,7 @@ class FaultyValidator(Validator):
         return await super().Vote(request, context)
 
 
-def validator_class(settings: Settings) -> type[Validator]:
+def validator_class(settings: ValidatorSettings) -> type[Validator]:
     """The validator a process runs: the honest one unless a fault is set for an experiment."""
     if settings.byzantine != "none":
         log.warning("this validator is FAULTY for experiments: %r", settings.byzantine)

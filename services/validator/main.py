@@ -9,7 +9,7 @@ from hfl.proto.v1 import validator_pb2_grpc
 from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.node import load_identity, register
 from hfl.rpc.server import Channels, serve_until_stopped, start_server
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import ValidatorSettings
 from services.validator.faults import validator_class
 
 log = logging.getLogger("hfl.validator")
@@ -20,7 +20,7 @@ def validator_index(node_id: str) -> int:
     return int(digits[-6:]) if digits else 0
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: ValidatorSettings) -> None:
     node_id = settings.resolved_node_id()
     key = load_identity(settings.state_dir)
     data = load_validation_data(

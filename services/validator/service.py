@@ -17,13 +17,15 @@ from hfl.proto.v1 import validator_pb2, validator_pb2_grpc
 from hfl.round.verdict import Policy, Proposal, check_proposal
 from hfl.rpc import serde
 from hfl.rpc.metrics import ROUND, VOTES
-from hfl.rpc.settings import Settings
+from hfl.rpc.settings import ValidatorSettings
 
 log = logging.getLogger("hfl.validator")
 
 
 class Validator(validator_pb2_grpc.ValidatorServiceServicer):
-    def __init__(self, settings: Settings, node_id: str, key: SigningKey, data: Dataset | None) -> None:
+    def __init__(
+        self, settings: ValidatorSettings, node_id: str, key: SigningKey, data: Dataset | None
+    ) -> None:
         self.settings = settings
         self.node_id = node_id
         self.key = key

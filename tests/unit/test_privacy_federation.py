@@ -268,13 +268,12 @@ def test_a_federation_without_an_end_says_how_long_the_budget_lasts() -> None:
     from hfl.rpc.settings import load_settings
     from services.leader.privacy import dp_plan_from_settings, dp_rounds
 
-    forever = load_settings(role="leader", rounds=0, dp_epsilon=1.0)
     with pytest.raises(ConfigError, match="set HFL_DP_ROUNDS"):
-        dp_plan_from_settings(forever)
+        load_settings(role="leader", rounds=0, dp_epsilon=1.0)
     assert dp_rounds(load_settings(role="leader", rounds=0, dp_epsilon=1.0, dp_rounds=40)) == 40
     assert dp_rounds(load_settings(role="leader", rounds=7, dp_epsilon=1.0)) == 7
-    with pytest.raises(ConfigError, match="HFL_DP_ROUNDS must be"):
-        dp_rounds(load_settings(role="leader", rounds=7, dp_epsilon=1.0, dp_rounds=-1))
+    with pytest.raises(ConfigError, match="HFL_DP_ROUNDS must be a positive number of rounds"):
+        load_settings(role="leader", rounds=7, dp_epsilon=1.0, dp_rounds=-1)
     plan = dp_plan_from_settings(load_settings(role="leader", rounds=0, dp_epsilon=1.0, dp_rounds=20))
     assert plan is not None and plan.rounds == 22  # 20 planned, 2 spare for retried rounds
     exact = load_settings(role="leader", rounds=0, dp_epsilon=1.0, dp_rounds=20, dp_spare_rounds=0)
