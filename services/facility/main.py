@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from hfl.domain import NodeInfo
-from hfl.learning.data import load_facility_data
+from hfl.learning.data import FacilityData, load_facility_data
 from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.node import register
 from hfl.rpc.server import Channels, DialingNode, serve_until_stopped, start_dialing_node
@@ -77,79 +77,107 @@ async def start(
             prepare(facility)
         # Certificate first, then register (the authority may assign the specialty), then load the data,
         # then connect to the fogs; calls answer UNAVAILABLE until the data are loaded.
-        running = await start_dialing_node(settings, "facility")
-        channels.use(running.tls)  # this facility's own certificate, also when several share a process
-        node = running.node_info(
-            settings,
-            "facility",
-            node_id,
-            facility.signing_key.public_bytes,
-            settings.specialty,
-            metrics_port=metrics_port,
-        )
-        pinned = pinned_authority_key(settings)
-        answer = await register(channels, settings.authority, node, pinned_key=pinned)
+        running, node, answer = await _enrol_and_register(settings, facility, channels, metrics_port)
         specialty = answer.specialty or settings.specialty or "hospital"
-        # Without HFL_SHARD (scaled containers) the node id picks the data stream, so replicas differ.
-        data = load_facility_data(
-            settings.dataset,
-            specialty=specialty,
-            shard=shard,
-            seed=settings.seed,
-            label=settings.label,
-            n_patients=settings.n_patients,
-            stream=node_id,
-        )
-        log.info(
-            "loaded %d training and %d test records (%s, %s)",
-            data.train.n,
-            data.test.n,
-            specialty,
-            settings.dataset,
-        )
-        facility.ready(data, bytes(answer.authority_public_key))
-        rejoining: set[asyncio.Task[None]] = set()
-        here = {"node": node}  # what this facility registers as: with the fog it is connected to now
-
-        def connected(fog_id: str, again: bool) -> None:  # be scheduled through this fog from the next round
-            here["node"] = replace(node, fog=fog_id)
-            task = asyncio.create_task(
-                register_again(facility, channels, settings.authority, here["node"], fog_id, again)
-            )
-            rejoining.add(task)
-            task.add_done_callback(rejoining.discard)
-
-        dialer = FogDialer(
-            node_id,
-            channels,
-            settings.authority,
-            lambda name: lambda request: getattr(facility, name)(request, None),
-            tls_on=running.tls is not None,
-            on_connect=connected,
-        )
-        running.background.append(asyncio.create_task(dialer.run()))
+        facility.ready(_load_data(settings, node_id, specialty, shard), bytes(answer.authority_public_key))
+        dialer = _dial_fogs(settings, facility, channels, running, node)
         held.release()  # the authority names a fog once enough facilities have registered: let them
-        if not await dialer.wait_connected(CONNECT_WAIT_S):
-            missing = sorted(set(dialer.fogs) - dialer.connected)
-            log.warning(
-                "%s; rounds go on without this facility until it is connected (it keeps trying)",
-                f"not yet connected to fog {', '.join(missing)}"
-                if missing
-                else "the authority has not named this facility's fog yet (it does once the federation's "
-                "first facilities, HFL_MIN_FACILITIES, have registered)",
-            )
-        if settings.reregister_s > 0:
-            running.background.append(
-                asyncio.create_task(
-                    keep_registered(facility, channels, settings.authority, here, settings.reregister_s)
-                )
-            )
+        await _wait_for_fogs(dialer)
         info = await running.mark_ready(
             settings, "facility", node_id, metrics_port=metrics_port, specialty=specialty
         )
         return StartedFacility(node_id, facility, running, channels, info)
     finally:
         held.release()
+
+
+async def _enrol_and_register(
+    settings: FacilitySettings, facility: Facility, channels: Channels, metrics_port: int | None
+) -> tuple[DialingNode, NodeInfo, Any]:
+    """This facility's certificate (enrolling if it has none yet), then its registration with the
+    authority: (the running node, what it registered as, the authority's answer)."""
+    running = await start_dialing_node(settings, "facility")
+    channels.use(running.tls)  # this facility's own certificate, also when several share a process
+    node = running.node_info(
+        settings,
+        "facility",
+        facility.node_id,
+        facility.signing_key.public_bytes,
+        settings.specialty,
+        metrics_port=metrics_port,
+    )
+    pinned = pinned_authority_key(settings)
+    answer = await register(channels, settings.authority, node, pinned_key=pinned)
+    return running, node, answer
+
+
+def _load_data(settings: FacilitySettings, node_id: str, specialty: str, shard: Any) -> FacilityData:
+    # Without HFL_SHARD (scaled containers) the node id picks the data stream, so replicas differ.
+    data = load_facility_data(
+        settings.dataset,
+        specialty=specialty,
+        shard=shard,
+        seed=settings.seed,
+        label=settings.label,
+        n_patients=settings.n_patients,
+        stream=node_id,
+    )
+    log.info(
+        "loaded %d training and %d test records (%s, %s)",
+        data.train.n,
+        data.test.n,
+        specialty,
+        settings.dataset,
+    )
+    return data
+
+
+def _dial_fogs(
+    settings: FacilitySettings, facility: Facility, channels: Channels, running: DialingNode, node: NodeInfo
+) -> FogDialer:
+    """Start dialling this facility's fogs (and, with HFL_REREGISTER_S, registering again when no round
+    comes); each new connection is told to the authority, which schedules a facility through its fog."""
+    rejoining: set[asyncio.Task[None]] = set()
+    here = {"node": node}  # what this facility registers as: with the fog it is connected to now
+
+    def connected(fog_id: str, again: bool) -> None:  # be scheduled through this fog from the next round
+        here["node"] = replace(node, fog=fog_id)
+        task = asyncio.create_task(
+            register_again(facility, channels, settings.authority, here["node"], fog_id, again)
+        )
+        rejoining.add(task)
+        task.add_done_callback(rejoining.discard)
+
+    dialer = FogDialer(
+        facility.node_id,
+        channels,
+        settings.authority,
+        lambda name: lambda request: getattr(facility, name)(request, None),
+        tls_on=running.tls is not None,
+        on_connect=connected,
+    )
+    running.background.append(asyncio.create_task(dialer.run()))
+    if settings.reregister_s > 0:
+        running.background.append(
+            asyncio.create_task(
+                keep_registered(facility, channels, settings.authority, here, settings.reregister_s)
+            )
+        )
+    return dialer
+
+
+async def _wait_for_fogs(dialer: FogDialer) -> None:
+    """Wait a little for the fogs to take this facility's connection; rounds go on without it meanwhile."""
+    if await dialer.wait_connected(CONNECT_WAIT_S):
+        return
+    missing = sorted(set(dialer.fogs) - dialer.connected)
+    log.warning(
+        "%s; rounds go on without this facility until it is connected (it keeps trying)",
+        f"not yet connected to fog {', '.join(missing)}"
+        if missing
+        else "the authority has not named this facility's fog yet (it does once the federation's "
+        "first facilities, HFL_MIN_FACILITIES, have registered)",
+    )
 
 
 async def register_again(

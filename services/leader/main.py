@@ -60,17 +60,8 @@ def open_ledger(settings: LeaderSettings) -> tuple[LedgerStore, ModelSpec]:
     return store, spec
 
 
-async def run(settings: LeaderSettings) -> None:
-    node_id = settings.resolved_node_id()
-    key = load_identity(settings.state_dir)
-    store, spec = open_ledger(settings)
-    head = store.head()
-    if head is not None and head.header.round > 0:
-        log.info("resuming after round %d (head %s)", head.header.round, head.hash.hex()[:16])
-        ROUND.set(head.header.round)
-    LAST_COMMIT.set_to_current_time()  # "no commit since" counts from the start
-    channels = Channels()
-    leader = Leader(settings, channels, store, spec, training_plan(settings))
+def _log_norm_bound(leader: Leader, settings: LeaderSettings) -> None:
+    """Say at start how updates are bounded (hfl/robust/bound.py)."""
     if leader.adaptive_bound:
         log.info(
             "norm bound: adaptive, %g x the median honest update length of the last %d rounds, between "
@@ -82,6 +73,20 @@ async def run(settings: LeaderSettings) -> None:
         )
     elif settings.defences:
         log.info("norm bound: fixed at %g (HFL_CLIP_UPDATE; HFL_ADAPTIVE_BOUND=false)", settings.norm_ceiling)
+
+
+async def run(settings: LeaderSettings) -> None:
+    node_id = settings.resolved_node_id()
+    key = load_identity(settings.state_dir)
+    store, spec = open_ledger(settings)
+    head = store.head()
+    if head is not None and head.header.round > 0:
+        log.info("resuming after round %d (head %s)", head.header.round, head.hash.hex()[:16])
+        ROUND.set(head.header.round)
+    LAST_COMMIT.set_to_current_time()  # "no commit since" counts from the start
+    channels = Channels()
+    leader = Leader(settings, channels, store, spec, training_plan(settings))
+    _log_norm_bound(leader, settings)
     ROUND_INTERVAL.set(leader.oplog.control().interval(settings.round_interval))  # an operator's choice stays
     running = await start_server(
         settings, "leader", lambda s: leader_pb2_grpc.add_LeaderServiceServicer_to_server(leader, s)
