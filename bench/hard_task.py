@@ -75,7 +75,7 @@ from hfl.learning.models import EvalResult, Model, evaluate, make_model  # noqa:
 from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN, clip_update, train_local  # noqa: E402
 from hfl.robust.attacks import ATTACKS, apply_attack, flip_labels  # noqa: E402
 from hfl.robust.bound import RECORD_KEY, bound_for, round_record  # noqa: E402
-from hfl.robust.reputation import Reputation, with_refused  # noqa: E402
+from hfl.robust.reputation import Reputation, federation_test, with_refused  # noqa: E402
 from hfl.robust.rules import DEFAULT_RULE, resolve_f  # noqa: E402
 from hfl.round.propose import aggregate_recorded  # noqa: E402
 from hfl.schedule import assign_buckets  # noqa: E402
@@ -104,10 +104,22 @@ class Facility:
     peers: list[Dataset] = field(default_factory=list)
 
 
-def make_facilities(attack: str, seed: int, n: int = FACILITIES, n_byz: int = BYZANTINE) -> list[Facility]:
+@dataclass(frozen=True)
+class Setup:
+    """What one federation is: its task (dataset and model) and how many facilities, how many misbehave."""
+
+    source: str = SOURCE
+    model: str = MODEL
+    facilities: int = FACILITIES
+    byzantine: int = BYZANTINE
+
+
+def make_facilities(
+    attack: str, seed: int, n: int = FACILITIES, n_byz: int = BYZANTINE, source: str = SOURCE
+) -> list[Facility]:
     out = []
     for i in range(n):
-        data = load_facility_data(SOURCE, specialty=SPECIALTIES[i % 4], shard=(i, n), seed=seed)
+        data = load_facility_data(source, specialty=SPECIALTIES[i % 4], shard=(i, n), seed=seed)
         out.append(Facility(f"facility-{i + 1:02d}", (i, n), data, data.train))
     if attack == "none":
         return out
@@ -119,7 +131,7 @@ def make_facilities(attack: str, seed: int, n: int = FACILITIES, n_byz: int = BY
         if attack in ("alie", "ipm"):  # services/facility/service.py peer_updates
             m = max(fac.shard[1], 5)
             fac.peers = [
-                load_facility_data(SOURCE, specialty=SPECIALTIES[j % 4], shard=(j, m), seed=seed).train
+                load_facility_data(source, specialty=SPECIALTIES[j % 4], shard=(j, m), seed=seed).train
                 for j in range(m)
                 if j != fac.shard[0]
             ][:4]
@@ -178,16 +190,17 @@ def accuracy(model: Model, w: np.ndarray, sets: list[Dataset]) -> float:
     return sum((evaluate(model, w, d) for d in sets), EvalResult(0, 0, 0.0)).accuracy
 
 
-def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS) -> dict[str, Any]:
+def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS, setup: Setup = Setup()) -> dict[str, Any]:
     """One federation; ``mode`` is DEFENDED (the defaults) or PLAIN (--rule mean --no-defences)."""
     defences = mode in (DEFENDED, WHAT_IF)
     rule = DEFAULT_RULE if defences else "mean"
-    facs = make_facilities(attack, seed)
-    model = make_model(MODEL, facs[0].data.train.d, HIDDEN)
+    facs = make_facilities(attack, seed, setup.facilities, setup.byzantine, setup.source)
+    model = make_model(setup.model, facs[0].data.train.d, HIDDEN)
     w = model.init_params(seed)  # the leader's genesis model
-    validators = [load_validation_data(SOURCE, seed=seed, index=v) for v in range(VALIDATORS)]
+    validators = [load_validation_data(setup.source, seed=seed, index=v) for v in range(VALIDATORS)]
     all_tests = [f.data.test for f in facs]
-    rep = Reputation()
+    # the authority's quarantine test for this federation (HFL_MAX_BYZANTINE unset: one per two buckets)
+    rep = Reputation(test=federation_test(setup.facilities, BUCKET, None))
     prev_extra: dict[str, Any] = {}  # the previous block's extra (genesis: no bound history)
     rows: list[dict[str, Any]] = []
     rejected = 0
