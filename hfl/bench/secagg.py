@@ -64,6 +64,16 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def reset_peak(pid: int) -> bool:
+    """Start a process's VmHWM afresh (Linux: writing 5 to /proc/PID/clear_refs), so the peak read after a
+    round is that round's; False when the system does not allow it (then peaks cover the whole run)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 class Bench:
     def __init__(
         self,
@@ -81,6 +91,9 @@ class Bench:
         self.tls = tls
         self.leader_tls: Any = None
         self.hosts = max(1, min(hosts, n))
+        self.fog_pid = 0  # set by start()
+        self.secure_only = False  # no plain rounds (so the fog's memory in a secure round is its own)
+        self.fog_peaks: list[float] = []  # the fog's peak in each round (warm-up included)
         self.quiet = quiet
         self.tmp = Path(tempfile.mkdtemp(prefix="hfl-bench-secagg-"))
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -139,6 +152,7 @@ class Bench:
         infos = [json.loads(r.read_text()) for r in readies]
         fog = infos[0]["nodes"]["fog-1"]
         facilities = {k: v for info in infos[1:] for k, v in info["nodes"].items()}
+        self.fog_pid = int(infos[0]["pid"])
         return fog, facilities, [info["pid"] for info in infos]
 
     def certificates(self) -> None:
@@ -230,9 +244,13 @@ class Bench:
         req = fog_pb2.RunRoundRequest(
             config=serde.config_to_proto(config), model=model, plan=serde.plan_to_proto(plan)
         )
+        per_round_peak = reset_peak(self.fog_pid)
         t0 = time.perf_counter()
         resp = await stub.RunRound(req, timeout=600)
         elapsed = time.perf_counter() - t0
+        fog_peak = peak_rss_mb(self.fog_pid) if per_round_peak else None
+        if fog_peak is not None:
+            self.fog_peaks.append(fog_peak)
         setup = facility_pb2.StartRoundRequest(
             config=req.config, model=model, plan=req.plan, bucket_id="b0"
         ).ByteSize()
@@ -258,6 +276,7 @@ class Bench:
             "survivors": sum(r.count for r in results if not r.abandoned),
             "dropouts": sum(len(r.dropped) for r in results),
             "abandoned": sum(1 for r in results if r.abandoned),
+            "fog_peak_mb": fog_peak,
         }
 
     async def measure(self, fog: dict[str, Any], facilities: dict[str, Any]) -> dict[str, Any]:
@@ -272,6 +291,8 @@ class Bench:
             round_ = 0
             for k in range(self.rounds + 1):  # the first pair warms up connections and is not counted
                 for is_secure, bucket in ((True, secure), (False, plain)):
+                    if self.secure_only and not is_secure:
+                        continue
                     round_ += 1
                     row = await self.run_round(stub, round_, is_secure, fog, facilities)
                     if k > 0:
@@ -295,16 +316,17 @@ def run_bench(
     quiet: bool = False,
     tls: bool = True,
     tls_cost: bool = False,
+    secure_only: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark and return the summary (see the module docstring). ``tls_cost``: run it once
     without TLS first, and report both."""
     if tls_cost:
-        bare = run_bench(n, d, g, drop_rate, rounds, hosts, seed, quiet, tls=False)
-        out = run_bench(n, d, g, drop_rate, rounds, hosts, seed, quiet, tls=True)
+        bare = run_bench(n, d, g, drop_rate, rounds, hosts, seed, quiet, tls=False, secure_only=secure_only)
+        out = run_bench(n, d, g, drop_rate, rounds, hosts, seed, quiet, tls=True, secure_only=secure_only)
         out["no_tls"] = {k: bare[k] for k in ("secure_round_s", "plain_round_s", "peak_rss_mb", "exact")}
         out["tls_cost"] = {
             "secure": round(out["secure_round_s"] / bare["secure_round_s"], 3),
-            "plain": round(out["plain_round_s"] / bare["plain_round_s"], 3),
+            "plain": round(out["plain_round_s"] / bare["plain_round_s"], 3) if not secure_only else None,
         }
         out["exact"] = out["exact"] and bare["exact"]
         return out
@@ -318,6 +340,7 @@ def run_bench(
     hosts = hosts or min(4, max(1, math.ceil(n / 16)))
     load_before = _load()
     bench = Bench(n, d, g, drop_rate, rounds, hosts, seed, quiet, tls)
+    bench.secure_only = secure_only
     bench.say(
         f"hfl bench secagg: {n} facilities in {bench.hosts} processes, 1 fog, dimension {d}, buckets of {g}, "
         f"drop rate {drop_rate}, {rounds} measured rounds per path, "
@@ -333,9 +356,14 @@ def run_bench(
     sec, pla = runs["secure"], runs["plain"]
 
     def med(rows: list[dict[str, Any]], key: str) -> float:
-        return float(statistics.median(r[key] for r in rows))
+        return float(statistics.median(r[key] for r in rows)) if rows else math.nan
 
     secure_s, plain_s = med(sec, "s"), med(pla, "s")
+
+    def round_peak(rows: list[dict[str, Any]]) -> float | None:
+        peaks = [r["fog_peak_mb"] for r in rows if r["fog_peak_mb"] is not None]
+        return round(max(peaks), 1) if rows and len(peaks) == len(rows) else None
+
     bpf = med(sec, "bytes_per_facility")
     return {
         "facilities": n,
@@ -346,15 +374,19 @@ def run_bench(
         "rounds": rounds,
         "facility_processes": bench.hosts,
         "secure_round_s": round(secure_s, 4),
-        "plain_round_s": round(plain_s, 4),
-        "ratio": round(secure_s / plain_s, 3) if plain_s > 0 else None,
+        "plain_round_s": round(plain_s, 4) if pla else None,
+        "ratio": round(secure_s / plain_s, 3) if pla and plain_s > 0 else None,
         "bytes_per_facility": round(bpf),
-        "plain_bytes_per_facility": round(med(pla, "bytes_per_facility")),
+        "plain_bytes_per_facility": round(med(pla, "bytes_per_facility")) if pla else None,
         "expansion": round(bpf / (4 * d), 4),
-        "peak_rss_mb": round(rss_fog, 1) if rss_fog is not None else None,
+        "peak_rss_mb": round(max([*bench.fog_peaks, rss_fog]), 1) if rss_fog is not None else None,
+        # the fog's peak during the measured rounds of each path alone (None: the system cannot reset it)
+        "fog_peak_secure_mb": round_peak(sec),
+        "fog_peak_plain_mb": round_peak(pla),
         "peak_rss_facility_process_mb": round(max(rss_fac), 1) if rss_fac else None,
         "exact": all(r["exact"] for r in sec),
-        "plain_max_abs_error": max(r["max_abs_error"] for r in pla),
+        "plain_max_abs_error": max(r["max_abs_error"] for r in pla) if pla else None,
+        "secure_only": secure_only,
         "dropouts_median": med(sec, "dropouts"),
         "abandoned_buckets_total": sum(r["abandoned"] for r in sec),
         "keystream_gbps": round(prg.keystream_throughput_gbps(), 2),
@@ -391,6 +423,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="mutual TLS between the fog and the facilities, as in a federation (default on)",
     )
     p.add_argument("--tls-cost", action="store_true", help="run without TLS, then with it, and report both")
+    p.add_argument(
+        "--secure-only",
+        action="store_true",
+        help="no plain rounds: the fog's memory in secure rounds, with nothing left over from plain ones",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -407,16 +444,21 @@ def cmd_bench_secagg(args: argparse.Namespace) -> int:
         quiet=args.json,
         tls=args.tls,
         tls_cost=args.tls_cost,
+        secure_only=args.secure_only,
     )
     if args.json:
         print(json.dumps(out))
         return 0 if out["exact"] else 1
     print(f"secure round (median)   {out['secure_round_s']:.3f} s")
-    print(f"plain round (median)    {out['plain_round_s']:.3f} s   (secure / plain = {out['ratio']})")
+    if not out["secure_only"]:
+        print(f"plain round (median)    {out['plain_round_s']:.3f} s   (secure / plain = {out['ratio']})")
     print(
-        f"bytes per facility      {out['bytes_per_facility']:,} (plain: {out['plain_bytes_per_facility']:,})"
+        f"bytes per facility      {out['bytes_per_facility']:,} (plain: {out['plain_bytes_per_facility']})"
     )
     print(f"expansion over float32  {out['expansion']:.4f}  (4 x {int(args.dim):,} bytes of plaintext)")
+    print(
+        f"fog peak in a round     secure {out['fog_peak_secure_mb']} MB, plain {out['fog_peak_plain_mb']} MB"
+    )
     print(
         f"peak memory             fog {out['peak_rss_mb']} MB, largest facility process "
         f"{out['peak_rss_facility_process_mb']} MB"
@@ -428,7 +470,7 @@ def cmd_bench_secagg(args: argparse.Namespace) -> int:
     if "tls_cost" in out:
         print(
             f"without TLS             secure {out['no_tls']['secure_round_s']:.3f} s, plain "
-            f"{out['no_tls']['plain_round_s']:.3f} s: TLS costs x{out['tls_cost']['secure']} (secure), "
+            f"{out['no_tls']['plain_round_s']} s: TLS costs x{out['tls_cost']['secure']} (secure), "
             f"x{out['tls_cost']['plain']} (plain)"
         )
     return 0 if out["exact"] else 1
