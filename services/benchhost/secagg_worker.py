@@ -38,31 +38,26 @@ from services.facility.faults import FaultySecureAggregation
 from services.fog.service import Fog
 
 
+def _node(node_id: str, state: Path, seed: int, tls: bool) -> dict[str, Any]:
+    """What the bench's fog and facilities share: loopback, no metrics, quiet logs."""
+    return {
+        "node_id": node_id,
+        "listen": "127.0.0.1:0",
+        "metrics_port": -1,
+        "state_dir": state,
+        "tls": tls,
+        "seed": seed,
+        "log_level": "WARNING",
+    }
+
+
 def _fog_settings(node_id: str, state: Path, seed: int, tls: bool) -> FogSettings:
-    return FogSettings(
-        role="fog",
-        node_id=node_id,
-        listen="127.0.0.1:0",
-        metrics_port=-1,
-        state_dir=state,
-        tls=tls,
-        seed=seed,
-        log_level="WARNING",
-    )
+    return FogSettings(role="fog", **_node(node_id, state, seed, tls))
 
 
 def _facility_settings(node_id: str, state: Path, seed: int, tls: bool) -> FacilitySettings:
-    return FacilitySettings(
-        role="facility",
-        node_id=node_id,
-        listen="127.0.0.1:0",
-        metrics_port=-1,
-        state_dir=state,
-        tls=tls,
-        seed=seed,
-        log_level="WARNING",
-        secagg=False,  # the bench's facilities take plain rounds too, for the comparison
-    )
+    # the bench's facilities take plain rounds too, for the comparison
+    return FacilitySettings(role="facility", secagg=False, **_node(node_id, state, seed, tls))
 
 
 def _tiny_data() -> FacilityData:
