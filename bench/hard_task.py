@@ -112,6 +112,7 @@ class Setup:
     model: str = MODEL
     facilities: int = FACILITIES
     byzantine: int = BYZANTINE
+    bucket: int = BUCKET
 
 
 def make_facilities(
@@ -200,7 +201,7 @@ def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS, setup: Setup = 
     validators = [load_validation_data(setup.source, seed=seed, index=v) for v in range(VALIDATORS)]
     all_tests = [f.data.test for f in facs]
     # the authority's quarantine test for this federation (HFL_MAX_BYZANTINE unset: one per two buckets)
-    rep = Reputation(test=federation_test(setup.facilities, BUCKET, None))
+    rep = Reputation(test=federation_test(setup.facilities, setup.bucket, None))
     prev_extra: dict[str, Any] = {}  # the previous block's extra (genesis: no bound history)
     rows: list[dict[str, Any]] = []
     rejected = 0
@@ -209,7 +210,7 @@ def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS, setup: Setup = 
             active = [x for x in facs if x.node_id not in rep.quarantined]
             by_id = {x.node_id: x for x in active}
             draw = hashlib.sha256(f"hard_task/{seed}/{rnd}/{attempt}".encode()).digest()
-            plans = assign_buckets([x.node_id for x in active], list(FOGS), BUCKET, draw)
+            plans = assign_buckets([x.node_id for x in active], list(FOGS), setup.bucket, draw)
             clip = bound_for(prev_extra, DEFAULT_CLIP_UPDATE) if defences else DEFAULT_CLIP_UPDATE
             sums, counts, bids, refused = [], [], [], []
             for p in plans:

@@ -18,6 +18,7 @@ Results go to bench/results/robust_grid.json after every run, and a run already 
 
     .venv/bin/python bench/robust_grid.py                       # everything (about an hour on 2 cores)
     .venv/bin/python bench/robust_grid.py --sizes 12 --tasks synthetic --seeds 0 1
+    .venv/bin/python bench/robust_grid.py --sizes 12 --bucket-size 4 --out bench/results/robust_grid_b4.json
 """
 
 from __future__ import annotations
@@ -46,12 +47,15 @@ ROUNDS, BY_ROUND, POINTS = 30, 10, 0.02
 OUT = ROOT / "bench" / "results" / "robust_grid.json"
 
 
+BUCKET = 3  # the default; --bucket-size changes it (and the results file)
+
+
 def key(task: str, n: int, attack: str, mode: str, seed: int) -> str:
     return f"{task}/{n}/{attack}/{mode}/{seed}"
 
 
 def one(task: str, n: int, attack: str, mode: str, seed: int) -> dict[str, Any]:
-    setup = Setup(source=task, model=TASKS[task], facilities=n, byzantine=SIZES[n])
+    setup = Setup(source=task, model=TASKS[task], facilities=n, byzantine=SIZES[n], bucket=BUCKET)
     t0 = time.monotonic()
     r = run(attack, mode, seed, rounds=ROUNDS, setup=setup)
     return {
@@ -110,8 +114,10 @@ def main() -> int:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--sizes", nargs="+", type=int, default=list(SIZES), choices=list(SIZES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--bucket-size", type=int, default=BUCKET, help="facilities per bucket (default 3)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
+    globals()["BUCKET"] = args.bucket_size
     out = Path(args.out)
     doc: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     runs: dict[str, Any] = doc.get("runs", {})
@@ -129,7 +135,8 @@ def main() -> int:
         runs[key(*job)] = one(*job)
         doc = {
             "what": __doc__.split("\n\n")[0] if __doc__ else "",
-            "setup": {"rounds": ROUNDS, "bucket_size": 3, "sizes": SIZES, "tasks": TASKS, "by": BY_ROUND},
+            "setup": {"rounds": ROUNDS, "bucket_size": BUCKET, "sizes": SIZES, "tasks": TASKS,
+                      "by": BY_ROUND},
             "verdict": {
                 f"{t}/{n}": verdict(runs, t, n, args.seeds) for t in args.tasks for n in args.sizes
             },
