@@ -8,8 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from hfl.crypto.signing import SigningKey
-from hfl.domain import Bucket, BucketResult, ModelSpec, NodeInfo, RoundConfig
+from hfl.domain import BucketResult, ModelSpec, RoundConfig
 from hfl.errors import InvalidInput, NotAllowed
 from hfl.learning.data import load_validation_data
 from hfl.learning.models import make_model
@@ -17,28 +16,15 @@ from hfl.ledger import Block, CommitteeMember, Vote, genesis_header
 from hfl.robust.bound import RECORD_KEY, round_record
 from hfl.round.propose import next_header
 from hfl.round.verdict import Policy, Proposal, Verdict, check_proposal
+from tests.unit.round_fixtures import VALIDATORS
+from tests.unit.round_fixtures import signed_config as _config
 
-AUTHORITY = SigningKey.generate()
-VALIDATORS = {f"validator-{i}": SigningKey.generate() for i in range(1, 5)}
 SPEC = ModelSpec("logreg", 32)
 RULE_PARAMS: dict[str, object] = {"f": 1, "clip_update": 3.0}
 POLICY = Policy(rule="trimmed_mean", norm_ceiling=3.0)
 DATA = load_validation_data("synthetic", seed=0, index=1)
 
 
-def _config(round_: int = 1, committee: tuple[str, ...] = tuple(VALIDATORS)) -> RoundConfig:
-    return RoundConfig(
-        round=round_,
-        attempt=0,
-        seed=b"\x01" * 32,
-        ledger_head=b"\x02" * 32,
-        epoch=0,
-        buckets=tuple(Bucket(f"b{i}", "fog-1", (f"f{i}a", f"f{i}b", f"f{i}c"), 3) for i in range(4)),
-        committee=tuple(NodeInfo(v, "validator", f"{v}:1", VALIDATORS[v].public_bytes) for v in committee),
-        quorum=3,
-        facilities=(),
-        fogs=(NodeInfo("fog-1", "fog", "fog:1"),),
-    ).sign(AUTHORITY)
 
 
 def _inputs(

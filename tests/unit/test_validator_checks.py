@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from cryptography.exceptions import InvalidSignature
 
-from hfl.crypto.signing import SigningKey
-from hfl.domain import Bucket, BucketResult, ModelSpec, NodeInfo, RoundConfig
+from hfl.domain import BucketResult, ModelSpec, RoundConfig
 from hfl.errors import InvalidInput
 from hfl.learning.data import load_validation_data
 from hfl.learning.models import make_model
@@ -23,27 +22,13 @@ from hfl.rpc import serde
 from hfl.rpc.settings import Settings
 from services.validator.faults import FaultyValidator, validator_class
 from services.validator.service import Validator
+from tests.unit.round_fixtures import AUTHORITY, VALIDATORS
+from tests.unit.round_fixtures import signed_config as _config
 
-AUTHORITY = SigningKey.generate()
-VALIDATORS = {f"validator-{i}": SigningKey.generate() for i in range(1, 5)}
 SPEC = ModelSpec("logreg", 12)
 RULE_PARAMS = {"f": 1, "clip_update": 3.0}
 
 
-def _config(round_: int = 1) -> RoundConfig:
-    committee = tuple(NodeInfo(v, "validator", f"{v}:1", k.public_bytes) for v, k in VALIDATORS.items())
-    return RoundConfig(
-        round=round_,
-        attempt=0,
-        seed=b"\x01" * 32,
-        ledger_head=b"\x02" * 32,
-        epoch=0,
-        buckets=tuple(Bucket(f"b{i}", "fog-1", (f"f{i}a", f"f{i}b", f"f{i}c"), 3) for i in range(4)),
-        committee=committee,
-        quorum=3,
-        facilities=(),
-        fogs=(NodeInfo("fog-1", "fog", "fog:1"),),
-    ).sign(AUTHORITY)
 
 
 def _round_extra(config: RoundConfig) -> dict[str, object]:
