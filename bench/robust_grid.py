@@ -47,15 +47,15 @@ ROUNDS, BY_ROUND, POINTS = 30, 10, 0.02
 OUT = ROOT / "bench" / "results" / "robust_grid.json"
 
 
-BUCKET = 3  # the default; --bucket-size changes it (and the results file)
+BUCKET = 3  # the default bucket size; --bucket-size changes it (write those runs to another --out)
 
 
 def key(task: str, n: int, attack: str, mode: str, seed: int) -> str:
     return f"{task}/{n}/{attack}/{mode}/{seed}"
 
 
-def one(task: str, n: int, attack: str, mode: str, seed: int) -> dict[str, Any]:
-    setup = Setup(source=task, model=TASKS[task], facilities=n, byzantine=SIZES[n], bucket=BUCKET)
+def one(task: str, n: int, attack: str, mode: str, seed: int, bucket: int = BUCKET) -> dict[str, Any]:
+    setup = Setup(source=task, model=TASKS[task], facilities=n, byzantine=SIZES[n], bucket=bucket)
     t0 = time.monotonic()
     r = run(attack, mode, seed, rounds=ROUNDS, setup=setup)
     return {
@@ -117,7 +117,6 @@ def main() -> int:
     ap.add_argument("--bucket-size", type=int, default=BUCKET, help="facilities per bucket (default 3)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
-    globals()["BUCKET"] = args.bucket_size
     out = Path(args.out)
     doc: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     runs: dict[str, Any] = doc.get("runs", {})
@@ -132,10 +131,10 @@ def main() -> int:
     todo = [j for j in jobs if key(*j) not in runs]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already recorded; {len(todo)} to go", flush=True)
     for i, job in enumerate(todo, 1):
-        runs[key(*job)] = one(*job)
+        runs[key(*job)] = one(*job, bucket=args.bucket_size)
         doc = {
             "what": __doc__.split("\n\n")[0] if __doc__ else "",
-            "setup": {"rounds": ROUNDS, "bucket_size": BUCKET, "sizes": SIZES, "tasks": TASKS,
+            "setup": {"rounds": ROUNDS, "bucket_size": args.bucket_size, "sizes": SIZES, "tasks": TASKS,
                       "by": BY_ROUND},
             "verdict": {
                 f"{t}/{n}": verdict(runs, t, n, args.seeds) for t in args.tasks for n in args.sizes
