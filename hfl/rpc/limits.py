@@ -31,7 +31,9 @@ _A, _F, _L, _V = (
     "/hfl.v1.LeaderService/",
     "/hfl.v1.ValidatorService/",
 )
-CHUNK = 4 * MIB - 64 * KIB  # bytes of a message per frame: a 10^6-parameter model or update fits in one
+CHUNK = 4 * MIB - 64 * KIB  # bytes of a message one frame may carry (what a receiver accepts)
+SEND_CHUNK = 256 * KIB  # bytes per frame a sender cuts (at most CHUNK): small, so that the first frames of
+# many answers arriving at once cost the fog little while it takes them in turn (services/fog/links.py)
 FRAME = CHUNK + 4 * KIB  # one frame of a facility's connection (a chunk plus its header), under gRPC's 4 MiB
 
 # Exact method names; anything else is CONTROL.

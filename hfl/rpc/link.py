@@ -3,9 +3,9 @@
 A facility listens on no port. It opens one long-lived mutual-TLS stream to its fog
 (FogService.Connect) and the fog sends every stage of a round down it: a FogCall (fog -> facility)
 is answered by a FacilityReply (facility -> fog) carrying the same call id. Each message is serialised
-and cut into LinkFrames of at most CHUNK bytes, sent one after the other, so a model of 10^7
-parameters (40 MB) travels without raising gRPC's message-size limit, and frames of two messages never
-interleave on one stream.
+and cut into LinkFrames of SEND_CHUNK bytes (a receiver accepts up to CHUNK), sent one after the other,
+so a model of 10^7 parameters (40 MB) travels without raising gRPC's message-size limit, and frames of
+two messages never interleave on one stream.
 
 Everything here is pure and synchronous; services/fog/links.py and services/facility/dial.py do the
 waiting. Bad input (frames out of order, oversized or empty chunks, a message cut short, a call id
@@ -27,7 +27,8 @@ from hfl.errors import InvalidInput, TooLarge
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import limits
 
-CHUNK = limits.CHUNK  # bytes of a message per frame
+CHUNK = limits.CHUNK  # bytes of a message a frame may carry
+SEND_CHUNK = limits.SEND_CHUNK  # bytes of a message per frame sent
 MAX_MESSAGE = limits.MODEL  # the largest whole message (a model or masked update of 10^7+ values)
 FRAME_LIMIT = limits.FRAME  # a frame's serialised size at most (chunk plus its header)
 LATE_MEMORY = 4096  # call ids the fog stopped waiting for, remembered so a late answer is no offence
@@ -107,7 +108,7 @@ def check_size(data: bytes | memoryview) -> None:
         raise TooLarge(f"the message is {len(data)} bytes; the connection carries at most {MAX_MESSAGE}")
 
 
-def frames(call_id: int, data: bytes | memoryview, chunk: int = CHUNK) -> Iterator[bytes]:
+def frames(call_id: int, data: bytes | memoryview, chunk: int = SEND_CHUNK) -> Iterator[bytes]:
     """Cut one serialised message into serialised frames (one empty frame for an empty message)."""
     if call_id <= 0:
         raise ValueError("call ids start at 1")
@@ -161,8 +162,14 @@ def _wrap(field_number: int, message: Any) -> bytes:
     return _varint(field_number << 3 | 2) + _varint(len(body)) + body
 
 
-def _unwrap(data: bytes | memoryview, by_number: dict[int, Any], what: str) -> tuple[str, Any]:
-    """(field name, message) of a serialised wrapper with exactly one message field set."""
+def _unwrap(
+    data: bytes | memoryview,
+    by_number: dict[int, Any],
+    what: str,
+    lift: dict[str, tuple[int, ...]] | None = None,
+) -> tuple[str, Any]:
+    """(field name, message) of a serialised wrapper with exactly one message field set; for a field named
+    in ``lift``, the message is a :class:`Lifted`."""
     view = memoryview(data)
     try:
         tag, i = _read_varint(view, 0)
@@ -172,12 +179,87 @@ def _unwrap(data: bytes | memoryview, by_number: dict[int, Any], what: str) -> t
     field = by_number.get(tag >> 3)
     if field is None or tag & 7 != 2 or i + size != len(data):
         raise InvalidInput(f"{what} is not a valid message, or names no known call")
+    path = (lift or {}).get(field.name)
     try:
+        body: bytes | memoryview = view[i:]
+        lifted = memoryview(b"")
+        if path is not None:
+            body, lifted = lift_field(view[i:], path)
         inner = message_factory.GetMessageClass(field.message_type)
         # protobuf parses any buffer; a memoryview slice spares copying a model-sized message
-        return field.name, inner.FromString(cast(bytes, view[i:]))
+        message = inner.FromString(cast(bytes, body))
     except Exception:
         raise InvalidInput(f"{what} is not a valid message") from None
+    return field.name, message if path is None else Lifted(message, lifted)
+
+
+# Answers with one large bytes field that the fog reads as a view of the received bytes instead of having
+# protobuf copy it into a message and copy it again when the field is read (two model-sized copies per
+# member, held while answers queue up): the FacilityReply field, and the field numbers that lead, inside
+# its message, to the bytes field.
+LIFTED: dict[str, tuple[int, ...]] = {
+    "secagg_masked_input": (4, 3),  # SecAggMaskedInputResponse.masked (a Vector) .data
+}
+
+
+class Lifted(NamedTuple):
+    """An answer whose large bytes field was lifted out: ``message`` with that field left empty, and
+    ``data``, a view of the field's bytes inside the received message (empty when it was not set)."""
+
+    message: Any
+    data: memoryview
+
+
+def _fields(view: memoryview) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, wire type, where the field starts, where its value starts) of each field of a
+    serialised message, in order; the field ends where the next one starts (or at the end)."""
+    i, n = 0, len(view)
+    while i < n:
+        start = i
+        tag, i = _read_varint(view, i)
+        number, kind = tag >> 3, tag & 7
+        value = i
+        if kind == 0:
+            _, i = _read_varint(view, i)
+        elif kind == 1:
+            i += 8
+        elif kind == 2:
+            size, i = _read_varint(view, i)
+            value, i = i, i + size
+        elif kind == 5:
+            i += 4
+        else:  # groups (3, 4) are not used by hfl's messages; 6, 7 are not wire types
+            raise InvalidInput(f"wire type {kind}")
+        if number == 0 or i > n:
+            raise InvalidInput("cut short or malformed")
+        yield number, kind, start, value
+
+
+def lift_field(data: bytes | memoryview, path: tuple[int, ...]) -> tuple[bytes, memoryview]:
+    """A serialised message without the bytes field that ``path`` (field numbers, through embedded
+    messages) leads to, and a view of that field's bytes in ``data`` (empty when it is not set).
+    Each field on the path must appear at most once (protobuf would merge or overwrite repeats: refused).
+    InvalidInput for bytes that are not a message."""
+    view = memoryview(data)
+    number = path[0]
+    kept: list[bytes | memoryview] = []
+    found: memoryview | None = None
+    marks = [*_fields(view)]
+    for k, (num, kind, start, value) in enumerate(marks):
+        end = marks[k + 1][2] if k + 1 < len(marks) else len(view)
+        if num != number:
+            kept.append(view[start:end])
+            continue
+        if kind != 2 or found is not None:
+            raise InvalidInput(f"field {num} is not one length-delimited field")
+        found = view[value:end]
+    if found is None:
+        return b"".join(kept), memoryview(b"")
+    if len(path) == 1:
+        return b"".join(kept), found
+    rest, lifted = lift_field(found, path[1:])
+    kept.append(_varint(number << 3 | 2) + _varint(len(rest)) + rest)
+    return b"".join(kept), lifted
 
 
 def encode_call(kind: str, request: Any) -> bytes:
@@ -214,11 +296,12 @@ class Refused:
 
 
 def decode_reply(data: bytes | memoryview, expected: str) -> Any:
-    """The response of a serialised FacilityReply to a call of kind ``expected``, or Refused.
-    InvalidInput when it does not parse or answers another kind of call."""
+    """The response of a serialised FacilityReply to a call of kind ``expected`` (a :class:`Lifted` for the
+    kinds in ``LIFTED``), or Refused. InvalidInput when it does not parse or answers another kind of
+    call."""
     if not data:
         raise InvalidInput(f"the answer to a {expected} call is an empty answer")
-    kind, msg = _unwrap(data, _REPLY_BY_NUMBER, "an answer from the facility")
+    kind, msg = _unwrap(data, _REPLY_BY_NUMBER, "an answer from the facility", LIFTED)
     if kind == "refused":
         code = _CODES.get(msg.code, grpc.StatusCode.UNKNOWN)
         if code == grpc.StatusCode.OK:

@@ -81,9 +81,12 @@ def vector_from_proto(
     what: str = "vector",
     require_finite: bool = True,
     as_float64: bool = True,
+    data: bytes | memoryview | None = None,
 ) -> np.ndarray:
     """The vector's values: float64 (a copy), or with ``as_float64=False`` a read-only view of the
-    received bytes in the number type they came in (no copy; for sums that read it once)."""
+    received bytes in the number type they came in (no copy; for sums that read it once). ``data``: the
+    vector's bytes when they were lifted out of the message (hfl.rpc.link.Lifted); ``v.data`` is then
+    empty."""
     if v.dtype not in _DTYPES:
         raise InvalidInput(f"{what}: unknown number type {v.dtype}")
     if dtype is not None and v.dtype != dtype:
@@ -96,7 +99,10 @@ def vector_from_proto(
     if expected_length is not None and v.length != expected_length:
         raise InvalidInput(f"{what}: has {v.length} values but the model has {expected_length}")
     dt = _DTYPES[v.dtype]
-    data = v.data  # each read of a bytes field copies it: read it once
+    if data is None:
+        data = v.data  # each read of a bytes field copies it: read it once
+    elif v.data:
+        raise InvalidInput(f"{what}: carries its values twice")
     if len(data) != v.length * dt.itemsize:
         raise InvalidInput(f"{what}: says {v.length} values but carries {len(data)} bytes")
     arr = np.frombuffer(data, dtype=dt)
@@ -907,10 +913,16 @@ def masked_input_to_proto(m: MaskedInput) -> facility_pb2.SecAggMaskedInputRespo
 
 
 def masked_input_from_proto(
-    m: facility_pb2.SecAggMaskedInputResponse, *, expected_length: int | None
+    m: facility_pb2.SecAggMaskedInputResponse,
+    *,
+    expected_length: int | None,
+    data: bytes | memoryview | None = None,
 ) -> MaskedInput:
+    """The masked input in ``m``; ``data``: its masked vector's bytes when they were lifted out of the
+    received answer (hfl.rpc.link.Lifted), so that ``y`` is a view of them and nothing is copied."""
     y = vector_from_proto(
         m.masked,
+        data=data,
         expected_length=expected_length,
         dtype=pb.D_TYPE_UINT32,
         what=f"masked update from {clip(m.sender)}",

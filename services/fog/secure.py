@@ -25,7 +25,7 @@ from hfl.proto.v1 import facility_pb2, fog_pb2
 from hfl.round.bucket import abandoned
 from hfl.rpc import serde
 from hfl.rpc.client import ByteCount, describe_rpc_error
-from hfl.rpc.link import encode_call
+from hfl.rpc.link import Lifted, encode_call
 from hfl.rpc.metrics import SECAGG_DROPOUTS
 from hfl.secagg import (
     STAGE_NAMES,
@@ -148,7 +148,8 @@ class _Driver:
     async def _ask(self, stage: _Stage[T], member: str) -> bool:
         """One member's answer to ``stage``: True if it was accepted."""
         try:
-            msg = await asyncio.wait_for(stage.ask(member), stage.timeout)
+            async with asyncio.timeout(stage.timeout):  # in this task (not wait_for's): an answer is
+                msg = await stage.ask(member)  # taken in as soon as it arrives (links.InboundBudget)
         except Exception as e:  # no answer, an error status, or a malformed reply: dropped at this stage
             log.warning("%s: %s dropped out at stage '%s' (%s)", self.where, member, stage.name, _reason(e))
             if self.unreachable is not None and no_answer(e):
@@ -375,10 +376,10 @@ class FacilityMemberLink:
         req = facility_pb2.SecAggMaskedInputRequest(
             session=self.session, shares=[serde.share_to_proto(s) for s in shares]
         )
-        resp = await self._call(
+        resp: Lifted = await self._call(
             member, "secagg_masked_input", encode_call("secagg_masked_input", req), timeout
-        )
-        msg = await asyncio.to_thread(serde.masked_input_from_proto, resp, expected_length=self.d)
+        )  # the masked vector stays in the received bytes: no copy, so nothing to hand to a thread
+        msg = serde.masked_input_from_proto(resp.message, expected_length=self.d, data=resp.data)
         if self.marks is not None:
             self.marks.mark("collected")
         return msg

@@ -3,6 +3,8 @@ refusal for each kind of bad input the issue names (out of order, oversized, rep
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from hypothesis import given, settings
@@ -48,7 +50,7 @@ def test_a_model_of_ten_million_parameters_travels_in_frames_within_the_limit() 
         facility_pb2.SecAggAdvertiseRequest(model=common_pb2.Model(params=vec), bucket_id="b0"),
     )
     raw = list(link.frames(7, data))
-    assert len(raw) == -(-len(data) // link.CHUNK) >= 10
+    assert len(raw) == -(-len(data) // link.SEND_CHUNK) >= 10
     assert max(len(f) for f in raw) <= link.FRAME_LIMIT
     frames = [link.parse_frame(f) for f in raw]
     [(call_id, whole)] = _whole(link.Assembler(), frames)
@@ -224,3 +226,72 @@ def test_a_facility_answer_too_large_to_send_becomes_a_refusal(monkeypatch: pyte
     with pytest.raises(TooLarge):
         link.check_size(b"x" * 201)
     link.check_size(b"x" * 200)  # exactly the limit passes
+
+
+# ------------------------------------------------------------ a masked input's vector, read without copies
+def _masked(round_: int, sender: str, data: bytes, dtype: int = common_pb2.D_TYPE_UINT32) -> Any:
+    vec = common_pb2.Vector(dtype=dtype, length=len(data) // 4, data=data)  # type: ignore[arg-type]
+    return facility_pb2.SecAggMaskedInputResponse(round=round_, bucket_id="b0", sender=sender, masked=vec)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.text(max_size=20),
+    st.binary(max_size=400),
+    st.sampled_from([common_pb2.D_TYPE_UINT32, common_pb2.D_TYPE_FLOAT32, common_pb2.D_TYPE_FLOAT64]),
+)
+def test_a_masked_input_is_read_as_protobuf_reads_it_with_its_vector_left_in_place(
+    round_: int, sender: str, data: bytes, dtype: int
+) -> None:
+    sent = _masked(round_, sender, data, dtype)
+    wire = link.encode_reply("secagg_masked_input", sent)
+    got = link.decode_reply(wire, "secagg_masked_input")
+    assert isinstance(got, link.Lifted)
+    assert bytes(got.data) == data
+    assert got.data.obj is wire or not data  # a view of the received bytes, not a copy
+    expected = facility_pb2.SecAggMaskedInputResponse()
+    expected.CopyFrom(sent)
+    expected.masked.data = b""
+    assert got.message == expected
+
+
+def test_a_masked_input_whose_fields_come_in_another_order_reads_the_same() -> None:
+    """Protobuf allows fields in any order, and unknown fields: the lifted reading follows it."""
+    vec = common_pb2.Vector(dtype=common_pb2.D_TYPE_UINT32, length=2, data=bytes([1, 0, 0, 0, 2, 0, 0, 0]))
+    masked = b"\x22" + bytes([len(vec.SerializeToString())]) + vec.SerializeToString()  # field 4 first
+    rest = facility_pb2.SecAggMaskedInputResponse(round=3, sender="f-1").SerializeToString()
+    unknown = b"\xf8\x01\x07"  # field 31, a varint protobuf does not know: kept, as protobuf keeps it
+    body = masked + rest + unknown
+    wire = b"\x2a" + bytes([len(body)]) + body  # FacilityReply.secagg_masked_input is field 5
+    assert link._REPLY_FIELDS["secagg_masked_input"].number == 5
+    got = link.decode_reply(wire, "secagg_masked_input")
+    assert bytes(got.data) == vec.data
+    assert (got.message.round, got.message.sender, got.message.masked.length) == (3, "f-1", 2)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x22\x02\x18\x00" + b"\x22\x02\x18\x00",  # the masked vector twice (protobuf would merge them)
+        b"\x22\x06\x1a\x01a\x1a\x01b",  # its data twice (protobuf would keep the last)
+        b"\x20\x05",  # the masked vector as a number
+        b"\x22\x09\x1a\x07abc",  # cut short
+        b"\x22\x02\x1b\x00",  # a group, which hfl's messages never use
+    ],
+)
+def test_a_masked_input_with_its_vector_repeated_misplaced_or_cut_short_is_refused(body: bytes) -> None:
+    wire = b"\x2a" + bytes([len(body)]) + body
+    with pytest.raises(InvalidInput):
+        link.decode_reply(wire, "secagg_masked_input")
+
+
+def test_a_vector_whose_values_come_twice_is_refused() -> None:
+    from hfl.rpc import serde
+
+    m = _masked(1, "f-1", b"\x00" * 8)
+    with pytest.raises(InvalidInput, match="twice"):
+        serde.masked_input_from_proto(m, expected_length=2, data=b"\x00" * 8)
+    m.masked.data = b""
+    got = serde.masked_input_from_proto(m, expected_length=2, data=memoryview(b"\x01\x00\x00\x00" * 2))
+    assert got.y.tolist() == [1, 1] and not got.y.flags.writeable

@@ -16,7 +16,7 @@ from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
 from hfl.errors import InvalidInput
 from hfl.proto.v1 import common_pb2, facility_pb2, fog_pb2
 from hfl.rpc import serde
-from hfl.rpc.link import CALLS, decode_call
+from hfl.rpc.link import CALLS, decode_call, decode_reply, encode_reply
 from hfl.secagg import (
     EncryptedShare,
     KeyAdvertisement,
@@ -253,10 +253,14 @@ class WireLink(FacilityMemberLink):
         self.sent: dict[str, list[bytes]] = {}
 
     async def _call(self, member: str, kind: str, data: bytes, timeout: float) -> Any:
+        """The fake facility's answer, serialised and read back as the fog reads a connection's answers
+        (hfl.rpc.link.decode_reply: a masked input's vector stays a view of the received bytes)."""
         called, request = decode_call(data)
         assert called == kind
-        method = CALLS[kind]
-        self.sent.setdefault(method, []).append(data)
+        self.sent.setdefault(CALLS[kind], []).append(data)
+        return decode_reply(encode_reply(kind, self._answer(member, CALLS[kind], request)), kind)
+
+    def _answer(self, member: str, method: str, request: Any) -> Any:
         m = self.fakes.members[member]
         if method == "SecAggAdvertise":
             return facility_pb2.SecAggAdvertiseResponse(
