@@ -310,7 +310,9 @@ def federation_test(
 
     Raises ReputationError with one plain sentence for impossible numbers, and when a declared number
     makes flagged buckets useless as evidence (``QuarantineTest.cannot_detect``). With nothing declared
-    such a federation (a single bucket, say) still runs: only refused updates then quarantine.
+    such a federation (a single bucket, say) still runs: only refused updates then quarantine. So does
+    one that declares 0 (experiments and benchmarks where no facility misbehaves): there is nobody for
+    group testing to single out.
     """
     m = default_max_byzantine(facilities) if max_byzantine is None else max_byzantine
     if max_byzantine is None:
@@ -322,7 +324,7 @@ def federation_test(
         alpha=alpha,
         horizon=horizon,
     )
-    if max_byzantine is not None and not test.detects:
+    if max_byzantine and not test.detects:
         raise ReputationError(test.cannot_detect())
     return test
 

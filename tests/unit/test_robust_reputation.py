@@ -347,6 +347,14 @@ def test_a_declared_threat_group_testing_cannot_handle_is_refused(
         federation_test(*args)
 
 
+def test_declaring_no_misbehaving_facility_is_accepted_even_when_flags_say_nothing() -> None:
+    """Benchmarks with one bucket and no attacker declare 0: nobody to single out, so no refusal."""
+    test = federation_test(8, 8, 0)
+    assert test.max_byzantine == 0 and not test.detects
+    with pytest.raises(ReputationError, match="group testing cannot tell them apart"):
+        federation_test(8, 8, 1)
+
+
 def test_a_federation_too_small_for_group_testing_runs_on_certain_evidence_only() -> None:
     """3 facilities in one bucket of 3, nothing declared: flags say nothing, a refused update still counts."""
     test = federation_test(3, 3)

@@ -101,6 +101,7 @@ def test_the_norm_bound_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     load_settings(role="authority", min_facilities=12, bucket_size=4, rule="mean")  # nothing promised
     load_settings(role="authority", min_facilities=8, bucket_size=4)  # 1 assumed offender, 2 buckets
     load_settings(role="authority", min_facilities=5, bucket_size=4)  # buckets of 3 would not do better
+    load_settings(role="authority", min_facilities=8, bucket_size=8, max_byzantine=0)  # benchmarks: none
     load_settings(role="validator", min_facilities=12, bucket_size=4)  # only the authority sizes buckets
 
 
