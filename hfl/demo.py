@@ -95,7 +95,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="how many misbehaving facilities the federation must withstand in every round; refused at "
-        "start if the buckets cannot (default: whatever they withstand, printed at start)",
+        "start if the buckets cannot (default: none declared; quarantine assumes up to one facility in six, "
+        "and a --bucket-size too large to single those out is refused when buckets of 3 would)",
     )
     p.add_argument(
         "--rule",

@@ -4,8 +4,8 @@ Facilities. The leader only sees bucket sums, so a flag says "someone in this bu
 Buckets are re-drawn every round, so a facility that keeps misbehaving is the common member of flagged
 buckets while honest facilities are only sometimes unlucky. Each facility is watched by a sequential
 probability ratio test (Wald's SPRT; :class:`QuarantineTest`) with a false-positive rate that follows from
-the federation's size, bucket size and declared number m of misbehaving facilities (unset: one per
-two buckets, ``default_max_byzantine``):
+the federation's size, bucket size and declared number m of misbehaving facilities (unset: one in six
+facilities, at least one, ``default_max_byzantine``):
 
 Only rounds with a flag are evidence. In a round where none of the buckets of a facility's pool (its
 fog's buckets, or all of them with one fog) is flagged, nobody's evidence moves: an offender that lies
@@ -166,10 +166,18 @@ def base_rate(pool: int, flagged: Sequence[int], max_byzantine: int, false_flag:
     return min(1.0, places / (pool - m) + false_flag)
 
 
-def default_max_byzantine(facilities: int, bucket_size: int) -> int:
-    """How many misbehaving facilities the quarantine test assumes when none is declared: one per two
-    buckets (2 of 12 facilities in buckets of 3, 4 of 24, 8 of 48), at least 1."""
-    return max(1, max(1, facilities // max(1, bucket_size)) // 2)
+DEFAULT_BYZANTINE_SHARE = 6
+"""With nothing declared, up to one facility in this many may misbehave."""
+
+
+def default_max_byzantine(facilities: int) -> int:
+    """How many misbehaving facilities a federation is assumed to have when none is declared
+    (HFL_MAX_BYZANTINE unset): one in six, at least 1 (1 below 12 facilities, 2 of 12, 4 of 24, 8 of 48).
+
+    It depends on the federation's size only, not on the bucket size chosen, so larger buckets do not
+    quietly assume fewer offenders; it is the number the default buckets of 3 can single out (one per two
+    buckets), and start-up refuses larger buckets that cannot (``hfl.robust.sizing.size_federation``)."""
+    return max(1, facilities // DEFAULT_BYZANTINE_SHARE)
 
 
 @dataclass(frozen=True)
@@ -302,9 +310,11 @@ def federation_test(
 
     Raises ReputationError with one plain sentence for impossible numbers, and when a declared number
     makes flagged buckets useless as evidence (``QuarantineTest.cannot_detect``). With nothing declared
-    such a federation (a single bucket, say) still runs: only refused updates then quarantine.
+    such a federation (a single bucket, say) still runs: only refused updates then quarantine. So does
+    one that declares 0 (experiments and benchmarks where no facility misbehaves): there is nobody for
+    group testing to single out.
     """
-    m = default_max_byzantine(facilities, bucket_size) if max_byzantine is None else max_byzantine
+    m = default_max_byzantine(facilities) if max_byzantine is None else max_byzantine
     if max_byzantine is None:
         m = min(m, facilities - 1)
     test = QuarantineTest(
@@ -314,7 +324,7 @@ def federation_test(
         alpha=alpha,
         horizon=horizon,
     )
-    if max_byzantine is not None and not test.detects:
+    if max_byzantine and not test.detects:
         raise ReputationError(test.cannot_detect())
     return test
 
@@ -723,7 +733,7 @@ def simulate(
         test = QuarantineTest(
             facilities=n_facilities,
             bucket_size=bucket_size,
-            max_byzantine=default_max_byzantine(n_facilities, bucket_size),
+            max_byzantine=default_max_byzantine(n_facilities),
         )
     rep = Reputation(test=test, **config)
     rng = np.random.default_rng(seed)

@@ -10,20 +10,36 @@ Secure aggregation needs s ≥ 3, which caps what a small federation can promise
 most 4 buckets of 3, enough for one misbehaving facility under the trimmed mean, not two. The norm bound,
 the outlier screen and quarantine still act beyond that, but without the every-round guarantee.
 
-Pure functions; the authority checks a declared threat (HFL_MAX_BYZANTINE) at start-up with them, and
-``hfl demo`` before it starts any process.
+Quarantine has a second need. It finds an offender by group testing: the offender is the member that
+keeps turning up in flagged buckets while its bucket-mates change. That needs at least two buckets per
+misbehaving facility (``QUARANTINE_BUCKETS_PER_OFFENDER``); with fewer, the flagged buckets hold most of
+the federation and honest facilities look as guilty as the offenders (12 facilities in buckets of 4
+with 2 attackers: 3 buckets, both attackers quarantined by round 10 in 0 of 5 seeds). So a bucket size
+larger than the default is refused when it gives fewer buckets than that while buckets of 3 would give
+enough, for the one in six misbehaving facilities assumed when HFL_MAX_BYZANTINE is unset
+(``hfl.robust.reputation.default_max_byzantine``; a declared number already needs 2·m + 1 buckets to be
+withstood in every round). A small federation that even buckets of 3 cannot cover runs as before and
+says what it withstands.
+
+Pure functions; the authority checks its settings at start-up with them, and ``hfl demo`` before it
+starts any process.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hfl.robust.reputation import default_max_byzantine
 from hfl.robust.rules import DEFAULT_RULE, get_rule
 from hfl.schedule import MIN_SECURE_BUCKET
 
 DEFAULT_BUCKET_SIZE = MIN_SECURE_BUCKET
 """Buckets of 3: the most buckets secure aggregation allows, so the most bad buckets tolerated, and (with
 the trimmed mean) the fewest honest facilities' updates trimmed away for a given threat."""
+
+
+QUARANTINE_BUCKETS_PER_OFFENDER = 2
+"""Group testing singles out m misbehaving facilities only with at least 2·m buckets."""
 
 
 class SizingError(ValueError):
@@ -110,7 +126,9 @@ def size_federation(
 ) -> Sizing:
     """Check a federation's bucketing against the threat it declares.
 
-    ``max_byzantine=None`` declares nothing: the result says what the bucketing withstands. A declared
+    ``max_byzantine=None`` declares nothing: the result says what the bucketing withstands, unless the
+    buckets are too few for quarantine to single out the one in six misbehaving facilities then assumed
+    while buckets of 3 would not be (refused with :class:`SizingError`, a robust rule only). A declared
     number the bucketing cannot withstand raises :class:`SizingError` with one plain sentence naming
     what would work (a bucket size that works, how many facilities are needed, or fewer declared).
     ``f`` is the rule's setting (HFL_F; None: as many bad buckets as the rule tolerates). ``names`` says
@@ -126,6 +144,7 @@ def size_federation(
     if f is not None and f >= 0:
         can = min(can, f)
     if max_byzantine is None:
+        _check_quarantine(n_facilities, rule, bucket_size, can, names)
         return Sizing(n_facilities, bucket_size, rule, can)
     if max_byzantine < 0:
         raise SizingError(f"{m_}{max_byzantine} cannot be negative: use 0 or more, or leave it unset")
@@ -159,4 +178,36 @@ def size_federation(
         f"{n_facilities} facilities in buckets of {bucket_size} make {n_buckets} "
         f"bucket{'s' if n_buckets != 1 else ''}, but {get_rule(rule).phrase} needs {need} to withstand "
         f"{max_byzantine} misbehaving {plural} in every round: " + ", or ".join(options)
+    )
+
+
+def _check_quarantine(
+    n_facilities: int, rule: str, bucket_size: int, can: int, names: dict[str, str]
+) -> None:
+    """With nothing declared: refuse a bucket size too large for quarantine to single out the one in six
+    misbehaving facilities assumed, when buckets of the default size would (module docstring). ``can``:
+    what the buckets withstand in every round (under HFL_F), offered as a smaller number to declare. A
+    declared number needs no such check: withstanding it in every round already takes 2·m + 1 buckets or more.
+
+    Only with a rule that tolerates bad buckets: the plain mean promises nothing to begin with and is
+    there for comparison runs, which must be able to use the same buckets as the run they compare with.
+    """
+    if not get_rule(rule).tolerates_bad_buckets:
+        return
+    m = default_max_byzantine(n_facilities)
+    want = QUARANTINE_BUCKETS_PER_OFFENDER * m
+    n_buckets = max(1, n_facilities // bucket_size)
+    if n_buckets >= want or n_facilities // DEFAULT_BUCKET_SIZE < want:
+        return  # enough buckets, or even the default size has too few: runs and logs what it withstands
+    m_, s_ = names["max_byzantine"], names["bucket_size"]
+    fits = next(s for s in range(bucket_size - 1, DEFAULT_BUCKET_SIZE - 1, -1) if n_facilities // s >= want)
+    options = [f"use buckets of {fits} ({s_}{fits})"]
+    if 1 <= can < m:  # what these buckets withstand in every round, so it passes that check too
+        options.append(f"declare {m_}{can} if you accept a weaker guarantee")
+    raise SizingError(
+        f"{n_facilities} facilities in buckets of {bucket_size} make {n_buckets} "
+        f"bucket{'s' if n_buckets != 1 else ''}, too few to single out the {m} misbehaving "
+        f"facilit{'y' if m == 1 else 'ies'} a federation of {n_facilities} is assumed to have (one in six; "
+        f"quarantine needs {QUARANTINE_BUCKETS_PER_OFFENDER} buckets per misbehaving facility, so {want}): "
+        + ", or ".join(options)
     )

@@ -331,12 +331,14 @@ class AuthorityFields(BaseModel):
     bucket_size: int = DEFAULT_BUCKET_SIZE
     min_facilities: int = 3  # rounds wait until this many facilities have registered
     # How many misbehaving facilities the federation must withstand in every round (hfl/robust/sizing.py).
-    # Unset: whatever the bucketing withstands (logged at start). Set: checked at start-up against
-    # HFL_MIN_FACILITIES, HFL_BUCKET_SIZE, HFL_RULE and HFL_F; a number they cannot withstand is refused.
+    # Set: checked at start-up against HFL_MIN_FACILITIES, HFL_BUCKET_SIZE, HFL_RULE and HFL_F; a number
+    # they cannot withstand is refused. Unset: up to one facility in six is assumed to misbehave (2 of 12,
+    # at least 1) for quarantine, and the buckets must be enough to single them out (two per misbehaving
+    # facility) whenever buckets of 3 would be: a larger HFL_BUCKET_SIZE that is not is refused at start.
     max_byzantine: int | None = None
     # Quarantine (hfl/robust/reputation.py): the chance that ANY honest facility is quarantined within
     # HFL_QUARANTINE_HORIZON rounds is at most HFL_QUARANTINE_FALSE_POSITIVE, for HFL_MIN_FACILITIES in
-    # buckets of HFL_BUCKET_SIZE with HFL_MAX_BYZANTINE misbehaving (unset: one per two buckets).
+    # buckets of HFL_BUCKET_SIZE with HFL_MAX_BYZANTINE misbehaving (unset: one in six, at least 1).
     # Lower means slower quarantine (an offender flagged every round: 9 rounds for 12 facilities at 1 %).
     quarantine_false_positive: float = 0.01
     quarantine_horizon: int = 100

@@ -347,6 +347,14 @@ def test_a_declared_threat_group_testing_cannot_handle_is_refused(
         federation_test(*args)
 
 
+def test_declaring_no_misbehaving_facility_is_accepted_even_when_flags_say_nothing() -> None:
+    """Benchmarks with one bucket and no attacker declare 0: nobody to single out, so no refusal."""
+    test = federation_test(8, 8, 0)
+    assert test.max_byzantine == 0 and not test.detects
+    with pytest.raises(ReputationError, match="group testing cannot tell them apart"):
+        federation_test(8, 8, 1)
+
+
 def test_a_federation_too_small_for_group_testing_runs_on_certain_evidence_only() -> None:
     """3 facilities in one bucket of 3, nothing declared: flags say nothing, a refused update still counts."""
     test = federation_test(3, 3)
@@ -366,11 +374,17 @@ def test_a_federation_too_small_for_group_testing_runs_on_certain_evidence_only(
 
 
 def test_federation_test_defaults() -> None:
-    assert default_max_byzantine(12, 3) == 2
-    assert default_max_byzantine(24, 3) == 4
-    assert default_max_byzantine(48, 3) == 8
-    assert default_max_byzantine(3, 3) == 1 and default_max_byzantine(1, 5) == 1
+    """Nothing declared: up to one facility in six misbehaves (at least 1), whatever the bucket size."""
+    assert default_max_byzantine(12) == 2
+    assert default_max_byzantine(24) == 4
+    assert default_max_byzantine(48) == 8
+    assert default_max_byzantine(3) == 1 and default_max_byzantine(1) == 1 and default_max_byzantine(11) == 1
+    for n in range(1, 100):  # the same numbers as "one per two buckets of 3" gave before
+        assert default_max_byzantine(n) == max(1, max(1, n // 3) // 2)
     assert federation_test(12, 3) == QuarantineTest()
+    # larger buckets do not quietly assume fewer offenders (one per two buckets of 4 would be 1 of 12)
+    assert federation_test(12, 4).max_byzantine == 2
+    assert federation_test(48, 8).max_byzantine == 8
     assert federation_test(24, 3, 1, alpha=0.05, horizon=30) == QuarantineTest(
         facilities=24, max_byzantine=1, alpha=0.05, horizon=30
     )

@@ -54,6 +54,15 @@ from hfl.rpc.settings import Settings, load_settings
         ),
         ("authority", {"min_facilities": 30, "max_byzantine": 2, "f": 1}, "use HFL_F=-1"),
         ("authority", {"min_facilities": 30, "max_byzantine": -1}, "HFL_MAX_BYZANTINE=-1 cannot be negative"),
+        (
+            "authority",
+            {"min_facilities": 12, "bucket_size": 4},
+            "12 facilities in buckets of 4 make 3 buckets, too few to single out the 2 misbehaving "
+            "facilities a federation of 12 is assumed to have (one in six; quarantine needs 2 buckets per "
+            "misbehaving facility, so 4): use buckets of 3 (HFL_BUCKET_SIZE=3), or declare "
+            "HFL_MAX_BYZANTINE=1 if you accept a weaker guarantee (checked for HFL_MIN_FACILITIES=12)",
+        ),
+        ("authority", {"min_facilities": 48, "bucket_size": 8, "secagg": False}, "use buckets of 3"),
         ("authority", {"quarantine_false_positive": 0.0}, "HFL_QUARANTINE_FALSE_POSITIVE must be a chance"),
         ("authority", {"quarantine_false_positive": 1.5}, "HFL_QUARANTINE_FALSE_POSITIVE must be a chance"),
         ("authority", {"quarantine_false_positive": float("nan")}, "HFL_QUARANTINE_FALSE_POSITIVE must be"),
@@ -88,6 +97,12 @@ def test_the_norm_bound_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     load_settings(role="authority", min_facilities=12, max_byzantine=1)  # 4 buckets of 3
     load_settings(role="authority", min_facilities=3, max_byzantine=None, rule="mean")  # nothing declared
     load_settings(role="leader", min_facilities=12, max_byzantine=5)  # only the authority sizes buckets
+    load_settings(role="authority", min_facilities=12, bucket_size=4, max_byzantine=1)  # a weaker guarantee
+    load_settings(role="authority", min_facilities=12, bucket_size=4, rule="mean")  # nothing promised
+    load_settings(role="authority", min_facilities=8, bucket_size=4)  # 1 assumed offender, 2 buckets
+    load_settings(role="authority", min_facilities=5, bucket_size=4)  # buckets of 3 would not do better
+    load_settings(role="authority", min_facilities=8, bucket_size=8, max_byzantine=0)  # benchmarks: none
+    load_settings(role="validator", min_facilities=12, bucket_size=4)  # only the authority sizes buckets
 
 
 def test_a_service_with_an_unknown_rule_does_not_start(
@@ -132,6 +147,13 @@ def test_a_service_with_an_unknown_rule_does_not_start(
         (
             ["--facilities", "12", "--bucket-size", "4", "--max-byzantine", "2"],
             "12 facilities in buckets of 4 make 3 buckets",
+        ),
+        (
+            ["--facilities", "12", "--bucket-size", "4", "--byzantine", "2:scale"],
+            "12 facilities in buckets of 4 make 3 buckets, too few to single out the 2 misbehaving "
+            "facilities a federation of 12 is assumed to have (one in six; quarantine needs 2 buckets per "
+            "misbehaving facility, so 4): use buckets of 3 (--bucket-size 3), or declare --max-byzantine 1 "
+            "if you accept a weaker guarantee (checked for --facilities 12)",
         ),
         (
             ["--dataset", "synthetic_hard", "--model", "logreg"],
@@ -205,6 +227,23 @@ def test_an_authority_sized_below_its_declared_threat_does_not_start(
     err = capsys.readouterr().err
     assert err.startswith("hfl: bad configuration: 12 facilities in buckets of 4 make 3 buckets")
     assert "declare HFL_MAX_BYZANTINE=1 or fewer" in err and err.count("\n") == 1
+
+
+def test_an_authority_with_buckets_too_large_for_quarantine_does_not_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing declared: 2 of 12 facilities may misbehave, and 3 buckets of 4 cannot single them out."""
+    monkeypatch.setenv("HFL_MIN_FACILITIES", "12")
+    monkeypatch.setenv("HFL_BUCKET_SIZE", "4")
+    monkeypatch.delenv("HFL_MAX_BYZANTINE", raising=False)
+    with pytest.raises(ConfigError, match="too few to single out the 2 misbehaving facilities"):
+        load_settings(role="authority")
+    assert main(["serve", "authority"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hfl: bad configuration: 12 facilities in buckets of 4 make 3 buckets, too few")
+    assert "use buckets of 3 (HFL_BUCKET_SIZE=3)" in err and err.count("\n") == 1
+    monkeypatch.setenv("HFL_MAX_BYZANTINE", "1")  # the weaker guarantee it offers
+    assert load_settings(role="authority").max_byzantine == 1
 
 
 def test_a_leader_refuses_the_hard_task_with_a_linear_model() -> None:
