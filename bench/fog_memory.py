@@ -56,14 +56,16 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--only", nargs="*", default=None, help="labels to run (default: all)")
+    p.add_argument("--both", action="store_true", help="run the 'before' tree for every label")
+    p.add_argument("--what", default=WHAT, help="the results file's description ({before}: the commit)")
     a = p.parse_args()
     rows: list[dict[str, Any]] = []
     for label, args, trees in PLAN:
         if a.only and label not in a.only:
             continue
-        for k in range(a.repeats if trees == "both" else 1):
+        for k in range(a.repeats if trees == "both" or a.both else 1):
             for name, tree in (("before", a.before_tree), ("after", HERE)):
-                if trees == "after" and name == "before":
+                if trees == "after" and name == "before" and not a.both:
                     continue
                 started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 r = run(tree, args)
@@ -79,7 +81,7 @@ def main() -> None:
     a.out.write_text(
         json.dumps(
             {
-                "what": WHAT.format(before=a.before_commit),
+                "what": a.what.format(before=a.before_commit),
                 "runs": rows,
             },
             indent=1,

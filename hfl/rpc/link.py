@@ -271,7 +271,26 @@ def encode_call(kind: str, request: Any) -> bytes:
 
 
 def encode_reply(kind: str, response: Any) -> bytes:
-    return _wrap(_REPLY_FIELDS[kind].number, response)
+    """A FacilityReply carrying ``response`` as its ``kind`` field, serialised. For the kinds in
+    ``LIFTED`` the response may be a :class:`Lifted` (the message without its large bytes field, and the
+    field's bytes): they are written as one message, the bytes copied once, straight into the result."""
+    number = _REPLY_FIELDS[kind].number
+    if not isinstance(response, Lifted):
+        return _wrap(number, response)
+    head = _head(response.message.SerializeToString(), LIFTED[kind], len(response.data))
+    size = len(head) + len(response.data)
+    return b"".join((_varint(number << 3 | 2), _varint(size), head, response.data))
+
+
+def _head(body: bytes, path: tuple[int, ...], size: int) -> bytes:
+    """The serialised message ``body`` with a bytes field of ``size`` bytes at ``path`` (field numbers,
+    through embedded messages) added last, up to where that field's bytes begin."""
+    number = path[0]
+    if len(path) == 1:
+        return body + _varint(number << 3 | 2) + _varint(size)
+    rest, inner = lift_field(body, (number,))  # the embedded message, taken out to be written last
+    head = _head(bytes(inner), path[1:], size)
+    return rest + _varint(number << 3 | 2) + _varint(len(head) + size) + head
 
 
 def encode_refusal(code: grpc.StatusCode, details: str) -> bytes:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+from typing_extensions import Buffer
 
 from hfl import bounds
 from hfl.control import OperatorAction, TrainingControl
@@ -910,6 +911,17 @@ def masked_input_to_proto(m: MaskedInput) -> facility_pb2.SecAggMaskedInputRespo
     return facility_pb2.SecAggMaskedInputResponse(
         round=m.round, bucket_id=m.bucket, sender=m.sender, masked=vector_to_proto(m.y, pb.D_TYPE_UINT32)
     )
+
+
+def masked_input_lifted(m: MaskedInput) -> tuple[facility_pb2.SecAggMaskedInputResponse, memoryview]:
+    """The masked input as a response without its vector's bytes, and those bytes (a view of ``m.y``, no
+    copy): hfl.rpc.link.encode_reply writes the two as one SecAggMaskedInputResponse."""
+    y = np.ascontiguousarray(m.y, dtype=_DTYPES[pb.D_TYPE_UINT32]).reshape(-1)
+    vec = pb.Vector(dtype=pb.D_TYPE_UINT32, length=y.size)
+    response = facility_pb2.SecAggMaskedInputResponse(
+        round=m.round, bucket_id=m.bucket, sender=m.sender, masked=vec
+    )
+    return response, memoryview(cast(Buffer, y)).cast("B")
 
 
 def masked_input_from_proto(

@@ -27,6 +27,7 @@ from hfl.privacy.facility import Admission
 from hfl.proto.v1 import facility_pb2
 from hfl.robust.attacks import apply_attack, flip_labels
 from hfl.rpc import serde
+from hfl.rpc.link import Lifted
 from hfl.rpc.settings import STALL, FacilitySettings
 from hfl.secagg import STAGE_NAMES
 from services.facility.bench import BenchFacility
@@ -114,9 +115,7 @@ class FaultySecureAggregation(SecureAggregation):
         return response
 
     @override
-    async def masked_input(
-        self, request: facility_pb2.SecAggMaskedInputRequest
-    ) -> facility_pb2.SecAggMaskedInputResponse:
+    async def masked_input(self, request: facility_pb2.SecAggMaskedInputRequest) -> Lifted:
         if self.stalls:
             sess = self._session(request.session, 3)
             await stall(sess.key[0])

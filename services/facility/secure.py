@@ -28,6 +28,7 @@ from hfl.learning.metrics import EVAL_CLIP, EVAL_VECTOR_LEN, metrics_to_vector
 from hfl.privacy.facility import Admission
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import authz, serde
+from hfl.rpc.link import Lifted
 from hfl.rpc.metrics import ROUND
 from hfl.rpc.settings import FacilitySettings
 from hfl.secagg import (
@@ -50,11 +51,12 @@ SessionKey = tuple[int, int, str]  # (round, attempt, bucket id)
 class Session:
     key: SessionKey
     member: SecAggMember
-    update: asyncio.Task[np.ndarray]
+    update: asyncio.Future[np.ndarray]  # local work; let go (cancelled) once the masked input is made
     clip: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fog_id: str = ""  # the bucket's fog: the only caller accepted for later stages (with mTLS)
     evaluation: bool = False  # the committed model's test sums, not a training update
+    masked: bool = False  # the masked input was made (the update is no longer kept)
 
 
 class MemberHost(Protocol):
@@ -156,7 +158,8 @@ class SecureAggregation:
         raise NotAllowed(f"secure aggregation stopped for {self._where(sess.key)}: {exc}") from None
 
     def _masked_vector(self, delta: np.ndarray, clip: float) -> np.ndarray:
-        """What goes into the mask: the clipped update, kept inside the quantiser's range.
+        """What goes into the mask: the clipped update, kept inside the quantiser's range. The update is
+        this facility's own (its local work made it), so it is clipped in place when it can be.
 
         An honest update (L2 norm <= clip) is unchanged. A Byzantine 'nan' update cannot be quantised, so it
         becomes random garbage of the full range instead: its norm is far above the bound, and the
@@ -166,7 +169,8 @@ class SecureAggregation:
             log.warning("BYZANTINE (experiment): sending random garbage instead of a non-finite update")
             garbage = np.random.default_rng(secrets.randbits(64))  # not secret: attack simulation only
             arr = garbage.uniform(-clip, clip, arr.size)
-        out = np.minimum(arr, clip)  # np.clip, without its overhead on model-sized vectors
+        owned = arr.flags.owndata and arr.flags.writeable
+        out = np.minimum(arr, clip, out=arr if owned else None)  # np.clip, without its overhead
         return np.maximum(out, -clip, out=out)
 
     # ------------------------------------------------------------------ stage 1
@@ -276,10 +280,12 @@ class SecureAggregation:
         return facility_pb2.SecAggShareKeysResponse(shares=[serde.share_to_proto(s) for s in shares])
 
     # ------------------------------------------------------------------ stage 3
-    async def masked_input(
-        self, request: facility_pb2.SecAggMaskedInputRequest
-    ) -> facility_pb2.SecAggMaskedInputResponse:
+    async def masked_input(self, request: facility_pb2.SecAggMaskedInputRequest) -> Lifted:
+        """This facility's masked input: a SecAggMaskedInputResponse whose vector travels beside it
+        (hfl.rpc.link.encode_reply writes them as one message)."""
         sess = self._session(request.session, 3)
+        if sess.masked:
+            raise StaleRound(f"{self._where(sess.key)}: the masked input was already sent")
         shares = serde.shares_from_proto(request.shares)
         try:
             delta = await asyncio.shield(sess.update)
@@ -302,7 +308,10 @@ class SecureAggregation:
                 msg = await asyncio.to_thread(sess.member.masked_input, shares, x)
             except SecAggError as e:
                 self._refuse(sess, 3, e)
-        return serde.masked_input_to_proto(msg)
+            sess.masked = True
+            sess.update = _let_go()  # the update (a model-sized vector) is not kept until the round ends
+        del delta, x
+        return Lifted(*serde.masked_input_lifted(msg))  # the vector goes out without a copy (link.py)
 
     # ------------------------------------------------------------------ stage 4
     async def unmask(self, request: facility_pb2.SecAggUnmaskRequest) -> facility_pb2.SecAggUnmaskResponse:
@@ -335,6 +344,13 @@ def _identities(config: RoundConfig, bucket: Bucket) -> dict[str, bytes]:
         return {m: config.node(m).sign_public_key for m in bucket.members}
     except KeyError as e:
         raise InvalidInput(f"the round configuration has no identity for bucket member {e}") from None
+
+
+def _let_go() -> asyncio.Future[np.ndarray]:
+    """A finished stand-in for local work whose result is no longer needed."""
+    done: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+    done.cancel()
+    return done
 
 
 def _in_background(work: Callable[..., np.ndarray], *args: Any) -> asyncio.Task[np.ndarray]:

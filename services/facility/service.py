@@ -22,6 +22,7 @@ from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, fog_pb2, fog_pb2_grpc
 from hfl.rpc import authz, serde
 from hfl.rpc.client import call, describe_rpc_error
+from hfl.rpc.link import Lifted
 from hfl.rpc.metrics import ROUND
 from hfl.rpc.node import load_identity
 from hfl.rpc.server import Channels
@@ -169,7 +170,7 @@ class Facility:
 
     async def SecAggMaskedInput(
         self, request: facility_pb2.SecAggMaskedInputRequest, context: object = None
-    ) -> facility_pb2.SecAggMaskedInputResponse:
+    ) -> Lifted:  # the response and its vector, written as one message by hfl.rpc.link.encode_reply
         return await self.secure.masked_input(request)
 
     async def SecAggUnmask(

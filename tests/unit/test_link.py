@@ -295,3 +295,36 @@ def test_a_vector_whose_values_come_twice_is_refused() -> None:
     m.masked.data = b""
     got = serde.masked_input_from_proto(m, expected_length=2, data=memoryview(b"\x01\x00\x00\x00" * 2))
     assert got.y.tolist() == [1, 1] and not got.y.flags.writeable
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.text(max_size=20), st.binary(max_size=400))
+def test_a_masked_input_written_with_its_vector_beside_it_reads_as_the_whole_message(
+    round_: int, sender: str, data: bytes
+) -> None:
+    """The facility writes the response and its vector's bytes as one message (no copy of the vector
+    into protobuf): protobuf reads it as the whole message, and the fog's lifted reading gets the bytes."""
+    whole = _masked(round_, sender, data)
+    without = facility_pb2.SecAggMaskedInputResponse()
+    without.CopyFrom(whole)
+    without.masked.data = b""
+    wire = link.encode_reply("secagg_masked_input", link.Lifted(without, memoryview(data)))
+    (field,) = facility_pb2.FacilityReply.FromString(wire).ListFields()
+    assert field[0].name == "secagg_masked_input" and field[1] == whole
+    got = link.decode_reply(wire, "secagg_masked_input")
+    assert bytes(got.data) == data and got.message == without
+
+
+def test_the_facility_sends_its_masked_vector_as_it_is() -> None:
+    import numpy as np
+
+    from hfl.rpc import serde
+    from hfl.secagg import MaskedInput
+
+    y = np.array([1, 2**32 - 1, 7], dtype=np.uint32)
+    response, data = serde.masked_input_lifted(MaskedInput(5, "b0", "f-1", y))
+    assert np.shares_memory(np.frombuffer(data, dtype=np.uint32), y) and bytes(data) == y.tobytes()
+    wire = link.encode_reply("secagg_masked_input", link.Lifted(response, data))
+    got = link.decode_reply(wire, "secagg_masked_input")
+    back = serde.masked_input_from_proto(got.message, expected_length=3, data=got.data)
+    assert back.y.tolist() == y.tolist() and (back.round, back.bucket, back.sender) == (5, "b0", "f-1")

@@ -320,3 +320,46 @@ def test_only_a_fog_with_the_fault_set_swaps_keys() -> None:
 
     assert fog_class(Settings(role="fog")) is Fog
     assert fog_class(Settings(role="fog", byzantine="swap_keys")) is FaultyFog
+
+
+# ------------------------------------------------------------------------------------ the facility's side
+def test_a_facility_masks_its_own_update_in_place_lets_it_go_and_refuses_a_second_request() -> None:
+    """Stage 3 at the facility: the update is clipped in place (it is the facility's own), the masked
+    vector goes out as a view (no copy into protobuf), the update is not kept for the rest of the round,
+    and a repeated request is refused as stale instead of masking again."""
+    from hfl.errors import StaleRound
+    from hfl.rpc.link import Lifted
+    from services.facility.secure import SecureAggregation, Session
+
+    fakes = FakeFacilities(3)
+    ads = [m.advertise() for m in fakes.members.values()]
+    shares = [s for m in fakes.members.values() for s in m.share_keys(ads)]
+    me = "f0"
+    request = facility_pb2.SecAggMaskedInputRequest(
+        session=serde.session_to_proto(ROUND, ATTEMPT, "b0"),
+        shares=[serde.share_to_proto(s) for s in shares if s.recipient == me],
+    )
+
+    async def flush(round_: int, attempt: int) -> None:
+        return None
+
+    host = SimpleNamespace(privacy=SimpleNamespace(flush=flush), last_round=ROUND)
+    secure = SecureAggregation(cast(Any, host))
+
+    async def main() -> None:
+        update: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        delta = fakes.updates[me].copy()
+        delta[0] = 5 * PLAN.clip_update  # beyond the clip: clipped where it lies
+        update.set_result(delta)
+        sess = Session((ROUND, ATTEMPT, "b0"), fakes.members[me], update, PLAN.clip_update)
+        secure._sessions[sess.key] = sess
+        out = await secure.masked_input(request)
+        assert isinstance(out, Lifted) and len(out.data) == 4 * D
+        assert delta[0] == PLAN.clip_update  # clipped in place, no model-sized copy
+        assert sess.masked and sess.update.cancelled()  # the update is let go
+        got = decode_reply(encode_reply("secagg_masked_input", out), "secagg_masked_input")
+        assert serde.masked_input_from_proto(got.message, expected_length=D, data=got.data).sender == me
+        with pytest.raises(StaleRound, match="already sent"):
+            await secure.masked_input(request)
+
+    asyncio.run(main())
