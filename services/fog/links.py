@@ -34,9 +34,10 @@ def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
 
 INBOUND_BUDGET = 32 * 1024 * 1024
 """Bytes of facilities' answers the fog holds before it has taken them in (decoded and, for masked
-inputs, added to their bucket's sum). Past it, no connection reads its next frame until answers are
-taken in, so the rest waits at the facilities under gRPC's flow control: the fog's memory does not grow
-with the number of facilities that answer at once (measured: bench/results/NOTES-speed.md)."""
+inputs, added to their bucket's sum). Past it, no connection reads on until answers are taken in, so
+the rest waits at the facilities under gRPC's flow control: what the fog holds of the answers does not
+grow with the number of facilities that answer at once (gRPC's own buffers still do, about 4 MB per
+connection: bench/results/NOTES-speed.md)."""
 
 
 class InboundBudget:
