@@ -202,12 +202,26 @@ LIFTED: dict[str, tuple[int, ...]] = {
 }
 
 
+# Calls with one large bytes field that the facility reads as a view of the received bytes: the FogCall
+# field, and the field numbers that lead to the bytes field (the model's parameters, sent to every member).
+LIFTED_CALLS: dict[str, tuple[int, ...]] = {
+    "secagg_advertise": (2, 2, 3),  # SecAggAdvertiseRequest.model .params (a Vector) .data
+}
+
+
 class Lifted(NamedTuple):
     """An answer whose large bytes field was lifted out: ``message`` with that field left empty, and
     ``data``, a view of the field's bytes inside the received message (empty when it was not set)."""
 
     message: Any
     data: memoryview
+
+
+def unlift(message: Any) -> tuple[Any, memoryview | None]:
+    """(the message, its lifted bytes or None) of a message that may have come as a :class:`Lifted`."""
+    if isinstance(message, Lifted):
+        return message.message, message.data
+    return message, None
 
 
 def _fields(view: memoryview) -> Iterator[tuple[int, int, int, int]]:
@@ -300,10 +314,11 @@ def encode_refusal(code: grpc.StatusCode, details: str) -> bytes:
 
 
 def decode_call(data: bytes | memoryview) -> tuple[str, Any]:
-    """(kind, request) of a serialised FogCall; InvalidInput when it does not parse or names no call."""
+    """(kind, request) of a serialised FogCall (a :class:`Lifted` for the kinds in ``LIFTED_CALLS``);
+    InvalidInput when it does not parse or names no call."""
     if not data:
         raise InvalidInput("a call from the fog names no known call")
-    return _unwrap(data, _CALL_BY_NUMBER, "a call from the fog")
+    return _unwrap(data, _CALL_BY_NUMBER, "a call from the fog", LIFTED_CALLS)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def vector_from_proto(
     """The vector's values: float64 (a copy), or with ``as_float64=False`` a read-only view of the
     received bytes in the number type they came in (no copy; for sums that read it once). ``data``: the
     vector's bytes when they were lifted out of the message (hfl.rpc.link.Lifted); ``v.data`` is then
-    empty."""
+    empty, and float64 values come back as a read-only view of them (no copy)."""
     if v.dtype not in _DTYPES:
         raise InvalidInput(f"{what}: unknown number type {v.dtype}")
     if dtype is not None and v.dtype != dtype:
@@ -100,6 +100,7 @@ def vector_from_proto(
     if expected_length is not None and v.length != expected_length:
         raise InvalidInput(f"{what}: has {v.length} values but the model has {expected_length}")
     dt = _DTYPES[v.dtype]
+    given = data
     if data is None:
         data = v.data  # each read of a bytes field copies it: read it once
     elif v.data:
@@ -109,8 +110,8 @@ def vector_from_proto(
     arr = np.frombuffer(data, dtype=dt)
     if require_finite and dt.kind == "f" and not np.all(np.isfinite(arr)):
         raise InvalidInput(f"{what}: contains NaN or infinite values")
-    if not as_float64:
-        return arr
+    if not as_float64 or (given is not None and dt == np.dtype("<f8")):
+        return arr  # a read-only view: no copy of values that already are what the caller wants
     return arr.astype(np.float64) if dt.kind == "f" else arr.copy()
 
 
@@ -130,9 +131,14 @@ def model_to_proto(spec: ModelSpec, params: np.ndarray, round_: int) -> pb.Model
     )
 
 
-def model_from_proto(m: pb.Model, *, expected_params: int | None = None) -> tuple[ModelSpec, np.ndarray, int]:
+def model_from_proto(
+    m: pb.Model, *, expected_params: int | None = None, data: bytes | memoryview | None = None
+) -> tuple[ModelSpec, np.ndarray, int]:
+    """(architecture, parameters, round) of a model, its hash checked. ``data``: the parameters' bytes when
+    they were lifted out of the received call (hfl.rpc.link.LIFTED_CALLS): the parameters are then a
+    read-only view of them."""
     spec = spec_from_proto(m.spec)
-    params = vector_from_proto(m.params, expected_length=expected_params, what="model parameters")
+    params = vector_from_proto(m.params, expected_length=expected_params, what="model parameters", data=data)
     if hash_vector(params) != m.hash:
         raise InvalidInput("model parameters do not match the model hash")
     return spec, params, int(m.round)

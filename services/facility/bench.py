@@ -25,9 +25,11 @@ class BenchFacility(Facility):
     against local data, since the benchmark picks the dimension freely)."""
 
     @override
-    def load_model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
+    def load_model(
+        self, request_model: Any, data: memoryview | None = None
+    ) -> tuple[ModelSpec, np.ndarray, Any]:
         _ = self.data  # NotReady until registered, like the real facility
-        spec, params, _round = serde.model_from_proto(request_model)
+        spec, params, _round = serde.model_from_proto(request_model, data=data)
         return spec, params, None
 
     @override

@@ -27,7 +27,7 @@ from hfl.privacy.facility import Admission
 from hfl.proto.v1 import facility_pb2
 from hfl.robust.attacks import apply_attack, flip_labels
 from hfl.rpc import serde
-from hfl.rpc.link import Lifted
+from hfl.rpc.link import Lifted, unlift
 from hfl.rpc.settings import STALL, FacilitySettings
 from hfl.secagg import STAGE_NAMES
 from services.facility.bench import BenchFacility
@@ -97,13 +97,14 @@ class FaultySecureAggregation(SecureAggregation):
 
     @override
     async def advertise(
-        self, request: facility_pb2.SecAggAdvertiseRequest
+        self, call: facility_pb2.SecAggAdvertiseRequest | Lifted
     ) -> facility_pb2.SecAggAdvertiseResponse:
+        request, _ = unlift(call)
         config = serde.config_from_proto(request.config)  # checked by the honest code below
         training = not any(b.bucket_id == request.bucket_id for b in config.eval_buckets)
         if training:
             self._crash(1)
-        response = await super().advertise(request)
+        response = await super().advertise(call)
         key: SessionKey = (config.round, config.attempt, request.bucket_id)
         for old in [k for k in self._drop_stage if k not in self._sessions]:
             del self._drop_stage[old]

@@ -28,7 +28,7 @@ from hfl.learning.metrics import EVAL_CLIP, EVAL_VECTOR_LEN, metrics_to_vector
 from hfl.privacy.facility import Admission
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import authz, serde
-from hfl.rpc.link import Lifted
+from hfl.rpc.link import Lifted, unlift
 from hfl.rpc.metrics import ROUND
 from hfl.rpc.settings import FacilitySettings
 from hfl.secagg import (
@@ -73,8 +73,11 @@ class MemberHost(Protocol):
         """The call's round configuration, verified against the authority's signature and not stale."""
         ...
 
-    def load_model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
-        """The call's model, checked against this facility's data."""
+    def load_model(
+        self, request_model: Any, data: memoryview | None = None
+    ) -> tuple[ModelSpec, np.ndarray, Any]:
+        """The call's model, checked against this facility's data; ``data``: its parameters' bytes when
+        they were lifted out of the call."""
         ...
 
     def my_bucket(
@@ -175,16 +178,19 @@ class SecureAggregation:
 
     # ------------------------------------------------------------------ stage 1
     async def advertise(
-        self, request: facility_pb2.SecAggAdvertiseRequest
+        self, call: facility_pb2.SecAggAdvertiseRequest | Lifted
     ) -> facility_pb2.SecAggAdvertiseResponse:
+        """Stage 1. ``call`` as read off the connection: the model's parameters lifted out of it
+        (hfl.rpc.link.LIFTED_CALLS), so that they stay in the received bytes."""
+        request, params_data = unlift(call)
         fac = self.facility
         config = fac.round_config(request.config)
         if any(b.bucket_id == request.bucket_id for b in config.eval_buckets):
-            return await self._advertise_evaluation(config, request)
+            return await self._advertise_evaluation(config, request, params_data)
         bucket = fac.my_bucket(config, request.bucket_id, "secure aggregation for this bucket")
         key: SessionKey = (config.round, config.attempt, bucket.bucket_id)
         self._not_started(key, "secure aggregation")
-        _spec, params, model = fac.load_model(request.model)
+        _spec, params, model = fac.load_model(request.model, params_data)
         plan = serde.plan_from_proto(request.plan)
         admission = await fac.privacy.admit(config, plan)  # DP budget: declining = dropping out (privacy.py)
         self._not_started(key, "secure aggregation")  # again: a duplicate call may have started it meanwhile
@@ -229,7 +235,10 @@ class SecureAggregation:
             raise InvalidInput(f"secure aggregation cannot start for {self._where(key)}: {e}") from None
 
     async def _advertise_evaluation(
-        self, config: RoundConfig, request: facility_pb2.SecAggAdvertiseRequest
+        self,
+        config: RoundConfig,
+        request: facility_pb2.SecAggAdvertiseRequest,
+        params_data: memoryview | None = None,
     ) -> facility_pb2.SecAggAdvertiseResponse:
         """Stage 1 of an evaluation bucket: this facility's test sums for the model go into a masked
         bucket sum like a training update, so its fog never sees them on their own. No training and no
@@ -238,7 +247,7 @@ class SecureAggregation:
         bucket = fac.my_bucket(config, request.bucket_id, "evaluation for this bucket", evaluation=True)
         key: SessionKey = (config.round, config.attempt, bucket.bucket_id)
         self._not_started(key, "evaluation")
-        _spec, params, model = fac.load_model(request.model)
+        _spec, params, model = fac.load_model(request.model, params_data)
         identities = _identities(config, bucket)
         try:
             member = SecAggMember(

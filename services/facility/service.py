@@ -76,8 +76,12 @@ class Facility:
         return self._data
 
     # ------------------------------------------------------------------ checks at the boundary
-    def load_model(self, request_model: Any) -> tuple[ModelSpec, np.ndarray, Any]:
-        spec, params, _ = serde.model_from_proto(request_model)
+    def load_model(
+        self, request_model: Any, data: memoryview | None = None
+    ) -> tuple[ModelSpec, np.ndarray, Any]:
+        """The call's model, checked against this facility's data; ``data``: its parameters' bytes, lifted
+        out of the call (the parameters are then a read-only view of them)."""
+        spec, params, _ = serde.model_from_proto(request_model, data=data)
         if spec.n_features != self.data.train.d:
             raise InvalidInput(
                 f"the model expects {spec.n_features} features but this facility's data has "
@@ -159,7 +163,7 @@ class Facility:
 
     # ------------------------------------------------------------------ secure aggregation (secure.py)
     async def SecAggAdvertise(
-        self, request: facility_pb2.SecAggAdvertiseRequest, context: object = None
+        self, request: facility_pb2.SecAggAdvertiseRequest | Lifted, context: object = None
     ) -> facility_pb2.SecAggAdvertiseResponse:
         return await self.secure.advertise(request)
 

@@ -54,8 +54,10 @@ def test_a_model_of_ten_million_parameters_travels_in_frames_within_the_limit() 
     assert max(len(f) for f in raw) <= link.FRAME_LIMIT
     frames = [link.parse_frame(f) for f in raw]
     [(call_id, whole)] = _whole(link.Assembler(), frames)
-    kind, request = link.decode_call(whole)
+    kind, call = link.decode_call(whole)
+    request, params = link.unlift(call)
     assert (call_id, kind, request.model.params.length) == (7, "secagg_advertise", 10_000_000)
+    assert params is not None and len(params) == 40_000_000  # the parameters, left where they arrived
 
 
 def _two_frame_message(call_id: int = 1) -> list[link.Frame]:
@@ -328,3 +330,35 @@ def test_the_facility_sends_its_masked_vector_as_it_is() -> None:
     got = link.decode_reply(wire, "secagg_masked_input")
     back = serde.masked_input_from_proto(got.message, expected_length=3, data=got.data)
     assert back.y.tolist() == y.tolist() and (back.round, back.bucket, back.sender) == (5, "b0", "f-1")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=200).map(lambda b: b[: len(b) // 8 * 8]), st.text(max_size=10))
+def test_a_model_sent_to_a_facility_is_read_with_its_parameters_left_in_place(
+    data: bytes, bucket: str
+) -> None:
+    """The facility reads the advertise call as protobuf would, the model's parameters lifted out; the
+    parameters then come back as a read-only view of the received bytes, their hash checked."""
+    import numpy as np
+
+    from hfl.domain import ModelSpec
+    from hfl.rpc import serde
+
+    values = np.frombuffer(data, dtype="<f8")
+    model = serde.model_to_proto(ModelSpec("logreg", 3), values, 4)
+    sent = facility_pb2.SecAggAdvertiseRequest(model=model, bucket_id=bucket)
+    wire = link.encode_call("secagg_advertise", sent)
+    kind, call = link.decode_call(wire)
+    request, params_data = link.unlift(call)
+    assert kind == "secagg_advertise" and params_data is not None and bytes(params_data) == data
+    expected = facility_pb2.SecAggAdvertiseRequest()
+    expected.CopyFrom(sent)
+    expected.model.params.data = b""
+    assert request == expected
+    _spec, params, round_ = serde.model_from_proto(request.model, data=params_data)
+    assert round_ == 4 and np.array_equal(params, values, equal_nan=True) and not params.flags.writeable
+    if data:  # a changed value no longer matches the model's hash
+        sent.model.params.data = bytes([data[0] ^ 0x01]) + data[1:]
+        _k, call2 = link.decode_call(link.encode_call("secagg_advertise", sent))
+        with pytest.raises(InvalidInput, match="hash"):
+            serde.model_from_proto(call2.message.model, data=call2.data)
