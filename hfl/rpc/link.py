@@ -184,7 +184,7 @@ def _unwrap(
         body: bytes | memoryview = view[i:]
         lifted = memoryview(b"")
         if path is not None:
-            body, lifted = lift_field(view[i:], path)
+            body, lifted = lift_field(body, path)
         inner = message_factory.GetMessageClass(field.message_type)
         # protobuf parses any buffer; a memoryview slice spares copying a model-sized message
         message = inner.FromString(cast(bytes, body))
@@ -224,9 +224,9 @@ def unlift(message: Any) -> tuple[Any, memoryview | None]:
     return message, None
 
 
-def _fields(view: memoryview) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, wire type, where the field starts, where its value starts) of each field of a
-    serialised message, in order; the field ends where the next one starts (or at the end)."""
+def _fields(view: memoryview) -> Iterator[tuple[int, int, int, int, int]]:
+    """(field number, wire type, where the field starts, where its value starts, where it ends) of each
+    field of a serialised message, in order."""
     i, n = 0, len(view)
     while i < n:
         start = i
@@ -246,7 +246,7 @@ def _fields(view: memoryview) -> Iterator[tuple[int, int, int, int]]:
             raise InvalidInput(f"wire type {kind}")
         if number == 0 or i > n:
             raise InvalidInput("cut short or malformed")
-        yield number, kind, start, value
+        yield number, kind, start, value, i
 
 
 def lift_field(data: bytes | memoryview, path: tuple[int, ...]) -> tuple[bytes, memoryview]:
@@ -258,15 +258,13 @@ def lift_field(data: bytes | memoryview, path: tuple[int, ...]) -> tuple[bytes, 
     number = path[0]
     kept: list[bytes | memoryview] = []
     found: memoryview | None = None
-    marks = [*_fields(view)]
-    for k, (num, kind, start, value) in enumerate(marks):
-        end = marks[k + 1][2] if k + 1 < len(marks) else len(view)
+    for num, kind, start, value, end in _fields(view):
         if num != number:
             kept.append(view[start:end])
-            continue
-        if kind != 2 or found is not None:
+        elif kind != 2 or found is not None:
             raise InvalidInput(f"field {num} is not one length-delimited field")
-        found = view[value:end]
+        else:
+            found = view[value:end]
     if found is None:
         return b"".join(kept), memoryview(b"")
     if len(path) == 1:

@@ -77,7 +77,7 @@ class FaultySecureAggregation(SecureAggregation):
     def _drop(self, sess: Session, stage: int) -> NoReturn:
         self._sessions.pop(sess.key, None)
         self._drop_stage.pop(sess.key, None)
-        sess.update.cancel()
+        sess.stop()
         log.info(
             "%s: dropping out of secure aggregation at stage '%s' on purpose (demo drop rate %.2f)",
             self._where(sess.key),

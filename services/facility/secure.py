@@ -51,12 +51,16 @@ SessionKey = tuple[int, int, str]  # (round, attempt, bucket id)
 class Session:
     key: SessionKey
     member: SecAggMember
-    update: asyncio.Future[np.ndarray]  # local work; let go (cancelled) once the masked input is made
+    update: asyncio.Task[np.ndarray] | None  # local work; None once the masked input is made (let go)
     clip: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fog_id: str = ""  # the bucket's fog: the only caller accepted for later stages (with mTLS)
     evaluation: bool = False  # the committed model's test sums, not a training update
-    masked: bool = False  # the masked input was made (the update is no longer kept)
+
+    def stop(self) -> None:
+        """Stop the local work, if it is still wanted."""
+        if self.update is not None:
+            self.update.cancel()
 
 
 class MemberHost(Protocol):
@@ -119,7 +123,7 @@ class SecureAggregation:
 
     def _forget_older(self, round_: int, attempt: int) -> None:
         for key in [k for k in self._sessions if (k[0], k[1]) < (round_, attempt)]:
-            self._sessions.pop(key).update.cancel()
+            self._sessions.pop(key).stop()
 
     def _session(self, proto: facility_pb2.SecAggSession, stage: int) -> Session:
         key = serde.session_from_proto(proto)
@@ -141,7 +145,7 @@ class SecureAggregation:
         if isinstance(exc, StageError):
             raise StaleRound(f"{self._where(sess.key)}: {exc}") from None
         self._sessions.pop(sess.key, None)
-        sess.update.cancel()
+        sess.stop()
         if isinstance(exc, KeySubstitutionError | ShareDecryptionError):
             log.error(
                 "%s: secure aggregation ABORTED at stage '%s' (possible attack by the fog or the network): "
@@ -293,7 +297,7 @@ class SecureAggregation:
         """This facility's masked input: a SecAggMaskedInputResponse whose vector travels beside it
         (hfl.rpc.link.encode_reply writes them as one message)."""
         sess = self._session(request.session, 3)
-        if sess.masked:
+        if sess.update is None:
             raise StaleRound(f"{self._where(sess.key)}: the masked input was already sent")
         shares = serde.shares_from_proto(request.shares)
         try:
@@ -317,9 +321,7 @@ class SecureAggregation:
                 msg = await asyncio.to_thread(sess.member.masked_input, shares, x)
             except SecAggError as e:
                 self._refuse(sess, 3, e)
-            sess.masked = True
-            sess.update = _let_go()  # the update (a model-sized vector) is not kept until the round ends
-        del delta, x
+            sess.update = None  # the update (a model-sized vector) is not kept until the round ends
         return Lifted(*serde.masked_input_lifted(msg))  # the vector goes out without a copy (link.py)
 
     # ------------------------------------------------------------------ stage 4
@@ -353,13 +355,6 @@ def _identities(config: RoundConfig, bucket: Bucket) -> dict[str, bytes]:
         return {m: config.node(m).sign_public_key for m in bucket.members}
     except KeyError as e:
         raise InvalidInput(f"the round configuration has no identity for bucket member {e}") from None
-
-
-def _let_go() -> asyncio.Future[np.ndarray]:
-    """A finished stand-in for local work whose result is no longer needed."""
-    done: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-    done.cancel()
-    return done
 
 
 def _in_background(work: Callable[..., np.ndarray], *args: Any) -> asyncio.Task[np.ndarray]:
