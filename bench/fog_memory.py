@@ -57,6 +57,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--only", nargs="*", default=None, help="labels to run (default: all)")
     p.add_argument("--both", action="store_true", help="run the 'before' tree for every label")
+    p.add_argument(
+        "--cool", type=float, default=0.0, help="before each run, wait until the 1-minute load is below this"
+    )
     p.add_argument("--what", default=WHAT, help="the results file's description ({before}: the commit)")
     a = p.parse_args()
     rows: list[dict[str, Any]] = []
@@ -67,6 +70,8 @@ def main() -> None:
             for name, tree in (("before", a.before_tree), ("after", HERE)):
                 if trees == "after" and name == "before" and not a.both:
                     continue
+                while a.cool and os.getloadavg()[0] >= a.cool:
+                    time.sleep(5)
                 started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 r = run(tree, args)
                 keep = [
