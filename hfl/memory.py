@@ -1,30 +1,80 @@
 """How a process asks the C library's allocator (glibc's malloc) to keep less memory it no longer uses.
 
-glibc gives each thread that allocates at the same time its own arena, up to 8 per core, and an arena
-keeps freed blocks for reuse instead of returning them. A fog's gRPC threads each read facilities'
-frames, so a round leaves model-sized blocks spread over many arenas and the process stays at the size
-of its busiest moment in each of them. Two arenas are plenty for a fog (its Python code runs one thread
-at a time); measured at N=50, d=10^6: a secure round's peak fell from about 870 to about 680 MB, and the
-round took no longer (bench/results/NOTES-speed.md).
+Three settings, all for the fog, whose rounds allocate and free model-sized blocks by the dozen:
+
+* **Arenas.** glibc gives each thread that allocates at the same time its own arena, up to 8 per core,
+  and an arena keeps freed blocks for reuse instead of returning them. A fog's gRPC threads each read
+  facilities' frames, so a round left model-sized blocks spread over many arenas. Two are plenty (its
+  Python code runs one thread at a time); measured at N=50, d=10^6: a secure round's peak fell from about
+  870 to about 680 MB (bench/results/NOTES-speed.md, stop 29).
+* **The mmap threshold.** A block at least this large is mapped on its own and goes back to the system
+  the moment it is freed. glibc starts at 128 KiB but raises the threshold to the size of any mapped
+  block that is freed (up to 32 MiB), so after one round every 4 or 8 MB buffer comes from the heap
+  instead, where a freed block can only be reused, not returned. Fixing it at 256 KiB keeps the old
+  behaviour for good (stop 30: the fog's peak at N=50 fell by about 80 MB; NOTES-speed.md).
+* **Trimming.** ``release_free_memory`` hands back every free page still held (glibc's malloc_trim), so a
+  fog between rounds holds what it uses, not its busiest moment (a few milliseconds' work).
+
+Each returns whether it took effect: False on a C library without these calls (musl, macOS), where the
+fog runs as before.
 """
 
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters (malloc.h)
+M_ARENA_MAX = -8
 FOG_ARENAS = 2
+FOG_MMAP_THRESHOLD = 256 * 1024
+
+
+def _libc(name: str) -> Any:
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
+def _mallopt(param: int, value: int) -> bool:
+    mallopt = _libc("mallopt")
+    if mallopt is None:
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(param, value))
 
 
 def limit_arenas(arenas: int = FOG_ARENAS) -> bool:
     """Let glibc's malloc use at most ``arenas`` arenas from now on (call it before the process starts its
-    threads). Returns whether it took effect: False on a C library without mallopt (musl, macOS)."""
+    threads)."""
     if arenas < 1:
         raise ValueError("a process needs at least one malloc arena")
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    return _mallopt(M_ARENA_MAX, arenas)
+
+
+def fix_mmap_threshold(size: int = FOG_MMAP_THRESHOLD) -> bool:
+    """Map every block of at least ``size`` bytes on its own, so it is returned when freed; the threshold
+    no longer rises with use."""
+    if not 4096 <= size <= 32 * 1024 * 1024:
+        raise ValueError("the mmap threshold must be between 4 KiB and 32 MiB")
+    return _mallopt(M_MMAP_THRESHOLD, size)
+
+
+def tune_for_fog() -> bool:
+    """The fog's allocator settings (both of the above); call it first thing, before gRPC starts."""
+    arenas = limit_arenas()
+    threshold = fix_mmap_threshold()
+    return arenas and threshold
+
+
+def release_free_memory() -> bool:
+    """Return the free memory malloc still holds to the system (glibc's malloc_trim(0))."""
+    trim = _libc("malloc_trim")
+    if trim is None:
         return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_ARENA_MAX, arenas))
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True

@@ -53,15 +53,24 @@ def bench_update(rng: np.random.Generator, d: int, clip: float, n_max: int) -> n
 
 
 # ------------------------------------------------------------------------------------ driver
-def peak_rss_mb(pid: int) -> float | None:
-    """Peak resident memory (VmHWM) of a live process, in MiB; None when unknown (non-Linux)."""
+def _status_mb(pid: int, field: str) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident memory (VmHWM) of a live process, in MiB; None when unknown (non-Linux)."""
+    return _status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory (VmRSS) of a live process now, in MiB; None when unknown (non-Linux)."""
+    return _status_mb(pid, "VmRSS")
 
 
 def reset_peak(pid: int) -> bool:
@@ -244,6 +253,7 @@ class Bench:
         req = fog_pb2.RunRoundRequest(
             config=serde.config_to_proto(config), model=model, plan=serde.plan_to_proto(plan)
         )
+        at_start = rss_mb(self.fog_pid)
         per_round_peak = reset_peak(self.fog_pid)
         t0 = time.perf_counter()
         resp = await stub.RunRound(req, timeout=600)
@@ -277,6 +287,7 @@ class Bench:
             "dropouts": sum(len(r.dropped) for r in results),
             "abandoned": sum(1 for r in results if r.abandoned),
             "fog_peak_mb": fog_peak,
+            "fog_start_mb": at_start,
         }
 
     async def measure(self, fog: dict[str, Any], facilities: dict[str, Any]) -> dict[str, Any]:
@@ -365,6 +376,7 @@ def run_bench(
         return round(max(peaks), 1) if rows and len(peaks) == len(rows) else None
 
     bpf = med(sec, "bytes_per_facility")
+    starts = [r["fog_start_mb"] for r in sec + pla if r["fog_start_mb"] is not None]
     return {
         "facilities": n,
         "dim": d,
@@ -383,6 +395,8 @@ def run_bench(
         # the fog's peak during the measured rounds of each path alone (None: the system cannot reset it)
         "fog_peak_secure_mb": round_peak(sec),
         "fog_peak_plain_mb": round_peak(pla),
+        # the fog's resident memory when a measured round starts (what it holds between rounds)
+        "fog_start_mb": round(max(starts), 1) if starts else None,
         "peak_rss_facility_process_mb": round(max(rss_fac), 1) if rss_fac else None,
         "exact": all(r["exact"] for r in sec),
         "plain_max_abs_error": max(r["max_abs_error"] for r in pla) if pla else None,
@@ -452,9 +466,7 @@ def cmd_bench_secagg(args: argparse.Namespace) -> int:
     print(f"secure round (median)   {out['secure_round_s']:.3f} s")
     if not out["secure_only"]:
         print(f"plain round (median)    {out['plain_round_s']:.3f} s   (secure / plain = {out['ratio']})")
-    print(
-        f"bytes per facility      {out['bytes_per_facility']:,} (plain: {out['plain_bytes_per_facility']})"
-    )
+    print(f"bytes per facility      {out['bytes_per_facility']:,} (plain: {out['plain_bytes_per_facility']})")
     print(f"expansion over float32  {out['expansion']:.4f}  (4 x {int(args.dim):,} bytes of plaintext)")
     print(
         f"fog peak in a round     secure {out['fog_peak_secure_mb']} MB, plain {out['fog_peak_plain_mb']} MB"

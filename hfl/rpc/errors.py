@@ -163,7 +163,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
                 request_deserializer=deserializer,
-                response_serializer=handler.response_serializer,
+                # a response the servicer wrote already serialised goes out as it is
+                response_serializer=None if method in link.RAW_RESPONSES else handler.response_serializer,
             )
         if handler.unary_stream is not None and not inspect.isasyncgenfunction(handler.unary_stream):
             # a stream answered with context.write() (the standard health service's Watch)

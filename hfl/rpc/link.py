@@ -124,6 +124,11 @@ def frames(call_id: int, data: bytes | memoryview, chunk: int = SEND_CHUNK) -> I
 # already serialised frames as they are).
 CONNECT = "/hfl.v1.FogService/Connect"  # a facility's connection to its fog
 RAW_STREAMS: dict[str, Callable[[bytes], Frame]] = {CONNECT: parse_frame}
+# The unary methods whose servicer returns its response already serialised (hfl.rpc.serde writes a fog's
+# answer to the leader with each bucket's sum copied once, run_round_response); hfl.rpc.errors sends it
+# as it is.
+RUN_ROUND = "/hfl.v1.FogService/RunRound"
+RAW_RESPONSES: frozenset[str] = frozenset({RUN_ROUND})
 
 
 # FogCall and FacilityReply have one field set, a message: on the wire that is the field's tag, the
@@ -292,6 +297,16 @@ def encode_reply(kind: str, response: Any) -> bytes:
     head = _head(response.message.SerializeToString(), LIFTED[kind], len(response.data))
     size = len(head) + len(response.data)
     return b"".join((_varint(number << 3 | 2), _varint(size), head, response.data))
+
+
+def with_bytes_field(
+    body: bytes, path: tuple[int, ...], data: memoryview, number: int
+) -> list[bytes | memoryview]:
+    """The parts of field ``number`` (length-delimited) holding the serialised message ``body`` with the
+    bytes ``data`` added as the field at ``path`` (as in ``LIFTED``): joined, they are that field of an
+    enclosing message, and ``data`` is not copied until they are joined."""
+    head = _head(body, path, len(data))
+    return [_varint(number << 3 | 2), _varint(len(head) + len(data)), head, data]
 
 
 def _head(body: bytes, path: tuple[int, ...], size: int) -> bytes:

@@ -57,6 +57,14 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+# A fog's HTTP/2 receive window per connection, fixed. With gRPC's bandwidth probing the window grows to
+# several MB per connection on a fast link, and gRPC fills it before hfl reads a byte: at N=50 that was
+# about 200 MB in the fog while facilities' masked inputs waited for the fog's inbound budget
+# (services/fog/links.py). 1 MiB bounds that to 1 MiB per facility and still lets a facility 50 ms
+# away upload about 20 MB/s (measured through a delay proxy: bench/receive_window.py).
+FOG_RECEIVE_WINDOW = 1 << 20
+
+
 def server_options(role: str) -> list[tuple[str, Any]]:
     """SERVER_OPTIONS with gRPC's receive limit lowered to what ``role``'s methods accept (hfl.rpc.limits):
     gRPC refuses a larger message while it arrives, before hfl sees a byte of it. (gRPC takes the FIRST
@@ -66,10 +74,15 @@ def server_options(role: str) -> list[tuple[str, Any]]:
     64 KiB default (no bandwidth probing): a refused 50 MB request then never has more than that in the
     server's buffers. With probing the window grows to megabytes and the authority's memory grew by
     about 1.4 MB per refused 50 MB call; without it, by 1 MB over 60 calls (measured,
-    tests/integration/test_fuzz.py)."""
+    tests/integration/test_fuzz.py). A fog's window is fixed at ``FOG_RECEIVE_WINDOW``."""
     limit = limits.server_limit(role)
-    small = [("grpc.http2.bdp_probe", 0)] if limit <= limits.REPORT else []
-    return [("grpc.max_receive_message_length", limit), *small, *SERVER_OPTIONS]
+    if limit <= limits.REPORT:
+        window = [("grpc.http2.bdp_probe", 0)]
+    elif role == "fog":
+        window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", FOG_RECEIVE_WINDOW)]
+    else:
+        window = []
+    return [("grpc.max_receive_message_length", limit), *window, *SERVER_OPTIONS]
 
 
 def _node_info(

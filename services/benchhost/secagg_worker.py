@@ -27,7 +27,7 @@ from typing_extensions import override  # mypy checks that each overridden facil
 from hfl.bench.secagg import bench_rng, bench_update
 from hfl.domain import NodeInfo, RoundConfig, TrainingPlan
 from hfl.learning.data import Dataset, FacilityData
-from hfl.memory import limit_arenas
+from hfl.memory import tune_for_fog
 from hfl.proto.v1 import fog_pb2_grpc
 from hfl.rpc.node import load_identity
 from hfl.rpc.server import Channels, start_server, write_ready_file
@@ -67,7 +67,7 @@ def _tiny_data() -> FacilityData:
 
 
 async def run_fog(out: Path, authority_pub: bytes, seed: int, tls: bool) -> dict[str, Any]:
-    limit_arenas()  # as `hfl serve fog` does (services/fog/main.py)
+    tune_for_fog()  # as `hfl serve fog` does (services/fog/main.py)
     settings = _fog_settings("fog-1", out / "fog-1", seed, tls)
     fog = Fog(settings, "fog-1")
     running = await start_server(

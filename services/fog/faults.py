@@ -16,11 +16,10 @@ from typing_extensions import override  # mypy checks that each overridden fog m
 
 from hfl.crypto import kex
 from hfl.domain import RoundConfig
-from hfl.proto.v1 import fog_pb2
 from hfl.rpc.client import ByteCount
 from hfl.rpc.settings import FogSettings
 from hfl.secagg import KeyAdvertisement
-from services.fog.rounds import PhaseMarks
+from services.fog.rounds import BucketRequest, PhaseMarks
 from services.fog.secure import FacilityMemberLink
 from services.fog.service import Fog
 
@@ -51,7 +50,7 @@ class FaultyFog(Fog):
     def member_link(
         self,
         config: RoundConfig,
-        request: fog_pb2.RunRoundRequest,
+        request: BucketRequest,
         bucket_id: str,
         counter: ByteCount,
         d: int,

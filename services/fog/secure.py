@@ -21,7 +21,7 @@ import numpy as np
 from hfl.deadline import STRAGGLER_FACTOR, STRAGGLER_FLOOR_S, StragglerWindow
 from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
 from hfl.errors import HflError, clip
-from hfl.proto.v1 import facility_pb2, fog_pb2
+from hfl.proto.v1 import facility_pb2
 from hfl.round.bucket import abandoned
 from hfl.rpc import serde
 from hfl.rpc.client import ByteCount, describe_rpc_error
@@ -40,7 +40,7 @@ from hfl.secagg import (
     UnmaskResponse,
 )
 from services.fog.links import Links
-from services.fog.rounds import PhaseMarks
+from services.fog.rounds import BucketRequest, PhaseMarks
 
 log = logging.getLogger("hfl.fog")
 
@@ -314,7 +314,7 @@ class FacilityMemberLink:
     def __init__(
         self,
         config: RoundConfig,
-        request: fog_pb2.RunRoundRequest,
+        request: BucketRequest,
         bucket_id: str,
         links: Links,
         counter: ByteCount | None,
@@ -330,6 +330,7 @@ class FacilityMemberLink:
         self.d = d
         self.marks = marks
         self._advert: asyncio.Future[bytes] | None = None
+        self._advertising = 0  # advertise calls under way
         # (what the call was built from, its bytes): rebuilt only if the driver passes something else
         self._share_keys_req: tuple[Sequence[KeyAdvertisement], bytes] | None = None
         self._unmask_req: tuple[UnmaskRequest, bytes] | None = None
@@ -349,8 +350,15 @@ class FacilityMemberLink:
                     ),
                 )
             )
-        data = await asyncio.shield(self._advert)
-        resp = await self._call(member, "secagg_advertise", data, timeout)
+        self._advertising += 1
+        try:
+            data = await asyncio.shield(self._advert)
+            resp = await self._call(member, "secagg_advertise", data, timeout)
+        finally:
+            # the call (8 MB at d=10^6) is let go once every member has it; a later call builds it again
+            self._advertising -= 1
+            if not self._advertising:
+                self._advert = None
         ad = serde.advertisement_from_proto(resp.advertisement)
         if self.marks is not None:
             self.marks.mark("distributed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -16,6 +16,7 @@ from hfl.deadline import StragglerWindow
 from hfl.domain import Bucket, BucketEvaluation, BucketResult, Metrics, RoundConfig, TrainingPlan
 from hfl.errors import InvalidInput, NotReady, StaleRound, clip
 from hfl.learning.metrics import EVAL_VECTOR_LEN, metrics_from_vector
+from hfl.memory import release_free_memory
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, fog_pb2, fog_pb2_grpc
 from hfl.round.bucket import PlainTally
@@ -25,11 +26,12 @@ from hfl.rpc.link import encode_call
 from hfl.rpc.metrics import REFUSED, ROUND
 from hfl.rpc.settings import FogSettings
 from services.fog.links import Links
-from services.fog.rounds import PhaseMarks, bucket_requests
+from services.fog.rounds import BucketRequest, PhaseMarks, bucket_requests
 from services.fog.secure import FacilityMemberLink, StageTimeouts, no_answer, run_secure_bucket
 
 log = logging.getLogger("hfl.fog")
 
+RELEASE_AFTER_S = 1.0  # after a round, when the fog hands its freed pages back (hfl/memory.py)
 EVAL_TIMEOUT_S = 60.0  # the longest a facility may take to evaluate the model (seconds)
 
 
@@ -97,6 +99,22 @@ def _named_in_header(context: grpc.aio.ServicerContext) -> str:
     raise InvalidInput("a connection must name its facility (the hfl-node header)")
 
 
+async def _gather_owned(coros: Iterable[Awaitable[BucketResult]]) -> list[BucketResult]:
+    """asyncio.gather, but the results are held by the returned list alone (gather's tasks would keep
+    each one too, until they are freed), so the caller can let each sum go when it is done with it."""
+    out: list[BucketResult | None] = []
+
+    async def into(i: int, coro: Awaitable[BucketResult]) -> None:
+        out[i] = await coro
+
+    tasks = []
+    for i, coro in enumerate(coros):
+        out.append(None)
+        tasks.append(into(i, coro))
+    await asyncio.gather(*tasks)
+    return [r for r in out if r is not None]
+
+
 class Fog(fog_pb2_grpc.FogServiceServicer):
     def __init__(self, settings: FogSettings, node_id: str) -> None:
         self.settings = settings
@@ -107,6 +125,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         self.received_bytes = 0
         self.dim = 0
         self.links = Links()  # the facilities' connections to this fog (links.py)
+        self._release: asyncio.TimerHandle | None = None
 
     def ready(self, authority_key: bytes) -> None:
         self.authority_key = authority_key
@@ -114,7 +133,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
     def member_link(
         self,
         config: RoundConfig,
-        request: fog_pb2.RunRoundRequest,
+        request: BucketRequest,
         bucket_id: str,
         counter: ByteCount,
         d: int,
@@ -134,30 +153,38 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         return config
 
     # ------------------------------------------------------------------ leader -> fog
-    async def RunRound(
+    async def RunRound(  # type: ignore[override]  # answered already serialised (hfl.rpc.link.RAW_RESPONSES)
         self, request: fog_pb2.RunRoundRequest, context: grpc.aio.ServicerContext
-    ) -> fog_pb2.RunRoundResponse:
+    ) -> bytes:
+        """Run this fog's buckets of the round and answer the leader with their sums (a RunRoundResponse,
+        serialised by hfl.rpc.serde.run_round_response)."""
         config = self._config(request.config)
-        _spec, params, _ = serde.model_from_proto(request.model)
+        try:
+            return await self._run_round(config, request)
+        finally:
+            # the round's buffers are freed once its answer has gone: hand the pages back soon after
+            if self._release is not None:
+                self._release.cancel()
+            self._release = asyncio.get_running_loop().call_later(RELEASE_AFTER_S, release_free_memory)
+
+    async def _run_round(self, config: RoundConfig, request: fog_pb2.RunRoundRequest) -> bytes:
+        d = serde.model_from_proto(request.model)[1].size  # checks the model; its copy is not kept
         plan = serde.plan_from_proto(request.plan)
         mine = [b for b in config.buckets if b.fog_id == self.node_id]
-        self._open_round(config, plan, mine, params.size)
+        self._open_round(config, plan, mine, d)
         counter = ByteCount()
         # Each bucket's facilities get the authority's signed view of their bucket only (rounds.py).
         requests = bucket_requests(config, request, mine, self.authority_key)
         marks = PhaseMarks()
         if plan.secure:  # masked updates, stage by stage (services/fog/secure.py)
-            results = await self._run_secure(config, plan, mine, requests, params.size, counter, marks)
+            results = await self._run_secure(config, plan, mine, requests, d, counter, marks)
         else:
-            results = await asyncio.gather(
-                *(
-                    self._run_plain_bucket(config, b, requests[b.bucket_id], plan, counter, marks)
-                    for b in mine
-                )
+            results = await _gather_owned(
+                self._run_plain_bucket(config, b, requests[b.bucket_id], plan, counter, marks) for b in mine
             )
         self.open = {}
-        return fog_pb2.RunRoundResponse(
-            buckets=[serde.bucket_result_to_proto(r) for r in results],
+        return serde.run_round_response(
+            results,
             bytes_to_facilities=counter.sent,
             bytes_from_facilities=counter.received + self.received_bytes,
             phases_s=marks.seconds(),
@@ -177,7 +204,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         config: RoundConfig,
         plan: TrainingPlan,
         mine: list[Bucket],
-        requests: dict[str, fog_pb2.RunRoundRequest],
+        requests: dict[str, BucketRequest],
         d: int,
         counter: ByteCount,
         marks: PhaseMarks,
@@ -186,8 +213,8 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         timeouts = StageTimeouts.for_plan(
             plan.timeout_s, self.settings.straggler_factor, self.settings.straggler_floor_s
         )
-        return await asyncio.gather(
-            *(
+        return await _gather_owned(
+
                 run_secure_bucket(
                     b,
                     config.round,
@@ -198,14 +225,14 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                     timeouts,
                 )
                 for b in mine
-            )
+
         )
 
     async def _run_plain_bucket(
         self,
         config: RoundConfig,
         bucket: Bucket,
-        request: fog_pb2.RunRoundRequest,
+        request: BucketRequest,
         plan: TrainingPlan,
         counter: ByteCount,
         marks: PhaseMarks,
@@ -225,6 +252,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
             asyncio.create_task(self._start_member(config, collector, m, start_request, plan, counter))
             for m in bucket.members
         ]
+        del start_request  # (the model, 8 MB at d=10^6) kept only by members still receiving it
         await asyncio.wait(starts, timeout=self.settings.straggler_floor_s)
         marks.mark("distributed")
         await self._await_updates(collector, plan)
@@ -344,13 +372,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         serde.model_from_proto(request.model)  # refuse a malformed model before asking anyone
         plan = serde.plan_from_proto(request.plan)
         mine = [b for b in config.eval_buckets if b.fog_id == self.node_id]
-        base = fog_pb2.RunRoundRequest(
-            config=request.config,
-            model=request.model,
-            plan=request.plan,
-            bucket_configs=request.bucket_configs,
-        )
-        requests = bucket_requests(config, base, mine, self.authority_key)
+        requests = bucket_requests(config, request, mine, self.authority_key)
         if plan.secure:
             timeouts = StageTimeouts.for_plan(
                 min(plan.timeout_s, EVAL_TIMEOUT_S),
@@ -368,7 +390,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         self,
         config: RoundConfig,
         bucket: Bucket,
-        request: fog_pb2.RunRoundRequest,
+        request: BucketRequest,
         plan: TrainingPlan,
         timeouts: StageTimeouts,
     ) -> BucketEvaluation:

@@ -1,4 +1,5 @@
-"""hfl.memory: the fog asks glibc's malloc for fewer arenas (less memory kept after busy rounds)."""
+"""hfl.memory: the fog asks glibc's malloc for fewer arenas, maps large blocks on their own, and hands
+freed memory back after a round."""
 
 from __future__ import annotations
 
@@ -11,26 +12,100 @@ import pytest
 from hfl import memory
 
 
-def test_limit_arenas_takes_effect_on_glibc_and_says_so_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    # run in a child: the setting lasts for the whole process
-    code = "from hfl.memory import limit_arenas; print(limit_arenas(2))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "True"  # this machine runs on glibc
+def _child(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (allocator settings last for the whole process)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
 
-    class NoMallopt:
+
+def test_the_settings_take_effect_on_glibc_and_say_so_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = (
+        "from hfl import memory; "
+        "print(memory.limit_arenas(2), memory.fix_mmap_threshold(), memory.tune_for_fog(), "
+        "memory.release_free_memory())"
+    )
+    assert _child(code).split() == ["True"] * 4  # this machine runs on glibc
+
+    class NoLibc:
         def __init__(self, name: object) -> None:
             pass
 
-    monkeypatch.setattr(ctypes, "CDLL", NoMallopt)  # a C library without mallopt (musl, macOS)
+    monkeypatch.setattr(ctypes, "CDLL", NoLibc)  # a C library without these calls (musl, macOS)
     assert memory.limit_arenas() is False
+    assert memory.fix_mmap_threshold() is False
+    assert memory.tune_for_fog() is False
+    assert memory.release_free_memory() is False
+
+
+def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError):
         memory.limit_arenas(0)
+    for size in (0, 1024, 64 * 1024 * 1024):
+        with pytest.raises(ValueError):
+            memory.fix_mmap_threshold(size)
 
 
-def test_the_fog_limits_its_arenas_before_it_starts_serving() -> None:
+# 300 blocks of 1 MiB from the heap (the threshold raised out of their way), each followed by a small
+# block that stays: freeing the large ones leaves holes glibc keeps, until the memory is released.
+FRAGMENTED = """
+from hfl import memory
+memory._mallopt(memory.M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) // 1024
+large, small = [], []
+for _ in range(300):
+    block = bytearray(1 << 20)
+    block[::4096] = b"x" * 256  # touch every page
+    large.append(block)
+    small.append(bytearray(1024))  # from malloc, not Python's own small-object pool
+del block
+large.clear()
+before = rss()
+memory.release_free_memory()
+print(before, rss())
+"""
+
+
+def test_released_memory_goes_back_to_the_system() -> None:
+    before, after = map(int, _child(FRAGMENTED).split())
+    assert before - after > 200  # MB: the freed holes were kept, and are handed back
+
+
+# Once an 8 MiB block mapped on its own is freed, glibc raises its threshold to 8 MiB: a 4 MiB block is
+# then taken from the heap, and with a small block after it, freeing it returns nothing. With the
+# threshold fixed, it is mapped on its own and freeing it returns it at once.
+AFTER_A_LARGE_FREE = """
+import sys
+from hfl import memory
+if sys.argv[1] == "fixed":
+    memory.fix_mmap_threshold()
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) // 1024
+first = bytearray(8 << 20)
+del first
+block = bytearray(4 << 20)
+block[::4096] = b"x" * 1024
+after = bytearray(1024)
+holding = rss()
+del block
+print(holding - rss())
+"""
+
+
+def test_with_the_threshold_fixed_a_freed_large_block_goes_back_at_once() -> None:
+    def returned(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", AFTER_A_LARGE_FREE, mode], capture_output=True, text=True, check=True
+        )
+        return int(out.stdout)
+
+    assert returned("fixed") >= 3  # MB
+    assert returned("glibc") < 1  # what the setting is for
+
+
+def test_the_fog_tunes_its_allocator_before_it_starts_serving() -> None:
     import inspect
 
     from services.fog import main
 
     source = inspect.getsource(main.run)
-    assert source.index("limit_arenas()") < source.index("start_server(")
+    assert source.index("tune_for_fog()") < source.index("start_server(")

@@ -115,7 +115,9 @@ def test_each_server_receives_only_what_its_own_methods_accept() -> None:
     assert first == limits.REPORT
     assert ("grpc.http2.bdp_probe", 0) in server_options("authority")  # the HTTP/2 window stays small
     assert ("grpc.http2.bdp_probe", 0) in server_options("leader")
-    assert ("grpc.http2.bdp_probe", 0) not in server_options("fog")  # models flow at full speed
+    assert ("grpc.http2.bdp_probe", 0) not in server_options("validator")  # models flow at full speed
+    # a fog's window is fixed at 1 MiB per connection (tests/unit/test_fog_answer.py)
+    assert ("grpc.http2.lookahead_bytes", 1 << 20) in server_options("fog")
 
 
 def test_an_oversized_control_request_is_refused_before_it_is_parsed() -> None:

@@ -300,6 +300,7 @@ def test_link_serialises_each_bucket_wide_call_once_and_marks_the_phases() -> No
     for method in ("SecAggAdvertise", "SecAggShareKeys", "SecAggUnmask"):  # the same bytes for everyone
         assert all(req is link.sent[method][0] for req in link.sent[method]), method
     assert len(decode_call(link.sent["SecAggShareKeys"][0])[1].advertisements) == 5
+    assert link._advert is None  # the advertise call (it carries the model) is let go once sent
     assert marks.t0 <= marks.marks["distributed"] <= marks.marks["collected"]
 
 
