@@ -1,6 +1,7 @@
 """How a process asks the C library's allocator (glibc's malloc) to keep less memory it no longer uses.
 
-Three settings, all for the fog, whose rounds allocate and free model-sized blocks by the dozen:
+Three settings for the processes whose rounds allocate and free model-sized blocks by the dozen, fogs and
+facilities (``tune_allocator`` sets the first two; both call it first thing):
 
 * **Arenas.** glibc gives each thread that allocates at the same time its own arena, up to 8 per core,
   and an arena keeps freed blocks for reuse instead of returning them. A fog's gRPC threads each read
@@ -11,7 +12,8 @@ Three settings, all for the fog, whose rounds allocate and free model-sized bloc
   the moment it is freed. glibc starts at 128 KiB but raises the threshold to the size of any mapped
   block that is freed (up to 32 MiB), so after one round every 4 or 8 MB buffer comes from the heap
   instead, where a freed block can only be reused, not returned. Fixing it at 256 KiB keeps the old
-  behaviour for good (stop 30: the fog's peak at N=50 fell by about 80 MB; NOTES-speed.md).
+  behaviour for good. With both settings, a process hosting 13 facilities at d=10^6 grew by about 20 MB
+  per facility in a round instead of 40 (bench/results/NOTES-speed.md, stop 30).
 * **Trimming.** ``release_free_memory`` hands back every free page still held (glibc's malloc_trim), so a
   fog between rounds holds what it uses, not its busiest moment (a few milliseconds' work).
 
@@ -26,8 +28,8 @@ from typing import Any
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters (malloc.h)
 M_ARENA_MAX = -8
-FOG_ARENAS = 2
-FOG_MMAP_THRESHOLD = 256 * 1024
+ARENAS = 2
+MMAP_THRESHOLD = 256 * 1024
 
 
 def _libc(name: str) -> Any:
@@ -46,7 +48,7 @@ def _mallopt(param: int, value: int) -> bool:
     return bool(mallopt(param, value))
 
 
-def limit_arenas(arenas: int = FOG_ARENAS) -> bool:
+def limit_arenas(arenas: int = ARENAS) -> bool:
     """Let glibc's malloc use at most ``arenas`` arenas from now on (call it before the process starts its
     threads)."""
     if arenas < 1:
@@ -54,7 +56,7 @@ def limit_arenas(arenas: int = FOG_ARENAS) -> bool:
     return _mallopt(M_ARENA_MAX, arenas)
 
 
-def fix_mmap_threshold(size: int = FOG_MMAP_THRESHOLD) -> bool:
+def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
     """Map every block of at least ``size`` bytes on its own, so it is returned when freed; the threshold
     no longer rises with use."""
     if not 4096 <= size <= 32 * 1024 * 1024:
@@ -62,8 +64,9 @@ def fix_mmap_threshold(size: int = FOG_MMAP_THRESHOLD) -> bool:
     return _mallopt(M_MMAP_THRESHOLD, size)
 
 
-def tune_for_fog() -> bool:
-    """The fog's allocator settings (both of the above); call it first thing, before gRPC starts."""
+def tune_allocator() -> bool:
+    """A fog's or facility's allocator settings (both of the above); call it first thing, before gRPC
+    starts its threads."""
     arenas = limit_arenas()
     threshold = fix_mmap_threshold()
     return arenas and threshold

@@ -359,9 +359,17 @@ def run_bench(
     )
     try:
         fog, facilities, pids = bench.start()
+        idle_fac = [rss_mb(p) for p in pids[1:]]  # every facility loaded and connected, before any round
         runs = asyncio.run(bench.measure(fog, facilities))
         rss_fog = peak_rss_mb(pids[0])
         rss_fac = [x for x in (peak_rss_mb(p) for p in pids[1:]) if x is not None]
+        # what a round adds to a host process, per facility it hosts (process h hosts ids[h::hosts])
+        hosted = [len(bench.ids[h :: bench.hosts]) for h in range(len(pids) - 1)]
+        per_facility = [
+            (peak - idle) / k
+            for peak, idle, k in zip((peak_rss_mb(p) for p in pids[1:]), idle_fac, hosted, strict=True)
+            if peak is not None and idle is not None
+        ]
     finally:
         bench.stop()
     sec, pla = runs["secure"], runs["plain"]
@@ -398,6 +406,11 @@ def run_bench(
         # the fog's resident memory when a measured round starts (what it holds between rounds)
         "fog_start_mb": round(max(starts), 1) if starts else None,
         "peak_rss_facility_process_mb": round(max(rss_fac), 1) if rss_fac else None,
+        # (a host process's peak - its size with its facilities loaded, before any round) / facilities
+        "facility_round_mb_per_hosted": round(max(per_facility), 1) if per_facility else None,
+        "facility_process_idle_mb": round(max(x for x in idle_fac if x is not None), 1)
+        if any(x is not None for x in idle_fac)
+        else None,
         "exact": all(r["exact"] for r in sec),
         "plain_max_abs_error": max(r["max_abs_error"] for r in pla) if pla else None,
         "secure_only": secure_only,

@@ -27,7 +27,7 @@ from typing_extensions import override  # mypy checks that each overridden facil
 from hfl.bench.secagg import bench_rng, bench_update
 from hfl.domain import NodeInfo, RoundConfig, TrainingPlan
 from hfl.learning.data import Dataset, FacilityData
-from hfl.memory import tune_for_fog
+from hfl.memory import tune_allocator
 from hfl.proto.v1 import fog_pb2_grpc
 from hfl.rpc.node import load_identity
 from hfl.rpc.server import Channels, start_server, write_ready_file
@@ -67,7 +67,6 @@ def _tiny_data() -> FacilityData:
 
 
 async def run_fog(out: Path, authority_pub: bytes, seed: int, tls: bool) -> dict[str, Any]:
-    tune_for_fog()  # as `hfl serve fog` does (services/fog/main.py)
     settings = _fog_settings("fog-1", out / "fog-1", seed, tls)
     fog = Fog(settings, "fog-1")
     running = await start_server(
@@ -149,6 +148,7 @@ def _identity(role: str, node_id: str, out: Path) -> NodeTls:
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    tune_allocator()  # as `hfl serve fog` and `hfl serve facility` do (hfl/memory.py)
     out = Path(args.dir)
     pub = bytes.fromhex(args.authority_pub)
     if args.kind == "fog":

@@ -30,6 +30,7 @@ from typing import Any
 
 from hfl.errors import ConfigError
 from hfl.hosting import hosted_entries
+from hfl.memory import tune_allocator
 from hfl.rpc.link import CALLS
 from hfl.rpc.metrics import start_metrics
 from hfl.rpc.server import Channels, shutdown, write_ready_file
@@ -117,6 +118,7 @@ def _raise_fd_limit() -> None:
 
 
 async def run(settings: FacilitySettings) -> None:
+    tune_allocator()  # before gRPC starts its threads: less memory kept after busy rounds (hfl/memory.py)
     entries = read_hosted(settings.facilities_file)
     every = [facility_settings(e) for e in entries]  # all settings checked before anything starts
     _install_log_tag()

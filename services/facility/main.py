@@ -13,6 +13,7 @@ import grpc
 
 from hfl.domain import NodeInfo
 from hfl.learning.data import FacilityData, load_facility_data
+from hfl.memory import tune_allocator
 from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.node import register
 from hfl.rpc.server import Channels, DialingNode, serve_until_stopped, start_dialing_node
@@ -221,6 +222,7 @@ async def keep_registered(
 
 
 async def run(settings: FacilitySettings) -> None:
+    tune_allocator()  # before gRPC starts its threads: less memory kept after busy rounds (hfl/memory.py)
     started = await start(settings)
     try:
         await serve_until_stopped(started.running, "facility")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hfl.memory import tune_for_fog
+from hfl.memory import tune_allocator
 from hfl.proto.v1 import fog_pb2_grpc
 from hfl.rpc.enrolment import pinned_authority_key
 from hfl.rpc.node import load_identity, register
@@ -12,7 +12,7 @@ from services.fog.faults import fog_class
 
 
 async def run(settings: FogSettings) -> None:
-    tune_for_fog()  # before gRPC starts its threads: less memory kept after busy rounds (hfl/memory.py)
+    tune_allocator()  # before gRPC starts its threads: less memory kept after busy rounds (hfl/memory.py)
     node_id = settings.resolved_node_id()
     key = load_identity(settings.state_dir)
     channels = Channels()

@@ -20,7 +20,7 @@ def _child(code: str) -> str:
 def test_the_settings_take_effect_on_glibc_and_say_so_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     code = (
         "from hfl import memory; "
-        "print(memory.limit_arenas(2), memory.fix_mmap_threshold(), memory.tune_for_fog(), "
+        "print(memory.limit_arenas(2), memory.fix_mmap_threshold(), memory.tune_allocator(), "
         "memory.release_free_memory())"
     )
     assert _child(code).split() == ["True"] * 4  # this machine runs on glibc
@@ -32,7 +32,7 @@ def test_the_settings_take_effect_on_glibc_and_say_so_elsewhere(monkeypatch: pyt
     monkeypatch.setattr(ctypes, "CDLL", NoLibc)  # a C library without these calls (musl, macOS)
     assert memory.limit_arenas() is False
     assert memory.fix_mmap_threshold() is False
-    assert memory.tune_for_fog() is False
+    assert memory.tune_allocator() is False
     assert memory.release_free_memory() is False
 
 
@@ -102,10 +102,15 @@ def test_with_the_threshold_fixed_a_freed_large_block_goes_back_at_once() -> Non
     assert returned("glibc") < 1  # what the setting is for
 
 
-def test_the_fog_tunes_its_allocator_before_it_starts_serving() -> None:
+def test_fogs_and_facilities_tune_their_allocator_before_they_start_serving() -> None:
     import inspect
 
-    from services.fog import main
+    from services.facility import host
+    from services.facility import main as facility_main
+    from services.fog import main as fog_main
 
-    source = inspect.getsource(main.run)
-    assert source.index("tune_for_fog()") < source.index("start_server(")
+    for run in (fog_main.run, facility_main.run, host.run):
+        source = inspect.getsource(run)
+        assert "tune_allocator()" in source, run.__module__
+        first_start = min(source.find(s) for s in ("start_server(", "start(", "_start_all(") if s in source)
+        assert source.index("tune_allocator()") < first_start, run.__module__
