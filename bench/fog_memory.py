@@ -1,4 +1,5 @@
-"""Issue 17: the fog's memory in a secure round, before and after the inbound budget (stop 29).
+"""Issue 17: the fog's and the facilities' memory in a secure round, before and after a change (stop 29:
+the inbound budget; stop 30: the answer written once, the fixed receive window, the allocator settings).
 
 Runs `hfl bench secagg --json` (buckets of 8, mutual TLS, 3 measured rounds) for each configuration
 below, alternating the tree before the change (a git worktree at --before) with this tree, and writes
@@ -6,6 +7,9 @@ every run's summary with the load average before and after it. Run it on a quiet
 running, the load below 1.
 
     .venv/bin/python bench/fog_memory.py --before-tree /work/wt/before --out bench/results/fog_memory.json
+
+The figures a run reports come from the driver of the tree it runs (hfl/bench/secagg.py): to compare
+like with like, copy this tree's driver into the worktree of the commit before (stop 30 did).
 """
 
 from __future__ import annotations
@@ -77,7 +81,8 @@ def main() -> None:
                 keep = [
                     *("secure_round_s", "plain_round_s", "ratio", "fog_peak_secure_mb", "fog_peak_plain_mb"),
                     *("peak_rss_mb", "peak_rss_facility_process_mb", "exact", "load_before", "load_after"),
-                    "facility_processes",
+                    *("facility_processes", "fog_start_mb", "facility_process_idle_mb"),
+                    "facility_round_mb_per_hosted",
                 ]
                 row = {"label": label, "tree": name, "repeat": k, "started": started}
                 row.update({key: r.get(key) for key in keep})

@@ -1,24 +1,27 @@
 """How a process asks the C library's allocator (glibc's malloc) to keep less memory it no longer uses.
 
-Three settings for the processes whose rounds allocate and free model-sized blocks by the dozen, fogs and
-facilities (``tune_allocator`` sets the first two; both call it first thing):
+For the processes whose rounds allocate and free model-sized blocks by the dozen: fogs and facilities.
+Both call ``tune_allocator`` first thing, before gRPC starts its threads.
 
-* **Arenas.** glibc gives each thread that allocates at the same time its own arena, up to 8 per core,
-  and an arena keeps freed blocks for reuse instead of returning them. A fog's gRPC threads each read
-  facilities' frames, so a round left model-sized blocks spread over many arenas. Two are plenty (its
-  Python code runs one thread at a time); measured at N=50, d=10^6: a secure round's peak fell from about
-  870 to about 680 MB (bench/results/NOTES-speed.md, stop 29).
-* **The mmap threshold.** A block at least this large is mapped on its own and goes back to the system
-  the moment it is freed. glibc starts at 128 KiB but raises the threshold to the size of any mapped
-  block that is freed (up to 32 MiB), so after one round every 4 or 8 MB buffer comes from the heap
-  instead, where a freed block can only be reused, not returned. Fixing it at 256 KiB keeps the old
-  behaviour for good. With both settings, a process hosting 13 facilities at d=10^6 grew by about 20 MB
-  per facility in a round instead of 40 (bench/results/NOTES-speed.md, stop 30).
-* **Trimming.** ``release_free_memory`` hands back every free page still held (glibc's malloc_trim), so a
-  fog between rounds holds what it uses, not its busiest moment (a few milliseconds' work).
+* **Arenas (fogs and facilities).** glibc gives each thread that allocates at the same time its own
+  arena, up to 8 per core, and an arena keeps freed blocks for reuse instead of returning them. gRPC's
+  threads each read frames, so a round left model-sized blocks spread over many arenas. Two are plenty
+  (the Python code runs one thread at a time); measured at N=50, d=10^6: a secure round's peak in the fog
+  fell from about 870 to about 680 MB (bench/results/NOTES-speed.md, stop 29).
+* **The mmap threshold (fogs only).** A block at least this large is mapped on its own and goes back to
+  the system the moment it is freed. glibc starts at 128 KiB but raises the threshold to the size of
+  any mapped block that is freed (up to 32 MiB), so after one round every 4 or 8 MB buffer comes from
+  the heap instead, where a freed block can only be reused, not returned. A fog fixes it at 256 KiB: its
+  peak at N=50 fell by about 80 MB. Facilities do not: every large block then costs fresh pages from the
+  kernel, and with 50 facilities on 2 cores a secure round took about 0.7 s longer (4.2 against 3.5 s)
+  for about 8 MB less per hosted facility (stop 30, bench/results/memory_stop30.json). A facility host
+  short of memory can still ask for it: glibc reads ``MALLOC_MMAP_THRESHOLD_=262144`` from the
+  environment (docs/configuration.md).
+* **Trimming (fogs).** ``release_free_memory`` hands back every free page still held (glibc's
+  malloc_trim), so a fog between rounds holds what it uses, not its busiest moment (a few milliseconds).
 
 Each returns whether it took effect: False on a C library without these calls (musl, macOS), where the
-fog runs as before.
+process runs as before.
 """
 
 from __future__ import annotations
@@ -64,12 +67,13 @@ def fix_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
     return _mallopt(M_MMAP_THRESHOLD, size)
 
 
-def tune_allocator() -> bool:
-    """A fog's or facility's allocator settings (both of the above); call it first thing, before gRPC
-    starts its threads."""
+def tune_allocator(*, return_large_blocks: bool) -> bool:
+    """The allocator settings of a fog (``return_large_blocks=True``: two arenas and the mmap threshold
+    fixed) or a facility (two arenas); call it first thing, before gRPC starts its threads."""
     arenas = limit_arenas()
-    threshold = fix_mmap_threshold()
-    return arenas and threshold
+    if not return_large_blocks:
+        return arenas
+    return fix_mmap_threshold() and arenas
 
 
 def release_free_memory() -> bool:

@@ -148,7 +148,8 @@ def _identity(role: str, node_id: str, out: Path) -> NodeTls:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    tune_allocator()  # as `hfl serve fog` and `hfl serve facility` do (hfl/memory.py)
+    # as `hfl serve fog` and `hfl serve facility` do (hfl/memory.py)
+    tune_allocator(return_large_blocks=args.kind == "fog")
     out = Path(args.dir)
     pub = bytes.fromhex(args.authority_pub)
     if args.kind == "fog":

@@ -118,7 +118,8 @@ def _raise_fd_limit() -> None:
 
 
 async def run(settings: FacilitySettings) -> None:
-    tune_allocator()  # before gRPC starts its threads: less memory kept after busy rounds (hfl/memory.py)
+    # before gRPC starts its threads: less memory kept after busy rounds (hfl/memory.py)
+    tune_allocator(return_large_blocks=False)
     entries = read_hosted(settings.facilities_file)
     every = [facility_settings(e) for e in entries]  # all settings checked before anything starts
     _install_log_tag()

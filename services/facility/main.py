@@ -222,7 +222,8 @@ async def keep_registered(
 
 
 async def run(settings: FacilitySettings) -> None:
-    tune_allocator()  # before gRPC starts its threads: less memory kept after busy rounds (hfl/memory.py)
+    # before gRPC starts its threads: less memory kept after busy rounds (hfl/memory.py)
+    tune_allocator(return_large_blocks=False)
     started = await start(settings)
     try:
         await serve_until_stopped(started.running, "facility")

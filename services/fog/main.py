@@ -12,7 +12,8 @@ from services.fog.faults import fog_class
 
 
 async def run(settings: FogSettings) -> None:
-    tune_allocator()  # before gRPC starts its threads: less memory kept after busy rounds (hfl/memory.py)
+    # before gRPC starts its threads: less memory kept after busy rounds (hfl/memory.py)
+    tune_allocator(return_large_blocks=True)
     node_id = settings.resolved_node_id()
     key = load_identity(settings.state_dir)
     channels = Channels()

@@ -214,18 +214,16 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
             plan.timeout_s, self.settings.straggler_factor, self.settings.straggler_floor_s
         )
         return await _gather_owned(
-
-                run_secure_bucket(
-                    b,
-                    config.round,
-                    config.attempt,
-                    d,
-                    plan,
-                    self.member_link(config, requests[b.bucket_id], b.bucket_id, counter, d, marks),
-                    timeouts,
-                )
-                for b in mine
-
+            run_secure_bucket(
+                b,
+                config.round,
+                config.attempt,
+                d,
+                plan,
+                self.member_link(config, requests[b.bucket_id], b.bucket_id, counter, d, marks),
+                timeouts,
+            )
+            for b in mine
         )
 
     async def _run_plain_bucket(

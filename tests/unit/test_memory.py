@@ -20,10 +20,11 @@ def _child(code: str) -> str:
 def test_the_settings_take_effect_on_glibc_and_say_so_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     code = (
         "from hfl import memory; "
-        "print(memory.limit_arenas(2), memory.fix_mmap_threshold(), memory.tune_allocator(), "
+        "print(memory.limit_arenas(2), memory.fix_mmap_threshold(), "
+        "memory.tune_allocator(return_large_blocks=True), memory.tune_allocator(return_large_blocks=False), "
         "memory.release_free_memory())"
     )
-    assert _child(code).split() == ["True"] * 4  # this machine runs on glibc
+    assert _child(code).split() == ["True"] * 5  # this machine runs on glibc
 
     class NoLibc:
         def __init__(self, name: object) -> None:
@@ -32,7 +33,7 @@ def test_the_settings_take_effect_on_glibc_and_say_so_elsewhere(monkeypatch: pyt
     monkeypatch.setattr(ctypes, "CDLL", NoLibc)  # a C library without these calls (musl, macOS)
     assert memory.limit_arenas() is False
     assert memory.fix_mmap_threshold() is False
-    assert memory.tune_allocator() is False
+    assert memory.tune_allocator(return_large_blocks=True) is False
     assert memory.release_free_memory() is False
 
 
@@ -109,8 +110,36 @@ def test_fogs_and_facilities_tune_their_allocator_before_they_start_serving() ->
     from services.facility import main as facility_main
     from services.fog import main as fog_main
 
-    for run in (fog_main.run, facility_main.run, host.run):
+    for run, call in (
+        (fog_main.run, "tune_allocator(return_large_blocks=True)"),
+        (facility_main.run, "tune_allocator(return_large_blocks=False)"),
+        (host.run, "tune_allocator(return_large_blocks=False)"),
+    ):
         source = inspect.getsource(run)
-        assert "tune_allocator()" in source, run.__module__
+        assert call in source, run.__module__
         first_start = min(source.find(s) for s in ("start_server(", "start(", "_start_all(") if s in source)
-        assert source.index("tune_allocator()") < first_start, run.__module__
+        assert source.index(call) < first_start, run.__module__
+
+
+# A facility's process keeps glibc's own threshold, and the environment can still set it.
+FROM_ENVIRONMENT = AFTER_A_LARGE_FREE.replace(
+    'if sys.argv[1] == "fixed":\n    memory.fix_mmap_threshold()',
+    "memory.tune_allocator(return_large_blocks=False)",
+)
+
+
+def test_a_facility_host_can_ask_glibc_for_the_threshold_through_its_environment() -> None:
+    import os
+
+    def returned(env: dict[str, str]) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", FROM_ENVIRONMENT, "-"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, **env},
+        )
+        return int(out.stdout)
+
+    assert returned({}) < 1
+    assert returned({"MALLOC_MMAP_THRESHOLD_": "262144"}) >= 3
