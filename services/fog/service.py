@@ -31,7 +31,7 @@ from services.fog.secure import FacilityMemberLink, StageTimeouts, no_answer, ru
 
 log = logging.getLogger("hfl.fog")
 
-RELEASE_AFTER_S = 1.0  # after a round, when the fog hands its freed pages back (hfl/memory.py)
+RELEASE_AFTER_S = 0.2  # after a round, when the fog hands its freed pages back (hfl/memory.py)
 EVAL_TIMEOUT_S = 60.0  # the longest a facility may take to evaluate the model (seconds)
 
 
