@@ -60,8 +60,8 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 # A fog's HTTP/2 receive window per connection, fixed. With gRPC's bandwidth probing the window grows to
 # several MB per connection on a fast link, and gRPC fills it before hfl reads a byte: at N=50 that was
 # about 200 MB in the fog while facilities' masked inputs waited for the fog's inbound budget
-# (services/fog/links.py). 1 MiB bounds that to 1 MiB per facility and still lets a facility 50 ms
-# away upload about 20 MB/s (measured through a delay proxy: bench/receive_window.py).
+# (services/fog/links.py). 1 MiB bounds that to 1 MiB per facility; a facility a 50 ms round trip
+# away still uploads about 15 MB/s (4 MB in 0.27 s, against 0.11 s with probing; bench/receive_window.py).
 FOG_RECEIVE_WINDOW = 1 << 20
 
 
