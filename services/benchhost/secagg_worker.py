@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from typing_extensions import override  # mypy checks that each overridden facility method still exists
 
+from hfl.bench.secagg import bench_rng, bench_update  # light: numpy only
 from hfl.domain import NodeInfo, RoundConfig, TrainingPlan
 from hfl.memory import tune_allocator
 from hfl.proto.v1 import fog_pb2_grpc
@@ -84,22 +85,10 @@ def _answering(facility: Any) -> Callable[[str], Callable[[Any], Any]]:
     return lambda name: lambda request: getattr(facility, name)(request, None)
 
 
-async def run_facilities(
-    out: Path,
-    ids: list[str],
-    authority_pub: bytes,
-    seed: int,
-    n_max: int,
-    fog_address: str,
-    tls: bool,
-    drop_rate: float = 0.0,
-) -> dict[str, Any]:
-    """Start bench facilities in this process; with ``drop_rate`` each drops out of secure aggregation
-    at a random stage with that chance (the plain path of the comparison never drops out)."""
-    from hfl.bench.secagg import bench_rng, bench_update
+def _bench_facility_class(n_max: int) -> Any:
+    """BenchFacility with the update stream the driver recomputes (imported here: facilities' modules only
+    in the facilities' worker)."""
     from services.facility.bench import BenchFacility
-    from services.facility.dial import FogDialer
-    from services.facility.faults import FaultySecureAggregation
 
     class BenchSecAggFacility(BenchFacility):
         """BenchFacility with the update stream the driver recomputes to check the unmasked sums."""
@@ -120,6 +109,25 @@ async def run_facilities(
         ) -> np.ndarray:
             return bench_update(rng, params.size, plan.clip_update, n_max)
 
+    return BenchSecAggFacility
+
+
+async def run_facilities(
+    out: Path,
+    ids: list[str],
+    authority_pub: bytes,
+    seed: int,
+    n_max: int,
+    fog_address: str,
+    tls: bool,
+    drop_rate: float = 0.0,
+) -> dict[str, Any]:
+    """Start bench facilities in this process; with ``drop_rate`` each drops out of secure aggregation
+    at a random stage with that chance (the plain path of the comparison never drops out)."""
+    from services.facility.dial import FogDialer
+    from services.facility.faults import FaultySecureAggregation
+
+    BenchSecAggFacility = _bench_facility_class(n_max)
     started: dict[str, Any] = {}
     fog = NodeInfo("fog-1", "fog", fog_address, b"")
     for node_id in ids:
