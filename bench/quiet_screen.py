@@ -175,9 +175,8 @@ def spread(p: np.ndarray) -> tuple[float, float]:
     return med, 1.4826 * float(np.median(np.abs(p - med)))
 
 
-def round_shortfall(bids, sums, counts, lib) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Each unflagged bucket's projection in robust spreads from the round's median, clipped to [-3, 3]
-    (bounded influence: one wild round cannot decide a facility's record)."""
+def _robust_z(bids, sums, counts, lib) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Each unflagged bucket's projection in robust spreads from the round's median ({} when undefined)."""
     pr = projections(sums, counts, bids, lib)
     if pr is None:
         return {}
@@ -185,7 +184,13 @@ def round_shortfall(bids, sums, counts, lib) -> dict[str, float]:  # type: ignor
     med, mad = spread(p)
     if mad <= 0.0:
         return {}
-    return {b: float(np.clip((x - med) / mad, -3.0, 3.0)) for b, x in zip(ids, p, strict=True)}
+    return {b: float((x - med) / mad) for b, x in zip(ids, p, strict=True)}
+
+
+def round_shortfall(bids, sums, counts, lib) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """``_robust_z`` clipped to [-3, 3] (bounded influence: one wild round cannot decide a facility's
+    record)."""
+    return {b: float(np.clip(z, -3.0, 3.0)) for b, z in _robust_z(bids, sums, counts, lib).items()}
 
 
 def mad_screen(k: float) -> Screen:
@@ -194,14 +199,7 @@ def mad_screen(k: float) -> Screen:
     the library's quarantine test as kind "screen"."""
 
     def screen(bids, sums, counts, lib, state):  # type: ignore[no-untyped-def]
-        pr = projections(sums, counts, bids, lib)
-        if pr is None:
-            return {}
-        ids, p = pr
-        med, mad = spread(p)
-        if mad <= 0.0:
-            return {}
-        return {b: "screen" for b, x in zip(ids, p, strict=True) if x < med - k * mad}
+        return {b: "screen" for b, z in _robust_z(bids, sums, counts, lib).items() if z < -k}
 
     return screen
 
