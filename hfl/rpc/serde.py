@@ -391,9 +391,7 @@ def run_round_response(
             phases_s=phases_s,
         ).SerializeToString()
     ]
-    results.reverse()
-    while results:
-        b = results.pop()
+    for b in results:
         total = np.ascontiguousarray(np.asarray(b.total).reshape(-1), dtype=np.float64)
         head = bucket_result_to_proto(dataclasses.replace(b, total=np.zeros(0)))
         head.total.length = total.size
@@ -401,6 +399,7 @@ def run_round_response(
         parts.extend(
             link.with_bytes_field(head.SerializeToString(), _BUCKET_TOTAL_DATA, data, _RESPONSE_BUCKETS)
         )
+    results.clear()
     return b"".join(parts)
 
 

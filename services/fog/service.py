@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
@@ -100,19 +101,17 @@ def _named_in_header(context: grpc.aio.ServicerContext) -> str:
 
 
 async def _gather_owned(coros: Iterable[Awaitable[BucketResult]]) -> list[BucketResult]:
-    """asyncio.gather, but the results are held by the returned list alone (gather's tasks would keep
-    each one too, until they are freed), so the caller can let each sum go when it is done with it."""
-    out: list[BucketResult | None] = []
+    """asyncio.gather, but the results are held by the returned list alone: gather's tasks keep each
+    result too while the caller runs on, so a sum the caller lets go would stay in memory."""
+    out: list[Any] = []
 
     async def into(i: int, coro: Awaitable[BucketResult]) -> None:
         out[i] = await coro
 
-    tasks = []
-    for i, coro in enumerate(coros):
-        out.append(None)
-        tasks.append(into(i, coro))
-    await asyncio.gather(*tasks)
-    return [r for r in out if r is not None]
+    coros = list(coros)
+    out.extend([None] * len(coros))
+    await asyncio.gather(*(into(i, c) for i, c in enumerate(coros)))
+    return out
 
 
 class Fog(fog_pb2_grpc.FogServiceServicer):
