@@ -16,7 +16,7 @@ that one stream with the status hfl.rpc.errors maps it to; nothing else changes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
@@ -62,15 +62,20 @@ _SEQ_MAX = 2**32 - 1  # seq is a uint32
 _VARINT_MAX = 2**64 - 1
 
 
-def encode_frame(call_id: int, seq: int, total: int, chunk: bytes | memoryview) -> bytes:
-    """A serialised LinkFrame (byte for byte what protobuf writes: zero fields are left out)."""
+def encode_frame(
+    call_id: int, seq: int, total: int, chunk: bytes | memoryview | Sequence[bytes | memoryview]
+) -> bytes:
+    """A serialised LinkFrame (byte for byte what protobuf writes: zero fields are left out). ``chunk``
+    may come in pieces (a chunk cut across the parts of a :class:`Joined` message)."""
+    pieces = (chunk,) if isinstance(chunk, (bytes, memoryview)) else tuple(chunk)
+    size = sum(len(p) for p in pieces)
     head = bytearray()
     for number, value in ((_CALL_ID, call_id), (_SEQ, seq), (_TOTAL, total)):
         if value:
             head += _varint(number << 3) + _varint(value)
-    if len(chunk):
-        head += _varint(_CHUNK << 3 | 2) + _varint(len(chunk))
-    return b"".join((head, chunk))
+    if size:
+        head += _varint(_CHUNK << 3 | 2) + _varint(size)
+    return b"".join((head, *pieces))
 
 
 def parse_frame(data: bytes | memoryview) -> Frame:
@@ -101,23 +106,61 @@ def parse_frame(data: bytes | memoryview) -> Frame:
     return Frame(values[_CALL_ID], values[_SEQ], values[_TOTAL], chunk)
 
 
-def check_size(data: bytes | memoryview) -> None:
+@dataclass(frozen=True)
+class Joined:
+    """A serialised message in parts, sent as if they were joined: its frames are cut across the parts,
+    so a large part (the model's field, hfl.rpc.link.encode_field) can be shared by the calls of many
+    buckets instead of being copied into each (8 MB per bucket at d=10^6)."""
+
+    parts: tuple[bytes | memoryview, ...]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
+Message = bytes | memoryview | Joined  # a serialised message as the fog hands it to a connection
+
+
+def check_size(data: Message) -> None:
     """TooLarge when a whole message is larger than a connection carries (the one check both ends use
     before they queue a message)."""
     if len(data) > MAX_MESSAGE:
         raise TooLarge(f"the message is {len(data)} bytes; the connection carries at most {MAX_MESSAGE}")
 
 
-def frames(call_id: int, data: bytes | memoryview, chunk: int = SEND_CHUNK) -> Iterator[bytes]:
+def frames(call_id: int, data: Message, chunk: int = SEND_CHUNK) -> Iterator[bytes]:
     """Cut one serialised message into serialised frames (one empty frame for an empty message)."""
     if call_id <= 0:
         raise ValueError("call ids start at 1")
+    if chunk < 1:
+        raise ValueError("frames carry at least one byte")
     check_size(data)
     total = len(data)
-    view = memoryview(data)  # slices of a view are not copies
-    yield encode_frame(call_id, 0, total, view[:chunk])
-    for seq, start in enumerate(range(chunk, total, chunk), start=1):
-        yield encode_frame(call_id, seq, total, view[start : start + chunk])
+    for seq, pieces in enumerate(_chunks(data, chunk)):
+        yield encode_frame(call_id, seq, total, pieces)
+
+
+def _chunks(data: Message, chunk: int) -> Iterator[list[memoryview]]:
+    """The message cut into chunks of ``chunk`` bytes (the last may be shorter; one empty chunk for an
+    empty message), each as views of the parts it spans: nothing is copied here."""
+    parts = data.parts if isinstance(data, Joined) else (data,)
+    pieces: list[memoryview] = []
+    have = 0
+    for part in parts:
+        view = memoryview(part)  # slices of a view are not copies
+        i = 0
+        while i < len(view):
+            take = min(chunk - have, len(view) - i)
+            pieces.append(view[i : i + take])
+            have, i = have + take, i + take
+            if have == chunk:
+                yield pieces
+                pieces, have = [], 0
+    if pieces or not len(data):
+        yield pieces
 
 
 # The stream methods whose frames are read by hand (hfl.rpc.errors installs this parser, and sends the
@@ -285,6 +328,24 @@ def encode_call(kind: str, request: Any) -> bytes:
     if kind not in CALLS:
         raise ValueError(f"unknown call {kind!r}")
     return _wrap(_CALL_FIELDS[kind].number, request)
+
+
+def encode_field(number: int, message: Any) -> bytes:
+    """``message`` serialised as the length-delimited field ``number`` of an enclosing message: made once,
+    it can be added to many calls (encode_call_with)."""
+    return _wrap(number, message)
+
+
+def encode_call_with(kind: str, request: Any, field: bytes) -> Joined:
+    """A FogCall carrying ``request`` as its ``kind`` field, with ``field`` (encode_field: a field of the
+    request, serialised, left unset in ``request``) added after the request's other fields. Protobuf reads
+    fields in any order, so the call reads as if the field had been set; ``field`` is not copied: every
+    bucket's call shares it."""
+    if kind not in CALLS:
+        raise ValueError(f"unknown call {kind!r}")
+    body = request.SerializeToString()
+    head = _varint(_CALL_FIELDS[kind].number << 3 | 2) + _varint(len(body) + len(field)) + body
+    return Joined((head, field))
 
 
 def encode_reply(kind: str, response: Any) -> bytes:

@@ -81,7 +81,7 @@ class FacilityLink:
         self._reading_call = 0  # the call it answers
         # Messages to send, cut into frames only as the stream takes them: the fog never holds more than
         # one frame per connection besides the message itself, which all members of a bucket share.
-        self.outbox: asyncio.Queue[tuple[int, bytes | memoryview] | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[tuple[int, link.Message] | None] = asyncio.Queue()
         self.book = link.CallBook()
         self.waiting: dict[int, asyncio.Future[bytes | memoryview]] = {}
         self.closed = False
@@ -129,7 +129,7 @@ class FacilityLink:
             self._reading_call = frame.call_id  # admitted: from here on, stopping is the facility's doing
         return frame
 
-    def send(self, call_id: int, data: bytes | memoryview) -> None:
+    def send(self, call_id: int, data: link.Message) -> None:
         link.check_size(data)
         self.outbox.put_nowait((call_id, data))  # a message's frames stay together on the stream
 
@@ -182,14 +182,14 @@ class Links:
         self,
         node_id: str,
         kind: str,
-        data: bytes,
+        data: link.Message,
         timeout: float,
         counter: ByteCount | None = None,
     ) -> Any:
-        """Send a serialised FogCall (hfl.rpc.link.encode_call) of ``kind`` to ``node_id`` and wait up to
-        ``timeout`` seconds for its answer; returns the response message. Raises grpc.aio.AioRpcError
-        (UNAVAILABLE, DEADLINE_EXCEEDED, or the facility's own refusal) or InvalidInput for an answer
-        that does not fit the call (the facility's stream is closed for it)."""
+        """Send a serialised FogCall (hfl.rpc.link.encode_call or encode_call_with) of ``kind`` to
+        ``node_id`` and wait up to ``timeout`` seconds for its answer; returns the response message.
+        Raises grpc.aio.AioRpcError (UNAVAILABLE, DEADLINE_EXCEEDED, or the facility's own refusal) or
+        InvalidInput for an answer that does not fit the call (the facility's stream is closed for it)."""
         ln = self.by_node.get(node_id)
         if ln is None or ln.closed:
             raise rpc_error(
@@ -213,7 +213,9 @@ class Links:
         return reply
 
     @staticmethod
-    async def _answer(ln: FacilityLink, call_id: int, data: bytes, timeout: float) -> bytes | memoryview:
+    async def _answer(
+        ln: FacilityLink, call_id: int, data: link.Message, timeout: float
+    ) -> bytes | memoryview:
         """Send call ``call_id`` down ``ln`` and wait for its answer's bytes."""
         fut: asyncio.Future[bytes | memoryview] = asyncio.get_running_loop().create_future()
         ln.waiting[call_id] = fut

@@ -25,7 +25,7 @@ from hfl.proto.v1 import facility_pb2
 from hfl.round.bucket import abandoned
 from hfl.rpc import serde
 from hfl.rpc.client import ByteCount, describe_rpc_error
-from hfl.rpc.link import Lifted, encode_call
+from hfl.rpc.link import Joined, Lifted, Message, encode_call, encode_call_with
 from hfl.rpc.metrics import SECAGG_DROPOUTS
 from hfl.secagg import (
     STAGE_NAMES,
@@ -309,7 +309,9 @@ class FacilityMemberLink:
     out) and masked inputs (local work done) come back.
 
     The advertise, share-keys and unmask calls are the same for every member of the bucket: each is
-    serialised once, on the first call of its stage, and the same bytes go to every member."""
+    serialised once, on the first call of its stage, and the same bytes go to every member. The advertise
+    call carries the model as the round's one serialised copy, shared with the other buckets
+    (services/fog/rounds.SharedModel)."""
 
     def __init__(
         self,
@@ -329,36 +331,24 @@ class FacilityMemberLink:
         self.counter = counter
         self.d = d
         self.marks = marks
-        self._advert: asyncio.Future[bytes] | None = None
-        self._advertising = 0  # advertise calls under way
+        self._advert: Joined | None = None
         # (what the call was built from, its bytes): rebuilt only if the driver passes something else
         self._share_keys_req: tuple[Sequence[KeyAdvertisement], bytes] | None = None
         self._unmask_req: tuple[UnmaskRequest, bytes] | None = None
 
-    async def _call(self, member: str, kind: str, data: bytes, timeout: float) -> Any:
+    async def _call(self, member: str, kind: str, data: Message, timeout: float) -> Any:
         return await self.links.call(member, kind, data, timeout, self.counter)
 
     async def advertise(self, member: str, timeout: float) -> KeyAdvertisement:
-        if self._advert is None:  # the first member's call serialises it (off the event loop), once
+        if self._advert is None:  # the bucket's call: its own view and the round's shared model field
             r = self.request
-            self._advert = asyncio.ensure_future(
-                asyncio.to_thread(
-                    encode_call,
-                    "secagg_advertise",
-                    facility_pb2.SecAggAdvertiseRequest(
-                        config=r.config, model=r.model, plan=r.plan, bucket_id=self.bucket_id
-                    ),
+            model = await r.model.field()
+            if self._advert is None:  # (the first member to get here builds it, once)
+                head = facility_pb2.SecAggAdvertiseRequest(
+                    config=r.config, plan=r.plan, bucket_id=self.bucket_id
                 )
-            )
-        self._advertising += 1
-        try:
-            data = await asyncio.shield(self._advert)
-            resp = await self._call(member, "secagg_advertise", data, timeout)
-        finally:
-            # the call (8 MB at d=10^6) is let go once every member has it; a later call builds it again
-            self._advertising -= 1
-            if not self._advertising:
-                self._advert = None
+                self._advert = encode_call_with("secagg_advertise", head, model)
+        resp = await self._call(member, "secagg_advertise", self._advert, timeout)
         ad = serde.advertisement_from_proto(resp.advertisement)
         if self.marks is not None:
             self.marks.mark("distributed")

@@ -23,7 +23,7 @@ from hfl.proto.v1 import facility_pb2, fog_pb2, fog_pb2_grpc
 from hfl.round.bucket import PlainTally
 from hfl.rpc import authz, link, serde
 from hfl.rpc.client import ByteCount, describe_rpc_error
-from hfl.rpc.link import encode_call
+from hfl.rpc.link import encode_call, encode_call_with
 from hfl.rpc.metrics import REFUSED, ROUND
 from hfl.rpc.settings import FogSettings
 from services.fog.links import Links
@@ -235,13 +235,13 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         marks: PhaseMarks,
     ) -> BucketResult:
         collector = self.open[bucket.bucket_id]
-        # One message for the whole bucket (the model is not copied once per member).
-        start_request = await asyncio.to_thread(
-            encode_call,
+        # One message for the whole bucket, with the round's one serialised copy of the model (rounds.py).
+        start_request = encode_call_with(
             "start_round",
             facility_pb2.StartRoundRequest(
-                config=request.config, model=request.model, plan=request.plan, bucket_id=bucket.bucket_id
+                config=request.config, plan=request.plan, bucket_id=bucket.bucket_id
             ),
+            await request.model.field(),
         )
         collector.started = time.monotonic()
         # StartRound answers at once (training runs after it); one that hangs is just a straggler below.
@@ -249,7 +249,6 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
             asyncio.create_task(self._start_member(config, collector, m, start_request, plan, counter))
             for m in bucket.members
         ]
-        del start_request  # (the model, 8 MB at d=10^6) kept only by members still receiving it
         await asyncio.wait(starts, timeout=self.settings.straggler_floor_s)
         marks.mark("distributed")
         await self._await_updates(collector, plan)
@@ -275,7 +274,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         config: RoundConfig,
         collector: PlainBucket,
         member: str,
-        start_request: bytes,
+        start_request: link.Message,
         plan: TrainingPlan,
         counter: ByteCount,
     ) -> None:

@@ -113,7 +113,9 @@ def test_every_bucket_is_sent_the_leaders_model_itself_not_a_copy() -> None:
     request.model.params.data = b"\x00" * 8000
     out = bucket_requests(config, request, mine, key.public_bytes)
     assert len(mine) > 1
-    assert all(out[b.bucket_id].model is request.model for b in mine)
+    shared = out[mine[0].bucket_id].model
+    assert shared.message is request.model
+    assert all(out[b.bucket_id].model is shared for b in mine)  # one serialised copy for the round
     assert all(out[b.bucket_id].plan is request.plan for b in mine)
     assert out[mine[0].bucket_id].config == request.config  # no view for it: the full configuration
     assert all(len(out[b.bucket_id].config.buckets) == 1 for b in mine[1:])

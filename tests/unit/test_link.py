@@ -3,6 +3,7 @@ refusal for each kind of bad input the issue names (out of order, oversized, rep
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import grpc
@@ -25,7 +26,7 @@ def _whole(asm: link.Assembler, frames: list[link.Frame]) -> list[tuple[int, byt
     return out
 
 
-def _frames(call_id: int, data: bytes, chunk: int = link.CHUNK) -> list[link.Frame]:
+def _frames(call_id: int, data: link.Message, chunk: int = link.CHUNK) -> list[link.Frame]:
     return [link.parse_frame(f) for f in link.frames(call_id, data, chunk=chunk)]
 
 
@@ -58,6 +59,12 @@ def test_a_model_of_ten_million_parameters_travels_in_frames_within_the_limit() 
     request, params = link.unlift(call)
     assert (call_id, kind, request.model.params.length) == (7, "secagg_advertise", 10_000_000)
     assert params is not None and len(params) == 40_000_000  # the parameters, left where they arrived
+
+
+# A model's parameters as they travel: float64 bytes, finite (a model with NaN or infinite values is refused).
+_PARAMS = st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=25).map(
+    lambda xs: struct.pack(f"<{len(xs)}d", *xs)
+)
 
 
 def _two_frame_message(call_id: int = 1) -> list[link.Frame]:
@@ -333,7 +340,7 @@ def test_the_facility_sends_its_masked_vector_as_it_is() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.binary(max_size=200).map(lambda b: b[: len(b) // 8 * 8]), st.text(max_size=10))
+@given(_PARAMS, st.text(max_size=10))
 def test_a_model_sent_to_a_facility_is_read_with_its_parameters_left_in_place(
     data: bytes, bucket: str
 ) -> None:
@@ -362,3 +369,50 @@ def test_a_model_sent_to_a_facility_is_read_with_its_parameters_left_in_place(
         _k, call2 = link.decode_call(link.encode_call("secagg_advertise", sent))
         with pytest.raises(InvalidInput, match="hash"):
             serde.model_from_proto(call2.message.model, data=call2.data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.binary(max_size=40), max_size=5),
+    st.integers(min_value=1, max_value=16),
+)
+def test_a_message_in_parts_is_cut_into_the_frames_of_the_joined_message(
+    parts: list[bytes], chunk: int
+) -> None:
+    """A Joined message goes out frame for frame as the same bytes joined would, whatever its parts and
+    wherever the chunks cut them (several parts in one frame, one part over several frames, empty parts)."""
+    joined = link.Joined(tuple(parts))
+    whole = b"".join(parts)
+    assert len(joined) == len(whole) and bytes(joined) == whole
+    assert list(link.frames(3, joined, chunk=chunk)) == list(link.frames(3, whole, chunk=chunk))
+
+
+@settings(max_examples=40, deadline=None)
+@given(_PARAMS, st.text(max_size=10), st.booleans())
+def test_a_call_with_the_shared_model_field_reads_as_the_call_with_the_model_set(
+    data: bytes, bucket: str, secure: bool
+) -> None:
+    """Each bucket's call to hand out the model is its own fields plus the round's one serialised model
+    field (encode_call_with): the facility reads it exactly as the call with the model set, the
+    parameters still lifted out where they arrived."""
+    import numpy as np
+
+    from hfl.domain import ModelSpec
+    from hfl.rpc import serde
+
+    kind = "secagg_advertise" if secure else "start_round"
+    cls = facility_pb2.SecAggAdvertiseRequest if secure else facility_pb2.StartRoundRequest
+    model = serde.model_to_proto(ModelSpec("logreg", 3), np.frombuffer(data, dtype="<f8"), 4)
+    plan = common_pb2.TrainingPlan(epochs=2)
+    field = link.encode_field(2, model)
+    call = link.encode_call_with(kind, cls(plan=plan, bucket_id=bucket), field)
+    assert call.parts[-1] is field  # shared, not copied
+    [(_, whole)] = _whole(link.Assembler(chunk=7), _frames(1, call, chunk=7))
+    got_kind, got = link.decode_call(whole)
+    expected = cls(model=model, plan=plan, bucket_id=bucket)
+    assert got_kind == kind
+    request, params = link.unlift(got)
+    if secure:
+        assert params is not None and bytes(params) == data
+        request.model.params.data = data
+    assert request == expected

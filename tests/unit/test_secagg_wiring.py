@@ -14,9 +14,9 @@ import pytest
 from hfl.crypto.signing import SigningKey
 from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
 from hfl.errors import InvalidInput
-from hfl.proto.v1 import common_pb2, facility_pb2, fog_pb2
+from hfl.proto.v1 import common_pb2, facility_pb2
 from hfl.rpc import serde
-from hfl.rpc.link import CALLS, decode_call, decode_reply, encode_reply
+from hfl.rpc.link import CALLS, Joined, Message, decode_call, decode_reply, encode_reply
 from hfl.secagg import (
     EncryptedShare,
     KeyAdvertisement,
@@ -30,7 +30,7 @@ from hfl.secagg import (
 )
 from services.fog.faults import FaultyFog, KeySwappingMemberLink, fog_class
 from services.fog.links import Links
-from services.fog.rounds import PhaseMarks
+from services.fog.rounds import BucketRequest, PhaseMarks, SharedModel
 from services.fog.secure import FacilityMemberLink, StageTimeouts, run_secure_bucket
 
 # ---------------------------------------------------------------------------------------------- serde
@@ -247,15 +247,16 @@ class WireLink(FacilityMemberLink):
 
     def __init__(self, fakes: FakeFacilities, marks: PhaseMarks) -> None:
         config = cast(RoundConfig, SimpleNamespace(round=ROUND, attempt=ATTEMPT))
-        request = fog_pb2.RunRoundRequest()
+        self.shared = SharedModel(common_pb2.Model())
+        request = BucketRequest(common_pb2.RoundConfig(), self.shared, common_pb2.TrainingPlan())
         super().__init__(config, request, "b0", Links(), None, D, marks=marks)
         self.fakes = fakes
-        self.sent: dict[str, list[bytes]] = {}
+        self.sent: dict[str, list[Message]] = {}
 
-    async def _call(self, member: str, kind: str, data: bytes, timeout: float) -> Any:
+    async def _call(self, member: str, kind: str, data: Message, timeout: float) -> Any:
         """The fake facility's answer, serialised and read back as the fog reads a connection's answers
         (hfl.rpc.link.decode_reply: a masked input's vector stays a view of the received bytes)."""
-        called, request = decode_call(data)
+        called, request = decode_call(bytes(data) if isinstance(data, Joined) else data)
         assert called == kind
         self.sent.setdefault(CALLS[kind], []).append(data)
         return decode_reply(encode_reply(kind, self._answer(member, CALLS[kind], request)), kind)
@@ -284,6 +285,12 @@ class KeySwappingWireLink(WireLink, KeySwappingMemberLink):
     """The faulty fog's link (HFL_BYZANTINE=swap_keys, services/fog/faults.py) over the fake facilities."""
 
 
+def shared_field(shared: SharedModel) -> bytes:
+    """The round's serialised model field, once made (read outside the event loop that made it)."""
+    assert shared._field is not None and shared._field.done()
+    return shared._field.result()
+
+
 def test_link_serialises_each_bucket_wide_call_once_and_marks_the_phases() -> None:
     fakes = FakeFacilities(5)
     marks = PhaseMarks()
@@ -299,8 +306,9 @@ def test_link_serialises_each_bucket_wide_call_once_and_marks_the_phases() -> No
     }
     for method in ("SecAggAdvertise", "SecAggShareKeys", "SecAggUnmask"):  # the same bytes for everyone
         assert all(req is link.sent[method][0] for req in link.sent[method]), method
-    assert len(decode_call(link.sent["SecAggShareKeys"][0])[1].advertisements) == 5
-    assert link._advert is None  # the advertise call (it carries the model) is let go once sent
+    assert len(decode_call(bytes(link.sent["SecAggShareKeys"][0]))[1].advertisements) == 5
+    advert = link.sent["SecAggAdvertise"][0]  # the bucket's own fields and the round's one model copy
+    assert isinstance(advert, Joined) and shared_field(link.shared) is advert.parts[-1]
     assert marks.t0 <= marks.marks["distributed"] <= marks.marks["collected"]
 
 
