@@ -266,7 +266,10 @@ class Bench:
         ).ByteSize()
         total_bytes = int(resp.bytes_to_facilities) + int(resp.bytes_from_facilities)
         per_fac = total_bytes / self.n - setup
-        results = [serde.bucket_result_from_proto(b, expected_length=self.d) for b in resp.buckets]
+        quant = serde.bucket_quant_configs(plan, config.buckets)  # the secure sums come as integers
+        results = [
+            serde.bucket_result_from_proto(b, expected_length=self.d, quant=quant) for b in resp.buckets
+        ]
         exact = True
         max_err = 0.0
         for r in results:

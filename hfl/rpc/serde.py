@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -54,6 +55,7 @@ from hfl.secagg import (
     QuantizationError,
     UnmaskRequest,
     UnmaskResponse,
+    dequantize_sum,
 )
 
 if TYPE_CHECKING:  # importing hfl.privacy loads dp_accounting (about 2 s): only when a spend is read
@@ -383,7 +385,9 @@ def run_round_response(
     into the answer: building the message and then serialising it holds every sum three times (the
     array, the message, its bytes), 46 MB each for 6 buckets at d=10^6. ``results`` is emptied, so the
     arrays go as soon as the answer is written. The fog's RunRound returns these bytes as they are
-    (hfl.rpc.link.RAW_RESPONSES); the leader reads an ordinary RunRoundResponse."""
+    (hfl.rpc.link.RAW_RESPONSES); the leader reads an ordinary RunRoundResponse. A sum given as uint32
+    (a secure bucket's, as the members' quantised vectors add up) goes as it is, marked D_TYPE_UINT32:
+    the leader turns it into numbers (bucket_result_from_proto)."""
     parts: list[bytes | memoryview] = [
         fog_pb2.RunRoundResponse(
             bytes_to_facilities=bytes_to_facilities,
@@ -392,8 +396,11 @@ def run_round_response(
         ).SerializeToString()
     ]
     for b in results:
-        total = np.ascontiguousarray(np.asarray(b.total).reshape(-1), dtype=np.float64)
+        integers = np.asarray(b.total).dtype == np.uint32  # a secure bucket's sum as it adds up
+        dtype = pb.D_TYPE_UINT32 if integers else pb.D_TYPE_FLOAT64
+        total = np.ascontiguousarray(np.asarray(b.total).reshape(-1), dtype=_DTYPES[dtype])
         head = bucket_result_to_proto(dataclasses.replace(b, total=np.zeros(0)))
+        head.total.dtype = dtype
         head.total.length = total.size
         data = memoryview(cast(Buffer, total)).cast("B")
         parts.extend(
@@ -410,17 +417,20 @@ _BUCKET_TOTAL_DATA = (
 )
 
 
-def bucket_result_from_proto(b: pb.BucketResult, *, expected_length: int | None) -> BucketResult:
-    total = (
-        np.zeros(0)
-        if b.abandoned
-        else vector_from_proto(
-            b.total,
-            expected_length=expected_length,
-            what=f"bucket {clip(b.bucket_id)} sum",
-            require_finite=False,
-        )
-    )
+def bucket_result_from_proto(
+    b: pb.BucketResult, *, expected_length: int | None, quant: dict[str, QuantConfig] | None = None
+) -> BucketResult:
+    """A bucket's result as a fog or the leader sent it. Its sum is float64, or, from a fog, the members'
+    quantised vectors added up (D_TYPE_UINT32): that is turned into the exact float64 sum with the
+    bucket's quantisation, ``quant[bucket id]`` (quant_config: the round's plan and the bucket's size, as
+    the receiver knows them). InvalidInput for an integer sum without one, or out of its range."""
+    what = f"bucket {clip(b.bucket_id)} sum"
+    if b.abandoned:
+        total = np.zeros(0)
+    elif b.total.dtype == pb.D_TYPE_UINT32:
+        total = _integer_sum(b, expected_length, (quant or {}).get(b.bucket_id), what)
+    else:
+        total = vector_from_proto(b.total, expected_length=expected_length, what=what, require_finite=False)
     return BucketResult(
         bucket_id=bounds.node_id(b.bucket_id, "bucket id"),
         fog_id=bounds.node_id(b.fog_id, "fog id"),
@@ -433,6 +443,20 @@ def bucket_result_from_proto(b: pb.BucketResult, *, expected_length: int | None)
         refused=bounds.ids(b.refused, "refused members"),
         unreachable=bounds.ids(b.unreachable, "unreachable members"),
     )
+
+
+def _integer_sum(
+    b: pb.BucketResult, expected_length: int | None, cfg: QuantConfig | None, what: str
+) -> np.ndarray:
+    if cfg is None:
+        raise InvalidInput(f"{what}: sent in secure aggregation's integers, but this is not a secure bucket")
+    ints = vector_from_proto(
+        b.total, expected_length=expected_length, dtype=pb.D_TYPE_UINT32, what=what, as_float64=False
+    )
+    try:
+        return dequantize_sum(ints, int(b.count), cfg)
+    except QuantizationError as e:
+        raise InvalidInput(f"{what}: {e}") from None
 
 
 def metrics_to_proto(m: Metrics) -> pb.EvalMetrics:
@@ -872,6 +896,21 @@ def quant_config(plan: TrainingPlan, bucket_size: int) -> QuantConfig:
         return QuantConfig(clip=plan.clip_update, max_members=bucket_size)
     except QuantizationError as e:
         raise InvalidInput(f"secure aggregation cannot be set up for this plan: {e}") from None
+
+
+def bucket_quant_configs(plan: TrainingPlan, buckets: Sequence[Bucket]) -> dict[str, QuantConfig]:
+    """Each bucket's quantisation as its members and fog use it in secure aggregation, by bucket id: what
+    the leader needs to read the integer sums its fogs send (bucket_result_from_proto). Empty when the
+    plan does not use secure aggregation; a bucket that cannot use it is left out (its fog abandons it)."""
+    if not plan.secure:
+        return {}
+    out = {}
+    for b in buckets:
+        try:
+            out[b.bucket_id] = quant_config(plan, len(b.members))
+        except InvalidInput:
+            continue
+    return out
 
 
 def _blob(value: bytes, what: str, size: int | None = None) -> bytes:

@@ -7,6 +7,7 @@ it removes exactly the masks that do not cancel, leaving the sum of the survivor
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from enum import Enum
 from typing import Any
@@ -31,7 +32,7 @@ from hfl.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from hfl.secagg.quantize import QuantConfig, QuantizationError, dequantize_sum
+from hfl.secagg.quantize import QuantConfig, QuantizationError, check_sum, dequantize_sum
 
 __all__ = ["AggregatorStage", "BucketAggregator"]
 
@@ -282,7 +283,14 @@ class BucketAggregator:
 
     # Result ----------------------------------------------------------------------------------------
     def result(self) -> BucketSum:
-        """Reconstruct the secrets, remove all remaining masks and return the exact bucket sum."""
+        """Reconstruct the secrets, remove all remaining masks and return the exact bucket sum (float64)."""
+        s = self.integer_result()
+        return dataclasses.replace(s, total=dequantize_sum(s.total, s.count, self.cfg))
+
+    def integer_result(self) -> BucketSum:
+        """As :meth:`result`, but the sum as the survivors' quantised vectors add up (uint32, checked to be
+        in range): ``dequantize_sum(total, count, cfg)`` is result()'s sum exactly. Half the bytes of the
+        float64 sum; what a fog sends its leader (hfl.rpc.serde.bucket_result_from_proto turns it back)."""
         self._require("compute the result")
         if self._result is None:
             self._result = self._compute()
@@ -328,8 +336,8 @@ class BucketAggregator:
                     raise ReconstructionError(f"{u!r} advertised an unusable masking key") from exc
                 p.apply_pair_mask(total, mask, u, v, remove=True)
         try:
-            value = dequantize_sum(total, len(survivors), self.cfg)
+            check_sum(total, len(survivors), self.cfg)
         except QuantizationError as exc:
             raise ReconstructionError(f"bucket {self.bucket!r}: {exc}") from exc
         all_dropped = tuple(m for m in self._ids if m not in set(survivors))
-        return BucketSum(value, len(survivors), survivors, all_dropped)
+        return BucketSum(total, len(survivors), survivors, all_dropped)

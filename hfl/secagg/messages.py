@@ -78,7 +78,8 @@ class UnmaskResponse:
 
 @dataclass(frozen=True, eq=False)
 class BucketSum:
-    """The bucket result: exact float64 sum of the members' dequantised updates."""
+    """The bucket result: the exact float64 sum of the members' dequantised updates
+    (BucketAggregator.result), or the sum of their quantised vectors, uint32 (integer_result)."""
 
     total: np.ndarray
     count: int

@@ -104,16 +104,28 @@ def dequantize(q: np.ndarray, cfg: QuantConfig) -> np.ndarray:
     return dequantize_sum(q, 1, cfg)
 
 
-def dequantize_sum(total: np.ndarray, count: int, cfg: QuantConfig) -> np.ndarray:
-    """Exact float64 sum of ``count`` members' dequantised values from their modular sum ``total``."""
+def check_sum(total: np.ndarray, count: int, cfg: QuantConfig) -> np.ndarray:
+    """``total`` as the 1-D uint32 array it must be: the unmasked sum of ``count`` members' quantised
+    vectors, every value within what ``count`` members can add up to (QuantizationError otherwise)."""
     arr = np.asarray(total)
     if arr.ndim != 1 or arr.dtype != np.uint32:
         raise QuantizationError(f"expected a 1-D uint32 vector, got {arr.dtype} of shape {arr.shape}")
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= cfg.max_members:
         raise QuantizationError(f"count must be an integer from 0 to {cfg.max_members}, got {count!r}")
-    ints = arr.astype(np.int64)
-    if arr.size and int(ints.max()) > 2 * cfg.offset * count:
+    if arr.size and int(arr.max()) > 2 * cfg.offset * count:
         raise QuantizationError(
             f"the sum is out of range for {count} members: the unmasking was wrong or inputs were invalid"
         )
-    return (ints - count * cfg.offset).astype(np.float64) / cfg.scale
+    return arr
+
+
+def dequantize_sum(total: np.ndarray, count: int, cfg: QuantConfig) -> np.ndarray:
+    """Exact float64 sum of ``count`` members' dequantised values from their modular sum ``total``.
+
+    Computed in one float64 array: every value and ``count * offset`` are whole numbers below 2**33, exact
+    in float64, so the subtraction is exact and the result is what integer arithmetic then one division
+    gives, without the int64 copies."""
+    out = check_sum(total, count, cfg).astype(np.float64)
+    out -= float(count * cfg.offset)
+    out /= cfg.scale
+    return out

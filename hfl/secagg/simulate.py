@@ -25,12 +25,14 @@ def run_bucket_in_memory(
     round: int = 1,
     bucket: str = "bucket-0",
     rngs: Mapping[str, np.random.Generator] | None = None,
+    as_integers: bool = False,
 ) -> BucketSum:
     """Run the whole protocol for one bucket in memory and return its sum.
 
     ``drop_at[m] = k`` makes member m stop answering from stage k on (1 advertise, 2 share keys,
     3 masked input, 4 unmask). ``t=None`` uses ``default_threshold``. ``rngs`` optionally fixes each
-    member's quantisation rounding generator. Raises BucketAbandoned when too few members remain.
+    member's quantisation rounding generator. ``as_integers``: the sum as the survivors' quantised
+    vectors add up (BucketAggregator.integer_result). Raises BucketAbandoned when too few members remain.
     """
     ids = check_member_ids(inputs)
     drop_at = dict(drop_at or {})
@@ -69,4 +71,4 @@ def run_bucket_in_memory(
     for m in answering(Stage.UNMASK):
         agg.add_unmask_response(members[m].unmask(request.survivors, request.dropped))
     agg.close_stage()
-    return agg.result()
+    return agg.integer_result() if as_integers else agg.result()

@@ -205,10 +205,13 @@ async def drive_bucket(
     timeouts: StageTimeouts,
     where: str,
     unreachable: set[str] | None = None,
+    *,
+    as_integers: bool = False,
 ) -> tuple[np.ndarray, int, tuple[str, ...], tuple[str, ...]]:
-    """Run the four stages; returns (float64 sum, count, members in the sum, members not in the sum).
-    Members that do not answer the first stage at all, or any stage within its straggler window, are
-    added to ``unreachable`` if it is given.
+    """Run the four stages; returns (sum, count, members in the sum, members not in the sum): the sum in
+    float64, or with ``as_integers`` as the members' quantised vectors add up (uint32,
+    BucketAggregator.integer_result). Members that do not answer the first stage at all, or any stage
+    within its straggler window, are added to ``unreachable`` if it is given.
 
     Raises SecAggError (BucketAbandoned, ReconstructionError) when no sum can be released."""
     driver = _Driver(agg, timeouts, where, unreachable)
@@ -232,7 +235,7 @@ async def drive_bucket(
     await driver.run(
         _Stage(4, lambda m: link.unmask(m, request, keys), agg.add_unmask_response, lambda r: r.sender, keys)
     )
-    result = await asyncio.to_thread(agg.result)
+    result = await asyncio.to_thread(agg.integer_result if as_integers else agg.result)
     return result.total, result.count, result.members, result.dropped
 
 
@@ -249,9 +252,13 @@ async def run_secure_bucket(
     link: MemberLink,
     timeouts: StageTimeouts | None = None,
     quant: QuantConfig | None = None,
+    *,
+    as_integers: bool = False,
 ) -> BucketResult:
     """One bucket over the secure path; protocol failures become an abandoned bucket, never an exception.
-    ``quant``: the quantisation of the members' vectors (default: the plan's, for model updates)."""
+    ``quant``: the quantisation of the members' vectors (default: the plan's, for model updates). With
+    ``as_integers`` the sum is the members' quantised vectors added up (uint32): what a fog sends its
+    leader, half the bytes of the float64 sum (hfl.rpc.serde.run_round_response)."""
     where = f"round {round_} bucket {bucket.bucket_id}"
     log.info(
         "%s: secure aggregation of %d members (%s); %d needed to unmask",
@@ -272,16 +279,24 @@ async def run_secure_bucket(
     except (SecAggError, QuantizationError, HflError) as e:
         log.error("%s: secure aggregation cannot start: %s", where, e)
         return abandoned(bucket, tuple(bucket.members), f"secure aggregation cannot start: {e}")
-    return await _aggregate(bucket, agg, link, timeouts or StageTimeouts.for_plan(plan.timeout_s), where)
+    timeouts = timeouts or StageTimeouts.for_plan(plan.timeout_s)
+    return await _aggregate(bucket, agg, link, timeouts, where, as_integers)
 
 
 async def _aggregate(
-    bucket: Bucket, agg: BucketAggregator, link: MemberLink, timeouts: StageTimeouts, where: str
+    bucket: Bucket,
+    agg: BucketAggregator,
+    link: MemberLink,
+    timeouts: StageTimeouts,
+    where: str,
+    as_integers: bool,
 ) -> BucketResult:
     """Drive ``agg`` through its stages and report the bucket: its exact sum, or abandoned."""
     away: set[str] = set()
     try:
-        total, count, in_sum, dropped = await drive_bucket(agg, link, timeouts, where, away)
+        total, count, in_sum, dropped = await drive_bucket(
+            agg, link, timeouts, where, away, as_integers=as_integers
+        )
     except SecAggError as e:
         gone = tuple(sorted(agg.dropped_at))
         SECAGG_DROPOUTS.inc(len(gone))

@@ -221,6 +221,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
                 plan,
                 self.member_link(config, requests[b.bucket_id], b.bucket_id, counter, d, marks),
                 timeouts,
+                as_integers=True,  # sent to the leader as they add up, half the bytes of float64
             )
             for b in mine
         )

@@ -71,6 +71,7 @@ from hfl.rpc.metrics import (
 from hfl.rpc.server import Channels
 from hfl.rpc.settings import LeaderSettings
 from hfl.rpc.tls import AUTHORITY, Peer
+from hfl.secagg import QuantConfig
 from services.leader.rounds import RoundClock, checked_evaluations, fog_request, fog_views, publish_topology
 
 log = logging.getLogger("hfl.leader")
@@ -279,15 +280,17 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 cmd.clip,
                 self.plan.clip_update,
             )
+        plan = replace(self.plan, clip_update=cmd.clip)
         request = fog_pb2.RunRoundRequest(
             config=serde.config_to_proto(config),
             model=serde.model_to_proto(self.spec, self.model, config.round),
-            plan=serde.plan_to_proto(replace(self.plan, clip_update=cmd.clip)),
+            plan=serde.plan_to_proto(plan),
         )
         publish_topology(config)
         idle = [f for f in config.fogs if f.node_id in cmd.idle]
+        quant = serde.bucket_quant_configs(plan, config.buckets)  # to read the fogs' secure sums
         await asyncio.gather(
-            *(self.run_fog(machine, request, f, traffic) for f in cmd.fogs),
+            *(self.run_fog(machine, request, f, traffic, quant) for f in cmd.fogs),
             *(self.check_fog(machine, f) for f in idle),
         )
         self.clock.fogs_done()
@@ -299,7 +302,12 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         return proposal
 
     async def run_fog(
-        self, machine: LeaderRound, request: fog_pb2.RunRoundRequest, fog_id: str, traffic: Traffic
+        self,
+        machine: LeaderRound,
+        request: fog_pb2.RunRoundRequest,
+        fog_id: str,
+        traffic: Traffic,
+        quant: dict[str, QuantConfig],
     ) -> None:
         round_, node = machine.config.round, machine.config.node(fog_id)
         stub = fog_pb2_grpc.FogServiceStub(self.channels.get(node.address, Peer("fog", node.node_id)))
@@ -322,7 +330,8 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.clock.fog_answered(fog_id, started, resp.phases_s, int(resp.bytes_from_facilities))
         for b in resp.buckets:
             try:
-                machine.add_bucket(fog_id, serde.bucket_result_from_proto(b, expected_length=self.model.size))
+                result = serde.bucket_result_from_proto(b, expected_length=self.model.size, quant=quant)
+                machine.add_bucket(fog_id, result)
             except ValueError as e:
                 log.warning("round %d: fog %s sent a malformed bucket: %s", round_, fog_id, e)
             except RefusedInput as e:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import weakref
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -19,11 +20,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hfl.domain import BucketResult, RoundConfig
+from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
+from hfl.errors import InvalidInput
+from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import fog_pb2, fog_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.errors import ErrorInterceptor
 from hfl.rpc.server import FOG_RECEIVE_WINDOW, server_options
+from hfl.secagg import dequantize_sum
 from services.fog import service as fog_service
 from services.fog.rounds import bucket_requests
 
@@ -71,6 +75,70 @@ def test_the_answer_written_by_hand_reads_as_the_ordinary_message(
     for r, b in zip(results, back, strict=True):
         assert b.bucket_id == r.bucket_id and b.members == r.members and b.refused == r.refused
         assert np.array_equal(b.total, r.total)  # bit for bit
+
+
+PLAN = TrainingPlan(lr=0.1, epochs=1, batch_size=8, clip_update=2.5, secure=True, timeout_s=60)
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=5), seed=st.integers(0, 2**32 - 1))
+def test_a_secure_buckets_sum_goes_to_the_leader_in_integers_and_reads_back_exactly(
+    sizes: list[int], seed: int
+) -> None:
+    """The fog sends a secure bucket's sum as the members' quantised vectors add up (uint32, half the
+    bytes of float64); the leader, which knows the round's plan and the bucket's size, reads the exact
+    float64 sum, bit for bit what the fog would have computed."""
+    rng = np.random.default_rng(seed)
+    results, buckets = [], []
+    for i, d in enumerate(sizes):
+        members = tuple(f"facility-{i}-{k}" for k in range(3))
+        buckets.append(Bucket(f"b{i}", "fog-1", members, 3))
+        cfg = serde.quant_config(PLAN, 3)
+        ints = rng.integers(0, 2 * cfg.offset * 3, d, endpoint=True).astype(np.uint32)
+        results.append(BucketResult(f"b{i}", "fog-1", ints, 3, members))
+    data = serde.run_round_response(list(results), **FIELDS)
+    assert len(data) < sum(4 * d + 200 for d in sizes)  # four bytes a value, not eight
+    got = fog_pb2.RunRoundResponse.FromString(data)
+    assert all(b.total.dtype == pb.D_TYPE_UINT32 for b in got.buckets)
+    quant = serde.bucket_quant_configs(PLAN, buckets)
+    for r, b in zip(results, got.buckets, strict=True):
+        back = serde.bucket_result_from_proto(b, expected_length=r.total.size, quant=quant)
+        assert back.total.dtype == np.float64
+        assert np.array_equal(back.total, dequantize_sum(r.total, 3, quant[r.bucket_id]))
+        assert (back.bucket_id, back.count, back.members) == (r.bucket_id, r.count, r.members)
+
+
+def test_an_integer_sum_is_refused_where_it_cannot_be_read() -> None:
+    """An integer sum for a bucket the reader has no quantisation for (a validator, a plain round), or
+    one larger than its members could add up to, is refused as bad input, never read as numbers."""
+    members = ("a", "b", "c")
+    cfg = serde.quant_config(PLAN, 3)
+    quant = serde.bucket_quant_configs(PLAN, [Bucket("b0", "fog-1", members, 3)])
+
+    def sent(values: list[int]) -> pb.BucketResult:
+        ints = np.array(values, dtype=np.uint32)
+        data = serde.run_round_response([BucketResult("b0", "fog-1", ints, 3, members)], **FIELDS)
+        return fog_pb2.RunRoundResponse.FromString(data).buckets[0]
+
+    ok = sent([0, 2 * cfg.offset * 3])
+    assert serde.bucket_result_from_proto(ok, expected_length=2, quant=quant).total.tolist() == [
+        -3 * cfg.clip,
+        3 * cfg.clip,
+    ]
+    with pytest.raises(InvalidInput, match="not a secure bucket"):
+        serde.bucket_result_from_proto(ok, expected_length=2)
+    with pytest.raises(InvalidInput, match="not a secure bucket"):
+        serde.bucket_result_from_proto(
+            ok,
+            expected_length=2,
+            quant=serde.bucket_quant_configs(
+                replace(PLAN, secure=False), [Bucket("b0", "fog-1", members, 3)]
+            ),
+        )
+    with pytest.raises(InvalidInput, match="out of range"):
+        serde.bucket_result_from_proto(sent([2 * cfg.offset * 3 + 1]), expected_length=1, quant=quant)
+    with pytest.raises(InvalidInput, match="values but the model has"):
+        serde.bucket_result_from_proto(ok, expected_length=3, quant=quant)
 
 
 def test_the_sums_are_let_go_as_the_answer_is_written() -> None:

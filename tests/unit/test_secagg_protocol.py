@@ -12,11 +12,13 @@ from hfl.crypto.signing import SigningKey
 from hfl.secagg import (
     BucketAbandoned,
     BucketAggregator,
+    BucketSum,
     QuantConfig,
     SecAggMember,
     Stage,
     default_threshold,
     dequantize,
+    dequantize_sum,
     quantize,
     run_bucket_in_memory,
 )
@@ -96,6 +98,33 @@ def test_sum_equals_sum_of_survivors_quantised_inputs_for_off_grid_inputs() -> N
     assert np.array_equal(result.total, expected)
     naive = sum(inputs[m] for m in inputs if m != "fac-2")
     assert np.max(np.abs(result.total - naive)) <= 4 * CFG.resolution
+
+
+def test_the_integer_sum_is_the_survivors_quantised_vectors_added_up() -> None:
+    """What a fog sends its leader: the unmasked sum as the survivors' quantised vectors add up (uint32,
+    half the bytes of float64), which dequantize_sum turns into the float64 sum exactly."""
+    g, t = 7, 5
+    rng = np.random.default_rng(11)
+    inputs = {f"fac-{i}": rng.uniform(-1, 1, 300) for i in range(g)}
+    seeds = {m: 2000 + i for i, m in enumerate(inputs)}
+    drop = {"fac-1": 3, "fac-4": 4}  # one before its masked input, one during unmasking (still counted)
+
+    def run(as_integers: bool) -> BucketSum:
+        rngs = {m: np.random.default_rng(s) for m, s in seeds.items()}
+        return run_bucket_in_memory(inputs, t, CFG, drop, rngs=rngs, as_integers=as_integers)
+
+    ints, floats = run(True), run(False)
+    expected = np.zeros(300, dtype=np.uint32)
+    for m in inputs:
+        if m != "fac-1":
+            expected += quantize(inputs[m], CFG, np.random.default_rng(seeds[m]))
+    assert ints.total.dtype == np.uint32 and np.array_equal(ints.total, expected)
+    assert (
+        (ints.count, ints.members, ints.dropped)
+        == (floats.count, floats.members, floats.dropped)
+        == (6, ("fac-0", "fac-2", "fac-3", "fac-4", "fac-5", "fac-6"), ("fac-1",))
+    )
+    assert np.array_equal(dequantize_sum(ints.total, ints.count, CFG), floats.total)
 
 
 def test_a_single_masked_update_looks_uniform() -> None:

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hfl.secagg.quantize import QuantConfig, QuantizationError, dequantize, dequantize_sum, quantize
+from hfl.secagg.quantize import (
+    QuantConfig,
+    QuantizationError,
+    check_sum,
+    dequantize,
+    dequantize_sum,
+    quantize,
+)
 
 
 @pytest.mark.parametrize(
@@ -103,3 +110,29 @@ def test_clip_tolerance_and_refusals() -> None:
         QuantConfig(clip=1.0, max_members=2, bits=33)
     with pytest.raises(QuantizationError, match="max_members"):
         QuantConfig(clip=1.0, max_members=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 60),
+    clip=st.floats(1e-6, 1e6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_the_sum_is_dequantised_bit_for_bit_as_integer_arithmetic_does(
+    n: int, clip: float, seed: int
+) -> None:
+    """dequantize_sum works in one float64 array (no int64 copies): its values are exactly what integer
+    subtraction then one division give, for every value a sum of n members can take, both ends included."""
+    cfg = QuantConfig(clip=clip, max_members=60)
+    high = 2 * cfg.offset * n
+    rng = np.random.default_rng(seed)
+    total = np.concatenate(
+        [np.array([0, high], dtype=np.uint32), rng.integers(0, high, 200, endpoint=True).astype(np.uint32)]
+    )
+    reference = (total.astype(np.int64) - n * cfg.offset).astype(np.float64) / cfg.scale
+    got = dequantize_sum(total, n, cfg)
+    assert got.dtype == np.float64 and np.array_equal(got, reference)
+    assert np.array_equal(check_sum(total, n, cfg), total)
+    if high < 2**32 - 1:  # one more than n members can add up to: refused
+        with pytest.raises(QuantizationError, match="out of range"):
+            check_sum(np.array([high + 1], dtype=np.uint32), n, cfg)
