@@ -618,7 +618,12 @@ class BucketResult(_message.Message):
     abandoned: _builtins.bool
     reason: _builtins.str
     @_builtins.property
-    def total(self) -> Global___Vector: ...
+    def total(self) -> Global___Vector:
+        """The sum of the members' updates: float64; or, from a fog in a secure round, D_TYPE_UINT32, the
+        members' quantised vectors added up (half the bytes), which the leader turns into the exact float64
+        sum with the round's plan and the bucket's size (hfl.rpc.serde.bucket_result_from_proto).
+        """
+
     @_builtins.property
     def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
