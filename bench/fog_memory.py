@@ -1,15 +1,17 @@
 """Issue 17: the fog's and the facilities' memory in a secure round, before and after a change (stop 29:
-the inbound budget; stop 30: the answer written once, the fixed receive window, the allocator settings).
+the inbound budget; stop 30: the answer written once, the fixed receive window, the allocator settings;
+stop 31: one serialised model per round, secure sums sent to the leader as integers).
 
-Runs `hfl bench secagg --json` (buckets of 8, mutual TLS, 3 measured rounds) for each configuration
-below, alternating the tree before the change (a git worktree at --before) with this tree, and writes
-every run's summary with the load average before and after it. Run it on a quiet machine: nothing else
-running, the load below 1.
+Runs `hfl bench secagg --json` (buckets of 8 unless the label says otherwise, mutual TLS, 3 measured
+rounds) for each configuration below, alternating the tree before the change (a git worktree at
+--before) with this tree, and writes every run's summary with the load average before and after it. Run
+it on a quiet machine: nothing else running, the load below 1.
 
     .venv/bin/python bench/fog_memory.py --before-tree /work/wt/before --out bench/results/fog_memory.json
 
 The figures a run reports come from the driver of the tree it runs (hfl/bench/secagg.py): to compare
-like with like, copy this tree's driver into the worktree of the commit before (stop 30 did).
+like with like, copy this tree's driver into the worktree of the commit before (stop 30 did; at stop 31
+the drivers differ only in reading the integer sums, so each tree ran its own).
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ HERE = Path(__file__).resolve().parent.parent
 
 # (label, arguments, trees): trees "both" alternates before/after; "after" runs this tree only
 PLAN: list[tuple[str, list[str], str]] = [
+    (
+        "N50 secure only, buckets of 3",
+        ["--facilities", "50", "--dim", "1e6", "--secure-only", "--bucket", "3"],
+        "both",
+    ),
+    (
+        "N32 secure only, buckets of 3",
+        ["--facilities", "32", "--dim", "1e6", "--secure-only", "--bucket", "3"],
+        "after",
+    ),
     ("N50 secure only", ["--facilities", "50", "--dim", "1e6", "--secure-only"], "both"),
     ("N32 secure only", ["--facilities", "32", "--dim", "1e6", "--secure-only"], "both"),
     ("N50 both paths", ["--facilities", "50", "--dim", "1e6"], "both"),
