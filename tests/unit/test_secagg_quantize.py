@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -136,3 +137,31 @@ def test_the_sum_is_dequantised_bit_for_bit_as_integer_arithmetic_does(
     if high < 2**32 - 1:  # one more than n members can add up to: refused
         with pytest.raises(QuantizationError, match="out of range"):
             check_sum(np.array([high + 1], dtype=np.uint32), n, cfg)
+
+
+quantize_module = importlib.import_module("hfl.secagg.quantize")  # (hfl.secagg.quantize is the function)
+
+
+def _quantize_at_once(x: np.ndarray, cfg: QuantConfig, rng: np.random.Generator) -> np.ndarray:
+    """The quantiser written over the whole vector at once (as before it worked in chunks)."""
+    v = np.clip(x * cfg.scale, -cfg.offset, cfg.offset)
+    low = np.floor(v)
+    low += rng.random(v.shape) < (v - low)
+    return (low + cfg.offset).astype(np.uint32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(0, 60), chunk=st.integers(1, 16), seed=st.integers(0, 2**32 - 1))
+def test_quantising_in_chunks_gives_the_same_integers_as_all_at_once(
+    size: int, chunk: int, seed: int
+) -> None:
+    """quantize works in chunks (small temporaries); the generator's draws come in the same order, so
+    each value is rounded exactly as over the whole vector at once, wherever the chunks fall."""
+    cfg = QuantConfig(clip=1.5, max_members=8)
+    x = np.random.default_rng(seed).uniform(-1.5, 1.5, size)
+    x[: min(size, 2)] = [1.5, -1.5][: min(size, 2)]  # both ends of the range
+    expected = _quantize_at_once(x, cfg, np.random.default_rng(seed + 1))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quantize_module, "QUANTIZE_CHUNK", chunk)
+        got = quantize(x, cfg, np.random.default_rng(seed + 1))
+    assert got.dtype == np.uint32 and np.array_equal(got, expected)
