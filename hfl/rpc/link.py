@@ -352,12 +352,19 @@ def encode_reply(kind: str, response: Any) -> bytes:
     """A FacilityReply carrying ``response`` as its ``kind`` field, serialised. For the kinds in
     ``LIFTED`` the response may be a :class:`Lifted` (the message without its large bytes field, and the
     field's bytes): they are written as one message, the bytes copied once, straight into the result."""
+    return bytes(reply_message(kind, response))
+
+
+def reply_message(kind: str, response: Any) -> bytes | Joined:
+    """encode_reply's message as the facility sends it: for a :class:`Lifted` response, its head and the
+    lifted bytes as the parts of a Joined message, so a masked vector goes out frame by frame from where
+    it lies, never copied into one message first (4 MB per facility at d=10^6)."""
     number = _REPLY_FIELDS[kind].number
     if not isinstance(response, Lifted):
         return _wrap(number, response)
     head = _head(response.message.SerializeToString(), LIFTED[kind], len(response.data))
     size = len(head) + len(response.data)
-    return b"".join((_varint(number << 3 | 2), _varint(size), head, response.data))
+    return Joined((b"".join((_varint(number << 3 | 2), _varint(size), head)), response.data))
 
 
 def with_bytes_field(

@@ -170,7 +170,7 @@ class FogDialer:
     async def session(self, fog: NodeInfo) -> None:
         """One connection to ``fog``: answer its calls until it ends. Raises on bad input from the fog
         (the connection is then closed) and when the connection fails."""
-        outbox: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()  # answers, framed as sent
+        outbox: asyncio.Queue[tuple[int, link.Message] | None] = asyncio.Queue()  # answers, framed as sent
         stream = self._open(fog, outbox)
         # The fog's certificate was checked against its name when the connection was made (hfl.rpc.tls.Peer).
         fog_identity = (
@@ -189,7 +189,7 @@ class FogDialer:
             stream.cancel()
 
     def _open(
-        self, fog: NodeInfo, outbox: asyncio.Queue[tuple[int, bytes] | None]
+        self, fog: NodeInfo, outbox: asyncio.Queue[tuple[int, link.Message] | None]
     ) -> grpc.aio.StreamStreamCall[bytes, Any]:
         """Open the Connect stream to ``fog``; what is put in ``outbox`` is sent on it (None ends it)."""
         channel = self.channels.get(fog.address, Peer("fog", fog.node_id))
@@ -210,7 +210,7 @@ class FogDialer:
     async def _receive(
         self,
         stream: grpc.aio.StreamStreamCall[bytes, Any],
-        outbox: asyncio.Queue[tuple[int, bytes] | None],
+        outbox: asyncio.Queue[tuple[int, link.Message] | None],
         fog: Identity | None,
         handlers: set[asyncio.Task[None]],
     ) -> None:
@@ -232,7 +232,7 @@ class FogDialer:
 
     async def _answer(
         self,
-        outbox: asyncio.Queue[tuple[int, bytes] | None],
+        outbox: asyncio.Queue[tuple[int, link.Message] | None],
         call_id: int,
         kind: str,
         request: Any,
@@ -243,7 +243,7 @@ class FogDialer:
         token = authz.acting_for(fog)
         try:
             response = await self.serve(link.CALLS[kind])(request)
-            data = link.encode_reply(kind, response)
+            data: link.Message = link.reply_message(kind, response)  # a masked vector is not copied
             link.check_size(data)  # too large: refused as RESOURCE_EXHAUSTED below, never sent
         except asyncio.CancelledError:
             raise
@@ -272,7 +272,7 @@ def _reason(e: BaseException) -> str:
     return describe_rpc_error(e) if isinstance(e, grpc.aio.AioRpcError) else str(e)
 
 
-async def _outgoing(outbox: asyncio.Queue[tuple[int, bytes] | None]) -> AsyncIterator[bytes]:
+async def _outgoing(outbox: asyncio.Queue[tuple[int, link.Message] | None]) -> AsyncIterator[bytes]:
     """The frames of each answer put in ``outbox``, until None."""
     while True:
         message = await outbox.get()

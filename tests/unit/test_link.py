@@ -337,6 +337,11 @@ def test_the_facility_sends_its_masked_vector_as_it_is() -> None:
     got = link.decode_reply(wire, "secagg_masked_input")
     back = serde.masked_input_from_proto(got.message, expected_length=3, data=got.data)
     assert back.y.tolist() == y.tolist() and (back.round, back.bucket, back.sender) == (5, "b0", "f-1")
+    # what the facility's connection sends: the same bytes, its frames cut from the vector where it lies
+    sent = link.reply_message("secagg_masked_input", link.Lifted(response, data))
+    assert isinstance(sent, link.Joined) and bytes(sent) == wire
+    assert np.shares_memory(np.frombuffer(sent.parts[-1], dtype=np.uint32), y)
+    assert list(link.frames(9, sent, chunk=5)) == list(link.frames(9, wire, chunk=5))
 
 
 @settings(max_examples=40, deadline=None)
