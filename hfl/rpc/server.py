@@ -23,7 +23,7 @@ from hfl.rpc.authz import AuthInterceptor, EnrolInterceptor
 from hfl.rpc.enrolment import OwnIdentity, ensure_identity, maintain
 from hfl.rpc.errors import ErrorInterceptor
 from hfl.rpc.metrics import UP, start_metrics
-from hfl.rpc.settings import NodeSettings
+from hfl.rpc.settings import FOG_RECEIVE_WINDOW_KIB, FogFields, NodeSettings
 from hfl.rpc.tls import NodeTls, Peer, aio_channel
 from hfl.rpc.tls import default as default_tls
 
@@ -57,15 +57,16 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-# A fog's HTTP/2 receive window per connection, fixed. With gRPC's bandwidth probing the window grows to
-# several MB per connection on a fast link, and gRPC fills it before hfl reads a byte: at N=50 that was
-# about 200 MB in the fog while facilities' masked inputs waited for the fog's inbound budget
-# (services/fog/links.py). 1 MiB bounds that to 1 MiB per facility; a facility a 50 ms round trip
-# away still uploads about 15 MB/s (4 MB in 0.27 s, against 0.11 s with probing; bench/receive_window.py).
-FOG_RECEIVE_WINDOW = 1 << 20
+# A fog's HTTP/2 receive window per connection, fixed (HFL_RECEIVE_WINDOW_KIB; this is its default). With
+# gRPC's bandwidth probing the window grows to several MB per connection on a fast link, and gRPC fills
+# it before hfl reads a byte: at N=50 that was about 200 MB in the fog while facilities' masked inputs
+# waited for the fog's inbound budget (services/fog/links.py). 1 MiB bounds that to 1 MiB per facility;
+# a facility a 50 ms round trip away still uploads about 15 MB/s (4 MB in 0.27 s, against 0.11 s with
+# probing; bench/receive_window.py). A fog serving facilities far away on fast links can raise it.
+FOG_RECEIVE_WINDOW = FOG_RECEIVE_WINDOW_KIB * 1024
 
 
-def server_options(role: str) -> list[tuple[str, Any]]:
+def server_options(role: str, receive_window: int = FOG_RECEIVE_WINDOW) -> list[tuple[str, Any]]:
     """SERVER_OPTIONS with gRPC's receive limit lowered to what ``role``'s methods accept (hfl.rpc.limits):
     gRPC refuses a larger message while it arrives, before hfl sees a byte of it. (gRPC takes the FIRST
     value of an option given twice: the limit goes first.)
@@ -74,12 +75,12 @@ def server_options(role: str) -> list[tuple[str, Any]]:
     64 KiB default (no bandwidth probing): a refused 50 MB request then never has more than that in the
     server's buffers. With probing the window grows to megabytes and the authority's memory grew by
     about 1.4 MB per refused 50 MB call; without it, by 1 MB over 60 calls (measured,
-    tests/integration/test_fuzz.py). A fog's window is fixed at ``FOG_RECEIVE_WINDOW``."""
+    tests/integration/test_fuzz.py). A fog's window is fixed at ``receive_window`` bytes."""
     limit = limits.server_limit(role)
     if limit <= limits.REPORT:
         window = [("grpc.http2.bdp_probe", 0)]
     elif role == "fog":
-        window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", FOG_RECEIVE_WINDOW)]
+        window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", receive_window)]
     else:
         window = []
     return [("grpc.max_receive_message_length", limit), *window, *SERVER_OPTIONS]
@@ -250,7 +251,8 @@ async def start_server(
     ]
     if auth is not None:
         interceptors.append(auth)
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(role))
+    window = settings.receive_window_kib * 1024 if isinstance(settings, FogFields) else FOG_RECEIVE_WINDOW
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(role, window))
     register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

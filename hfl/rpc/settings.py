@@ -385,11 +385,17 @@ class LeaderFields(_Unset):
     vote_timeout: float = 60.0
 
 
+FOG_RECEIVE_WINDOW_KIB = 1024  # the default: 1 MiB (hfl.rpc.server)
+RECEIVE_WINDOW_KIB_RANGE = (64, 65536)  # 64 KiB (HTTP/2's own default) to 64 MiB
+
+
 class FogFields(BaseModel):
     # Once half a bucket has answered a stage, the rest get this many times the median answer time (at
     # least HFL_STRAGGLER_FLOOR_S seconds), then count as absent for the round (hfl/deadline.py).
     straggler_factor: float = 4.0
     straggler_floor_s: float = 2.0
+    # HTTP/2 receive window per facility connection, KiB (hfl.rpc.server.FOG_RECEIVE_WINDOW, 1 MiB)
+    receive_window_kib: int = FOG_RECEIVE_WINDOW_KIB
 
 
 class FacilityFields(_Unset):
@@ -507,6 +513,13 @@ def check_leader(s: LeaderSettings | Settings) -> None:
 def check_fog(s: FogSettings | Settings) -> None:
     if s.straggler_factor < 1 or s.straggler_floor_s < 0:
         raise ValueError("HFL_STRAGGLER_FACTOR must be at least 1 and HFL_STRAGGLER_FLOOR_S 0 or more")
+    low, high = RECEIVE_WINDOW_KIB_RANGE
+    if not low <= s.receive_window_kib <= high:
+        raise ValueError(
+            f"HFL_RECEIVE_WINDOW_KIB must be from {low} to {high} (KiB per facility connection), such as "
+            f"{FOG_RECEIVE_WINDOW_KIB} (1 MiB, the default) or 8192 for facilities far away on fast links; "
+            f"got {s.receive_window_kib}"
+        )
 
 
 # --------------------------------------------------------------------------------- one class per role

@@ -27,6 +27,7 @@ from hfl.proto.v1 import fog_pb2, fog_pb2_grpc
 from hfl.rpc import serde
 from hfl.rpc.errors import ErrorInterceptor
 from hfl.rpc.server import FOG_RECEIVE_WINDOW, server_options
+from hfl.rpc.settings import load_settings
 from hfl.secagg import dequantize_sum
 from services.fog import service as fog_service
 from services.fog.rounds import bucket_requests
@@ -253,15 +254,18 @@ def test_after_a_round_the_fog_hands_freed_memory_back(monkeypatch: pytest.Monke
 def test_the_fog_serves_with_a_fixed_receive_window() -> None:
     options = dict(server_options("fog"))
     assert options["grpc.http2.bdp_probe"] == 0
-    assert options["grpc.http2.lookahead_bytes"] == FOG_RECEIVE_WINDOW
+    assert options["grpc.http2.lookahead_bytes"] == FOG_RECEIVE_WINDOW == 1 << 20
+    assert dict(server_options("fog", 8 << 20))["grpc.http2.lookahead_bytes"] == 8 << 20
     assert "grpc.http2.lookahead_bytes" not in dict(server_options("leader"))
+    assert load_settings(role="fog").receive_window_kib * 1024 == FOG_RECEIVE_WINDOW  # the default
+    assert load_settings(role="fog", receive_window_kib=8192).receive_window_kib == 8192
 
 
 WINDOW_PROBE = """
-import asyncio, grpc
+import asyncio, grpc, sys
 from hfl.rpc.server import server_options
 async def main():
-    server = grpc.aio.server(options=server_options("fog"))
+    server = grpc.aio.server(options=server_options("fog", int(sys.argv[1])))
     async def echo(request, context):
         return request
     handler = grpc.method_handlers_generic_handler("t.T", {"E": grpc.unary_unary_rpc_method_handler(echo)})
@@ -275,15 +279,21 @@ asyncio.run(main())
 """
 
 
-def test_a_fog_announces_its_fixed_window_to_facilities() -> None:
+@pytest.mark.parametrize("window", [FOG_RECEIVE_WINDOW, 8 << 20])
+def test_a_fog_announces_its_fixed_window_to_facilities(window: int) -> None:
     """gRPC's own trace of the settings the server sends: its window goes from HTTP/2's 65535 bytes to
-    FOG_RECEIVE_WINDOW once, and the bandwidth probe never raises it (with the probe on, the server
-    announces 4 MiB at once here)."""
+    the fog's window (the default, or HFL_RECEIVE_WINDOW_KIB's) once, and the bandwidth probe never
+    raises it (with the probe on, the server announces 4 MiB at once here)."""
     env = {**os.environ, "GRPC_TRACE": "flowctl,http", "GRPC_VERBOSITY": "debug"}
     out = subprocess.run(
-        [sys.executable, "-c", WINDOW_PROBE], capture_output=True, text=True, env=env, timeout=120, check=True
+        [sys.executable, "-c", WINDOW_PROBE, str(window)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
     )
     # "[cli] adding N": the client taking in the window the server announced (N over HTTP/2's default)
     grown = [line for line in out.stderr.splitlines() if "[cli] adding" in line and "initial_window" in line]
     assert grown, out.stderr[-2000:]
-    assert all(f"adding {FOG_RECEIVE_WINDOW - 65535} for initial_window" in line for line in grown), grown
+    assert all(f"adding {window - 65535} for initial_window" in line for line in grown), grown

@@ -68,6 +68,9 @@ from hfl.rpc.settings import Settings, load_settings
         ("authority", {"quarantine_false_positive": float("nan")}, "HFL_QUARANTINE_FALSE_POSITIVE must be"),
         ("authority", {"quarantine_horizon": 0}, "HFL_QUARANTINE_HORIZON must be at least 1 round"),
         ("fog", {"ca_from": "/run/secrets"}, "HFL_CA_FROM is for the authority only, not a fog"),
+        ("fog", {"receive_window_kib": 32}, "HFL_RECEIVE_WINDOW_KIB must be from 64 to 65536"),
+        ("fog", {"receive_window_kib": 65537}, "or 8192 for facilities far away on fast links; got 65537"),
+        ("fog", {"receive_window_kib": "1 MiB"}, "HFL_RECEIVE_WINDOW_KIB: Input should be a valid integer"),
         ("authority", {"ca_from": "/run/secrets", "tls": False}, "HFL_CA_FROM needs HFL_TLS=true"),
     ],
 )
