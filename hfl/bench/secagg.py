@@ -73,6 +73,20 @@ def rss_mb(pid: int) -> float | None:
     return _status_mb(pid, "VmRSS")
 
 
+def cpu_s(pid: int) -> float | None:
+    """CPU time a live process has used so far (user + system), in seconds; None when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def _cpu_total(pids: list[int]) -> float | None:
+    times = [cpu_s(p) for p in pids]
+    return None if any(t is None for t in times) else sum(t for t in times if t is not None)
+
+
 def reset_peak(pid: int) -> bool:
     """Start a process's VmHWM afresh (Linux: writing 5 to /proc/PID/clear_refs), so the peak read after a
     round is that round's; False when the system does not allow it (then peaks cover the whole run)."""
@@ -101,6 +115,7 @@ class Bench:
         self.leader_tls: Any = None
         self.hosts = max(1, min(hosts, n))
         self.fog_pid = 0  # set by start()
+        self.host_pids: list[int] = []  # the facility host processes, set by start()
         self.secure_only = False  # no plain rounds (so the fog's memory in a secure round is its own)
         self.fog_peaks: list[float] = []  # the fog's peak in each round (warm-up included)
         self.quiet = quiet
@@ -162,6 +177,7 @@ class Bench:
         fog = infos[0]["nodes"]["fog-1"]
         facilities = {k: v for info in infos[1:] for k, v in info["nodes"].items()}
         self.fog_pid = int(infos[0]["pid"])
+        self.host_pids = [int(info["pid"]) for info in infos[1:]]
         return fog, facilities, [info["pid"] for info in infos]
 
     def certificates(self) -> None:
@@ -254,10 +270,13 @@ class Bench:
             config=serde.config_to_proto(config), model=model, plan=serde.plan_to_proto(plan)
         )
         at_start = rss_mb(self.fog_pid)
+        cpu0 = (cpu_s(self.fog_pid), _cpu_total(self.host_pids), time.process_time())
         per_round_peak = reset_peak(self.fog_pid)
         t0 = time.perf_counter()
         resp = await stub.RunRound(req, timeout=600)
         elapsed = time.perf_counter() - t0
+        cpu1 = (cpu_s(self.fog_pid), _cpu_total(self.host_pids), time.process_time())
+        cpu = [None if a is None or b is None else b - a for a, b in zip(cpu0, cpu1, strict=True)]
         fog_peak = peak_rss_mb(self.fog_pid) if per_round_peak else None
         if fog_peak is not None:
             self.fog_peaks.append(fog_peak)
@@ -291,6 +310,8 @@ class Bench:
             "abandoned": sum(1 for r in results if r.abandoned),
             "fog_peak_mb": fog_peak,
             "fog_start_mb": at_start,
+            # CPU seconds the round took in the fog, in all facility hosts, and in this driver (the leader)
+            "cpu_s": cpu,
         }
 
     async def measure(self, fog: dict[str, Any], facilities: dict[str, Any]) -> dict[str, Any]:
@@ -317,6 +338,25 @@ class Bench:
                         + (f" exact={row['exact']} dropouts={row['dropouts']}" if is_secure else "")
                     )
         return {"secure": secure, "plain": plain}
+
+
+def _cpu_summary(path: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the CPU seconds a round of ``path`` took, by process, and the shortest the round could
+    take on this machine if every core were busy with it all the time (the total over the cores)."""
+    if not rows or any(x is None for r in rows for x in r["cpu_s"]):
+        return {}
+    fog, facilities, driver = (statistics.median(r["cpu_s"][i] for r in rows) for i in range(3))
+    total = statistics.median(sum(r["cpu_s"]) for r in rows)
+    return {
+        f"{path}_cpu_s": {
+            "fog": round(fog, 3),
+            "facilities": round(facilities, 3),
+            "driver": round(driver, 3),
+            "total": round(total, 3),
+            "cores": os.cpu_count(),
+            "floor_s": round(total / (os.cpu_count() or 1), 3),
+        }
+    }
 
 
 def run_bench(
@@ -418,6 +458,8 @@ def run_bench(
         "plain_max_abs_error": max(r["max_abs_error"] for r in pla) if pla else None,
         "secure_only": secure_only,
         "dropouts_median": med(sec, "dropouts"),
+        **_cpu_summary("secure", sec),
+        **_cpu_summary("plain", pla),
         "abandoned_buckets_total": sum(r["abandoned"] for r in sec),
         "keystream_gbps": round(prg.keystream_throughput_gbps(), 2),
         "load_before": load_before,
@@ -494,6 +536,14 @@ def cmd_bench_secagg(args: argparse.Namespace) -> int:
     print(f"exact unmasked sums     {'yes' if out['exact'] else 'NO'} (bit for bit)")
     print(f"dropouts (median)       {out['dropouts_median']}; abandoned {out['abandoned_buckets_total']}")
     print(f"keystream (AES-CTR)     {out['keystream_gbps']} Gbit/s on this machine")
+    for path in ("secure", "plain"):
+        cpu = out.get(f"{path}_cpu_s")
+        if cpu:
+            print(
+                f"CPU per {path} round{' ' * (7 - len(path))}fog {cpu['fog']} s, facilities "
+                f"{cpu['facilities']} s, driver {cpu['driver']} s: {cpu['total']} s over {cpu['cores']} "
+                f"cores, so no such round can take less than {cpu['floor_s']} s here"
+            )
     print(f"transport               {'mutual TLS' if out['tls'] else 'plaintext (--no-tls)'}")
     if "tls_cost" in out:
         print(
