@@ -17,8 +17,10 @@ Both call ``tune_allocator`` first thing, before gRPC starts its threads.
   for about 8 MB less per hosted facility (stop 30, bench/results/memory_stop30.json). A facility host
   short of memory can still ask for it: glibc reads ``MALLOC_MMAP_THRESHOLD_=262144`` from the
   environment (docs/configuration.md).
-* **Trimming (fogs).** ``release_free_memory`` hands back every free page still held (glibc's
-  malloc_trim), so a fog between rounds holds what it uses, not its busiest moment (a few milliseconds).
+* **Trimming (fogs and facilities).** ``release_free_memory`` hands back every free page still held
+  (glibc's malloc_trim), so a process between rounds holds what it uses, not its busiest moment (a few
+  milliseconds). ``release_soon`` does it shortly after a round ends, once for a process that hosts
+  several facilities whose rounds end together.
 
 Each returns whether it took effect: False on a C library without these calls (musl, macOS), where the
 process runs as before.
@@ -26,6 +28,7 @@ process runs as before.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 from typing import Any
 
@@ -33,6 +36,9 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters (malloc.h)
 M_ARENA_MAX = -8
 ARENAS = 2
 MMAP_THRESHOLD = 256 * 1024
+RELEASE_AFTER_S = 0.2  # how long after a round ends its process hands freed pages back
+
+_pending: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
 
 
 def _libc(name: str) -> Any:
@@ -85,3 +91,19 @@ def release_free_memory() -> bool:
     trim.restype = ctypes.c_int
     trim(0)
     return True
+
+
+def release_soon(delay: float | None = None) -> None:
+    """Hand free pages back ``delay`` seconds (default ``RELEASE_AFTER_S``) from now; call it from the event
+    loop when a round's buffers are freed. A later call moves the time, so a process whose rounds end
+    together trims once."""
+    loop = asyncio.get_running_loop()
+    earlier = _pending.pop(loop, None)
+    if earlier is not None:
+        earlier.cancel()
+
+    def release() -> None:
+        _pending.pop(loop, None)
+        release_free_memory()
+
+    _pending[loop] = loop.call_later(RELEASE_AFTER_S if delay is None else delay, release)

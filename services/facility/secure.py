@@ -25,6 +25,7 @@ from hfl.crypto.signing import SigningKey
 from hfl.domain import Bucket, Metrics, ModelSpec, RoundConfig, TrainingPlan
 from hfl.errors import AlreadyDone, InvalidInput, NotAllowed, NotFound, NotReady, StaleRound
 from hfl.learning.metrics import EVAL_CLIP, EVAL_VECTOR_LEN, metrics_to_vector
+from hfl.memory import release_soon
 from hfl.privacy.facility import Admission
 from hfl.proto.v1 import facility_pb2
 from hfl.rpc import authz, serde
@@ -334,6 +335,7 @@ class SecureAggregation:
             except SecAggError as e:
                 self._refuse(sess, 4, e)
         self._sessions.pop(sess.key, None)
+        release_soon()  # this facility's round buffers are freed: hand the pages back soon (hfl/memory.py)
         log.info(
             "%s: secure aggregation done (%d survivors, %d dropped)",
             self._where(sess.key),

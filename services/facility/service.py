@@ -17,6 +17,7 @@ from hfl.learning.data import Dataset, FacilityData
 from hfl.learning.metrics import evaluate_counts
 from hfl.learning.models import make_model
 from hfl.learning.train import TrainConfig, clip_update, train_local
+from hfl.memory import release_soon
 from hfl.privacy.facility import Admission
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, fog_pb2, fog_pb2_grpc
@@ -244,3 +245,5 @@ class Facility:
             )
         except Exception:
             log.exception("round %d: local training failed", config.round)
+        finally:
+            release_soon()  # the round's buffers are freed: hand the pages back soon (hfl/memory.py)

@@ -17,7 +17,7 @@ from hfl.deadline import StragglerWindow
 from hfl.domain import Bucket, BucketEvaluation, BucketResult, Metrics, RoundConfig, TrainingPlan
 from hfl.errors import InvalidInput, NotReady, StaleRound, clip
 from hfl.learning.metrics import EVAL_VECTOR_LEN, metrics_from_vector
-from hfl.memory import release_free_memory
+from hfl.memory import release_soon
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.proto.v1 import facility_pb2, fog_pb2, fog_pb2_grpc
 from hfl.round.bucket import PlainTally
@@ -32,7 +32,6 @@ from services.fog.secure import FacilityMemberLink, StageTimeouts, no_answer, ru
 
 log = logging.getLogger("hfl.fog")
 
-RELEASE_AFTER_S = 0.2  # after a round, when the fog hands its freed pages back (hfl/memory.py)
 EVAL_TIMEOUT_S = 60.0  # the longest a facility may take to evaluate the model (seconds)
 
 
@@ -124,7 +123,6 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         self.received_bytes = 0
         self.dim = 0
         self.links = Links()  # the facilities' connections to this fog (links.py)
-        self._release: asyncio.TimerHandle | None = None
 
     def ready(self, authority_key: bytes) -> None:
         self.authority_key = authority_key
@@ -161,10 +159,7 @@ class Fog(fog_pb2_grpc.FogServiceServicer):
         try:
             return await self._run_round(config, request)
         finally:
-            # the round's buffers are freed once its answer has gone: hand the pages back soon after
-            if self._release is not None:
-                self._release.cancel()
-            self._release = asyncio.get_running_loop().call_later(RELEASE_AFTER_S, release_free_memory)
+            release_soon()  # the round's buffers are freed once its answer has gone (hfl/memory.py)
 
     async def _run_round(self, config: RoundConfig, request: fog_pb2.RunRoundRequest) -> bytes:
         d = serde.model_from_proto(request.model)[1].size  # checks the model; its copy is not kept

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hfl import memory
 from hfl.domain import Bucket, BucketResult, RoundConfig, TrainingPlan
 from hfl.errors import InvalidInput
 from hfl.proto.v1 import common_pb2 as pb
@@ -223,10 +224,9 @@ def test_a_run_round_answer_written_by_hand_goes_out_as_it_is() -> None:
 
 def test_after_a_round_the_fog_hands_freed_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
     released: list[int] = []
-    monkeypatch.setattr(fog_service, "release_free_memory", lambda: released.append(1) or True)
-    monkeypatch.setattr(fog_service, "RELEASE_AFTER_S", 0.0)
+    monkeypatch.setattr(memory, "release_free_memory", lambda: released.append(1) or True)
+    monkeypatch.setattr(memory, "RELEASE_AFTER_S", 0.0)
     fog = fog_service.Fog.__new__(fog_service.Fog)
-    fog._release = None
     outcomes: list[bytes | Exception] = [b"answer", RuntimeError("the round failed")]
 
     async def run_round(config: Any, request: Any) -> bytes:

@@ -143,3 +143,30 @@ def test_a_facility_host_can_ask_glibc_for_the_threshold_through_its_environment
 
     assert returned({}) < 1
     assert returned({"MALLOC_MMAP_THRESHOLD_": "262144"}) >= 3
+
+
+def test_release_soon_trims_once_after_the_last_of_rounds_that_end_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process hosting several facilities: each one's round end asks for a release; the pages are handed
+    back once, and a later ask moves the time."""
+    import asyncio
+
+    released: list[int] = []
+    monkeypatch.setattr(memory, "release_free_memory", lambda: released.append(1) or True)
+
+    async def go() -> None:
+        for _ in range(5):  # five rounds end together
+            memory.release_soon(0.0)
+        assert released == []  # not on the spot
+        await asyncio.sleep(0.05)
+        assert released == [1]  # once
+        memory.release_soon(0.0)
+        memory.release_soon(3600.0)  # a round ended later: the release waits for it
+        await asyncio.sleep(0.05)
+        assert released == [1]
+        memory.release_soon(0.0)
+        await asyncio.sleep(0.05)
+        assert released == [1, 1]
+
+    asyncio.run(go())

@@ -332,10 +332,14 @@ def test_only_a_fog_with_the_fault_set_swaps_keys() -> None:
 
 
 # ------------------------------------------------------------------------------------ the facility's side
-def test_a_facility_masks_its_own_update_in_place_lets_it_go_and_refuses_a_second_request() -> None:
+def test_a_facility_masks_its_own_update_in_place_lets_it_go_and_refuses_a_second_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Stage 3 at the facility: the update is clipped in place (it is the facility's own), the masked
     vector goes out as a view (no copy into protobuf), the update is not kept for the rest of the round,
-    and a repeated request is refused as stale instead of masking again."""
+    and a repeated request is refused as stale instead of masking again. Once it has unmasked (stage 4),
+    the session is gone and the process hands its freed pages back soon after."""
+    from hfl import memory
     from hfl.errors import StaleRound
     from hfl.rpc.link import Lifted
     from services.facility.secure import SecureAggregation, Session
@@ -370,5 +374,14 @@ def test_a_facility_masks_its_own_update_in_place_lets_it_go_and_refuses_a_secon
         assert serde.masked_input_from_proto(got.message, expected_length=D, data=got.data).sender == me
         with pytest.raises(StaleRound, match="already sent"):
             await secure.masked_input(request)
+        released: list[int] = []
+        monkeypatch.setattr(memory, "release_free_memory", lambda: released.append(1) or True)
+        monkeypatch.setattr(memory, "RELEASE_AFTER_S", 0.0)
+        everyone = tuple(fakes.members)
+        unmask = UnmaskRequest(round=0, bucket="b0", survivors=everyone, dropped=())
+        await secure.unmask(serde.unmask_request_to_proto(ROUND, ATTEMPT, unmask))
+        assert sess.key not in secure._sessions and released == []
+        await asyncio.sleep(0.01)
+        assert released == [1]
 
     asyncio.run(main())
