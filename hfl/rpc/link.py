@@ -114,6 +114,11 @@ class Joined:
 
     parts: tuple[bytes | memoryview, ...]
 
+    def __post_init__(self) -> None:
+        # lengths and cuts count bytes: a view of wider items (a uint32 array's) is read as its bytes
+        parts = tuple(memoryview(p).cast("B") if isinstance(p, memoryview) else p for p in self.parts)
+        object.__setattr__(self, "parts", parts)
+
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
 
@@ -343,6 +348,12 @@ def encode_call_with(kind: str, request: Any, field: bytes) -> Joined:
     bucket's call shares it."""
     if kind not in CALLS:
         raise ValueError(f"unknown call {kind!r}")
+    tag, _ = _read_varint(memoryview(field), 0)
+    own = request.DESCRIPTOR.fields_by_number.get(tag >> 3)
+    if own is None or own.message_type is None:
+        raise ValueError(f"field {tag >> 3} is not a message field of {request.DESCRIPTOR.name}")
+    if request.HasField(own.name):
+        raise ValueError(f"{own.name} is set in the request and added to it: protobuf would merge the two")
     body = request.SerializeToString()
     head = _varint(_CALL_FIELDS[kind].number << 3 | 2) + _varint(len(body) + len(field)) + body
     return Joined((head, field))

@@ -408,8 +408,10 @@ def test_a_call_with_the_shared_model_field_reads_as_the_call_with_the_model_set
     kind = "secagg_advertise" if secure else "start_round"
     cls = facility_pb2.SecAggAdvertiseRequest if secure else facility_pb2.StartRoundRequest
     model = serde.model_to_proto(ModelSpec("logreg", 3), np.frombuffer(data, dtype="<f8"), 4)
+    from services.fog.rounds import MODEL_FIELD
+
     plan = common_pb2.TrainingPlan(epochs=2)
-    field = link.encode_field(2, model)
+    field = link.encode_field(MODEL_FIELD, model)
     call = link.encode_call_with(kind, cls(plan=plan, bucket_id=bucket), field)
     assert call.parts[-1] is field  # shared, not copied
     [(_, whole)] = _whole(link.Assembler(chunk=7), _frames(1, call, chunk=7))
@@ -421,3 +423,33 @@ def test_a_call_with_the_shared_model_field_reads_as_the_call_with_the_model_set
         assert params is not None and bytes(params) == data
         request.model.params.data = data
     assert request == expected
+
+
+def test_a_shared_field_is_refused_when_the_request_sets_it_too_or_is_not_a_message_field() -> None:
+    """Protobuf would merge a model set in the request with the one added after it: refused, as is a field
+    number the request has no message field for."""
+    import numpy as np
+
+    from hfl.domain import ModelSpec
+    from hfl.rpc import serde
+    from services.fog.rounds import MODEL_FIELD
+
+    model = serde.model_to_proto(ModelSpec("logreg", 1), np.zeros(2), 1)
+    field = link.encode_field(MODEL_FIELD, model)
+    with pytest.raises(ValueError, match="merge"):
+        link.encode_call_with("start_round", facility_pb2.StartRoundRequest(model=model), field)
+    with pytest.raises(ValueError, match="not a message field"):
+        link.encode_call_with("start_round", facility_pb2.StartRoundRequest(), link.encode_field(15, model))
+    link.encode_call_with("start_round", facility_pb2.StartRoundRequest(), field)  # unset: accepted
+
+
+def test_a_part_that_views_wider_items_is_counted_and_cut_in_bytes() -> None:
+    """A memoryview of uint32 values is 4 bytes an item: the message's length and its frames count bytes."""
+    import numpy as np
+
+    values = np.arange(10, dtype=np.uint32)
+    message = link.Joined((b"head", memoryview(values)))
+    assert len(message) == 4 + 40 == len(bytes(message))
+    assert bytes(message) == b"head" + values.tobytes()
+    [(_, whole)] = _whole(link.Assembler(chunk=7), _frames(1, message, chunk=7))
+    assert bytes(whole) == b"head" + values.tobytes()
