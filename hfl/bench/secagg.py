@@ -341,8 +341,9 @@ class Bench:
 
 
 def _cpu_summary(path: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians of the CPU seconds a round of ``path`` took, by process, and the shortest the round could
-    take on this machine if every core were busy with it all the time (the total over the cores)."""
+    """Medians of the CPU seconds a round of ``path`` took, by process; ``total``, the median of the rounds'
+    totals (not the sum of the three medians, which can differ slightly); and the shortest the round could
+    take on this machine if every core were busy with it all the time (that total over the cores)."""
     if not rows or any(x is None for r in rows for x in r["cpu_s"]):
         return {}
     fog, facilities, driver = (statistics.median(r["cpu_s"][i] for r in rows) for i in range(3))
@@ -541,8 +542,9 @@ def cmd_bench_secagg(args: argparse.Namespace) -> int:
         if cpu:
             print(
                 f"CPU per {path} round{' ' * (7 - len(path))}fog {cpu['fog']} s, facilities "
-                f"{cpu['facilities']} s, driver {cpu['driver']} s: {cpu['total']} s over {cpu['cores']} "
-                f"cores, so no such round can take less than {cpu['floor_s']} s here"
+                f"{cpu['facilities']} s, driver {cpu['driver']} s (medians); a round's total "
+                f"{cpu['total']} s (median) over {cpu['cores']} cores, so no such round can take less "
+                f"than {cpu['floor_s']} s here"
             )
     print(f"transport               {'mutual TLS' if out['tls'] else 'plaintext (--no-tls)'}")
     if "tls_cost" in out:
