@@ -38,7 +38,7 @@ ARENAS = 2
 MMAP_THRESHOLD = 256 * 1024
 RELEASE_AFTER_S = 0.2  # how long after a round ends its process hands freed pages back
 
-_pending: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
+_pending: asyncio.TimerHandle | None = None  # the release release_soon has scheduled and not yet run
 
 
 def _libc(name: str) -> Any:
@@ -97,13 +97,8 @@ def release_soon(delay: float | None = None) -> None:
     """Hand free pages back ``delay`` seconds (default ``RELEASE_AFTER_S``) from now; call it from the event
     loop when a round's buffers are freed. A later call moves the time, so a process whose rounds end
     together trims once."""
-    loop = asyncio.get_running_loop()
-    earlier = _pending.pop(loop, None)
-    if earlier is not None:
-        earlier.cancel()
-
-    def release() -> None:
-        _pending.pop(loop, None)
-        release_free_memory()
-
-    _pending[loop] = loop.call_later(RELEASE_AFTER_S if delay is None else delay, release)
+    global _pending
+    if _pending is not None:
+        _pending.cancel()  # harmless if it already ran, or belongs to a loop that has since closed
+    wait = RELEASE_AFTER_S if delay is None else delay
+    _pending = asyncio.get_running_loop().call_later(wait, release_free_memory)
