@@ -34,6 +34,16 @@ low for a while loses nothing, and an honest facility gains nothing. In a round 
   floor B) it takes three. This test gets a tenth of the false-positive rate (``REFUSAL_SHARE``), the
   flag test the rest.
 
+Named by the norm flags (``implied_offenders``). A bucket flagged by the norm bound certainly holds a bad
+member. With at most m offenders, the offenders are a set of at most m facilities that meets every such
+bucket; a facility in every such set is certainly one of them, and is quarantined at once, whatever its
+score (``named``; its suspicion shows as the bound). This needs no rate: it never names an honest
+facility as long as no more than m misbehave, and when the norm flags show more (no m facilities explain
+them) it names nobody. A flagged bucket that holds a named (or quarantined) facility is explained: its
+other members' scores do not move that round (a flagged step scaled to nothing, which the bound below
+allows). The buckets of the last ``IMPLIED_WINDOW`` rounds with norm flags are kept; ``release`` forgets
+those of the released facility.
+
 Why only flagged rounds. An earlier version of this test also counted rounds without a flag against every
 facility (p0 was then the chance of merely sharing a bucket with an offender). An offender that the
 adaptive norm bound lets through in many rounds was then never caught: with p0 ≈ 0.3 it had to be flagged
@@ -71,7 +81,7 @@ to quarantine. Rounds must increase strictly (per kind) so that the same round i
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -164,6 +174,86 @@ def base_rate(pool: int, flagged: Sequence[int], max_byzantine: int, false_flag:
     m = min(max_byzantine, pool - 1)
     places = sum(sizes) - min(len(sizes), m)
     return min(1.0, places / (pool - m) + false_flag)
+
+
+MIN_IMPLIED_GROUPS = 4
+"""``implied_offenders`` names a facility only after it has been in at least this many norm-flagged
+buckets: a margin against coincidences when more facilities misbehave than declared."""
+
+IMPLIED_WINDOW = 50
+"""Norm-flagged buckets of at most this many recent observed rounds are kept for ``implied_offenders``."""
+
+
+def _greedy_cover(groups: Sequence[frozenset[str]], first: Collection[str] = ()) -> int:
+    """Size of a set of facilities that meets every group: the facilities ``first`` that are in some
+    group, then picked greedily (an upper bound on the smallest such set; deterministic: ties go to the
+    smallest id)."""
+    start = {x for x in first if any(x in g for g in groups)}
+    left = [g for g in groups if g and not start.intersection(g)]
+    chosen = len(start)
+    while left:
+        counts: dict[str, int] = {}
+        for g in left:
+            for x in g:
+                counts[x] = counts.get(x, 0) + 1
+        best = min(counts, key=lambda x: (-counts[x], x))
+        left = [g for g in left if best not in g]
+        chosen += 1
+    return chosen
+
+
+def _disjoint_count(groups: Sequence[frozenset[str]]) -> int:
+    """How many pairwise disjoint groups a greedy pass finds, in the order given: a lower bound on the size
+    of any set that meets every group (each disjoint group needs a member of its own), whatever the
+    order."""
+    used: set[str] = set()
+    count = 0
+    for g in groups:
+        if not used.intersection(g):
+            used.update(g)
+            count += 1
+    return count
+
+
+def implied_offenders(
+    groups: Sequence[Sequence[str]],
+    max_byzantine: int,
+    *,
+    min_groups: int = MIN_IMPLIED_GROUPS,
+    likely: Collection[str] = (),
+    skip: Collection[str] = (),
+) -> list[str]:
+    """Facilities that must misbehave if at most ``max_byzantine`` (m) do: the members of every set of at
+    most m facilities that meets each of ``groups``, the members of norm-flagged buckets (each such bucket
+    certainly holds a bad member: an honest one clips its update to the bound). Sorted.
+
+    Facility x is named when, with x taken out, the groups still need more than m other facilities: then
+    no explanation of the flags by m facilities leaves x out. The count is a lower bound (pairwise disjoint
+    groups, each needing a facility of its own), so x is named only when that is certain. Only a facility
+    in at least ``min_groups`` groups can be named. If the flags cannot be explained by m facilities at all
+    (more misbehave than declared, as far as a greedy search can tell; it tries the ``likely`` offenders,
+    those already quarantined, first) nobody is named: the premise may be broken and the sequential test
+    alone decides. Facilities in ``skip`` (already quarantined) are not examined. As long as at most m
+    facilities misbehave, an honest facility is never named, whatever
+    the buckets; two offenders that were always flagged together in one bucket are not named either (either
+    one alone explains every flag)."""
+    m = _whole("max_byzantine", max_byzantine, 0)
+    sets = [frozenset(g) for g in groups if len(g) > 0]
+    if m == 0 or not sets or min(_greedy_cover(sets), _greedy_cover(sets, likely)) > m:
+        return []
+    seen: dict[str, int] = {}
+    for g in sets:
+        for x in g:
+            seen[x] = seen.get(x, 0) + 1
+    ordered = sorted(sets, key=lambda g: (len(g), sorted(g)))  # small groups first: a larger packing
+    named = []
+    for x in sorted(seen):
+        if seen[x] < min_groups or x in skip:
+            continue
+        shrunk = [g - {x} for g in ordered if x in g]  # the groups x was in, now one smaller: first
+        if any(not g for g in shrunk) or _disjoint_count(shrunk + [g for g in ordered if x not in g]) > m:
+            named.append(x)
+    return named
 
 
 DEFAULT_BYZANTINE_SHARE = 6
@@ -381,6 +471,7 @@ class Reputation:
         silent_penalty: float = 0.2,
         vote_recovery: float = 0.1,
         min_weight: float = 0.01,
+        name_offenders: bool = True,
     ) -> None:
         if test is not None and not isinstance(test, QuarantineTest):
             raise ReputationError(f"test must be a QuarantineTest, got {test!r}")
@@ -392,9 +483,14 @@ class Reputation:
         self.silent_penalty = _fraction("silent_penalty", silent_penalty, allow_zero=True, allow_one=True)
         self.vote_recovery = _fraction("vote_recovery", vote_recovery, allow_zero=True, allow_one=True)
         self.min_weight = _fraction("min_weight", min_weight)
+        if not isinstance(name_offenders, bool):
+            raise ReputationError(f"name_offenders must be true or false, got {name_offenders!r}")
+        self.name_offenders = name_offenders  # False: the sequential test alone (for studying it)
         self._evidence: dict[str, float] = {}
         self._refusals: dict[str, float] = {}
         self._quarantined: dict[str, int] = {}
+        self._named: set[str] = set()  # quarantined by implied_offenders
+        self._norm_groups: list[tuple[int, tuple[str, ...]]] = []  # (round, members) of norm flags
         self._weights: dict[str, float] = {}
         self._last_round: int | None = None
         self._last_vote_round: int | None = None
@@ -426,9 +522,18 @@ class Reputation:
 
     def suspicion(self, facility: str) -> float:
         """Evidence against the facility, 0 when it looks honest: the larger of the two tests' evidence
-        (flags; refusals, scaled to the flag test's bound), at least 0, out of ``threshold``."""
+        (flags; refusals, scaled to the flag test's bound), at least 0, out of ``threshold``; the
+        threshold itself for a facility the norm flags name (``named``)."""
+        if facility in self._named:
+            return self.upper
         refusals = self._refusals.get(facility, 0.0) * self.upper / self.refusal_upper  # on the same scale
         return max(0.0, self._evidence.get(facility, 0.0), refusals)
+
+    @property
+    def named(self) -> frozenset[str]:
+        """Facilities quarantined because the norm flags cannot be explained without them
+        (``implied_offenders``), rather than by the sequential test."""
+        return frozenset(self._named)
 
     def observe(
         self,
@@ -476,6 +581,15 @@ class Reputation:
             else:
                 by_pool.setdefault(str(pools[bid]), []).append(bid)
 
+        if self._remember_norm_flags(rnd, buckets, flagged) and self.name_offenders:
+            named = implied_offenders(
+                [g for _, g in self._norm_groups],
+                self.test.max_byzantine,
+                likely=self._quarantined,
+                skip=self._quarantined,
+            )
+            self._named.update(x for x in named if x not in self._quarantined)
+        certain = self._named.union(self._quarantined)
         new = dict(self._evidence)
         refusals = dict(self._refusals)
         refused = {buckets[bid][0] for bid in alone if bid in flagged}
@@ -499,16 +613,42 @@ class Reputation:
                     continue
                 weight = self.outlier_weight if flag == "outlier" else 1.0
                 top = 1.0 + max(max(0.0, e) for e in old)
+                explained = certain.intersection(members)  # a named offender's flag: the others take none
                 for m, e in zip(members, old, strict=True):
                     share = (1.0 + max(0.0, e)) / top  # explaining away: in (0, 1], 1 for the most suspect
+                    if explained and m not in explained:
+                        share = 0.0
                     new[m] = max(self.lower, e + weight * share * up)
         self._evidence = new
         self._refusals = refusals
         self._last_round = rnd
-        newly = sorted(m for m in seen if m not in self._quarantined and self.suspicion(m) >= self.upper)
+        newly = sorted(
+            {m for m in seen if self.suspicion(m) >= self.upper}.union(self._named).difference(
+                self._quarantined
+            )
+        )
         for m in newly:
             self._quarantined[m] = rnd
         return newly
+
+    def _remember_norm_flags(
+        self, rnd: int, buckets: Mapping[BucketId, Sequence[str]], flagged: Mapping[BucketId, str]
+    ) -> bool:
+        """Keep the members of this round's norm-flagged buckets (not refused updates: the refusal test
+        has them), for the last ``IMPLIED_WINDOW`` rounds that had any. Returns whether there were any."""
+        groups = [
+            (rnd, tuple(sorted(buckets[b])))
+            for b, kind in flagged.items()
+            if kind == "norm" and not _is_refused(b)
+        ]
+        if not groups:
+            return False
+        self._norm_groups.extend(sorted(groups))
+        rounds = sorted({r for r, _ in self._norm_groups})
+        if len(rounds) > IMPLIED_WINDOW:
+            first = rounds[-IMPLIED_WINDOW]
+            self._norm_groups = [(r, g) for r, g in self._norm_groups if r >= first]
+        return True
 
     def quarantine(self, facility: str) -> None:
         """Quarantine by hand (an operator's decision after an investigation), from the last round seen."""
@@ -525,6 +665,9 @@ class Reputation:
         del self._quarantined[facility]
         self._evidence[facility] = 0.0
         self._refusals[facility] = 0.0
+        # Judged honest: the norm flags it shared are another member's doing, and must not name it again.
+        self._named.discard(facility)
+        self._norm_groups = [(r, g) for r, g in self._norm_groups if facility not in g]
 
     # --- validators ------------------------------------------------------------------------------
 
@@ -587,6 +730,7 @@ class Reputation:
             "silent_penalty": self.silent_penalty,
             "vote_recovery": self.vote_recovery,
             "min_weight": self.min_weight,
+            "name_offenders": self.name_offenders,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -600,6 +744,8 @@ class Reputation:
             "refusals": dict(sorted(self._refusals.items())),
             "suspicion": {f: self.suspicion(f) for f in sorted(set(self._evidence) | set(self._refusals))},
             "quarantined": dict(sorted(self._quarantined.items())),
+            "named": sorted(self._named),
+            "norm_groups": [[r, list(g)] for r, g in self._norm_groups],
             "weights": dict(sorted(self._weights.items())),
             "last_round": self._last_round,
             "last_vote_round": self._last_vote_round,
@@ -643,6 +789,8 @@ class Reputation:
             else:
                 raise ReputationError(f"unsupported reputation state version {version!r}")
             quar = {str(k): int(v) for k, v in dict(data["quarantined"]).items()}
+            named = {str(x) for x in data.get("named", [])}  # absent in a state from before it was kept
+            groups = [(_round(r), tuple(str(x) for x in g)) for r, g in data.get("norm_groups", [])]
             weights = {str(k): float(v) for k, v in dict(data["weights"]).items()}
             last = data["last_round"]
             last_vote = data["last_vote_round"]
@@ -656,7 +804,13 @@ class Reputation:
             raise ReputationError("damaged reputation state: validator weights out of range")
         rep._evidence = {f: max(rep.lower, v) for f, v in evidence.items()}
         rep._refusals = {f: max(rep.refusal_lower, v) for f, v in refusals.items()}
+        if not named <= set(quar):
+            raise ReputationError("damaged reputation state: a named facility is not quarantined")
+        if any(not g for _, g in groups):
+            raise ReputationError("damaged reputation state: an empty norm-flagged bucket")
         rep._quarantined = quar
+        rep._named = named
+        rep._norm_groups = groups
         rep._weights = weights
         rep._last_round = None if last is None else _round(last)
         rep._last_vote_round = None if last_vote is None else _round(last_vote)
@@ -714,7 +868,7 @@ def simulate(
     honest_flag_prob: float = 0.0,
     exclude_quarantined: bool = True,
     test: QuarantineTest | None = None,
-    **config: float,
+    **config: Any,
 ) -> dict[str, int]:
     """Simulate group testing; return {facility: round quarantined}. Offenders are ``f00``, ``f01``, ...
 

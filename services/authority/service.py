@@ -341,7 +341,13 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
 
     def _announce_left_out(self, quarantined: list[str], gone: list[str]) -> None:
         for f in quarantined:
-            log.warning("quarantined facility %s: it was in flagged buckets too often", f)
+            if f in self.reputation.named:
+                log.warning(
+                    "quarantined facility %s: the buckets over the norm bound cannot be explained without it",
+                    f,
+                )
+            else:
+                log.warning("quarantined facility %s: it was in flagged buckets too often", f)
         for f in gone:
             log.warning(
                 "facility %s missed %d rounds in a row; it is left out until it registers again",

@@ -17,6 +17,7 @@ from hfl.robust.reputation import (
     base_rate,
     default_max_byzantine,
     federation_test,
+    implied_offenders,
     simulate,
     wald_bounds,
     with_refused,
@@ -452,9 +453,9 @@ def test_honest_facility_without_explaining_away_stays_under_the_bound() -> None
 
 @pytest.mark.parametrize(("n", "m"), [(12, 2), (24, 4), (48, 8)])
 def test_offenders_flagged_every_round_are_quarantined_when_expected(n: int, m: int) -> None:
-    """Offenders flagged in every round: never before the evidence allows (an offender alone in the only
-    flagged bucket, rounds_to_quarantine), all of them by round 10 in at least 19 of 20 runs (two
-    offenders in two flagged buckets weigh less per round than one in one)."""
+    """Offenders flagged in every round, the sequential test alone: never before the evidence allows (an
+    offender alone in the only flagged bucket, rounds_to_quarantine), all of them by round 10 in at least
+    19 of 20 runs (two offenders in two flagged buckets weigh less per round than one in one)."""
     test = federation_test(n, 3)
     assert test.max_byzantine == m
     expected = test.rounds_to_quarantine()
@@ -463,11 +464,114 @@ def test_offenders_flagged_every_round_are_quarantined_when_expected(n: int, m: 
     bad = {f"f{i:0{width}d}" for i in range(m)}
     late = 0
     for seed in range(20):
-        caught = simulate(n_facilities=n, n_byzantine=m, rounds=30, seed=seed)
-        assert bad <= set(caught)
+        caught = simulate(n_facilities=n, n_byzantine=m, rounds=30, seed=seed, name_offenders=False)
+        assert set(caught) == bad
         assert all(caught[f] + 1 >= expected for f in bad)  # not before the evidence allows
         late += any(caught[f] + 1 > 10 for f in bad)
     assert late <= 1
+
+
+@pytest.mark.parametrize(("n", "m"), [(12, 2), (24, 4), (48, 8)])
+def test_norm_flags_name_offenders_sooner_and_never_an_honest_one(n: int, m: int) -> None:
+    """The default (sequential test and implied_offenders): the same offenders, never an honest facility,
+    none later than the sequential test alone and most earlier; at 12 facilities both by round 10 in
+    every run (the sequential test alone: 19 of 20 at best)."""
+    width = max(2, len(str(n - 1)))
+    bad = {f"f{i:0{width}d}" for i in range(m)}
+    sooner = 0
+    for seed in range(20):
+        both = simulate(n_facilities=n, n_byzantine=m, rounds=30, seed=seed)
+        alone = simulate(n_facilities=n, n_byzantine=m, rounds=30, seed=seed, name_offenders=False)
+        assert set(both) == bad
+        assert max(both.values()) <= max(alone.values())
+        sooner += max(both.values()) < max(alone.values())
+        if n == 12:
+            assert max(both.values()) + 1 <= 10
+    assert sooner >= 15
+
+
+def test_implied_offenders_known_answers() -> None:
+    # Two rounds, buckets of 3, a and b flagged in different buckets each time. Without a, the flags need
+    # {x1, x2}, {x3, x4} and b: 3 > 2 facilities, so a is certain; likewise b.
+    rounds = [("a", "x1", "x2"), ("b", "y1", "y2"), ("a", "x3", "x4"), ("b", "y3", "y4")]
+    assert implied_offenders(rounds, 2, min_groups=2) == ["a", "b"]
+    assert implied_offenders(rounds, 2) == []  # each was flagged twice only: min_groups (4) not reached
+    assert implied_offenders(rounds * 2, 2) == ["a", "b"]
+    # With 3 allowed, {x1, x3, b} explains the flags as well: nobody is certain.
+    assert implied_offenders(rounds, 3, min_groups=2) == []
+    # a and b always flagged together: either alone explains every flag, so neither is certain.
+    together = [("a", "b", "x1"), ("a", "b", "x2"), ("a", "b", "x3"), ("a", "b", "x4")]
+    assert implied_offenders(together, 1) == []
+    assert implied_offenders(together, 2) == []
+    # One group of one: that facility is certain (with any m > 0 and enough groups).
+    assert implied_offenders([("z",)] * 4, 1) == ["z"]
+    # m = 0 declares that nobody misbehaves: flags contradict it, nobody is named.
+    assert implied_offenders(rounds * 2, 0) == []
+    # More disjoint flagged buckets in one round than m: the premise is broken, nobody is named.
+    three = [("a", "x1", "x2"), ("b", "y1", "y2"), ("c", "z1", "z2")] * 4
+    assert implied_offenders(three, 2) == []
+    assert implied_offenders([], 2) == []
+    with pytest.raises(ReputationError):
+        implied_offenders(rounds, -1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(min_value=6, max_value=30),
+    bucket=st.integers(min_value=2, max_value=5),
+    m=st.integers(min_value=1, max_value=5),
+    rounds=st.integers(min_value=1, max_value=25),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_implied_offenders_never_names_an_honest_facility(
+    n: int, bucket: int, m: int, rounds: int, seed: int
+) -> None:
+    """Whatever the buckets and whichever of at most m offenders misbehave in a round, every norm-flagged
+    bucket holds one of them; then only offenders are named."""
+    g = np.random.default_rng(seed)
+    offenders = {f"f{i:02d}" for i in g.choice(n, size=min(m, n - 1), replace=False)}
+    ids = [f"f{i:02d}" for i in range(n)]
+    groups: list[list[str]] = []
+    for _ in range(rounds):
+        order = [ids[i] for i in g.permutation(n)]
+        attacking = {x for x in offenders if g.random() < 0.7}
+        for part in np.array_split(np.array(order), max(1, n // bucket)):
+            members = [str(x) for x in part]
+            if attacking.intersection(members):
+                groups.append(members)
+    assert set(implied_offenders(groups, m, min_groups=1)) <= offenders
+
+
+def test_a_named_facility_is_quarantined_kept_and_released() -> None:
+    rep = Reputation(test=QuarantineTest(facilities=12, bucket_size=3, max_byzantine=2))
+    honest = [f"h{i}" for i in range(10)]
+    newly: list[str] = []
+    for rnd in range(4):
+        # a and b in different buckets, each with two new honest bucket-mates; the rest unflagged
+        mates = [honest[(2 * rnd + i) % 10] for i in range(4)]
+        rest = [h for h in honest if h not in mates]
+        buckets = {0: ["a", *mates[:2]], 1: ["b", *mates[2:]], 2: rest[:3], 3: rest[3:]}
+        newly = rep.observe(rnd, buckets, {0: "norm", 1: "norm"})
+        if newly:
+            break
+    assert newly == ["a", "b"] and rnd == 3  # named once each is in 4 flagged buckets
+    assert rep.named == {"a", "b"} and rep.quarantined == {"a", "b"}
+    assert rep.suspicion("a") == rep.threshold > rep.evidence("a")  # the sequential test alone: not yet
+    again = Reputation.from_dict(json.loads(json.dumps(rep.to_dict())))
+    assert again.named == {"a", "b"} and again.to_dict() == rep.to_dict()
+    rep.release("a")
+    assert rep.named == {"b"} and "a" not in rep.quarantined
+    assert rep.observe(10, {0: ["a", "h0", "h1"], 1: honest[2:5]}, {}) == []  # not named again
+    damaged = again.to_dict()
+    damaged["quarantined"].pop("a")
+    with pytest.raises(ReputationError, match="named"):
+        Reputation.from_dict(damaged)
+    older = again.to_dict()
+    for key in ("named", "norm_groups"):
+        older.pop(key)
+    assert Reputation.from_dict(older).named == set()
+    with pytest.raises(ReputationError):
+        Reputation(name_offenders="yes")  # type: ignore[arg-type]
 
 
 # --- validators ---------------------------------------------------------------------------------------
@@ -655,3 +759,20 @@ def test_suspicion_nonnegative_and_scores_bounded(history: list[tuple[list[int],
             assert (f"f{i}" in rep.quarantined) == (rep.quarantined_since(f"f{i}") is not None)
             if s >= rep.threshold:
                 assert f"f{i}" in rep.quarantined
+
+
+def test_a_flag_explained_by_a_named_offender_is_no_evidence_against_its_bucket_mates() -> None:
+    rep = Reputation(test=QuarantineTest(facilities=12, bucket_size=3, max_byzantine=1))
+    others = [f"h{i:02d}" for i in range(11)]
+    for rnd in range(4):
+        mates = others[2 * rnd : 2 * rnd + 2]
+        rest = [h for h in others if h not in mates]
+        buckets = {0: ["a", *mates], 1: rest[:3], 2: rest[3:6], 3: rest[6:]}
+        before = {m: rep.evidence(m) for m in mates}
+        newly = rep.observe(rnd, buckets, {0: "norm"})
+        if rnd < 3:
+            assert newly == [] and all(rep.evidence(m) > before[m] for m in mates)
+    # the 4th flag names a (m = 1: without it, 4 disjoint buckets would need 4 offenders); its mates in
+    # that round take nothing
+    assert newly == ["a"] and rep.named == {"a"}
+    assert all(rep.evidence(m) == before[m] for m in others[6:8])
