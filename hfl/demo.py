@@ -646,6 +646,11 @@ def round_line(e: RoundEvent, committed: int, total: int) -> str:
     )
 
 
+def quarantine_lines(before: Sequence[str], now: Sequence[str]) -> list[str]:
+    """One line for each facility quarantined since the previous round."""
+    return [f"  {f} quarantined: left out of every later round" for f in sorted(set(now) - set(before))]
+
+
 def final_clinical_lines(c: ClinicalMetrics) -> str:
     """The clinical metrics of the final model, each with what it means."""
 
@@ -723,6 +728,9 @@ async def watch(
                     committed += int(e.committed)
                     if show is None:
                         print(round_line(e, committed, total), flush=True)
+                        before = events[-2].quarantined if len(events) > 1 else ()
+                        for line in quarantine_lines(before, e.quarantined):
+                            print(line, flush=True)
                     else:
                         show(e, committed)
             return "the leader closed the stream"
