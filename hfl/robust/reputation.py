@@ -239,7 +239,8 @@ def implied_offenders(
     one alone explains every flag)."""
     m = _whole("max_byzantine", max_byzantine, 0)
     sets = [frozenset(g) for g in groups if len(g) > 0]
-    if m == 0 or not sets or min(_greedy_cover(sets), _greedy_cover(sets, likely)) > m:
+    tries = (likely, ()) if likely else ((),)  # the second search only when the first finds no m
+    if m == 0 or not sets or all(_greedy_cover(sets, first) > m for first in tries):
         return []
     seen: dict[str, int] = {}
     for g in sets:
@@ -588,7 +589,7 @@ class Reputation:
                 likely=self._quarantined,
                 skip=self._quarantined,
             )
-            self._named.update(x for x in named if x not in self._quarantined)
+            self._named.update(named)  # never a quarantined one: skipped
         certain = self._named.union(self._quarantined)
         new = dict(self._evidence)
         refusals = dict(self._refusals)
