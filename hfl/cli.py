@@ -244,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(sub)  # `hfl model export`, `hfl predict`
 
     st = sub.add_parser("status", help="show a running federation")
-    st.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
+    st.add_argument(
+        "--run", help="demo run folder with endpoints.json (default runs/latest when no address is given)"
+    )
     st.add_argument("--leader", help="leader address HOST:PORT")
     st.add_argument("--authority", help="authority address HOST:PORT")
     st.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")

@@ -21,6 +21,10 @@ _PLURAL = {"facility": "facilities"}
 def _addresses(run: str | None, leader: str | None, authority: str | None) -> tuple[str | None, str | None]:
     if leader and authority:
         return leader, authority
+    if run is None and (leader or authority):
+        # Addresses given by hand name the federation to ask: the last demo's folder (runs/latest) may
+        # belong to another one, whose stale address would be reported as "not reachable".
+        return leader, authority
     path = Path(run or "runs/latest") / "endpoints.json"
     if path.exists():
         rows = json.loads(path.read_text())
