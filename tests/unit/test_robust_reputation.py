@@ -561,7 +561,9 @@ def test_a_named_facility_is_quarantined_kept_and_released() -> None:
     assert again.named == {"a", "b"} and again.to_dict() == rep.to_dict()
     rep.release("a")
     assert rep.named == {"b"} and "a" not in rep.quarantined
-    assert rep.observe(10, {0: ["a", "h0", "h1"], 1: honest[2:5]}, {}) == []  # not named again
+    # Its bucket is norm-flagged once more: with its four old flags still kept, it would be named again.
+    buckets = {0: ["a", "h0", "h1"], 1: honest[2:5], 2: honest[5:8]}
+    assert rep.observe(10, buckets, {0: "norm"}) == [] and rep.named == {"b"}
     damaged = again.to_dict()
     damaged["quarantined"].pop("a")
     with pytest.raises(ReputationError, match="named"):
