@@ -13,10 +13,10 @@ The round loop runs in memory (no gRPC, processes or masking) but calls the code
 * facilities: ``load_facility_data`` (the demo's shards), ``train_local`` + ``clip_update`` to the round's
   bound (services/facility/service.py ``honest_update``), ``apply_attack`` / ``flip_labels`` with the same
   peers for alie/ipm, and the same per-(seed, node, round, attempt) random stream;
-* authority: ``assign_buckets`` (draws seeded from (seed, round, attempt) instead of the ledger head, as
-  ``HFL_EXPERIMENT_SEED`` does, so draws differ from a real run with the same seed but not in
-  distribution), ``Reputation`` with its defaults, ``with_refused`` for NaN updates the fog refuses,
-  observations numbered round × 1000 + attempt;
+* authority: ``assign_buckets`` (``equal_buckets_now``: buckets of one size after a flag; draws seeded
+  from (seed, round, attempt) instead of the ledger head, as ``HFL_EXPERIMENT_SEED`` does, so draws
+  differ from a real run with the same seed but not in distribution), ``Reputation`` with its defaults,
+  ``with_refused`` for NaN updates the fog refuses, observations numbered round × 1000 + attempt;
 * leader: ``resolve_f`` (f = -1), ``bound_for`` / ``round_record`` (the adaptive norm bound from the
   committed history), ``aggregate_recorded`` with the rule parameters a block records (the ledger's own
   recomputation); with defences off: mean, no bound, no screen, no reputation (services/leader/service.py);
@@ -76,9 +76,9 @@ from hfl.learning.train import DEFAULT_CLIP_UPDATE, DEFAULT_TRAIN, clip_update, 
 from hfl.robust.attacks import ATTACKS, apply_attack, flip_labels  # noqa: E402
 from hfl.robust.bound import RECORD_KEY, bound_for, round_record  # noqa: E402
 from hfl.robust.reputation import Reputation, federation_test, with_refused  # noqa: E402
-from hfl.robust.rules import DEFAULT_RULE, resolve_f  # noqa: E402
+from hfl.robust.rules import DEFAULT_RULE, get_rule, resolve_f  # noqa: E402
 from hfl.round.propose import aggregate_recorded  # noqa: E402
-from hfl.schedule import assign_buckets  # noqa: E402
+from hfl.schedule import assign_buckets, equal_buckets_now  # noqa: E402
 
 SOURCE, MODEL, HIDDEN = "synthetic_hard", "mlp", 16
 FACILITIES, BUCKET, BYZANTINE, ROUNDS = 12, 3, 2, 30
@@ -195,6 +195,7 @@ def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS, setup: Setup = 
     """One federation; ``mode`` is DEFENDED (the defaults) or PLAIN (--rule mean --no-defences)."""
     defences = mode in (DEFENDED, WHAT_IF)
     rule = DEFAULT_RULE if defences else "mean"
+    robust = get_rule(rule).tolerates_bad_buckets
     facs = make_facilities(attack, seed, setup.facilities, setup.byzantine, setup.source)
     model = make_model(setup.model, facs[0].data.train.d, HIDDEN)
     w = model.init_params(seed)  # the leader's genesis model
@@ -210,7 +211,10 @@ def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS, setup: Setup = 
             active = [x for x in facs if x.node_id not in rep.quarantined]
             by_id = {x.node_id: x for x in active}
             draw = hashlib.sha256(f"hard_task/{seed}/{rnd}/{attempt}".encode()).digest()
-            plans = assign_buckets([x.node_id for x in active], list(FOGS), setup.bucket, draw)
+            # as the authority draws them: after a flag, buckets of one size and the remainder resting
+            flagged = None if rep.last_flagged is None else slot_round(rep.last_flagged)
+            equal = equal_buckets_now(robust, rnd, flagged)
+            plans = assign_buckets([x.node_id for x in active], list(FOGS), setup.bucket, draw, equal=equal)
             clip = bound_for(prev_extra, DEFAULT_CLIP_UPDATE) if defences else DEFAULT_CLIP_UPDATE
             sums, counts, bids, refused = [], [], [], []
             for p in plans:

@@ -47,29 +47,62 @@ class BucketPlan:
     group: str = ""  # evaluation buckets: the members' specialty, or MIXED
 
 
-def bucket_sizes(n: int, bucket_size: int) -> list[int]:
+EQUAL_BUCKETS_FROM = 3
+"""With equal buckets asked for, the fewest buckets a pool must make before its remainder sits out: the
+fewest with which a robust rule leaves out a bad bucket (trimmed mean: B ≥ 2f+1). Below that no bucket
+is left out anyway, and sitting out would cost a small federation a large share of its data."""
+
+
+EQUAL_BUCKETS_ROUNDS = 10
+"""Buckets are of one size (``bucket_sizes(equal=True)``) only in the rounds up to this many after the
+last round with a flagged bucket. Resting costs a federation some data each round (0.8 points of final
+accuracy on the harder benchmark task with 11 or 20 honest facilities), so it is paid only while there
+is something to find."""
+
+
+def equal_buckets_now(allowed: bool, round_: int, last_flagged_round: int | None) -> bool:
+    """Whether round ``round_`` draws buckets of one size: ``allowed`` (a robust rule in a federation
+    that expects misbehaving facilities) and a bucket flagged (by the norm bound or the outlier screen,
+    or an update refused) within the last EQUAL_BUCKETS_ROUNDS rounds. Flags are in the ledger's blocks,
+    so anyone can recompute this."""
+    if not allowed or last_flagged_round is None:
+        return False
+    return 0 <= round_ - last_flagged_round <= EQUAL_BUCKETS_ROUNDS
+
+
+def bucket_sizes(n: int, bucket_size: int, *, equal: bool = False) -> list[int]:
     """Split n facilities into buckets of about ``bucket_size``: never smaller than bucket_size
-    (except when there are fewer facilities than that in all), sizes differing by at most one."""
+    (except when there are fewer facilities than that in all), sizes differing by at most one.
+
+    ``equal``: every bucket has exactly ``bucket_size`` members once the n facilities make at least
+    EQUAL_BUCKETS_FROM buckets, and the remainder (fewer than ``bucket_size``) sits the round out; the
+    sizes then add up to less than n. A misbehaving facility in a bucket of 4 has its update diluted by
+    three honest ones where a bucket of 3 has two, enough to hide a ×10 update from the outlier screen
+    (bench/results/NOTES-quarantine.md); the round draw decides who sits out, so it changes each round.
+    ``equal_buckets_now`` says when the authority asks for it."""
     if bucket_size < 1:
         raise ValueError("bucket size must be at least 1")
     if n <= 0:
         return []
     nb = max(1, n // bucket_size)
+    if equal and nb >= EQUAL_BUCKETS_FROM:
+        return [bucket_size] * nb
     base, extra = divmod(n, nb)
     return [base + 1 if i < extra else base for i in range(nb)]
 
 
 def assign_buckets(
-    facilities: Sequence[str], fogs: Sequence[str], bucket_size: int, seed: bytes
+    facilities: Sequence[str], fogs: Sequence[str], bucket_size: int, seed: bytes, *, equal: bool = False
 ) -> list[BucketPlan]:
-    """Re-draw buckets for a round: shuffle facilities, cut into buckets, deal buckets to fogs."""
+    """Re-draw buckets for a round: shuffle facilities, cut into buckets, deal buckets to fogs. With
+    ``equal`` (``bucket_sizes``) the facilities left over are in no bucket: they sit this round out."""
     if not fogs:
         raise ValueError("no fog is registered, so no bucket can be formed")
     order = shuffled(sorted(set(facilities)), seed, "buckets")
     fog_order = shuffled(sorted(set(fogs)), seed, "fogs")
     plans: list[BucketPlan] = []
     start = 0
-    for i, size in enumerate(bucket_sizes(len(order), bucket_size)):
+    for i, size in enumerate(bucket_sizes(len(order), bucket_size, equal=equal)):
         members = tuple(sorted(order[start : start + size]))
         start += size
         plans.append(BucketPlan(bucket_id=f"b{i}", fog_id=fog_order[i % len(fog_order)], members=members))
@@ -167,21 +200,26 @@ def _fill(
 
 
 def assign_buckets_at(
-    at: Mapping[str, str], bucket_size: int, seed: bytes, smallest: int = 1
-) -> tuple[list[BucketPlan], list[str]]:
+    at: Mapping[str, str], bucket_size: int, seed: bytes, smallest: int = 1, *, equal: bool = False
+) -> tuple[list[BucketPlan], list[str], list[str]]:
     """This round's training buckets when each facility can only be reached through one fog (``at``:
     facility → fog): buckets are re-drawn among each fog's facilities, never across fogs. A fog with
     fewer than ``smallest`` facilities this round forms no bucket; its facilities sit out the round
-    (returned second, sorted)."""
+    (returned second, sorted). With ``equal`` (``bucket_sizes``), each fog's remainder sits out too
+    (returned third, sorted)."""
     plans: list[BucketPlan] = []
     sit_out: list[str] = []
+    rest: list[str] = []
     for fog, members in sorted(_by_fog(at).items()):
         if len(members) < smallest:
             sit_out.extend(members)
             continue
-        for p in assign_buckets(members, [fog], bucket_size, sha256(seed, fog.encode())):
+        placed: set[str] = set()
+        for p in assign_buckets(members, [fog], bucket_size, sha256(seed, fog.encode()), equal=equal):
             plans.append(BucketPlan(f"b{len(plans)}", fog, p.members))
-    return plans, sorted(sit_out)
+            placed.update(p.members)
+        rest.extend(m for m in members if m not in placed)
+    return plans, sorted(sit_out), sorted(rest)
 
 
 def assign_eval_buckets_at(

@@ -88,6 +88,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from hfl.schedule import bucket_sizes, equal_buckets_now
+
 FLAG_KINDS = ("norm", "screen", "outlier")
 REFUSED_PREFIX = "refused:"
 STATE_VERSION = 2
@@ -494,6 +496,7 @@ class Reputation:
         self._norm_groups: list[tuple[int, tuple[str, ...]]] = []  # (round, members) of norm flags
         self._weights: dict[str, float] = {}
         self._last_round: int | None = None
+        self._last_flagged: int | None = None  # the last round with a flagged bucket or refused update
         self._last_vote_round: int | None = None
 
     # --- facilities ------------------------------------------------------------------------------
@@ -529,6 +532,12 @@ class Reputation:
             return self.upper
         refusals = self._refusals.get(facility, 0.0) * self.upper / self.refusal_upper  # on the same scale
         return max(0.0, self._evidence.get(facility, 0.0), refusals)
+
+    @property
+    def last_flagged(self) -> int | None:
+        """The last observed round (as numbered to ``observe``) in which a bucket was flagged or an update
+        refused; None if none was. The authority's bucket draw follows it (hfl.schedule.equal_buckets_now)."""
+        return self._last_flagged
 
     @property
     def named(self) -> frozenset[str]:
@@ -623,6 +632,8 @@ class Reputation:
         self._evidence = new
         self._refusals = refusals
         self._last_round = rnd
+        if flagged:
+            self._last_flagged = rnd
         newly = sorted(
             {m for m in seen if self.suspicion(m) >= self.upper}.union(self._named).difference(
                 self._quarantined
@@ -749,6 +760,7 @@ class Reputation:
             "norm_groups": [[r, list(g)] for r, g in self._norm_groups],
             "weights": dict(sorted(self._weights.items())),
             "last_round": self._last_round,
+            "last_flagged": self._last_flagged,
             "last_vote_round": self._last_vote_round,
         }
 
@@ -794,6 +806,7 @@ class Reputation:
             groups = [(_round(r), tuple(str(x) for x in g)) for r, g in data.get("norm_groups", [])]
             weights = {str(k): float(v) for k, v in dict(data["weights"]).items()}
             last = data["last_round"]
+            last_flagged = data.get("last_flagged")  # absent in a state from before it was kept
             last_vote = data["last_vote_round"]
         except ReputationError:
             raise
@@ -814,6 +827,9 @@ class Reputation:
         rep._norm_groups = groups
         rep._weights = weights
         rep._last_round = None if last is None else _round(last)
+        rep._last_flagged = None if last_flagged is None else _round(last_flagged)
+        if rep._last_flagged is not None and (rep._last_round is None or rep._last_flagged > rep._last_round):
+            raise ReputationError("damaged reputation state: a flagged round after the last round observed")
         rep._last_vote_round = None if last_vote is None else _round(last_vote)
         return rep
 
@@ -869,16 +885,19 @@ def simulate(
     honest_flag_prob: float = 0.0,
     exclude_quarantined: bool = True,
     test: QuarantineTest | None = None,
+    equal: bool = True,
     **config: Any,
 ) -> dict[str, int]:
     """Simulate group testing; return {facility: round quarantined}. Offenders are ``f00``, ``f01``, ...
 
     Each round the active facilities are shuffled (seeded, non-secret) into ⌊active/bucket_size⌋ buckets
-    (the remainder spread over them, as ``hfl.schedule`` does); a bucket holding an offender that attacks
-    this round (probability ``attack_prob``) gets ``flag``, and any other bucket gets ``"screen"`` with
-    probability ``honest_flag_prob`` (the outlier screen's false flags). ``test`` defaults to the one the
-    authority builds for this size (``default_max_byzantine`` misbehaving facilities); ``config`` goes
-    to ``Reputation``.
+    as ``hfl.schedule.bucket_sizes`` cuts them (``equal``: as the authority does with a robust rule, the
+    remainder rests in the rounds after a flag, ``equal_buckets_now``; false: it is spread over the
+    buckets); a bucket holding an
+    offender that attacks this round (probability ``attack_prob``) gets ``flag``, and any other bucket gets
+    ``"screen"`` with probability ``honest_flag_prob`` (the outlier screen's false flags). ``test``
+    defaults to the one the authority builds for this size (``default_max_byzantine`` misbehaving
+    facilities); ``config`` goes to ``Reputation``.
     """
     if n_facilities < 1 or bucket_size < 1 or rounds < 0 or not 0 <= n_byzantine <= n_facilities:
         raise ReputationError(
@@ -902,10 +921,12 @@ def simulate(
             break
         order = [active[i] for i in rng.permutation(len(active))]
         attacking = {x for x in sorted(bad) if rng.random() < attack_prob}
-        n_buckets = max(1, len(order) // bucket_size)  # the remainder joins buckets, as hfl.schedule does
-        buckets = {
-            b: [str(x) for x in part] for b, part in enumerate(np.array_split(np.array(order), n_buckets))
-        }
+        buckets: dict[int, list[str]] = {}
+        start = 0
+        now = equal_buckets_now(equal, rnd, rep.last_flagged)
+        for b, size in enumerate(bucket_sizes(len(order), bucket_size, equal=now)):
+            buckets[b] = [str(x) for x in order[start : start + size]]
+            start += size
         false_flags = rng.random(len(buckets)) < honest_flag_prob
         flagged = {
             b: flag if attacking.intersection(members) else "screen"

@@ -21,6 +21,7 @@ from hfl.schedule import (
     assign_buckets_at,
     assign_eval_buckets_at,
     draw_base,
+    equal_buckets_now,
     round_seed,
     select_committee,
 )
@@ -32,7 +33,10 @@ COMMITTEE_DRAW_ATTEMPT = 0xFFFF  # the committee seed of an epoch: round_seed(ba
 @dataclass(frozen=True)
 class ScheduleSettings:
     """The settings the schedule depends on (HFL_BUCKET_SIZE, HFL_COMMITTEE_SIZE, HFL_MIN_FACILITIES,
-    HFL_SECAGG, HFL_EPOCH_ROUNDS, HFL_EXPERIMENT_SEED)."""
+    HFL_SECAGG, HFL_EPOCH_ROUNDS, HFL_EXPERIMENT_SEED; ``equal_buckets`` follows HFL_RULE and
+    HFL_MAX_BYZANTINE: true for a rule that leaves out bad buckets in a federation that expects misbehaving
+    facilities, whose defences see one best in buckets of one size, hfl.schedule.bucket_sizes; it is used
+    in the rounds after a flag, hfl.schedule.equal_buckets_now)."""
 
     bucket_size: int
     committee_size: int
@@ -40,6 +44,7 @@ class ScheduleSettings:
     secagg: bool = True
     epoch_rounds: int = 1
     experiment_seed: int | None = None
+    equal_buckets: bool = False
 
     def __post_init__(self) -> None:
         if self.bucket_size < 1:
@@ -60,7 +65,8 @@ class ScheduleSettings:
 @dataclass(frozen=True)
 class Federation:
     """The registered nodes and who is left out: quarantined, out of privacy budget, or away (missed
-    their last rounds)."""
+    their last rounds); and the last round with a flagged bucket (None: none yet), which decides whether
+    buckets are of one size (hfl.schedule.equal_buckets_now)."""
 
     facilities: tuple[NodeInfo, ...]
     fogs: tuple[NodeInfo, ...]
@@ -68,6 +74,7 @@ class Federation:
     quarantined: frozenset[str] = frozenset()
     out_of_budget: frozenset[str] = frozenset()
     away: frozenset[str] = frozenset()
+    last_flagged_round: int | None = None
 
     def eligible(self) -> tuple[NodeInfo, ...]:
         """The facilities that may take part this round."""
@@ -77,11 +84,14 @@ class Federation:
 
 @dataclass(frozen=True)
 class RoundPlan:
-    """The unsigned configuration, and the facilities that sit out (too few at their fog for a bucket)."""
+    """The unsigned configuration, the facilities that sit out because too few are at their fog for a
+    bucket (and those fogs), and those that rest this round so that every bucket has exactly the bucket
+    size (``ScheduleSettings.equal_buckets``; drawn again each round)."""
 
     config: RoundConfig
     sit_out: tuple[str, ...]
     sit_out_fogs: tuple[str, ...]
+    resting: tuple[str, ...] = ()
 
 
 def check_ready(settings: ScheduleSettings, federation: Federation) -> tuple[NodeInfo, ...]:
@@ -171,12 +181,16 @@ def schedule_round(
     seed = round_seed(draw_base(head, s.experiment_seed), round_, attempt)
     up = set(homes.values())
     at = {n.node_id: n.fog if n.fog in up else homes[n.node_id] for n in facilities if n.node_id in homes}
-    plans, sit_out = assign_buckets_at(at, s.bucket_size, seed, smallest=s.smallest_bucket)
+    equal = equal_buckets_now(s.equal_buckets, round_, federation.last_flagged_round)
+    plans, sit_out, resting = assign_buckets_at(
+        at, s.bucket_size, seed, smallest=s.smallest_bucket, equal=equal
+    )
     if not plans:
         raise NotReady(
             f"no fog has enough facilities for a bucket this round ({len(at)} facilities can take part)"
         )
-    by_id = {n.node_id: n for n in facilities if n.node_id in at and n.node_id not in sit_out}
+    placed = {m for p in plans for m in p.members}
+    by_id = {n.node_id: n for n in facilities if n.node_id in placed}
     small = [p for p in plans if len(p.members) < MIN_SECURE_BUCKET]
     if s.secagg and small:  # fine for plain sums, unsafe for masked ones
         raise ConfigError(
@@ -210,4 +224,4 @@ def schedule_round(
         committee_draw=dict(committee_draw),
         eval_buckets=eval_buckets,
     )
-    return RoundPlan(config, tuple(sit_out), tuple(sorted({at[f] for f in sit_out})))
+    return RoundPlan(config, tuple(sit_out), tuple(sorted({at[f] for f in sit_out})), tuple(resting))

@@ -20,13 +20,14 @@ from hfl.pki.tokens import add_enrol_token
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.robust.reputation import Reputation, quarantine_sentence
+from hfl.robust.rules import get_rule
 from hfl.robust.sizing import Sizing, size_federation, withstands_buckets
 from hfl.round.report import round_record, take_report
 from hfl.round.schedule import Federation, ScheduleSettings, check_ready, draw_committee, schedule_round
 from hfl.rpc import authz, serde
 from hfl.rpc.metrics import LEFT_OUT, MISSED_ROUNDS, QUARANTINED, REPUTATION, WITHSTANDS
 from hfl.rpc.settings import AuthoritySettings
-from hfl.schedule import MIN_SECURE_BUCKET, Attendance, FogStatus, home_fogs
+from hfl.schedule import EQUAL_BUCKETS_ROUNDS, MIN_SECURE_BUCKET, Attendance, FogStatus, home_fogs
 from services.authority.enrol import CertificateService
 from services.authority.privacy import PrivacyBook
 from services.authority.registry import Registry
@@ -204,6 +205,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             secagg=s.secagg,
             epoch_rounds=s.epoch_rounds,
             experiment_seed=s.experiment_seed,
+            # a robust rule and a federation that expects misbehaving facilities (HFL_MAX_BYZANTINE
+            # unset or above 0): buckets of one size, the remainder resting (hfl.schedule.bucket_sizes)
+            equal_buckets=get_rule(s.rule).tolerates_bad_buckets and s.max_byzantine != 0,
         )
 
     def _committee_draw(
@@ -244,13 +248,26 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
                 "s" if len(plan.sit_out) == 1 else "",
                 ", ".join(plan.sit_out_fogs),
             )
-        self._check_threat(len(plan.config.facilities), len(plan.config.buckets))
+        if plan.resting:
+            log.info(
+                "round %d: %s rest%s this round: for %d rounds after a suspicious bucket every bucket has "
+                "exactly %d members, so that a misbehaving facility cannot hide in a larger one (who rests "
+                "is drawn anew each round)",
+                round_,
+                ", ".join(plan.resting),
+                "s" if len(plan.resting) == 1 else "",
+                EQUAL_BUCKETS_ROUNDS,
+                settings.bucket_size,
+            )
+        self._check_threat(len(plan.config.facilities) + len(plan.resting), len(plan.config.buckets))
         config = plan.config.sign(self.key)
         self._record_config(config, head)
         return config
 
     def _federation(self) -> Federation:
-        """The registry as the schedule sees it: who is registered, and who may not take part."""
+        """The registry as the schedule sees it: who is registered, who may not take part, and the last
+        round with a flag (the reputation's observations are attempt slots, hfl.bounds)."""
+        flagged = self.reputation.last_flagged
         return Federation(
             facilities=tuple(self.registry.nodes("facility")),
             fogs=tuple(self.registry.nodes("fog")),
@@ -258,6 +275,7 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             quarantined=self.quarantined,
             out_of_budget=frozenset(self.privacy.exhausted),  # never schedule a facility that spent it
             away=frozenset(self.attendance.inactive),  # missed their last rounds; back when they register
+            last_flagged_round=None if flagged is None else bounds.slot_round(flagged),
         )
 
     def _record_config(self, config: RoundConfig, head: bytes) -> None:

@@ -19,11 +19,13 @@ from hfl.proto.v1 import authority_pb2
 from hfl.rpc import serde
 from hfl.rpc.settings import Settings
 from hfl.schedule import (
+    EQUAL_BUCKETS_ROUNDS,
     MIN_BUCKETS_PER_FOG,
     MIN_SECURE_BUCKET,
     FogStatus,
     assign_buckets_at,
     assign_eval_buckets_at,
+    equal_buckets_now,
     home_fogs,
     round_seed,
 )
@@ -104,8 +106,10 @@ def test_buckets_are_drawn_within_each_fog_and_redrawn_every_round() -> None:
     at = {**{f"a-{i:02d}": "fog-1" for i in range(12)}, **{f"b-{i:02d}": "fog-2" for i in range(13)}}
     draws = []
     for rnd in (1, 2):
-        plans, sit_out = assign_buckets_at(at, 3, round_seed(bytes(32), rnd), smallest=MIN_SECURE_BUCKET)
-        assert sit_out == []
+        plans, sit_out, resting = assign_buckets_at(
+            at, 3, round_seed(bytes(32), rnd), smallest=MIN_SECURE_BUCKET
+        )
+        assert sit_out == resting == []
         assert len({p.bucket_id for p in plans}) == len(plans) == 4 + 4
         members = [m for p in plans for m in p.members]
         assert sorted(members) == sorted(at)  # everyone in exactly one bucket
@@ -118,11 +122,54 @@ def test_buckets_are_drawn_within_each_fog_and_redrawn_every_round() -> None:
 
 def test_a_fog_with_too_few_facilities_this_round_forms_no_bucket() -> None:
     at = {**{f"a-{i}": "fog-1" for i in range(6)}, "b-0": "fog-2", "b-1": "fog-2"}
-    plans, sit_out = assign_buckets_at(at, 3, bytes(32), smallest=3)
+    plans, sit_out, _ = assign_buckets_at(at, 3, bytes(32), smallest=3)
     assert sit_out == ["b-0", "b-1"]
     assert {p.fog_id for p in plans} == {"fog-1"}
-    plain, none_out = assign_buckets_at(at, 3, bytes(32), smallest=1)  # plain sums: any size will do
+    plain, none_out, _ = assign_buckets_at(at, 3, bytes(32), smallest=1)  # plain sums: any size will do
     assert none_out == [] and {p.fog_id for p in plain} == {"fog-1", "fog-2"}
+
+
+def test_equal_buckets_rest_each_fogs_remainder_and_draw_it_anew() -> None:
+    # 13 at fog-1 (4 buckets of 3, one rests), 11 at fog-2 (3 buckets, two rest), 5 at fog-3 (one
+    # bucket: fewer than EQUAL_BUCKETS_FROM, so nobody rests and the bucket grows to 5).
+    at = {
+        **{f"a-{i:02d}": "fog-1" for i in range(13)},
+        **{f"b-{i:02d}": "fog-2" for i in range(11)},
+        **{f"c-{i}": "fog-3" for i in range(5)},
+    }
+    rested: set[str] = set()
+    for rnd in range(1, 31):
+        plans, sit_out, resting = assign_buckets_at(
+            at, 3, round_seed(bytes(32), rnd), smallest=MIN_SECURE_BUCKET, equal=True
+        )
+        assert sit_out == [] and len(resting) == 1 + 2
+        assert {at[m] for m in resting} == {"fog-1", "fog-2"}
+        assert sorted(len(p.members) for p in plans if p.fog_id != "fog-3") == [3] * 7
+        assert [len(p.members) for p in plans if p.fog_id == "fog-3"] == [5]
+        placed = [m for p in plans for m in p.members]
+        assert sorted(placed + resting) == sorted(at) and not set(placed) & set(resting)
+        rested.update(resting)
+    assert len(rested) > 12  # a different remainder rests each round (30 draws of 3)
+    # Without equal buckets nobody rests: the remainder grows buckets to 4.
+    plans, _, resting = assign_buckets_at(at, 3, round_seed(bytes(32), 1), smallest=MIN_SECURE_BUCKET)
+    assert resting == [] and max(len(p.members) for p in plans if p.fog_id == "fog-2") == 4
+
+
+@pytest.mark.parametrize(
+    ("allowed", "round_", "last_flagged", "equal"),
+    [
+        (True, 5, None, False),  # nothing flagged yet
+        (True, 5, 4, True),
+        (True, 5, 5, True),  # a refused attempt of this round was flagged
+        (True, 4 + EQUAL_BUCKETS_ROUNDS, 4, True),
+        (True, 5 + EQUAL_BUCKETS_ROUNDS, 4, False),  # long enough without a flag
+        (False, 5, 4, False),  # the plain mean, or no misbehaving facility expected
+    ],
+)
+def test_buckets_are_of_one_size_only_in_the_rounds_after_a_flag(
+    allowed: bool, round_: int, last_flagged: int | None, equal: bool
+) -> None:
+    assert equal_buckets_now(allowed, round_, last_flagged) is equal
 
 
 def test_evaluation_buckets_are_drawn_within_each_fog() -> None:

@@ -474,8 +474,9 @@ def test_offenders_flagged_every_round_are_quarantined_when_expected(n: int, m: 
 @pytest.mark.parametrize(("n", "m"), [(12, 2), (24, 4), (48, 8)])
 def test_norm_flags_name_offenders_sooner_and_never_an_honest_one(n: int, m: int) -> None:
     """The default (sequential test and implied_offenders): the same offenders, never an honest facility,
-    none later than the sequential test alone and most earlier; at 12 facilities both by round 10 in
-    every run (the sequential test alone: 19 of 20 at best)."""
+    most earlier than with the sequential test alone and none more than one round later (a flag explained
+    by a named offender moves no other member's score, another offender's included: 1 of 20 runs at 48);
+    at 12 facilities both by round 10 in every run (the sequential test alone: 19 of 20 at best)."""
     width = max(2, len(str(n - 1)))
     bad = {f"f{i:0{width}d}" for i in range(m)}
     sooner = 0
@@ -483,7 +484,7 @@ def test_norm_flags_name_offenders_sooner_and_never_an_honest_one(n: int, m: int
         both = simulate(n_facilities=n, n_byzantine=m, rounds=30, seed=seed)
         alone = simulate(n_facilities=n, n_byzantine=m, rounds=30, seed=seed, name_offenders=False)
         assert set(both) == bad
-        assert max(both.values()) <= max(alone.values())
+        assert max(both.values()) <= max(alone.values()) + 1
         sooner += max(both.values()) < max(alone.values())
         if n == 12:
             assert max(both.values()) + 1 <= 10
@@ -637,19 +638,24 @@ def test_round_trip_through_json_continues_identically() -> None:
     a = Reputation(test=QuarantineTest(facilities=5, bucket_size=2, max_byzantine=1))
     a.observe(1, {"a": ["x", "y"], "b": ["z", "w", "u"]}, {"a": "norm"})
     a.observe(2, {"a": ["x", "w"], "b": ["z", "y", "u"]}, {"a": "outlier"})
+    a.observe(3, {"a": ["x", "w"], "b": ["z", "y", "u"]}, {})
     a.observe_votes(2, ["v1", "v2"], {"v1": True}, certified=True)
+    assert a.last_flagged == 2  # round 3 had no flag
     b = Reputation.from_dict(json.loads(json.dumps(a.to_dict())))
-    assert b.to_dict() == a.to_dict()
+    assert b.to_dict() == a.to_dict() and b.last_flagged == 2
+    older = a.to_dict()
+    older.pop("last_flagged")  # a state from before it was kept
+    assert Reputation.from_dict(older).last_flagged is None
     step = ({"a": ["x", "z"], "b": ["y", "w", "u"]}, {"a": "norm"})
     for rep in (a, b):
-        for rnd in range(3, 12):
+        for rnd in range(4, 13):
             rep.observe(rnd, *step)
     assert a.to_dict() == b.to_dict()
     # z always shares x's flagged bucket, and x is the more suspect: x takes the blame, z does not cross
     assert a.quarantined == b.quarantined == frozenset({"x"})
     assert a.evidence("z") < a.threshold / 2 < a.evidence("x")
     with pytest.raises(ReputationError):
-        b.observe(11, *step)  # last round survived the round trip
+        b.observe(12, *step)  # last round survived the round trip
 
 
 def test_settings_change_replaces_the_stored_test_and_keeps_the_evidence() -> None:
@@ -715,6 +721,8 @@ def test_a_state_of_the_former_version_still_loads() -> None:
         lambda d: d["config"]["test"].update(max_byzantine=40),
         lambda d: d["config"].pop("test"),
         lambda d: d.update(last_round=-4),
+        lambda d: d.update(last_flagged=2),  # after the last round observed
+        lambda d: d.update(last_flagged="yesterday"),
     ],
 )
 def test_damaged_state_refused(damage: object) -> None:

@@ -3,6 +3,8 @@ committee and quorum for several federation sizes; left-out facilities; determin
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from hfl.domain import NodeInfo
@@ -16,6 +18,7 @@ from hfl.round.schedule import (
     draw_committee,
     schedule_round,
 )
+from hfl.schedule import EQUAL_BUCKETS_ROUNDS
 from hfl.secagg import MIN_BUCKET_SIZE, unmask_threshold
 
 HEAD = b"\x07" * 32
@@ -98,6 +101,28 @@ def test_too_few_at_a_fog_sit_out() -> None:
     assert {m for b in plan.config.buckets for m in b.members} == {"fac-0", "fac-2", "fac-4"}
     with pytest.raises(NotReady, match="no fog has enough facilities"):
         _plan(_federation(2))
+
+
+def test_after_a_flag_the_remainder_rests_and_every_bucket_has_the_bucket_size() -> None:
+    equal = ScheduleSettings(bucket_size=3, committee_size=4, equal_buckets=True)
+    # no bucket flagged yet, or the last flag more than EQUAL_BUCKETS_ROUNDS ago: nobody rests
+    assert _plan(_federation(11), equal).resting == ()
+    flagged = dataclasses.replace(_federation(11), last_flagged_round=1)
+    assert _plan(flagged, equal, round_=2 + EQUAL_BUCKETS_ROUNDS).resting == ()
+    plan = _plan(flagged, equal, round_=2)
+    placed = [m for b in plan.config.buckets for m in b.members]
+    assert [len(b.members) for b in plan.config.buckets] == [3, 3, 3]
+    assert len(plan.resting) == 2 and not set(plan.resting) & set(placed)
+    assert sorted(placed + list(plan.resting)) == sorted(f"fac-{i}" for i in range(11))
+    # the resting facilities are not scheduled: not in the configuration, not in an evaluation bucket
+    assert {m.node_id for m in plan.config.facilities} == set(placed)
+    assert {m for b in plan.config.eval_buckets for m in b.members} == set(placed)
+    assert plan.sit_out == ()
+    # another round, another draw of who rests
+    assert any(_plan(flagged, equal, round_=r).resting != plan.resting for r in range(3, 7))
+    # the same federation without it: buckets of 4, 4, 3 and nobody rests
+    grown = _plan(flagged, round_=2)
+    assert grown.resting == () and sorted(len(b.members) for b in grown.config.buckets) == [3, 4, 4]
 
 
 def test_not_ready_reasons() -> None:
