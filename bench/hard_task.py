@@ -13,10 +13,10 @@ The round loop runs in memory (no gRPC, processes or masking) but calls the code
 * facilities: ``load_facility_data`` (the demo's shards), ``train_local`` + ``clip_update`` to the round's
   bound (services/facility/service.py ``honest_update``), ``apply_attack`` / ``flip_labels`` with the same
   peers for alie/ipm, and the same per-(seed, node, round, attempt) random stream;
-* authority: ``assign_buckets`` (``equal_buckets_now``: buckets of one size after a flag; draws seeded
-  from (seed, round, attempt) instead of the ledger head, as ``HFL_EXPERIMENT_SEED`` does, so draws
-  differ from a real run with the same seed but not in distribution), ``Reputation`` with its defaults,
-  ``with_refused`` for NaN updates the fog refuses, observations numbered round × 1000 + attempt;
+* authority: ``assign_buckets`` (``equal_buckets_now``: buckets of one size after an unexplained flag;
+  draws seeded from (seed, round, attempt) instead of the ledger head, as ``HFL_EXPERIMENT_SEED`` does, so
+  draws differ from a real run with the same seed but not in distribution), ``Reputation`` with its
+  defaults, ``with_refused`` for NaN updates the fog refuses, observations numbered round × 1000 + attempt;
 * leader: ``resolve_f`` (f = -1), ``bound_for`` / ``round_record`` (the adaptive norm bound from the
   committed history), ``aggregate_recorded`` with the rule parameters a block records (the ledger's own
   recomputation); with defences off: mean, no bound, no screen, no reputation (services/leader/service.py);
@@ -211,8 +211,9 @@ def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS, setup: Setup = 
             active = [x for x in facs if x.node_id not in rep.quarantined]
             by_id = {x.node_id: x for x in active}
             draw = hashlib.sha256(f"hard_task/{seed}/{rnd}/{attempt}".encode()).digest()
-            # as the authority draws them: after a flag, buckets of one size and the remainder resting
-            flagged = None if rep.last_flagged is None else slot_round(rep.last_flagged)
+            # as the authority draws them: after an unexplained flag, buckets of one size, the rest resting
+            last = rep.last_unexplained_flag
+            flagged = None if last is None else slot_round(last)
             equal = equal_buckets_now(robust, rnd, flagged)
             plans = assign_buckets([x.node_id for x in active], list(FOGS), setup.bucket, draw, equal=equal)
             clip = bound_for(prev_extra, DEFAULT_CLIP_UPDATE) if defences else DEFAULT_CLIP_UPDATE

@@ -55,16 +55,19 @@ is left out anyway, and sitting out would cost a small federation a large share 
 
 EQUAL_BUCKETS_ROUNDS = 10
 """Buckets are of one size (``bucket_sizes(equal=True)``) only in the rounds up to this many after the
-last round with a flagged bucket. Resting costs a federation some data each round (0.8 points of final
-accuracy on the harder benchmark task with 11 or 20 honest facilities), so it is paid only while there
-is something to find."""
+last round with an unexplained flag: a flagged bucket none of whose members has been quarantined since.
+Resting costs a federation some data each round (0.8 points of final accuracy on the harder benchmark
+task with 11 or 20 honest facilities when it rested in every round, bench/results/resting_cost.json), so
+it is paid only while there is something to find."""
 
 
 def equal_buckets_now(allowed: bool, round_: int, last_flagged_round: int | None) -> bool:
     """Whether round ``round_`` draws buckets of one size: ``allowed`` (a robust rule in a federation
-    that expects misbehaving facilities) and a bucket flagged (by the norm bound or the outlier screen,
-    or an update refused) within the last EQUAL_BUCKETS_ROUNDS rounds. Flags are in the ledger's blocks,
-    so anyone can recompute this."""
+    that expects misbehaving facilities) and, within the last EQUAL_BUCKETS_ROUNDS rounds, a bucket
+    flagged by the norm bound or the outlier screen (or an update refused) none of whose members is
+    quarantined (``last_flagged_round``: the last such round, hfl.robust.reputation's
+    ``last_unexplained_flag``). A committed round's flags are in its block, the rest in the authority's
+    round records, and quarantines in the registry, so the choice can be checked afterwards."""
     if not allowed or last_flagged_round is None:
         return False
     return 0 <= round_ - last_flagged_round <= EQUAL_BUCKETS_ROUNDS

@@ -185,6 +185,10 @@ buckets: a margin against coincidences when more facilities misbehave than decla
 IMPLIED_WINDOW = 50
 """Norm-flagged buckets of at most this many recent observed rounds are kept for ``implied_offenders``."""
 
+FLAG_MEMORY = 50
+"""Rounds with flags whose flagged buckets are kept for ``Reputation.last_unexplained_flag`` (the bucket
+draw looks back 10 rounds, hfl.schedule.EQUAL_BUCKETS_ROUNDS; attempts of a refused round count apart)."""
+
 
 def _greedy_cover(groups: Sequence[frozenset[str]], first: Collection[str] = ()) -> int:
     """Size of a set of facilities that meets every group: the facilities ``first`` that are in some
@@ -496,7 +500,8 @@ class Reputation:
         self._norm_groups: list[tuple[int, tuple[str, ...]]] = []  # (round, members) of norm flags
         self._weights: dict[str, float] = {}
         self._last_round: int | None = None
-        self._last_flagged: int | None = None  # the last round with a flagged bucket or refused update
+        # (round, members) of flagged buckets and refused updates, the last FLAG_MEMORY rounds with any
+        self._flag_groups: list[tuple[int, tuple[str, ...]]] = []
         self._last_vote_round: int | None = None
 
     # --- facilities ------------------------------------------------------------------------------
@@ -534,10 +539,13 @@ class Reputation:
         return max(0.0, self._evidence.get(facility, 0.0), refusals)
 
     @property
-    def last_flagged(self) -> int | None:
-        """The last observed round (as numbered to ``observe``) in which a bucket was flagged or an update
-        refused; None if none was. The authority's bucket draw follows it (hfl.schedule.equal_buckets_now)."""
-        return self._last_flagged
+    def last_unexplained_flag(self) -> int | None:
+        """The last observed round (as numbered to ``observe``) with a flagged bucket (or refused update)
+        none of whose members is quarantined: a flag whose cause is still in the federation. None when
+        there is none among the last FLAG_MEMORY rounds with flags. The authority's bucket draw follows
+        it (hfl.schedule.equal_buckets_now): once every flag is explained there is nothing left to trace."""
+        q = self._quarantined.keys()
+        return max((r for r, g in self._flag_groups if q.isdisjoint(g)), default=None)
 
     @property
     def named(self) -> frozenset[str]:
@@ -633,7 +641,10 @@ class Reputation:
         self._refusals = refusals
         self._last_round = rnd
         if flagged:
-            self._last_flagged = rnd
+            self._flag_groups.extend((rnd, tuple(sorted(buckets[b]))) for b in sorted(flagged, key=str))
+            rounds = sorted({r for r, _ in self._flag_groups})
+            if len(rounds) > FLAG_MEMORY:
+                self._flag_groups = [(r, g) for r, g in self._flag_groups if r >= rounds[-FLAG_MEMORY]]
         newly = sorted(
             {m for m in seen if self.suspicion(m) >= self.upper}.union(self._named).difference(
                 self._quarantined
@@ -760,7 +771,7 @@ class Reputation:
             "norm_groups": [[r, list(g)] for r, g in self._norm_groups],
             "weights": dict(sorted(self._weights.items())),
             "last_round": self._last_round,
-            "last_flagged": self._last_flagged,
+            "flag_groups": [[r, list(g)] for r, g in self._flag_groups],
             "last_vote_round": self._last_vote_round,
         }
 
@@ -806,7 +817,7 @@ class Reputation:
             groups = [(_round(r), tuple(str(x) for x in g)) for r, g in data.get("norm_groups", [])]
             weights = {str(k): float(v) for k, v in dict(data["weights"]).items()}
             last = data["last_round"]
-            last_flagged = data.get("last_flagged")  # absent in a state from before it was kept
+            flag_groups = [(_round(r), tuple(str(x) for x in g)) for r, g in data.get("flag_groups", [])]
             last_vote = data["last_vote_round"]
         except ReputationError:
             raise
@@ -827,9 +838,11 @@ class Reputation:
         rep._norm_groups = groups
         rep._weights = weights
         rep._last_round = None if last is None else _round(last)
-        rep._last_flagged = None if last_flagged is None else _round(last_flagged)
-        if rep._last_flagged is not None and (rep._last_round is None or rep._last_flagged > rep._last_round):
+        if any(not g for _, g in flag_groups):
+            raise ReputationError("damaged reputation state: an empty flagged bucket")
+        if flag_groups and (rep._last_round is None or max(r for r, _ in flag_groups) > rep._last_round):
             raise ReputationError("damaged reputation state: a flagged round after the last round observed")
+        rep._flag_groups = flag_groups
         rep._last_vote_round = None if last_vote is None else _round(last_vote)
         return rep
 
@@ -923,7 +936,7 @@ def simulate(
         attacking = {x for x in sorted(bad) if rng.random() < attack_prob}
         buckets: dict[int, list[str]] = {}
         start = 0
-        now = equal_buckets_now(equal, rnd, rep.last_flagged)
+        now = equal_buckets_now(equal, rnd, rep.last_unexplained_flag)
         for b, size in enumerate(bucket_sizes(len(order), bucket_size, equal=now)):
             buckets[b] = [str(x) for x in order[start : start + size]]
             start += size

@@ -65,8 +65,8 @@ class ScheduleSettings:
 @dataclass(frozen=True)
 class Federation:
     """The registered nodes and who is left out: quarantined, out of privacy budget, or away (missed
-    their last rounds); and the last round with a flagged bucket (None: none yet), which decides whether
-    buckets are of one size (hfl.schedule.equal_buckets_now)."""
+    their last rounds); and the last round with a flagged bucket none of whose members is quarantined
+    (None: none), which decides whether buckets are of one size (hfl.schedule.equal_buckets_now)."""
 
     facilities: tuple[NodeInfo, ...]
     fogs: tuple[NodeInfo, ...]

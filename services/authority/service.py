@@ -250,9 +250,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             )
         if plan.resting:
             log.info(
-                "round %d: %s rest%s this round: for %d rounds after a suspicious bucket every bucket has "
-                "exactly %d members, so that a misbehaving facility cannot hide in a larger one (who rests "
-                "is drawn anew each round)",
+                "round %d: %s rest%s this round: for %d rounds after a suspicious bucket whose cause is "
+                "not yet quarantined, every bucket has exactly %d members, so that a misbehaving facility "
+                "cannot hide in a larger one (who rests is drawn anew each round)",
                 round_,
                 ", ".join(plan.resting),
                 "s" if len(plan.resting) == 1 else "",
@@ -266,8 +266,9 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
 
     def _federation(self) -> Federation:
         """The registry as the schedule sees it: who is registered, who may not take part, and the last
-        round with a flag (the reputation's observations are attempt slots, hfl.bounds)."""
-        flagged = self.reputation.last_flagged
+        round with a flag no quarantine explains (the reputation's observations are attempt slots,
+        hfl.bounds)."""
+        flagged = self.reputation.last_unexplained_flag
         return Federation(
             facilities=tuple(self.registry.nodes("facility")),
             fogs=tuple(self.registry.nodes("fog")),

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hfl.robust.reputation import (
+    FLAG_MEMORY,
     QuarantineTest,
     Reputation,
     ReputationError,
@@ -640,12 +641,12 @@ def test_round_trip_through_json_continues_identically() -> None:
     a.observe(2, {"a": ["x", "w"], "b": ["z", "y", "u"]}, {"a": "outlier"})
     a.observe(3, {"a": ["x", "w"], "b": ["z", "y", "u"]}, {})
     a.observe_votes(2, ["v1", "v2"], {"v1": True}, certified=True)
-    assert a.last_flagged == 2  # round 3 had no flag
+    assert a.last_unexplained_flag == 2  # round 3 had no flag
     b = Reputation.from_dict(json.loads(json.dumps(a.to_dict())))
-    assert b.to_dict() == a.to_dict() and b.last_flagged == 2
+    assert b.to_dict() == a.to_dict() and b.last_unexplained_flag == 2
     older = a.to_dict()
-    older.pop("last_flagged")  # a state from before it was kept
-    assert Reputation.from_dict(older).last_flagged is None
+    older.pop("flag_groups")  # a state from before they were kept
+    assert Reputation.from_dict(older).last_unexplained_flag is None
     step = ({"a": ["x", "z"], "b": ["y", "w", "u"]}, {"a": "norm"})
     for rep in (a, b):
         for rnd in range(4, 13):
@@ -656,6 +657,25 @@ def test_round_trip_through_json_continues_identically() -> None:
     assert a.evidence("z") < a.threshold / 2 < a.evidence("x")
     with pytest.raises(ReputationError):
         b.observe(12, *step)  # last round survived the round trip
+
+
+def test_a_flag_is_explained_once_a_member_of_its_bucket_is_quarantined() -> None:
+    rep = Reputation(test=QuarantineTest(facilities=9, bucket_size=3, max_byzantine=1))
+    assert rep.last_unexplained_flag is None
+    rep.observe(1, {"a": ["x", "y", "z"], "b": ["u", "v", "w"]}, {"a": "norm"})
+    rep.observe(2, {"a": ["x", "u", "v"], "b": ["y", "z", "w"]}, {"b": "screen"})
+    rep.observe(3, {"a": ["x", "y", "w"], "b": ["u", "v", "z"]}, {})
+    assert rep.last_unexplained_flag == 2
+    rep.quarantine("w")  # round 2's flag is explained: round 1's, whose bucket did not hold w, is not
+    assert rep.last_unexplained_flag == 1
+    rep.quarantine("x")
+    assert rep.last_unexplained_flag is None  # nothing left to trace
+    rep.release("w")  # judged honest after all: round 2's flag has no cause in quarantine again
+    assert rep.last_unexplained_flag == 2
+    for rnd in range(4, 4 + FLAG_MEMORY + 1):  # only the last FLAG_MEMORY rounds with flags are kept
+        rep.observe(rnd, {"a": ["x", "y", "z"], "b": ["u", "v", "w"]}, {"a": "screen"})
+    assert len({r for r, _ in rep.to_dict()["flag_groups"]}) == FLAG_MEMORY
+    assert rep.last_unexplained_flag is None  # every kept flag is x's bucket
 
 
 def test_settings_change_replaces_the_stored_test_and_keeps_the_evidence() -> None:
@@ -721,8 +741,9 @@ def test_a_state_of_the_former_version_still_loads() -> None:
         lambda d: d["config"]["test"].update(max_byzantine=40),
         lambda d: d["config"].pop("test"),
         lambda d: d.update(last_round=-4),
-        lambda d: d.update(last_flagged=2),  # after the last round observed
-        lambda d: d.update(last_flagged="yesterday"),
+        lambda d: d.update(flag_groups=[[2, ["x"]]]),  # after the last round observed
+        lambda d: d.update(flag_groups=[["yesterday", ["x"]]]),
+        lambda d: d.update(flag_groups=[[1, []]]),
     ],
 )
 def test_damaged_state_refused(damage: object) -> None:
