@@ -48,9 +48,9 @@ class BucketPlan:
 
 
 EQUAL_BUCKETS_FROM = 3
-"""With equal buckets asked for, the fewest buckets a pool must make before its remainder sits out: the
+"""With equal buckets asked for, the fewest buckets a pool must make before its remainder rests: the
 fewest with which a robust rule leaves out a bad bucket (trimmed mean: B ≥ 2f+1). Below that no bucket
-is left out anyway, and sitting out would cost a small federation a large share of its data."""
+is left out anyway, and resting would cost a small federation a large share of its data."""
 
 
 EQUAL_BUCKETS_ROUNDS = 10
@@ -78,10 +78,10 @@ def bucket_sizes(n: int, bucket_size: int, *, equal: bool = False) -> list[int]:
     (except when there are fewer facilities than that in all), sizes differing by at most one.
 
     ``equal``: every bucket has exactly ``bucket_size`` members once the n facilities make at least
-    EQUAL_BUCKETS_FROM buckets, and the remainder (fewer than ``bucket_size``) sits the round out; the
+    EQUAL_BUCKETS_FROM buckets, and the remainder (fewer than ``bucket_size``) rests this round; the
     sizes then add up to less than n. A misbehaving facility in a bucket of 4 has its update diluted by
     three honest ones where a bucket of 3 has two, enough to hide a ×10 update from the outlier screen
-    (bench/results/NOTES-quarantine.md); the round draw decides who sits out, so it changes each round.
+    (bench/results/NOTES-quarantine.md); the round draw decides who rests, so it changes each round.
     ``equal_buckets_now`` says when the authority asks for it."""
     if bucket_size < 1:
         raise ValueError("bucket size must be at least 1")
@@ -98,7 +98,7 @@ def assign_buckets(
     facilities: Sequence[str], fogs: Sequence[str], bucket_size: int, seed: bytes, *, equal: bool = False
 ) -> list[BucketPlan]:
     """Re-draw buckets for a round: shuffle facilities, cut into buckets, deal buckets to fogs. With
-    ``equal`` (``bucket_sizes``) the facilities left over are in no bucket: they sit this round out."""
+    ``equal`` (``bucket_sizes``) the facilities left over are in no bucket: they rest this round."""
     if not fogs:
         raise ValueError("no fog is registered, so no bucket can be formed")
     order = shuffled(sorted(set(facilities)), seed, "buckets")
@@ -208,8 +208,8 @@ def assign_buckets_at(
     """This round's training buckets when each facility can only be reached through one fog (``at``:
     facility → fog): buckets are re-drawn among each fog's facilities, never across fogs. A fog with
     fewer than ``smallest`` facilities this round forms no bucket; its facilities sit out the round
-    (returned second, sorted). With ``equal`` (``bucket_sizes``), each fog's remainder sits out too
-    (returned third, sorted)."""
+    (returned second, sorted). With ``equal`` (``bucket_sizes``), each fog's remainder rests (returned
+    third, sorted)."""
     plans: list[BucketPlan] = []
     sit_out: list[str] = []
     rest: list[str] = []

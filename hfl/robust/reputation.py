@@ -905,12 +905,12 @@ def simulate(
 
     Each round the active facilities are shuffled (seeded, non-secret) into ⌊active/bucket_size⌋ buckets
     as ``hfl.schedule.bucket_sizes`` cuts them (``equal``: as the authority does with a robust rule, the
-    remainder rests in the rounds after a flag, ``equal_buckets_now``; false: it is spread over the
-    buckets); a bucket holding an
-    offender that attacks this round (probability ``attack_prob``) gets ``flag``, and any other bucket gets
-    ``"screen"`` with probability ``honest_flag_prob`` (the outlier screen's false flags). ``test``
-    defaults to the one the authority builds for this size (``default_max_byzantine`` misbehaving
-    facilities); ``config`` goes to ``Reputation``.
+    remainder rests in the rounds after an unexplained flag, ``equal_buckets_now``; false: it is spread
+    over the buckets); a bucket holding an offender that attacks this round (probability
+    ``attack_prob``) gets ``flag``, and any other bucket gets ``"screen"`` with probability
+    ``honest_flag_prob`` (the outlier screen's false flags). ``test`` defaults to the one the authority
+    builds for this size (``default_max_byzantine`` misbehaving facilities); ``config`` goes to
+    ``Reputation``.
     """
     if n_facilities < 1 or bucket_size < 1 or rounds < 0 or not 0 <= n_byzantine <= n_facilities:
         raise ReputationError(

@@ -36,7 +36,7 @@ class ScheduleSettings:
     HFL_SECAGG, HFL_EPOCH_ROUNDS, HFL_EXPERIMENT_SEED; ``equal_buckets`` follows HFL_RULE and
     HFL_MAX_BYZANTINE: true for a rule that leaves out bad buckets in a federation that expects misbehaving
     facilities, whose defences see one best in buckets of one size, hfl.schedule.bucket_sizes; it is used
-    in the rounds after a flag, hfl.schedule.equal_buckets_now)."""
+    in the rounds after an unexplained flag, hfl.schedule.equal_buckets_now)."""
 
     bucket_size: int
     committee_size: int
@@ -86,7 +86,7 @@ class Federation:
 class RoundPlan:
     """The unsigned configuration, the facilities that sit out because too few are at their fog for a
     bucket (and those fogs), and those that rest this round so that every bucket has exactly the bucket
-    size (``ScheduleSettings.equal_buckets``; drawn again each round)."""
+    size (after an unexplained flag, hfl.schedule.equal_buckets_now; drawn anew each round)."""
 
     config: RoundConfig
     sit_out: tuple[str, ...]

@@ -206,7 +206,8 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
             epoch_rounds=s.epoch_rounds,
             experiment_seed=s.experiment_seed,
             # a robust rule and a federation that expects misbehaving facilities (HFL_MAX_BYZANTINE
-            # unset or above 0): buckets of one size, the remainder resting (hfl.schedule.bucket_sizes)
+            # unset or above 0): after an unexplained flag, buckets of one size and the remainder resting
+            # (hfl.schedule.equal_buckets_now)
             equal_buckets=get_rule(s.rule).tolerates_bad_buckets and s.max_byzantine != 0,
         )
 
