@@ -186,6 +186,9 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------- parser
+RUN_HELP = "demo run folder with endpoints.json (default: runs/latest, when no address is given)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hfl.demo import add_demo_arguments, cmd_demo
 
@@ -244,9 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(sub)  # `hfl model export`, `hfl predict`
 
     st = sub.add_parser("status", help="show a running federation")
-    st.add_argument(
-        "--run", help="demo run folder with endpoints.json (default runs/latest when no address is given)"
-    )
+    st.add_argument("--run", help=RUN_HELP)
     st.add_argument("--leader", help="leader address HOST:PORT")
     st.add_argument("--authority", help="authority address HOST:PORT")
     st.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
@@ -255,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser(
         "console", help="the federation console in a browser (needs HFL_CONSOLE_PASSWORD or _FILE)"
     )
-    co.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
+    co.add_argument("--run", help=RUN_HELP)
     co.add_argument("--leader", help="leader address HOST:PORT")
     co.add_argument("--authority", help="authority address HOST:PORT")
     co.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
@@ -268,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rl.add_argument("facility", help="the quarantined facility's node id")
     rl.add_argument("--reason", required=True, help="why it is released (kept in the authority's records)")
-    rl.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
+    rl.add_argument("--run", help=RUN_HELP)
     rl.add_argument("--authority", help="authority address HOST:PORT")
     rl.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
     rl.set_defaults(func=cmd_release)
@@ -278,13 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rv.add_argument("node", help="the node id (facility, fog, validator or leader)")
     rv.add_argument("--reason", required=True, help="why (kept with the revocation)")
-    rv.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
+    rv.add_argument("--run", help=RUN_HELP)
     rv.add_argument("--authority", help="authority address HOST:PORT")
     rv.add_argument("--cert-dir", help="operator certificate folder (the authority's /var/lib/hfl/operator)")
     rv.set_defaults(func=cmd_revoke)
 
     def where(p: argparse.ArgumentParser, *, leader: bool, authority: bool) -> None:
-        p.add_argument("--run", default="runs/latest", help="demo run folder with endpoints.json")
+        p.add_argument("--run", help=RUN_HELP)
         if leader:
             p.add_argument("--leader", help="leader address HOST:PORT")
         if authority:

@@ -101,6 +101,8 @@ class Connection:
         authority: str | None = None,
         cert_dir: str | None = None,
     ) -> Connection:
+        if run is None and not (leader or authority):
+            run = "runs/latest"  # no address given: the last demo's folder (its ledger can be checked too)
         leader, authority = _addresses(run, leader, authority)
         return cls(leader, authority, _operator_tls(run, cert_dir), Path(run) if run else None, cert_dir)
 

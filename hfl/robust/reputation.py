@@ -189,6 +189,12 @@ FLAG_MEMORY = 50
 """Rounds with flags whose flagged buckets are kept for ``Reputation.last_unexplained_flag`` (the bucket
 draw looks back 10 rounds, hfl.schedule.EQUAL_BUCKETS_ROUNDS; attempts of a refused round count apart)."""
 
+TRACED_FLAGS = ("norm", "screen")
+"""The flags ``last_unexplained_flag`` follows: the norm bound's and the outlier screen's (a refused
+update is a "norm" flag on its own group, ``with_refused``). Not "outlier": multi-Krum and centered
+clipping leave out f buckets in every round by design, honest ones included, so following those would
+make the remainder rest in every round."""
+
 
 def _greedy_cover(groups: Sequence[frozenset[str]], first: Collection[str] = ()) -> int:
     """Size of a set of facilities that meets every group: the facilities ``first`` that are in some
@@ -540,10 +546,11 @@ class Reputation:
 
     @property
     def last_unexplained_flag(self) -> int | None:
-        """The last observed round (as numbered to ``observe``) with a flagged bucket (or refused update)
-        none of whose members is quarantined: a flag whose cause is still in the federation. None when
-        there is none among the last FLAG_MEMORY rounds with flags. The authority's bucket draw follows
-        it (hfl.schedule.equal_buckets_now): once every flag is explained there is nothing left to trace."""
+        """The last observed round (as numbered to ``observe``) with a bucket flagged by the norm bound or
+        the outlier screen (or a refused update; TRACED_FLAGS) none of whose members is quarantined: a
+        flag whose cause is still in the federation. None when there is none among the last FLAG_MEMORY
+        rounds with flags. The authority's bucket draw follows it (hfl.schedule.equal_buckets_now): once
+        every flag is explained there is nothing left to trace."""
         q = self._quarantined.keys()
         return max((r for r, g in self._flag_groups if q.isdisjoint(g)), default=None)
 
@@ -640,8 +647,9 @@ class Reputation:
         self._evidence = new
         self._refusals = refusals
         self._last_round = rnd
-        if flagged:
-            self._flag_groups.extend((rnd, tuple(sorted(buckets[b]))) for b in sorted(flagged, key=str))
+        traced = sorted((b for b, kind in flagged.items() if kind in TRACED_FLAGS), key=str)
+        if traced:
+            self._flag_groups.extend((rnd, tuple(sorted(buckets[b]))) for b in traced)
             rounds = sorted({r for r, _ in self._flag_groups})
             if len(rounds) > FLAG_MEMORY:
                 self._flag_groups = [(r, g) for r, g in self._flag_groups if r >= rounds[-FLAG_MEMORY]]

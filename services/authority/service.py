@@ -249,15 +249,17 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
                 "s" if len(plan.sit_out) == 1 else "",
                 ", ".join(plan.sit_out_fogs),
             )
-        if plan.resting:
+        if plan.resting and federation.last_flagged_round is not None:
             log.info(
-                "round %d: %s rest%s this round: for %d rounds after a suspicious bucket whose cause is "
-                "not yet quarantined, every bucket has exactly %d members, so that a misbehaving facility "
-                "cannot hide in a larger one (who rests is drawn anew each round)",
+                "round %d: %s rest%s this round (not called; nothing is wrong with %s): a bucket was "
+                "flagged in round %d and none of its facilities is quarantined, so until round %d every "
+                "bucket has exactly %d facilities, and the few left over take turns resting",
                 round_,
                 ", ".join(plan.resting),
                 "s" if len(plan.resting) == 1 else "",
-                EQUAL_BUCKETS_ROUNDS,
+                "it" if len(plan.resting) == 1 else "them",
+                federation.last_flagged_round,
+                federation.last_flagged_round + EQUAL_BUCKETS_ROUNDS,
                 settings.bucket_size,
             )
         self._check_threat(len(plan.config.facilities) + len(plan.resting), len(plan.config.buckets))

@@ -5,6 +5,7 @@ takes part."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from hfl.bounds import attempt_slot
 from hfl.crypto.signing import SigningKey
 from hfl.domain import NodeInfo, RoundConfig
+from hfl.proto.v1 import authority_pb2
 from hfl.rpc.settings import Settings
 from hfl.schedule import EQUAL_BUCKETS_ROUNDS
 from services.authority.registry import Registry
@@ -44,6 +46,20 @@ def _flag(a: Authority, round_: int, config: RoundConfig) -> None:
     a.reputation.observe(attempt_slot(round_, 0), buckets, {config.buckets[0].bucket_id: "norm"})
 
 
+def test_the_flag_is_remembered_across_a_restart(tmp_path: Path) -> None:
+    a = _authority(tmp_path, 10)
+    config = a.make_config(1, 0, bytes(32))
+    committee = [authority_pb2.CommitteeVote(validator="validator-1", answered=True, accept=True)]
+    report = authority_pb2.RoundReport(flags={config.buckets[0].bucket_id: "norm"}, votes=committee)
+    request = authority_pb2.ReportRoundRequest(round=1, attempt=0, committed=True, report=report)
+    asyncio.run(a.ReportRound(request, None))  # type: ignore[arg-type]
+    again = Authority(a.settings, a.key, a.registry)  # as after a crash: state from the registry only
+    assert again.reputation.last_unexplained_flag == attempt_slot(1, 0)
+    config = again.make_config(2, 0, bytes(32))
+    assert [len(b.members) for b in config.buckets] == [3, 3, 3]  # still resting after the restart
+    a.registry.close()
+
+
 def test_after_a_flag_the_remainder_rests(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     a = _authority(tmp_path, 10)
     assert a.schedule_settings().equal_buckets
@@ -57,7 +73,11 @@ def test_after_a_flag_the_remainder_rests(tmp_path: Path, caplog: pytest.LogCapt
         placed = {m for b in config.buckets for m in b.members}
         assert [len(b.members) for b in config.buckets] == [3, 3, 3] and len(placed) == 9
         (resting,) = {f"facility-{i:02d}" for i in range(10)} - placed
-        assert f"round {rnd}: {resting} rests this round: for {EQUAL_BUCKETS_ROUNDS} rounds" in caplog.text
+        assert (
+            f"round {rnd}: {resting} rests this round (not called; nothing is wrong with it): a bucket was "
+            f"flagged in round 1 and none of its facilities is quarantined, so until round "
+            f"{1 + EQUAL_BUCKETS_ROUNDS} every bucket has exactly 3 facilities" in caplog.text
+        )
         a.reputation.observe(attempt_slot(rnd, 0), {b.bucket_id: list(b.members) for b in config.buckets}, {})
         rested.add(resting)
     assert len(rested) > 1  # drawn anew each round

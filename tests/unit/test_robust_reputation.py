@@ -475,17 +475,20 @@ def test_offenders_flagged_every_round_are_quarantined_when_expected(n: int, m: 
 @pytest.mark.parametrize(("n", "m"), [(12, 2), (24, 4), (48, 8)])
 def test_norm_flags_name_offenders_sooner_and_never_an_honest_one(n: int, m: int) -> None:
     """The default (sequential test and implied_offenders): the same offenders, never an honest facility,
-    most earlier than with the sequential test alone and none more than one round later (a flag explained
-    by a named offender moves no other member's score, another offender's included: 1 of 20 runs at 48);
-    at 12 facilities both by round 10 in every run (the sequential test alone: 19 of 20 at best)."""
+    none later than the sequential test alone and most earlier; at 12 facilities both by round 10 in
+    every run (the sequential test alone: 19 of 20 at best). Buckets are cut the same way in both runs
+    (``equal=False``): resting follows who is quarantined, so with it the two runs would draw different
+    buckets and stop being a paired comparison."""
     width = max(2, len(str(n - 1)))
     bad = {f"f{i:0{width}d}" for i in range(m)}
     sooner = 0
     for seed in range(20):
-        both = simulate(n_facilities=n, n_byzantine=m, rounds=30, seed=seed)
-        alone = simulate(n_facilities=n, n_byzantine=m, rounds=30, seed=seed, name_offenders=False)
+        both = simulate(n_facilities=n, n_byzantine=m, rounds=30, seed=seed, equal=False)
+        alone = simulate(
+            n_facilities=n, n_byzantine=m, rounds=30, seed=seed, name_offenders=False, equal=False
+        )
         assert set(both) == bad
-        assert max(both.values()) <= max(alone.values()) + 1
+        assert max(both.values()) <= max(alone.values())
         sooner += max(both.values()) < max(alone.values())
         if n == 12:
             assert max(both.values()) + 1 <= 10
@@ -641,9 +644,9 @@ def test_round_trip_through_json_continues_identically() -> None:
     a.observe(2, {"a": ["x", "w"], "b": ["z", "y", "u"]}, {"a": "outlier"})
     a.observe(3, {"a": ["x", "w"], "b": ["z", "y", "u"]}, {})
     a.observe_votes(2, ["v1", "v2"], {"v1": True}, certified=True)
-    assert a.last_unexplained_flag == 2  # round 3 had no flag
+    assert a.last_unexplained_flag == 1  # round 2's flag is the rule's "outlier", round 3 had none
     b = Reputation.from_dict(json.loads(json.dumps(a.to_dict())))
-    assert b.to_dict() == a.to_dict() and b.last_unexplained_flag == 2
+    assert b.to_dict() == a.to_dict() and b.last_unexplained_flag == 1
     older = a.to_dict()
     older.pop("flag_groups")  # a state from before they were kept
     assert Reputation.from_dict(older).last_unexplained_flag is None
@@ -672,7 +675,12 @@ def test_a_flag_is_explained_once_a_member_of_its_bucket_is_quarantined() -> Non
     assert rep.last_unexplained_flag is None  # nothing left to trace
     rep.release("w")  # judged honest after all: round 2's flag has no cause in quarantine again
     assert rep.last_unexplained_flag == 2
-    for rnd in range(4, 4 + FLAG_MEMORY + 1):  # only the last FLAG_MEMORY rounds with flags are kept
+    # multi-Krum and centered clipping leave out f buckets every round, honest ones too: not traced
+    rep.observe(4, {"a": ["u", "v", "z"], "b": ["x", "y", "w"]}, {"a": "outlier"})
+    assert rep.last_unexplained_flag == 2
+    rep.observe(5, {"a": ["u", "v", "z"], "b": ["x", "y", "w"]}, {"a": "screen"})
+    assert rep.last_unexplained_flag == 5
+    for rnd in range(6, 6 + FLAG_MEMORY + 1):  # only the last FLAG_MEMORY rounds with flags are kept
         rep.observe(rnd, {"a": ["x", "y", "z"], "b": ["u", "v", "w"]}, {"a": "screen"})
     assert len({r for r, _ in rep.to_dict()["flag_groups"]}) == FLAG_MEMORY
     assert rep.last_unexplained_flag is None  # every kept flag is x's bucket

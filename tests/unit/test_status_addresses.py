@@ -37,3 +37,20 @@ def test_an_address_given_by_hand_is_not_mixed_with_the_last_demo(last_demo: Pat
 
 def test_a_run_folder_named_fills_in_what_was_not_given(last_demo: Path) -> None:
     assert _addresses(str(last_demo), None, "10.0.0.5:7000") == ("127.0.0.1:1111", "10.0.0.5:7000")
+
+
+def test_the_console_and_operator_commands_read_the_last_demo_only_without_addresses(last_demo: Path) -> None:
+    from hfl.cli import build_parser
+    from hfl.console.data import Connection
+
+    for argv in (
+        ["console"],
+        ["release", "f", "--reason", "x"],
+        ["revoke", "n", "--reason", "x"],
+        ["status"],
+    ):
+        assert build_parser().parse_args(argv).run is None  # resolved by what else is given
+    assert Connection.from_args().leader == "127.0.0.1:1111"
+    assert Connection.from_args().run == Path("runs/latest")  # its ledger can be checked
+    by_hand = Connection.from_args(authority="10.0.0.5:7000")
+    assert (by_hand.leader, by_hand.authority, by_hand.run) == (None, "10.0.0.5:7000", None)
