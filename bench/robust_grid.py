@@ -19,6 +19,9 @@ Results go to bench/results/robust_grid.json after every run, and a run already 
     .venv/bin/python bench/robust_grid.py                       # everything (about an hour on 2 cores)
     .venv/bin/python bench/robust_grid.py --sizes 12 --tasks synthetic --seeds 0 1
     .venv/bin/python bench/robust_grid.py --sizes 12 --bucket-size 4 --out bench/results/robust_grid_b4.json
+    .venv/bin/python bench/robust_grid.py --out bench/results/robust_grid_equal.json   # today's defaults
+    .venv/bin/python bench/robust_grid.py --tasks synthetic --sizes 12 --seeds $(seq 0 19) \
+        --no-resting --out bench/results/robust_grid_no_resting_12x20.json
 """
 
 from __future__ import annotations
@@ -116,7 +119,16 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--bucket-size", type=int, default=BUCKET, help="facilities per bucket (default 3)")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument(
+        "--no-resting",
+        action="store_true",
+        help="buckets always take the remainder (as before stop 34), for comparison; write to another --out",
+    )
     args = ap.parse_args()
+    if args.no_resting:
+        import hard_task
+
+        hard_task.equal_buckets_now = lambda allowed, round_, last: False
     out = Path(args.out)
     doc: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     runs: dict[str, Any] = doc.get("runs", {})
@@ -134,8 +146,15 @@ def main() -> int:
         runs[key(*job)] = one(*job, bucket=args.bucket_size)
         doc = {
             "what": __doc__.split("\n\n")[0] if __doc__ else "",
-            "setup": {"rounds": ROUNDS, "bucket_size": args.bucket_size, "sizes": SIZES, "tasks": TASKS,
-                      "by": BY_ROUND},
+            "setup": {
+                "rounds": ROUNDS,
+                "bucket_size": args.bucket_size,
+                "sizes": {n: SIZES[n] for n in args.sizes},
+                "tasks": {t: TASKS[t] for t in args.tasks},
+                "seeds": args.seeds,
+                "resting": not args.no_resting,
+                "by": BY_ROUND,
+            },
             "verdict": {
                 f"{t}/{n}": verdict(runs, t, n, args.seeds) for t in args.tasks for n in args.sizes
             },
