@@ -113,6 +113,9 @@ class Setup:
     facilities: int = FACILITIES
     byzantine: int = BYZANTINE
     bucket: int = BUCKET
+    # when the remainder rests: "after_a_flag" (the authority's rule, hfl.schedule.equal_buckets_now),
+    # "never" (buckets grow to take it, as before stop 34) or "always" (for comparison only)
+    resting: str = "after_a_flag"
 
 
 def make_facilities(
@@ -214,7 +217,11 @@ def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS, setup: Setup = 
             # as the authority draws them: after an unexplained flag, buckets of one size, the rest resting
             last = rep.last_unexplained_flag
             flagged = None if last is None else slot_round(last)
-            equal = equal_buckets_now(robust, rnd, flagged)
+            equal = {
+                "after_a_flag": equal_buckets_now(robust, rnd, flagged),
+                "never": False,
+                "always": robust,
+            }[setup.resting]
             plans = assign_buckets([x.node_id for x in active], list(FOGS), setup.bucket, draw, equal=equal)
             clip = bound_for(prev_extra, DEFAULT_CLIP_UPDATE) if defences else DEFAULT_CLIP_UPDATE
             sums, counts, bids, refused = [], [], [], []

@@ -57,8 +57,12 @@ def key(task: str, n: int, attack: str, mode: str, seed: int) -> str:
     return f"{task}/{n}/{attack}/{mode}/{seed}"
 
 
-def one(task: str, n: int, attack: str, mode: str, seed: int, bucket: int = BUCKET) -> dict[str, Any]:
-    setup = Setup(source=task, model=TASKS[task], facilities=n, byzantine=SIZES[n], bucket=bucket)
+def one(
+    task: str, n: int, attack: str, mode: str, seed: int, bucket: int = BUCKET, resting: str = "after_a_flag"
+) -> dict[str, Any]:
+    setup = Setup(
+        source=task, model=TASKS[task], facilities=n, byzantine=SIZES[n], bucket=bucket, resting=resting
+    )
     t0 = time.monotonic()
     r = run(attack, mode, seed, rounds=ROUNDS, setup=setup)
     return {
@@ -125,10 +129,7 @@ def main() -> int:
         help="buckets always take the remainder (as before stop 34), for comparison; write to another --out",
     )
     args = ap.parse_args()
-    if args.no_resting:
-        import hard_task
-
-        hard_task.equal_buckets_now = lambda allowed, round_, last: False
+    resting = "never" if args.no_resting else "after_a_flag"
     out = Path(args.out)
     doc: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     runs: dict[str, Any] = doc.get("runs", {})
@@ -143,7 +144,7 @@ def main() -> int:
     todo = [j for j in jobs if key(*j) not in runs]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already recorded; {len(todo)} to go", flush=True)
     for i, job in enumerate(todo, 1):
-        runs[key(*job)] = one(*job, bucket=args.bucket_size)
+        runs[key(*job)] = one(*job, bucket=args.bucket_size, resting=resting)
         doc = {
             "what": __doc__.split("\n\n")[0] if __doc__ else "",
             "setup": {
@@ -155,9 +156,7 @@ def main() -> int:
                 "resting": not args.no_resting,
                 "by": BY_ROUND,
             },
-            "verdict": {
-                f"{t}/{n}": verdict(runs, t, n, args.seeds) for t in args.tasks for n in args.sizes
-            },
+            "verdict": {f"{t}/{n}": verdict(runs, t, n, args.seeds) for t in args.tasks for n in args.sizes},
             "runs": runs,
         }
         out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")

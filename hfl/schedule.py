@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from hfl.hashing import sha256
 from hfl.secagg.protocol import MIN_BUCKET_SIZE
+
+T = TypeVar("T")
 
 MIN_SECURE_BUCKET = MIN_BUCKET_SIZE  # the smallest bucket secure aggregation allows (defined in hfl.secagg)
 
@@ -94,6 +97,17 @@ def bucket_sizes(n: int, bucket_size: int, *, equal: bool = False) -> list[int]:
     return [base + 1 if i < extra else base for i in range(nb)]
 
 
+def cut_buckets(order: Sequence[T], bucket_size: int, *, equal: bool = False) -> list[list[T]]:
+    """``order`` (already shuffled) cut into consecutive buckets of ``bucket_sizes``; with ``equal`` the
+    items left over are in none."""
+    out: list[list[T]] = []
+    start = 0
+    for size in bucket_sizes(len(order), bucket_size, equal=equal):
+        out.append(list(order[start : start + size]))
+        start += size
+    return out
+
+
 def assign_buckets(
     facilities: Sequence[str], fogs: Sequence[str], bucket_size: int, seed: bytes, *, equal: bool = False
 ) -> list[BucketPlan]:
@@ -104,10 +118,8 @@ def assign_buckets(
     order = shuffled(sorted(set(facilities)), seed, "buckets")
     fog_order = shuffled(sorted(set(fogs)), seed, "fogs")
     plans: list[BucketPlan] = []
-    start = 0
-    for i, size in enumerate(bucket_sizes(len(order), bucket_size, equal=equal)):
-        members = tuple(sorted(order[start : start + size]))
-        start += size
+    for i, part in enumerate(cut_buckets(order, bucket_size, equal=equal)):
+        members = tuple(sorted(part))
         plans.append(BucketPlan(bucket_id=f"b{i}", fog_id=fog_order[i % len(fog_order)], members=members))
     return plans
 

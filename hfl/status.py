@@ -18,14 +18,20 @@ from hfl.rpc.tls import AUTHORITY, LEADER, NodeTls, load_client, operator_for_ru
 _PLURAL = {"facility": "facilities"}
 
 
+def _run_folder(run: str | None, leader: str | None, authority: str | None) -> str | None:
+    """The demo run folder to read: the one named, else runs/latest when no address is given by hand.
+    Addresses given by hand name the federation to ask: the last demo's folder may belong to another
+    one, whose stale address would be reported as "not reachable"."""
+    if run is not None:
+        return run
+    return None if (leader or authority) else "runs/latest"
+
+
 def _addresses(run: str | None, leader: str | None, authority: str | None) -> tuple[str | None, str | None]:
-    if leader and authority:
+    folder = _run_folder(run, leader, authority)
+    if (leader and authority) or folder is None:
         return leader, authority
-    if run is None and (leader or authority):
-        # Addresses given by hand name the federation to ask: the last demo's folder (runs/latest) may
-        # belong to another one, whose stale address would be reported as "not reachable".
-        return leader, authority
-    path = Path(run or "runs/latest") / "endpoints.json"
+    path = Path(folder) / "endpoints.json"
     if path.exists():
         rows = json.loads(path.read_text())
         by_role = {r["role"]: r["address"] for r in rows}

@@ -18,7 +18,7 @@ from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_p
 from hfl.proto.v1 import common_pb2 as pb
 from hfl.rpc import serde
 from hfl.rpc.tls import AUTHORITY, LEADER, NodeTls, sync_channel
-from hfl.status import _addresses, _operator_tls
+from hfl.status import _addresses, _operator_tls, _run_folder
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,7 @@ class Connection:
         authority: str | None = None,
         cert_dir: str | None = None,
     ) -> Connection:
-        if run is None and not (leader or authority):
-            run = "runs/latest"  # no address given: the last demo's folder (its ledger can be checked too)
+        run = _run_folder(run, leader, authority)  # its ledger can be checked too
         leader, authority = _addresses(run, leader, authority)
         return cls(leader, authority, _operator_tls(run, cert_dir), Path(run) if run else None, cert_dir)
 

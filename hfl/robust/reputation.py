@@ -88,7 +88,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from hfl.schedule import bucket_sizes, equal_buckets_now
+from hfl.schedule import cut_buckets, equal_buckets_now
 
 FLAG_KINDS = ("norm", "screen", "outlier")
 REFUSED_PREFIX = "refused:"
@@ -194,6 +194,27 @@ TRACED_FLAGS = ("norm", "screen")
 update is a "norm" flag on its own group, ``with_refused``). Not "outlier": multi-Krum and centered
 clipping leave out f buckets in every round by design, honest ones included, so following those would
 make the remainder rest in every round."""
+
+
+Group = tuple[int, tuple[str, ...]]  # (observed round, members) of a flagged bucket
+
+
+def _last_rounds(groups: list[Group], window: int) -> list[Group]:
+    """``groups`` of the last ``window`` distinct rounds among them (in order)."""
+    rounds = sorted({r for r, _ in groups})
+    if len(rounds) <= window:
+        return groups
+    first = rounds[-window]
+    return [(r, g) for r, g in groups if r >= first]
+
+
+def last_unexplained(
+    groups: Sequence[tuple[int, Collection[str]]], quarantined: Collection[str]
+) -> int | None:
+    """The last round among ``groups`` (flagged buckets) with a bucket none of whose members is in
+    ``quarantined``: a flag whose cause is still in the federation (None if every flag is explained)."""
+    q = set(quarantined)
+    return max((r for r, g in groups if q.isdisjoint(g)), default=None)
 
 
 def _greedy_cover(groups: Sequence[frozenset[str]], first: Collection[str] = ()) -> int:
@@ -503,11 +524,11 @@ class Reputation:
         self._refusals: dict[str, float] = {}
         self._quarantined: dict[str, int] = {}
         self._named: set[str] = set()  # quarantined by implied_offenders
-        self._norm_groups: list[tuple[int, tuple[str, ...]]] = []  # (round, members) of norm flags
+        self._norm_groups: list[Group] = []  # (round, members) of norm flags
         self._weights: dict[str, float] = {}
         self._last_round: int | None = None
         # (round, members) of flagged buckets and refused updates, the last FLAG_MEMORY rounds with any
-        self._flag_groups: list[tuple[int, tuple[str, ...]]] = []
+        self._flag_groups: list[Group] = []
         self._last_vote_round: int | None = None
 
     # --- facilities ------------------------------------------------------------------------------
@@ -547,12 +568,10 @@ class Reputation:
     @property
     def last_unexplained_flag(self) -> int | None:
         """The last observed round (as numbered to ``observe``) with a bucket flagged by the norm bound or
-        the outlier screen (or a refused update; TRACED_FLAGS) none of whose members is quarantined: a
-        flag whose cause is still in the federation. None when there is none among the last FLAG_MEMORY
-        rounds with flags. The authority's bucket draw follows it (hfl.schedule.equal_buckets_now): once
-        every flag is explained there is nothing left to trace."""
-        q = self._quarantined.keys()
-        return max((r for r, g in self._flag_groups if q.isdisjoint(g)), default=None)
+        the outlier screen (or a refused update; TRACED_FLAGS) none of whose members is quarantined, among
+        the last FLAG_MEMORY rounds with flags (``last_unexplained``). The authority's bucket draw
+        follows it (hfl.schedule.equal_buckets_now)."""
+        return last_unexplained(self._flag_groups, self._quarantined.keys())
 
     @property
     def named(self) -> frozenset[str]:
@@ -650,9 +669,7 @@ class Reputation:
         traced = sorted((b for b, kind in flagged.items() if kind in TRACED_FLAGS), key=str)
         if traced:
             self._flag_groups.extend((rnd, tuple(sorted(buckets[b]))) for b in traced)
-            rounds = sorted({r for r, _ in self._flag_groups})
-            if len(rounds) > FLAG_MEMORY:
-                self._flag_groups = [(r, g) for r, g in self._flag_groups if r >= rounds[-FLAG_MEMORY]]
+            self._flag_groups = _last_rounds(self._flag_groups, FLAG_MEMORY)
         newly = sorted(
             {m for m in seen if self.suspicion(m) >= self.upper}.union(self._named).difference(
                 self._quarantined
@@ -674,11 +691,7 @@ class Reputation:
         ]
         if not groups:
             return False
-        self._norm_groups.extend(sorted(groups))
-        rounds = sorted({r for r, _ in self._norm_groups})
-        if len(rounds) > IMPLIED_WINDOW:
-            first = rounds[-IMPLIED_WINDOW]
-            self._norm_groups = [(r, g) for r, g in self._norm_groups if r >= first]
+        self._norm_groups = _last_rounds([*self._norm_groups, *sorted(groups)], IMPLIED_WINDOW)
         return True
 
     def quarantine(self, facility: str) -> None:
@@ -942,12 +955,8 @@ def simulate(
             break
         order = [active[i] for i in rng.permutation(len(active))]
         attacking = {x for x in sorted(bad) if rng.random() < attack_prob}
-        buckets: dict[int, list[str]] = {}
-        start = 0
         now = equal_buckets_now(equal, rnd, rep.last_unexplained_flag)
-        for b, size in enumerate(bucket_sizes(len(order), bucket_size, equal=now)):
-            buckets[b] = [str(x) for x in order[start : start + size]]
-            start += size
+        buckets = dict(enumerate(cut_buckets([str(x) for x in order], bucket_size, equal=now)))
         false_flags = rng.random(len(buckets)) < honest_flag_prob
         flagged = {
             b: flag if attacking.intersection(members) else "screen"

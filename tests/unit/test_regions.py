@@ -25,6 +25,7 @@ from hfl.schedule import (
     FogStatus,
     assign_buckets_at,
     assign_eval_buckets_at,
+    cut_buckets,
     equal_buckets_now,
     home_fogs,
     round_seed,
@@ -170,6 +171,14 @@ def test_buckets_are_of_one_size_only_in_the_rounds_after_a_flag(
     allowed: bool, round_: int, last_flagged: int | None, equal: bool
 ) -> None:
     assert equal_buckets_now(allowed, round_, last_flagged) is equal
+
+
+def test_cut_buckets_keeps_the_order_and_leaves_the_remainder_out_only_when_equal() -> None:
+    order = list(range(11))
+    assert cut_buckets(order, 3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    assert cut_buckets(order, 3, equal=True) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]  # 9 and 10 rest
+    assert cut_buckets(order[:5], 3, equal=True) == [[0, 1, 2, 3, 4]]  # one bucket: nobody rests
+    assert cut_buckets([], 3) == []
 
 
 def test_evaluation_buckets_are_drawn_within_each_fog() -> None:
