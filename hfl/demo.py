@@ -844,7 +844,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"Defences: {sizing.sentence()}.")
     if len(byzantine) > sizing.withstands and args.defences and get_rule(args.rule).tolerates_bad_buckets:
         print(
-            f"Note: {len(byzantine)} facilities will misbehave, more than the {sizing.withstands} these "
+            f"Note: {len(byzantine)} {'facility' if len(byzantine) == 1 else 'facilities'} will misbehave, "
+            f"more than the {sizing.withstands} these "
             "buckets withstand in every round; the norm bound, the outlier screen and quarantine still "
             "act, but a round where they land in different buckets can be pulled off course."
         )

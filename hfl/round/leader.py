@@ -366,7 +366,7 @@ class LeaderRound:
             qc = select_quorum(proposal.header, votes)
         except LedgerError as e:
             reasons = sorted({v.reason for v in votes if not v.accept})
-            self._event["detail"] = f"not committed: {e}" + (f" ({'; '.join(reasons)})" if reasons else "")
+            self._event["detail"] = f"{e}" + (f" ({'; '.join(reasons)})" if reasons else "")
             return self._to_report(None, proposal.flags, votes)
         self._block = Block(proposal.header, qc)
         self._stage = RoundStage.COMMIT

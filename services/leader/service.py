@@ -378,7 +378,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.clock.lap("committee")
         decision = machine.close_votes()
         if isinstance(decision, Report):
-            log.warning("round %d: %s", config.round, machine.detail)
+            log.warning("round %d: not committed: %s", config.round, machine.detail)
             COMMITS.labels(outcome="rejected").inc()
         return decision
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hfl.demo import quarantine_lines
+from hfl.demo import quarantine_lines, round_line
+from hfl.domain import RoundEvent
 
 
 def test_a_facility_is_announced_once_in_the_round_it_is_quarantined() -> None:
@@ -16,3 +17,13 @@ def test_a_facility_is_announced_once_in_the_round_it_is_quarantined() -> None:
         "  facility-11 quarantined: left out of every later round",
     ]
     assert quarantine_lines(("facility-12",), ()) == []  # released: nothing to announce here
+
+
+def test_a_refused_attempt_says_not_committed_once_and_why() -> None:
+    why = "block 5: only 0 valid accepting votes; 3 of 4 needed (accuracy on validation data drops)"
+    line = round_line(RoundEvent(round=5, committed=False, rejects=4, detail=why), 4, 20)
+    assert line.lower().count("not committed") == 1
+    assert line.endswith(f"NOT committed ({why})")
+    assert "votes 0 yes/4 no" in line
+    ok = round_line(RoundEvent(round=5, committed=True, accuracy=0.8, accepts=4, detail="committed"), 5, 20)
+    assert ok.endswith("committed") and "NOT" not in ok and "accuracy 0.800" in ok

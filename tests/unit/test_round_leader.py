@@ -313,7 +313,7 @@ def test_a_refused_proposal_is_retried_with_a_new_attempt() -> None:
     out = _drive(_round(config), _fogs(updates), _validators(4, faulty))
     event = out.finish.event
     assert not event.committed and out.finish.retry and out.commit is None
-    assert event.detail.startswith("not committed: block 1: only 2 valid accepting votes; 3 of 4 needed")
+    assert event.detail.startswith("block 1: only 2 valid accepting votes; 3 of 4 needed")
     assert "faulty validator: rejects everything" in event.detail
     assert (event.accepts, event.rejects) == (2, 2)
     assert out.report.block is None and out.report.report.votes[0] == ("validator-1", False)
