@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,8 +195,19 @@ def accuracy(model: Model, w: np.ndarray, sets: list[Dataset]) -> float:
     return sum((evaluate(model, w, d) for d in sets), EvalResult(0, 0, 0.0)).accuracy
 
 
-def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS, setup: Setup = Setup()) -> dict[str, Any]:
-    """One federation; ``mode`` is DEFENDED (the defaults) or PLAIN (--rule mean --no-defences)."""
+def run(
+    attack: str,
+    mode: str,
+    seed: int,
+    rounds: int = ROUNDS,
+    setup: Setup = Setup(),
+    watch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """One federation; ``mode`` is DEFENDED (the defaults) or PLAIN (--rule mean --no-defences).
+
+    ``watch``, if given, sees every aggregation (committed or not) as a dict: round, sums, counts,
+    bucket_ids, attacker_buckets, flagged (row indices), model, w (the model before the round),
+    validators; for benchmarks that measure a signal without changing the round."""
     defences = mode in (DEFENDED, WHAT_IF)
     rule = DEFAULT_RULE if defences else "mean"
     robust = get_rule(rule).tolerates_bad_buckets
@@ -254,6 +266,23 @@ def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS, setup: Setup = 
             )
             res = aggregate_recorded(rule, S, C, params)
             new_w = w + res.update
+            bad_buckets = sorted(
+                p.bucket_id for p in plans if any(by_id[m].attack != "none" for m in p.members)
+            )
+            if watch is not None:
+                watch(
+                    {
+                        "round": rnd,
+                        "sums": S,
+                        "counts": C,
+                        "bucket_ids": bids,
+                        "attacker_buckets": bad_buckets,
+                        "flagged": res.flagged,
+                        "model": model,
+                        "w": w,
+                        "validators": validators,
+                    }
+                )
             flags = {bids[i]: k for i, k in res.flag_kinds.items()}
             committed = True
             if defences:  # validators: no more than MARGIN lost on their own data, 3 of 4 must accept
@@ -272,9 +301,6 @@ def run(attack: str, mode: str, seed: int, rounds: int = ROUNDS, setup: Setup = 
                     evidence.setdefault(lowest, "screen")
                 groups, gflags = with_refused(buckets, evidence, refused)
                 newly = rep.observe(attempt_slot(rnd, attempt), groups, gflags)
-            bad_buckets = sorted(
-                p.bucket_id for p in plans if any(by_id[m].attack != "none" for m in p.members)
-            )
             if committed:
                 if defences:
                     prev_extra = {
