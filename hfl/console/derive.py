@@ -155,7 +155,7 @@ def training_rows(rounds: Sequence[RoundEvent]) -> list[dict[str, Any]]:
                 "MB moved": round(e.bytes_sent / 1e6, 3),
                 "facilities": e.participants,
                 "dropouts": e.dropouts,
-                "outcome": e.detail,
+                "outcome": e.detail if e.committed else f"not committed: {e.detail}",
             }
         )
     return out

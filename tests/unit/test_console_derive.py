@@ -107,13 +107,13 @@ def test_the_map_holds_every_member_and_this_rounds_buckets() -> None:
 def test_tables_follow_the_round_events() -> None:
     clin = ClinicalMetrics(auc=0.9, sensitivity=0.7, specificity=0.8)
     rounds = (
-        _event(1, committed=False, detail="not committed"),
+        _event(1, committed=False, detail="block 1: only 2 valid accepting votes"),
         _event(1, clinical=clin, detail="committed", quarantined=("f5",)),
     )
     assert [r["outcome"] for r in bucket_rows(rounds[-1])] == ["used", "flagged"]
-    assert [(r["round"], r["committed"], r["AUC"]) for r in training_rows(rounds)] == [
-        (1, False, None),
-        (1, True, 0.9),
+    assert [(r["round"], r["committed"], r["AUC"], r["outcome"]) for r in training_rows(rounds)] == [
+        (1, False, None, "not committed: block 1: only 2 valid accepting votes"),
+        (1, True, 0.9, "committed"),
     ]
     votes = vote_rows(rounds)
     assert len(votes) == 8 and [v["vote"] for v in votes[:4]] == ["accept", "accept", "reject", "no answer"]
