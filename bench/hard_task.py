@@ -117,6 +117,9 @@ class Setup:
     # when the remainder rests: "after_a_flag" (the authority's rule, hfl.schedule.equal_buckets_now),
     # "never" (buckets grow to take it, as before stop 34) or "always" (for comparison only)
     resting: str = "after_a_flag"
+    # appended to the bucket draws' seed: "" is the recorded runs; another value gives the same data, model
+    # and training randomness with other buckets (to see how far that alone moves an honest run)
+    draws: str = ""
 
 
 def make_facilities(
@@ -225,7 +228,7 @@ def run(
         for attempt in range(MAX_ATTEMPTS):
             active = [x for x in facs if x.node_id not in rep.quarantined]
             by_id = {x.node_id: x for x in active}
-            draw = hashlib.sha256(f"hard_task/{seed}/{rnd}/{attempt}".encode()).digest()
+            draw = hashlib.sha256(f"hard_task/{seed}/{rnd}/{attempt}{setup.draws}".encode()).digest()
             # as the authority draws them: after an unexplained flag, buckets of one size, the rest resting
             last = rep.last_unexplained_flag
             flagged = None if last is None else slot_round(last)
