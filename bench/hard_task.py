@@ -209,8 +209,9 @@ def run(
     """One federation; ``mode`` is DEFENDED (the defaults) or PLAIN (--rule mean --no-defences).
 
     ``watch``, if given, sees every aggregation (committed or not) as a dict: round, sums, counts,
-    bucket_ids, attacker_buckets, flagged (row indices), model, w (the model before the round),
-    validators; for benchmarks that measure a signal without changing the round."""
+    bucket_ids (one per row of sums), members (bucket id -> facility ids), attacker_buckets, flagged (row
+    indices), model, w (the model before the round), validators; for benchmarks that measure a signal
+    without changing the round."""
     defences = mode in (DEFENDED, WHAT_IF)
     rule = DEFAULT_RULE if defences else "mean"
     robust = get_rule(rule).tolerates_bad_buckets
@@ -279,6 +280,7 @@ def run(
                         "sums": S,
                         "counts": C,
                         "bucket_ids": bids,
+                        "members": {p.bucket_id: list(p.members) for p in plans},
                         "attacker_buckets": bad_buckets,
                         "flagged": res.flagged,
                         "model": model,
