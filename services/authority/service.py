@@ -156,12 +156,15 @@ class Authority(CertificateService, authority_pb2_grpc.AuthorityServiceServicer)
         if node.role == "fog" and self.fog_status.registered(node.node_id):
             self.registry.put_json("fog_status", self.fog_status.to_dict())
             log.info("fog %s registered again; it takes facilities again", node.node_id)
+        notes = [node.specialty] if node.specialty else []
+        if not node.address:  # facilities only dial out
+            notes.append("dials out, listens on no port")
         log.info(
-            "registered %s %s at %s%s",
+            "registered %s %s%s%s",
             node.role,
             node.node_id,
-            node.address,
-            f" ({node.specialty})" if node.specialty else "",
+            f" at {node.address}" if node.address else "",
+            f" ({'; '.join(notes)})" if notes else "",
         )
         return authority_pb2.RegisterResponse(
             authority_public_key=self.key.public_bytes, specialty=node.specialty

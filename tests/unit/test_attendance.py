@@ -215,3 +215,16 @@ def test_no_round_once_every_schedulable_facility_has_used_up_its_budget(
     monkeypatch.setattr(Authority, "quarantined", property(lambda _self: frozenset({"facility-3"})))
     with pytest.raises(BudgetSpent, match=r"\(3 used up, 1 quarantined\)"):
         authority.make_config(1, 0, bytes(32))
+
+
+def test_registration_log_names_an_address_only_when_there_is_one(
+    authority: Authority, caplog: pytest.LogCaptureFixture
+) -> None:
+    facility = NodeInfo("facility-9", "facility", "", SigningKey.generate().public_bytes, specialty="clinic")
+    fog = NodeInfo("fog-2", "fog", "127.0.0.1:92", SigningKey.generate().public_bytes)
+    with caplog.at_level("INFO"):
+        for node in (facility, fog):
+            request = authority_pb2.RegisterRequest(node=serde.node_to_proto(node))
+            asyncio.run(authority.Register(request, None))  # type: ignore[arg-type]
+    assert "registered facility facility-9 (clinic; dials out, listens on no port)" in caplog.messages
+    assert "registered fog fog-2 at 127.0.0.1:92" in caplog.messages
