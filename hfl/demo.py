@@ -955,7 +955,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if committed and committed[-1].specialties:
             print(specialty_lines(committed[-1].specialties))
         print(
-            f"Committed {len(committed)} rounds in {summary['wall_time_s']}s. "
+            f"Committed {len(committed)} round{'s' if len(committed) != 1 else ''} in "
+            f"{summary['wall_time_s']}s, start-up included. "
             f"Summary: {out / 'summary.json'}; check the ledger with: hfl ledger verify {out}"
         )
         if args.keep_running:
