@@ -354,7 +354,7 @@ def hosting_text(n: int, per_process: int) -> str:
     procs = math.ceil(n / per_process)
     return (
         f"{per_process} per process ({procs} process{'es' if procs > 1 else ''}; each facility keeps its own "
-        "key, data, state folder and port; --process-per-facility for one process each)"
+        "key, data, state folder and connection to its fog; --process-per-facility for one process each)"
     )
 
 

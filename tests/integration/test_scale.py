@@ -1,5 +1,5 @@
 """Several facilities in one OS process (`hfl serve facilities`): rounds commit, and every hosted facility
-is still its own node (own key, state folder, port, registration). Plus a smoke test of
+is still its own node (own key, state folder, fog connection, registration). Plus a smoke test of
 `hfl bench federation --json`. Budget: about 40-60 s on 2 shared cores."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hfl.demo import quarantine_lines, round_line
+from hfl.demo import hosting_text, quarantine_lines, round_line
 from hfl.domain import RoundEvent
 
 
@@ -27,3 +27,10 @@ def test_a_refused_attempt_says_not_committed_once_and_why() -> None:
     assert "votes 0 yes/4 no" in line
     ok = round_line(RoundEvent(round=5, committed=True, accuracy=0.8, accepts=4, detail="committed"), 5, 20)
     assert ok.endswith("committed") and "NOT" not in ok and "accuracy 0.800" in ok
+
+
+def test_shared_processes_claim_no_port_for_a_facility() -> None:
+    assert hosting_text(8, 1) == "one process per facility (8 processes)"
+    shared = hosting_text(200, 25)
+    assert shared.startswith("25 per process (8 processes; ")
+    assert "port" not in shared  # facilities only dial out
