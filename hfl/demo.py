@@ -348,6 +348,23 @@ def facilities_per_process(n: int, process_per_facility: bool, pack: int) -> int
     return 1 if process_per_facility or n <= SHARE_ABOVE else max(1, pack)
 
 
+def counted(n: int, word: str) -> str:
+    """'1 fog', '2 fogs' (for words whose plural adds an s)."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def header_line(args: argparse.Namespace, n_fac: int) -> str:
+    """The demo's first line: what it is about to run."""
+    seats = (
+        "all on every committee" if args.committee == args.validators else f"committees of {args.committee}"
+    )
+    return (
+        f"hfl demo: {n_fac} {'facility' if n_fac == 1 else 'facilities'}, {counted(args.fogs, 'fog')}, "
+        f"{counted(args.validators, 'validator')} ({seats}), {counted(args.rounds, 'round')}, "
+        f"dataset {args.dataset}, model {args.model}, secure aggregation {'on' if args.secagg else 'off'}"
+    )
+
+
 def hosting_text(n: int, per_process: int) -> str:
     if per_process == 1:
         return f"one process per facility ({n} processes)"
@@ -828,14 +845,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     out = make_out_dir(args)
     fed = Federation(out, common)
-    seats = (
-        "all on every committee" if args.committee == args.validators else f"committees of {args.committee}"
-    )
-    print(
-        f"hfl demo: {n_fac} facilities, {args.fogs} fogs, {args.validators} validators ({seats}), "
-        f"{args.rounds} rounds, dataset {args.dataset}, model {args.model}, "
-        f"secure aggregation {'on' if args.secagg else 'off'}"
-    )
+    print(header_line(args, n_fac))
     if not args.defences:
         print(
             "WARNING: defences are OFF (--no-defences): no norm bound, no outlier screen, no quarantine and "

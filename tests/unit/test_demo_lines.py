@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hfl.demo import hosting_text, quarantine_lines, round_line
+import argparse
+
+from hfl.demo import header_line, hosting_text, quarantine_lines, round_line
 from hfl.domain import RoundEvent
 
 
@@ -34,3 +36,15 @@ def test_shared_processes_claim_no_port_for_a_facility() -> None:
     shared = hosting_text(200, 25)
     assert shared.startswith("25 per process (8 processes; ")
     assert "port" not in shared  # facilities only dial out
+
+
+def test_the_first_line_counts_in_the_singular_when_there_is_one() -> None:
+    args = argparse.Namespace(
+        fogs=1, validators=4, committee=4, rounds=1, dataset="synthetic", model="logreg", secagg=True
+    )
+    assert header_line(args, 8) == (
+        "hfl demo: 8 facilities, 1 fog, 4 validators (all on every committee), 1 round, "
+        "dataset synthetic, model logreg, secure aggregation on"
+    )
+    args.fogs, args.validators, args.rounds = 2, 7, 10
+    assert "2 fogs, 7 validators (committees of 4), 10 rounds," in header_line(args, 8)
