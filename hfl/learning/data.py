@@ -674,7 +674,10 @@ def read_labelled_csv(path: str, label: str | None) -> Table:
     NA, N/A, NaN (see MISSING_MARKERS) is a missing value (NaN). Every feature column may be missing.
     """
     if not label:
-        raise DataError("a csv data set needs the name of its label column (the outcome to predict)")
+        raise DataError(
+            "a csv data set needs the name of its label column, the outcome to predict "
+            "(hfl demo: --label; a service: HFL_LABEL)"
+        )
     p = Path(path)
     if not p.is_file():
         raise DataError(f"csv file not found: {path}")

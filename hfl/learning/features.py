@@ -53,7 +53,10 @@ def n_features_for(source: str, label: str | None = None) -> int:
     if not path:
         raise DataError("a csv source must name a file or folder, e.g. csv:/data/site1.csv")
     if not label:
-        raise DataError("a csv data set needs the name of its label column (the outcome to predict)")
+        raise DataError(
+            "a csv data set needs the name of its label column, the outcome to predict "
+            "(hfl demo: --label; a service: HFL_LABEL)"
+        )
     if os.path.isdir(path):
         path = csv_dir_files(path)[0]
     header = _csv_header(path)

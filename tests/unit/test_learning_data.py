@@ -347,7 +347,7 @@ def test_csv_label_mapping(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "label", "match"),
     [
-        ("x,y\n1,0\n2,1\n", None, "label column"),
+        ("x,y\n1,0\n2,1\n", None, "HFL_LABEL"),
         ("x,y\n1,0\n2,1\n", "outcome", "no label column"),
         ("x,y\n1,0\nabc,1\n", "y", "not a number"),
         ("x,y\n1,0\ninf,1\n", "y", "not a number"),

@@ -50,7 +50,7 @@ def test_header_with_byte_order_mark_and_spaces(tmp_path: Path) -> None:
     ("header", "label", "message"),
     [
         (["a", "b"], "outcome", "no label column"),
-        (["a", "b", "outcome"], None, "label column"),
+        (["a", "b", "outcome"], None, "--label"),
         (["outcome"], "outcome", "no feature columns"),
         (["a", "a", "outcome"], "outcome", "repeated"),
         (["a", "a_missing", "outcome"], "outcome", "used twice"),
