@@ -688,8 +688,9 @@ def final_clinical_lines(c: ClinicalMetrics) -> str:
     )
 
 
-def specialty_lines(results: Sequence[SpecialtyResult]) -> str:
-    """The final model's results per specialty, and in plain words why any specialty has none."""
+def specialty_lines(results: Sequence[SpecialtyResult], hint: str = "") -> str:
+    """The final model's results per specialty, and in plain words why any specialty has none; ``hint``
+    (such as "try --facilities 12 to see all four") ends the sentence about the specialties too small."""
     lines = ["Results per specialty (from the summed results of its facilities, never one site's):"]
     too_small = []
     for r in results:
@@ -708,8 +709,8 @@ def specialty_lines(results: Sequence[SpecialtyResult]) -> str:
     if too_small:
         lines.append(
             f"  Not shown: {', '.join(too_small)} — a specialty needs at least {MIN_SECURE_BUCKET} "
-            "facilities in the federation, so that no single site's numbers can be worked out "
-            "(try --facilities 12 to see all four)."
+            "of its facilities in the round, so that no single site's numbers can be worked out"
+            + (f" ({hint})." if hint else ".")
         )
     return "\n".join(lines)
 
@@ -963,7 +964,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if clinical is not None:
             print(final_clinical_lines(clinical))
         if committed and committed[-1].specialties:
-            print(specialty_lines(committed[-1].specialties))
+            more = n_fac < MIN_SECURE_BUCKET * len(SPECIALTIES) and not args.dataset.startswith("csv:")
+            hint = "try --facilities 12 to see all four" if more else ""
+            print(specialty_lines(committed[-1].specialties, hint))
         print(
             f"Committed {len(committed)} round{'s' if len(committed) != 1 else ''} in "
             f"{summary['wall_time_s']}s, start-up included. "

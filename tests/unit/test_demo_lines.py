@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from hfl.demo import header_line, hosting_text, quarantine_lines, round_line
-from hfl.domain import RoundEvent
+from hfl.demo import header_line, hosting_text, quarantine_lines, round_line, specialty_lines
+from hfl.domain import RoundEvent, SpecialtyResult
 
 
 def test_a_facility_is_announced_once_in_the_round_it_is_quarantined() -> None:
@@ -48,3 +48,14 @@ def test_the_first_line_counts_in_the_singular_when_there_is_one() -> None:
     )
     args.fogs, args.validators, args.rounds = 2, 7, 10
     assert "2 fogs, 7 validators (committees of 4), 10 rounds," in header_line(args, 8)
+
+
+def test_specialties_too_small_this_round_get_the_hint_only_when_given() -> None:
+    results = [
+        SpecialtyResult("clinic", 2, not_reported="only 2 clinic facilities took part"),
+        SpecialtyResult("hospital", 3, accuracy=0.8),
+    ]
+    with_hint = specialty_lines(results, "try --facilities 12 to see all four").splitlines()
+    assert with_hint[-1].startswith("  Not shown: clinic (2) — a specialty needs at least 3 of its")
+    assert with_hint[-1].endswith("worked out (try --facilities 12 to see all four).")
+    assert specialty_lines(results).splitlines()[-1].endswith("worked out.")  # 12 already, or csv: data
