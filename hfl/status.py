@@ -145,8 +145,9 @@ def release_facility(
         return 1
     print(f"{facility} is no longer quarantined; it will be scheduled again once it is back.")
     print(
-        "Its old certificate stays revoked. To bring it back, make it a new one-time token on the authority "
-        f"(hfl enrol-token facility {facility}) and restart it with HFL_ENROL_TOKEN set to that token."
+        "Its old certificate stays revoked. To bring it back, make it a new one-time token "
+        f"(hfl token {facility}, with the same operator certificate) and restart it with HFL_ENROL_TOKEN "
+        "set to that token."
     )
     if resp.quarantined:
         print(f"Still quarantined: {', '.join(resp.quarantined)}")
