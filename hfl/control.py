@@ -75,9 +75,11 @@ def apply(
     committed_round: int,
     round_: int = 0,
     seconds: float = 0.0,
+    planned: int = 0,
 ) -> TrainingControl:
     """The control after ``action`` (a reason is always required). ``round_``: for stop_after, the last
-    round to train (0 clears it); ``seconds``: for round_interval (negative clears it)."""
+    round to train (0 clears it), no later than the ``planned`` last round (0: no end planned);
+    ``seconds``: for round_interval (negative clears it)."""
     why = reason_of(reason)
     if action == "pause":
         if state.paused:
@@ -95,6 +97,11 @@ def apply(
         if round_ < committed_round:
             raise InvalidInput(
                 f"round {committed_round} is already committed; choose round {committed_round} or later"
+            )
+        if planned and round_ > planned:
+            raise InvalidInput(
+                f"training is planned to end after round {planned} (HFL_ROUNDS); stop-after can only end "
+                f"it earlier, so choose round {planned} or earlier"
             )
         return replace(state, stop_after=round_)
     if action == "round_interval":

@@ -513,6 +513,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             committed_round=head.header.round,
             round_=int(request.round),
             seconds=float(request.seconds),
+            planned=self.settings.rounds,
         )
         self.oplog.set_control(after)
         target = {"stop_after": str(request.round), "round_interval": f"{request.seconds:g} s"}.get(

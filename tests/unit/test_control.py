@@ -43,6 +43,7 @@ def test_pause_resume_stop_and_interval() -> None:
         (TrainingControl(), "resume", {}, "not paused"),
         (TrainingControl(), "stop_after", {"round_": 2}, "round 3 is already committed"),
         (TrainingControl(), "stop_after", {"round_": 2**60}, "a round number from 1"),
+        (TrainingControl(), "stop_after", {"round_": 40, "planned": 6}, "planned to end after round 6"),
         (TrainingControl(), "round_interval", {"seconds": math.inf}, "0 to 604800 seconds"),
         (TrainingControl(), "round_interval", {"seconds": math.nan}, "0 to 604800 seconds"),
         (TrainingControl(), "explode", {}, "unknown control"),
