@@ -120,5 +120,11 @@ def show_actions(run: str | None, leader: str | None, authority: str | None, cer
     if not actions:
         print("No operator action has been recorded.")
     for a in actions:
-        print(f"{a.at}  {a.by}: {a.action} {a.target} ({a.reason}) -> {a.result}")
+        print(action_line(a))
     return 0
+
+
+def action_line(a: OperatorAction) -> str:
+    """One recorded action on one line; pause and resume have no target."""
+    what = f"{a.action} {a.target}" if a.target else a.action
+    return f"{a.at}  {a.by}: {what} ({a.reason}) -> {a.result}"

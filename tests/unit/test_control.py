@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hfl.control import TrainingControl, apply
+from hfl.control import OperatorAction, TrainingControl, apply
 from hfl.errors import InvalidInput
 from hfl.oplog import OperatorLog
 from hfl.robust.reputation import Reputation, ReputationError
@@ -78,3 +78,13 @@ def test_quarantine_by_hand_and_release() -> None:
         rep.quarantine("facility-03")
     rep.release("facility-03")
     assert rep.quarantined == frozenset() and Reputation.from_dict(rep.to_dict()).quarantined == frozenset()
+
+
+def test_an_action_without_a_target_is_listed_without_a_gap() -> None:
+    from hfl.operator_cli import action_line
+
+    at = "2026-12-05T19:47:26+00:00"
+    paused = OperatorAction(at, "operator", "pause", "", "checking a site's data", "done")
+    assert action_line(paused) == f"{at}  operator: pause (checking a site's data) -> done"
+    stop = OperatorAction(at, "operator", "stop_after", "40", "end of the study", "done")
+    assert action_line(stop) == f"{at}  operator: stop_after 40 (end of the study) -> done"
