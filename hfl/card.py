@@ -133,6 +133,15 @@ def _specialty_lines(rows: Any) -> list[str]:
     return lines
 
 
+def _parameters(params: Mapping[str, Any]) -> str:
+    """The rule's parameters as " (clip_update=1.383, f=1)": numbers to 4 significant digits (the
+    .card.json keeps them whole)."""
+    if not params:
+        return ""
+    shown = (f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
+    return f" ({', '.join(shown)})"
+
+
 def _yes_no(value: Any) -> str:
     return {True: "yes", False: "no"}.get(value, str(value)) if isinstance(value, bool) else str(value)
 
@@ -174,12 +183,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     lines += [
         "",
         "## Defences",
-        f"- Aggregation rule: `{d['aggregation_rule']}`"
-        + (
-            f" ({', '.join(f'{k}={v}' for k, v in sorted(d['rule_parameters'].items()))})"
-            if d["rule_parameters"]
-            else ""
-        ),
+        f"- Aggregation rule: `{d['aggregation_rule']}`" + _parameters(d["rule_parameters"]),
         f"- Secure aggregation (sites' updates masked): {_yes_no(d['secure_aggregation'])}",
         f"- Rounds in which a group of sites was flagged: {d['rounds_with_flagged_groups']}",
         f"- Quarantined sites: {', '.join(d['quarantined']) or 'none'}",

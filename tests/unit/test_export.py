@@ -233,3 +233,10 @@ def test_inconsistent_models_are_refused() -> None:
 
 def _fields(m: ExportedModel) -> dict[str, object]:
     return {k: getattr(m, k) for k in m.__dataclass_fields__}
+
+
+def test_the_card_shows_rule_parameters_to_four_digits() -> None:
+    from hfl.card import _parameters
+
+    assert _parameters({"f": 1, "clip_update": 1.3830267169740746}) == " (clip_update=1.383, f=1)"
+    assert _parameters({}) == ""
