@@ -176,7 +176,7 @@ def check_fogs(
 
 
 def check_data(settings: FacilitySettings) -> Finding:
-    from hfl.learning.data import load_facility_data
+    from hfl.learning.data import MISSING_SUFFIX, load_facility_data
 
     what = "patient data"
     try:
@@ -190,8 +190,9 @@ def check_data(settings: FacilitySettings) -> Finding:
         )
     except (ConfigError, HflError, ValueError, OSError) as e:
         return _fail(what, f"{settings.dataset} cannot be used: {e}")
+    columns = [n for n in data.train.feature_names if not n.endswith(MISSING_SUFFIX)]  # not the indicators
     detail = (
-        f"{data.train.n} training and {data.test.n} test records, {data.train.d} features "
+        f"{data.train.n} training and {data.test.n} test records, {len(columns)} feature columns "
         f"({settings.dataset})"
     )
     if not settings.dataset.startswith("csv:"):
