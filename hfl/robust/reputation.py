@@ -456,8 +456,8 @@ def federation_test(
 def quarantine_sentence(test: QuarantineTest) -> str:
     """What the test promises, in one sentence for an operator's log."""
     who = (
-        f"{test.facilities} facilities in buckets of {test.bucket_size}, at most {test.max_byzantine} "
-        "misbehaving"
+        f"{test.facilities} facilities in buckets of at least {test.bucket_size}, "
+        f"at most {test.max_byzantine} misbehaving"
     )
     rate = (
         f"the chance that any honest facility is quarantined within {test.horizon} rounds is at most "

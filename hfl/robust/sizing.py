@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from hfl.robust.reputation import default_max_byzantine
 from hfl.robust.rules import DEFAULT_RULE, get_rule
-from hfl.schedule import MIN_SECURE_BUCKET
+from hfl.schedule import MIN_SECURE_BUCKET, bucket_sizes
 
 DEFAULT_BUCKET_SIZE = MIN_SECURE_BUCKET
 """Buckets of 3: the most buckets secure aggregation allows, so the most bad buckets tolerated, and (with
@@ -86,10 +86,20 @@ class Sizing:
     def buckets(self) -> int:
         return self.drawn or max(1, self.facilities // self.bucket_size)
 
+    def sizes(self) -> str:
+        """The bucket sizes in words: "4", "3 or 4" (one fog's draw: sizes differ by at most one) or, for
+        buckets drawn over several fogs, "at least 3" when they need not all be the bucket size."""
+        if self.drawn:
+            exact = self.facilities == self.drawn * self.bucket_size
+            return str(self.bucket_size) if exact else f"at least {self.bucket_size}"
+        sizes = bucket_sizes(self.facilities, self.bucket_size) or [self.bucket_size]
+        low, high = min(sizes), max(sizes)
+        return str(low) if low == high else f"{low} or {high}"
+
     def sentence(self) -> str:
         where = (
             f"{self.facilities} facilities in {self.buckets} bucket{'s' if self.buckets != 1 else ''} of "
-            f"about {self.bucket_size}, combined with {get_rule(self.rule).phrase},"
+            f"{self.sizes()}, combined with {get_rule(self.rule).phrase},"
         )
         if self.withstands == 0:
             need = buckets_needed(self.rule, 1)

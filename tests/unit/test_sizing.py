@@ -10,7 +10,7 @@ import pytest
 
 from hfl.robust.reputation import default_max_byzantine, federation_test
 from hfl.robust.rules import RULES, check_rule, get_rule
-from hfl.robust.sizing import SizingError, buckets_needed, size_federation, withstands
+from hfl.robust.sizing import Sizing, SizingError, buckets_needed, size_federation, withstands
 from hfl.schedule import bucket_sizes
 
 
@@ -127,9 +127,25 @@ def test_without_secure_aggregation_smaller_buckets_may_be_suggested() -> None:
 
 def test_sentences_are_plain() -> None:
     assert size_federation(12).sentence() == (
-        "12 facilities in 4 buckets of about 3, combined with the trimmed mean, withstand up to 1 "
+        "12 facilities in 4 buckets of 3, combined with the trimmed mean, withstand up to 1 "
         "misbehaving facility in every round, wherever the draw puts them"
     )
+
+
+@pytest.mark.parametrize(
+    ("n", "drawn", "sizes"),
+    [
+        (8, 0, "2 buckets of 4"),
+        (10, 0, "3 buckets of 3 or 4"),
+        (13, 0, "4 buckets of 3 or 4"),
+        (9, 3, "3 buckets of 3"),
+        (10, 3, "3 buckets of at least 3"),
+    ],
+)
+def test_sentences_say_the_sizes_the_buckets_really_have(n: int, drawn: int, sizes: str) -> None:
+    """8 facilities in buckets of 3 make 2 buckets of 4 (hfl.schedule.bucket_sizes), not "about 3"."""
+    sizing = Sizing(n, 3, "trimmed_mean", 0, drawn)
+    assert sizing.sentence().startswith(f"{n} facilities in {sizes}, combined with")
 
 
 TOO_FEW_FOR_QUARANTINE = "too few to single out"
