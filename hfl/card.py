@@ -142,6 +142,32 @@ def _parameters(params: Mapping[str, Any]) -> str:
     return f" ({', '.join(shown)})"
 
 
+def _parameter_words(rule: str, params: Mapping[str, Any]) -> list[str]:
+    """What the rule's parameters mean, for readers who are not engineers (sub-bullets)."""
+    out = []
+    f = params.get("f")
+    if isinstance(f, int) and not isinstance(f, bool):
+        if f == 0:
+            plain = ", so the model was a plain average of the groups" if rule == "trimmed_mean" else ""
+            out.append(
+                "  - f = 0: in the last round the rule could set no group of sites aside as possibly "
+                f"bad{plain}"
+            )
+        else:
+            groups = "group" if f == 1 else "groups"
+            out.append(
+                f"  - f = {f}: in the last round the rule could set aside up to {f} {groups} of sites as "
+                "possibly bad"
+            )
+    clip = params.get("clip_update")
+    if isinstance(clip, int | float) and not isinstance(clip, bool):
+        out.append(
+            "  - clip_update: the longest update one site could send in the last round; a group whose "
+            "updates added up to more than that per site was left out"
+        )
+    return out
+
+
 def _yes_no(value: Any) -> str:
     return {True: "yes", False: "no"}.get(value, str(value)) if isinstance(value, bool) else str(value)
 
@@ -184,6 +210,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         "",
         "## Defences",
         f"- Aggregation rule: `{d['aggregation_rule']}`" + _parameters(d["rule_parameters"]),
+        *_parameter_words(d["aggregation_rule"], d["rule_parameters"] or {}),
         f"- Secure aggregation (sites' updates masked): {_yes_no(d['secure_aggregation'])}",
         f"- Rounds in which a group of sites was flagged: {d['rounds_with_flagged_groups']}",
         f"- Quarantined sites: {', '.join(d['quarantined']) or 'none'}",

@@ -240,3 +240,21 @@ def test_the_card_shows_rule_parameters_to_four_digits() -> None:
 
     assert _parameters({"f": 1, "clip_update": 1.3830267169740746}) == " (clip_update=1.383, f=1)"
     assert _parameters({}) == ""
+
+
+def test_the_card_says_what_the_rule_parameters_mean() -> None:
+    from hfl.card import _parameter_words
+
+    assert _parameter_words("trimmed_mean", {"f": 0}) == [
+        "  - f = 0: in the last round the rule could set no group of sites aside as possibly bad, so the "
+        "model was a plain average of the groups"
+    ]
+    assert _parameter_words("median", {"f": 0})[0].endswith("aside as possibly bad")
+    one = _parameter_words("trimmed_mean", {"f": 1, "clip_update": 0.95})
+    assert (
+        one[0]
+        == "  - f = 1: in the last round the rule could set aside up to 1 group of sites as possibly bad"
+    )
+    assert one[1].startswith("  - clip_update: the longest update one site could send")
+    assert _parameter_words("trimmed_mean", {"f": 2})[0].endswith("up to 2 groups of sites as possibly bad")
+    assert _parameter_words("mean", {}) == []
