@@ -76,7 +76,8 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
             print(f"LEDGER INVALID: {e}", file=sys.stderr)
             return 1
     print(
-        f"Ledger OK: {n} blocks; hashes, signatures, quorum certificates"
+        f"Ledger OK: {n} blocks (the first block and {n - 1} committed round{'' if n == 2 else 's'}); "
+        "hashes, signatures, quorum certificates"
         f"{'' if args.no_recompute else ' and every aggregate'} check out."
     )
     return 0

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -61,7 +61,14 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         help="logreg | mlp (default: mlp for synthetic_hard, which a linear model cannot learn; else logreg)",
     )
     p.add_argument("--hidden", type=int, default=16, help="hidden units of the mlp")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for the simulated patients, the starting model and the bucket and committee draws: the "
+        "same command with the same seed gives the same results, except the privacy noise with --dp-epsilon "
+        "(default 0)",
+    )
     p.add_argument("--out", help="run folder (default runs/<timestamp>, runs/latest points at it)")
     p.add_argument(
         "--keep-running", action="store_true", help="keep serving after the last round until Ctrl-C"
@@ -365,6 +372,14 @@ def header_line(args: argparse.Namespace, n_fac: int) -> str:
     )
 
 
+def simulated_line(facilities: Mapping[str, str], validators: Mapping[str, str]) -> str:
+    """Who misbehaves on purpose in this run (--byzantine, --validator-fault), so that a reader can tell
+    the simulated attackers from the federation's own findings ("" when nobody does)."""
+    who = [f"{node} ({mode})" for node, mode in sorted(facilities.items())]
+    who += [f"{node} ({mode})" for node, mode in sorted(validators.items())]
+    return f"Simulated misbehaviour (set by you): {', '.join(who)}" if who else ""
+
+
 def hosting_text(n: int, per_process: int) -> str:
     if per_process == 1:
         return f"one process per facility ({n} processes)"
@@ -659,8 +674,19 @@ def round_line(e: RoundEvent, committed: int, total: int) -> str:
         f"votes {e.accepts} yes/{e.rejects} no  {e.duration_s:5.1f}s  {e.bytes_sent / 1e6:6.2f} MB  "
         + ("" if math.isnan(e.epsilon) else f"ε {e.epsilon:.2f}  ")
         + status
-        + ("" if e.committed else f" ({e.detail})")
+        + (f" ({e.detail})" if not e.committed else round_notes(e))
     )
+
+
+def round_notes(e: RoundEvent) -> str:
+    """What else happened in a committed round, in brackets: drop-outs and flagged buckets ("" if none)."""
+    notes = []
+    if e.dropouts:
+        notes.append(f"{e.dropouts} {'facility' if e.dropouts == 1 else 'facilities'} dropped out")
+    if e.flagged_buckets:
+        n = len(e.flagged_buckets)
+        notes.append(f"{n} bucket{'s' if n != 1 else ''} flagged")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def quarantine_lines(before: Sequence[str], now: Sequence[str]) -> list[str]:
@@ -853,6 +879,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "no validation-score check. Use this only to compare; never with real patients."
         )
     print(f"Defences: {sizing.sentence()}.")
+    line = simulated_line(byzantine, faulty_validators)
+    if line:
+        print(line)
     if len(byzantine) > sizing.withstands and args.defences and get_rule(args.rule).tolerates_bad_buckets:
         print(
             f"Note: {len(byzantine)} {'facility' if len(byzantine) == 1 else 'facilities'} will misbehave, "

@@ -129,9 +129,14 @@ def revoke_node(
         return 1
     print(
         f"Revoked {resp.certificates} certificate(s) of {resp.role} {node}. Every service refuses it within "
-        f"{resp.refresh_seconds:.0f} s; it is no longer scheduled and cannot renew or enrol again."
+        f"{resp.refresh_seconds:.0f} s; it is no longer scheduled and cannot renew its certificate or enrol "
+        "again under this name."
     )
-    print(f"To let it back later: hfl enrol-token {resp.role} {node} on the authority, after checking it.")
+    how = "hfl token NEW-NAME with the operator certificate, or " if resp.role == "facility" else ""
+    print(
+        "To bring the machine back after checking it, enrol it under a new name with a new one-time token "
+        f"({how}on the authority: hfl enrol-token {resp.role} NEW-NAME)."
+    )
     return 0
 
 

@@ -117,7 +117,9 @@ def test_revoking_a_fog_a_validator_and_a_facility(
     for node in stolen:
         argv = ["revoke", node, "--reason", "key copied to a laptop", "--authority", authority]
         assert main([*argv, "--cert-dir", cert_dir]) == 0
-        assert "Every service refuses it within 1 s" in capsys.readouterr().out
+        said = capsys.readouterr().out
+        assert "Every service refuses it within 1 s" in said
+        assert "enrol it under a new name" in said  # enrolment refuses a revoked name (enrol.py)
     deadline = time.monotonic() + 30  # one refresh interval (1 s) plus the upkeep loop's pace
     while not all(refused_everywhere(procs, tls) for tls in stolen.values()):
         assert time.monotonic() < deadline, "a revoked certificate is still accepted"

@@ -59,3 +59,21 @@ def test_specialties_too_small_this_round_get_the_hint_only_when_given() -> None
     assert with_hint[-1].startswith("  Not shown: clinic (2) — a specialty needs at least 3 of its")
     assert with_hint[-1].endswith("worked out (try --facilities 12 to see all four).")
     assert specialty_lines(results).splitlines()[-1].endswith("worked out.")  # 12 already, or csv: data
+
+
+def test_a_committed_round_says_who_dropped_out_and_what_was_flagged() -> None:
+    quiet = round_line(RoundEvent(round=2, committed=True, accuracy=0.8, accepts=4), 2, 10)
+    assert quiet.endswith("committed")
+    busy = RoundEvent(round=2, committed=True, accuracy=0.8, accepts=4, dropouts=3, flagged_buckets=("b1",))
+    assert round_line(busy, 2, 10).endswith("committed (3 facilities dropped out; 1 bucket flagged)")
+    one = RoundEvent(round=2, committed=True, dropouts=1, flagged_buckets=("b1", "b2"))
+    assert round_line(one, 2, 10).endswith("committed (1 facility dropped out; 2 buckets flagged)")
+
+
+def test_simulated_misbehaviour_is_named_at_start() -> None:
+    from hfl.demo import simulated_line
+
+    assert simulated_line({}, {}) == ""
+    assert simulated_line({"facility-08": "scale"}, {"validator-7": "reject_all"}) == (
+        "Simulated misbehaviour (set by you): facility-08 (scale), validator-7 (reject_all)"
+    )
