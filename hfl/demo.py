@@ -26,12 +26,19 @@ from hfl.robust.rules import get_rule
 from hfl.robust.sizing import size_federation
 from hfl.schedule import MIN_SECURE_BUCKET
 
+DEFAULT_FACILITIES = 8
+
 # Above this many facilities the demo hosts several facilities per OS process (services/facility/host.py).
 SHARE_ABOVE = 16
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--facilities", type=int, default=8, help="number of facilities (default 8)")
+    p.add_argument(
+        "--facilities",
+        type=int,
+        default=None,
+        help="number of facilities (default 8; with csv:DIR data, one per file, so leave it out)",
+    )
     p.add_argument("--fogs", type=int, default=2, help="number of fog nodes (default 2)")
     p.add_argument(
         "--validators",
@@ -551,6 +558,17 @@ def check_args(args: argparse.Namespace) -> None:
     building their settings (check_settings)."""
     if args.model is None:
         args.model = "mlp" if args.dataset == "synthetic_hard" else "logreg"
+    if args.dataset.startswith("csv:") and args.facilities is not None:
+        from hfl.learning.data import csv_dir_files
+
+        files = len(csv_dir_files(args.dataset[4:]))
+        if args.facilities != files:
+            raise ConfigError(
+                f"with csv data each file in the folder is one facility, so this run has {files}; leave out "
+                f"--facilities (it cannot be {args.facilities})"
+            )
+    if args.facilities is None:
+        args.facilities = DEFAULT_FACILITIES
     if args.facilities < 1 or args.fogs < 1 or args.rounds < 1:
         raise ConfigError("--facilities, --fogs and --rounds must be at least 1")
     # a small pool sits on every committee: then --validators is the committee size the authority checks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -188,8 +189,6 @@ def test_the_demo_refuses_before_starting_anything(
 def test_the_demo_checks_every_process_it_would_start(monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo builds each role's settings from the environment it is about to pass: a validator, a fog,
     a facility or the leader refusing stops it as surely as the authority does."""
-    import argparse
-
     from hfl import demo
 
     p = argparse.ArgumentParser()
@@ -430,3 +429,39 @@ def test_each_role_gets_its_own_class_with_only_what_it_reads() -> None:
     # another role's variable in the environment is ignored, not refused (compose shares one env block)
     fog = load_settings(role="fog", rule="no such rule", bucket_size=0)
     assert not hasattr(fog, "rule") and not hasattr(fog, "bucket_size")
+
+
+def test_the_demo_refuses_a_facility_count_that_csv_data_decides(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With csv:DIR each file is one facility; a different --facilities was silently ignored before."""
+    from hfl import demo
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the demo started a process before refusing its settings")
+
+    monkeypatch.setattr(demo.Federation, "start", no_process)
+    sites = tmp_path / "sites"
+    sites.mkdir()
+    for i in range(3):
+        (sites / f"site{i}.csv").write_text("age,outcome\n50,1\n60,0\n")
+    out = tmp_path / "run"
+    argv = ["demo", "--out", str(out), "--dataset", f"csv:{sites}", "--label", "outcome"]
+    assert main([*argv, "--facilities", "12"]) == 2
+    err = capsys.readouterr().err
+    assert "each file in the folder is one facility, so this run has 3; leave out --facilities" in err
+    assert err.count("\n") == 1 and not out.exists()
+    args = demo_args([*argv[1:], "--facilities", "3"])
+    demo.check_args(args)  # the same number as there are files is fine, and so is leaving it out
+    assert args.facilities == 3
+    args = demo_args(argv[1:])
+    demo.check_args(args)
+    assert args.facilities == demo.DEFAULT_FACILITIES
+
+
+def demo_args(argv: list[str]) -> argparse.Namespace:
+    from hfl.demo import add_demo_arguments
+
+    p = argparse.ArgumentParser()
+    add_demo_arguments(p)
+    return p.parse_args(argv)
