@@ -91,11 +91,18 @@ def dp_summary(leader_info: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def dp_banner(summary: dict[str, Any] | None) -> str:
+    """The demo's privacy line: what the budget means in plain words, then the technical settings."""
     if summary is None:
         return "Differential privacy: off"
+    q = float(summary["sampling_rate"])
     return (
-        f"Differential privacy: {summary['mechanism']} noise ×{summary['noise_multiplier']:.2f}, "
-        f"{summary['steps_per_round']} sampled steps per round (q={summary['sampling_rate']:g}), "
-        f"budget ε={summary['epsilon_budget']:g} at δ={summary['delta']:g} per facility "
-        f"({str(summary['accountant']).upper()} accounting)"
+        f"Differential privacy: on. Each facility may spend a privacy budget of ε = "
+        f"{summary['epsilon_budget']:g}, enough for {summary['rounds']} rounds, the planned ones and "
+        "a few spare for retried ones (smaller ε: more private; "
+        f"δ = {summary['delta']:g} is the small chance the promise does not hold). To stay within it, each "
+        f"training step uses a random {q:.0%} of a site's patients and adds {summary['mechanism']} noise "
+        f"{summary['noise_multiplier']:.2f} times the most one patient can change it.\n"
+        f"  (noise multiplier {summary['noise_multiplier']:.2f}, clip {summary['clip']:g}, sampling rate "
+        f"q = {q:g}, {summary['steps_per_round']} steps per round, "
+        f"{str(summary['accountant']).upper()} accounting with Google's dp-accounting)"
     )

@@ -77,3 +77,23 @@ def test_simulated_misbehaviour_is_named_at_start() -> None:
     assert simulated_line({"facility-08": "scale"}, {"validator-7": "reject_all"}) == (
         "Simulated misbehaviour (set by you): facility-08 (scale), validator-7 (reject_all)"
     )
+
+
+def test_the_privacy_line_explains_the_budget_before_the_settings() -> None:
+    from hfl.demo_dp import dp_banner
+
+    assert dp_banner(None) == "Differential privacy: off"
+    plan = {
+        "mechanism": "gaussian", "accountant": "rdp", "clip": 1.0, "noise_multiplier": 5.9412,
+        "sampling_rate": 0.25, "delta": 1e-5, "epsilon_budget": 1.0, "steps_per_round": 4, "rounds": 10,
+    }  # fmt: skip
+    plain, technical = dp_banner(plan).split("\n")
+    assert plain.startswith(
+        "Differential privacy: on. Each facility may spend a privacy budget of ε = 1, enough for 10 "
+        "rounds, the planned ones and a few spare for retried ones"
+    )
+    assert "a random 25% of a site's patients" in plain and "gaussian noise 5.94 times" in plain
+    assert technical == (
+        "  (noise multiplier 5.94, clip 1, sampling rate q = 0.25, 4 steps per round, RDP accounting with "
+        "Google's dp-accounting)"
+    )
