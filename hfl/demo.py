@@ -300,6 +300,7 @@ class Federation:
         deadline = time.monotonic() + timeout
         pending = list(procs)
         shown = -1
+        tty = sys.stdout.isatty()  # redraw one line on a terminal; whole lines in a log
         while pending:
             for p in list(pending):
                 if p.ready_file.exists():
@@ -315,14 +316,17 @@ class Federation:
                         + "\n  ".join(tail)
                     )
             done = len(procs) - len(pending)
-            if done != shown:
-                print(f"\r  {label}: {done}/{len(procs)} ready", end="", flush=True)
+            if done != shown and (tty or done in (0, len(procs))):  # a log file gets the first and last
+                start, end = ("\r", "") if tty else ("", "\n")
+                print(f"{start}  {label}: {done}/{len(procs)} ready", end=end)
+                sys.stdout.flush()
                 shown = done
             if time.monotonic() > deadline:
                 names = ", ".join(p.node_id for p in pending)
                 raise RuntimeError(f"these services did not become ready in {timeout:.0f}s: {names}")
             time.sleep(0.1)
-        print()
+        if tty:
+            print()
 
     def stop_all(self, grace: float = 10.0) -> None:
         procs = list({p.popen.pid: p for p in self.procs}.values())  # hosted facilities share a process
@@ -1025,7 +1029,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 time.sleep(1)
         return 0
     except KeyboardInterrupt:
-        print("\nStopping (Ctrl-C) ...")
+        print("\nStopping ...")
         return 130
     except RuntimeError as e:
         print(f"\nhfl demo failed: {e}\nLogs are in {out / 'logs'}", file=sys.stderr)

@@ -232,7 +232,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not f.is_file():
             raise ConfigError(f"the {what} {f} does not exist")
     if model_file.suffix == ".onnx":
-        raise ConfigError("hfl predict reads the .npz export; use the .onnx file with onnxruntime")
+        raise ConfigError(
+            "predict needs the .npz file that hfl model export writes; an .onnx file is for other tools, "
+            "such as onnxruntime"
+        )
     try:
         model = from_npz(model_file.read_bytes())
         text = table.read_text(encoding="utf-8")

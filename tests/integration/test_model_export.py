@@ -144,7 +144,7 @@ def test_predict_refuses_what_it_cannot_use(
     (tmp_path / "junk.npz").write_bytes(b"junk")
     cases = [
         (["--model", str(tmp_path / "none.npz"), "--csv", str(tmp_path / "p.csv")], "does not exist"),
-        (["--model", str(tmp_path / "m.onnx"), "--csv", str(tmp_path / "p.csv")], "reads the .npz export"),
+        (["--model", str(tmp_path / "m.onnx"), "--csv", str(tmp_path / "p.csv")], "needs the .npz file"),
         (["--model", str(tmp_path / "junk.npz"), "--csv", str(tmp_path / "p.csv")], "not a model file"),
     ]
     for argv, message in cases:
