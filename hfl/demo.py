@@ -701,10 +701,17 @@ def round_line(e: RoundEvent, committed: int, total: int) -> str:
 
 
 def round_notes(e: RoundEvent) -> str:
-    """What else happened in a committed round, in brackets: drop-outs and flagged buckets ("" if none)."""
+    """What else happened in a committed round, in brackets: drop-outs, buckets left out because too few of
+    their members stayed, flagged buckets ("" if none)."""
     notes = []
     if e.dropouts:
         notes.append(f"{e.dropouts} {'facility' if e.dropouts == 1 else 'facilities'} dropped out")
+    if e.abandoned_buckets:
+        n = e.abandoned_buckets
+        notes.append(
+            f"{n} bucket{'s' if n != 1 else ''} left out: too few of "
+            f"{'its' if n == 1 else 'their'} members stayed"
+        )
     if e.flagged_buckets:
         n = len(e.flagged_buckets)
         notes.append(f"{n} bucket{'s' if n != 1 else ''} flagged")

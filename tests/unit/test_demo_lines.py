@@ -68,6 +68,10 @@ def test_a_committed_round_says_who_dropped_out_and_what_was_flagged() -> None:
     assert round_line(busy, 2, 10).endswith("committed (3 facilities dropped out; 1 bucket flagged)")
     one = RoundEvent(round=2, committed=True, dropouts=1, flagged_buckets=("b1", "b2"))
     assert round_line(one, 2, 10).endswith("committed (1 facility dropped out; 2 buckets flagged)")
+    lost = RoundEvent(round=1, committed=True, dropouts=2, abandoned_buckets=1)
+    assert round_line(lost, 1, 10).endswith(
+        "committed (2 facilities dropped out; 1 bucket left out: too few of its members stayed)"
+    )
 
 
 def test_simulated_misbehaviour_is_named_at_start() -> None:
