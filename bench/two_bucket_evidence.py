@@ -60,6 +60,11 @@ def quantiles(xs: list[float]) -> dict[str, float] | None:
     return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": round(float(a[-1]), 3)}
 
 
+def totals(rows: list[dict[str, Any]], *keys: str) -> list[int]:
+    """Each key summed over the settings' rows."""
+    return [sum(int(x[k]) for x in rows) for k in keys]
+
+
 def one_setting(source: str, model: str, n: int, b: int, attack: str, ratio: bool) -> dict[str, Any]:
     ratios: list[tuple[float, bool]] = []  # (longer / shorter, the longer one holds the attacker)
     votes: list[tuple[int, bool]] = []  # (validators seeing a drop, the bucket holds the attacker)
@@ -130,31 +135,27 @@ def main() -> int:
                 key = f"{source}/{n} facilities/buckets of {b}/{attack}"
                 results[key] = one_setting(source, model, n, b, attack, ratio=(n, b) in TWO_BUCKETS)
                 print(key, json.dumps(results[key]), flush=True)
-    honest_ratio = [v["ratio"]["longer_is_honest"] for k, v in results.items() if "ratio" in v]
-    attacked = [v["ratio"]["longer_holds_the_attacker"] for k, v in results.items() if "ratio" in v]
-    votes = [v["validators"] for k, v in results.items()]
+    honest_ratio = [v["ratio"]["longer_is_honest"] for v in results.values() if "ratio" in v]
+    attacked = [v["ratio"]["longer_holds_the_attacker"] for v in results.values() if "ratio" in v]
+    votes = [v["validators"] for v in results.values()]
     doc = {
         "what": __doc__.split("\n\n")[0].replace("\n", " "),
         "load_average_at_start": load,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "wall_s": round(time.time() - started),
         "totals": {
-            "ratio: rounds where the longer bucket is honest, and of those over 2.5": [
-                sum(x["rounds"] for x in honest_ratio),
-                sum(x["over_2.5"] for x in honest_ratio),
-            ],
-            "ratio: rounds where the longer bucket holds the attacker, and of those over 2.5": [
-                sum(x["rounds"] for x in attacked),
-                sum(x["over_2.5"] for x in attacked),
-            ],
-            "validators: honest buckets, and of those flagged by a quorum": [
-                sum(x["honest_buckets"] for x in votes),
-                sum(x["honest_flagged_by_a_quorum"] for x in votes),
-            ],
-            "validators: attacker buckets, and of those flagged by a quorum": [
-                sum(x["attacker_buckets"] for x in votes),
-                sum(x["attacker_flagged_by_a_quorum"] for x in votes),
-            ],
+            "ratio: rounds where the longer bucket is honest, and of those over 2.5": totals(
+                honest_ratio, "rounds", "over_2.5"
+            ),
+            "ratio: rounds where the longer bucket holds the attacker, and of those over 2.5": totals(
+                attacked, "rounds", "over_2.5"
+            ),
+            "validators: honest buckets, and of those flagged by a quorum": totals(
+                votes, "honest_buckets", "honest_flagged_by_a_quorum"
+            ),
+            "validators: attacker buckets, and of those flagged by a quorum": totals(
+                votes, "attacker_buckets", "attacker_flagged_by_a_quorum"
+            ),
         },
         "settings": results,
     }
