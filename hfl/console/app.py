@@ -309,7 +309,7 @@ def _security(snap: Snapshot) -> None:
                     "for": t.role,
                     "used": t.used,
                     "uses left": t.max_uses - t.used,
-                    "expires": t.expires[:16] or "-",
+                    "expires": t.expires[:16] or "not set",
                 }
                 for t in report.shared_tokens
             ]

@@ -116,13 +116,18 @@ def facility_rows(snap: Snapshot) -> list[dict[str, Any]]:
     if snap.nodes is None:
         return []
     return [
-        {"name": n.node_id, "specialty": n.specialty or "-", "status": facility_status(snap, n.node_id)}
+        {
+            "name": n.node_id,
+            "specialty": n.specialty or "not given",
+            "status": facility_status(snap, n.node_id),
+        }
         for n in snap.nodes.by_role("facility")
     ]
 
 
 def bucket_rows(event: RoundEvent | None) -> list[dict[str, Any]]:
-    """The buckets of one round attempt: the fog serving each, its members and what became of it."""
+    """The buckets of one round attempt: the fog serving each, its members and what became of it. Cells
+    never hold a lone "-": st.table renders cells as Markdown, where "-" becomes a bullet."""
     if event is None:
         return []
     return [
@@ -130,7 +135,7 @@ def bucket_rows(event: RoundEvent | None) -> list[dict[str, Any]]:
             "bucket": b.bucket_id,
             "fog": b.fog_id,
             "members": ", ".join(b.members),
-            "dropped out": ", ".join(b.dropped) or "-",
+            "dropped out": ", ".join(b.dropped) or "none",
             "outcome": "flagged" if b.flagged else "abandoned" if b.abandoned else "used",
         }
         for b in event.buckets
@@ -225,15 +230,14 @@ def privacy_rows(snap: Snapshot) -> list[dict[str, Any]]:
     out = []
     for f, e in sorted(p.epsilon_spent.items()):
         left = p.budget - e if p.budget > 0 else None
+        estimate = max(0, math.floor(left / rate + 1e-9)) if left is not None and rate else "not known yet"
         out.append(
             {
                 "facility": f,
                 "ε spent": round(e, 4),
                 "budget": p.budget or None,
-                "used": f"{100 * e / p.budget:.0f} %" if p.budget > 0 else "-",
-                "rounds left (about)": "none"
-                if f in p.exhausted
-                else (max(0, math.floor(left / rate + 1e-9)) if left is not None and rate else "-"),
+                "used": f"{100 * e / p.budget:.0f} %" if p.budget > 0 else "no budget",
+                "rounds left (about)": "none" if f in p.exhausted else estimate,
             }
         )
     return out

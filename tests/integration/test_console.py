@@ -118,7 +118,7 @@ def test_views_match_the_federation(run_dir: Path, capsys: pytest.CaptureFixture
     assert "4 facilities, 2 fogs" in status
     facilities = at.table[[s.value for s in at.subheader].index("Facility (4)")].value
     assert sorted(facilities["name"]) == [f"facility-0{i}" for i in range(1, 5)]
-    assert set(facilities["specialty"]) != {"-"}
+    assert set(facilities["specialty"]) != {"not given"}
 
     # Training and ledger: the leader's own numbers, as `hfl status` prints them.
     at = _view(at, "Training")

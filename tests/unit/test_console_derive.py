@@ -110,7 +110,9 @@ def test_tables_follow_the_round_events() -> None:
         _event(1, committed=False, detail="block 1: only 2 valid accepting votes"),
         _event(1, clinical=clin, detail="committed", quarantined=("f5",)),
     )
-    assert [r["outcome"] for r in bucket_rows(rounds[-1])] == ["used", "flagged"]
+    buckets = bucket_rows(rounds[-1])
+    assert [r["outcome"] for r in buckets] == ["used", "flagged"]
+    assert [r["dropped out"] for r in buckets] == ["f3", "none"]  # never a lone "-" (a Markdown bullet)
     assert [(r["round"], r["committed"], r["AUC"], r["outcome"]) for r in training_rows(rounds)] == [
         (1, False, None, "not committed: block 1: only 2 valid accepting votes"),
         (1, True, 0.9, "committed"),
@@ -133,6 +135,8 @@ def test_rounds_left_come_from_the_worst_off_spend_rate() -> None:
     rows = {r["facility"]: r for r in privacy_rows(snap)}
     assert rows["f1"]["rounds left (about)"] == 6 and rows["f1"]["used"] == "40 %"
     assert rows["f2"]["rounds left (about)"] == "none"
+    early = {r["facility"]: r for r in privacy_rows(Snapshot(privacy=snap.privacy, rounds=rounds[:1]))}
+    assert early["f1"]["rounds left (about)"] == "not known yet"
     no_dp = Snapshot(privacy=PrivacySpend({}, ()), rounds=rounds)
     assert privacy_rows(no_dp) == []
 
