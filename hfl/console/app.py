@@ -275,12 +275,12 @@ def _security(snap: Snapshot) -> None:
         st.subheader("Suspicion per facility")
         st.caption(
             "Each time a facility's bucket is flagged its suspicion grows, and it falls in clean rounds. "
-            f"At {report.quarantine_threshold:g} the facility is quarantined: left out and its certificate "
+            f"At {report.quarantine_threshold:.3f} the facility is quarantined: left out and its certificate "
             "revoked, until an operator releases it."
         )
         chart = suspicion_chart(report)
         if chart:
-            st.line_chart(chart, x_label="round (newest on the right)", y_label="suspicion")
+            st.line_chart(chart, x="round", x_label="round", y_label="suspicion")
         st.dataframe(suspicion_rows(report), hide_index=True)
     if flagged:
         st.subheader("Flagged buckets")

@@ -296,12 +296,23 @@ def suspicion_rows(report: SecurityReport | None) -> list[dict[str, Any]]:
     ]
 
 
-def suspicion_chart(report: SecurityReport | None, top: int = 8) -> dict[str, list[float | None]]:
-    """Suspicion per round of the ``top`` facilities most suspected now (one line each), for a chart."""
+def suspicion_chart(report: SecurityReport | None, top: int = 8) -> dict[str, list[Any]]:
+    """Suspicion per round of the ``top`` facilities most suspected now (one line each) and the rounds
+    themselves (key "round", for the x axis), for a chart. A round a facility sat out (no value) between
+    two of its values keeps its last value, since suspicion only changes in rounds it takes part in; a
+    gap would otherwise hide a lone newest point, such as the round that crossed the threshold."""
     if report is None or not report.history:
         return {}
     worst = [f for f, s in sorted(report.suspicion.items(), key=lambda x: (-x[1], x[0]))[:top] if s > 0]
-    return {f: [h.get(f) for _, h in report.history] for f in worst}
+    chart: dict[str, list[Any]] = {"round": [rnd for rnd, _ in report.history]}
+    for f in worst:
+        values = [h.get(f) for _, h in report.history]
+        known = [i for i, v in enumerate(values) if v is not None]
+        for i in range(known[0] + 1, known[-1]) if known else ():
+            if values[i] is None:
+                values[i] = values[i - 1]
+        chart[f] = values
+    return chart
 
 
 def certificate_rows(report: SecurityReport | None, now: dt.datetime) -> list[dict[str, Any]]:

@@ -180,7 +180,15 @@ def test_security_tables_from_the_authoritys_report() -> None:
     assert [r["facility"] for r in rows] == ["f5", "f2", "f1"]
     assert rows[0]["quarantined in round"] == 4 and rows[0]["share of the threshold"] == "108 %"
     assert rows[2]["quarantined in round"] is None
-    assert suspicion_chart(_report()) == {"f5": [4.0, 6.5], "f2": [1.0, 3.0]}  # f1 never suspected
+    assert suspicion_chart(_report()) == {"round": [3, 4], "f5": [4.0, 6.5], "f2": [1.0, 3.0]}  # f1: never
+    sat_out = SecurityReport(
+        quarantine_threshold=6.0,
+        suspicion={"f5": 6.5},
+        quarantined={"f5": 5},
+        history=((3, {"f5": 4.0}), (4, {}), (5, {"f5": 6.5}), (6, {})),
+    )
+    # f5 sat round 4 out (its suspicion held), and has no value after its last round
+    assert suspicion_chart(sat_out) == {"round": [3, 4, 5, 6], "f5": [4.0, 4.0, 6.5, None]}
     now = dt.datetime(2026, 12, 3, 12, 0, tzinfo=dt.UTC)
     certs = certificate_rows(_report(), now)
     assert [(c["node"], c["hours left"]) for c in certs] == [("f5", 0.2), ("f1", 0.5), ("v1", 12.0)]
