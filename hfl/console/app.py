@@ -199,21 +199,26 @@ def _privacy(snap: Snapshot) -> None:
         st.info("The authority did not answer.")
         return
     p = snap.privacy
+    if p.budget <= 0:
+        st.warning(
+            "Differential privacy is off in this federation: no noise is added to the facilities' training, "
+            "so there is no privacy budget (ε) to track. Patient records still stay at each facility, but "
+            "the shared model updates carry no formal guarantee about what could be learned about single "
+            "patients."
+        )
+        return
     st.caption("ε (epsilon) measures how much a facility's patients could be learned about; lower is safer.")
-    if p.budget > 0:
-        _number("Budget per facility", f"ε = {p.budget:g}", "The most privacy any facility may spend in all.")
-        _number("δ", f"{p.delta:g}", "The small chance the ε guarantee does not hold.")
-        _number(
-            "Noise",
-            p.mechanism,
-            "The kind of random noise added to each facility's training so single patients cannot be seen.",
-        )
-        st.caption(
-            "Each facility also publishes its number of patients and share with the outcome once, with "
-            "noise added (a small part of its budget)."
-        )
-    else:
-        st.info("Differential privacy is off in this federation: no privacy budget is being spent.")
+    _number("Budget per facility", f"ε = {p.budget:g}", "The most privacy any facility may spend in all.")
+    _number("δ", f"{p.delta:g}", "The small chance the ε guarantee does not hold.")
+    _number(
+        "Noise",
+        p.mechanism,
+        "The kind of random noise added to each facility's training so single patients cannot be seen.",
+    )
+    st.caption(
+        "Each facility also publishes its number of patients and share with the outcome once, with "
+        "noise added (a small part of its budget)."
+    )
     st.table(privacy_rows(snap))
     if p.exhausted:
         st.warning("Budget used up, no longer training: " + ", ".join(p.exhausted))
