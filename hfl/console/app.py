@@ -32,6 +32,7 @@ from hfl.console.derive import (
     committee_rows,
     facility_rows,
     flagged_rows,
+    leader_state,
     map_dot,
     privacy_rows,
     specialty_rows,
@@ -137,7 +138,8 @@ def _training(snap: Snapshot) -> None:
             "How many rounds this federation was asked to run.",
         )
     with right:
-        _number("State", snap.leader.state, "What the leader is doing right now.")
+        state, detail = leader_state(snap.leader.state)
+        _number("State", state, f"What the leader is doing right now{': ' + detail if detail else ''}.")
     committed = snap.committed
     if not snap.rounds:
         st.info("No round has finished since the leader started.")
@@ -346,10 +348,12 @@ def _controls(snap: Snapshot) -> None:
     conn = _connection()
     if snap.leader is not None:
         c = snap.leader.control
+        _, detail = leader_state(snap.leader.state)
         _number(
             "Training",
-            f"paused ({c.pause_reason})" if c.paused else "running",
-            "Paused training finishes the current round, then waits until someone resumes it.",
+            "finished" if snap.leader.finished else f"paused ({c.pause_reason})" if c.paused else "running",
+            (f"Training has ended: {detail}. " if snap.leader.finished and detail else "")
+            + "Paused training finishes the current round, then waits until someone resumes it.",
         )
         with st.form("training"):
             st.subheader("Pause, resume, stop after a round, round interval")

@@ -111,6 +111,13 @@ def _facility_node(snap: Snapshot, node_id: str, specialty: str) -> str:
     )
 
 
+def leader_state(state: str) -> tuple[str, str]:
+    """The leader's state split into a few words for a metric and the rest for its caption, e.g.
+    "finished: all planned rounds are done" -> ("finished", "all planned rounds are done")."""
+    head, _, rest = state.partition(": ")
+    return head, rest
+
+
 def facility_rows(snap: Snapshot) -> list[dict[str, Any]]:
     """Every registered facility with its specialty and where it stands now."""
     if snap.nodes is None:

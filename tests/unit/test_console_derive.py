@@ -17,6 +17,7 @@ from hfl.console.derive import (
     expiring,
     facility_status,
     flagged_rows,
+    leader_state,
     map_dot,
     privacy_rows,
     suspicion_chart,
@@ -125,6 +126,13 @@ def test_tables_follow_the_round_events() -> None:
         {"round": 1, "bucket": "b1", "fog": "fog-2", "members": "f4, f5, f6"},
         {"round": 1, "bucket": "b1", "fog": "fog-2", "members": "f4, f5, f6"},
     ]
+
+
+def test_the_leader_state_fits_a_metric() -> None:
+    done = "all planned rounds are done"
+    assert leader_state(f"finished: {done}") == ("finished", done)
+    assert leader_state("paused by the operator: a: b") == ("paused by the operator", "a: b")
+    assert leader_state("running round 7") == ("running round 7", "")
 
 
 def test_rounds_left_come_from_the_worst_off_spend_rate() -> None:
