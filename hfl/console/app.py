@@ -35,6 +35,7 @@ from hfl.console.derive import (
     leader_state,
     map_dot,
     privacy_rows,
+    refused_rows,
     specialty_rows,
     suspicion_chart,
     suspicion_rows,
@@ -328,9 +329,12 @@ def _security(snap: Snapshot) -> None:
     )
     st.dataframe(certificate_rows(report, dt.datetime.now(dt.UTC)), hide_index=True)
     st.subheader("Refused calls")
-    st.caption("Calls the authority turned away, by kind and reason (for example a wrong role or bad input).")
+    st.caption(
+        "Calls the authority turned away, by kind and reason. A quarantined or revoked node keeps calling "
+        "until it enrols again, so its count goes on growing; that alone is no attack."
+    )
     if report.refused:
-        st.table([{"call: reason": k, "times": v} for k, v in sorted(report.refused.items())])
+        st.table(refused_rows(report.refused))
     else:
         st.write("None so far.")
 

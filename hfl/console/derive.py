@@ -322,6 +322,30 @@ def suspicion_chart(report: SecurityReport | None, top: int = 8) -> dict[str, li
     return chart
 
 
+# What a refused call's status means, for someone who does not know gRPC's status codes.
+REFUSAL_MEANINGS = {
+    "UNAUTHENTICATED": "no valid certificate (for example a revoked or quarantined node still calling)",
+    "PERMISSION_DENIED": "a role that may not make this call",
+    "INVALID_ARGUMENT": "bad input (for example a missing reason or name)",
+    "NOT_FOUND": "an unknown node",
+    "FAILED_PRECONDITION": "not possible now (for example already quarantined)",
+    "ALREADY_EXISTS": "already done or already there",
+    "RESOURCE_EXHAUSTED": "too many calls or too much data",
+}
+
+
+def refused_rows(refused: dict[str, int]) -> list[dict[str, Any]]:
+    """The authority's refused calls ("Method: STATUS" -> times) with the status in plain words."""
+    rows = []
+    for key, times in sorted(refused.items()):
+        call, _, code = key.partition(": ")
+        meaning = REFUSAL_MEANINGS.get(code, "")
+        rows.append(
+            {"call": call, "why": f"{meaning} ({code})" if meaning else code or "not given", "times": times}
+        )
+    return rows
+
+
 def certificate_rows(report: SecurityReport | None, now: dt.datetime) -> list[dict[str, Any]]:
     """Each node's newest certificate with the hours it has left, soonest first."""
     if report is None:

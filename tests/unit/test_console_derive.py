@@ -20,6 +20,7 @@ from hfl.console.derive import (
     leader_state,
     map_dot,
     privacy_rows,
+    refused_rows,
     suspicion_chart,
     suspicion_rows,
     training_rows,
@@ -202,6 +203,19 @@ def test_security_tables_from_the_authoritys_report() -> None:
     assert [(c["node"], c["hours left"]) for c in certs] == [("f5", 0.2), ("f1", 0.5), ("v1", 12.0)]
     assert expiring(_report(), now) == ["f1"]  # a revoked certificate needs no renewal
     assert suspicion_rows(None) == [] and certificate_rows(None, now) == [] and suspicion_chart(None) == {}
+
+
+def test_refused_calls_say_why_in_plain_words() -> None:
+    rows = refused_rows({"ListNodes: UNAUTHENTICATED": 6, "GetRevocations: UNAVAILABLE": 1})
+    assert rows == [
+        {"call": "GetRevocations", "why": "UNAVAILABLE", "times": 1},
+        {
+            "call": "ListNodes",
+            "why": "no valid certificate (for example a revoked or quarantined node still calling) "
+            "(UNAUTHENTICATED)",
+            "times": 6,
+        },
+    ]
 
 
 def test_the_authority_assembles_its_report_without_tls() -> None:
