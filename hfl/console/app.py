@@ -386,7 +386,10 @@ def _controls(snap: Snapshot) -> None:
         facilities = [n.node_id for n in snap.nodes.by_role("facility")]
         with st.form("release"):
             st.subheader("Release a quarantined facility")
-            st.caption("After you have checked it. It joins again with a new one-time enrolment token.")
+            st.caption(
+                "After you have checked it. It takes part again only once it enrols with a new one-time "
+                "token: make one below, under Enrolment token."
+            )
             who = st.selectbox("Facility", list(snap.nodes.quarantined) or ["(none is quarantined)"])
             reason = st.text_input("Reason", key="release_reason")
             if st.form_submit_button("Release"):
@@ -405,9 +408,9 @@ def _controls(snap: Snapshot) -> None:
             if st.form_submit_button("Apply"):
                 _done(*(quarantine if how == "Quarantine" else revoke)(conn, who or "", reason))
         with st.form("token"):
-            st.subheader("Enrolment token for a new facility")
+            st.subheader("Enrolment token for a new or released facility")
             st.caption("A one-time token the new site starts with (HFL_ENROL_TOKEN); it is shown only once.")
-            name = st.text_input("New facility's name (for example hospital-north)", key="token_name")
+            name = st.text_input("Facility's name (for example hospital-north)", key="token_name")
             hours = st.number_input("Valid for (hours)", min_value=1.0, max_value=8760.0, value=24.0)
             if st.form_submit_button("Make a token"):
                 ok, message, token = enrolment_token(conn, name, float(hours))

@@ -273,7 +273,10 @@ def _authority_action(conn: Connection, method: str, request: object, done: str)
 
 def release(conn: Connection, facility: str, reason: str) -> tuple[bool, str]:
     request = authority_pb2.ReleaseFacilityRequest(node_id=facility, reason=reason)
-    done = f"{facility} is released; it takes part again once it enrols with a new one-time token."
+    done = (
+        f"{facility} is released; it takes part again once it enrols with a new one-time token "
+        "(Enrolment token, below)."
+    )
     return _authority_action(conn, "ReleaseFacility", request, done)
 
 

@@ -23,6 +23,7 @@ SPECIALTY_COLOURS = {
 }
 STATUS_STYLE = {
     "quarantined": 'color="#D55E00", penwidth=3, style="filled,bold"',
+    "revoked: needs a new token": 'color="#D55E00", style="filled,dashed"',
     "absent": 'color="#999999", style="filled,dashed"',
     "out of privacy budget": 'color="#F0E442", penwidth=3, style="filled"',
     "dropped out": 'color="#000000", style="filled,dashed"',
@@ -34,10 +35,13 @@ def _num(x: float, digits: int = 4) -> float | None:
 
 
 def facility_status(snap: Snapshot, node_id: str) -> str:
-    """One word (or a few) for where a facility stands: quarantined, absent, out of budget, dropped out of
+    """One word (or a few) for where a facility stands: quarantined, revoked (released or revoked by hand,
+    it takes part again only after enrolling with a new token), absent, out of budget, dropped out of
     the latest round, training, or waiting (registered but not in the latest round)."""
     if snap.nodes and node_id in snap.nodes.quarantined:
         return "quarantined"
+    if snap.security and any(c.node_id == node_id and c.revoked for c in snap.security.certificates):
+        return "revoked: needs a new token"
     if snap.nodes and node_id in snap.nodes.inactive:
         return "absent"
     if snap.privacy and node_id in snap.privacy.exhausted:

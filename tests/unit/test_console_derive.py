@@ -91,6 +91,10 @@ def test_each_facility_has_one_plain_status() -> None:
         "f6": "absent",
         "f7": "waiting",
     }
+    # f1 was released (or revoked by hand): its certificate stays revoked until it enrols again
+    released = Snapshot(nodes=_nodes(), rounds=(_event(1),), security=_report())
+    assert facility_status(released, "f5") == "revoked: needs a new token"
+    assert facility_status(released, "f1") == "training"
 
 
 def test_the_map_holds_every_member_and_this_rounds_buckets() -> None:
