@@ -186,7 +186,11 @@ def _training(snap: Snapshot) -> None:
         )
         st.line_chart(chart, x="committed round", y_label="score")
         st.subheader("Results per specialty (last committed round)")
-        st.caption("From the summed results of at least three facilities of a specialty, never one site's.")
+        st.caption(
+            "From the summed results of at least three facilities of a specialty, never one site's. "
+            "Baseline: the accuracy of always giving that specialty's more common answer; the model "
+            "should beat it."
+        )
         st.table(specialty_rows(last))
     st.subheader("Every round attempt")
     st.caption(

@@ -178,7 +178,8 @@ def training_rows(rounds: Sequence[RoundEvent]) -> list[dict[str, Any]]:
 
 
 def specialty_rows(event: RoundEvent | None) -> list[dict[str, Any]]:
-    """Results per specialty of one committed round; groups too small to report say why."""
+    """Results per specialty of one committed round, each accuracy beside its baseline (always giving the
+    specialty's more common answer); groups too small to report say why."""
     if event is None:
         return []
     return [
@@ -186,6 +187,7 @@ def specialty_rows(event: RoundEvent | None) -> list[dict[str, Any]]:
             "specialty": r.specialty,
             "facilities": r.facilities,
             "accuracy": None if r.not_reported else _num(r.accuracy),
+            "baseline": None if r.not_reported or r.clinical is None else _num(r.clinical.baseline_accuracy),
             "AUC": None if r.not_reported or r.clinical is None else _num(r.clinical.auc),
             "note": r.not_reported or "",
         }

@@ -21,6 +21,7 @@ from hfl.console.derive import (
     map_dot,
     privacy_rows,
     refused_rows,
+    specialty_rows,
     suspicion_chart,
     suspicion_rows,
     training_rows,
@@ -32,6 +33,7 @@ from hfl.domain import (
     ClinicalMetrics,
     RoundEvent,
     SecurityReport,
+    SpecialtyResult,
     VoteRecord,
 )
 
@@ -131,6 +133,21 @@ def test_tables_follow_the_round_events() -> None:
         {"round": 1, "bucket": "b1", "fog": "fog-2", "members": "f4, f5, f6"},
         {"round": 1, "bucket": "b1", "fog": "fog-2", "members": "f4, f5, f6"},
     ]
+
+
+def test_specialty_results_stand_beside_their_baseline() -> None:
+    clinic = SpecialtyResult("clinic", 3, 0.8956, clinical=ClinicalMetrics(auc=0.83, baseline_accuracy=0.873))
+    few = SpecialtyResult("research", 2, not_reported="only 2 research facilities took part")
+    rows = specialty_rows(_event(1, specialties=(clinic, few)))
+    assert rows[0] == {
+        "specialty": "clinic",
+        "facilities": 3,
+        "accuracy": 0.8956,
+        "baseline": 0.873,
+        "AUC": 0.83,
+        "note": "",
+    }
+    assert rows[1]["baseline"] is None and rows[1]["note"].startswith("only 2")
 
 
 def test_the_leader_state_fits_a_metric() -> None:
