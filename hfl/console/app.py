@@ -179,7 +179,7 @@ def _training(snap: Snapshot) -> None:
             }
             for e in committed
         ]
-        st.subheader("Accuracy per committed round")
+        st.subheader("Accuracy and AUC per committed round")
         st.caption(
             "The centralised reference (when known) is the same model trained on all data pooled in one "
             "place, which the federation never does."
@@ -195,7 +195,9 @@ def _training(snap: Snapshot) -> None:
     st.subheader("Every round attempt")
     st.caption(
         "Sensitivity: patients with the outcome the model flags; specificity: patients without it it leaves "
-        "alone. Seconds and MB moved: time and traffic of the round across the federation."
+        "alone. Loss: the model's average error on those patients (lower is better). Facilities: those in "
+        "the round's buckets; dropouts: those that left mid-round. Seconds and MB moved: time and traffic "
+        "of the round across the federation."
     )
     st.dataframe(training_rows(snap.rounds), hide_index=True)
 
@@ -266,7 +268,10 @@ def _ledger(snap: Snapshot) -> None:
     st.caption("Each committee member re-checks the proposed model and accepts or refuses it, with a reason.")
     st.dataframe(vote_rows(snap.rounds), hide_index=True)
     st.subheader("Committees")
-    st.caption("The validators on duty; the committee is drawn again each epoch, weighted by reputation.")
+    st.caption(
+        "The validators on duty; the committee is drawn again every few rounds (an epoch), favouring "
+        "validators whose past votes agreed with the certified outcome and that answered in time."
+    )
     st.table(committee_rows(snap.rounds))
 
 
@@ -274,7 +279,10 @@ def _security(snap: Snapshot) -> None:
     st.header("Security")
     quarantined = snap.nodes.quarantined if snap.nodes else ()
     _number(
-        "Quarantined facilities", len(quarantined), "Facilities kept out after sending suspicious updates."
+        "Quarantined facilities",
+        len(quarantined),
+        "Facilities kept out because the buckets they were in kept being flagged. Only bucket sums are "
+        "seen, so an honest facility that kept sharing buckets with a dishonest one can be caught too.",
     )
     flagged = flagged_rows(snap.rounds)
     _number(
