@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import threading
@@ -65,6 +66,10 @@ def password_from_env(env: Mapping[str, str] | None = None) -> PasswordHash:
     return PasswordHash.of(plain)
 
 
+def _minutes(n: int) -> str:
+    return "1 minute" if n == 1 else f"{n} minutes"
+
+
 @dataclass
 class Login:
     """Checks passwords; after MAX_FAILURES wrong ones in a row, refuses every try for LOCKOUT_SECONDS."""
@@ -86,7 +91,7 @@ class Login:
         with self._lock:
             left = self.locked_for()
             if left > 0:
-                return False, f"Too many wrong passwords. Try again in {int(left // 60) + 1} minute(s)."
+                return False, f"Too many wrong passwords. Try again in {_minutes(math.ceil(left / 60))}."
             if self.expected.matches(password):
                 self._failures = 0
                 return True, "Signed in."
@@ -94,6 +99,6 @@ class Login:
             if self._failures >= self.max_failures:
                 self._failures = 0
                 self._locked_until = self.clock() + self.lockout_seconds
-                minutes = int(self.lockout_seconds // 60) or 1
-                return False, f"Too many wrong passwords. The console is locked for {minutes} minute(s)."
+                minutes = _minutes(math.ceil(self.lockout_seconds / 60))
+                return False, f"Too many wrong passwords. The console is locked for {minutes}."
             return False, "Wrong password."
