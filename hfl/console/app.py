@@ -63,6 +63,11 @@ def _number(label: str, value: int | str, meaning: str) -> None:
     st.caption(meaning)
 
 
+def _when(iso: str) -> str:
+    """An ISO time in UTC as "2026-12-05 20:31:45" (no "T", no offset)."""
+    return iso[:19].replace("T", " ")
+
+
 def _gate() -> bool:
     if st.session_state.get("signed_in"):
         return True
@@ -316,7 +321,7 @@ def _security(snap: Snapshot) -> None:
     st.caption("Who joined with which kind of token, whose certificates were revoked, and who was released.")
     st.dataframe(
         [
-            {"node": r.node_id, "what": r.action, "when (UTC)": r.at[:19], "reason": r.reason, "by": r.by}
+            {"node": r.node_id, "what": r.action, "when (UTC)": _when(r.at), "reason": r.reason, "by": r.by}
             for r in report.records
         ],
         hide_index=True,
@@ -448,9 +453,9 @@ def _controls(snap: Snapshot) -> None:
         st.dataframe(
             [
                 {
-                    "when (UTC)": a.at,
+                    "when (UTC)": _when(a.at),
                     "who": a.by,
-                    "what": a.action,
+                    "what": a.action.replace("_", " "),
                     "on": a.target,
                     "why": a.reason,
                     "result": a.result,
