@@ -287,7 +287,9 @@ def _security(snap: Snapshot) -> None:
         "Quarantined facilities",
         len(quarantined),
         "Facilities kept out because the buckets they were in kept being flagged. Only bucket sums are "
-        "seen, so an honest facility that kept sharing buckets with a dishonest one can be caught too.",
+        "seen, so an honest facility that kept sharing buckets with a dishonest one could be caught too, "
+        "rarely: the chance is stated in the authority's log (at most 1 % over 100 rounds by default). "
+        "Check a quarantined site before you release it.",
     )
     flagged = flagged_rows(snap.rounds)
     _number(
