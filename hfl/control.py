@@ -76,11 +76,17 @@ def apply(
     round_: int = 0,
     seconds: float = 0.0,
     planned: int = 0,
+    ended: str = "",
 ) -> TrainingControl:
     """The control after ``action`` (a reason is always required). ``round_``: for stop_after, the last
     round to train (0 clears it), no later than the ``planned`` last round (0: no end planned);
-    ``seconds``: for round_interval (negative clears it)."""
+    ``seconds``: for round_interval (negative clears it); ``ended``: why training has ended, if it has
+    (then every control is refused: it could change nothing)."""
     why = reason_of(reason)
+    if ended:
+        raise InvalidInput(
+            f"training has already ended ({ended}), so there is nothing to control; start a new run instead"
+        )
     if action == "pause":
         if state.paused:
             raise InvalidInput(f"training is already paused ({state.pause_reason})")

@@ -514,6 +514,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             round_=int(request.round),
             seconds=float(request.seconds),
             planned=self.settings.rounds,
+            ended=self.end_detail if self.finished else "",
         )
         self.oplog.set_control(after)
         target = {"stop_after": str(request.round), "round_interval": f"{request.seconds:g} s"}.get(

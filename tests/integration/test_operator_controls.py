@@ -189,3 +189,6 @@ def test_download_then_stop_after_a_round(run_dir: Path, capsys: pytest.CaptureF
     status = leader_status(leader)
     assert status.committed_round == now + 1
     assert status.state == f"finished: stopped after round {now + 1} by the operator"
+    capsys.readouterr()
+    assert control_training("pause", "too late", str(run_dir), None) == 1  # it could change nothing now
+    assert "training has already ended (stopped after round" in capsys.readouterr().out

@@ -47,6 +47,9 @@ def test_pause_resume_stop_and_interval() -> None:
         (TrainingControl(), "round_interval", {"seconds": math.inf}, "0 to 604800 seconds"),
         (TrainingControl(), "round_interval", {"seconds": math.nan}, "0 to 604800 seconds"),
         (TrainingControl(), "explode", {}, "unknown control"),
+        (TrainingControl(), "pause", {"ended": "all planned rounds are done"}, "training has already ended"),
+        (TrainingControl(), "round_interval", {"seconds": 10, "ended": "stopped"}, "nothing to control"),
+        (TrainingControl(), "stop_after", {"round_": 5, "ended": "stopped"}, "already ended \\(stopped\\)"),
     ],
 )
 def test_nonsense_is_refused_in_plain_words(
