@@ -37,7 +37,8 @@ def _num(x: float, digits: int = 4) -> float | None:
 def facility_status(snap: Snapshot, node_id: str) -> str:
     """One word (or a few) for where a facility stands: quarantined, revoked (released or revoked by hand,
     it takes part again only after enrolling with a new token), absent, out of budget, dropped out of
-    the latest round, training, or waiting (registered but not in the latest round)."""
+    the latest round, training, waiting (registered but not in the latest round), or done once training
+    has ended."""
     if snap.nodes and node_id in snap.nodes.quarantined:
         return "quarantined"
     if snap.security and any(c.node_id == node_id and c.revoked for c in snap.security.certificates):
@@ -46,6 +47,8 @@ def facility_status(snap: Snapshot, node_id: str) -> str:
         return "absent"
     if snap.privacy and node_id in snap.privacy.exhausted:
         return "out of privacy budget"
+    if snap.leader is not None and snap.leader.finished:
+        return "done: training has ended"
     latest = snap.latest
     if latest is None:
         return "waiting"

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from hfl.console.data import Node, Nodes, PrivacySpend, Snapshot
+from hfl.console.data import LeaderStatus, Node, Nodes, PrivacySpend, Snapshot
 from hfl.console.derive import (
     attention,
     bucket_rows,
@@ -97,6 +97,13 @@ def test_each_facility_has_one_plain_status() -> None:
     released = Snapshot(nodes=_nodes(), rounds=(_event(1),), security=_report())
     assert facility_status(released, "f5") == "revoked: needs a new token"
     assert facility_status(released, "f1") == "training"
+    ended = Snapshot(
+        nodes=_nodes(quarantined=("f5",)),
+        rounds=(_event(1),),
+        leader=LeaderStatus(1, 1, finished=True, state="finished: all planned rounds are done", head_hash=""),
+    )
+    assert facility_status(ended, "f1") == "done: training has ended"  # not "training" any more
+    assert facility_status(ended, "f5") == "quarantined"
 
 
 def test_the_map_holds_every_member_and_this_rounds_buckets() -> None:
