@@ -190,6 +190,11 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         interval = self.oplog.control().interval(self.settings.round_interval)
         ROUND_INTERVAL.set(interval)
         pause = max(interval, retry_pause(attempt))
+        # Between rounds the state says what happened, not "running round N" (which `hfl status` would
+        # show next to "N rounds committed" for the whole pause).
+        outcome = "committed" if event.committed else "not committed"
+        again = "next round" if event.committed else "tried again"
+        self.state = f"round {config.round} {outcome}; {again} in {pause:.3g} s"
         if pause > 0:
             await asyncio.sleep(pause)
         return attempt
@@ -299,6 +304,8 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         if isinstance(proposal, AskCommittee):
             FLAGGED_BUCKETS.inc(len(proposal.flags))
             self.clock.lap("robust_aggregation")
+        else:  # no usable bucket: the attempt ends here; say so, as a refused vote does
+            log.warning("round %d: not committed: %s", config.round, machine.detail)
         return proposal
 
     async def run_fog(
