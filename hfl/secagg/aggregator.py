@@ -257,8 +257,10 @@ class BucketAggregator:
         if n < self.t:
             stage = self._stage
             self._stage = AggregatorStage.ABANDONED
+            # No round here: self.round is the protocol's packed id (round << 16 | attempt), e.g.
+            # 2686976 for round 41; whoever logs this already says which round it was.
             raise BucketAbandoned(
-                f"bucket {self.bucket!r} round {self.round}: only {n} members {what} at stage "
+                f"bucket {self.bucket!r}: only {n} of {len(self._ids)} members {what} at stage "
                 f"'{stage.value}', but {self.t} are needed; the bucket is abandoned"
             )
 
