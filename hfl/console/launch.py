@@ -9,6 +9,7 @@ from pathlib import Path
 from hfl.console.auth import NoPassword, password_from_env
 
 APP = Path(__file__).with_name("app.py")
+WILDCARDS = frozenset({"0.0.0.0", "::", ""})  # every interface (the console container listens so)
 
 
 def streamlit_command(address: str, port: int) -> list[str]:
@@ -22,6 +23,11 @@ def streamlit_command(address: str, port: int) -> list[str]:
         "--client.toolbarMode", "minimal",
         "--server.enableXsrfProtection", "true",
     ]  # fmt: skip
+    if address in WILDCARDS:
+        # Headless on every interface, Streamlit asks checkip.amazonaws.com for this machine's public
+        # address to print an "External URL" (and logs "Did not auto detect external IP" in an isolated
+        # network): a hospital's console must not call out. Naming the address it prints avoids that.
+        cmd += ["--browser.serverAddress", "localhost"]
     return cmd
 
 
@@ -34,7 +40,11 @@ def run_console(
     except NoPassword as e:
         print(e)
         return 2
-    print(f"Console: http://{address}:{port}  (Ctrl-C to stop)", flush=True)
+    if address in WILDCARDS:
+        where_ = f"listening on port {port} of every interface; on this machine: http://127.0.0.1:{port}"
+    else:
+        where_ = f"http://{address}:{port}"
+    print(f"Console: {where_}  (sign in with the password in HFL_CONSOLE_PASSWORD)", flush=True)
     where = {"RUN": run, "LEADER": leader, "AUTHORITY": authority, "CERT_DIR": cert_dir}
     env = {**os.environ, **{f"HFL_CONSOLE_{k}": v for k, v in where.items() if v}}
     cmd = streamlit_command(address, port)

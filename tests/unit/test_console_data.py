@@ -33,3 +33,10 @@ def test_console_listens_on_loopback_with_xsrf_on() -> None:
     cmd = streamlit_command("127.0.0.1", 8501)
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--server.enableXsrfProtection") + 1] == "true"
+    assert "--browser.serverAddress" not in cmd
+
+
+def test_console_on_every_interface_does_not_look_up_its_public_address() -> None:
+    # Streamlit asks checkip.amazonaws.com unless the address it prints is given (the container case).
+    cmd = streamlit_command("0.0.0.0", 8501)
+    assert cmd[cmd.index("--browser.serverAddress") + 1] == "localhost"
