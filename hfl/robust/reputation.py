@@ -363,9 +363,9 @@ class QuarantineTest:
         return (
             f"with {self.max_byzantine} misbehaving {who} among {self.facilities} in buckets of "
             f"{self.bucket_size}, an honest facility would be in a flagged bucket in {100 * self.p0:.0f} % "
-            f"of the rounds with a flag, as often as a misbehaving one ({100 * self.p1:.0f} %), so group "
-            "testing cannot tell them apart: declare fewer misbehaving facilities, use smaller buckets or "
-            "enrol more facilities"
+            f"of the rounds with a flag, at least as often as a misbehaving one ({100 * self.p1:.0f} %), so "
+            "group testing cannot tell them apart: declare fewer misbehaving facilities, use smaller buckets "
+            "or enrol more facilities"
         )
 
     @property
