@@ -18,6 +18,7 @@ from hfl.crypto import x509
 from hfl.errors import ConfigError, NotAllowed
 from hfl.files import write_public
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
+from hfl.repeats import Repeats
 from hfl.rpc.settings import NodeSettings
 from hfl.rpc.tls import AUTHORITY, NodeTls, aio_channel, peer_options, set_default
 
@@ -206,6 +207,7 @@ async def maintain(tls: NodeTls, settings: NodeSettings) -> None:
     through CAStore.on_revoke). Failures are logged and retried; they never stop the service."""
     next_crl = 0.0
     loop = asyncio.get_running_loop()
+    said = Repeats(log)
     while True:
         try:
             if tls.needs_renewal():
@@ -217,15 +219,31 @@ async def maintain(tls: NodeTls, settings: NodeSettings) -> None:
                     )
                 serials = x509.revoked_serials(bytes(resp.crl_pem), tls.ca_cert)
                 if serials - tls.revoked:
-                    log.warning("revocation list: %d certificate(s) revoked", len(serials))
+                    log.warning(
+                        "revocation list: %d certificate(s) revoked in all; this service now refuses them",
+                        len(serials),
+                    )
                 tls.revoked.update(serials)
                 next_crl = loop.time() + settings.crl_refresh_s
+            said.clear()
         except (grpc.aio.AioRpcError, x509.CertificateError, ConfigError, NotAllowed) as e:
-            detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
-            log.info("certificate upkeep will retry: %s", detail)
+            said.say(*upkeep_problem(e))
         except Exception:
             log.exception("certificate upkeep failed; will retry")
         await asyncio.sleep(min(5.0, settings.crl_refresh_s))
+
+
+def upkeep_problem(e: Exception) -> tuple[int, str]:
+    """How bad a failed certificate upkeep is, and what to say about it. A refused certificate (revoked by
+    an operator, or its facility quarantined) will not come right by retrying; anything else may."""
+    if isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return logging.WARNING, (
+            f"the authority no longer accepts this node's certificate ({e.details()}): it takes no part "
+            "until an operator releases it (a quarantined facility) and it enrols again with a new one-time "
+            "token; this is said once"
+        )
+    detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+    return logging.INFO, f"certificate upkeep will retry: {detail}"
 
 
 async def renew(tls: NodeTls, settings: NodeSettings) -> None:

@@ -30,6 +30,7 @@ from hfl.crypto.x509 import Identity
 from hfl.domain import NodeInfo
 from hfl.errors import HflError
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc
+from hfl.repeats import Repeats
 from hfl.rpc import authz, link, serde
 from hfl.rpc.client import call, describe_rpc_error
 from hfl.rpc.errors import MAX_DETAILS, status_for
@@ -111,13 +112,17 @@ class FogDialer:
 
     async def run(self) -> None:
         """Follow the registry's fogs for as long as the facility runs."""
+        said = Repeats(log)  # a refused certificate fails the same way every few seconds: say it once
         try:
             while True:
                 self.refresh.clear()
                 try:
                     self.follow(await self.list_fogs())
+                    said.clear()
                 except (grpc.aio.AioRpcError, HflError) as e:
-                    log.warning("could not read the list of fogs from the authority: %s", _reason(e))
+                    said.say(
+                        logging.WARNING, f"could not read the list of fogs from the authority: {_reason(e)}"
+                    )
                 # While no fog is known yet, or one is unreachable, look more often: it may be
                 # starting, or back at a new address.
                 settled = bool(self.fogs) and set(self.fogs) <= self.connected
