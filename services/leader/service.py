@@ -37,6 +37,7 @@ from hfl.proto.v1 import (
     validator_pb2_grpc,
 )
 from hfl.proto.v1 import common_pb2 as pb
+from hfl.repeats import Repeats
 from hfl.round.leader import (
     AskCommittee,
     Command,
@@ -120,6 +121,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
         self.epsilon_spent = float("nan")  # largest privacy loss of any facility, from the authority
         self.end_detail = "all planned rounds are done"  # said by the last WatchRounds event
         self.oplog = OperatorLog(settings.state_dir / "operator.db")  # controls and who used them
+        self.waiting = Repeats(log)  # "not ready yet" is said once per reason, not every second
 
     @property
     def policy(self) -> LeaderPolicy:
@@ -226,7 +228,7 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
             log.warning("%s", self.end_detail)
             return None
         self.state = f"waiting: {e.details()}"
-        log.info("round %d: not ready yet (%s)", round_, e.details())
+        self.waiting.say(logging.INFO, f"round {round_}: not ready yet ({e.details()})")
         await asyncio.sleep(1.0)
         return attempt
 
@@ -432,6 +434,13 @@ class Leader(leader_pb2_grpc.LeaderServiceServicer):
                 SPECIALTY_AUC.labels(specialty=r.specialty).set(
                     r.clinical.auc if r.clinical else float("nan")
                 )
+        log.info(
+            "round %d committed: accuracy %.3f on the facilities' test patients (%d of them)",
+            machine.config.round,
+            metrics.accuracy,
+            metrics.total,
+        )
+        self.waiting.clear()
         return machine.evaluated(metrics, specialties)
 
     async def evaluate(
