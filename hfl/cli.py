@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hfl.errors import ConfigError, HflError
+from hfl.words import counted
 
 ROLES = ("authority", "leader", "fog", "facility", "validator")
 
@@ -76,7 +77,7 @@ def cmd_ledger_verify(args: argparse.Namespace) -> int:
             print(f"LEDGER INVALID: {e}", file=sys.stderr)
             return 1
     print(
-        f"Ledger OK: {n} blocks (the first block and {n - 1} committed round{'' if n == 2 else 's'}); "
+        f"Ledger OK: {n} blocks (the first block and {counted(n - 1, 'committed round')}); "
         "hashes, signatures, quorum certificates"
         f"{'' if args.no_recompute else ' and every aggregate'} check out."
     )

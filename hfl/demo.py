@@ -25,6 +25,7 @@ from hfl.errors import ConfigError
 from hfl.robust.rules import get_rule
 from hfl.robust.sizing import size_federation
 from hfl.schedule import MIN_SECURE_BUCKET
+from hfl.words import counted
 
 DEFAULT_FACILITIES = 8
 
@@ -366,18 +367,13 @@ def facilities_per_process(n: int, process_per_facility: bool, pack: int) -> int
     return 1 if process_per_facility or n <= SHARE_ABOVE else max(1, pack)
 
 
-def counted(n: int, word: str) -> str:
-    """'1 fog', '2 fogs' (for words whose plural adds an s)."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 def header_line(args: argparse.Namespace, n_fac: int) -> str:
     """The demo's first line: what it is about to run."""
     seats = (
         "all on every committee" if args.committee == args.validators else f"committees of {args.committee}"
     )
     return (
-        f"hfl demo: {n_fac} {'facility' if n_fac == 1 else 'facilities'}, {counted(args.fogs, 'fog')}, "
+        f"hfl demo: {counted(n_fac, 'facility')}, {counted(args.fogs, 'fog')}, "
         f"{counted(args.validators, 'validator')} ({seats}), {counted(args.rounds, 'round')}, "
         f"dataset {args.dataset}, model {args.model}, secure aggregation {'on' if args.secagg else 'off'}"
     )
@@ -396,7 +392,7 @@ def hosting_text(n: int, per_process: int) -> str:
         return f"one process per facility ({n} processes)"
     procs = math.ceil(n / per_process)
     return (
-        f"{per_process} per process ({procs} process{'es' if procs > 1 else ''}; each facility keeps its own "
+        f"{per_process} per process ({counted(procs, 'process')}; each facility keeps its own "
         "key, data, state folder and connection to its fog; --process-per-facility for one process each)"
     )
 
@@ -705,16 +701,15 @@ def round_notes(e: RoundEvent) -> str:
     their members stayed, flagged buckets ("" if none)."""
     notes = []
     if e.dropouts:
-        notes.append(f"{e.dropouts} {'facility' if e.dropouts == 1 else 'facilities'} dropped out")
+        notes.append(f"{counted(e.dropouts, 'facility')} dropped out")
     if e.abandoned_buckets:
         n = e.abandoned_buckets
         notes.append(
-            f"{n} bucket{'s' if n != 1 else ''} left out: too few of "
-            f"{'its' if n == 1 else 'their'} members stayed"
+            f"{counted(n, 'bucket')} left out: too few of {'its' if n == 1 else 'their'} members stayed"
         )
     if e.flagged_buckets:
         n = len(e.flagged_buckets)
-        notes.append(f"{n} bucket{'s' if n != 1 else ''} flagged")
+        notes.append(f"{counted(n, 'bucket')} flagged")
     return f" ({'; '.join(notes)})" if notes else ""
 
 
@@ -913,7 +908,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(line)
     if len(byzantine) > sizing.withstands and args.defences and get_rule(args.rule).tolerates_bad_buckets:
         print(
-            f"Note: {len(byzantine)} {'facility' if len(byzantine) == 1 else 'facilities'} will misbehave, "
+            f"Note: {counted(len(byzantine), 'facility')} will misbehave, "
             f"more than the {sizing.withstands} these "
             "buckets withstand in every round; the norm bound, the outlier screen and quarantine still "
             "act, but a round where they land in different buckets can be pulled off course."
@@ -1026,7 +1021,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             hint = "try --facilities 12 to see all four" if more else ""
             print(specialty_lines(committed[-1].specialties, hint))
         print(
-            f"Committed {len(committed)} round{'s' if len(committed) != 1 else ''} in "
+            f"Committed {counted(len(committed), 'round')} in "
             f"{summary['wall_time_s']}s, start-up included. "
             f"Summary: {out / 'summary.json'}; check the ledger with: hfl ledger verify {out}"
         )

@@ -26,5 +26,4 @@ class Repeats:
 
     def clear(self) -> None:
         """The retried thing worked: say the next failure again, even if it is the same as before."""
-        if self._last is not None:
-            self._last = None
+        self._last = None

@@ -14,8 +14,7 @@ from hfl.ledger import LedgerStore
 from hfl.proto.v1 import authority_pb2, authority_pb2_grpc, leader_pb2, leader_pb2_grpc
 from hfl.rpc import limits, serde
 from hfl.rpc.tls import AUTHORITY, LEADER, NodeTls, load_client, operator_for_run, sync_channel
-
-_PLURAL = {"facility": "facilities"}
+from hfl.words import counted
 
 
 def _run_folder(run: str | None, leader: str | None, authority: str | None) -> str | None:
@@ -63,12 +62,7 @@ def show_status(
             counts: dict[str, int] = {}
             for n in nodes.nodes:
                 counts[n.role] = counts.get(n.role, 0) + 1
-            print(
-                f"authority {authority}: "
-                + ", ".join(
-                    f"{v} {k if v == 1 else _PLURAL.get(k, k + 's')}" for k, v in sorted(counts.items())
-                )
-            )
+            print(f"authority {authority}: " + ", ".join(counted(v, k) for k, v in sorted(counts.items())))
             if nodes.quarantined:
                 print(f"  quarantined: {', '.join(nodes.quarantined)}")
             if nodes.inactive:
